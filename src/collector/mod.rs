@@ -1,0 +1,64 @@
+//! Runs one [`Source`](crate::sources::Source) on a schedule as an actor: a tick per
+//! interval, never two cycles at once (a slow database costs a skipped tick, not a pile
+//! of queries), every cycle bounded by a deadline, and events handed to the spool through
+//! a [`Route`](crate::model::Route) with an in-memory backlog while the spool is
+//! restarting.
+
+mod actor;
+
+pub use actor::CollectorActor;
+
+use std::time::Duration;
+
+use crate::config::DatabaseConfig;
+
+/// Events kept in memory while the spool does not take them; beyond this the oldest are
+/// dropped and counted (the spool is down for long, which status reports loudly).
+pub const MAX_PENDING_EVENTS: usize = 50_000;
+
+/// The longest one cycle may take: getting a connection, plus two statements (the
+/// version check and the query), plus a second of slack. The server enforces
+/// `statement_timeout` too; this limit also covers a network that swallows packets.
+pub fn cycle_limit(db: &DatabaseConfig) -> Duration {
+    db.connect_timeout + db.statement_timeout * 2 + Duration::from_secs(1)
+}
+
+/// How long a collector may go without finishing a cycle before the supervisor treats it
+/// as hung: two intervals plus one cycle limit.
+pub fn progress_deadline(interval: Duration, db: &DatabaseConfig) -> Duration {
+    interval * 2 + cycle_limit(db)
+}
+
+/// Appends `new` to `pending`, dropping the oldest beyond `cap`; returns how many were
+/// dropped.
+pub fn push_capped<T>(pending: &mut Vec<T>, new: Vec<T>, cap: usize) -> usize {
+    pending.extend(new);
+    let over = pending.len().saturating_sub(cap);
+    if over > 0 {
+        pending.drain(..over);
+    }
+    over
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_drops_oldest_beyond_cap() {
+        let mut p = vec![1, 2, 3];
+        assert_eq!(push_capped(&mut p, vec![4, 5], 4), 1);
+        assert_eq!(p, vec![2, 3, 4, 5]);
+        assert_eq!(push_capped(&mut p, vec![], 4), 0);
+    }
+
+    #[test]
+    fn deadlines_grow_with_timeouts() {
+        let c = crate::config::parse_str("[agent]\nproject_id='p'\n").expect("valid");
+        assert_eq!(cycle_limit(&c.database), Duration::from_secs(16));
+        assert_eq!(
+            progress_deadline(Duration::from_secs(60), &c.database),
+            Duration::from_secs(136)
+        );
+    }
+}

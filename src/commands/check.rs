@@ -1,0 +1,160 @@
+//! `check`: is the config valid, is the database reachable with the configured role and
+//! privileges, is the listener reachable and accepting the token? Every failure is
+//! printed with how to fix it; exit 0 only if everything passed.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::cli::{Cli, EXIT_OK, EXIT_UNAVAILABLE};
+use crate::config::Config;
+use crate::db::{describe, pg_config};
+use crate::model::Batch;
+use crate::shipper::{encode_body, envelope_json, Sender};
+
+struct Report {
+    failures: usize,
+}
+
+impl Report {
+    fn ok(&self, what: &str, detail: &str) {
+        println!("ok    {what:<9} {detail}");
+    }
+
+    fn fail(&mut self, what: &str, problem: &str, fix: &str) {
+        self.failures += 1;
+        println!("FAIL  {what:<9} {problem}\n      fix: {fix}");
+    }
+}
+
+/// Runs every check; exit 0 if all passed, 69 otherwise.
+pub fn check(cli: &Cli, config: Config) -> i32 {
+    let mut r = Report { failures: 0 };
+    r.ok("config", &format!("{} is valid", cli.config.display()));
+    check_state_dir(&mut r, &config);
+    let system = actix_rt::System::new();
+    let r = system.block_on(async move {
+        check_database(&mut r, &config).await;
+        check_listener(&mut r, &config).await;
+        r
+    });
+    if r.failures == 0 {
+        println!("all checks passed");
+        EXIT_OK
+    } else {
+        println!("{} check(s) failed", r.failures);
+        EXIT_UNAVAILABLE
+    }
+}
+
+fn check_state_dir(r: &mut Report, config: &Config) {
+    let dir = &config.agent.state_dir;
+    let probe = dir.join(".check");
+    match std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&probe, b"x")) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            r.ok("state_dir", &format!("{} is writable", dir.display()));
+        }
+        Err(e) => r.fail(
+            "state_dir",
+            &format!("cannot write in {}: {e}", dir.display()),
+            "create it owned by the agent's user, or set agent.state_dir (the systemd unit's StateDirectory= does this)",
+        ),
+    }
+}
+
+async fn check_database(r: &mut Report, config: &Config) {
+    let db = &config.database;
+    let target = format!("{}:{} as {} to {}", db.host, db.port, db.user, db.dbname);
+    let pg = pg_config(db);
+    let connect = pg.connect(tokio_postgres::NoTls);
+    let (client, conn) = match tokio::time::timeout(db.connect_timeout + Duration::from_secs(1), connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let msg = describe(&e);
+            let fix = if msg.contains("password") || msg.contains("authentication") {
+                "check database.user and database.password_file, and that pg_hba.conf allows this role from this host"
+            } else if msg.contains("does not exist") && msg.contains("role") {
+                "create the role: CREATE ROLE postgres_agent LOGIN; GRANT pg_monitor TO postgres_agent;"
+            } else if msg.contains("does not exist") {
+                "set database.dbname to an existing database (postgres is fine)"
+            } else {
+                "is the server running? check database.host (socket directory or host name) and database.port"
+            };
+            return r.fail("database", &format!("cannot connect {target}: {msg}"), fix);
+        }
+        Err(_) => {
+            return r.fail(
+                "database",
+                &format!("no answer from {target} within {:?}", db.connect_timeout),
+                "check database.host/port and firewalls; raise database.connect_timeout_ms if the network is slow",
+            )
+        }
+    };
+    actix_rt::spawn(conn);
+    let q = "SELECT current_user::text, current_setting('server_version'),
+                    pg_has_role(current_user, 'pg_monitor', 'USAGE')
+                    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)";
+    match client.query_one(q, &[]).await {
+        Ok(row) => {
+            let (user, version, monitor): (String, String, Option<bool>) =
+                (row.get(0), row.get(1), row.get(2));
+            if monitor == Some(true) {
+                r.ok("database", &format!("connected as {user} to PostgreSQL {version}; role can read all statistics"));
+            } else {
+                r.fail(
+                    "database",
+                    &format!("connected as {user} to PostgreSQL {version}, but the role lacks pg_monitor: other sessions' queries would read <insufficient privilege>"),
+                    &format!("GRANT pg_monitor TO {user};"),
+                );
+            }
+        }
+        Err(e) => r.fail("database", &format!("query failed: {}", describe(&e)), "check the role's privileges"),
+    }
+}
+
+async fn check_listener(r: &mut Report, config: &Config) {
+    let l = &config.listener;
+    // An empty batch exercises the URL, TLS and the token without sending any data.
+    let batch = Batch {
+        batch_id: uuid::Uuid::new_v4().to_string(),
+        events: vec![],
+    };
+    let sender = Sender {
+        project: config.agent.project_id.clone(),
+        host: config.agent.hostname.clone(),
+    };
+    let body = match encode_body(envelope_json(&sender, &batch, Utc::now()), l.compression) {
+        Ok(b) => b,
+        Err(e) => return r.fail("listener", &format!("cannot encode: {e}"), "report this as a bug"),
+    };
+    let client = awc::Client::builder().timeout(l.timeout).finish();
+    let mut req = client
+        .post(&l.url)
+        .insert_header(("Authorization", format!("Bearer {}", l.token.expose())))
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("Idempotency-Key", batch.batch_id.as_str()));
+    if l.compression == crate::config::Compression::Gzip {
+        req = req.insert_header(("Content-Encoding", "gzip"));
+    }
+    match req.send_body(body).await {
+        Ok(resp) => match resp.status().as_u16() {
+            s @ 200..=299 => r.ok("listener", &format!("{} accepted the token (HTTP {s})", l.url)),
+            s @ (401 | 403) => r.fail(
+                "listener",
+                &format!("{} rejected the token (HTTP {s})", l.url),
+                "set listener.token or listener.token_file to the project's ingest token",
+            ),
+            s => r.fail(
+                "listener",
+                &format!("{} answered HTTP {s}", l.url),
+                "check listener.url (the path too: /ingest/postgres) and the listener's own logs",
+            ),
+        },
+        Err(e) => r.fail(
+            "listener",
+            &format!("cannot reach {}: {e}", l.url),
+            "check listener.url and that the listener is running and reachable from this host",
+        ),
+    }
+}

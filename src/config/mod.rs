@@ -1,0 +1,374 @@
+//! Configuration: the TOML file plus `POSTGRES_AGENT__SECTION__KEY` environment
+//! overrides, read in two stages. [`raw`] holds the file as written; [`validate`] turns it
+//! into a [`Config`] with strong types, enforcing the safety limits (pool ≤ 5 connections,
+//! statement timeout ≥ 1 s, interval 1..3600 s) and reporting every problem at once.
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use secret::Secret;
+pub use validate::validate;
+
+/// The prefix of environment overrides: `POSTGRES_AGENT__DATABASE__PORT=5433`.
+pub const ENV_PREFIX: &str = "POSTGRES_AGENT";
+
+/// A validated configuration. Each section is its own type so that a reload can tell
+/// which children's settings changed by comparing sections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[agent]`
+    pub agent: AgentConfig,
+    /// `[database]`
+    pub database: DatabaseConfig,
+    /// `[collection]`
+    pub collection: CollectionConfig,
+    /// `[correlation]`
+    pub correlation: CorrelationConfig,
+    /// `[logs]`
+    pub logs: LogsConfig,
+    /// `[listener]`
+    pub listener: ListenerConfig,
+    /// `[buffer]`
+    pub buffer: BufferConfig,
+    /// `[breaker]`
+    pub breaker: BreakerConfig,
+}
+
+/// `[agent]`: who we are and where we keep state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Sent with every batch and every event so the listener knows the project.
+    pub project_id: String,
+    /// This host's name as the listener will see it.
+    pub hostname: String,
+    /// Spool, status dump and (later) log positions live here.
+    pub state_dir: PathBuf,
+    /// How long SIGTERM waits for the last flush before exiting anyway.
+    pub shutdown_grace: Duration,
+}
+
+/// How TLS is used towards the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS if the server offers it (this build: connects without TLS).
+    Prefer,
+}
+
+/// `[database]`: how to reach the server, and the limits that keep the agent harmless.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    /// Socket directory (starts with `/`) or host name.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Role to connect as; `pg_monitor` is enough.
+    pub user: String,
+    /// Database to connect to.
+    pub dbname: String,
+    /// Password read from `password_file`, if one was configured.
+    pub password: Option<Secret>,
+    /// TLS mode.
+    pub sslmode: SslMode,
+    /// Connections the pool may open; never above [`MAX_POOL_SIZE`].
+    pub pool_max_size: u32,
+    /// Server-side limit of every agent statement; never below one second.
+    pub statement_timeout: Duration,
+    /// Server-side limit on waiting for a lock; never above the statement timeout.
+    pub lock_timeout: Duration,
+    /// Limit on establishing a connection (and on waiting for a pooled one).
+    pub connect_timeout: Duration,
+}
+
+/// The largest pool the agent will ever open: more would compete with the application.
+pub const MAX_POOL_SIZE: i64 = 5;
+/// The smallest statement timeout accepted, in milliseconds.
+pub const MIN_STATEMENT_TIMEOUT_MS: i64 = 1000;
+
+/// `[collection]`: which sources run, how often, and how much they may read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionConfig {
+    /// Default sampling interval of every source.
+    pub interval: Duration,
+    /// Interval of `pg_activity` (defaults to `interval`).
+    pub activity_interval: Duration,
+    /// `pg_activity` enabled.
+    pub activity: bool,
+    /// `pg_statements` enabled.
+    pub statements: bool,
+    /// `pg_locks` enabled.
+    pub locks: bool,
+    /// `system` enabled.
+    pub system: bool,
+    /// `pg_log` enabled.
+    pub logs: bool,
+    /// At most this many `pg_stat_activity` rows per sample.
+    pub max_activity_rows: u32,
+    /// Query texts are cut to this many characters.
+    pub max_query_length: u32,
+}
+
+/// `[correlation]`: how request ids are found in `application_name`.
+#[derive(Debug, Clone)]
+pub struct CorrelationConfig {
+    /// Pattern with a named group `id`.
+    pub application_name_pattern: regex::Regex,
+}
+
+impl PartialEq for CorrelationConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.application_name_pattern.as_str() == other.application_name_pattern.as_str()
+    }
+}
+
+/// `[logs]`: where and how to read the server log (used by the log source).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogsConfig {
+    /// File or directory; empty means "ask the server".
+    pub path: String,
+    /// `auto`, `stderr`, `csvlog` or `jsonlog`.
+    pub format: String,
+    /// `log_line_prefix`; empty means "ask the server".
+    pub prefix: String,
+    /// `none`, `parameters` or `literals`.
+    pub redact: String,
+}
+
+/// Request body compression towards the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// `Content-Encoding: gzip`.
+    Gzip,
+    /// Plain JSON.
+    None,
+}
+
+/// `[listener]`: where events go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// The ingest URL.
+    pub url: String,
+    /// The bearer token (from `token` or `token_file`).
+    pub token: Secret,
+    /// Limit of one request, connect to last byte.
+    pub timeout: Duration,
+    /// Request body compression.
+    pub compression: Compression,
+    /// Events per batch at most.
+    pub batch_max_events: u32,
+    /// Longest wait between retries of a failed batch.
+    pub retry_max: Duration,
+}
+
+/// `[buffer]`: the local spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    /// Size cap of the spool on disk.
+    pub max_bytes: u64,
+}
+
+/// `[breaker]`: the circuit breaker towards the listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub fail_max: u32,
+    /// Time the breaker stays open before one probe.
+    pub reset_timeout: Duration,
+}
+
+/// One problem of a configuration, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path, e.g. `database.pool_max_size`; empty for the file as a whole.
+    pub key: String,
+    /// What is wrong and what would be right.
+    pub problem: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that was read.
+    pub path: PathBuf,
+    /// All problems, in file order of sections.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} problem(s) in {}:",
+            self.problems.len(),
+            self.path.display()
+        )?;
+        for p in &self.problems {
+            if p.key.is_empty() {
+                write!(f, "\n  {}", p.problem)?;
+            } else {
+                write!(f, "\n  {}: {}", p.key, p.problem)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let whole = |problem: String| ConfigError {
+            path: path.to_path_buf(),
+            problems: vec![ConfigProblem {
+                key: String::new(),
+                problem,
+            }],
+        };
+        if !path.is_file() {
+            return Err(whole(format!(
+                "cannot read the file: {}",
+                if path.exists() {
+                    "not a regular file"
+                } else {
+                    "no such file"
+                }
+            )));
+        }
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()
+            .map_err(|e| whole(format!("not valid TOML: {e}")))?;
+        let raw: raw::RawConfig = built
+            .try_deserialize()
+            .map_err(|e| whole(format!("unexpected structure: {e}")))?;
+        validate(raw).map_err(|problems| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// A short fingerprint of the settings (secrets included only as "set/unset"), shown
+    /// in the status dump so an operator can tell which configuration is running.
+    pub fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{self:?}").hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+/// Parses a configuration from TOML text without environment overrides (for tests and
+/// for tools that hold the text already).
+pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigProblem>> {
+    let one = |problem: String| {
+        vec![ConfigProblem {
+            key: String::new(),
+            problem,
+        }]
+    };
+    let raw: raw::RawConfig = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map_err(|e| one(format!("not valid TOML: {e}")))?
+        .try_deserialize()
+        .map_err(|e| one(format!("unexpected structure: {e}")))?;
+    validate(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(text: &str) -> Vec<String> {
+        parse_str(text)
+            .expect_err("config should be refused")
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str("[agent]\nproject_id = \"p\"\n").expect("valid");
+        assert_eq!(c.database.pool_max_size, 3);
+        assert_eq!(c.database.statement_timeout, Duration::from_millis(5000));
+        assert_eq!(c.collection.interval, Duration::from_secs(60));
+        assert_eq!(c.collection.activity_interval, Duration::from_secs(60));
+        assert_eq!(c.listener.batch_max_events, 500);
+        assert_eq!(c.buffer.max_bytes, 104_857_600);
+        assert_eq!(c.breaker.fail_max, 5);
+        assert!(c.listener.token.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let k = keys(
+            "[agent]\nbogus = 1\n[database]\npool_max_size = 6\nstatement_timeout_ms = 999\nport = \"x\"\n\
+             [collection]\ninterval_s = 0\n[correlation]\napplication_name_pattern = '^(x)$'\n\
+             [listener]\ncompression = \"brotli\"\n[nosuch]\na = 1\n",
+        );
+        assert_eq!(
+            k,
+            vec![
+                "nosuch",
+                "agent.bogus",
+                "agent.project_id",
+                "database.statement_timeout_ms",
+                "database.port",
+                "database.pool_max_size",
+                "collection.interval_s",
+                "correlation.application_name_pattern",
+                "listener.compression",
+            ]
+        );
+    }
+
+    #[test]
+    fn safety_limits_are_enforced_at_the_edges() {
+        let ok = parse_str(
+            "[agent]\nproject_id=\"p\"\n[database]\npool_max_size=5\nstatement_timeout_ms=1000\n[collection]\ninterval_s=3600\n",
+        )
+        .expect("limits themselves are allowed");
+        assert_eq!(ok.database.pool_max_size, 5);
+        assert_eq!(ok.database.lock_timeout, Duration::from_millis(1000));
+        assert_eq!(
+            keys("[agent]\nproject_id=\"p\"\n[collection]\ninterval_s=3601\n"),
+            vec!["collection.interval_s"]
+        );
+    }
+
+    #[test]
+    fn token_file_is_read_and_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s3cret-token\n").expect("write");
+        let c = parse_str(&format!(
+            "[agent]\nproject_id=\"p\"\n[listener]\ntoken_file={:?}\n",
+            f.display().to_string()
+        ))
+        .expect("valid");
+        assert_eq!(c.listener.token.expose(), "s3cret-token");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn default_pattern_extracts_the_id() {
+        let c = parse_str("[agent]\nproject_id=\"p\"\n").expect("valid");
+        let caps = c
+            .correlation
+            .application_name_pattern
+            .captures("bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60")
+            .expect("matches");
+        assert_eq!(&caps["id"], "0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60");
+    }
+}

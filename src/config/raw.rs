@@ -1,0 +1,169 @@
+//! Stage one of configuration: the file and the environment as they were written.
+//!
+//! Every field is a [`Field`], which never fails to deserialize: a value of the wrong type
+//! is kept as [`Field::Bad`] so that validation can report *every* problem of a file at
+//! once instead of stopping at the first one, as plain serde would. Unknown keys are
+//! collected through `#[serde(flatten)]` and reported as errors by validation; this is
+//! `deny_unknown_fields` with all offenders named rather than only the first.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+/// One configuration value as written: absent, well-typed, or of the wrong type.
+#[derive(Debug, Clone, Default)]
+pub enum Field<T> {
+    /// The key was not given; validation applies the default.
+    #[default]
+    Missing,
+    /// The key was given with a value of the right type.
+    Given(T),
+    /// The key was given but its value could not be read as `T` (the message says why).
+    Bad(String),
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(match serde_json::from_value::<T>(v.clone()) {
+            Ok(t) => Field::Given(t),
+            // Environment overrides arrive as strings; accept "5" for a number and
+            // "true" for a bool the way a person would expect.
+            Err(e) => match v.as_str().and_then(|s| serde_json::from_str::<T>(s).ok()) {
+                Some(t) => Field::Given(t),
+                None => Field::Bad(e.to_string()),
+            },
+        })
+    }
+}
+
+/// Keys that no section knows, with their values (only the names are reported).
+pub type Unknown = BTreeMap<String, serde_json::Value>;
+
+/// The whole file: one struct per section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawConfig {
+    pub agent: RawAgent,
+    pub database: RawDatabase,
+    pub collection: RawCollection,
+    pub correlation: RawCorrelation,
+    pub logs: RawLogs,
+    pub listener: RawListener,
+    pub buffer: RawBuffer,
+    pub breaker: RawBreaker,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[agent]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawAgent {
+    pub project_id: Field<String>,
+    pub hostname: Field<String>,
+    pub state_dir: Field<String>,
+    pub shutdown_grace_s: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[database]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawDatabase {
+    pub host: Field<String>,
+    pub port: Field<i64>,
+    pub user: Field<String>,
+    pub dbname: Field<String>,
+    pub password_file: Field<String>,
+    pub sslmode: Field<String>,
+    pub pool_max_size: Field<i64>,
+    pub statement_timeout_ms: Field<i64>,
+    pub lock_timeout_ms: Field<i64>,
+    pub connect_timeout_ms: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[collection]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawCollection {
+    pub interval_s: Field<i64>,
+    pub activity_interval_s: Field<i64>,
+    pub activity: Field<bool>,
+    pub statements: Field<bool>,
+    pub locks: Field<bool>,
+    pub system: Field<bool>,
+    pub logs: Field<bool>,
+    pub max_activity_rows: Field<i64>,
+    pub max_query_length: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[correlation]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawCorrelation {
+    pub application_name_pattern: Field<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[logs]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawLogs {
+    pub path: Field<String>,
+    pub format: Field<String>,
+    pub prefix: Field<String>,
+    pub redact: Field<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[listener]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawListener {
+    pub url: Field<String>,
+    pub token: Field<String>,
+    pub token_file: Field<String>,
+    pub timeout_ms: Field<i64>,
+    pub compression: Field<String>,
+    pub batch_max_events: Field<i64>,
+    pub retry_max_ms: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[buffer]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawBuffer {
+    pub max_bytes: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[breaker]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawBreaker {
+    pub fail_max: Field<i64>,
+    pub reset_timeout_s: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}

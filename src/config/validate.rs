@@ -1,0 +1,343 @@
+//! Stage two: from [`RawConfig`] to [`Config`], collecting every problem with its key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{Field, RawConfig, Unknown};
+use super::*;
+
+/// The default correlation pattern: `bitville-<uuid>` in `application_name`.
+pub const DEFAULT_CORRELATION_PATTERN: &str = "^bitville-(?P<id>[0-9a-fA-F-]{36})$";
+
+/// Collects problems while reading fields, so that one pass reports all of them.
+struct Check {
+    problems: Vec<ConfigProblem>,
+}
+
+impl Check {
+    fn problem(&mut self, key: &str, problem: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            key: key.to_string(),
+            problem: problem.into(),
+        });
+    }
+
+    fn unknown(&mut self, section: &str, unknown: &Unknown) {
+        for k in unknown.keys() {
+            let key = if section.is_empty() {
+                k.clone()
+            } else {
+                format!("{section}.{k}")
+            };
+            self.problem(&key, "unknown key (check the spelling against conf/agent.toml)");
+        }
+    }
+
+    fn value<T: Clone>(&mut self, key: &str, f: &Field<T>, default: T) -> T {
+        match f {
+            Field::Missing => default,
+            Field::Given(v) => v.clone(),
+            Field::Bad(e) => {
+                self.problem(key, format!("wrong type: {e}"));
+                default
+            }
+        }
+    }
+
+    /// An integer that must lie in `min..=max`; `why` explains the limit to the operator.
+    fn int(&mut self, key: &str, f: &Field<i64>, default: i64, min: i64, max: i64, why: &str) -> i64 {
+        let v = self.value(key, f, default);
+        if v < min || v > max {
+            self.problem(key, format!("{v} is out of range {min}..={max}{why}"));
+            return default;
+        }
+        v
+    }
+
+    fn choice(&mut self, key: &str, f: &Field<String>, default: &str, allowed: &[&str]) -> String {
+        let v = self.value(key, f, default.to_string());
+        if !allowed.contains(&v.as_str()) {
+            self.problem(key, format!("{v:?} is not one of {}", allowed.join(" | ")));
+            return default.to_string();
+        }
+        v
+    }
+
+    fn secret_file(&mut self, key: &str, path: &str) -> Option<Secret> {
+        if path.is_empty() {
+            return None;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(s) => Some(Secret::new(s.trim_end_matches(['\n', '\r']))),
+            Err(e) => {
+                self.problem(key, format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn ms(v: i64) -> Duration {
+    Duration::from_millis(v as u64)
+}
+
+/// Validates a raw configuration, returning every problem found.
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
+    let mut c = Check {
+        problems: Vec::new(),
+    };
+    c.unknown("", &raw.unknown);
+
+    let a = &raw.agent;
+    c.unknown("agent", &a.unknown);
+    let project_id = c.value("agent.project_id", &a.project_id, String::new());
+    if project_id.trim().is_empty() {
+        c.problem(
+            "agent.project_id",
+            "required: the project name sent with every event, e.g. \"shop-prod\"",
+        );
+    }
+    let mut hostname = c.value("agent.hostname", &a.hostname, String::new());
+    if hostname.is_empty() {
+        hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    }
+    let state_dir = c.value(
+        "agent.state_dir",
+        &a.state_dir,
+        "/var/lib/postgres-agent".to_string(),
+    );
+    if state_dir.is_empty() {
+        c.problem("agent.state_dir", "must not be empty");
+    }
+    let grace = c.int("agent.shutdown_grace_s", &a.shutdown_grace_s, 10, 1, 300, "");
+
+    let d = &raw.database;
+    c.unknown("database", &d.unknown);
+    let statement_timeout_ms = c.int(
+        "database.statement_timeout_ms",
+        &d.statement_timeout_ms,
+        5000,
+        MIN_STATEMENT_TIMEOUT_MS,
+        600_000,
+        " (the agent never runs statements without a timeout of at least 1 s)",
+    );
+    let lock_timeout_ms = c.int(
+        "database.lock_timeout_ms",
+        &d.lock_timeout_ms,
+        1000.min(statement_timeout_ms),
+        1,
+        statement_timeout_ms,
+        " (at most database.statement_timeout_ms)",
+    );
+    let password_file = c.value("database.password_file", &d.password_file, String::new());
+    let sslmode = match c
+        .choice(
+            "database.sslmode",
+            &d.sslmode,
+            "prefer",
+            &["disable", "prefer"],
+        )
+        .as_str()
+    {
+        "disable" => SslMode::Disable,
+        _ => SslMode::Prefer,
+    };
+    let database = DatabaseConfig {
+        host: c.value("database.host", &d.host, "/var/run/postgresql".to_string()),
+        port: c.int("database.port", &d.port, 5432, 1, 65535, "") as u16,
+        user: c.value("database.user", &d.user, "postgres_agent".to_string()),
+        dbname: c.value("database.dbname", &d.dbname, "postgres".to_string()),
+        password: c.secret_file("database.password_file", &password_file),
+        sslmode,
+        pool_max_size: c.int(
+            "database.pool_max_size",
+            &d.pool_max_size,
+            3,
+            1,
+            MAX_POOL_SIZE,
+            " (the agent never opens more than 5 connections)",
+        ) as u32,
+        statement_timeout: ms(statement_timeout_ms),
+        lock_timeout: ms(lock_timeout_ms),
+        connect_timeout: ms(c.int(
+            "database.connect_timeout_ms",
+            &d.connect_timeout_ms,
+            5000,
+            100,
+            600_000,
+            "",
+        )),
+    };
+
+    let col = &raw.collection;
+    c.unknown("collection", &col.unknown);
+    let interval_s = c.int("collection.interval_s", &col.interval_s, 60, 1, 3600, "");
+    let activity_interval_s = c.int(
+        "collection.activity_interval_s",
+        &col.activity_interval_s,
+        interval_s,
+        1,
+        3600,
+        "",
+    );
+    let collection = CollectionConfig {
+        interval: Duration::from_secs(interval_s as u64),
+        activity_interval: Duration::from_secs(activity_interval_s as u64),
+        activity: c.value("collection.activity", &col.activity, true),
+        statements: c.value("collection.statements", &col.statements, true),
+        locks: c.value("collection.locks", &col.locks, true),
+        system: c.value("collection.system", &col.system, true),
+        logs: c.value("collection.logs", &col.logs, true),
+        max_activity_rows: c.int(
+            "collection.max_activity_rows",
+            &col.max_activity_rows,
+            1000,
+            1,
+            100_000,
+            "",
+        ) as u32,
+        max_query_length: c.int(
+            "collection.max_query_length",
+            &col.max_query_length,
+            4096,
+            16,
+            1_048_576,
+            "",
+        ) as u32,
+    };
+
+    let cor = &raw.correlation;
+    c.unknown("correlation", &cor.unknown);
+    let pattern_src = c.value(
+        "correlation.application_name_pattern",
+        &cor.application_name_pattern,
+        DEFAULT_CORRELATION_PATTERN.to_string(),
+    );
+    let pattern = match regex::Regex::new(&pattern_src) {
+        Ok(re) if re.capture_names().any(|n| n == Some("id")) => re,
+        Ok(_) => {
+            c.problem(
+                "correlation.application_name_pattern",
+                "has no named group `id`, e.g. (?P<id>...)",
+            );
+            default_pattern()
+        }
+        Err(e) => {
+            c.problem(
+                "correlation.application_name_pattern",
+                format!("not a valid regular expression: {e}"),
+            );
+            default_pattern()
+        }
+    };
+
+    let l = &raw.logs;
+    c.unknown("logs", &l.unknown);
+    let logs = LogsConfig {
+        path: c.value("logs.path", &l.path, String::new()),
+        format: c.choice(
+            "logs.format",
+            &l.format,
+            "auto",
+            &["auto", "stderr", "csvlog", "jsonlog"],
+        ),
+        prefix: c.value("logs.prefix", &l.prefix, String::new()),
+        redact: c.choice(
+            "logs.redact",
+            &l.redact,
+            "none",
+            &["none", "parameters", "literals"],
+        ),
+    };
+
+    let li = &raw.listener;
+    c.unknown("listener", &li.unknown);
+    let url = c.value(
+        "listener.url",
+        &li.url,
+        "http://127.0.0.1:8080/ingest/postgres".to_string(),
+    );
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        c.problem("listener.url", format!("{url:?} is not an http:// or https:// URL"));
+    }
+    let token = c.value("listener.token", &li.token, String::new());
+    let token_file = c.value("listener.token_file", &li.token_file, String::new());
+    let token = match (token.is_empty(), token_file.is_empty()) {
+        (false, false) => {
+            c.problem("listener.token_file", "set either listener.token or listener.token_file, not both");
+            Secret::new(token)
+        }
+        (true, false) => c.secret_file("listener.token_file", &token_file).unwrap_or_default(),
+        _ => Secret::new(token),
+    };
+    let compression = match c
+        .choice("listener.compression", &li.compression, "gzip", &["gzip", "none"])
+        .as_str()
+    {
+        "none" => Compression::None,
+        _ => Compression::Gzip,
+    };
+    let listener = ListenerConfig {
+        url,
+        token,
+        timeout: ms(c.int("listener.timeout_ms", &li.timeout_ms, 10_000, 100, 600_000, "")),
+        compression,
+        batch_max_events: c.int(
+            "listener.batch_max_events",
+            &li.batch_max_events,
+            500,
+            1,
+            100_000,
+            "",
+        ) as u32,
+        retry_max: ms(c.int("listener.retry_max_ms", &li.retry_max_ms, 30_000, 100, 3_600_000, "")),
+    };
+
+    let b = &raw.buffer;
+    c.unknown("buffer", &b.unknown);
+    let buffer = BufferConfig {
+        max_bytes: c.int(
+            "buffer.max_bytes",
+            &b.max_bytes,
+            104_857_600,
+            1_048_576,
+            1 << 40,
+            " (at least 1 MiB)",
+        ) as u64,
+    };
+
+    let br = &raw.breaker;
+    c.unknown("breaker", &br.unknown);
+    let breaker = BreakerConfig {
+        fail_max: c.int("breaker.fail_max", &br.fail_max, 5, 1, 1000, "") as u32,
+        reset_timeout: Duration::from_secs(
+            c.int("breaker.reset_timeout_s", &br.reset_timeout_s, 60, 1, 3600, "") as u64,
+        ),
+    };
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Config {
+        agent: AgentConfig {
+            project_id,
+            hostname,
+            state_dir: PathBuf::from(state_dir),
+            shutdown_grace: Duration::from_secs(grace as u64),
+        },
+        database,
+        collection,
+        correlation: CorrelationConfig {
+            application_name_pattern: pattern,
+        },
+        logs,
+        listener,
+        buffer,
+        breaker,
+    })
+}
+
+fn default_pattern() -> regex::Regex {
+    // The constant is a valid pattern; a unit test below proves it.
+    regex::Regex::new(DEFAULT_CORRELATION_PATTERN).unwrap_or_else(|_| unreachable!())
+}

@@ -1,0 +1,164 @@
+//! The database connection pool and the settings that keep the agent harmless: every
+//! connection identifies itself as `postgres-agent`, is read-only, and carries a
+//! statement, lock and idle-in-transaction timeout set at connection start (so no
+//! statement can ever run without them), and the pool is small and fails fast.
+
+use std::sync::{Arc, Mutex};
+
+use bb8::{ErrorSink, Pool as Bb8Pool, RunError};
+use bb8_postgres::PostgresConnectionManager;
+use slog::{warn, Logger};
+use tokio_postgres::NoTls;
+
+use crate::config::{DatabaseConfig, SslMode};
+
+/// The `application_name` of every agent connection; the activity source excludes
+/// sessions with this name and the agent's own role from what it reports.
+pub const APPLICATION_NAME: &str = "postgres-agent";
+
+/// The connection pool type.
+pub type Pool = Bb8Pool<PostgresConnectionManager<NoTls>>;
+
+/// Errors talking to the database, classified for the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had within `connect_timeout` (the last connect error, if
+    /// the pool saw one, says why).
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
+    /// A statement failed (including `statement_timeout`).
+    #[error("query failed: {0}")]
+    Query(String),
+    /// The whole cycle took longer than its deadline.
+    #[error("cycle timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl DbError {
+    /// Describes a tokio-postgres error with the server's message when there is one.
+    pub fn query(e: tokio_postgres::Error) -> DbError {
+        DbError::Query(describe(&e))
+    }
+}
+
+/// Server message (with SQLSTATE) when the error came from the server, else the
+/// client-side description.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Builds the client configuration with the agent's session settings.
+pub fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    if cfg.host.starts_with('/') {
+        c.host_path(&cfg.host);
+    } else {
+        c.host(&cfg.host);
+    }
+    c.port(cfg.port)
+        .user(&cfg.user)
+        .dbname(&cfg.dbname)
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(cfg.connect_timeout)
+        .ssl_mode(match cfg.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        })
+        .options(session_options(cfg));
+    if let Some(p) = &cfg.password {
+        c.password(p.expose());
+    }
+    c
+}
+
+/// The `-c` options sent in the startup packet. Setting them at connection start (rather
+/// than with `SET` after connecting) means no agent statement can ever run without them.
+pub fn session_options(cfg: &DatabaseConfig) -> String {
+    format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} -c default_transaction_read_only=on",
+        cfg.statement_timeout.as_millis(),
+        cfg.lock_timeout.as_millis(),
+        cfg.statement_timeout.as_millis(),
+    )
+}
+
+/// Remembers the last connection error, because bb8 otherwise only reports `TimedOut`.
+#[derive(Clone)]
+pub struct LastError {
+    last: Arc<Mutex<Option<String>>>,
+    log: Logger,
+}
+
+impl std::fmt::Debug for LastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastError")
+    }
+}
+
+impl ErrorSink<tokio_postgres::Error> for LastError {
+    fn sink(&self, e: tokio_postgres::Error) {
+        let msg = describe(&e);
+        warn!(self.log, "db_connect_failed"; "error" => &msg);
+        if let Ok(mut g) = self.last.lock() {
+            *g = Some(msg);
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
+
+impl LastError {
+    /// Takes the last connection error seen, if any.
+    pub fn take(&self) -> Option<String> {
+        self.last.lock().ok().and_then(|mut g| g.take())
+    }
+}
+
+/// A pool and the place where its connection errors land.
+pub struct Db {
+    /// The pool (connections are made lazily, on first use).
+    pub pool: Pool,
+    errors: LastError,
+}
+
+impl Db {
+    /// Builds a pool of at most `max_size` connections. No connection is made here, so a
+    /// database that is down does not keep the agent from starting.
+    pub fn new(cfg: &DatabaseConfig, max_size: u32, log: &Logger) -> Db {
+        let errors = LastError {
+            last: Arc::new(Mutex::new(None)),
+            log: log.clone(),
+        };
+        let manager = PostgresConnectionManager::new(pg_config(cfg), NoTls);
+        let pool = Bb8Pool::builder()
+            .max_size(max_size.max(1))
+            .min_idle(None)
+            .connection_timeout(cfg.connect_timeout)
+            // Do not keep retrying a refused connection inside one `get`: the cycle should
+            // fail fast and the next cycle try again.
+            .retry_connection(false)
+            .idle_timeout(Some(std::time::Duration::from_secs(600)))
+            .error_sink(Box::new(errors.clone()))
+            .build_unchecked(manager);
+        Db { pool, errors }
+    }
+
+    /// A connection, or a classified error saying why there is none.
+    pub async fn get(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DbError> {
+        self.pool.get().await.map_err(|e| match e {
+            RunError::User(e) => DbError::Unreachable(describe(&e)),
+            RunError::TimedOut => DbError::Unreachable(
+                self.errors
+                    .take()
+                    .unwrap_or_else(|| "no connection within connect_timeout_ms".to_string()),
+            ),
+        })
+    }
+}

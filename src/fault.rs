@@ -1,0 +1,42 @@
+//! Test-only fault injection, off unless `POSTGRES_AGENT_FAULT_DIR` is set.
+//!
+//! The integration tests prove that the supervisor restarts a child that panicked or hung
+//! by making the real binary do exactly that: a test writes `panic` or `hang` into
+//! `$POSTGRES_AGENT_FAULT_DIR/<child>`, and the child takes (removes) the file at its next
+//! cycle and obeys. Without the variable this costs one environment lookup per cycle.
+
+use std::path::PathBuf;
+
+/// The environment variable naming the fault directory.
+pub const FAULT_DIR_ENV: &str = "POSTGRES_AGENT_FAULT_DIR";
+
+/// A fault a test asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Panic inside the actor's handler.
+    Panic,
+    /// Block the child's thread (not just its future) for an hour.
+    Hang,
+}
+
+/// Takes the fault requested for `child`, if any (the request is removed first, so the
+/// restarted child does not obey it again).
+pub fn take(child: &str) -> Option<Fault> {
+    let dir = std::env::var_os(FAULT_DIR_ENV)?;
+    let path = PathBuf::from(dir).join(child);
+    let text = std::fs::read_to_string(&path).ok()?;
+    std::fs::remove_file(&path).ok()?;
+    match text.trim() {
+        "panic" => Some(Fault::Panic),
+        "hang" => Some(Fault::Hang),
+        _ => None,
+    }
+}
+
+/// Carries out a fault on the current thread.
+pub fn inject(child: &str, fault: Fault) {
+    match fault {
+        Fault::Panic => panic!("fault injection: {child} was asked to panic"),
+        Fault::Hang => std::thread::sleep(std::time::Duration::from_secs(3600)),
+    }
+}

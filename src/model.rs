@@ -1,0 +1,332 @@
+//! Every type that crosses an actor boundary: events and batches, the messages children
+//! exchange, health reports, and [`Route`], the indirection that lets senders reach a
+//! child after it was restarted under a new `Addr`.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// What produced an event; the `kind` field of the listener protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A `pg_stat_activity` row.
+    PgActivity,
+    /// A `pg_stat_statements` delta.
+    PgStatements,
+    /// A blocked/blocking session pair.
+    PgLocks,
+    /// Host metrics.
+    System,
+    /// A server log event.
+    PgLog,
+    /// The agent's own health (restarts, losses, parse errors).
+    Agent,
+}
+
+impl EventKind {
+    /// The name used on the wire, in the spool and in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PgActivity => "pg_activity",
+            EventKind::PgStatements => "pg_statements",
+            EventKind::PgLocks => "pg_locks",
+            EventKind::System => "system",
+            EventKind::PgLog => "pg_log",
+            EventKind::Agent => "agent",
+        }
+    }
+
+    /// Parses the wire name back (used when reading the spool).
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::PgActivity,
+            EventKind::PgStatements,
+            EventKind::PgLocks,
+            EventKind::System,
+            EventKind::PgLog,
+            EventKind::Agent,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One event as collected. `data` is serialized once, by the collector that made it, and
+/// travels as raw JSON through the spool to the listener without being parsed again.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Deterministic, source-scoped id: the same observation always gets the same id.
+    pub id: String,
+    /// The source.
+    pub kind: EventKind,
+    /// When the source observed it.
+    pub collected_at: DateTime<Utc>,
+    /// The source-specific payload.
+    pub data: Box<RawValue>,
+}
+
+impl Event {
+    /// Makes an event from a serializable payload.
+    pub fn new<T: Serialize>(
+        id: String,
+        kind: EventKind,
+        collected_at: DateTime<Utc>,
+        data: &T,
+    ) -> Result<Event, serde_json::Error> {
+        Ok(Event {
+            id,
+            kind,
+            collected_at,
+            data: serde_json::value::to_raw_value(data)?,
+        })
+    }
+}
+
+/// A batch handed from the spool to the shipper. Its id is stored with its events, so a
+/// batch sent again after a failure or a crash has the same `batch_id` and event ids.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The `batch_id` and `Idempotency-Key`.
+    pub batch_id: String,
+    /// Events in spool order.
+    pub events: Vec<Event>,
+}
+
+/// Errors of the spool, classified where they are produced.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool is not open (the buffer is starting or failed to open it).
+    #[error("spool not open: {0}")]
+    NotOpen(String),
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    /// The spool's child is not running right now (restarting); try again later.
+    #[error("buffer unavailable (restarting)")]
+    Unavailable,
+}
+
+/// Collector → buffer: append these events in one transaction.
+#[derive(Message)]
+#[rtype(result = "Result<(), SpoolError>")]
+pub struct Enqueue(pub Vec<Event>);
+
+/// Shipper → buffer: the oldest batch (the same one again until it is acknowledged).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Batch>, SpoolError>")]
+pub struct NextBatch {
+    /// At most this many events.
+    pub max_events: u32,
+}
+
+/// Shipper → buffer: the listener accepted this batch; delete its events.
+#[derive(Message)]
+#[rtype(result = "Result<u64, SpoolError>")]
+pub struct Ack {
+    /// The acknowledged batch.
+    pub batch_id: String,
+}
+
+/// Supervisor → shipper: ship what is spooled until empty or `deadline`.
+#[derive(Message)]
+#[rtype(result = "FlushOutcome")]
+pub struct Flush {
+    /// When to give up.
+    pub deadline: Instant,
+}
+
+/// What a final flush achieved.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FlushOutcome {
+    /// Batches the listener accepted during the flush.
+    pub batches: u64,
+    /// True when the spool was empty at the end.
+    pub drained: bool,
+}
+
+/// Supervisor → any child: are you alive, and how are you doing?
+#[derive(Message)]
+#[rtype(result = "Health")]
+pub struct Ping;
+
+/// A child's answer to [`Ping`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    /// When the child last finished a unit of work (a cycle, an attempt); a child that
+    /// answers pings but makes no progress past `deadline` is treated as hung.
+    #[serde(skip)]
+    pub progress: Instant,
+    /// How long the child may go without progress; `None` for children without cycles.
+    #[serde(skip)]
+    pub deadline: Option<Duration>,
+    /// When the child last succeeded.
+    pub last_success: Option<DateTime<Utc>>,
+    /// The last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Child-specific figures.
+    pub detail: ChildDetail,
+}
+
+/// Child-specific figures of a [`Health`] report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ChildDetail {
+    /// A collector's counters.
+    Collector(CollectorStats),
+    /// The spool's depth and size.
+    Buffer(SpoolStats),
+    /// The shipper's delivery state.
+    Shipper(ShipperStats),
+}
+
+/// Counters of one collector.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectorStats {
+    /// Cycles completed (successful or not).
+    pub cycles_total: u64,
+    /// Cycles that failed (database unreachable, timeout, bad row).
+    pub cycle_errors_total: u64,
+    /// Ticks skipped because the previous cycle was still running.
+    pub cycles_skipped_total: u64,
+    /// Events produced.
+    pub events_total: u64,
+    /// Events waiting in memory because the spool did not take them yet.
+    pub pending_events: usize,
+    /// Events dropped because the in-memory backlog exceeded its cap (spool down long).
+    pub dropped_events_total: u64,
+    /// Sampling interval in seconds.
+    pub interval_s: u64,
+}
+
+/// The spool's depth and size.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpoolStats {
+    /// Events waiting to be shipped.
+    pub depth: u64,
+    /// Bytes of event data waiting.
+    pub bytes: u64,
+    /// Size of the database files on disk (db + WAL).
+    pub file_bytes: u64,
+    /// Age of the oldest waiting event, seconds.
+    pub oldest_age_s: Option<f64>,
+    /// Events appended since start.
+    pub appended_total: u64,
+    /// Events acknowledged and deleted since start.
+    pub acked_total: u64,
+    /// Events evicted because of the size cap (never, until the cap is implemented).
+    pub evicted_total: u64,
+    /// Spool write/read errors since start.
+    pub errors_total: u64,
+}
+
+/// The shipper's delivery state.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShipperStats {
+    /// HTTP status of the last response, if any.
+    pub last_http_status: Option<u16>,
+    /// Batches accepted by the listener.
+    pub batches_sent_total: u64,
+    /// Events accepted by the listener.
+    pub events_sent_total: u64,
+    /// Failed attempts (network errors and non-2xx answers).
+    pub failures_total: u64,
+    /// Consecutive failures right now.
+    pub consecutive_failures: u32,
+    /// Seconds until the next attempt when backing off.
+    pub retry_in_s: Option<f64>,
+}
+
+/// A late-bound address: the supervisor replaces the `Addr` when it restarts a child, and
+/// senders look it up at each send, so nobody holds a stale address.
+pub struct Route<A: Actor>(Arc<RwLock<Option<Addr<A>>>>);
+
+impl<A: Actor> Clone for Route<A> {
+    fn clone(&self) -> Self {
+        Route(self.0.clone())
+    }
+}
+
+impl<A: Actor> Default for Route<A> {
+    fn default() -> Self {
+        Route(Arc::new(RwLock::new(None)))
+    }
+}
+
+impl<A: Actor> Route<A> {
+    /// The current address, if the child is running.
+    pub fn get(&self) -> Option<Addr<A>> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Points the route at a new address (or at nothing while the child is down).
+    pub fn set(&self, addr: Option<Addr<A>>) {
+        match self.0.write() {
+            Ok(mut g) => *g = addr,
+            Err(poisoned) => *poisoned.into_inner() = addr,
+        }
+    }
+}
+
+/// A child of the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChildId {
+    /// The SQLite spool.
+    Buffer,
+    /// The HTTP shipper.
+    Shipper,
+    /// The collector of one source.
+    Collector(EventKind),
+}
+
+impl ChildId {
+    /// The name shown in logs and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildId::Buffer => "buffer",
+            ChildId::Shipper => "shipper",
+            ChildId::Collector(k) => k.as_str(),
+        }
+    }
+}
+
+/// Child → supervisor, sent from the `Drop` of an [`ExitGuard`]: the child's actor is
+/// gone (it stopped, or its handler panicked and unwound).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    /// Which child.
+    pub child: ChildId,
+    /// Which incarnation of it; a stale report of an old incarnation is ignored.
+    pub generation: u64,
+    /// True when the thread was unwinding from a panic.
+    pub panicked: bool,
+}
+
+/// Held by every child actor: when the actor is dropped (stopped, or unwound by a panic,
+/// which actix does not report to anybody) the guard tells the supervisor.
+pub struct ExitGuard {
+    /// Where to report.
+    pub to: Recipient<ChildExited>,
+    /// Which child.
+    pub child: ChildId,
+    /// Which incarnation.
+    pub generation: u64,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.to.do_send(ChildExited {
+            child: self.child,
+            generation: self.generation,
+            panicked: std::thread::panicking(),
+        });
+    }
+}

@@ -1,0 +1,64 @@
+//! Unix signals, turned into one enum in one place and forwarded to the supervisor:
+//! SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps status.
+
+use actix::Addr;
+use slog::{error, info, Logger};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::supervisor::{DumpStatus, Reload, Shutdown, Supervisor};
+
+/// What a signal asks of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT.
+    Terminate,
+    /// SIGHUP.
+    Reload,
+    /// SIGUSR1.
+    DumpStatus,
+}
+
+/// Listens for signals on the current (supervisor's) runtime until the system stops.
+pub fn spawn(supervisor: Addr<Supervisor>, log: Logger) {
+    actix_rt::spawn(async move {
+        let kinds = [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::hangup(),
+            SignalKind::user_defined1(),
+        ];
+        let mut streams = Vec::new();
+        for k in kinds {
+            match signal(k) {
+                Ok(s) => streams.push(s),
+                Err(e) => {
+                    error!(log, "signal_setup_failed"; "error" => %e);
+                    return;
+                }
+            }
+        }
+        let [term, int, hup, usr1] = &mut streams[..] else {
+            return;
+        };
+        let mut stopping = false;
+        loop {
+            let sig = tokio::select! {
+                _ = term.recv() => Signal::Terminate,
+                _ = int.recv() => Signal::Terminate,
+                _ = hup.recv() => Signal::Reload,
+                _ = usr1.recv() => Signal::DumpStatus,
+            };
+            info!(log, "signal_received"; "signal" => format!("{sig:?}"));
+            match sig {
+                Signal::Terminate if !stopping => {
+                    stopping = true;
+                    supervisor.do_send(Shutdown);
+                }
+                // A second SIGTERM while flushing: the operator is impatient; leave now.
+                Signal::Terminate => std::process::exit(0),
+                Signal::Reload => supervisor.do_send(Reload),
+                Signal::DumpStatus => supervisor.do_send(DumpStatus { trigger: "sigusr1" }),
+            }
+        }
+    });
+}

@@ -1,0 +1,57 @@
+//! The sources: what each one reads and how its rows become events. A source is plain
+//! code (SQL, row mapping) with no actor in it; [`crate::collector`] runs it on a schedule
+//! and `once` runs it a single time.
+
+pub mod activity;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::model::{Event, EventKind};
+
+/// The future of one collection.
+pub type CollectFuture = Pin<Box<dyn Future<Output = Result<Vec<Event>, DbError>>>>;
+
+/// One source of events.
+pub trait Source {
+    /// The kind of the events it makes (and the name of its child in status).
+    fn kind(&self) -> EventKind;
+    /// One collection through `db`.
+    fn collect(&self, db: Rc<Db>) -> CollectFuture;
+}
+
+/// The sources this build can run, enabled by `[collection]`, each with its interval.
+pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
+    let mut v = Vec::new();
+    if config.collection.activity {
+        v.push((EventKind::PgActivity, config.collection.activity_interval));
+    }
+    v
+}
+
+/// Sources switched on in `[collection]` that this build does not have yet; the agent
+/// says so once at start and in status instead of pretending to collect them.
+pub fn not_built(config: &Config) -> Vec<&'static str> {
+    let c = &config.collection;
+    [
+        (c.statements, "pg_statements"),
+        (c.locks, "pg_locks"),
+        (c.system, "system"),
+        (c.logs, "pg_log"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// Makes the source of `kind` from the configuration.
+pub fn make(kind: EventKind, config: &Config) -> Option<Box<dyn Source>> {
+    match kind {
+        EventKind::PgActivity => Some(Box::new(activity::ActivitySource::new(config))),
+        _ => None,
+    }
+}

@@ -1,0 +1,150 @@
+//! Creating a child on a fresh arbiter, and talking to it without knowing its type.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix::prelude::*;
+use slog::{o, Logger};
+
+use crate::buffer::BufferActor;
+use crate::collector::CollectorActor;
+use crate::config::Config;
+use crate::model::{ChildExited, ChildId, ExitGuard, Flush, Health, Ping, Route};
+use crate::shipper::{Sender, ShipperActor};
+use crate::sources;
+
+/// The address of a running child, whatever its type.
+#[derive(Clone)]
+pub enum ChildAddr {
+    /// The spool.
+    Buffer(Addr<BufferActor>),
+    /// The shipper.
+    Shipper(Addr<ShipperActor>),
+    /// A collector.
+    Collector(Addr<CollectorActor>),
+}
+
+type PingFuture = Pin<Box<dyn Future<Output = Result<Health, MailboxError>>>>;
+
+impl ChildAddr {
+    /// Sends a health check.
+    pub fn ping(&self) -> PingFuture {
+        match self {
+            ChildAddr::Buffer(a) => Box::pin(a.send(Ping)),
+            ChildAddr::Shipper(a) => Box::pin(a.send(Ping)),
+            ChildAddr::Collector(a) => Box::pin(a.send(Ping)),
+        }
+    }
+
+    /// Asks the shipper for a final flush (other children have nothing to flush).
+    pub fn flush(&self, msg: Flush) -> Option<Request<ShipperActor, Flush>> {
+        match self {
+            ChildAddr::Shipper(a) => Some(a.send(msg)),
+            _ => None,
+        }
+    }
+}
+
+/// A child running on its own arbiter.
+pub struct Running {
+    /// The thread the child runs on; stopped when the child is replaced.
+    pub arbiter: Arbiter,
+    /// Its address.
+    pub addr: ChildAddr,
+    /// Which incarnation this is.
+    pub generation: u64,
+    /// When it was started.
+    pub started: std::time::Instant,
+    /// A ping is outstanding (never two at once for one child).
+    pub ping_pending: bool,
+}
+
+/// The children the configuration asks for, in start order: the spool first so that
+/// collectors have somewhere to put events, the shipper, then the sources.
+pub fn desired(config: &Config) -> Vec<ChildId> {
+    let mut v = vec![ChildId::Buffer, ChildId::Shipper];
+    v.extend(
+        sources::enabled(config)
+            .into_iter()
+            .map(|(k, _)| ChildId::Collector(k)),
+    );
+    v
+}
+
+/// True when the settings `id` is built from differ between `old` and `new`.
+pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
+    let agent = old.agent.hostname != new.agent.hostname;
+    match id {
+        ChildId::Buffer => old.agent.state_dir != new.agent.state_dir || old.buffer != new.buffer,
+        ChildId::Shipper => {
+            agent || old.agent.project_id != new.agent.project_id || old.listener != new.listener
+        }
+        ChildId::Collector(_) => {
+            agent
+                || old.database != new.database
+                || old.collection != new.collection
+                || old.correlation != new.correlation
+        }
+    }
+}
+
+/// Starts incarnation `generation` of `id` on a new arbiter.
+pub fn spawn(
+    id: ChildId,
+    generation: u64,
+    config: &Config,
+    buffer: &Route<BufferActor>,
+    supervisor: Recipient<ChildExited>,
+    log: &Logger,
+) -> Running {
+    let arbiter = Arbiter::new();
+    let log = log.new(o!("child" => id.name(), "generation" => generation));
+    let guard = ExitGuard {
+        to: supervisor,
+        child: id,
+        generation,
+    };
+    let h = arbiter.handle();
+    let addr = match id {
+        ChildId::Buffer => {
+            let dir = config.agent.state_dir.clone();
+            ChildAddr::Buffer(BufferActor::start_in_arbiter(&h, move |_| {
+                BufferActor::new(dir, log, guard)
+            }))
+        }
+        ChildId::Shipper => {
+            let cfg = config.listener.clone();
+            let sender = Sender {
+                project: config.agent.project_id.clone(),
+                host: config.agent.hostname.clone(),
+            };
+            let route = buffer.clone();
+            ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
+                ShipperActor::new(cfg, sender, route, log, guard)
+            }))
+        }
+        ChildId::Collector(kind) => {
+            let config = config.clone();
+            let route = buffer.clone();
+            let interval = sources::enabled(&config)
+                .into_iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, i)| i)
+                .unwrap_or(config.collection.interval);
+            ChildAddr::Collector(CollectorActor::start_in_arbiter(&h, move |_| {
+                // Sources hold thread-local state (Rc), so they are built on the child's
+                // own thread. `desired` only lists kinds that `make` knows.
+                let source = sources::make(kind, &config)
+                    .unwrap_or_else(|| unreachable!("no source for {kind:?}"));
+                CollectorActor::new(source, interval, &config, route, log, guard)
+            }))
+        }
+    };
+    Running {
+        arbiter,
+        addr,
+        generation,
+        started: std::time::Instant::now(),
+        ping_pending: false,
+    }
+}

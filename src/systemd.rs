@@ -1,0 +1,67 @@
+//! sd_notify: `READY=1`, `STATUS=…`, `RELOADING=1` with `MONOTONIC_USEC`, `STOPPING=1`
+//! and `WATCHDOG=1`. Every call is a no-op when the agent was not started by systemd
+//! (no `NOTIFY_SOCKET`), so the same code runs under a terminal and in tests.
+
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+
+/// The connection to the service manager.
+pub struct Systemd {
+    /// Half the `WATCHDOG_USEC` systemd asked for; `None` without a watchdog.
+    watchdog_every: Option<Duration>,
+    last_watchdog: Instant,
+}
+
+impl Systemd {
+    /// Reads `WATCHDOG_USEC` from the environment.
+    pub fn from_env() -> Systemd {
+        let mut usec = 0u64;
+        let enabled = sd_notify::watchdog_enabled(false, &mut usec);
+        Systemd {
+            watchdog_every: enabled.then(|| Duration::from_micros(usec) / 2),
+            last_watchdog: Instant::now(),
+        }
+    }
+
+    fn send(&self, states: &[NotifyState]) {
+        // Nothing useful can be done if the notification socket fails; systemd notices a
+        // missing READY or WATCHDOG on its own.
+        let _ = sd_notify::notify(false, states);
+    }
+
+    /// Startup (or a reload) is complete.
+    pub fn ready(&self, status: &str) {
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// A free-form status line (`systemctl status` shows it).
+    pub fn status(&self, status: &str) {
+        self.send(&[NotifyState::Status(status)]);
+    }
+
+    /// A reload started (systemd ≥ 253 wants the monotonic timestamp with it).
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(ts) => self.send(&[NotifyState::Reloading, ts]),
+            Err(_) => self.send(&[NotifyState::Reloading]),
+        }
+    }
+
+    /// Shutdown started.
+    pub fn stopping(&self) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    /// Called from the supervisor's health tick: pets the watchdog when due. Because the
+    /// tick runs on the supervisor's thread, a wedged supervisor stops the pets and
+    /// systemd restarts the agent.
+    pub fn watchdog(&mut self) {
+        if let Some(every) = self.watchdog_every {
+            if self.last_watchdog.elapsed() >= every {
+                self.last_watchdog = Instant::now();
+                self.send(&[NotifyState::Watchdog]);
+            }
+        }
+    }
+}

@@ -1,1 +1,10 @@
+//! Integration tests against the real thing: a throwaway PostgreSQL cluster per test,
+//! a real HTTP listener on 127.0.0.1:0, and the real binary driven by real signals.
 
+mod harness;
+
+mod activity;
+mod cli;
+mod delivery;
+mod signals;
+mod supervision;

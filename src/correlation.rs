@@ -68,11 +68,13 @@ mod tests {
     use super::*;
 
     fn re() -> Regex {
-        Regex::new(crate::config::parse_str("[agent]\nproject_id='p'\n")
-            .expect("valid")
-            .correlation
-            .application_name_pattern
-            .as_str())
+        Regex::new(
+            crate::config::parse_str("[agent]\nproject_id='p'\n")
+                .expect("valid")
+                .correlation
+                .application_name_pattern
+                .as_str(),
+        )
         .expect("valid")
     }
 
@@ -80,7 +82,11 @@ mod tests {
     fn application_name_wins() {
         let id = "0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60";
         assert_eq!(
-            extract(&re(), Some(&format!("bitville-{id}")), Some("/*request_id='x'*/ select 1")),
+            extract(
+                &re(),
+                Some(&format!("bitville-{id}")),
+                Some("/*request_id='x'*/ select 1")
+            ),
             Some((id.to_string(), CorrelationSource::ApplicationName))
         );
         assert_eq!(extract(&re(), Some("bitville-short"), None), None);
@@ -90,7 +96,11 @@ mod tests {
     #[test]
     fn sqlcommenter_comment_is_the_fallback() {
         assert_eq!(
-            extract(&re(), Some("psql"), Some("select 1 /*controller='a',request_id='r-42'*/")),
+            extract(
+                &re(),
+                Some("psql"),
+                Some("select 1 /*controller='a',request_id='r-42'*/")
+            ),
             Some(("r-42".to_string(), CorrelationSource::QueryComment))
         );
         assert_eq!(

@@ -106,7 +106,8 @@ impl Spool {
                 st.execute(params![
                     e.id,
                     e.kind.as_str(),
-                    e.collected_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    e.collected_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     data,
                     data.len() as i64
                 ])?;

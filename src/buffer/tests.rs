@@ -18,7 +18,8 @@ fn ids(b: &Batch) -> Vec<String> {
 fn batches_come_out_oldest_first_and_repeat_until_acked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path()).expect("open");
-    s.append(&(0..5).map(ev).collect::<Vec<_>>()).expect("append");
+    s.append(&(0..5).map(ev).collect::<Vec<_>>())
+        .expect("append");
     let b1 = s.next_batch(3).expect("batch").expect("some");
     assert_eq!(ids(&b1), vec!["t:0", "t:1", "t:2"]);
     assert_eq!(b1.events[1].data.get(), r#"{"i":1}"#);
@@ -33,7 +34,10 @@ fn batches_come_out_oldest_first_and_repeat_until_acked() {
     assert_eq!(s.ack(&b2.batch_id).expect("ack"), 2);
     assert!(s.next_batch(3).expect("batch").is_none());
     let st = s.stats().expect("stats");
-    assert_eq!((st.depth, st.bytes, st.appended_total, st.acked_total), (0, 0, 5, 5));
+    assert_eq!(
+        (st.depth, st.bytes, st.appended_total, st.acked_total),
+        (0, 0, 5, 5)
+    );
 }
 
 #[test]
@@ -41,7 +45,8 @@ fn reopened_spool_keeps_unacked_batch_and_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = {
         let mut s = Spool::open(dir.path()).expect("open");
-        s.append(&(0..4).map(ev).collect::<Vec<_>>()).expect("append");
+        s.append(&(0..4).map(ev).collect::<Vec<_>>())
+            .expect("append");
         s.next_batch(2).expect("batch").expect("some")
     };
     let mut s = Spool::open(dir.path()).expect("reopen");

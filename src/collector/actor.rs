@@ -12,9 +12,7 @@ use crate::buffer::BufferActor;
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::fault;
-use crate::model::{
-    ChildDetail, CollectorStats, Enqueue, Event, ExitGuard, Health, Ping, Route,
-};
+use crate::model::{ChildDetail, CollectorStats, Enqueue, Event, ExitGuard, Health, Ping, Route};
 use crate::sources::Source;
 
 /// Collects one source every interval and hands the events to the spool.
@@ -97,7 +95,10 @@ impl CollectorActor {
                 Err(_) => Err(DbError::Timeout(limit)),
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.finish(res, ctx)));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|res, act, ctx| act.finish(res, ctx)),
+        );
     }
 
     fn finish(&mut self, res: Result<Vec<Event>, DbError>, ctx: &mut Context<Self>) {

@@ -100,7 +100,12 @@ async fn check_database(r: &mut Report, config: &Config) {
             let (user, version, monitor): (String, String, Option<bool>) =
                 (row.get(0), row.get(1), row.get(2));
             if monitor == Some(true) {
-                r.ok("database", &format!("connected as {user} to PostgreSQL {version}; role can read all statistics"));
+                r.ok(
+                    "database",
+                    &format!(
+                        "connected as {user} to PostgreSQL {version}; role can read all statistics"
+                    ),
+                );
             } else {
                 r.fail(
                     "database",
@@ -109,7 +114,11 @@ async fn check_database(r: &mut Report, config: &Config) {
                 );
             }
         }
-        Err(e) => r.fail("database", &format!("query failed: {}", describe(&e)), "check the role's privileges"),
+        Err(e) => r.fail(
+            "database",
+            &format!("query failed: {}", describe(&e)),
+            "check the role's privileges",
+        ),
     }
 }
 
@@ -126,7 +135,13 @@ async fn check_listener(r: &mut Report, config: &Config) {
     };
     let body = match encode_body(envelope_json(&sender, &batch, Utc::now()), l.compression) {
         Ok(b) => b,
-        Err(e) => return r.fail("listener", &format!("cannot encode: {e}"), "report this as a bug"),
+        Err(e) => {
+            return r.fail(
+                "listener",
+                &format!("cannot encode: {e}"),
+                "report this as a bug",
+            )
+        }
     };
     let client = awc::Client::builder().timeout(l.timeout).finish();
     let mut req = client
@@ -139,7 +154,10 @@ async fn check_listener(r: &mut Report, config: &Config) {
     }
     match req.send_body(body).await {
         Ok(resp) => match resp.status().as_u16() {
-            s @ 200..=299 => r.ok("listener", &format!("{} accepted the token (HTTP {s})", l.url)),
+            s @ 200..=299 => r.ok(
+                "listener",
+                &format!("{} accepted the token (HTTP {s})", l.url),
+            ),
             s @ (401 | 403) => r.fail(
                 "listener",
                 &format!("{} rejected the token (HTTP {s})", l.url),

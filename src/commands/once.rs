@@ -47,7 +47,9 @@ pub fn once(cli: &Cli, config: Config) -> i32 {
             }
         }
         for name in sources::not_built(&config) {
-            eprintln!("postgres-agent: {name}: enabled in [collection] but not collected by this version");
+            eprintln!(
+                "postgres-agent: {name}: enabled in [collection] but not collected by this version"
+            );
         }
         failed
     });

@@ -12,7 +12,9 @@ pub fn status(config: &Config) -> i32 {
             EXIT_OK
         }
         Err(e) => {
-            eprintln!("postgres-agent: {e}\nIs the agent running with this config (agent.state_dir)?");
+            eprintln!(
+                "postgres-agent: {e}\nIs the agent running with this config (agent.state_dir)?"
+            );
             EXIT_UNAVAILABLE
         }
     }

@@ -29,7 +29,10 @@ impl Check {
             } else {
                 format!("{section}.{k}")
             };
-            self.problem(&key, "unknown key (check the spelling against conf/agent.toml)");
+            self.problem(
+                &key,
+                "unknown key (check the spelling against conf/agent.toml)",
+            );
         }
     }
 
@@ -45,7 +48,15 @@ impl Check {
     }
 
     /// An integer that must lie in `min..=max`; `why` explains the limit to the operator.
-    fn int(&mut self, key: &str, f: &Field<i64>, default: i64, min: i64, max: i64, why: &str) -> i64 {
+    fn int(
+        &mut self,
+        key: &str,
+        f: &Field<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+        why: &str,
+    ) -> i64 {
         let v = self.value(key, f, default);
         if v < min || v > max {
             self.problem(key, format!("{v} is out of range {min}..={max}{why}"));
@@ -109,7 +120,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     if state_dir.is_empty() {
         c.problem("agent.state_dir", "must not be empty");
     }
-    let grace = c.int("agent.shutdown_grace_s", &a.shutdown_grace_s, 10, 1, 300, "");
+    let grace = c.int(
+        "agent.shutdown_grace_s",
+        &a.shutdown_grace_s,
+        10,
+        1,
+        300,
+        "",
+    );
 
     let d = &raw.database;
     c.unknown("database", &d.unknown);
@@ -258,20 +276,33 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         "http://127.0.0.1:8080/ingest/postgres".to_string(),
     );
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-        c.problem("listener.url", format!("{url:?} is not an http:// or https:// URL"));
+        c.problem(
+            "listener.url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        );
     }
     let token = c.value("listener.token", &li.token, String::new());
     let token_file = c.value("listener.token_file", &li.token_file, String::new());
     let token = match (token.is_empty(), token_file.is_empty()) {
         (false, false) => {
-            c.problem("listener.token_file", "set either listener.token or listener.token_file, not both");
+            c.problem(
+                "listener.token_file",
+                "set either listener.token or listener.token_file, not both",
+            );
             Secret::new(token)
         }
-        (true, false) => c.secret_file("listener.token_file", &token_file).unwrap_or_default(),
+        (true, false) => c
+            .secret_file("listener.token_file", &token_file)
+            .unwrap_or_default(),
         _ => Secret::new(token),
     };
     let compression = match c
-        .choice("listener.compression", &li.compression, "gzip", &["gzip", "none"])
+        .choice(
+            "listener.compression",
+            &li.compression,
+            "gzip",
+            &["gzip", "none"],
+        )
         .as_str()
     {
         "none" => Compression::None,
@@ -280,7 +311,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     let listener = ListenerConfig {
         url,
         token,
-        timeout: ms(c.int("listener.timeout_ms", &li.timeout_ms, 10_000, 100, 600_000, "")),
+        timeout: ms(c.int(
+            "listener.timeout_ms",
+            &li.timeout_ms,
+            10_000,
+            100,
+            600_000,
+            "",
+        )),
         compression,
         batch_max_events: c.int(
             "listener.batch_max_events",
@@ -290,7 +328,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             100_000,
             "",
         ) as u32,
-        retry_max: ms(c.int("listener.retry_max_ms", &li.retry_max_ms, 30_000, 100, 3_600_000, "")),
+        retry_max: ms(c.int(
+            "listener.retry_max_ms",
+            &li.retry_max_ms,
+            30_000,
+            100,
+            3_600_000,
+            "",
+        )),
     };
 
     let b = &raw.buffer;
@@ -310,9 +355,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     c.unknown("breaker", &br.unknown);
     let breaker = BreakerConfig {
         fail_max: c.int("breaker.fail_max", &br.fail_max, 5, 1, 1000, "") as u32,
-        reset_timeout: Duration::from_secs(
-            c.int("breaker.reset_timeout_s", &br.reset_timeout_s, 60, 1, 3600, "") as u64,
-        ),
+        reset_timeout: Duration::from_secs(c.int(
+            "breaker.reset_timeout_s",
+            &br.reset_timeout_s,
+            60,
+            1,
+            3600,
+            "",
+        ) as u64),
     };
 
     if !c.problems.is_empty() {

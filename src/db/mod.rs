@@ -124,6 +124,8 @@ pub struct Db {
     /// The pool (connections are made lazily, on first use).
     pub pool: Pool,
     errors: LastError,
+    config: tokio_postgres::Config,
+    connect_timeout: std::time::Duration,
 }
 
 impl Db {
@@ -145,13 +147,40 @@ impl Db {
             .idle_timeout(Some(std::time::Duration::from_secs(600)))
             .error_sink(Box::new(errors.clone()))
             .build_unchecked(manager);
-        Db { pool, errors }
+        Db {
+            pool,
+            errors,
+            config: pg_config(cfg),
+            connect_timeout: cfg.connect_timeout,
+        }
     }
 
     /// A connection, or a classified error saying why there is none.
+    ///
+    /// When the pool is empty we connect ourselves and hand the connection to the pool:
+    /// bb8 would wait out the whole `connection_timeout` even when the server refuses at
+    /// once, and then report only "timed out". Connecting here fails fast, with the
+    /// server's own reason.
     pub async fn get(
         &self,
     ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DbError> {
+        if self.pool.state().connections == 0 {
+            let connect = self.config.connect(NoTls);
+            let (client, conn) = match tokio::time::timeout(self.connect_timeout, connect).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(DbError::Unreachable(describe(&e))),
+                Err(_) => {
+                    return Err(DbError::Unreachable(format!(
+                        "no connection within {} ms",
+                        self.connect_timeout.as_millis()
+                    )))
+                }
+            };
+            // The connection future drives the socket; it ends when the client is dropped.
+            tokio::spawn(conn);
+            // A full pool (a connection appeared meanwhile) just drops ours.
+            let _ = self.pool.add(client);
+        }
         self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => DbError::Unreachable(describe(&e)),
             RunError::TimedOut => DbError::Unreachable(

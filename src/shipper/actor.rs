@@ -12,8 +12,8 @@ use super::{classify, encode_body, envelope_json, Backoff, Sender, Verdict};
 use crate::buffer::BufferActor;
 use crate::config::{Compression, ListenerConfig};
 use crate::model::{
-    Ack, ChildDetail, ExitGuard, Flush, FlushOutcome, Health, NextBatch, Ping, Route,
-    ShipperStats, SpoolError,
+    Ack, ChildDetail, ExitGuard, Flush, FlushOutcome, Health, NextBatch, Ping, Route, ShipperStats,
+    SpoolError,
 };
 
 /// How often an idle shipper looks for new events in the spool.
@@ -125,8 +125,16 @@ impl ShipperActor {
             }
             // Acknowledged by the listener: only now may the spool delete the events. If
             // this ack is lost (crash), the batch is sent again with the same ids.
-            match buffer.send(Ack { batch_id: batch.batch_id.clone() }).await {
-                Ok(Ok(_)) => Attempt::Sent { events: batch.events.len(), status },
+            match buffer
+                .send(Ack {
+                    batch_id: batch.batch_id.clone(),
+                })
+                .await
+            {
+                Ok(Ok(_)) => Attempt::Sent {
+                    events: batch.events.len(),
+                    status,
+                },
                 Ok(Err(e)) => Attempt::Failed(format!("ack not recorded: {e}")),
                 Err(_) => Attempt::Failed("ack not recorded: buffer restarting".into()),
             }

@@ -8,8 +8,13 @@ fn batch() -> Batch {
         .with_timezone(&Utc);
     Batch {
         batch_id: "b-1".into(),
-        events: vec![Event::new("e-1".into(), EventKind::PgActivity, at, &serde_json::json!({"pid": 7}))
-            .expect("event")],
+        events: vec![Event::new(
+            "e-1".into(),
+            EventKind::PgActivity,
+            at,
+            &serde_json::json!({"pid": 7}),
+        )
+        .expect("event")],
     }
 }
 

@@ -143,9 +143,11 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<Vec<Event>, Db
     for r in rows {
         let mut row = map_row(r).map_err(|e| DbError::Query(format!("unexpected row: {e}")))?;
         row.sample_rows = n;
-        if let Some((id, src)) =
-            correlation::extract(pattern, row.application_name.as_deref(), row.query.as_deref())
-        {
+        if let Some((id, src)) = correlation::extract(
+            pattern,
+            row.application_name.as_deref(),
+            row.query.as_deref(),
+        ) {
             row.correlation_id = Some(id);
             row.correlation_source = Some(src);
         }

@@ -205,7 +205,9 @@ impl Supervisor {
         };
         match self.buffer.get() {
             Some(b) => b.do_send(Enqueue(vec![ev])),
-            None => warn!(self.log, "agent_event_not_spooled"; "event" => event, "reason" => "buffer down"),
+            None => {
+                warn!(self.log, "agent_event_not_spooled"; "event" => event, "reason" => "buffer down")
+            }
         }
     }
 
@@ -227,9 +229,10 @@ impl Supervisor {
         }
         for (id, generation, ping) in pings {
             let fut = async move { tokio::time::timeout(PING_TIMEOUT, ping).await };
-            ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                act.on_pong(id, generation, res, ctx)
-            }));
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(move |res, act, ctx| act.on_pong(id, generation, res, ctx)),
+            );
         }
     }
 
@@ -259,9 +262,10 @@ impl Supervisor {
                         slot.state = State::Running;
                     }
                     if slot.state == State::Failed
-                        && slot.running.as_ref().is_some_and(|r| {
-                            r.started.elapsed() >= self.policy.healthy_after
-                        })
+                        && slot
+                            .running
+                            .as_ref()
+                            .is_some_and(|r| r.started.elapsed() >= self.policy.healthy_after)
                     {
                         slot.state = State::Running;
                     }
@@ -325,7 +329,11 @@ impl Supervisor {
         if let Err(e) = status::write(&self.config.agent.state_dir, &snap) {
             warn!(self.log, "status_write_failed"; "error" => %e);
         }
-        let running = snap.children.values().filter(|c| c.state == "running").count();
+        let running = snap
+            .children
+            .values()
+            .filter(|c| c.state == "running")
+            .count();
         self.systemd.status(&format!(
             "{running}/{} children running, {} restarts",
             snap.children.len(),
@@ -372,11 +380,7 @@ impl Handler<ChildExited> for Supervisor {
         if !current {
             return; // An incarnation we replaced or stopped on purpose.
         }
-        let reason = if msg.panicked {
-            "panicked"
-        } else {
-            "stopped"
-        };
+        let reason = if msg.panicked { "panicked" } else { "stopped" };
         self.child_down(msg.child, reason.to_string(), ctx);
     }
 }
@@ -397,7 +401,8 @@ impl Handler<Reload> for Supervisor {
                     error: Some(e.to_string()),
                     restarted: vec![],
                 });
-                self.systemd.ready("running (reload rejected: config invalid)");
+                self.systemd
+                    .ready("running (reload rejected: config invalid)");
                 return;
             }
         };

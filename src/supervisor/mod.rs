@@ -102,7 +102,11 @@ impl RestartTracker {
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
         self.attempt = self.attempt.saturating_add(1);
         Decision {
-            delay: self.policy.initial.saturating_mul(factor).min(self.policy.max),
+            delay: self
+                .policy
+                .initial
+                .saturating_mul(factor)
+                .min(self.policy.max),
             failed: false,
         }
     }

@@ -1,0 +1,143 @@
+//! The command line: exit codes, `check`, `once`.
+
+use std::process::Command;
+
+use crate::harness::agent::{bin, config, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::PgCluster;
+use crate::harness::shared_tempdir;
+
+fn run(args: &[&str], config_path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("-c")
+        .arg(config_path)
+        .output()
+        .expect("run agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_exits_78_naming_every_bad_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "[agent]\nstate_dir = \"/tmp/x\"\ncolour = \"blue\"\n[database]\npool_max_size = 10\nstatement_timeout_ms = 100\n\
+         [collection]\ninterval_s = 0\n[listener]\ntoken = \"very-secret\"\nbatch_max_events = \"many\"\n",
+    )
+    .expect("write");
+    for cmd in ["run", "check", "once", "status"] {
+        let (code, _, err) = run(&[cmd], &path);
+        assert_eq!(code, 78, "{cmd}: {err}");
+        for key in [
+            "agent.colour",
+            "agent.project_id",
+            "database.pool_max_size",
+            "database.statement_timeout_ms",
+            "collection.interval_s",
+            "listener.batch_max_events",
+        ] {
+            assert!(err.contains(key), "{cmd}: {key} not named in: {err}");
+        }
+        assert!(err.contains("6 problem(s)"), "{err}");
+        assert!(!err.contains("very-secret"), "token printed: {err}");
+    }
+    let (code, _, err) = run(&["run"], &dir.path().join("missing.toml"));
+    assert_eq!(code, 78);
+    assert!(err.contains("no such file"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, "[agent]\nproject_id = \"p\"\n").expect("write");
+    let out = Command::new(bin())
+        .args(["status", "-c"])
+        .arg(&path)
+        .env("POSTGRES_AGENT__DATABASE__POOL_MAX_SIZE", "9")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.pool_max_size"));
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let out = Command::new(bin()).arg("frobnicate").output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_passes_and_then_names_each_failure_with_a_fix() {
+    let mut pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    let good = config(dir.path(), &pg, &listener.url(), 1);
+    std::fs::write(&path, &good).expect("write");
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok    database  connected as postgres"),
+        "{out}"
+    );
+    assert!(out.contains("accepted the token (HTTP 200)"), "{out}");
+    assert!(out.contains("all checks passed"), "{out}");
+
+    std::fs::write(&path, good.replace(TOKEN, "wrong-token")).expect("write");
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 69, "{out}");
+    assert!(out.contains("rejected the token (HTTP 401)"), "{out}");
+    assert!(out.contains("fix: set listener.token"), "{out}");
+    assert!(!out.contains("wrong-token"), "token printed: {out}");
+
+    pg.stop_server();
+    std::fs::write(&path, &good).expect("write");
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 69, "{out}");
+    assert!(out.contains("FAIL  database  cannot connect"), "{out}");
+    assert!(out.contains("fix: is the server running?"), "{out}");
+    assert!(out.contains("1 check(s) failed"), "{out}");
+}
+
+#[test]
+fn once_prints_activity_as_json_lines_and_ships_nothing() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config(dir.path(), &pg, &listener.url(), 1)).expect("write");
+    let uuid = "7d3c0d2e-5a8b-4c1f-9e2d-3b4a5c6d7e8f";
+    let _s = pg.session(&format!("bitville-{uuid}"), "select pg_sleep(60)");
+    crate::harness::wait_for(
+        "the session to be active",
+        std::time::Duration::from_secs(10),
+        || {
+            (pg.sql("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'")
+                == "1")
+                .then_some(())
+        },
+    );
+    let (code, out, err) = run(&["once"], &path);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let tagged: Vec<_> = events
+        .iter()
+        .filter(|e| e["data"]["correlation_id"] == uuid)
+        .collect();
+    assert_eq!(tagged.len(), 1, "{out}");
+    assert!(events
+        .iter()
+        .all(|e| e["kind"] == "pg_activity" && e["project"] == "it-project"));
+    assert!(listener.received().is_empty());
+    assert!(!dir.path().join("state").join("spool.db").exists());
+}

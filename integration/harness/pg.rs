@@ -1,0 +1,178 @@
+//! A throwaway PostgreSQL cluster: its own directory, its own socket, no TCP port. When
+//! the tests run as root the server runs as `nobody`, because PostgreSQL refuses root.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::{is_root, shared_tempdir};
+
+/// Where the server binaries are; `PG_BIN` overrides (the version matrix sets it).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+const NOBODY: u32 = 65534;
+
+/// A running cluster, stopped and removed on drop.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    /// The port (only names the socket file; no TCP listener).
+    pub port: u16,
+    running: bool,
+}
+
+fn as_server_user(cmd: &mut Command) -> &mut Command {
+    if is_root() {
+        cmd.uid(NOBODY).gid(65534);
+    }
+    cmd.env("LC_ALL", "C").env_remove("PGDATA")
+}
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl PgCluster {
+    /// initdb + start, with `extra_conf` appended to postgresql.conf.
+    pub fn start(extra_conf: &str) -> PgCluster {
+        let dir = shared_tempdir("pgagent-pg");
+        let data = dir.path().join("data");
+        run(
+            as_server_user(Command::new(bin_dir().join("initdb")).args([
+                "-D",
+                data.to_str().expect("utf8 path"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ])),
+            "initdb",
+        );
+        let port = 5432;
+        let conf = format!(
+            "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\nfsync = off\n\
+             max_connections = 50\nshared_buffers = 16MB\n{extra_conf}\n",
+            dir.path().display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write postgresql.conf");
+        let mut c = PgCluster {
+            dir,
+            port,
+            running: false,
+        };
+        c.start_server();
+        c
+    }
+
+    /// The socket directory (the agent's `database.host`).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the server (again).
+    pub fn start_server(&mut self) {
+        let log = self.dir.path().join("server.log");
+        run(
+            as_server_user(Command::new(bin_dir().join("pg_ctl")).args([
+                "-D",
+                self.data().to_str().expect("utf8"),
+                "-l",
+                log.to_str().expect("utf8"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ])),
+            "pg_ctl start",
+        );
+        self.running = true;
+    }
+
+    /// Stops the server (fast mode: sessions are cut).
+    pub fn stop_server(&mut self) {
+        if !self.running {
+            return;
+        }
+        let _ = as_server_user(Command::new(bin_dir().join("pg_ctl")).args([
+            "-D",
+            self.data().to_str().expect("utf8"),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]))
+        .output();
+        self.running = false;
+    }
+
+    /// A psql command line against this cluster.
+    pub fn psql(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("psql"));
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", self.socket_dir().to_str().expect("utf8")])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .env("LC_ALL", "C");
+        c
+    }
+
+    /// Runs SQL and returns its output (unaligned, tuples only).
+    pub fn sql(&self, sql: &str) -> String {
+        let out = run(self.psql().args(["-c", sql]), sql);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts a session tagged with `application_name` that runs `sql` in the background;
+    /// it is killed when the returned child is dropped via [`Session`].
+    pub fn session(&self, application_name: &str, sql: &str) -> Session {
+        let child = self
+            .psql()
+            .args(["-c", sql])
+            .env("PGAPPNAME", application_name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn psql");
+        Session(child)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}
+
+/// A background psql session; killed on drop.
+pub struct Session(std::process::Child);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,167 @@
+//! SIGHUP reloads (and keeps the old config when the new one is broken); SIGUSR1 writes
+//! the status dump.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::harness::agent::{config, Agent, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::PgCluster;
+use crate::harness::{shared_tempdir, wait_for};
+
+/// Distinct pg_activity sample times after `after`, in order.
+fn sample_times(listener: &Listener, after: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let set: BTreeSet<DateTime<Utc>> = listener
+        .events_of("pg_activity")
+        .iter()
+        .filter_map(|e| e["collected_at"].as_str())
+        .filter_map(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t > after)
+        .collect();
+    set.into_iter().collect()
+}
+
+fn gaps(times: &[DateTime<Utc>]) -> Vec<f64> {
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds() as f64 / 1000.0)
+        .collect()
+}
+
+#[test]
+fn sighup_applies_a_new_interval_and_keeps_the_old_config_when_broken() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let _s = pg.session("app", "select pg_sleep(120)");
+    let toml = config(dir.path(), &pg, &listener.url(), 1);
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let start = Utc::now();
+    wait_for("1 s samples", Duration::from_secs(20), || {
+        (sample_times(&listener, start).len() >= 3).then_some(())
+    });
+
+    std::fs::write(
+        &agent.config_path,
+        toml.replace("interval_s = 1", "interval_s = 3"),
+    )
+    .expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let applied = agent.wait_log("reload_applied", Duration::from_secs(10), |_| true);
+    // Only the collector's settings changed: only it was restarted.
+    assert_eq!(applied["restarted"], "pg_activity");
+    let reloaded = Utc::now();
+    let times = wait_for(
+        "4 samples at the new interval",
+        Duration::from_secs(30),
+        || {
+            let t = sample_times(&listener, reloaded);
+            (t.len() >= 4).then_some(t)
+        },
+    );
+    for g in gaps(&times) {
+        assert!(
+            (2.5..=3.5).contains(&g),
+            "gap {g}s after reload to 3s: {times:?}"
+        );
+    }
+
+    // A broken file: rejected with the key named, the agent keeps the 3 s interval.
+    std::fs::write(
+        &agent.config_path,
+        toml.replace("interval_s = 1", "interval_s = 0"),
+    )
+    .expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let rejected = agent.wait_log("reload_rejected", Duration::from_secs(10), |_| true);
+    assert!(
+        rejected["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("collection.interval_s")),
+        "{rejected}"
+    );
+    let after = Utc::now();
+    let times = wait_for(
+        "samples after the rejected reload",
+        Duration::from_secs(30),
+        || {
+            let t = sample_times(&listener, after);
+            (t.len() >= 3).then_some(t)
+        },
+    );
+    for g in gaps(&times) {
+        assert!(
+            (2.5..=3.5).contains(&g),
+            "gap {g}s after rejected reload: {times:?}"
+        );
+    }
+    assert_eq!(agent.logs_named("reload_applied").len(), 1);
+    agent.signal(libc::SIGUSR1);
+    let status = wait_for(
+        "status with the rejected reload",
+        Duration::from_secs(10),
+        || {
+            let s: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(agent.state_dir.join("status.json")).ok()?)
+                    .ok()?;
+            (s["trigger"] == "sigusr1").then_some(s)
+        },
+    );
+    assert_eq!(status["last_reload"]["applied"], false);
+}
+
+#[test]
+fn sigusr1_writes_status_json_without_secrets() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1);
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // Three samples a second apart: the supervisor has pinged every child by then.
+    let start = Utc::now() - chrono::Duration::seconds(1);
+    wait_for("three samples", Duration::from_secs(20), || {
+        (sample_times(&listener, start).len() >= 3).then_some(())
+    });
+    let path = agent.state_dir.join("status.json");
+    let before = Utc::now();
+    agent.signal(libc::SIGUSR1);
+    let s = wait_for("status.json from SIGUSR1", Duration::from_secs(10), || {
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+        let written: DateTime<Utc> = s["written_at"].as_str()?.parse().ok()?;
+        (s["trigger"] == "sigusr1" && written >= before).then_some(s)
+    });
+    assert_eq!(s["pid"], agent.pid());
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    for child in ["buffer", "shipper", "pg_activity"] {
+        assert_eq!(s["children"][child]["state"], "running", "{child}: {s}");
+        assert_eq!(s["children"][child]["restarts"], 0);
+    }
+    assert!(s["children"]["pg_activity"]["detail"]["cycles_total"].as_u64() >= Some(1));
+    assert_eq!(s["children"]["shipper"]["detail"]["last_http_status"], 200);
+    assert!(s["children"]["buffer"]["detail"]["depth"].is_u64());
+    assert!(agent.logs_named("status_dump").len() == 1);
+
+    // `status` prints it for a person.
+    let out = std::process::Command::new(crate::harness::agent::bin())
+        .args(["status", "-c"])
+        .arg(&agent.config_path)
+        .output()
+        .expect("status");
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("(pid {})", agent.pid())), "{text}");
+    assert!(text.contains("pg_activity    running"), "{text}");
+
+    // The token appears nowhere: not in status.json, not in the log, not in `status`.
+    let status_text = std::fs::read_to_string(&path).expect("read");
+    for (what, text) in [
+        ("status.json", status_text),
+        ("log", agent.stderr()),
+        ("status", text.into_owned()),
+    ] {
+        assert!(!text.contains(TOKEN), "token leaked into {what}");
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Shows the agent doing its job on this machine, no listener needed:
+#   1. starts a throwaway PostgreSQL 15 cluster (unless DEMO_PGHOST/DEMO_PGPORT name one),
+#   2. opens a session tagged the way the web application tags its requests,
+#   3. prints one collection (`postgres-agent once`) as JSON lines,
+#   4. runs the daemon for a few seconds with the listener unreachable, so you can see
+#      events kept safe in the spool, the status dump, and a clean SIGTERM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+cargo build --release --quiet
+AGENT=$PWD/target/release/postgres-agent
+W=$(mktemp -d /tmp/pgagent-demo.XXXX); chmod 777 "$W"
+as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
+cleanup() {
+  [ -n "${APID:-}" ] && kill -9 "$APID" 2>/dev/null || true
+  [ -n "${SPID:-}" ] && kill "$SPID" 2>/dev/null || true
+  [ -z "${DEMO_PGHOST:-}" ] && as_pg "$BIN/pg_ctl -D $W/data -m fast -w stop >/dev/null 2>&1" || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+if [ -n "${DEMO_PGHOST:-}" ]; then
+  HOST=$DEMO_PGHOST; PORT=${DEMO_PGPORT:-5432}; USER_=${DEMO_PGUSER:-postgres}
+else
+  echo "== starting a throwaway PostgreSQL cluster in $W"
+  as_pg "$BIN/initdb -D $W/data -U postgres --auth=trust --no-sync >/dev/null"
+  printf "port = 5432\nlisten_addresses = ''\nunix_socket_directories = '%s'\n" "$W" >> "$W/data/postgresql.conf"
+  as_pg "$BIN/pg_ctl -D $W/data -l $W/server.log -w start >/dev/null"
+  HOST=$W; PORT=5432; USER_=postgres
+fi
+REQ=$(python3 -c 'import uuid; print(uuid.uuid4())')
+echo "== a web request $REQ runs a slow query (application_name=bitville-$REQ)"
+PGAPPNAME="bitville-$REQ" "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
+  -c "select pg_sleep(30) /* checkout */" >/dev/null 2>&1 & SPID=$!
+sleep 1
+cat > "$W/agent.toml" <<TOML
+[agent]
+project_id = "demo"
+state_dir = "$W/state"
+shutdown_grace_s = 2
+[database]
+host = "$HOST"
+port = $PORT
+user = "$USER_"
+[collection]
+interval_s = 1
+statements = false
+locks = false
+system = false
+logs = false
+[listener]
+url = "http://127.0.0.1:9/ingest/postgres"
+token = "demo-token"
+retry_max_ms = 1000
+TOML
+echo
+echo "== postgres-agent once: one collection, as JSON lines (the tagged session has a correlation_id)"
+"$AGENT" once -c "$W/agent.toml" --log-format text --log-level error | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line); d = e["data"]
+    print("%-12s pid=%-6s %-22s state=%-7s correlation_id=%s query=%r" % (e["kind"], d["pid"],
+          (d["backend_type"] or "")[:22], d["state"], d["correlation_id"], (d["query"] or "")[:40]))
+'
+echo
+echo "== postgres-agent run for 4 s with the listener unreachable: events wait in the spool"
+"$AGENT" run -c "$W/agent.toml" --log-format text --log-level warning 2>"$W/agent.log" & APID=$!
+sleep 4
+kill -USR1 "$APID"; sleep 0.5
+"$AGENT" status -c "$W/agent.toml"
+kill -TERM "$APID"; wait "$APID"; echo "== SIGTERM: exit code $?"; APID=
+echo "== first lines the agent logged (the listener is unreachable on purpose):"
+head -n 4 "$W/agent.log"

@@ -165,3 +165,65 @@ fn sigusr1_writes_status_json_without_secrets() {
         assert!(!text.contains(TOKEN), "token leaked into {what}");
     }
 }
+
+#[test]
+fn systemd_is_notified_of_ready_reload_watchdog_and_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let toml = config(dir.path(), &pg, &listener.url(), 1);
+    let mut agent = Agent::start(
+        dir.path(),
+        &toml,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().expect("utf8")),
+            ("WATCHDOG_USEC", "1000000"),
+            ("WATCHDOG_PID", "self"),
+        ],
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut recv_until = |what: &str, pred: &dyn Fn(&str) -> bool, seen: &mut Vec<String>| {
+        wait_for(what, Duration::from_secs(10), || {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            seen.iter().position(|m| pred(m)).map(|i| seen.remove(i))
+        })
+    };
+    let ready = recv_until("READY=1", &|m| m.contains("READY=1"), &mut seen);
+    assert!(ready.contains("STATUS=running"), "{ready}");
+    // WATCHDOG_USEC=1 s: pets every half second.
+    let t = std::time::Instant::now();
+    for _ in 0..4 {
+        recv_until("WATCHDOG=1", &|m| m.trim() == "WATCHDOG=1", &mut seen);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(2600),
+        "{:?}",
+        t.elapsed()
+    );
+
+    agent.signal(libc::SIGHUP);
+    let reloading = recv_until("RELOADING=1", &|m| m.contains("RELOADING=1"), &mut seen);
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    recv_until(
+        "READY=1 after reload",
+        &|m| m.contains("READY=1"),
+        &mut seen,
+    );
+
+    agent.signal(libc::SIGTERM);
+    recv_until("STOPPING=1", &|m| m.contains("STOPPING=1"), &mut seen);
+    assert_eq!(
+        agent
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}

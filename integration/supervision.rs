@@ -128,3 +128,99 @@ fn hung_collector_is_detected_and_restarted() {
     // during the hang (agent events, or activity from before the hang).
     assert!(child_started(&agent, "shipper", 2).is_none());
 }
+
+#[test]
+fn stalled_collector_is_restarted_after_its_progress_deadline() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let faults = dir.path().join("faults");
+    std::fs::create_dir_all(&faults).expect("mkdir");
+    // connect 2 s + 2 × statement 1 s + 1 s = 5 s per cycle; deadline = 2 × 1 s + 5 s.
+    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
+        "connect_timeout_ms = 2000",
+        "connect_timeout_ms = 2000\nstatement_timeout_ms = 1000",
+    );
+    let agent = Agent::start(
+        dir.path(),
+        &toml,
+        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
+    );
+    wait_for("first samples", Duration::from_secs(20), || {
+        (samples(&listener).len() >= 2).then_some(())
+    });
+    fault(&faults, "pg_activity", "stall");
+    let t = Instant::now();
+    let down = agent.wait_log("child_down", Duration::from_secs(20), |r| {
+        r["child"] == "pg_activity"
+    });
+    let reason = down["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("hung: no progress for ") && reason.ends_with("s (deadline 7s)"),
+        "{reason}"
+    );
+    assert!(t.elapsed() >= Duration::from_secs(7), "{:?}", t.elapsed());
+    // While stalled, ticks were skipped rather than piling up cycles.
+    assert!(agent.logs_named("collect_cycle_skipped").len() >= 5);
+    wait_for("generation 2", Duration::from_secs(5), || {
+        child_started(&agent, "pg_activity", 2)
+    });
+    let before = samples(&listener).len();
+    wait_for(
+        "samples from the new incarnation",
+        Duration::from_secs(10),
+        || (samples(&listener).len() >= before + 2).then_some(()),
+    );
+}
+
+#[test]
+fn a_child_that_keeps_stopping_is_marked_failed_and_the_agent_keeps_running() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    // The spool path is a directory: the buffer cannot open it and stops at each start.
+    std::fs::create_dir_all(dir.path().join("state").join("spool.db").join("x")).expect("mkdir");
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &pg, &listener.url(), 1),
+        &[],
+    );
+    let downs = wait_for("six buffer exits", Duration::from_secs(20), || {
+        let d: Vec<Value> = agent
+            .logs_named("child_down")
+            .into_iter()
+            .filter(|r| r["child"] == "buffer")
+            .collect();
+        (d.len() >= 6).then_some(d)
+    });
+    let delays: Vec<u64> = downs
+        .iter()
+        .map(|r| r["restart_in_ms"].as_u64().expect("delay"))
+        .collect();
+    assert_eq!(delays[..6], [100, 200, 400, 800, 1600, 60_000]);
+    assert!(downs.iter().all(|r| r["reason"] == "stopped"));
+    assert_eq!(downs[5]["failed"], true);
+    assert!(!agent.logs_named("spool_open_failed").is_empty());
+
+    // The rest goes on: the collector keeps sampling and holds its events in memory.
+    agent.signal(libc::SIGUSR1);
+    let status = wait_for(
+        "status with the failed buffer",
+        Duration::from_secs(10),
+        || {
+            let s: Value =
+                serde_json::from_slice(&std::fs::read(agent.state_dir.join("status.json")).ok()?)
+                    .ok()?;
+            let pending = s["children"]["pg_activity"]["detail"]["pending_events"].as_u64()?;
+            (s["trigger"] == "sigusr1" && pending > 0).then_some(s)
+        },
+    );
+    assert_eq!(status["children"]["buffer"]["state"], "failed");
+    assert_eq!(status["children"]["buffer"]["restarts"], 6);
+    assert_eq!(status["children"]["pg_activity"]["state"], "running");
+    assert_eq!(
+        status["children"]["pg_activity"]["detail"]["cycle_errors_total"],
+        0
+    );
+    assert!(listener.events_of("pg_activity").is_empty());
+}

@@ -17,6 +17,8 @@ pub enum Fault {
     Panic,
     /// Block the child's thread (not just its future) for an hour.
     Hang,
+    /// Keep answering pings but never finish another cycle (a future that is stuck).
+    Stall,
 }
 
 /// Takes the fault requested for `child`, if any (the request is removed first, so the
@@ -29,14 +31,17 @@ pub fn take(child: &str) -> Option<Fault> {
     match text.trim() {
         "panic" => Some(Fault::Panic),
         "hang" => Some(Fault::Hang),
+        "stall" => Some(Fault::Stall),
         _ => None,
     }
 }
 
-/// Carries out a fault on the current thread.
+/// Carries out a fault that needs no help from the child (panic, hang); a stall is up
+/// to the child, which stops finishing cycles.
 pub fn inject(child: &str, fault: Fault) {
     match fault {
         Fault::Panic => panic!("fault injection: {child} was asked to panic"),
         Fault::Hang => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        Fault::Stall => {}
     }
 }

@@ -2,7 +2,7 @@
 //! and `WATCHDOG=1`. Every call is a no-op when the agent was not started by systemd
 //! (no `NOTIFY_SOCKET`), so the same code runs under a terminal and in tests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 
@@ -10,7 +10,6 @@ use sd_notify::NotifyState;
 pub struct Systemd {
     /// Half the `WATCHDOG_USEC` systemd asked for; `None` without a watchdog.
     watchdog_every: Option<Duration>,
-    last_watchdog: Instant,
 }
 
 impl Systemd {
@@ -20,7 +19,6 @@ impl Systemd {
         let enabled = sd_notify::watchdog_enabled(false, &mut usec);
         Systemd {
             watchdog_every: enabled.then(|| Duration::from_micros(usec) / 2),
-            last_watchdog: Instant::now(),
         }
     }
 
@@ -53,15 +51,14 @@ impl Systemd {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
-    /// Called from the supervisor's health tick: pets the watchdog when due. Because the
-    /// tick runs on the supervisor's thread, a wedged supervisor stops the pets and
-    /// systemd restarts the agent.
-    pub fn watchdog(&mut self) {
-        if let Some(every) = self.watchdog_every {
-            if self.last_watchdog.elapsed() >= every {
-                self.last_watchdog = Instant::now();
-                self.send(&[NotifyState::Watchdog]);
-            }
-        }
+    /// How often to pet the watchdog (half of `WATCHDOG_USEC`), if systemd wants it.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog_every
+    }
+
+    /// Pets the watchdog. Called from a timer on the supervisor's thread, so a wedged
+    /// supervisor stops the pets and systemd restarts the agent.
+    pub fn watchdog(&self) {
+        self.send(&[NotifyState::Watchdog]);
     }
 }

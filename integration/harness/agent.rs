@@ -55,11 +55,25 @@ impl Agent {
                 .unwrap_or_default()
         ));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
-        let child = Command::new(bin())
+        // systemd sets WATCHDOG_PID to the service's pid; `("WATCHDOG_PID", "self")` does
+        // the same through a shell that execs the agent (the pid stays the shell's).
+        let mut cmd = if env.contains(&("WATCHDOG_PID", "self")) {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", bin()]);
+            c
+        } else {
+            Command::new(bin())
+        };
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "WATCHDOG_PID")
+            .collect();
+        let child = cmd
             .args(["run", "-c"])
             .arg(&config_path)
             .args(["--log-format", "json", "--log-level", "debug"])
-            .envs(env.iter().copied())
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -78,8 +78,14 @@ impl CollectorActor {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if let Some(f) = fault::take(self.name()) {
-            fault::inject(self.name(), f);
+        match fault::take(self.name()) {
+            // A cycle that never finishes, as a future stuck on a dead socket would be.
+            Some(fault::Fault::Stall) => {
+                self.in_flight = true;
+                return;
+            }
+            Some(f) => fault::inject(self.name(), f),
+            None => {}
         }
         if self.in_flight {
             self.stats.cycles_skipped_total += 1;

@@ -212,7 +212,6 @@ impl Supervisor {
     }
 
     fn health_tick(&mut self, ctx: &mut Context<Self>) {
-        self.systemd.watchdog();
         if self.last_status_write.elapsed() >= STATUS_EVERY {
             self.write_status("periodic", false);
         }
@@ -361,10 +360,26 @@ impl Actor for Supervisor {
                                "sources_not_built": missing}),
         );
         ctx.run_interval(HEALTH_INTERVAL, |act, ctx| act.health_tick(ctx));
+        if let Some(every) = self.systemd.watchdog_interval() {
+            self.systemd.watchdog();
+            ctx.run_interval(every, |act, _| act.systemd.watchdog());
+        }
         self.write_status("startup", false);
         self.systemd.ready("running");
         info!(self.log, "agent_started"; "version" => crate::VERSION, "pid" => std::process::id(),
               "config" => %self.config_path.display());
+    }
+}
+
+impl Drop for Supervisor {
+    /// The supervisor itself is gone (its handler panicked) while not shutting down:
+    /// nothing would restart children any more, so the process exits non-zero and
+    /// systemd (`Restart=on-failure`) starts a fresh agent.
+    fn drop(&mut self) {
+        if !self.shutting_down {
+            slog::crit!(self.log, "supervisor_lost"; "action" => "exiting with code 1");
+            System::current().stop_with_code(1);
+        }
     }
 }
 

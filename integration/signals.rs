@@ -187,7 +187,7 @@ fn systemd_is_notified_of_ready_reload_watchdog_and_stop() {
         ],
     );
     let mut seen: Vec<String> = Vec::new();
-    let mut recv_until = |what: &str, pred: &dyn Fn(&str) -> bool, seen: &mut Vec<String>| {
+    let recv_until = |what: &str, pred: &dyn Fn(&str) -> bool, seen: &mut Vec<String>| {
         wait_for(what, Duration::from_secs(10), || {
             let mut buf = [0u8; 4096];
             if let Ok(n) = sock.recv(&mut buf) {

@@ -124,10 +124,12 @@ impl Spool {
     /// The oldest batch: the one handed out before and not yet acknowledged if there is
     /// one (same id, same events), else up to `max_events` new ones under a fresh id.
     pub fn next_batch(&mut self, max_events: u32) -> Result<Option<Batch>, SpoolError> {
+        // At most one batch is open at a time (a new one is claimed only when none is),
+        // so no ORDER BY: the partial index answers this without touching the table.
         let open: Option<String> = self
             .conn
             .query_row(
-                "SELECT batch_id FROM events WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1",
+                "SELECT batch_id FROM events WHERE batch_id IS NOT NULL LIMIT 1",
                 [],
                 |r| r.get(0),
             )

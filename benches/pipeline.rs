@@ -22,8 +22,13 @@ fn event(i: usize) -> Event {
         "query": format!("SELECT o.id, o.total, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.status = 'open' AND o.created_at > now() - interval '1 day' /* {i} */ {}", "x".repeat(600)),
         "correlation_id": "0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60",
     });
-    Event::new(format!("pg_activity:h:{i}"), EventKind::PgActivity, Utc::now(), &data)
-        .expect("encode")
+    Event::new(
+        format!("pg_activity:h:{i}"),
+        EventKind::PgActivity,
+        Utc::now(),
+        &data,
+    )
+    .expect("encode")
 }
 
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
@@ -79,8 +84,11 @@ fn main() {
     let encode = best(|| {
         let t = Instant::now();
         for _ in 0..20 {
-            let body = encode_body(envelope_json(&sender, &batch, Utc::now()), Compression::Gzip)
-                .expect("gzip");
+            let body = encode_body(
+                envelope_json(&sender, &batch, Utc::now()),
+                Compression::Gzip,
+            )
+            .expect("gzip");
             out_len = body.len();
         }
         t.elapsed() / 20

@@ -8,3 +8,4 @@ mod cli;
 mod delivery;
 mod signals;
 mod supervision;
+mod tls;

@@ -45,6 +45,13 @@ fn run(cmd: &mut Command, what: &str) -> Output {
 impl PgCluster {
     /// initdb + start, with `extra_conf` appended to postgresql.conf.
     pub fn start(extra_conf: &str) -> PgCluster {
+        let mut c = PgCluster::init(extra_conf);
+        c.start_server();
+        c
+    }
+
+    /// initdb only, so that a test can add files (certificates, pg_hba.conf) first.
+    pub fn init(extra_conf: &str) -> PgCluster {
         let dir = shared_tempdir("pgagent-pg");
         let data = dir.path().join("data");
         run(
@@ -69,13 +76,42 @@ impl PgCluster {
             .open(data.join("postgresql.conf"))
             .expect("open postgresql.conf");
         std::io::Write::write_all(&mut f, conf.as_bytes()).expect("write postgresql.conf");
-        let mut c = PgCluster {
+        PgCluster {
             dir,
             port,
             running: false,
-        };
-        c.start_server();
-        c
+        }
+    }
+
+    /// Also listen on 127.0.0.1 at a free port; returns the port.
+    pub fn enable_tcp(&mut self) -> u16 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        self.port = port;
+        self.append_conf(&format!("listen_addresses = '127.0.0.1'\nport = {port}\n"));
+        port
+    }
+
+    /// Appends to postgresql.conf (later settings win).
+    pub fn append_conf(&self, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut f, text.as_bytes()).expect("write postgresql.conf");
+    }
+
+    /// Writes a file into the data directory, owned by the server's user, mode 0600.
+    pub fn write_data_file(&self, name: &str, content: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.data().join(name);
+        std::fs::write(&p, content).expect("write data file");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if is_root() {
+            std::os::unix::fs::chown(&p, Some(NOBODY), Some(65534)).expect("chown");
+        }
     }
 
     /// The socket directory (the agent's `database.host`).

@@ -66,8 +66,18 @@ fn check_state_dir(r: &mut Report, config: &Config) {
 async fn check_database(r: &mut Report, config: &Config) {
     let db = &config.database;
     let target = format!("{}:{} as {} to {}", db.host, db.port, db.user, db.dbname);
+    let tls = match crate::db::tls::make(db) {
+        Ok(t) => t,
+        Err(e) => {
+            return r.fail(
+                "database",
+                &e,
+                "fix database.sslmode / database.sslrootcert",
+            )
+        }
+    };
     let pg = pg_config(db);
-    let connect = pg.connect(tokio_postgres::NoTls);
+    let connect = pg.connect(tls);
     let (client, conn) = match tokio::time::timeout(db.connect_timeout + Duration::from_secs(1), connect).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

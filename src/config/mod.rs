@@ -57,8 +57,13 @@ pub struct AgentConfig {
 pub enum SslMode {
     /// Never use TLS.
     Disable,
-    /// Use TLS if the server offers it (this build: connects without TLS).
+    /// Use TLS if the server offers it, without checking its certificate (libpq's meaning).
     Prefer,
+    /// Always TLS, without checking the certificate (libpq's meaning).
+    Require,
+    /// Always TLS; the certificate must chain to `sslrootcert` (or the system CAs) and
+    /// name the host.
+    VerifyFull,
 }
 
 /// `[database]`: how to reach the server, and the limits that keep the agent harmless.
@@ -74,8 +79,10 @@ pub struct DatabaseConfig {
     pub dbname: String,
     /// Password read from `password_file`, if one was configured.
     pub password: Option<Secret>,
-    /// TLS mode.
+    /// TLS mode (TCP connections only; Unix sockets never use TLS).
     pub sslmode: SslMode,
+    /// CA certificates (PEM) for `verify-full`; empty: the system's CA store.
+    pub sslrootcert: String,
     /// Connections the pool may open; never above [`MAX_POOL_SIZE`].
     pub pool_max_size: u32,
     /// Server-side limit of every agent statement; never below one second.

@@ -82,6 +82,7 @@ pub struct RawDatabase {
     pub dbname: Field<String>,
     pub password_file: Field<String>,
     pub sslmode: Field<String>,
+    pub sslrootcert: Field<String>,
     pub pool_max_size: Field<i64>,
     pub statement_timeout_ms: Field<i64>,
     pub lock_timeout_ms: Field<i64>,

@@ -153,13 +153,21 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             "database.sslmode",
             &d.sslmode,
             "prefer",
-            &["disable", "prefer"],
+            &["disable", "prefer", "require", "verify-full"],
         )
         .as_str()
     {
         "disable" => SslMode::Disable,
+        "require" => SslMode::Require,
+        "verify-full" => SslMode::VerifyFull,
         _ => SslMode::Prefer,
     };
+    let sslrootcert = c.value("database.sslrootcert", &d.sslrootcert, String::new());
+    if !sslrootcert.is_empty() {
+        if let Err(e) = crate::db::tls::read_root_certs(&sslrootcert) {
+            c.problem("database.sslrootcert", e);
+        }
+    }
     let database = DatabaseConfig {
         host: c.value("database.host", &d.host, "/var/run/postgresql".to_string()),
         port: c.int("database.port", &d.port, 5432, 1, 65535, "") as u16,
@@ -167,6 +175,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         dbname: c.value("database.dbname", &d.dbname, "postgres".to_string()),
         password: c.secret_file("database.password_file", &password_file),
         sslmode,
+        sslrootcert,
         pool_max_size: c.int(
             "database.pool_max_size",
             &d.pool_max_size,

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 use bb8::{ErrorSink, Pool as Bb8Pool, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use slog::{warn, Logger};
-use tokio_postgres::NoTls;
+pub mod tls;
 
 use crate::config::{DatabaseConfig, SslMode};
+pub use tls::Tls;
 
 /// The `application_name` of every agent connection; the activity source excludes
 /// sessions with this name and the agent's own role from what it reports.
 pub const APPLICATION_NAME: &str = "postgres-agent";
 
 /// The connection pool type.
-pub type Pool = Bb8Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = Bb8Pool<PostgresConnectionManager<Tls>>;
 
 /// Errors talking to the database, classified for the collector.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +43,23 @@ impl DbError {
 }
 
 /// Server message (with SQLSTATE) when the error came from the server, else the
-/// client-side description.
+/// client-side description with its causes ("error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer").
 pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Builds the client configuration with the agent's session settings.
@@ -66,6 +78,7 @@ pub fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
         .ssl_mode(match cfg.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         })
         .options(session_options(cfg));
     if let Some(p) = &cfg.password {
@@ -125,6 +138,9 @@ pub struct Db {
     pub pool: Pool,
     errors: LastError,
     config: tokio_postgres::Config,
+    /// `None` when the TLS setup failed (bad `sslrootcert`): every connect then fails
+    /// with that reason instead of the agent refusing to run.
+    tls: Result<Tls, String>,
     connect_timeout: std::time::Duration,
 }
 
@@ -136,7 +152,14 @@ impl Db {
             last: Arc::new(Mutex::new(None)),
             log: log.clone(),
         };
-        let manager = PostgresConnectionManager::new(pg_config(cfg), NoTls);
+        let tls = tls::make(cfg);
+        if let Err(e) = &tls {
+            warn!(log, "db_tls_setup_failed"; "error" => e);
+        }
+        let manager = PostgresConnectionManager::new(
+            pg_config(cfg),
+            tls.clone().unwrap_or_else(|_| tls::make_plain()),
+        );
         let pool = Bb8Pool::builder()
             .max_size(max_size.max(1))
             .min_idle(None)
@@ -151,6 +174,7 @@ impl Db {
             pool,
             errors,
             config: pg_config(cfg),
+            tls,
             connect_timeout: cfg.connect_timeout,
         }
     }
@@ -163,9 +187,10 @@ impl Db {
     /// server's own reason.
     pub async fn get(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DbError> {
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<Tls>>, DbError> {
         if self.pool.state().connections == 0 {
-            let connect = self.config.connect(NoTls);
+            let tls = self.tls.clone().map_err(DbError::Unreachable)?;
+            let connect = self.config.connect(tls);
             let (client, conn) = match tokio::time::timeout(self.connect_timeout, connect).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(DbError::Unreachable(describe(&e))),

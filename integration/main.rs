@@ -8,4 +8,5 @@ mod cli;
 mod delivery;
 mod signals;
 mod supervision;
+mod system;
 mod tls;

@@ -26,6 +26,39 @@ fn child_started(agent: &Agent, child: &str, generation: u64) -> Option<Value> {
         .find(|r| r["child"] == child && r["generation"] == generation)
 }
 
+/// Sample times of the `system` collector, in seconds since the epoch, in order.
+fn system_times(listener: &Listener) -> Vec<f64> {
+    let mut t: Vec<f64> = listener
+        .events_of("system")
+        .iter()
+        .filter_map(|e| e["collected_at"].as_str())
+        .filter_map(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6)
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+/// The `system` collector kept its 1 s schedule over [from, to]: samples on both sides
+/// and no gap above 1.5 s.
+fn system_on_schedule(listener: &Listener, from: f64, to: f64) {
+    let t: Vec<f64> = system_times(listener)
+        .into_iter()
+        .filter(|x| *x >= from - 1.5 && *x <= to + 1.5)
+        .collect();
+    assert!(
+        t.first().is_some_and(|f| *f <= from) && t.last().is_some_and(|l| *l >= to),
+        "{t:?} vs [{from}, {to}]"
+    );
+    for w in t.windows(2) {
+        assert!(w[1] - w[0] < 1.5, "system sampling stalled: {t:?}");
+    }
+}
+
+fn now_s() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
 fn fault(dir: &std::path::Path, child: &str, what: &str) {
     std::fs::write(dir.join(child), what).expect("write fault");
 }
@@ -40,13 +73,14 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
     let _s = pg.session("app", "select pg_sleep(120)");
     let agent = Agent::start(
         dir.path(),
-        &config(dir.path(), &pg, &listener.url(), 1),
+        &config(dir.path(), &pg, &listener.url(), 1).replace("system = false", "system = true"),
         &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
     );
     wait_for("first samples", Duration::from_secs(20), || {
-        (samples(&listener).len() >= 2).then_some(())
+        (samples(&listener).len() >= 2 && system_times(&listener).len() >= 2).then_some(())
     });
 
+    let fault_at = now_s();
     fault(&faults, "pg_activity", "panic");
     let down = agent.wait_log("child_down", Duration::from_secs(10), |r| {
         r["child"] == "pg_activity"
@@ -81,6 +115,15 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
         (samples(&listener).len() >= before + 3).then_some(())
     });
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    // The other collector never noticed.
+    let until = now_s();
+    wait_for(
+        "system samples past the restart",
+        Duration::from_secs(5),
+        || (system_times(&listener).last().copied().unwrap_or(0.0) > until).then_some(()),
+    );
+    system_on_schedule(&listener, fault_at, until);
+    assert!(child_started(&agent, "system", 2).is_none());
     let panics = agent.logs_named("panic");
     assert_eq!(panics.len(), 1, "{panics:?}");
     assert!(panics[0]["message"]
@@ -98,12 +141,13 @@ fn hung_collector_is_detected_and_restarted() {
     let _s = pg.session("app", "select pg_sleep(120)");
     let agent = Agent::start(
         dir.path(),
-        &config(dir.path(), &pg, &listener.url(), 1),
+        &config(dir.path(), &pg, &listener.url(), 1).replace("system = false", "system = true"),
         &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
     );
     wait_for("first samples", Duration::from_secs(20), || {
-        (samples(&listener).len() >= 2).then_some(())
+        (samples(&listener).len() >= 2 && system_times(&listener).len() >= 2).then_some(())
     });
+    let fault_at = now_s();
     fault(&faults, "pg_activity", "hang");
     let t = Instant::now();
     let down = agent.wait_log("child_down", Duration::from_secs(15), |r| {
@@ -124,9 +168,17 @@ fn hung_collector_is_detected_and_restarted() {
         Duration::from_secs(10),
         || (samples(&listener).len() >= before + 2).then_some(()),
     );
-    // The shipper kept delivering while the collector hung: requests were answered
-    // during the hang (agent events, or activity from before the hang).
+    // While pg_activity's thread was blocked, the system collector kept its schedule
+    // and the shipper kept delivering it; neither was restarted.
+    let until = now_s();
+    wait_for(
+        "system samples past the restart",
+        Duration::from_secs(5),
+        || (system_times(&listener).last().copied().unwrap_or(0.0) > until).then_some(()),
+    );
+    system_on_schedule(&listener, fault_at, until);
     assert!(child_started(&agent, "shipper", 2).is_none());
+    assert!(child_started(&agent, "system", 2).is_none());
 }
 
 #[test]

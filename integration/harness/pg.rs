@@ -119,7 +119,8 @@ impl PgCluster {
         self.dir.path()
     }
 
-    fn data(&self) -> PathBuf {
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 

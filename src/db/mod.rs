@@ -30,6 +30,9 @@ pub enum DbError {
     /// A statement failed (including `statement_timeout`).
     #[error("query failed: {0}")]
     Query(String),
+    /// The host could not be read (/proc, statvfs).
+    #[error("cannot read {0}")]
+    Host(String),
     /// The whole cycle took longer than its deadline.
     #[error("cycle timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -179,6 +182,26 @@ impl Db {
         }
     }
 
+    /// A new connection outside the pool (closed when the client is dropped), with the
+    /// same settings and limits as the pool's.
+    pub async fn connect_once(&self) -> Result<tokio_postgres::Client, DbError> {
+        let tls = self.tls.clone().map_err(DbError::Unreachable)?;
+        let connect = self.config.connect(tls);
+        let (client, conn) = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(DbError::Unreachable(describe(&e))),
+            Err(_) => {
+                return Err(DbError::Unreachable(format!(
+                    "no connection within {} ms",
+                    self.connect_timeout.as_millis()
+                )))
+            }
+        };
+        // The connection future drives the socket; it ends when the client is dropped.
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
     /// A connection, or a classified error saying why there is none.
     ///
     /// When the pool is empty we connect ourselves and hand the connection to the pool:
@@ -189,20 +212,7 @@ impl Db {
         &self,
     ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<Tls>>, DbError> {
         if self.pool.state().connections == 0 {
-            let tls = self.tls.clone().map_err(DbError::Unreachable)?;
-            let connect = self.config.connect(tls);
-            let (client, conn) = match tokio::time::timeout(self.connect_timeout, connect).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(DbError::Unreachable(describe(&e))),
-                Err(_) => {
-                    return Err(DbError::Unreachable(format!(
-                        "no connection within {} ms",
-                        self.connect_timeout.as_millis()
-                    )))
-                }
-            };
-            // The connection future drives the socket; it ends when the client is dropped.
-            tokio::spawn(conn);
+            let client = self.connect_once().await?;
             // A full pool (a connection appeared meanwhile) just drops ours.
             let _ = self.pool.add(client);
         }

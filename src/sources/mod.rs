@@ -3,6 +3,7 @@
 //! and `once` runs it a single time.
 
 pub mod activity;
+pub mod system;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +30,9 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     if config.collection.activity {
         v.push((EventKind::PgActivity, config.collection.activity_interval));
     }
+    if config.collection.system {
+        v.push((EventKind::System, config.collection.interval));
+    }
     v
 }
 
@@ -39,7 +43,6 @@ pub fn not_built(config: &Config) -> Vec<&'static str> {
     [
         (c.statements, "pg_statements"),
         (c.locks, "pg_locks"),
-        (c.system, "system"),
         (c.logs, "pg_log"),
     ]
     .into_iter()
@@ -52,6 +55,7 @@ pub fn not_built(config: &Config) -> Vec<&'static str> {
 pub fn make(kind: EventKind, config: &Config) -> Option<Box<dyn Source>> {
     match kind {
         EventKind::PgActivity => Some(Box::new(activity::ActivitySource::new(config))),
+        EventKind::System => Some(Box::new(system::SystemSource::new(config))),
         _ => None,
     }
 }

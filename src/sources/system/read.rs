@@ -1,0 +1,225 @@
+//! Reading /proc (and statvfs) into a [`Reading`] and a [`Snapshot`]; finding the
+//! server's postmaster through one of its backends.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use procfs::process::Process;
+use procfs::{Current, CurrentSI, KernelStats, LoadAverage, Meminfo};
+
+use super::rates::CpuTicks;
+use super::{
+    skip_disk, DiskCounters, FsSample, LoadSection, MemorySection, NetCounters, PgTarget, Reading,
+    Snapshot,
+};
+use crate::db::{describe, Db, DbError};
+
+/// Finds the postmaster: the parent of the backend serving our own connection. The
+/// connection is made for this and closed at once; it is not kept in a pool.
+pub async fn discover(db: &Db) -> Result<PgTarget, String> {
+    let client = db.connect_once().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(
+            "SELECT pg_backend_pid(), current_setting('data_directory')",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let backend: i32 = row.get(0);
+    let data_dir: String = row.get(1);
+    let postmaster = Process::new(backend)
+        .and_then(|p| p.stat())
+        .map_err(|e| format!("cannot read /proc/{backend}: {e}"))?
+        .ppid;
+    if !is_postmaster(postmaster) {
+        return Err(format!(
+            "the parent ({postmaster}) of our backend {backend} is not a postgres process"
+        ));
+    }
+    Ok(PgTarget {
+        postmaster,
+        data_dir,
+    })
+}
+
+/// True while `pid` is a running postgres process (it may have restarted under a new pid).
+pub fn is_postmaster(pid: i32) -> bool {
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.comm == "postgres" || s.comm == "postmaster")
+}
+
+fn host_err(what: &str, e: impl std::fmt::Display) -> DbError {
+    DbError::Host(format!("{what}: {e}"))
+}
+
+/// One reading of every counter, and the parts of the sample that need no history.
+pub fn sample(
+    target: Option<&PgTarget>,
+    notes: &mut Vec<String>,
+) -> Result<(Reading, Snapshot), DbError> {
+    let at = Instant::now();
+    let ks = KernelStats::current().map_err(|e| host_err("/proc/stat", e))?;
+    let t = &ks.total;
+    let cpu = CpuTicks {
+        user: t.user,
+        nice: t.nice,
+        system: t.system,
+        idle: t.idle,
+        iowait: t.iowait.unwrap_or(0),
+        irq: t.irq.unwrap_or(0),
+        softirq: t.softirq.unwrap_or(0),
+        steal: t.steal.unwrap_or(0),
+    };
+    let la = LoadAverage::current().map_err(|e| host_err("/proc/loadavg", e))?;
+    let mi = Meminfo::current().map_err(|e| host_err("/proc/meminfo", e))?;
+    let disks = procfs::diskstats()
+        .map_err(|e| host_err("/proc/diskstats", e))?
+        .into_iter()
+        .filter(|d| !skip_disk(&d.name))
+        .map(|d| {
+            (
+                d.name.clone(),
+                DiskCounters {
+                    reads: d.reads,
+                    writes: d.writes,
+                    sectors_read: d.sectors_read,
+                    sectors_written: d.sectors_written,
+                    io_ms: d.time_in_progress,
+                    in_progress: d.in_progress,
+                },
+            )
+        })
+        .collect();
+    let nets = procfs::net::dev_status()
+        .map_err(|e| host_err("/proc/net/dev", e))?
+        .into_values()
+        .map(|n| {
+            (
+                n.name.clone(),
+                NetCounters {
+                    rx_bytes: n.recv_bytes,
+                    tx_bytes: n.sent_bytes,
+                    rx_packets: n.recv_packets,
+                    tx_packets: n.sent_packets,
+                    rx_errors: n.recv_errs,
+                    tx_errors: n.sent_errs,
+                    rx_drops: n.recv_drop,
+                    tx_drops: n.sent_drop,
+                },
+            )
+        })
+        .collect();
+    let mut pg_ticks = BTreeMap::new();
+    let mut pg = None;
+    let mut filesystem = None;
+    if let Some(t) = target {
+        let (count, rss) = pg_processes(t.postmaster, &mut pg_ticks);
+        pg = Some((t.postmaster, count, rss));
+        match statvfs(&t.data_dir) {
+            Ok(f) => filesystem = Some(f),
+            Err(e) => notes.push(format!("filesystem: {e}")),
+        }
+    }
+    let snapshot = Snapshot {
+        cores: ks.cpu_time.len(),
+        procs_running: ks.procs_running,
+        procs_blocked: ks.procs_blocked,
+        load: LoadSection {
+            one: la.one,
+            five: la.five,
+            fifteen: la.fifteen,
+        },
+        memory: MemorySection {
+            total: mi.mem_total,
+            free: mi.mem_free,
+            available: mi.mem_available,
+            buffers: mi.buffers,
+            cached: mi.cached,
+            dirty: mi.dirty,
+            writeback: mi.writeback,
+            shmem: mi.shmem,
+            swap_total: mi.swap_total,
+            swap_free: mi.swap_free,
+            swap_used: mi.swap_total.saturating_sub(mi.swap_free),
+        },
+        filesystem,
+        pg,
+    };
+    Ok((
+        Reading {
+            at,
+            cpu,
+            disks,
+            nets,
+            pg_ticks,
+        },
+        snapshot,
+    ))
+}
+
+/// The postmaster and its children: count and total RSS; CPU ticks go into `ticks`.
+fn pg_processes(postmaster: i32, ticks: &mut BTreeMap<i32, u64>) -> (usize, u64) {
+    let page = procfs::page_size();
+    let mut rss = 0;
+    let Ok(all) = procfs::process::all_processes() else {
+        return (0, 0);
+    };
+    // Processes come and go while we read; one that vanished is simply skipped.
+    for stat in all.flatten().filter_map(|p| p.stat().ok()) {
+        if stat.pid == postmaster || stat.ppid == postmaster {
+            ticks.insert(stat.pid, stat.utime + stat.stime);
+            rss += stat.rss * page;
+        }
+    }
+    (ticks.len(), rss)
+}
+
+/// Space and inodes of the filesystem holding `path` (or its parent, if the agent may
+/// not look inside the data directory, which is the usual case: it is mode 0700).
+// The statvfs field types differ between platforms (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
+fn statvfs(path: &str) -> Result<FsSample, String> {
+    let try_one = |p: &str| -> std::io::Result<libc::statvfs> {
+        let c = std::ffi::CString::new(p).map_err(std::io::Error::other)?;
+        // SAFETY: `c` is a valid NUL-terminated string and `s` a properly sized,
+        // writable statvfs struct that the call fills in.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            if libc::statvfs(c.as_ptr(), &mut s) == 0 {
+                Ok(s)
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }
+    };
+    let parent = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    let s = try_one(path)
+        .or_else(|_| try_one(&parent))
+        .map_err(|e| format!("statvfs {path}: {e}"))?;
+    let frsize = s.f_frsize as u64;
+    let (total, free, avail) = (
+        s.f_blocks as u64 * frsize,
+        s.f_bfree as u64 * frsize,
+        s.f_bavail as u64 * frsize,
+    );
+    let used = total.saturating_sub(free);
+    // As df computes it: used / (used + available to unprivileged users).
+    let used_pct = if used + avail > 0 {
+        (used as f64 * 10_000.0 / (used + avail) as f64).round() / 100.0
+    } else {
+        0.0
+    };
+    Ok(FsSample {
+        path: path.to_string(),
+        total_bytes: total,
+        free_bytes: free,
+        available_bytes: avail,
+        used_pct,
+        inodes_total: s.f_files as u64,
+        inodes_free: s.f_ffree as u64,
+    })
+}

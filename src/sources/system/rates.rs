@@ -124,12 +124,12 @@ mod tests {
             iowait: 30,
             irq: 0,
             softirq: 0,
-            steal: 20,
+            steal: 0,
         };
         let p = cpu_percent(&a, &b).expect("percent");
         assert_eq!(
             (p.user, p.system, p.idle, p.iowait, p.steal),
-            (30.0, 10.0, 50.0, 10.0, 10.0)
+            (30.0, 10.0, 50.0, 10.0, 0.0)
         );
         assert_eq!(cpu_percent(&b, &a), None);
         assert_eq!(cpu_percent(&a, &a), None);

@@ -6,6 +6,7 @@ mod harness;
 mod activity;
 mod cli;
 mod delivery;
+mod locks;
 mod signals;
 mod supervision;
 mod system;

@@ -198,6 +198,42 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// A psql session that reads SQL from a pipe, so a test can open a transaction and
+    /// leave it idle for as long as it likes.
+    pub fn interactive(&self, application_name: &str) -> Interactive {
+        let child = self
+            .psql()
+            .env("PGAPPNAME", application_name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn psql");
+        Interactive(child)
+    }
+}
+
+/// A psql session fed through its stdin; killed on drop.
+pub struct Interactive(std::process::Child);
+
+impl Interactive {
+    /// Sends SQL (a newline is added); returns at once, the session runs it.
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql}").expect("write to psql");
+        stdin.flush().expect("flush");
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop_server();

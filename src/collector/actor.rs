@@ -29,6 +29,11 @@ pub struct CollectorActor {
     in_flight: bool,
     /// An `Enqueue` is on its way: events are not sent twice.
     delivering: bool,
+    /// When the current tick started; the next one is an interval later.
+    tick_started: Instant,
+    /// When the next tick is due, and its handle (to bring it forward).
+    next_tick_at: Instant,
+    next_tick: Option<SpawnHandle>,
     stats: CollectorStats,
     progress: Instant,
     last_success: Option<chrono::DateTime<Utc>>,
@@ -61,6 +66,9 @@ impl CollectorActor {
             pending: Vec::new(),
             in_flight: false,
             delivering: false,
+            tick_started: Instant::now(),
+            next_tick_at: Instant::now(),
+            next_tick: None,
             stats: CollectorStats {
                 interval_s: interval.as_secs(),
                 ..Default::default()
@@ -107,8 +115,31 @@ impl CollectorActor {
         );
     }
 
+    /// Schedules the next tick one interval after the last one started. Ticks keep
+    /// their rhythm whether or not a cycle finished. The source may ask for a shorter
+    /// interval (locks while blocking is seen); `finish` then brings the tick forward.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        let at = self.tick_started + self.source.interval(self.interval);
+        self.next_tick_at = at;
+        self.next_tick = Some(ctx.run_later(
+            at.saturating_duration_since(Instant::now()),
+            |act, ctx| {
+                act.tick_started = Instant::now();
+                act.tick(ctx);
+                act.schedule(ctx);
+            },
+        ));
+    }
+
     fn finish(&mut self, res: Result<Vec<Event>, DbError>, ctx: &mut Context<Self>) {
         self.in_flight = false;
+        let wanted = self.tick_started + self.source.interval(self.interval);
+        if wanted + Duration::from_millis(10) < self.next_tick_at {
+            if let Some(h) = self.next_tick.take() {
+                ctx.cancel_future(h);
+            }
+            self.schedule(ctx);
+        }
         self.progress = Instant::now();
         self.stats.cycles_total += 1;
         match res {
@@ -170,8 +201,9 @@ impl Actor for CollectorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.tick_started = Instant::now();
         self.tick(ctx);
-        ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
+        self.schedule(ctx);
     }
 }
 

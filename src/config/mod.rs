@@ -105,6 +105,8 @@ pub struct CollectionConfig {
     pub interval: Duration,
     /// Interval of `pg_activity` (defaults to `interval`).
     pub activity_interval: Duration,
+    /// Interval of `pg_locks` while blocking is seen (never slower than `interval`).
+    pub locks_blocking_interval: Duration,
     /// `pg_activity` enabled.
     pub activity: bool,
     /// `pg_statements` enabled.

@@ -207,9 +207,18 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         3600,
         "",
     );
+    let locks_fast_s = c.int(
+        "collection.locks_blocking_interval_s",
+        &col.locks_blocking_interval_s,
+        15,
+        1,
+        3600,
+        "",
+    );
     let collection = CollectionConfig {
         interval: Duration::from_secs(interval_s as u64),
         activity_interval: Duration::from_secs(activity_interval_s as u64),
+        locks_blocking_interval: Duration::from_secs(locks_fast_s as u64),
         activity: c.value("collection.activity", &col.activity, true),
         statements: c.value("collection.statements", &col.statements, true),
         locks: c.value("collection.locks", &col.locks, true),
@@ -232,6 +241,22 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             "",
         ) as u32,
     };
+
+    // Each database source holds one connection of its own (a hung query in one cannot
+    // stall another), so together they must fit in the pool limit.
+    let db_sources = [collection.activity, collection.locks, collection.statements]
+        .iter()
+        .filter(|on| **on)
+        .count() as u32;
+    if db_sources > database.pool_max_size {
+        c.problem(
+            "database.pool_max_size",
+            format!(
+                "{} database sources are enabled (activity, locks, statements) and each needs a connection; raise it to {db_sources} (at most 5) or disable a source",
+                db_sources
+            ),
+        );
+    }
 
     let cor = &raw.correlation;
     c.unknown("correlation", &cor.unknown);

@@ -111,18 +111,7 @@ impl Source for ActivitySource {
         let version = self.server_version.clone();
         Box::pin(async move {
             let conn = db.get().await?;
-            let v = match version.get() {
-                Some(v) => v,
-                None => {
-                    let row = conn
-                        .query_one("SELECT current_setting('server_version_num')::int", &[])
-                        .await
-                        .map_err(DbError::query)?;
-                    let v: i32 = row.get(0);
-                    version.set(Some(v));
-                    v
-                }
-            };
+            let v = super::server_version(&conn, &version).await?;
             let rows = conn
                 .query(&sql(v), &[&(max_len as i32), &(max_rows as i64)])
                 .await

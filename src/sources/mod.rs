@@ -3,6 +3,7 @@
 //! and `once` runs it a single time.
 
 pub mod activity;
+pub mod locks;
 pub mod system;
 
 use std::future::Future;
@@ -22,6 +23,29 @@ pub trait Source {
     fn kind(&self) -> EventKind;
     /// One collection through `db`.
     fn collect(&self, db: Rc<Db>) -> CollectFuture;
+    /// The wait before the next collection; `base` is the configured interval. A source
+    /// may sample faster while something is going on (locks while blocking is seen).
+    fn interval(&self, base: std::time::Duration) -> std::time::Duration {
+        base
+    }
+}
+
+/// `server_version_num`, asked once per connection life and cached in `cache`; column
+/// lists differ between major versions.
+pub async fn server_version(
+    conn: &tokio_postgres::Client,
+    cache: &std::cell::Cell<Option<i32>>,
+) -> Result<i32, DbError> {
+    if let Some(v) = cache.get() {
+        return Ok(v);
+    }
+    let row = conn
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(DbError::query)?;
+    let v: i32 = row.try_get(0).map_err(DbError::query)?;
+    cache.set(Some(v));
+    Ok(v)
 }
 
 /// The sources this build can run, enabled by `[collection]`, each with its interval.
@@ -29,6 +53,9 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     let mut v = Vec::new();
     if config.collection.activity {
         v.push((EventKind::PgActivity, config.collection.activity_interval));
+    }
+    if config.collection.locks {
+        v.push((EventKind::PgLocks, config.collection.interval));
     }
     if config.collection.system {
         v.push((EventKind::System, config.collection.interval));
@@ -40,21 +67,18 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
 /// says so once at start and in status instead of pretending to collect them.
 pub fn not_built(config: &Config) -> Vec<&'static str> {
     let c = &config.collection;
-    [
-        (c.statements, "pg_statements"),
-        (c.locks, "pg_locks"),
-        (c.logs, "pg_log"),
-    ]
-    .into_iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, name)| name)
-    .collect()
+    [(c.statements, "pg_statements"), (c.logs, "pg_log")]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Makes the source of `kind` from the configuration.
 pub fn make(kind: EventKind, config: &Config) -> Option<Box<dyn Source>> {
     match kind {
         EventKind::PgActivity => Some(Box::new(activity::ActivitySource::new(config))),
+        EventKind::PgLocks => Some(Box::new(locks::LocksSource::new(config))),
         EventKind::System => Some(Box::new(system::SystemSource::new(config))),
         _ => None,
     }

@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod locks;
 mod signals;
+mod statements;
 mod supervision;
 mod system;
 mod tls;

@@ -201,6 +201,8 @@ pub struct CollectorStats {
     pub dropped_events_total: u64,
     /// Sampling interval in seconds.
     pub interval_s: u64,
+    /// The source's own account of its state (e.g. unavailable, with the fix).
+    pub source_state: Option<String>,
 }
 
 /// The spool's depth and size.

@@ -121,6 +121,8 @@ pub struct CollectionConfig {
     pub max_activity_rows: u32,
     /// Query texts are cut to this many characters.
     pub max_query_length: u32,
+    /// At most this many statements per `pg_statements` sample (most execution time first).
+    pub statements_max_rows: u32,
 }
 
 /// `[correlation]`: how request ids are found in `application_name`.

@@ -106,6 +106,7 @@ pub struct RawCollection {
     pub logs: Field<bool>,
     pub max_activity_rows: Field<i64>,
     pub max_query_length: Field<i64>,
+    pub statements_max_rows: Field<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

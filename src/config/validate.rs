@@ -240,6 +240,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             1_048_576,
             "",
         ) as u32,
+        statements_max_rows: c.int(
+            "collection.statements_max_rows",
+            &col.statements_max_rows,
+            500,
+            1,
+            100_000,
+            "",
+        ) as u32,
     };
 
     // Each database source holds one connection of its own (a hung query in one cannot

@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod locks;
+pub mod statements;
 pub mod system;
 
 use std::future::Future;
@@ -27,6 +28,11 @@ pub trait Source {
     /// may sample faster while something is going on (locks while blocking is seen).
     fn interval(&self, base: std::time::Duration) -> std::time::Duration {
         base
+    }
+    /// A short description of the source's own state for status (e.g. "unavailable:
+    /// extension not installed (fix: …)"); the collector logs it when it changes.
+    fn state(&self) -> Option<String> {
+        None
     }
 }
 
@@ -54,6 +60,9 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     if config.collection.activity {
         v.push((EventKind::PgActivity, config.collection.activity_interval));
     }
+    if config.collection.statements {
+        v.push((EventKind::PgStatements, config.collection.interval));
+    }
     if config.collection.locks {
         v.push((EventKind::PgLocks, config.collection.interval));
     }
@@ -78,6 +87,7 @@ pub fn not_built(config: &Config) -> Vec<&'static str> {
 pub fn make(kind: EventKind, config: &Config) -> Option<Box<dyn Source>> {
     match kind {
         EventKind::PgActivity => Some(Box::new(activity::ActivitySource::new(config))),
+        EventKind::PgStatements => Some(Box::new(statements::StatementsSource::new(config))),
         EventKind::PgLocks => Some(Box::new(locks::LocksSource::new(config))),
         EventKind::System => Some(Box::new(system::SystemSource::new(config))),
         _ => None,

@@ -1,0 +1,259 @@
+//! The `pg_statements` source: exact deltas, resets, a baseline that survives restarts,
+//! and a missing or broken extension that costs nothing but a clear warning.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{config, Agent, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::PgCluster;
+use crate::harness::{shared_tempdir, wait_for};
+
+const PRELOAD: &str = "shared_preload_libraries = 'pg_stat_statements'\n";
+const MARKER: &str = "select count(*) from marker_t where x = $1";
+
+fn statements_config(dir: &std::path::Path, pg: &PgCluster, url: &str) -> String {
+    config(dir, pg, url, 1)
+        .replace("statements = false", "statements = true")
+        .replace("[collection]\n", "[collection]\nactivity = false\n")
+}
+
+fn run_marker(pg: &PgCluster, n: usize) {
+    let sql: Vec<String> = (1..=n)
+        .map(|i| format!("select count(*) from marker_t where x = {i}"))
+        .collect();
+    pg.sql(&sql.join("; "));
+}
+
+fn summaries(l: &Listener) -> Vec<Value> {
+    l.events_of("pg_statements")
+        .into_iter()
+        .filter(|e| e["data"]["type"] == "summary")
+        .collect()
+}
+
+fn marker_events(l: &Listener) -> Vec<Value> {
+    l.events_of("pg_statements")
+        .into_iter()
+        .filter(|e| e["data"]["type"] == "statement" && e["data"]["query"] == MARKER)
+        .collect()
+}
+
+fn sum(events: &[Value], field: &str) -> i64 {
+    events
+        .iter()
+        .map(|e| e["data"][field].as_i64().expect(field))
+        .sum()
+}
+
+fn prepared(pg: &PgCluster) {
+    pg.sql("create extension pg_stat_statements; create table marker_t (x int); insert into marker_t select generate_series(1, 10)");
+}
+
+#[test]
+fn a_statement_run_n_times_shows_calls_n_and_a_reset_never_goes_negative() {
+    let pg = PgCluster::start(PRELOAD);
+    prepared(&pg);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let agent = Agent::start(
+        dir.path(),
+        &statements_config(dir.path(), &pg, &listener.url()),
+        &[],
+    );
+    let first = wait_for("the baseline sample", Duration::from_secs(20), || {
+        summaries(&listener).into_iter().next()
+    });
+    assert_eq!(first["data"]["available"], true);
+    assert_eq!(first["data"]["baseline"], true);
+    assert!(first["data"]["extension_version"].as_str().is_some());
+
+    run_marker(&pg, 7);
+    let got = wait_for("7 calls of the marker", Duration::from_secs(20), || {
+        let e = marker_events(&listener);
+        (sum(&e, "calls") >= 7).then_some(e)
+    });
+    // Two more samples: nothing more arrives for the marker.
+    let n = summaries(&listener).len();
+    wait_for("two more samples", Duration::from_secs(10), || {
+        (summaries(&listener).len() >= n + 2).then_some(())
+    });
+    let all = marker_events(&listener);
+    assert_eq!(all.len(), got.len());
+    assert_eq!(sum(&all, "calls"), 7);
+    assert_eq!(sum(&all, "rows"), 7);
+    for e in &all {
+        let d = &e["data"];
+        assert!(d["calls"].as_i64() > Some(0));
+        assert_eq!(d["datname"], "postgres");
+        assert_eq!(d["usename"], "postgres");
+        assert_eq!(d["toplevel"], true);
+        let mean =
+            d["total_exec_time_ms"].as_f64().expect("total") / d["calls"].as_f64().expect("calls");
+        assert!(
+            (d["mean_exec_time_ms"].as_f64().expect("mean") - mean).abs() < 0.002,
+            "{d}"
+        );
+        assert!(d["shared_blks_hit"].as_i64() >= Some(0));
+    }
+
+    // Reset mid-run: detected, flagged, and never a negative delta.
+    pg.sql("select pg_stat_statements_reset()");
+    run_marker(&pg, 3);
+    wait_for("the reset detected", Duration::from_secs(20), || {
+        summaries(&listener)
+            .into_iter()
+            .find(|s| s["data"]["reset_detected"] == true)
+    });
+    let after = wait_for("3 calls after the reset", Duration::from_secs(20), || {
+        let e = marker_events(&listener);
+        (sum(&e, "calls") >= 10).then_some(e)
+    });
+    assert_eq!(sum(&after, "calls"), 10);
+    for e in listener.events_of("pg_statements") {
+        let d = &e["data"];
+        if d["type"] != "statement" {
+            continue;
+        }
+        for (k, v) in d.as_object().expect("object") {
+            if let Some(x) = v.as_f64() {
+                assert!(x >= 0.0, "negative {k} in {d}");
+            }
+        }
+        assert!(d["calls"].as_i64() < Some(1000), "huge delta: {d}");
+    }
+    drop(agent);
+}
+
+#[test]
+fn the_baseline_survives_a_restart() {
+    let pg = PgCluster::start(PRELOAD);
+    prepared(&pg);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = statements_config(dir.path(), &pg, &listener.url());
+    let mut agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for("the baseline", Duration::from_secs(20), || {
+        summaries(&listener).into_iter().next()
+    });
+    agent.signal(libc::SIGTERM);
+    assert_eq!(
+        agent
+            .wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let before = summaries(&listener).len();
+
+    run_marker(&pg, 5);
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    let first = wait_for(
+        "first sample after the restart",
+        Duration::from_secs(20),
+        || summaries(&listener).get(before).cloned(),
+    );
+    assert_eq!(first["data"]["baseline"], false, "{first}");
+    let e = wait_for("the marker", Duration::from_secs(10), || {
+        let e = marker_events(&listener);
+        (!e.is_empty()).then_some(e)
+    });
+    assert_eq!(
+        e[0]["collected_at"], first["collected_at"],
+        "in the first sample"
+    );
+    assert_eq!(sum(&e, "calls"), 5);
+}
+
+#[test]
+fn missing_extension_is_reported_with_its_fix_and_picked_up_later() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let agent = Agent::start(
+        dir.path(),
+        &statements_config(dir.path(), &pg, &listener.url()),
+        &[],
+    );
+    let s = wait_for("an unavailable summary", Duration::from_secs(20), || {
+        summaries(&listener).into_iter().next()
+    });
+    assert_eq!(s["data"]["available"], false);
+    assert_eq!(
+        s["data"]["reason"],
+        "extension pg_stat_statements is not installed in database postgres"
+    );
+    assert!(s["data"]["fix"]
+        .as_str()
+        .is_some_and(|f| f.starts_with("CREATE EXTENSION pg_stat_statements;")));
+    let w = agent.wait_log("source_state_changed", Duration::from_secs(5), |_| true);
+    assert!(w["state"].as_str().is_some_and(
+        |s| s.starts_with("unavailable: extension pg_stat_statements is not installed")
+    ));
+
+    // Installed, but the library is not preloaded: a different reason, a different fix.
+    pg.sql("create extension pg_stat_statements");
+    let s = wait_for("the preload problem", Duration::from_secs(20), || {
+        summaries(&listener).into_iter().find(|s| {
+            s["data"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("shared_preload_libraries"))
+        })
+    });
+    assert_eq!(s["data"]["available"], false);
+    assert!(s["data"]["fix"]
+        .as_str()
+        .is_some_and(|f| f.contains("shared_preload_libraries")));
+    // No cycle of the source failed: an unavailable extension is not an error.
+    assert!(agent.logs_named("collect_cycle_failed").is_empty());
+    // One warning per change of state, not one per cycle.
+    assert_eq!(agent.logs_named("source_state_changed").len(), 2);
+}
+
+#[test]
+fn dropping_the_extension_mid_run_leaves_the_other_sources_on_schedule() {
+    let pg = PgCluster::start(PRELOAD);
+    prepared(&pg);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = statements_config(dir.path(), &pg, &listener.url())
+        .replace("activity = false\n", "")
+        .replace("system = false", "system = true");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for("statements available", Duration::from_secs(20), || {
+        summaries(&listener)
+            .into_iter()
+            .find(|s| s["data"]["available"] == true)
+    });
+    let dropped_at = chrono::Utc::now();
+    pg.sql("drop extension pg_stat_statements");
+    wait_for("statements unavailable", Duration::from_secs(20), || {
+        summaries(&listener)
+            .into_iter()
+            .find(|s| s["data"]["available"] == false)
+    });
+    let until = chrono::Utc::now() + chrono::Duration::seconds(3);
+    wait_for("3 s more of samples", Duration::from_secs(10), || {
+        (chrono::Utc::now() > until + chrono::Duration::seconds(1)).then_some(())
+    });
+    for kind in ["system", "pg_activity"] {
+        let t: BTreeSet<i64> = listener
+            .events_of(kind)
+            .iter()
+            .filter_map(|e| {
+                e["collected_at"]
+                    .as_str()?
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .ok()
+            })
+            .filter(|t| *t >= dropped_at - chrono::Duration::seconds(2) && *t <= until)
+            .map(|t| t.timestamp_millis())
+            .collect();
+        let v: Vec<i64> = t.into_iter().collect();
+        assert!(v.len() >= 4, "{kind}: {v:?}");
+        for w in v.windows(2) {
+            assert!(w[1] - w[0] < 1500, "{kind} stalled: {v:?}");
+        }
+    }
+}

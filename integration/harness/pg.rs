@@ -160,9 +160,21 @@ impl PgCluster {
         self.running = false;
     }
 
-    /// A psql command line against this cluster.
+    /// The server's log so far (for assertion messages).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A psql command line against this cluster. The embedded builds of other versions
+    /// have no psql; Debian's psql 15 is the client of every version then.
     pub fn psql(&self) -> Command {
-        let mut c = Command::new(bin_dir().join("psql"));
+        let own = bin_dir().join("psql");
+        let psql = if own.exists() {
+            own
+        } else {
+            PathBuf::from("/usr/lib/postgresql/15/bin/psql")
+        };
+        let mut c = Command::new(psql);
         c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", self.socket_dir().to_str().expect("utf8")])
             .args([

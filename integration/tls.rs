@@ -128,7 +128,10 @@ fn sslmode_require_and_verify_full_connect_over_tls_only() {
     let (code, err) = once(dir.path(), port, "sslmode = \"disable\"");
     assert_eq!(code, 69, "{err}");
     // PostgreSQL 14 says "no encryption", earlier versions "SSL off".
-    assert!(err.contains("no encryption") || err.contains("SSL off"), "{err}");
+    assert!(
+        err.contains("no encryption") || err.contains("SSL off"),
+        "{err}"
+    );
 
     for mode in ["prefer", "require"] {
         let (code, err) = once(dir.path(), port, &format!("sslmode = \"{mode}\""));

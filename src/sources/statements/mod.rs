@@ -186,12 +186,8 @@ const PRELOAD_FIX: &str =
 
 impl Cycle {
     async fn run(&self, conn: &Client, state: &RefCell<State>) -> Result<Vec<Event>, DbError> {
-        let now: DateTime<Utc> = conn
-            .query_one("SELECT now()", &[])
-            .await
-            .map_err(DbError::query)?
-            .get(0);
-        let ext = match self.extension(conn, state).await? {
+        let (now, ext) = self.extension(conn, state).await?;
+        let ext = match ext {
             Ok(e) => e,
             Err(u) => return self.unavailable(state, now, u),
         };
@@ -243,42 +239,46 @@ impl Cycle {
             .map_err(|e| DbError::Query(format!("cannot encode: {e}")))
     }
 
-    /// The installed extension and its columns (asked again only when the version changes).
+    /// The server's clock and the installed extension with its columns, in one round
+    /// trip (the columns are asked again only when the extension version changes).
     async fn extension(
         &self,
         conn: &Client,
         state: &RefCell<State>,
-    ) -> Result<Result<Extension, Unavailable>, DbError> {
+    ) -> Result<(DateTime<Utc>, Result<Extension, Unavailable>), DbError> {
         let row = conn
-            .query_opt(
-                "SELECT e.extversion, quote_ident(n.nspname)
-                 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-                 WHERE e.extname = 'pg_stat_statements'",
+            .query_one(
+                "SELECT now(), current_database()::text, e.extversion, quote_ident(n.nspname)
+                 FROM (SELECT 1) one
+                 LEFT JOIN pg_extension e ON e.extname = 'pg_stat_statements'
+                 LEFT JOIN pg_namespace n ON n.oid = e.extnamespace",
                 &[],
             )
             .await
             .map_err(DbError::query)?;
-        let Some(row) = row else {
-            let db: String = conn
-                .query_one("SELECT current_database()::text", &[])
-                .await
-                .map_err(DbError::query)?
-                .get(0);
-            return Ok(Err(Unavailable {
-                reason: format!("extension pg_stat_statements is not installed in database {db}"),
-                fix: format!(
-                    "CREATE EXTENSION pg_stat_statements; in database {db} (and {PRELOAD_FIX})"
-                ),
-            }));
+        let now: DateTime<Utc> = row.get(0);
+        let (version, schema): (Option<String>, Option<String>) = (row.get(2), row.get(3));
+        let (Some(version), Some(schema)) = (version, schema) else {
+            let db: String = row.get(1);
+            return Ok((
+                now,
+                Err(Unavailable {
+                    reason: format!(
+                        "extension pg_stat_statements is not installed in database {db}"
+                    ),
+                    fix: format!(
+                        "CREATE EXTENSION pg_stat_statements; in database {db} (and {PRELOAD_FIX})"
+                    ),
+                }),
+            ));
         };
-        let (version, schema): (String, String) = (row.get(0), row.get(1));
         if let Some(e) = state
             .borrow()
             .ext
             .clone()
             .filter(|e| e.version == version && e.schema == schema)
         {
-            return Ok(Ok(e));
+            return Ok((now, Ok(e)));
         }
         let view = format!("{schema}.pg_stat_statements");
         let cols: Vec<String> = conn
@@ -308,7 +308,7 @@ impl Cycle {
             has_info,
         };
         state.borrow_mut().ext = Some(ext.clone());
-        Ok(Ok(ext))
+        Ok((now, Ok(ext)))
     }
 
     /// Counters of every entry (no query texts).

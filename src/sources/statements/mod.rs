@@ -23,8 +23,11 @@ use crate::model::{Event, EventKind};
 use baseline::Baseline;
 use delta::{diff, top_n, ColKind, Column, Delta, Key};
 
-/// At most this many query texts are remembered (oldest forgotten first when full).
+/// At most this many query texts are remembered (all forgotten when full).
 const TEXT_CACHE_MAX: usize = 20_000;
+
+/// Every this many cycles all entries are read, so that evicted ones are forgotten.
+const RESYNC_EVERY: u32 = 10;
 
 /// The installed extension, as last seen.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +47,8 @@ struct State {
     /// Baseline read from disk at start; used once, if it matches the server.
     loaded: bool,
     texts: HashMap<i64, String>,
+    /// Cycles since every entry was last read.
+    since_resync: u32,
     databases: HashMap<u32, String>,
     roles: HashMap<u32, String>,
     note: Option<String>,
@@ -191,10 +196,35 @@ impl Cycle {
             Ok(e) => e,
             Err(u) => return self.unavailable(state, now, u),
         };
-        match self.sample(conn, &ext, now).await? {
-            Ok((cur, hidden)) => self.deltas(conn, state, &ext, cur, hidden, now).await,
+        let prev = self.previous(state, &ext, now);
+        match self.sample(conn, state, &ext, prev.as_ref(), now).await? {
+            Ok((cur, hidden, reset)) => {
+                self.deltas(conn, state, &ext, prev, cur, hidden, reset, now)
+                    .await
+            }
             Err(u) => self.unavailable(state, now, u),
         }
+    }
+
+    /// The sample to diff against: the last one in memory, else the one saved before a
+    /// restart, provided it is from this server, with these columns, and older.
+    fn previous(
+        &self,
+        state: &RefCell<State>,
+        ext: &Extension,
+        now: DateTime<Utc>,
+    ) -> Option<Baseline> {
+        let mut st = state.borrow_mut();
+        if !st.loaded {
+            st.loaded = true;
+            if st.prev.is_none() {
+                st.prev = baseline::load(&self.state_dir);
+            }
+        }
+        let columns: Vec<String> = ext.columns.iter().map(|c| c.name.clone()).collect();
+        st.prev
+            .take()
+            .filter(|p| p.identity == self.identity && p.columns == columns && p.taken_at < now)
     }
 
     fn unavailable(
@@ -311,13 +341,19 @@ impl Cycle {
         Ok((now, Ok(ext)))
     }
 
-    /// Counters of every entry (no query texts).
+    /// Counters of the entries whose `calls` changed since `prev` (no query texts). The
+    /// previous calls go to the server as arrays and only changed rows come back, so a
+    /// quiet server with thousands of entries costs a few rows, not thousands. Without
+    /// `prev`, after a reset, and every [`RESYNC_EVERY`] cycles (to forget evicted
+    /// entries) every entry is read.
     async fn sample(
         &self,
         conn: &Client,
+        state: &RefCell<State>,
         ext: &Extension,
+        prev: Option<&Baseline>,
         now: DateTime<Utc>,
-    ) -> Result<Result<(Sample, usize), Unavailable>, DbError> {
+    ) -> Result<Result<(Baseline, usize, bool), Unavailable>, DbError> {
         let (stats_reset, dealloc) = if ext.has_info {
             let q = format!(
                 "SELECT stats_reset, dealloc FROM {}.pg_stat_statements_info",
@@ -333,6 +369,28 @@ impl Cycle {
         } else {
             (None, None)
         };
+        let reset = prev.is_some_and(|p| p.stats_reset != stats_reset);
+        let full = {
+            let mut st = state.borrow_mut();
+            st.since_resync += 1;
+            let full = prev.is_none() || reset || st.since_resync >= RESYNC_EVERY;
+            if full {
+                st.since_resync = 0;
+            }
+            full
+        };
+        let calls = ext.columns.iter().position(|c| c.name == "calls");
+        let (mut users, mut dbs, mut qids, mut tops, mut prev_calls) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        if let (false, Some(p), Some(ci)) = (full, prev, calls) {
+            for (k, v) in &p.entries {
+                users.push(k.userid);
+                dbs.push(k.dbid);
+                qids.push(k.queryid);
+                tops.push(k.toplevel);
+                prev_calls.push(v[ci] as i64);
+            }
+        }
         let toplevel = if ext.has_toplevel {
             "s.toplevel"
         } else {
@@ -340,15 +398,27 @@ impl Cycle {
         };
         let exprs: Vec<&str> = ext.columns.iter().map(|c| c.expr.as_str()).collect();
         let q = format!(
-            "SELECT s.userid::oid, s.dbid::oid, s.queryid, {toplevel}, {} FROM {}.pg_stat_statements(false) s",
+            "SELECT s.userid::oid, s.dbid::oid, s.queryid, {toplevel}, {}
+             FROM {}.pg_stat_statements(false) s
+             LEFT JOIN unnest($1::oid[], $2::oid[], $3::int8[], $4::bool[], $5::int8[])
+                  AS p(userid, dbid, queryid, toplevel, calls)
+               ON p.userid = s.userid AND p.dbid = s.dbid AND p.queryid = s.queryid
+              AND p.toplevel = {toplevel}
+             WHERE p.calls IS DISTINCT FROM s.calls",
             exprs.join(", "),
             ext.schema
         );
-        let rows = match conn.query(&q, &[]).await {
+        let rows = match conn
+            .query(&q, &[&users, &dbs, &qids, &tops, &prev_calls])
+            .await
+        {
             Ok(r) => r,
             Err(e) => return classify(e),
         };
-        let mut entries = HashMap::with_capacity(rows.len());
+        let mut entries = match (full, prev) {
+            (false, Some(p)) => p.entries.clone(),
+            _ => HashMap::with_capacity(rows.len()),
+        };
         let mut hidden = 0;
         for r in &rows {
             // Without pg_read_all_stats, other roles' entries have no queryid.
@@ -373,45 +443,31 @@ impl Cycle {
             entries.insert(key, values);
         }
         Ok(Ok((
-            Sample {
-                baseline: Baseline {
-                    identity: self.identity.clone(),
-                    taken_at: now,
-                    stats_reset,
-                    dealloc,
-                    columns: ext.columns.iter().map(|c| c.name.clone()).collect(),
-                    entries,
-                },
+            Baseline {
+                identity: self.identity.clone(),
+                taken_at: now,
+                stats_reset,
+                dealloc,
+                columns: ext.columns.iter().map(|c| c.name.clone()).collect(),
+                entries,
             },
             hidden,
+            reset,
         )))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn deltas(
         &self,
         conn: &Client,
         state: &RefCell<State>,
         ext: &Extension,
-        cur: Sample,
+        prev: Option<Baseline>,
+        cur: Baseline,
         hidden: usize,
+        reset: bool,
         now: DateTime<Utc>,
     ) -> Result<Vec<Event>, DbError> {
-        let cur = cur.baseline;
-        let prev = {
-            let mut st = state.borrow_mut();
-            if !st.loaded {
-                st.loaded = true;
-                if st.prev.is_none() {
-                    st.prev = baseline::load(&self.state_dir);
-                }
-            }
-            st.prev.take().filter(|p| {
-                p.identity == cur.identity && p.columns == cur.columns && p.taken_at < cur.taken_at
-            })
-        };
-        let reset = prev
-            .as_ref()
-            .is_some_and(|p| p.stats_reset != cur.stats_reset);
         let mut deltas = match &prev {
             Some(p) => diff(&ext.columns, &p.entries, &cur.entries, reset),
             None => vec![],
@@ -463,9 +519,13 @@ impl Cycle {
         } else {
             format!("available (pg_stat_statements {})", ext.version)
         });
-        // The baseline survives a restart; failing to save it costs one interval after
-        // a restart, not data, so it is not an error of the cycle.
-        let _ = baseline::save(&self.state_dir, &cur);
+        // The baseline survives a restart. It is saved when deltas were shipped (an
+        // older file would ship them again after a restart) or a new baseline began; a
+        // quiet cycle changes nothing worth a write. Failing to save costs an interval
+        // after a restart, not data, so it is not an error of the cycle.
+        if changed > 0 || prev.is_none() || reset {
+            let _ = baseline::save(&self.state_dir, &cur);
+        }
         st.prev = Some(cur);
         Ok(events)
     }
@@ -530,10 +590,6 @@ impl Cycle {
         }
         Ok(())
     }
-}
-
-struct Sample {
-    baseline: Baseline,
 }
 
 /// Server errors that mean "the extension cannot be used" rather than "the cycle failed".

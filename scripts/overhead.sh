@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Measures what the agent costs on a server that looks busy: 200 idle connections,
+# 5,000 distinct statements in pg_stat_statements, and a light workload that touches
+# 200 of them every second. The agent runs every source but the log (interval 2 s) as a
+# pg_monitor role; the server's own pg_stat_statements tells the agent's query time.
+#   scripts/overhead.sh [SECONDS]      (default 40)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN_S=${1:-40}
+BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+PSQL=/usr/lib/postgresql/15/bin/psql
+cargo build --release --quiet
+AGENT=$PWD/target/release/postgres-agent
+W=$(mktemp -d /tmp/pgagent-overhead.XXXX); chmod 777 "$W"
+as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # The idle sessions read a FIFO whose only writer is $HOLD: ending it ends them all.
+  [ -n "${HOLD:-}" ] && kill "$HOLD" 2>/dev/null || true
+  as_pg "$BIN/pg_ctl -D $W/data -m immediate -w stop >/dev/null 2>&1" || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+sql() { "$PSQL" -X -q -A -t -h "$W" -U postgres -d postgres "$@"; }
+
+as_pg "$BIN/initdb -D $W/data -U postgres --auth=trust --no-sync >/dev/null"
+cat >> "$W/data/postgresql.conf" <<CONF
+port = 5432
+listen_addresses = ''
+unix_socket_directories = '$W'
+max_connections = 300
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.max = 10000
+fsync = off
+CONF
+as_pg "$BIN/pg_ctl -D $W/data -l $W/server.log -w start >/dev/null"
+sql -c "create extension pg_stat_statements; create role postgres_agent login; grant pg_monitor to postgres_agent;"
+
+# 100 tables × 50 query shapes = 5,000 distinct statements.
+python3 - "$W" <<'PY'
+import sys
+w = sys.argv[1]
+cols = ", ".join(f"c{k} int" for k in range(10))
+with open(f"{w}/setup.sql", "w") as f, open(f"{w}/workload.sql", "w") as g:
+    for i in range(100):
+        f.write(f"create table t{i} ({cols}); insert into t{i} select g,g,g,g,g,g,g,g,g,g from generate_series(1,20) g;\n")
+    for i in range(100):
+        for s in range(10):
+            for w_ in range(5):
+                q = f"select c{s} from t{i} where c{(s + w_ + 1) % 10} = 1;\n"
+                f.write(q)
+                if i < 4:
+                    g.write(q)
+PY
+sql -f "$W/setup.sql" >/dev/null
+entries=$(sql -c "select count(*) from pg_stat_statements")
+echo "pg_stat_statements entries: $entries"
+
+mkfifo "$W/idle"
+sleep 3600 > "$W/idle" & HOLD=$!
+for _ in $(seq 1 200); do
+  "$PSQL" -X -q -h "$W" -U postgres -d postgres < "$W/idle" >/dev/null 2>&1 & pids+=($!)
+done
+( while true; do sql -f "$W/workload.sql" >/dev/null; sleep 1; done ) & pids+=($!)
+
+python3 - "$W/port" <<'PY' & pids+=($!)
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+s = socketserver.TCPServer(("127.0.0.1", 0), H)
+open(sys.argv[1], "w").write(str(s.server_address[1]))
+s.serve_forever()
+PY
+for _ in $(seq 1 50); do [ -s "$W/port" ] && break; sleep 0.1; done
+sleep 2
+echo "connections: $(sql -c "select count(*) from pg_stat_activity where backend_type = 'client backend'")"
+sql -c "select pg_stat_statements_reset((select oid from pg_roles where rolname = 'postgres_agent'))" >/dev/null 2>&1 || true
+
+cat > "$W/agent.toml" <<TOML
+[agent]
+project_id = "overhead"
+state_dir = "$W/state"
+[database]
+host = "$W"
+user = "postgres_agent"
+[collection]
+interval_s = 2
+logs = false
+[listener]
+url = "http://127.0.0.1:$(cat "$W/port")/ingest/postgres"
+token = "t"
+TOML
+"$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
+sleep "$RUN_S"
+read -r ut st < <(awk '{print $14, $15}' "/proc/$APID/stat")
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$APID/status")
+kill -USR1 "$APID"; sleep 1
+tck=$(getconf CLK_TCK)
+python3 - "$W/state/status.json" "$ut" "$st" "$tck" "$rss" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+ut, st, tck, rss = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+c = s["children"]
+cycles = {k: c[k]["detail"]["cycles_total"] for k in ("pg_activity", "pg_statements", "pg_locks", "system")}
+n = min(cycles.values())
+print(f"cycles per source: {cycles}")
+print(f"agent CPU: {(ut + st) * 1000 / tck:.0f} ms over {n} cycles = {(ut + st) * 1000 / tck / n:.1f} ms per cycle of all sources")
+print(f"agent RSS: {rss / 1024:.1f} MB")
+print(f"events shipped: {c['shipper']['detail']['events_sent_total']}")
+open("/tmp/pgagent-overhead.cycles", "w").write(str(n))
+PY
+n=$(cat /tmp/pgagent-overhead.cycles)
+sql -c "select 'server time of the agent''s queries: ' || round(sum(total_exec_time + total_plan_time)::numeric / $n, 2) || ' ms per cycle (' || sum(calls) || ' calls in $n cycles)' from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"
+sql -c "select '  ' || round((total_exec_time / calls)::numeric, 3) || ' ms  ' || left(regexp_replace(query, '\s+', ' ', 'g'), 70) from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent') order by total_exec_time desc limit 6"

@@ -50,6 +50,11 @@ fn sum(events: &[Value], field: &str) -> i64 {
 
 fn prepared(pg: &PgCluster) {
     pg.sql("create extension pg_stat_statements; create table marker_t (x int); insert into marker_t select generate_series(1, 10)");
+    // Thirty more entries that stay quiet while the test runs.
+    let quiet: Vec<String> = (0..30)
+        .map(|i| format!("create table q{i} (a int); select * from q{i}"))
+        .collect();
+    pg.sql(&quiet.join("; "));
 }
 
 #[test]
@@ -82,6 +87,23 @@ fn a_statement_run_n_times_shows_calls_n_and_a_reset_never_goes_negative() {
     });
     let all = marker_events(&listener);
     assert_eq!(all.len(), got.len());
+    // Quiet cycles read only the entries that changed (the agent's own few), not all.
+    let quiet: Vec<(u64, u64)> = summaries(&listener)
+        .iter()
+        .skip(1)
+        .map(|s| {
+            (
+                s["data"]["rows_read"].as_u64().unwrap_or(0),
+                s["data"]["entries"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        quiet
+            .iter()
+            .any(|(read, entries)| *entries >= 60 && read * 5 < *entries),
+        "(rows_read, entries) per sample: {quiet:?}"
+    );
     assert_eq!(sum(&all, "calls"), 7);
     assert_eq!(sum(&all, "rows"), 7);
     for e in &all {

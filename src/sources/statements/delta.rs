@@ -196,6 +196,18 @@ pub struct Key {
     pub toplevel: bool,
 }
 
+/// A 64-bit fingerprint of an entry and its call count, computed the same way in SQL
+/// (`#` is xor, shifts wrap) so the server can skip entries whose calls did not change.
+/// Two entries sharing a fingerprint by chance (about 1 in 2^64 per pair) would hide a
+/// change until the next one, or the next full read.
+pub fn fingerprint(k: &Key, calls: i64) -> i64 {
+    (k.userid as i64)
+        ^ ((k.dbid as i64) << 32)
+        ^ k.queryid
+        ^ (calls << 17)
+        ^ ((k.toplevel as i64) << 62)
+}
+
 /// Values of one entry, aligned with the column list.
 pub type Values = Vec<f64>;
 

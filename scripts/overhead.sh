@@ -95,7 +95,14 @@ url = "http://127.0.0.1:$(cat "$W/port")/ingest/postgres"
 token = "t"
 TOML
 "$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
-sleep "$RUN_S"
+if [ -n "${PERF:-}" ]; then
+  # PERF=1: where the agent's CPU goes (needs linux-perf).
+  perf record -F 999 -g -p "$APID" -o "$W/perf.data" -- sleep "$RUN_S" >/dev/null 2>&1
+  perf report -i "$W/perf.data" --stdio --no-children --sort comm -g none 2>/dev/null | grep -E "^ +[0-9]" | head -12
+  perf report -i "$W/perf.data" --stdio --children --sort sym -g none --percent-limit 4 2>/dev/null | grep -E "^ +[0-9]" | head -50
+else
+  sleep "$RUN_S"
+fi
 read -r ut st < <(awk '{print $14, $15}' "/proc/$APID/stat")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$APID/status")
 kill -USR1 "$APID"; sleep 1

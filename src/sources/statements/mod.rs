@@ -100,7 +100,7 @@ pub struct Summary {
 
 /// One statement's delta (`data` of a `pg_statements` event of type `statement`).
 #[derive(Debug, Serialize)]
-pub struct StatementDelta {
+pub struct StatementDelta<'a> {
     /// Always `"statement"`.
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -131,7 +131,31 @@ pub struct StatementDelta {
     pub mean_exec_time_ms: Option<f64>,
     /// Deltas (counts, times in ms) and gauges (min/max/stddev since the entry began).
     #[serde(flatten)]
-    pub values: serde_json::Map<String, serde_json::Value>,
+    pub values: ColumnValues<'a>,
+}
+
+/// The columns of a delta, serialized straight from the value slice: counts as integers,
+/// times rounded to the microsecond, without building a map per statement.
+#[derive(Debug)]
+pub struct ColumnValues<'a> {
+    columns: &'a [Column],
+    values: &'a [f64],
+}
+
+impl Serialize for ColumnValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.columns.len()))?;
+        for (c, v) in self.columns.iter().zip(self.values) {
+            match c.kind {
+                ColKind::Count => m.serialize_entry(&c.name, &(v.round() as i64))?,
+                ColKind::Time | ColKind::Gauge => {
+                    m.serialize_entry(&c.name, &((v * 1000.0).round() / 1000.0))?
+                }
+            }
+        }
+        m.end()
+    }
 }
 
 impl StatementsSource {
@@ -626,30 +650,19 @@ fn classify<T>(e: tokio_postgres::Error) -> Result<Result<T, Unavailable>, DbErr
     }
 }
 
-fn statement(
-    columns: &[Column],
-    d: &Delta,
+fn statement<'a>(
+    columns: &'a [Column],
+    d: &'a Delta,
     st: &State,
     since: DateTime<Utc>,
     secs: f64,
-) -> StatementDelta {
-    let mut values = serde_json::Map::new();
-    let mut calls = None;
-    let mut total = None;
-    for (c, v) in columns.iter().zip(&d.values) {
-        let json = match c.kind {
-            ColKind::Count => serde_json::Value::from(v.round() as i64),
-            ColKind::Time | ColKind::Gauge => {
-                serde_json::Value::from((v * 1000.0).round() / 1000.0)
-            }
-        };
-        match c.name.as_str() {
-            "calls" => calls = Some(*v),
-            "total_exec_time_ms" => total = Some(*v),
-            _ => {}
-        }
-        values.insert(c.name.clone(), json);
-    }
+) -> StatementDelta<'a> {
+    let at = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| d.values[i])
+    };
     StatementDelta {
         kind: "statement",
         userid: d.key.userid,
@@ -663,10 +676,13 @@ fn statement(
         interval_s: secs,
         new: d.new,
         counters_reset: d.counters_reset,
-        mean_exec_time_ms: calls
-            .zip(total)
+        mean_exec_time_ms: at("calls")
+            .zip(at("total_exec_time_ms"))
             .filter(|(c, _)| *c > 0.0)
             .map(|(c, t)| (t / c * 1000.0).round() / 1000.0),
-        values,
+        values: ColumnValues {
+            columns,
+            values: &d.values,
+        },
     }
 }

@@ -159,17 +159,35 @@ pub fn sample(
 }
 
 /// The postmaster and its children: count and total RSS; CPU ticks go into `ticks`.
+/// The children come from `/proc/<pid>/task/<pid>/children`, so only the server's own
+/// processes are read; on kernels without that file every process is looked at.
 fn pg_processes(postmaster: i32, ticks: &mut BTreeMap<i32, u64>) -> (usize, u64) {
     let page = procfs::page_size();
     let mut rss = 0;
-    let Ok(all) = procfs::process::all_processes() else {
-        return (0, 0);
+    let mut add = |stat: procfs::process::Stat| {
+        ticks.insert(stat.pid, stat.utime + stat.stime);
+        rss += stat.rss * page;
     };
-    // Processes come and go while we read; one that vanished is simply skipped.
-    for stat in all.flatten().filter_map(|p| p.stat().ok()) {
-        if stat.pid == postmaster || stat.ppid == postmaster {
-            ticks.insert(stat.pid, stat.utime + stat.stime);
-            rss += stat.rss * page;
+    let children =
+        std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"));
+    match children {
+        Ok(text) => {
+            let pids = std::iter::once(postmaster)
+                .chain(text.split_whitespace().filter_map(|p| p.parse().ok()));
+            // A process that ended since the list was read is simply skipped.
+            for stat in pids.filter_map(|pid| Process::new(pid).and_then(|p| p.stat()).ok()) {
+                add(stat);
+            }
+        }
+        Err(_) => {
+            let Ok(all) = procfs::process::all_processes() else {
+                return (0, 0);
+            };
+            for stat in all.flatten().filter_map(|p| p.stat().ok()) {
+                if stat.pid == postmaster || stat.ppid == postmaster {
+                    add(stat);
+                }
+            }
         }
     }
     (ticks.len(), rss)

@@ -63,25 +63,58 @@ fn fault(dir: &std::path::Path, child: &str, what: &str) {
     std::fs::write(dir.join(child), what).expect("write fault");
 }
 
+/// A cluster with one busy session, a listener, and an agent (interval 1 s) that obeys
+/// fault requests written into `faults`.
+struct Faulty {
+    agent: Agent,
+    faults: std::path::PathBuf,
+    listener: Listener,
+    _session: crate::harness::pg::Session,
+    _dir: tempfile::TempDir,
+    _pg: PgCluster,
+}
+
+impl Faulty {
+    fn start(edit: impl Fn(String) -> String) -> Faulty {
+        let pg = PgCluster::start("");
+        let listener = Listener::start(TOKEN);
+        let dir = shared_tempdir("pgagent-it");
+        let faults = dir.path().join("faults");
+        std::fs::create_dir_all(&faults).expect("mkdir");
+        let session = pg.session("app", "select pg_sleep(120)");
+        let agent = Agent::start(
+            dir.path(),
+            &edit(config(dir.path(), &pg, &listener.url(), 1)),
+            &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
+        );
+        wait_for("first samples", Duration::from_secs(20), || {
+            (samples(&listener).len() >= 2).then_some(())
+        });
+        Faulty {
+            agent,
+            faults,
+            listener,
+            _session: session,
+            _dir: dir,
+            _pg: pg,
+        }
+    }
+}
+
+fn with_system(toml: String) -> String {
+    toml.replace("system = false", "system = true")
+}
+
 #[test]
 fn panicking_collector_is_restarted_while_the_others_keep_going() {
-    let pg = PgCluster::start("");
-    let listener = Listener::start(TOKEN);
-    let dir = shared_tempdir("pgagent-it");
-    let faults = dir.path().join("faults");
-    std::fs::create_dir_all(&faults).expect("mkdir");
-    let _s = pg.session("app", "select pg_sleep(120)");
-    let agent = Agent::start(
-        dir.path(),
-        &config(dir.path(), &pg, &listener.url(), 1).replace("system = false", "system = true"),
-        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
-    );
-    wait_for("first samples", Duration::from_secs(20), || {
-        (samples(&listener).len() >= 2 && system_times(&listener).len() >= 2).then_some(())
+    let f = Faulty::start(with_system);
+    let (agent, listener, faults) = (&f.agent, &f.listener, &f.faults);
+    wait_for("system samples", Duration::from_secs(10), || {
+        (system_times(listener).len() >= 2).then_some(())
     });
 
     let fault_at = now_s();
-    fault(&faults, "pg_activity", "panic");
+    fault(faults, "pg_activity", "panic");
     let down = agent.wait_log("child_down", Duration::from_secs(10), |r| {
         r["child"] == "pg_activity"
     });
@@ -89,12 +122,12 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
     assert_eq!(down["restarts"], 1);
     assert_eq!(down["restart_in_ms"], 100);
     wait_for("generation 2", Duration::from_secs(5), || {
-        child_started(&agent, "pg_activity", 2)
+        child_started(agent, "pg_activity", 2)
     });
     // The buffer and shipper were never restarted, and the restart itself reached the
     // listener as an agent event.
-    assert!(child_started(&agent, "buffer", 2).is_none());
-    assert!(child_started(&agent, "shipper", 2).is_none());
+    assert!(child_started(agent, "buffer", 2).is_none());
+    assert!(child_started(agent, "shipper", 2).is_none());
     let agent_ev = wait_for(
         "child_restarted agent event",
         Duration::from_secs(10),
@@ -109,10 +142,10 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
     assert_eq!(agent_ev["data"]["reason"], "panicked");
 
     // The new incarnation produces on schedule: three more samples, one per second.
-    let before = samples(&listener).len();
+    let before = samples(listener).len();
     let t = Instant::now();
     wait_for("samples after the restart", Duration::from_secs(10), || {
-        (samples(&listener).len() >= before + 3).then_some(())
+        (samples(listener).len() >= before + 3).then_some(())
     });
     assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     // The other collector never noticed.
@@ -120,10 +153,10 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
     wait_for(
         "system samples past the restart",
         Duration::from_secs(5),
-        || (system_times(&listener).last().copied().unwrap_or(0.0) > until).then_some(()),
+        || (system_times(listener).last().copied().unwrap_or(0.0) > until).then_some(()),
     );
-    system_on_schedule(&listener, fault_at, until);
-    assert!(child_started(&agent, "system", 2).is_none());
+    system_on_schedule(listener, fault_at, until);
+    assert!(child_started(agent, "system", 2).is_none());
     let panics = agent.logs_named("panic");
     assert_eq!(panics.len(), 1, "{panics:?}");
     assert!(panics[0]["message"]
@@ -133,22 +166,13 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
 
 #[test]
 fn hung_collector_is_detected_and_restarted() {
-    let pg = PgCluster::start("");
-    let listener = Listener::start(TOKEN);
-    let dir = shared_tempdir("pgagent-it");
-    let faults = dir.path().join("faults");
-    std::fs::create_dir_all(&faults).expect("mkdir");
-    let _s = pg.session("app", "select pg_sleep(120)");
-    let agent = Agent::start(
-        dir.path(),
-        &config(dir.path(), &pg, &listener.url(), 1).replace("system = false", "system = true"),
-        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
-    );
-    wait_for("first samples", Duration::from_secs(20), || {
-        (samples(&listener).len() >= 2 && system_times(&listener).len() >= 2).then_some(())
+    let f = Faulty::start(with_system);
+    let (agent, listener, faults) = (&f.agent, &f.listener, &f.faults);
+    wait_for("system samples", Duration::from_secs(10), || {
+        (system_times(listener).len() >= 2).then_some(())
     });
     let fault_at = now_s();
-    fault(&faults, "pg_activity", "hang");
+    fault(faults, "pg_activity", "hang");
     let t = Instant::now();
     let down = agent.wait_log("child_down", Duration::from_secs(15), |r| {
         r["child"] == "pg_activity"
@@ -160,13 +184,13 @@ fn hung_collector_is_detected_and_restarted() {
     // Detected by the ping deadline: not before 5 s, not much after.
     assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
     wait_for("generation 2", Duration::from_secs(5), || {
-        child_started(&agent, "pg_activity", 2)
+        child_started(agent, "pg_activity", 2)
     });
-    let before = samples(&listener).len();
+    let before = samples(listener).len();
     wait_for(
         "samples from the new incarnation",
         Duration::from_secs(10),
-        || (samples(&listener).len() >= before + 2).then_some(()),
+        || (samples(listener).len() >= before + 2).then_some(()),
     );
     // While pg_activity's thread was blocked, the system collector kept its schedule
     // and the shipper kept delivering it; neither was restarted.
@@ -174,34 +198,24 @@ fn hung_collector_is_detected_and_restarted() {
     wait_for(
         "system samples past the restart",
         Duration::from_secs(5),
-        || (system_times(&listener).last().copied().unwrap_or(0.0) > until).then_some(()),
+        || (system_times(listener).last().copied().unwrap_or(0.0) > until).then_some(()),
     );
-    system_on_schedule(&listener, fault_at, until);
-    assert!(child_started(&agent, "shipper", 2).is_none());
-    assert!(child_started(&agent, "system", 2).is_none());
+    system_on_schedule(listener, fault_at, until);
+    assert!(child_started(agent, "shipper", 2).is_none());
+    assert!(child_started(agent, "system", 2).is_none());
 }
 
 #[test]
 fn stalled_collector_is_restarted_after_its_progress_deadline() {
-    let pg = PgCluster::start("");
-    let listener = Listener::start(TOKEN);
-    let dir = shared_tempdir("pgagent-it");
-    let faults = dir.path().join("faults");
-    std::fs::create_dir_all(&faults).expect("mkdir");
     // connect 2 s + 2 × statement 1 s + 1 s = 5 s per cycle; deadline = 2 × 1 s + 5 s.
-    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
-        "connect_timeout_ms = 2000",
-        "connect_timeout_ms = 2000\nstatement_timeout_ms = 1000",
-    );
-    let agent = Agent::start(
-        dir.path(),
-        &toml,
-        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
-    );
-    wait_for("first samples", Duration::from_secs(20), || {
-        (samples(&listener).len() >= 2).then_some(())
+    let f = Faulty::start(|t| {
+        t.replace(
+            "connect_timeout_ms = 2000",
+            "connect_timeout_ms = 2000\nstatement_timeout_ms = 1000",
+        )
     });
-    fault(&faults, "pg_activity", "stall");
+    let (agent, listener, faults) = (&f.agent, &f.listener, &f.faults);
+    fault(faults, "pg_activity", "stall");
     let t = Instant::now();
     let down = agent.wait_log("child_down", Duration::from_secs(20), |r| {
         r["child"] == "pg_activity"
@@ -215,13 +229,13 @@ fn stalled_collector_is_restarted_after_its_progress_deadline() {
     // While stalled, ticks were skipped rather than piling up cycles.
     assert!(agent.logs_named("collect_cycle_skipped").len() >= 5);
     wait_for("generation 2", Duration::from_secs(5), || {
-        child_started(&agent, "pg_activity", 2)
+        child_started(agent, "pg_activity", 2)
     });
-    let before = samples(&listener).len();
+    let before = samples(listener).len();
     wait_for(
         "samples from the new incarnation",
         Duration::from_secs(10),
-        || (samples(&listener).len() >= before + 2).then_some(()),
+        || (samples(listener).len() >= before + 2).then_some(()),
     );
 }
 

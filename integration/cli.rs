@@ -107,6 +107,45 @@ fn check_passes_and_then_names_each_failure_with_a_fix() {
 }
 
 #[test]
+fn check_says_how_to_make_pg_stat_statements_readable() {
+    let mut pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 1)
+            .replace("statements = false", "statements = true"),
+    )
+    .expect("write");
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 69, "{out}");
+    assert!(
+        out.contains("FAIL  statements pg_stat_statements is not installed in database postgres"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: CREATE EXTENSION pg_stat_statements;"),
+        "{out}"
+    );
+
+    pg.sql("create extension pg_stat_statements");
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 69, "{out}");
+    assert!(out.contains("shared_preload_libraries"), "{out}");
+
+    pg.stop_server();
+    pg.append_conf("shared_preload_libraries = 'pg_stat_statements'\n");
+    pg.start_server();
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok    statements pg_stat_statements 1."),
+        "{out}"
+    );
+}
+
+#[test]
 fn once_prints_activity_as_json_lines_and_ships_nothing() {
     let pg = PgCluster::start("");
     let listener = Listener::start(TOKEN);

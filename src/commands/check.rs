@@ -130,6 +130,56 @@ async fn check_database(r: &mut Report, config: &Config) {
             "check the role's privileges",
         ),
     }
+    if config.collection.statements {
+        check_statements(r, &client, &db.dbname).await;
+    }
+}
+
+/// pg_stat_statements: installed in the agent's database, and loaded by the server.
+async fn check_statements(r: &mut Report, client: &tokio_postgres::Client, dbname: &str) {
+    const PRELOAD: &str = "add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart the server";
+    let installed = client
+        .query_opt(
+            "SELECT e.extversion, quote_ident(n.nspname) FROM pg_extension e
+             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await;
+    let (version, schema): (String, String) = match installed {
+        Ok(Some(row)) => (row.get(0), row.get(1)),
+        Ok(None) => {
+            return r.fail(
+                "statements",
+                &format!("pg_stat_statements is not installed in database {dbname}"),
+                &format!("CREATE EXTENSION pg_stat_statements; in {dbname} (and {PRELOAD}), or set collection.statements = false"),
+            )
+        }
+        Err(e) => return r.fail("statements", &describe(&e), "check the role's privileges"),
+    };
+    let probe = format!("SELECT count(*) FROM {schema}.pg_stat_statements(false)");
+    match client.query_one(&probe, &[]).await {
+        Ok(row) => {
+            let n: i64 = row.get(0);
+            r.ok(
+                "statements",
+                &format!("pg_stat_statements {version} is readable ({n} entries)"),
+            )
+        }
+        Err(e) => {
+            let fix = match e.as_db_error().map(|d| d.code().code()) {
+                Some("55000") => PRELOAD.to_string(),
+                Some("42501") => {
+                    "GRANT pg_read_all_stats (or pg_monitor) TO the agent's role".to_string()
+                }
+                _ => "see the server log".to_string(),
+            };
+            r.fail(
+                "statements",
+                &format!("cannot read pg_stat_statements: {}", describe(&e)),
+                &fix,
+            )
+        }
+    }
 }
 
 async fn check_listener(r: &mut Report, config: &Config) {

@@ -292,3 +292,42 @@ fn dropping_the_extension_mid_run_leaves_the_other_sources_on_schedule() {
         }
     }
 }
+
+#[test]
+fn once_never_writes_the_daemons_baseline() {
+    let pg = PgCluster::start(PRELOAD);
+    prepared(&pg);
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        statements_config(dir.path(), &pg, "http://127.0.0.1:9/x"),
+    )
+    .expect("write");
+    for _ in 0..2 {
+        let out = std::process::Command::new(crate::harness::agent::bin())
+            .args(["once", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+            .find(|e| e["data"]["type"] == "summary")
+            .expect("summary");
+        // No baseline on disk, so each run only sets one.
+        assert_eq!(summary["data"]["baseline"], true);
+        assert_eq!(summary["data"]["available"], true);
+    }
+    assert!(!dir
+        .path()
+        .join("state")
+        .join("pg_statements.baseline")
+        .exists());
+}

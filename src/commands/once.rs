@@ -24,7 +24,7 @@ pub fn once(cli: &Cli, config: Config) -> i32 {
         let mut failed = 0;
         let stdout = std::io::stdout();
         for (kind, _) in sources::enabled(&config) {
-            let Some(source) = sources::make(kind, &config) else {
+            let Some(source) = sources::make(kind, &config, sources::Mode::Once) else {
                 continue;
             };
             let db = Rc::new(Db::new(&config.database, 1, &log));

@@ -83,11 +83,24 @@ pub fn not_built(config: &Config) -> Vec<&'static str> {
         .collect()
 }
 
+/// Who runs a source: the daemon keeps state on disk (the statements baseline); `once`
+/// may read it but never writes it, so running `once` beside the daemon changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The daemon's collectors.
+    Daemon,
+    /// A single collection (`once`).
+    Once,
+}
+
 /// Makes the source of `kind` from the configuration.
-pub fn make(kind: EventKind, config: &Config) -> Option<Box<dyn Source>> {
+pub fn make(kind: EventKind, config: &Config, mode: Mode) -> Option<Box<dyn Source>> {
     match kind {
         EventKind::PgActivity => Some(Box::new(activity::ActivitySource::new(config))),
-        EventKind::PgStatements => Some(Box::new(statements::StatementsSource::new(config))),
+        EventKind::PgStatements => Some(Box::new(statements::StatementsSource::new(
+            config,
+            mode == Mode::Daemon,
+        ))),
         EventKind::PgLocks => Some(Box::new(locks::LocksSource::new(config))),
         EventKind::System => Some(Box::new(system::SystemSource::new(config))),
         _ => None,

@@ -134,7 +134,7 @@ pub fn spawn(
             ChildAddr::Collector(CollectorActor::start_in_arbiter(&h, move |_| {
                 // Sources hold thread-local state (Rc), so they are built on the child's
                 // own thread. `desired` only lists kinds that `make` knows.
-                let source = sources::make(kind, &config)
+                let source = sources::make(kind, &config, sources::Mode::Daemon)
                     .unwrap_or_else(|| unreachable!("no source for {kind:?}"));
                 CollectorActor::new(source, interval, &config, route, log, guard)
             }))

@@ -59,6 +59,8 @@ pub struct StatementsSource {
     host: String,
     identity: String,
     state_dir: PathBuf,
+    /// Save the baseline (the daemon); `once` only reads it.
+    persist: bool,
     max_rows: usize,
     max_query_length: u32,
     state: Rc<RefCell<State>>,
@@ -159,13 +161,14 @@ impl Serialize for ColumnValues<'_> {
 }
 
 impl StatementsSource {
-    /// From the configuration.
-    pub fn new(config: &Config) -> StatementsSource {
+    /// From the configuration; `persist` saves the baseline to `state_dir`.
+    pub fn new(config: &Config, persist: bool) -> StatementsSource {
         let d = &config.database;
         StatementsSource {
             host: config.agent.hostname.clone(),
             identity: format!("{}:{}/{}", d.host, d.port, d.dbname),
             state_dir: config.agent.state_dir.clone(),
+            persist,
             max_rows: config.collection.statements_max_rows as usize,
             max_query_length: config.collection.max_query_length,
             state: Rc::new(RefCell::new(State::default())),
@@ -188,6 +191,7 @@ impl Source for StatementsSource {
             host: self.host.clone(),
             identity: self.identity.clone(),
             state_dir: self.state_dir.clone(),
+            persist: self.persist,
             max_rows: self.max_rows,
             max_len: self.max_query_length,
         };
@@ -202,6 +206,7 @@ struct Cycle {
     host: String,
     identity: String,
     state_dir: PathBuf,
+    persist: bool,
     max_rows: usize,
     max_len: u32,
 }
@@ -557,7 +562,7 @@ impl Cycle {
         // older file would ship them again after a restart) or a new baseline began; a
         // quiet cycle changes nothing worth a write. Failing to save costs an interval
         // after a restart, not data, so it is not an error of the cycle.
-        if changed > 0 || prev.is_none() || reset {
+        if self.persist && (changed > 0 || prev.is_none() || reset) {
             let _ = baseline::save(&self.state_dir, &cur);
         }
         st.prev = Some(cur);

@@ -331,3 +331,42 @@ fn once_never_writes_the_daemons_baseline() {
         .join("pg_statements.baseline")
         .exists());
 }
+
+#[test]
+fn an_extension_created_later_is_picked_up_without_a_restart() {
+    let pg = PgCluster::start(PRELOAD);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let agent = Agent::start(
+        dir.path(),
+        &statements_config(dir.path(), &pg, &listener.url()),
+        &[],
+    );
+    wait_for("unavailable", Duration::from_secs(20), || {
+        summaries(&listener)
+            .into_iter()
+            .find(|s| s["data"]["available"] == false)
+    });
+    pg.sql("create extension pg_stat_statements");
+    let s = wait_for("available", Duration::from_secs(20), || {
+        summaries(&listener)
+            .into_iter()
+            .find(|s| s["data"]["available"] == true)
+    });
+    assert_eq!(s["data"]["baseline"], true);
+    let states: Vec<String> = agent
+        .logs_named("source_state_changed")
+        .iter()
+        .filter_map(|r| r["state"].as_str().map(String::from))
+        .collect();
+    assert!(
+        states[0].starts_with("unavailable: extension pg_stat_statements is not installed"),
+        "{states:?}"
+    );
+    assert!(states[1].starts_with("baseline: "), "{states:?}");
+    assert_eq!(
+        agent.logs_named("child_down").len(),
+        0,
+        "no restart was needed"
+    );
+}

@@ -18,9 +18,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the global `log` → slog bridge alive; drop it last.
+/// Keeps the global `log` → slog bridge alive and, when dropped at the end of the
+/// process, flushes the async drain: the last records (`shutdown_flushed`,
+/// `agent_stopped`) are written before the process exits, even though actors on other
+/// threads still hold logger clones.
 pub struct LogGuard {
     _scope: slog_scope::GlobalLoggerGuard,
+    _flush: slog_async::AsyncGuard,
 }
 
 /// Builds the root logger writing to stderr, and routes `log` records into it.
@@ -42,14 +46,23 @@ pub fn init(format: LogFormat, level: Level) -> (Logger, LogGuard) {
     };
     // An async drain keeps a slow stderr (a stalled journald) from blocking the actors;
     // if its queue overflows it reports how many records it dropped.
-    let drain = slog_async::Async::new(drain).chan_size(8192).build().fuse();
+    let (drain, flush) = slog_async::Async::new(drain)
+        .chan_size(8192)
+        .build_with_guard();
+    let drain = drain.fuse();
     let drain = drain.filter_level(level).fuse();
     let log = Logger::root(drain, o!());
     let scope = slog_scope::set_global_logger(log.clone());
     // Dependencies (bb8, rustls, actix) log through `log`; forward their records. The
     // call fails only if a `log` logger was installed already, which we never do.
     let _ = slog_stdlog::init_with_level(log::Level::Warn);
-    (log, LogGuard { _scope: scope })
+    (
+        log,
+        LogGuard {
+            _scope: scope,
+            _flush: flush,
+        },
+    )
 }
 
 /// A logger that discards everything (for unit tests and the offline subcommands).

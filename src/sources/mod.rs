@@ -76,11 +76,35 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
 /// says so once at start and in status instead of pretending to collect them.
 pub fn not_built(config: &Config) -> Vec<&'static str> {
     let c = &config.collection;
-    [(c.statements, "pg_statements"), (c.logs, "pg_log")]
+    [(c.logs, "pg_log")]
         .into_iter()
         .filter(|(on, _)| *on)
         .map(|(_, name)| name)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_enabled_source_but_the_log_is_built() {
+        let c = crate::config::parse_str("[agent]\nproject_id='p'\n").expect("valid");
+        let kinds: Vec<EventKind> = enabled(&c).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::PgActivity,
+                EventKind::PgStatements,
+                EventKind::PgLocks,
+                EventKind::System
+            ]
+        );
+        for k in &kinds {
+            assert!(make(*k, &c, Mode::Once).is_some(), "{k:?}");
+        }
+        assert_eq!(not_built(&c), vec!["pg_log"]);
+    }
 }
 
 /// Who runs a source: the daemon keeps state on disk (the statements baseline); `once`

@@ -321,7 +321,7 @@ fn once_never_writes_the_daemons_baseline() {
             .map(|l| serde_json::from_str::<Value>(l).expect("json"))
             .find(|e| e["data"]["type"] == "summary")
             .expect("summary");
-        // No baseline on disk, so each run only sets one.
+        // No daemon's baseline in a spool, so each run only sets one.
         assert_eq!(summary["data"]["baseline"], true);
         assert_eq!(summary["data"]["available"], true);
     }
@@ -369,4 +369,40 @@ fn an_extension_created_later_is_picked_up_without_a_restart() {
         0,
         "no restart was needed"
     );
+}
+
+#[test]
+fn kill_9_neither_loses_nor_repeats_an_interval() {
+    let pg = PgCluster::start(PRELOAD);
+    prepared(&pg);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = statements_config(dir.path(), &pg, &listener.url());
+    let mut agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for("the baseline", Duration::from_secs(20), || {
+        summaries(&listener).into_iter().next()
+    });
+    run_marker(&pg, 4);
+    wait_for("4 calls", Duration::from_secs(20), || {
+        (sum(&marker_events(&listener), "calls") >= 4).then_some(())
+    });
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(Duration::from_secs(5)).expect("killed");
+    run_marker(&pg, 3);
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for("7 calls in all", Duration::from_secs(20), || {
+        (sum(&marker_events(&listener), "calls") >= 7).then_some(())
+    });
+    let n = summaries(&listener).len();
+    wait_for("two more samples", Duration::from_secs(10), || {
+        (summaries(&listener).len() >= n + 2).then_some(())
+    });
+    // Duplicated batches (sent, not yet acknowledged at the kill) carry the same event
+    // ids: count each event once, as the listener would.
+    let mut seen = BTreeSet::new();
+    let unique: Vec<Value> = marker_events(&listener)
+        .into_iter()
+        .filter(|e| seen.insert(e["id"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    assert_eq!(sum(&unique, "calls"), 7, "{unique:?}");
 }

@@ -111,10 +111,26 @@ pub enum SpoolError {
     Unavailable,
 }
 
-/// Collector → buffer: append these events in one transaction.
+/// A source's state that must advance together with the events it produced (the
+/// statements baseline; later the log position): written in the same transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Whose state (one row per name).
+    pub name: String,
+    /// The state, opaque to the spool.
+    pub value: Vec<u8>,
+}
+
+/// Collector → buffer: append these events, and the checkpoint if any, in one
+/// transaction.
 #[derive(Message)]
 #[rtype(result = "Result<(), SpoolError>")]
-pub struct Enqueue(pub Vec<Event>);
+pub struct Enqueue {
+    /// The events.
+    pub events: Vec<Event>,
+    /// State that is true once these events are on disk.
+    pub checkpoint: Option<Checkpoint>,
+}
 
 /// Shipper → buffer: the oldest batch (the same one again until it is acknowledged).
 #[derive(Message)]

@@ -87,7 +87,7 @@ impl Handler<Enqueue> for BufferActor {
     type Result = Result<(), SpoolError>;
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.append(&msg.0))
+        self.with(|s| s.append_with(&msg.events, msg.checkpoint.as_ref()))
     }
 }
 

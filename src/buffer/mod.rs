@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::model::{Batch, Event, EventKind, SpoolError, SpoolStats};
+use crate::model::{Batch, Checkpoint, Event, EventKind, SpoolError, SpoolStats};
 
 /// File name of the spool inside `state_dir`.
 pub const SPOOL_FILE: &str = "spool.db";
@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS events (
     batch_id     TEXT
 );
 CREATE INDEX IF NOT EXISTS events_batch ON events(batch_id) WHERE batch_id IS NOT NULL;
+-- Sources' state that advances with the events they produced (see Checkpoint).
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 ";
 
 impl Spool {
@@ -95,7 +100,25 @@ impl Spool {
 
     /// Appends events in one transaction: all of them are on disk, or none.
     pub fn append(&mut self, events: &[Event]) -> Result<(), SpoolError> {
+        self.append_with(events, None)
+    }
+
+    /// Appends events and stores a checkpoint in the same transaction: after a crash
+    /// either both are there or neither, so a source's state never runs ahead of (or
+    /// behind) the events it shipped.
+    pub fn append_with(
+        &mut self,
+        events: &[Event],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), SpoolError> {
         let tx = self.conn.transaction()?;
+        if let Some(c) = checkpoint {
+            tx.execute(
+                "INSERT INTO checkpoints (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![c.name, c.value],
+            )?;
+        }
         let mut added = 0u64;
         {
             let mut st = tx.prepare_cached(
@@ -212,6 +235,27 @@ impl Spool {
             ..Default::default()
         })
     }
+}
+
+/// Reads a checkpoint from the spool in `dir` without disturbing the agent that owns it
+/// (a read-only connection; WAL lets it read while the buffer writes). `None` when there
+/// is no spool or no such checkpoint.
+pub fn read_checkpoint(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = dir.join(SPOOL_FILE);
+    if !path.exists() {
+        return None;
+    }
+    let conn =
+        Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).ok()?;
+    conn.query_row(
+        "SELECT value FROM checkpoints WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )
+    .optional()
+    .ok()
+    .flatten()
 }
 
 fn wal_path(db: &Path) -> PathBuf {

@@ -67,3 +67,22 @@ fn acking_an_unknown_batch_deletes_nothing() {
     assert_eq!(s.ack("nope").expect("ack"), 0);
     assert_eq!(s.stats().expect("stats").depth, 1);
 }
+
+#[test]
+fn checkpoints_are_written_with_their_events_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    assert_eq!(read_checkpoint(dir.path(), "x"), None);
+    let c = |v: &[u8]| Checkpoint {
+        name: "x".into(),
+        value: v.to_vec(),
+    };
+    s.append_with(&[ev(1)], Some(&c(b"one"))).expect("append");
+    s.append_with(&[ev(2)], Some(&c(b"two"))).expect("append");
+    assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
+    assert_eq!(s.stats().expect("stats").depth, 2);
+    // Acknowledging events leaves the checkpoint alone.
+    let b = s.next_batch(10).expect("batch").expect("some");
+    s.ack(&b.batch_id).expect("ack");
+    assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
+}

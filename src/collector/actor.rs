@@ -12,7 +12,9 @@ use crate::buffer::BufferActor;
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::fault;
-use crate::model::{ChildDetail, CollectorStats, Enqueue, Event, ExitGuard, Health, Ping, Route};
+use crate::model::{
+    Checkpoint, ChildDetail, CollectorStats, Enqueue, Event, ExitGuard, Health, Ping, Route,
+};
 use crate::sources::Source;
 
 /// Collects one source every interval and hands the events to the spool.
@@ -25,6 +27,8 @@ pub struct CollectorActor {
     buffer: Route<BufferActor>,
     /// Events the spool has not taken yet (it is restarting or failing).
     pending: Vec<Event>,
+    /// The source's latest state, written with the pending events.
+    pending_checkpoint: Option<Checkpoint>,
     /// A cycle is running: the next tick is skipped rather than piling up queries.
     in_flight: bool,
     /// An `Enqueue` is on its way: events are not sent twice.
@@ -64,6 +68,7 @@ impl CollectorActor {
             deadline: progress_deadline(interval, &config.database),
             buffer,
             pending: Vec::new(),
+            pending_checkpoint: None,
             in_flight: false,
             delivering: false,
             tick_started: Instant::now(),
@@ -159,6 +164,9 @@ impl CollectorActor {
                 self.stats.events_total += events.len() as u64;
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
+                if let Some(c) = self.source.checkpoint() {
+                    self.pending_checkpoint = Some(c);
+                }
                 self.keep(events);
             }
             Err(e) => {
@@ -181,7 +189,7 @@ impl CollectorActor {
     /// Hands the backlog to the spool. On failure the events go back to the front of the
     /// backlog and delivery is retried in a second (the spool may be restarting).
     fn deliver(&mut self, ctx: &mut Context<Self>) {
-        if self.pending.is_empty() || self.delivering {
+        if (self.pending.is_empty() && self.pending_checkpoint.is_none()) || self.delivering {
             return;
         }
         let Some(buffer) = self.buffer.get() else {
@@ -189,22 +197,27 @@ impl CollectorActor {
             return;
         };
         let events = std::mem::take(&mut self.pending);
-        let copy = events.clone();
+        let checkpoint = self.pending_checkpoint.take();
+        let msg = Enqueue {
+            events: events.clone(),
+            checkpoint: checkpoint.clone(),
+        };
         self.delivering = true;
-        ctx.spawn(buffer.send(Enqueue(copy)).into_actor(self).map(
-            move |res, act, ctx| {
-                act.delivering = false;
-                let err = match res {
-                    Ok(Ok(())) => return act.deliver(ctx),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                warn!(act.log, "spool_enqueue_failed"; "error" => err, "events" => events.len());
-                let newer = std::mem::replace(&mut act.pending, events);
-                act.keep(newer);
-                ctx.run_later(Duration::from_secs(1), |act, ctx| act.deliver(ctx));
-            },
-        ));
+        ctx.spawn(buffer.send(msg).into_actor(self).map(move |res, act, ctx| {
+            act.delivering = false;
+            let err = match res {
+                Ok(Ok(())) => return act.deliver(ctx),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            warn!(act.log, "spool_enqueue_failed"; "error" => err, "events" => events.len());
+            let newer = std::mem::replace(&mut act.pending, events);
+            act.keep(newer);
+            if act.pending_checkpoint.is_none() {
+                act.pending_checkpoint = checkpoint;
+            }
+            ctx.run_later(Duration::from_secs(1), |act, ctx| act.deliver(ctx));
+        }));
     }
 }
 

@@ -34,6 +34,11 @@ pub trait Source {
     fn state(&self) -> Option<String> {
         None
     }
+    /// State to store together with the events of the last collection, in the same spool
+    /// transaction (taken: the next call returns only what changed since).
+    fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
+        None
+    }
 }
 
 /// `server_version_num`, asked once per connection life and cached in `cache`; column

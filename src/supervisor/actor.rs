@@ -204,7 +204,10 @@ impl Supervisor {
             return;
         };
         match self.buffer.get() {
-            Some(b) => b.do_send(Enqueue(vec![ev])),
+            Some(b) => b.do_send(Enqueue {
+                events: vec![ev],
+                checkpoint: None,
+            }),
             None => {
                 warn!(self.log, "agent_event_not_spooled"; "event" => event, "reason" => "buffer down")
             }

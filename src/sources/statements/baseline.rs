@@ -1,21 +1,22 @@
-//! The previous sample of pg_stat_statements, kept in memory and in
-//! `<state_dir>/pg_statements.baseline`, so that a restarted agent computes its first
-//! deltas against the sample before the restart instead of losing an interval.
+//! The previous sample of pg_stat_statements, kept in memory and as a checkpoint in the
+//! spool, written in the same transaction as the deltas computed against it: after a
+//! crash the agent resumes from exactly the sample whose deltas were spooled, so an
+//! interval is neither lost nor shipped twice.
 //!
-//! The file is a JSON header line followed by fixed-size binary records (keys and f64
-//! values, little-endian): thousands of entries of dozens of counters are written in a
+//! The encoding is a JSON header line followed by fixed-size binary records (keys and
+//! f64 values, little-endian): thousands of entries of dozens of counters encode in a
 //! millisecond, where JSON would format a quarter of a million floats every cycle.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::delta::{Key, Values};
 
-/// File name inside `state_dir`.
-pub const FILE: &str = "pg_statements.baseline";
+/// Name of the checkpoint in the spool.
+pub const CHECKPOINT: &str = "pg_statements.baseline";
 
 /// First line of the file; a different one (older format) is no baseline.
 const MAGIC: &[u8] = b"postgres-agent pg_statements baseline v1\n";
@@ -53,7 +54,8 @@ fn record_len(columns: usize) -> usize {
     4 + 4 + 8 + 1 + 8 * columns
 }
 
-fn encode(b: &Baseline) -> Vec<u8> {
+/// The checkpoint bytes of a baseline.
+pub fn encode(b: &Baseline) -> Vec<u8> {
     let header = Header {
         identity: b.identity.clone(),
         taken_at: b.taken_at,
@@ -79,7 +81,8 @@ fn encode(b: &Baseline) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Baseline> {
+/// A baseline from checkpoint bytes; anything malformed is no baseline.
+pub fn decode(bytes: &[u8]) -> Option<Baseline> {
     let rest = bytes.strip_prefix(MAGIC)?;
     let nl = rest.iter().position(|b| *b == b'\n')?;
     let h: Header = serde_json::from_slice(&rest[..nl]).ok()?;
@@ -114,23 +117,10 @@ fn decode(bytes: &[u8]) -> Option<Baseline> {
     })
 }
 
-/// Where the baseline of an agent with this state directory lives.
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
-}
-
-/// Loads a saved baseline; a missing or unreadable file is no baseline (the next sample
-/// becomes one), never an error.
+/// The baseline spooled by the daemon with this state directory, if any. A missing or
+/// unreadable one is no baseline (the next sample becomes one), never an error.
 pub fn load(state_dir: &Path) -> Option<Baseline> {
-    decode(&std::fs::read(path(state_dir)).ok()?)
-}
-
-/// Saves atomically (temporary file, then rename).
-pub fn save(state_dir: &Path, b: &Baseline) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!(".{FILE}.tmp"));
-    std::fs::write(&tmp, encode(b))?;
-    std::fs::rename(&tmp, path(state_dir))
+    decode(&crate::buffer::read_checkpoint(state_dir, CHECKPOINT)?)
 }
 
 #[cfg(test)]
@@ -139,8 +129,6 @@ mod tests {
 
     #[test]
     fn round_trips_and_ignores_garbage() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        assert!(load(dir.path()).is_none());
         let k = Key {
             userid: 10,
             dbid: 5,
@@ -155,15 +143,33 @@ mod tests {
             columns: vec!["calls".into()],
             entries: HashMap::from([(k, vec![7.0])]),
         };
-        save(dir.path(), &b).expect("save");
-        let l = load(dir.path()).expect("load");
+        let bytes = encode(&b);
+        let l = decode(&bytes).expect("decode");
         assert_eq!(l.entries.get(&k), Some(&vec![7.0]));
         assert_eq!(l.dealloc, Some(3));
-        // A truncated file, or garbage, is no baseline.
-        let full = std::fs::read(path(dir.path())).expect("read");
-        std::fs::write(path(dir.path()), &full[..full.len() - 3]).expect("write");
+        // A truncated value, or garbage, is no baseline.
+        assert!(decode(&bytes[..bytes.len() - 3]).is_none());
+        assert!(decode(b"{not ours").is_none());
+    }
+
+    #[test]
+    fn load_reads_the_spools_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
         assert!(load(dir.path()).is_none());
-        std::fs::write(path(dir.path()), b"{not ours").expect("write");
-        assert!(load(dir.path()).is_none());
+        let b = Baseline {
+            identity: "i".into(),
+            taken_at: Utc::now(),
+            stats_reset: None,
+            dealloc: None,
+            columns: vec![],
+            entries: HashMap::new(),
+        };
+        let mut spool = crate::buffer::Spool::open(dir.path()).expect("spool");
+        let c = crate::model::Checkpoint {
+            name: CHECKPOINT.into(),
+            value: encode(&b),
+        };
+        spool.append_with(&[], Some(&c)).expect("append");
+        assert_eq!(load(dir.path()).expect("load").identity, "i");
     }
 }

@@ -49,6 +49,8 @@ struct State {
     texts: HashMap<i64, String>,
     /// Cycles since every entry was last read.
     since_resync: u32,
+    /// The baseline to store with the events of the last cycle.
+    checkpoint: Option<Vec<u8>>,
     databases: HashMap<u32, String>,
     roles: HashMap<u32, String>,
     note: Option<String>,
@@ -59,7 +61,7 @@ pub struct StatementsSource {
     host: String,
     identity: String,
     state_dir: PathBuf,
-    /// Save the baseline (the daemon); `once` only reads it.
+    /// Store the baseline in the spool (the daemon); `once` only reads it.
     persist: bool,
     max_rows: usize,
     max_query_length: u32,
@@ -161,7 +163,7 @@ impl Serialize for ColumnValues<'_> {
 }
 
 impl StatementsSource {
-    /// From the configuration; `persist` saves the baseline to `state_dir`.
+    /// From the configuration; `persist` stores the baseline in the spool.
     pub fn new(config: &Config, persist: bool) -> StatementsSource {
         let d = &config.database;
         StatementsSource {
@@ -183,6 +185,17 @@ impl Source for StatementsSource {
 
     fn state(&self) -> Option<String> {
         self.state.borrow().note.clone()
+    }
+
+    fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
+        self.state
+            .borrow_mut()
+            .checkpoint
+            .take()
+            .map(|value| crate::model::Checkpoint {
+                name: baseline::CHECKPOINT.to_string(),
+                value,
+            })
     }
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
@@ -558,12 +571,11 @@ impl Cycle {
         } else {
             format!("available (pg_stat_statements {})", ext.version)
         });
-        // The baseline survives a restart. It is saved when deltas were shipped (an
-        // older file would ship them again after a restart) or a new baseline began; a
-        // quiet cycle changes nothing worth a write. Failing to save costs an interval
-        // after a restart, not data, so it is not an error of the cycle.
+        // The baseline goes to the spool with these events (see baseline.rs) when deltas
+        // were produced or a new baseline began; a quiet cycle changes nothing worth a
+        // write (the older baseline has the same values, and no deltas depend on it).
         if self.persist && (changed > 0 || prev.is_none() || reset) {
-            let _ = baseline::save(&self.state_dir, &cur);
+            st.checkpoint = Some(baseline::encode(&cur));
         }
         st.prev = Some(cur);
         Ok(events)

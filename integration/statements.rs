@@ -305,31 +305,16 @@ fn once_never_writes_the_daemons_baseline() {
     )
     .expect("write");
     for _ in 0..2 {
-        let out = std::process::Command::new(crate::harness::agent::bin())
-            .args(["once", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run");
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary: Value = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        let summary = crate::harness::agent::once(&path)
+            .into_iter()
             .find(|e| e["data"]["type"] == "summary")
             .expect("summary");
         // No daemon's baseline in a spool, so each run only sets one.
         assert_eq!(summary["data"]["baseline"], true);
         assert_eq!(summary["data"]["available"], true);
     }
-    assert!(!dir
-        .path()
-        .join("state")
-        .join("pg_statements.baseline")
-        .exists());
+    // Nothing was spooled: no spool, so no baseline checkpoint either.
+    assert!(!dir.path().join("state").join("spool.db").exists());
 }
 
 #[test]

@@ -45,21 +45,7 @@ fn once_reports_the_host_and_the_servers_processes() {
         only_system(&config(dir.path(), &pg, "http://127.0.0.1:9/x", 1)),
     )
     .expect("write");
-    let out = std::process::Command::new(crate::harness::agent::bin())
-        .args(["once", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let events = crate::harness::agent::once(&path);
     assert_eq!(events.len(), 1);
     let d = &events[0]["data"];
     assert_eq!(events[0]["kind"], "system");

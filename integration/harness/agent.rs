@@ -31,6 +31,26 @@ pub fn config(dir: &Path, pg: &PgCluster, listener_url: &str, interval_s: u64) -
     )
 }
 
+/// Runs `postgres-agent once -c config`, asserts it exits 0, and returns the events it
+/// printed, one JSON object per line.
+pub fn once(config: &Path) -> Vec<Value> {
+    let out = Command::new(bin())
+        .args(["once", "-c"])
+        .arg(config)
+        .output()
+        .expect("run once");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 /// A running agent; killed on drop.
 pub struct Agent {
     child: Child,

@@ -7,6 +7,7 @@ mod activity;
 mod cli;
 mod delivery;
 mod locks;
+mod logs;
 mod signals;
 mod statements;
 mod supervision;

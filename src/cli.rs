@@ -40,7 +40,7 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the daemon (the default).
     Run,
@@ -50,6 +50,26 @@ pub enum Command {
     Once,
     /// Print the status of the running agent (from <state_dir>/status.json).
     Status,
+    /// Parse PostgreSQL log files offline and print one JSON event per line (the `data`
+    /// of the pg_log events the daemon would ship).
+    ParseLog(ParseLogArgs),
+}
+
+/// Arguments of `parse-log`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ParseLogArgs {
+    /// auto (by file name and content), stderr, csvlog or jsonlog; default: [logs] format.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// log_line_prefix of stderr files; default: [logs] prefix, else '%m [%p] '.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// none, parameters or literals: see what would be shipped; default: [logs] redact.
+    #[arg(long)]
+    pub redact: Option<String>,
+    /// The log files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 fn parse_level(s: &str) -> Result<slog::Level, String> {

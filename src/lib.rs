@@ -30,6 +30,7 @@ pub mod correlation;
 pub mod db;
 pub mod fault;
 pub mod logging;
+pub mod logs;
 pub mod model;
 pub mod shipper;
 pub mod signals;

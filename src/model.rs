@@ -198,6 +198,28 @@ pub enum ChildDetail {
     Buffer(SpoolStats),
     /// The shipper's delivery state.
     Shipper(ShipperStats),
+    /// The log tailer's position and counters.
+    Log(LogStats),
+}
+
+/// The log tailer's position and counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogStats {
+    /// What is followed and how (`following …`), or why nothing is (`unavailable: …`).
+    pub source_state: Option<String>,
+    /// `stderr`, `csvlog` or `jsonlog`.
+    pub format: Option<&'static str>,
+    /// The `log_line_prefix` the stderr parser uses.
+    pub prefix: Option<String>,
+    /// Events handed to the spool.
+    pub events_total: u64,
+    /// Events read but not yet in the spool (the spool is restarting or failing).
+    pub pending_events: usize,
+    /// Failed hand-overs to the spool (retried; nothing is read meanwhile).
+    pub spool_errors_total: u64,
+    /// Reader counters and position.
+    #[serde(flatten)]
+    pub tail: crate::logs::tail::TailStats,
 }
 
 /// Counters of one collector.

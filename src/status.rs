@@ -32,8 +32,6 @@ pub struct StatusSnapshot {
     pub last_reload: Option<ReloadStatus>,
     /// Every child by name.
     pub children: BTreeMap<String, ChildStatus>,
-    /// Sources switched on in the config that this version cannot collect yet.
-    pub sources_not_built: Vec<String>,
 }
 
 /// The outcome of a reload.
@@ -134,12 +132,6 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
         if let Some(d) = &c.detail {
             out.push_str(&format!("\n{name}: {d}"));
         }
-    }
-    if !s.sources_not_built.is_empty() {
-        out.push_str(&format!(
-            "\n\nenabled in the config but not collected by this version: {}",
-            s.sources_not_built.join(", ")
-        ));
     }
     out.push('\n');
     out

@@ -143,8 +143,14 @@ impl PgCluster {
         self.running = true;
     }
 
-    /// Stops the server (fast mode: sessions are cut).
+    /// Stops the server at once (immediate mode: no shutdown checkpoint).
     pub fn stop_server(&mut self) {
+        self.stop_server_mode("immediate");
+    }
+
+    /// Stops the server in `mode` (`fast` writes the shutdown checkpoint and the
+    /// "database system is shut down" line).
+    pub fn stop_server_mode(&mut self, mode: &str) {
         if !self.running {
             return;
         }
@@ -152,7 +158,7 @@ impl PgCluster {
             "-D",
             self.data().to_str().expect("utf8"),
             "-m",
-            "immediate",
+            mode,
             "-w",
             "stop",
         ]))
@@ -193,6 +199,17 @@ impl PgCluster {
     pub fn sql(&self, sql: &str) -> String {
         let out = run(self.psql().args(["-c", sql]), sql);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs SQL that is expected to fail (or not); returns its exit status success.
+    pub fn try_sql(&self, sql: &str) -> bool {
+        self.psql()
+            .args(["-c", sql])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 
     /// Starts a session tagged with `application_name` that runs `sql` in the background;

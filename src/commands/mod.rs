@@ -3,6 +3,7 @@
 
 mod check;
 mod once;
+mod parse_log;
 mod run;
 mod status;
 
@@ -23,6 +24,9 @@ pub fn main() -> i32 {
     // awc's TLS needs a process-wide crypto provider even for http:// URLs; installing
     // fails only if one is installed already, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(Command::ParseLog(args)) = &cli.command {
+        return parse_log::parse_log(&cli, args);
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -30,10 +34,11 @@ pub fn main() -> i32 {
             return EXIT_CONFIG;
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.clone().unwrap_or(Command::Run) {
         Command::Run => run::run(&cli, config),
         Command::Check => check::check(&cli, config),
         Command::Once => once::once(&cli, config),
         Command::Status => status::status(&config),
+        Command::ParseLog(_) => unreachable!("handled before the config is loaded"),
     }
 }

@@ -46,9 +46,9 @@ pub fn once(cli: &Cli, config: Config) -> i32 {
                 }
             }
         }
-        for name in sources::not_built(&config) {
+        if config.collection.logs {
             eprintln!(
-                "postgres-agent: {name}: enabled in [collection] but not collected by this version"
+                "postgres-agent: pg_log: the log is followed by the daemon, not sampled by once; `postgres-agent parse-log FILE` shows how a log file is parsed"
             );
         }
         failed

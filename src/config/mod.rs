@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use secret::Secret;
-pub use validate::validate;
+pub use validate::{default_pattern, validate};
 
 /// The prefix of environment overrides: `POSTGRES_AGENT__DATABASE__PORT=5433`.
 pub const ENV_PREFIX: &str = "POSTGRES_AGENT";
@@ -149,6 +149,8 @@ pub struct LogsConfig {
     pub prefix: String,
     /// `none`, `parameters` or `literals`.
     pub redact: String,
+    /// Where to start in a log never read before: `end` (default) or `beginning`.
+    pub start_at: String,
 }
 
 /// Request body compression towards the listener.

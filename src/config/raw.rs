@@ -130,6 +130,7 @@ pub struct RawLogs {
     pub format: Field<String>,
     pub prefix: Field<String>,
     pub redact: Field<String>,
+    pub start_at: Field<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

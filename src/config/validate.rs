@@ -308,6 +308,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             "none",
             &["none", "parameters", "literals"],
         ),
+        start_at: c.choice("logs.start_at", &l.start_at, "end", &["end", "beginning"]),
     };
 
     let li = &raw.listener;
@@ -429,7 +430,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     })
 }
 
-fn default_pattern() -> regex::Regex {
+/// The default `correlation.application_name_pattern`, compiled.
+pub fn default_pattern() -> regex::Regex {
     // The constant is a valid pattern; a unit test below proves it.
     regex::Regex::new(DEFAULT_CORRELATION_PATTERN).unwrap_or_else(|_| unreachable!())
 }

@@ -77,23 +77,12 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     v
 }
 
-/// Sources switched on in `[collection]` that this build does not have yet; the agent
-/// says so once at start and in status instead of pretending to collect them.
-pub fn not_built(config: &Config) -> Vec<&'static str> {
-    let c = &config.collection;
-    [(c.logs, "pg_log")]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, name)| name)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_enabled_source_but_the_log_is_built() {
+    fn every_enabled_sampling_source_is_built() {
         let c = crate::config::parse_str("[agent]\nproject_id='p'\n").expect("valid");
         let kinds: Vec<EventKind> = enabled(&c).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
@@ -108,7 +97,6 @@ mod tests {
         for k in &kinds {
             assert!(make(*k, &c, Mode::Once).is_some(), "{k:?}");
         }
-        assert_eq!(not_built(&c), vec!["pg_log"]);
     }
 }
 

@@ -13,7 +13,6 @@ use super::{Decision, RestartPolicy, RestartTracker, HEALTH_INTERVAL, PING_TIMEO
 use crate::buffer::BufferActor;
 use crate::config::Config;
 use crate::model::{ChildExited, ChildId, Enqueue, Event, EventKind, Flush, Health, Route};
-use crate::sources;
 use crate::status::{self, ChildStatus, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
 
@@ -314,10 +313,6 @@ impl Supervisor {
             config_fingerprint: self.config.fingerprint(),
             last_reload: self.last_reload.clone(),
             children,
-            sources_not_built: sources::not_built(&self.config)
-                .into_iter()
-                .map(String::from)
-                .collect(),
         }
     }
 
@@ -351,16 +346,10 @@ impl Actor for Supervisor {
         for id in child::desired(&self.config) {
             self.start_child(id, ctx);
         }
-        let missing = sources::not_built(&self.config);
-        if !missing.is_empty() {
-            warn!(self.log, "sources_not_available"; "sources" => missing.join(","),
-                  "reason" => "enabled in [collection] but not collected by this version");
-        }
         self.agent_event(
             "agent_started",
             serde_json::json!({"version": crate::VERSION, "pid": std::process::id(),
-                               "config_fingerprint": self.config.fingerprint(),
-                               "sources_not_built": missing}),
+                               "config_fingerprint": self.config.fingerprint()}),
         );
         ctx.run_interval(HEALTH_INTERVAL, |act, ctx| act.health_tick(ctx));
         if let Some(every) = self.systemd.watchdog_interval() {

@@ -9,7 +9,8 @@ use slog::{o, Logger};
 use crate::buffer::BufferActor;
 use crate::collector::CollectorActor;
 use crate::config::Config;
-use crate::model::{ChildExited, ChildId, ExitGuard, Flush, Health, Ping, Route};
+use crate::logs::actor::LogTailActor;
+use crate::model::{ChildExited, ChildId, EventKind, ExitGuard, Flush, Health, Ping, Route};
 use crate::shipper::{Sender, ShipperActor};
 use crate::sources;
 
@@ -22,6 +23,8 @@ pub enum ChildAddr {
     Shipper(Addr<ShipperActor>),
     /// A collector.
     Collector(Addr<CollectorActor>),
+    /// The log tailer.
+    Log(Addr<LogTailActor>),
 }
 
 type PingFuture = Pin<Box<dyn Future<Output = Result<Health, MailboxError>>>>;
@@ -33,6 +36,7 @@ impl ChildAddr {
             ChildAddr::Buffer(a) => Box::pin(a.send(Ping)),
             ChildAddr::Shipper(a) => Box::pin(a.send(Ping)),
             ChildAddr::Collector(a) => Box::pin(a.send(Ping)),
+            ChildAddr::Log(a) => Box::pin(a.send(Ping)),
         }
     }
 
@@ -68,6 +72,9 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
             .into_iter()
             .map(|(k, _)| ChildId::Collector(k)),
     );
+    if config.collection.logs {
+        v.push(ChildId::Collector(EventKind::PgLog));
+    }
     v
 }
 
@@ -79,11 +86,13 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
         ChildId::Shipper => {
             agent || old.agent.project_id != new.agent.project_id || old.listener != new.listener
         }
-        ChildId::Collector(_) => {
+        ChildId::Collector(kind) => {
             agent
                 || old.database != new.database
                 || old.collection != new.collection
                 || old.correlation != new.correlation
+                || (kind == EventKind::PgLog
+                    && (old.logs != new.logs || old.agent.state_dir != new.agent.state_dir))
         }
     }
 }
@@ -121,6 +130,13 @@ pub fn spawn(
             let route = buffer.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
                 ShipperActor::new(cfg, sender, route, log, guard)
+            }))
+        }
+        ChildId::Collector(EventKind::PgLog) => {
+            let config = config.clone();
+            let route = buffer.clone();
+            ChildAddr::Log(LogTailActor::start_in_arbiter(&h, move |_| {
+                LogTailActor::new(&config, route, log, guard)
             }))
         }
         ChildId::Collector(kind) => {

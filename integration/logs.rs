@@ -1,0 +1,394 @@
+//! The server log, written by a real server doing real things: the stderr parser checked
+//! against the csvlog and jsonlog of the same run under three prefixes, and the daemon
+//! following a log that rotates while the agent is stopped, started and killed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{bin, config, Agent};
+use crate::harness::listener::Listener;
+use crate::harness::pg::PgCluster;
+use crate::harness::wait_for;
+
+/// Everything the server can be made to log, in English, in UTC.
+const LOG_CONF: &str = "logging_collector = on\nlog_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'\n\
+log_rotation_age = 0\nlog_timezone = 'UTC'\nlc_messages = 'C'\nlog_min_duration_statement = 150\n\
+log_lock_waits = on\ndeadlock_timeout = '100ms'\nlog_temp_files = 0\nlog_checkpoints = on\n\
+log_autovacuum_min_duration = 0\nautovacuum_naptime = 1\nlog_connections = on\nlog_disconnections = on\n";
+
+/// The files of one format in a log directory, oldest first.
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().and_then(|e| e.to_str()) == Some(ext));
+    v.sort();
+    v
+}
+
+fn text(dir: &Path, ext: &str) -> String {
+    files(dir, ext)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+        .collect()
+}
+
+/// `postgres-agent parse-log ARGS FILES` → the events.
+fn parse_log(args: &[&str], files: &[PathBuf]) -> Vec<Value> {
+    assert!(!files.is_empty(), "no log files");
+    let out = Command::new(bin())
+        .args(["parse-log", "-c", "/nonexistent/agent.toml"])
+        .args(args)
+        .args(files)
+        .output()
+        .expect("run parse-log");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Errors, a deadlock with lock waits, slow multi-line statements, a temp file, a
+/// checkpoint, autovacuum, an authentication failure; waits until each is in the log.
+fn workload(pg: &PgCluster, log_dir: &Path) {
+    let logged = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !text(log_dir, "csv").contains(what) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what:?} not logged within 30 s; the log has:\n{}",
+                text(log_dir, "log")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(!pg.try_sql("select * from nope"));
+    assert!(!pg.try_sql("select 1/0"));
+    assert!(!pg.try_sql("insert into t values (1, 'dup')"));
+    assert!(!pg.try_sql("selec 1"));
+    pg.sql("select pg_sleep(0.2),\n       'multi\nline' as x");
+    pg.sql("set work_mem = '64kB'; select count(*) from (select g from generate_series(1, 100000) g order by g desc) s");
+    pg.sql("checkpoint");
+    let denied = pg
+        .psql()
+        .args(["-U", "wrongpw", "-c", "select 1"])
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .expect("psql");
+    assert!(!denied.status.success());
+
+    // Two sessions wait on each other: a lock wait, then a deadlock, then the survivor
+    // gets its lock.
+    let mut a = pg.interactive("app-a");
+    let mut b = pg.interactive("app-b");
+    let idle_in_tx = |app: &str| {
+        let q = format!(
+            "select count(*) from pg_stat_activity where application_name = '{app}' and state = 'idle in transaction'"
+        );
+        wait_for(app, Duration::from_secs(10), || {
+            (pg.sql(&q) == "1").then_some(())
+        });
+    };
+    a.send("begin; update t set v = 'a' where id = 1;");
+    idle_in_tx("app-a");
+    b.send("begin; update t set v = 'b' where id = 2;");
+    idle_in_tx("app-b");
+    a.send("update t set v = 'a' where id = 2;");
+    // Only once a has run its own deadlock check (and logged its wait) does b's check
+    // find the cycle: b gets the error and a, the survivor, logs that it acquired.
+    logged(" still waiting for ShareLock on transaction ");
+    b.send("update t set v = 'b' where id = 1;");
+    logged("deadlock detected");
+    logged(" acquired ShareLock on transaction ");
+    a.send("commit;");
+    drop(b);
+    drop(a);
+
+    pg.sql("insert into av select generate_series(1, 1000); delete from av");
+    logged("automatic vacuum of table \"\"postgres.public.av\"\"");
+}
+
+/// The fields every format carries, plus those this prefix carries.
+fn key(e: &Value, extra: &[&str]) -> String {
+    let mut m = BTreeMap::new();
+    for f in [
+        "timestamp",
+        "pid",
+        "severity",
+        "message",
+        "detail",
+        "hint",
+        "context",
+        "statement",
+        "query",
+        "class",
+        "duration_ms",
+        "figures",
+        "cursor_position",
+    ]
+    .iter()
+    .chain(extra)
+    {
+        m.insert(*f, e[*f].clone());
+    }
+    serde_json::to_string(&m).expect("json")
+}
+
+fn sorted_keys(events: &[Value], extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = events.iter().map(|e| key(e, extra)).collect();
+    v.sort();
+    v
+}
+
+fn count(events: &[Value], f: impl Fn(&Value) -> bool) -> usize {
+    events.iter().filter(|e| f(e)).count()
+}
+
+#[test]
+fn stderr_parser_matches_csvlog_and_jsonlog_of_the_same_run() {
+    let mut pg = PgCluster::init(&format!(
+        "{LOG_CONF}log_destination = 'stderr,csvlog,jsonlog'\nlog_rotation_size = 0\n"
+    ));
+    pg.write_data_file(
+        "pg_hba.conf",
+        b"local all wrongpw scram-sha-256\nlocal all all trust\n",
+    );
+    let phases: [(&str, &str, &[&str]); 3] = [
+        ("%m [%p] ", "default", &[]),
+        (
+            "%m [%p] %e %q%a %u %d ",
+            "default",
+            &[
+                "application_name",
+                "correlation_id",
+                "user",
+                "database",
+                "sqlstate",
+            ],
+        ),
+        (
+            "%m %-6p %q%-10u %-10d %e ",
+            "verbose",
+            &["user", "database", "sqlstate", "location"],
+        ),
+    ];
+    for (i, (prefix, verbosity, extra)) in phases.iter().enumerate() {
+        let dir = format!("log{i}");
+        pg.append_conf(&format!(
+            "log_directory = '{dir}'\nlog_line_prefix = '{prefix}'\nlog_error_verbosity = {verbosity}\n"
+        ));
+        pg.start_server();
+        if i == 0 {
+            pg.sql("create role wrongpw login password 'right'");
+            pg.sql("create table t (id int primary key, v text); insert into t values (1, 'a'), (2, 'b')");
+            pg.sql("create table av (i int) with (autovacuum_vacuum_threshold = 1, autovacuum_vacuum_scale_factor = 0, autovacuum_analyze_threshold = 1, autovacuum_analyze_scale_factor = 0)");
+        }
+        let log_dir = pg.data().join(&dir);
+        eprintln!("phase {i}: prefix {prefix:?}, {verbosity}");
+        workload(&pg, &log_dir);
+        pg.stop_server_mode("fast");
+        for ext in ["log", "csv", "json"] {
+            wait_for("shutdown logged", Duration::from_secs(10), || {
+                text(&log_dir, ext)
+                    .contains("database system is shut down")
+                    .then_some(())
+            });
+        }
+        let stderr = parse_log(
+            &["--format", "stderr", "--prefix", prefix],
+            &files(&log_dir, "log"),
+        );
+        let csv = parse_log(&["--format", "csvlog"], &files(&log_dir, "csv"));
+        let json = parse_log(&["--format", "jsonlog"], &files(&log_dir, "json"));
+        for (name, ev) in [("stderr", &stderr), ("csv", &csv), ("json", &json)] {
+            let raw: Vec<&Value> = ev.iter().filter(|e| !e["raw"].is_null()).collect();
+            assert!(raw.is_empty(), "phase {i} {name}: unparsed lines {raw:?}");
+        }
+        let (s, c, j) = (
+            sorted_keys(&stderr, extra),
+            sorted_keys(&csv, extra),
+            sorted_keys(&json, extra),
+        );
+        let diff: Vec<_> = s.iter().zip(&c).filter(|(a, b)| a != b).take(3).collect();
+        assert!(
+            diff.is_empty(),
+            "phase {i}: stderr vs csv differ: {diff:#?}"
+        );
+        assert_eq!(s.len(), c.len(), "phase {i}: stderr and csv event counts");
+        assert_eq!(c, j, "phase {i}: csv vs json");
+
+        // What the workload did, found and classified.
+        let ev = &csv;
+        let class = |c: &str| count(ev, |e| e["class"] == c);
+        let errors: BTreeSet<&str> = ev
+            .iter()
+            .filter(|e| e["class"] == "error")
+            .filter_map(|e| e["sqlstate"].as_str())
+            .collect();
+        for code in ["42P01", "22012", "23505", "42601"] {
+            assert!(errors.contains(code), "phase {i}: no {code} in {errors:?}");
+        }
+        let dup = ev.iter().find(|e| e["sqlstate"] == "23505").expect("23505");
+        assert_eq!(dup["detail"], "Key (id)=(1) already exists.");
+        assert_eq!(dup["statement"], "insert into t values (1, 'dup')");
+        assert_eq!(dup["sqlstate_class"], "integrity_constraint_violation");
+        assert_eq!(
+            count(ev, |e| e["class"] == "deadlock" && e["sqlstate"] == "40P01"),
+            1
+        );
+        assert_eq!(class("deadlock"), 1, "phase {i}");
+        assert_eq!(class("auth_failure"), 1, "phase {i}");
+        assert!(
+            class("lock_wait") >= 2,
+            "phase {i}: a waits, b detects the deadlock"
+        );
+        assert_eq!(class("lock_acquired"), 1, "phase {i}");
+        let multi = ev
+            .iter()
+            .find(|e| {
+                e["class"] == "slow_query"
+                    && e["statement"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("'multi\nline'"))
+            })
+            .expect("the multi-line slow query");
+        assert!(multi["duration_ms"].as_f64().expect("duration") >= 150.0);
+        assert!(ev.iter().any(|e| e["class"] == "temp_file"
+            && e["figures"]["size_bytes"].as_u64().is_some_and(|n| n > 0)));
+        assert!(ev.iter().any(|e| e["class"] == "checkpoint"
+            && e["figures"]["phase"] == "complete"
+            && e["figures"]["buffers_written"].is_u64()));
+        assert!(ev
+            .iter()
+            .any(|e| e["class"] == "autovacuum" && e["figures"]["table"] == "postgres.public.av"));
+        for c in ["connection", "disconnection", "startup", "shutdown"] {
+            assert!(class(c) >= 1, "phase {i}: no {c}");
+        }
+        // The prefix with %a carries the application name in stderr too.
+        if extra.contains(&"application_name") {
+            assert!(stderr.iter().any(|e| e["application_name"] == "app-a"));
+        }
+        if *verbosity == "verbose" {
+            assert!(stderr
+                .iter()
+                .any(|e| e["location"].as_str().is_some_and(|l| l.contains(".c:"))));
+        }
+    }
+}
+
+/// Marker statements written by a session while the agent is started, killed and
+/// stopped; every marker must reach the listener in exactly one event id.
+#[test]
+fn daemon_follows_rotations_across_restarts_and_kills_exactly_once() {
+    const MARKERS: usize = 1200;
+    let pg = PgCluster::start(&format!(
+        "{LOG_CONF}log_destination = 'stderr'\nlog_directory = 'log'\nlog_rotation_size = '8kB'\n\
+         log_line_prefix = '%m [%p] %q%a '\nlog_statement = 'all'\nlog_connections = off\nlog_disconnections = off\n"
+    ));
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let toml = config(dir.path(), &pg, &listener.url(), 60).replace(
+        "logs = false\n",
+        "logs = true\nactivity = false\n[logs]\nstart_at = \"beginning\"\n",
+    );
+    let script = dir.path().join("markers.sql");
+    let mut sql = String::new();
+    for n in 0..MARKERS {
+        sql.push_str(&format!(
+            "select 'marker-{n:05}';\nselect pg_sleep(0.005);\n"
+        ));
+    }
+    std::fs::write(&script, sql).expect("script");
+    let mut load = pg
+        .psql()
+        .arg("-f")
+        .arg(&script)
+        .env("PGAPPNAME", "marker-load")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+
+    let markers = |l: &Listener| -> BTreeMap<String, BTreeSet<String>> {
+        let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for e in l.events_of("pg_log") {
+            let msg = e["data"]["message"].as_str().unwrap_or_default();
+            if let Some(at) = msg.find("'marker-") {
+                let name = msg[at + 1..at + 13].to_string();
+                m.entry(name)
+                    .or_default()
+                    .insert(e["id"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        m
+    };
+    let progress = |l: &Listener, more: usize| {
+        let start = markers(l).len();
+        wait_for("markers delivered", Duration::from_secs(60), || {
+            (markers(l).len() >= (start + more).min(MARKERS)).then_some(())
+        });
+    };
+    // kill -9, SIGTERM, kill -9, then let the last one finish.
+    for (i, sig) in [libc::SIGKILL, libc::SIGTERM, libc::SIGKILL]
+        .into_iter()
+        .enumerate()
+    {
+        let mut agent = Agent::start(dir.path(), &toml, &[]);
+        progress(&listener, 150);
+        agent.signal(sig);
+        let st = agent
+            .wait_exit(Duration::from_secs(15))
+            .expect("agent exits");
+        if sig == libc::SIGTERM {
+            assert_eq!(st.code(), Some(0), "run {i}");
+        }
+    }
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    assert!(load.wait().expect("load").success());
+    wait_for("every marker", Duration::from_secs(60), || {
+        (markers(&listener).len() == MARKERS).then_some(())
+    });
+    let m = markers(&listener);
+    let doubled: Vec<_> = m.iter().filter(|(_, ids)| ids.len() != 1).take(5).collect();
+    assert!(
+        doubled.is_empty(),
+        "markers under more than one event id: {doubled:?}"
+    );
+    for n in 0..MARKERS {
+        assert!(m.contains_key(&format!("marker-{n:05}")), "marker {n} lost");
+    }
+    // Every marker event carries the application name and its file.
+    let ev = listener.events_of("pg_log");
+    let one = ev
+        .iter()
+        .find(|e| {
+            e["data"]["message"]
+                .as_str()
+                .is_some_and(|s| s.contains("'marker-00007'"))
+        })
+        .expect("marker 7");
+    assert_eq!(one["data"]["application_name"], "marker-load");
+    assert_eq!(one["data"]["severity"], "LOG");
+    assert!(one["data"]["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with(".log")));
+    let rotated = files(&pg.data().join("log"), "log").len();
+    assert!(
+        rotated >= 5,
+        "only {rotated} log files: the test did not rotate"
+    );
+    assert!(
+        !agent.logs_named("log_rotation_detected").is_empty(),
+        "{}",
+        agent.stderr()
+    );
+}

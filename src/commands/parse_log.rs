@@ -1,0 +1,116 @@
+//! `parse-log`: the daemon's parser run over files, offline. Prints the `data` of every
+//! event as a JSON line on stdout and a summary per file (events, unparsed lines,
+//! throughput) on stderr, so a user can check the parser on their own logs (and, with
+//! `--redact`, see what would be shipped) before deploying.
+
+use std::io::{BufWriter, Write};
+use std::time::Instant;
+
+use crate::cli::{Cli, ParseLogArgs, EXIT_CONFIG, EXIT_OK, EXIT_OTHER, EXIT_USAGE};
+use crate::config::Config;
+use crate::logs::redact::Redact;
+use crate::logs::tail::read_file;
+use crate::logs::{Format, LogParser, Shaper, DEFAULT_PREFIX};
+
+/// Parses every file; exit 1 if one could not be read.
+pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
+    // The config supplies defaults (prefix, redaction, correlation pattern) when there
+    // is one; parse-log works without it.
+    let config = if cli.config.exists() {
+        match Config::load(&cli.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("postgres-agent: configuration error: {e}");
+                return EXIT_CONFIG;
+            }
+        }
+    } else {
+        None
+    };
+    let logs = config.as_ref().map(|c| c.logs.clone());
+    let format_s = args
+        .format
+        .clone()
+        .or_else(|| logs.as_ref().map(|l| l.format.clone()))
+        .unwrap_or_else(|| "auto".into());
+    let format = match Format::parse(&format_s) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("postgres-agent: --format: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let redact_s = args
+        .redact
+        .clone()
+        .or_else(|| logs.as_ref().map(|l| l.redact.clone()))
+        .unwrap_or_else(|| "none".into());
+    let Some(redact) = Redact::parse(&redact_s) else {
+        eprintln!(
+            "postgres-agent: --redact: unknown value {redact_s:?} (none, parameters, literals)"
+        );
+        return EXIT_USAGE;
+    };
+    let prefix = args
+        .prefix
+        .clone()
+        .or_else(|| logs.map(|l| l.prefix).filter(|p| !p.is_empty()))
+        .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    let pattern = config.map_or_else(crate::config::default_pattern, |c| {
+        c.correlation.application_name_pattern
+    });
+    let shaper = Shaper { pattern, redact };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut code = EXIT_OK;
+    for file in &args.files {
+        let f = format.unwrap_or_else(|| Format::sniff(file, &crate::logs::head(file)));
+        let parser = LogParser::new(f, &prefix);
+        let name = file.display().to_string();
+        let started = Instant::now();
+        let (mut events, mut unparsed, mut write_err) = (0u64, 0u64, None);
+        let res = read_file(file, &parser, |r| {
+            events += 1;
+            unparsed += u64::from(r.raw.is_some());
+            let d = shaper.data(r, &name, f);
+            if write_err.is_none() {
+                let line = serde_json::to_string(&d).unwrap_or_default();
+                if let Err(e) = writeln!(out, "{line}") {
+                    write_err = Some(e);
+                }
+            }
+        });
+        if let Some(e) = write_err {
+            // stdout closed (e.g. `| head`): stop quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return code;
+            }
+            eprintln!("postgres-agent: writing output: {e}");
+            return EXIT_OTHER;
+        }
+        match res {
+            Ok(_) => {
+                let secs = started.elapsed().as_secs_f64();
+                let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+                eprintln!(
+                    "postgres-agent: {name}: {} format, {events} events, {unparsed} unparsed lines, {:.1} MB in {:.3} s ({:.0} MB/s)",
+                    f.as_str(),
+                    bytes as f64 / 1e6,
+                    secs,
+                    bytes as f64 / 1e6 / secs.max(1e-9)
+                );
+                if f == Format::Stderr && unparsed > 0 && unparsed * 2 > events {
+                    eprintln!(
+                        "postgres-agent: {name}: most lines do not fit the prefix {prefix:?}; pass the server's log_line_prefix with --prefix"
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("postgres-agent: {name}: {e}");
+                code = EXIT_OTHER;
+            }
+        }
+    }
+    let _ = out.flush();
+    code
+}

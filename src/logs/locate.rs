@@ -1,0 +1,211 @@
+//! Where the log is: a file named in `[logs] path`, a directory, or what the server
+//! says (`current_logfiles` in its data directory, else the newest file of its
+//! `log_directory`). And which file comes after the one being read.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::Format;
+
+/// Which file names of a directory belong to the log.
+type NameFilter = Box<dyn Fn(&str) -> bool>;
+
+/// How the files of the log are found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Locator {
+    /// One file, rotated by rename (`file` → `file.1`), copy-and-truncate or truncation.
+    File(PathBuf),
+    /// Every file with the format's extension in a directory, oldest first.
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Which files.
+        format: Format,
+    },
+    /// The server's logging collector: `current_logfiles`, else the newest file.
+    Server {
+        /// `data_directory` (where `current_logfiles` is).
+        data_dir: PathBuf,
+        /// `log_directory`, absolute.
+        log_dir: PathBuf,
+        /// Which of the server's destinations to follow.
+        format: Format,
+    },
+}
+
+/// A file that may be part of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Its path.
+    pub path: PathBuf,
+    /// Device and inode.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size now.
+    pub size: u64,
+    /// Modification time (ns).
+    pub mtime: i128,
+}
+
+impl Candidate {
+    /// Stats `path`.
+    pub fn of(path: &Path) -> Option<Candidate> {
+        let m = fs::metadata(path).ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        Some(Candidate {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
+impl Locator {
+    /// The file being written now.
+    pub fn current(&self) -> Option<Candidate> {
+        match self {
+            Locator::File(p) => Candidate::of(p),
+            Locator::Dir { .. } => self.candidates().pop(),
+            Locator::Server {
+                data_dir, format, ..
+            } => current_logfile(data_dir, *format)
+                .and_then(|p| Candidate::of(&p))
+                .or_else(|| self.candidates().pop()),
+        }
+    }
+
+    /// The files of the log, oldest first (by modification time, then name).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let (dir, keep): (PathBuf, NameFilter) = match self {
+            Locator::File(p) => {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let dir = p
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+                (dir, Box::new(move |n: &str| n.starts_with(&name)))
+            }
+            Locator::Dir { dir, format }
+            | Locator::Server {
+                log_dir: dir,
+                format,
+                ..
+            } => {
+                let ext = format!(".{}", format.extension());
+                (dir.clone(), Box::new(move |n: &str| n.ends_with(&ext)))
+            }
+        };
+        let mut v: Vec<Candidate> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| keep(&e.file_name().to_string_lossy()))
+            .filter_map(|e| Candidate::of(&e.path()))
+            .collect();
+        v.sort_by(|a, b| (a.mtime, &a.path).cmp(&(b.mtime, &b.path)));
+        v
+    }
+
+    /// The file to read after the one with `dev`/`ino` is finished, if there is one.
+    pub fn next_after(&self, dev: u64, ino: u64) -> Option<Candidate> {
+        let same = |c: &Candidate| c.dev == dev && c.ino == ino;
+        match self {
+            // A renamed file is followed by whatever has the name now; after a copy
+            // (copytruncate) the original file comes next again.
+            Locator::File(p) => Candidate::of(p).filter(|c| !same(c)),
+            _ => {
+                let all = self.candidates();
+                match all.iter().position(same) {
+                    Some(i) => all.into_iter().skip(i + 1).find(|c| !same(c)),
+                    // Ours is gone from the directory: go to the file being written.
+                    None => self.current().filter(|c| !same(c)),
+                }
+            }
+        }
+    }
+
+    /// A short description for status.
+    pub fn describe(&self) -> String {
+        match self {
+            Locator::File(p) => format!("file {}", p.display()),
+            Locator::Dir { dir, format } => {
+                format!("newest *.{} in {}", format.extension(), dir.display())
+            }
+            Locator::Server {
+                log_dir, format, ..
+            } => format!(
+                "the server's {} log in {}",
+                format.as_str(),
+                log_dir.display()
+            ),
+        }
+    }
+}
+
+/// The file `current_logfiles` names for `format`, if the file is readable.
+pub fn current_logfile(data_dir: &Path, format: Format) -> Option<PathBuf> {
+    let text = fs::read_to_string(data_dir.join("current_logfiles")).ok()?;
+    let rel = text.lines().find_map(|l| {
+        let (dest, path) = l.split_once(' ')?;
+        (dest == format.as_str()).then(|| path.to_string())
+    })?;
+    let p = PathBuf::from(rel);
+    Some(if p.is_absolute() { p } else { data_dir.join(p) })
+}
+
+/// The destinations `current_logfiles` lists, if readable.
+pub fn current_formats(data_dir: &Path) -> Vec<Format> {
+    let Ok(text) = fs::read_to_string(data_dir.join("current_logfiles")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(d, _)| Format::parse(d).ok().flatten())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_logfiles_and_order() {
+        let d = tempfile::tempdir().expect("tmp");
+        let log = d.path().join("log");
+        fs::create_dir(&log).expect("mkdir");
+        fs::write(log.join("a.log"), "1\n").expect("w");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(log.join("b.log"), "2\n").expect("w");
+        fs::write(log.join("b.csv"), "2\n").expect("w");
+        fs::write(
+            d.path().join("current_logfiles"),
+            "stderr log/a.log\ncsvlog log/b.csv\n",
+        )
+        .expect("w");
+        let s = Locator::Server {
+            data_dir: d.path().to_path_buf(),
+            log_dir: log.clone(),
+            format: Format::Stderr,
+        };
+        assert_eq!(s.current().map(|c| c.path), Some(log.join("a.log")));
+        let a = Candidate::of(&log.join("a.log")).expect("a");
+        assert_eq!(
+            s.next_after(a.dev, a.ino).map(|c| c.path),
+            Some(log.join("b.log"))
+        );
+        assert_eq!(current_formats(d.path()), vec![Format::Stderr, Format::Csv]);
+        let dir = Locator::Dir {
+            dir: log.clone(),
+            format: Format::Stderr,
+        };
+        assert_eq!(dir.current().map(|c| c.path), Some(log.join("b.log")));
+    }
+}

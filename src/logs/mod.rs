@@ -1,0 +1,455 @@
+//! The server log: parsers for the three formats (`stderr` with any `log_line_prefix`,
+//! `csvlog`, `jsonlog`), classification, redaction, and the tailer that follows the
+//! server from file to file and remembers its position in the spool. Everything here
+//! is plain code; [`actor::LogTailActor`] is the thin shell that runs it.
+//!
+//! Parsers are stateless over a byte buffer: they return how many bytes the complete
+//! messages used, and the tailer reads again from there. A message whose next line may
+//! still be on its way is held back until the file is seen not to grow (or is left for
+//! the next file), so the position stored with the events is always a message boundary.
+
+pub mod actor;
+pub mod classify;
+pub mod csv;
+pub mod json;
+pub mod locate;
+pub mod prefix;
+pub mod record;
+pub mod redact;
+pub mod stderr;
+pub mod tail;
+pub mod time;
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::correlation;
+use crate::model::{Event, EventKind};
+use classify::{classify, sqlstate_class, Class};
+use prefix::Prefix;
+use record::Record;
+use redact::Redact;
+
+/// The `log_line_prefix` of a server that was never asked (PostgreSQL 10+ default).
+pub const DEFAULT_PREFIX: &str = "%m [%p] ";
+
+/// A log file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `log_destination = 'stderr'`.
+    Stderr,
+    /// `csvlog`.
+    Csv,
+    /// `jsonlog` (PG15+).
+    Json,
+}
+
+impl Format {
+    /// From `[logs] format` / `--format`; `auto` is `None`.
+    pub fn parse(s: &str) -> Result<Option<Format>, String> {
+        match s {
+            "auto" | "" => Ok(None),
+            "stderr" => Ok(Some(Format::Stderr)),
+            "csvlog" | "csv" => Ok(Some(Format::Csv)),
+            "jsonlog" | "json" => Ok(Some(Format::Json)),
+            _ => Err(format!(
+                "unknown log format {s:?} (auto, stderr, csvlog, jsonlog)"
+            )),
+        }
+    }
+
+    /// The name the server uses (`log_destination`, `current_logfiles`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Stderr => "stderr",
+            Format::Csv => "csvlog",
+            Format::Json => "jsonlog",
+        }
+    }
+
+    /// The file name extension the logging collector gives it.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Stderr => "log",
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+
+    /// Guesses the format of a file from its name, then from its first bytes.
+    pub fn sniff(path: &std::path::Path, head: &[u8]) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => return Format::Csv,
+            Some("json") => return Format::Json,
+            _ => {}
+        }
+        let first = head.iter().find(|c| !c.is_ascii_whitespace());
+        if first == Some(&b'{') {
+            return Format::Json;
+        }
+        // csvlog starts with a timestamp followed by a comma.
+        if head.len() > 24 && head[..32.min(head.len())].contains(&b',') {
+            let line = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
+            if line.iter().filter(|c| **c == b',').count() >= 22 {
+                return Format::Csv;
+            }
+        }
+        Format::Stderr
+    }
+}
+
+/// The first 4 KiB of a file (for [`Format::sniff`]); empty when unreadable.
+pub fn head(p: &std::path::Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut b = vec![0u8; 4096];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut b))
+        .unwrap_or(0);
+    b.truncate(n);
+    b
+}
+
+/// Whether the parser may treat the end of its buffer as the end of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// More may come: hold the last message, read only complete lines.
+    No,
+    /// The file has stopped growing: emit the last message too (complete lines only).
+    Settled,
+    /// Take everything, a last line without its newline included (a record longer than
+    /// the reader's limit, or the end of a file read offline).
+    Force,
+}
+
+/// A parser for one format.
+#[derive(Debug, Clone)]
+pub enum LogParser {
+    /// `stderr` with a prefix.
+    Stderr(stderr::StderrParser),
+    /// `csvlog`.
+    Csv(csv::CsvParser),
+    /// `jsonlog`.
+    Json(json::JsonParser),
+}
+
+impl LogParser {
+    /// The parser of `format`; `prefix` matters for `stderr` only.
+    pub fn new(format: Format, prefix: &str) -> LogParser {
+        match format {
+            Format::Stderr => LogParser::Stderr(stderr::StderrParser::new(Prefix::compile(prefix))),
+            Format::Csv => LogParser::Csv(csv::CsvParser),
+            Format::Json => LogParser::Json(json::JsonParser),
+        }
+    }
+
+    /// Its format.
+    pub fn format(&self) -> Format {
+        match self {
+            LogParser::Stderr(_) => Format::Stderr,
+            LogParser::Csv(_) => Format::Csv,
+            LogParser::Json(_) => Format::Json,
+        }
+    }
+
+    /// The prefix of a `stderr` parser.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            LogParser::Stderr(p) => Some(p.prefix().as_str()),
+            _ => None,
+        }
+    }
+
+    /// Parses complete messages of `buf` (at file offset `base`) into `out`, at most
+    /// `max`; returns the bytes they used (always a message boundary).
+    pub fn parse(
+        &self,
+        buf: &[u8],
+        base: u64,
+        flush: Flush,
+        out: &mut Vec<Record>,
+        max: usize,
+    ) -> usize {
+        match self {
+            LogParser::Stderr(p) => p.parse(buf, base, flush, out, max),
+            LogParser::Csv(p) => p.parse(buf, base, flush, out, max),
+            LogParser::Json(p) => p.parse(buf, base, flush, out, max),
+        }
+    }
+}
+
+/// The `data` of a `pg_log` event (design.md §4 keys, then extras).
+#[derive(Debug, Serialize)]
+pub struct LogData {
+    /// RFC 3339 when the zone is known, else as written.
+    pub timestamp: Option<String>,
+    /// Backend pid.
+    pub pid: Option<i64>,
+    /// Role.
+    pub user: Option<String>,
+    /// Database.
+    pub database: Option<String>,
+    /// `application_name`.
+    pub application_name: Option<String>,
+    /// Request id from the application name (or a sqlcommenter comment).
+    pub correlation_id: Option<String>,
+    /// Where the correlation id was found.
+    pub correlation_source: Option<correlation::CorrelationSource>,
+    /// LOG, ERROR, …
+    pub severity: Option<String>,
+    /// SQLSTATE.
+    pub sqlstate: Option<String>,
+    /// Name of the SQLSTATE class.
+    pub sqlstate_class: Option<&'static str>,
+    /// Primary message.
+    pub message: String,
+    /// DETAIL.
+    pub detail: Option<String>,
+    /// HINT.
+    pub hint: Option<String>,
+    /// CONTEXT.
+    pub context: Option<String>,
+    /// The statement (STATEMENT line, or the statement of a `duration:` message).
+    pub statement: Option<String>,
+    /// QUERY (internal query).
+    pub query: Option<String>,
+    /// `duration: N ms`.
+    pub duration_ms: Option<f64>,
+    /// Classification.
+    pub class: Class,
+    /// Class-specific figures (table, size_bytes, write_s, waited_ms, …).
+    pub figures: Option<Map<String, Value>>,
+    /// The file it was read from.
+    pub file: String,
+    /// Byte offset of its first line.
+    pub offset: u64,
+    /// The file's format.
+    pub format: &'static str,
+    /// Session id.
+    pub session_id: Option<String>,
+    /// Line number in the session.
+    pub session_line: Option<i64>,
+    /// Command tag.
+    pub command_tag: Option<String>,
+    /// Backend type.
+    pub backend_type: Option<String>,
+    /// Client host (and port).
+    pub remote_host: Option<String>,
+    /// Virtual transaction id.
+    pub vxid: Option<String>,
+    /// Transaction id.
+    pub xid: Option<String>,
+    /// Query id.
+    pub query_id: Option<i64>,
+    /// Parallel leader pid.
+    pub leader_pid: Option<i64>,
+    /// LOCATION (verbose).
+    pub location: Option<String>,
+    /// Position of the error in the statement (characters).
+    pub cursor_position: Option<i64>,
+    /// The text of a line that fits no format.
+    pub raw: Option<String>,
+    /// Some text was cut.
+    pub truncated: bool,
+}
+
+/// Turns records into events: classification, correlation, redaction.
+#[derive(Debug, Clone)]
+pub struct Shaper {
+    /// `correlation.application_name_pattern`.
+    pub pattern: Regex,
+    /// `[logs] redact`.
+    pub redact: Redact,
+}
+
+impl Shaper {
+    /// The event `data` of a record read from `file` (in `format`).
+    pub fn data(&self, r: Record, file: &str, format: Format) -> LogData {
+        let c = classify(&r);
+        let statement = r.statement.or(c.statement);
+        let corr = correlation::extract(
+            &self.pattern,
+            r.application_name.as_deref(),
+            statement.as_deref(),
+        );
+        let timestamp = match (&r.timestamp, r.epoch) {
+            (Some(t), _) => Some(time::to_rfc3339(t).unwrap_or_else(|| t.clone())),
+            (None, Some(e)) => time::epoch_to_rfc3339(e),
+            _ => None,
+        };
+        let mut d = LogData {
+            timestamp,
+            pid: r.pid,
+            user: r.user,
+            database: r.database,
+            application_name: r.application_name,
+            correlation_source: corr.as_ref().map(|c| c.1),
+            correlation_id: corr.map(|c| c.0),
+            severity: r.severity,
+            sqlstate_class: r.sqlstate.as_deref().and_then(sqlstate_class),
+            sqlstate: r.sqlstate,
+            message: r.message,
+            detail: r.detail,
+            hint: r.hint,
+            context: r.context,
+            statement,
+            query: r.query,
+            duration_ms: c.duration_ms,
+            class: c.class,
+            figures: (!c.figures.is_empty()).then_some(c.figures),
+            file: file.to_string(),
+            offset: r.offset,
+            format: format.as_str(),
+            session_id: r.session_id,
+            session_line: r.session_line,
+            command_tag: r.command_tag,
+            backend_type: r.backend_type,
+            remote_host: r.remote_host,
+            vxid: r.vxid,
+            xid: r.xid,
+            query_id: r.query_id,
+            leader_pid: r.leader_pid,
+            location: r.location,
+            cursor_position: r.cursor_position,
+            raw: r.raw,
+            truncated: r.truncated,
+        };
+        self.apply_redaction(&mut d);
+        d
+    }
+
+    fn apply_redaction(&self, d: &mut LogData) {
+        if self.redact == Redact::None {
+            return;
+        }
+        let params = |f: &mut Option<String>| {
+            if let Some(r) = f.as_deref().and_then(redact::parameters) {
+                *f = Some(r);
+            }
+        };
+        params(&mut d.detail);
+        params(&mut d.context);
+        if let Some(r) = redact::parameters(&d.message) {
+            d.message = r;
+        }
+        if self.redact != Redact::Literals {
+            return;
+        }
+        d.message = redact::literals(&d.message);
+        for f in [
+            &mut d.detail,
+            &mut d.hint,
+            &mut d.context,
+            &mut d.statement,
+            &mut d.query,
+            &mut d.raw,
+        ] {
+            if let Some(s) = f.as_mut() {
+                *s = redact::literals(s);
+            }
+        }
+        if let Some(s) = d.detail.as_mut() {
+            *s = redact::row_values(s);
+        }
+    }
+
+    /// The event of a record; `identity` names the file (device, inode, fingerprint) so
+    /// that reading the same line again gives the same id.
+    pub fn event(
+        &self,
+        r: Record,
+        file: &str,
+        format: Format,
+        identity: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Event, serde_json::Error> {
+        let id = format!("pg_log:{identity}:{}", r.offset);
+        Event::new(id, EventKind::PgLog, now, &self.data(r, file, format))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shaper(redact: Redact) -> Shaper {
+        Shaper {
+            pattern: Regex::new(r"^bitville-(?P<id>[0-9a-fA-F-]{36})$").expect("re"),
+            redact,
+        }
+    }
+
+    #[test]
+    fn event_data_has_the_contract_keys() {
+        let r = Record {
+            offset: 7,
+            timestamp: Some("2026-11-26 10:00:00.001 UTC".into()),
+            pid: Some(5),
+            application_name: Some("bitville-0b7e6c84-5a2f-4d43-9a4e-2b1f0f6e7a10".into()),
+            severity: Some("LOG".into()),
+            message: "duration: 1200.5 ms  statement: select 'secret', 42".into(),
+            ..Default::default()
+        };
+        let d = shaper(Redact::Literals).data(r, "/l/x.log", Format::Stderr);
+        let v = serde_json::to_value(&d).expect("json");
+        for key in [
+            "timestamp",
+            "pid",
+            "user",
+            "database",
+            "application_name",
+            "correlation_id",
+            "severity",
+            "sqlstate",
+            "message",
+            "detail",
+            "hint",
+            "context",
+            "statement",
+            "query",
+            "duration_ms",
+            "class",
+            "file",
+            "offset",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        assert_eq!(v["timestamp"], "2026-11-26T10:00:00.001Z");
+        assert_eq!(v["class"], "slow_query");
+        assert_eq!(v["duration_ms"], 1200.5);
+        assert_eq!(v["statement"], "select ?, ?");
+        assert_eq!(v["correlation_id"], "0b7e6c84-5a2f-4d43-9a4e-2b1f0f6e7a10");
+        assert!(!v.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn parameters_redaction_keeps_statement() {
+        let r = Record {
+            severity: Some("LOG".into()),
+            message: "duration: 1.0 ms  execute <unnamed>: select $1".into(),
+            detail: Some("parameters: $1 = 'hunter2'".into()),
+            ..Default::default()
+        };
+        let d = shaper(Redact::Parameters).data(r, "f", Format::Stderr);
+        assert_eq!(d.detail.as_deref(), Some("parameters: $1 = ?"));
+        assert_eq!(d.statement.as_deref(), Some("select $1"));
+    }
+
+    #[test]
+    fn sniffing() {
+        use std::path::Path;
+        assert_eq!(Format::sniff(Path::new("a.csv"), b""), Format::Csv);
+        assert_eq!(
+            Format::sniff(Path::new("a"), b"{\"timestamp\":1}"),
+            Format::Json
+        );
+        assert_eq!(
+            Format::sniff(
+                Path::new("a.log"),
+                b"2026-11-26 10:00:00.001 UTC [1] LOG:  x"
+            ),
+            Format::Stderr
+        );
+    }
+}

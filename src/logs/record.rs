@@ -1,0 +1,139 @@
+//! One server message as read from the log, before classification: the same fields
+//! whichever format it came from, each `None` when that format or prefix does not carry it.
+
+/// The longest text kept per field; the rest is cut and the record marked `truncated`.
+/// A 10 MB INSERT in a STATEMENT line should not become a 10 MB event.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// One server message (all its lines).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Record {
+    /// Byte offset of its first line in the file.
+    pub offset: u64,
+    /// Byte offset just after its last line.
+    pub end: u64,
+    /// Timestamp as written (`%m`, `%t`, `log_time`, `timestamp`).
+    pub timestamp: Option<String>,
+    /// Unix time from `%n`.
+    pub epoch: Option<f64>,
+    /// Backend process id.
+    pub pid: Option<i64>,
+    /// Role name.
+    pub user: Option<String>,
+    /// Database name.
+    pub database: Option<String>,
+    /// `application_name`.
+    pub application_name: Option<String>,
+    /// Client host (and port).
+    pub remote_host: Option<String>,
+    /// Session id (`%c`).
+    pub session_id: Option<String>,
+    /// Line number within the session (`%l`).
+    pub session_line: Option<i64>,
+    /// Command tag / ps display (`%i`).
+    pub command_tag: Option<String>,
+    /// Backend type (`%b`, PG13+).
+    pub backend_type: Option<String>,
+    /// Virtual transaction id (`%v`).
+    pub vxid: Option<String>,
+    /// Transaction id (`%x`).
+    pub xid: Option<String>,
+    /// Query id (`%Q`, PG14+).
+    pub query_id: Option<i64>,
+    /// Parallel group leader pid (`%P`).
+    pub leader_pid: Option<i64>,
+    /// LOG, ERROR, … as written.
+    pub severity: Option<String>,
+    /// SQLSTATE (`%e`, verbose inline code, csv/json column).
+    pub sqlstate: Option<String>,
+    /// The primary message.
+    pub message: String,
+    /// DETAIL.
+    pub detail: Option<String>,
+    /// HINT.
+    pub hint: Option<String>,
+    /// CONTEXT.
+    pub context: Option<String>,
+    /// STATEMENT (the statement that caused it).
+    pub statement: Option<String>,
+    /// QUERY (internal query).
+    pub query: Option<String>,
+    /// LOCATION (verbose: function, file:line).
+    pub location: Option<String>,
+    /// Character position of the error in the statement (or internal query).
+    pub cursor_position: Option<i64>,
+    /// The raw text of a line that fits no format (then `message` is empty).
+    pub raw: Option<String>,
+    /// Some field was cut at [`MAX_FIELD_BYTES`], or the record was longer than the
+    /// reader's limit and was split.
+    pub truncated: bool,
+}
+
+impl Record {
+    /// A line that fits no format, kept with its text.
+    pub fn unparsed(bytes: &[u8], offset: u64, end: u64) -> Record {
+        let (raw, truncated) = text(bytes);
+        Record {
+            offset,
+            end,
+            raw: Some(raw),
+            truncated,
+            ..Default::default()
+        }
+    }
+}
+
+impl Record {
+    /// stderr appends the error position to the message (` at character 15`) where the
+    /// other formats have a column: moved to `cursor_position`, so all formats agree.
+    pub fn split_cursor_position(&mut self) {
+        const AT: &str = " at character ";
+        let Some(i) = self.message.rfind(AT) else {
+            return;
+        };
+        let digits = &self.message[i + AT.len()..];
+        if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) {
+            self.cursor_position = digits.parse().ok();
+            self.message.truncate(i);
+        }
+    }
+}
+
+/// Bytes as text: invalid UTF-8 replaced, cut at [`MAX_FIELD_BYTES`] on a char boundary.
+pub fn text(bytes: &[u8]) -> (String, bool) {
+    let cut = bytes.len() > MAX_FIELD_BYTES;
+    let b = if cut {
+        &bytes[..MAX_FIELD_BYTES]
+    } else {
+        bytes
+    };
+    let mut s = String::from_utf8_lossy(b).into_owned();
+    if cut {
+        // A multi-byte char cut in half became U+FFFD; that is fine, it is marked.
+        s.push('…');
+    }
+    (s, cut)
+}
+
+/// Like [`text`], `None` for an empty field.
+pub fn opt_text(bytes: &[u8], truncated: &mut bool) -> Option<String> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let (s, cut) = text(bytes);
+    *truncated |= cut;
+    Some(s)
+}
+
+/// Appends a continuation line to a field (newlines kept), respecting the field cap;
+/// true when something was cut.
+pub fn append_line(field: &mut String, line: &[u8]) -> bool {
+    if field.len() >= MAX_FIELD_BYTES {
+        return true;
+    }
+    field.push('\n');
+    let room = MAX_FIELD_BYTES - field.len();
+    let (s, _) = text(&line[..line.len().min(room)]);
+    field.push_str(&s);
+    line.len() > room
+}

@@ -1,0 +1,281 @@
+//! The `stderr` format: a prefix on every line, extra lines (DETAIL, STATEMENT, …) with
+//! their own prefix, and tab-indented continuation lines for text with newlines.
+
+use memchr::memchr;
+
+use super::prefix::{is_secondary, Prefix};
+use super::record::{append_line, text, Record};
+use super::Flush;
+
+/// Which field a tab-continued line extends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    Message,
+    Detail,
+    Hint,
+    Context,
+    Statement,
+    Query,
+    Location,
+}
+
+impl Field {
+    fn of(label: &str) -> Field {
+        match label {
+            "DETAIL" => Field::Detail,
+            "HINT" => Field::Hint,
+            "CONTEXT" => Field::Context,
+            "STATEMENT" => Field::Statement,
+            "QUERY" => Field::Query,
+            "LOCATION" => Field::Location,
+            _ => Field::Message,
+        }
+    }
+
+    fn get(self, r: &mut Record) -> &mut String {
+        let slot = match self {
+            Field::Message => return &mut r.message,
+            Field::Detail => &mut r.detail,
+            Field::Hint => &mut r.hint,
+            Field::Context => &mut r.context,
+            Field::Statement => &mut r.statement,
+            Field::Query => &mut r.query,
+            Field::Location => &mut r.location,
+        };
+        slot.get_or_insert_with(String::new)
+    }
+}
+
+/// Parses `stderr` logs written with one `log_line_prefix`.
+#[derive(Debug, Clone)]
+pub struct StderrParser {
+    prefix: Prefix,
+}
+
+impl StderrParser {
+    /// A parser for lines written with `prefix`.
+    pub fn new(prefix: Prefix) -> StderrParser {
+        StderrParser { prefix }
+    }
+
+    /// The prefix in use.
+    pub fn prefix(&self) -> &Prefix {
+        &self.prefix
+    }
+
+    /// Parses the complete messages of `buf` (which starts at file offset `base`) into
+    /// `out`, at most `max` of them; returns how many bytes they used. The last message
+    /// is held back unless `flush` says the data will not grow: its DETAIL or STATEMENT
+    /// line may still be on its way.
+    pub fn parse(
+        &self,
+        buf: &[u8],
+        base: u64,
+        flush: Flush,
+        out: &mut Vec<Record>,
+        max: usize,
+    ) -> usize {
+        let mut pos = 0;
+        let mut consumed = 0;
+        let mut cur: Option<(Record, Field)> = None;
+        while pos < buf.len() {
+            let (line, next) = match memchr(b'\n', &buf[pos..]) {
+                Some(n) => (&buf[pos..pos + n], pos + n + 1),
+                None if flush == Flush::Force => (&buf[pos..], buf.len()),
+                None => break,
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let (Some(b'\t'), Some((rec, field))) = (line.first(), cur.as_mut()) {
+                let cut = append_line(field.get(rec), &line[1..]);
+                rec.truncated |= cut;
+                rec.end = base + next as u64;
+                pos = next;
+                continue;
+            }
+            // Everything before this line is complete.
+            if let Some((mut rec, _)) = cur.take() {
+                consumed = pos;
+                rec.split_cursor_position();
+                out.push(rec);
+            }
+            if out.len() >= max {
+                return consumed;
+            }
+            let offset = base + pos as u64;
+            let end = base + next as u64;
+            pos = next;
+            if line.is_empty() {
+                consumed = pos;
+                continue;
+            }
+            let mut rec = Record {
+                offset,
+                end,
+                ..Default::default()
+            };
+            let Some(body) = self.prefix.parse(line, &mut rec) else {
+                out.push(Record::unparsed(line, offset, end));
+                consumed = pos;
+                continue;
+            };
+            let field = Field::of(body.label);
+            let (t, cut) = text(body.text);
+            rec.truncated |= cut;
+            if is_secondary(body.label) {
+                // An extra line whose message is not here (another backend's line came
+                // between, or it was cut off at a rotation): kept on its own.
+                *field.get(&mut rec) = t;
+            } else {
+                rec.severity = Some(body.label.to_string());
+                // log_error_verbosity = verbose: "ERROR:  42P01: relation …".
+                match sqlstate_inline(&t) {
+                    Some(code) => {
+                        rec.sqlstate = Some(code.to_string());
+                        rec.message = t[7..].to_string();
+                    }
+                    None => rec.message = t,
+                }
+            }
+            // Join the following DETAIL/STATEMENT lines of the same backend.
+            let mut field = field;
+            while let Some(n) = memchr(b'\n', &buf[pos..]) {
+                let l = &buf[pos..pos + n];
+                let l = l.strip_suffix(b"\r").unwrap_or(l);
+                if l.first() == Some(&b'\t') {
+                    let cut = append_line(field.get(&mut rec), &l[1..]);
+                    rec.truncated |= cut;
+                } else {
+                    let mut other = Record::default();
+                    match self.prefix.parse(l, &mut other) {
+                        Some(b) if is_secondary(b.label) && other.pid == rec.pid => {
+                            field = Field::of(b.label);
+                            let (t, cut) = text(b.text);
+                            rec.truncated |= cut;
+                            let slot = field.get(&mut rec);
+                            if slot.is_empty() {
+                                *slot = t;
+                            } else {
+                                slot.push('\n');
+                                slot.push_str(&t);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                pos += n + 1;
+                rec.end = base + pos as u64;
+            }
+            cur = Some((rec, field));
+        }
+        if let Some((mut rec, _)) = cur {
+            if flush != Flush::No && pos >= buf.len() {
+                consumed = (rec.end - base) as usize;
+                rec.split_cursor_position();
+                out.push(rec);
+            }
+        }
+        consumed
+    }
+}
+
+/// The SQLSTATE written inline by `log_error_verbosity = verbose`.
+fn sqlstate_inline(t: &str) -> Option<&str> {
+    let b = t.as_bytes();
+    (b.len() >= 7
+        && b[..5]
+            .iter()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        && &b[5..7] == b": ")
+        .then(|| &t[..5])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(log: &str, flush: Flush) -> (Vec<Record>, usize) {
+        let p = StderrParser::new(Prefix::compile("%m [%p] "));
+        let mut out = Vec::new();
+        let n = p.parse(log.as_bytes(), 100, flush, &mut out, 1000);
+        (out, n)
+    }
+
+    #[test]
+    fn extra_lines_and_continuations_join_their_message() {
+        let log = "2026-11-26 10:00:00.001 UTC [10] ERROR:  duplicate key value violates unique constraint \"t_pkey\"\n\
+2026-11-26 10:00:00.001 UTC [10] DETAIL:  Key (id)=(1) already exists.\n\
+2026-11-26 10:00:00.001 UTC [10] STATEMENT:  insert into t\n\
+\tvalues (1)\n\
+2026-11-26 10:00:01.000 UTC [11] LOG:  checkpoint starting: time\n";
+        let (recs, n) = run(log, Flush::Settled);
+        assert_eq!(n, log.len());
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].severity.as_deref(), Some("ERROR"));
+        assert_eq!(
+            recs[0].detail.as_deref(),
+            Some("Key (id)=(1) already exists.")
+        );
+        assert_eq!(
+            recs[0].statement.as_deref(),
+            Some("insert into t\nvalues (1)")
+        );
+        assert_eq!(recs[0].offset, 100);
+        assert_eq!(recs[1].offset, recs[0].end);
+        assert_eq!(recs[1].message, "checkpoint starting: time");
+        // Without flush the last message waits: its DETAIL may still come.
+        let (recs, n) = run(log, Flush::No);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(100 + n as u64, recs[0].end);
+    }
+
+    #[test]
+    fn partial_lines_wait_and_garbage_is_kept() {
+        let log: &[u8] = b"not a log line \xff\n2026-11-26 10:00:00.001 UTC [10] LOG:  half";
+        let p = StderrParser::new(Prefix::compile("%m [%p] "));
+        let mut out = Vec::new();
+        let n = p.parse(log, 0, Flush::Settled, &mut out, 10);
+        assert_eq!(n, 17);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].raw.as_deref(), Some("not a log line \u{fffd}"));
+        let mut out = Vec::new();
+        let n = p.parse(log, 0, Flush::Force, &mut out, 10);
+        assert_eq!(n, log.len());
+        assert_eq!(out[1].message, "half");
+    }
+
+    #[test]
+    fn verbose_sqlstate_and_location() {
+        let log = "2026-11-26 10:00:00.001 UTC [10] ERROR:  42P01: relation \"nope\" does not exist at character 15\n\
+2026-11-26 10:00:00.001 UTC [10] LOCATION:  parserOpenTable, parse_relation.c:1449\n";
+        let (recs, _) = run(log, Flush::Settled);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].sqlstate.as_deref(), Some("42P01"));
+        assert!(recs[0].message.starts_with("relation"));
+        assert_eq!(
+            recs[0].location.as_deref(),
+            Some("parserOpenTable, parse_relation.c:1449")
+        );
+    }
+
+    #[test]
+    fn another_backends_line_does_not_join() {
+        let log = "2026-11-26 10:00:00.001 UTC [10] ERROR:  a\n\
+2026-11-26 10:00:00.001 UTC [11] DETAIL:  b\n";
+        let (recs, _) = run(log, Flush::Settled);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].detail, None);
+        assert_eq!(recs[1].detail.as_deref(), Some("b"));
+        assert_eq!(recs[1].severity, None);
+    }
+
+    #[test]
+    fn max_bounds_the_batch_and_consumed_is_a_message_boundary() {
+        let line = "2026-11-26 10:00:00.001 UTC [10] LOG:  x\n";
+        let log = line.repeat(5);
+        let p = StderrParser::new(Prefix::compile("%m [%p] "));
+        let mut out = Vec::new();
+        let n = p.parse(log.as_bytes(), 0, Flush::Settled, &mut out, 2);
+        assert_eq!(out.len(), 2);
+        assert_eq!(n, 2 * line.len());
+    }
+}

@@ -1,0 +1,122 @@
+//! Server timestamps (`2026-11-26 17:35:07.123 UTC`) to RFC 3339. The server writes the
+//! zone as an abbreviation of `log_timezone`; the common ones are known here, numeric
+//! ones (`+03`, `-0330`) are read, and an unknown one leaves the timestamp as written.
+
+use chrono::{FixedOffset, NaiveDateTime, TimeZone};
+
+/// Offsets of the zone abbreviations PostgreSQL writes for common `log_timezone`s.
+const ZONES: &[(&str, i32)] = &[
+    ("UTC", 0),
+    ("GMT", 0),
+    ("Z", 0),
+    ("UCT", 0),
+    ("WET", 0),
+    ("WEST", 3600),
+    ("BST", 3600),
+    ("IST", 19800),
+    ("CET", 3600),
+    ("CEST", 7200),
+    ("MET", 3600),
+    ("MEST", 7200),
+    ("EET", 7200),
+    ("EEST", 10800),
+    ("MSK", 10800),
+    ("EST", -5 * 3600),
+    ("EDT", -4 * 3600),
+    ("CST", -6 * 3600),
+    ("CDT", -5 * 3600),
+    ("MST", -7 * 3600),
+    ("MDT", -6 * 3600),
+    ("PST", -8 * 3600),
+    ("PDT", -7 * 3600),
+    ("AKST", -9 * 3600),
+    ("AKDT", -8 * 3600),
+    ("HST", -10 * 3600),
+    ("JST", 9 * 3600),
+    ("KST", 9 * 3600),
+    ("HKT", 8 * 3600),
+    ("SGT", 8 * 3600),
+    ("AWST", 8 * 3600),
+    ("ACST", 34200),
+    ("ACDT", 37800),
+    ("AEST", 10 * 3600),
+    ("AEDT", 11 * 3600),
+    ("NZST", 12 * 3600),
+    ("NZDT", 13 * 3600),
+];
+
+/// RFC 3339 (UTC, milliseconds) for a server timestamp, or `None` when the zone is not
+/// known.
+pub fn to_rfc3339(ts: &str) -> Option<String> {
+    let (local, zone) = ts.rsplit_once(' ')?;
+    let secs = offset(zone)?;
+    let fmt = if local.contains('.') {
+        "%Y-%m-%d %H:%M:%S%.f"
+    } else {
+        "%Y-%m-%d %H:%M:%S"
+    };
+    let naive = NaiveDateTime::parse_from_str(local, fmt).ok()?;
+    let dt = FixedOffset::east_opt(secs)?
+        .from_local_datetime(&naive)
+        .single()?;
+    Some(
+        dt.with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// RFC 3339 for `%n` (seconds since the epoch).
+pub fn epoch_to_rfc3339(epoch: f64) -> Option<String> {
+    let ms = (epoch * 1000.0).round() as i64;
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn offset(zone: &str) -> Option<i32> {
+    if let Some(&(_, s)) = ZONES.iter().find(|(z, _)| *z == zone) {
+        return Some(s);
+    }
+    // "+03", "-0330", "+05:30"
+    let (sign, rest) = match zone.as_bytes().first()? {
+        b'+' => (1, &zone[1..]),
+        b'-' => (-1, &zone[1..]),
+        _ => return None,
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m) = if digits.len() <= 2 {
+        (digits.parse::<i32>().ok()?, 0)
+    } else {
+        let (h, m) = digits.split_at(digits.len() - 2);
+        (h.parse::<i32>().ok()?, m.parse::<i32>().ok()?)
+    };
+    Some(sign * (h * 3600 + m * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones() {
+        assert_eq!(
+            to_rfc3339("2026-11-26 17:35:07.123 UTC").as_deref(),
+            Some("2026-11-26T17:35:07.123Z")
+        );
+        assert_eq!(
+            to_rfc3339("2026-11-26 18:35:07 CET").as_deref(),
+            Some("2026-11-26T17:35:07.000Z")
+        );
+        assert_eq!(
+            to_rfc3339("2026-11-26 21:05:07.5 +0330").as_deref(),
+            Some("2026-11-26T17:35:07.500Z")
+        );
+        assert_eq!(to_rfc3339("2026-11-26 17:35:07 XYZT"), None);
+        assert_eq!(
+            epoch_to_rfc3339(1764178507.123).as_deref(),
+            Some("2025-11-26T17:35:07.123Z")
+        );
+    }
+}

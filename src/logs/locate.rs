@@ -47,6 +47,9 @@ pub struct Candidate {
     pub size: u64,
     /// Modification time (ns).
     pub mtime: i128,
+    /// Inode change time (ns): a rename sets it, so rotated files sort in the order
+    /// they were rotated even when empty.
+    pub ctime: i128,
 }
 
 impl Candidate {
@@ -62,6 +65,7 @@ impl Candidate {
             ino: m.ino(),
             size: m.size(),
             mtime: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
         })
     }
 }
@@ -80,7 +84,8 @@ impl Locator {
         }
     }
 
-    /// The files of the log, oldest first (by modification time, then name).
+    /// The files of the log, oldest first: by inode change time (creation, last write,
+    /// or the rename that rotated it), then modification time, then name.
     pub fn candidates(&self) -> Vec<Candidate> {
         let (dir, keep): (PathBuf, NameFilter) = match self {
             Locator::File(p) => {
@@ -91,7 +96,17 @@ impl Locator {
                 let dir = p
                     .parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-                (dir, Box::new(move |n: &str| n.starts_with(&name)))
+                // Rotated siblings (`file.1`, `file-20261126`), not their compressed
+                // archives: those are new files with fresh times and unreadable content.
+                (
+                    dir,
+                    Box::new(move |n: &str| {
+                        n.starts_with(&name)
+                            && ![".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"]
+                                .iter()
+                                .any(|ext| n.ends_with(ext))
+                    }),
+                )
             }
             Locator::Dir { dir, format }
             | Locator::Server {
@@ -110,25 +125,36 @@ impl Locator {
             .filter(|e| keep(&e.file_name().to_string_lossy()))
             .filter_map(|e| Candidate::of(&e.path()))
             .collect();
-        v.sort_by(|a, b| (a.mtime, &a.path).cmp(&(b.mtime, &b.path)));
+        v.sort_by(|a, b| (a.ctime, a.mtime, &a.path).cmp(&(b.ctime, b.mtime, &b.path)));
+        // The named file is the one being written: it comes last whatever its time (a
+        // truncation and the copy before it can share a timestamp tick).
+        if let Locator::File(p) = self {
+            if let Some(i) = v.iter().position(|c| &c.path == p) {
+                let named = v.remove(i);
+                v.push(named);
+            }
+        }
         v
     }
 
     /// The file to read after the one with `dev`/`ino` is finished, if there is one.
     pub fn next_after(&self, dev: u64, ino: u64) -> Option<Candidate> {
         let same = |c: &Candidate| c.dev == dev && c.ino == ino;
-        match self {
-            // A renamed file is followed by whatever has the name now; after a copy
-            // (copytruncate) the original file comes next again.
-            Locator::File(p) => Candidate::of(p).filter(|c| !same(c)),
-            _ => {
-                let all = self.candidates();
-                match all.iter().position(same) {
-                    Some(i) => all.into_iter().skip(i + 1).find(|c| !same(c)),
-                    // Ours is gone from the directory: go to the file being written.
-                    None => self.current().filter(|c| !same(c)),
-                }
+        // While the named file is the one being read, nothing comes after it (a copy
+        // someone makes beside it is not a rotation).
+        if let Locator::File(p) = self {
+            if Candidate::of(p).is_some_and(|c| same(&c)) {
+                return None;
             }
+        }
+        // Otherwise the next file by modification time: a renamed file is followed by
+        // the one renamed after it (several rotations while the agent was stopped), and
+        // at last by the file being written; a copytruncate copy by the original.
+        let all = self.candidates();
+        match all.iter().position(same) {
+            Some(i) => all.into_iter().skip(i + 1).find(|c| !same(c)),
+            // Ours is gone from the directory: go to the file being written.
+            None => self.current().filter(|c| !same(c)),
         }
     }
 

@@ -18,6 +18,8 @@ pub mod record;
 pub mod redact;
 pub mod stderr;
 pub mod tail;
+#[cfg(test)]
+mod tail_model;
 pub mod time;
 
 use chrono::{DateTime, Utc};

@@ -214,7 +214,9 @@ impl Tailer {
                 }
                 None => {
                     o.offset = 0;
-                    o.fp = None;
+                    // Learn the new first line now: a copy made of it later is then
+                    // recognized.
+                    o.fp = fingerprint(&o.file);
                     o.seen_size = None;
                 }
             }
@@ -316,13 +318,20 @@ impl Tailer {
                         pos.fp_len > 0 && c.ino != pos.ino && c.size >= pos.offset && fp_matches(c)
                     })
                 })
-                .cloned();
+                .map(|c| (c.clone(), pos.offset))
+                // The same inode with other content: truncated while we were away; it
+                // is read again from its start.
+                .or_else(|| {
+                    all.iter()
+                        .find(|c| c.dev == pos.dev && c.ino == pos.ino)
+                        .map(|c| (c.clone(), 0))
+                });
             match found {
-                Some(c) => {
-                    self.open = Some(open_at(&c, pos.offset)?);
+                Some((c, offset)) => {
+                    self.open = Some(open_at(&c, offset)?);
                     notes.push(Note::Opened {
                         path: c.path.display().to_string(),
-                        offset: pos.offset,
+                        offset,
                         resumed: true,
                     });
                     return Ok(true);

@@ -14,6 +14,21 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// The major version of the server binaries (`postgres -V`).
+pub fn major_version() -> u32 {
+    let out = Command::new(bin_dir().join("postgres"))
+        .arg("-V")
+        .output()
+        .expect("postgres -V");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "postgres (PostgreSQL) 15.18 (Debian …)"
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the version from {text:?}"))
+}
+
 const NOBODY: u32 = 65534;
 
 /// A running cluster, stopped and removed on drop.

@@ -158,7 +158,11 @@ fn count(events: &[Value], f: impl Fn(&Value) -> bool) -> usize {
 fn stderr_parser_matches_csvlog_and_jsonlog_of_the_same_run() {
     // jsonlog came with PostgreSQL 15.
     let json = crate::harness::pg::major_version() >= 15;
-    let dest = if json { "stderr,csvlog,jsonlog" } else { "stderr,csvlog" };
+    let dest = if json {
+        "stderr,csvlog,jsonlog"
+    } else {
+        "stderr,csvlog"
+    };
     let mut pg = PgCluster::init(&format!(
         "{LOG_CONF}log_destination = '{dest}'\nlog_rotation_size = 0\n"
     ));
@@ -200,7 +204,11 @@ fn stderr_parser_matches_csvlog_and_jsonlog_of_the_same_run() {
         eprintln!("phase {i}: prefix {prefix:?}, {verbosity}");
         workload(&pg, &log_dir);
         pg.stop_server_mode("fast");
-        let exts: &[&str] = if json { &["log", "csv", "json"] } else { &["log", "csv"] };
+        let exts: &[&str] = if json {
+            &["log", "csv", "json"]
+        } else {
+            &["log", "csv"]
+        };
         for ext in exts {
             wait_for("shutdown logged", Duration::from_secs(10), || {
                 text(&log_dir, ext)
@@ -399,4 +407,80 @@ fn daemon_follows_rotations_across_restarts_and_kills_exactly_once() {
         "{}",
         agent.stderr()
     );
+}
+
+fn check(config: &Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .expect("run check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_finds_the_servers_log_and_says_when_the_prefix_does_not_fit() {
+    let pg = PgCluster::start(&format!(
+        "{LOG_CONF}log_destination = 'stderr'\nlog_directory = 'log'\nlog_line_prefix = '%m [%p] '\n"
+    ));
+    pg.sql("select 1");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    let base =
+        config(dir.path(), &pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n");
+    std::fs::write(&path, &base).expect("write");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "{out}");
+    let log_file = files(&pg.data().join("log"), "log")
+        .pop()
+        .expect("a log file");
+    assert!(
+        out.contains(&format!(
+            "ok    log       {} (stderr, prefix \"%m [%p] \") is readable",
+            log_file.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("warn  log       no %a"), "{out}");
+
+    // The same file named in the config with a prefix it was not written with.
+    std::fs::write(
+        &path,
+        format!(
+            "{base}[logs]\npath = \"{}\"\nprefix = \"%t %u \"\n",
+            log_file.display()
+        ),
+    )
+    .expect("write");
+    let (code, out) = check(&path);
+    assert_eq!(code, 69, "{out}");
+    assert!(
+        out.contains("do not fit stderr log_line_prefix \"%t %u \""),
+        "{out}"
+    );
+    assert!(out.contains("fix: set [logs] prefix"), "{out}");
+}
+
+#[test]
+fn check_says_what_to_do_without_the_logging_collector() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n"),
+    )
+    .expect("write");
+    let (code, out) = check(&path);
+    assert_eq!(code, 69, "{out}");
+    assert!(
+        out.contains("FAIL  log       the server runs without logging_collector"),
+        "{out}"
+    );
+    assert!(out.contains("fix: set [logs] path to that file"), "{out}");
 }

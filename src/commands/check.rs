@@ -21,6 +21,10 @@ impl Report {
         println!("ok    {what:<9} {detail}");
     }
 
+    fn warn(&self, what: &str, problem: &str, fix: &str) {
+        println!("warn  {what:<9} {problem}\n      fix: {fix}");
+    }
+
     fn fail(&mut self, what: &str, problem: &str, fix: &str) {
         self.failures += 1;
         println!("FAIL  {what:<9} {problem}\n      fix: {fix}");
@@ -35,6 +39,9 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
     let system = actix_rt::System::new();
     let r = system.block_on(async move {
         check_database(&mut r, &config).await;
+        if config.collection.logs {
+            check_log(&mut r, &config).await;
+        }
         check_listener(&mut r, &config).await;
         r
     });
@@ -133,6 +140,105 @@ async fn check_database(r: &mut Report, config: &Config) {
     if config.collection.statements {
         check_statements(r, &client, &db.dbname).await;
     }
+}
+
+/// The server log: found, readable, and its lines fit the prefix the parser will use.
+async fn check_log(r: &mut Report, config: &Config) {
+    use crate::logs::actor::{plan, server_settings, Saved};
+    use crate::logs::LogParser;
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let db = crate::db::Db::new(&config.database, 1, &log);
+    let server = server_settings(&db).await.ok();
+    let p = match plan(&config.logs, server.as_ref(), &Saved::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            let (problem, fix) = e
+                .trim_start_matches("unavailable: ")
+                .rsplit_once(" (fix: ")
+                .map(|(p, f)| (p.to_string(), f.trim_end_matches(')').to_string()))
+                .unwrap_or((e.clone(), "set [logs] path".into()));
+            return r.fail("log", &problem, &fix);
+        }
+    };
+    let Some(cur) = p.locator.current() else {
+        return r.fail(
+            "log",
+            &format!("no log file found ({})", p.locator.describe()),
+            "check log_directory and log_destination, or set [logs] path",
+        );
+    };
+    let tail = match read_tail(&cur.path) {
+        Ok(t) => t,
+        Err(e) => {
+            return r.fail(
+                "log",
+                &format!("cannot read {}: {e}", cur.path.display()),
+                "let the agent's user read the log: add it to the server's group and set log_file_mode = 0640 (or adjust [logs] path)",
+            )
+        }
+    };
+    let parser = LogParser::new(p.format, &p.prefix);
+    let mut records = Vec::new();
+    parser.parse(
+        &tail,
+        0,
+        crate::logs::Flush::Settled,
+        &mut records,
+        usize::MAX,
+    );
+    let unparsed = records.iter().filter(|r| r.raw.is_some()).count();
+    if !records.is_empty() && unparsed * 2 > records.len() {
+        return r.fail(
+            "log",
+            &format!(
+                "{unparsed} of the last {} lines of {} do not fit {} log_line_prefix {:?}",
+                records.len(),
+                cur.path.display(),
+                p.format.as_str(),
+                p.prefix
+            ),
+            "set [logs] prefix to the server's log_line_prefix (or [logs] format), then check with `postgres-agent parse-log`",
+        );
+    }
+    r.ok(
+        "log",
+        &format!(
+            "{} ({}{}) is readable; {} of its last {} messages parsed",
+            cur.path.display(),
+            p.format.as_str(),
+            parser
+                .prefix()
+                .map(|x| format!(", prefix {x:?}"))
+                .unwrap_or_default(),
+            records.len() - unparsed,
+            records.len()
+        ),
+    );
+    if let LogParser::Stderr(s) = &parser {
+        for m in s.prefix().shortcomings() {
+            r.warn(
+                "log",
+                m,
+                "add the escape to log_line_prefix, e.g. '%m [%p] %q%u@%d %a '",
+            );
+        }
+    }
+}
+
+/// The last 64 KiB of a file, from its first complete line.
+fn read_tail(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let from = size.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(from))?;
+    let mut b = Vec::new();
+    f.read_to_end(&mut b)?;
+    if from > 0 {
+        let nl = memchr::memchr(b'\n', &b).map_or(b.len(), |i| i + 1);
+        b.drain(..nl);
+    }
+    Ok(b)
 }
 
 /// pg_stat_statements: installed in the agent's database, and loaded by the server.

@@ -213,8 +213,8 @@ fn newest_format(dir: &Path) -> Option<Format> {
         .map(|(_, f)| f)
 }
 
-/// Reads the server's logging settings.
-async fn server_settings(db: &Db) -> Result<ServerSettings, DbError> {
+/// Reads the server's logging settings (a short connection of its own).
+pub async fn server_settings(db: &Db) -> Result<ServerSettings, DbError> {
     let conn = db.connect_once().await?;
     let rows = conn
         .query(

@@ -2,7 +2,8 @@
 //! event passes through. Plain timing (no framework) so the numbers are easy to read:
 //! each figure is the best of five runs.
 //!
-//! Targets (design.md §10): spool enqueue ≥ 100k events/s in batches.
+//! Targets (design.md §10): spool enqueue ≥ 100k events/s in batches; log parsing
+//! ≥ 60 MB/s as a floor (10× pgbadger), ≥ 300 MB/s as the aim.
 
 use std::time::{Duration, Instant};
 
@@ -31,11 +32,131 @@ fn event(i: usize) -> Event {
     .expect("encode")
 }
 
+/// A stderr log like a busy server's, with prefix `%m [%p] %q%u@%d %a `: mostly
+/// statement durations, some connections, errors with DETAIL/STATEMENT, multi-line
+/// statements, checkpoints and autovacuum reports.
+fn stderr_log(bytes: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(bytes + 4096);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        let pid = 20_000 + i % 97;
+        let ts = format!(
+            "2026-11-26 10:{:02}:{:02}.{:03} UTC",
+            (i / 60_000) % 60,
+            (i / 1000) % 60,
+            i % 1000
+        );
+        let p = format!("{ts} [{pid}] web@shop bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60 ");
+        match i % 20 {
+            0 => out.push_str(&format!("{p}LOG:  connection authorized: user=web database=shop application_name=bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60\n")),
+            1 => out.push_str(&format!("{p}ERROR:  duplicate key value violates unique constraint \"orders_pkey\"\n{p}DETAIL:  Key (id)=({i}) already exists.\n{p}STATEMENT:  INSERT INTO orders (id, customer_id, total) VALUES ({i}, 42, 19.99)\n")),
+            2 => out.push_str(&format!("{p}LOG:  duration: 1532.118 ms  statement: SELECT o.id, o.total\n\t  FROM orders o\n\t  JOIN customers c ON c.id = o.customer_id\n\t WHERE o.created_at > now() - interval '1 day'\n")),
+            3 => out.push_str(&format!("{ts} [{}] LOG:  checkpoint complete: wrote 1203 buffers (7.3%); 0 WAL file(s) added, 0 removed, 2 recycled; write=26.915 s, sync=0.013 s, total=26.960 s; sync files=41, longest=0.004 s, average=0.001 s; distance=31042 kB, estimate=32145 kB\n", 19_999)),
+            _ => out.push_str(&format!("{p}LOG:  duration: 0.{:03} ms  statement: SELECT id, email, name FROM customers WHERE id = {i} AND tenant_id = 7\n", i % 1000)),
+        }
+        i += 1;
+    }
+    out.into_bytes()
+}
+
+/// Parses `log` the way the tailer does (1 MiB reads, message boundaries carried over);
+/// with `shape`, every record also becomes a pg_log event (classified, JSON).
+fn parse_all(
+    log: &[u8],
+    parser: &postgres_agent::logs::LogParser,
+    shaper: Option<&postgres_agent::logs::Shaper>,
+) -> usize {
+    use postgres_agent::logs::{Flush, Format};
+    let mut pos = 0;
+    let mut n = 0;
+    let mut out = Vec::new();
+    let now = Utc::now();
+    while pos < log.len() {
+        let end = (pos + (1 << 20)).min(log.len());
+        let flush = if end == log.len() {
+            Flush::Force
+        } else {
+            Flush::No
+        };
+        out.clear();
+        let used = parser.parse(&log[pos..end], pos as u64, flush, &mut out, 10_000);
+        n += out.len();
+        if let Some(s) = shaper {
+            for r in out.drain(..) {
+                let e = s
+                    .event(
+                        r,
+                        "/var/log/postgresql/postgresql.log",
+                        Format::Stderr,
+                        "803-1a2b-00ff",
+                        now,
+                    )
+                    .expect("event");
+                std::hint::black_box(e);
+            }
+        }
+        pos += used.max(1);
+    }
+    n
+}
+
+fn log_bench() {
+    use postgres_agent::logs::{redact::Redact, Format, LogParser, Shaper};
+    // BENCH_LOG=FILE [BENCH_PREFIX='…'] measures a real log instead of the synthetic one.
+    let (log, prefix) = match std::env::var_os("BENCH_LOG") {
+        Some(f) => (
+            std::fs::read(&f).expect("BENCH_LOG"),
+            std::env::var("BENCH_PREFIX").unwrap_or_else(|_| "%m [%p] ".into()),
+        ),
+        None => (stderr_log(64 << 20), "%m [%p] %q%u@%d %a ".to_string()),
+    };
+    let mb = log.len() as f64 / 1e6;
+    let parser = LogParser::new(Format::Stderr, &prefix);
+    let mut records = 0;
+    let parse = best(|| {
+        let t = Instant::now();
+        records = parse_all(&log, &parser, None);
+        t.elapsed()
+    });
+    println!(
+        "stderr log parse (prefix {prefix:?}):  {:>6.0} MB/s ({records} messages in {mb:.0} MB)",
+        mb / parse.as_secs_f64()
+    );
+    let shaper = Shaper {
+        pattern: postgres_agent::config::default_pattern(),
+        redact: Redact::None,
+    };
+    let shaped = best(|| {
+        let t = Instant::now();
+        parse_all(&log, &parser, Some(&shaper));
+        t.elapsed()
+    });
+    println!(
+        "stderr log parse + classify + event JSON:          {:>6.0} MB/s ({:.0}k events/s)",
+        mb / shaped.as_secs_f64(),
+        records as f64 / shaped.as_secs_f64() / 1e3
+    );
+    let shaper = Shaper {
+        redact: Redact::Literals,
+        ..shaper
+    };
+    let redacted = best(|| {
+        let t = Instant::now();
+        parse_all(&log, &parser, Some(&shaper));
+        t.elapsed()
+    });
+    println!(
+        "  … with redact = literals:                        {:>6.0} MB/s",
+        mb / redacted.as_secs_f64()
+    );
+}
+
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
     (0..5).map(|_| f()).min().unwrap_or_default()
 }
 
 fn main() {
+    log_bench();
     let n = 100_000;
     let events: Vec<Event> = (0..n).map(event).collect();
     let bytes: usize = events.iter().map(|e| e.data.get().len()).sum();

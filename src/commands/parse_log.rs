@@ -72,7 +72,7 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
         let res = read_file(file, &parser, |r| {
             events += 1;
             unparsed += u64::from(r.raw.is_some());
-            let d = shaper.data(r, &name, f);
+            let d = shaper.data(&r, &name, f);
             if write_err.is_none() {
                 let line = serde_json::to_string(&d).unwrap_or_default();
                 if let Err(e) = writeln!(out, "{line}") {

@@ -22,6 +22,8 @@ pub mod tail;
 mod tail_model;
 pub mod time;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use regex::Regex;
 use serde::Serialize;
@@ -181,78 +183,95 @@ impl LogParser {
     }
 }
 
-/// The `data` of a `pg_log` event (design.md §4 keys, then extras).
+/// The `data` of a `pg_log` event: the design.md §4 keys always (null when unknown),
+/// then extras only when the format has them.
 #[derive(Debug, Serialize)]
-pub struct LogData {
+pub struct LogData<'a> {
     /// RFC 3339 when the zone is known, else as written.
     pub timestamp: Option<String>,
     /// Backend pid.
     pub pid: Option<i64>,
     /// Role.
-    pub user: Option<String>,
+    pub user: Option<&'a str>,
     /// Database.
-    pub database: Option<String>,
+    pub database: Option<&'a str>,
     /// `application_name`.
-    pub application_name: Option<String>,
+    pub application_name: Option<&'a str>,
     /// Request id from the application name (or a sqlcommenter comment).
     pub correlation_id: Option<String>,
     /// Where the correlation id was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_source: Option<correlation::CorrelationSource>,
     /// LOG, ERROR, …
-    pub severity: Option<String>,
+    pub severity: Option<&'a str>,
     /// SQLSTATE.
-    pub sqlstate: Option<String>,
+    pub sqlstate: Option<&'a str>,
     /// Name of the SQLSTATE class.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlstate_class: Option<&'static str>,
     /// Primary message.
-    pub message: String,
+    pub message: Cow<'a, str>,
     /// DETAIL.
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'a, str>>,
     /// HINT.
-    pub hint: Option<String>,
+    pub hint: Option<Cow<'a, str>>,
     /// CONTEXT.
-    pub context: Option<String>,
+    pub context: Option<Cow<'a, str>>,
     /// The statement (STATEMENT line, or the statement of a `duration:` message).
-    pub statement: Option<String>,
+    pub statement: Option<Cow<'a, str>>,
     /// QUERY (internal query).
-    pub query: Option<String>,
+    pub query: Option<Cow<'a, str>>,
     /// `duration: N ms`.
     pub duration_ms: Option<f64>,
     /// Classification.
     pub class: Class,
     /// Class-specific figures (table, size_bytes, write_s, waited_ms, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub figures: Option<Map<String, Value>>,
     /// The file it was read from.
-    pub file: String,
+    pub file: &'a str,
     /// Byte offset of its first line.
     pub offset: u64,
     /// The file's format.
     pub format: &'static str,
     /// Session id.
-    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<&'a str>,
     /// Line number in the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_line: Option<i64>,
     /// Command tag.
-    pub command_tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_tag: Option<&'a str>,
     /// Backend type.
-    pub backend_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_type: Option<&'a str>,
     /// Client host (and port).
-    pub remote_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_host: Option<&'a str>,
     /// Virtual transaction id.
-    pub vxid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxid: Option<&'a str>,
     /// Transaction id.
-    pub xid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xid: Option<&'a str>,
     /// Query id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query_id: Option<i64>,
     /// Parallel leader pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub leader_pid: Option<i64>,
     /// LOCATION (verbose).
-    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<&'a str>,
     /// Position of the error in the statement (characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor_position: Option<i64>,
     /// The text of a line that fits no format.
-    pub raw: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Cow<'a, str>>,
     /// Some text was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
 }
 
@@ -267,9 +286,12 @@ pub struct Shaper {
 
 impl Shaper {
     /// The event `data` of a record read from `file` (in `format`).
-    pub fn data(&self, r: Record, file: &str, format: Format) -> LogData {
-        let c = classify(&r);
-        let statement = r.statement.or(c.statement);
+    pub fn data<'a>(&self, r: &'a Record, file: &'a str, format: Format) -> LogData<'a> {
+        let c = classify(r);
+        let statement = match (&r.statement, c.statement) {
+            (Some(s), _) => Some(Cow::Borrowed(s.as_str())),
+            (None, s) => s.map(Cow::Owned),
+        };
         let corr = correlation::extract(
             &self.pattern,
             r.application_name.as_deref(),
@@ -280,65 +302,65 @@ impl Shaper {
             (None, Some(e)) => time::epoch_to_rfc3339(e),
             _ => None,
         };
+        let b = |f: &'a Option<String>| f.as_deref();
+        let cow = |f: &'a Option<String>| f.as_deref().map(Cow::Borrowed);
         let mut d = LogData {
             timestamp,
             pid: r.pid,
-            user: r.user,
-            database: r.database,
-            application_name: r.application_name,
+            user: b(&r.user),
+            database: b(&r.database),
+            application_name: b(&r.application_name),
             correlation_source: corr.as_ref().map(|c| c.1),
             correlation_id: corr.map(|c| c.0),
-            severity: r.severity,
+            severity: b(&r.severity),
             sqlstate_class: r.sqlstate.as_deref().and_then(sqlstate_class),
-            sqlstate: r.sqlstate,
-            message: r.message,
-            detail: r.detail,
-            hint: r.hint,
-            context: r.context,
+            sqlstate: b(&r.sqlstate),
+            message: Cow::Borrowed(&r.message),
+            detail: cow(&r.detail),
+            hint: cow(&r.hint),
+            context: cow(&r.context),
             statement,
-            query: r.query,
+            query: cow(&r.query),
             duration_ms: c.duration_ms,
             class: c.class,
             figures: (!c.figures.is_empty()).then_some(c.figures),
-            file: file.to_string(),
+            file,
             offset: r.offset,
             format: format.as_str(),
-            session_id: r.session_id,
+            session_id: b(&r.session_id),
             session_line: r.session_line,
-            command_tag: r.command_tag,
-            backend_type: r.backend_type,
-            remote_host: r.remote_host,
-            vxid: r.vxid,
-            xid: r.xid,
+            command_tag: b(&r.command_tag),
+            backend_type: b(&r.backend_type),
+            remote_host: b(&r.remote_host),
+            vxid: b(&r.vxid),
+            xid: b(&r.xid),
             query_id: r.query_id,
             leader_pid: r.leader_pid,
-            location: r.location,
+            location: b(&r.location),
             cursor_position: r.cursor_position,
-            raw: r.raw,
+            raw: cow(&r.raw),
             truncated: r.truncated,
         };
         self.apply_redaction(&mut d);
         d
     }
 
-    fn apply_redaction(&self, d: &mut LogData) {
+    fn apply_redaction(&self, d: &mut LogData<'_>) {
         if self.redact == Redact::None {
             return;
         }
-        let params = |f: &mut Option<String>| {
+        for f in [&mut d.detail, &mut d.context] {
             if let Some(r) = f.as_deref().and_then(redact::parameters) {
-                *f = Some(r);
+                *f = Some(Cow::Owned(r));
             }
-        };
-        params(&mut d.detail);
-        params(&mut d.context);
+        }
         if let Some(r) = redact::parameters(&d.message) {
-            d.message = r;
+            d.message = Cow::Owned(r);
         }
         if self.redact != Redact::Literals {
             return;
         }
-        d.message = redact::literals(&d.message);
+        d.message = Cow::Owned(redact::literals(&d.message));
         for f in [
             &mut d.detail,
             &mut d.hint,
@@ -348,11 +370,11 @@ impl Shaper {
             &mut d.raw,
         ] {
             if let Some(s) = f.as_mut() {
-                *s = redact::literals(s);
+                *s = Cow::Owned(redact::literals(s));
             }
         }
         if let Some(s) = d.detail.as_mut() {
-            *s = redact::row_values(s);
+            *s = Cow::Owned(redact::row_values(s));
         }
     }
 
@@ -367,7 +389,7 @@ impl Shaper {
         now: DateTime<Utc>,
     ) -> Result<Event, serde_json::Error> {
         let id = format!("pg_log:{identity}:{}", r.offset);
-        Event::new(id, EventKind::PgLog, now, &self.data(r, file, format))
+        Event::new(id, EventKind::PgLog, now, &self.data(&r, file, format))
     }
 }
 
@@ -393,7 +415,7 @@ mod tests {
             message: "duration: 1200.5 ms  statement: select 'secret', 42".into(),
             ..Default::default()
         };
-        let d = shaper(Redact::Literals).data(r, "/l/x.log", Format::Stderr);
+        let d = shaper(Redact::Literals).data(&r, "/l/x.log", Format::Stderr);
         let v = serde_json::to_value(&d).expect("json");
         for key in [
             "timestamp",
@@ -433,7 +455,7 @@ mod tests {
             detail: Some("parameters: $1 = 'hunter2'".into()),
             ..Default::default()
         };
-        let d = shaper(Redact::Parameters).data(r, "f", Format::Stderr);
+        let d = shaper(Redact::Parameters).data(&r, "f", Format::Stderr);
         assert_eq!(d.detail.as_deref(), Some("parameters: $1 = ?"));
         assert_eq!(d.statement.as_deref(), Some("select $1"));
     }

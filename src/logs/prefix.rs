@@ -116,10 +116,41 @@ pub struct Prefix {
     q_at: Option<usize>,
 }
 
-/// Where the fields of one matched line are.
-#[derive(Debug, Default)]
+/// Escapes of one prefix that are read back (more are matched but not kept).
+const MAX_SPANS: usize = 24;
+
+/// Where the fields of one matched line are (on the stack: one per line).
 struct Spans {
-    fields: Vec<(Escape, usize, usize)>,
+    fields: [(Escape, usize, usize); MAX_SPANS],
+    len: usize,
+}
+
+impl Spans {
+    fn new() -> Spans {
+        Spans {
+            fields: [(Escape::Pid, 0, 0); MAX_SPANS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, f: (Escape, usize, usize)) {
+        if self.len < MAX_SPANS {
+            self.fields[self.len] = f;
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Escape, usize, usize)> {
+        self.fields[..self.len].iter()
+    }
 }
 
 /// The label and text of a line after its prefix.
@@ -232,10 +263,10 @@ impl Prefix {
     pub fn parse<'a>(&self, line: &'a [u8], rec: &mut Record) -> Option<Body<'a>> {
         let full = &self.elems[..];
         let short = self.q_at.map(|q| &self.elems[..q]);
-        let mut spans = Spans::default();
+        let mut spans = Spans::new();
         for strict in [true, false] {
             for elems in [Some(full), short].into_iter().flatten() {
-                spans.fields.clear();
+                spans.truncate(0);
                 if let Some(end) = match_elems(elems, line, 0, &mut spans, strict) {
                     let body = body(&line[end..], strict)?;
                     fill(line, &spans, rec);
@@ -267,12 +298,12 @@ fn match_elems(
             }
         }
         Elem::Field { esc, pad } => {
-            let mark = spans.fields.len();
+            let mark = spans.len();
             if let Some(end) = shaped_end(*esc, line, p, *pad) {
-                spans.fields.push((*esc, p, end));
+                spans.push((*esc, p, end));
                 let r = match_elems(rest, line, end, spans, strict);
                 if r.is_none() {
-                    spans.fields.truncate(mark);
+                    spans.truncate(mark);
                 }
                 return r;
             }
@@ -285,11 +316,11 @@ fn match_elems(
                     let mut at = from;
                     for _ in 0..MAX_TRIES {
                         let found = memmem::find(&line[at..], l)? + at;
-                        spans.fields.push((*esc, p, found));
+                        spans.push((*esc, p, found));
                         if let Some(r) = match_elems(rest, line, found, spans, strict) {
                             return Some(r);
                         }
-                        spans.fields.truncate(mark);
+                        spans.truncate(mark);
                         at = found + 1;
                     }
                     None
@@ -298,10 +329,10 @@ fn match_elems(
                 // prefix: the field ends where the label starts.
                 _ => {
                     let end = label_start(line, from)?;
-                    spans.fields.push((*esc, p, end));
+                    spans.push((*esc, p, end));
                     let r = match_elems(rest, line, end, spans, strict);
                     if r.is_none() {
-                        spans.fields.truncate(mark);
+                        spans.truncate(mark);
                     }
                     r
                 }
@@ -466,7 +497,7 @@ pub fn is_secondary(label: &str) -> bool {
 
 fn fill(line: &[u8], spans: &Spans, rec: &mut Record) {
     let mut cut = false;
-    for &(esc, s, e) in &spans.fields {
+    for &(esc, s, e) in spans.iter() {
         let v = trim(&line[s..e]);
         let name = |v: &[u8], cut: &mut bool| {
             // The server writes "[unknown]" where it has no name yet.

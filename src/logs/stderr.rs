@@ -46,6 +46,9 @@ impl Field {
     }
 }
 
+/// A line parsed ahead: where it starts, its fields, its label and text.
+type Peeked<'a> = (usize, Box<Record>, Option<(&'a str, &'a [u8])>);
+
 /// Parses `stderr` logs written with one `log_line_prefix`.
 #[derive(Debug, Clone)]
 pub struct StderrParser {
@@ -78,6 +81,9 @@ impl StderrParser {
         let mut pos = 0;
         let mut consumed = 0;
         let mut cur: Option<(Record, Field)> = None;
+        // The line after a message, parsed while looking for its DETAIL lines: reused
+        // rather than parsed twice.
+        let mut peeked: Option<Peeked<'_>> = None;
         while pos < buf.len() {
             let (line, next) = match memchr(b'\n', &buf[pos..]) {
                 Some(n) => (&buf[pos..pos + n], pos + n + 1),
@@ -108,25 +114,30 @@ impl StderrParser {
                 consumed = pos;
                 continue;
             }
-            let mut rec = Record {
-                offset,
-                end,
-                ..Default::default()
+            let (mut rec, body) = match peeked.take() {
+                Some((at, rec, body)) if base + at as u64 == offset => (*rec, body),
+                _ => {
+                    let mut rec = Record::default();
+                    let body = self.prefix.parse(line, &mut rec).map(|b| (b.label, b.text));
+                    (rec, body)
+                }
             };
-            let Some(body) = self.prefix.parse(line, &mut rec) else {
+            rec.offset = offset;
+            rec.end = end;
+            let Some((label, body_text)) = body else {
                 out.push(Record::unparsed(line, offset, end));
                 consumed = pos;
                 continue;
             };
-            let field = Field::of(body.label);
-            let (t, cut) = text(body.text);
+            let field = Field::of(label);
+            let (t, cut) = text(body_text);
             rec.truncated |= cut;
-            if is_secondary(body.label) {
+            if is_secondary(label) {
                 // An extra line whose message is not here (another backend's line came
                 // between, or it was cut off at a rotation): kept on its own.
                 *field.get(&mut rec) = t;
             } else {
-                rec.severity = Some(body.label.to_string());
+                rec.severity = Some(label.to_string());
                 // log_error_verbosity = verbose: "ERROR:  42P01: relation …".
                 match sqlstate_inline(&t) {
                     Some(code) => {
@@ -145,7 +156,7 @@ impl StderrParser {
                     let cut = append_line(field.get(&mut rec), &l[1..]);
                     rec.truncated |= cut;
                 } else {
-                    let mut other = Record::default();
+                    let mut other = Box::<Record>::default();
                     match self.prefix.parse(l, &mut other) {
                         Some(b) if is_secondary(b.label) && other.pid == rec.pid => {
                             field = Field::of(b.label);
@@ -159,7 +170,10 @@ impl StderrParser {
                                 slot.push_str(&t);
                             }
                         }
-                        _ => break,
+                        b => {
+                            peeked = Some((pos, other, b.map(|b| (b.label, b.text))));
+                            break;
+                        }
                     }
                 }
                 pos += n + 1;

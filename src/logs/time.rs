@@ -2,8 +2,6 @@
 //! zone as an abbreviation of `log_timezone`; the common ones are known here, numeric
 //! ones (`+03`, `-0330`) are read, and an unknown one leaves the timestamp as written.
 
-use chrono::{FixedOffset, NaiveDateTime, TimeZone};
-
 /// Offsets of the zone abbreviations PostgreSQL writes for common `log_timezone`s.
 const ZONES: &[(&str, i32)] = &[
     ("UTC", 0),
@@ -46,23 +44,53 @@ const ZONES: &[(&str, i32)] = &[
 ];
 
 /// RFC 3339 (UTC, milliseconds) for a server timestamp, or `None` when the zone is not
-/// known.
+/// known. Hand-parsed: it runs once per log event.
 pub fn to_rfc3339(ts: &str) -> Option<String> {
+    use chrono::{Datelike, NaiveDate, Timelike};
     let (local, zone) = ts.rsplit_once(' ')?;
     let secs = offset(zone)?;
-    let fmt = if local.contains('.') {
-        "%Y-%m-%d %H:%M:%S%.f"
-    } else {
-        "%Y-%m-%d %H:%M:%S"
+    let b = local.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
     };
-    let naive = NaiveDateTime::parse_from_str(local, fmt).ok()?;
-    let dt = FixedOffset::east_opt(secs)?
-        .from_local_datetime(&naive)
-        .single()?;
-    Some(
-        dt.with_timezone(&chrono::Utc)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    )
+    let millis = match b.get(19) {
+        None => 0,
+        Some(b'.') => {
+            let frac = &b[20..];
+            if frac.is_empty() || !frac.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            // First three digits, padded: ".5" is 500 ms.
+            (0..3).fold(0u32, |acc, i| {
+                acc * 10 + frac.get(i).map_or(0, |c| u32::from(c - b'0'))
+            })
+        }
+        Some(_) => return None,
+    };
+    let naive = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?
+        .and_hms_milli_opt(num(11..13)?, num(14..16)?, num(17..19)?, millis)?;
+    let utc = naive - chrono::Duration::seconds(i64::from(secs));
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        utc.year(),
+        utc.month(),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second(),
+        utc.and_utc().timestamp_subsec_millis()
+    ))
 }
 
 /// RFC 3339 for `%n` (seconds since the epoch).

@@ -129,7 +129,10 @@ pub fn plan(
     let (data_dir, log_dir, dests) = match server {
         Some(s) => {
             if !s.logging_collector {
-                return Err("unavailable: the server runs without logging_collector, so its log goes wherever its stderr goes (fix: set [logs] path to that file, or turn logging_collector on)".into());
+                return Err(format!(
+                    "unavailable: the server runs without logging_collector, so its log goes wherever its stderr goes (fix: set [logs] path to that file{}, or turn logging_collector on)",
+                    debian_hint()
+                ));
             }
             (
                 s.data_dir.clone(),
@@ -195,6 +198,24 @@ pub fn plan(
         format,
         prefix,
     })
+}
+
+/// Debian and Ubuntu clusters (pg_ctlcluster) log to /var/log/postgresql without the
+/// logging collector; when that directory has logs, say so.
+fn debian_hint() -> String {
+    let dir = Path::new("/var/log/postgresql");
+    let newest = Locator::Dir {
+        dir: dir.to_path_buf(),
+        format: Format::Stderr,
+    }
+    .current();
+    match newest {
+        Some(c) => format!(
+            " — here probably {} (readable by group adm; rotated with copytruncate, which the agent follows)",
+            c.path.display()
+        ),
+        None => String::new(),
+    }
 }
 
 /// The format of the newest log-like file in `dir`.

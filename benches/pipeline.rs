@@ -200,6 +200,7 @@ fn main() {
     let batch = postgres_agent::model::Batch {
         batch_id: "b".into(),
         events: events[..500].to_vec(),
+        seqs: (0..500).collect(),
     };
     let mut out_len = 0;
     let encode = best(|| {

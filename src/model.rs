@@ -95,6 +95,9 @@ pub struct Batch {
     pub batch_id: String,
     /// Events in spool order.
     pub events: Vec<Event>,
+    /// The spool row of each event (same order): parts of a batch are acknowledged or
+    /// quarantined by row.
+    pub seqs: Vec<i64>,
 }
 
 /// Errors of the spool, classified where they are produced.
@@ -146,6 +149,24 @@ pub struct NextBatch {
 pub struct Ack {
     /// The acknowledged batch.
     pub batch_id: String,
+}
+
+/// Shipper → buffer: these rows of a split batch were accepted; delete them.
+#[derive(Message)]
+#[rtype(result = "Result<u64, SpoolError>")]
+pub struct AckRows {
+    /// Spool rows.
+    pub seqs: Vec<i64>,
+}
+
+/// Shipper → buffer: the listener refuses these rows on their own; keep them aside.
+#[derive(Message)]
+#[rtype(result = "Result<u64, SpoolError>")]
+pub struct QuarantineRows {
+    /// Spool rows.
+    pub seqs: Vec<i64>,
+    /// Why (e.g. "HTTP 400").
+    pub reason: String,
 }
 
 /// Supervisor → shipper: ship what is spooled until empty or `deadline`.
@@ -258,8 +279,12 @@ pub struct SpoolStats {
     pub appended_total: u64,
     /// Events acknowledged and deleted since start.
     pub acked_total: u64,
-    /// Events evicted because of the size cap (never, until the cap is implemented).
+    /// Events evicted because of the size cap.
     pub evicted_total: u64,
+    /// Events in quarantine (refused by the listener on their own, or unreadable).
+    pub quarantined: u64,
+    /// Their bytes.
+    pub quarantined_bytes: u64,
     /// Spool write/read errors since start.
     pub errors_total: u64,
 }
@@ -279,6 +304,15 @@ pub struct ShipperStats {
     pub consecutive_failures: u32,
     /// Seconds until the next attempt when backing off.
     pub retry_in_s: Option<f64>,
+    /// The circuit breaker.
+    pub breaker: crate::shipper::policy::BreakerStats,
+    /// Set while the listener refuses the token (401/403): nothing is sent but a probe
+    /// now and then until the config is reloaded or the probe succeeds.
+    pub token_refused: Option<String>,
+    /// Batches split because the listener refused them (400/413/422).
+    pub batches_split_total: u64,
+    /// Events the listener refused on their own, moved to quarantine.
+    pub events_quarantined_total: u64,
 }
 
 /// A late-bound address: the supervisor replaces the `Addr` when it restarts a child, and

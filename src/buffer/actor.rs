@@ -10,7 +10,8 @@ use slog::{error, info, Logger};
 
 use super::Spool;
 use crate::model::{
-    Ack, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Ping, SpoolError, SpoolStats,
+    Ack, AckRows, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Ping, QuarantineRows,
+    SpoolError, SpoolStats,
 };
 
 /// The spool's actor.
@@ -104,6 +105,24 @@ impl Handler<Ack> for BufferActor {
 
     fn handle(&mut self, msg: Ack, _: &mut Context<Self>) -> Self::Result {
         self.with(|s| s.ack(&msg.batch_id))
+    }
+}
+
+impl Handler<AckRows> for BufferActor {
+    type Result = Result<u64, SpoolError>;
+
+    fn handle(&mut self, msg: AckRows, _: &mut Context<Self>) -> Self::Result {
+        self.with(|s| s.ack_rows(&msg.seqs))
+    }
+}
+
+impl Handler<QuarantineRows> for BufferActor {
+    type Result = Result<u64, SpoolError>;
+
+    fn handle(&mut self, msg: QuarantineRows, _: &mut Context<Self>) -> Self::Result {
+        let n = self.with(|s| s.quarantine(&msg.seqs, &msg.reason))?;
+        slog::warn!(self.log, "events_quarantined"; "events" => n, "reason" => &msg.reason);
+        Ok(n)
     }
 }
 

@@ -52,6 +52,18 @@ CREATE TABLE IF NOT EXISTS events (
     batch_id     TEXT
 );
 CREATE INDEX IF NOT EXISTS events_batch ON events(batch_id) WHERE batch_id IS NOT NULL;
+-- Events the listener refused on their own (400/413/422 after splitting) or that could
+-- not be read back: kept for an operator, never retried, never evicted silently.
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    collected_at   TEXT    NOT NULL,
+    data           TEXT    NOT NULL,
+    bytes          INTEGER NOT NULL,
+    reason         TEXT    NOT NULL,
+    quarantined_at TEXT    NOT NULL
+);
 -- Sources' state that advances with the events they produced (see Checkpoint).
 CREATE TABLE IF NOT EXISTS checkpoints (
     name  TEXT PRIMARY KEY,
@@ -173,22 +185,94 @@ impl Spool {
             }
         };
         let mut st = self.conn.prepare_cached(
-            "SELECT id, kind, collected_at, data FROM events WHERE batch_id = ?1 ORDER BY seq",
+            "SELECT seq, id, kind, collected_at, data FROM events WHERE batch_id = ?1 ORDER BY seq",
         )?;
         let rows = st.query_map(params![batch_id], |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
             ))
         })?;
         let mut events = Vec::new();
+        let mut seqs = Vec::new();
+        let mut unreadable = Vec::new();
         for row in rows {
-            let (id, kind, at, data) = row?;
-            events.push(decode(id, &kind, &at, data)?);
+            let (seq, id, kind, at, data) = row?;
+            match decode(id, &kind, &at, data) {
+                Ok(e) => {
+                    events.push(e);
+                    seqs.push(seq);
+                }
+                Err(_) => unreadable.push(seq),
+            }
         }
-        Ok(Some(Batch { batch_id, events }))
+        drop(st);
+        // A row that cannot be read back would block the queue forever: aside with it.
+        if !unreadable.is_empty() {
+            self.quarantine(&unreadable, "unreadable in the spool")?;
+        }
+        if events.is_empty() {
+            return self.next_batch(max_events);
+        }
+        Ok(Some(Batch {
+            batch_id,
+            events,
+            seqs,
+        }))
+    }
+
+    /// Deletes acknowledged rows of a split batch; returns how many.
+    pub fn ack_rows(&mut self, seqs: &[i64]) -> Result<u64, SpoolError> {
+        let tx = self.conn.transaction()?;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        {
+            let mut st = tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
+            for seq in seqs {
+                if let Some(b) = st
+                    .query_row(params![seq], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    n += 1;
+                    bytes += b as u64;
+                }
+            }
+        }
+        tx.commit()?;
+        self.depth = self.depth.saturating_sub(n);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.acked_total += n;
+        Ok(n)
+    }
+
+    /// Moves rows to the quarantine table (kept, counted, never sent again).
+    pub fn quarantine(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
+        let tx = self.conn.transaction()?;
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        {
+            let mut mv = tx.prepare_cached(
+                "INSERT OR REPLACE INTO quarantine (seq, id, kind, collected_at, data, bytes, reason, quarantined_at)
+                 SELECT seq, id, kind, collected_at, data, bytes, ?2, ?3 FROM events WHERE seq = ?1",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
+            for seq in seqs {
+                mv.execute(params![seq, reason, now])?;
+                if let Some(b) = del
+                    .query_row(params![seq], |r| r.get::<_, i64>(0))
+                    .optional()?
+                {
+                    n += 1;
+                    bytes += b as u64;
+                }
+            }
+        }
+        tx.commit()?;
+        self.depth = self.depth.saturating_sub(n);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        Ok(n)
     }
 
     /// Deletes the events of an acknowledged batch; returns how many.
@@ -225,6 +309,11 @@ impl Spool {
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum();
+        let (quarantined, quarantined_bytes): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM quarantine",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         Ok(SpoolStats {
             depth: self.depth,
             bytes: self.bytes,
@@ -232,6 +321,8 @@ impl Spool {
             oldest_age_s,
             appended_total: self.appended_total,
             acked_total: self.acked_total,
+            quarantined: quarantined as u64,
+            quarantined_bytes: quarantined_bytes as u64,
             ..Default::default()
         })
     }

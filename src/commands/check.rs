@@ -294,6 +294,7 @@ async fn check_listener(r: &mut Report, config: &Config) {
     let batch = Batch {
         batch_id: uuid::Uuid::new_v4().to_string(),
         events: vec![],
+        seqs: Vec::new(),
     };
     let sender = Sender {
         project: config.agent.project_id.clone(),

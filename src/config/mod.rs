@@ -175,6 +175,8 @@ pub struct ListenerConfig {
     pub compression: Compression,
     /// Events per batch at most.
     pub batch_max_events: u32,
+    /// First retry waits up to this long (full jitter), doubling per failure.
+    pub retry_base: Duration,
     /// Longest wait between retries of a failed batch.
     pub retry_max: Duration,
 }

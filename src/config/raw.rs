@@ -146,6 +146,7 @@ pub struct RawListener {
     pub timeout_ms: Field<i64>,
     pub compression: Field<String>,
     pub batch_max_events: Field<i64>,
+    pub retry_base_ms: Field<i64>,
     pub retry_max_ms: Field<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,

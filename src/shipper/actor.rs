@@ -1,43 +1,108 @@
-//! The shipper actor: asks the spool for the oldest batch, POSTs it, acknowledges it on
-//! 2xx, backs off otherwise. One request at a time, so batches arrive in spool order.
+//! The shipper actor: asks the spool for the oldest batch, POSTs it, and does what the
+//! answer means (see [`policy`](super::policy)): acknowledge, retry after a backoff (or
+//! the listener's Retry-After), split and quarantine, or hold everything while the token
+//! is refused. A circuit breaker stops requests after repeated failures and lets one
+//! probe through per reset period. One request at a time, so batches arrive in order.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use slog::{debug, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use tokio::sync::oneshot;
 
-use super::{classify, encode_body, envelope_json, Backoff, Sender, Verdict};
+use super::policy::{classify, retry_after, Backoff, Breaker, Permit, Transition, Verdict};
+use super::{encode_body, envelope_json, Sender};
 use crate::buffer::BufferActor;
-use crate::config::{Compression, ListenerConfig};
+use crate::config::{BreakerConfig, Compression, ListenerConfig};
 use crate::model::{
-    Ack, ChildDetail, ExitGuard, Flush, FlushOutcome, Health, NextBatch, Ping, Route, ShipperStats,
-    SpoolError,
+    Ack, AckRows, Batch, ChildDetail, ExitGuard, Flush, FlushOutcome, Health, NextBatch, Ping,
+    QuarantineRows, Route, ShipperStats, SpoolError,
 };
 
 /// How often an idle shipper looks for new events in the spool.
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// Wait after the spool failed to hand out or record a batch.
+const SPOOL_RETRY: Duration = Duration::from_secs(1);
 
 /// The outcome of one attempt.
 enum Attempt {
     /// The spool is empty.
     Idle,
+    /// The spool could not hand out or record a batch (not the listener's fault).
+    SpoolFailed(String),
     /// The listener accepted a batch of this many events.
     Sent { events: usize, status: u16 },
-    /// The listener answered something other than 2xx.
-    Refused { status: u16 },
-    /// No answer (connect error, timeout) or the spool failed.
+    /// The listener answered something else; the batch comes back for a split.
+    Refused {
+        status: u16,
+        retry_after: Option<Duration>,
+        batch: Batch,
+    },
+    /// No answer (connect error, timeout).
     Failed(String),
+    /// A split batch was worked through (or stopped at a failure).
+    Split(SplitOutcome),
+}
+
+/// What splitting a refused batch achieved.
+#[derive(Debug, Default)]
+struct SplitOutcome {
+    acked: u64,
+    quarantined: u64,
+    /// Why it stopped before the end (the listener failed otherwise meanwhile).
+    stopped: Option<String>,
+    status: Option<u16>,
+}
+
+/// Everything a request needs, cloned into its future.
+#[derive(Clone)]
+struct Post {
+    client: awc::Client,
+    url: String,
+    token: crate::config::Secret,
+    compression: Compression,
+    sender: Sender,
+}
+
+impl Post {
+    /// POSTs a batch; the status and the Retry-After it came with.
+    async fn send(&self, batch: &Batch) -> Result<(u16, Option<Duration>), String> {
+        let body = encode_body(
+            envelope_json(&self.sender, batch, Utc::now()),
+            self.compression,
+        )
+        .map_err(|e| format!("cannot compress batch: {e}"))?;
+        let mut req = self
+            .client
+            .post(&self.url)
+            .insert_header(("Authorization", format!("Bearer {}", self.token.expose())))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Idempotency-Key", batch.batch_id.as_str()));
+        if self.compression == Compression::Gzip {
+            req = req.insert_header(("Content-Encoding", "gzip"));
+        }
+        let resp = req
+            .send_body(body)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, Utc::now()));
+        Ok((resp.status().as_u16(), after))
+    }
 }
 
 /// Ships the spool to the listener.
 pub struct ShipperActor {
     cfg: ListenerConfig,
-    sender: Sender,
-    client: awc::Client,
+    post: Post,
     buffer: Route<BufferActor>,
     backoff: Backoff,
+    breaker: Breaker,
     busy: bool,
     stats: ShipperStats,
     progress: Instant,
@@ -53,6 +118,7 @@ impl ShipperActor {
     /// Builds the shipper; call on the thread it runs on (the HTTP client is not `Send`).
     pub fn new(
         cfg: ListenerConfig,
+        breaker: BreakerConfig,
         sender: Sender,
         buffer: Route<BufferActor>,
         log: Logger,
@@ -62,13 +128,19 @@ impl ShipperActor {
             .timeout(cfg.timeout)
             .add_default_header(("User-Agent", format!("postgres-agent/{}", crate::VERSION)))
             .finish();
-        let backoff = Backoff::new(Duration::from_millis(500), cfg.retry_max);
-        ShipperActor {
-            cfg,
-            sender,
+        let post = Post {
             client,
+            url: cfg.url.clone(),
+            token: cfg.token.clone(),
+            compression: cfg.compression,
+            sender,
+        };
+        ShipperActor {
+            backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
+            breaker: Breaker::new(breaker.fail_max, breaker.reset_timeout),
+            cfg,
+            post,
             buffer,
-            backoff,
             busy: false,
             stats: ShipperStats::default(),
             progress: Instant::now(),
@@ -84,44 +156,49 @@ impl ShipperActor {
         if self.busy {
             return;
         }
+        let probe = match self.breaker.permit(Instant::now()) {
+            Permit::Go => false,
+            Permit::Probe => true,
+            Permit::Wait(d) => {
+                self.stats.retry_in_s = Some(d.as_secs_f64());
+                let d = self.within_flush(d);
+                if self.flush_expired() {
+                    self.finish_flush(false);
+                }
+                ctx.run_later(d, |act, ctx| act.attempt(ctx));
+                return;
+            }
+        };
+        if probe {
+            info!(self.log, "circuit_probe"; "reason" => self.stats.token_refused.as_deref().unwrap_or("breaker half-open"));
+        }
         self.busy = true;
         self.stats.retry_in_s = None;
         let route = self.buffer.clone();
-        let client = self.client.clone();
-        let (url, token) = (self.cfg.url.clone(), self.cfg.token.clone());
-        let (max, compression) = (self.cfg.batch_max_events, self.cfg.compression);
-        let sender = self.sender.clone();
+        let post = self.post.clone();
+        let max = self.cfg.batch_max_events;
         let log = self.log.clone();
         let fut = async move {
-            let buffer = match route.get() {
-                Some(b) => b,
-                None => return Attempt::Failed(SpoolError::Unavailable.to_string()),
+            let Some(buffer) = route.get() else {
+                return Attempt::SpoolFailed(SpoolError::Unavailable.to_string());
             };
             let batch = match buffer.send(NextBatch { max_events: max }).await {
                 Ok(Ok(Some(b))) => b,
                 Ok(Ok(None)) => return Attempt::Idle,
-                Ok(Err(e)) => return Attempt::Failed(e.to_string()),
-                Err(_) => return Attempt::Failed(SpoolError::Unavailable.to_string()),
+                Ok(Err(e)) => return Attempt::SpoolFailed(e.to_string()),
+                Err(_) => return Attempt::SpoolFailed(SpoolError::Unavailable.to_string()),
             };
-            let body = match encode_body(envelope_json(&sender, &batch, Utc::now()), compression) {
-                Ok(b) => b,
-                Err(e) => return Attempt::Failed(format!("cannot compress batch: {e}")),
-            };
-            let mut req = client
-                .post(&url)
-                .insert_header(("Authorization", format!("Bearer {}", token.expose())))
-                .insert_header(("Content-Type", "application/json"))
-                .insert_header(("Idempotency-Key", batch.batch_id.as_str()));
-            if compression == Compression::Gzip {
-                req = req.insert_header(("Content-Encoding", "gzip"));
-            }
-            let status = match req.send_body(body).await {
-                Ok(resp) => resp.status().as_u16(),
-                Err(e) => return Attempt::Failed(format!("request failed: {e}")),
+            let (status, retry_after) = match post.send(&batch).await {
+                Ok(r) => r,
+                Err(e) => return Attempt::Failed(e),
             };
             debug!(log, "batch_posted"; "batch_id" => &batch.batch_id, "status" => status, "events" => batch.events.len());
             if classify(status) != Verdict::Ack {
-                return Attempt::Refused { status };
+                return Attempt::Refused {
+                    status,
+                    retry_after,
+                    batch,
+                };
             }
             // Acknowledged by the listener: only now may the spool delete the events. If
             // this ack is lost (crash), the batch is sent again with the same ids.
@@ -135,64 +212,263 @@ impl ShipperActor {
                     events: batch.events.len(),
                     status,
                 },
-                Ok(Err(e)) => Attempt::Failed(format!("ack not recorded: {e}")),
-                Err(_) => Attempt::Failed("ack not recorded: buffer restarting".into()),
+                Ok(Err(e)) => Attempt::SpoolFailed(format!("ack not recorded: {e}")),
+                Err(_) => Attempt::SpoolFailed("ack not recorded: buffer restarting".into()),
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|a, act, ctx| act.after(a, ctx)));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |a, act, ctx| act.after(a, probe, ctx)),
+        );
     }
 
-    fn after(&mut self, attempt: Attempt, ctx: &mut Context<Self>) {
-        self.busy = false;
+    fn after(&mut self, attempt: Attempt, probe: bool, ctx: &mut Context<Self>) {
         self.progress = Instant::now();
         let next = match attempt {
             Attempt::Idle => {
+                if probe {
+                    self.breaker.cancel_probe(Instant::now());
+                }
+                self.busy = false;
                 self.finish_flush(true);
                 IDLE_POLL
             }
-            Attempt::Sent { events, status } => {
-                if self.backoff.failures() > 0 {
-                    info!(self.log, "listener_recovered"; "failures" => self.backoff.failures());
+            Attempt::SpoolFailed(e) => {
+                if probe {
+                    self.breaker.cancel_probe(Instant::now());
                 }
-                self.backoff.reset();
+                self.busy = false;
+                warn!(self.log, "ship_spool_failed"; "error" => &e);
+                self.last_error = Some(e);
+                SPOOL_RETRY
+            }
+            Attempt::Sent { events, status } => {
+                self.busy = false;
                 self.stats.last_http_status = Some(status);
                 self.stats.batches_sent_total += 1;
                 self.stats.events_sent_total += events as u64;
-                self.stats.consecutive_failures = 0;
-                self.last_success = Some(Utc::now());
-                self.last_error = None;
                 if let Some((_, outcome, _)) = self.flush.as_mut() {
                     outcome.batches += 1;
                 }
+                self.succeeded();
                 Duration::ZERO
             }
-            Attempt::Refused { status } => {
+            Attempt::Refused {
+                status,
+                retry_after,
+                batch,
+            } => {
                 self.stats.last_http_status = Some(status);
-                self.fail(format!("listener answered HTTP {status}"))
+                match classify(status) {
+                    Verdict::Split => {
+                        // Still busy: the split runs as its own future.
+                        self.stats.batches_split_total += 1;
+                        warn!(self.log, "batch_refused_splitting"; "status" => status,
+                              "batch_id" => &batch.batch_id, "events" => batch.events.len());
+                        self.split(batch, ctx);
+                        return;
+                    }
+                    Verdict::Unauthorized => {
+                        self.busy = false;
+                        self.token_refused(status)
+                    }
+                    Verdict::Rejected => {
+                        self.busy = false;
+                        self.fail(
+                            format!("listener answered HTTP {status}: check listener.url (the events are kept)"),
+                            retry_after,
+                        )
+                    }
+                    Verdict::Retry | Verdict::Ack => {
+                        self.busy = false;
+                        self.fail(format!("listener answered HTTP {status}"), retry_after)
+                    }
+                }
             }
-            Attempt::Failed(e) => self.fail(e),
+            Attempt::Failed(e) => {
+                self.busy = false;
+                self.fail(e, None)
+            }
+            Attempt::Split(o) => {
+                self.busy = false;
+                self.stats.events_quarantined_total += o.quarantined;
+                self.stats.events_sent_total += o.acked;
+                info!(self.log, "batch_split_done"; "acked" => o.acked, "quarantined" => o.quarantined,
+                      "stopped" => o.stopped.as_deref().unwrap_or(""));
+                match o.stopped {
+                    None => {
+                        self.succeeded();
+                        Duration::ZERO
+                    }
+                    Some(e) => match o.status.map(classify) {
+                        Some(Verdict::Unauthorized) => self.token_refused(o.status.unwrap_or(401)),
+                        _ => self.fail(e, None),
+                    },
+                }
+            }
         };
-        if let Some((deadline, _, _)) = &self.flush {
-            if Instant::now() >= *deadline {
-                self.finish_flush(false);
-            }
+        if self.flush_expired() {
+            self.finish_flush(false);
         }
         ctx.run_later(next, |act, ctx| act.attempt(ctx));
     }
 
-    fn fail(&mut self, error: String) -> Duration {
-        let delay = self.backoff.next_delay();
+    /// Works through a refused batch by halves: what the listener takes is
+    /// acknowledged, a single event it still refuses goes to quarantine, and any other
+    /// answer stops the split (the rest stays in the spool for the next attempt).
+    fn split(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+        let route = self.buffer.clone();
+        let post = self.post.clone();
+        let log = self.log.clone();
+        let fut = async move {
+            let mut out = SplitOutcome::default();
+            let Some(buffer) = route.get() else {
+                out.stopped = Some(SpoolError::Unavailable.to_string());
+                return Attempt::Split(out);
+            };
+            let mut parts: VecDeque<(Vec<_>, Vec<i64>)> = VecDeque::new();
+            halve(batch.events, batch.seqs, &mut parts);
+            while let Some((events, seqs)) = parts.pop_front() {
+                let Some(first) = seqs.first().copied() else {
+                    continue;
+                };
+                // Deterministic: the same part of the same batch has the same key.
+                let part = Batch {
+                    batch_id: format!("{}.{first}.{}", batch.batch_id, seqs.len()),
+                    events,
+                    seqs,
+                };
+                let status = match post.send(&part).await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        out.stopped = Some(e);
+                        break;
+                    }
+                };
+                match classify(status) {
+                    Verdict::Ack => match buffer.send(AckRows { seqs: part.seqs }).await {
+                        Ok(Ok(n)) => out.acked += n,
+                        Ok(Err(e)) => {
+                            out.stopped = Some(format!("ack not recorded: {e}"));
+                            break;
+                        }
+                        Err(_) => {
+                            out.stopped = Some("ack not recorded: buffer restarting".into());
+                            break;
+                        }
+                    },
+                    Verdict::Split if part.events.len() == 1 => {
+                        let reason = format!("HTTP {status} from the listener");
+                        warn!(log, "event_refused"; "id" => &part.events[0].id, "status" => status);
+                        match buffer
+                            .send(QuarantineRows {
+                                seqs: part.seqs,
+                                reason,
+                            })
+                            .await
+                        {
+                            Ok(Ok(n)) => out.quarantined += n,
+                            _ => {
+                                out.stopped = Some("quarantine not recorded".into());
+                                break;
+                            }
+                        }
+                    }
+                    Verdict::Split => {
+                        // Halves go first, in order, before the parts queued earlier.
+                        let mut halves = VecDeque::new();
+                        halve(part.events, part.seqs, &mut halves);
+                        while let Some(h) = halves.pop_back() {
+                            parts.push_front(h);
+                        }
+                    }
+                    _ => {
+                        out.status = Some(status);
+                        out.stopped =
+                            Some(format!("listener answered HTTP {status} while splitting"));
+                        break;
+                    }
+                }
+            }
+            Attempt::Split(out)
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|a, act, ctx| act.after(a, false, ctx)),
+        );
+    }
+
+    fn succeeded(&mut self) {
+        if self.backoff.failures() > 0 {
+            info!(self.log, "listener_recovered"; "failures" => self.backoff.failures());
+        }
+        if let Some(t) = self.stats.token_refused.take() {
+            info!(self.log, "listener_token_accepted"; "was" => t);
+        }
+        if self.breaker.success() == Some(Transition::Closed) {
+            info!(self.log, "circuit_closed");
+        }
+        self.backoff.reset();
+        self.stats.consecutive_failures = 0;
+        self.last_success = Some(Utc::now());
+        self.last_error = None;
+    }
+
+    fn token_refused(&mut self, status: u16) -> Duration {
+        let msg = format!(
+            "the listener refuses the token (HTTP {status}); nothing is sent until listener.token is fixed and the config reloaded (SIGHUP), or a probe every {} s succeeds; all events are kept",
+            self.breaker_reset().as_secs()
+        );
+        error!(self.log, "listener_token_refused"; "status" => status, "effect" => &msg);
+        self.stats.failures_total += 1;
+        self.stats.token_refused = Some(format!("HTTP {status}"));
+        self.last_error = Some(msg);
+        self.breaker.trip(Instant::now());
+        self.within_flush(self.breaker_reset())
+    }
+
+    fn breaker_reset(&self) -> Duration {
+        match self.breaker.state() {
+            super::policy::BreakerState::Open { probe_at, .. } => {
+                probe_at.saturating_duration_since(Instant::now())
+            }
+            _ => Duration::ZERO,
+        }
+        .max(Duration::from_secs(1))
+    }
+
+    fn fail(&mut self, error: String, retry_after: Option<Duration>) -> Duration {
+        let mut delay = self.backoff.next_delay();
+        if let Some(ra) = retry_after {
+            delay = delay.max(ra);
+        }
         self.stats.failures_total += 1;
         self.stats.consecutive_failures = self.backoff.failures();
+        if self.breaker.failure(Instant::now()) == Some(Transition::Opened) {
+            warn!(self.log, "circuit_open_buffering"; "error" => &error,
+                  "consecutive_failures" => self.backoff.failures(),
+                  "probe_in_s" => self.breaker_reset().as_secs());
+            delay = delay.max(self.breaker_reset());
+        }
         self.stats.retry_in_s = Some(delay.as_secs_f64());
         warn!(self.log, "ship_failed"; "error" => &error, "retry_in_ms" => delay.as_millis() as u64,
               "consecutive_failures" => self.backoff.failures());
         self.last_error = Some(error);
-        // During the final flush, do not sleep past the deadline.
+        self.within_flush(delay)
+    }
+
+    /// During the final flush, never sleep past its deadline.
+    fn within_flush(&self, d: Duration) -> Duration {
         match &self.flush {
-            Some((deadline, _, _)) => delay.min(deadline.saturating_duration_since(Instant::now())),
-            None => delay,
+            Some((deadline, _, _)) => d.min(deadline.saturating_duration_since(Instant::now())),
+            None => d,
         }
+    }
+
+    fn flush_expired(&self) -> bool {
+        self.flush
+            .as_ref()
+            .is_some_and(|(deadline, _, _)| Instant::now() >= *deadline)
     }
 
     fn finish_flush(&mut self, drained: bool) {
@@ -200,6 +476,21 @@ impl ShipperActor {
             outcome.drained = drained;
             let _ = tx.send(outcome);
         }
+    }
+}
+
+/// Splits events (and their rows) in two halves, appended to `out` in order.
+fn halve(
+    mut events: Vec<crate::model::Event>,
+    mut seqs: Vec<i64>,
+    out: &mut VecDeque<(Vec<crate::model::Event>, Vec<i64>)>,
+) {
+    let mid = events.len().div_ceil(2);
+    let tail_e = events.split_off(mid);
+    let tail_s = seqs.split_off(mid.min(seqs.len()));
+    out.push_back((events, seqs));
+    if !tail_e.is_empty() {
+        out.push_back((tail_e, tail_s));
     }
 }
 
@@ -217,7 +508,8 @@ impl Handler<Flush> for ShipperActor {
     fn handle(&mut self, msg: Flush, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.flush = Some((msg.deadline, FlushOutcome::default(), tx));
-        // Retry at once rather than waiting out a long backoff.
+        // Retry at once rather than waiting out a long backoff (the breaker still
+        // decides whether a request may go).
         self.backoff.reset();
         self.attempt(ctx);
         Box::pin(async move { rx.await.unwrap_or_default() })
@@ -228,14 +520,21 @@ impl Handler<Ping> for ShipperActor {
     type Result = MessageResult<Ping>;
 
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
+        let mut stats = self.stats.clone();
+        stats.breaker = self.breaker.stats(Instant::now());
         MessageResult(Health {
             progress: self.progress,
-            // An attempt is bounded by the request timeout; the wait between attempts by
-            // retry_max. Past both (plus slack) the shipper is stuck.
-            deadline: Some(self.cfg.timeout + self.cfg.retry_max + Duration::from_secs(10)),
+            // An attempt is bounded by the request timeout (a split by one per event at
+            // most); the wait between attempts by retry_max or the breaker's reset.
+            deadline: Some(
+                self.cfg.timeout * (self.cfg.batch_max_events.min(64) + 1)
+                    + self.cfg.retry_max
+                    + self.breaker_reset()
+                    + Duration::from_secs(10),
+            ),
             last_success: self.last_success,
             last_error: self.last_error.clone(),
-            detail: ChildDetail::Shipper(self.stats.clone()),
+            detail: ChildDetail::Shipper(stats),
         })
     }
 }

@@ -3,11 +3,12 @@
 //! drives them.
 
 mod actor;
+pub mod policy;
 
 pub use actor::ShipperActor;
+pub use policy::{classify, Backoff, Breaker, Verdict};
 
 use std::io::Write;
-use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -104,69 +105,6 @@ pub fn encode_body(json: Vec<u8>, compression: Compression) -> std::io::Result<V
             gz.write_all(&json)?;
             gz.finish()
         }
-    }
-}
-
-/// What to do with a batch after the listener answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// 2xx: delete it from the spool.
-    Ack,
-    /// Anything else: keep it and try again later. (Splitting on 400/413 and quarantine
-    /// come with the delivery-hardening work; until then nothing is ever dropped.)
-    Retry,
-}
-
-/// Classifies an HTTP status.
-pub fn classify(status: u16) -> Verdict {
-    if (200..300).contains(&status) {
-        Verdict::Ack
-    } else {
-        Verdict::Retry
-    }
-}
-
-/// Exponential backoff with jitter: the n-th consecutive failure waits between half and
-/// all of `min(max, initial * 2^n)`, so that many agents do not retry in lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial`, never above `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The ceiling of the next delay, without jitter.
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-
-    /// The delay after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos() as u64))
-    }
-
-    /// Back to the initial delay after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.attempt
     }
 }
 

@@ -84,7 +84,10 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
     match id {
         ChildId::Buffer => old.agent.state_dir != new.agent.state_dir || old.buffer != new.buffer,
         ChildId::Shipper => {
-            agent || old.agent.project_id != new.agent.project_id || old.listener != new.listener
+            agent
+                || old.agent.project_id != new.agent.project_id
+                || old.listener != new.listener
+                || old.breaker != new.breaker
         }
         ChildId::Collector(kind) => {
             agent
@@ -123,13 +126,14 @@ pub fn spawn(
         }
         ChildId::Shipper => {
             let cfg = config.listener.clone();
+            let breaker = config.breaker.clone();
             let sender = Sender {
                 project: config.agent.project_id.clone(),
                 host: config.agent.hostname.clone(),
             };
             let route = buffer.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
-                ShipperActor::new(cfg, sender, route, log, guard)
+                ShipperActor::new(cfg, breaker, sender, route, log, guard)
             }))
         }
         ChildId::Collector(EventKind::PgLog) => {

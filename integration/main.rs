@@ -6,6 +6,7 @@ mod harness;
 mod activity;
 mod cli;
 mod delivery;
+mod delivery_policy;
 mod locks;
 mod logs;
 mod signals;

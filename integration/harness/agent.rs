@@ -161,6 +161,19 @@ impl Agent {
         })
     }
 
+    /// A fresh status dump (SIGUSR1, then status.json written after the signal). The
+    /// children's figures are from the supervisor's last ping (at most a second old).
+    pub fn status(&self) -> Value {
+        let path = self.state_dir.join("status.json");
+        let before = chrono::Utc::now();
+        self.signal(libc::SIGUSR1);
+        wait_for("status.json from SIGUSR1", Duration::from_secs(10), || {
+            let s: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            let written: chrono::DateTime<chrono::Utc> = s["written_at"].as_str()?.parse().ok()?;
+            (s["trigger"] == "sigusr1" && written >= before).then_some(s)
+        })
+    }
+
     /// Ids of the events in the spool right now (read through SQLite, as an operator
     /// with sqlite3 would).
     pub fn spool_ids(&self) -> Vec<String> {

@@ -17,7 +17,15 @@ pub enum Mode {
     Ok,
     /// This status for every request.
     Status(u16),
+    /// This status with `Retry-After: <seconds>`.
+    RetryAfter(u16, u64),
+    /// 400 for any batch holding an event whose JSON contains [`REJECT_MARK`], 200
+    /// otherwise (a listener that refuses one malformed event).
+    RejectMarked,
 }
+
+/// What [`Mode::RejectMarked`] looks for.
+pub const REJECT_MARK: &str = "REJECT-ME";
 
 /// One recorded request.
 #[derive(Debug, Clone)]
@@ -29,6 +37,8 @@ pub struct Received {
     pub idempotency_key: Option<String>,
     /// The status we answered.
     pub status: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
     /// The decoded JSON body, or why it could not be decoded.
     pub body: Result<Value, String>,
 }
@@ -100,14 +110,30 @@ impl Listener {
                 let auth = header(&req, "Authorization");
                 let encoding = header(&req, "Content-Encoding");
                 let mode = *shared.mode.lock().expect("mode");
-                let status = match mode {
-                    _ if auth.as_deref() != Some(&format!("Bearer {}", shared.token)) => 401,
-                    Mode::Ok => 200,
-                    Mode::Status(s) => s,
+                let body = decode(&raw, encoding.as_deref());
+                let marked = || {
+                    body.as_ref().is_ok_and(|b| {
+                        b["events"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|e| e.to_string().contains(REJECT_MARK))
+                    })
+                };
+                let (status, retry_after) = match mode {
+                    _ if auth.as_deref() != Some(&format!("Bearer {}", shared.token)) => {
+                        (401, None)
+                    }
+                    Mode::Ok => (200, None),
+                    Mode::Status(s) => (s, None),
+                    Mode::RetryAfter(s, secs) => (s, Some(secs)),
+                    Mode::RejectMarked if marked() => (400, None),
+                    Mode::RejectMarked => (200, None),
                 };
                 let rec = Received {
+                    at: std::time::Instant::now(),
                     path: req.url().to_string(),
-                    body: decode(&raw, encoding.as_deref()),
+                    body,
                     auth,
                     encoding,
                     content_type: header(&req, "Content-Type"),
@@ -115,8 +141,14 @@ impl Listener {
                     status,
                 };
                 shared.received.lock().expect("received").push(rec);
-                let _ =
-                    req.respond(tiny_http::Response::from_string("{}").with_status_code(status));
+                let mut resp = tiny_http::Response::from_string("{}").with_status_code(status);
+                if let Some(secs) = retry_after {
+                    resp = resp.with_header(
+                        tiny_http::Header::from_bytes("Retry-After", secs.to_string())
+                            .expect("header"),
+                    );
+                }
+                let _ = req.respond(resp);
             }
         }));
     }

@@ -86,3 +86,43 @@ fn checkpoints_are_written_with_their_events_and_read_back() {
     s.ack(&b.batch_id).expect("ack");
     assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
 }
+
+#[test]
+fn rows_of_a_split_batch_are_acked_or_quarantined_one_by_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    s.append(&[ev(1), ev(2), ev(3)]).expect("append");
+    let b = s.next_batch(10).expect("batch").expect("some");
+    assert_eq!(b.seqs.len(), 3);
+    assert_eq!(s.ack_rows(&b.seqs[..1]).expect("ack rows"), 1);
+    assert_eq!(
+        s.quarantine(&b.seqs[1..2], "HTTP 400").expect("quarantine"),
+        1
+    );
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.quarantined), (1, 1));
+    // The rest of the batch goes out again under the same id.
+    let again = s.next_batch(10).expect("batch").expect("some");
+    assert_eq!(again.batch_id, b.batch_id);
+    assert_eq!(again.seqs, b.seqs[2..].to_vec());
+    s.ack(&again.batch_id).expect("ack");
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.quarantined), (0, 1));
+}
+
+#[test]
+fn an_unreadable_row_goes_to_quarantine_instead_of_blocking_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    s.append(&[ev(1), ev(2)]).expect("append");
+    s.conn
+        .execute(
+            "UPDATE events SET data = 'not json' WHERE id = ?1",
+            [ev(1).id],
+        )
+        .expect("corrupt a row");
+    let b = s.next_batch(10).expect("batch").expect("some");
+    assert_eq!(b.events.len(), 1);
+    assert_eq!(b.events[0].id, ev(2).id);
+    assert_eq!(s.stats().expect("stats").quarantined, 1);
+}

@@ -265,7 +265,7 @@ impl ShipperActor {
                         self.stats.batches_split_total += 1;
                         warn!(self.log, "batch_refused_splitting"; "status" => status,
                               "batch_id" => &batch.batch_id, "events" => batch.events.len());
-                        self.split(batch, ctx);
+                        self.split(batch, status, ctx);
                         return;
                     }
                     Verdict::Unauthorized => {
@@ -316,7 +316,7 @@ impl ShipperActor {
     /// Works through a refused batch by halves: what the listener takes is
     /// acknowledged, a single event it still refuses goes to quarantine, and any other
     /// answer stops the split (the rest stays in the spool for the next attempt).
-    fn split(&mut self, batch: Batch, ctx: &mut Context<Self>) {
+    fn split(&mut self, batch: Batch, refused: u16, ctx: &mut Context<Self>) {
         let route = self.buffer.clone();
         let post = self.post.clone();
         let log = self.log.clone();
@@ -326,6 +326,21 @@ impl ShipperActor {
                 out.stopped = Some(SpoolError::Unavailable.to_string());
                 return Attempt::Split(out);
             };
+            // A batch of one refused event needs no second try.
+            if batch.events.len() == 1 {
+                warn!(log, "event_refused"; "id" => &batch.events[0].id, "status" => refused);
+                match buffer
+                    .send(QuarantineRows {
+                        seqs: batch.seqs,
+                        reason: format!("HTTP {refused} from the listener"),
+                    })
+                    .await
+                {
+                    Ok(Ok(n)) => out.quarantined += n,
+                    _ => out.stopped = Some("quarantine not recorded".into()),
+                }
+                return Attempt::Split(out);
+            }
             let mut parts: VecDeque<(Vec<_>, Vec<i64>)> = VecDeque::new();
             halve(batch.events, batch.seqs, &mut parts);
             while let Some((events, seqs)) = parts.pop_front() {
@@ -444,11 +459,19 @@ impl ShipperActor {
         }
         self.stats.failures_total += 1;
         self.stats.consecutive_failures = self.backoff.failures();
-        if self.breaker.failure(Instant::now()) == Some(Transition::Opened) {
-            warn!(self.log, "circuit_open_buffering"; "error" => &error,
-                  "consecutive_failures" => self.backoff.failures(),
-                  "probe_in_s" => self.breaker_reset().as_secs());
-            delay = delay.max(self.breaker_reset());
+        match self.breaker.failure(Instant::now()) {
+            Some(Transition::Opened) => {
+                warn!(self.log, "circuit_open_buffering"; "error" => &error,
+                      "consecutive_failures" => self.backoff.failures(),
+                      "probe_in_s" => self.breaker_reset().as_secs());
+                delay = delay.max(self.breaker_reset());
+            }
+            Some(Transition::Reopened) => {
+                warn!(self.log, "circuit_probe_failed"; "error" => &error,
+                      "probe_in_s" => self.breaker_reset().as_secs());
+                delay = delay.max(self.breaker_reset());
+            }
+            _ => {}
         }
         self.stats.retry_in_s = Some(delay.as_secs_f64());
         warn!(self.log, "ship_failed"; "error" => &error, "retry_in_ms" => delay.as_millis() as u64,

@@ -129,8 +129,10 @@ pub enum Permit {
 /// A transition worth logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    /// Closed (or half-open) → open.
+    /// Closed → open.
     Opened,
+    /// Half-open → open: the probe failed.
+    Reopened,
     /// Half-open → closed.
     Closed,
 }
@@ -240,6 +242,7 @@ impl Breaker {
             BreakerState::Open { since, .. } | BreakerState::HalfOpen { since } => since,
             BreakerState::Closed => now,
         };
+        let was_half_open = matches!(self.state, BreakerState::HalfOpen { .. });
         if self.opened_at_wall.is_none() {
             self.opened_at_wall = Some(Utc::now());
         }
@@ -247,7 +250,11 @@ impl Breaker {
             since,
             probe_at: now + self.reset,
         };
-        Some(Transition::Opened)
+        Some(if was_half_open {
+            Transition::Reopened
+        } else {
+            Transition::Opened
+        })
     }
 
     /// For status.

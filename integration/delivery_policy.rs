@@ -1,0 +1,261 @@
+//! What the shipper does with each kind of answer, against a real listener: the circuit
+//! breaker, Retry-After, a refused token, a batch with one event the listener refuses.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{config, Agent, TOKEN};
+use crate::harness::listener::{Listener, Mode, REJECT_MARK};
+use crate::harness::pg::PgCluster;
+use crate::harness::{shared_tempdir, wait_for};
+
+fn requests(
+    l: &Listener,
+    agent: &Agent,
+    n: usize,
+    within: Duration,
+) -> Vec<crate::harness::listener::Received> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = l.received();
+        if r.len() >= n {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} requests within {within:?}; the agent said:\n{}",
+            r.len(),
+            agent.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn accepted_ids(l: &Listener) -> BTreeSet<String> {
+    l.accepted_events()
+        .into_iter()
+        .filter_map(|(_, e)| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn ids_of(r: &crate::harness::listener::Received) -> Vec<String> {
+    r.body
+        .as_ref()
+        .map(|b| {
+            b["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn breaker_opens_after_fail_max_then_one_probe_per_reset_period() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    listener.set_mode(Mode::Status(500));
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
+        "retry_max_ms = 1000\n",
+        "retry_base_ms = 50\nretry_max_ms = 100\n[breaker]\nfail_max = 3\nreset_timeout_s = 2\n",
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let r = requests(&listener, &agent, 5, Duration::from_secs(20));
+    let gap = |i: usize| r[i].at - r[i - 1].at;
+    // fail_max requests close together, then nothing until the probe a full reset
+    // period after the third failure, whose failure re-opens it for another period.
+    assert!(
+        gap(1) < Duration::from_secs(1) && gap(2) < Duration::from_secs(1),
+        "{:?} {:?}",
+        gap(1),
+        gap(2)
+    );
+    assert!(
+        gap(3) >= Duration::from_secs(2),
+        "first probe after {:?}",
+        gap(3)
+    );
+    assert!(
+        gap(4) >= Duration::from_secs(2),
+        "second probe after {:?}",
+        gap(4)
+    );
+    assert!(r.iter().take(5).all(|x| x.status == 500));
+    // The same batch every time: same Idempotency-Key.
+    assert!(r
+        .iter()
+        .take(5)
+        .all(|x| x.idempotency_key == r[0].idempotency_key));
+    let s = agent.status();
+    let b = &s["children"]["shipper"]["detail"]["breaker"];
+    assert_eq!(b["state"], "open", "{s}");
+    assert!(b["open_since"].is_string(), "{s}");
+    assert!(
+        b["next_probe_in_s"].as_f64().is_some_and(|x| x <= 2.0),
+        "{s}"
+    );
+    assert_eq!(agent.logs_named("circuit_open_buffering").len(), 1);
+
+    // The listener recovers: the next probe succeeds, the breaker closes, the first
+    // (refused) batch and everything after it arrive.
+    listener.set_mode(Mode::Ok);
+    let first: Vec<String> = ids_of(&r[0]);
+    wait_for("the first batch delivered", Duration::from_secs(10), || {
+        let got = accepted_ids(&listener);
+        first.iter().all(|id| got.contains(id)).then_some(())
+    });
+    wait_for("breaker closed in status", Duration::from_secs(10), || {
+        let s = agent.status();
+        (s["children"]["shipper"]["detail"]["breaker"]["state"] == "closed").then_some(())
+    });
+    assert_eq!(agent.logs_named("circuit_closed").len(), 1);
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    listener.set_mode(Mode::RetryAfter(429, 3));
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
+        "retry_max_ms = 1000\n",
+        "retry_base_ms = 50\nretry_max_ms = 100\n",
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let r = requests(&listener, &agent, 1, Duration::from_secs(20));
+    listener.set_mode(Mode::Ok);
+    let r2 = requests(&listener, &agent, 2, Duration::from_secs(20));
+    assert_eq!(r[0].status, 429);
+    let gap = r2[1].at - r2[0].at;
+    assert!(
+        gap >= Duration::from_secs(3),
+        "retried after {gap:?}, Retry-After was 3 s"
+    );
+    assert_eq!(r2[1].idempotency_key, r2[0].idempotency_key);
+    assert_eq!(r2[1].status, 200);
+}
+
+#[test]
+fn refused_token_keeps_everything_until_the_config_is_fixed_and_reloaded() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let good = config(dir.path(), &pg, &listener.url(), 1);
+    let bad = good.replace(TOKEN, "wrong-token");
+    let agent = Agent::start(dir.path(), &bad, &[]);
+    let r = requests(&listener, &agent, 1, Duration::from_secs(20));
+    assert_eq!(r[0].status, 401);
+    agent.wait_log("listener_token_refused", Duration::from_secs(5), |_| true);
+    // No more requests (the probe would come after breaker.reset_timeout_s = 60 s) while
+    // events pile up in the spool.
+    let spooled = wait_for("events spooled", Duration::from_secs(20), || {
+        let ids = agent.spool_ids();
+        (ids.len() >= 10).then_some(ids)
+    });
+    assert_eq!(
+        listener.received().len(),
+        1,
+        "the agent kept sending with a refused token"
+    );
+    let s = agent.status();
+    assert_eq!(
+        s["children"]["shipper"]["detail"]["token_refused"], "HTTP 401",
+        "{s}"
+    );
+    assert!(s["children"]["shipper"]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("refuses the token")));
+    assert!(!s.to_string().contains("wrong-token"));
+
+    std::fs::write(&agent.config_path, &good).expect("fix the token");
+    agent.signal(libc::SIGHUP);
+    wait_for(
+        "every event spooled before the fix delivered",
+        Duration::from_secs(20),
+        || {
+            let got = accepted_ids(&listener);
+            spooled.iter().all(|id| got.contains(id)).then_some(())
+        },
+    );
+}
+
+#[test]
+fn one_event_the_listener_refuses_is_quarantined_and_the_rest_arrive() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    listener.set_mode(Mode::RejectMarked);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1);
+    let mut marked = pg.interactive(REJECT_MARK);
+    marked.send("select 1;");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // Two cycles with the marked session in them, then it goes away.
+    let refused = |l: &Listener| -> BTreeSet<String> {
+        l.received()
+            .iter()
+            .filter(|r| r.status == 400 && ids_of(r).len() == 1)
+            .flat_map(ids_of)
+            .collect()
+    };
+    wait_for("two single refused events", Duration::from_secs(30), || {
+        (refused(&listener).len() >= 2).then_some(())
+    });
+    drop(marked);
+    let all_unmarked = |l: &Listener| -> BTreeSet<String> {
+        l.received()
+            .iter()
+            .filter_map(|r| r.body.as_ref().ok())
+            .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| !e.to_string().contains(REJECT_MARK))
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    // Every event that is not marked, including those that shared a batch with a
+    // marked one, is accepted.
+    wait_for(
+        "every unmarked event accepted",
+        Duration::from_secs(30),
+        || {
+            let got = accepted_ids(&listener);
+            let want = all_unmarked(&listener);
+            (!want.is_empty() && want.iter().all(|id| got.contains(id))).then_some(())
+        },
+    );
+    let accepted: Vec<Value> = listener
+        .accepted_events()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert!(accepted
+        .iter()
+        .all(|e| !e.to_string().contains(REJECT_MARK)));
+    // Quarantined: exactly the events the listener refused one by one.
+    let path = agent.state_dir.join("spool.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open spool");
+    let quarantined: BTreeSet<String> = conn
+        .prepare("SELECT id FROM quarantine")
+        .expect("prepare")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(quarantined, refused(&listener));
+    // Status shows the count (from the supervisor's last ping, up to a second old).
+    wait_for(
+        "quarantine count in status",
+        Duration::from_secs(10),
+        || {
+            let s = agent.status();
+            (s["children"]["buffer"]["detail"]["quarantined"].as_u64()
+                == Some(quarantined.len() as u64))
+            .then_some(())
+        },
+    );
+}

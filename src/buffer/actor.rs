@@ -17,6 +17,8 @@ use crate::model::{
 /// The spool's actor.
 pub struct BufferActor {
     dir: PathBuf,
+    max_bytes: u64,
+    host: String,
     spool: Option<Spool>,
     errors_total: u64,
     last_error: Option<String>,
@@ -27,9 +29,17 @@ pub struct BufferActor {
 
 impl BufferActor {
     /// A buffer over the spool in `dir` (opened when the actor starts).
-    pub fn new(dir: PathBuf, log: Logger, guard: ExitGuard) -> BufferActor {
+    pub fn new(
+        dir: PathBuf,
+        max_bytes: u64,
+        host: String,
+        log: Logger,
+        guard: ExitGuard,
+    ) -> BufferActor {
         BufferActor {
             dir,
+            max_bytes,
+            host,
             spool: None,
             errors_total: 0,
             last_error: None,
@@ -67,10 +77,33 @@ impl Actor for BufferActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        match Spool::open(&self.dir) {
-            Ok(s) => {
+        match Spool::open_or_recover(&self.dir) {
+            Ok((mut s, moved)) => {
+                s.set_cap(self.max_bytes, &self.host);
                 let depth = s.stats().map(|st| st.depth).unwrap_or(0);
-                info!(self.log, "spool_opened"; "path" => %s.path().display(), "depth" => depth);
+                info!(self.log, "spool_opened"; "path" => %s.path().display(), "depth" => depth,
+                      "max_bytes" => self.max_bytes, "disk_bytes" => s.disk_bytes());
+                if let Some(aside) = moved {
+                    // Loud, and shipped: what was in the old spool is not lost on disk
+                    // but will not be sent.
+                    error!(self.log, "spool_corrupt_moved_aside"; "moved_to" => %aside.display(),
+                           "effect" => "a fresh spool was started; the old one is kept for inspection");
+                    let now = Utc::now();
+                    let data = serde_json::json!({
+                        "event": "spool_corrupt_moved_aside",
+                        "moved_to": aside.display().to_string(),
+                    });
+                    if let Ok(ev) = crate::model::Event::new(
+                        format!("agent:{}:spool_corrupt:{}", self.host, now.timestamp()),
+                        crate::model::EventKind::Agent,
+                        now,
+                        &data,
+                    ) {
+                        if let Err(e) = s.append(&[ev]) {
+                            error!(self.log, "spool_error"; "error" => %e);
+                        }
+                    }
+                }
                 self.spool = Some(s);
             }
             Err(e) => {
@@ -88,7 +121,16 @@ impl Handler<Enqueue> for BufferActor {
     type Result = Result<(), SpoolError>;
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.append_with(&msg.events, msg.checkpoint.as_ref()))
+        self.with(|s| s.append_with(&msg.events, msg.checkpoint.as_ref()))?;
+        // The events are in; a failing eviction is reported but does not fail them.
+        if let Ok(Some(ev)) = self.with(Spool::enforce_cap) {
+            slog::warn!(self.log, "buffer_eviction_complete"; "evicted_count" => ev.evicted,
+                "bytes" => ev.bytes, "by_kind" => serde_json::to_string(&ev.by_kind).unwrap_or_default(),
+                "oldest" => ev.oldest_collected_at.as_deref().unwrap_or(""),
+                "newest" => ev.newest_collected_at.as_deref().unwrap_or(""),
+                "disk_bytes_before" => ev.disk_bytes_before, "disk_bytes_after" => ev.disk_bytes_after);
+        }
+        Ok(())
     }
 }
 

@@ -36,6 +36,30 @@ pub struct Spool {
     bytes: u64,
     appended_total: u64,
     acked_total: u64,
+    /// Size cap on disk (database + WAL); 0 means none.
+    max_bytes: u64,
+    /// Who the loss report names.
+    host: String,
+    evicted_total: u64,
+}
+
+/// What one eviction dropped (also shipped as an `agent` event).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Eviction {
+    /// Events dropped.
+    pub evicted: u64,
+    /// Their bytes of event data.
+    pub bytes: u64,
+    /// Per kind.
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+    /// The time range of what was dropped.
+    pub oldest_collected_at: Option<String>,
+    /// The time range of what was dropped.
+    pub newest_collected_at: Option<String>,
+    /// Spool size on disk before and after.
+    pub disk_bytes_before: u64,
+    /// Spool size on disk after.
+    pub disk_bytes_after: u64,
 }
 
 const SCHEMA: &str = "
@@ -78,6 +102,10 @@ impl Spool {
             .map_err(|e| SpoolError::NotOpen(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(SPOOL_FILE);
         let conn = Connection::open(&path)?;
+        // Freed pages go back to the file system after an eviction (incremental vacuum),
+        // so the cap holds on disk. Only takes effect on a new database; an older one is
+        // converted once by VACUUM below.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         // WAL: appends do not rewrite pages, readers never block the writer, and a crash
         // (kill -9) leaves every committed transaction intact.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -90,6 +118,10 @@ impl Spool {
         // make our writes fail at once.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if auto_vacuum != 2 {
+            conn.execute_batch("VACUUM")?;
+        }
         let (depth, bytes): (i64, i64) = conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
             [],
@@ -102,7 +134,187 @@ impl Spool {
             bytes: bytes as u64,
             appended_total: 0,
             acked_total: 0,
+            max_bytes: 0,
+            host: String::new(),
+            evicted_total: 0,
         })
+    }
+
+    /// Opens the spool in `dir`; a spool that cannot be opened or fails SQLite's quick
+    /// check is moved aside as `spool.db.corrupt.<timestamp>` (with its WAL) and a fresh
+    /// one started. Returns where the old one went, if it was moved.
+    pub fn open_or_recover(dir: &Path) -> Result<(Spool, Option<PathBuf>), SpoolError> {
+        let path = dir.join(SPOOL_FILE);
+        let problem = match Spool::open(dir) {
+            Ok(s) => match s
+                .conn
+                .query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            {
+                Ok(ok) if ok == "ok" => return Ok((s, None)),
+                Ok(other) => other,
+                Err(e) => e.to_string(),
+            },
+            Err(SpoolError::NotOpen(e)) => return Err(SpoolError::NotOpen(e)),
+            Err(e) => e.to_string(),
+        };
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let aside = dir.join(format!("{SPOOL_FILE}.corrupt.{stamp}"));
+        std::fs::rename(&path, &aside).map_err(|e| {
+            SpoolError::NotOpen(format!(
+                "spool {} is unreadable ({problem}) and cannot be moved aside: {e}",
+                path.display()
+            ))
+        })?;
+        for ext in ["-wal", "-shm"] {
+            let mut from = path.as_os_str().to_owned();
+            from.push(ext);
+            let mut to = aside.as_os_str().to_owned();
+            to.push(ext);
+            let _ = std::fs::rename(&from, &to);
+        }
+        let fresh = Spool::open(dir)?;
+        Ok((fresh, Some(aside)))
+    }
+
+    /// Sets the size cap on disk (0: none) and the host named in loss reports.
+    pub fn set_cap(&mut self, max_bytes: u64, host: &str) {
+        self.max_bytes = max_bytes;
+        self.host = host.to_string();
+        // Keep the WAL small next to the cap: checkpoint about every eighth of it.
+        let pages = (max_bytes / 8 / 4096).clamp(16, 1000);
+        let _ = self
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", pages as i64);
+        let _ = self
+            .conn
+            .pragma_update(None, "journal_size_limit", (max_bytes / 8) as i64);
+    }
+
+    /// Size of the database and its WAL on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        [self.path.clone(), wal_path(&self.path)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Keeps the spool within its cap: checkpoints the WAL, then evicts the oldest
+    /// events in chunks (quarantine and the agent's own events are never touched) until the database uses at most
+    /// 90 % of the cap, gives the pages back, and appends an `agent` event that says how
+    /// many events of which kinds from which time range were dropped — in the same
+    /// transaction as the deletes, so the loss is never itself lost.
+    pub fn enforce_cap(&mut self) -> Result<Option<Eviction>, SpoolError> {
+        if self.max_bytes == 0 || self.disk_bytes() <= self.max_bytes {
+            return Ok(None);
+        }
+        let before = self.disk_bytes();
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        if self.disk_bytes() <= self.max_bytes {
+            return Ok(None);
+        }
+        let target = self.max_bytes / 10 * 9;
+        let mut ev = Eviction {
+            disk_bytes_before: before,
+            ..Default::default()
+        };
+        let (mut first_seq, mut last_seq) = (None, 0i64);
+        let tx = self.conn.transaction()?;
+        loop {
+            let used: i64 = tx.query_row(
+                "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )?;
+            if used as u64 <= target {
+                break;
+            }
+            let chunk = (self.depth.saturating_sub(ev.evicted) / 10).max(100) as i64;
+            let mut st = tx.prepare_cached(
+                // The agent's own events (loss reports, restarts) are small and say what
+                // happened to the rest: they are not evicted.
+                "DELETE FROM events WHERE seq IN
+                   (SELECT seq FROM events WHERE kind != 'agent' ORDER BY seq LIMIT ?1)
+                 RETURNING seq, kind, collected_at, bytes",
+            )?;
+            let rows = st
+                .query_map(params![chunk], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            if rows.is_empty() {
+                break;
+            }
+            for (seq, kind, at, bytes) in rows {
+                first_seq = Some(first_seq.map_or(seq, |f: i64| f.min(seq)));
+                last_seq = last_seq.max(seq);
+                ev.evicted += 1;
+                ev.bytes += bytes as u64;
+                *ev.by_kind.entry(kind).or_default() += 1;
+                if ev.oldest_collected_at.as_ref().is_none_or(|o| at < *o) {
+                    ev.oldest_collected_at = Some(at.clone());
+                }
+                if ev.newest_collected_at.as_ref().is_none_or(|n| at > *n) {
+                    ev.newest_collected_at = Some(at);
+                }
+            }
+        }
+        if ev.evicted == 0 {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let now = Utc::now();
+        let mut data = serde_json::to_value(&ev).unwrap_or_default();
+        if let Some(o) = data.as_object_mut() {
+            o.insert("event".into(), "events_evicted".into());
+            o.insert(
+                "reason".into(),
+                format!("spool over buffer.max_bytes = {}", self.max_bytes).into(),
+            );
+            o.remove("disk_bytes_after");
+        }
+        let report = Event::new(
+            format!(
+                "agent:{}:events_evicted:{}-{last_seq}",
+                self.host,
+                first_seq.unwrap_or_default()
+            ),
+            EventKind::Agent,
+            now,
+            &data,
+        )
+        .map_err(|e| SpoolError::Sqlite(format!("loss report: {e}")))?;
+        let text = report.data.get();
+        tx.execute(
+            "INSERT INTO events (id, kind, collected_at, data, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                report.id,
+                report.kind.as_str(),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                text,
+                text.len() as i64
+            ],
+        )?;
+        tx.commit()?;
+        // Each step of incremental_vacuum frees one page: step it to the end.
+        {
+            let mut st = self.conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut rows = st.raw_query();
+            while rows.next()?.is_some() {}
+        }
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.depth = self.depth.saturating_sub(ev.evicted) + 1;
+        self.bytes = self.bytes.saturating_sub(ev.bytes) + text.len() as u64;
+        self.evicted_total += ev.evicted;
+        ev.disk_bytes_after = self.disk_bytes();
+        Ok(Some(ev))
     }
 
     /// Where the database file is.
@@ -323,6 +535,7 @@ impl Spool {
             acked_total: self.acked_total,
             quarantined: quarantined as u64,
             quarantined_bytes: quarantined_bytes as u64,
+            evicted_total: self.evicted_total,
             ..Default::default()
         })
     }

@@ -126,3 +126,136 @@ fn an_unreadable_row_goes_to_quarantine_instead_of_blocking_the_queue() {
     assert_eq!(b.events[0].id, ev(2).id);
     assert_eq!(s.stats().expect("stats").quarantined, 1);
 }
+
+fn big(i: u32) -> Event {
+    Event::new(
+        format!("big:{i:06}"),
+        if i % 3 == 0 {
+            EventKind::PgLog
+        } else {
+            EventKind::PgActivity
+        },
+        Utc::now(),
+        &serde_json::json!({ "i": i, "pad": "x".repeat(1000) }),
+    )
+    .expect("encode")
+}
+
+#[test]
+fn the_cap_holds_on_disk_by_evicting_the_oldest_and_reporting_the_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let cap = 1 << 20;
+    s.set_cap(cap, "h");
+    let mut max_seen = 0;
+    for chunk in 0..50u32 {
+        let evs: Vec<Event> = (chunk * 100..chunk * 100 + 100).map(big).collect();
+        s.append(&evs).expect("append");
+        s.enforce_cap().expect("enforce");
+        max_seen = max_seen.max(s.disk_bytes());
+    }
+    // Within the cap plus one chunk of appends (100 events of ~1 KB) and the WAL's
+    // checkpoint interval.
+    assert!(max_seen <= cap + cap / 4, "spool grew to {max_seen} bytes");
+    let st = s.stats().expect("stats");
+    assert!(st.evicted_total > 3000, "{st:?}");
+    // What is left is the newest events, contiguous, plus the loss reports.
+    let rows: Vec<(String, String)> = s
+        .conn
+        .prepare("SELECT id, data FROM events ORDER BY seq")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let kept: Vec<u32> = rows
+        .iter()
+        .filter_map(|(id, _)| id.strip_prefix("big:").and_then(|n| n.parse().ok()))
+        .collect();
+    assert_eq!(kept.last(), Some(&4999));
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "not contiguous");
+    assert_eq!(kept.len() as u64 + st.evicted_total, 5000);
+    let reports: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|(id, _)| id.starts_with("agent:h:events_evicted:"))
+        .map(|(_, d)| serde_json::from_str(d).expect("json"))
+        .collect();
+    assert!(!reports.is_empty());
+    let reported: u64 = reports
+        .iter()
+        .map(|r| r["evicted"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(reported, st.evicted_total);
+    let by_kind: u64 = reports
+        .iter()
+        .flat_map(|r| r["by_kind"].as_object().cloned().unwrap_or_default())
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(by_kind, st.evicted_total);
+    assert!(reports[0]["oldest_collected_at"].is_string());
+}
+
+#[test]
+fn quarantine_is_never_evicted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    s.set_cap(1 << 20, "h");
+    s.append(&[big(0)]).expect("append");
+    let b = s.next_batch(1).expect("batch").expect("some");
+    s.quarantine(&b.seqs, "HTTP 400").expect("quarantine");
+    for chunk in 1..30u32 {
+        let evs: Vec<Event> = (chunk * 100..chunk * 100 + 100).map(big).collect();
+        s.append(&evs).expect("append");
+        s.enforce_cap().expect("enforce");
+    }
+    assert_eq!(s.stats().expect("stats").quarantined, 1);
+}
+
+#[test]
+fn an_unreadable_spool_is_moved_aside_and_a_fresh_one_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(SPOOL_FILE), vec![0xA5u8; 8192]).expect("garbage");
+    let (mut s, moved) = Spool::open_or_recover(dir.path()).expect("recover");
+    let aside = moved.expect("moved aside");
+    assert!(aside
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("spool.db.corrupt.")));
+    assert_eq!(std::fs::read(&aside).expect("kept"), vec![0xA5u8; 8192]);
+    s.append(&[ev(1)]).expect("the fresh spool works");
+    // A healthy spool is opened as it is.
+    drop(s);
+    let (s, moved) = Spool::open_or_recover(dir.path()).expect("open");
+    assert!(moved.is_none());
+    assert_eq!(s.stats().expect("stats").depth, 1);
+}
+
+#[test]
+fn a_full_disk_fails_the_append_loses_nothing_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    s.append(&[ev(1)]).expect("append");
+    // SQLite's own disk-full path: no page may be added.
+    let pages: i64 = s
+        .conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .expect("pages");
+    s.conn
+        .pragma_update(None, "max_page_count", pages)
+        .expect("limit");
+    let many: Vec<Event> = (0..200).map(big).collect();
+    let err = s.append(&many).expect_err("disk full");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert_eq!(
+        s.stats().expect("stats").depth,
+        1,
+        "a failed append adds nothing"
+    );
+    // Space returns.
+    s.conn
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .expect("unlimit");
+    s.append(&many).expect("append after recovery");
+    assert_eq!(s.stats().expect("stats").depth, 201);
+}
+

@@ -120,8 +120,10 @@ pub fn spawn(
     let addr = match id {
         ChildId::Buffer => {
             let dir = config.agent.state_dir.clone();
+            let max = config.buffer.max_bytes;
+            let host = config.agent.hostname.clone();
             ChildAddr::Buffer(BufferActor::start_in_arbiter(&h, move |_| {
-                BufferActor::new(dir, log, guard)
+                BufferActor::new(dir, max, host, log, guard)
             }))
         }
         ChildId::Shipper => {

@@ -19,6 +19,9 @@ pub enum Fault {
     Hang,
     /// Keep answering pings but never finish another cycle (a future that is stuck).
     Stall,
+    /// SIGKILL the whole process right here (a crash at the worst moment, e.g. after
+    /// the listener's 2xx and before the spool deleted the batch).
+    Kill,
 }
 
 /// Takes the fault requested for `child`, if any (the request is removed first, so the
@@ -32,6 +35,7 @@ pub fn take(child: &str) -> Option<Fault> {
         "panic" => Some(Fault::Panic),
         "hang" => Some(Fault::Hang),
         "stall" => Some(Fault::Stall),
+        "kill" => Some(Fault::Kill),
         _ => None,
     }
 }
@@ -43,5 +47,11 @@ pub fn inject(child: &str, fault: Fault) {
         Fault::Panic => panic!("fault injection: {child} was asked to panic"),
         Fault::Hang => std::thread::sleep(std::time::Duration::from_secs(3600)),
         Fault::Stall => {}
+        Fault::Kill => {
+            // SAFETY: kill and getpid have no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
     }
 }

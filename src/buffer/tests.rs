@@ -258,4 +258,3 @@ fn a_full_disk_fails_the_append_loses_nothing_and_recovers() {
     s.append(&many).expect("append after recovery");
     assert_eq!(s.stats().expect("stats").depth, 201);
 }
-

@@ -200,6 +200,10 @@ impl ShipperActor {
                     batch,
                 };
             }
+            // Test-only: a crash between the listener's 2xx and the delete.
+            if let Some(f) = crate::fault::take("shipper_after_2xx") {
+                crate::fault::inject("shipper", f);
+            }
             // Acknowledged by the listener: only now may the spool delete the events. If
             // this ack is lost (crash), the batch is sent again with the same ids.
             match buffer

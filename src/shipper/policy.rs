@@ -361,7 +361,7 @@ mod tests {
         assert!(matches!(b.permit(t0 + reset), Permit::Wait(_)));
         // Its failure re-opens for another full period.
         let t1 = t0 + reset;
-        assert_eq!(b.failure(t1), Some(Transition::Opened));
+        assert_eq!(b.failure(t1), Some(Transition::Reopened));
         assert!(matches!(
             b.permit(t1 + Duration::from_secs(30)),
             Permit::Wait(_)

@@ -244,12 +244,15 @@ fn a_child_that_keeps_stopping_is_marked_failed_and_the_agent_keeps_running() {
     let pg = PgCluster::start("");
     let listener = Listener::start(TOKEN);
     let dir = shared_tempdir("pgagent-it");
-    // The spool path is a directory: the buffer cannot open it and stops at each start.
-    std::fs::create_dir_all(dir.path().join("state").join("spool.db").join("x")).expect("mkdir");
+    // The buffer is told to stop at every start (a spool that cannot be opened at all;
+    // an unreadable one is moved aside instead, see the next test).
+    let faults = dir.path().join("faults");
+    std::fs::create_dir_all(&faults).expect("mkdir");
+    std::fs::write(faults.join("buffer"), "stop").expect("fault");
     let agent = Agent::start(
         dir.path(),
         &config(dir.path(), &pg, &listener.url(), 1),
-        &[],
+        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
     );
     let downs = wait_for("six buffer exits", Duration::from_secs(20), || {
         let d: Vec<Value> = agent
@@ -289,4 +292,34 @@ fn a_child_that_keeps_stopping_is_marked_failed_and_the_agent_keeps_running() {
         0
     );
     assert!(listener.events_of("pg_activity").is_empty());
+}
+
+#[test]
+fn an_unreadable_spool_is_moved_aside_and_the_agent_ships_on() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("spool.db"), vec![0x5Au8; 16384]).expect("garbage spool");
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &pg, &listener.url(), 1),
+        &[],
+    );
+    let moved = agent.wait_log("spool_corrupt_moved_aside", Duration::from_secs(10), |_| {
+        true
+    });
+    let aside = std::path::PathBuf::from(moved["moved_to"].as_str().expect("moved_to"));
+    assert_eq!(std::fs::read(&aside).expect("kept"), vec![0x5Au8; 16384]);
+    // Shipping goes on from the fresh spool, and the listener hears about it.
+    wait_for("the agent event", Duration::from_secs(20), || {
+        listener
+            .events_of("agent")
+            .into_iter()
+            .find(|e| e["data"]["event"] == "spool_corrupt_moved_aside")
+    });
+    wait_for("activity shipped", Duration::from_secs(20), || {
+        (!listener.events_of("pg_activity").is_empty()).then_some(())
+    });
 }

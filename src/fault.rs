@@ -19,6 +19,8 @@ pub enum Fault {
     Hang,
     /// Keep answering pings but never finish another cycle (a future that is stuck).
     Stall,
+    /// Stop at every start (a child that cannot work); left in place, not taken.
+    Stop,
     /// SIGKILL the whole process right here (a crash at the worst moment, e.g. after
     /// the listener's 2xx and before the spool deleted the batch).
     Kill,
@@ -36,8 +38,16 @@ pub fn take(child: &str) -> Option<Fault> {
         "hang" => Some(Fault::Hang),
         "stall" => Some(Fault::Stall),
         "kill" => Some(Fault::Kill),
+        "stop" => Some(Fault::Stop),
         _ => None,
     }
+}
+
+/// The fault requested for `child`, left in place so that it repeats (for `stop`).
+pub fn peek(child: &str) -> Option<Fault> {
+    let dir = std::env::var_os(FAULT_DIR_ENV)?;
+    let text = std::fs::read_to_string(PathBuf::from(dir).join(child)).ok()?;
+    (text.trim() == "stop").then_some(Fault::Stop)
 }
 
 /// Carries out a fault that needs no help from the child (panic, hang); a stall is up
@@ -46,7 +56,7 @@ pub fn inject(child: &str, fault: Fault) {
     match fault {
         Fault::Panic => panic!("fault injection: {child} was asked to panic"),
         Fault::Hang => std::thread::sleep(std::time::Duration::from_secs(3600)),
-        Fault::Stall => {}
+        Fault::Stall | Fault::Stop => {}
         Fault::Kill => {
             // SAFETY: kill and getpid have no memory-safety preconditions.
             unsafe {

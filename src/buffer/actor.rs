@@ -77,6 +77,11 @@ impl Actor for BufferActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if crate::fault::peek("buffer") == Some(crate::fault::Fault::Stop) {
+            error!(self.log, "spool_open_failed"; "dir" => %self.dir.display(), "error" => "fault injection: asked to stop");
+            ctx.stop();
+            return;
+        }
         match Spool::open_or_recover(&self.dir) {
             Ok((mut s, moved)) => {
                 s.set_cap(self.max_bytes, &self.host);

@@ -30,7 +30,9 @@ fn tagged_session_reaches_the_listener_with_its_correlation_id() {
             listener
                 .events_of("pg_activity")
                 .into_iter()
-                .find(|e| e["data"]["correlation_id"] == UUID)
+                // The session is visible (tagged, query still empty) a moment before
+                // psql sends its statement; wait for a sample of it running.
+                .find(|e| e["data"]["correlation_id"] == UUID && e["data"]["state"] == "active")
         },
     );
     let d = &ev["data"];

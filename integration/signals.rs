@@ -154,6 +154,11 @@ fn sigusr1_writes_status_json_without_secrets() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("(pid {})", agent.pid())), "{text}");
     assert!(text.contains("pg_activity    running"), "{text}");
+    assert!(
+        text.contains("delivery: breaker closed, last HTTP 200"),
+        "{text}"
+    );
+    assert!(text.contains("spool:    "), "{text}");
 
     // The token appears nowhere: not in status.json, not in the log, not in `status`.
     let status_text = std::fs::read_to_string(&path).expect("read");

@@ -95,6 +95,63 @@ fn ago(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
     }
 }
 
+/// Delivery, spool and log in a few lines: what an on-call reader looks for first.
+fn summary(s: &StatusSnapshot) -> String {
+    use serde_json::Value;
+    let detail = |name: &str| s.children.get(name).and_then(|c| c.detail.clone());
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let mut out = String::from("\n");
+    if let Some(d) = detail("shipper") {
+        if let Some(t) = d["token_refused"].as_str() {
+            out.push_str(&format!(
+                "TOKEN REFUSED by the listener ({t}): nothing is sent; fix listener.token and reload (SIGHUP)\n"
+            ));
+        }
+        let b = &d["breaker"];
+        let breaker = match b["state"].as_str().unwrap_or("closed") {
+            "open" => format!(
+                "breaker OPEN since {} (next probe in {:.0} s)",
+                b["open_since"].as_str().unwrap_or("?"),
+                b["next_probe_in_s"].as_f64().unwrap_or(0.0)
+            ),
+            other => format!("breaker {other}"),
+        };
+        out.push_str(&format!(
+            "delivery: {breaker}, last HTTP {}, {} batches / {} events sent, {} failures in a row, {} quarantined by the listener\n",
+            d["last_http_status"].as_u64().map_or("-".to_string(), |x| x.to_string()),
+            n(&d, "batches_sent_total"),
+            n(&d, "events_sent_total"),
+            n(&d, "consecutive_failures"),
+            n(&d, "events_quarantined_total"),
+        ));
+    }
+    if let Some(d) = detail("buffer") {
+        out.push_str(&format!(
+            "spool:    {} events waiting ({} of data, {} on disk), oldest {}, {} evicted, {} in quarantine\n",
+            n(&d, "depth"),
+            mb(n(&d, "bytes")),
+            mb(n(&d, "file_bytes")),
+            d["oldest_age_s"]
+                .as_f64()
+                .map_or("-".to_string(), |a| format!("{a:.0} s old")),
+            n(&d, "evicted_total"),
+            n(&d, "quarantined"),
+        ));
+    }
+    if let Some(d) = detail("pg_log") {
+        out.push_str(&format!(
+            "log:      {}; {} of {} bytes read, {} events, {} unparsed lines\n",
+            d["source_state"].as_str().unwrap_or("starting"),
+            n(&d, "offset"),
+            n(&d, "size"),
+            n(&d, "events_total"),
+            n(&d, "unparsed_lines_total"),
+        ));
+    }
+    out
+}
+
 /// The snapshot as a person reads it.
 pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
     let age = (now - s.written_at).num_seconds().max(0);
@@ -128,6 +185,7 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
             c.last_error.as_deref().unwrap_or("-")
         ));
     }
+    out.push_str(&summary(s));
     for (name, c) in &s.children {
         if let Some(d) = &c.detail {
             out.push_str(&format!("\n{name}: {d}"));
@@ -135,4 +193,59 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(detail: serde_json::Value) -> ChildStatus {
+        ChildStatus {
+            state: "running".into(),
+            restarts: 0,
+            up_since: None,
+            last_success: None,
+            last_error: None,
+            last_restart_reason: None,
+            detail: Some(detail),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_what_on_call_looks_for() {
+        let now = Utc::now();
+        let mut children = BTreeMap::new();
+        children.insert(
+            "shipper".into(),
+            child(serde_json::json!({"last_http_status": 401, "batches_sent_total": 3,
+                "events_sent_total": 40, "consecutive_failures": 2, "events_quarantined_total": 1,
+                "token_refused": "HTTP 401",
+                "breaker": {"state": "open", "open_since": "2026-11-26T10:00:00Z", "next_probe_in_s": 42.0}})),
+        );
+        children.insert(
+            "buffer".into(),
+            child(
+                serde_json::json!({"depth": 12, "bytes": 3_000_000, "file_bytes": 5_000_000,
+                "oldest_age_s": 75.2, "evicted_total": 7, "quarantined": 1}),
+            ),
+        );
+        let s = StatusSnapshot {
+            written_at: now,
+            trigger: "sigusr1".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: now,
+            config_path: "/etc/x".into(),
+            config_fingerprint: "f".into(),
+            last_reload: None,
+            children,
+        };
+        let text = render(&s, now);
+        assert!(
+            text.contains("TOKEN REFUSED by the listener (HTTP 401)"),
+            "{text}"
+        );
+        assert!(text.contains("delivery: breaker OPEN since 2026-11-26T10:00:00Z (next probe in 42 s), last HTTP 401, 3 batches / 40 events sent, 2 failures in a row, 1 quarantined by the listener"), "{text}");
+        assert!(text.contains("spool:    12 events waiting (3.0 MB of data, 5.0 MB on disk), oldest 75 s old, 7 evicted, 1 in quarantine"), "{text}");
+    }
 }

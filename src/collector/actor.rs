@@ -7,7 +7,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use slog::{debug, error, warn, Logger};
 
-use super::{cycle_limit, progress_deadline, push_capped, MAX_PENDING_EVENTS};
+use super::{cycle_limit, progress_deadline, push_capped_reported, DropReport, MAX_PENDING_EVENTS};
 use crate::buffer::BufferActor;
 use crate::config::Config;
 use crate::db::{Db, DbError};
@@ -29,6 +29,9 @@ pub struct CollectorActor {
     pending: Vec<Event>,
     /// The source's latest state, written with the pending events.
     pending_checkpoint: Option<Checkpoint>,
+    /// Events dropped from the backlog and not yet reported to the spool.
+    drops: DropReport,
+    host: String,
     /// A cycle is running: the next tick is skipped rather than piling up queries.
     in_flight: bool,
     /// An `Enqueue` is on its way: events are not sent twice.
@@ -69,6 +72,8 @@ impl CollectorActor {
             buffer,
             pending: Vec::new(),
             pending_checkpoint: None,
+            drops: DropReport::default(),
+            host: config.agent.hostname.clone(),
             in_flight: false,
             delivering: false,
             tick_started: Instant::now(),
@@ -179,10 +184,16 @@ impl CollectorActor {
     }
 
     fn keep(&mut self, events: Vec<Event>) {
-        let dropped = push_capped(&mut self.pending, events, MAX_PENDING_EVENTS);
+        let dropped = push_capped_reported(
+            &mut self.pending,
+            events,
+            MAX_PENDING_EVENTS,
+            &mut self.drops,
+        );
         if dropped > 0 {
             self.stats.dropped_events_total += dropped as u64;
-            error!(self.log, "collector_backlog_overflow"; "dropped" => dropped);
+            error!(self.log, "collector_backlog_overflow"; "dropped" => dropped,
+                   "effect" => "reported to the listener as an agent event once the spool takes events again");
         }
     }
 
@@ -198,15 +209,25 @@ impl CollectorActor {
         };
         let events = std::mem::take(&mut self.pending);
         let checkpoint = self.pending_checkpoint.take();
+        // The loss report goes first, so the spool has it whatever comes next.
+        let report = self.drops.event(self.name(), &self.host);
+        let reported = self.drops.clone();
         let msg = Enqueue {
-            events: events.clone(),
+            events: report.into_iter().chain(events.iter().cloned()).collect(),
             checkpoint: checkpoint.clone(),
         };
         self.delivering = true;
         ctx.spawn(buffer.send(msg).into_actor(self).map(move |res, act, ctx| {
             act.delivering = false;
             let err = match res {
-                Ok(Ok(())) => return act.deliver(ctx),
+                Ok(Ok(())) => {
+                    // Reported: count only what was dropped since.
+                    act.drops.dropped -= reported.dropped.min(act.drops.dropped);
+                    if act.drops.dropped == 0 {
+                        act.drops = DropReport::default();
+                    }
+                    return act.deliver(ctx);
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(e) => e.to_string(),
             };

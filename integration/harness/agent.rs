@@ -192,9 +192,12 @@ pub fn spool_ids(state_dir: &Path) -> Vec<String> {
             .expect("open spool");
     conn.busy_timeout(Duration::from_secs(5))
         .expect("busy timeout");
-    let mut st = conn
-        .prepare("SELECT id FROM events ORDER BY seq")
-        .expect("prepare");
+    // The agent may have created the file but not its tables yet (it is starting).
+    let mut st = match conn.prepare("SELECT id FROM events ORDER BY seq") {
+        Ok(st) => st,
+        Err(e) if e.to_string().contains("no such table") => return vec![],
+        Err(e) => panic!("read the spool: {e}"),
+    };
     let ids = st
         .query_map([], |r| r.get::<_, String>(0))
         .expect("query")

@@ -326,8 +326,10 @@ fn outage_with_a_small_cap_evicts_the_oldest_and_reports_the_loss() {
     let first_ok = wait_for("first accepted batch", Duration::from_secs(10), || {
         listener.received().into_iter().find(|r| r.status == 200)
     });
+    // One probe interval (2 s), plus a request refused just before the return, plus
+    // slack for a loaded machine.
     assert!(
-        first_ok.at - back <= Duration::from_secs(3),
+        first_ok.at - back <= Duration::from_secs(4),
         "resumed {:?} after the listener returned",
         first_ok.at - back
     );

@@ -15,13 +15,13 @@ use crate::harness::pg::PgCluster;
 use crate::harness::wait_for;
 
 /// Everything the server can be made to log, in English, in UTC.
-const LOG_CONF: &str = "logging_collector = on\nlog_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'\n\
+pub const LOG_CONF: &str = "logging_collector = on\nlog_filename = 'postgresql-%Y-%m-%d_%H%M%S.log'\n\
 log_rotation_age = 0\nlog_timezone = 'UTC'\nlc_messages = 'C'\nlog_min_duration_statement = 150\n\
 log_lock_waits = on\ndeadlock_timeout = '100ms'\nlog_temp_files = 0\nlog_checkpoints = on\n\
 log_autovacuum_min_duration = 0\nautovacuum_naptime = 1\nlog_connections = on\nlog_disconnections = on\n";
 
 /// The files of one format in a log directory, oldest first.
-fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+pub fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -30,7 +30,7 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-fn text(dir: &Path, ext: &str) -> String {
+pub fn text(dir: &Path, ext: &str) -> String {
     files(dir, ext)
         .iter()
         .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
@@ -38,7 +38,7 @@ fn text(dir: &Path, ext: &str) -> String {
 }
 
 /// `postgres-agent parse-log ARGS FILES` → the events.
-fn parse_log(args: &[&str], files: &[PathBuf]) -> Vec<Value> {
+pub fn parse_log(args: &[&str], files: &[PathBuf]) -> Vec<Value> {
     assert!(!files.is_empty(), "no log files");
     let out = Command::new(bin())
         .args(["parse-log", "-c", "/nonexistent/agent.toml"])
@@ -119,7 +119,7 @@ fn workload(pg: &PgCluster, log_dir: &Path) {
 }
 
 /// The fields every format carries, plus those this prefix carries.
-fn key(e: &Value, extra: &[&str]) -> String {
+pub fn key(e: &Value, extra: &[&str]) -> String {
     let mut m = BTreeMap::new();
     for f in [
         "timestamp",

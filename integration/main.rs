@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod delivery_policy;
 mod locks;
+mod log_prefixes;
 mod logs;
 mod signals;
 mod statements;

@@ -142,7 +142,11 @@ fn sigusr1_writes_status_json_without_secrets() {
     assert!(s["children"]["pg_activity"]["detail"]["cycles_total"].as_u64() >= Some(1));
     assert_eq!(s["children"]["shipper"]["detail"]["last_http_status"], 200);
     assert!(s["children"]["buffer"]["detail"]["depth"].is_u64());
-    assert!(agent.logs_named("status_dump").len() == 1);
+    // The log drain is asynchronous: the line may follow the file by a moment.
+    wait_for("status_dump logged", Duration::from_secs(10), || {
+        (!agent.logs_named("status_dump").is_empty()).then_some(())
+    });
+    assert_eq!(agent.logs_named("status_dump").len(), 1);
 
     // `status` prints it for a person.
     let out = std::process::Command::new(crate::harness::agent::bin())

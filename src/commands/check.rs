@@ -177,7 +177,7 @@ async fn check_log(r: &mut Report, config: &Config) {
             )
         }
     };
-    let parser = LogParser::new(p.format, &p.prefix);
+    let mut parser = LogParser::new(p.format, &p.prefix);
     let mut records = Vec::new();
     parser.parse(
         &tail,
@@ -215,6 +215,24 @@ async fn check_log(r: &mut Report, config: &Config) {
         ),
     );
     if let LogParser::Stderr(s) = &parser {
+        let client: Vec<&str> = s
+            .prefix()
+            .client_fields()
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        if !client.is_empty() {
+            let ambiguous = records.iter().filter(|r| r.ambiguous).count();
+            r.warn(
+                "log",
+                &format!(
+                    "the stderr log lets clients write into the prefix ({} come from the client and precede the severity): a name holding the prefix's separators or a severity label makes a line ambiguous, shipped flagged without the disputed fields ({ambiguous} of the last {} messages); csvlog and jsonlog quote every field and cannot be forged",
+                    client.join(", "),
+                    records.len()
+                ),
+                "add csvlog (or jsonlog on PostgreSQL 15+) to log_destination; [logs] format = \"auto\" then reads it",
+            );
+        }
         for m in s.prefix().shortcomings() {
             r.warn(
                 "log",

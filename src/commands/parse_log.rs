@@ -65,11 +65,11 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
     let mut code = EXIT_OK;
     for file in &args.files {
         let f = format.unwrap_or_else(|| Format::sniff(file, &crate::logs::head(file)));
-        let parser = LogParser::new(f, &prefix);
+        let mut parser = LogParser::new(f, &prefix);
         let name = file.display().to_string();
         let started = Instant::now();
         let (mut events, mut unparsed, mut write_err) = (0u64, 0u64, None);
-        let res = read_file(file, &parser, |r| {
+        let res = read_file(file, &mut parser, |r| {
             events += 1;
             unparsed += u64::from(r.raw.is_some());
             let d = shaper.data(&r, &name, f);

@@ -91,7 +91,10 @@ pub fn classify(r: &Record) -> Classified {
         statement: None,
         figures: Map::new(),
     };
-    if r.raw.is_some() {
+    // A line that fits no format, or one read more than one way whose readings disagree
+    // on where the message starts: its text may be a client's forgery, so it is not
+    // classified (a forged "PANIC" or "duration:" must not become a crash or a slow query).
+    if r.raw.is_some() || (r.ambiguous && r.severity.is_none()) {
         return c;
     }
     let sev = r.severity.as_deref().unwrap_or("");
@@ -101,7 +104,7 @@ pub fn classify(r: &Record) -> Classified {
         Class::Crash
     } else if code == "40P01" || m == "deadlock detected" {
         Class::Deadlock
-    } else if code.starts_with("28") || auth_failure_text(m) {
+    } else if code.starts_with("28") || auth_failure_text(sev, m) {
         Class::AuthFailure
     } else if code == "57P02" || crash_text(m) {
         Class::Crash
@@ -168,11 +171,19 @@ pub fn classify(r: &Record) -> Classified {
     c
 }
 
-fn auth_failure_text(m: &str) -> bool {
+/// The messages PostgreSQL 12–18 raise with SQLSTATE 28000/28P01, so that stderr without
+/// `%e` gives the class that csvlog and jsonlog give by code.
+fn auth_failure_text(sev: &str, m: &str) -> bool {
+    let role = |end: &str| m.starts_with("role \"") && m.ends_with(end);
     m.starts_with("password authentication failed for user ")
         || m.starts_with("no pg_hba.conf entry for ")
         || m.contains(" authentication failed for user ")
-        || m.starts_with("pg_hba.conf rejects connection ")
+        || m.starts_with("pg_hba.conf rejects ")
+        || m == "connection requires a valid client certificate"
+        || m.starts_with("provided user name (")
+        // An ERROR "role … does not exist" (SET ROLE, ALTER ROLE) is 42704: only the
+        // FATAL at login is an authentication failure.
+        || (sev == "FATAL" && (role("\" does not exist") || role("\" is not permitted to log in")))
 }
 
 fn crash_text(m: &str) -> bool {

@@ -117,6 +117,17 @@ fn fields(rec: &[u8]) -> Vec<std::borrow::Cow<'_, [u8]>> {
     }
 }
 
+/// csvlog writes the client as `host:port`; stderr's `%r` and jsonlog as `host(port)`:
+/// one shape for every format.
+fn host_port(h: String) -> String {
+    match h.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}({port})")
+        }
+        _ => h,
+    }
+}
+
 fn to_record(rec: &[u8], offset: u64, end: u64) -> Record {
     let f = fields(rec);
     if f.len() < 23 {
@@ -138,7 +149,7 @@ fn to_record(rec: &[u8], offset: u64, end: u64) -> Record {
         user: get(1, &mut cut),
         database: get(2, &mut cut),
         pid: num(3),
-        remote_host: get(4, &mut cut),
+        remote_host: get(4, &mut cut).map(host_port),
         session_id: get(5, &mut cut),
         session_line: num(6),
         command_tag: get(7, &mut cut),

@@ -168,7 +168,7 @@ impl LogParser {
     /// Parses complete messages of `buf` (at file offset `base`) into `out`, at most
     /// `max`; returns the bytes they used (always a message boundary).
     pub fn parse(
-        &self,
+        &mut self,
         buf: &[u8],
         base: u64,
         flush: Flush,
@@ -270,9 +270,17 @@ pub struct LogData<'a> {
     /// The text of a line that fits no format.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<Cow<'a, str>>,
+    /// Server address the client connected to (`%L`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_address: Option<&'a str>,
     /// Some text was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The stderr line could be read more than one way (a client wrote separators or a
+    /// severity label into a name): fields the readings disagree on are null, and the
+    /// severity too when they disagree on where the message starts.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ambiguous: bool,
 }
 
 /// Turns records into events: classification, correlation, redaction.
@@ -339,7 +347,9 @@ impl Shaper {
             location: b(&r.location),
             cursor_position: r.cursor_position,
             raw: cow(&r.raw),
+            local_address: b(&r.local_address),
             truncated: r.truncated,
+            ambiguous: r.ambiguous,
         };
         self.apply_redaction(&mut d);
         d

@@ -26,6 +26,8 @@ pub struct Record {
     pub application_name: Option<String>,
     /// Client host (and port).
     pub remote_host: Option<String>,
+    /// Server address the client connected to (`%L`, PG18).
+    pub local_address: Option<String>,
     /// Session id (`%c`).
     pub session_id: Option<String>,
     /// Line number within the session (`%l`).
@@ -67,6 +69,10 @@ pub struct Record {
     /// Some field was cut at [`MAX_FIELD_BYTES`], or the record was longer than the
     /// reader's limit and was split.
     pub truncated: bool,
+    /// The line could be read more than one way (a client wrote a separator or a
+    /// severity label into a name): the fields the readings disagree on are left out,
+    /// and when they disagree on where the message starts, so is the severity.
+    pub ambiguous: bool,
 }
 
 impl Record {

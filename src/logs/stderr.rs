@@ -3,7 +3,7 @@
 
 use memchr::memchr;
 
-use super::prefix::{is_secondary, Prefix};
+use super::prefix::{is_secondary, Body, Prefix, Reader};
 use super::record::{append_line, text, Record};
 use super::Flush;
 
@@ -46,19 +46,34 @@ impl Field {
     }
 }
 
-/// A line parsed ahead: where it starts, its fields, its label and text.
-type Peeked<'a> = (usize, Box<Record>, Option<(&'a str, &'a [u8])>);
+/// A line parsed ahead: where it starts, its fields, its label (`None`: undecided) and
+/// text.
+type Peeked<'a> = (usize, Box<Record>, Option<(Option<&'a str>, &'a [u8])>);
 
 /// Parses `stderr` logs written with one `log_line_prefix`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StderrParser {
     prefix: Prefix,
+    /// The matcher's buffers and what the log showed of its sessions (settles lines
+    /// that can be read more than one way).
+    reader: Reader,
+}
+
+impl Clone for StderrParser {
+    /// A parser for the same prefix; what one log showed of its sessions is not
+    /// carried to another.
+    fn clone(&self) -> StderrParser {
+        StderrParser::new(self.prefix.clone())
+    }
 }
 
 impl StderrParser {
     /// A parser for lines written with `prefix`.
     pub fn new(prefix: Prefix) -> StderrParser {
-        StderrParser { prefix }
+        StderrParser {
+            prefix,
+            reader: Reader::default(),
+        }
     }
 
     /// The prefix in use.
@@ -71,7 +86,7 @@ impl StderrParser {
     /// is held back unless `flush` says the data will not grow: its DETAIL or STATEMENT
     /// line may still be on its way.
     pub fn parse(
-        &self,
+        &mut self,
         buf: &[u8],
         base: u64,
         flush: Flush,
@@ -118,7 +133,10 @@ impl StderrParser {
                 Some((at, rec, body)) if base + at as u64 == offset => (*rec, body),
                 _ => {
                     let mut rec = Record::default();
-                    let body = self.prefix.parse(line, &mut rec).map(|b| (b.label, b.text));
+                    let body = self
+                        .prefix
+                        .parse(line, &mut self.reader, &mut rec)
+                        .map(|b| (b.label, b.text));
                     (rec, body)
                 }
             };
@@ -129,9 +147,16 @@ impl StderrParser {
                 consumed = pos;
                 continue;
             };
-            let field = Field::of(label);
             let (t, cut) = text(body_text);
             rec.truncated |= cut;
+            let Some(label) = label else {
+                // Read more than one way, and the readings disagree on where the
+                // message starts: kept whole and flagged, severity unknown.
+                rec.message = t;
+                cur = Some((rec, Field::Message));
+                continue;
+            };
+            let field = Field::of(label);
             if is_secondary(label) {
                 // An extra line whose message is not here (another backend's line came
                 // between, or it was cut off at a rotation): kept on its own.
@@ -157,10 +182,14 @@ impl StderrParser {
                     rec.truncated |= cut;
                 } else {
                     let mut other = Box::<Record>::default();
-                    match self.prefix.parse(l, &mut other) {
-                        Some(b) if is_secondary(b.label) && other.pid == rec.pid => {
-                            field = Field::of(b.label);
-                            let (t, cut) = text(b.text);
+                    match self.prefix.parse(l, &mut self.reader, &mut other) {
+                        Some(Body {
+                            label: Some(label),
+                            text: b_text,
+                            ..
+                        }) if is_secondary(label) && other.pid == rec.pid => {
+                            field = Field::of(label);
+                            let (t, cut) = text(b_text);
                             rec.truncated |= cut;
                             let slot = field.get(&mut rec);
                             if slot.is_empty() {
@@ -208,7 +237,7 @@ mod tests {
     use super::*;
 
     fn run(log: &str, flush: Flush) -> (Vec<Record>, usize) {
-        let p = StderrParser::new(Prefix::compile("%m [%p] "));
+        let mut p = StderrParser::new(Prefix::compile("%m [%p] "));
         let mut out = Vec::new();
         let n = p.parse(log.as_bytes(), 100, flush, &mut out, 1000);
         (out, n)
@@ -245,7 +274,7 @@ mod tests {
     #[test]
     fn partial_lines_wait_and_garbage_is_kept() {
         let log: &[u8] = b"not a log line \xff\n2026-11-26 10:00:00.001 UTC [10] LOG:  half";
-        let p = StderrParser::new(Prefix::compile("%m [%p] "));
+        let mut p = StderrParser::new(Prefix::compile("%m [%p] "));
         let mut out = Vec::new();
         let n = p.parse(log, 0, Flush::Settled, &mut out, 10);
         assert_eq!(n, 17);
@@ -286,7 +315,7 @@ mod tests {
     fn max_bounds_the_batch_and_consumed_is_a_message_boundary() {
         let line = "2026-11-26 10:00:00.001 UTC [10] LOG:  x\n";
         let log = line.repeat(5);
-        let p = StderrParser::new(Prefix::compile("%m [%p] "));
+        let mut p = StderrParser::new(Prefix::compile("%m [%p] "));
         let mut out = Vec::new();
         let n = p.parse(log.as_bytes(), 0, Flush::Settled, &mut out, 2);
         assert_eq!(out.len(), 2);

@@ -184,7 +184,7 @@ impl Tailer {
     }
 
     /// Reads what is new: at most `max` messages from one file.
-    pub fn poll(&mut self, parser: &LogParser, max: usize) -> io::Result<Poll> {
+    pub fn poll(&mut self, parser: &mut LogParser, max: usize) -> io::Result<Poll> {
         let mut poll = Poll::default();
         if self.open.is_none() && !self.open_first(&mut poll.notes)? {
             return Ok(poll);
@@ -412,7 +412,7 @@ fn read(
     buf: &mut Vec<u8>,
     o: &OpenFile,
     size: u64,
-    parser: &LogParser,
+    parser: &mut LogParser,
     max: usize,
     settled: bool,
     finished: bool,
@@ -502,7 +502,11 @@ fn line_start_before(path: &Path, size: u64) -> io::Result<u64> {
 }
 
 /// Parses a whole file offline (`parse-log`), calling `each` per message in order.
-pub fn read_file(path: &Path, parser: &LogParser, mut each: impl FnMut(Record)) -> io::Result<u64> {
+pub fn read_file(
+    path: &Path,
+    parser: &mut LogParser,
+    mut each: impl FnMut(Record),
+) -> io::Result<u64> {
     let f = File::open(path)?;
     let size = f.metadata()?.len();
     let c = Candidate::of(path).ok_or_else(|| io::Error::other("not a regular file"))?;

@@ -106,7 +106,7 @@ impl World {
         }
     }
 
-    fn poll(&mut self, parser: &LogParser) -> bool {
+    fn poll(&mut self, parser: &mut LogParser) -> bool {
         let p = self.tailer.poll(parser, 50).expect("poll");
         let moved = !p.records.is_empty() || p.position != self.last;
         for r in p.records {
@@ -122,7 +122,7 @@ impl World {
 
     /// Polls until nothing moves for a few polls (the last message needs the file to
     /// be seen twice at the same size).
-    fn drain(&mut self, parser: &LogParser) {
+    fn drain(&mut self, parser: &mut LogParser) {
         let mut quiet = 0;
         for _ in 0..500 {
             if self.poll(parser) {
@@ -137,7 +137,7 @@ impl World {
         panic!("the tailer never settled");
     }
 
-    fn apply(&mut self, op: &Op, parser: &LogParser) {
+    fn apply(&mut self, op: &Op, parser: &mut LogParser) {
         match op {
             Op::Write(n) => {
                 self.finish_partial();
@@ -205,15 +205,15 @@ proptest! {
     #[test]
     fn every_line_exactly_once_in_order(ops in proptest::collection::vec(op(), 1..60)) {
         let dir = tempfile::tempdir().expect("tmp");
-        let parser = LogParser::new(super::Format::Stderr, DEFAULT_PREFIX);
+        let mut parser = LogParser::new(super::Format::Stderr, DEFAULT_PREFIX);
         let mut w = World::new(dir.path());
         // The agent is running (has opened the log) before the first write.
-        w.poll(&parser);
+        w.poll(&mut parser);
         for op in &ops {
-            w.apply(op, &parser);
+            w.apply(op, &mut parser);
         }
         w.finish_partial();
-        w.drain(&parser);
+        w.drain(&mut parser);
         let want: Vec<String> = (0..w.written).map(|n| format!("line-{n}")).collect();
         prop_assert_eq!(&w.got, &want);
     }

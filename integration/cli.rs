@@ -2,7 +2,9 @@
 
 use std::process::Command;
 
-use crate::harness::agent::{bin, config, TOKEN};
+use std::time::Duration;
+
+use crate::harness::agent::{bin, config, Agent, TOKEN};
 use crate::harness::listener::Listener;
 use crate::harness::pg::PgCluster;
 use crate::harness::shared_tempdir;
@@ -50,6 +52,96 @@ fn bad_config_exits_78_naming_every_bad_key() {
     let (code, _, err) = run(&["run"], &dir.path().join("missing.toml"));
     assert_eq!(code, 78);
     assert!(err.contains("no such file"), "{err}");
+}
+
+#[test]
+fn a_broken_file_never_shows_the_token_at_start_or_on_reload() {
+    // An unterminated string: the TOML error would quote the line, token and all.
+    let broken = |dir: &std::path::Path| {
+        format!(
+            "[agent]\nproject_id = \"p\"\nstate_dir = {:?}\n[listener]\ntoken = \"tok-SECRET-1234\n",
+            dir.join("state").display().to_string()
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, broken(dir.path())).expect("write");
+    for cmd in ["run", "check", "once", "status"] {
+        let (code, out, err) = run(&[cmd], &path);
+        assert_eq!(code, 78, "{cmd}: {err}");
+        assert!(err.contains("not valid TOML at line 5"), "{cmd}: {err}");
+        assert!(
+            !(out + &err).contains("SECRET"),
+            "{cmd}: the token was printed: {err}"
+        );
+    }
+
+    // The same file arriving by SIGHUP: rejected, named, and not in the log or status.
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &pg, &listener.url(), 1),
+        &[],
+    );
+    // Running, signal handlers in place: a first batch has arrived.
+    crate::harness::wait_for("a first batch", Duration::from_secs(30), || {
+        (!listener.received().is_empty()).then_some(())
+    });
+    std::fs::write(&agent.config_path, broken(dir.path())).expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let rejected = agent.wait_log("reload_rejected", Duration::from_secs(10), |_| true);
+    assert!(
+        rejected.to_string().contains("not valid TOML at line 5"),
+        "{rejected}"
+    );
+    let status = agent.status();
+    for shown in [agent.stderr(), status.to_string()] {
+        assert!(!shown.contains("SECRET"), "the token was shown: {shown}");
+    }
+}
+
+#[test]
+fn the_state_directory_and_its_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask has no preconditions; 022 is the common default anyway.
+    unsafe {
+        libc::umask(0o022);
+    }
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    // Left open by an earlier run or a hand-made install.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(state.join("status.json"), "{}").expect("write");
+    std::fs::set_permissions(
+        state.join("status.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &pg, &listener.url(), 1),
+        &[],
+    );
+    // Running, signal handlers in place: a first batch has arrived.
+    crate::harness::wait_for("a first batch", Duration::from_secs(30), || {
+        (!listener.received().is_empty()).then_some(())
+    });
+    agent.status();
+    let mode = |name: &str| {
+        std::fs::metadata(state.join(name))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    assert_eq!(mode(""), 0o700);
+    for f in ["spool.db", "spool.db-wal", "status.json"] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+    assert_eq!(agent.logs_named("state_dir_permissions_tightened").len(), 1);
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! Test-only fault injection, off unless `POSTGRES_AGENT_FAULT_DIR` is set.
+//! Test-only fault injection, off unless `POSTGRES_AGENT_FAULT_DIR` is set, and absent
+//! from release builds (the binary that ships): there the variable is never read, so no
+//! environment can make the agent panic, hang or kill itself.
 //!
 //! The integration tests prove that the supervisor restarts a child that panicked or hung
 //! by making the real binary do exactly that: a test writes `panic` or `hang` into
@@ -29,7 +31,7 @@ pub enum Fault {
 /// Takes the fault requested for `child`, if any (the request is removed first, so the
 /// restarted child does not obey it again).
 pub fn take(child: &str) -> Option<Fault> {
-    let dir = std::env::var_os(FAULT_DIR_ENV)?;
+    let dir = fault_dir()?;
     let path = PathBuf::from(dir).join(child);
     let text = std::fs::read_to_string(&path).ok()?;
     std::fs::remove_file(&path).ok()?;
@@ -43,9 +45,18 @@ pub fn take(child: &str) -> Option<Fault> {
     }
 }
 
+/// The fault directory: only in debug builds (what the tests run).
+fn fault_dir() -> Option<std::ffi::OsString> {
+    if cfg!(debug_assertions) {
+        std::env::var_os(FAULT_DIR_ENV)
+    } else {
+        None
+    }
+}
+
 /// The fault requested for `child`, left in place so that it repeats (for `stop`).
 pub fn peek(child: &str) -> Option<Fault> {
-    let dir = std::env::var_os(FAULT_DIR_ENV)?;
+    let dir = fault_dir()?;
     let text = std::fs::read_to_string(PathBuf::from(dir).join(child)).ok()?;
     (text.trim() == "stop").then_some(Fault::Stop)
 }

@@ -15,6 +15,7 @@
 //!   themselves (SQL and row mapping), [`db`] the connection pool with its limits.
 //! - [`buffer`] is the SQLite spool: every event is on disk before it is shipped.
 //! - [`shipper`] POSTs batches to the listener and acknowledges them back to the spool.
+//! - [`state_dir`] keeps the spool and status private (0700/0600 whatever the umask).
 //! - [`status`] is the snapshot written on SIGUSR1; [`signals`] and [`systemd`] connect the
 //!   process to its service manager.
 //! - [`commands`] implements the CLI subcommands on top of all of the above.
@@ -35,6 +36,7 @@ pub mod model;
 pub mod shipper;
 pub mod signals;
 pub mod sources;
+pub mod state_dir;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;

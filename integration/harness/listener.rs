@@ -22,7 +22,14 @@ pub enum Mode {
     /// 400 for any batch holding an event whose JSON contains [`REJECT_MARK`], 200
     /// otherwise (a listener that refuses one malformed event).
     RejectMarked,
+    /// This 3xx for the ingest path, with a `Location` on this listener (credentials
+    /// in it, which must never be shown) whose path answers 200 to anything: a client
+    /// that follows redirects would think its events delivered.
+    Redirect(u16),
 }
+
+/// The password in [`Mode::Redirect`]'s `Location`.
+pub const REDIRECT_SECRET: &str = "hunter2-in-location";
 
 /// What [`Mode::RejectMarked`] looks for.
 pub const REJECT_MARK: &str = "REJECT-ME";
@@ -98,6 +105,7 @@ impl Listener {
         let sock = TcpListener::bind(("127.0.0.1", self.port)).expect("bind listener");
         self.port = sock.local_addr().expect("addr").port();
         let server = tiny_http::Server::from_listener(sock, None).expect("tiny_http");
+        let port = self.port;
         self.stop = Arc::new(AtomicBool::new(false));
         let (stop, shared) = (self.stop.clone(), self.shared.clone());
         self.thread = Some(std::thread::spawn(move || {
@@ -120,7 +128,9 @@ impl Listener {
                             .any(|e| e.to_string().contains(REJECT_MARK))
                     })
                 };
+                let ingest = req.url().starts_with("/ingest");
                 let (status, retry_after) = match mode {
+                    Mode::Redirect(_) if !ingest => (200, None),
                     _ if auth.as_deref() != Some(&format!("Bearer {}", shared.token)) => {
                         (401, None)
                     }
@@ -129,6 +139,7 @@ impl Listener {
                     Mode::RetryAfter(s, secs) => (s, Some(secs)),
                     Mode::RejectMarked if marked() => (400, None),
                     Mode::RejectMarked => (200, None),
+                    Mode::Redirect(s) => (s, None),
                 };
                 let rec = Received {
                     at: std::time::Instant::now(),
@@ -146,6 +157,12 @@ impl Listener {
                     resp = resp.with_header(
                         tiny_http::Header::from_bytes("Retry-After", secs.to_string())
                             .expect("header"),
+                    );
+                }
+                if let (Mode::Redirect(_), true) = (mode, ingest) {
+                    let to = format!("http://user:{REDIRECT_SECRET}@127.0.0.1:{port}/elsewhere");
+                    resp = resp.with_header(
+                        tiny_http::Header::from_bytes("Location", to).expect("header"),
                     );
                 }
                 let _ = req.respond(resp);

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::cli::{Cli, EXIT_OK, EXIT_UNAVAILABLE};
+use crate::config::display_url;
 use crate::config::Config;
 use crate::db::{describe, pg_config};
 use crate::model::Batch;
-use crate::shipper::{encode_body, envelope_json, Sender};
+use crate::shipper::{Post, Sender};
 
 struct Report {
     failures: usize,
@@ -318,45 +317,33 @@ async fn check_listener(r: &mut Report, config: &Config) {
         project: config.agent.project_id.clone(),
         host: config.agent.hostname.clone(),
     };
-    let body = match encode_body(envelope_json(&sender, &batch, Utc::now()), l.compression) {
-        Ok(b) => b,
-        Err(e) => {
-            return r.fail(
-                "listener",
-                &format!("cannot encode: {e}"),
-                "report this as a bug",
-            )
-        }
-    };
-    let client = awc::Client::builder().timeout(l.timeout).finish();
-    let mut req = client
-        .post(&l.url)
-        .insert_header(("Authorization", format!("Bearer {}", l.token.expose())))
-        .insert_header(("Content-Type", "application/json"))
-        .insert_header(("Idempotency-Key", batch.batch_id.as_str()));
-    if l.compression == crate::config::Compression::Gzip {
-        req = req.insert_header(("Content-Encoding", "gzip"));
-    }
-    match req.send_body(body).await {
-        Ok(resp) => match resp.status().as_u16() {
-            s @ 200..=299 => r.ok(
-                "listener",
-                &format!("{} accepted the token (HTTP {s})", l.url),
-            ),
+    let url = display_url(&l.url);
+    // The shipper's own request: same headers, same body encoding, redirects refused.
+    match Post::new(l, sender).send(&batch).await {
+        Ok(a) => match a.status {
+            s @ 200..=299 => r.ok("listener", &format!("{url} accepted the token (HTTP {s})")),
             s @ (401 | 403) => r.fail(
                 "listener",
-                &format!("{} rejected the token (HTTP {s})", l.url),
+                &format!("{url} rejected the token (HTTP {s})"),
                 "set listener.token or listener.token_file to the project's ingest token",
             ),
-            s => r.fail(
+            300..=399 => r.fail(
                 "listener",
-                &format!("{} answered HTTP {s}", l.url),
+                &format!(
+                    "{url} answered {}: the agent never follows a redirect on the ingest path, so nothing would be delivered",
+                    a.describe()
+                ),
+                "set listener.url to the address the listener really takes (scheme, host and path)",
+            ),
+            _ => r.fail(
+                "listener",
+                &format!("{url} answered {}", a.describe()),
                 "check listener.url (the path too: /ingest/postgres) and the listener's own logs",
             ),
         },
         Err(e) => r.fail(
             "listener",
-            &format!("cannot reach {}: {e}", l.url),
+            &format!("cannot reach {url}: {e}"),
             "check listener.url and that the listener is running and reachable from this host",
         ),
     }

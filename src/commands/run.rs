@@ -1,20 +1,29 @@
 //! `run`: the daemon.
 
 use actix::Actor;
-use slog::{crit, error, Logger};
+use slog::{crit, error, warn, Logger};
 
 use crate::cli::{Cli, EXIT_OTHER};
 use crate::config::Config;
 use crate::supervisor::Supervisor;
-use crate::{logging, signals};
+use crate::{logging, signals, state_dir};
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub fn run(cli: &Cli, config: Config) -> i32 {
     let (log, _guard) = logging::init(cli.log_format, cli.log_level);
     install_panic_hook(log.clone());
-    if let Err(e) = std::fs::create_dir_all(&config.agent.state_dir) {
-        crit!(log, "state_dir_unusable"; "dir" => %config.agent.state_dir.display(), "error" => %e);
-        return EXIT_OTHER;
+    // Before anything is created: the spool and the status dump are private.
+    state_dir::private_umask();
+    match state_dir::prepare(&config.agent.state_dir) {
+        Ok(t) if t.dir || !t.files.is_empty() => {
+            warn!(log, "state_dir_permissions_tightened"; "dir" => %config.agent.state_dir.display(),
+                  "dir_was_open" => t.dir, "files" => t.files.join(","));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            crit!(log, "state_dir_unusable"; "dir" => %config.agent.state_dir.display(), "error" => %e);
+            return EXIT_OTHER;
+        }
     }
     let system = actix_rt::System::new();
     let path = cli.config.clone();

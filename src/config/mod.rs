@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use secret::Secret;
+pub use secret::{display_url, Secret};
 pub use validate::{default_pattern, validate};
 
 /// The prefix of environment overrides: `POSTGRES_AGENT__DATABASE__PORT=5433`.
@@ -237,39 +237,31 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Reads `path`, applies environment overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let whole = |problem: String| ConfigError {
+        let whole = |problems: Vec<ConfigProblem>| ConfigError {
             path: path.to_path_buf(),
-            problems: vec![ConfigProblem {
-                key: String::new(),
-                problem,
-            }],
+            problems,
         };
         if !path.is_file() {
-            return Err(whole(format!(
+            return Err(whole(one(format!(
                 "cannot read the file: {}",
                 if path.exists() {
                     "not a regular file"
                 } else {
                     "no such file"
                 }
-            )));
+            ))));
         }
-        let built = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__"),
-            )
-            .build()
-            .map_err(|e| whole(format!("not valid TOML: {e}")))?;
-        let raw: raw::RawConfig = built
-            .try_deserialize()
-            .map_err(|e| whole(format!("unexpected structure: {e}")))?;
-        validate(raw).map_err(|problems| ConfigError {
-            path: path.to_path_buf(),
-            problems,
-        })
+        let text =
+            std::fs::read(path).map_err(|e| whole(one(format!("cannot read the file: {e}"))))?;
+        let text = String::from_utf8(text).map_err(|e| {
+            whole(one(format!(
+                "not valid TOML: not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            )))
+        })?;
+        let mut tree = file_tree(&text).map_err(|p| whole(one(p)))?;
+        env_overrides(&mut tree, std::env::vars_os()).map_err(whole)?;
+        finish(tree).map_err(whole)
     }
 
     /// A short fingerprint of the settings (secrets included only as "set/unset"), shown
@@ -282,22 +274,105 @@ impl Config {
     }
 }
 
+fn one(problem: String) -> Vec<ConfigProblem> {
+    vec![ConfigProblem {
+        key: String::new(),
+        problem,
+    }]
+}
+
+/// The file as a tree. The syntax is checked first so that an error names the line and
+/// column and what is wrong but never shows the text around it: an unterminated
+/// `token = "…` would otherwise put the token into the message, and from there into
+/// the log and the status dump.
+fn file_tree(text: &str) -> Result<serde_json::Value, String> {
+    if let Err(e) = text.parse::<toml::Table>() {
+        let at = e.span().map_or(String::new(), |s| {
+            let before = &text[..s.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {col}")
+        });
+        return Err(format!(
+            "not valid TOML{at}: {} (the text is not repeated here: it may hold a secret)",
+            e.message().trim_end()
+        ));
+    }
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| format!("not valid TOML: {}", raw::no_values(&e.to_string())))
+}
+
+/// Puts `POSTGRES_AGENT__SECTION__KEY=value` overrides into the tree, each marked as
+/// coming from the environment (see [`raw::Field`]: text there may stand for a number).
+fn env_overrides(
+    tree: &mut serde_json::Value,
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(), Vec<ConfigProblem>> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut problems = Vec::new();
+    for (k, v) in vars {
+        let Some(name) = k.to_str().and_then(|k| k.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let parts: Vec<String> = name.split("__").map(str::to_ascii_lowercase).collect();
+        let [section, key] = parts.as_slice() else {
+            problems.push(ConfigProblem {
+                key: String::new(),
+                problem: format!(
+                    "environment variable {prefix}{name}: expected {prefix}SECTION__KEY"
+                ),
+            });
+            continue;
+        };
+        let Some(value) = v.to_str() else {
+            problems.push(ConfigProblem {
+                key: format!("{section}.{key}"),
+                problem: format!("environment variable {prefix}{name} is not UTF-8 text"),
+            });
+            continue;
+        };
+        if !tree.is_object() {
+            *tree = serde_json::json!({});
+        }
+        let sec = tree.as_object_mut().map(|t| {
+            t.entry(section.clone())
+                .or_insert_with(|| serde_json::json!({}))
+        });
+        match sec.and_then(|s| s.as_object_mut()) {
+            Some(s) => {
+                s.insert(key.clone(), raw::env_value(value));
+            }
+            None => problems.push(ConfigProblem {
+                key: section.clone(),
+                problem: "is not a table".into(),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// The tree read into the raw structs, then validated.
+fn finish(tree: serde_json::Value) -> Result<Config, Vec<ConfigProblem>> {
+    let raw: raw::RawConfig = serde_json::from_value(tree).map_err(|e| {
+        one(format!(
+            "unexpected structure: {}",
+            raw::no_values(&e.to_string())
+        ))
+    })?;
+    validate(raw)
+}
+
 /// Parses a configuration from TOML text without environment overrides (for tests and
 /// for tools that hold the text already).
 pub fn parse_str(text: &str) -> Result<Config, Vec<ConfigProblem>> {
-    let one = |problem: String| {
-        vec![ConfigProblem {
-            key: String::new(),
-            problem,
-        }]
-    };
-    let raw: raw::RawConfig = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .map_err(|e| one(format!("not valid TOML: {e}")))?
-        .try_deserialize()
-        .map_err(|e| one(format!("unexpected structure: {e}")))?;
-    validate(raw)
+    finish(file_tree(text).map_err(one)?)
 }
 
 #[cfg(test)]
@@ -374,6 +449,115 @@ mod tests {
         .expect("valid");
         assert_eq!(c.listener.token.expose(), "s3cret-token");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    fn problems(text: &str) -> String {
+        parse_str(text)
+            .expect_err("config should be refused")
+            .iter()
+            .map(|p| format!("{}: {}\n", p.key, p.problem))
+            .collect()
+    }
+
+    #[test]
+    fn no_error_echoes_a_secret_or_the_text_around_it() {
+        // A token of the wrong type.
+        let p = problems("[agent]\nproject_id=\"p\"\n[listener]\ntoken = 987654321123\n");
+        assert!(
+            p.contains("listener.token: wrong type: expected a string, found an integer"),
+            "{p}"
+        );
+        assert!(!p.contains("987654321123"), "{p}");
+        // An unterminated string: the line is named, its text is not repeated.
+        let p = problems("[agent]\nproject_id=\"p\"\n[listener]\ntoken = \"s3cret-unterminated\nurl = \"http://x:8080/\"\n");
+        assert!(p.contains("not valid TOML at line 4"), "{p}");
+        assert!(!p.contains("s3cret"), "{p}");
+        // A secret in a key the structure does not expect.
+        let p = problems("listener = \"s3cret-as-section\"\n");
+        assert!(!p.contains("s3cret"), "{p}");
+        // Credentials in the listener URL are masked.
+        let p =
+            problems("[agent]\nproject_id=\"p\"\n[listener]\nurl = \"ftp://u:s3cret-pw@h/x\"\n");
+        assert!(p.contains("ftp://***@h/x"), "{p}");
+        assert!(!p.contains("s3cret"), "{p}");
+        // A token an HTTP header cannot carry.
+        let p = problems("[agent]\nproject_id=\"p\"\n[listener]\ntoken = \"ab cd\"\n");
+        assert!(p.contains("listener.token: holds spaces"), "{p}");
+        assert!(!p.contains("ab cd"), "{p}");
+    }
+
+    #[test]
+    fn values_in_the_file_have_their_type_but_the_environment_is_text() {
+        let p = problems(
+            "[agent]\nproject_id=\"p\"\n[collection]\ninterval_s = \"1\"\nactivity = \"true\"\n",
+        );
+        assert!(
+            p.contains("collection.interval_s: wrong type: expected an integer, found a string"),
+            "{p}"
+        );
+        assert!(
+            p.contains("collection.activity: wrong type: expected a boolean, found a string"),
+            "{p}"
+        );
+        let mut tree = file_tree("[agent]\nproject_id=\"p\"\n").expect("toml");
+        let vars = [
+            ("POSTGRES_AGENT__COLLECTION__INTERVAL_S", "7"),
+            ("POSTGRES_AGENT__COLLECTION__ACTIVITY", "false"),
+            ("POSTGRES_AGENT__LISTENER__TOKEN", "12345"),
+            ("OTHER", "x"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        env_overrides(&mut tree, vars.into_iter()).expect("env");
+        let c = finish(tree).expect("valid");
+        assert_eq!(c.collection.interval, Duration::from_secs(7));
+        assert!(!c.collection.activity);
+        assert_eq!(
+            c.listener.token.expose(),
+            "12345",
+            "a numeric token from the environment is text"
+        );
+        let mut tree = file_tree("").expect("toml");
+        let bad = [("POSTGRES_AGENT__NOSECTION", "1")].map(|(k, v)| (k.into(), v.into()));
+        assert!(env_overrides(&mut tree, bad.into_iter()).is_err());
+    }
+
+    #[test]
+    fn secret_files_hold_the_secret_alone_on_the_first_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = |key: &str, section: &str, f: &std::path::Path| {
+            format!(
+                "[agent]\nproject_id=\"p\"\n[{section}]\n{key}={:?}\n",
+                f.display().to_string()
+            )
+        };
+        let two = dir.path().join("two");
+        std::fs::write(&two, "tok-1\ntok-2\n").expect("write");
+        let p = problems(&conf("token_file", "listener", &two));
+        assert!(
+            p.contains("listener.token_file:") && p.contains("1 more non-empty line"),
+            "{p}"
+        );
+        assert!(!p.contains("tok-1"), "{p}");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "pw-line\r\n\n").expect("write");
+        let c = parse_str(&conf("password_file", "database", &pw)).expect("valid");
+        assert_eq!(
+            c.database.password.as_ref().map(|s| s.expose()),
+            Some("pw-line")
+        );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\nsecret-on-line-2\n").expect("write");
+        let p = problems(&conf("password_file", "database", &empty));
+        assert!(p.contains("the first line is empty"), "{p}");
+        assert!(!p.contains("secret-on-line-2"), "{p}");
+    }
+
+    #[test]
+    fn an_unknown_redact_value_is_refused() {
+        assert_eq!(
+            keys("[agent]\nproject_id=\"p\"\n[logs]\nredact = \"all\"\n"),
+            vec!["logs.redact"]
+        );
     }
 
     #[test]

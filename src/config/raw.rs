@@ -26,16 +26,82 @@ pub enum Field<T> {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let v = serde_json::Value::deserialize(d)?;
+        // An environment override is always text: "5" stands for a number and "true"
+        // for a bool there. In the file a value must have the right type.
+        if let Some(text) = from_env(&v) {
+            let as_text = serde_json::Value::String(text.to_string());
+            return Ok(match serde_json::from_value::<T>(as_text.clone()) {
+                Ok(t) => Field::Given(t),
+                Err(_) => match serde_json::from_str::<T>(text) {
+                    Ok(t) => Field::Given(t),
+                    Err(e) => Field::Bad(mismatch(&as_text, &e)),
+                },
+            });
+        }
         Ok(match serde_json::from_value::<T>(v.clone()) {
             Ok(t) => Field::Given(t),
-            // Environment overrides arrive as strings; accept "5" for a number and
-            // "true" for a bool the way a person would expect.
-            Err(e) => match v.as_str().and_then(|s| serde_json::from_str::<T>(s).ok()) {
-                Some(t) => Field::Given(t),
-                None => Field::Bad(e.to_string()),
-            },
+            Err(e) => Field::Bad(mismatch(&v, &e)),
         })
     }
+}
+
+/// The marker around a value that came from the environment.
+const ENV_MARK: &str = "$env";
+
+/// A value from the environment, marked as such in the tree.
+pub fn env_value(text: &str) -> serde_json::Value {
+    serde_json::json!({ ENV_MARK: text })
+}
+
+fn from_env(v: &serde_json::Value) -> Option<&str> {
+    let o = v.as_object()?;
+    (o.len() == 1).then(|| o.get(ENV_MARK)?.as_str()).flatten()
+}
+
+/// "expected an integer, found a string": what was wanted and the kind of value given,
+/// never the value itself (it may be a secret written into the wrong key or type).
+fn mismatch(v: &serde_json::Value, e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let expected = msg
+        .rsplit_once(", expected ")
+        .map(|(_, x)| x.split(" at line").next().unwrap_or(x).trim())
+        .map(|x| match x {
+            "i64" | "u64" | "i32" | "u32" | "u16" => "an integer",
+            "f64" => "a number",
+            x => x,
+        });
+    let found = match v {
+        serde_json::Value::Null => "nothing",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(n) if n.is_f64() => "a number",
+        serde_json::Value::Number(_) => "an integer",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "a table",
+    };
+    match expected {
+        Some(x) => format!("expected {x}, found {found}"),
+        None => format!("cannot be read from {found}"),
+    }
+}
+
+/// A serde message without the values it quotes (`…`, "…"): structure errors may point
+/// at a value that is a secret.
+pub fn no_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut quote: Option<char> = None;
+    for c in msg.chars() {
+        match (quote, c) {
+            (None, '`' | '"') => {
+                quote = Some(c);
+                out.push_str("(value)");
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c) => out.push(c),
+        }
+    }
+    out
 }
 
 /// Keys that no section knows, with their values (only the names are reported).

@@ -25,6 +25,21 @@ impl Secret {
     }
 }
 
+/// A URL as it may be shown: credentials in it (`https://user:password@host/…`)
+/// become `***`. Used wherever the listener URL (or a `Location` it answered with)
+/// reaches a message, the log or the status dump.
+pub fn display_url(url: &str) -> String {
+    let Some(scheme) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
@@ -40,6 +55,17 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(
+            display_url("https://u:p@h:8080/x?a=b@c"),
+            "https://***@h:8080/x?a=b@c"
+        );
+        assert_eq!(display_url("http://h/ingest"), "http://h/ingest");
+        assert_eq!(display_url("http://a@b@h/"), "http://***@h/");
+        assert_eq!(display_url("not a url"), "not a url");
+    }
 
     #[test]
     fn never_printed() {

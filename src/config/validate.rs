@@ -74,17 +74,43 @@ impl Check {
         v
     }
 
+    /// The secret on the first line of `path` (a trailing newline and `\r` dropped).
+    /// Other non-empty lines are refused rather than sent along: a token with a newline
+    /// cannot go into a header, and the error would then blame the network.
     fn secret_file(&mut self, key: &str, path: &str) -> Option<Secret> {
         if path.is_empty() {
             return None;
         }
-        match std::fs::read_to_string(path) {
-            Ok(s) => Some(Secret::new(s.trim_end_matches(['\n', '\r']))),
+        let text = match std::fs::read(path) {
+            Ok(b) => match String::from_utf8(b) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.problem(key, format!("{path} is not UTF-8 text"));
+                    return None;
+                }
+            },
             Err(e) => {
                 self.problem(key, format!("cannot read {path}: {e}"));
-                None
+                return None;
             }
+        };
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("").trim_end_matches('\r');
+        if first.trim().is_empty() {
+            self.problem(
+                key,
+                format!("{path}: the first line is empty; put the secret on it, alone"),
+            );
+            return None;
         }
+        let more = lines.filter(|l| !l.trim().is_empty()).count();
+        if more > 0 {
+            self.problem(
+                key,
+                format!("{path} has {more} more non-empty line(s) after the first: the secret must be alone on the first line"),
+            );
+        }
+        Some(Secret::new(first))
     }
 }
 
@@ -321,7 +347,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
         c.problem(
             "listener.url",
-            format!("{url:?} is not an http:// or https:// URL"),
+            format!(
+                "{:?} is not an http:// or https:// URL",
+                super::display_url(&url)
+            ),
         );
     }
     let token = c.value("listener.token", &li.token, String::new());
@@ -339,6 +368,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             .unwrap_or_default(),
         _ => Secret::new(token),
     };
+    // The token goes into an HTTP header: visible ASCII only (the value is not shown).
+    if token.expose().bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        c.problem(
+            "listener.token",
+            "holds spaces, control characters or non-ASCII text, which an HTTP header cannot carry (the value is not shown)",
+        );
+    }
     let compression = match c
         .choice(
             "listener.compression",

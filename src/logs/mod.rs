@@ -356,6 +356,22 @@ impl Shaper {
     }
 
     fn apply_redaction(&self, d: &mut LogData<'_>) {
+        // Passwords go whatever `redact` says (a logged `ALTER ROLE … PASSWORD '…'`).
+        for f in [
+            &mut d.detail,
+            &mut d.context,
+            &mut d.statement,
+            &mut d.query,
+            &mut d.hint,
+            &mut d.raw,
+        ] {
+            if let Some(r) = f.as_deref().and_then(redact::passwords) {
+                *f = Some(Cow::Owned(r));
+            }
+        }
+        if let Some(r) = redact::passwords(&d.message) {
+            d.message = Cow::Owned(r);
+        }
         if self.redact == Redact::None {
             return;
         }
@@ -468,6 +484,25 @@ mod tests {
         let d = shaper(Redact::Parameters).data(&r, "f", Format::Stderr);
         assert_eq!(d.detail.as_deref(), Some("parameters: $1 = ?"));
         assert_eq!(d.statement.as_deref(), Some("select $1"));
+    }
+
+    #[test]
+    fn passwords_are_redacted_even_without_redaction() {
+        let r = Record {
+            severity: Some("LOG".into()),
+            message: "statement: ALTER ROLE app PASSWORD 'hunter2'".into(),
+            ..Default::default()
+        };
+        let d = shaper(Redact::None).data(&r, "f", Format::Stderr);
+        assert_eq!(d.message, "statement: ALTER ROLE app PASSWORD '***'");
+        let r = Record {
+            severity: Some("ERROR".into()),
+            message: "syntax error".into(),
+            statement: Some("create role x password 'hunter2' foo".into()),
+            ..Default::default()
+        };
+        let d = shaper(Redact::None).data(&r, "f", Format::Stderr);
+        assert!(!serde_json::to_string(&d).expect("json").contains("hunter2"));
     }
 
     #[test]

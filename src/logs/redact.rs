@@ -48,6 +48,74 @@ pub fn parameters(s: &str) -> Option<String> {
     Some(out)
 }
 
+/// What takes the place of a password.
+const MASK: &str = "'***'";
+
+/// Passwords out of SQL and connection strings, whatever `[logs] redact` says: the value
+/// after `PASSWORD` (`CREATE/ALTER ROLE … PASSWORD '…'`, a user mapping's `OPTIONS
+/// (password '…')`) and after `password=` in a connection string (`dblink`, `CREATE
+/// SUBSCRIPTION … CONNECTION '…'`). `None` when there is none (no allocation).
+pub fn passwords(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(k) = memchr::memchr2(b'p', b'P', &b[i..]).map(|k| i + k) {
+        i = k + 1;
+        let word = b
+            .get(k..k + 8)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"password"));
+        let alone = k == 0 || !(b[k - 1].is_ascii_alphanumeric() || b[k - 1] == b'_');
+        if !word || !alone {
+            continue;
+        }
+        let mut j = k + 8;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let conninfo = b.get(j) == Some(&b'=');
+        let (from, to) = match b.get(j) {
+            Some(b'=') => {
+                let mut v = j + 1;
+                while v < b.len() && b[v] == b' ' {
+                    v += 1;
+                }
+                match b.get(v) {
+                    Some(q @ (b'\'' | b'"')) => (v, skip_quoted(b, v, *q)),
+                    Some(_) => {
+                        let end = b[v..]
+                            .iter()
+                            .position(|c| {
+                                c.is_ascii_whitespace() || matches!(c, b'\'' | b'"' | b')' | b',')
+                            })
+                            .map_or(b.len(), |e| v + e);
+                        (v, end)
+                    }
+                    None => continue,
+                }
+            }
+            Some(b'\'') => (j, skip_quoted(b, j, b'\'')),
+            Some(b'E' | b'e') if b.get(j + 1) == Some(&b'\'') => (j, skip_escaped(b, j + 1)),
+            Some(b'$') => match dollar_quoted(b, j) {
+                Some(end) => (j, end),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if to <= from {
+            continue;
+        }
+        let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+        o.push_str(&s[copied..from]);
+        o.push_str(if conninfo { "***" } else { MASK });
+        copied = to;
+        i = to;
+    }
+    let mut o = out?;
+    o.push_str(&s[copied..]);
+    Some(o)
+}
+
 /// Index after the quoted string starting at `b[start] == q` (doubled quotes escape).
 fn skip_quoted(b: &[u8], start: usize, q: u8) -> usize {
     let mut i = start + 1;
@@ -182,6 +250,48 @@ pub fn row_values(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_pass() {
+        let cases = [
+            (
+                "ALTER ROLE app PASSWORD 'hunter2'",
+                "ALTER ROLE app PASSWORD '***'",
+            ),
+            (
+                "create role x login password  'it''s'",
+                "create role x login password  '***'",
+            ),
+            (
+                "ALTER USER u WITH ENCRYPTED PASSWORD E'a\\'b' VALID UNTIL 'x'",
+                "ALTER USER u WITH ENCRYPTED PASSWORD '***' VALID UNTIL 'x'",
+            ),
+            ("alter role r password $$p$$", "alter role r password '***'"),
+            (
+                "CREATE USER MAPPING FOR u SERVER s OPTIONS (user 'u', password 'pw')",
+                "CREATE USER MAPPING FOR u SERVER s OPTIONS (user 'u', password '***')",
+            ),
+            (
+                "select dblink_connect('host=h password=s3cr3t dbname=d')",
+                "select dblink_connect('host=h password=*** dbname=d')",
+            ),
+            (
+                "CONNECTION 'host=h password = \"pw x\" user=u'",
+                "CONNECTION 'host=h password = *** user=u'",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(passwords(input).as_deref(), Some(want), "{input}");
+        }
+        for untouched in [
+            "select password_hash from t",
+            "ALTER ROLE r PASSWORD NULL",
+            "no secret here",
+            "passwords",
+        ] {
+            assert_eq!(passwords(untouched), None, "{untouched}");
+        }
+    }
 
     #[test]
     fn parameters_lose_their_values() {

@@ -12,10 +12,10 @@ use chrono::Utc;
 use slog::{debug, error, info, warn, Logger};
 use tokio::sync::oneshot;
 
-use super::policy::{classify, retry_after, Backoff, Breaker, Permit, Transition, Verdict};
-use super::{encode_body, envelope_json, Sender};
+use super::policy::{classify, Backoff, Breaker, Permit, Transition, Verdict};
+use super::{Answer, Post, Sender};
 use crate::buffer::BufferActor;
-use crate::config::{BreakerConfig, Compression, ListenerConfig};
+use crate::config::{BreakerConfig, ListenerConfig};
 use crate::model::{
     Ack, AckRows, Batch, ChildDetail, ExitGuard, Flush, FlushOutcome, Health, NextBatch, Ping,
     QuarantineRows, Route, ShipperStats, SpoolError,
@@ -35,11 +35,7 @@ enum Attempt {
     /// The listener accepted a batch of this many events.
     Sent { events: usize, status: u16 },
     /// The listener answered something else; the batch comes back for a split.
-    Refused {
-        status: u16,
-        retry_after: Option<Duration>,
-        batch: Batch,
-    },
+    Refused { answer: Answer, batch: Batch },
     /// No answer (connect error, timeout).
     Failed(String),
     /// A split batch was worked through (or stopped at a failure).
@@ -54,46 +50,6 @@ struct SplitOutcome {
     /// Why it stopped before the end (the listener failed otherwise meanwhile).
     stopped: Option<String>,
     status: Option<u16>,
-}
-
-/// Everything a request needs, cloned into its future.
-#[derive(Clone)]
-struct Post {
-    client: awc::Client,
-    url: String,
-    token: crate::config::Secret,
-    compression: Compression,
-    sender: Sender,
-}
-
-impl Post {
-    /// POSTs a batch; the status and the Retry-After it came with.
-    async fn send(&self, batch: &Batch) -> Result<(u16, Option<Duration>), String> {
-        let body = encode_body(
-            envelope_json(&self.sender, batch, Utc::now()),
-            self.compression,
-        )
-        .map_err(|e| format!("cannot compress batch: {e}"))?;
-        let mut req = self
-            .client
-            .post(&self.url)
-            .insert_header(("Authorization", format!("Bearer {}", self.token.expose())))
-            .insert_header(("Content-Type", "application/json"))
-            .insert_header(("Idempotency-Key", batch.batch_id.as_str()));
-        if self.compression == Compression::Gzip {
-            req = req.insert_header(("Content-Encoding", "gzip"));
-        }
-        let resp = req
-            .send_body(body)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after(v, Utc::now()));
-        Ok((resp.status().as_u16(), after))
-    }
 }
 
 /// Ships the spool to the listener.
@@ -124,17 +80,7 @@ impl ShipperActor {
         log: Logger,
         guard: ExitGuard,
     ) -> ShipperActor {
-        let client = awc::Client::builder()
-            .timeout(cfg.timeout)
-            .add_default_header(("User-Agent", format!("postgres-agent/{}", crate::VERSION)))
-            .finish();
-        let post = Post {
-            client,
-            url: cfg.url.clone(),
-            token: cfg.token.clone(),
-            compression: cfg.compression,
-            sender,
-        };
+        let post = Post::new(&cfg, sender);
         ShipperActor {
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             breaker: Breaker::new(breaker.fail_max, breaker.reset_timeout),
@@ -188,17 +134,14 @@ impl ShipperActor {
                 Ok(Err(e)) => return Attempt::SpoolFailed(e.to_string()),
                 Err(_) => return Attempt::SpoolFailed(SpoolError::Unavailable.to_string()),
             };
-            let (status, retry_after) = match post.send(&batch).await {
+            let answer = match post.send(&batch).await {
                 Ok(r) => r,
                 Err(e) => return Attempt::Failed(e),
             };
+            let status = answer.status;
             debug!(log, "batch_posted"; "batch_id" => &batch.batch_id, "status" => status, "events" => batch.events.len());
             if classify(status) != Verdict::Ack {
-                return Attempt::Refused {
-                    status,
-                    retry_after,
-                    batch,
-                };
+                return Attempt::Refused { answer, batch };
             }
             // Test-only: a crash between the listener's 2xx and the delete.
             if let Some(f) = crate::fault::take("shipper_after_2xx") {
@@ -257,11 +200,8 @@ impl ShipperActor {
                 self.succeeded();
                 Duration::ZERO
             }
-            Attempt::Refused {
-                status,
-                retry_after,
-                batch,
-            } => {
+            Attempt::Refused { answer, batch } => {
+                let (status, retry_after) = (answer.status, answer.retry_after);
                 self.stats.last_http_status = Some(status);
                 match classify(status) {
                     Verdict::Split => {
@@ -279,7 +219,10 @@ impl ShipperActor {
                     Verdict::Rejected => {
                         self.busy = false;
                         self.fail(
-                            format!("listener answered HTTP {status}: check listener.url (the events are kept)"),
+                            format!(
+                                "listener answered {}: check listener.url (the events are kept)",
+                                answer.describe()
+                            ),
                             retry_after,
                         )
                     }
@@ -357,13 +300,14 @@ impl ShipperActor {
                     events,
                     seqs,
                 };
-                let status = match post.send(&part).await {
-                    Ok((s, _)) => s,
+                let answer = match post.send(&part).await {
+                    Ok(a) => a,
                     Err(e) => {
                         out.stopped = Some(e);
                         break;
                     }
                 };
+                let status = answer.status;
                 match classify(status) {
                     Verdict::Ack => match buffer.send(AckRows { seqs: part.seqs }).await {
                         Ok(Ok(n)) => out.acked += n,
@@ -403,8 +347,10 @@ impl ShipperActor {
                     }
                     _ => {
                         out.status = Some(status);
-                        out.stopped =
-                            Some(format!("listener answered HTTP {status} while splitting"));
+                        out.stopped = Some(format!(
+                            "listener answered {} while splitting",
+                            answer.describe()
+                        ));
                         break;
                     }
                 }

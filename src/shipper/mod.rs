@@ -4,9 +4,11 @@
 
 mod actor;
 pub mod policy;
+mod post;
 
 pub use actor::ShipperActor;
 pub use policy::{classify, Backoff, Breaker, Verdict};
+pub use post::{Answer, Post};
 
 use std::io::Write;
 

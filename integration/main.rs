@@ -10,6 +10,7 @@ mod delivery_policy;
 mod locks;
 mod log_prefixes;
 mod logs;
+mod not_utf8;
 mod redirects;
 mod signals;
 mod statements;

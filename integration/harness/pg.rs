@@ -246,8 +246,14 @@ impl PgCluster {
     /// A psql session that reads SQL from a pipe, so a test can open a transaction and
     /// leave it idle for as long as it likes.
     pub fn interactive(&self, application_name: &str) -> Interactive {
+        self.interactive_in("postgres", application_name)
+    }
+
+    /// [`PgCluster::interactive`] in database `db`.
+    pub fn interactive_in(&self, db: &str, application_name: &str) -> Interactive {
         let child = self
             .psql()
+            .args(["-d", db])
             .env("PGAPPNAME", application_name)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -264,9 +270,15 @@ pub struct Interactive(std::process::Child);
 impl Interactive {
     /// Sends SQL (a newline is added); returns at once, the session runs it.
     pub fn send(&mut self, sql: &str) {
+        self.send_bytes(sql.as_bytes());
+    }
+
+    /// Sends SQL as raw bytes (text that is not UTF-8 too); a newline is added.
+    pub fn send_bytes(&mut self, sql: &[u8]) {
         use std::io::Write;
         let stdin = self.0.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{sql}").expect("write to psql");
+        stdin.write_all(sql).expect("write to psql");
+        stdin.write_all(b"\n").expect("write to psql");
         stdin.flush().expect("flush");
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use bb8::{ErrorSink, Pool as Bb8Pool, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use slog::{warn, Logger};
+pub mod text;
 pub mod tls;
 
 use crate::config::{DatabaseConfig, SslMode};

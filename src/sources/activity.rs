@@ -12,7 +12,9 @@ use tokio_postgres::Row;
 use super::{CollectFuture, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
+use crate::db::text::{raw_bytes, text};
 use crate::db::{Db, DbError, APPLICATION_NAME};
+use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind};
 
 /// Reads `pg_stat_activity`.
@@ -23,6 +25,8 @@ pub struct ActivitySource {
     max_query_length: u32,
     /// `server_version_num`, learnt on first use: `query_id` exists from PostgreSQL 14.
     server_version: Rc<Cell<Option<i32>>>,
+    /// Rows that could not be read at all (counted and skipped; the cycle goes on).
+    skipped: Rc<Cell<u64>>,
 }
 
 /// One backend as shipped (`data` of a `pg_activity` event).
@@ -56,6 +60,9 @@ pub struct ActivityRow {
     /// Backends in the sample (after the `max_activity_rows` cap) and before the cap.
     pub sample_rows: usize,
     pub sample_total_rows: i64,
+    /// Some text of the row was not UTF-8 (a `SQL_ASCII` database): shown with U+FFFD.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_utf8: bool,
 }
 
 /// The query. The agent's own sessions are excluded by name *and* role, so that a user
@@ -63,6 +70,7 @@ pub struct ActivityRow {
 /// come first and the oldest transactions before younger ones, so that the cap keeps
 /// the backends that matter in an incident.
 fn sql(server_version: i32) -> String {
+    let query = raw_bytes("a.query");
     let query_id = if server_version >= 140000 {
         "a.query_id"
     } else {
@@ -76,7 +84,8 @@ fn sql(server_version: i32) -> String {
             extract(epoch FROM s.now - a.query_start)::float8 AS query_age_s,
             extract(epoch FROM s.now - a.state_change)::float8 AS state_age_s,
             a.backend_xid::text, a.backend_xmin::text, {query_id} AS query_id,
-            left(a.query, $1) AS query, coalesce(length(a.query) > $1, false) AS query_truncated,
+            substr({query}, 1, $1) AS query,
+            coalesce(octet_length(a.query) > $1, false) AS query_truncated,
             count(*) OVER () AS total_rows, s.now AS sampled_at
          FROM pg_stat_activity a, (SELECT now() AS now) s
          WHERE a.pid <> pg_backend_pid()
@@ -95,6 +104,7 @@ impl ActivitySource {
             max_rows: config.collection.max_activity_rows,
             max_query_length: config.collection.max_query_length,
             server_version: Rc::new(Cell::new(None)),
+            skipped: Rc::new(Cell::new(0)),
         }
     }
 }
@@ -104,11 +114,17 @@ impl Source for ActivitySource {
         EventKind::PgActivity
     }
 
+    fn state(&self) -> Option<String> {
+        let n = self.skipped.get();
+        (n > 0).then(|| format!("{n} unreadable row(s) skipped"))
+    }
+
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
         let host = self.host.clone();
         let pattern = self.pattern.clone();
         let (max_rows, max_len) = (self.max_rows, self.max_query_length);
         let version = self.server_version.clone();
+        let skipped = self.skipped.clone();
         Box::pin(async move {
             let conn = db.get().await?;
             let v = super::server_version(&conn, &version).await?;
@@ -120,17 +136,26 @@ impl Source for ActivitySource {
                     version.set(None);
                     DbError::query(e)
                 })?;
-            to_events(&rows, &host, &pattern)
+            let (events, bad) = to_events(&rows, &host, &pattern)?;
+            skipped.set(skipped.get() + bad);
+            Ok(events)
         })
     }
 }
 
-/// Maps rows to events; a row that cannot be read fails the cycle with the column named.
-fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<Vec<Event>, DbError> {
+/// Maps rows to events; a row that cannot be read is skipped and counted (the second
+/// value), never the reason a whole sample is lost.
+fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), DbError> {
     let n = rows.len();
     let mut out = Vec::with_capacity(n);
+    let mut skipped = 0;
     for r in rows {
-        let mut row = map_row(r).map_err(|e| DbError::Query(format!("unexpected row: {e}")))?;
+        let (Ok(mut row), Ok(sampled_at)) =
+            (map_row(r), r.try_get::<_, DateTime<Utc>>("sampled_at"))
+        else {
+            skipped += 1;
+            continue;
+        };
         row.sample_rows = n;
         if let Some((id, src)) = correlation::extract(
             pattern,
@@ -140,9 +165,6 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<Vec<Event>, Db
             row.correlation_id = Some(id);
             row.correlation_source = Some(src);
         }
-        let sampled_at: DateTime<Utc> = r
-            .try_get("sampled_at")
-            .map_err(|e| DbError::Query(e.to_string()))?;
         let id = format!(
             "pg_activity:{host}:{}:{}",
             sampled_at.timestamp_micros(),
@@ -152,21 +174,23 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<Vec<Event>, Db
             .map_err(|e| DbError::Query(format!("cannot encode row: {e}")))?;
         out.push(ev);
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 fn map_row(r: &Row) -> Result<ActivityRow, tokio_postgres::Error> {
+    let mut bad = false;
+    let query = text(r, "query", &mut bad)?;
     Ok(ActivityRow {
         pid: r.try_get("pid")?,
-        datname: r.try_get("datname")?,
-        usename: r.try_get("usename")?,
-        application_name: r.try_get("application_name")?,
-        client_addr: r.try_get("client_addr")?,
+        datname: text(r, "datname", &mut bad)?,
+        usename: text(r, "usename", &mut bad)?,
+        application_name: text(r, "application_name", &mut bad)?,
+        client_addr: text(r, "client_addr", &mut bad)?,
         client_port: r.try_get("client_port")?,
-        backend_type: r.try_get("backend_type")?,
-        state: r.try_get("state")?,
-        wait_event_type: r.try_get("wait_event_type")?,
-        wait_event: r.try_get("wait_event")?,
+        backend_type: text(r, "backend_type", &mut bad)?,
+        state: text(r, "state", &mut bad)?,
+        wait_event_type: text(r, "wait_event_type", &mut bad)?,
+        wait_event: text(r, "wait_event", &mut bad)?,
         backend_start: r.try_get("backend_start")?,
         xact_start: r.try_get("xact_start")?,
         query_start: r.try_get("query_start")?,
@@ -174,14 +198,17 @@ fn map_row(r: &Row) -> Result<ActivityRow, tokio_postgres::Error> {
         xact_age_s: r.try_get("xact_age_s")?,
         query_age_s: r.try_get("query_age_s")?,
         state_age_s: r.try_get("state_age_s")?,
-        backend_xid: r.try_get("backend_xid")?,
-        backend_xmin: r.try_get("backend_xmin")?,
+        backend_xid: text(r, "backend_xid", &mut bad)?,
+        backend_xmin: text(r, "backend_xmin", &mut bad)?,
         query_id: r.try_get("query_id")?,
-        query: r.try_get("query")?,
+        // An idle session shows its last statement: an `ALTER ROLE … PASSWORD` stays
+        // visible there for as long as the session lives.
+        query: query.map(|q| passwords(&q).unwrap_or(q)),
         query_truncated: r.try_get("query_truncated")?,
         correlation_id: None,
         correlation_source: None,
         sample_rows: 0,
         sample_total_rows: r.try_get("total_rows")?,
+        not_utf8: bad,
     })
 }

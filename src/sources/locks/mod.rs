@@ -17,7 +17,9 @@ use tokio_postgres::Row;
 use super::{CollectFuture, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
+use crate::db::text::{raw_bytes, text};
 use crate::db::{Db, DbError};
+use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind};
 
 /// Reads blocked and blocking sessions.
@@ -30,6 +32,8 @@ pub struct LocksSource {
     fast: Duration,
     blocking_seen: Rc<Cell<bool>>,
     server_version: Rc<Cell<Option<i32>>>,
+    /// Rows that could not be read at all (counted and skipped; the cycle goes on).
+    skipped: Rc<Cell<u64>>,
 }
 
 /// One session on either side of a wait.
@@ -52,6 +56,9 @@ pub struct Session {
     pub backend_xid: Option<String>,
     pub correlation_id: Option<String>,
     pub correlation_source: Option<CorrelationSource>,
+    /// Some text of the row was not UTF-8 (a `SQL_ASCII` database): shown with U+FFFD.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_utf8: bool,
 }
 
 /// The lock a session waits for.
@@ -87,6 +94,7 @@ pub struct BlockedSession {
 /// which the wiki's pg_locks self-join gets wrong for queued waiters, and calling it only
 /// for sessions with `wait_event_type = 'Lock'` keeps the cost at zero when nobody waits.
 fn sql(server_version: i32) -> String {
+    let query = raw_bytes("a.query");
     let waitstart = if server_version >= 140000 {
         "waitstart"
     } else {
@@ -106,7 +114,8 @@ fn sql(server_version: i32) -> String {
          )
          SELECT a.pid, w.blocking, a.datname::text, a.usename::text, a.application_name,
                 host(a.client_addr) AS client_addr, a.state, a.wait_event_type, a.wait_event,
-                left(a.query, $1) AS query, coalesce(length(a.query) > $1, false) AS query_truncated,
+                substr({query}, 1, $1) AS query,
+                coalesce(octet_length(a.query) > $1, false) AS query_truncated,
                 extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,
                 extract(epoch FROM now() - a.query_start)::float8 AS query_age_s,
                 extract(epoch FROM now() - a.state_change)::float8 AS state_age_s,
@@ -135,6 +144,7 @@ impl LocksSource {
             fast: config.collection.locks_blocking_interval,
             blocking_seen: Rc::new(Cell::new(false)),
             server_version: Rc::new(Cell::new(None)),
+            skipped: Rc::new(Cell::new(0)),
         }
     }
 }
@@ -142,6 +152,11 @@ impl LocksSource {
 impl Source for LocksSource {
     fn kind(&self) -> EventKind {
         EventKind::PgLocks
+    }
+
+    fn state(&self) -> Option<String> {
+        let n = self.skipped.get();
+        (n > 0).then(|| format!("{n} unreadable row(s) skipped"))
     }
 
     fn interval(&self, base: Duration) -> Duration {
@@ -157,6 +172,7 @@ impl Source for LocksSource {
         let pattern = self.pattern.clone();
         let (max_rows, max_len) = (self.max_rows, self.max_query_length);
         let (seen, version) = (self.blocking_seen.clone(), self.server_version.clone());
+        let skipped = self.skipped.clone();
         Box::pin(async move {
             let conn = db.get().await?;
             let v = super::server_version(&conn, &version).await?;
@@ -167,7 +183,8 @@ impl Source for LocksSource {
                     version.set(None);
                     DbError::query(e)
                 })?;
-            let events = to_events(&rows, &host, &pattern)?;
+            let (events, bad) = to_events(&rows, &host, &pattern)?;
+            skipped.set(skipped.get() + bad);
             seen.set(!events.is_empty());
             Ok(events)
         })
@@ -182,8 +199,9 @@ struct Parsed {
 }
 
 fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
-    let application_name: Option<String> = r.try_get("application_name")?;
-    let query: Option<String> = r.try_get("query")?;
+    let mut bad = false;
+    let application_name = text(r, "application_name", &mut bad)?;
+    let query = text(r, "query", &mut bad)?.map(|q| passwords(&q).unwrap_or(q));
     let corr = correlation::extract(pattern, application_name.as_deref(), query.as_deref());
     let locktype: Option<String> = r.try_get("locktype")?;
     let lock = locktype
@@ -199,21 +217,22 @@ fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
     Ok(Parsed {
         session: Session {
             pid: r.try_get("pid")?,
-            datname: r.try_get("datname")?,
-            usename: r.try_get("usename")?,
+            datname: text(r, "datname", &mut bad)?,
+            usename: text(r, "usename", &mut bad)?,
             application_name,
-            client_addr: r.try_get("client_addr")?,
-            state: r.try_get("state")?,
-            wait_event_type: r.try_get("wait_event_type")?,
-            wait_event: r.try_get("wait_event")?,
+            client_addr: text(r, "client_addr", &mut bad)?,
+            state: text(r, "state", &mut bad)?,
+            wait_event_type: text(r, "wait_event_type", &mut bad)?,
+            wait_event: text(r, "wait_event", &mut bad)?,
             query,
             query_truncated: r.try_get("query_truncated")?,
             xact_age_s: r.try_get("xact_age_s")?,
             query_age_s: r.try_get("query_age_s")?,
             state_age_s: r.try_get("state_age_s")?,
-            backend_xid: r.try_get("backend_xid")?,
+            backend_xid: text(r, "backend_xid", &mut bad)?,
             correlation_id: corr.as_ref().map(|c| c.0.clone()),
             correlation_source: corr.map(|c| c.1),
+            not_utf8: bad,
         },
         blocking: r.try_get("blocking")?,
         lock: lock.transpose()?,
@@ -221,17 +240,17 @@ fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
     })
 }
 
-fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<Vec<Event>, DbError> {
-    let bad = |e: tokio_postgres::Error| DbError::Query(format!("unexpected row: {e}"));
-    let Some(first) = rows.first() else {
-        return Ok(vec![]);
-    };
-    let sampled_at: DateTime<Utc> = first.try_get("sampled_at").map_err(bad)?;
-    let parsed = rows
+/// The events of one sample, and how many rows could not be read (skipped: one odd
+/// session must not hide the pile-up the source exists for).
+fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), DbError> {
+    let Some(sampled_at) = rows
         .iter()
-        .map(|r| parse(r, pattern))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
+        .find_map(|r| r.try_get::<_, DateTime<Utc>>("sampled_at").ok())
+    else {
+        return Ok((vec![], rows.len() as u64));
+    };
+    let parsed: Vec<Parsed> = rows.iter().filter_map(|r| parse(r, pattern).ok()).collect();
+    let skipped = (rows.len() - parsed.len()) as u64;
     let sessions: BTreeMap<i32, &Session> =
         parsed.iter().map(|p| (p.session.pid, &p.session)).collect();
     let graph: chain::Graph = parsed
@@ -269,5 +288,5 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<Vec<Event>, Db
                 .map_err(|e| DbError::Query(format!("cannot encode row: {e}")))?,
         );
     }
-    Ok(out)
+    Ok((out, skipped))
 }

@@ -18,7 +18,9 @@ use tokio_postgres::Client;
 
 use super::{CollectFuture, Source};
 use crate::config::Config;
+use crate::db::text::{raw_bytes, Lossy};
 use crate::db::{describe, Db, DbError};
+use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind};
 use baseline::Baseline;
 use delta::{diff, top_n, ColKind, Column, Delta, Key};
@@ -609,7 +611,10 @@ impl Cycle {
         };
         if !missing.is_empty() {
             let q = format!(
-                "SELECT DISTINCT ON (queryid) queryid, left(query, $1) FROM {}.pg_stat_statements(true) WHERE queryid = ANY($2)",
+                // Bytes, not characters: a text from a SQL_ASCII database is not UTF-8,
+                // and left() on it fails the whole query ("invalid byte sequence").
+                "SELECT DISTINCT ON (queryid) queryid, substr({}, 1, $1) FROM {}.pg_stat_statements(true) WHERE queryid = ANY($2)",
+                raw_bytes("query"),
                 ext.schema
             );
             let rows = conn
@@ -621,8 +626,7 @@ impl Cycle {
                 st.texts.clear();
             }
             for r in rows {
-                st.texts
-                    .insert(r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default());
+                st.texts.insert(r.get(0), statement_text(&r));
             }
         }
         if need_db {
@@ -630,17 +634,39 @@ impl Cycle {
                 .query("SELECT oid, datname::text FROM pg_database", &[])
                 .await
                 .map_err(DbError::query)?;
-            state.borrow_mut().databases = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            state.borrow_mut().databases = names(&rows);
         }
         if need_role {
             let rows = conn
                 .query("SELECT oid, rolname::text FROM pg_roles", &[])
                 .await
                 .map_err(DbError::query)?;
-            state.borrow_mut().roles = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            state.borrow_mut().roles = names(&rows);
         }
         Ok(())
     }
+}
+
+/// A statement's text as shipped: read lossily (see [`crate::db::text`]), passwords
+/// masked (utility statements such as `ALTER ROLE … PASSWORD '…'` keep their constants
+/// in pg_stat_statements).
+fn statement_text(r: &tokio_postgres::Row) -> String {
+    let t = r
+        .try_get::<_, Option<Lossy>>(1)
+        .ok()
+        .flatten()
+        .map(|l| l.text)
+        .unwrap_or_default();
+    passwords(&t).unwrap_or(t)
+}
+
+/// oid → name, read lossily (a name created in a SQL_ASCII database need not be UTF-8).
+fn names<K: for<'a> tokio_postgres::types::FromSql<'a> + std::hash::Hash + Eq>(
+    rows: &[tokio_postgres::Row],
+) -> std::collections::HashMap<K, String> {
+    rows.iter()
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get::<_, Lossy>(1).ok()?.text)))
+        .collect()
 }
 
 /// Server errors that mean "the extension cannot be used" rather than "the cycle failed".

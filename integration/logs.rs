@@ -484,3 +484,53 @@ fn check_says_what_to_do_without_the_logging_collector() {
     );
     assert!(out.contains("fix: set [logs] path to that file"), "{out}");
 }
+
+#[test]
+fn the_agents_own_statements_are_left_out_of_the_log_and_counted() {
+    // Every statement logged: the agent's own samples would come back as log events.
+    let mut pg = PgCluster::init(&format!(
+        "{LOG_CONF}log_destination = 'csvlog'\nlog_directory = 'log'\nlog_min_duration_statement = 0\n"
+    ));
+    pg.start_server();
+    pg.sql("create role mallory login");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = crate::harness::shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
+        "logs = false\n",
+        "logs = true\n[logs]\nstart_at = \"beginning\"\n",
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // A client that calls itself postgres-agent under another role is shipped.
+    let out = pg
+        .psql()
+        .args(["-U", "mallory", "-c", "select 'pretender-marker'"])
+        .env("PGAPPNAME", "postgres-agent")
+        .output()
+        .expect("psql");
+    assert!(out.status.success());
+    let pretender = wait_for("the pretender's statement", Duration::from_secs(30), || {
+        listener.events_of("pg_log").into_iter().find(|e| {
+            e["data"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("pretender-marker") && m.starts_with("duration:"))
+        })
+    });
+    assert_eq!(pretender["data"]["user"], "mallory");
+    // The agent's own samples (one a second) were read and left out, counted.
+    let st = wait_for("own events counted", Duration::from_secs(30), || {
+        let st = agent.status();
+        (st["children"]["pg_log"]["detail"]["own_events_skipped_total"].as_u64() >= Some(3))
+            .then_some(st)
+    });
+    let own: Vec<Value> = listener
+        .events_of("pg_log")
+        .into_iter()
+        .filter(|e| {
+            e["data"]["application_name"] == "postgres-agent" && e["data"]["user"] == "postgres"
+        })
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the agent's own statements shipped: {own:?}\n{st}"
+    );
+}

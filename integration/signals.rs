@@ -236,3 +236,34 @@ fn systemd_is_notified_of_ready_reload_watchdog_and_stop() {
         Some(0)
     );
 }
+
+#[test]
+fn a_second_sigterm_cuts_the_shutdown_short_with_its_own_exit_code_and_a_flushed_log() {
+    let pg = PgCluster::start("");
+    let mut listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    // A long grace period: the final flush is still waiting when the second signal comes.
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("shutdown_grace_s = 5", "shutdown_grace_s = 120");
+    let mut agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for("a first batch", Duration::from_secs(30), || {
+        (!listener.received().is_empty()).then_some(())
+    });
+    // The listener goes away, events wait in the spool: the final flush cannot finish.
+    listener.stop();
+    wait_for("events waiting in the spool", Duration::from_secs(30), || {
+        (!agent.spool_ids().is_empty()).then_some(())
+    });
+    agent.signal(libc::SIGTERM);
+    agent.wait_log("shutdown_started", Duration::from_secs(10), |_| true);
+    agent.signal(libc::SIGTERM);
+    let code = agent
+        .wait_exit(Duration::from_secs(30))
+        .and_then(|s| s.code());
+    assert_eq!(code, Some(143), "{}", agent.stderr());
+    // The log was flushed on the way out: the reason is its last word.
+    let cut = agent.logs_named("shutdown_cut_short");
+    assert_eq!(cut.len(), 1, "{}", agent.stderr());
+    assert_eq!(cut[0]["exit_code"], 143);
+    assert!(agent.logs_named("agent_stopped").is_empty());
+}

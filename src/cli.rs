@@ -16,6 +16,10 @@ pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 /// The configuration is invalid (EX_CONFIG); systemd does not restart on it.
 pub const EXIT_CONFIG: i32 = 78;
+/// A second SIGTERM/SIGINT cut the shutdown short (128 + SIGTERM, as a shell reports a
+/// process ended by the signal): the spool keeps what was not flushed, but the final
+/// flush to the listener did not finish.
+pub const EXIT_CUT_SHORT: i32 = 143;
 
 /// Where the config file is looked for when `-c` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/postgres-agent/agent.toml";

@@ -238,6 +238,8 @@ pub struct LogStats {
     pub pending_events: usize,
     /// Failed hand-overs to the spool (retried; nothing is read meanwhile).
     pub spool_errors_total: u64,
+    /// Messages of the agent's own sessions, left out (see `logs::OwnSessions`).
+    pub own_events_skipped_total: u64,
     /// Reader counters and position.
     #[serde(flatten)]
     pub tail: crate::logs::tail::TailStats,

@@ -2,9 +2,10 @@
 //! SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps status.
 
 use actix::Addr;
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cli::EXIT_CUT_SHORT;
 use crate::supervisor::{DumpStatus, Reload, Shutdown, Supervisor};
 
 /// What a signal asks of the agent.
@@ -54,8 +55,14 @@ pub fn spawn(supervisor: Addr<Supervisor>, log: Logger) {
                     stopping = true;
                     supervisor.do_send(Shutdown);
                 }
-                // A second SIGTERM while flushing: the operator is impatient; leave now.
-                Signal::Terminate => std::process::exit(0),
+                // A second SIGTERM while flushing: the operator is impatient. Leave now,
+                // but through the runtime, so that the log drain is flushed on the way
+                // out and the exit code says the shutdown did not finish.
+                Signal::Terminate => {
+                    warn!(log, "shutdown_cut_short"; "reason" => "a second SIGTERM/SIGINT arrived during the final flush; unsent events stay in the spool",
+                          "exit_code" => EXIT_CUT_SHORT);
+                    actix::System::current().stop_with_code(EXIT_CUT_SHORT);
+                }
                 Signal::Reload => supervisor.do_send(Reload),
                 Signal::DumpStatus => supervisor.do_send(DumpStatus { trigger: "sigusr1" }),
             }

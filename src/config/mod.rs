@@ -560,6 +560,32 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, .. Default::default() })]
+
+        /// Any text, broken any way: no panic, and the secret written in it never shows
+        /// in a problem (the token, in any key or shape).
+        #[test]
+        fn any_text_loads_or_is_refused_without_showing_the_secret(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "[agent]\n", "project_id = \"p\"\n", "[listener]\n", "token = ", "\"SECRETX",
+                "SECRETX", "'SECRETX'", "\"\n", "\n", "= ", "[", "]", "url = \"http://u:SECRETX@h/\"\n",
+                "interval_s = ", "1", "\"1\"", "[collection]\n", "{", "}", "SECRETX = 1\n",
+                "token_file = \"/nonexistent/SECRETX\"\n", "\\", "\u{0}", "é", "#",
+            ]), 0..16),
+        ) {
+            let text = pieces.concat();
+            if let Err(problems) = parse_str(&text) {
+                for p in problems {
+                    // A key name may be the secret's text itself (an unknown key
+                    // `SECRETX`): keys are named, values never.
+                    let shown = p.problem.replace("/nonexistent/SECRETX", "");
+                    proptest::prop_assert!(!shown.contains("SECRETX"), "{text:?}: {}: {}", p.key, p.problem);
+                }
+            }
+        }
+    }
+
     #[test]
     fn default_pattern_extracts_the_id() {
         let c = parse_str("[agent]\nproject_id=\"p\"\n").expect("valid");

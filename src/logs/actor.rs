@@ -16,7 +16,7 @@ use slog::{debug, info, warn, Logger};
 use super::locate::{current_formats, Locator};
 use super::redact::Redact;
 use super::tail::{Note, Position, StartAt, Tailer};
-use super::{Format, LogParser, Shaper, DEFAULT_PREFIX};
+use super::{Format, LogParser, OwnSessions, Shaper, DEFAULT_PREFIX};
 use crate::buffer::{self, BufferActor};
 use crate::collector::cycle_limit;
 use crate::config::{Config, LogsConfig};
@@ -290,6 +290,8 @@ pub struct LogTailActor {
     db: Rc<Db>,
     limit: Duration,
     shaper: Shaper,
+    /// The agent's own sessions, left out of what is shipped.
+    own: OwnSessions,
     buffer: Route<BufferActor>,
     server: Option<ServerSettings>,
     settings_due: Instant,
@@ -325,6 +327,9 @@ impl LogTailActor {
             shaper: Shaper {
                 pattern: config.correlation.application_name_pattern.clone(),
                 redact: Redact::parse(&config.logs.redact).unwrap_or(Redact::None),
+            },
+            own: OwnSessions {
+                user: config.database.user.clone(),
             },
             buffer,
             server: None,
@@ -526,6 +531,10 @@ impl LogTailActor {
             .unwrap_or_default();
         let mut events = Vec::with_capacity(poll.records.len());
         for r in poll.records {
+            if self.own.owns(&r) {
+                self.stats.own_events_skipped_total += 1;
+                continue;
+            }
             match self.shaper.event(r, &file, format, &identity, now) {
                 Ok(e) => events.push(e),
                 Err(e) => warn!(self.log, "log_event_encode_failed"; "error" => %e),

@@ -11,6 +11,8 @@
 pub mod actor;
 pub mod classify;
 pub mod csv;
+#[cfg(test)]
+mod fuzz;
 pub mod json;
 pub mod locate;
 pub mod prefix;
@@ -283,6 +285,25 @@ pub struct LogData<'a> {
     pub ambiguous: bool,
 }
 
+/// The agent's own sessions in the server's log (with `log_min_duration_statement = 0`
+/// or `log_statement = all` every sample it takes would come back as a log event): its
+/// application name *and* its role. A client may call itself `postgres-agent`; where
+/// the line names another user it is shipped like any other. Where the format carries
+/// no user (a stderr prefix without `%u`) the name alone decides.
+#[derive(Debug, Clone)]
+pub struct OwnSessions {
+    /// `database.user`.
+    pub user: String,
+}
+
+impl OwnSessions {
+    /// True for a record of one of the agent's own sessions.
+    pub fn owns(&self, r: &Record) -> bool {
+        r.application_name.as_deref() == Some(crate::db::APPLICATION_NAME)
+            && r.user.as_deref().is_none_or(|u| u == self.user)
+    }
+}
+
 /// Turns records into events: classification, correlation, redaction.
 #[derive(Debug, Clone)]
 pub struct Shaper {
@@ -503,6 +524,23 @@ mod tests {
         };
         let d = shaper(Redact::None).data(&r, "f", Format::Stderr);
         assert!(!serde_json::to_string(&d).expect("json").contains("hunter2"));
+    }
+
+    #[test]
+    fn own_sessions_by_name_and_role() {
+        let own = OwnSessions {
+            user: "agent".into(),
+        };
+        let rec = |app: Option<&str>, user: Option<&str>| Record {
+            application_name: app.map(Into::into),
+            user: user.map(Into::into),
+            ..Default::default()
+        };
+        assert!(own.owns(&rec(Some("postgres-agent"), Some("agent"))));
+        assert!(own.owns(&rec(Some("postgres-agent"), None)));
+        assert!(!own.owns(&rec(Some("postgres-agent"), Some("mallory"))));
+        assert!(!own.owns(&rec(Some("psql"), Some("agent"))));
+        assert!(!own.owns(&rec(None, Some("agent"))));
     }
 
     #[test]

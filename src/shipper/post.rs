@@ -98,22 +98,7 @@ impl Post {
         let status = resp.status().as_u16();
         let location = (300..400)
             .contains(&status)
-            .then(|| match header("location") {
-                Some(Ok(l)) => {
-                    let mut l = display_url(l);
-                    if l.len() > MAX_LOCATION {
-                        let cut = (0..=MAX_LOCATION)
-                            .rev()
-                            .find(|i| l.is_char_boundary(*i))
-                            .unwrap_or(0);
-                        l.truncate(cut);
-                        l.push('…');
-                    }
-                    l
-                }
-                Some(Err(_)) => "(not readable text)".to_string(),
-                None => "(no Location header)".to_string(),
-            });
+            .then(|| location_text(header("location").map(|h| h.ok())));
         Ok(Answer {
             status,
             retry_after,
@@ -122,9 +107,47 @@ impl Post {
     }
 }
 
+/// A `Location` as it may be repeated in a message: credentials masked, cut to a sane
+/// length on a character boundary; a header that is not text or is missing is said so.
+pub fn location_text(header: Option<Option<&str>>) -> String {
+    match header {
+        Some(Some(l)) => {
+            let mut l = display_url(l);
+            if l.len() > MAX_LOCATION {
+                let cut = (0..=MAX_LOCATION)
+                    .rev()
+                    .find(|i| l.is_char_boundary(*i))
+                    .unwrap_or(0);
+                l.truncate(cut);
+                l.push('…');
+            }
+            l
+        }
+        Some(None) => "(not readable text)".to_string(),
+        None => "(no Location header)".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a listener answers: a status class for every code, no panic on any
+        /// Retry-After or Location, and what is repeated is bounded and masked.
+        #[test]
+        fn any_answer_is_handled(status in any::<u16>(), retry in ".{0,40}", loc in "\\PC{0,400}", user in "[a-z]{1,8}") {
+            let _ = super::super::classify(status);
+            let _ = super::super::policy::retry_after(&retry, Utc::now());
+            let with_user = format!("https://{user}:pw@{loc}");
+            let t = location_text(Some(Some(&with_user)));
+            prop_assert!(t.len() <= MAX_LOCATION + '…'.len_utf8());
+            prop_assert!(!t.starts_with(&format!("https://{user}:pw@")), "{t}");
+            let a = Answer { status, retry_after: None, location: Some(t) };
+            let _ = a.describe();
+        }
+    }
 
     #[test]
     fn describe_names_the_redirect() {

@@ -251,9 +251,11 @@ fn a_second_sigterm_cuts_the_shutdown_short_with_its_own_exit_code_and_a_flushed
     });
     // The listener goes away, events wait in the spool: the final flush cannot finish.
     listener.stop();
-    wait_for("events waiting in the spool", Duration::from_secs(30), || {
-        (!agent.spool_ids().is_empty()).then_some(())
-    });
+    wait_for(
+        "events waiting in the spool",
+        Duration::from_secs(30),
+        || (!agent.spool_ids().is_empty()).then_some(()),
+    );
     agent.signal(libc::SIGTERM);
     agent.wait_log("shutdown_started", Duration::from_secs(10), |_| true);
     agent.signal(libc::SIGTERM);

@@ -20,24 +20,27 @@ pub enum Signal {
 }
 
 /// Listens for signals on the current (supervisor's) runtime until the system stops.
+/// The handlers are installed before this returns (a signal that arrives before the
+/// loop first runs is queued, not fatal), so call it before the supervisor starts
+/// anything a signal could be aimed at.
 pub fn spawn(supervisor: Addr<Supervisor>, log: Logger) {
-    actix_rt::spawn(async move {
-        let kinds = [
-            SignalKind::terminate(),
-            SignalKind::interrupt(),
-            SignalKind::hangup(),
-            SignalKind::user_defined1(),
-        ];
-        let mut streams = Vec::new();
-        for k in kinds {
-            match signal(k) {
-                Ok(s) => streams.push(s),
-                Err(e) => {
-                    error!(log, "signal_setup_failed"; "error" => %e);
-                    return;
-                }
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::user_defined1(),
+    ];
+    let mut streams = Vec::new();
+    for k in kinds {
+        match signal(k) {
+            Ok(s) => streams.push(s),
+            Err(e) => {
+                error!(log, "signal_setup_failed"; "error" => %e);
+                return;
             }
         }
+    }
+    actix_rt::spawn(async move {
         let [term, int, hup, usr1] = &mut streams[..] else {
             return;
         };

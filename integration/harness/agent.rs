@@ -164,6 +164,8 @@ impl Agent {
     /// A fresh status dump (SIGUSR1, then status.json written after the signal). The
     /// children's figures are from the supervisor's last ping (at most a second old).
     pub fn status(&self) -> Value {
+        // Signal handlers are in place once the agent says it started.
+        self.wait_log("agent_started", Duration::from_secs(20), |_| true);
         let path = self.state_dir.join("status.json");
         let before = chrono::Utc::now();
         self.signal(libc::SIGUSR1);

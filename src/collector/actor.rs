@@ -155,7 +155,7 @@ impl CollectorActor {
         let state = self.source.state();
         if state != self.stats.source_state {
             match &state {
-                Some(s) if s.starts_with("unavailable") => {
+                Some(s) if s.starts_with("unavailable") || s.starts_with("degraded") => {
                     warn!(self.log, "source_state_changed"; "state" => s)
                 }
                 Some(s) => slog::info!(self.log, "source_state_changed"; "state" => s),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use slog::{debug, info, warn, Logger};
+use slog::{info, warn, Logger};
 
 use super::locate::{current_formats, Locator};
 use super::redact::Redact;
@@ -143,7 +143,11 @@ pub fn plan(
         None => (saved.data_dir.clone(), saved.log_dir.clone(), Vec::new()),
     };
     let Some(log_dir) = log_dir else {
-        return Err("unavailable: cannot find the server log: the database is unreachable and [logs] path is not set (fix: set [logs] path to the log file or directory)".into());
+        return Err(match server {
+            // Connected and asked, but the rows were not shown: a privilege, not the network.
+            Some(_) => "unavailable: the agent's role cannot see where the server writes its log (log_directory and data_directory are shown only to roles with pg_read_all_settings) (fix: GRANT pg_monitor TO the agent's role, or set [logs] path to the log file or directory)".into(),
+            None => "unavailable: cannot find the server log: the server's log settings could not be read (log_settings_unavailable in the agent's log says why) and [logs] path is not set (fix: check that the database is reachable, or set [logs] path to the log file or directory)".into(),
+        });
     };
     let mut log_dir = PathBuf::from(log_dir);
     if log_dir.is_relative() {
@@ -292,6 +296,8 @@ pub struct LogTailActor {
     shaper: Shaper,
     /// The agent's own sessions, left out of what is shipped.
     own: OwnSessions,
+    /// Why the server's log settings could not be read last time (logged once).
+    settings_error: Option<String>,
     buffer: Route<BufferActor>,
     server: Option<ServerSettings>,
     settings_due: Instant,
@@ -331,6 +337,7 @@ impl LogTailActor {
             own: OwnSessions {
                 user: config.database.user.clone(),
             },
+            settings_error: None,
             buffer,
             server: None,
             settings_due: Instant::now(),
@@ -371,6 +378,7 @@ impl LogTailActor {
             act.asking = false;
             match res {
                 Ok(s) => {
+                    act.settings_error = None;
                     act.settings_due = Instant::now() + SETTINGS_EVERY;
                     if act.server.as_ref() != Some(&s) {
                         info!(act.log, "log_settings_read";
@@ -389,7 +397,12 @@ impl LogTailActor {
                 }
                 Err(e) => {
                     act.settings_due = Instant::now() + RETRY;
-                    debug!(act.log, "log_settings_unavailable"; "error" => %e);
+                    // Once per distinct reason, at warning level: it is why no log is read.
+                    let why = e.to_string();
+                    if act.settings_error.as_deref() != Some(why.as_str()) {
+                        warn!(act.log, "log_settings_unavailable"; "error" => &why);
+                        act.settings_error = Some(why);
+                    }
                 }
             }
             act.replan();

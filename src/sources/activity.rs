@@ -12,10 +12,14 @@ use tokio_postgres::Row;
 use super::{CollectFuture, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
-use crate::db::text::{raw_bytes, text};
+use crate::db::text::{raw_bytes, text, Lossy};
 use crate::db::{Db, DbError, APPLICATION_NAME};
 use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind};
+
+/// What the server shows instead of another role's query to a role without
+/// pg_read_all_stats.
+const INSUFFICIENT: &str = "<insufficient privilege>";
 
 /// Reads `pg_stat_activity`.
 pub struct ActivitySource {
@@ -27,6 +31,10 @@ pub struct ActivitySource {
     server_version: Rc<Cell<Option<i32>>>,
     /// Rows that could not be read at all (counted and skipped; the cycle goes on).
     skipped: Rc<Cell<u64>>,
+    /// Other sessions' queries read `<insufficient privilege>` in the last sample.
+    hidden: Rc<Cell<usize>>,
+    /// The role, for the fix.
+    user: String,
 }
 
 /// One backend as shipped (`data` of a `pg_activity` event).
@@ -105,6 +113,8 @@ impl ActivitySource {
             max_query_length: config.collection.max_query_length,
             server_version: Rc::new(Cell::new(None)),
             skipped: Rc::new(Cell::new(0)),
+            hidden: Rc::new(Cell::new(0)),
+            user: config.database.user.clone(),
         }
     }
 }
@@ -115,8 +125,19 @@ impl Source for ActivitySource {
     }
 
     fn state(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        let hidden = self.hidden.get();
+        if hidden > 0 {
+            parts.push(format!(
+                "degraded: {hidden} other session(s) show <insufficient privilege> instead of their query: the role lacks pg_read_all_stats (fix: GRANT pg_monitor TO {};)",
+                self.user
+            ));
+        }
         let n = self.skipped.get();
-        (n > 0).then(|| format!("{n} unreadable row(s) skipped"))
+        if n > 0 {
+            parts.push(format!("{n} unreadable row(s) skipped"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
@@ -125,6 +146,7 @@ impl Source for ActivitySource {
         let (max_rows, max_len) = (self.max_rows, self.max_query_length);
         let version = self.server_version.clone();
         let skipped = self.skipped.clone();
+        let hidden = self.hidden.clone();
         Box::pin(async move {
             let conn = db.get().await?;
             let v = super::server_version(&conn, &version).await?;
@@ -138,6 +160,16 @@ impl Source for ActivitySource {
                 })?;
             let (events, bad) = to_events(&rows, &host, &pattern)?;
             skipped.set(skipped.get() + bad);
+            hidden.set(
+                rows.iter()
+                    .filter(|r| {
+                        r.try_get::<_, Option<Lossy>>("query")
+                            .ok()
+                            .flatten()
+                            .is_some_and(|q| q.text == INSUFFICIENT)
+                    })
+                    .count(),
+            );
             Ok(events)
         })
     }

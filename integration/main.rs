@@ -14,6 +14,7 @@ mod not_utf8;
 mod privileges;
 mod redirects;
 mod signals;
+mod spool_files;
 mod statements;
 mod supervision;
 mod system;

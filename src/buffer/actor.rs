@@ -73,6 +73,52 @@ impl BufferActor {
     }
 }
 
+impl BufferActor {
+    /// Once a second: is the spool file still the one open? Deleted or replaced under
+    /// the running agent, everything it holds is copied to a new file at its path (so
+    /// a restart finds it) and the event is reported, loud and shipped.
+    fn check_file(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        if !spool.detached() {
+            return;
+        }
+        match spool.reattach() {
+            Ok((carried, aside)) => {
+                error!(self.log, "spool_file_replaced"; "path" => %spool.path().display(), "events_carried_over" => carried,
+                       "foreign_file_moved_to" => aside.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                       "effect" => "the spool file was deleted or replaced while the agent ran; its contents were copied to a new file, nothing lost");
+                let now = Utc::now();
+                let data = serde_json::json!({
+                    "event": "spool_file_replaced",
+                    "events_carried_over": carried,
+                    "foreign_file_moved_to": aside.map(|p| p.display().to_string()),
+                });
+                if let Ok(ev) = crate::model::Event::new(
+                    format!(
+                        "agent:{}:spool_file_replaced:{}",
+                        self.host,
+                        now.timestamp_micros()
+                    ),
+                    crate::model::EventKind::Agent,
+                    now,
+                    &data,
+                ) {
+                    let _ = self.with(|s| s.append(&[ev]));
+                }
+            }
+            Err(e) => {
+                self.errors_total += 1;
+                error!(self.log, "spool_reattach_failed"; "path" => %spool.path().display(), "error" => %e);
+                self.last_error = Some(format!(
+                    "the spool file was deleted or replaced and could not be recreated: {e}"
+                ));
+            }
+        }
+    }
+}
+
 impl Actor for BufferActor {
     type Context = Context<Self>;
 
@@ -177,6 +223,7 @@ impl Handler<Ping> for BufferActor {
     type Result = MessageResult<Ping>;
 
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
+        self.check_file();
         let mut stats = match self.spool.as_ref().map(Spool::stats) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {

@@ -41,6 +41,9 @@ pub struct Spool {
     /// Who the loss report names.
     host: String,
     evicted_total: u64,
+    /// Device and inode of the file opened: a spool deleted or replaced under the
+    /// running agent is noticed by comparing them with what the path now names.
+    identity: (u64, u64),
 }
 
 /// What one eviction dropped (also shipped as an `agent` event).
@@ -127,6 +130,7 @@ impl Spool {
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let identity = file_identity(&path).unwrap_or_default();
         Ok(Spool {
             conn,
             path,
@@ -137,7 +141,53 @@ impl Spool {
             max_bytes: 0,
             host: String::new(),
             evicted_total: 0,
+            identity,
         })
+    }
+
+    /// True when the spool's path no longer names the file this spool has open (it was
+    /// deleted or replaced while the agent ran). SQLite goes on writing into the open,
+    /// unlinked file, which would vanish with the process: nothing queued would survive
+    /// a restart.
+    pub fn detached(&self) -> bool {
+        file_identity(&self.path) != Some(self.identity)
+    }
+
+    /// Copies everything the open file still holds (events, quarantine, checkpoints)
+    /// into a new file at the path (`VACUUM INTO`, a consistent copy) and continues
+    /// there. A foreign file found at the path is moved aside first. Returns the events
+    /// carried over and where a foreign file went.
+    pub fn reattach(&mut self) -> Result<(u64, Option<PathBuf>), SpoolError> {
+        let mut aside = None;
+        if self.path.exists() {
+            let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+            let to = self
+                .path
+                .with_file_name(format!("{SPOOL_FILE}.foreign.{stamp}"));
+            std::fs::rename(&self.path, &to).map_err(|e| {
+                SpoolError::NotOpen(format!("cannot move aside {}: {e}", self.path.display()))
+            })?;
+            aside = Some(to);
+        }
+        for ext in ["-wal", "-shm"] {
+            // Leftovers of the old file must not be applied to the new one.
+            let _ = std::fs::remove_file(wal_sibling(&self.path, ext));
+        }
+        let target = self.path.to_string_lossy().into_owned();
+        self.conn.execute("VACUUM INTO ?1", [&target])?;
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut fresh = Spool::open(&dir)?;
+        fresh.appended_total = self.appended_total;
+        fresh.acked_total = self.acked_total;
+        fresh.evicted_total = self.evicted_total;
+        fresh.set_cap(self.max_bytes, &self.host.clone());
+        let carried = fresh.depth;
+        *self = fresh;
+        Ok((carried, aside))
     }
 
     /// Opens the spool in `dir`; a spool that cannot be opened or fails SQLite's quick
@@ -562,10 +612,21 @@ pub fn read_checkpoint(dir: &Path, name: &str) -> Option<Vec<u8>> {
     .flatten()
 }
 
-fn wal_path(db: &Path) -> PathBuf {
+/// Device and inode of the file at `p`.
+fn file_identity(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// `spool.db-wal` / `spool.db-shm` beside the database file.
+fn wal_sibling(db: &Path, ext: &str) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
-    s.push("-wal");
+    s.push(ext);
     PathBuf::from(s)
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    wal_sibling(db, "-wal")
 }
 
 fn decode(id: String, kind: &str, at: &str, data: String) -> Result<Event, SpoolError> {

@@ -258,3 +258,42 @@ fn a_full_disk_fails_the_append_loses_nothing_and_recovers() {
     s.append(&many).expect("append after recovery");
     assert_eq!(s.stats().expect("stats").depth, 201);
 }
+
+#[test]
+fn a_spool_deleted_or_replaced_while_open_is_copied_back_to_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let c = Checkpoint {
+        name: "pos".into(),
+        value: b"here".to_vec(),
+    };
+    s.append_with(&(0..5).map(ev).collect::<Vec<_>>(), Some(&c))
+        .expect("append");
+    let handed = s.next_batch(2).expect("batch").expect("some");
+    assert!(!s.detached());
+    // Deleted (database, WAL and all), then written to: SQLite writes into the ghost.
+    for f in ["spool.db", "spool.db-wal", "spool.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    s.append(&[ev(5)]).expect("append to the unlinked file");
+    assert!(s.detached());
+    let (carried, aside) = s.reattach().expect("reattach");
+    assert_eq!((carried, aside), (6, None));
+    assert!(!s.detached());
+    // A restart finds everything: the events, the batch id handed out, the checkpoint.
+    drop(s);
+    let mut s = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(s.stats().expect("stats").depth, 6);
+    assert_eq!(read_checkpoint(dir.path(), "pos"), Some(b"here".to_vec()));
+    let again = s.next_batch(2).expect("batch").expect("some");
+    assert_eq!(again.batch_id, handed.batch_id);
+
+    // Replaced by another file: that one is moved aside, ours copied back.
+    std::fs::remove_file(dir.path().join("spool.db")).expect("rm");
+    std::fs::write(dir.path().join("spool.db"), b"someone else's file").expect("write");
+    assert!(s.detached());
+    let (carried, aside) = s.reattach().expect("reattach");
+    assert_eq!(carried, 6);
+    let aside = aside.expect("moved aside");
+    assert_eq!(std::fs::read(aside).expect("read"), b"someone else's file");
+}

@@ -15,11 +15,12 @@ fn a_deleted_spool_is_recreated_with_everything_it_held() {
     let mut listener = Listener::start(TOKEN);
     listener.stop();
     let dir = shared_tempdir("pgagent-it");
-    let agent = Agent::start(
-        dir.path(),
-        &config(dir.path(), &pg, &listener.url(), 1),
-        &[],
+    // A short breaker reset: the listener's outage opens it.
+    let toml = format!(
+        "{}[breaker]\nreset_timeout_s = 1\n",
+        config(dir.path(), &pg, &listener.url(), 1)
     );
+    let agent = Agent::start(dir.path(), &toml, &[]);
     // Events queue up while the listener is away.
     let queued: BTreeSet<String> = wait_for("events in the spool", Duration::from_secs(30), || {
         let ids = agent.spool_ids();
@@ -55,4 +56,124 @@ fn a_deleted_spool_is_recreated_with_everything_it_held() {
                 .any(|e| e["data"]["event"] == "spool_file_replaced"))
         .then_some(())
     });
+}
+
+/// A small file system of its own (tmpfs), unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs on {}", dir.display());
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0u8; 512]);
+        p
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_appends_keeps_acks_working_and_sends_nothing_twice() {
+    // Mounting a file system needs root; CI runs as root (see .ci/run).
+    if !crate::harness::is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let pg = PgCluster::start("");
+    let mut listener = Listener::start(TOKEN);
+    listener.stop();
+    let dir = shared_tempdir("pgagent-it");
+    let fs = SmallFs::mount(&dir.path().join("state"), "24m");
+    // A short breaker reset: the listener's outage opens it.
+    let toml = format!(
+        "{}[breaker]\nreset_timeout_s = 1\n",
+        config(dir.path(), &pg, &listener.url(), 1)
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let queued: BTreeSet<String> = wait_for("events in the spool", Duration::from_secs(30), || {
+        let ids = agent.spool_ids();
+        (ids.len() >= 10).then(|| ids.into_iter().collect())
+    });
+    assert!(
+        agent.state_dir.join("spool.reserve").exists(),
+        "the reserve is held"
+    );
+    let filler = fs.fill();
+    agent.wait_log("spool_error", Duration::from_secs(30), |l| {
+        l["error"].as_str().is_some_and(|e| e.contains("full"))
+    });
+    // The listener comes back while the disk is full: what was queued is delivered,
+    // the spool records it (the reserve gives its room to the deletes), and no batch
+    // the listener took is sent again.
+    listener.restart();
+    wait_for(
+        "the queued events delivered",
+        Duration::from_secs(60),
+        || {
+            let got: BTreeSet<String> = listener
+                .accepted_events()
+                .into_iter()
+                .filter_map(|(_, e)| e["id"].as_str().map(str::to_string))
+                .collect();
+            queued.is_subset(&got).then_some(())
+        },
+    );
+    let left: BTreeSet<String> = agent.spool_ids().into_iter().collect();
+    assert!(
+        queued.is_disjoint(&left),
+        "delivered but still spooled: {:?}",
+        queued.intersection(&left).collect::<Vec<_>>()
+    );
+    let mut taken: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for r in listener.received().iter().filter(|r| r.status == 200) {
+        *taken
+            .entry(r.idempotency_key.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = taken.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "batches the listener took were sent again: {twice:?}"
+    );
+    // Space returns: the reserve is taken back and new events flow again.
+    std::fs::remove_file(filler).expect("rm filler");
+    let after = listener.accepted_events().len();
+    wait_for(
+        "new events after space returned",
+        Duration::from_secs(60),
+        || {
+            (listener.accepted_events().len() > after + 5
+                && agent.state_dir.join("spool.reserve").exists())
+            .then_some(())
+        },
+    );
+    drop(agent);
 }

@@ -112,6 +112,9 @@ pub enum SpoolError {
     /// The spool's child is not running right now (restarting); try again later.
     #[error("buffer unavailable (restarting)")]
     Unavailable,
+    /// No room on the spool's file system (or less than what acknowledgements need).
+    #[error("spool full: {0}")]
+    Full(String),
 }
 
 /// A source's state that must advance together with the events it produced (the

@@ -8,6 +8,7 @@
 //! again under the same `batch_id`. Rows are deleted only when their batch is acked.
 
 mod actor;
+mod reserve;
 
 pub use actor::BufferActor;
 
@@ -17,13 +18,17 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::model::{Batch, Checkpoint, Event, EventKind, SpoolError, SpoolStats};
+pub use reserve::{Reserve, RESERVE_BYTES, RESERVE_FILE};
 
 /// File name of the spool inside `state_dir`.
 pub const SPOOL_FILE: &str = "spool.db";
 
 impl From<rusqlite::Error> for SpoolError {
     fn from(e: rusqlite::Error) -> Self {
-        SpoolError::Sqlite(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => SpoolError::Full(e.to_string()),
+            _ => SpoolError::Sqlite(e.to_string()),
+        }
     }
 }
 
@@ -44,6 +49,8 @@ pub struct Spool {
     /// Device and inode of the file opened: a spool deleted or replaced under the
     /// running agent is noticed by comparing them with what the path now names.
     identity: (u64, u64),
+    /// Space held back so that acknowledgements work on a full disk.
+    pub reserve: Reserve,
 }
 
 /// What one eviction dropped (also shipped as an `agent` event).
@@ -131,6 +138,8 @@ impl Spool {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let identity = file_identity(&path).unwrap_or_default();
+        let mut reserve = Reserve::new(dir);
+        reserve.ensure();
         Ok(Spool {
             conn,
             path,
@@ -142,6 +151,7 @@ impl Spool {
             host: String::new(),
             evicted_total: 0,
             identity,
+            reserve,
         })
     }
 
@@ -385,6 +395,10 @@ impl Spool {
         events: &[Event],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), SpoolError> {
+        let incoming: usize = events.iter().map(|e| e.data.get().len()).sum();
+        self.reserve
+            .room_for(incoming as u64)
+            .map_err(SpoolError::Full)?;
         let tx = self.conn.transaction()?;
         if let Some(c) = checkpoint {
             tx.execute(
@@ -488,6 +502,10 @@ impl Spool {
 
     /// Deletes acknowledged rows of a split batch; returns how many.
     pub fn ack_rows(&mut self, seqs: &[i64]) -> Result<u64, SpoolError> {
+        self.roomy(|s| s.ack_rows_once(seqs))
+    }
+
+    fn ack_rows_once(&mut self, seqs: &[i64]) -> Result<u64, SpoolError> {
         let tx = self.conn.transaction()?;
         let (mut n, mut bytes) = (0u64, 0u64);
         {
@@ -511,6 +529,10 @@ impl Spool {
 
     /// Moves rows to the quarantine table (kept, counted, never sent again).
     pub fn quarantine(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
+        self.roomy(|s| s.quarantine_once(seqs, reason))
+    }
+
+    fn quarantine_once(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
         let tx = self.conn.transaction()?;
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let (mut n, mut bytes) = (0u64, 0u64);
@@ -539,6 +561,26 @@ impl Spool {
 
     /// Deletes the events of an acknowledged batch; returns how many.
     pub fn ack(&mut self, batch_id: &str) -> Result<u64, SpoolError> {
+        self.roomy(|s| s.ack_once(batch_id))
+    }
+
+    /// Runs a delete; when it fails for lack of space, gives up the reserve and runs it
+    /// again. Afterwards the reserve is taken back if there is room.
+    fn roomy<T>(
+        &mut self,
+        f: impl Fn(&mut Spool) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        let r = match f(self) {
+            Err(SpoolError::Full(_)) if self.reserve.release() => f(self),
+            r => r,
+        };
+        if r.is_ok() {
+            self.reserve.ensure();
+        }
+        r
+    }
+
+    fn ack_once(&mut self, batch_id: &str) -> Result<u64, SpoolError> {
         let tx = self.conn.transaction()?;
         let (n, bytes): (i64, i64) = tx.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",

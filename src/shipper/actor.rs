@@ -23,8 +23,11 @@ use crate::model::{
 
 /// How often an idle shipper looks for new events in the spool.
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// Wait after the spool failed to hand out or record a batch.
-const SPOOL_RETRY: Duration = Duration::from_secs(1);
+/// Waits after the spool failed to hand out or record a batch: from this, doubling
+/// (with jitter) to [`SPOOL_RETRY_MAX`] while it keeps failing (a full disk is not
+/// fixed in a second).
+const SPOOL_RETRY_MIN: Duration = Duration::from_millis(500);
+const SPOOL_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The outcome of one attempt.
 enum Attempt {
@@ -32,6 +35,9 @@ enum Attempt {
     Idle,
     /// The spool could not hand out or record a batch (not the listener's fault).
     SpoolFailed(String),
+    /// The listener took this batch (2xx) but the spool could not record it (a full
+    /// disk): only the local acknowledgement is retried, the batch is not sent again.
+    AckFailed { batch_id: String, error: String },
     /// The listener accepted a batch of this many events.
     Sent { events: usize, status: u16 },
     /// The listener answered something else; the batch comes back for a split.
@@ -58,6 +64,11 @@ pub struct ShipperActor {
     post: Post,
     buffer: Route<BufferActor>,
     backoff: Backoff,
+    /// Backoff while the spool fails (separate from the listener's).
+    spool_backoff: Backoff,
+    /// A batch the listener acknowledged whose deletion the spool could not record:
+    /// acknowledged again locally, never re-sent.
+    delivered_unrecorded: Option<String>,
     breaker: Breaker,
     busy: bool,
     stats: ShipperStats,
@@ -83,6 +94,8 @@ impl ShipperActor {
         let post = Post::new(&cfg, sender);
         ShipperActor {
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
+            spool_backoff: Backoff::new(Duration::from_secs(1), SPOOL_RETRY_MAX),
+            delivered_unrecorded: None,
             breaker: Breaker::new(breaker.fail_max, breaker.reset_timeout),
             cfg,
             post,
@@ -124,6 +137,7 @@ impl ShipperActor {
         let post = self.post.clone();
         let max = self.cfg.batch_max_events;
         let log = self.log.clone();
+        let delivered = self.delivered_unrecorded.clone();
         let fut = async move {
             let Some(buffer) = route.get() else {
                 return Attempt::SpoolFailed(SpoolError::Unavailable.to_string());
@@ -134,15 +148,23 @@ impl ShipperActor {
                 Ok(Err(e)) => return Attempt::SpoolFailed(e.to_string()),
                 Err(_) => return Attempt::SpoolFailed(SpoolError::Unavailable.to_string()),
             };
-            let answer = match post.send(&batch).await {
-                Ok(r) => r,
-                Err(e) => return Attempt::Failed(e),
+            // The listener already has this one (its 2xx came, the delete failed):
+            // record it, do not send it again.
+            let status = if delivered.as_deref() == Some(batch.batch_id.as_str()) {
+                debug!(log, "batch_ack_retried"; "batch_id" => &batch.batch_id);
+                200
+            } else {
+                let answer = match post.send(&batch).await {
+                    Ok(r) => r,
+                    Err(e) => return Attempt::Failed(e),
+                };
+                let status = answer.status;
+                debug!(log, "batch_posted"; "batch_id" => &batch.batch_id, "status" => status, "events" => batch.events.len());
+                if classify(status) != Verdict::Ack {
+                    return Attempt::Refused { answer, batch };
+                }
+                status
             };
-            let status = answer.status;
-            debug!(log, "batch_posted"; "batch_id" => &batch.batch_id, "status" => status, "events" => batch.events.len());
-            if classify(status) != Verdict::Ack {
-                return Attempt::Refused { answer, batch };
-            }
             // Test-only: a crash between the listener's 2xx and the delete.
             if let Some(f) = crate::fault::take("shipper_after_2xx") {
                 crate::fault::inject("shipper", f);
@@ -159,8 +181,14 @@ impl ShipperActor {
                     events: batch.events.len(),
                     status,
                 },
-                Ok(Err(e)) => Attempt::SpoolFailed(format!("ack not recorded: {e}")),
-                Err(_) => Attempt::SpoolFailed("ack not recorded: buffer restarting".into()),
+                Ok(Err(e)) => Attempt::AckFailed {
+                    batch_id: batch.batch_id,
+                    error: format!("ack not recorded: {e}"),
+                },
+                Err(_) => Attempt::AckFailed {
+                    batch_id: batch.batch_id,
+                    error: "ack not recorded: buffer restarting".into(),
+                },
             }
         };
         ctx.spawn(
@@ -177,6 +205,7 @@ impl ShipperActor {
                     self.breaker.cancel_probe(Instant::now());
                 }
                 self.busy = false;
+                self.spool_backoff.reset();
                 self.finish_flush(true);
                 IDLE_POLL
             }
@@ -187,10 +216,24 @@ impl ShipperActor {
                 self.busy = false;
                 warn!(self.log, "ship_spool_failed"; "error" => &e);
                 self.last_error = Some(e);
-                SPOOL_RETRY
+                self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
+            }
+            Attempt::AckFailed { batch_id, error } => {
+                // Delivered: the listener is fine (no breaker failure, no re-send).
+                if probe {
+                    self.breaker.cancel_probe(Instant::now());
+                }
+                self.busy = false;
+                warn!(self.log, "ship_ack_not_recorded"; "batch_id" => &batch_id, "error" => &error,
+                      "effect" => "the listener has the batch; only its deletion from the spool is retried");
+                self.delivered_unrecorded = Some(batch_id);
+                self.last_error = Some(error);
+                self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
             }
             Attempt::Sent { events, status } => {
                 self.busy = false;
+                self.delivered_unrecorded = None;
+                self.spool_backoff.reset();
                 self.stats.last_http_status = Some(status);
                 self.stats.batches_sent_total += 1;
                 self.stats.events_sent_total += events as u64;

@@ -119,7 +119,9 @@ mod tests {
         assert!(!r.held());
         r.fake_free = Some(RESERVE_BYTES);
         assert!(!r.ensure(), "not taken back while space is short");
-        assert!(r.room_for(1000).is_err());
+        assert!(r.room_for(1000).is_ok(), "appends go on above the floor");
+        r.fake_free = Some(RESERVE_BYTES / 4);
+        assert!(r.room_for(1000).is_err(), "and stop below it");
         r.fake_free = Some(10 * RESERVE_BYTES);
         assert!(r.room_for(1000).is_ok());
         assert!(r.ensure());

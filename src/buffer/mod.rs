@@ -435,6 +435,11 @@ impl Spool {
     /// The oldest batch: the one handed out before and not yet acknowledged if there is
     /// one (same id, same events), else up to `max_events` new ones under a fresh id.
     pub fn next_batch(&mut self, max_events: u32) -> Result<Option<Batch>, SpoolError> {
+        // Handing out writes the batch id onto the rows: it needs room like a delete.
+        self.roomy(|s| s.next_batch_once(max_events))
+    }
+
+    fn next_batch_once(&mut self, max_events: u32) -> Result<Option<Batch>, SpoolError> {
         // At most one batch is open at a time (a new one is claimed only when none is),
         // so no ORDER BY: the partial index answers this without touching the table.
         let open: Option<String> = self

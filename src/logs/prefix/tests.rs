@@ -398,16 +398,21 @@ fn values() -> impl Strategy<Value = Values> {
         name(),
     )
         .prop_map(
-            |((app, user, db, host, tag), pid, session, severity, message)| Values {
-                app,
-                user,
-                db,
-                host,
-                tag,
-                pid,
-                session,
-                severity,
-                message,
+            |((app, mut user, mut db, host, tag), pid, session, severity, message)| {
+                // The server cuts user and database names to 63 bytes (NAMEDATALEN - 1).
+                user.truncate(63);
+                db.truncate(63);
+                Values {
+                    app,
+                    user,
+                    db,
+                    host,
+                    tag,
+                    pid,
+                    session,
+                    severity,
+                    message,
+                }
             },
         )
 }

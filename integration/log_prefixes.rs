@@ -404,3 +404,44 @@ fn hosted_and_hostile_prefixes_read_back_as_the_csvlog_says() {
         }
     }
 }
+
+#[test]
+fn a_newline_in_a_user_name_forges_no_line() {
+    // The user name of a failed login reaches %u unescaped, newline and all.
+    let mut pg = PgCluster::init(&format!(
+        "{LOG_CONF}log_destination = 'stderr'\nlog_rotation_size = 0\nlog_directory = 'log'\n\
+         log_line_prefix = '%m [%p] %q%u@%d '\n"
+    ));
+    pg.start_server();
+    let forged = "evil\n2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n";
+    let out = pg
+        .psql()
+        .args(["-U", forged, "-c", "select 1"])
+        .output()
+        .expect("psql");
+    assert!(!out.status.success());
+    pg.sql("select 'the end'");
+    let log_dir = pg.data().join("log");
+    wait_for("the failed login logged", Duration::from_secs(30), || {
+        text(&log_dir, "log")
+            .contains("does not exist")
+            .then_some(())
+    });
+    let events = parse_log(
+        &["--format", "stderr", "--prefix", "%m [%p] %q%u@%d "],
+        &files(&log_dir, "log"),
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["severity"] != "PANIC" && e["class"] != "crash"),
+        "a forged PANIC: {events:#?}"
+    );
+    // The cut line is read joined with the rest: the FATAL, its user name exact.
+    let fatal: Vec<&Value> = events.iter().filter(|e| e["severity"] == "FATAL").collect();
+    assert_eq!(fatal.len(), 1, "{events:#?}");
+    assert_eq!(fatal[0]["user"], forged, "{events:#?}");
+    assert_eq!(fatal[0]["class"], "auth_failure");
+    let raw: Vec<&Value> = events.iter().filter(|e| !e["raw"].is_null()).collect();
+    assert!(raw.is_empty(), "{raw:#?}");
+}

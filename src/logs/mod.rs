@@ -133,7 +133,7 @@ pub enum Flush {
 #[derive(Debug, Clone)]
 pub enum LogParser {
     /// `stderr` with a prefix.
-    Stderr(stderr::StderrParser),
+    Stderr(Box<stderr::StderrParser>),
     /// `csvlog`.
     Csv(csv::CsvParser),
     /// `jsonlog`.
@@ -144,7 +144,9 @@ impl LogParser {
     /// The parser of `format`; `prefix` matters for `stderr` only.
     pub fn new(format: Format, prefix: &str) -> LogParser {
         match format {
-            Format::Stderr => LogParser::Stderr(stderr::StderrParser::new(Prefix::compile(prefix))),
+            Format::Stderr => {
+                LogParser::Stderr(Box::new(stderr::StderrParser::new(Prefix::compile(prefix))))
+            }
             Format::Csv => LogParser::Csv(csv::CsvParser),
             Format::Json => LogParser::Json(json::JsonParser),
         }

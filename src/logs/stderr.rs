@@ -57,6 +57,9 @@ pub struct StderrParser {
     /// The matcher's buffers and what the log showed of its sessions (settles lines
     /// that can be read more than one way).
     reader: Reader,
+    /// File offset just after a line a newline in a name cut short (see
+    /// [`Prefix::broken_start`]): the line starting there is not believed.
+    after_broken: Option<u64>,
 }
 
 impl Clone for StderrParser {
@@ -73,6 +76,7 @@ impl StderrParser {
         StderrParser {
             prefix,
             reader: Reader::default(),
+            after_broken: None,
         }
     }
 
@@ -129,7 +133,7 @@ impl StderrParser {
                 consumed = pos;
                 continue;
             }
-            let (mut rec, body) = match peeked.take() {
+            let (mut rec, mut body) = match peeked.take() {
                 Some((at, rec, body)) if base + at as u64 == offset => (*rec, body),
                 _ => {
                     let mut rec = Record::default();
@@ -140,13 +144,38 @@ impl StderrParser {
                     (rec, body)
                 }
             };
+            let mut end = end;
+            if body.is_none() && self.prefix.broken_start(line, &mut self.reader) {
+                // A name with a newline cut this line: read it joined with the lines
+                // after it, as the server meant it. If that fails, the next line is
+                // not believed (it may be the name's forgery of a line).
+                match self.rejoin(buf, (offset - base) as usize, next) {
+                    Some((r, b, joined_next)) => {
+                        (rec, body) = (r, Some(b));
+                        pos = joined_next;
+                        end = base + joined_next as u64;
+                    }
+                    None => self.after_broken = Some(end),
+                }
+            }
             rec.offset = offset;
             rec.end = end;
-            let Some((label, body_text)) = body else {
+            let Some((mut label, mut body_text)) = body else {
                 out.push(Record::unparsed(line, offset, end));
                 consumed = pos;
                 continue;
             };
+            // Right after a line a name's newline cut short: this one may be the rest of
+            // that name dressed up as a line of its own. Kept whole, flagged, severity
+            // unknown, like a line that reads two ways.
+            if self.after_broken.take() == Some(offset) {
+                if let Some(l) = label {
+                    let at = l.as_ptr() as usize - line.as_ptr() as usize;
+                    body_text = &line[at..];
+                }
+                label = None;
+                rec.ambiguous = true;
+            }
             let (t, cut) = text(body_text);
             rec.truncated |= cut;
             let Some(label) = label else {
@@ -220,6 +249,36 @@ impl StderrParser {
         consumed
     }
 }
+
+impl StderrParser {
+    /// The line starting at `start` (cut by a newline in a name) read together with up
+    /// to [`MAX_REJOIN`] following lines: the record, its label and text, and where the
+    /// next line starts. `None` when no such reading has a decided label.
+    #[allow(clippy::type_complexity)]
+    fn rejoin<'a>(
+        &mut self,
+        buf: &'a [u8],
+        start: usize,
+        mut next: usize,
+    ) -> Option<(Record, (Option<&'a str>, &'a [u8]), usize)> {
+        for _ in 0..MAX_REJOIN {
+            let n = memchr(b'\n', buf.get(next..)?)?;
+            let joined = &buf[start..next + n];
+            let joined = joined.strip_suffix(b"\r").unwrap_or(joined);
+            let mut rec = Record::default();
+            if let Some(b) = self.prefix.parse(joined, &mut self.reader, &mut rec) {
+                if b.label.is_some() {
+                    return Some((rec, (b.label, b.text), next + n + 1));
+                }
+            }
+            next += n + 1;
+        }
+        None
+    }
+}
+
+/// Lines a name may span: user and database names are at most 63 bytes each.
+const MAX_REJOIN: usize = 4;
 
 /// The SQLSTATE written inline by `log_error_verbosity = verbose`.
 fn sqlstate_inline(t: &str) -> Option<&str> {
@@ -298,6 +357,60 @@ mod tests {
             recs[0].location.as_deref(),
             Some("parserOpenTable, parse_relation.c:1449")
         );
+    }
+
+    #[test]
+    fn a_newline_in_a_name_forges_no_line() {
+        // As PostgreSQL 15 wrote it for psql -U $'evil\n2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n'
+        let log = "2026-12-01 16:22:05.321 UTC [11537] evil\n\
+2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n\
+@postgres FATAL:  role \"evil\n\
+\t2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n\
+\t\" does not exist\n\
+2026-12-01 16:22:06.000 UTC [11538] bob@shop LOG:  connection authorized: user=bob database=shop\n";
+        let mut p = StderrParser::new(Prefix::compile("%m [%p] %q%u@%d "));
+        let mut out = Vec::new();
+        p.parse(log.as_bytes(), 0, Flush::Settled, &mut out, 100);
+        assert!(
+            out.iter().all(|r| r.severity.as_deref() != Some("PANIC")),
+            "{out:#?}"
+        );
+        // The cut line is read joined with the rest, as the server meant it.
+        assert_eq!(out.len(), 2, "{out:#?}");
+        let fatal = &out[0];
+        assert_eq!(fatal.severity.as_deref(), Some("FATAL"));
+        assert_eq!(fatal.pid, Some(11537));
+        assert_eq!(
+            fatal.user.as_deref(),
+            Some("evil\n2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n")
+        );
+        assert_eq!(fatal.database.as_deref(), Some("postgres"));
+        assert_eq!(
+            fatal.message,
+            "role \"evil\n2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n\" does not exist"
+        );
+        assert_eq!(
+            (out[1].severity.as_deref(), out[1].ambiguous),
+            (Some("LOG"), false)
+        );
+
+        // When the rest cannot be joined (here it is missing), the line after the cut one
+        // is not believed.
+        let log = "2026-12-01 16:22:05.321 UTC [11537] evil\n\
+2026-12-01 00:00:00.000 UTC [1] PANIC:  forged\n\
+2026-12-01 16:22:06.000 UTC [11538] bob@shop LOG:  connection authorized: user=bob database=shop\n";
+        let mut out = Vec::new();
+        p.parse(log.as_bytes(), 0, Flush::Settled, &mut out, 100);
+        let forged = out
+            .iter()
+            .find(|r| r.message.contains("forged"))
+            .expect("kept");
+        assert!(forged.ambiguous);
+        assert_eq!(
+            (forged.severity.as_deref(), forged.message.as_str()),
+            (None, "PANIC:  forged")
+        );
+        assert_eq!(out.last().and_then(|r| r.severity.as_deref()), Some("LOG"));
     }
 
     #[test]

@@ -255,6 +255,13 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// True when `line` can start with all of `elems` (nothing after them required).
+    pub fn starts_with(&mut self, elems: &[Elem], line: &[u8]) -> bool {
+        forward(elems, None, line, line.len(), &mut self.reach) == elems.len()
+    }
+}
+
 /// What is known of the session a line belongs to: readings that name another user or
 /// database are not what the server wrote.
 #[derive(Debug, Default, Clone, Copy)]

@@ -298,6 +298,22 @@ impl Prefix {
         v
     }
 
+    /// True for a line that starts like this prefix up to its first client-written
+    /// field yet holds no label: what a newline inside a user or database name leaves
+    /// behind (they reach the prefix unescaped, as the names of failed logins). The rest
+    /// of that prefix went to the next physical line, which may then look like a whole
+    /// line of its own — a forged one.
+    pub fn broken_start(&self, line: &[u8], rd: &mut Reader) -> bool {
+        let Some(first) = self
+            .elems
+            .iter()
+            .position(|e| matches!(e, Elem::Field { esc, .. } if esc.client_controlled()))
+        else {
+            return false;
+        };
+        first > 0 && rd.buffers.starts_with(&self.elems[..first], line)
+    }
+
     /// Reads `line` with fresh state (tests and one-off lines).
     pub fn parse_line<'a>(&self, line: &'a [u8], rec: &mut Record) -> Option<Body<'a>> {
         self.parse(line, &mut Reader::default(), rec)

@@ -167,8 +167,9 @@ fn part_of(s: &Value, c: &Value) -> bool {
 
 /// Aligns the stderr events with the csv events of the same run, backend by backend
 /// (one backend writes its lines in order; backends interleave differently per
-/// destination). Returns the number of ambiguous stderr events.
-fn align(phase: &str, stderr: &[Value], csv: &[Value], extra: &[&str]) -> usize {
+/// destination). Returns the csv twins of the ambiguous stderr events, one per
+/// ambiguous stderr event.
+fn align(phase: &str, stderr: &[Value], csv: &[Value], extra: &[&str]) -> Vec<Value> {
     let by_pid = |ev: &[Value]| {
         let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for e in ev {
@@ -186,7 +187,7 @@ fn align(phase: &str, stderr: &[Value], csv: &[Value], extra: &[&str]) -> usize 
             .filter(|e| e["pid"].is_null())
             .collect::<Vec<_>>()
     );
-    let mut ambiguous = 0;
+    let mut ambiguous = Vec::new();
     for (pid, cs) in &c_all {
         let ss = &s_all[pid];
         let mut i = 0;
@@ -196,7 +197,7 @@ fn align(phase: &str, stderr: &[Value], csv: &[Value], extra: &[&str]) -> usize 
                 .unwrap_or_else(|| panic!("{phase} pid {pid}: stderr ran out at {c}"));
             i += 1;
             if s["ambiguous"] == true {
-                ambiguous += 1;
+                ambiguous.push(c.clone());
                 if let Err(e) = compatible(s, c) {
                     panic!("{phase} pid {pid}: {e}\nstderr {s}\ncsv {c}");
                 }
@@ -205,7 +206,7 @@ fn align(phase: &str, stderr: &[Value], csv: &[Value], extra: &[&str]) -> usize 
                     "{phase}: ambiguous without cause\nstderr {s}\ncsv {c}"
                 );
                 while ss.get(i).is_some_and(|n| part_of(n, c)) {
-                    ambiguous += 1;
+                    ambiguous.push(c.clone());
                     i += 1;
                 }
             } else {
@@ -381,7 +382,11 @@ fn hosted_and_hostile_prefixes_read_back_as_the_csvlog_says() {
             // error and its STATEMENT, disconnection), and nothing else.
             let marked = csv.iter().filter(|e| forged_label(e)).count();
             assert!(marked >= 6, "{phase}: {marked}");
-            assert!(ambiguous >= marked, "{phase}: {ambiguous} of {marked}");
+            assert!(
+                ambiguous.len() >= marked,
+                "{phase}: {} of {marked}",
+                ambiguous.len()
+            );
             let spaces = stderr
                 .iter()
                 .filter(|e| e["application_name"] == SPACES && e["class"] == "error")
@@ -400,7 +405,19 @@ fn hosted_and_hostile_prefixes_read_back_as_the_csvlog_says() {
                 "{phase}: the session settled by its connection line: {start:?}"
             );
         } else {
-            assert_eq!(ambiguous, 0, "{phase}");
+            // Without %a before the label, only a name with a separator of the prefix
+            // may read two ways, and only until its session's `connection authorized`
+            // line settles it (PostgreSQL 17 logs `connection authenticated` first).
+            let unsettled: Vec<&Value> = ambiguous
+                .iter()
+                .filter(|c| {
+                    c["user"] != "alice@corp"
+                        || !c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("connection authenticated:"))
+                })
+                .collect();
+            assert!(unsettled.is_empty(), "{phase}: {unsettled:#?}");
         }
     }
 }

@@ -325,14 +325,16 @@ fn daemon_follows_rotations_across_restarts_and_kills_exactly_once() {
         ));
     }
     std::fs::write(&script, sql).expect("script");
-    let mut load = pg
-        .psql()
-        .arg("-f")
-        .arg(&script)
-        .env("PGAPPNAME", "marker-load")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("psql");
+    let start_load = || {
+        pg.psql()
+            .arg("-f")
+            .arg(&script)
+            .env("PGAPPNAME", "marker-load")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql")
+    };
+    let mut load = None;
 
     let markers = |l: &Listener| -> BTreeMap<String, BTreeSet<String>> {
         let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -359,6 +361,18 @@ fn daemon_follows_rotations_across_restarts_and_kills_exactly_once() {
         .enumerate()
     {
         let mut agent = Agent::start(dir.path(), &toml, &[]);
+        if load.is_none() {
+            // The load starts once the agent follows the log: `start_at = "beginning"`
+            // reads the current file from its start, not files rotated before the agent
+            // first looked (with 8 kB rotation the first ones could be gone by then).
+            agent.wait_log("source_state_changed", Duration::from_secs(30), |l| {
+                l["child"] == "pg_log"
+                    && l["state"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("following"))
+            });
+            load = Some(start_load());
+        }
         progress(&listener, 150);
         agent.signal(sig);
         let st = agent
@@ -369,10 +383,31 @@ fn daemon_follows_rotations_across_restarts_and_kills_exactly_once() {
         }
     }
     let agent = Agent::start(dir.path(), &toml, &[]);
-    assert!(load.wait().expect("load").success());
-    wait_for("every marker", Duration::from_secs(60), || {
-        (markers(&listener).len() == MARKERS).then_some(())
-    });
+    assert!(load.expect("started").wait().expect("load").success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while markers(&listener).len() < MARKERS {
+        if std::time::Instant::now() > deadline {
+            let m = markers(&listener);
+            let missing: Vec<String> = (0..MARKERS)
+                .map(|n| format!("marker-{n:05}"))
+                .filter(|k| !m.contains_key(k))
+                .take(10)
+                .collect();
+            let tail: Vec<String> = agent
+                .stderr()
+                .lines()
+                .rev()
+                .take(15)
+                .map(str::to_string)
+                .collect();
+            panic!(
+                "{} of {MARKERS} markers; missing {missing:?}\nstatus {}\nagent log (last first): {tail:#?}",
+                m.len(),
+                agent.status()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let m = markers(&listener);
     let doubled: Vec<_> = m.iter().filter(|(_, ids)| ids.len() != 1).take(5).collect();
     assert!(

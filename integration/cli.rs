@@ -85,10 +85,7 @@ fn a_broken_file_never_shows_the_token_at_start_or_on_reload() {
         &config(dir.path(), &pg, &listener.url(), 1),
         &[],
     );
-    // Running, signal handlers in place: a first batch has arrived.
-    crate::harness::wait_for("a first batch", Duration::from_secs(30), || {
-        (!listener.received().is_empty()).then_some(())
-    });
+    listener.wait_first_request();
     std::fs::write(&agent.config_path, broken(dir.path())).expect("rewrite");
     agent.signal(libc::SIGHUP);
     let rejected = agent.wait_log("reload_rejected", Duration::from_secs(10), |_| true);
@@ -127,10 +124,7 @@ fn the_state_directory_and_its_files_are_private_whatever_the_umask() {
         &config(dir.path(), &pg, &listener.url(), 1),
         &[],
     );
-    // Running, signal handlers in place: a first batch has arrived.
-    crate::harness::wait_for("a first batch", Duration::from_secs(30), || {
-        (!listener.received().is_empty()).then_some(())
-    });
+    listener.wait_first_request();
     agent.status();
     let mode = |name: &str| {
         std::fs::metadata(state.join(name))

@@ -40,20 +40,6 @@ fn accepted_ids(l: &Listener) -> BTreeSet<String> {
         .collect()
 }
 
-fn ids_of(r: &crate::harness::listener::Received) -> Vec<String> {
-    r.body
-        .as_ref()
-        .map(|b| {
-            b["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e["id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn breaker_opens_after_fail_max_then_one_probe_per_reset_period() {
     let pg = PgCluster::start("");
@@ -104,7 +90,7 @@ fn breaker_opens_after_fail_max_then_one_probe_per_reset_period() {
     // The listener recovers: the next probe succeeds, the breaker closes, the first
     // (refused) batch and everything after it arrive.
     listener.set_mode(Mode::Ok);
-    let first: Vec<String> = ids_of(&r[0]);
+    let first: Vec<String> = r[0].event_ids();
     wait_for("the first batch delivered", Duration::from_secs(10), || {
         let got = accepted_ids(&listener);
         first.iter().all(|id| got.contains(id)).then_some(())
@@ -198,8 +184,8 @@ fn one_event_the_listener_refuses_is_quarantined_and_the_rest_arrive() {
     let refused = |l: &Listener| -> BTreeSet<String> {
         l.received()
             .iter()
-            .filter(|r| r.status == 400 && ids_of(r).len() == 1)
-            .flat_map(ids_of)
+            .filter(|r| r.status == 400 && r.event_ids().len() == 1)
+            .flat_map(|r| r.event_ids())
             .collect()
     };
     wait_for("two single refused events", Duration::from_secs(30), || {

@@ -10,20 +10,6 @@ use crate::harness::listener::{Listener, Mode, Received, REDIRECT_SECRET};
 use crate::harness::pg::PgCluster;
 use crate::harness::{shared_tempdir, wait_for};
 
-fn ids(r: &Received) -> Vec<String> {
-    r.body
-        .as_ref()
-        .map(|b| {
-            b["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e["id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_redirect_is_never_followed_and_acknowledges_nothing() {
     let pg = PgCluster::start("");
@@ -61,7 +47,7 @@ fn a_redirect_is_never_followed_and_acknowledges_nothing() {
     let redirected: BTreeSet<String> = received
         .iter()
         .filter(|r| (300..400).contains(&r.status))
-        .flat_map(ids)
+        .flat_map(|r| r.event_ids())
         .collect();
     assert!(!redirected.is_empty());
 
@@ -105,7 +91,7 @@ fn a_redirect_is_never_followed_and_acknowledges_nothing() {
                 .received()
                 .iter()
                 .filter(|r| r.status == 200)
-                .flat_map(ids)
+                .flat_map(|r| r.event_ids())
                 .collect();
             redirected.is_subset(&accepted).then_some(())
         },

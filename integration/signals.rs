@@ -246,9 +246,7 @@ fn a_second_sigterm_cuts_the_shutdown_short_with_its_own_exit_code_and_a_flushed
     let toml = config(dir.path(), &pg, &listener.url(), 1)
         .replace("shutdown_grace_s = 5", "shutdown_grace_s = 120");
     let mut agent = Agent::start(dir.path(), &toml, &[]);
-    wait_for("a first batch", Duration::from_secs(30), || {
-        (!listener.received().is_empty()).then_some(())
-    });
+    listener.wait_first_request();
     // The listener goes away, events wait in the spool: the final flush cannot finish.
     listener.stop();
     wait_for(

@@ -9,17 +9,19 @@ use crate::harness::listener::Listener;
 use crate::harness::pg::PgCluster;
 use crate::harness::{shared_tempdir, wait_for};
 
+/// A short breaker reset: the listener's outage opens it, and the test should not wait
+/// a minute for the probe.
+fn short_breaker(toml: String) -> String {
+    format!("{toml}[breaker]\nreset_timeout_s = 1\n")
+}
+
 #[test]
 fn a_deleted_spool_is_recreated_with_everything_it_held() {
     let pg = PgCluster::start("");
     let mut listener = Listener::start(TOKEN);
     listener.stop();
     let dir = shared_tempdir("pgagent-it");
-    // A short breaker reset: the listener's outage opens it.
-    let toml = format!(
-        "{}[breaker]\nreset_timeout_s = 1\n",
-        config(dir.path(), &pg, &listener.url(), 1)
-    );
+    let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
     let agent = Agent::start(dir.path(), &toml, &[]);
     // Events queue up while the listener is away.
     let queued: BTreeSet<String> = wait_for("events in the spool", Duration::from_secs(30), || {
@@ -112,11 +114,7 @@ fn a_full_disk_stops_appends_keeps_acks_working_and_sends_nothing_twice() {
     listener.stop();
     let dir = shared_tempdir("pgagent-it");
     let fs = SmallFs::mount(&dir.path().join("state"), "24m");
-    // A short breaker reset: the listener's outage opens it.
-    let toml = format!(
-        "{}[breaker]\nreset_timeout_s = 1\n",
-        config(dir.path(), &pg, &listener.url(), 1)
-    );
+    let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
     let agent = Agent::start(dir.path(), &toml, &[]);
     let queued: BTreeSet<String> = wait_for("events in the spool", Duration::from_secs(30), || {
         let ids = agent.spool_ids();

@@ -50,6 +50,23 @@ pub struct Received {
     pub body: Result<Value, String>,
 }
 
+impl Received {
+    /// The ids of the events in its body.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.body
+            .as_ref()
+            .map(|b| {
+                b["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 struct Shared {
     received: Mutex<Vec<Received>>,
     mode: Mutex<Mode>,
@@ -168,6 +185,13 @@ impl Listener {
                 let _ = req.respond(resp);
             }
         }));
+    }
+
+    /// Waits (30 s at most) for a first request: the agent runs and ships.
+    pub fn wait_first_request(&self) {
+        crate::harness::wait_for("a first batch", Duration::from_secs(30), || {
+            (!self.received().is_empty()).then_some(())
+        });
     }
 
     /// The ingest URL.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::harness::pg::PgCluster;
 use crate::harness::wait_for;
-use crate::logs::{files, key, parse_log, text, LOG_CONF};
+use crate::logs::{files, key, parse_log, stop_and_wait_logged, text, LOG_CONF};
 
 /// Application names a client may choose: forged severities, a fake slow query, many
 /// spaces, a fake line start.
@@ -298,14 +298,7 @@ fn hosted_and_hostile_prefixes_read_back_as_the_csvlog_says() {
         let log_dir = pg.data().join(&dir);
         eprintln!("phase {i}: prefix {prefix:?}, {tz}");
         workload(&pg, &log_dir, Some(tcp));
-        pg.stop_server_mode("fast");
-        for ext in ["log", "csv"] {
-            wait_for("shutdown logged", Duration::from_secs(10), || {
-                text(&log_dir, ext)
-                    .contains("database system is shut down")
-                    .then_some(())
-            });
-        }
+        stop_and_wait_logged(&mut pg, &log_dir, json);
         let stderr = parse_log(
             &["--format", "stderr", "--prefix", prefix],
             &files(&log_dir, "log"),

@@ -118,6 +118,24 @@ fn workload(pg: &PgCluster, log_dir: &Path) {
     logged("automatic vacuum of table \"\"postgres.public.av\"\"");
 }
 
+/// Stops the server and waits until its shutdown is in the log of every destination
+/// (stderr, csvlog, and jsonlog when `json`).
+pub fn stop_and_wait_logged(pg: &mut PgCluster, log_dir: &Path, json: bool) {
+    pg.stop_server_mode("fast");
+    let exts: &[&str] = if json {
+        &["log", "csv", "json"]
+    } else {
+        &["log", "csv"]
+    };
+    for ext in exts {
+        wait_for("shutdown logged", Duration::from_secs(10), || {
+            text(log_dir, ext)
+                .contains("database system is shut down")
+                .then_some(())
+        });
+    }
+}
+
 /// The fields every format carries, plus those this prefix carries.
 pub fn key(e: &Value, extra: &[&str]) -> String {
     let mut m = BTreeMap::new();
@@ -203,19 +221,7 @@ fn stderr_parser_matches_csvlog_and_jsonlog_of_the_same_run() {
         let log_dir = pg.data().join(&dir);
         eprintln!("phase {i}: prefix {prefix:?}, {verbosity}");
         workload(&pg, &log_dir);
-        pg.stop_server_mode("fast");
-        let exts: &[&str] = if json {
-            &["log", "csv", "json"]
-        } else {
-            &["log", "csv"]
-        };
-        for ext in exts {
-            wait_for("shutdown logged", Duration::from_secs(10), || {
-                text(&log_dir, ext)
-                    .contains("database system is shut down")
-                    .then_some(())
-            });
-        }
+        stop_and_wait_logged(&mut pg, &log_dir, json);
         let stderr = parse_log(
             &["--format", "stderr", "--prefix", prefix],
             &files(&log_dir, "log"),

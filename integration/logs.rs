@@ -487,6 +487,10 @@ fn check_finds_the_servers_log_and_says_when_the_prefix_does_not_fit() {
         "{out}"
     );
     assert!(out.contains("warn  log       no %a"), "{out}");
+    assert!(
+        !out.contains("lets clients write into the prefix"),
+        "no client-written field in this prefix: {out}"
+    );
 
     // The same file named in the config with a prefix it was not written with.
     std::fs::write(
@@ -574,4 +578,47 @@ fn the_agents_own_statements_are_left_out_of_the_log_and_counted() {
         own.is_empty(),
         "the agent's own statements shipped: {own:?}\n{st}"
     );
+}
+
+#[test]
+fn check_warns_when_clients_can_write_into_the_stderr_prefix() {
+    let pg = PgCluster::start(&format!(
+        "{LOG_CONF}log_destination = 'stderr'\nlog_directory = 'log'\nlog_line_prefix = '%m [%p] %q%u@%d/%a '\n"
+    ));
+    // A line that reads two ways is counted in the message.
+    let out = pg
+        .psql()
+        .args(["-c", "select 1"])
+        .env("PGAPPNAME", "x PANIC:  y")
+        .output()
+        .expect("psql");
+    assert!(out.status.success());
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n"),
+    )
+    .expect("write");
+    let (code, out) = check(&path);
+    assert_eq!(code, 0, "a warning, not a failure: {out}");
+    assert!(
+        out.contains("warn  log       the stderr log lets clients write into the prefix (%u, %d, %a come from the client"),
+        "{out}"
+    );
+    assert!(
+        out.contains("csvlog and jsonlog quote every field and cannot be forged"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: add csvlog (or jsonlog on PostgreSQL 15+) to log_destination"),
+        "{out}"
+    );
+    let ambiguous = out
+        .split("shipped flagged without the disputed fields (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(ambiguous >= Some(1), "the forged line counted: {out}");
 }

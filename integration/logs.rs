@@ -462,6 +462,19 @@ fn check(config: &Path) -> (i32, String) {
     )
 }
 
+/// `check` with the log source enabled against `pg` (and a listener that accepts).
+fn check_logs(pg: &PgCluster) -> (i32, String) {
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n"),
+    )
+    .expect("write");
+    check(&path)
+}
+
 #[test]
 fn check_finds_the_servers_log_and_says_when_the_prefix_does_not_fit() {
     let pg = PgCluster::start(&format!(
@@ -513,15 +526,7 @@ fn check_finds_the_servers_log_and_says_when_the_prefix_does_not_fit() {
 #[test]
 fn check_says_what_to_do_without_the_logging_collector() {
     let pg = PgCluster::start("");
-    let listener = Listener::start(crate::harness::agent::TOKEN);
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("agent.toml");
-    std::fs::write(
-        &path,
-        config(dir.path(), &pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n"),
-    )
-    .expect("write");
-    let (code, out) = check(&path);
+    let (code, out) = check_logs(&pg);
     assert_eq!(code, 69, "{out}");
     assert!(
         out.contains("FAIL  log       the server runs without logging_collector"),
@@ -593,15 +598,7 @@ fn check_warns_when_clients_can_write_into_the_stderr_prefix() {
         .output()
         .expect("psql");
     assert!(out.status.success());
-    let listener = Listener::start(crate::harness::agent::TOKEN);
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("agent.toml");
-    std::fs::write(
-        &path,
-        config(dir.path(), &pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n"),
-    )
-    .expect("write");
-    let (code, out) = check(&path);
+    let (code, out) = check_logs(&pg);
     assert_eq!(code, 0, "a warning, not a failure: {out}");
     assert!(
         out.contains("warn  log       the stderr log lets clients write into the prefix (%u, %d, %a come from the client"),

@@ -117,6 +117,104 @@ pub enum SpoolError {
     Full(String),
 }
 
+/// Why a source cannot do (all of) its work, and what fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong, in the words of whoever found it.
+    pub reason: String,
+    /// What an operator does about it (SQL, a setting, a file mode).
+    pub fix: String,
+}
+
+impl Problem {
+    /// A reason and its fix.
+    pub fn new(reason: impl Into<String>, fix: impl Into<String>) -> Problem {
+        Problem {
+            reason: reason.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// A source's own account of its condition. Sources make it typed; it becomes text
+/// only where it is printed (status, the agent's log), and `status` reads that text back
+/// with [`std::str::FromStr`], the exact inverse of [`std::fmt::Display`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    /// Working; what it reads (`following /var/log/… (csvlog)`, `available (…)`).
+    Working(String),
+    /// Working, but this sample only sets the baseline later deltas start from.
+    Baseline(String),
+    /// Working with a part missing (e.g. other sessions' queries hidden).
+    Degraded(Problem),
+    /// Not working until the fix is applied; not an error of the cycle.
+    Unavailable(Problem),
+}
+
+impl SourceState {
+    /// Degraded or unavailable: said at warning level, not info.
+    pub fn is_problem(&self) -> bool {
+        matches!(self, SourceState::Degraded(_) | SourceState::Unavailable(_))
+    }
+
+    /// The problem, if there is one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            SourceState::Degraded(p) | SourceState::Unavailable(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceState::Working(what) => f.write_str(what),
+            SourceState::Baseline(what) => write!(f, "baseline: {what}"),
+            SourceState::Degraded(p) => write!(f, "degraded: {} (fix: {})", p.reason, p.fix),
+            SourceState::Unavailable(p) => {
+                write!(f, "unavailable: {} (fix: {})", p.reason, p.fix)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for SourceState {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<SourceState, Self::Err> {
+        let problem = |rest: &str| {
+            let (reason, fix) = rest
+                .strip_suffix(')')
+                .and_then(|r| r.rsplit_once(" (fix: "))
+                .unwrap_or((rest, ""));
+            Problem::new(reason, fix)
+        };
+        Ok(if let Some(rest) = s.strip_prefix("unavailable: ") {
+            SourceState::Unavailable(problem(rest))
+        } else if let Some(rest) = s.strip_prefix("degraded: ") {
+            SourceState::Degraded(problem(rest))
+        } else if let Some(rest) = s.strip_prefix("baseline: ") {
+            SourceState::Baseline(rest.to_string())
+        } else {
+            SourceState::Working(s.to_string())
+        })
+    }
+}
+
+impl Serialize for SourceState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SourceState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SourceState, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(text.parse().unwrap_or_else(|e| match e {}))
+    }
+}
+
 /// A source's state that must advance together with the events it produced (the
 /// statements baseline; later the log position): written in the same transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,12 +325,13 @@ pub enum ChildDetail {
 }
 
 /// The log tailer's position and counters.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LogStats {
     /// What is followed and how (`following …`), or why nothing is (`unavailable: …`).
-    pub source_state: Option<String>,
+    pub source_state: Option<SourceState>,
     /// `stderr`, `csvlog` or `jsonlog`.
-    pub format: Option<&'static str>,
+    pub format: Option<crate::logs::Format>,
     /// The `log_line_prefix` the stderr parser uses.
     pub prefix: Option<String>,
     /// Events handed to the spool.
@@ -249,7 +348,8 @@ pub struct LogStats {
 }
 
 /// Counters of one collector.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CollectorStats {
     /// Cycles completed (successful or not).
     pub cycles_total: u64,
@@ -266,11 +366,15 @@ pub struct CollectorStats {
     /// Sampling interval in seconds.
     pub interval_s: u64,
     /// The source's own account of its state (e.g. unavailable, with the fix).
-    pub source_state: Option<String>,
+    pub source_state: Option<SourceState>,
+    /// Rows the source could not read (e.g. text that fails to decode), skipped and
+    /// counted rather than failing the whole sample.
+    pub rows_skipped_total: u64,
 }
 
 /// The spool's depth and size.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SpoolStats {
     /// Events waiting to be shipped.
     pub depth: u64,
@@ -295,7 +399,8 @@ pub struct SpoolStats {
 }
 
 /// The shipper's delivery state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ShipperStats {
     /// HTTP status of the last response, if any.
     pub last_http_status: Option<u16>,
@@ -407,5 +512,40 @@ impl Drop for ExitGuard {
             generation: self.generation,
             panicked: std::thread::panicking(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_state_reads_back_from_its_text() {
+        let states = [
+            SourceState::Working("following /var/log/pg.csv (csvlog)".into()),
+            SourceState::Baseline("the first sample sets the baseline".into()),
+            SourceState::Degraded(Problem::new(
+                "3 other session(s) show <insufficient privilege> (really)",
+                "GRANT pg_monitor TO a;",
+            )),
+            SourceState::Unavailable(Problem::new(
+                "cannot read the log: Permission denied (os error 13)",
+                "let the agent's user read /x (e.g. add it to a group)",
+            )),
+        ];
+        for s in states {
+            let text = s.to_string();
+            assert_eq!(text.parse::<SourceState>(), Ok(s.clone()), "{text}");
+            let json = serde_json::to_string(&s).expect("json");
+            assert_eq!(json, serde_json::to_string(&text).expect("json"));
+            let back: SourceState = serde_json::from_str(&json).expect("back");
+            assert_eq!(back, s);
+        }
+        assert!(!SourceState::Working("x".into()).is_problem());
+        assert!(SourceState::Degraded(Problem::new("a", "b")).is_problem());
+        assert_eq!(
+            SourceState::Unavailable(Problem::new("a", "b")).to_string(),
+            "unavailable: a (fix: b)"
+        );
     }
 }

@@ -95,58 +95,68 @@ fn ago(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
     }
 }
 
+impl StatusSnapshot {
+    /// The detail of child `name` read back as the type the child wrote it from; `None`
+    /// when the child is absent or its detail is of another shape.
+    pub fn detail<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        let d = self.children.get(name)?.detail.clone()?;
+        serde_json::from_value(d).ok()
+    }
+}
+
 /// Delivery, spool and log in a few lines: what an on-call reader looks for first.
 fn summary(s: &StatusSnapshot) -> String {
-    use serde_json::Value;
-    let detail = |name: &str| s.children.get(name).and_then(|c| c.detail.clone());
-    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    use crate::model::{LogStats, ShipperStats, SpoolStats};
+    use crate::shipper::policy::BreakerPhase;
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     let mut out = String::from("\n");
-    if let Some(d) = detail("shipper") {
-        if let Some(t) = d["token_refused"].as_str() {
+    if let Some(d) = s.detail::<ShipperStats>("shipper") {
+        if let Some(t) = &d.token_refused {
             out.push_str(&format!(
                 "TOKEN REFUSED by the listener ({t}): nothing is sent; fix listener.token and reload (SIGHUP)\n"
             ));
         }
-        let b = &d["breaker"];
-        let breaker = match b["state"].as_str().unwrap_or("closed") {
-            "open" => format!(
+        let b = &d.breaker;
+        let breaker = match b.state {
+            BreakerPhase::Open => format!(
                 "breaker OPEN since {} (next probe in {:.0} s)",
-                b["open_since"].as_str().unwrap_or("?"),
-                b["next_probe_in_s"].as_f64().unwrap_or(0.0)
+                b.open_since.map_or("?".to_string(), |t| t
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+                b.next_probe_in_s.unwrap_or(0.0)
             ),
-            other => format!("breaker {other}"),
+            BreakerPhase::HalfOpen => "breaker half_open".to_string(),
+            BreakerPhase::Closed => "breaker closed".to_string(),
         };
         out.push_str(&format!(
             "delivery: {breaker}, last HTTP {}, {} batches / {} events sent, {} failures in a row, {} quarantined by the listener\n",
-            d["last_http_status"].as_u64().map_or("-".to_string(), |x| x.to_string()),
-            n(&d, "batches_sent_total"),
-            n(&d, "events_sent_total"),
-            n(&d, "consecutive_failures"),
-            n(&d, "events_quarantined_total"),
+            d.last_http_status.map_or("-".to_string(), |x| x.to_string()),
+            d.batches_sent_total,
+            d.events_sent_total,
+            d.consecutive_failures,
+            d.events_quarantined_total,
         ));
     }
-    if let Some(d) = detail("buffer") {
+    if let Some(d) = s.detail::<SpoolStats>("buffer") {
         out.push_str(&format!(
             "spool:    {} events waiting ({} of data, {} on disk), oldest {}, {} evicted, {} in quarantine\n",
-            n(&d, "depth"),
-            mb(n(&d, "bytes")),
-            mb(n(&d, "file_bytes")),
-            d["oldest_age_s"]
-                .as_f64()
+            d.depth,
+            mb(d.bytes),
+            mb(d.file_bytes),
+            d.oldest_age_s
                 .map_or("-".to_string(), |a| format!("{a:.0} s old")),
-            n(&d, "evicted_total"),
-            n(&d, "quarantined"),
+            d.evicted_total,
+            d.quarantined,
         ));
     }
-    if let Some(d) = detail("pg_log") {
+    if let Some(d) = s.detail::<LogStats>("pg_log") {
         out.push_str(&format!(
             "log:      {}; {} of {} bytes read, {} events, {} unparsed lines\n",
-            d["source_state"].as_str().unwrap_or("starting"),
-            n(&d, "offset"),
-            n(&d, "size"),
-            n(&d, "events_total"),
-            n(&d, "unparsed_lines_total"),
+            d.source_state
+                .map_or("starting".to_string(), |s| s.to_string()),
+            d.tail.offset,
+            d.tail.size,
+            d.events_total,
+            d.tail.unparsed_lines_total,
         ));
     }
     out
@@ -198,6 +208,8 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ChildDetail, LogStats, Problem, ShipperStats, SourceState, SpoolStats};
+    use crate::shipper::policy::{BreakerPhase, BreakerStats};
 
     fn child(detail: serde_json::Value) -> ChildStatus {
         ChildStatus {
@@ -215,20 +227,49 @@ mod tests {
     fn the_summary_says_what_on_call_looks_for() {
         let now = Utc::now();
         let mut children = BTreeMap::new();
+        // Written the way the supervisor writes them: from the children's own types.
+        let shipper = ShipperStats {
+            last_http_status: Some(401),
+            batches_sent_total: 3,
+            events_sent_total: 40,
+            consecutive_failures: 2,
+            events_quarantined_total: 1,
+            token_refused: Some("HTTP 401".into()),
+            breaker: BreakerStats {
+                state: BreakerPhase::Open,
+                open_since: "2026-11-26T10:00:00Z".parse().ok(),
+                next_probe_in_s: Some(42.0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let buffer = SpoolStats {
+            depth: 12,
+            bytes: 3_000_000,
+            file_bytes: 5_000_000,
+            oldest_age_s: Some(75.2),
+            evicted_total: 7,
+            quarantined: 1,
+            ..Default::default()
+        };
+        let log = LogStats {
+            source_state: Some(SourceState::Unavailable(Problem::new("gone", "find it"))),
+            events_total: 9,
+            tail: crate::logs::tail::TailStats {
+                offset: 100,
+                size: 250,
+                unparsed_lines_total: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let value = |d: ChildDetail| serde_json::to_value(d).expect("json");
         children.insert(
             "shipper".into(),
-            child(serde_json::json!({"last_http_status": 401, "batches_sent_total": 3,
-                "events_sent_total": 40, "consecutive_failures": 2, "events_quarantined_total": 1,
-                "token_refused": "HTTP 401",
-                "breaker": {"state": "open", "open_since": "2026-11-26T10:00:00Z", "next_probe_in_s": 42.0}})),
+            child(value(ChildDetail::Shipper(shipper))),
         );
-        children.insert(
-            "buffer".into(),
-            child(
-                serde_json::json!({"depth": 12, "bytes": 3_000_000, "file_bytes": 5_000_000,
-                "oldest_age_s": 75.2, "evicted_total": 7, "quarantined": 1}),
-            ),
-        );
+        children.insert("buffer".into(), child(value(ChildDetail::Buffer(buffer))));
+        children.insert("pg_log".into(), child(value(ChildDetail::Log(log))));
         let s = StatusSnapshot {
             written_at: now,
             trigger: "sigusr1".into(),
@@ -246,6 +287,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("delivery: breaker OPEN since 2026-11-26T10:00:00Z (next probe in 42 s), last HTTP 401, 3 batches / 40 events sent, 2 failures in a row, 1 quarantined by the listener"), "{text}");
+        assert!(
+            text.contains("log:      unavailable: gone (fix: find it); 100 of 250 bytes read, 9 events, 2 unparsed lines"),
+            "{text}"
+        );
         assert!(text.contains("spool:    12 events waiting (3.0 MB of data, 5.0 MB on disk), oldest 75 s old, 7 evicted, 1 in quarantine"), "{text}");
     }
 }

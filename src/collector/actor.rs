@@ -152,17 +152,8 @@ impl CollectorActor {
         }
         self.progress = Instant::now();
         self.stats.cycles_total += 1;
-        let state = self.source.state();
-        if state != self.stats.source_state {
-            match &state {
-                Some(s) if s.starts_with("unavailable") || s.starts_with("degraded") => {
-                    warn!(self.log, "source_state_changed"; "state" => s)
-                }
-                Some(s) => slog::info!(self.log, "source_state_changed"; "state" => s),
-                None => {}
-            }
-            self.stats.source_state = state;
-        }
+        crate::sources::note_state(&self.log, &mut self.stats.source_state, self.source.state());
+        self.stats.rows_skipped_total = self.source.rows_skipped();
         match res {
             Ok(events) => {
                 debug!(self.log, "collect_cycle_done"; "events" => events.len());

@@ -150,14 +150,7 @@ async fn check_log(r: &mut Report, config: &Config) {
     let server = server_settings(&db).await.ok();
     let p = match plan(&config.logs, server.as_ref(), &Saved::default()) {
         Ok(p) => p,
-        Err(e) => {
-            let (problem, fix) = e
-                .trim_start_matches("unavailable: ")
-                .rsplit_once(" (fix: ")
-                .map(|(p, f)| (p.to_string(), f.trim_end_matches(')').to_string()))
-                .unwrap_or((e.clone(), "set [logs] path".into()));
-            return r.fail("log", &problem, &fix);
-        }
+        Err(e) => return r.fail("log", &e.reason, &e.fix),
     };
     let Some(cur) = p.locator.current() else {
         return r.fail(

@@ -28,28 +28,26 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
         None
     };
     let logs = config.as_ref().map(|c| c.logs.clone());
-    let format_s = args
-        .format
-        .clone()
-        .or_else(|| logs.as_ref().map(|l| l.format.clone()))
-        .unwrap_or_else(|| "auto".into());
-    let format = match Format::parse(&format_s) {
-        Ok(f) => f,
-        Err(e) => {
+    // A flag wins over the config; the config's values were validated when it loaded.
+    let format = match args.format.as_deref().map(Format::parse) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
             eprintln!("postgres-agent: --format: {e}");
             return EXIT_USAGE;
         }
+        None => logs.as_ref().and_then(|l| l.format),
     };
-    let redact_s = args
-        .redact
-        .clone()
-        .or_else(|| logs.as_ref().map(|l| l.redact.clone()))
-        .unwrap_or_else(|| "none".into());
-    let Some(redact) = Redact::parse(&redact_s) else {
-        eprintln!(
-            "postgres-agent: --redact: unknown value {redact_s:?} (none, parameters, literals)"
-        );
-        return EXIT_USAGE;
+    let redact = match args.redact.as_deref() {
+        Some(r) => match Redact::parse(r) {
+            Some(r) => r,
+            None => {
+                eprintln!(
+                    "postgres-agent: --redact: unknown value {r:?} (none, parameters, literals)"
+                );
+                return EXIT_USAGE;
+            }
+        },
+        None => logs.as_ref().map_or(Redact::None, |l| l.redact),
     };
     let prefix = args
         .prefix

@@ -143,14 +143,14 @@ impl PartialEq for CorrelationConfig {
 pub struct LogsConfig {
     /// File or directory; empty means "ask the server".
     pub path: String,
-    /// `auto`, `stderr`, `csvlog` or `jsonlog`.
-    pub format: String,
+    /// `stderr`, `csvlog` or `jsonlog`; `None` is `auto` (the server says).
+    pub format: Option<crate::logs::Format>,
     /// `log_line_prefix`; empty means "ask the server".
     pub prefix: String,
     /// `none`, `parameters` or `literals`.
-    pub redact: String,
+    pub redact: crate::logs::redact::Redact,
     /// Where to start in a log never read before: `end` (default) or `beginning`.
-    pub start_at: String,
+    pub start_at: crate::logs::tail::StartAt,
 }
 
 /// Request body compression towards the listener.

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use super::raw::{Field, RawConfig, Unknown};
 use super::*;
+use crate::logs::redact::Redact;
+use crate::logs::tail::StartAt;
+use crate::logs::Format;
 
 /// The default correlation pattern: `bitville-<uuid>` in `application_name`.
 pub const DEFAULT_CORRELATION_PATTERN: &str = "^bitville-(?P<id>[0-9a-fA-F-]{36})$";
@@ -65,13 +68,19 @@ impl Check {
         v
     }
 
-    fn choice(&mut self, key: &str, f: &Field<String>, default: &str, allowed: &[&str]) -> String {
-        let v = self.value(key, f, default.to_string());
-        if !allowed.contains(&v.as_str()) {
-            self.problem(key, format!("{v:?} is not one of {}", allowed.join(" | ")));
-            return default.to_string();
+    /// One of `allowed` (name → value), the first being the default. The string is
+    /// turned into its value here, once; nothing downstream parses it again.
+    fn choice<T: Copy>(&mut self, key: &str, f: &Field<String>, allowed: &[(&str, T)]) -> T {
+        let default = allowed[0];
+        let v = self.value(key, f, default.0.to_string());
+        match allowed.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+                self.problem(key, format!("{v:?} is not one of {}", names.join(" | ")));
+                default.1
+            }
         }
-        v
     }
 
     /// The secret on the first line of `path` (a trailing newline and `\r` dropped).
@@ -174,20 +183,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         " (at most database.statement_timeout_ms)",
     );
     let password_file = c.value("database.password_file", &d.password_file, String::new());
-    let sslmode = match c
-        .choice(
-            "database.sslmode",
-            &d.sslmode,
-            "prefer",
-            &["disable", "prefer", "require", "verify-full"],
-        )
-        .as_str()
-    {
-        "disable" => SslMode::Disable,
-        "require" => SslMode::Require,
-        "verify-full" => SslMode::VerifyFull,
-        _ => SslMode::Prefer,
-    };
+    let sslmode = c.choice(
+        "database.sslmode",
+        &d.sslmode,
+        &[
+            ("prefer", SslMode::Prefer),
+            ("disable", SslMode::Disable),
+            ("require", SslMode::Require),
+            ("verify-full", SslMode::VerifyFull),
+        ],
+    );
     let sslrootcert = c.value("database.sslrootcert", &d.sslrootcert, String::new());
     if !sslrootcert.is_empty() {
         if let Err(e) = crate::db::tls::read_root_certs(&sslrootcert) {
@@ -324,17 +329,28 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         format: c.choice(
             "logs.format",
             &l.format,
-            "auto",
-            &["auto", "stderr", "csvlog", "jsonlog"],
+            &[
+                ("auto", None),
+                ("stderr", Some(Format::Stderr)),
+                ("csvlog", Some(Format::Csv)),
+                ("jsonlog", Some(Format::Json)),
+            ],
         ),
         prefix: c.value("logs.prefix", &l.prefix, String::new()),
         redact: c.choice(
             "logs.redact",
             &l.redact,
-            "none",
-            &["none", "parameters", "literals"],
+            &[
+                ("none", Redact::None),
+                ("parameters", Redact::Parameters),
+                ("literals", Redact::Literals),
+            ],
         ),
-        start_at: c.choice("logs.start_at", &l.start_at, "end", &["end", "beginning"]),
+        start_at: c.choice(
+            "logs.start_at",
+            &l.start_at,
+            &[("end", StartAt::End), ("beginning", StartAt::Beginning)],
+        ),
     };
 
     let li = &raw.listener;
@@ -375,18 +391,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             "holds spaces, control characters or non-ASCII text, which an HTTP header cannot carry (the value is not shown)",
         );
     }
-    let compression = match c
-        .choice(
-            "listener.compression",
-            &li.compression,
-            "gzip",
-            &["gzip", "none"],
-        )
-        .as_str()
-    {
-        "none" => Compression::None,
-        _ => Compression::Gzip,
-    };
+    let compression = c.choice(
+        "listener.compression",
+        &li.compression,
+        &[("gzip", Compression::Gzip), ("none", Compression::None)],
+    );
     let listener = ListenerConfig {
         url,
         token,

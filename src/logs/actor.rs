@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 
 use super::locate::{current_formats, Locator};
-use super::redact::Redact;
-use super::tail::{Note, Position, StartAt, Tailer};
+use super::tail::{Note, Position, Tailer};
 use super::{Format, LogParser, OwnSessions, Shaper, DEFAULT_PREFIX};
 use crate::buffer::{self, BufferActor};
 use crate::collector::cycle_limit;
@@ -23,7 +22,8 @@ use crate::config::{Config, LogsConfig};
 use crate::db::{Db, DbError};
 use crate::fault;
 use crate::model::{
-    Checkpoint, ChildDetail, Enqueue, Event, ExitGuard, Health, LogStats, Ping, Route,
+    Checkpoint, ChildDetail, Enqueue, Event, ExitGuard, Health, LogStats, Ping, Problem, Route,
+    SourceState,
 };
 
 /// Name of the position checkpoint in the spool.
@@ -90,8 +90,8 @@ pub fn plan(
     cfg: &LogsConfig,
     server: Option<&ServerSettings>,
     saved: &Saved,
-) -> Result<Plan, String> {
-    let wanted = Format::parse(&cfg.format)?;
+) -> Result<Plan, Problem> {
+    let wanted = cfg.format;
     let prefix = [
         Some(cfg.prefix.clone()).filter(|p| !p.is_empty()),
         server.and_then(|s| s.prefix.clone()),
@@ -129,9 +129,12 @@ pub fn plan(
     let (data_dir, log_dir, dests) = match server {
         Some(s) => {
             if !s.logging_collector {
-                return Err(format!(
-                    "unavailable: the server runs without logging_collector, so its log goes wherever its stderr goes (fix: set [logs] path to that file{}, or turn logging_collector on)",
-                    debian_hint()
+                return Err(Problem::new(
+                    "the server runs without logging_collector, so its log goes wherever its stderr goes",
+                    format!(
+                        "set [logs] path to that file{}, or turn logging_collector on",
+                        debian_hint()
+                    ),
                 ));
             }
             (
@@ -145,15 +148,26 @@ pub fn plan(
     let Some(log_dir) = log_dir else {
         return Err(match server {
             // Connected and asked, but the rows were not shown: a privilege, not the network.
-            Some(_) => "unavailable: the agent's role cannot see where the server writes its log (log_directory and data_directory are shown only to roles with pg_read_all_settings) (fix: GRANT pg_monitor TO the agent's role, or set [logs] path to the log file or directory)".into(),
-            None => "unavailable: cannot find the server log: the server's log settings could not be read (log_settings_unavailable in the agent's log says why) and [logs] path is not set (fix: check that the database is reachable, or set [logs] path to the log file or directory)".into(),
+            Some(_) => Problem::new(
+                "the agent's role cannot see where the server writes its log (log_directory and data_directory are shown only to roles with pg_read_all_settings)",
+                "GRANT pg_monitor TO the agent's role, or set [logs] path to the log file or directory",
+            ),
+            None => Problem::new(
+                "cannot find the server log: the server's log settings could not be read (log_settings_unavailable in the agent's log says why) and [logs] path is not set",
+                "check that the database is reachable, or set [logs] path to the log file or directory",
+            ),
         });
     };
     let mut log_dir = PathBuf::from(log_dir);
     if log_dir.is_relative() {
         match &data_dir {
             Some(d) => log_dir = Path::new(d).join(log_dir),
-            None => return Err("unavailable: log_directory is relative to the data directory, which this role cannot see (fix: GRANT pg_monitor TO the agent's role, or set [logs] path)".into()),
+            None => {
+                return Err(Problem::new(
+                    "log_directory is relative to the data directory, which this role cannot see",
+                    "GRANT pg_monitor TO the agent's role, or set [logs] path",
+                ))
+            }
         }
     }
     let mut available: Vec<Format> = dests
@@ -166,10 +180,13 @@ pub fn plan(
     let format = match wanted {
         Some(f) => {
             if !available.is_empty() && !available.contains(&f) {
-                return Err(format!(
-                    "unavailable: [logs] format is {} but the server's log_destination has no {} (fix: add it to log_destination, or set [logs] format = \"auto\")",
-                    f.as_str(),
-                    f.as_str()
+                return Err(Problem::new(
+                    format!(
+                        "[logs] format is {} but the server's log_destination has no {}",
+                        f.as_str(),
+                        f.as_str()
+                    ),
+                    "add it to log_destination, or set [logs] format = \"auto\"",
                 ));
             }
             f
@@ -332,7 +349,7 @@ impl LogTailActor {
             limit: cycle_limit(&config.database),
             shaper: Shaper {
                 pattern: config.correlation.application_name_pattern.clone(),
-                redact: Redact::parse(&config.logs.redact).unwrap_or(Redact::None),
+                redact: config.logs.redact,
             },
             own: OwnSessions {
                 user: config.database.user.clone(),
@@ -360,8 +377,7 @@ impl LogTailActor {
     fn needs_server(&self) -> bool {
         self.logs.path.is_empty()
             || (self.logs.prefix.is_empty()
-                && self.logs.format != "csvlog"
-                && self.logs.format != "jsonlog")
+                && !matches!(self.logs.format, Some(Format::Csv | Format::Json)))
     }
 
     fn ask_server(&mut self, ctx: &mut Context<Self>) {
@@ -415,7 +431,7 @@ impl LogTailActor {
             Ok(p) => p,
             Err(e) => {
                 if self.active.is_none() {
-                    self.set_state(e);
+                    self.set_state(SourceState::Unavailable(e));
                 }
                 return;
             }
@@ -437,14 +453,10 @@ impl LogTailActor {
                 self.warned_prefix = Some(p.prefix.clone());
             }
         }
-        let start = if self.logs.start_at == "beginning" {
-            StartAt::Beginning
-        } else {
-            StartAt::End
-        };
+        let start = self.logs.start_at;
         info!(self.log, "log_source_planned"; "follows" => p.locator.describe(),
             "format" => p.format.as_str(), "prefix" => &p.prefix);
-        self.stats.format = Some(p.format.as_str());
+        self.stats.format = Some(p.format);
         self.stats.prefix = parser.prefix().map(str::to_string);
         self.saved.format = Some(p.format.as_str().to_string());
         self.saved.prefix = Some(p.prefix.clone());
@@ -455,23 +467,16 @@ impl LogTailActor {
             self.saved.data_dir = Some(data_dir.display().to_string());
             self.saved.log_dir = Some(log_dir.display().to_string());
         }
-        self.set_state(format!(
+        self.set_state(SourceState::Working(format!(
             "following {} ({})",
             p.locator.describe(),
             p.format.as_str()
-        ));
+        )));
         self.active = Some((p.clone(), parser, Tailer::new(p.locator, resume, start)));
     }
 
-    fn set_state(&mut self, s: String) {
-        if self.stats.source_state.as_deref() != Some(s.as_str()) {
-            if s.starts_with("unavailable") {
-                warn!(self.log, "source_state_changed"; "state" => &s);
-            } else {
-                info!(self.log, "source_state_changed"; "state" => &s);
-            }
-            self.stats.source_state = Some(s);
-        }
+    fn set_state(&mut self, s: SourceState) {
+        crate::sources::note_state(&self.log, &mut self.stats.source_state, Some(s));
     }
 
     /// One poll: read, shape, hand over; then schedule the next.
@@ -495,12 +500,15 @@ impl LogTailActor {
         let poll = match tailer.poll(parser, BATCH_MAX) {
             Ok(p) => p,
             Err(e) => {
-                let msg = format!(
-                    "unavailable: cannot read the log: {e} (fix: let the agent's user read {} — e.g. add it to the postgres group — or set [logs] path)",
-                    plan.locator.describe()
+                let problem = Problem::new(
+                    format!("cannot read the log: {e}"),
+                    format!(
+                        "let the agent's user read {} — e.g. add it to the postgres group — or set [logs] path",
+                        plan.locator.describe()
+                    ),
                 );
                 self.last_error = Some(e.to_string());
-                self.set_state(msg);
+                self.set_state(SourceState::Unavailable(problem));
                 // Ask the server again: the log may have moved.
                 self.settings_due = Instant::now();
                 ctx.run_later(RETRY, |a, ctx| a.step(ctx));
@@ -513,13 +521,16 @@ impl LogTailActor {
             self.note(n);
         }
         if poll.position.is_none() && self.pending.is_none() {
-            self.set_state(format!(
-                "unavailable: no log file found ({}) (fix: check log_directory / [logs] path)",
-                self.active
-                    .as_ref()
-                    .map(|a| a.0.locator.describe())
-                    .unwrap_or_default()
-            ));
+            self.set_state(SourceState::Unavailable(Problem::new(
+                format!(
+                    "no log file found ({})",
+                    self.active
+                        .as_ref()
+                        .map(|a| a.0.locator.describe())
+                        .unwrap_or_default()
+                ),
+                "check log_directory / [logs] path",
+            )));
             ctx.run_later(RETRY, |a, ctx| a.step(ctx));
             return;
         }
@@ -529,7 +540,10 @@ impl LogTailActor {
                 .as_ref()
                 .map(|a| a.0.format.as_str())
                 .unwrap_or("");
-            self.set_state(format!("following {} ({desc})", p.path));
+            self.set_state(SourceState::Working(format!(
+                "following {} ({desc})",
+                p.path
+            )));
         }
         let now = Utc::now();
         let identity = poll
@@ -662,14 +676,16 @@ impl Handler<Ping> for LogTailActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::redact::Redact;
+    use crate::logs::tail::StartAt;
 
     fn cfg(path: &str, format: &str) -> LogsConfig {
         LogsConfig {
             path: path.into(),
-            format: format.into(),
+            format: Format::parse(format).expect("a format"),
             prefix: String::new(),
-            redact: "none".into(),
-            start_at: "end".into(),
+            redact: Redact::None,
+            start_at: StartAt::End,
         }
     }
 
@@ -697,17 +713,18 @@ mod tests {
         let p = plan(&cfg("", "stderr"), Some(&server), &Saved::default()).expect("plan");
         assert_eq!(p.format, Format::Stderr);
         let e = plan(&cfg("", "jsonlog"), Some(&server), &Saved::default()).unwrap_err();
-        assert!(e.contains("log_destination has no jsonlog"), "{e}");
+        assert!(e.reason.contains("log_destination has no jsonlog"), "{e:?}");
         let off = ServerSettings {
             logging_collector: false,
             ..server.clone()
         };
         assert!(plan(&cfg("", "auto"), Some(&off), &Saved::default())
             .unwrap_err()
+            .reason
             .contains("logging_collector"));
         // Database down: what was stored last time is enough to go on.
         let e = plan(&cfg("", "auto"), None, &Saved::default()).unwrap_err();
-        assert!(e.contains("[logs] path"), "{e}");
+        assert!(e.fix.contains("[logs] path"), "{e:?}");
         let saved = Saved {
             format: Some("stderr".into()),
             prefix: Some("%t ".into()),

@@ -42,13 +42,16 @@ use redact::Redact;
 pub const DEFAULT_PREFIX: &str = "%m [%p] ";
 
 /// A log file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Format {
     /// `log_destination = 'stderr'`.
+    #[serde(rename = "stderr")]
     Stderr,
     /// `csvlog`.
+    #[serde(rename = "csvlog")]
     Csv,
     /// `jsonlog` (PG15+).
+    #[serde(rename = "jsonlog")]
     Json,
 }
 

@@ -129,7 +129,8 @@ struct OpenFile {
 }
 
 /// Counters of the tailer.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TailStats {
     /// Bytes parsed.
     pub bytes_read_total: u64,

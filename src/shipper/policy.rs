@@ -148,11 +148,25 @@ pub struct Breaker {
     opened_at_wall: Option<DateTime<Utc>>,
 }
 
+/// The breaker's phase as status shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerPhase {
+    /// Requests flow.
+    #[default]
+    Closed,
+    /// Nothing goes until the probe.
+    Open,
+    /// The probe is on its way.
+    HalfOpen,
+}
+
 /// The breaker as status shows it.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
 pub struct BreakerStats {
     /// `closed`, `open` or `half_open`.
-    pub state: &'static str,
+    pub state: BreakerPhase,
     /// Consecutive failures counted.
     pub consecutive_failures: u32,
     /// When it opened (while open or half-open).
@@ -260,12 +274,12 @@ impl Breaker {
     /// For status.
     pub fn stats(&self, now: Instant) -> BreakerStats {
         let (state, next) = match self.state {
-            BreakerState::Closed => ("closed", None),
+            BreakerState::Closed => (BreakerPhase::Closed, None),
             BreakerState::Open { probe_at, .. } => (
-                "open",
+                BreakerPhase::Open,
                 Some(probe_at.saturating_duration_since(now).as_secs_f64()),
             ),
-            BreakerState::HalfOpen { .. } => ("half_open", None),
+            BreakerState::HalfOpen { .. } => (BreakerPhase::HalfOpen, None),
         };
         BreakerStats {
             state,
@@ -351,7 +365,7 @@ mod tests {
             assert_eq!(b.failure(t0), None, "failure {i}");
         }
         assert_eq!(b.failure(t0), Some(Transition::Opened));
-        assert_eq!(b.stats(t0).state, "open");
+        assert_eq!(b.stats(t0).state, BreakerPhase::Open);
         assert_eq!(
             b.permit(t0 + Duration::from_secs(59)),
             Permit::Wait(Duration::from_secs(1))
@@ -369,7 +383,7 @@ mod tests {
         assert_eq!(b.permit(t1 + reset), Permit::Probe);
         assert_eq!(b.success(), Some(Transition::Closed));
         assert_eq!(b.permit(t1 + reset), Permit::Go);
-        assert_eq!(b.stats(t1).state, "closed");
+        assert_eq!(b.stats(t1).state, BreakerPhase::Closed);
         assert_eq!(b.stats(t1).consecutive_failures, 0);
         // A probe that could not go (nothing to send) is the next request.
         b.trip(t1);

@@ -15,7 +15,7 @@ use crate::correlation::{self, CorrelationSource};
 use crate::db::text::{raw_bytes, text, Lossy};
 use crate::db::{Db, DbError, APPLICATION_NAME};
 use crate::logs::redact::passwords;
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, Problem, SourceState};
 
 /// What the server shows instead of another role's query to a role without
 /// pg_read_all_stats.
@@ -124,20 +124,18 @@ impl Source for ActivitySource {
         EventKind::PgActivity
     }
 
-    fn state(&self) -> Option<String> {
-        let mut parts = Vec::new();
+    fn state(&self) -> Option<SourceState> {
         let hidden = self.hidden.get();
-        if hidden > 0 {
-            parts.push(format!(
-                "degraded: {hidden} other session(s) show <insufficient privilege> instead of their query: the role lacks pg_read_all_stats (fix: GRANT pg_monitor TO {};)",
-                self.user
-            ));
-        }
-        let n = self.skipped.get();
-        if n > 0 {
-            parts.push(format!("{n} unreadable row(s) skipped"));
-        }
-        (!parts.is_empty()).then(|| parts.join("; "))
+        (hidden > 0).then(|| {
+            SourceState::Degraded(Problem::new(
+                format!("{hidden} other session(s) show <insufficient privilege> instead of their query: the role lacks pg_read_all_stats"),
+                format!("GRANT pg_monitor TO {};", self.user),
+            ))
+        })
+    }
+
+    fn rows_skipped(&self) -> u64 {
+        self.skipped.get()
     }
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, SourceState};
 
 /// The future of one collection.
 pub type CollectFuture = Pin<Box<dyn Future<Output = Result<Vec<Event>, DbError>>>>;
@@ -29,16 +29,39 @@ pub trait Source {
     fn interval(&self, base: std::time::Duration) -> std::time::Duration {
         base
     }
-    /// A short description of the source's own state for status (e.g. "unavailable:
-    /// extension not installed (fix: …)"); the collector logs it when it changes.
-    fn state(&self) -> Option<String> {
+    /// The source's own account of its state for status (e.g. unavailable: extension
+    /// not installed, with the fix); the collector logs it when it changes.
+    fn state(&self) -> Option<SourceState> {
         None
+    }
+    /// Rows skipped since start because they could not be read (counted in status).
+    fn rows_skipped(&self) -> u64 {
+        0
     }
     /// State to store together with the events of the last collection, in the same spool
     /// transaction (taken: the next call returns only what changed since).
     fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
         None
     }
+}
+
+/// Records a source's new state and says so in the agent's log when it changed: at
+/// warning level when something is wrong, else at info. A source with nothing to say
+/// (`None`: all is as it should be) clears the last state without a word.
+pub fn note_state(log: &slog::Logger, current: &mut Option<SourceState>, new: Option<SourceState>) {
+    let Some(new) = new else {
+        *current = None;
+        return;
+    };
+    if current.as_ref() == Some(&new) {
+        return;
+    }
+    if new.is_problem() {
+        slog::warn!(log, "source_state_changed"; "state" => %new);
+    } else {
+        slog::info!(log, "source_state_changed"; "state" => %new);
+    }
+    *current = Some(new);
 }
 
 /// `server_version_num`, asked once per connection life and cached in `cache`; column

@@ -154,9 +154,8 @@ impl Source for LocksSource {
         EventKind::PgLocks
     }
 
-    fn state(&self) -> Option<String> {
-        let n = self.skipped.get();
-        (n > 0).then(|| format!("{n} unreadable row(s) skipped"))
+    fn rows_skipped(&self) -> u64 {
+        self.skipped.get()
     }
 
     fn interval(&self, base: Duration) -> Duration {

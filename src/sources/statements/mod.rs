@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::db::text::{raw_bytes, Lossy};
 use crate::db::{describe, Db, DbError};
 use crate::logs::redact::passwords;
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, Problem, SourceState};
 use baseline::Baseline;
 use delta::{diff, top_n, ColKind, Column, Delta, Key};
 
@@ -55,7 +55,7 @@ struct State {
     checkpoint: Option<Vec<u8>>,
     databases: HashMap<u32, String>,
     roles: HashMap<u32, String>,
-    note: Option<String>,
+    note: Option<SourceState>,
 }
 
 /// Reads pg_stat_statements.
@@ -185,7 +185,7 @@ impl Source for StatementsSource {
         EventKind::PgStatements
     }
 
-    fn state(&self) -> Option<String> {
+    fn state(&self) -> Option<SourceState> {
         self.state.borrow().note.clone()
     }
 
@@ -230,12 +230,6 @@ struct Cycle {
 struct Read {
     rows: usize,
     hidden: usize,
-}
-
-/// The extension cannot be read; the reason and the fix go to the summary and status.
-struct Unavailable {
-    reason: String,
-    fix: String,
 }
 
 const PRELOAD_FIX: &str =
@@ -283,11 +277,11 @@ impl Cycle {
         &self,
         state: &RefCell<State>,
         now: DateTime<Utc>,
-        u: Unavailable,
+        u: Problem,
     ) -> Result<Vec<Event>, DbError> {
         let mut st = state.borrow_mut();
         st.ext = None;
-        st.note = Some(format!("unavailable: {} (fix: {})", u.reason, u.fix));
+        st.note = Some(SourceState::Unavailable(u.clone()));
         let s = Summary {
             kind: "summary",
             available: false,
@@ -328,7 +322,7 @@ impl Cycle {
         &self,
         conn: &Client,
         state: &RefCell<State>,
-    ) -> Result<(DateTime<Utc>, Result<Extension, Unavailable>), DbError> {
+    ) -> Result<(DateTime<Utc>, Result<Extension, Problem>), DbError> {
         let row = conn
             .query_one(
                 "SELECT now(), current_database()::text, e.extversion, quote_ident(n.nspname)
@@ -345,7 +339,7 @@ impl Cycle {
             let db: String = row.get(1);
             return Ok((
                 now,
-                Err(Unavailable {
+                Err(Problem {
                     reason: format!(
                         "extension pg_stat_statements is not installed in database {db}"
                     ),
@@ -407,7 +401,7 @@ impl Cycle {
         ext: &Extension,
         prev: Option<&Baseline>,
         now: DateTime<Utc>,
-    ) -> Result<Result<(Baseline, Read, bool), Unavailable>, DbError> {
+    ) -> Result<Result<(Baseline, Read, bool), Problem>, DbError> {
         let (stats_reset, dealloc) = if ext.has_info {
             let q = format!(
                 "SELECT stats_reset, dealloc FROM {}.pg_stat_statements_info",
@@ -565,13 +559,16 @@ impl Cycle {
         events.push(self.event(now, "summary", &summary)?);
         let mut st = state.borrow_mut();
         st.note = Some(if prev.is_none() {
-            "baseline: the first sample sets the baseline; deltas start with the next".to_string()
-        } else if hidden > 0 {
-            format!(
-                "available; {hidden} entries hidden: GRANT pg_read_all_stats TO the agent's role"
+            SourceState::Baseline(
+                "the first sample sets the baseline; deltas start with the next".into(),
             )
+        } else if hidden > 0 {
+            SourceState::Degraded(Problem::new(
+                format!("{hidden} entries hidden: their queryid is shown only to roles with pg_read_all_stats"),
+                "GRANT pg_read_all_stats TO the agent's role (pg_monitor includes it)",
+            ))
         } else {
-            format!("available (pg_stat_statements {})", ext.version)
+            SourceState::Working(format!("available (pg_stat_statements {})", ext.version))
         });
         // The baseline goes to the spool with these events (see baseline.rs) when deltas
         // were produced or a new baseline began; a quiet cycle changes nothing worth a
@@ -670,22 +667,22 @@ fn names<K: for<'a> tokio_postgres::types::FromSql<'a> + std::hash::Hash + Eq>(
 }
 
 /// Server errors that mean "the extension cannot be used" rather than "the cycle failed".
-fn classify<T>(e: tokio_postgres::Error) -> Result<Result<T, Unavailable>, DbError> {
+fn classify<T>(e: tokio_postgres::Error) -> Result<Result<T, Problem>, DbError> {
     let code = e.as_db_error().map(|d| d.code().code().to_string());
     let msg = describe(&e);
     match code.as_deref() {
         // object_not_in_prerequisite_state: "must be loaded via shared_preload_libraries"
-        Some("55000") => Ok(Err(Unavailable {
+        Some("55000") => Ok(Err(Problem {
             reason: msg,
             fix: PRELOAD_FIX.to_string(),
         })),
         // insufficient_privilege
-        Some("42501") => Ok(Err(Unavailable {
+        Some("42501") => Ok(Err(Problem {
             reason: msg,
             fix: "GRANT pg_read_all_stats TO the agent's role (pg_monitor includes it)".to_string(),
         })),
         // undefined_function / undefined_table: dropped between our two queries.
-        Some("42883") | Some("42P01") => Ok(Err(Unavailable {
+        Some("42883") | Some("42P01") => Ok(Err(Problem {
             reason: msg,
             fix: format!("CREATE EXTENSION pg_stat_statements; (and {PRELOAD_FIX})"),
         })),

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+pub mod catalogue;
 pub mod cli;
 pub mod collector;
 pub mod commands;

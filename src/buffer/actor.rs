@@ -9,6 +9,7 @@ use chrono::Utc;
 use slog::{error, info, Logger};
 
 use super::Spool;
+use crate::catalogue::AgentEvent;
 use crate::model::{
     Ack, AckRows, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Ping, QuarantineRows,
     SpoolError, SpoolStats,
@@ -89,22 +90,11 @@ impl BufferActor {
                 error!(self.log, "spool_file_replaced"; "path" => %spool.path().display(), "events_carried_over" => carried,
                        "foreign_file_moved_to" => aside.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                        "effect" => "the spool file was deleted or replaced while the agent ran; its contents were copied to a new file, nothing lost");
-                let now = Utc::now();
-                let data = serde_json::json!({
-                    "event": "spool_file_replaced",
-                    "events_carried_over": carried,
-                    "foreign_file_moved_to": aside.map(|p| p.display().to_string()),
-                });
-                if let Ok(ev) = crate::model::Event::new(
-                    format!(
-                        "agent:{}:spool_file_replaced:{}",
-                        self.host,
-                        now.timestamp_micros()
-                    ),
-                    crate::model::EventKind::Agent,
-                    now,
-                    &data,
-                ) {
+                let report = AgentEvent::SpoolFileReplaced {
+                    events_carried_over: carried,
+                    foreign_file_moved_to: aside.map(|p| p.display().to_string()),
+                };
+                if let Ok(ev) = report.event(&self.host, Utc::now()) {
                     let _ = self.with(|s| s.append(&[ev]));
                 }
             }
@@ -139,17 +129,10 @@ impl Actor for BufferActor {
                     // but will not be sent.
                     error!(self.log, "spool_corrupt_moved_aside"; "moved_to" => %aside.display(),
                            "effect" => "a fresh spool was started; the old one is kept for inspection");
-                    let now = Utc::now();
-                    let data = serde_json::json!({
-                        "event": "spool_corrupt_moved_aside",
-                        "moved_to": aside.display().to_string(),
-                    });
-                    if let Ok(ev) = crate::model::Event::new(
-                        format!("agent:{}:spool_corrupt:{}", self.host, now.timestamp()),
-                        crate::model::EventKind::Agent,
-                        now,
-                        &data,
-                    ) {
+                    let report = AgentEvent::SpoolCorruptMovedAside {
+                        moved_to: aside.display().to_string(),
+                    };
+                    if let Ok(ev) = report.event(&self.host, Utc::now()) {
                         if let Err(e) = s.append(&[ev]) {
                             error!(self.log, "spool_error"; "error" => %e);
                         }

@@ -53,8 +53,9 @@ pub struct Spool {
     pub reserve: Reserve,
 }
 
-/// What one eviction dropped (also shipped as an `agent` event).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+/// What one eviction dropped (also shipped as an `agent` event, see
+/// [`crate::catalogue::AgentEvent::EventsEvicted`]).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Eviction {
     /// Events dropped.
     pub evicted: u64,
@@ -330,25 +331,17 @@ impl Spool {
             return Ok(None);
         }
         let now = Utc::now();
-        let mut data = serde_json::to_value(&ev).unwrap_or_default();
-        if let Some(o) = data.as_object_mut() {
-            o.insert("event".into(), "events_evicted".into());
-            o.insert(
-                "reason".into(),
-                format!("spool over buffer.max_bytes = {}", self.max_bytes).into(),
-            );
-            o.remove("disk_bytes_after");
+        let report = crate::catalogue::AgentEvent::EventsEvicted {
+            evicted: ev.evicted,
+            bytes: ev.bytes,
+            by_kind: ev.by_kind.clone(),
+            oldest_collected_at: ev.oldest_collected_at.clone(),
+            newest_collected_at: ev.newest_collected_at.clone(),
+            disk_bytes_before: ev.disk_bytes_before,
+            reason: format!("spool over buffer.max_bytes = {}", self.max_bytes),
+            rows: (first_seq.unwrap_or_default(), last_seq),
         }
-        let report = Event::new(
-            format!(
-                "agent:{}:events_evicted:{}-{last_seq}",
-                self.host,
-                first_seq.unwrap_or_default()
-            ),
-            EventKind::Agent,
-            now,
-            &data,
-        )
+        .event(&self.host, now)
         .map_err(|e| SpoolError::Sqlite(format!("loss report: {e}")))?;
         let text = report.data.get();
         tx.execute(

@@ -62,24 +62,15 @@ impl DropReport {
         if self.dropped == 0 {
             return None;
         }
-        let now = chrono::Utc::now();
-        let data = serde_json::json!({
-            "event": "events_dropped",
-            "source": source,
-            "dropped": self.dropped,
-            "oldest_collected_at": self.oldest,
-            "newest_collected_at": self.newest,
-            "reason": "the spool did not take events for long and the in-memory backlog was full",
-        });
-        crate::model::Event::new(
-            format!(
-                "agent:{host}:events_dropped:{source}:{}",
-                now.timestamp_nanos_opt().unwrap_or_default()
-            ),
-            crate::model::EventKind::Agent,
-            now,
-            &data,
-        )
+        crate::catalogue::AgentEvent::EventsDropped {
+            source: source.to_string(),
+            dropped: self.dropped,
+            oldest_collected_at: self.oldest,
+            newest_collected_at: self.newest,
+            reason: "the spool did not take events for long and the in-memory backlog was full"
+                .to_string(),
+        }
+        .event(host, chrono::Utc::now())
         .ok()
     }
 }

@@ -11,8 +11,9 @@ use slog::{error, info, warn, Logger};
 use super::child::{self, ChildAddr, Running};
 use super::{Decision, RestartPolicy, RestartTracker, HEALTH_INTERVAL, PING_TIMEOUT};
 use crate::buffer::BufferActor;
+use crate::catalogue::AgentEvent;
 use crate::config::Config;
-use crate::model::{ChildExited, ChildId, Enqueue, Event, EventKind, Flush, Health, Route};
+use crate::model::{ChildExited, ChildId, Enqueue, Flush, Health, Route};
 use crate::status::{self, ChildStatus, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
 
@@ -179,29 +180,23 @@ impl Supervisor {
         let restarts = slot.restarts;
         error!(self.log, "child_down"; "child" => id.name(), "reason" => &reason,
                "restart_in_ms" => delay.as_millis() as u64, "restarts" => restarts, "failed" => failed);
-        self.agent_event(
-            "child_restarted",
-            serde_json::json!({"child": id.name(), "reason": reason, "restarts": restarts,
-                               "failed": failed, "restart_in_ms": delay.as_millis() as u64}),
-        );
+        self.agent_event(AgentEvent::ChildRestarted {
+            child: id.name().to_string(),
+            reason,
+            restarts,
+            failed,
+            restart_in_ms: delay.as_millis() as u64,
+        });
         let handle = ctx.run_later(delay, move |act, ctx| act.start_child(id, ctx));
         self.slot(id).restart_timer = Some(handle);
     }
 
     /// Reports the agent's own health to the listener as a `kind: agent` event.
-    fn agent_event(&self, event: &str, mut data: serde_json::Value) {
-        let now = Utc::now();
-        if let Some(obj) = data.as_object_mut() {
-            obj.insert("event".into(), event.into());
-        }
-        let id = format!(
-            "agent:{}:{event}:{}",
-            self.config.agent.hostname,
-            now.timestamp_nanos_opt().unwrap_or_default()
-        );
-        let Ok(ev) = Event::new(id, EventKind::Agent, now, &data) else {
+    fn agent_event(&self, report: AgentEvent) {
+        let Ok(ev) = report.event(&self.config.agent.hostname, Utc::now()) else {
             return;
         };
+        let event = report.name();
         match self.buffer.get() {
             Some(b) => b.do_send(Enqueue {
                 events: vec![ev],
@@ -346,11 +341,11 @@ impl Actor for Supervisor {
         for id in child::desired(&self.config) {
             self.start_child(id, ctx);
         }
-        self.agent_event(
-            "agent_started",
-            serde_json::json!({"version": crate::VERSION, "pid": std::process::id(),
-                               "config_fingerprint": self.config.fingerprint()}),
-        );
+        self.agent_event(AgentEvent::AgentStarted {
+            version: crate::VERSION.to_string(),
+            pid: std::process::id(),
+            config_fingerprint: self.config.fingerprint(),
+        });
         ctx.run_interval(HEALTH_INTERVAL, |act, ctx| act.health_tick(ctx));
         if let Some(every) = self.systemd.watchdog_interval() {
             self.systemd.watchdog();

@@ -11,7 +11,7 @@ use chrono::Utc;
 use postgres_agent::buffer::Spool;
 use postgres_agent::config::Compression;
 use postgres_agent::model::{Event, EventKind};
-use postgres_agent::shipper::{encode_body, envelope_json, Sender};
+use postgres_agent::shipper::{encode_body, envelope_json, Origin};
 
 /// An event shaped like a pg_activity row (~1 KB of JSON).
 fn event(i: usize) -> Event {
@@ -233,7 +233,7 @@ fn main() {
         n as f64 / drain.as_secs_f64()
     );
 
-    let sender = Sender {
+    let origin = Origin {
         project: "shop-prod".into(),
         host: "db1".into(),
     };
@@ -247,7 +247,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..20 {
             let body = encode_body(
-                envelope_json(&sender, &batch, Utc::now()),
+                envelope_json(&origin, &batch, Utc::now()),
                 Compression::Gzip,
             )
             .expect("gzip");

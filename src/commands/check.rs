@@ -9,7 +9,7 @@ use crate::config::display_url;
 use crate::config::Config;
 use crate::db::{describe, pg_config};
 use crate::model::Batch;
-use crate::shipper::{Post, Sender};
+use crate::shipper::{Origin, Post};
 
 struct Report {
     failures: usize,
@@ -306,13 +306,13 @@ async fn check_listener(r: &mut Report, config: &Config) {
         events: vec![],
         seqs: Vec::new(),
     };
-    let sender = Sender {
+    let origin = Origin {
         project: config.agent.project_id.clone(),
         host: config.agent.hostname.clone(),
     };
     let url = display_url(&l.url);
     // The shipper's own request: same headers, same body encoding, redirects refused.
-    match Post::new(l, sender).send(&batch).await {
+    match Post::new(l, origin).send(&batch).await {
         Ok(a) => match a.status {
             s @ 200..=299 => r.ok("listener", &format!("{url} accepted the token (HTTP {s})")),
             s @ (401 | 403) => r.fail(

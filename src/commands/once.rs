@@ -9,13 +9,13 @@ use crate::collector::cycle_limit;
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::logging;
-use crate::shipper::{event_json, Sender};
+use crate::shipper::{event_json, Origin};
 use crate::sources;
 
 /// Runs every enabled source once; exit 69 if any failed.
 pub fn once(cli: &Cli, config: Config) -> i32 {
     let (log, _guard) = logging::init(cli.log_format, cli.log_level);
-    let sender = Sender {
+    let origin = Origin {
         project: config.agent.project_id.clone(),
         host: config.agent.hostname.clone(),
     };
@@ -37,7 +37,7 @@ pub fn once(cli: &Cli, config: Config) -> i32 {
                 Ok(events) => {
                     let mut out = stdout.lock();
                     for e in &events {
-                        let _ = writeln!(out, "{}", event_json(&sender, e));
+                        let _ = writeln!(out, "{}", event_json(&origin, e));
                     }
                 }
                 Err(e) => {

@@ -4,21 +4,23 @@
 //! is refused. A circuit breaker stops requests after repeated failures and lets one
 //! probe through per reset period. One request at a time, so batches arrive in order.
 
-use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use slog::{debug, error, info, warn, Logger};
+use slog::{error, info, warn, Logger};
 use tokio::sync::oneshot;
 
-use super::policy::{classify, Backoff, Breaker, Permit, Transition, Verdict};
-use super::{Answer, Post, Sender};
+use super::attempt::{Attempt, Job};
+use super::policy::{Backoff, Breaker, Permit, Transition};
+use super::split::Stop;
+use super::transport::{SendError, Transport};
+use super::{Origin, Post};
 use crate::buffer::BufferActor;
 use crate::config::{BreakerConfig, ListenerConfig};
 use crate::model::{
-    Ack, AckRows, Batch, ChildDetail, ExitGuard, Flush, FlushOutcome, Health, NextBatch, Ping,
-    QuarantineRows, Route, ShipperStats, SpoolError,
+    ChildDetail, ExitGuard, Flush, FlushOutcome, Health, Ping, Route, ShipperStats,
 };
 
 /// How often an idle shipper looks for new events in the spool.
@@ -29,39 +31,10 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 const SPOOL_RETRY_MIN: Duration = Duration::from_millis(500);
 const SPOOL_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The outcome of one attempt.
-enum Attempt {
-    /// The spool is empty.
-    Idle,
-    /// The spool could not hand out or record a batch (not the listener's fault).
-    SpoolFailed(String),
-    /// The listener took this batch (2xx) but the spool could not record it (a full
-    /// disk): only the local acknowledgement is retried, the batch is not sent again.
-    AckFailed { batch_id: String, error: String },
-    /// The listener accepted a batch of this many events.
-    Sent { events: usize, status: u16 },
-    /// The listener answered something else; the batch comes back for a split.
-    Refused { answer: Answer, batch: Batch },
-    /// No answer (connect error, timeout).
-    Failed(String),
-    /// A split batch was worked through (or stopped at a failure).
-    Split(SplitOutcome),
-}
-
-/// What splitting a refused batch achieved.
-#[derive(Debug, Default)]
-struct SplitOutcome {
-    acked: u64,
-    quarantined: u64,
-    /// Why it stopped before the end (the listener failed otherwise meanwhile).
-    stopped: Option<String>,
-    status: Option<u16>,
-}
-
 /// Ships the spool to the listener.
 pub struct ShipperActor {
     cfg: ListenerConfig,
-    post: Post,
+    transport: Rc<dyn Transport>,
     buffer: Route<BufferActor>,
     backoff: Backoff,
     /// Backoff while the spool fails (separate from the listener's).
@@ -86,19 +59,19 @@ impl ShipperActor {
     pub fn new(
         cfg: ListenerConfig,
         breaker: BreakerConfig,
-        sender: Sender,
+        origin: Origin,
         buffer: Route<BufferActor>,
         log: Logger,
         guard: ExitGuard,
     ) -> ShipperActor {
-        let post = Post::new(&cfg, sender);
+        let transport = Rc::new(Post::new(&cfg, origin));
         ShipperActor {
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             spool_backoff: Backoff::new(Duration::from_secs(1), SPOOL_RETRY_MAX),
             delivered_unrecorded: None,
             breaker: Breaker::new(breaker.fail_max, breaker.reset_timeout),
             cfg,
-            post,
+            transport,
             buffer,
             busy: false,
             stats: ShipperStats::default(),
@@ -133,78 +106,30 @@ impl ShipperActor {
         }
         self.busy = true;
         self.stats.retry_in_s = None;
-        let route = self.buffer.clone();
-        let post = self.post.clone();
-        let max = self.cfg.batch_max_events;
-        let log = self.log.clone();
-        let delivered = self.delivered_unrecorded.clone();
-        let fut = async move {
-            let Some(buffer) = route.get() else {
-                return Attempt::SpoolFailed(SpoolError::Unavailable.to_string());
-            };
-            let batch = match buffer.send(NextBatch { max_events: max }).await {
-                Ok(Ok(Some(b))) => b,
-                Ok(Ok(None)) => return Attempt::Idle,
-                Ok(Err(e)) => return Attempt::SpoolFailed(e.to_string()),
-                Err(_) => return Attempt::SpoolFailed(SpoolError::Unavailable.to_string()),
-            };
-            // The listener already has this one (its 2xx came, the delete failed):
-            // record it, do not send it again.
-            let status = if delivered.as_deref() == Some(batch.batch_id.as_str()) {
-                debug!(log, "batch_ack_retried"; "batch_id" => &batch.batch_id);
-                200
-            } else {
-                let answer = match post.send(&batch).await {
-                    Ok(r) => r,
-                    Err(e) => return Attempt::Failed(e),
-                };
-                let status = answer.status;
-                debug!(log, "batch_posted"; "batch_id" => &batch.batch_id, "status" => status, "events" => batch.events.len());
-                if classify(status) != Verdict::Ack {
-                    return Attempt::Refused { answer, batch };
-                }
-                status
-            };
-            // Test-only: a crash between the listener's 2xx and the delete.
-            if let Some(f) = crate::fault::take("shipper_after_2xx") {
-                crate::fault::inject("shipper", f);
-            }
-            // Acknowledged by the listener: only now may the spool delete the events. If
-            // this ack is lost (crash), the batch is sent again with the same ids.
-            match buffer
-                .send(Ack {
-                    batch_id: batch.batch_id.clone(),
-                })
-                .await
-            {
-                Ok(Ok(_)) => Attempt::Sent {
-                    events: batch.events.len(),
-                    status,
-                },
-                Ok(Err(e)) => Attempt::AckFailed {
-                    batch_id: batch.batch_id,
-                    error: format!("ack not recorded: {e}"),
-                },
-                Err(_) => Attempt::AckFailed {
-                    batch_id: batch.batch_id,
-                    error: "ack not recorded: buffer restarting".into(),
-                },
-            }
+        let job = Job {
+            spool: self.buffer.clone(),
+            transport: self.transport.clone(),
+            max_events: self.cfg.batch_max_events,
+            delivered_unrecorded: self.delivered_unrecorded.clone(),
+            log: self.log.clone(),
         };
         ctx.spawn(
-            fut.into_actor(self)
+            job.run()
+                .into_actor(self)
                 .map(move |a, act, ctx| act.after(a, probe, ctx)),
         );
     }
 
+    /// What an attempt's outcome means for the breaker, the backoff and status; then
+    /// the next attempt is scheduled.
     fn after(&mut self, attempt: Attempt, probe: bool, ctx: &mut Context<Self>) {
         self.progress = Instant::now();
+        self.busy = false;
         let next = match attempt {
             Attempt::Idle => {
                 if probe {
                     self.breaker.cancel_probe(Instant::now());
                 }
-                self.busy = false;
                 self.spool_backoff.reset();
                 self.finish_flush(true);
                 IDLE_POLL
@@ -213,17 +138,13 @@ impl ShipperActor {
                 if probe {
                     self.breaker.cancel_probe(Instant::now());
                 }
-                self.busy = false;
-                warn!(self.log, "ship_spool_failed"; "error" => &e);
-                self.last_error = Some(e);
-                self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
+                self.spool_failed(e)
             }
             Attempt::AckFailed { batch_id, error } => {
                 // Delivered: the listener is fine (no breaker failure, no re-send).
                 if probe {
                     self.breaker.cancel_probe(Instant::now());
                 }
-                self.busy = false;
                 warn!(self.log, "ship_ack_not_recorded"; "batch_id" => &batch_id, "error" => &error,
                       "effect" => "the listener has the batch; only its deletion from the spool is retried");
                 self.delivered_unrecorded = Some(batch_id);
@@ -231,7 +152,6 @@ impl ShipperActor {
                 self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
             }
             Attempt::Sent { events, status } => {
-                self.busy = false;
                 self.delivered_unrecorded = None;
                 self.spool_backoff.reset();
                 self.stats.last_http_status = Some(status);
@@ -243,59 +163,27 @@ impl ShipperActor {
                 self.succeeded();
                 Duration::ZERO
             }
-            Attempt::Refused { answer, batch } => {
-                let (status, retry_after) = (answer.status, answer.retry_after);
-                self.stats.last_http_status = Some(status);
-                match classify(status) {
-                    Verdict::Split => {
-                        // Still busy: the split runs as its own future.
-                        self.stats.batches_split_total += 1;
-                        warn!(self.log, "batch_refused_splitting"; "status" => status,
-                              "batch_id" => &batch.batch_id, "events" => batch.events.len());
-                        self.split(batch, status, ctx);
-                        return;
-                    }
-                    Verdict::Unauthorized => {
-                        self.busy = false;
-                        self.token_refused(status)
-                    }
-                    Verdict::Rejected => {
-                        self.busy = false;
-                        self.fail(
-                            format!(
-                                "listener answered {}: check listener.url (the events are kept)",
-                                answer.describe()
-                            ),
-                            retry_after,
-                        )
-                    }
-                    Verdict::Retry | Verdict::Ack => {
-                        self.busy = false;
-                        self.fail(format!("listener answered HTTP {status}"), retry_after)
-                    }
-                }
-            }
-            Attempt::Failed(e) => {
-                self.busy = false;
-                self.fail(e, None)
-            }
             Attempt::Split(o) => {
-                self.busy = false;
+                self.stats.last_http_status = Some(o.refused);
+                self.stats.batches_split_total += 1;
                 self.stats.events_quarantined_total += o.quarantined;
                 self.stats.events_sent_total += o.acked;
+                let why = o.stopped.as_ref().map(|s| match s {
+                    Stop::Output(e) => e.to_string(),
+                    Stop::Spool(e) => e.clone(),
+                });
                 info!(self.log, "batch_split_done"; "acked" => o.acked, "quarantined" => o.quarantined,
-                      "stopped" => o.stopped.as_deref().unwrap_or(""));
+                      "stopped" => why.as_deref().unwrap_or(""));
                 match o.stopped {
                     None => {
                         self.succeeded();
                         Duration::ZERO
                     }
-                    Some(e) => match o.status.map(classify) {
-                        Some(Verdict::Unauthorized) => self.token_refused(o.status.unwrap_or(401)),
-                        _ => self.fail(e, None),
-                    },
+                    Some(Stop::Output(e)) => self.send_failed(e),
+                    Some(Stop::Spool(e)) => self.spool_failed(e),
                 }
             }
+            Attempt::Failed(e) => self.send_failed(e),
         };
         if self.flush_expired() {
             self.finish_flush(false);
@@ -303,107 +191,25 @@ impl ShipperActor {
         ctx.run_later(next, |act, ctx| act.attempt(ctx));
     }
 
-    /// Works through a refused batch by halves: what the listener takes is
-    /// acknowledged, a single event it still refuses goes to quarantine, and any other
-    /// answer stops the split (the rest stays in the spool for the next attempt).
-    fn split(&mut self, batch: Batch, refused: u16, ctx: &mut Context<Self>) {
-        let route = self.buffer.clone();
-        let post = self.post.clone();
-        let log = self.log.clone();
-        let fut = async move {
-            let mut out = SplitOutcome::default();
-            let Some(buffer) = route.get() else {
-                out.stopped = Some(SpoolError::Unavailable.to_string());
-                return Attempt::Split(out);
-            };
-            // A batch of one refused event needs no second try.
-            if batch.events.len() == 1 {
-                warn!(log, "event_refused"; "id" => &batch.events[0].id, "status" => refused);
-                match buffer
-                    .send(QuarantineRows {
-                        seqs: batch.seqs,
-                        reason: format!("HTTP {refused} from the listener"),
-                    })
-                    .await
-                {
-                    Ok(Ok(n)) => out.quarantined += n,
-                    _ => out.stopped = Some("quarantine not recorded".into()),
-                }
-                return Attempt::Split(out);
+    /// The spool failed (not the output): its own backoff, no breaker failure.
+    fn spool_failed(&mut self, e: String) -> Duration {
+        warn!(self.log, "ship_spool_failed"; "error" => &e);
+        self.last_error = Some(e);
+        self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
+    }
+
+    /// The output did not take a batch.
+    fn send_failed(&mut self, e: SendError) -> Duration {
+        if let Some(status) = e.status() {
+            self.stats.last_http_status = Some(status);
+        }
+        match e {
+            SendError::TokenRefused { status } => self.token_refused(status),
+            e => {
+                let retry_after = e.retry_after();
+                self.fail(e.to_string(), retry_after)
             }
-            let mut parts: VecDeque<(Vec<_>, Vec<i64>)> = VecDeque::new();
-            halve(batch.events, batch.seqs, &mut parts);
-            while let Some((events, seqs)) = parts.pop_front() {
-                let Some(first) = seqs.first().copied() else {
-                    continue;
-                };
-                // Deterministic: the same part of the same batch has the same key.
-                let part = Batch {
-                    batch_id: format!("{}.{first}.{}", batch.batch_id, seqs.len()),
-                    events,
-                    seqs,
-                };
-                let answer = match post.send(&part).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        out.stopped = Some(e);
-                        break;
-                    }
-                };
-                let status = answer.status;
-                match classify(status) {
-                    Verdict::Ack => match buffer.send(AckRows { seqs: part.seqs }).await {
-                        Ok(Ok(n)) => out.acked += n,
-                        Ok(Err(e)) => {
-                            out.stopped = Some(format!("ack not recorded: {e}"));
-                            break;
-                        }
-                        Err(_) => {
-                            out.stopped = Some("ack not recorded: buffer restarting".into());
-                            break;
-                        }
-                    },
-                    Verdict::Split if part.events.len() == 1 => {
-                        let reason = format!("HTTP {status} from the listener");
-                        warn!(log, "event_refused"; "id" => &part.events[0].id, "status" => status);
-                        match buffer
-                            .send(QuarantineRows {
-                                seqs: part.seqs,
-                                reason,
-                            })
-                            .await
-                        {
-                            Ok(Ok(n)) => out.quarantined += n,
-                            _ => {
-                                out.stopped = Some("quarantine not recorded".into());
-                                break;
-                            }
-                        }
-                    }
-                    Verdict::Split => {
-                        // Halves go first, in order, before the parts queued earlier.
-                        let mut halves = VecDeque::new();
-                        halve(part.events, part.seqs, &mut halves);
-                        while let Some(h) = halves.pop_back() {
-                            parts.push_front(h);
-                        }
-                    }
-                    _ => {
-                        out.status = Some(status);
-                        out.stopped = Some(format!(
-                            "listener answered {} while splitting",
-                            answer.describe()
-                        ));
-                        break;
-                    }
-                }
-            }
-            Attempt::Split(out)
-        };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(|a, act, ctx| act.after(a, false, ctx)),
-        );
+        }
     }
 
     fn succeeded(&mut self) {
@@ -492,21 +298,6 @@ impl ShipperActor {
             outcome.drained = drained;
             let _ = tx.send(outcome);
         }
-    }
-}
-
-/// Splits events (and their rows) in two halves, appended to `out` in order.
-fn halve(
-    mut events: Vec<crate::model::Event>,
-    mut seqs: Vec<i64>,
-    out: &mut VecDeque<(Vec<crate::model::Event>, Vec<i64>)>,
-) {
-    let mid = events.len().div_ceil(2);
-    let tail_e = events.split_off(mid);
-    let tail_s = seqs.split_off(mid.min(seqs.len()));
-    out.push_back((events, seqs));
-    if !tail_e.is_empty() {
-        out.push_back((tail_e, tail_s));
     }
 }
 

@@ -3,12 +3,16 @@
 //! drives them.
 
 mod actor;
+mod attempt;
 pub mod policy;
 mod post;
+pub mod split;
+pub mod transport;
 
 pub use actor::ShipperActor;
 pub use policy::{classify, Backoff, Breaker, Verdict};
 pub use post::{Answer, Post};
+pub use transport::{SendError, Transport};
 
 use std::io::Write;
 
@@ -19,9 +23,9 @@ use serde_json::value::RawValue;
 use crate::config::Compression;
 use crate::model::Batch;
 
-/// Who is sending: the envelope's `project` and `agent` fields.
+/// Where the events come from: the envelope's `project` and `agent` fields.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sender {
+pub struct Origin {
     /// `project` at the top and in every event.
     pub project: String,
     /// `agent.host`.
@@ -58,11 +62,11 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// The JSON body of a batch (design.md §4). Event payloads are copied through as raw
 /// JSON, never parsed again.
-pub fn envelope_json(sender: &Sender, batch: &Batch, sent_at: DateTime<Utc>) -> Vec<u8> {
+pub fn envelope_json(origin: &Origin, batch: &Batch, sent_at: DateTime<Utc>) -> Vec<u8> {
     let env = Envelope {
-        project: &sender.project,
+        project: &origin.project,
         agent: AgentInfo {
-            host: &sender.host,
+            host: &origin.host,
             version: crate::VERSION,
         },
         batch_id: &batch.batch_id,
@@ -74,7 +78,7 @@ pub fn envelope_json(sender: &Sender, batch: &Batch, sent_at: DateTime<Utc>) -> 
                 id: &e.id,
                 kind: e.kind.as_str(),
                 collected_at: rfc3339(e.collected_at),
-                project: &sender.project,
+                project: &origin.project,
                 data: &e.data,
             })
             .collect(),
@@ -84,12 +88,12 @@ pub fn envelope_json(sender: &Sender, batch: &Batch, sent_at: DateTime<Utc>) -> 
 }
 
 /// One event as a JSON line, exactly as it appears inside a batch (used by `once`).
-pub fn event_json(sender: &Sender, e: &crate::model::Event) -> String {
+pub fn event_json(origin: &Origin, e: &crate::model::Event) -> String {
     let out = OutEvent {
         id: &e.id,
         kind: e.kind.as_str(),
         collected_at: rfc3339(e.collected_at),
-        project: &sender.project,
+        project: &origin.project,
         data: &e.data,
     };
     serde_json::to_string(&out).unwrap_or_default()

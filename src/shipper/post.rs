@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::policy::retry_after;
-use super::{encode_body, envelope_json, Sender};
+use super::{encode_body, envelope_json, Origin};
 use crate::config::{display_url, Compression, ListenerConfig, Secret};
 use crate::model::Batch;
 
@@ -50,13 +50,13 @@ pub struct Post {
     url: String,
     token: Secret,
     compression: Compression,
-    sender: Sender,
+    origin: Origin,
 }
 
 impl Post {
     /// A poster for `cfg`; build it on the thread that uses it (awc's client is not
     /// `Send`).
-    pub fn new(cfg: &ListenerConfig, sender: Sender) -> Post {
+    pub fn new(cfg: &ListenerConfig, origin: Origin) -> Post {
         let client = awc::Client::builder()
             .timeout(cfg.timeout)
             .disable_redirects()
@@ -67,14 +67,14 @@ impl Post {
             url: cfg.url.clone(),
             token: cfg.token.clone(),
             compression: cfg.compression,
-            sender,
+            origin,
         }
     }
 
     /// POSTs a batch; `Err` when no answer came (connect error, timeout).
     pub async fn send(&self, batch: &Batch) -> Result<Answer, String> {
         let body = encode_body(
-            envelope_json(&self.sender, batch, Utc::now()),
+            envelope_json(&self.origin, batch, Utc::now()),
             self.compression,
         )
         .map_err(|e| format!("cannot compress batch: {e}"))?;

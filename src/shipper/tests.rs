@@ -21,7 +21,7 @@ fn batch() -> Batch {
 
 #[test]
 fn envelope_has_the_contract_fields() {
-    let s = Sender {
+    let s = Origin {
         project: "shop".into(),
         host: "db1".into(),
     };

@@ -11,7 +11,7 @@ use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::logs::actor::LogTailActor;
 use crate::model::{ChildExited, ChildId, EventKind, ExitGuard, Flush, Health, Ping, Route};
-use crate::shipper::{Sender, ShipperActor};
+use crate::shipper::{Origin, ShipperActor};
 use crate::sources;
 
 /// The address of a running child, whatever its type.
@@ -129,13 +129,13 @@ pub fn spawn(
         ChildId::Shipper => {
             let cfg = config.listener.clone();
             let breaker = config.breaker.clone();
-            let sender = Sender {
+            let origin = Origin {
                 project: config.agent.project_id.clone(),
                 host: config.agent.hostname.clone(),
             };
             let route = buffer.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
-                ShipperActor::new(cfg, breaker, sender, route, log, guard)
+                ShipperActor::new(cfg, breaker, origin, route, log, guard)
             }))
         }
         ChildId::Collector(EventKind::PgLog) => {

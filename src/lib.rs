@@ -22,6 +22,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod buffer;
 pub mod catalogue;
 pub mod cli;

@@ -8,6 +8,7 @@
 //! again under the same `batch_id`. Rows are deleted only when their batch is acked.
 
 mod actor;
+pub mod handoff;
 mod reserve;
 
 pub use actor::BufferActor;

@@ -5,16 +5,17 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use slog::{debug, error, warn, Logger};
+use slog::{debug, warn, Logger};
 
-use super::{cycle_limit, progress_deadline, push_capped_reported, DropReport, MAX_PENDING_EVENTS};
+use super::{cycle_limit, progress_deadline};
+use crate::buffer::handoff::{
+    hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_EVENTS,
+};
 use crate::buffer::BufferActor;
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::fault;
-use crate::model::{
-    Checkpoint, ChildDetail, CollectorStats, Enqueue, Event, ExitGuard, Health, Ping, Route,
-};
+use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, Health, Ping, Route};
 use crate::sources::Source;
 
 /// Collects one source every interval and hands the events to the spool.
@@ -25,17 +26,10 @@ pub struct CollectorActor {
     limit: Duration,
     deadline: Duration,
     buffer: Route<BufferActor>,
-    /// Events the spool has not taken yet (it is restarting or failing).
-    pending: Vec<Event>,
-    /// The source's latest state, written with the pending events.
-    pending_checkpoint: Option<Checkpoint>,
-    /// Events dropped from the backlog and not yet reported to the spool.
-    drops: DropReport,
-    host: String,
+    /// Events (and the source's state to store with them) the spool has not taken yet.
+    handoff: Handoff,
     /// A cycle is running: the next tick is skipped rather than piling up queries.
     in_flight: bool,
-    /// An `Enqueue` is on its way: events are not sent twice.
-    delivering: bool,
     /// When the current tick started; the next one is an interval later.
     tick_started: Instant,
     /// When the next tick is due, and its handle (to bring it forward).
@@ -63,6 +57,11 @@ impl CollectorActor {
         // One connection per collector: a collector runs one statement at a time, and
         // the supervisor keeps the number of collectors within database.pool_max_size.
         let db = Rc::new(Db::new(&config.database, 1, &log));
+        let handoff = Handoff::new(
+            source.kind().as_str(),
+            &config.agent.hostname,
+            MAX_PENDING_EVENTS,
+        );
         CollectorActor {
             source,
             db,
@@ -70,12 +69,8 @@ impl CollectorActor {
             limit: cycle_limit(&config.database),
             deadline: progress_deadline(interval, &config.database),
             buffer,
-            pending: Vec::new(),
-            pending_checkpoint: None,
-            drops: DropReport::default(),
-            host: config.agent.hostname.clone(),
+            handoff,
             in_flight: false,
-            delivering: false,
             tick_started: Instant::now(),
             next_tick_at: Instant::now(),
             next_tick: None,
@@ -160,10 +155,8 @@ impl CollectorActor {
                 self.stats.events_total += events.len() as u64;
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
-                if let Some(c) = self.source.checkpoint() {
-                    self.pending_checkpoint = Some(c);
-                }
-                self.keep(events);
+                let dropped = self.handoff.keep(events, self.source.checkpoint());
+                log_overflow(&self.log, dropped);
             }
             Err(e) => {
                 self.stats.cycle_errors_total += 1;
@@ -171,66 +164,24 @@ impl CollectorActor {
                 self.last_error = Some(e.to_string());
             }
         }
-        self.deliver(ctx);
+        hand_over(self, ctx);
+    }
+}
+
+impl HandsOver for CollectorActor {
+    fn handoff(&mut self) -> &mut Handoff {
+        &mut self.handoff
     }
 
-    fn keep(&mut self, events: Vec<Event>) {
-        let dropped = push_capped_reported(
-            &mut self.pending,
-            events,
-            MAX_PENDING_EVENTS,
-            &mut self.drops,
-        );
-        if dropped > 0 {
-            self.stats.dropped_events_total += dropped as u64;
-            error!(self.log, "collector_backlog_overflow"; "dropped" => dropped,
-                   "effect" => "reported to the listener as an agent event once the spool takes events again");
-        }
+    fn spool(&self) -> &Route<BufferActor> {
+        &self.buffer
     }
 
-    /// Hands the backlog to the spool. On failure the events go back to the front of the
-    /// backlog and delivery is retried in a second (the spool may be restarting).
-    fn deliver(&mut self, ctx: &mut Context<Self>) {
-        if (self.pending.is_empty() && self.pending_checkpoint.is_none()) || self.delivering {
-            return;
-        }
-        let Some(buffer) = self.buffer.get() else {
-            ctx.run_later(Duration::from_secs(1), |act, ctx| act.deliver(ctx));
-            return;
-        };
-        let events = std::mem::take(&mut self.pending);
-        let checkpoint = self.pending_checkpoint.take();
-        // The loss report goes first, so the spool has it whatever comes next.
-        let report = self.drops.event(self.name(), &self.host);
-        let reported = self.drops.clone();
-        let msg = Enqueue {
-            events: report.into_iter().chain(events.iter().cloned()).collect(),
-            checkpoint: checkpoint.clone(),
-        };
-        self.delivering = true;
-        ctx.spawn(buffer.send(msg).into_actor(self).map(move |res, act, ctx| {
-            act.delivering = false;
-            let err = match res {
-                Ok(Ok(())) => {
-                    // Reported: count only what was dropped since.
-                    act.drops.dropped -= reported.dropped.min(act.drops.dropped);
-                    if act.drops.dropped == 0 {
-                        act.drops = DropReport::default();
-                    }
-                    return act.deliver(ctx);
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
-            warn!(act.log, "spool_enqueue_failed"; "error" => err, "events" => events.len());
-            let newer = std::mem::replace(&mut act.pending, events);
-            act.keep(newer);
-            if act.pending_checkpoint.is_none() {
-                act.pending_checkpoint = checkpoint;
-            }
-            ctx.run_later(Duration::from_secs(1), |act, ctx| act.deliver(ctx));
-        }));
+    fn log(&self) -> &Logger {
+        &self.log
     }
+
+    fn handed(&mut self, _: &Handed, _: &mut Context<Self>) {}
 }
 
 impl Actor for CollectorActor {
@@ -248,7 +199,8 @@ impl Handler<Ping> for CollectorActor {
 
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
         let mut stats = self.stats.clone();
-        stats.pending_events = self.pending.len();
+        stats.pending_events = self.handoff.waiting();
+        stats.dropped_events_total = self.handoff.dropped_total();
         MessageResult(Health {
             progress: self.progress,
             deadline: Some(self.deadline),

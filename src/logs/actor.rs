@@ -16,18 +16,20 @@ use slog::{info, warn, Logger};
 use super::locate::{current_formats, Locator};
 use super::tail::{Note, Position, Tailer};
 use super::{Format, LogParser, OwnSessions, Shaper, DEFAULT_PREFIX};
+use crate::buffer::handoff::{hand_over, Handed, Handoff, HandsOver};
 use crate::buffer::{self, BufferActor};
 use crate::collector::cycle_limit;
 use crate::config::{Config, LogsConfig};
 use crate::db::{Db, DbError};
 use crate::fault;
 use crate::model::{
-    Checkpoint, ChildDetail, Enqueue, Event, ExitGuard, Health, LogStats, Ping, Problem, Route,
-    SourceState,
+    Checkpoint, ChildDetail, ExitGuard, Health, LogStats, Ping, Problem, Route, SourceState,
 };
 
 /// Name of the position checkpoint in the spool.
 pub const CHECKPOINT: &str = "pg_log.position";
+/// The source's name (in loss reports).
+const SOURCE: &str = "pg_log";
 /// Wait between polls when the reader is at the end of the log.
 const POLL: Duration = Duration::from_millis(200);
 /// How often the server's log settings are asked again.
@@ -297,11 +299,10 @@ pub async fn server_settings(db: &Db) -> Result<ServerSettings, DbError> {
     Ok(s)
 }
 
-/// A batch on its way to the spool.
-struct Pending {
-    events: Vec<Event>,
-    checkpoint: Option<Checkpoint>,
+/// Where a batch on its way to the spool leaves the reader.
+struct Waiting {
     position: Option<Position>,
+    /// More was ready to read right after it.
     more: bool,
 }
 
@@ -322,7 +323,10 @@ pub struct LogTailActor {
     saved: Saved,
     active: Option<(Plan, LogParser, Tailer)>,
     committed: Option<Position>,
-    pending: Option<Pending>,
+    /// The batch read last, on its way to the spool (one at a time: nothing more is
+    /// read until the spool took it).
+    handoff: Handoff,
+    waiting: Option<Waiting>,
     stats: LogStats,
     progress: Instant,
     last_success: Option<chrono::DateTime<Utc>>,
@@ -362,7 +366,8 @@ impl LogTailActor {
             committed: saved.position.clone(),
             saved,
             active: None,
-            pending: None,
+            handoff: Handoff::new(SOURCE, &config.agent.hostname, usize::MAX),
+            waiting: None,
             stats: LogStats::default(),
             progress: Instant::now(),
             last_success: None,
@@ -520,7 +525,7 @@ impl LogTailActor {
         for n in &poll.notes {
             self.note(n);
         }
-        if poll.position.is_none() && self.pending.is_none() {
+        if poll.position.is_none() && self.waiting.is_none() {
             self.set_state(SourceState::Unavailable(Problem::new(
                 format!(
                     "no log file found ({})",
@@ -580,13 +585,13 @@ impl LogTailActor {
                 name: CHECKPOINT.to_string(),
                 value,
             });
-        self.pending = Some(Pending {
-            events,
-            checkpoint,
+        self.stats.pending_events = events.len();
+        self.handoff.keep(events, checkpoint);
+        self.waiting = Some(Waiting {
             position: poll.position,
             more: poll.more,
         });
-        self.deliver(ctx);
+        hand_over(self, ctx);
     }
 
     fn note(&mut self, n: &Note) {
@@ -612,42 +617,40 @@ impl LogTailActor {
                 "effect" => "the stored file is gone; reading the current file from its start"),
         }
     }
+}
 
-    /// Hands the pending batch to the spool; reading resumes when it is taken.
-    fn deliver(&mut self, ctx: &mut Context<Self>) {
+impl HandsOver for LogTailActor {
+    fn handoff(&mut self) -> &mut Handoff {
+        &mut self.handoff
+    }
+
+    fn spool(&self) -> &Route<BufferActor> {
+        &self.buffer
+    }
+
+    fn log(&self) -> &Logger {
+        &self.log
+    }
+
+    /// Reading resumes once the spool took the batch.
+    fn handed(&mut self, outcome: &Handed, ctx: &mut Context<Self>) {
         self.progress = Instant::now();
-        let Some(p) = &self.pending else { return };
-        self.stats.pending_events = p.events.len();
-        let Some(buffer) = self.buffer.get() else {
-            ctx.run_later(Duration::from_secs(1), |a, ctx| a.deliver(ctx));
-            return;
-        };
-        let msg = Enqueue {
-            events: p.events.clone(),
-            checkpoint: p.checkpoint.clone(),
-        };
-        ctx.spawn(buffer.send(msg).into_actor(self).map(|res, act, ctx| {
-            let err = match res {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = err {
-                act.stats.spool_errors_total += 1;
-                warn!(act.log, "spool_enqueue_failed"; "error" => &e);
-                act.last_error = Some(e);
-                ctx.run_later(Duration::from_secs(1), |a, ctx| a.deliver(ctx));
-                return;
+        match outcome {
+            Handed::Failed(e) => {
+                self.stats.spool_errors_total += 1;
+                self.last_error = Some(e.clone());
             }
-            let Some(p) = act.pending.take() else { return };
-            act.stats.events_total += p.events.len() as u64;
-            act.stats.pending_events = 0;
-            act.committed = p.position;
-            act.last_success = Some(Utc::now());
-            act.last_error = None;
-            let wait = if p.more { Duration::ZERO } else { POLL };
-            ctx.run_later(wait, |a, ctx| a.step(ctx));
-        }));
+            Handed::Delivered(n) => {
+                let Some(w) = self.waiting.take() else { return };
+                self.stats.events_total += *n as u64;
+                self.stats.pending_events = 0;
+                self.committed = w.position;
+                self.last_success = Some(Utc::now());
+                self.last_error = None;
+                let wait = if w.more { Duration::ZERO } else { POLL };
+                ctx.run_later(wait, |a, ctx| a.step(ctx));
+            }
+        }
     }
 }
 

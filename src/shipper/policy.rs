@@ -52,49 +52,7 @@ pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     )
 }
 
-/// Exponential backoff with full jitter: the n-th consecutive failure waits a uniformly
-/// random time in `[0, min(cap, base·2^n)]`, so that many agents coming back from the
-/// same outage do not retry in step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starting at `base`, never above `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The ceiling of the next delay.
-    pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The delay after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        Duration::from_nanos(fastrand::u64(0..=ceiling.as_nanos() as u64))
-    }
-
-    /// Back to `base` after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
-        self.attempt
-    }
-}
+pub use crate::backoff::Backoff;
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -99,14 +99,10 @@ impl RestartTracker {
                 failed: true,
             };
         }
-        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        let delay = crate::backoff::doubling(self.policy.initial, self.attempt, self.policy.max);
         self.attempt = self.attempt.saturating_add(1);
         Decision {
-            delay: self
-                .policy
-                .initial
-                .saturating_mul(factor)
-                .min(self.policy.max),
+            delay,
             failed: false,
         }
     }

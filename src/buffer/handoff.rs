@@ -1,0 +1,347 @@
+//! The one way events reach the spool from the sources (the collectors and the log
+//! reader): [`Handoff`] keeps what the spool has not taken yet — events, the state to
+//! store with them, and a report of what had to be dropped — and [`hand_over`] sends it
+//! as one `Enqueue`, retrying every second while the spool is away or failing. Nothing
+//! is lost between the two: a failed hand-over puts the events back in front of newer
+//! ones, and a loss report travels with the next hand-over that succeeds.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use slog::{error, warn, Logger};
+
+use super::BufferActor;
+use crate::catalogue::AgentEvent;
+use crate::model::{Checkpoint, Enqueue, Event, Route};
+
+/// Events kept in memory while the spool does not take them; beyond this the oldest are
+/// dropped and counted (the spool is down for long, which status reports loudly).
+pub const MAX_PENDING_EVENTS: usize = 50_000;
+
+/// Wait before trying the spool again.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// Events dropped from a backlog and not yet reported: the report travels with the next
+/// hand-over to the spool, so the loss is shipped, not just logged.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DropReport {
+    /// Events dropped since the last report that reached the spool.
+    pub dropped: u64,
+    /// Oldest collection time among them.
+    pub oldest: Option<DateTime<Utc>>,
+    /// Newest collection time among them.
+    pub newest: Option<DateTime<Utc>>,
+}
+
+impl DropReport {
+    /// Counts events about to be dropped.
+    pub fn add(&mut self, dropped: &[Event]) {
+        for e in dropped {
+            self.dropped += 1;
+            self.oldest = Some(
+                self.oldest
+                    .map_or(e.collected_at, |o| o.min(e.collected_at)),
+            );
+            self.newest = Some(
+                self.newest
+                    .map_or(e.collected_at, |n| n.max(e.collected_at)),
+            );
+        }
+    }
+
+    /// The `agent` event reporting the loss of `source`'s events, if any were dropped.
+    pub fn event(&self, source: &str, host: &str) -> Option<Event> {
+        if self.dropped == 0 {
+            return None;
+        }
+        AgentEvent::EventsDropped {
+            source: source.to_string(),
+            dropped: self.dropped,
+            oldest_collected_at: self.oldest,
+            newest_collected_at: self.newest,
+            reason: "the spool did not take events for long and the in-memory backlog was full"
+                .to_string(),
+        }
+        .event(host, Utc::now())
+        .ok()
+    }
+}
+
+/// What the spool made of a hand-over.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handed {
+    /// These many events (of the source; a loss report not counted) are in the spool.
+    Delivered(usize),
+    /// Nothing was taken; the events are kept and offered again.
+    Failed(String),
+}
+
+/// What a hand-over took out of the backlog, kept until the spool answers.
+#[derive(Debug)]
+struct InFlight {
+    events: Vec<Event>,
+    checkpoint: Option<Checkpoint>,
+    /// Dropped events the loss report in this hand-over accounts for.
+    reported: u64,
+}
+
+/// A source's events on their way to the spool.
+#[derive(Debug)]
+pub struct Handoff {
+    source: &'static str,
+    host: String,
+    cap: usize,
+    pending: Vec<Event>,
+    checkpoint: Option<Checkpoint>,
+    drops: DropReport,
+    dropped_total: u64,
+    in_flight: Option<InFlight>,
+}
+
+impl Handoff {
+    /// An empty hand-off for `source` on `host`, keeping at most `cap` events.
+    pub fn new(source: &'static str, host: &str, cap: usize) -> Handoff {
+        Handoff {
+            source,
+            host: host.to_string(),
+            cap,
+            pending: Vec::new(),
+            checkpoint: None,
+            drops: DropReport::default(),
+            dropped_total: 0,
+            in_flight: None,
+        }
+    }
+
+    /// Queues events (and the state that is true once they are stored, replacing an
+    /// older one); returns how many old events had to be dropped for the cap.
+    pub fn keep(&mut self, events: Vec<Event>, checkpoint: Option<Checkpoint>) -> usize {
+        if checkpoint.is_some() {
+            self.checkpoint = checkpoint;
+        }
+        self.pending.extend(events);
+        let over = self.pending.len().saturating_sub(self.cap);
+        if over > 0 {
+            self.drops.add(&self.pending[..over]);
+            self.pending.drain(..over);
+            self.dropped_total += over as u64;
+        }
+        over
+    }
+
+    /// Events dropped for the cap since start.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// Events waiting (on their way included).
+    pub fn waiting(&self) -> usize {
+        self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.events.len())
+    }
+
+    /// True when nothing waits and nothing is on its way.
+    pub fn is_empty(&self) -> bool {
+        self.waiting() == 0 && self.checkpoint.is_none() && self.in_flight.is_none()
+    }
+
+    /// The next message for the spool: the loss report first, then the events and the
+    /// checkpoint. `None` when there is nothing to send or a hand-over is on its way.
+    pub fn take(&mut self) -> Option<Enqueue> {
+        if self.in_flight.is_some() || (self.pending.is_empty() && self.checkpoint.is_none()) {
+            return None;
+        }
+        let events = std::mem::take(&mut self.pending);
+        let checkpoint = self.checkpoint.take();
+        let report = self.drops.event(self.source, &self.host);
+        let msg = Enqueue {
+            events: report.into_iter().chain(events.iter().cloned()).collect(),
+            checkpoint: checkpoint.clone(),
+        };
+        self.in_flight = Some(InFlight {
+            events,
+            checkpoint,
+            reported: self.drops.dropped,
+        });
+        Some(msg)
+    }
+
+    /// The spool's answer to the last [`Handoff::take`].
+    pub fn taken(&mut self, result: Result<(), String>) -> Handed {
+        let Some(f) = self.in_flight.take() else {
+            return Handed::Failed("no hand-over was on its way".into());
+        };
+        match result {
+            Ok(()) => {
+                // Reported: count only what was dropped since.
+                self.drops.dropped -= f.reported.min(self.drops.dropped);
+                if self.drops.dropped == 0 {
+                    self.drops = DropReport::default();
+                }
+                Handed::Delivered(f.events.len())
+            }
+            Err(e) => {
+                // Back in front of what came meanwhile; the newer checkpoint wins.
+                let newer = std::mem::replace(&mut self.pending, f.events);
+                let checkpoint = self.checkpoint.take().or(f.checkpoint);
+                self.keep(newer, checkpoint);
+                Handed::Failed(e)
+            }
+        }
+    }
+}
+
+/// An actor that hands events to the spool through a [`Handoff`].
+pub trait HandsOver: Actor<Context = Context<Self>> {
+    /// Its hand-off.
+    fn handoff(&mut self) -> &mut Handoff;
+    /// The spool's route.
+    fn spool(&self) -> &Route<BufferActor>;
+    /// Its log.
+    fn log(&self) -> &Logger;
+    /// Told after each answer of the spool (after a failure, a retry is already
+    /// scheduled).
+    fn handed(&mut self, outcome: &Handed, ctx: &mut Context<Self>);
+}
+
+/// Sends the actor's waiting events to the spool, again after each success while more
+/// wait, and every [`RETRY`] while the spool is away or fails.
+pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
+    let Some(buffer) = act.spool().get() else {
+        if !act.handoff().is_empty() {
+            ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
+        }
+        return;
+    };
+    let Some(msg) = act.handoff().take() else {
+        return;
+    };
+    ctx.spawn(buffer.send(msg).into_actor(act).map(|res, act, ctx| {
+        let result = match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let dropped = act.handoff().dropped_total();
+        let outcome = act.handoff().taken(result);
+        let dropped = (act.handoff().dropped_total() - dropped) as usize;
+        log_overflow(act.log(), dropped);
+        if let Handed::Failed(e) = &outcome {
+            let waiting = act.handoff().waiting();
+            warn!(act.log(), "spool_enqueue_failed"; "error" => e, "events" => waiting);
+            ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
+        }
+        act.handed(&outcome, ctx);
+        if matches!(outcome, Handed::Delivered(_)) {
+            hand_over(act, ctx);
+        }
+    }));
+}
+
+/// Says loudly that a backlog overflowed (the loss is also shipped, see [`DropReport`]).
+pub fn log_overflow(log: &Logger, dropped: usize) {
+    if dropped > 0 {
+        error!(log, "collector_backlog_overflow"; "dropped" => dropped,
+               "effect" => "reported to the listener as an agent event once the spool takes events again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).expect("t")
+    }
+
+    fn ev(i: i64) -> Event {
+        Event::new(format!("e{i}"), EventKind::PgActivity, at(i), &i).expect("e")
+    }
+
+    fn ids(m: &Enqueue) -> Vec<String> {
+        m.events.iter().map(|e| e.id.clone()).collect()
+    }
+
+    fn cp(v: u8) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            name: "c".into(),
+            value: vec![v],
+        })
+    }
+
+    #[test]
+    fn dropped_events_are_reported_with_their_time_range_in_the_next_hand_over() {
+        let mut h = Handoff::new("pg_activity", "h", 3);
+        assert_eq!(h.keep(vec![ev(0), ev(1)], None), 0);
+        assert_eq!(h.keep(vec![ev(2), ev(3), ev(4)], None), 2);
+        assert_eq!(h.waiting(), 3);
+        let m = h.take().expect("a message");
+        let sent = ids(&m);
+        assert_eq!(&sent[1..], ["e2", "e3", "e4"]);
+        assert!(
+            sent[0].starts_with("agent:h:events_dropped:pg_activity:"),
+            "{sent:?}"
+        );
+        let report: serde_json::Value = serde_json::from_str(m.events[0].data.get()).expect("json");
+        assert_eq!(report["event"], "events_dropped");
+        assert_eq!(report["dropped"], 2);
+        assert_eq!(report["oldest_collected_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(report["newest_collected_at"], "2023-11-14T22:13:21Z");
+        assert!(h.take().is_none(), "one hand-over at a time");
+        assert_eq!(h.taken(Ok(())), Handed::Delivered(3));
+        assert!(h.is_empty());
+        // Reported once: the next hand-over carries no report.
+        h.keep(vec![ev(5)], None);
+        assert_eq!(ids(&h.take().expect("message")), ["e5"]);
+    }
+
+    #[test]
+    fn a_failed_hand_over_keeps_order_and_the_newest_checkpoint() {
+        let mut h = Handoff::new("pg_statements", "h", 10);
+        h.keep(vec![ev(0), ev(1)], cp(1));
+        let m = h.take().expect("message");
+        assert_eq!(m.checkpoint, cp(1));
+        // Meanwhile the next cycle finished.
+        h.keep(vec![ev(2)], cp(2));
+        assert_eq!(h.waiting(), 3);
+        assert_eq!(
+            h.taken(Err("spool full".into())),
+            Handed::Failed("spool full".into())
+        );
+        let m = h.take().expect("message again");
+        assert_eq!(ids(&m), ["e0", "e1", "e2"]);
+        assert_eq!(m.checkpoint, cp(2));
+        // A failure with no newer cycle keeps the older checkpoint.
+        h.taken(Err("again".into()));
+        let m = h.take().expect("message again");
+        assert_eq!(m.checkpoint, cp(2));
+        assert_eq!(h.taken(Ok(())), Handed::Delivered(3));
+        assert!(h.take().is_none());
+    }
+
+    #[test]
+    fn a_failure_while_over_the_cap_counts_the_overflow_once() {
+        let mut h = Handoff::new("pg_locks", "h", 2);
+        h.keep(vec![ev(0), ev(1)], None);
+        let _ = h.take().expect("message");
+        h.keep(vec![ev(2), ev(3)], None);
+        h.taken(Err("down".into()));
+        let m = h.take().expect("message");
+        let sent = ids(&m);
+        assert_eq!(&sent[1..], ["e2", "e3"]);
+        let report: serde_json::Value = serde_json::from_str(m.events[0].data.get()).expect("json");
+        assert_eq!(report["dropped"], 2);
+        assert_eq!(h.dropped_total(), 2);
+    }
+
+    #[test]
+    fn a_checkpoint_alone_is_handed_over() {
+        let mut h = Handoff::new("pg_log", "h", 10);
+        assert!(h.take().is_none());
+        h.keep(vec![], cp(7));
+        let m = h.take().expect("a checkpoint-only message");
+        assert!(m.events.is_empty());
+        assert_eq!(h.taken(Ok(())), Handed::Delivered(0));
+    }
+}

@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use slog::{error, info, warn, Logger};
 
 use super::child::{self, ChildAddr, Running};
-use super::{Decision, RestartPolicy, RestartTracker, HEALTH_INTERVAL, PING_TIMEOUT};
+use super::slots::{plan_reload, Down, Pong, Slots};
+use super::{RestartPolicy, HEALTH_INTERVAL, PING_TIMEOUT};
 use crate::buffer::BufferActor;
 use crate::catalogue::AgentEvent;
 use crate::config::Config;
-use crate::model::{ChildExited, ChildId, Enqueue, Flush, Health, Route};
-use crate::status::{self, ChildStatus, ReloadStatus, StatusSnapshot};
+use crate::model::{ChildExited, ChildId, Enqueue, Flush, Route};
+use crate::status::{self, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
 
 /// How often the status file is refreshed without being asked.
@@ -38,48 +39,17 @@ pub struct DumpStatus {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Starting,
-    Running,
-    Restarting,
-    Failed,
-    Stopped,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Running => "running",
-            State::Restarting => "restarting",
-            State::Failed => "failed",
-            State::Stopped => "stopped",
-        }
-    }
-}
-
-/// Everything the supervisor knows about one child.
-struct Slot {
-    state: State,
-    running: Option<Running>,
-    next_generation: u64,
-    tracker: RestartTracker,
-    restarts: u64,
-    up_since: Option<DateTime<Utc>>,
-    health: Option<Health>,
-    last_restart_reason: Option<String>,
-    /// The pending delayed restart, cancelled if a reload restarts the child first.
-    restart_timer: Option<SpawnHandle>,
-}
-
 /// Starts, watches and restarts the children; handles reload, status and shutdown.
 pub struct Supervisor {
     config_path: PathBuf,
     config: Config,
     buffer: Route<BufferActor>,
-    slots: BTreeMap<ChildId, Slot>,
-    policy: RestartPolicy,
+    /// What is known of each child (plain, see [`Slots`]).
+    slots: Slots,
+    /// The threads and addresses of the children that run.
+    running: BTreeMap<ChildId, Running>,
+    /// Pending delayed restarts, cancelled if a reload restarts the child first.
+    restart_timers: BTreeMap<ChildId, SpawnHandle>,
     shutting_down: bool,
     started_at: DateTime<Utc>,
     last_reload: Option<ReloadStatus>,
@@ -95,8 +65,9 @@ impl Supervisor {
             config_path,
             config,
             buffer: Route::default(),
-            slots: BTreeMap::new(),
-            policy: RestartPolicy::default(),
+            slots: Slots::new(RestartPolicy::default()),
+            running: BTreeMap::new(),
+            restart_timers: BTreeMap::new(),
             shutting_down: false,
             started_at: Utc::now(),
             last_reload: None,
@@ -106,57 +77,33 @@ impl Supervisor {
         }
     }
 
-    fn slot(&mut self, id: ChildId) -> &mut Slot {
-        let policy = self.policy.clone();
-        self.slots.entry(id).or_insert_with(|| Slot {
-            state: State::Stopped,
-            running: None,
-            next_generation: 1,
-            tracker: RestartTracker::new(policy),
-            restarts: 0,
-            up_since: None,
-            health: None,
-            last_restart_reason: None,
-            restart_timer: None,
-        })
-    }
-
     fn start_child(&mut self, id: ChildId, ctx: &mut Context<Self>) {
-        if self.shutting_down || !child::desired(&self.config).contains(&id) {
+        self.restart_timers.remove(&id);
+        if self.shutting_down
+            || self.slots.is_running(id)
+            || !child::desired(&self.config).contains(&id)
+        {
             return;
         }
+        let generation = self.slots.started(id, Instant::now(), Utc::now());
         let me = ctx.address().recipient();
-        let (config, buffer, log) = (self.config.clone(), self.buffer.clone(), self.log.clone());
-        let slot = self.slot(id);
-        if slot.running.is_some() {
-            return;
-        }
-        let generation = slot.next_generation;
-        slot.next_generation += 1;
-        let running = child::spawn(id, generation, &config, &buffer, me, &log);
+        let running = child::spawn(id, generation, &self.config, &self.buffer, me, &self.log);
         if let ChildAddr::Buffer(a) = &running.addr {
-            buffer.set(Some(a.clone()));
+            self.buffer.set(Some(a.clone()));
         }
-        slot.running = Some(running);
-        slot.restart_timer = None;
-        if slot.state != State::Failed {
-            slot.state = State::Starting;
-        }
-        slot.up_since = Some(Utc::now());
-        info!(log, "child_started"; "child" => id.name(), "generation" => generation);
+        self.running.insert(id, running);
+        info!(self.log, "child_started"; "child" => id.name(), "generation" => generation);
     }
 
     /// Takes a child out of service. Its arbiter is asked to stop; a thread blocked in
     /// a hung handler cannot be interrupted and is abandoned (it exits when it unblocks).
-    fn stop_child(&mut self, id: ChildId) -> Option<Running> {
-        let slot = self.slots.get_mut(&id)?;
-        let running = slot.running.take()?;
-        running.arbiter.stop();
-        slot.up_since = None;
+    fn stop_child(&mut self, id: ChildId) {
+        if let Some(running) = self.running.remove(&id) {
+            running.arbiter.stop();
+        }
         if id == ChildId::Buffer {
             self.buffer.set(None);
         }
-        Some(running)
     }
 
     /// A child is down (exited, panicked, hung): schedule its restart.
@@ -164,20 +111,16 @@ impl Supervisor {
         if self.shutting_down {
             return;
         }
-        let Some(running) = self.stop_child(id) else {
+        let Some(down) = self.slots.went_down(id, reason, Instant::now()) else {
             return;
         };
-        let ran_for = running.started.elapsed();
-        let slot = self.slot(id);
-        let Decision { delay, failed } = slot.tracker.on_exit(Instant::now(), ran_for);
-        slot.restarts += 1;
-        slot.state = if failed {
-            State::Failed
-        } else {
-            State::Restarting
-        };
-        slot.last_restart_reason = Some(reason.clone());
-        let restarts = slot.restarts;
+        self.stop_child(id);
+        let Down {
+            reason,
+            restarts,
+            delay,
+            failed,
+        } = down;
         error!(self.log, "child_down"; "child" => id.name(), "reason" => &reason,
                "restart_in_ms" => delay.as_millis() as u64, "restarts" => restarts, "failed" => failed);
         self.agent_event(AgentEvent::ChildRestarted {
@@ -188,7 +131,7 @@ impl Supervisor {
             restart_in_ms: delay.as_millis() as u64,
         });
         let handle = ctx.run_later(delay, move |act, ctx| act.start_child(id, ctx));
-        self.slot(id).restart_timer = Some(handle);
+        self.restart_timers.insert(id, handle);
     }
 
     /// Reports the agent's own health to the listener as a `kind: agent` event.
@@ -212,92 +155,26 @@ impl Supervisor {
         if self.last_status_write.elapsed() >= STATUS_EVERY {
             self.write_status("periodic", false);
         }
-        let mut pings = Vec::new();
-        for (&id, slot) in self.slots.iter_mut() {
-            let Some(r) = slot.running.as_mut() else {
+        for (id, generation) in self.slots.pings_due() {
+            let Some(ping) = self.running.get(&id).map(|r| r.addr.ping()) else {
                 continue;
             };
-            if r.ping_pending {
-                continue;
-            }
-            r.ping_pending = true;
-            pings.push((id, r.generation, r.addr.ping()));
-        }
-        for (id, generation, ping) in pings {
             let fut = async move { tokio::time::timeout(PING_TIMEOUT, ping).await };
-            ctx.spawn(
-                fut.into_actor(self)
-                    .map(move |res, act, ctx| act.on_pong(id, generation, res, ctx)),
-            );
-        }
-    }
-
-    fn on_pong(
-        &mut self,
-        id: ChildId,
-        generation: u64,
-        res: Result<Result<Health, MailboxError>, tokio::time::error::Elapsed>,
-        ctx: &mut Context<Self>,
-    ) {
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        match slot.running.as_mut() {
-            Some(r) if r.generation == generation => r.ping_pending = false,
-            _ => return,
-        }
-        let reason = match res {
-            Ok(Ok(h)) => match h.deadline {
-                Some(d) if h.progress.elapsed() > d => format!(
-                    "hung: no progress for {}s (deadline {}s)",
-                    h.progress.elapsed().as_secs(),
-                    d.as_secs()
-                ),
-                _ => {
-                    if matches!(slot.state, State::Starting | State::Restarting) {
-                        slot.state = State::Running;
-                    }
-                    if slot.state == State::Failed
-                        && slot
-                            .running
-                            .as_ref()
-                            .is_some_and(|r| r.started.elapsed() >= self.policy.healthy_after)
-                    {
-                        slot.state = State::Running;
-                    }
-                    slot.health = Some(h);
-                    return;
+            ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                let pong = match res {
+                    Ok(Ok(h)) => Pong::Answer(Box::new(h)),
+                    Ok(Err(_)) => Pong::Closed,
+                    Err(_) => Pong::Timeout,
+                };
+                if let Some(reason) = act.slots.on_pong(id, generation, pong, Instant::now()) {
+                    act.child_down(id, reason, ctx);
                 }
-            },
-            Ok(Err(_)) => "stopped: mailbox closed".to_string(),
-            Err(_) => format!(
-                "hung: no answer to a health check within {}s",
-                PING_TIMEOUT.as_secs()
-            ),
-        };
-        self.child_down(id, reason, ctx);
+            }));
+        }
     }
 
     fn snapshot(&self, trigger: &str) -> StatusSnapshot {
-        let children = self
-            .slots
-            .iter()
-            .map(|(id, s)| {
-                let h = s.health.as_ref();
-                (
-                    id.name().to_string(),
-                    ChildStatus {
-                        state: s.state.as_str().to_string(),
-                        restarts: s.restarts,
-                        up_since: s.up_since,
-                        last_success: h.and_then(|h| h.last_success),
-                        last_error: h.and_then(|h| h.last_error.clone()),
-                        last_restart_reason: s.last_restart_reason.clone(),
-                        detail: h.and_then(|h| serde_json::to_value(&h.detail).ok()),
-                    },
-                )
-            })
-            .collect();
+        let children = self.slots.status();
         StatusSnapshot {
             written_at: Utc::now(),
             trigger: trigger.to_string(),
@@ -321,16 +198,7 @@ impl Supervisor {
         if let Err(e) = status::write(&self.config.agent.state_dir, &snap) {
             warn!(self.log, "status_write_failed"; "error" => %e);
         }
-        let running = snap
-            .children
-            .values()
-            .filter(|c| c.state == "running")
-            .count();
-        self.systemd.status(&format!(
-            "{running}/{} children running, {} restarts",
-            snap.children.len(),
-            snap.children.values().map(|c| c.restarts).sum::<u64>()
-        ));
+        self.systemd.status(&self.slots.summary());
     }
 }
 
@@ -374,12 +242,7 @@ impl Handler<ChildExited> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
-        let current = self
-            .slots
-            .get(&msg.child)
-            .and_then(|s| s.running.as_ref())
-            .is_some_and(|r| r.generation == msg.generation);
-        if !current {
+        if !self.slots.is_current(msg.child, msg.generation) {
             return; // An incarnation we replaced or stopped on purpose.
         }
         let reason = if msg.panicked { "panicked" } else { "stopped" };
@@ -408,27 +271,19 @@ impl Handler<Reload> for Supervisor {
                 return;
             }
         };
-        let old = std::mem::replace(&mut self.config, new);
-        let (was, now) = (child::desired(&old), child::desired(&self.config));
-        let mut restarted = Vec::new();
-        for id in was.iter().chain(now.iter().filter(|id| !was.contains(id))) {
-            let id = *id;
-            let keep = now.contains(&id);
-            if keep && was.contains(&id) && !child::settings_changed(id, &old, &self.config) {
-                continue;
-            }
+        let plan = plan_reload(&self.config, &new);
+        self.config = new;
+        for &id in &plan.stop {
             self.stop_child(id);
-            let slot = self.slot(id);
-            if let Some(h) = slot.restart_timer.take() {
+            if let Some(h) = self.restart_timers.remove(&id) {
                 ctx.cancel_future(h);
             }
-            slot.tracker.reset();
-            slot.state = State::Stopped;
-            if keep {
-                restarted.push(id.name().to_string());
-                self.start_child(id, ctx);
-            }
+            self.slots.stopped_on_purpose(id, true);
         }
+        for &id in &plan.start {
+            self.start_child(id, ctx);
+        }
+        let restarted: Vec<String> = plan.start.iter().map(|id| id.name().to_string()).collect();
         info!(self.log, "reload_applied"; "restarted" => restarted.join(","),
               "fingerprint" => self.config.fingerprint());
         self.last_reload = Some(ReloadStatus {
@@ -458,25 +313,21 @@ impl Handler<Shutdown> for Supervisor {
         self.systemd.stopping();
         self.shutting_down = true;
         let collectors: Vec<ChildId> = self
-            .slots
+            .running
             .keys()
             .copied()
             .filter(|id| matches!(id, ChildId::Collector(_)))
             .collect();
         for id in collectors {
             self.stop_child(id);
-            self.slot(id).state = State::Stopped;
+            self.slots.stopped_on_purpose(id, false);
         }
         let grace = self.config.agent.shutdown_grace;
-        let flush = self
-            .slots
-            .get(&ChildId::Shipper)
-            .and_then(|s| s.running.as_ref())
-            .and_then(|r| {
-                r.addr.flush(Flush {
-                    deadline: Instant::now() + grace,
-                })
-            });
+        let flush = self.running.get(&ChildId::Shipper).and_then(|r| {
+            r.addr.flush(Flush {
+                deadline: Instant::now() + grace,
+            })
+        });
         let fut = async move {
             match flush {
                 Some(req) => tokio::time::timeout(grace + Duration::from_secs(1), req)

@@ -55,12 +55,6 @@ pub struct Running {
     pub arbiter: Arbiter,
     /// Its address.
     pub addr: ChildAddr,
-    /// Which incarnation this is.
-    pub generation: u64,
-    /// When it was started.
-    pub started: std::time::Instant,
-    /// A ping is outstanding (never two at once for one child).
-    pub ping_pending: bool,
 }
 
 /// The children the configuration asks for, in start order: the spool first so that
@@ -162,11 +156,5 @@ pub fn spawn(
             }))
         }
     };
-    Running {
-        arbiter,
-        addr,
-        generation,
-        started: std::time::Instant::now(),
-        ping_pending: false,
-    }
+    Running { arbiter, addr }
 }

@@ -11,6 +11,7 @@
 
 mod actor;
 mod child;
+pub mod slots;
 
 pub use actor::{DumpStatus, Reload, Shutdown, Supervisor};
 

@@ -143,12 +143,15 @@ async fn check_database(r: &mut Report, config: &Config) {
 
 /// The server log: found, readable, and its lines fit the prefix the parser will use.
 async fn check_log(r: &mut Report, config: &Config) {
-    use crate::logs::actor::{plan, server_settings, Saved};
+    use crate::logs::follow::Saved;
+    use crate::logs::plan::{plan, server_settings, Facts};
     use crate::logs::LogParser;
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let db = crate::db::Db::new(&config.database, 1, &log);
     let server = server_settings(&db).await.ok();
-    let p = match plan(&config.logs, server.as_ref(), &Saved::default()) {
+    let saved = Saved::default();
+    let facts = Facts::gather(&config.logs, server.as_ref(), &saved);
+    let p = match plan(&config.logs, server.as_ref(), &saved, &facts) {
         Ok(p) => p,
         Err(e) => return r.fail("log", &e.reason, &e.fix),
     };

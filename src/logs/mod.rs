@@ -11,10 +11,12 @@
 pub mod actor;
 pub mod classify;
 pub mod csv;
+pub mod follow;
 #[cfg(test)]
 mod fuzz;
 pub mod json;
 pub mod locate;
+pub mod plan;
 pub mod prefix;
 pub mod record;
 pub mod redact;

@@ -1,0 +1,385 @@
+//! Following the server log without an actor: [`Follower`] keeps the plan (where the
+//! log is, its format and prefix), the parser and the tailer, reads the next batch when
+//! asked and turns its messages into events with the position to store with them. The
+//! log actor only schedules it, asks the server for its settings and hands batches to
+//! the spool.
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use slog::{info, warn, Logger};
+
+use super::locate::Locator;
+use super::plan::{plan, Facts, Plan, ServerSettings};
+use super::tail::{Note, Position, Tailer};
+use super::{LogParser, OwnSessions, Shaper};
+use crate::config::{Config, LogsConfig};
+use crate::model::{Checkpoint, Event, LogStats, Problem, SourceState};
+
+/// Name of the position checkpoint in the spool.
+pub const CHECKPOINT: &str = "pg_log.position";
+/// Messages per batch.
+const BATCH_MAX: usize = 2000;
+
+/// What is stored with the events: the position, and what is needed to go on reading
+/// when the database is unreachable at the next start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    /// Reader position.
+    pub position: Option<Position>,
+    /// Format in use.
+    pub format: Option<String>,
+    /// Prefix in use.
+    pub prefix: Option<String>,
+    /// The server's data directory.
+    pub data_dir: Option<String>,
+    /// The server's log directory (absolute).
+    pub log_dir: Option<String>,
+}
+
+/// A batch read from the log.
+#[derive(Debug)]
+pub struct Read {
+    /// Its events (the agent's own sessions left out).
+    pub events: Vec<Event>,
+    /// The position after it, to store with the events.
+    pub checkpoint: Option<Checkpoint>,
+    /// The same position, to commit once the spool has the batch.
+    pub position: Option<Position>,
+    /// More is ready to read right away.
+    pub more: bool,
+}
+
+/// What a poll found.
+#[derive(Debug)]
+pub enum Polled {
+    /// There is no plan yet (the server has not been asked, or the log cannot be found).
+    NoPlan,
+    /// The log cannot be read now; `error` when reading failed (the log may have moved:
+    /// ask the server again).
+    Unavailable {
+        /// The reader's error, if one occurred.
+        error: Option<String>,
+    },
+    /// Nothing new.
+    Idle {
+        /// More is ready (look again at once).
+        more: bool,
+    },
+    /// A batch to hand to the spool.
+    Read(Read),
+}
+
+/// Follows the server log.
+pub struct Follower {
+    logs: LogsConfig,
+    shaper: Shaper,
+    /// The agent's own sessions, left out of what is shipped.
+    own: OwnSessions,
+    server: Option<ServerSettings>,
+    saved: Saved,
+    active: Option<(Plan, LogParser, Tailer)>,
+    /// The position of the last batch the spool took.
+    committed: Option<Position>,
+    warned_prefix: Option<String>,
+    /// Counters and state for status.
+    pub stats: LogStats,
+    log: Logger,
+}
+
+impl Follower {
+    /// A follower for `config`, resuming from what was stored.
+    pub fn new(config: &Config, saved: Saved, log: Logger) -> Follower {
+        Follower {
+            logs: config.logs.clone(),
+            shaper: Shaper {
+                pattern: config.correlation.application_name_pattern.clone(),
+                redact: config.logs.redact,
+            },
+            own: OwnSessions {
+                user: config.database.user.clone(),
+            },
+            server: None,
+            committed: saved.position.clone(),
+            saved,
+            active: None,
+            warned_prefix: None,
+            stats: LogStats::default(),
+            log,
+        }
+    }
+
+    /// The database is asked only when the config leaves something to it.
+    pub fn needs_server(&self) -> bool {
+        self.logs.path.is_empty()
+            || (self.logs.prefix.is_empty()
+                && !matches!(
+                    self.logs.format,
+                    Some(super::Format::Csv | super::Format::Json)
+                ))
+    }
+
+    /// True when a plan is in use.
+    pub fn has_plan(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The server's current log settings; a change is logged and may change the plan.
+    pub fn server_settings(&mut self, s: ServerSettings) {
+        if self.server.as_ref() != Some(&s) {
+            info!(self.log, "log_settings_read";
+                "logging_collector" => s.logging_collector,
+                "log_destination" => s.destinations.join(","),
+                "log_line_prefix" => s.prefix.as_deref().unwrap_or(""),
+                "log_directory" => s.log_dir.as_deref().unwrap_or(""));
+            if let Some(lc) = s.lc_messages.as_deref() {
+                if !(lc.is_empty() || lc == "C" || lc == "POSIX" || lc.starts_with("en")) {
+                    warn!(self.log, "log_messages_localized"; "lc_messages" => lc,
+                        "effect" => "messages are classified by SQLSTATE only; set lc_messages = 'C' for text classification");
+                }
+            }
+        }
+        self.server = Some(s);
+    }
+
+    /// Builds (or rebuilds, when the plan changed) the parser and tailer.
+    pub fn replan(&mut self) {
+        let facts = Facts::gather(&self.logs, self.server.as_ref(), &self.saved);
+        let p = match plan(&self.logs, self.server.as_ref(), &self.saved, &facts) {
+            Ok(p) => p,
+            Err(e) => {
+                if self.active.is_none() {
+                    self.set_state(SourceState::Unavailable(e));
+                }
+                return;
+            }
+        };
+        if self.active.as_ref().is_some_and(|(old, _, _)| *old == p) {
+            return;
+        }
+        let resume = match &self.active {
+            Some((_, _, t)) => self.committed.clone().or_else(|| t.position()),
+            None => self.saved.position.clone(),
+        };
+        let parser = LogParser::new(p.format, &p.prefix);
+        if let LogParser::Stderr(s) = &parser {
+            if self.warned_prefix.as_deref() != Some(p.prefix.as_str()) {
+                let missing = s.prefix().shortcomings();
+                if !missing.is_empty() {
+                    warn!(self.log, "log_prefix_incomplete"; "prefix" => &p.prefix, "missing" => missing.join("; "));
+                }
+                self.warned_prefix = Some(p.prefix.clone());
+            }
+        }
+        info!(self.log, "log_source_planned"; "follows" => p.locator.describe(),
+            "format" => p.format.as_str(), "prefix" => &p.prefix);
+        self.stats.format = Some(p.format);
+        self.stats.prefix = parser.prefix().map(str::to_string);
+        self.saved.format = Some(p.format.as_str().to_string());
+        self.saved.prefix = Some(p.prefix.clone());
+        if let Locator::Server {
+            data_dir, log_dir, ..
+        } = &p.locator
+        {
+            self.saved.data_dir = Some(data_dir.display().to_string());
+            self.saved.log_dir = Some(log_dir.display().to_string());
+        }
+        self.set_state(SourceState::Working(format!(
+            "following {} ({})",
+            p.locator.describe(),
+            p.format.as_str()
+        )));
+        let start = self.logs.start_at;
+        self.active = Some((p.clone(), parser, Tailer::new(p.locator, resume, start)));
+    }
+
+    fn set_state(&mut self, s: SourceState) {
+        crate::sources::note_state(&self.log, &mut self.stats.source_state, Some(s));
+    }
+
+    /// Reads the next batch.
+    pub fn poll(&mut self) -> Polled {
+        let Some((plan, parser, tailer)) = self.active.as_mut() else {
+            return Polled::NoPlan;
+        };
+        let poll = match tailer.poll(parser, BATCH_MAX) {
+            Ok(p) => p,
+            Err(e) => {
+                let problem = Problem::new(
+                    format!("cannot read the log: {e}"),
+                    format!(
+                        "let the agent's user read {} — e.g. add it to the postgres group — or set [logs] path",
+                        plan.locator.describe()
+                    ),
+                );
+                self.set_state(SourceState::Unavailable(problem));
+                return Polled::Unavailable {
+                    error: Some(e.to_string()),
+                };
+            }
+        };
+        let (format, describe) = (plan.format, plan.locator.describe());
+        self.stats.tail = tailer.stats.clone();
+        for n in &poll.notes {
+            self.note(n);
+        }
+        let Some(position) = &poll.position else {
+            self.set_state(SourceState::Unavailable(Problem::new(
+                format!("no log file found ({describe})"),
+                "check log_directory / [logs] path",
+            )));
+            return Polled::Unavailable { error: None };
+        };
+        self.set_state(SourceState::Working(format!(
+            "following {} ({})",
+            position.path,
+            format.as_str()
+        )));
+        let now = Utc::now();
+        let identity = position.identity();
+        let file = position.path.clone();
+        let mut events = Vec::with_capacity(poll.records.len());
+        for r in poll.records {
+            if self.own.owns(&r) {
+                self.stats.own_events_skipped_total += 1;
+                continue;
+            }
+            match self.shaper.event(r, &file, format, &identity, now) {
+                Ok(e) => events.push(e),
+                Err(e) => warn!(self.log, "log_event_encode_failed"; "error" => %e),
+            }
+        }
+        let moved = poll.position != self.committed;
+        if events.is_empty() && !moved {
+            return Polled::Idle { more: poll.more };
+        }
+        self.saved.position = poll.position.clone();
+        let checkpoint = serde_json::to_vec(&self.saved)
+            .ok()
+            .map(|value| Checkpoint {
+                name: CHECKPOINT.to_string(),
+                value,
+            });
+        self.stats.pending_events = events.len();
+        Polled::Read(Read {
+            events,
+            checkpoint,
+            position: poll.position,
+            more: poll.more,
+        })
+    }
+
+    /// The spool took the batch that ends at `position`.
+    pub fn committed(&mut self, position: Option<Position>, events: usize) {
+        self.stats.events_total += events as u64;
+        self.stats.pending_events = 0;
+        self.committed = position;
+    }
+
+    fn note(&mut self, n: &Note) {
+        match n {
+            Note::Opened {
+                path,
+                offset,
+                resumed,
+            } => {
+                info!(self.log, "log_file_opened"; "file" => path, "offset" => offset, "resumed" => resumed)
+            }
+            Note::Rotated { from, to } => {
+                info!(self.log, "log_rotation_detected"; "from" => from, "to" => to)
+            }
+            Note::Truncated { path, offset, copy } => {
+                warn!(self.log, "log_truncation_detected"; "file" => path, "offset" => offset,
+                    "copy" => copy.as_deref().unwrap_or(""))
+            }
+            Note::Closed { path } => {
+                info!(self.log, "log_file_closed"; "file" => path, "reason" => "deleted")
+            }
+            Note::Lost { path } => warn!(self.log, "log_position_lost"; "file" => path,
+                "effect" => "the stored file is gone; reading the current file from its start"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::DEFAULT_PREFIX;
+
+    fn follower(dir: &std::path::Path, start_at: &str) -> Follower {
+        let toml = format!(
+            "[agent]\nproject_id='p'\n[logs]\npath='{}'\nformat='stderr'\nprefix='{DEFAULT_PREFIX}'\nstart_at='{start_at}'\n",
+            dir.join("pg.log").display()
+        );
+        let config = crate::config::parse_str(&toml).expect("valid");
+        Follower::new(
+            &config,
+            Saved::default(),
+            slog::Logger::root(slog::Discard, slog::o!()),
+        )
+    }
+
+    fn line(pid: u32, msg: &str) -> String {
+        format!("2026-12-01 10:00:00.000 UTC [{pid}] LOG:  {msg}\n")
+    }
+
+    #[test]
+    fn a_batch_is_read_once_committed_and_the_next_starts_after_it() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("pg.log");
+        std::fs::write(&path, line(1, "one") + &line(2, "two")).expect("write");
+        let mut f = follower(d.path(), "beginning");
+        assert!(
+            !f.needs_server(),
+            "path, format and prefix are all configured"
+        );
+        assert!(matches!(f.poll(), Polled::NoPlan));
+        f.replan();
+        assert!(f.has_plan());
+        let Polled::Read(r) = f.poll() else {
+            panic!("a batch")
+        };
+        // The last message may still grow: it is read once the file is seen to stop.
+        let mut messages: Vec<String> = r.events.iter().map(|e| e.data.get().to_string()).collect();
+        let mut position = r.position.clone();
+        let mut total = r.events.len();
+        let checkpoint = r.checkpoint.expect("a checkpoint");
+        assert_eq!(checkpoint.name, CHECKPOINT);
+        let saved: Saved = serde_json::from_slice(&checkpoint.value).expect("saved");
+        assert_eq!(saved.position, position);
+        f.committed(position.clone(), r.events.len());
+        for _ in 0..3 {
+            if let Polled::Read(r) = f.poll() {
+                messages.extend(r.events.iter().map(|e| e.data.get().to_string()));
+                total += r.events.len();
+                position = r.position.clone();
+                f.committed(r.position, r.events.len());
+            }
+        }
+        assert_eq!(total, 2, "{messages:?}");
+        assert!(messages[0].contains("\"message\":\"one\""), "{messages:?}");
+        assert!(messages[1].contains("\"message\":\"two\""), "{messages:?}");
+        assert_eq!(f.stats.events_total, 2);
+        assert!(matches!(f.poll(), Polled::Idle { more: false }));
+        assert_eq!(
+            position.map(|p| p.offset),
+            Some(std::fs::metadata(&path).expect("m").len())
+        );
+        assert_eq!(
+            f.stats.source_state.as_ref().map(ToString::to_string),
+            Some(format!("following {} (stderr)", path.display()))
+        );
+    }
+
+    #[test]
+    fn a_missing_log_is_unavailable_with_its_fix() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut f = follower(d.path(), "end");
+        f.replan();
+        assert!(matches!(f.poll(), Polled::Unavailable { error: None }));
+        let Some(SourceState::Unavailable(p)) = &f.stats.source_state else {
+            panic!("{:?}", f.stats.source_state)
+        };
+        assert!(p.reason.starts_with("no log file found"), "{p:?}");
+        assert_eq!(p.fix, "check log_directory / [logs] path");
+    }
+}

@@ -1,0 +1,496 @@
+//! pg_statements' state between cycles, as plain code: the previous sample, whether a
+//! cycle reads every entry or only the changed ones, how the rows the server sent make
+//! the new sample, the deltas and the summary, what status says, and when the new
+//! baseline is stored. The queries are in [`super::query`]; this reads nothing.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::baseline::{self, Baseline};
+use super::delta::{diff, fingerprint, top_n, Delta};
+use super::events::{Names, Summary};
+use super::query::{Extension, Info, Rows};
+use crate::model::{Problem, SourceState};
+
+/// Every this many cycles all entries are read, so that evicted ones are forgotten.
+pub const RESYNC_EVERY: u32 = 10;
+
+/// At most this many query texts are remembered (all forgotten when full).
+const TEXT_CACHE_MAX: usize = 20_000;
+
+/// How this cycle reads the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// Every entry (no previous sample, a reset, or time to forget evicted entries).
+    pub full: bool,
+    /// Fingerprints of the entries known with their calls: the server skips those.
+    pub known: Vec<i64>,
+    /// `stats_reset` changed since the previous sample.
+    pub reset: bool,
+}
+
+/// The result of a cycle that read the counters.
+#[derive(Debug)]
+pub struct Concluded {
+    /// The entries with new calls, the top `statements_max_rows` by execution time.
+    pub deltas: Vec<Delta>,
+    /// The previous sample's time and the seconds since: `None` for a baseline.
+    pub since: Option<(DateTime<Utc>, f64)>,
+    /// The cycle's summary.
+    pub summary: Summary,
+}
+
+/// What is missing to name the deltas.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Missing {
+    /// Query ids without a text yet.
+    pub texts: Vec<i64>,
+    /// A database oid without a name.
+    pub databases: bool,
+    /// A role oid without a name.
+    pub roles: bool,
+}
+
+/// The state of the source between cycles.
+#[derive(Debug)]
+pub struct Tracker {
+    identity: String,
+    persist: bool,
+    max_rows: usize,
+    /// The installed extension, as last seen.
+    pub ext: Option<Extension>,
+    prev: Option<Baseline>,
+    /// The baseline read from disk at start was looked at (used once, if it fits).
+    loaded: bool,
+    since_resync: u32,
+    checkpoint: Option<Vec<u8>>,
+    /// Texts and names already read.
+    pub names: Names,
+    state: Option<SourceState>,
+}
+
+impl Tracker {
+    /// A tracker for the server `identity` (`host:port/dbname`); `persist` stores the
+    /// baseline with the events (the daemon; `once` does not).
+    pub fn new(identity: String, persist: bool, max_rows: usize) -> Tracker {
+        Tracker {
+            identity,
+            persist,
+            max_rows,
+            ext: None,
+            prev: None,
+            loaded: false,
+            since_resync: 0,
+            checkpoint: None,
+            names: Names::default(),
+            state: None,
+        }
+    }
+
+    /// The state for status.
+    pub fn state(&self) -> Option<SourceState> {
+        self.state.clone()
+    }
+
+    /// The baseline to store with the events of the last cycle, once.
+    pub fn take_checkpoint(&mut self) -> Option<Vec<u8>> {
+        self.checkpoint.take()
+    }
+
+    /// The extension cannot be read: the summary that says why.
+    pub fn unavailable(&mut self, problem: Problem) -> Summary {
+        self.ext = None;
+        let s = Summary::unavailable(&problem.reason, &problem.fix);
+        self.state = Some(SourceState::Unavailable(problem));
+        s
+    }
+
+    /// The sample to diff against: the last one in memory, else the one stored before a
+    /// restart (`stored`, asked once), provided it is from this server, with these
+    /// columns, and older than `now`.
+    pub fn previous(
+        &mut self,
+        ext: &Extension,
+        now: DateTime<Utc>,
+        stored: impl FnOnce() -> Option<Baseline>,
+    ) -> Option<Baseline> {
+        if !self.loaded {
+            self.loaded = true;
+            if self.prev.is_none() {
+                self.prev = stored();
+            }
+        }
+        let columns: Vec<String> = ext.columns.iter().map(|c| c.name.clone()).collect();
+        self.prev
+            .take()
+            .filter(|p| p.identity == self.identity && p.columns == columns && p.taken_at < now)
+    }
+
+    /// How to read this cycle: everything without a previous sample, after a reset and
+    /// every [`RESYNC_EVERY`] cycles (to forget evicted entries); else only entries
+    /// whose calls changed.
+    pub fn read_plan(&mut self, ext: &Extension, prev: Option<&Baseline>, info: &Info) -> ReadPlan {
+        let reset = prev.is_some_and(|p| p.stats_reset != info.stats_reset);
+        self.since_resync += 1;
+        let full = prev.is_none() || reset || self.since_resync >= RESYNC_EVERY;
+        if full {
+            self.since_resync = 0;
+        }
+        let calls = ext.columns.iter().position(|c| c.name == "calls");
+        let known = match (full, prev, calls) {
+            (false, Some(p), Some(ci)) => p
+                .entries
+                .iter()
+                .map(|(k, v)| fingerprint(k, v[ci] as i64))
+                .collect(),
+            _ => vec![],
+        };
+        ReadPlan { full, known, reset }
+    }
+
+    /// The new sample: the rows read, on top of the previous sample's entries when only
+    /// changed ones were read.
+    pub fn sample(
+        &self,
+        ext: &Extension,
+        prev: Option<&Baseline>,
+        plan: &ReadPlan,
+        rows: &Rows,
+        info: &Info,
+        now: DateTime<Utc>,
+    ) -> Baseline {
+        let mut entries = match (plan.full, prev) {
+            (false, Some(p)) => p.entries.clone(),
+            _ => HashMap::with_capacity(rows.entries.len()),
+        };
+        entries.extend(rows.entries.iter().cloned());
+        Baseline {
+            identity: self.identity.clone(),
+            taken_at: now,
+            stats_reset: info.stats_reset,
+            dealloc: info.dealloc,
+            columns: ext.columns.iter().map(|c| c.name.clone()).collect(),
+            entries,
+        }
+    }
+
+    /// Deltas and summary of `cur` against `prev`; `cur` becomes the previous sample,
+    /// and is stored with the events when deltas were produced or a new baseline began
+    /// (a quiet cycle changes nothing worth a write: the older baseline has the same
+    /// values, and no deltas depend on it).
+    pub fn conclude(
+        &mut self,
+        ext: &Extension,
+        prev: Option<Baseline>,
+        cur: Baseline,
+        rows: &Rows,
+        reset: bool,
+    ) -> Concluded {
+        let hidden = rows.hidden;
+        let mut deltas = match &prev {
+            Some(p) => diff(&ext.columns, &p.entries, &cur.entries, reset),
+            None => vec![],
+        };
+        let changed = deltas.len();
+        top_n(&mut deltas, &ext.columns, self.max_rows);
+        let since = prev.as_ref().map(|p| {
+            (
+                p.taken_at,
+                (cur.taken_at - p.taken_at).num_milliseconds() as f64 / 1000.0,
+            )
+        });
+        let summary = Summary {
+            kind: "summary",
+            available: true,
+            reason: None,
+            fix: None,
+            extension_version: Some(ext.version.clone()),
+            entries: cur.entries.len() + hidden,
+            entries_hidden: hidden,
+            rows_read: rows.read,
+            baseline: prev.is_none(),
+            reset_detected: reset,
+            dealloc_delta: prev
+                .as_ref()
+                .and_then(|p| p.dealloc.zip(cur.dealloc))
+                .map(|(a, b)| if reset || b < a { b } else { b - a }),
+            changed,
+            shipped: deltas.len(),
+            interval_s: since.map(|(_, s)| s),
+        };
+        self.state = Some(if prev.is_none() {
+            SourceState::Baseline(
+                "the first sample sets the baseline; deltas start with the next".into(),
+            )
+        } else if hidden > 0 {
+            SourceState::Degraded(Problem::new(
+                format!("{hidden} entries hidden: their queryid is shown only to roles with pg_read_all_stats"),
+                "GRANT pg_read_all_stats TO the agent's role (pg_monitor includes it)",
+            ))
+        } else {
+            SourceState::Working(format!("available (pg_stat_statements {})", ext.version))
+        });
+        if self.persist && (changed > 0 || prev.is_none() || reset) {
+            self.checkpoint = Some(baseline::encode(&cur));
+        }
+        self.prev = Some(cur);
+        Concluded {
+            deltas,
+            since,
+            summary,
+        }
+    }
+
+    /// What must be read to name `deltas`.
+    pub fn missing(&self, deltas: &[Delta]) -> Missing {
+        let mut texts: Vec<i64> = deltas
+            .iter()
+            .map(|d| d.key.queryid)
+            .filter(|q| !self.names.texts.contains_key(q))
+            .collect();
+        texts.sort_unstable();
+        texts.dedup();
+        Missing {
+            texts,
+            databases: deltas
+                .iter()
+                .any(|d| !self.names.databases.contains_key(&d.key.dbid)),
+            roles: deltas
+                .iter()
+                .any(|d| !self.names.roles.contains_key(&d.key.userid)),
+        }
+    }
+
+    /// Remembers texts read (forgetting all when the cache is full).
+    pub fn add_texts(&mut self, texts: Vec<(i64, String)>) {
+        if self.names.texts.len() + texts.len() > TEXT_CACHE_MAX {
+            self.names.texts.clear();
+        }
+        self.names.texts.extend(texts);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::statements::delta::{columns, Key};
+
+    fn ext() -> Extension {
+        let cols: Vec<String> = ["calls", "total_exec_time", "rows"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Extension {
+            version: "1.10".into(),
+            schema: "public".into(),
+            columns: columns(&cols),
+            has_toplevel: true,
+            has_info: true,
+        }
+    }
+
+    fn key(q: i64) -> Key {
+        Key {
+            userid: 10,
+            dbid: 5,
+            queryid: q,
+            toplevel: true,
+        }
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).expect("t")
+    }
+
+    fn rows(entries: &[(i64, f64)]) -> Rows {
+        Rows {
+            entries: entries
+                .iter()
+                .map(|&(q, calls)| (key(q), vec![calls, calls * 2.0, calls]))
+                .collect(),
+            read: entries.len(),
+            hidden: 0,
+        }
+    }
+
+    /// One cycle through the tracker as the source runs it.
+    fn cycle(
+        t: &mut Tracker,
+        now: i64,
+        info: Info,
+        server: &[(i64, f64)],
+    ) -> (ReadPlan, Concluded) {
+        let e = ext();
+        let prev = t.previous(&e, at(now), || None);
+        let plan = t.read_plan(&e, prev.as_ref(), &info);
+        // The server skips the entries whose fingerprint it was given.
+        let sent: Vec<(i64, f64)> = server
+            .iter()
+            .copied()
+            .filter(|(q, c)| !plan.known.contains(&fingerprint(&key(*q), *c as i64)))
+            .collect();
+        let r = rows(&sent);
+        let cur = t.sample(&e, prev.as_ref(), &plan, &r, &info, at(now));
+        let c = t.conclude(&e, prev, cur, &r, plan.reset);
+        (plan, c)
+    }
+
+    #[test]
+    fn the_first_cycle_sets_the_baseline_and_the_next_ships_only_changes() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let info = Info::default();
+        let (plan, c) = cycle(&mut t, 0, info, &[(1, 3.0), (2, 5.0)]);
+        assert!(plan.full && plan.known.is_empty());
+        assert!(c.summary.baseline && c.deltas.is_empty() && c.since.is_none());
+        assert!(matches!(t.state(), Some(SourceState::Baseline(_))));
+        assert!(t.take_checkpoint().is_some(), "a new baseline is stored");
+
+        let (plan, c) = cycle(&mut t, 60, info, &[(1, 3.0), (2, 9.0)]);
+        assert!(!plan.full);
+        assert_eq!(plan.known.len(), 2);
+        assert_eq!(c.summary.rows_read, 1, "only the changed entry was sent");
+        assert_eq!(c.summary.entries, 2);
+        assert_eq!(c.deltas.len(), 1);
+        assert_eq!(c.deltas[0].key.queryid, 2);
+        assert_eq!(c.deltas[0].values[0], 4.0, "calls 5 → 9");
+        assert_eq!(c.since, Some((at(0), 60.0)));
+        assert_eq!(
+            t.state().map(|s| s.to_string()).as_deref(),
+            Some("available (pg_stat_statements 1.10)")
+        );
+        assert!(t.take_checkpoint().is_some());
+
+        // Nothing changed: no deltas, and no write of an identical baseline.
+        let (_, c) = cycle(&mut t, 120, info, &[(1, 3.0), (2, 9.0)]);
+        assert!(c.deltas.is_empty());
+        assert_eq!(c.summary.rows_read, 0);
+        assert!(t.take_checkpoint().is_none());
+    }
+
+    #[test]
+    fn a_reset_reads_everything_and_counts_from_zero() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let before = Info {
+            stats_reset: Some(at(0)),
+            dealloc: Some(7),
+        };
+        cycle(&mut t, 1, before, &[(1, 10.0)]);
+        let after = Info {
+            stats_reset: Some(at(30)),
+            dealloc: Some(2),
+        };
+        let (plan, c) = cycle(&mut t, 60, after, &[(1, 4.0)]);
+        assert!(plan.full && plan.reset);
+        assert!(c.summary.reset_detected);
+        assert_eq!(c.summary.dealloc_delta, Some(2), "counted from the reset");
+        assert_eq!(c.deltas[0].values[0], 4.0, "not 4 − 10");
+        assert!(!c.deltas[0].new, "after a reset no entry counts as new");
+    }
+
+    #[test]
+    fn every_tenth_cycle_reads_everything_and_forgets_evicted_entries() {
+        let mut t = Tracker::new("h:5432/db".into(), false, 100);
+        let info = Info::default();
+        cycle(&mut t, 0, info, &[(1, 1.0), (2, 1.0)]);
+        let mut fulls = vec![];
+        for i in 1..=RESYNC_EVERY as i64 {
+            // Entry 2 was evicted from pg_stat_statements.
+            let (plan, c) = cycle(&mut t, i * 60, info, &[(1, 1.0)]);
+            fulls.push(plan.full);
+            if plan.full {
+                assert_eq!(c.summary.entries, 1, "the evicted entry is forgotten");
+            } else {
+                assert_eq!(c.summary.entries, 2, "not known to be gone yet");
+            }
+        }
+        assert_eq!(fulls.iter().filter(|f| **f).count(), 1, "{fulls:?}");
+        assert!(
+            t.take_checkpoint().is_none(),
+            "once never stores a baseline"
+        );
+    }
+
+    #[test]
+    fn a_stored_baseline_is_used_only_if_it_fits() {
+        let e = ext();
+        let stored = |identity: &str, taken: i64| Baseline {
+            identity: identity.into(),
+            taken_at: at(taken),
+            stats_reset: None,
+            dealloc: None,
+            columns: e.columns.iter().map(|c| c.name.clone()).collect(),
+            entries: HashMap::new(),
+        };
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        assert!(t
+            .previous(&e, at(10), || Some(stored("h:5432/db", 0)))
+            .is_some());
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        assert!(t
+            .previous(&e, at(10), || Some(stored("other:5432/db", 0)))
+            .is_none());
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        assert!(
+            t.previous(&e, at(10), || Some(stored("h:5432/db", 20)))
+                .is_none(),
+            "a baseline from the future (clock moved back) is no baseline"
+        );
+        // Asked once.
+        assert!(t.previous(&e, at(30), || panic!("asked twice")).is_none());
+    }
+
+    #[test]
+    fn hidden_entries_degrade_the_source_with_the_grant_that_fixes_it() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let e = ext();
+        cycle(&mut t, 0, Info::default(), &[(1, 1.0)]);
+        let prev = t.previous(&e, at(60), || None);
+        let plan = t.read_plan(&e, prev.as_ref(), &Info::default());
+        let mut r = rows(&[(1, 2.0)]);
+        r.hidden = 3;
+        let cur = t.sample(&e, prev.as_ref(), &plan, &r, &Info::default(), at(60));
+        let c = t.conclude(&e, prev, cur, &r, false);
+        assert_eq!((c.summary.entries, c.summary.entries_hidden), (4, 3));
+        let Some(SourceState::Degraded(p)) = t.state() else {
+            panic!("{:?}", t.state())
+        };
+        assert!(p.fix.starts_with("GRANT pg_read_all_stats"), "{p:?}");
+        let s = t.unavailable(Problem::new("gone", "create it"));
+        assert!(!s.available);
+        assert_eq!(s.reason.as_deref(), Some("gone"));
+        assert!(t.ext.is_none());
+    }
+
+    #[test]
+    fn only_unknown_names_are_asked_for() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let d = |q: i64| Delta {
+            key: key(q),
+            values: vec![1.0, 1.0, 1.0],
+            new: true,
+            counters_reset: false,
+        };
+        let m = t.missing(&[d(2), d(1), d(2)]);
+        assert_eq!(
+            m,
+            Missing {
+                texts: vec![1, 2],
+                databases: true,
+                roles: true
+            }
+        );
+        t.add_texts(vec![(1, "select 1".into())]);
+        t.names.databases.insert(5, "db".into());
+        t.names.roles.insert(10, "app".into());
+        let m = t.missing(&[d(1), d(2)]);
+        assert_eq!(
+            m,
+            Missing {
+                texts: vec![2],
+                databases: false,
+                roles: false
+            }
+        );
+    }
+}

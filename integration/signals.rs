@@ -265,5 +265,9 @@ fn a_second_sigterm_cuts_the_shutdown_short_with_its_own_exit_code_and_a_flushed
     let cut = agent.logs_named("shutdown_cut_short");
     assert_eq!(cut.len(), 1, "{}", agent.stderr());
     assert_eq!(cut[0]["exit_code"], 143);
-    assert!(agent.logs_named("agent_stopped").is_empty());
+    assert!(
+        agent.logs_named("agent_stopped").is_empty(),
+        "{}",
+        agent.stderr()
+    );
 }

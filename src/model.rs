@@ -106,9 +106,12 @@ pub enum SpoolError {
     /// The spool is not open (the buffer is starting or failed to open it).
     #[error("spool not open: {0}")]
     NotOpen(String),
-    /// SQLite reported an error.
+    /// SQLite reported an error (other than the two below).
     #[error("sqlite: {0}")]
     Sqlite(String),
+    /// The file is damaged or not a database: reopening it moves it aside.
+    #[error("spool damaged: {0}")]
+    Corrupt(String),
     /// The spool's child is not running right now (restarting); try again later.
     #[error("buffer unavailable (restarting)")]
     Unavailable,
@@ -466,8 +469,10 @@ pub enum ChildId {
     Buffer,
     /// The HTTP shipper.
     Shipper,
-    /// The collector of one source.
+    /// The collector of one sampled source (activity, statements, locks, system).
     Collector(EventKind),
+    /// The server log's reader (`pg_log`).
+    LogReader,
 }
 
 impl ChildId {
@@ -477,7 +482,13 @@ impl ChildId {
             ChildId::Buffer => "buffer",
             ChildId::Shipper => "shipper",
             ChildId::Collector(k) => k.as_str(),
+            ChildId::LogReader => EventKind::PgLog.as_str(),
         }
+    }
+
+    /// A child that produces events (stopped first at shutdown).
+    pub fn is_source(self) -> bool {
+        matches!(self, ChildId::Collector(_) | ChildId::LogReader)
     }
 }
 

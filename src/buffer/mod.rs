@@ -28,6 +28,9 @@ impl From<rusqlite::Error> for SpoolError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => SpoolError::Full(e.to_string()),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                SpoolError::Corrupt(e.to_string())
+            }
             _ => SpoolError::Sqlite(e.to_string()),
         }
     }

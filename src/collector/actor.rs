@@ -13,10 +13,10 @@ use crate::buffer::handoff::{
 };
 use crate::buffer::BufferActor;
 use crate::config::Config;
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::fault;
 use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, Health, Ping, Route};
-use crate::sources::Source;
+use crate::sources::{CycleError, Source};
 
 /// Collects one source every interval and hands the events to the spool.
 pub struct CollectorActor {
@@ -111,7 +111,7 @@ impl CollectorActor {
         let fut = async move {
             match tokio::time::timeout(limit, fut).await {
                 Ok(r) => r,
-                Err(_) => Err(DbError::Timeout(limit)),
+                Err(_) => Err(CycleError::Timeout(limit)),
             }
         };
         ctx.spawn(
@@ -136,7 +136,7 @@ impl CollectorActor {
         ));
     }
 
-    fn finish(&mut self, res: Result<Vec<Event>, DbError>, ctx: &mut Context<Self>) {
+    fn finish(&mut self, res: Result<Vec<Event>, CycleError>, ctx: &mut Context<Self>) {
         self.in_flight = false;
         let wanted = self.tick_started + self.source.interval(self.interval);
         if wanted + Duration::from_millis(10) < self.next_tick_at {
@@ -160,7 +160,7 @@ impl CollectorActor {
             }
             Err(e) => {
                 self.stats.cycle_errors_total += 1;
-                warn!(self.log, "collect_cycle_failed"; "error" => %e);
+                warn!(self.log, "collect_cycle_failed"; "error" => %e, "retriable" => e.retriable());
                 self.last_error = Some(e.to_string());
             }
         }

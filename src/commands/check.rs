@@ -77,7 +77,7 @@ async fn check_database(r: &mut Report, config: &Config) {
         Err(e) => {
             return r.fail(
                 "database",
-                &e,
+                &e.to_string(),
                 "fix database.sslmode / database.sslrootcert",
             )
         }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::cli::{Cli, EXIT_OK, EXIT_UNAVAILABLE};
 use crate::collector::cycle_limit;
 use crate::config::Config;
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::logging;
 use crate::shipper::{event_json, Origin};
 use crate::sources;
@@ -31,7 +31,7 @@ pub fn once(cli: &Cli, config: Config) -> i32 {
             let limit = cycle_limit(&config.database);
             let res = match tokio::time::timeout(limit, source.collect(db)).await {
                 Ok(r) => r,
-                Err(_) => Err(DbError::Timeout(limit)),
+                Err(_) => Err(sources::CycleError::Timeout(limit)),
             };
             match res {
                 Ok(events) => {

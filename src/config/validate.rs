@@ -196,7 +196,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
     let sslrootcert = c.value("database.sslrootcert", &d.sslrootcert, String::new());
     if !sslrootcert.is_empty() {
         if let Err(e) = crate::db::tls::read_root_certs(&sslrootcert) {
-            c.problem("database.sslrootcert", e);
+            c.problem("database.sslrootcert", e.to_string());
         }
     }
     let database = DatabaseConfig {

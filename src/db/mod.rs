@@ -29,21 +29,50 @@ pub enum DbError {
     #[error("database unreachable: {0}")]
     Unreachable(String),
     /// A statement failed (including `statement_timeout`).
-    #[error("query failed: {0}")]
-    Query(String),
-    /// The host could not be read (/proc, statvfs).
-    #[error("cannot read {0}")]
-    Host(String),
-    /// The whole cycle took longer than its deadline.
-    #[error("cycle timed out after {0:?}")]
+    #[error("query failed: {message}")]
+    Query {
+        /// The server's message and SQLSTATE, or the client's description.
+        message: String,
+        /// The SQLSTATE when the server sent the error.
+        sqlstate: Option<String>,
+    },
+    /// A request to the server got no answer within its deadline.
+    #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
 }
 
 impl DbError {
     /// Describes a tokio-postgres error with the server's message when there is one.
     pub fn query(e: tokio_postgres::Error) -> DbError {
-        DbError::Query(describe(&e))
+        DbError::Query {
+            message: describe(&e),
+            sqlstate: e.as_db_error().map(|d| d.code().code().to_string()),
+        }
     }
+
+    /// True when trying again later may succeed without anyone changing anything: the
+    /// server is unreachable, slow, restarting, out of resources or the transaction
+    /// was rolled back. False for what needs a fix (syntax, privilege, missing object,
+    /// bad data).
+    pub fn retriable(&self) -> bool {
+        match self {
+            DbError::Unreachable(_) | DbError::Timeout(_) => true,
+            // A client-side error (connection closed, protocol): the next connection may do.
+            DbError::Query { sqlstate: None, .. } => true,
+            DbError::Query {
+                sqlstate: Some(code),
+                ..
+            } => retriable_class(code),
+        }
+    }
+}
+
+/// SQLSTATE classes that pass by themselves: connection exception (08), transaction
+/// rollback (40), insufficient resources (53), object not in prerequisite state (55,
+/// e.g. a lock not available), operator intervention (57: statement timeout, admin
+/// shutdown, the server starting up), system error (58).
+fn retriable_class(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "40" | "53" | "55" | "57" | "58"))
 }
 
 /// Server message (with SQLSTATE) when the error came from the server, else the
@@ -144,7 +173,7 @@ pub struct Db {
     config: tokio_postgres::Config,
     /// `None` when the TLS setup failed (bad `sslrootcert`): every connect then fails
     /// with that reason instead of the agent refusing to run.
-    tls: Result<Tls, String>,
+    tls: Result<Tls, tls::TlsError>,
     connect_timeout: std::time::Duration,
 }
 
@@ -158,7 +187,7 @@ impl Db {
         };
         let tls = tls::make(cfg);
         if let Err(e) = &tls {
-            warn!(log, "db_tls_setup_failed"; "error" => e);
+            warn!(log, "db_tls_setup_failed"; "error" => %e);
         }
         let manager = PostgresConnectionManager::new(
             pg_config(cfg),
@@ -186,7 +215,10 @@ impl Db {
     /// A new connection outside the pool (closed when the client is dropped), with the
     /// same settings and limits as the pool's.
     pub async fn connect_once(&self) -> Result<tokio_postgres::Client, DbError> {
-        let tls = self.tls.clone().map_err(DbError::Unreachable)?;
+        let tls = self
+            .tls
+            .clone()
+            .map_err(|e| DbError::Unreachable(e.to_string()))?;
         let connect = self.config.connect(tls);
         let (client, conn) = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(c)) => c,
@@ -225,5 +257,29 @@ impl Db {
                     .unwrap_or_else(|| "no connection within connect_timeout_ms".to_string()),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn what_passes_by_itself_is_retriable_and_what_needs_a_fix_is_not() {
+        let q = |code: &str| DbError::Query {
+            message: "m".into(),
+            sqlstate: Some(code.into()),
+        };
+        for code in [
+            "08006", "40P01", "53300", "55P03", "57014", "57P03", "58030",
+        ] {
+            assert!(q(code).retriable(), "{code}");
+        }
+        for code in ["42501", "42P01", "42883", "22021", "0A000", "28P01"] {
+            assert!(!q(code).retriable(), "{code}");
+        }
+        assert!(DbError::Unreachable("refused".into()).retriable());
+        assert!(DbError::Timeout(std::time::Duration::from_secs(1)).retriable());
+        assert_eq!(q("57014").to_string(), "query failed: m");
     }
 }

@@ -18,15 +18,35 @@ use crate::config::{DatabaseConfig, SslMode};
 pub type Tls = MakeRustlsConnect;
 
 /// Reads the CA certificates of `sslrootcert` (PEM); used by validation and by [`make`].
-pub fn read_root_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_root_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |reason: String| TlsError::RootCert {
+        path: path.to_string(),
+        reason,
+    };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {path}: {e}"))?
+        .map_err(|e| bad(format!("cannot be read: {e}")))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path} is not PEM: {e}"))?;
+        .map_err(|e| bad(format!("is not PEM: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("{path} holds no certificate"));
+        return Err(bad("holds no certificate".into()));
     }
     Ok(certs)
+}
+
+/// Why no TLS connector could be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TlsError {
+    /// `sslrootcert` is unusable.
+    #[error("{path} {reason}")]
+    RootCert {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS library refused the settings.
+    #[error("TLS setup: {0}")]
+    Setup(String),
 }
 
 /// A connector that encrypts without verifying; the pool's fallback when [`make`] failed
@@ -43,11 +63,11 @@ pub fn make_plain() -> Tls {
 }
 
 /// Builds the connector for the configured `sslmode`.
-pub fn make(cfg: &DatabaseConfig) -> Result<Tls, String> {
+pub fn make(cfg: &DatabaseConfig) -> Result<Tls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
     let config = match cfg.sslmode {
         SslMode::VerifyFull => {
             let mut roots = RootCertStore::empty();
@@ -56,9 +76,10 @@ pub fn make(cfg: &DatabaseConfig) -> Result<Tls, String> {
                 roots.add_parsable_certificates(found.certs);
             } else {
                 for c in read_root_certs(&cfg.sslrootcert)? {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("{}: {e}", cfg.sslrootcert))?;
+                    roots.add(c).map_err(|e| TlsError::RootCert {
+                        path: cfg.sslrootcert.clone(),
+                        reason: e.to_string(),
+                    })?;
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()

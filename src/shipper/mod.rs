@@ -11,7 +11,7 @@ pub mod transport;
 
 pub use actor::ShipperActor;
 pub use policy::{classify, Backoff, Breaker, Verdict};
-pub use post::{Answer, Post};
+pub use post::{Answer, Post, PostError};
 pub use transport::{SendError, Transport};
 
 use std::io::Write;

@@ -19,6 +19,17 @@ use crate::model::Batch;
 /// The longest `Location` repeated in a message.
 const MAX_LOCATION: usize = 200;
 
+/// Why no answer came.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The body could not be compressed (out of memory).
+    #[error("cannot compress batch: {0}")]
+    Compress(std::io::Error),
+    /// No answer: connect error, timeout, broken connection.
+    #[error("request failed: {0}")]
+    Request(String),
+}
+
 /// What the listener answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -72,12 +83,12 @@ impl Post {
     }
 
     /// POSTs a batch; `Err` when no answer came (connect error, timeout).
-    pub async fn send(&self, batch: &Batch) -> Result<Answer, String> {
+    pub async fn send(&self, batch: &Batch) -> Result<Answer, PostError> {
         let body = encode_body(
             envelope_json(&self.origin, batch, Utc::now()),
             self.compression,
         )
-        .map_err(|e| format!("cannot compress batch: {e}"))?;
+        .map_err(PostError::Compress)?;
         let mut req = self
             .client
             .post(&self.url)
@@ -90,7 +101,7 @@ impl Post {
         let resp = req
             .send_body(body)
             .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|e| PostError::Request(e.to_string()))?;
         let header = |name: &str| resp.headers().get(name).map(|v| v.to_str());
         let retry_after = header("retry-after")
             .and_then(Result::ok)

@@ -130,8 +130,8 @@ impl Transport for Post {
         Box::pin(async move {
             match Post::send(self, batch).await {
                 Ok(answer) => verdict(&answer),
-                Err(reason) => Err(SendError::Retriable {
-                    reason,
+                Err(e) => Err(SendError::Retriable {
+                    reason: e.to_string(),
                     status: None,
                     retry_after: None,
                 }),

@@ -9,7 +9,7 @@ use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
 
-use super::{CollectFuture, Source};
+use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
 use crate::db::text::{raw_bytes, text, Lossy};
@@ -175,7 +175,7 @@ impl Source for ActivitySource {
 
 /// Maps rows to events; a row that cannot be read is skipped and counted (the second
 /// value), never the reason a whole sample is lost.
-fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), DbError> {
+fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), CycleError> {
     let n = rows.len();
     let mut out = Vec::with_capacity(n);
     let mut skipped = 0;
@@ -201,7 +201,7 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u
             row.pid
         );
         let ev = Event::new(id, EventKind::PgActivity, sampled_at, &row)
-            .map_err(|e| DbError::Query(format!("cannot encode row: {e}")))?;
+            .map_err(|e| CycleError::encode("row", e))?;
         out.push(ev);
     }
     Ok((out, skipped))

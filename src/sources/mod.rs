@@ -15,8 +15,54 @@ use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::model::{Event, EventKind, SourceState};
 
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The host (/proc, statvfs).
+    #[error("cannot read {what}: {error}")]
+    Host {
+        /// What could not be read.
+        what: String,
+        /// Why.
+        error: String,
+    },
+    /// A row or sample could not be encoded as an event.
+    #[error("cannot encode {what}: {error}")]
+    Encode {
+        /// What.
+        what: &'static str,
+        /// Why.
+        error: String,
+    },
+    /// The whole cycle took longer than its deadline.
+    #[error("cycle timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl CycleError {
+    /// True when the next cycle may succeed without anyone changing anything.
+    pub fn retriable(&self) -> bool {
+        match self {
+            CycleError::Db(e) => e.retriable(),
+            CycleError::Host { .. } | CycleError::Timeout(_) => true,
+            CycleError::Encode { .. } => false,
+        }
+    }
+
+    /// An encoding error of `what`.
+    pub fn encode(what: &'static str, e: impl std::fmt::Display) -> CycleError {
+        CycleError::Encode {
+            what,
+            error: e.to_string(),
+        }
+    }
+}
+
 /// The future of one collection.
-pub type CollectFuture = Pin<Box<dyn Future<Output = Result<Vec<Event>, DbError>>>>;
+pub type CollectFuture = Pin<Box<dyn Future<Output = Result<Vec<Event>, CycleError>>>>;
 
 /// One source of events.
 pub trait Source {

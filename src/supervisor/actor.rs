@@ -316,7 +316,7 @@ impl Handler<Shutdown> for Supervisor {
             .running
             .keys()
             .copied()
-            .filter(|id| matches!(id, ChildId::Collector(_)))
+            .filter(|id| id.is_source())
             .collect();
         for id in collectors {
             self.stop_child(id);

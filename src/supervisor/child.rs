@@ -10,7 +10,7 @@ use crate::buffer::BufferActor;
 use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::logs::actor::LogTailActor;
-use crate::model::{ChildExited, ChildId, EventKind, ExitGuard, Flush, Health, Ping, Route};
+use crate::model::{ChildExited, ChildId, ExitGuard, Flush, Health, Ping, Route};
 use crate::shipper::{Origin, ShipperActor};
 use crate::sources;
 
@@ -67,7 +67,7 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
             .map(|(k, _)| ChildId::Collector(k)),
     );
     if config.collection.logs {
-        v.push(ChildId::Collector(EventKind::PgLog));
+        v.push(ChildId::LogReader);
     }
     v
 }
@@ -83,13 +83,19 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
                 || old.listener != new.listener
                 || old.breaker != new.breaker
         }
-        ChildId::Collector(kind) => {
+        ChildId::Collector(_) => {
             agent
                 || old.database != new.database
                 || old.collection != new.collection
                 || old.correlation != new.correlation
-                || (kind == EventKind::PgLog
-                    && (old.logs != new.logs || old.agent.state_dir != new.agent.state_dir))
+        }
+        ChildId::LogReader => {
+            agent
+                || old.database != new.database
+                || old.collection != new.collection
+                || old.correlation != new.correlation
+                || old.logs != new.logs
+                || old.agent.state_dir != new.agent.state_dir
         }
     }
 }
@@ -132,7 +138,7 @@ pub fn spawn(
                 ShipperActor::new(cfg, breaker, origin, route, log, guard)
             }))
         }
-        ChildId::Collector(EventKind::PgLog) => {
+        ChildId::LogReader => {
             let config = config.clone();
             let route = buffer.clone();
             ChildAddr::Log(LogTailActor::start_in_arbiter(&h, move |_| {

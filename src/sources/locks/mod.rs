@@ -14,7 +14,7 @@ use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
 
-use super::{CollectFuture, Source};
+use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
 use crate::db::text::{raw_bytes, text};
@@ -241,7 +241,7 @@ fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
 
 /// The events of one sample, and how many rows could not be read (skipped: one odd
 /// session must not hide the pile-up the source exists for).
-fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), DbError> {
+fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), CycleError> {
     let Some(sampled_at) = rows
         .iter()
         .find_map(|r| r.try_get::<_, DateTime<Utc>>("sampled_at").ok())
@@ -284,7 +284,7 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u
         );
         out.push(
             Event::new(id, EventKind::PgLocks, sampled_at, &data)
-                .map_err(|e| DbError::Query(format!("cannot encode row: {e}")))?,
+                .map_err(|e| CycleError::encode("row", e))?,
         );
     }
     Ok((out, skipped))

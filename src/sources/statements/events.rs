@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::delta::{ColKind, Column, Delta};
-use crate::db::DbError;
 use crate::model::{Event, EventKind};
+use crate::sources::CycleError;
 
 /// The `summary` event of every cycle: is the source working, what changed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -181,10 +181,10 @@ pub fn event<T: Serialize>(
     at: DateTime<Utc>,
     what: &str,
     data: &T,
-) -> Result<Event, DbError> {
+) -> Result<Event, CycleError> {
     let id = format!("pg_statements:{host}:{}:{what}", at.timestamp_micros());
     Event::new(id, EventKind::PgStatements, at, data)
-        .map_err(|e| DbError::Query(format!("cannot encode: {e}")))
+        .map_err(|e| CycleError::encode("statement", e))
 }
 
 /// The event id part of a delta's key.

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 
-use super::{CollectFuture, Source};
+use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::model::{Event, EventKind, Problem, SourceState};
@@ -97,7 +97,7 @@ struct Cycle {
 }
 
 impl Cycle {
-    async fn run(&self, conn: &Client) -> Result<Vec<Event>, DbError> {
+    async fn run(&self, conn: &Client) -> Result<Vec<Event>, CycleError> {
         let known = self.tracker.borrow().ext.clone();
         let (now, ext) = query::extension(conn, known.as_ref()).await?;
         let ext = match ext {
@@ -139,7 +139,7 @@ impl Cycle {
         Ok(events)
     }
 
-    fn unavailable(&self, now: DateTime<Utc>, p: Problem) -> Result<Vec<Event>, DbError> {
+    fn unavailable(&self, now: DateTime<Utc>, p: Problem) -> Result<Vec<Event>, CycleError> {
         let s: Summary = self.tracker.borrow_mut().unavailable(p);
         Ok(vec![event(&self.host, now, "summary", &s)?])
     }

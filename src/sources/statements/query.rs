@@ -270,6 +270,6 @@ fn classify<T>(e: tokio_postgres::Error) -> Found<T> {
             msg,
             format!("CREATE EXTENSION pg_stat_statements; (and {PRELOAD_FIX})"),
         ))),
-        _ => Err(DbError::Query(msg)),
+        _ => Err(DbError::query(e)),
     }
 }

@@ -246,7 +246,7 @@ impl Source for SystemSource {
             let now = Utc::now();
             let id = format!("system:{host}:{}", now.timestamp_micros());
             let ev = Event::new(id, EventKind::System, now, &data)
-                .map_err(|e| crate::db::DbError::Query(format!("cannot encode sample: {e}")))?;
+                .map_err(|e| super::CycleError::encode("sample", e))?;
             Ok(vec![ev])
         })
     }

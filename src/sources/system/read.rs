@@ -12,29 +12,59 @@ use super::{
     skip_disk, DiskCounters, FsSample, LoadSection, MemorySection, NetCounters, PgTarget, Reading,
     Snapshot,
 };
-use crate::db::{describe, Db, DbError};
+use crate::db::{Db, DbError};
+use crate::sources::CycleError;
+
+/// Why the server's processes were not found.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// The database could not be asked for our backend's pid.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Our backend's /proc entry could not be read (another host, another pid
+    /// namespace, or hidepid).
+    #[error("cannot read /proc/{pid}: {error}")]
+    Proc {
+        /// The backend's pid.
+        pid: i32,
+        /// Why.
+        error: String,
+    },
+    /// The backend's parent is not a postgres process (a pooler or a container between).
+    #[error("the parent ({parent}) of our backend {backend} is not a postgres process")]
+    NotPostmaster {
+        /// The parent's pid.
+        parent: i32,
+        /// Our backend's pid.
+        backend: i32,
+    },
+}
 
 /// Finds the postmaster: the parent of the backend serving our own connection. The
 /// connection is made for this and closed at once; it is not kept in a pool.
-pub async fn discover(db: &Db) -> Result<PgTarget, String> {
-    let client = db.connect_once().await.map_err(|e| e.to_string())?;
+pub async fn discover(db: &Db) -> Result<PgTarget, DiscoverError> {
+    let client = db.connect_once().await?;
     let row = client
         .query_one(
             "SELECT pg_backend_pid(), current_setting('data_directory')",
             &[],
         )
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(DbError::query)?;
     let backend: i32 = row.get(0);
     let data_dir: String = row.get(1);
     let postmaster = Process::new(backend)
         .and_then(|p| p.stat())
-        .map_err(|e| format!("cannot read /proc/{backend}: {e}"))?
+        .map_err(|e| DiscoverError::Proc {
+            pid: backend,
+            error: e.to_string(),
+        })?
         .ppid;
     if !is_postmaster(postmaster) {
-        return Err(format!(
-            "the parent ({postmaster}) of our backend {backend} is not a postgres process"
-        ));
+        return Err(DiscoverError::NotPostmaster {
+            parent: postmaster,
+            backend,
+        });
     }
     Ok(PgTarget {
         postmaster,
@@ -49,15 +79,18 @@ pub fn is_postmaster(pid: i32) -> bool {
         .is_ok_and(|s| s.comm == "postgres" || s.comm == "postmaster")
 }
 
-fn host_err(what: &str, e: impl std::fmt::Display) -> DbError {
-    DbError::Host(format!("{what}: {e}"))
+fn host_err(what: &str, e: impl std::fmt::Display) -> CycleError {
+    CycleError::Host {
+        what: what.to_string(),
+        error: e.to_string(),
+    }
 }
 
 /// One reading of every counter, and the parts of the sample that need no history.
 pub fn sample(
     target: Option<&PgTarget>,
     notes: &mut Vec<String>,
-) -> Result<(Reading, Snapshot), DbError> {
+) -> Result<(Reading, Snapshot), CycleError> {
     let at = Instant::now();
     let ks = KernelStats::current().map_err(|e| host_err("/proc/stat", e))?;
     let t = &ks.total;

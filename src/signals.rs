@@ -6,7 +6,7 @@ use slog::{error, info, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::EXIT_CUT_SHORT;
-use crate::supervisor::{DumpStatus, Reload, Shutdown, Supervisor};
+use crate::supervisor::{CutShort, DumpStatus, Reload, Shutdown, Supervisor};
 
 /// What a signal asks of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub fn spawn(supervisor: Addr<Supervisor>, log: Logger) {
                 Signal::Terminate => {
                     warn!(log, "shutdown_cut_short"; "reason" => "a second SIGTERM/SIGINT arrived during the final flush; unsent events stay in the spool",
                           "exit_code" => EXIT_CUT_SHORT);
-                    actix::System::current().stop_with_code(EXIT_CUT_SHORT);
+                    supervisor.do_send(CutShort);
                 }
                 Signal::Reload => supervisor.do_send(Reload),
                 Signal::DumpStatus => supervisor.do_send(DumpStatus { trigger: "sigusr1" }),

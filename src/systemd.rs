@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+/// How often to pet a watchdog of `usec` microseconds: twice per period, as systemd
+/// recommends, so one late timer tick does not get the agent killed.
+pub fn pet_every(usec: Option<u64>) -> Option<Duration> {
+    usec.filter(|u| *u > 0)
+        .map(|u| Duration::from_micros(u) / 2)
+}
+
 /// The connection to the service manager.
 pub struct Systemd {
     /// Half the `WATCHDOG_USEC` systemd asked for; `None` without a watchdog.
@@ -18,7 +25,7 @@ impl Systemd {
         let mut usec = 0u64;
         let enabled = sd_notify::watchdog_enabled(false, &mut usec);
         Systemd {
-            watchdog_every: enabled.then(|| Duration::from_micros(usec) / 2),
+            watchdog_every: pet_every(enabled.then_some(usec)),
         }
     }
 
@@ -60,5 +67,18 @@ impl Systemd {
     /// supervisor stops the pets and systemd restarts the agent.
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_petted_twice_per_period() {
+        assert_eq!(pet_every(Some(1_000_000)), Some(Duration::from_millis(500)));
+        assert_eq!(pet_every(Some(30_000_000)), Some(Duration::from_secs(15)));
+        assert_eq!(pet_every(Some(0)), None);
+        assert_eq!(pet_every(None), None);
     }
 }

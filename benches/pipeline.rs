@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use postgres_agent::buffer::Spool;
 use postgres_agent::config::Compression;
 use postgres_agent::model::{Event, EventKind};
 use postgres_agent::shipper::{encode_body, envelope_json, Origin};
+use postgres_agent::spool::Spool;
 
 /// An event shaped like a pg_activity row (~1 KB of JSON).
 fn event(i: usize) -> Event {

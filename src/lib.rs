@@ -23,7 +23,6 @@
 #![deny(missing_docs)]
 
 pub mod backoff;
-pub mod buffer;
 pub mod catalogue;
 pub mod cli;
 pub mod collector;
@@ -38,6 +37,7 @@ pub mod model;
 pub mod shipper;
 pub mod signals;
 pub mod sources;
+pub mod spool;
 pub mod state_dir;
 pub mod status;
 pub mod supervisor;

@@ -103,7 +103,7 @@ pub struct Batch {
 /// Errors of the spool, classified where they are produced.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
-    /// The spool is not open (the buffer is starting or failed to open it).
+    /// The spool is not open (its actor is starting or failed to open it).
     #[error("spool not open: {0}")]
     NotOpen(String),
     /// SQLite reported an error (other than the two below).
@@ -113,7 +113,7 @@ pub enum SpoolError {
     #[error("spool damaged: {0}")]
     Corrupt(String),
     /// The spool's child is not running right now (restarting); try again later.
-    #[error("buffer unavailable (restarting)")]
+    #[error("spool unavailable (restarting)")]
     Unavailable,
     /// No room on the spool's file system (or less than what acknowledgements need).
     #[error("spool full: {0}")]
@@ -228,7 +228,7 @@ pub struct Checkpoint {
     pub value: Vec<u8>,
 }
 
-/// Collector → buffer: append these events, and the checkpoint if any, in one
+/// Collector or log reader → spool: append these events, and the checkpoint if any, in one
 /// transaction.
 #[derive(Message)]
 #[rtype(result = "Result<(), SpoolError>")]
@@ -239,7 +239,7 @@ pub struct Enqueue {
     pub checkpoint: Option<Checkpoint>,
 }
 
-/// Shipper → buffer: the oldest batch (the same one again until it is acknowledged).
+/// Shipper → spool: the oldest batch (the same one again until it is acknowledged).
 #[derive(Message)]
 #[rtype(result = "Result<Option<Batch>, SpoolError>")]
 pub struct NextBatch {
@@ -247,7 +247,7 @@ pub struct NextBatch {
     pub max_events: u32,
 }
 
-/// Shipper → buffer: the listener accepted this batch; delete its events.
+/// Shipper → spool: the listener accepted this batch; delete its events.
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
 pub struct Ack {
@@ -255,7 +255,7 @@ pub struct Ack {
     pub batch_id: String,
 }
 
-/// Shipper → buffer: these rows of a split batch were accepted; delete them.
+/// Shipper → spool: these rows of a split batch were accepted; delete them.
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
 pub struct AckRows {
@@ -263,7 +263,7 @@ pub struct AckRows {
     pub seqs: Vec<i64>,
 }
 
-/// Shipper → buffer: the listener refuses these rows on their own; keep them aside.
+/// Shipper → spool: the listener refuses these rows on their own; keep them aside.
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
 pub struct QuarantineRows {
@@ -320,7 +320,7 @@ pub enum ChildDetail {
     /// A collector's counters.
     Collector(CollectorStats),
     /// The spool's depth and size.
-    Buffer(SpoolStats),
+    Spool(SpoolStats),
     /// The shipper's delivery state.
     Shipper(ShipperStats),
     /// The log tailer's position and counters.
@@ -466,7 +466,7 @@ impl<A: Actor> Route<A> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChildId {
     /// The SQLite spool.
-    Buffer,
+    Spool,
     /// The HTTP shipper.
     Shipper,
     /// The collector of one sampled source (activity, statements, locks, system).
@@ -479,7 +479,9 @@ impl ChildId {
     /// The name shown in logs and status.
     pub fn name(self) -> &'static str {
         match self {
-            ChildId::Buffer => "buffer",
+            // "buffer" in status and logs, like its `[buffer]` section: names users
+            // already alert on; the code calls the thing by what it is, the spool.
+            ChildId::Spool => "buffer",
             ChildId::Shipper => "shipper",
             ChildId::Collector(k) => k.as_str(),
             ChildId::LogReader => EventKind::PgLog.as_str(),

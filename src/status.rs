@@ -268,7 +268,7 @@ mod tests {
             "shipper".into(),
             child(value(ChildDetail::Shipper(shipper))),
         );
-        children.insert("buffer".into(), child(value(ChildDetail::Buffer(buffer))));
+        children.insert("buffer".into(), child(value(ChildDetail::Spool(buffer))));
         children.insert("pg_log".into(), child(value(ChildDetail::Log(log))));
         let s = StatusSnapshot {
             written_at: now,

@@ -8,15 +8,15 @@ use chrono::Utc;
 use slog::{debug, warn, Logger};
 
 use super::{cycle_limit, progress_deadline};
-use crate::buffer::handoff::{
-    hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_EVENTS,
-};
-use crate::buffer::BufferActor;
 use crate::config::Config;
 use crate::db::Db;
 use crate::fault;
 use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, Health, Ping, Route};
 use crate::sources::{CycleError, Source};
+use crate::spool::handoff::{
+    hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_EVENTS,
+};
+use crate::spool::SpoolActor;
 
 /// Collects one source every interval and hands the events to the spool.
 pub struct CollectorActor {
@@ -25,7 +25,7 @@ pub struct CollectorActor {
     interval: Duration,
     limit: Duration,
     deadline: Duration,
-    buffer: Route<BufferActor>,
+    spool: Route<SpoolActor>,
     /// Events (and the source's state to store with them) the spool has not taken yet.
     handoff: Handoff,
     /// A cycle is running: the next tick is skipped rather than piling up queries.
@@ -50,7 +50,7 @@ impl CollectorActor {
         source: Box<dyn Source>,
         interval: Duration,
         config: &Config,
-        buffer: Route<BufferActor>,
+        spool: Route<SpoolActor>,
         log: Logger,
         guard: ExitGuard,
     ) -> CollectorActor {
@@ -68,7 +68,7 @@ impl CollectorActor {
             interval,
             limit: cycle_limit(&config.database),
             deadline: progress_deadline(interval, &config.database),
-            buffer,
+            spool,
             handoff,
             in_flight: false,
             tick_started: Instant::now(),
@@ -173,8 +173,8 @@ impl HandsOver for CollectorActor {
         &mut self.handoff
     }
 
-    fn spool(&self) -> &Route<BufferActor> {
-        &self.buffer
+    fn spool(&self) -> &Route<SpoolActor> {
+        &self.spool
     }
 
     fn log(&self) -> &Logger {

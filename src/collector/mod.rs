@@ -1,7 +1,7 @@
 //! Runs one [`Source`](crate::sources::Source) on a schedule as an actor: a tick per
 //! interval, never two cycles at once (a slow database costs a skipped tick, not a pile
 //! of queries), every cycle bounded by a deadline, and events handed to the spool through
-//! a [`Handoff`](crate::buffer::handoff::Handoff) with an in-memory backlog while the
+//! a [`Handoff`](crate::spool::handoff::Handoff) with an in-memory backlog while the
 //! spool is restarting.
 
 mod actor;

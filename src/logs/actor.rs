@@ -15,13 +15,13 @@ use slog::{warn, Logger};
 use super::follow::{Follower, Polled, Saved, CHECKPOINT};
 use super::plan::server_settings;
 use super::tail::Position;
-use crate::buffer::handoff::{hand_over, Handed, Handoff, HandsOver};
-use crate::buffer::{self, BufferActor};
 use crate::collector::cycle_limit;
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::fault;
 use crate::model::{ChildDetail, ExitGuard, Health, Ping, Route};
+use crate::spool::handoff::{hand_over, Handed, Handoff, HandsOver};
+use crate::spool::{self, SpoolActor};
 
 /// Wait between polls when the reader is at the end of the log.
 const POLL: Duration = Duration::from_millis(200);
@@ -46,7 +46,7 @@ pub struct LogTailActor {
     limit: Duration,
     /// Why the server's log settings could not be read last time (logged once).
     settings_error: Option<String>,
-    buffer: Route<BufferActor>,
+    spool: Route<SpoolActor>,
     settings_due: Instant,
     asking: bool,
     /// The batch read last, on its way to the spool (one at a time: nothing more is
@@ -64,11 +64,11 @@ impl LogTailActor {
     /// Builds the actor; reads the stored position from the spool.
     pub fn new(
         config: &Config,
-        buffer: Route<BufferActor>,
+        spool: Route<SpoolActor>,
         log: Logger,
         guard: ExitGuard,
     ) -> LogTailActor {
-        let saved: Saved = buffer::read_checkpoint(&config.agent.state_dir, CHECKPOINT)
+        let saved: Saved = spool::read_checkpoint(&config.agent.state_dir, CHECKPOINT)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         LogTailActor {
@@ -76,7 +76,7 @@ impl LogTailActor {
             db: Rc::new(Db::new(&config.database, 1, &log)),
             limit: cycle_limit(&config.database),
             settings_error: None,
-            buffer,
+            spool,
             settings_due: Instant::now(),
             asking: false,
             handoff: Handoff::new(SOURCE, &config.agent.hostname, usize::MAX),
@@ -165,8 +165,8 @@ impl HandsOver for LogTailActor {
         &mut self.handoff
     }
 
-    fn spool(&self) -> &Route<BufferActor> {
-        &self.buffer
+    fn spool(&self) -> &Route<SpoolActor> {
+        &self.spool
     }
 
     fn log(&self) -> &Logger {

@@ -17,11 +17,11 @@ use super::policy::{Backoff, Breaker, Permit, Transition};
 use super::split::Stop;
 use super::transport::{SendError, Transport};
 use super::{Origin, Post};
-use crate::buffer::BufferActor;
 use crate::config::{BreakerConfig, ListenerConfig};
 use crate::model::{
     ChildDetail, ExitGuard, Flush, FlushOutcome, Health, Ping, Route, ShipperStats,
 };
+use crate::spool::SpoolActor;
 
 /// How often an idle shipper looks for new events in the spool.
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -35,7 +35,7 @@ const SPOOL_RETRY_MAX: Duration = Duration::from_secs(30);
 pub struct ShipperActor {
     cfg: ListenerConfig,
     transport: Rc<dyn Transport>,
-    buffer: Route<BufferActor>,
+    spool: Route<SpoolActor>,
     backoff: Backoff,
     /// Backoff while the spool fails (separate from the listener's).
     spool_backoff: Backoff,
@@ -60,7 +60,7 @@ impl ShipperActor {
         cfg: ListenerConfig,
         breaker: BreakerConfig,
         origin: Origin,
-        buffer: Route<BufferActor>,
+        spool: Route<SpoolActor>,
         log: Logger,
         guard: ExitGuard,
     ) -> ShipperActor {
@@ -72,7 +72,7 @@ impl ShipperActor {
             breaker: Breaker::new(breaker.fail_max, breaker.reset_timeout),
             cfg,
             transport,
-            buffer,
+            spool,
             busy: false,
             stats: ShipperStats::default(),
             progress: Instant::now(),
@@ -107,7 +107,7 @@ impl ShipperActor {
         self.busy = true;
         self.stats.retry_in_s = None;
         let job = Job {
-            spool: self.buffer.clone(),
+            spool: self.spool.clone(),
             transport: self.transport.clone(),
             max_events: self.cfg.batch_max_events,
             delivered_unrecorded: self.delivered_unrecorded.clone(),

@@ -11,8 +11,8 @@ use slog::{debug, warn, Logger};
 
 use super::split::{SplitOutcome, Splitter, Step};
 use super::transport::{SendError, Transport};
-use crate::buffer::BufferActor;
 use crate::model::{Ack, AckRows, NextBatch, QuarantineRows, Route, SpoolError};
+use crate::spool::SpoolActor;
 
 /// The outcome of one attempt.
 pub enum Attempt {
@@ -44,7 +44,7 @@ pub enum Attempt {
 /// What an attempt needs, cloned into its future.
 pub struct Job {
     /// The spool.
-    pub spool: Route<BufferActor>,
+    pub spool: Route<SpoolActor>,
     /// Where batches go.
     pub transport: Rc<dyn Transport>,
     /// Batch size.
@@ -63,17 +63,17 @@ fn recorded<E: std::fmt::Display>(
     match r {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(format!("{what} not recorded: {e}")),
-        Err(_) => Err(format!("{what} not recorded: buffer restarting")),
+        Err(_) => Err(format!("{what} not recorded: spool restarting")),
     }
 }
 
 impl Job {
     /// Runs one attempt.
     pub async fn run(self) -> Attempt {
-        let Some(buffer) = self.spool.get() else {
+        let Some(spool) = self.spool.get() else {
             return Attempt::SpoolFailed(SpoolError::Unavailable.to_string());
         };
-        let batch = match buffer
+        let batch = match spool
             .send(NextBatch {
                 max_events: self.max_events,
             })
@@ -98,7 +98,7 @@ impl Job {
                 Err(SendError::Refused { status }) => {
                     warn!(self.log, "batch_refused_splitting"; "status" => status,
                           "batch_id" => &batch.batch_id, "events" => batch.events.len());
-                    return Attempt::Split(self.split(&buffer, Splitter::new(batch, status)).await);
+                    return Attempt::Split(self.split(&spool, Splitter::new(batch, status)).await);
                 }
                 Err(e) => return Attempt::Failed(e),
             }
@@ -109,7 +109,7 @@ impl Job {
         }
         // Accepted: only now may the spool delete the events. If this ack is lost
         // (crash), the batch is sent again with the same ids.
-        let ack = buffer
+        let ack = spool
             .send(Ack {
                 batch_id: batch.batch_id.clone(),
             })
@@ -128,7 +128,7 @@ impl Job {
 
     /// Drives a [`Splitter`]: sends what it says to send, records what it says to
     /// record.
-    async fn split(&self, buffer: &Addr<BufferActor>, mut s: Splitter) -> SplitOutcome {
+    async fn split(&self, spool: &Addr<SpoolActor>, mut s: Splitter) -> SplitOutcome {
         loop {
             match s.next_step() {
                 Step::Send(part) => {
@@ -136,7 +136,7 @@ impl Job {
                     s.sent(answer);
                 }
                 Step::Ack(seqs) => {
-                    let r = buffer.send(AckRows { seqs }).await;
+                    let r = spool.send(AckRows { seqs }).await;
                     s.recorded(recorded(r, "ack"));
                 }
                 Step::Quarantine {
@@ -146,7 +146,7 @@ impl Job {
                 } => {
                     warn!(self.log, "event_refused"; "id" => &event_id, "status" => status);
                     let reason = format!("HTTP {status} from the listener");
-                    let r = buffer.send(QuarantineRows { seqs, reason }).await;
+                    let r = spool.send(QuarantineRows { seqs, reason }).await;
                     s.recorded(recorded(r, "quarantine"));
                 }
                 Step::Done(outcome) => return outcome,

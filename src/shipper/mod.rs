@@ -10,7 +10,7 @@ pub mod split;
 pub mod transport;
 
 pub use actor::ShipperActor;
-pub use policy::{classify, Backoff, Breaker, Verdict};
+pub use policy::{status_verdict, Backoff, Breaker, Verdict};
 pub use post::{Answer, Post, PostError};
 pub use transport::{SendError, Transport};
 

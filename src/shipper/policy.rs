@@ -25,7 +25,7 @@ pub enum Verdict {
 }
 
 /// Classifies an HTTP status.
-pub fn classify(status: u16) -> Verdict {
+pub fn status_verdict(status: u16) -> Verdict {
     match status {
         200..=299 => Verdict::Ack,
         408 | 429 => Verdict::Retry,
@@ -255,19 +255,19 @@ mod tests {
     #[test]
     fn statuses() {
         for s in [200, 201, 204, 299] {
-            assert_eq!(classify(s), Verdict::Ack, "{s}");
+            assert_eq!(status_verdict(s), Verdict::Ack, "{s}");
         }
         for s in [408, 429, 500, 502, 503, 504, 599] {
-            assert_eq!(classify(s), Verdict::Retry, "{s}");
+            assert_eq!(status_verdict(s), Verdict::Retry, "{s}");
         }
         for s in [400, 413, 422] {
-            assert_eq!(classify(s), Verdict::Split, "{s}");
+            assert_eq!(status_verdict(s), Verdict::Split, "{s}");
         }
         for s in [401, 403] {
-            assert_eq!(classify(s), Verdict::Unauthorized, "{s}");
+            assert_eq!(status_verdict(s), Verdict::Unauthorized, "{s}");
         }
         for s in [100, 301, 404, 405, 415, 501] {
-            assert_eq!(classify(s), Verdict::Rejected, "{s}");
+            assert_eq!(status_verdict(s), Verdict::Rejected, "{s}");
         }
     }
 

@@ -149,7 +149,7 @@ mod tests {
         /// Retry-After or Location, and what is repeated is bounded and masked.
         #[test]
         fn any_answer_is_handled(status in any::<u16>(), retry in ".{0,40}", loc in "\\PC{0,400}", user in "[a-z]{1,8}") {
-            let _ = super::super::classify(status);
+            let _ = super::super::policy::status_verdict(status);
             let _ = super::super::policy::retry_after(&retry, Utc::now());
             let with_user = format!("https://{user}:pw@{loc}");
             let t = location_text(Some(Some(&with_user)));

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use super::policy::{classify, Verdict};
+use super::policy::{status_verdict, Verdict};
 use super::Post;
 use crate::model::Batch;
 
@@ -108,7 +108,7 @@ pub trait Transport {
 /// What an HTTP answer means for delivery.
 pub fn verdict(answer: &super::Answer) -> Result<u16, SendError> {
     let status = answer.status;
-    match classify(status) {
+    match status_verdict(status) {
         Verdict::Ack => Ok(status),
         Verdict::Retry => Err(SendError::Retriable {
             reason: format!("listener answered HTTP {status}"),

@@ -11,10 +11,10 @@ use slog::{error, info, warn, Logger};
 use super::child::{self, ChildAddr, Running};
 use super::slots::{plan_reload, Down, Pong, Slots};
 use super::{RestartPolicy, HEALTH_INTERVAL, PING_TIMEOUT};
-use crate::buffer::BufferActor;
 use crate::catalogue::AgentEvent;
 use crate::config::Config;
 use crate::model::{ChildExited, ChildId, Enqueue, Flush, Route};
+use crate::spool::SpoolActor;
 use crate::status::{self, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
 
@@ -50,7 +50,7 @@ pub struct CutShort;
 pub struct Supervisor {
     config_path: PathBuf,
     config: Config,
-    buffer: Route<BufferActor>,
+    spool: Route<SpoolActor>,
     /// What is known of each child (plain, see [`Slots`]).
     slots: Slots,
     /// The threads and addresses of the children that run.
@@ -72,7 +72,7 @@ impl Supervisor {
         Supervisor {
             config_path,
             config,
-            buffer: Route::default(),
+            spool: Route::default(),
             slots: Slots::new(RestartPolicy::default()),
             running: BTreeMap::new(),
             restart_timers: BTreeMap::new(),
@@ -96,9 +96,9 @@ impl Supervisor {
         }
         let generation = self.slots.started(id, Instant::now(), Utc::now());
         let me = ctx.address().recipient();
-        let running = child::spawn(id, generation, &self.config, &self.buffer, me, &self.log);
-        if let ChildAddr::Buffer(a) = &running.addr {
-            self.buffer.set(Some(a.clone()));
+        let running = child::spawn(id, generation, &self.config, &self.spool, me, &self.log);
+        if let ChildAddr::Spool(a) = &running.addr {
+            self.spool.set(Some(a.clone()));
         }
         self.running.insert(id, running);
         info!(self.log, "child_started"; "child" => id.name(), "generation" => generation);
@@ -110,8 +110,8 @@ impl Supervisor {
         if let Some(running) = self.running.remove(&id) {
             running.arbiter.stop();
         }
-        if id == ChildId::Buffer {
-            self.buffer.set(None);
+        if id == ChildId::Spool {
+            self.spool.set(None);
         }
     }
 
@@ -149,13 +149,13 @@ impl Supervisor {
             return;
         };
         let event = report.name();
-        match self.buffer.get() {
+        match self.spool.get() {
             Some(b) => b.do_send(Enqueue {
                 events: vec![ev],
                 checkpoint: None,
             }),
             None => {
-                warn!(self.log, "agent_event_not_spooled"; "event" => event, "reason" => "buffer down")
+                warn!(self.log, "agent_event_not_spooled"; "event" => event, "reason" => "spool down")
             }
         }
     }

@@ -6,19 +6,19 @@ use std::pin::Pin;
 use actix::prelude::*;
 use slog::{o, Logger};
 
-use crate::buffer::BufferActor;
 use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::logs::actor::LogTailActor;
 use crate::model::{ChildExited, ChildId, ExitGuard, Flush, Health, Ping, Route};
 use crate::shipper::{Origin, ShipperActor};
 use crate::sources;
+use crate::spool::SpoolActor;
 
 /// The address of a running child, whatever its type.
 #[derive(Clone)]
 pub enum ChildAddr {
     /// The spool.
-    Buffer(Addr<BufferActor>),
+    Spool(Addr<SpoolActor>),
     /// The shipper.
     Shipper(Addr<ShipperActor>),
     /// A collector.
@@ -33,7 +33,7 @@ impl ChildAddr {
     /// Sends a health check.
     pub fn ping(&self) -> PingFuture {
         match self {
-            ChildAddr::Buffer(a) => Box::pin(a.send(Ping)),
+            ChildAddr::Spool(a) => Box::pin(a.send(Ping)),
             ChildAddr::Shipper(a) => Box::pin(a.send(Ping)),
             ChildAddr::Collector(a) => Box::pin(a.send(Ping)),
             ChildAddr::Log(a) => Box::pin(a.send(Ping)),
@@ -60,7 +60,7 @@ pub struct Running {
 /// The children the configuration asks for, in start order: the spool first so that
 /// collectors have somewhere to put events, the shipper, then the sources.
 pub fn desired(config: &Config) -> Vec<ChildId> {
-    let mut v = vec![ChildId::Buffer, ChildId::Shipper];
+    let mut v = vec![ChildId::Spool, ChildId::Shipper];
     v.extend(
         sources::enabled(config)
             .into_iter()
@@ -76,7 +76,7 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
 pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
     let agent = old.agent.hostname != new.agent.hostname;
     match id {
-        ChildId::Buffer => old.agent.state_dir != new.agent.state_dir || old.buffer != new.buffer,
+        ChildId::Spool => old.agent.state_dir != new.agent.state_dir || old.buffer != new.buffer,
         ChildId::Shipper => {
             agent
                 || old.agent.project_id != new.agent.project_id
@@ -105,7 +105,7 @@ pub fn spawn(
     id: ChildId,
     generation: u64,
     config: &Config,
-    buffer: &Route<BufferActor>,
+    spool: &Route<SpoolActor>,
     supervisor: Recipient<ChildExited>,
     log: &Logger,
 ) -> Running {
@@ -118,12 +118,12 @@ pub fn spawn(
     };
     let h = arbiter.handle();
     let addr = match id {
-        ChildId::Buffer => {
+        ChildId::Spool => {
             let dir = config.agent.state_dir.clone();
             let max = config.buffer.max_bytes;
             let host = config.agent.hostname.clone();
-            ChildAddr::Buffer(BufferActor::start_in_arbiter(&h, move |_| {
-                BufferActor::new(dir, max, host, log, guard)
+            ChildAddr::Spool(SpoolActor::start_in_arbiter(&h, move |_| {
+                SpoolActor::new(dir, max, host, log, guard)
             }))
         }
         ChildId::Shipper => {
@@ -133,21 +133,21 @@ pub fn spawn(
                 project: config.agent.project_id.clone(),
                 host: config.agent.hostname.clone(),
             };
-            let route = buffer.clone();
+            let route = spool.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
                 ShipperActor::new(cfg, breaker, origin, route, log, guard)
             }))
         }
         ChildId::LogReader => {
             let config = config.clone();
-            let route = buffer.clone();
+            let route = spool.clone();
             ChildAddr::Log(LogTailActor::start_in_arbiter(&h, move |_| {
                 LogTailActor::new(&config, route, log, guard)
             }))
         }
         ChildId::Collector(kind) => {
             let config = config.clone();
-            let route = buffer.clone();
+            let route = spool.clone();
             let interval = sources::enabled(&config)
                 .into_iter()
                 .find(|(k, _)| *k == kind)

@@ -451,7 +451,7 @@ mod tests {
             p.stop.contains(&LOCKS) && !p.start.contains(&LOCKS),
             "{p:?}"
         );
-        assert!(!p.stop.contains(&ChildId::Buffer) && !p.stop.contains(&ChildId::Shipper));
+        assert!(!p.stop.contains(&ChildId::Spool) && !p.stop.contains(&ChildId::Shipper));
         let p = plan_reload(&no_locks, &old);
         assert!(p.start.contains(&LOCKS), "{p:?}");
     }

@@ -120,7 +120,7 @@ pub fn decode(bytes: &[u8]) -> Option<Baseline> {
 /// The baseline spooled by the daemon with this state directory, if any. A missing or
 /// unreadable one is no baseline (the next sample becomes one), never an error.
 pub fn load(state_dir: &Path) -> Option<Baseline> {
-    decode(&crate::buffer::read_checkpoint(state_dir, CHECKPOINT)?)
+    decode(&crate::spool::read_checkpoint(state_dir, CHECKPOINT)?)
 }
 
 #[cfg(test)]
@@ -164,7 +164,7 @@ mod tests {
             columns: vec![],
             entries: HashMap::new(),
         };
-        let mut spool = crate::buffer::Spool::open(dir.path()).expect("spool");
+        let mut spool = crate::spool::Spool::open(dir.path()).expect("spool");
         let c = crate::model::Checkpoint {
             name: CHECKPOINT.into(),
             value: encode(&b),

@@ -135,7 +135,7 @@ pub async fn info(conn: &Client, ext: &Extension) -> Found<Info> {
             stats_reset: r.get(0),
             dealloc: r.get(1),
         })),
-        Err(e) => classify(e),
+        Err(e) => unusable(e),
     }
 }
 
@@ -160,7 +160,7 @@ pub async fn counters(conn: &Client, ext: &Extension, known: &[i64]) -> Found<Ro
     );
     let rows = match conn.query(&q, &[&known]).await {
         Ok(r) => r,
-        Err(e) => return classify(e),
+        Err(e) => return unusable(e),
     };
     let mut out = Rows {
         entries: Vec::with_capacity(rows.len()),
@@ -254,7 +254,7 @@ fn names<K: for<'a> tokio_postgres::types::FromSql<'a> + std::hash::Hash + Eq>(
 }
 
 /// Server errors that mean "the extension cannot be used" rather than "the cycle failed".
-fn classify<T>(e: tokio_postgres::Error) -> Found<T> {
+fn unusable<T>(e: tokio_postgres::Error) -> Found<T> {
     let code = e.as_db_error().map(|d| d.code().code().to_string());
     let msg = describe(&e);
     match code.as_deref() {

@@ -1,4 +1,4 @@
-//! The buffer actor: owns the [`Spool`] on its own thread, so SQLite's blocking I/O never
+//! The spool actor: owns the [`Spool`] on its own thread, so SQLite's blocking I/O never
 //! stalls a collector or the shipper.
 
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use crate::model::{
 };
 
 /// The spool's actor.
-pub struct BufferActor {
+pub struct SpoolActor {
     dir: PathBuf,
     max_bytes: u64,
     host: String,
@@ -28,7 +28,7 @@ pub struct BufferActor {
     _guard: ExitGuard,
 }
 
-impl BufferActor {
+impl SpoolActor {
     /// A buffer over the spool in `dir` (opened when the actor starts).
     pub fn new(
         dir: PathBuf,
@@ -36,8 +36,8 @@ impl BufferActor {
         host: String,
         log: Logger,
         guard: ExitGuard,
-    ) -> BufferActor {
-        BufferActor {
+    ) -> SpoolActor {
+        SpoolActor {
             dir,
             max_bytes,
             host,
@@ -74,7 +74,7 @@ impl BufferActor {
     }
 }
 
-impl BufferActor {
+impl SpoolActor {
     /// Once a second: is the spool file still the one open? Deleted or replaced under
     /// the running agent, everything it holds is copied to a new file at its path (so
     /// a restart finds it) and the event is reported, loud and shipped.
@@ -109,7 +109,7 @@ impl BufferActor {
     }
 }
 
-impl Actor for BufferActor {
+impl Actor for SpoolActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -151,7 +151,7 @@ impl Actor for BufferActor {
     }
 }
 
-impl Handler<Enqueue> for BufferActor {
+impl Handler<Enqueue> for SpoolActor {
     type Result = Result<(), SpoolError>;
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
@@ -168,7 +168,7 @@ impl Handler<Enqueue> for BufferActor {
     }
 }
 
-impl Handler<NextBatch> for BufferActor {
+impl Handler<NextBatch> for SpoolActor {
     type Result = Result<Option<Batch>, SpoolError>;
 
     fn handle(&mut self, msg: NextBatch, _: &mut Context<Self>) -> Self::Result {
@@ -176,7 +176,7 @@ impl Handler<NextBatch> for BufferActor {
     }
 }
 
-impl Handler<Ack> for BufferActor {
+impl Handler<Ack> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: Ack, _: &mut Context<Self>) -> Self::Result {
@@ -184,7 +184,7 @@ impl Handler<Ack> for BufferActor {
     }
 }
 
-impl Handler<AckRows> for BufferActor {
+impl Handler<AckRows> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: AckRows, _: &mut Context<Self>) -> Self::Result {
@@ -192,7 +192,7 @@ impl Handler<AckRows> for BufferActor {
     }
 }
 
-impl Handler<QuarantineRows> for BufferActor {
+impl Handler<QuarantineRows> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: QuarantineRows, _: &mut Context<Self>) -> Self::Result {
@@ -202,7 +202,7 @@ impl Handler<QuarantineRows> for BufferActor {
     }
 }
 
-impl Handler<Ping> for BufferActor {
+impl Handler<Ping> for SpoolActor {
     type Result = MessageResult<Ping>;
 
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
@@ -221,7 +221,7 @@ impl Handler<Ping> for BufferActor {
             deadline: None,
             last_success: self.last_success,
             last_error: self.last_error.clone(),
-            detail: ChildDetail::Buffer(stats),
+            detail: ChildDetail::Spool(stats),
         })
     }
 }

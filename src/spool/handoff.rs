@@ -11,7 +11,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use slog::{error, warn, Logger};
 
-use super::BufferActor;
+use super::SpoolActor;
 use crate::catalogue::AgentEvent;
 use crate::model::{Checkpoint, Enqueue, Event, Route};
 
@@ -196,7 +196,7 @@ pub trait HandsOver: Actor<Context = Context<Self>> {
     /// Its hand-off.
     fn handoff(&mut self) -> &mut Handoff;
     /// The spool's route.
-    fn spool(&self) -> &Route<BufferActor>;
+    fn spool(&self) -> &Route<SpoolActor>;
     /// Its log.
     fn log(&self) -> &Logger;
     /// Told after each answer of the spool (after a failure, a retry is already
@@ -207,7 +207,7 @@ pub trait HandsOver: Actor<Context = Context<Self>> {
 /// Sends the actor's waiting events to the spool, again after each success while more
 /// wait, and every [`RETRY`] while the spool is away or fails.
 pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
-    let Some(buffer) = act.spool().get() else {
+    let Some(spool) = act.spool().get() else {
         if !act.handoff().is_empty() {
             ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
         }
@@ -216,7 +216,7 @@ pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
     let Some(msg) = act.handoff().take() else {
         return;
     };
-    ctx.spawn(buffer.send(msg).into_actor(act).map(|res, act, ctx| {
+    ctx.spawn(spool.send(msg).into_actor(act).map(|res, act, ctx| {
         let result = match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -1,5 +1,5 @@
 //! The spool: a SQLite database under `state_dir` holding every event until the listener
-//! acknowledged it. Plain code with no actor in it; [`BufferActor`] owns one [`Spool`] on
+//! acknowledged it. Plain code with no actor in it; [`SpoolActor`] owns one [`Spool`] on
 //! its own thread.
 //!
 //! Events are appended in one transaction per collector batch. The shipper takes the
@@ -11,7 +11,7 @@ mod actor;
 pub mod handoff;
 mod reserve;
 
-pub use actor::BufferActor;
+pub use actor::SpoolActor;
 
 use std::path::{Path, PathBuf};
 
@@ -636,7 +636,7 @@ impl Spool {
 }
 
 /// Reads a checkpoint from the spool in `dir` without disturbing the agent that owns it
-/// (a read-only connection; WAL lets it read while the buffer writes). `None` when there
+/// (a read-only connection; WAL lets it read while the spool actor writes). `None` when there
 /// is no spool or no such checkpoint.
 pub fn read_checkpoint(dir: &Path, name: &str) -> Option<Vec<u8>> {
     let path = dir.join(SPOOL_FILE);

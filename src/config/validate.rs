@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{Field, RawConfig, Unknown};
+use super::raw::{
+    Field, RawAgent, RawBreaker, RawBuffer, RawCollection, RawConfig, RawCorrelation, RawDatabase,
+    RawListener, RawLogs, Unknown,
+};
 use super::*;
 use crate::logs::redact::Redact;
 use crate::logs::tail::StartAt;
@@ -133,8 +136,43 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         problems: Vec::new(),
     };
     c.unknown("", &raw.unknown);
+    let config = Config {
+        agent: agent(&mut c, &raw.agent),
+        database: database(&mut c, &raw.database),
+        collection: collection(&mut c, &raw.collection),
+        correlation: correlation(&mut c, &raw.correlation),
+        logs: logs(&mut c, &raw.logs),
+        listener: listener(&mut c, &raw.listener),
+        buffer: buffer(&mut c, &raw.buffer),
+        breaker: breaker(&mut c, &raw.breaker),
+    };
+    pool_fits(&mut c, &config);
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(config)
+}
 
-    let a = &raw.agent;
+/// Each database source holds one connection of its own (a hung query in one cannot
+/// stall another), so together they must fit in the pool limit.
+fn pool_fits(c: &mut Check, config: &Config) {
+    let col = &config.collection;
+    let db_sources = [col.activity, col.locks, col.statements]
+        .iter()
+        .filter(|on| **on)
+        .count() as u32;
+    if db_sources > config.database.pool_max_size {
+        c.problem(
+            "database.pool_max_size",
+            format!(
+                "{db_sources} database sources are enabled (activity, locks, statements) and each needs a connection; raise it to {db_sources} (at most 5) or disable a source"
+            ),
+        );
+    }
+}
+
+/// `[agent]`.
+fn agent(c: &mut Check, a: &RawAgent) -> AgentConfig {
     c.unknown("agent", &a.unknown);
     let project_id = c.value("agent.project_id", &a.project_id, String::new());
     if project_id.trim().is_empty() {
@@ -163,8 +201,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         300,
         "",
     );
+    AgentConfig {
+        project_id,
+        hostname,
+        state_dir: PathBuf::from(state_dir),
+        shutdown_grace: Duration::from_secs(grace as u64),
+    }
+}
 
-    let d = &raw.database;
+/// `[database]`.
+fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
     c.unknown("database", &d.unknown);
     let statement_timeout_ms = c.int(
         "database.statement_timeout_ms",
@@ -199,7 +245,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             c.problem("database.sslrootcert", e.to_string());
         }
     }
-    let database = DatabaseConfig {
+    DatabaseConfig {
         host: c.value("database.host", &d.host, "/var/run/postgresql".to_string()),
         port: c.int("database.port", &d.port, 5432, 1, 65535, "") as u16,
         user: c.value("database.user", &d.user, "postgres_agent".to_string()),
@@ -225,9 +271,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             600_000,
             "",
         )),
-    };
+    }
+}
 
-    let col = &raw.collection;
+/// `[collection]`.
+fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
     c.unknown("collection", &col.unknown);
     let interval_s = c.int("collection.interval_s", &col.interval_s, 60, 1, 3600, "");
     let activity_interval_s = c.int(
@@ -246,7 +294,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         3600,
         "",
     );
-    let collection = CollectionConfig {
+    CollectionConfig {
         interval: Duration::from_secs(interval_s as u64),
         activity_interval: Duration::from_secs(activity_interval_s as u64),
         locks_blocking_interval: Duration::from_secs(locks_fast_s as u64),
@@ -279,25 +327,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             100_000,
             "",
         ) as u32,
-    };
-
-    // Each database source holds one connection of its own (a hung query in one cannot
-    // stall another), so together they must fit in the pool limit.
-    let db_sources = [collection.activity, collection.locks, collection.statements]
-        .iter()
-        .filter(|on| **on)
-        .count() as u32;
-    if db_sources > database.pool_max_size {
-        c.problem(
-            "database.pool_max_size",
-            format!(
-                "{} database sources are enabled (activity, locks, statements) and each needs a connection; raise it to {db_sources} (at most 5) or disable a source",
-                db_sources
-            ),
-        );
     }
+}
 
-    let cor = &raw.correlation;
+/// `[correlation]`.
+fn correlation(c: &mut Check, cor: &RawCorrelation) -> CorrelationConfig {
     c.unknown("correlation", &cor.unknown);
     let pattern_src = c.value(
         "correlation.application_name_pattern",
@@ -321,10 +355,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             default_pattern()
         }
     };
+    CorrelationConfig {
+        application_name_pattern: pattern,
+    }
+}
 
-    let l = &raw.logs;
+/// `[logs]`.
+fn logs(c: &mut Check, l: &RawLogs) -> LogsConfig {
     c.unknown("logs", &l.unknown);
-    let logs = LogsConfig {
+    LogsConfig {
         path: c.value("logs.path", &l.path, String::new()),
         format: c.choice(
             "logs.format",
@@ -351,9 +390,11 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             &l.start_at,
             &[("end", StartAt::End), ("beginning", StartAt::Beginning)],
         ),
-    };
+    }
+}
 
-    let li = &raw.listener;
+/// `[listener]`.
+fn listener(c: &mut Check, li: &RawListener) -> ListenerConfig {
     c.unknown("listener", &li.unknown);
     let url = c.value(
         "listener.url",
@@ -396,7 +437,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         &li.compression,
         &[("gzip", Compression::Gzip), ("none", Compression::None)],
     );
-    let listener = ListenerConfig {
+    ListenerConfig {
         url,
         token,
         timeout: ms(c.int(
@@ -432,11 +473,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             3_600_000,
             "",
         )),
-    };
+    }
+}
 
-    let b = &raw.buffer;
+/// `[buffer]`.
+fn buffer(c: &mut Check, b: &RawBuffer) -> BufferConfig {
     c.unknown("buffer", &b.unknown);
-    let buffer = BufferConfig {
+    BufferConfig {
         max_bytes: c.int(
             "buffer.max_bytes",
             &b.max_bytes,
@@ -445,11 +488,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             1 << 40,
             " (at least 1 MiB)",
         ) as u64,
-    };
+    }
+}
 
-    let br = &raw.breaker;
+/// `[breaker]`.
+fn breaker(c: &mut Check, br: &RawBreaker) -> BreakerConfig {
     c.unknown("breaker", &br.unknown);
-    let breaker = BreakerConfig {
+    BreakerConfig {
         fail_max: c.int("breaker.fail_max", &br.fail_max, 5, 1, 1000, "") as u32,
         reset_timeout: Duration::from_secs(c.int(
             "breaker.reset_timeout_s",
@@ -459,28 +504,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
             3600,
             "",
         ) as u64),
-    };
-
-    if !c.problems.is_empty() {
-        return Err(c.problems);
     }
-    Ok(Config {
-        agent: AgentConfig {
-            project_id,
-            hostname,
-            state_dir: PathBuf::from(state_dir),
-            shutdown_grace: Duration::from_secs(grace as u64),
-        },
-        database,
-        collection,
-        correlation: CorrelationConfig {
-            application_name_pattern: pattern,
-        },
-        logs,
-        listener,
-        buffer,
-        breaker,
-    })
 }
 
 /// The default `correlation.application_name_pattern`, compiled.

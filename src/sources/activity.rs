@@ -13,9 +13,10 @@ use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
 use crate::db::text::{raw_bytes, text, Lossy};
-use crate::db::{Db, DbError, APPLICATION_NAME};
+use crate::db::{Db, APPLICATION_NAME};
 use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind, Problem, SourceState};
+use tokio_postgres::types::ToSql;
 
 /// What the server shows instead of another role's query to a role without
 /// pg_read_all_stats.
@@ -147,15 +148,8 @@ impl Source for ActivitySource {
         let hidden = self.hidden.clone();
         Box::pin(async move {
             let conn = db.get().await?;
-            let v = super::server_version(&conn, &version).await?;
-            let rows = conn
-                .query(&sql(v), &[&(max_len as i32), &(max_rows as i64)])
-                .await
-                .map_err(|e| {
-                    // A failed statement may mean a different server now; ask again.
-                    version.set(None);
-                    DbError::query(e)
-                })?;
+            let params: [&(dyn ToSql + Sync); 2] = [&(max_len as i32), &(max_rows as i64)];
+            let rows = super::versioned_query(&conn, &version, sql, &params).await?;
             let (events, bad) = to_events(&rows, &host, &pattern)?;
             skipped.set(skipped.get() + bad);
             hidden.set(

@@ -128,6 +128,22 @@ pub async fn server_version(
     Ok(v)
 }
 
+/// Runs the query `sql` writes for the server's version (asked once per connection
+/// life, see [`server_version`]) with `params`. A failed statement may mean a different
+/// server now (a failover, an upgrade): the version is asked again next time.
+pub async fn versioned_query(
+    conn: &tokio_postgres::Client,
+    version: &std::cell::Cell<Option<i32>>,
+    sql: fn(i32) -> String,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, DbError> {
+    let v = server_version(conn, version).await?;
+    conn.query(&sql(v), params).await.map_err(|e| {
+        version.set(None);
+        DbError::query(e)
+    })
+}
+
 /// The sources this build can run, enabled by `[collection]`, each with its interval.
 pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     let mut v = Vec::new();

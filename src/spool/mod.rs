@@ -508,33 +508,14 @@ impl Spool {
     }
 
     fn ack_rows_once(&mut self, seqs: &[i64]) -> Result<u64, SpoolError> {
-        let tx = self.conn.transaction()?;
-        let (mut n, mut bytes) = (0u64, 0u64);
-        {
-            let mut st = tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
-            for seq in seqs {
-                if let Some(b) = st
-                    .query_row(params![seq], |r| r.get::<_, i64>(0))
-                    .optional()?
-                {
-                    n += 1;
-                    bytes += b as u64;
-                }
-            }
-        }
-        tx.commit()?;
-        self.depth = self.depth.saturating_sub(n);
-        self.bytes = self.bytes.saturating_sub(bytes);
+        let n = self.take_rows(seqs, None)?;
         self.acked_total += n;
         Ok(n)
     }
 
-    /// Moves rows to the quarantine table (kept, counted, never sent again).
-    pub fn quarantine(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
-        self.roomy(|s| s.quarantine_once(seqs, reason))
-    }
-
-    fn quarantine_once(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
+    /// Deletes `seqs` from the queue in one transaction, copying each to the quarantine
+    /// table first when `quarantine` gives a reason; returns how many rows were there.
+    fn take_rows(&mut self, seqs: &[i64], quarantine: Option<&str>) -> Result<u64, SpoolError> {
         let tx = self.conn.transaction()?;
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let (mut n, mut bytes) = (0u64, 0u64);
@@ -545,7 +526,9 @@ impl Spool {
             )?;
             let mut del = tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
             for seq in seqs {
-                mv.execute(params![seq, reason, now])?;
+                if let Some(reason) = quarantine {
+                    mv.execute(params![seq, reason, now])?;
+                }
                 if let Some(b) = del
                     .query_row(params![seq], |r| r.get::<_, i64>(0))
                     .optional()?
@@ -559,6 +542,15 @@ impl Spool {
         self.depth = self.depth.saturating_sub(n);
         self.bytes = self.bytes.saturating_sub(bytes);
         Ok(n)
+    }
+
+    /// Moves rows to the quarantine table (kept, counted, never sent again).
+    pub fn quarantine(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
+        self.roomy(|s| s.quarantine_once(seqs, reason))
+    }
+
+    fn quarantine_once(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
+        self.take_rows(seqs, Some(reason))
     }
 
     /// Deletes the events of an acknowledged batch; returns how many.
@@ -610,11 +602,7 @@ impl Spool {
         let oldest_age_s = oldest
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| (Utc::now() - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0);
-        let file_bytes = [self.path.clone(), wal_path(&self.path)]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
+        let file_bytes = self.disk_bytes();
         let (quarantined, quarantined_bytes): (i64, i64) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM quarantine",
             [],

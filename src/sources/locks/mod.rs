@@ -18,9 +18,10 @@ use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
 use crate::correlation::{self, CorrelationSource};
 use crate::db::text::{raw_bytes, text};
-use crate::db::{Db, DbError};
+use crate::db::Db;
 use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind};
+use tokio_postgres::types::ToSql;
 
 /// Reads blocked and blocking sessions.
 pub struct LocksSource {
@@ -174,14 +175,8 @@ impl Source for LocksSource {
         let skipped = self.skipped.clone();
         Box::pin(async move {
             let conn = db.get().await?;
-            let v = super::server_version(&conn, &version).await?;
-            let rows = conn
-                .query(&sql(v), &[&(max_len as i32), &(max_rows as i64)])
-                .await
-                .map_err(|e| {
-                    version.set(None);
-                    DbError::query(e)
-                })?;
+            let params: [&(dyn ToSql + Sync); 2] = [&(max_len as i32), &(max_rows as i64)];
+            let rows = super::versioned_query(&conn, &version, sql, &params).await?;
             let (events, bad) = to_events(&rows, &host, &pattern)?;
             skipped.set(skipped.get() + bad);
             seen.set(!events.is_empty());

@@ -39,20 +39,22 @@ fn system_times(listener: &Listener) -> Vec<f64> {
     t
 }
 
-/// The `system` collector kept its 1 s schedule over [from, to]: samples on both sides
-/// and no gap above 1.5 s.
-fn system_on_schedule(listener: &Listener, from: f64, to: f64) {
-    let t: Vec<f64> = system_times(listener)
+/// The `system` collector went on over [from, to] while another child was down or
+/// hung: it sampled inside the window (its 1 s interval leaves room for several), and no
+/// tick of it was skipped. Its schedule's rules are the collector's unit tests; here only
+/// what the real binary shows: one child's trouble does not stop another.
+fn system_on_schedule(agent: &Agent, listener: &Listener, from: f64, to: f64) {
+    let inside = system_times(listener)
         .into_iter()
-        .filter(|x| *x >= from - 1.5 && *x <= to + 1.5)
+        .filter(|x| *x > from && *x < to)
+        .count();
+    assert!(inside >= 2, "{inside} system samples in [{from}, {to}]");
+    let skipped: Vec<Value> = agent
+        .logs_named("collect_cycle_skipped")
+        .into_iter()
+        .filter(|r| r["child"] == "system")
         .collect();
-    assert!(
-        t.first().is_some_and(|f| *f <= from) && t.last().is_some_and(|l| *l >= to),
-        "{t:?} vs [{from}, {to}]"
-    );
-    for w in t.windows(2) {
-        assert!(w[1] - w[0] < 1.5, "system sampling stalled: {t:?}");
-    }
+    assert!(skipped.is_empty(), "{skipped:?}");
 }
 
 fn now_s() -> f64 {
@@ -154,7 +156,7 @@ fn panicking_collector_is_restarted_while_the_others_keep_going() {
         Duration::from_secs(5),
         || (system_times(listener).last().copied().unwrap_or(0.0) > until).then_some(()),
     );
-    system_on_schedule(listener, fault_at, until);
+    system_on_schedule(agent, listener, fault_at, until);
     assert!(child_started(agent, "system", 2).is_none());
     let panics = agent.logs_named("panic");
     assert_eq!(panics.len(), 1, "{panics:?}");
@@ -199,7 +201,7 @@ fn hung_collector_is_detected_and_restarted() {
         Duration::from_secs(5),
         || (system_times(listener).last().copied().unwrap_or(0.0) > until).then_some(()),
     );
-    system_on_schedule(listener, fault_at, until);
+    system_on_schedule(agent, listener, fault_at, until);
     assert!(child_started(agent, "shipper", 2).is_none());
     assert!(child_started(agent, "system", 2).is_none());
 }

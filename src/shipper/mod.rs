@@ -3,7 +3,8 @@
 //! drives them.
 
 mod actor;
-mod attempt;
+pub mod attempt;
+pub mod delivery;
 pub mod policy;
 mod post;
 pub mod split;

@@ -25,7 +25,6 @@ pub struct CollectorActor {
     interval: Duration,
     limit: Duration,
     deadline: Duration,
-    spool: Route<SpoolActor>,
     /// Events (and the source's state to store with them) the spool has not taken yet.
     handoff: Handoff,
     /// A cycle is running: the next tick is skipped rather than piling up queries.
@@ -58,6 +57,8 @@ impl CollectorActor {
         // the supervisor keeps the number of collectors within database.pool_max_size.
         let db = Rc::new(Db::new(&config.database, 1, &log));
         let handoff = Handoff::new(
+            spool,
+            log.clone(),
             source.kind().as_str(),
             &config.agent.hostname,
             MAX_PENDING_EVENTS,
@@ -68,7 +69,6 @@ impl CollectorActor {
             interval,
             limit: cycle_limit(&config.database),
             deadline: progress_deadline(interval, &config.database),
-            spool,
             handoff,
             in_flight: false,
             tick_started: Instant::now(),
@@ -171,14 +171,6 @@ impl CollectorActor {
 impl HandsOver for CollectorActor {
     fn handoff(&mut self) -> &mut Handoff {
         &mut self.handoff
-    }
-
-    fn spool(&self) -> &Route<SpoolActor> {
-        &self.spool
-    }
-
-    fn log(&self) -> &Logger {
-        &self.log
     }
 
     fn handed(&mut self, _: &Handed, _: &mut Context<Self>) {}

@@ -46,7 +46,6 @@ pub struct LogTailActor {
     limit: Duration,
     /// Why the server's log settings could not be read last time (logged once).
     settings_error: Option<String>,
-    spool: Route<SpoolActor>,
     settings_due: Instant,
     asking: bool,
     /// The batch read last, on its way to the spool (one at a time: nothing more is
@@ -76,10 +75,15 @@ impl LogTailActor {
             db: Rc::new(Db::new(&config.database, 1, &log)),
             limit: cycle_limit(&config.database),
             settings_error: None,
-            spool,
             settings_due: Instant::now(),
             asking: false,
-            handoff: Handoff::new(SOURCE, &config.agent.hostname, usize::MAX),
+            handoff: Handoff::new(
+                spool,
+                log.clone(),
+                SOURCE,
+                &config.agent.hostname,
+                usize::MAX,
+            ),
             waiting: None,
             progress: Instant::now(),
             last_success: None,
@@ -163,14 +167,6 @@ impl LogTailActor {
 impl HandsOver for LogTailActor {
     fn handoff(&mut self) -> &mut Handoff {
         &mut self.handoff
-    }
-
-    fn spool(&self) -> &Route<SpoolActor> {
-        &self.spool
-    }
-
-    fn log(&self) -> &Logger {
-        &self.log
     }
 
     /// Reading resumes once the spool took the batch.

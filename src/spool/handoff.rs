@@ -87,8 +87,10 @@ struct InFlight {
 }
 
 /// A source's events on their way to the spool.
-#[derive(Debug)]
 pub struct Handoff {
+    /// Where they go.
+    spool: Route<SpoolActor>,
+    log: Logger,
     source: &'static str,
     host: String,
     cap: usize,
@@ -100,9 +102,18 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// An empty hand-off for `source` on `host`, keeping at most `cap` events.
-    pub fn new(source: &'static str, host: &str, cap: usize) -> Handoff {
+    /// An empty hand-off of `source`'s events on `host` to `spool`, keeping at most
+    /// `cap` events; `log` says when the spool fails or the cap drops events.
+    pub fn new(
+        spool: Route<SpoolActor>,
+        log: Logger,
+        source: &'static str,
+        host: &str,
+        cap: usize,
+    ) -> Handoff {
         Handoff {
+            spool,
+            log,
             source,
             host: host.to_string(),
             cap,
@@ -195,10 +206,6 @@ impl Handoff {
 pub trait HandsOver: Actor<Context = Context<Self>> {
     /// Its hand-off.
     fn handoff(&mut self) -> &mut Handoff;
-    /// The spool's route.
-    fn spool(&self) -> &Route<SpoolActor>;
-    /// Its log.
-    fn log(&self) -> &Logger;
     /// Told after each answer of the spool (after a failure, a retry is already
     /// scheduled).
     fn handed(&mut self, outcome: &Handed, ctx: &mut Context<Self>);
@@ -207,7 +214,7 @@ pub trait HandsOver: Actor<Context = Context<Self>> {
 /// Sends the actor's waiting events to the spool, again after each success while more
 /// wait, and every [`RETRY`] while the spool is away or fails.
 pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
-    let Some(spool) = act.spool().get() else {
+    let Some(spool) = act.handoff().spool.get() else {
         if !act.handoff().is_empty() {
             ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
         }
@@ -222,13 +229,12 @@ pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let dropped = act.handoff().dropped_total();
-        let outcome = act.handoff().taken(result);
-        let dropped = (act.handoff().dropped_total() - dropped) as usize;
-        log_overflow(act.log(), dropped);
+        let h = act.handoff();
+        let dropped = h.dropped_total();
+        let outcome = h.taken(result);
+        log_overflow(&h.log, (h.dropped_total() - dropped) as usize);
         if let Handed::Failed(e) = &outcome {
-            let waiting = act.handoff().waiting();
-            warn!(act.log(), "spool_enqueue_failed"; "error" => e, "events" => waiting);
+            warn!(h.log, "spool_enqueue_failed"; "error" => e, "events" => h.waiting());
             ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
         }
         act.handed(&outcome, ctx);
@@ -270,9 +276,14 @@ mod tests {
         })
     }
 
+    fn handoff(source: &'static str, cap: usize) -> Handoff {
+        let log = Logger::root(slog::Discard, slog::o!());
+        Handoff::new(Route::default(), log, source, "h", cap)
+    }
+
     #[test]
     fn dropped_events_are_reported_with_their_time_range_in_the_next_hand_over() {
-        let mut h = Handoff::new("pg_activity", "h", 3);
+        let mut h = handoff("pg_activity", 3);
         assert_eq!(h.keep(vec![ev(0), ev(1)], None), 0);
         assert_eq!(h.keep(vec![ev(2), ev(3), ev(4)], None), 2);
         assert_eq!(h.waiting(), 3);
@@ -298,7 +309,7 @@ mod tests {
 
     #[test]
     fn a_failed_hand_over_keeps_order_and_the_newest_checkpoint() {
-        let mut h = Handoff::new("pg_statements", "h", 10);
+        let mut h = handoff("pg_statements", 10);
         h.keep(vec![ev(0), ev(1)], cp(1));
         let m = h.take().expect("message");
         assert_eq!(m.checkpoint, cp(1));
@@ -322,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_failure_while_over_the_cap_counts_the_overflow_once() {
-        let mut h = Handoff::new("pg_locks", "h", 2);
+        let mut h = handoff("pg_locks", 2);
         h.keep(vec![ev(0), ev(1)], None);
         let _ = h.take().expect("message");
         h.keep(vec![ev(2), ev(3)], None);
@@ -337,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_checkpoint_alone_is_handed_over() {
-        let mut h = Handoff::new("pg_log", "h", 10);
+        let mut h = handoff("pg_log", 10);
         assert!(h.take().is_none());
         h.keep(vec![], cp(7));
         let m = h.take().expect("a checkpoint-only message");

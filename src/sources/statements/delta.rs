@@ -278,4 +278,4 @@ pub fn top_n(deltas: &mut Vec<Delta>, columns: &[Column], n: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

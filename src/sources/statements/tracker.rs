@@ -274,7 +274,8 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::statements::delta::{columns, Key};
+    use crate::sources::statements::delta::columns;
+    use crate::sources::statements::delta::tests::key;
 
     fn ext() -> Extension {
         let cols: Vec<String> = ["calls", "total_exec_time", "rows"]
@@ -287,15 +288,6 @@ mod tests {
             columns: columns(&cols),
             has_toplevel: true,
             has_info: true,
-        }
-    }
-
-    fn key(q: i64) -> Key {
-        Key {
-            userid: 10,
-            dbid: 5,
-            queryid: q,
-            toplevel: true,
         }
     }
 

@@ -48,7 +48,8 @@ fn cols() -> Vec<Column> {
     ]))
 }
 
-fn key(q: i64) -> Key {
+/// An entry of role 10 in database 5 (shared with the tracker's tests).
+pub(crate) fn key(q: i64) -> Key {
     Key {
         userid: 10,
         dbid: 5,

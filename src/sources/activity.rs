@@ -9,12 +9,11 @@ use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
 
+use super::session::{self, Session};
 use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
-use crate::correlation::{self, CorrelationSource};
 use crate::db::text::{raw_bytes, text, Lossy};
 use crate::db::{Db, APPLICATION_NAME};
-use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind, Problem, SourceState};
 use tokio_postgres::types::ToSql;
 
@@ -38,40 +37,24 @@ pub struct ActivitySource {
     user: String,
 }
 
-/// One backend as shipped (`data` of a `pg_activity` event).
+/// One backend as shipped (`data` of a `pg_activity` event): the session, and what only
+/// this source ships about it.
 #[derive(Debug, Serialize)]
 #[allow(missing_docs)]
 pub struct ActivityRow {
-    pub pid: i32,
-    pub datname: Option<String>,
-    pub usename: Option<String>,
-    pub application_name: Option<String>,
-    pub client_addr: Option<String>,
+    #[serde(flatten)]
+    pub session: Session,
     pub client_port: Option<i32>,
     pub backend_type: Option<String>,
-    pub state: Option<String>,
-    pub wait_event_type: Option<String>,
-    pub wait_event: Option<String>,
     pub backend_start: Option<DateTime<Utc>>,
     pub xact_start: Option<DateTime<Utc>>,
     pub query_start: Option<DateTime<Utc>>,
     pub state_change: Option<DateTime<Utc>>,
-    pub xact_age_s: Option<f64>,
-    pub query_age_s: Option<f64>,
-    pub state_age_s: Option<f64>,
-    pub backend_xid: Option<String>,
     pub backend_xmin: Option<String>,
     pub query_id: Option<i64>,
-    pub query: Option<String>,
-    pub query_truncated: bool,
-    pub correlation_id: Option<String>,
-    pub correlation_source: Option<CorrelationSource>,
     /// Backends in the sample (after the `max_activity_rows` cap) and before the cap.
     pub sample_rows: usize,
     pub sample_total_rows: i64,
-    /// Some text of the row was not UTF-8 (a `SQL_ASCII` database): shown with U+FFFD.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub not_utf8: bool,
 }
 
 /// The query. The agent's own sessions are excluded by name *and* role, so that a user
@@ -80,11 +63,7 @@ pub struct ActivityRow {
 /// the backends that matter in an incident.
 fn sql(server_version: i32) -> String {
     let query = raw_bytes("a.query");
-    let query_id = if server_version >= 140000 {
-        "a.query_id"
-    } else {
-        "NULL::bigint"
-    };
+    let query_id = super::since(server_version, 14, "a.query_id", "NULL::bigint");
     format!(
         "SELECT a.pid, a.datname::text, a.usename::text, a.application_name, host(a.client_addr) AS client_addr,
             a.client_port, a.backend_type, a.state, a.wait_event_type, a.wait_event,
@@ -174,25 +153,18 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u
     let mut out = Vec::with_capacity(n);
     let mut skipped = 0;
     for r in rows {
-        let (Ok(mut row), Ok(sampled_at)) =
-            (map_row(r), r.try_get::<_, DateTime<Utc>>("sampled_at"))
-        else {
+        let (Ok(mut row), Ok(sampled_at)) = (
+            map_row(r, pattern),
+            r.try_get::<_, DateTime<Utc>>("sampled_at"),
+        ) else {
             skipped += 1;
             continue;
         };
         row.sample_rows = n;
-        if let Some((id, src)) = correlation::extract(
-            pattern,
-            row.application_name.as_deref(),
-            row.query.as_deref(),
-        ) {
-            row.correlation_id = Some(id);
-            row.correlation_source = Some(src);
-        }
         let id = format!(
             "pg_activity:{host}:{}:{}",
             sampled_at.timestamp_micros(),
-            row.pid
+            row.session.pid
         );
         let ev = Event::new(id, EventKind::PgActivity, sampled_at, &row)
             .map_err(|e| CycleError::encode("row", e))?;
@@ -201,38 +173,21 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u
     Ok((out, skipped))
 }
 
-fn map_row(r: &Row) -> Result<ActivityRow, tokio_postgres::Error> {
+fn map_row(r: &Row, pattern: &Regex) -> Result<ActivityRow, tokio_postgres::Error> {
     let mut bad = false;
-    let query = text(r, "query", &mut bad)?;
-    Ok(ActivityRow {
-        pid: r.try_get("pid")?,
-        datname: text(r, "datname", &mut bad)?,
-        usename: text(r, "usename", &mut bad)?,
-        application_name: text(r, "application_name", &mut bad)?,
-        client_addr: text(r, "client_addr", &mut bad)?,
+    let mut row = ActivityRow {
+        session: session::read(r, pattern)?,
         client_port: r.try_get("client_port")?,
         backend_type: text(r, "backend_type", &mut bad)?,
-        state: text(r, "state", &mut bad)?,
-        wait_event_type: text(r, "wait_event_type", &mut bad)?,
-        wait_event: text(r, "wait_event", &mut bad)?,
         backend_start: r.try_get("backend_start")?,
         xact_start: r.try_get("xact_start")?,
         query_start: r.try_get("query_start")?,
         state_change: r.try_get("state_change")?,
-        xact_age_s: r.try_get("xact_age_s")?,
-        query_age_s: r.try_get("query_age_s")?,
-        state_age_s: r.try_get("state_age_s")?,
-        backend_xid: text(r, "backend_xid", &mut bad)?,
         backend_xmin: text(r, "backend_xmin", &mut bad)?,
         query_id: r.try_get("query_id")?,
-        // An idle session shows its last statement: an `ALTER ROLE … PASSWORD` stays
-        // visible there for as long as the session lives.
-        query: query.map(|q| passwords(&q).unwrap_or(q)),
-        query_truncated: r.try_get("query_truncated")?,
-        correlation_id: None,
-        correlation_source: None,
         sample_rows: 0,
         sample_total_rows: r.try_get("total_rows")?,
-        not_utf8: bad,
-    })
+    };
+    row.session.not_utf8 |= bad;
+    Ok(row)
 }

@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod locks;
+pub mod session;
 pub mod statements;
 pub mod system;
 
@@ -126,6 +127,21 @@ pub async fn server_version(
     let v: i32 = row.try_get(0).map_err(DbError::query)?;
     cache.set(Some(v));
     Ok(v)
+}
+
+/// A catalog column that exists from PostgreSQL `major` on, or its stand-in before
+/// (`server_version` as `server_version_num`).
+pub fn since(
+    server_version: i32,
+    major: i32,
+    column: &'static str,
+    before: &'static str,
+) -> &'static str {
+    if server_version >= major * 10_000 {
+        column
+    } else {
+        before
+    }
 }
 
 /// Runs the query `sql` writes for the server's version (asked once per connection

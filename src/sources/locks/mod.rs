@@ -14,12 +14,11 @@ use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
 
+use super::session::{self, Session};
 use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
-use crate::correlation::{self, CorrelationSource};
-use crate::db::text::{raw_bytes, text};
+use crate::db::text::raw_bytes;
 use crate::db::Db;
-use crate::logs::redact::passwords;
 use crate::model::{Event, EventKind};
 use tokio_postgres::types::ToSql;
 
@@ -35,31 +34,6 @@ pub struct LocksSource {
     server_version: Rc<Cell<Option<i32>>>,
     /// Rows that could not be read at all (counted and skipped; the cycle goes on).
     skipped: Rc<Cell<u64>>,
-}
-
-/// One session on either side of a wait.
-#[derive(Debug, Clone, Serialize)]
-#[allow(missing_docs)]
-pub struct Session {
-    pub pid: i32,
-    pub datname: Option<String>,
-    pub usename: Option<String>,
-    pub application_name: Option<String>,
-    pub client_addr: Option<String>,
-    pub state: Option<String>,
-    pub wait_event_type: Option<String>,
-    pub wait_event: Option<String>,
-    pub query: Option<String>,
-    pub query_truncated: bool,
-    pub xact_age_s: Option<f64>,
-    pub query_age_s: Option<f64>,
-    pub state_age_s: Option<f64>,
-    pub backend_xid: Option<String>,
-    pub correlation_id: Option<String>,
-    pub correlation_source: Option<CorrelationSource>,
-    /// Some text of the row was not UTF-8 (a `SQL_ASCII` database): shown with U+FFFD.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub not_utf8: bool,
 }
 
 /// The lock a session waits for.
@@ -96,11 +70,7 @@ pub struct BlockedSession {
 /// for sessions with `wait_event_type = 'Lock'` keeps the cost at zero when nobody waits.
 fn sql(server_version: i32) -> String {
     let query = raw_bytes("a.query");
-    let waitstart = if server_version >= 140000 {
-        "waitstart"
-    } else {
-        "NULL::timestamptz"
-    };
+    let waitstart = super::since(server_version, 14, "waitstart", "NULL::timestamptz");
     format!(
         "WITH w AS (
             SELECT pid, pg_blocking_pids(pid) AS blocking
@@ -193,10 +163,6 @@ struct Parsed {
 }
 
 fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
-    let mut bad = false;
-    let application_name = text(r, "application_name", &mut bad)?;
-    let query = text(r, "query", &mut bad)?.map(|q| passwords(&q).unwrap_or(q));
-    let corr = correlation::extract(pattern, application_name.as_deref(), query.as_deref());
     let locktype: Option<String> = r.try_get("locktype")?;
     let lock = locktype
         .is_some()
@@ -209,25 +175,7 @@ fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
             })
         });
     Ok(Parsed {
-        session: Session {
-            pid: r.try_get("pid")?,
-            datname: text(r, "datname", &mut bad)?,
-            usename: text(r, "usename", &mut bad)?,
-            application_name,
-            client_addr: text(r, "client_addr", &mut bad)?,
-            state: text(r, "state", &mut bad)?,
-            wait_event_type: text(r, "wait_event_type", &mut bad)?,
-            wait_event: text(r, "wait_event", &mut bad)?,
-            query,
-            query_truncated: r.try_get("query_truncated")?,
-            xact_age_s: r.try_get("xact_age_s")?,
-            query_age_s: r.try_get("query_age_s")?,
-            state_age_s: r.try_get("state_age_s")?,
-            backend_xid: text(r, "backend_xid", &mut bad)?,
-            correlation_id: corr.as_ref().map(|c| c.0.clone()),
-            correlation_source: corr.map(|c| c.1),
-            not_utf8: bad,
-        },
+        session: session::read(r, pattern)?,
         blocking: r.try_get("blocking")?,
         lock: lock.transpose()?,
         wait_s: r.try_get("wait_s")?,

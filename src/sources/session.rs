@@ -1,0 +1,67 @@
+//! One backend as `pg_stat_activity` shows it: the fields every source that reads
+//! sessions ships (activity, locks; later session sampling), read the same way
+//! everywhere — names and query lossily (a `SQL_ASCII` database need not be UTF-8),
+//! passwords masked, the correlation id taken from the application name or a comment.
+
+use regex::Regex;
+use serde::Serialize;
+use tokio_postgres::Row;
+
+use crate::correlation::{self, CorrelationSource};
+use crate::db::text::text;
+use crate::logs::redact::passwords;
+
+/// One session.
+#[derive(Debug, Clone, Serialize)]
+#[allow(missing_docs)]
+pub struct Session {
+    pub pid: i32,
+    pub datname: Option<String>,
+    pub usename: Option<String>,
+    pub application_name: Option<String>,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    pub wait_event_type: Option<String>,
+    pub wait_event: Option<String>,
+    pub query: Option<String>,
+    pub query_truncated: bool,
+    pub xact_age_s: Option<f64>,
+    pub query_age_s: Option<f64>,
+    pub state_age_s: Option<f64>,
+    pub backend_xid: Option<String>,
+    pub correlation_id: Option<String>,
+    pub correlation_source: Option<CorrelationSource>,
+    /// Some text of the row was not UTF-8 (a `SQL_ASCII` database): shown with U+FFFD.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_utf8: bool,
+}
+
+/// Reads the session columns of `r` (named as in `pg_stat_activity`, ages as
+/// `xact_age_s`, `query_age_s`, `state_age_s`, the query cut with `query_truncated`).
+pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> {
+    let mut bad = false;
+    let application_name = text(r, "application_name", &mut bad)?;
+    // An idle session shows its last statement: an `ALTER ROLE … PASSWORD` stays
+    // visible there for as long as the session lives.
+    let query = text(r, "query", &mut bad)?.map(|q| passwords(&q).unwrap_or(q));
+    let corr = correlation::extract(pattern, application_name.as_deref(), query.as_deref());
+    Ok(Session {
+        pid: r.try_get("pid")?,
+        datname: text(r, "datname", &mut bad)?,
+        usename: text(r, "usename", &mut bad)?,
+        application_name,
+        client_addr: text(r, "client_addr", &mut bad)?,
+        state: text(r, "state", &mut bad)?,
+        wait_event_type: text(r, "wait_event_type", &mut bad)?,
+        wait_event: text(r, "wait_event", &mut bad)?,
+        query,
+        query_truncated: r.try_get("query_truncated")?,
+        xact_age_s: r.try_get("xact_age_s")?,
+        query_age_s: r.try_get("query_age_s")?,
+        state_age_s: r.try_get("state_age_s")?,
+        backend_xid: text(r, "backend_xid", &mut bad)?,
+        correlation_id: corr.as_ref().map(|c| c.0.clone()),
+        correlation_source: corr.map(|c| c.1),
+        not_utf8: bad,
+    })
+}

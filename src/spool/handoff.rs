@@ -99,6 +99,9 @@ pub struct Handoff {
     drops: DropReport,
     dropped_total: u64,
     in_flight: Option<InFlight>,
+    /// A retry is scheduled: never more than one, however often the source hands over
+    /// while the spool is away.
+    retry_pending: bool,
 }
 
 impl Handoff {
@@ -122,6 +125,7 @@ impl Handoff {
             drops: DropReport::default(),
             dropped_total: 0,
             in_flight: None,
+            retry_pending: false,
         }
     }
 
@@ -139,6 +143,17 @@ impl Handoff {
             self.dropped_total += over as u64;
         }
         over
+    }
+
+    /// True when a retry should be scheduled now (none is pending); it then counts as
+    /// pending until [`Handoff::retrying`].
+    pub fn want_retry(&mut self) -> bool {
+        !std::mem::replace(&mut self.retry_pending, true)
+    }
+
+    /// The scheduled retry runs.
+    pub fn retrying(&mut self) {
+        self.retry_pending = false;
     }
 
     /// Events dropped for the cap since start.
@@ -216,7 +231,7 @@ pub trait HandsOver: Actor<Context = Context<Self>> {
 pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
     let Some(spool) = act.handoff().spool.get() else {
         if !act.handoff().is_empty() {
-            ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
+            retry_later(act, ctx);
         }
         return;
     };
@@ -235,13 +250,23 @@ pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
         log_overflow(&h.log, (h.dropped_total() - dropped) as usize);
         if let Handed::Failed(e) = &outcome {
             warn!(h.log, "spool_enqueue_failed"; "error" => e, "events" => h.waiting());
-            ctx.run_later(RETRY, |a, ctx| hand_over(a, ctx));
+            retry_later(act, ctx);
         }
         act.handed(&outcome, ctx);
         if matches!(outcome, Handed::Delivered(_)) {
             hand_over(act, ctx);
         }
     }));
+}
+
+/// Schedules one retry of [`hand_over`] in [`RETRY`], unless one is pending.
+fn retry_later<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
+    if act.handoff().want_retry() {
+        ctx.run_later(RETRY, |a, ctx| {
+            a.handoff().retrying();
+            hand_over(a, ctx);
+        });
+    }
 }
 
 /// Says loudly that a backlog overflowed (the loss is also shipped, see [`DropReport`]).
@@ -344,6 +369,19 @@ mod tests {
         let report: serde_json::Value = serde_json::from_str(m.events[0].data.get()).expect("json");
         assert_eq!(report["dropped"], 2);
         assert_eq!(h.dropped_total(), 2);
+    }
+
+    #[test]
+    fn one_retry_is_pending_at_a_time() {
+        let mut h = handoff("pg_activity", 10);
+        assert!(h.want_retry());
+        assert!(
+            !h.want_retry(),
+            "a second cycle while the spool is away adds no timer"
+        );
+        assert!(!h.want_retry());
+        h.retrying();
+        assert!(h.want_retry());
     }
 
     #[test]

@@ -149,3 +149,65 @@ fn unreachable_database_fails_fast_and_recovers_when_it_returns() {
     );
     assert!(agent.logs_named("panic").is_empty());
 }
+
+#[test]
+fn a_traceparent_in_the_query_ships_its_trace_and_span() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let sql =
+        format!("select pg_sleep(60) /*controller='orders',traceparent='00-{TRACE}-{SPAN}-01'*/");
+    let _traced = pg.session("web", &sql);
+    // A forged one next to it: no trace, no correlation.
+    let _forged = pg.session(
+        "web",
+        "select pg_sleep(60) /*traceparent='00-nothex-nothex-01'*/",
+    );
+    let agent = Agent::start(
+        dir.path(),
+        &config(dir.path(), &pg, &listener.url(), 1),
+        &[],
+    );
+    let sleeping = |e: &Value| {
+        e["data"]["state"] == "active"
+            && e["data"]["query"]
+                .as_str()
+                .is_some_and(|q| q.starts_with("select pg_sleep(60)"))
+    };
+    let (traced, forged) = wait_for("both sleeping sessions", Duration::from_secs(30), || {
+        let events = listener.events_of("pg_activity");
+        let traced = events
+            .iter()
+            .find(|e| {
+                sleeping(e)
+                    && e["data"]["query"]
+                        .as_str()
+                        .is_some_and(|q| q.contains(TRACE))
+            })?
+            .clone();
+        let forged = events
+            .iter()
+            .find(|e| {
+                sleeping(e)
+                    && e["data"]["query"]
+                        .as_str()
+                        .is_some_and(|q| q.contains("nothex"))
+            })?
+            .clone();
+        Some((traced, forged))
+    });
+    let d = &traced["data"];
+    assert_eq!(d["trace_id"], TRACE, "{d}");
+    assert_eq!(d["span_id"], SPAN, "{d}");
+    assert_eq!(d["correlation_id"], TRACE);
+    assert_eq!(d["correlation_source"], "traceparent");
+    let f = &forged["data"];
+    assert!(
+        f.get("trace_id").is_none() && f.get("span_id").is_none(),
+        "{f}"
+    );
+    assert_eq!(f["correlation_id"], Value::Null, "{f}");
+    drop(agent);
+}

@@ -33,34 +33,91 @@ pub fn extract(
     query.and_then(from_comment)
 }
 
-/// Reads the first `/* … */` comment that has sqlcommenter key='value' pairs.
-fn from_comment(query: &str) -> Option<(String, CorrelationSource)> {
+/// The bodies of the `/* … */` comments of `query`, in order.
+fn comments(query: &str) -> impl Iterator<Item = &str> {
     let mut rest = query;
-    while let Some(start) = rest.find("/*") {
+    std::iter::from_fn(move || {
+        let start = rest.find("/*")?;
         let after = &rest[start + 2..];
         let end = after.find("*/")?;
-        let body = &after[..end];
+        rest = &after[end + 2..];
+        Some(&after[..end])
+    })
+}
+
+/// The sqlcommenter `key='value'` pairs of a comment body.
+fn pairs(body: &str) -> impl Iterator<Item = (&str, &str)> {
+    body.split(',').filter_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        Some((k.trim(), v.trim().trim_matches('\'')))
+    })
+}
+
+/// Reads the first comment that names the request: a `request_id` / `correlation_id`
+/// key, else the trace id of a valid `traceparent`.
+fn from_comment(query: &str) -> Option<(String, CorrelationSource)> {
+    comments(query).find_map(|body| {
         let mut trace = None;
-        for pair in body.split(',') {
-            let Some((k, v)) = pair.split_once('=') else {
-                continue;
-            };
-            let v = v.trim().trim_matches('\'');
-            match k.trim() {
+        for (k, v) in pairs(body) {
+            match k {
                 "request_id" | "correlation_id" if !v.is_empty() => {
                     return Some((v.to_string(), CorrelationSource::QueryComment))
                 }
-                // traceparent = version-traceid-parentid-flags; the trace id names the request.
-                "traceparent" => trace = v.split('-').nth(1).map(str::to_string),
+                // The trace id names the request.
+                "traceparent" => trace = traceparent(v).map(|t| t.trace_id),
                 _ => {}
             }
         }
-        if let Some(t) = trace.filter(|t| t.len() == 32) {
-            return Some((t, CorrelationSource::Traceparent));
-        }
-        rest = &after[end + 2..];
-    }
-    None
+        trace.map(|t| (t, CorrelationSource::Traceparent))
+    })
+}
+
+/// A W3C trace context: the request's trace and the span that ran the statement, so a
+/// tracing backend can hang the database's view of the request under its span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits (the traceparent's parent id: the application's span).
+    pub span_id: String,
+}
+
+/// The trace context of the first sqlcommenter comment with a valid `traceparent`.
+pub fn trace(query: Option<&str>) -> Option<Trace> {
+    comments(query?).find_map(|body| {
+        pairs(body)
+            .filter(|(k, _)| *k == "traceparent")
+            .find_map(|(_, v)| traceparent(v))
+    })
+}
+
+/// Parses a `traceparent` value as W3C Trace Context defines it:
+/// `version-traceid-parentid-flags`, lowercase hex, version `ff` invalid, ids not all
+/// zeros; version 00 has exactly these four fields, later versions may append more.
+/// Anything else is no trace (a client writes this text; it is not trusted).
+pub fn traceparent(v: &str) -> Option<Trace> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let mut parts = v.split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let more = parts.next().is_some();
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let ok = hex(version, 2)
+        && version != "ff"
+        && !(version == "00" && more)
+        && hex(trace_id, 32)
+        && !zero(trace_id)
+        && hex(span_id, 16)
+        && !zero(span_id)
+        && hex(flags, 2);
+    ok.then(|| Trace {
+        trace_id: trace_id.to_string(),
+        span_id: span_id.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -115,5 +172,55 @@ mod tests {
             ))
         );
         assert_eq!(extract(&re(), None, Some("select '/*' ")), None);
+    }
+
+    #[test]
+    fn a_traceparent_is_read_strictly() {
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let p = "00f067aa0ba902b7";
+        let want = Some(Trace {
+            trace_id: t.into(),
+            span_id: p.into(),
+        });
+        assert_eq!(traceparent(&format!("00-{t}-{p}-01")), want);
+        assert_eq!(
+            traceparent(&format!("01-{t}-{p}-01-later")),
+            want,
+            "a later version may add fields"
+        );
+        for bad in [
+            format!("00-{t}-{p}-01-extra"),
+            format!("ff-{t}-{p}-01"),
+            format!("00-{}-{p}-01", t.to_uppercase()),
+            format!("00-{}-{p}-01", "0".repeat(32)),
+            format!("00-{t}-{}-01", "0".repeat(16)),
+            format!("00-{}-{p}-01", &t[1..]),
+            format!("00-{t}-{p}"),
+            format!("00-{t}-{p}-1"),
+            format!("00-{t}x-{p}-01"),
+            format!("0g-{t}-{p}-01"),
+            String::new(),
+        ] {
+            assert_eq!(traceparent(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_trace_comes_from_the_first_comment_that_has_a_valid_one() {
+        let q = "/* app='x', traceparent='00-zz' */ select /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/ 1";
+        let t = trace(Some(q)).expect("trace");
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(trace(Some("select 1 /* unterminated")), None);
+        assert_eq!(trace(None), None);
+        // A forged traceparent names no request either.
+        assert_eq!(
+            extract(
+                &re(),
+                None,
+                Some("/*traceparent='00-not-a-trace-at-all-01'*/ select 1")
+            ),
+            None
+        );
     }
 }

@@ -211,6 +211,12 @@ pub struct LogData<'a> {
     /// Where the correlation id was found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_source: Option<correlation::CorrelationSource>,
+    /// W3C trace id of a sqlcommenter `traceparent` in the statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The `traceparent`'s parent id: the application span that ran the statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
     /// LOG, ERROR, …
     pub severity: Option<&'a str>,
     /// SQLSTATE.
@@ -333,6 +339,7 @@ impl Shaper {
             r.application_name.as_deref(),
             statement.as_deref(),
         );
+        let trace = correlation::trace(statement.as_deref());
         let timestamp = match (&r.timestamp, r.epoch) {
             (Some(t), _) => Some(time::to_rfc3339(t).unwrap_or_else(|| t.clone())),
             (None, Some(e)) => time::epoch_to_rfc3339(e),
@@ -348,6 +355,8 @@ impl Shaper {
             application_name: b(&r.application_name),
             correlation_source: corr.as_ref().map(|c| c.1),
             correlation_id: corr.map(|c| c.0),
+            trace_id: trace.as_ref().map(|t| t.trace_id.clone()),
+            span_id: trace.map(|t| t.span_id),
             severity: b(&r.severity),
             sqlstate_class: r.sqlstate.as_deref().and_then(sqlstate_class),
             sqlstate: b(&r.sqlstate),
@@ -499,6 +508,31 @@ mod tests {
         assert_eq!(v["statement"], "select ?, ?");
         assert_eq!(v["correlation_id"], "0b7e6c84-5a2f-4d43-9a4e-2b1f0f6e7a10");
         assert!(!v.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_traceparent_in_the_statement_links_the_event_to_its_span() {
+        let r = Record {
+            severity: Some("LOG".into()),
+            message: "duration: 2001.0 ms  statement: select pg_sleep(2) /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/".into(),
+            ..Default::default()
+        };
+        let d = shaper(Redact::Literals).data(&r, "/l/x.log", Format::Stderr);
+        let v = serde_json::to_value(&d).expect("json");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(v["correlation_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["correlation_source"], "traceparent");
+        let plain = Record {
+            message: "duration: 1.0 ms  statement: select 1".into(),
+            ..r
+        };
+        let v = serde_json::to_value(shaper(Redact::None).data(&plain, "/l/x.log", Format::Stderr))
+            .expect("json");
+        assert!(
+            v.get("trace_id").is_none() && v.get("span_id").is_none(),
+            "{v}"
+        );
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub struct Session {
     pub backend_xid: Option<String>,
     pub correlation_id: Option<String>,
     pub correlation_source: Option<CorrelationSource>,
+    /// W3C trace id of a sqlcommenter `traceparent` in the query (links to the
+    /// application's trace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The `traceparent`'s parent id: the application span that ran the statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
     /// Some text of the row was not UTF-8 (a `SQL_ASCII` database): shown with U+FFFD.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub not_utf8: bool,
@@ -45,6 +52,7 @@ pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> 
     // visible there for as long as the session lives.
     let query = text(r, "query", &mut bad)?.map(|q| passwords(&q).unwrap_or(q));
     let corr = correlation::extract(pattern, application_name.as_deref(), query.as_deref());
+    let trace = correlation::trace(query.as_deref());
     Ok(Session {
         pid: r.try_get("pid")?,
         datname: text(r, "datname", &mut bad)?,
@@ -62,6 +70,8 @@ pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> 
         backend_xid: text(r, "backend_xid", &mut bad)?,
         correlation_id: corr.as_ref().map(|c| c.0.clone()),
         correlation_source: corr.map(|c| c.1),
+        trace_id: trace.as_ref().map(|t| t.trace_id.clone()),
+        span_id: trace.map(|t| t.span_id),
         not_utf8: bad,
     })
 }

@@ -44,6 +44,10 @@ fn tagged_session_reaches_the_listener_with_its_correlation_id() {
     assert_eq!(d["usename"], "postgres");
     assert_eq!(d["datname"], "postgres");
     assert_eq!(d["query_truncated"], false);
+    assert_eq!(
+        d["query_fingerprint"].as_str(),
+        postgres_agent::fingerprint::fingerprint("SELECT pg_sleep($1)").as_deref()
+    );
     assert_eq!(ev["project"], "it-project");
     let id = ev["id"].as_str().expect("id");
     assert!(

@@ -87,6 +87,17 @@ fn a_statement_run_n_times_shows_calls_n_and_a_reset_never_goes_negative() {
     });
     let all = marker_events(&listener);
     assert_eq!(all.len(), got.len());
+    // The agent's fingerprint of the normalized text equals that of the statement as
+    // the session ran it, with its constant: the join key to activity and log events.
+    let ran = postgres_agent::fingerprint::fingerprint("select count(*) from marker_t where x = 7");
+    assert!(ran.is_some());
+    for e in &all {
+        assert_eq!(
+            e["data"]["query_fingerprint"].as_str(),
+            ran.as_deref(),
+            "{e}"
+        );
+    }
     // Quiet cycles read only the entries that changed (the agent's own few), not all.
     let quiet: Vec<(u64, u64)> = summaries(&listener)
         .iter()

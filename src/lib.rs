@@ -31,6 +31,7 @@ pub mod config;
 pub mod correlation;
 pub mod db;
 pub mod fault;
+pub mod fingerprint;
 pub mod logging;
 pub mod logs;
 pub mod model;

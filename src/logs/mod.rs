@@ -211,6 +211,10 @@ pub struct LogData<'a> {
     /// Where the correlation id was found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_source: Option<correlation::CorrelationSource>,
+    /// The agent's fingerprint of the normalized statement (see
+    /// [`crate::fingerprint`]); not the server's `query_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_fingerprint: Option<String>,
     /// W3C trace id of a sqlcommenter `traceparent` in the statement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -355,6 +359,10 @@ impl Shaper {
             application_name: b(&r.application_name),
             correlation_source: corr.as_ref().map(|c| c.1),
             correlation_id: corr.map(|c| c.0),
+            query_fingerprint: statement
+                .as_deref()
+                .filter(|_| !r.truncated)
+                .and_then(crate::fingerprint::fingerprint),
             trace_id: trace.as_ref().map(|t| t.trace_id.clone()),
             span_id: trace.map(|t| t.span_id),
             severity: b(&r.severity),

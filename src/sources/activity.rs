@@ -17,9 +17,7 @@ use crate::db::{Db, APPLICATION_NAME};
 use crate::model::{Event, EventKind, Problem, SourceState};
 use tokio_postgres::types::ToSql;
 
-/// What the server shows instead of another role's query to a role without
-/// pg_read_all_stats.
-const INSUFFICIENT: &str = "<insufficient privilege>";
+use super::session::INSUFFICIENT_PRIVILEGE as INSUFFICIENT;
 
 /// Reads `pg_stat_activity`.
 pub struct ActivitySource {

@@ -9,6 +9,11 @@ use tokio_postgres::Row;
 
 use crate::correlation::{self, CorrelationSource};
 use crate::db::text::text;
+use crate::fingerprint::fingerprint;
+
+/// What the server shows instead of another role's query to a role without
+/// pg_read_all_stats.
+pub const INSUFFICIENT_PRIVILEGE: &str = "<insufficient privilege>";
 use crate::logs::redact::passwords;
 
 /// One session.
@@ -25,6 +30,10 @@ pub struct Session {
     pub wait_event: Option<String>,
     pub query: Option<String>,
     pub query_truncated: bool,
+    /// The agent's fingerprint of the normalized query (see [`crate::fingerprint`]);
+    /// not the server's `query_id`. Absent when the text was cut or hidden.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_fingerprint: Option<String>,
     pub xact_age_s: Option<f64>,
     pub query_age_s: Option<f64>,
     pub state_age_s: Option<f64>,
@@ -53,6 +62,11 @@ pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> 
     let query = text(r, "query", &mut bad)?.map(|q| passwords(&q).unwrap_or(q));
     let corr = correlation::extract(pattern, application_name.as_deref(), query.as_deref());
     let trace = correlation::trace(query.as_deref());
+    let query_truncated: bool = r.try_get("query_truncated")?;
+    let query_fingerprint = query
+        .as_deref()
+        .filter(|q| !query_truncated && *q != INSUFFICIENT_PRIVILEGE)
+        .and_then(fingerprint);
     Ok(Session {
         pid: r.try_get("pid")?,
         datname: text(r, "datname", &mut bad)?,
@@ -63,7 +77,8 @@ pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> 
         wait_event_type: text(r, "wait_event_type", &mut bad)?,
         wait_event: text(r, "wait_event", &mut bad)?,
         query,
-        query_truncated: r.try_get("query_truncated")?,
+        query_truncated,
+        query_fingerprint,
         xact_age_s: r.try_get("xact_age_s")?,
         query_age_s: r.try_get("query_age_s")?,
         state_age_s: r.try_get("state_age_s")?,

@@ -86,6 +86,10 @@ pub struct StatementDelta<'a> {
     pub toplevel: bool,
     /// Normalized text, cut to `max_query_length`.
     pub query: Option<String>,
+    /// The agent's fingerprint of the text (see [`crate::fingerprint`]): the same as
+    /// on activity, lock and log events of the statement. Absent when the text was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_fingerprint: Option<String>,
     /// Start of the interval (the previous sample).
     pub since: DateTime<Utc>,
     /// Length of the interval, seconds.
@@ -131,6 +135,8 @@ impl Serialize for ColumnValues<'_> {
 pub struct Names {
     /// queryid → normalized text.
     pub texts: HashMap<i64, String>,
+    /// queryid → the agent's fingerprint of the text, when the text is whole.
+    pub fingerprints: HashMap<i64, String>,
     /// Database oid → name.
     pub databases: HashMap<u32, String>,
     /// Role oid → name.
@@ -160,6 +166,7 @@ pub fn statement<'a>(
         queryid: d.key.queryid.to_string(),
         toplevel: d.key.toplevel,
         query: names.texts.get(&d.key.queryid).cloned(),
+        query_fingerprint: names.fingerprints.get(&d.key.queryid).cloned(),
         since,
         interval_s: secs,
         new: d.new,

@@ -155,7 +155,9 @@ impl Cycle {
         let missing = self.tracker.borrow().missing(deltas);
         if !missing.texts.is_empty() {
             let texts = query::texts(conn, ext, &missing.texts, self.max_len).await?;
-            self.tracker.borrow_mut().add_texts(texts);
+            self.tracker
+                .borrow_mut()
+                .add_texts(texts, self.max_len as usize);
         }
         if missing.databases {
             let names = query::databases(conn).await?;

@@ -262,12 +262,21 @@ impl Tracker {
         }
     }
 
-    /// Remembers texts read (forgetting all when the cache is full).
-    pub fn add_texts(&mut self, texts: Vec<(i64, String)>) {
+    /// Remembers texts read (forgetting all when the cache is full), with the
+    /// fingerprint of each text shorter than `max_len` bytes (a longer one was cut).
+    pub fn add_texts(&mut self, texts: Vec<(i64, String)>, max_len: usize) {
         if self.names.texts.len() + texts.len() > TEXT_CACHE_MAX {
             self.names.texts.clear();
+            self.names.fingerprints.clear();
         }
-        self.names.texts.extend(texts);
+        for (id, text) in texts {
+            if text.len() < max_len {
+                if let Some(f) = crate::fingerprint::fingerprint(&text) {
+                    self.names.fingerprints.insert(id, f);
+                }
+            }
+            self.names.texts.insert(id, text);
+        }
     }
 }
 
@@ -472,7 +481,19 @@ mod tests {
                 roles: true
             }
         );
-        t.add_texts(vec![(1, "select 1".into())]);
+        t.add_texts(
+            vec![(1, "select $1".into()), (3, "select 123456789".into())],
+            10,
+        );
+        assert_eq!(
+            t.names.fingerprints.get(&1),
+            crate::fingerprint::fingerprint("select 42").as_ref(),
+            "the text's fingerprint, as a session running it would have"
+        );
+        assert!(
+            !t.names.fingerprints.contains_key(&3),
+            "a text as long as the cut may be cut: no fingerprint"
+        );
         t.names.databases.insert(5, "db".into());
         t.names.roles.insert(10, "app".into());
         let m = t.missing(&[d(1), d(2)]);

@@ -23,7 +23,14 @@ fn pid_of(pg: &PgCluster, app: &str) -> i64 {
 
 #[test]
 fn blocking_chain_reports_each_waiter_and_the_idle_root_blocker() {
-    let pg = PgCluster::start("");
+    // The server computes query ids from 14 on when asked to (or when
+    // pg_stat_statements is loaded).
+    let with_ids = crate::harness::pg::major_version() >= 14;
+    let pg = PgCluster::start(if with_ids {
+        "compute_query_id = on"
+    } else {
+        ""
+    });
     pg.sql("create table t (id int primary key, v int); insert into t values (1, 0)");
     let listener = Listener::start(TOKEN);
     let dir = shared_tempdir("pgagent-it");
@@ -54,6 +61,16 @@ fn blocking_chain_reports_each_waiter_and_the_idle_root_blocker() {
             .then_some(())
     });
     let (pa, pb, pc) = (pid_of(&pg, A), pid_of(&pg, B), pid_of(&pg, C));
+    let server_query_id = |pid: i64| -> Value {
+        if !with_ids {
+            return Value::Null;
+        }
+        let id = pg.sql(&format!(
+            "select query_id from pg_stat_activity where pid = {pid}"
+        ));
+        Value::from(id.parse::<i64>().expect("a query id"))
+    };
+    let (qb, qc) = (server_query_id(pb), server_query_id(pc));
 
     let toml = config(dir.path(), &pg, &listener.url(), 60)
         .replace(
@@ -93,6 +110,15 @@ fn blocking_chain_reports_each_waiter_and_the_idle_root_blocker() {
         "update t set v = v + 1 where id = 1"
     );
     assert_eq!(eb["blocked"]["wait_event_type"], "Lock");
+    // The server's query id where it gives one (the join key to pg_stat_statements),
+    // and the agent's fingerprint everywhere.
+    assert_eq!(eb["blocked"]["query_id"], qb, "{eb}");
+    assert_eq!(ec["blocked"]["query_id"], qc, "{ec}");
+    assert_eq!(
+        eb["blocked"]["query_fingerprint"].as_str(),
+        postgres_agent::fingerprint::fingerprint("update t set v = v + $1 where id = $2")
+            .as_deref()
+    );
     assert_eq!(eb["lock"]["locktype"], "transactionid");
     assert_eq!(eb["lock"]["mode"], "ShareLock");
     assert_eq!(eb["blocking_pids"], serde_json::json!([pa]));

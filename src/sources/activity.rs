@@ -49,7 +49,6 @@ pub struct ActivityRow {
     pub query_start: Option<DateTime<Utc>>,
     pub state_change: Option<DateTime<Utc>>,
     pub backend_xmin: Option<String>,
-    pub query_id: Option<i64>,
     /// Backends in the sample (after the `max_activity_rows` cap) and before the cap.
     pub sample_rows: usize,
     pub sample_total_rows: i64,
@@ -182,7 +181,6 @@ fn map_row(r: &Row, pattern: &Regex) -> Result<ActivityRow, tokio_postgres::Erro
         query_start: r.try_get("query_start")?,
         state_change: r.try_get("state_change")?,
         backend_xmin: text(r, "backend_xmin", &mut bad)?,
-        query_id: r.try_get("query_id")?,
         sample_rows: 0,
         sample_total_rows: r.try_get("total_rows")?,
     };

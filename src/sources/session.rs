@@ -30,6 +30,9 @@ pub struct Session {
     pub wait_event: Option<String>,
     pub query: Option<String>,
     pub query_truncated: bool,
+    /// The server's query id (PostgreSQL 14+ with `compute_query_id`): equals
+    /// `pg_stat_statements.queryid`.
+    pub query_id: Option<i64>,
     /// The agent's fingerprint of the normalized query (see [`crate::fingerprint`]);
     /// not the server's `query_id`. Absent when the text was cut or hidden.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,7 +56,8 @@ pub struct Session {
 }
 
 /// Reads the session columns of `r` (named as in `pg_stat_activity`, ages as
-/// `xact_age_s`, `query_age_s`, `state_age_s`, the query cut with `query_truncated`).
+/// `xact_age_s`, `query_age_s`, `state_age_s`, the query cut with `query_truncated`,
+/// `query_id` NULL before PostgreSQL 14).
 pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> {
     let mut bad = false;
     let application_name = text(r, "application_name", &mut bad)?;
@@ -78,6 +82,7 @@ pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> 
         wait_event: text(r, "wait_event", &mut bad)?,
         query,
         query_truncated,
+        query_id: r.try_get("query_id")?,
         query_fingerprint,
         xact_age_s: r.try_get("xact_age_s")?,
         query_age_s: r.try_get("query_age_s")?,

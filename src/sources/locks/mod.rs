@@ -71,6 +71,7 @@ pub struct BlockedSession {
 fn sql(server_version: i32) -> String {
     let query = raw_bytes("a.query");
     let waitstart = super::since(server_version, 14, "waitstart", "NULL::timestamptz");
+    let query_id = super::since(server_version, 14, "a.query_id", "NULL::bigint");
     format!(
         "WITH w AS (
             SELECT pid, pg_blocking_pids(pid) AS blocking
@@ -90,7 +91,7 @@ fn sql(server_version: i32) -> String {
                 extract(epoch FROM now() - a.xact_start)::float8 AS xact_age_s,
                 extract(epoch FROM now() - a.query_start)::float8 AS query_age_s,
                 extract(epoch FROM now() - a.state_change)::float8 AS state_age_s,
-                a.backend_xid::text AS backend_xid,
+                a.backend_xid::text AS backend_xid, {query_id} AS query_id,
                 u.locktype, u.mode,
                 CASE WHEN u.relation IS NOT NULL THEN u.relation::regclass::text END AS relation,
                 u.transactionid,

@@ -13,6 +13,7 @@ mod logs;
 mod not_utf8;
 mod privileges;
 mod redirects;
+mod sampler;
 mod signals;
 mod spool_files;
 mod statements;

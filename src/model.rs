@@ -20,6 +20,8 @@ pub enum EventKind {
     PgStatements,
     /// A blocked/blocking session pair.
     PgLocks,
+    /// A window of session samples, per request, statement and wait.
+    PgActivitySummary,
     /// Host metrics.
     System,
     /// A server log event.
@@ -35,6 +37,7 @@ impl EventKind {
             EventKind::PgActivity => "pg_activity",
             EventKind::PgStatements => "pg_statements",
             EventKind::PgLocks => "pg_locks",
+            EventKind::PgActivitySummary => "pg_activity_summary",
             EventKind::System => "system",
             EventKind::PgLog => "pg_log",
             EventKind::Agent => "agent",
@@ -47,6 +50,7 @@ impl EventKind {
             EventKind::PgActivity,
             EventKind::PgStatements,
             EventKind::PgLocks,
+            EventKind::PgActivitySummary,
             EventKind::System,
             EventKind::PgLog,
             EventKind::Agent,

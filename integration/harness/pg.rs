@@ -299,6 +299,23 @@ impl Drop for PgCluster {
 /// A background psql session; killed on drop.
 pub struct Session(std::process::Child);
 
+impl Session {
+    /// Waits (60 s at most) for its statement to finish and psql to exit; true when it
+    /// succeeded.
+    pub fn wait(mut self) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => panic!("psql session did not finish within 60 s"),
+            }
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -105,6 +105,9 @@ pub struct CollectionConfig {
     pub interval: Duration,
     /// Interval of `pg_activity` (defaults to `interval`).
     pub activity_interval: Duration,
+    /// Session sampling interval; `None` when off (`sample_interval_ms = 0`). Samples are
+    /// summarized per `activity_interval` window.
+    pub sample_interval: Option<Duration>,
     /// Interval of `pg_locks` while blocking is seen (never slower than `interval`).
     pub locks_blocking_interval: Duration,
     /// `pg_activity` enabled.

@@ -164,6 +164,7 @@ pub struct RawDatabase {
 pub struct RawCollection {
     pub interval_s: Field<i64>,
     pub activity_interval_s: Field<i64>,
+    pub sample_interval_ms: Field<i64>,
     pub locks_blocking_interval_s: Field<i64>,
     pub activity: Field<bool>,
     pub statements: Field<bool>,

@@ -14,7 +14,11 @@ fn keys(text: &str) -> Vec<String> {
 #[test]
 fn minimal_config_gets_defaults() {
     let c = parse_str("[agent]\nproject_id = \"p\"\n").expect("valid");
-    assert_eq!(c.database.pool_max_size, 3);
+    assert_eq!(c.database.pool_max_size, 4);
+    assert_eq!(
+        c.collection.sample_interval,
+        Some(Duration::from_millis(1000))
+    );
     assert_eq!(c.database.statement_timeout, Duration::from_millis(5000));
     assert_eq!(c.collection.interval, Duration::from_secs(60));
     assert_eq!(c.collection.activity_interval, Duration::from_secs(60));
@@ -22,6 +26,34 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.buffer.max_bytes, 104_857_600);
     assert_eq!(c.breaker.fail_max, 5);
     assert!(c.listener.token.is_empty());
+}
+
+#[test]
+fn session_sampling_is_refused_below_100_ms_and_counts_against_the_pool() {
+    let at = |ms: &str| {
+        parse_str(&format!(
+            "[agent]\nproject_id='p'\n[collection]\nsample_interval_ms = {ms}\n"
+        ))
+    };
+    assert_eq!(at("0").expect("off").collection.sample_interval, None);
+    assert_eq!(
+        at("100").expect("valid").collection.sample_interval,
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(
+        keys("[agent]\nproject_id='p'\n[collection]\nsample_interval_ms = 99\n"),
+        ["collection.sample_interval_ms"]
+    );
+    // Four database sources, a pool of three: the fix names the sampler too.
+    let e =
+        parse_str("[agent]\nproject_id='p'\n[database]\npool_max_size = 3\n").expect_err("pool");
+    assert_eq!(e[0].key, "database.pool_max_size");
+    assert!(
+        e[0].problem.contains("sample_interval_ms = 0"),
+        "{}",
+        e[0].problem
+    );
+    assert!(parse_str("[agent]\nproject_id='p'\n[database]\npool_max_size = 3\n[collection]\nsample_interval_ms = 0\n").is_ok());
 }
 
 #[test]

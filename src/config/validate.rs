@@ -157,15 +157,20 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
 /// stall another), so together they must fit in the pool limit.
 fn pool_fits(c: &mut Check, config: &Config) {
     let col = &config.collection;
-    let db_sources = [col.activity, col.locks, col.statements]
-        .iter()
-        .filter(|on| **on)
-        .count() as u32;
+    let db_sources = [
+        col.activity,
+        col.locks,
+        col.statements,
+        col.sample_interval.is_some(),
+    ]
+    .iter()
+    .filter(|on| **on)
+    .count() as u32;
     if db_sources > config.database.pool_max_size {
         c.problem(
             "database.pool_max_size",
             format!(
-                "{db_sources} database sources are enabled (activity, locks, statements) and each needs a connection; raise it to {db_sources} (at most 5) or disable a source"
+                "{db_sources} database sources are enabled (activity, locks, statements, session sampling) and each needs a connection; raise it to {db_sources} (at most 5), or disable a source (sample_interval_ms = 0 turns sampling off)"
             ),
         );
     }
@@ -256,7 +261,7 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
         pool_max_size: c.int(
             "database.pool_max_size",
             &d.pool_max_size,
-            3,
+            4,
             1,
             MAX_POOL_SIZE,
             " (the agent never opens more than 5 connections)",
@@ -286,6 +291,20 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
         3600,
         "",
     );
+    let sample_ms = c.int(
+        "collection.sample_interval_ms",
+        &col.sample_interval_ms,
+        1000,
+        0,
+        60_000,
+        "",
+    );
+    if (1..100).contains(&sample_ms) {
+        c.problem(
+            "collection.sample_interval_ms",
+            format!("{sample_ms} is below 100 (0 turns session sampling off)"),
+        );
+    }
     let locks_fast_s = c.int(
         "collection.locks_blocking_interval_s",
         &col.locks_blocking_interval_s,
@@ -297,6 +316,7 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
     CollectionConfig {
         interval: Duration::from_secs(interval_s as u64),
         activity_interval: Duration::from_secs(activity_interval_s as u64),
+        sample_interval: (sample_ms >= 100).then(|| Duration::from_millis(sample_ms as u64)),
         locks_blocking_interval: Duration::from_secs(locks_fast_s as u64),
         activity: c.value("collection.activity", &col.activity, true),
         statements: c.value("collection.statements", &col.statements, true),

@@ -4,6 +4,7 @@
 
 pub mod activity;
 pub mod locks;
+pub mod sampler;
 pub mod session;
 pub mod statements;
 pub mod system;
@@ -172,6 +173,9 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     if config.collection.locks {
         v.push((EventKind::PgLocks, config.collection.interval));
     }
+    if let Some(every) = config.collection.sample_interval {
+        v.push((EventKind::PgActivitySummary, every));
+    }
     if config.collection.system {
         v.push((EventKind::System, config.collection.interval));
     }
@@ -192,6 +196,7 @@ mod tests {
                 EventKind::PgActivity,
                 EventKind::PgStatements,
                 EventKind::PgLocks,
+                EventKind::PgActivitySummary,
                 EventKind::System
             ]
         );
@@ -220,6 +225,10 @@ pub fn make(kind: EventKind, config: &Config, mode: Mode) -> Option<Box<dyn Sour
             mode == Mode::Daemon,
         ))),
         EventKind::PgLocks => Some(Box::new(locks::LocksSource::new(config))),
+        EventKind::PgActivitySummary => Some(Box::new(sampler::SamplerSource::new(
+            config,
+            mode == Mode::Once,
+        ))),
         EventKind::System => Some(Box::new(system::SystemSource::new(config))),
         _ => None,
     }

@@ -1,0 +1,440 @@
+//! One window of session samples, aggregated: the plain core of the sampler. Every
+//! sample adds each sampled session to the entry of its key (request, database, user,
+//! statement, state, wait, backend type); when the window ends the entries become
+//! `pg_activity_summary` payloads. Memory is bounded whatever the workload: at most
+//! `max_keys` entries, beyond which samples go to one overflow entry (counted), and
+//! every set in an entry is capped.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::sources::session::Session;
+
+/// At most this many distinct pids, and blockers, are listed per entry.
+const MAX_LISTED: usize = 64;
+
+/// One sampled session, as the sampler read it.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    /// The session.
+    pub session: Session,
+    /// `backend_type`.
+    pub backend_type: Option<String>,
+    /// For a lock wait: the sessions blocking it (`pg_blocking_pids`), with their
+    /// correlation ids when they were in the same sample.
+    pub blockers: Vec<(i32, Option<String>)>,
+}
+
+/// What a summary is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Key {
+    /// The request.
+    pub correlation_id: Option<String>,
+    /// Database.
+    pub datname: Option<String>,
+    /// Role.
+    pub usename: Option<String>,
+    /// The server's query id (PostgreSQL 14+).
+    pub query_id: Option<i64>,
+    /// The agent's fingerprint of the statement.
+    pub query_fingerprint: Option<String>,
+    /// `active`, `idle in transaction`, …
+    pub state: Option<String>,
+    /// `Lock`, `IO`, `LWLock`, … (none: on CPU).
+    pub wait_event_type: Option<String>,
+    /// The wait event.
+    pub wait_event: Option<String>,
+    /// `client backend`, `autovacuum worker`, …
+    pub backend_type: Option<String>,
+}
+
+impl Key {
+    fn of(s: &Sampled) -> Key {
+        let x = &s.session;
+        Key {
+            correlation_id: x.correlation_id.clone(),
+            datname: x.datname.clone(),
+            usename: x.usename.clone(),
+            query_id: x.query_id,
+            query_fingerprint: x.query_fingerprint.clone(),
+            state: x.state.clone(),
+            wait_event_type: x.wait_event_type.clone(),
+            wait_event: x.wait_event.clone(),
+            backend_type: s.backend_type.clone(),
+        }
+    }
+
+    /// A stable 64-bit hash of the key (FNV-1a over its JSON): part of the event id, so
+    /// the same window and key always make the same id.
+    pub fn hash(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// What was seen of one key in the window.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    samples: u64,
+    pids: BTreeSet<i32>,
+    pids_more: bool,
+    first_seen: Option<DateTime<Utc>>,
+    last_seen: Option<DateTime<Utc>>,
+    max_query_age_s: Option<f64>,
+    blockers: BTreeSet<(i32, Option<String>)>,
+    blockers_more: bool,
+    query: Option<String>,
+    query_truncated: bool,
+}
+
+impl Entry {
+    fn add(&mut self, s: &Sampled, at: DateTime<Utc>) {
+        self.samples += 1;
+        if self.pids.len() < MAX_LISTED || self.pids.contains(&s.session.pid) {
+            self.pids.insert(s.session.pid);
+        } else {
+            self.pids_more = true;
+        }
+        self.first_seen = Some(self.first_seen.map_or(at, |f| f.min(at)));
+        self.last_seen = Some(self.last_seen.map_or(at, |l| l.max(at)));
+        if let Some(a) = s.session.query_age_s {
+            self.max_query_age_s = Some(self.max_query_age_s.map_or(a, |m| m.max(a)));
+        }
+        for b in &s.blockers {
+            if self.blockers.len() < MAX_LISTED {
+                self.blockers.insert(b.clone());
+            } else if !self.blockers.contains(b) {
+                self.blockers_more = true;
+            }
+        }
+        if self.query.is_none() {
+            self.query = s.session.query.clone();
+            self.query_truncated = s.session.query_truncated;
+        }
+    }
+}
+
+/// A blocking session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Blocker {
+    /// Its pid.
+    pub pid: i32,
+    /// Its request, if it was seen in the same sample and carried one.
+    pub correlation_id: Option<String>,
+}
+
+/// The `data` of a `pg_activity_summary` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The key.
+    #[serde(flatten)]
+    pub key: Key,
+    /// True for the entry that took the samples beyond the key cap (its key fields are
+    /// empty).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub overflow: bool,
+    /// Start and end of the window.
+    pub window_start: DateTime<Utc>,
+    /// End of the window.
+    pub window_end: DateTime<Utc>,
+    /// Samples in which a session had this key.
+    pub samples: u64,
+    /// `samples` × the sampling interval: the database time of this key.
+    pub seconds: f64,
+    /// Distinct backends seen with it.
+    pub pids: Vec<i32>,
+    /// More than the listed pids were seen.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pids_more: bool,
+    /// First and last sample with it.
+    pub first_seen: Option<DateTime<Utc>>,
+    /// Last sample with it.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The longest-running statement seen (seconds since its start).
+    pub max_query_age_s: Option<f64>,
+    /// For lock waits: who blocked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blockers: Vec<Blocker>,
+    /// More blockers than listed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub blockers_more: bool,
+    /// The statement's text, once per statement per window (null on the other keys of
+    /// the same statement).
+    pub query: Option<String>,
+    /// The text was cut.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub query_truncated: bool,
+}
+
+/// The samples of one window.
+#[derive(Debug)]
+pub struct Window {
+    /// When it began (aligned to its length).
+    pub start: DateTime<Utc>,
+    entries: BTreeMap<Key, Entry>,
+    overflow: Entry,
+    /// Samples put into the overflow entry.
+    pub overflowed: u64,
+    max_keys: usize,
+}
+
+impl Window {
+    /// The window of length `len` that holds `at`.
+    pub fn holding(at: DateTime<Utc>, len: std::time::Duration, max_keys: usize) -> Window {
+        Window {
+            start: aligned(at, len),
+            entries: BTreeMap::new(),
+            overflow: Entry::default(),
+            overflowed: 0,
+            max_keys,
+        }
+    }
+
+    /// True when `at` falls into this window (of length `len`).
+    pub fn holds(&self, at: DateTime<Utc>, len: std::time::Duration) -> bool {
+        aligned(at, len) == self.start
+    }
+
+    /// Adds one sample taken at `at`.
+    pub fn add(&mut self, at: DateTime<Utc>, sample: &[Sampled]) {
+        for s in sample {
+            let key = Key::of(s);
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.add(s, at);
+            } else if self.entries.len() < self.max_keys {
+                self.entries.entry(key).or_default().add(s, at);
+            } else {
+                self.overflowed += 1;
+                self.overflow.add(s, at);
+            }
+        }
+    }
+
+    /// Keys held.
+    pub fn keys(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The summaries of the window, ending at `end`, sampled every `interval`.
+    pub fn close(self, end: DateTime<Utc>, interval: std::time::Duration) -> Vec<Summary> {
+        let secs = interval.as_secs_f64();
+        let mut texts_given: HashSet<(Option<i64>, Option<String>)> = HashSet::new();
+        let start = self.start;
+        let mut out: Vec<Summary> = self
+            .entries
+            .into_iter()
+            .map(|(key, e)| {
+                let identity = (key.query_id, key.query_fingerprint.clone());
+                let give_text = identity == (None, None) || texts_given.insert(identity);
+                summary(key, e, false, start, end, secs, give_text)
+            })
+            .collect();
+        if self.overflow.samples > 0 {
+            out.push(summary(
+                Key::default_overflow(),
+                self.overflow,
+                true,
+                start,
+                end,
+                secs,
+                false,
+            ));
+        }
+        out
+    }
+}
+
+impl Key {
+    fn default_overflow() -> Key {
+        Key {
+            correlation_id: None,
+            datname: None,
+            usename: None,
+            query_id: None,
+            query_fingerprint: None,
+            state: None,
+            wait_event_type: None,
+            wait_event: None,
+            backend_type: None,
+        }
+    }
+}
+
+fn summary(
+    key: Key,
+    e: Entry,
+    overflow: bool,
+    window_start: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    secs: f64,
+    give_text: bool,
+) -> Summary {
+    Summary {
+        key,
+        overflow,
+        window_start,
+        window_end,
+        samples: e.samples,
+        seconds: (e.samples as f64 * secs * 1000.0).round() / 1000.0,
+        pids: e.pids.into_iter().collect(),
+        pids_more: e.pids_more,
+        first_seen: e.first_seen,
+        last_seen: e.last_seen,
+        max_query_age_s: e.max_query_age_s,
+        blockers: e
+            .blockers
+            .into_iter()
+            .map(|(pid, correlation_id)| Blocker {
+                pid,
+                correlation_id,
+            })
+            .collect(),
+        blockers_more: e.blockers_more,
+        query: if give_text { e.query } else { None },
+        query_truncated: give_text && e.query_truncated,
+    }
+}
+
+/// The start of the window of length `len` holding `at` (windows aligned to the epoch,
+/// so every agent cuts the same windows).
+fn aligned(at: DateTime<Utc>, len: std::time::Duration) -> DateTime<Utc> {
+    let len_us = (len.as_micros() as i64).max(1);
+    let us = at.timestamp_micros();
+    DateTime::from_timestamp_micros(us - us.rem_euclid(len_us)).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn session(pid: i32, corr: Option<&str>, wait: Option<&str>, age: f64) -> Sampled {
+        Sampled {
+            session: Session {
+                pid,
+                datname: Some("shop".into()),
+                usename: Some("app".into()),
+                application_name: None,
+                client_addr: None,
+                state: Some("active".into()),
+                wait_event_type: wait.map(|_| "Lock".to_string()),
+                wait_event: wait.map(str::to_string),
+                query: Some("update t set v = v + 1 where id = 1".into()),
+                query_truncated: false,
+                query_id: Some(77),
+                query_fingerprint: Some("f".into()),
+                xact_age_s: None,
+                query_age_s: Some(age),
+                state_age_s: None,
+                backend_xid: None,
+                correlation_id: corr.map(str::to_string),
+                correlation_source: None,
+                trace_id: None,
+                span_id: None,
+                not_utf8: false,
+            },
+            backend_type: Some("client backend".into()),
+            blockers: vec![],
+        }
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_040 + s, 0).expect("t")
+    }
+
+    const LEN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_request_running_three_seconds_is_three_samples_of_one_key() {
+        let mut w = Window::holding(at(0), LEN, 100);
+        assert_eq!(
+            w.start,
+            DateTime::from_timestamp(1_700_000_040, 0).expect("t")
+        );
+        for s in 0..3 {
+            w.add(at(s), &[session(10, Some("req-1"), None, s as f64 + 0.5)]);
+        }
+        // Another request, waiting on a lock held by req-1's backend.
+        let mut waiting = session(11, Some("req-2"), Some("transactionid"), 1.0);
+        waiting.blockers = vec![(10, Some("req-1".into()))];
+        w.add(at(1), std::slice::from_ref(&waiting));
+        w.add(at(2), std::slice::from_ref(&waiting));
+        assert!(w.holds(at(59), LEN) && !w.holds(at(60), LEN));
+        let out = w.close(at(60), Duration::from_secs(1));
+        assert_eq!(out.len(), 2);
+        let run = out
+            .iter()
+            .find(|s| s.key.correlation_id.as_deref() == Some("req-1"))
+            .expect("req-1");
+        assert_eq!(
+            (run.samples, run.seconds, run.pids.clone()),
+            (3, 3.0, vec![10])
+        );
+        assert_eq!((run.first_seen, run.last_seen), (Some(at(0)), Some(at(2))));
+        assert_eq!(run.max_query_age_s, Some(2.5));
+        let wait = out
+            .iter()
+            .find(|s| s.key.correlation_id.as_deref() == Some("req-2"))
+            .expect("req-2");
+        assert_eq!((wait.samples, wait.seconds), (2, 2.0));
+        assert_eq!(wait.key.wait_event_type.as_deref(), Some("Lock"));
+        assert_eq!(
+            wait.blockers,
+            vec![Blocker {
+                pid: 10,
+                correlation_id: Some("req-1".into())
+            }]
+        );
+        // The statement's text once per window: both keys run the same statement.
+        let texts = out.iter().filter(|s| s.query.is_some()).count();
+        assert_eq!(texts, 1);
+    }
+
+    #[test]
+    fn keys_beyond_the_cap_go_to_one_counted_overflow_entry() {
+        let mut w = Window::holding(at(0), LEN, 2);
+        for i in 0..5 {
+            let id = format!("req-{i}");
+            w.add(at(i), &[session(100 + i as i32, Some(&id), None, 0.1)]);
+        }
+        assert_eq!(w.keys(), 2);
+        assert_eq!(w.overflowed, 3);
+        let out = w.close(at(60), Duration::from_millis(500));
+        assert_eq!(out.len(), 3);
+        let o = out.last().expect("overflow");
+        assert!(o.overflow && o.key.correlation_id.is_none());
+        assert_eq!((o.samples, o.seconds), (3, 1.5));
+        assert_eq!(o.pids, vec![102, 103, 104]);
+    }
+
+    #[test]
+    fn the_id_of_a_key_is_stable_and_its_own() {
+        let a = Key::of(&session(1, Some("a"), None, 0.0));
+        let b = Key::of(&session(2, Some("b"), None, 0.0));
+        assert_eq!(
+            a.hash(),
+            Key::of(&session(9, Some("a"), None, 5.0)).hash(),
+            "pid and age are not the key"
+        );
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash().len(), 16);
+    }
+
+    #[test]
+    fn sets_are_capped() {
+        let mut w = Window::holding(at(0), LEN, 10);
+        let many: Vec<Sampled> = (0..200).map(|p| session(p, None, None, 0.0)).collect();
+        w.add(at(0), &many);
+        let out = w.close(at(60), Duration::from_secs(1));
+        assert_eq!(out[0].samples, 200);
+        assert_eq!(out[0].pids.len(), MAX_LISTED);
+        assert!(out[0].pids_more);
+    }
+}

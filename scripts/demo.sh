@@ -80,6 +80,10 @@ for line in sys.stdin:
         print("%-13s load %.2f, memory available %d MB, postgres: %s processes, %d MB RSS, data dir %s%% used" % (k,
               d["load"]["one"], (d["memory"]["available"] or 0) // 2**20, d["postgres"]["processes"],
               d["postgres"]["rss_bytes"] // 2**20, d["filesystem"]["used_pct"]))
+    elif k == "pg_activity_summary":
+        print("%-13s %s s %s%s correlation_id=%s query=%r" % (k, d["seconds"], d["state"],
+              (" waiting on %s/%s" % (d["wait_event_type"], d["wait_event"])) if d["wait_event_type"] else "",
+              d["correlation_id"], (d["query"] or "")[:45]))
     elif k == "pg_statements":
         print("%-13s %s: available=%s entries=%s (the first sample sets the baseline; deltas follow)" % (k,
               d["type"], d["available"], d["entries"]))

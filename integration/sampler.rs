@@ -28,6 +28,28 @@ fn sampling_config(dir: &std::path::Path, pg: &PgCluster, url: &str) -> String {
         )
 }
 
+/// The listener, the state directory, the heartbeat session and the agent, sampling and
+/// shipping.
+fn sampling(
+    pg: &PgCluster,
+) -> (
+    Listener,
+    tempfile::TempDir,
+    crate::harness::pg::Session,
+    Agent,
+) {
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let beat = pg.session(&format!("bitville-{BEAT}"), "select pg_sleep(120)");
+    let agent = Agent::start(
+        dir.path(),
+        &sampling_config(dir.path(), pg, &listener.url()),
+        &[],
+    );
+    listener.wait_first_request();
+    (listener, dir, beat, agent)
+}
+
 /// The summaries of request `id`, by state and wait, over every window so far.
 fn summaries_of(l: &Listener, id: &str) -> Vec<Value> {
     l.events_of("pg_activity_summary")
@@ -65,15 +87,7 @@ fn seconds(events: &[Value], pred: impl Fn(&Value) -> bool) -> f64 {
 fn a_three_second_request_is_summarized_under_its_id() {
     let pg = PgCluster::start("shared_preload_libraries = 'pg_stat_statements'\n");
     pg.sql("create extension pg_stat_statements");
-    let listener = Listener::start(TOKEN);
-    let dir = shared_tempdir("pgagent-it");
-    let _beat = pg.session(&format!("bitville-{BEAT}"), "select pg_sleep(120)");
-    let agent = Agent::start(
-        dir.path(),
-        &sampling_config(dir.path(), &pg, &listener.url()),
-        &[],
-    );
-    listener.wait_first_request();
+    let (listener, _dir, _beat, agent) = sampling(&pg);
     let started = Instant::now();
     let session = pg.session(&format!("bitville-{REQ}"), "select pg_sleep(3)");
     assert!(session.wait());
@@ -117,15 +131,7 @@ fn a_three_second_request_is_summarized_under_its_id() {
 fn a_lock_wait_is_summarized_with_the_holders_request() {
     let pg = PgCluster::start("");
     pg.sql("create table t (id int primary key, v int); insert into t values (1, 0)");
-    let listener = Listener::start(TOKEN);
-    let dir = shared_tempdir("pgagent-it");
-    let _beat = pg.session(&format!("bitville-{BEAT}"), "select pg_sleep(120)");
-    let agent = Agent::start(
-        dir.path(),
-        &sampling_config(dir.path(), &pg, &listener.url()),
-        &[],
-    );
-    listener.wait_first_request();
+    let (listener, _dir, _beat, agent) = sampling(&pg);
 
     let mut holder = pg.interactive(&format!("bitville-{HOLDER}"));
     holder.send("begin; select * from t where id = 1 for update;");

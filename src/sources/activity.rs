@@ -105,7 +105,9 @@ impl Source for ActivitySource {
         let hidden = self.hidden.get();
         (hidden > 0).then(|| {
             SourceState::Degraded(Problem::new(
-                format!("{hidden} other session(s) show <insufficient privilege> instead of their query: the role lacks pg_read_all_stats"),
+                // No count in the text: a state is logged when it changes, and the
+                // number of other sessions changes all the time.
+                "other sessions show <insufficient privilege> instead of their query: the role lacks pg_read_all_stats",
                 format!("GRANT pg_monitor TO {};", self.user),
             ))
         })

@@ -113,8 +113,12 @@ impl Source for SamplerSource {
     fn state(&self) -> Option<SourceState> {
         let n = self.state.borrow().overflowed_total;
         (n > 0).then(|| {
+            // The count is in the overflow entries (`samples`): a state is logged when
+            // it changes, and a count would change it every window.
             SourceState::Degraded(Problem::new(
-                format!("{n} samples beyond {MAX_KEYS} keys per window were summarized in overflow entries"),
+                format!(
+                    "samples beyond {MAX_KEYS} keys per window are summarized in overflow entries"
+                ),
                 "a shorter [collection] activity_interval_s makes smaller windows",
             ))
         })

@@ -225,7 +225,9 @@ impl Tracker {
             )
         } else if hidden > 0 {
             SourceState::Degraded(Problem::new(
-                format!("{hidden} entries hidden: their queryid is shown only to roles with pg_read_all_stats"),
+                // The count is in the summary (`entries_hidden`): a state is logged when
+                // it changes, and a count would change it every cycle.
+                "entries of other roles are hidden: their queryid is shown only to roles with pg_read_all_stats",
                 "GRANT pg_read_all_stats TO the agent's role (pg_monitor includes it)",
             ))
         } else {

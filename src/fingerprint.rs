@@ -17,13 +17,18 @@ pub fn fingerprint(sql: &str) -> Option<String> {
     if n.is_empty() {
         return None;
     }
-    // FNV-1a, 64 bit: stable across builds and platforms, documented, cheap.
+    Some(hash_hex(n.as_bytes()))
+}
+
+/// FNV-1a, 64 bit, as 16 hex digits: stable across builds and platforms, documented,
+/// cheap. Every id the agent derives from text uses it.
+pub fn hash_hex(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in n.bytes() {
-        h ^= u64::from(b);
+    for b in bytes {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    Some(format!("{h:016x}"))
+    format!("{h:016x}")
 }
 
 /// The normalized text the fingerprint hashes: tokens joined by one space.

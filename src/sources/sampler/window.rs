@@ -69,13 +69,7 @@ impl Key {
     /// A stable 64-bit hash of the key (FNV-1a over its JSON): part of the event id, so
     /// the same window and key always make the same id.
     pub fn hash(&self) -> String {
-        let text = serde_json::to_string(self).unwrap_or_default();
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{h:016x}")
+        crate::fingerprint::hash_hex(serde_json::to_string(self).unwrap_or_default().as_bytes())
     }
 }
 

@@ -11,6 +11,7 @@ mod locks;
 mod log_prefixes;
 mod logs;
 mod not_utf8;
+mod plans;
 mod privileges;
 mod redirects;
 mod sampler;

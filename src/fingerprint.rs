@@ -149,7 +149,7 @@ fn utf8_len(first: u8) -> usize {
 }
 
 /// After `/* … */`, nested as PostgreSQL nests them; the end of the text if unclosed.
-fn block_comment_end(b: &[u8], start: usize) -> usize {
+pub(crate) fn block_comment_end(b: &[u8], start: usize) -> usize {
     let (mut i, mut depth) = (start + 2, 1);
     while i < b.len() {
         if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {

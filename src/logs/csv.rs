@@ -3,7 +3,7 @@
 
 use memchr::memchr2;
 
-use super::record::{opt_text, text, Record};
+use super::record::{message_text, opt_text, Record};
 use super::Flush;
 
 /// Parses `csvlog` files.
@@ -140,7 +140,7 @@ fn to_record(rec: &[u8], offset: u64, end: u64) -> Record {
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(|s| s.parse().ok())
     };
-    let (message, c) = text(&f[13]);
+    let (message, c) = message_text(&f[13]);
     cut |= c;
     let mut r = Record {
         offset,

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use memchr::memchr;
 use serde::Deserialize;
 
-use super::record::{text, Record, MAX_FIELD_BYTES};
+use super::record::{message_text, text, Record, MAX_FIELD_BYTES};
 use super::Flush;
 
 /// Parses `jsonlog` files.
@@ -99,6 +99,15 @@ impl JsonParser {
 
 fn to_record(l: Line<'_>, offset: u64, end: u64) -> Record {
     let mut cut = false;
+    let message = l
+        .message
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let (t, c) = message_text(v.as_bytes());
+            cut |= c;
+            t
+        })
+        .unwrap_or_default();
     let mut s = |v: Option<Cow<'_, str>>| {
         v.filter(|v| !v.is_empty()).map(|v| {
             if v.len() > MAX_FIELD_BYTES {
@@ -139,7 +148,7 @@ fn to_record(l: Line<'_>, offset: u64, end: u64) -> Record {
         // jsonlog leaves state_code out for code 0 (successful_completion), where csvlog
         // and %e write 00000.
         sqlstate: s(l.state_code).or_else(|| Some("00000".to_string())),
-        message: s(l.message).unwrap_or_default(),
+        message,
         detail: s(l.detail),
         hint: s(l.hint),
         query: s(l.internal_query),

@@ -11,6 +11,7 @@
 pub mod actor;
 pub mod classify;
 pub mod csv;
+pub mod explain;
 pub mod follow;
 #[cfg(test)]
 mod fuzz;
@@ -242,6 +243,10 @@ pub struct LogData<'a> {
     pub query: Option<Cow<'a, str>>,
     /// `duration: N ms`.
     pub duration_ms: Option<f64>,
+    /// The plan of an `auto_explain` message (`duration: … ms  plan:`); the message is
+    /// then its first line and the plan's `Query Text` the statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<explain::Plan>,
     /// Classification.
     pub class: Class,
     /// Class-specific figures (table, size_bytes, write_s, waited_ms, …).
@@ -334,10 +339,26 @@ impl Shaper {
     /// The event `data` of a record read from `file` (in `format`).
     pub fn data<'a>(&self, r: &'a Record, file: &'a str, format: Format) -> LogData<'a> {
         let c = classify(r);
-        let statement = match (&r.statement, c.statement) {
-            (Some(s), _) => Some(Cow::Borrowed(s.as_str())),
-            (None, s) => s.map(Cow::Owned),
+        let mut message = Cow::Borrowed(r.message.as_str());
+        let explained = (c.class == Class::SlowQuery
+            && explain::is_plan_head(r.message.as_bytes()))
+        .then(|| {
+            let (head, body) = r.message.split_once('\n').unwrap_or((&r.message, ""));
+            message = Cow::Borrowed(head);
+            explain::explain(body, r.truncated)
+        });
+        let (plan, plan_query) = match explained {
+            Some(e) => (Some(e.plan), e.query_text),
+            None => (None, None),
         };
+        let statement = match (&r.statement, c.statement, plan_query) {
+            (Some(s), _, _) => Some(Cow::Borrowed(s.as_str())),
+            (None, Some(s), _) | (None, None, Some(s)) => Some(Cow::Owned(s)),
+            (None, None, None) => None,
+        };
+        let query_id = r
+            .query_id
+            .or_else(|| plan.as_ref().and_then(|p| p.query_identifier));
         let corr = correlation::extract(
             &self.pattern,
             r.application_name.as_deref(),
@@ -368,13 +389,14 @@ impl Shaper {
             severity: b(&r.severity),
             sqlstate_class: r.sqlstate.as_deref().and_then(sqlstate_class),
             sqlstate: b(&r.sqlstate),
-            message: Cow::Borrowed(&r.message),
+            message,
             detail: cow(&r.detail),
             hint: cow(&r.hint),
             context: cow(&r.context),
             statement,
             query: cow(&r.query),
             duration_ms: c.duration_ms,
+            plan,
             class: c.class,
             figures: (!c.figures.is_empty()).then_some(c.figures),
             file,
@@ -387,7 +409,7 @@ impl Shaper {
             remote_host: b(&r.remote_host),
             vxid: b(&r.vxid),
             xid: b(&r.xid),
-            query_id: r.query_id,
+            query_id,
             leader_pid: r.leader_pid,
             location: b(&r.location),
             cursor_position: r.cursor_position,
@@ -401,6 +423,9 @@ impl Shaper {
     }
 
     fn apply_redaction(&self, d: &mut LogData<'_>) {
+        if let Some(p) = d.plan.as_mut() {
+            p.redact(self.redact);
+        }
         // Passwords go whatever `redact` says (a logged `ALTER ROLE … PASSWORD '…'`).
         for f in [
             &mut d.detail,

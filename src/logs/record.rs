@@ -107,12 +107,28 @@ impl Record {
 
 /// Bytes as text: invalid UTF-8 replaced, cut at [`MAX_FIELD_BYTES`] on a char boundary.
 pub fn text(bytes: &[u8]) -> (String, bool) {
-    let cut = bytes.len() > MAX_FIELD_BYTES;
-    let b = if cut {
-        &bytes[..MAX_FIELD_BYTES]
+    text_within(bytes, MAX_FIELD_BYTES)
+}
+
+/// The cap of a message: an `auto_explain` plan may be larger than other text
+/// ([`super::explain::MAX_PLAN_BYTES`]), so that a plan of many nodes arrives whole.
+pub fn message_cap(head: &[u8]) -> usize {
+    if super::explain::is_plan_head(head) {
+        super::explain::MAX_PLAN_BYTES
     } else {
-        bytes
-    };
+        MAX_FIELD_BYTES
+    }
+}
+
+/// A message's bytes as text, cut at [`message_cap`].
+pub fn message_text(bytes: &[u8]) -> (String, bool) {
+    text_within(bytes, message_cap(bytes))
+}
+
+/// Bytes as text, cut at `cap`.
+fn text_within(bytes: &[u8], cap: usize) -> (String, bool) {
+    let cut = bytes.len() > cap;
+    let b = if cut { &bytes[..cap] } else { bytes };
     let mut s = String::from_utf8_lossy(b).into_owned();
     if cut {
         // A multi-byte char cut in half became U+FFFD; that is fine, it is marked.
@@ -134,12 +150,13 @@ pub fn opt_text(bytes: &[u8], truncated: &mut bool) -> Option<String> {
 /// Appends a continuation line to a field (newlines kept), respecting the field cap;
 /// true when something was cut.
 pub fn append_line(field: &mut String, line: &[u8]) -> bool {
-    if field.len() >= MAX_FIELD_BYTES {
+    let cap = message_cap(field.as_bytes());
+    if field.len() >= cap {
         return true;
     }
     field.push('\n');
-    let room = MAX_FIELD_BYTES - field.len();
-    let (s, _) = text(&line[..line.len().min(room)]);
+    let room = cap - field.len();
+    let (s, _) = text_within(&line[..line.len().min(room)], cap);
     field.push_str(&s);
     line.len() > room
 }

@@ -117,7 +117,7 @@ pub fn passwords(s: &str) -> Option<String> {
 }
 
 /// Index after the quoted string starting at `b[start] == q` (doubled quotes escape).
-fn skip_quoted(b: &[u8], start: usize, q: u8) -> usize {
+pub(crate) fn skip_quoted(b: &[u8], start: usize, q: u8) -> usize {
     let mut i = start + 1;
     while i < b.len() {
         if b[i] == q {
@@ -198,7 +198,7 @@ pub fn literals(s: &str) -> String {
 }
 
 /// End of `E'…'` with backslash escapes; `i` is at the quote.
-fn skip_escaped(b: &[u8], i: usize) -> usize {
+pub(crate) fn skip_escaped(b: &[u8], i: usize) -> usize {
     let mut j = i + 1;
     while j < b.len() {
         match b[j] {
@@ -213,7 +213,7 @@ fn skip_escaped(b: &[u8], i: usize) -> usize {
 
 /// End of a dollar-quoted string starting at `i` (`$$…$$`, `$tag$…$tag$`), or `None` for
 /// a `$1` placeholder or a lone `$`.
-fn dollar_quoted(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn dollar_quoted(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     while j < b.len()
         && (b[j].is_ascii_alphabetic() || b[j] == b'_' || (j > i + 1 && b[j].is_ascii_digit()))

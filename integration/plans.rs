@@ -1,0 +1,187 @@
+//! Plans from auto_explain: a slow request's statement arrives at the listener with the
+//! plan the server ran, read from the log, under the request's id and the statement's
+//! query id; the other log formats of the same run give the same plan.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{config, Agent, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::{major_version, PgCluster};
+use crate::harness::{shared_tempdir, wait_for};
+use crate::logs::{files, parse_log};
+
+const REQ: &str = "5a3c0d2e-5a8b-4c1f-9e2d-3b4a5c6d7e11";
+const QUERY: &str = "select b.grp, count(*) from big b join small s on s.id = b.grp \
+                     where s.name like 'n1%' group by b.grp order by b.grp";
+
+/// Node type, estimated rows, actual rows and loops of every node, depth first, from the
+/// server's own `EXPLAIN (ANALYZE, FORMAT JSON)`.
+fn truth(n: &Value, out: &mut Vec<(String, f64, f64, f64)>) {
+    let f = |k: &str| n[k].as_f64().unwrap_or(-1.0);
+    out.push((
+        n["Node Type"].as_str().unwrap_or("").to_string(),
+        f("Plan Rows"),
+        f("Actual Rows"),
+        f("Actual Loops"),
+    ));
+    for c in n["Plans"].as_array().into_iter().flatten() {
+        truth(c, out);
+    }
+}
+
+/// The same figures from the agent's plan.
+fn ours(n: &Value, out: &mut Vec<(String, f64, f64, f64)>) {
+    let f = |k: &str| n[k].as_f64().unwrap_or(-1.0);
+    out.push((
+        n["node_type"].as_str().unwrap_or("").to_string(),
+        f("plan_rows"),
+        f("actual_rows"),
+        f("actual_loops"),
+    ));
+    for c in n["plans"].as_array().into_iter().flatten() {
+        ours(c, out);
+    }
+}
+
+fn tree(plan: &Value, agent: bool) -> Vec<(String, f64, f64, f64)> {
+    let mut v = Vec::new();
+    if agent {
+        ours(plan, &mut v);
+    } else {
+        truth(plan, &mut v);
+    }
+    v
+}
+
+#[test]
+fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
+    let major = major_version();
+    let json = major >= 15;
+    let dest = if json {
+        "stderr,csvlog,jsonlog"
+    } else {
+        "stderr,csvlog"
+    };
+    // %Q (PostgreSQL 14+) puts the query id into the stderr prefix too.
+    let (query_id_conf, q) = if major >= 14 {
+        ("compute_query_id = on\n", "%Q ")
+    } else {
+        ("", "")
+    };
+    let pg = PgCluster::start(&format!(
+        "shared_preload_libraries = 'auto_explain,pg_stat_statements'\n{query_id_conf}\
+         logging_collector = on\nlog_destination = '{dest}'\nlog_directory = 'log'\n\
+         log_filename = 'postgresql.log'\nlog_rotation_age = 0\nlog_rotation_size = 0\n\
+         log_line_prefix = '%m [%p] %q%u@%d %a {q}'\nlc_messages = 'C'\nlog_timezone = 'UTC'\n\
+         auto_explain.log_analyze = on\nauto_explain.log_buffers = on\n"
+    ));
+    pg.sql("create extension pg_stat_statements");
+    pg.sql(
+        "create table small (id int primary key, name text); \
+         insert into small select g, 'n' || g from generate_series(1, 100) g; \
+         create table big as select g as id, g % 100 as grp from generate_series(1, 20000) g; \
+         analyze small; analyze big",
+    );
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
+        "logs = false\n",
+        "logs = true\nactivity = false\n[logs]\nformat = \"stderr\"\nstart_at = \"beginning\"\n",
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+
+    // The request: its plans logged (only in its own session), as text and as JSON.
+    let out = pg
+        .psql()
+        .args(["-c", "set auto_explain.log_min_duration = 0", "-c", QUERY])
+        .args(["-c", "set auto_explain.log_format = json", "-c", QUERY])
+        .env("PGAPPNAME", format!("bitville-{REQ}"))
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the server says it ran, from another session (which logs no plan).
+    let explained: Value =
+        serde_json::from_str(&pg.sql(&format!("explain (analyze, format json) {QUERY}")))
+            .expect("explain json");
+    let expected = tree(&explained[0]["Plan"], false);
+    assert!(expected.len() >= 3, "{expected:?}");
+
+    let plans = wait_for(
+        "both plans at the listener",
+        Duration::from_secs(30),
+        || {
+            let v: Vec<Value> = listener
+                .events_of("pg_log")
+                .into_iter()
+                .map(|e| e["data"].clone())
+                .filter(|d| d["correlation_id"] == REQ && d.get("plan").is_some())
+                .collect();
+            (v.len() >= 2).then_some(v)
+        },
+    );
+    assert_eq!(plans.len(), 2, "{plans:#?}");
+    let query_id = (major >= 14).then(|| {
+        pg.sql("select queryid from pg_stat_statements where query like 'select b.grp, count(*)%'")
+    });
+    for (d, format) in plans.iter().zip(["text", "json"]) {
+        let p = &d["plan"];
+        assert_eq!(p["format"], format, "{d}");
+        assert_eq!(d["class"], "slow_query");
+        assert_eq!(d["statement"], QUERY);
+        assert_eq!(
+            d["query_fingerprint"].as_str(),
+            postgres_agent::fingerprint::fingerprint(QUERY).as_deref()
+        );
+        match &query_id {
+            Some(id) => assert_eq!(&d["query_id"].to_string(), id, "{d}"),
+            None => assert_eq!(d["query_id"], Value::Null),
+        }
+        assert_eq!(p["analyzed"], true);
+        assert_eq!(tree(&p["root"], true), expected, "{format}: {p:#}");
+        assert_eq!(p["nodes"], expected.len());
+        let total = p["total_time_ms"].as_f64().expect("total time");
+        assert!(total > 0.0 && total <= d["duration_ms"].as_f64().expect("duration"));
+        assert!(p["root"]["buffers"]["shared_hit"].as_u64().is_some(), "{p}");
+        assert!(p["slowest_node"]["node_id"].as_u64().is_some());
+        // The scan of big reads all of it.
+        let big = p["seq_scans"]
+            .as_array()
+            .expect("seq scans")
+            .iter()
+            .find(|s| s["relation"] == "big")
+            .unwrap_or_else(|| panic!("no scan of big: {p}"));
+        assert_eq!(
+            big["actual_rows"].as_f64().unwrap_or(0.0)
+                + big["rows_removed_by_filter"].as_f64().unwrap_or(0.0),
+            20_000.0
+        );
+    }
+    drop(agent);
+
+    // csvlog (and jsonlog) of the same run: the same plans, to the byte.
+    let log_dir = pg.data().join("log");
+    let mut others = vec![("csvlog", "csv")];
+    if json {
+        others.push(("jsonlog", "json"));
+    }
+    for (format, ext) in others {
+        let events = wait_for("plans in the other log", Duration::from_secs(10), || {
+            let v: Vec<Value> = parse_log(&["--format", format], &files(&log_dir, ext))
+                .into_iter()
+                .filter(|d| d["correlation_id"] == REQ && d.get("plan").is_some())
+                .collect();
+            (v.len() == 2).then_some(v)
+        });
+        for (theirs, ours) in events.iter().zip(&plans) {
+            for key in ["plan", "statement", "query_id", "duration_ms", "message"] {
+                assert_eq!(theirs[key], ours[key], "{format}: {key}");
+            }
+        }
+    }
+}

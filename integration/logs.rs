@@ -463,7 +463,7 @@ fn check(config: &Path) -> (i32, String) {
 }
 
 /// `check` with the log source enabled against `pg` (and a listener that accepts).
-fn check_logs(pg: &PgCluster) -> (i32, String) {
+pub fn check_logs(pg: &PgCluster) -> (i32, String) {
     let listener = Listener::start(crate::harness::agent::TOKEN);
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("agent.toml");

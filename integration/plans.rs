@@ -10,7 +10,7 @@ use crate::harness::agent::{config, Agent, TOKEN};
 use crate::harness::listener::Listener;
 use crate::harness::pg::{major_version, PgCluster};
 use crate::harness::{shared_tempdir, wait_for};
-use crate::logs::{files, parse_log};
+use crate::logs::{check_logs, files, parse_log, LOG_CONF};
 
 const REQ: &str = "5a3c0d2e-5a8b-4c1f-9e2d-3b4a5c6d7e11";
 const QUERY: &str = "select b.grp, count(*) from big b join small s on s.id = b.grp \
@@ -184,4 +184,58 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
             }
         }
     }
+}
+
+#[test]
+fn check_says_whether_plans_are_logged_and_the_lines_that_turn_them_on() {
+    let mut pg = PgCluster::start(&format!(
+        "{LOG_CONF}log_destination = 'csvlog'\nlog_directory = 'log'\n"
+    ));
+    let (code, out) = check_logs(&pg);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "warn  plans     auto_explain is not loaded: slow statements arrive without their plan\n      \
+             fix: in postgresql.conf, then restart the server:\n      shared_preload_libraries = 'auto_explain'\n      \
+             auto_explain.log_min_duration = '1s'"
+        ),
+        "{out}"
+    );
+    for line in [
+        "auto_explain.log_format = 'json'",
+        "auto_explain.log_analyze = on",
+        "auto_explain.log_timing = off",
+        "auto_explain.sample_rate = 0.1",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    pg.stop_server();
+    pg.append_conf(
+        "shared_preload_libraries = 'auto_explain'\nauto_explain.log_min_duration = '250ms'\n\
+         auto_explain.log_format = 'json'\nauto_explain.log_analyze = on\nauto_explain.log_timing = off\n",
+    );
+    pg.start_server();
+    let (code, out) = check_logs(&pg);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "ok    plans     auto_explain logs the plans of statements slower than 250 ms (json, log_analyze on, log_timing off, sample_rate 1)"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("warn  plans"), "{out}");
+    // Text plans and analyze timing everything: both said.
+    pg.append_conf("auto_explain.log_format = 'text'\nauto_explain.log_timing = on\n");
+    pg.sql("select pg_reload_conf()");
+    let out = wait_for("reloaded settings", Duration::from_secs(10), || {
+        let (_, out) = check_logs(&pg);
+        out.contains("(text, log_analyze on, log_timing on")
+            .then_some(out)
+    });
+    assert!(
+        out.contains("warn  plans     auto_explain.log_format = text: a plan whose statement")
+            && out.contains("fix: auto_explain.log_format = 'json'")
+            && out.contains("warn  plans     log_analyze with log_timing on and sample_rate 1"),
+        "{out}"
+    );
 }

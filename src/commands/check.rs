@@ -139,6 +139,89 @@ async fn check_database(r: &mut Report, config: &Config) {
     if config.collection.statements {
         check_statements(r, &client, &db.dbname).await;
     }
+    if config.collection.logs {
+        check_plans(r, &client).await;
+    }
+}
+
+/// The lines that make the server log plans the agent reads best, as `check` prints them.
+pub const AUTO_EXPLAIN_LINES: &str = "\
+auto_explain.log_min_duration = '1s'   # plans of statements slower than this
+      auto_explain.log_format = 'json'       # read exactly; a text plan whose statement holds quoted newlines may ship as text only
+      auto_explain.log_analyze = on          # actual rows, loops and times per node
+      auto_explain.log_timing = off          # the costly part of log_analyze: clock reads per row
+      auto_explain.log_buffers = on
+      auto_explain.sample_rate = 0.1         # log_analyze instruments every sampled statement, fast or slow: this bounds it";
+
+/// auto_explain: loaded, and set so that the plans it logs are worth reading.
+async fn check_plans(r: &mut Report, client: &tokio_postgres::Client) {
+    let q = "SELECT current_setting('shared_preload_libraries'),
+                    (SELECT setting FROM pg_settings
+                      WHERE name = 'auto_explain.log_min_duration' AND vartype = 'integer'),
+                    current_setting('auto_explain.log_format', true),
+                    current_setting('auto_explain.log_analyze', true),
+                    current_setting('auto_explain.log_timing', true),
+                    current_setting('auto_explain.sample_rate', true)";
+    let row = match client.query_one(q, &[]).await {
+        Ok(row) => row,
+        Err(e) => return r.fail("plans", &describe(&e), "check the role's privileges"),
+    };
+    let get = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_default();
+    let (preload, min_ms, format, analyze, timing, rate) =
+        (get(0), get(1), get(2), get(3), get(4), get(5));
+    if min_ms.is_empty() {
+        let libs = if preload.trim().is_empty() {
+            "'auto_explain'".to_string()
+        } else {
+            format!("'{},auto_explain'", preload.trim())
+        };
+        return r.warn(
+            "plans",
+            "auto_explain is not loaded: slow statements arrive without their plan",
+            &format!(
+                "in postgresql.conf, then restart the server:\n      shared_preload_libraries = {libs}\n      {AUTO_EXPLAIN_LINES}"
+            ),
+        );
+    }
+    let min: i64 = min_ms.parse().unwrap_or(-1);
+    if min < 0 {
+        return r.warn(
+            "plans",
+            "auto_explain is loaded but auto_explain.log_min_duration = -1: it logs no plan",
+            &format!("in postgresql.conf, then reload:\n      {AUTO_EXPLAIN_LINES}"),
+        );
+    }
+    r.ok(
+        "plans",
+        &format!(
+            "auto_explain logs the plans of statements slower than {min} ms ({format}, log_analyze {analyze}, log_timing {timing}, sample_rate {rate})"
+        ),
+    );
+    if min == 0 {
+        r.warn(
+            "plans",
+            "auto_explain.log_min_duration = 0 logs a plan for every statement: a log as large as the workload",
+            "auto_explain.log_min_duration = '1s' (or the slowest duration your requests may take)",
+        );
+    }
+    if format != "json" {
+        r.warn(
+            "plans",
+            &format!("auto_explain.log_format = {format}: {}", if format == "text" {
+                "a plan whose statement or constants hold a quoted newline can be read two ways and ships as text only"
+            } else {
+                "the agent reads text and JSON plans; these ship as text"
+            }),
+            "auto_explain.log_format = 'json'",
+        );
+    }
+    if analyze == "on" && timing == "on" && rate.parse::<f64>().unwrap_or(1.0) >= 1.0 {
+        r.warn(
+            "plans",
+            "log_analyze with log_timing on and sample_rate 1 times every row of every statement, fast or slow (the server cannot know in advance which will be slow)",
+            "auto_explain.log_timing = off, or auto_explain.sample_rate = 0.1",
+        );
+    }
 }
 
 /// The server log: found, readable, and its lines fit the prefix the parser will use.

@@ -193,3 +193,60 @@ fn a_lock_wait_is_summarized_with_the_holders_request() {
     );
     drop(agent);
 }
+
+/// Sampling every 500 ms into 60 s windows: a stop always falls inside a window.
+fn long_windows(dir: &std::path::Path, pg: &PgCluster, url: &str) -> String {
+    sampling_config(dir, pg, url).replace("activity_interval_s = 2", "activity_interval_s = 60")
+}
+
+#[test]
+fn sigterm_ships_the_open_window_and_a_restart_does_not_overwrite_it() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = long_windows(dir.path(), &pg, &listener.url());
+    let mut runs = Vec::new();
+    for (run, id) in [(1, REQ), (2, WAITER)] {
+        let mut agent = Agent::start(dir.path(), &toml, &[]);
+        agent.wait_log("collect_cycle_done", Duration::from_secs(30), |l| {
+            l["child"] == "pg_activity_summary"
+        });
+        let session = pg.session(&format!("bitville-{id}"), "select pg_sleep(2)");
+        assert!(session.wait());
+        agent.signal(libc::SIGTERM);
+        let status = agent.wait_exit(Duration::from_secs(30)).expect("exit");
+        assert_eq!(status.code(), Some(0), "run {run}: {}", agent.stderr());
+        let spooled = agent.logs_named("shutdown_work_in_progress_spooled");
+        assert_eq!(spooled.len(), 1, "run {run}: {}", agent.stderr());
+        let events = summaries_of(&listener, id);
+        assert!(!events.is_empty(), "run {run}: nothing for {id}");
+        for e in &events {
+            assert_eq!(e["data"]["partial"], true, "{e}");
+            let id = e["id"].as_str().expect("id");
+            assert!(id.contains(":until:"), "{id}");
+            let end: chrono::DateTime<chrono::Utc> = e["data"]["window_end"]
+                .as_str()
+                .expect("end")
+                .parse()
+                .expect("time");
+            let start: chrono::DateTime<chrono::Utc> = e["data"]["window_start"]
+                .as_str()
+                .expect("start")
+                .parse()
+                .expect("time");
+            assert!(end > start && end <= start + chrono::Duration::seconds(60));
+        }
+        let active = seconds(&events, |d| d["state"] == "active");
+        assert!(
+            (2.0 - EVERY..=2.0 + 2.0 * EVERY).contains(&active),
+            "run {run}: {active} s sampled for a 2 s statement: {events:#?}"
+        );
+        runs.push(events);
+    }
+    // Two runs, each its own events, none taken for a copy of another.
+    let all = listener.events_of("pg_activity_summary");
+    let ids: std::collections::BTreeSet<&str> =
+        all.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "{ids:?}");
+    assert!(runs.iter().all(|r| !r.is_empty()));
+}

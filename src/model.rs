@@ -285,6 +285,15 @@ pub struct Flush {
     pub deadline: Instant,
 }
 
+/// Supervisor → collector at shutdown: stop collecting, hand the work in progress (the
+/// sampler's open window) to the spool, answer with the events handed.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct FinishUp {
+    /// When to give up waiting for the spool.
+    pub deadline: Instant,
+}
+
 /// What a final flush achieved.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct FlushOutcome {

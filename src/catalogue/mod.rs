@@ -81,6 +81,10 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "SIGTERM/SIGINT: collection stops, the spool is flushed",
     ),
     e(
+        "shutdown_work_in_progress_spooled",
+        "at shutdown the collectors' work in progress (the sampler's open window) went to the spool",
+    ),
+    e(
         "shutdown_flushed",
         "the final flush ended (batches sent, spool drained or not)",
     ),

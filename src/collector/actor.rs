@@ -11,7 +11,7 @@ use super::{cycle_limit, progress_deadline};
 use crate::config::Config;
 use crate::db::Db;
 use crate::fault;
-use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, Health, Ping, Route};
+use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, FinishUp, Health, Ping, Route};
 use crate::sources::{CycleError, Source};
 use crate::spool::handoff::{
     hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_EVENTS,
@@ -38,6 +38,8 @@ pub struct CollectorActor {
     progress: Instant,
     last_success: Option<chrono::DateTime<Utc>>,
     last_error: Option<String>,
+    /// Shutting down: told when everything is handed to the spool.
+    finishing: Option<tokio::sync::oneshot::Sender<()>>,
     log: Logger,
     _guard: ExitGuard,
 }
@@ -81,6 +83,7 @@ impl CollectorActor {
             progress: Instant::now(),
             last_success: None,
             last_error: None,
+            finishing: None,
             log,
             _guard: guard,
         }
@@ -173,7 +176,58 @@ impl HandsOver for CollectorActor {
         &mut self.handoff
     }
 
-    fn handed(&mut self, _: &Handed, _: &mut Context<Self>) {}
+    fn handed(&mut self, _: &Handed, _: &mut Context<Self>) {
+        if self.handoff.is_empty() {
+            if let Some(tx) = self.finishing.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+impl Handler<FinishUp> for CollectorActor {
+    type Result = ResponseActFuture<Self, usize>;
+
+    /// No more cycles; the source's work in progress joins what waits for the spool, and
+    /// the answer comes when the spool took it all (or at the deadline).
+    fn handle(&mut self, msg: FinishUp, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(h) = self.next_tick.take() {
+            ctx.cancel_future(h);
+        }
+        let events = match self.source.finish() {
+            Ok(events) => events,
+            Err(e) => {
+                warn!(self.log, "collect_cycle_failed"; "error" => %e, "retriable" => e.retriable());
+                Vec::new()
+            }
+        };
+        let n = events.len();
+        if n > 0 {
+            self.stats.events_total += n as u64;
+            let dropped = self.handoff.keep(events, None);
+            log_overflow(&self.log, dropped);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.handoff.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.finishing = Some(tx);
+            hand_over(self, ctx);
+        }
+        let wait = msg.deadline.saturating_duration_since(Instant::now());
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(wait, rx).await;
+            }
+            .into_actor(self)
+            .map(move |_, act, _| {
+                if !act.handoff.is_empty() {
+                    warn!(act.log, "shutdown_flush_incomplete"; "reason" => "the spool did not take the collector's last events in time", "events" => act.handoff.waiting());
+                }
+                n
+            }),
+        )
+    }
 }
 
 impl Actor for CollectorActor {

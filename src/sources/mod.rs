@@ -86,6 +86,11 @@ pub trait Source {
     fn rows_skipped(&self) -> u64 {
         0
     }
+    /// At shutdown: the events of work in progress that would otherwise be lost (the
+    /// sampler's open window).
+    fn finish(&self) -> Result<Vec<crate::model::Event>, CycleError> {
+        Ok(Vec::new())
+    }
     /// State to store together with the events of the last collection, in the same spool
     /// transaction (taken: the next call returns only what changed since).
     fn checkpoint(&self) -> Option<crate::model::Checkpoint> {

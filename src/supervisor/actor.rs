@@ -13,7 +13,7 @@ use super::slots::{plan_reload, Down, Pong, Slots};
 use super::{RestartPolicy, HEALTH_INTERVAL, PING_TIMEOUT};
 use crate::catalogue::AgentEvent;
 use crate::config::Config;
-use crate::model::{ChildExited, ChildId, Enqueue, Flush, Route};
+use crate::model::{ChildExited, ChildId, Enqueue, FinishUp, Flush, Route};
 use crate::spool::SpoolActor;
 use crate::status::{self, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
@@ -327,37 +327,70 @@ impl Handler<Shutdown> for Supervisor {
             .copied()
             .filter(|id| id.is_source())
             .collect();
-        for id in collectors {
-            self.stop_child(id);
-            self.slots.stopped_on_purpose(id, false);
-        }
         let grace = self.config.agent.shutdown_grace;
-        let flush = self.running.get(&ChildId::Shipper).and_then(|r| {
-            r.addr.flush(Flush {
-                deadline: Instant::now() + grace,
+        // First the collectors hand over their work in progress (the sampler's open
+        // window), within a third of the grace; then they stop and the shipper flushes.
+        let end = Instant::now() + grace;
+        let finish_by = Instant::now() + grace / 3;
+        let finishing: Vec<_> = collectors
+            .iter()
+            .filter_map(|id| self.running.get(id))
+            .filter_map(|r| {
+                r.addr.finish(FinishUp {
+                    deadline: finish_by,
+                })
             })
-        });
-        let fut = async move {
-            match flush {
-                Some(req) => tokio::time::timeout(grace + Duration::from_secs(1), req)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-                None => None,
+            .collect();
+        let finished = async move {
+            let mut handed = 0;
+            for f in finishing {
+                let left = finish_by.saturating_duration_since(Instant::now());
+                if let Ok(Ok(n)) = tokio::time::timeout(left + Duration::from_millis(200), f).await
+                {
+                    handed += n;
+                }
             }
+            handed
         };
-        Box::pin(fut.into_actor(self).map(|outcome, act, _| {
-            if act.cut_short {
-                return;
-            }
-            match outcome {
-                Some(o) => info!(act.log, "shutdown_flushed"; "batches" => o.batches, "drained" => o.drained),
-                None => warn!(act.log, "shutdown_flush_incomplete"; "reason" => "shipper did not finish within the grace period"),
-            }
-            act.write_status("shutdown", false);
-            info!(act.log, "agent_stopped");
-            System::current().stop_with_code(0);
-        }))
+        Box::pin(
+            finished
+                .into_actor(self)
+                .then(move |handed, act, _| {
+                    if handed > 0 {
+                        info!(act.log, "shutdown_work_in_progress_spooled"; "events" => handed);
+                    }
+                    for id in collectors {
+                        act.stop_child(id);
+                        act.slots.stopped_on_purpose(id, false);
+                    }
+                    let flush = act.running.get(&ChildId::Shipper).and_then(|r| {
+                        r.addr.flush(Flush { deadline: end })
+                    });
+                    let limit = end.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+                    async move {
+                        match flush {
+                            Some(req) => tokio::time::timeout(limit, req)
+                                .await
+                                .ok()
+                                .and_then(Result::ok),
+                            None => None,
+                        }
+                    }
+                    .into_actor(act)
+                })
+                .map(|outcome, act, _| {
+                    if act.cut_short {
+                        return;
+                    }
+                    match outcome {
+                        Some(o) => info!(act.log, "shutdown_flushed"; "batches" => o.batches, "drained" => o.drained),
+                        None => warn!(act.log, "shutdown_flush_incomplete"; "reason" => "shipper did not finish within the grace period"),
+                    }
+                    act.write_status("shutdown", false);
+                    info!(act.log, "agent_stopped");
+                    System::current().stop_with_code(0);
+                }),
+        )
     }
 }
 

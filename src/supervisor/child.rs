@@ -9,7 +9,7 @@ use slog::{o, Logger};
 use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::logs::actor::LogTailActor;
-use crate::model::{ChildExited, ChildId, ExitGuard, Flush, Health, Ping, Route};
+use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route};
 use crate::shipper::{Origin, ShipperActor};
 use crate::sources;
 use crate::spool::SpoolActor;
@@ -37,6 +37,14 @@ impl ChildAddr {
             ChildAddr::Shipper(a) => Box::pin(a.send(Ping)),
             ChildAddr::Collector(a) => Box::pin(a.send(Ping)),
             ChildAddr::Log(a) => Box::pin(a.send(Ping)),
+        }
+    }
+
+    /// Asks a collector to hand its work in progress to the spool (shutdown).
+    pub fn finish(&self, msg: FinishUp) -> Option<Request<CollectorActor, FinishUp>> {
+        match self {
+            ChildAddr::Collector(a) => Some(a.send(msg)),
+            _ => None,
         }
     }
 

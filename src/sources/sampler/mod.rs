@@ -128,6 +128,19 @@ impl Source for SamplerSource {
         self.skipped.get()
     }
 
+    /// The open window, cut where its samples end (never past the window's end).
+    fn finish(&self) -> Result<Vec<Event>, CycleError> {
+        let Some(w) = self.state.borrow_mut().window.take() else {
+            return Ok(Vec::new());
+        };
+        let Some(last) = w.last_sample else {
+            return Ok(Vec::new());
+        };
+        let full = w.start + chrono::Duration::from_std(self.window_len).unwrap_or_default();
+        let cut = (last + chrono::Duration::from_std(self.every).unwrap_or_default()).min(full);
+        window_events(w, &self.host, self.window_len, self.every, Some(cut))
+    }
+
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
         let host = self.host.clone();
         let pattern = self.pattern.clone();
@@ -154,14 +167,14 @@ impl Source for SamplerSource {
             if !current.holds(at, len) {
                 let done = std::mem::replace(current, Window::holding(at, len, MAX_KEYS));
                 st.overflowed_total += done.overflowed;
-                events = window_events(done, &host, len, every)?;
+                events = window_events(done, &host, len, every, None)?;
             }
             if let Some(w) = st.window.as_mut() {
                 w.add(at, &sample);
             }
             if single {
                 if let Some(w) = st.window.take() {
-                    events.extend(window_events(w, &host, len, every)?);
+                    events.extend(window_events(w, &host, len, every, None)?);
                 }
             }
             Ok(events)
@@ -215,25 +228,32 @@ fn read_sample(rows: &[Row], pattern: &Regex) -> (Option<DateTime<Utc>>, Vec<Sam
 }
 
 /// The events of a finished window: id = window start and key hash, so the same window
-/// always makes the same events.
+/// always makes the same events. A window cut short at shutdown (`cut`: where its samples
+/// end) has ids of its own, so that the rest of the same window, sampled after a restart,
+/// is not taken for a copy of it.
 fn window_events(
     w: Window,
     host: &str,
     len: Duration,
     every: Duration,
+    cut: Option<DateTime<Utc>>,
 ) -> Result<Vec<Event>, CycleError> {
     let start = w.start;
-    let end = start + chrono::Duration::from_std(len).unwrap_or_default();
+    let end = cut.unwrap_or(start + chrono::Duration::from_std(len).unwrap_or_default());
     w.close(end, every)
         .into_iter()
-        .map(|s| {
+        .map(|mut s| {
+            s.partial = cut.is_some();
             let key = if s.overflow {
                 "overflow".to_string()
             } else {
                 s.key.hash()
             };
+            let until = cut
+                .map(|c| format!(":until:{}", c.timestamp_micros()))
+                .unwrap_or_default();
             let id = format!(
-                "pg_activity_summary:{host}:{}:{key}",
+                "pg_activity_summary:{host}:{}:{key}{until}",
                 start.timestamp_micros()
             );
             Event::new(id, EventKind::PgActivitySummary, end, &s)

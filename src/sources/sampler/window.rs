@@ -136,8 +136,12 @@ pub struct Summary {
     pub overflow: bool,
     /// Start and end of the window.
     pub window_start: DateTime<Utc>,
-    /// End of the window.
+    /// End of the window (of its part before the agent stopped, when `partial`).
     pub window_end: DateTime<Utc>,
+    /// The window was cut short by a shutdown: its samples up to `window_end`; the rest
+    /// of the window, if the agent runs again within it, comes as its own events.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     /// Samples in which a session had this key.
     pub samples: u64,
     /// `samples` × the sampling interval: the database time of this key.
@@ -176,6 +180,8 @@ pub struct Window {
     overflow: Entry,
     /// Samples put into the overflow entry.
     pub overflowed: u64,
+    /// When the last sample was taken.
+    pub last_sample: Option<DateTime<Utc>>,
     max_keys: usize,
 }
 
@@ -187,6 +193,7 @@ impl Window {
             entries: BTreeMap::new(),
             overflow: Entry::default(),
             overflowed: 0,
+            last_sample: None,
             max_keys,
         }
     }
@@ -198,6 +205,7 @@ impl Window {
 
     /// Adds one sample taken at `at`.
     pub fn add(&mut self, at: DateTime<Utc>, sample: &[Sampled]) {
+        self.last_sample = Some(at);
         for s in sample {
             let key = Key::of(s);
             if let Some(e) = self.entries.get_mut(&key) {
@@ -275,6 +283,7 @@ fn summary(
         overflow,
         window_start,
         window_end,
+        partial: false,
         samples: e.samples,
         seconds: (e.samples as f64 * secs * 1000.0).round() / 1000.0,
         pids: e.pids.into_iter().collect(),

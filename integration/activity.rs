@@ -215,3 +215,40 @@ fn a_traceparent_in_the_query_ships_its_trace_and_span() {
     assert_eq!(f["correlation_id"], Value::Null, "{f}");
     drop(agent);
 }
+
+#[test]
+fn collection_redact_takes_literals_out_of_session_texts_but_not_their_identity() {
+    const REQ: &str = "0b7e6c84-5a2f-4d43-9a4e-2b1f0f6e7a77";
+    const SQL: &str = "select 'hunter2' as pw, pg_sleep(60)";
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let _s = pg.session(&format!("bitville-{REQ}"), SQL);
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("sample_interval_ms = 0", "sample_interval_ms = 500")
+        .replace(
+            "[collection]\n",
+            "[collection]\nredact = \"literals\"\nactivity_interval_s = 1\n",
+        );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let (activity, summary) = wait_for("activity and summary", Duration::from_secs(30), || {
+        let of = |kind: &str| {
+            listener
+                .events_of(kind)
+                .into_iter()
+                .find(|e| e["data"]["correlation_id"] == REQ && e["data"]["query"].is_string())
+        };
+        Some((of("pg_activity")?, of("pg_activity_summary")?))
+    });
+    let fingerprint = postgres_agent::fingerprint::fingerprint(SQL);
+    for e in [&activity, &summary] {
+        assert_eq!(e["data"]["query"], "select ? as pw, pg_sleep(?)", "{e}");
+        assert_eq!(
+            e["data"]["query_fingerprint"].as_str(),
+            fingerprint.as_deref()
+        );
+    }
+    let all = serde_json::to_string(&listener.accepted_events()).expect("json");
+    assert!(!all.contains("hunter2"));
+    drop(agent);
+}

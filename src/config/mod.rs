@@ -126,6 +126,9 @@ pub struct CollectionConfig {
     pub max_query_length: u32,
     /// At most this many statements per `pg_statements` sample (most execution time first).
     pub statements_max_rows: u32,
+    /// Literals out of the query texts read from the database (`none` or `literals`;
+    /// passwords go whatever it says).
+    pub redact: crate::logs::redact::Redact,
 }
 
 /// `[correlation]`: how request ids are found in `application_name`.

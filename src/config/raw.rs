@@ -174,6 +174,7 @@ pub struct RawCollection {
     pub max_activity_rows: Field<i64>,
     pub max_query_length: Field<i64>,
     pub statements_max_rows: Field<i64>,
+    pub redact: Field<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -213,6 +213,11 @@ fn an_unknown_redact_value_is_refused() {
         keys("[agent]\nproject_id=\"p\"\n[logs]\nredact = \"all\"\n"),
         vec!["logs.redact"]
     );
+    // The database's texts have no bind parameters: literals or nothing.
+    assert_eq!(
+        keys("[agent]\nproject_id=\"p\"\n[collection]\nredact = \"parameters\"\n"),
+        vec!["collection.redact"]
+    );
 }
 
 proptest::proptest! {

@@ -347,6 +347,12 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
             100_000,
             "",
         ) as u32,
+        // The database's texts have no bind parameters to take out: literals or nothing.
+        redact: c.choice(
+            "collection.redact",
+            &col.redact,
+            &[("none", Redact::None), ("literals", Redact::Literals)],
+        ),
     }
 }
 

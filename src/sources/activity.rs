@@ -5,7 +5,6 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use chrono::{DateTime, Utc};
-use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
 
@@ -22,7 +21,7 @@ use super::session::INSUFFICIENT_PRIVILEGE as INSUFFICIENT;
 /// Reads `pg_stat_activity`.
 pub struct ActivitySource {
     host: String,
-    pattern: Regex,
+    reading: session::Reading,
     max_rows: u32,
     max_query_length: u32,
     /// `server_version_num`, learnt on first use: `query_id` exists from PostgreSQL 14.
@@ -85,7 +84,7 @@ impl ActivitySource {
     pub fn new(config: &Config) -> ActivitySource {
         ActivitySource {
             host: config.agent.hostname.clone(),
-            pattern: config.correlation.application_name_pattern.clone(),
+            reading: session::Reading::of(config),
             max_rows: config.collection.max_activity_rows,
             max_query_length: config.collection.max_query_length,
             server_version: Rc::new(Cell::new(None)),
@@ -119,7 +118,7 @@ impl Source for ActivitySource {
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
         let host = self.host.clone();
-        let pattern = self.pattern.clone();
+        let reading = self.reading.clone();
         let (max_rows, max_len) = (self.max_rows, self.max_query_length);
         let version = self.server_version.clone();
         let skipped = self.skipped.clone();
@@ -128,7 +127,7 @@ impl Source for ActivitySource {
             let conn = db.get().await?;
             let params: [&(dyn ToSql + Sync); 2] = [&(max_len as i32), &(max_rows as i64)];
             let rows = super::versioned_query(&conn, &version, sql, &params).await?;
-            let (events, bad) = to_events(&rows, &host, &pattern)?;
+            let (events, bad) = to_events(&rows, &host, &reading)?;
             skipped.set(skipped.get() + bad);
             hidden.set(
                 rows.iter()
@@ -147,13 +146,17 @@ impl Source for ActivitySource {
 
 /// Maps rows to events; a row that cannot be read is skipped and counted (the second
 /// value), never the reason a whole sample is lost.
-fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), CycleError> {
+fn to_events(
+    rows: &[Row],
+    host: &str,
+    reading: &session::Reading,
+) -> Result<(Vec<Event>, u64), CycleError> {
     let n = rows.len();
     let mut out = Vec::with_capacity(n);
     let mut skipped = 0;
     for r in rows {
         let (Ok(mut row), Ok(sampled_at)) = (
-            map_row(r, pattern),
+            map_row(r, reading),
             r.try_get::<_, DateTime<Utc>>("sampled_at"),
         ) else {
             skipped += 1;
@@ -172,10 +175,10 @@ fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u
     Ok((out, skipped))
 }
 
-fn map_row(r: &Row, pattern: &Regex) -> Result<ActivityRow, tokio_postgres::Error> {
+fn map_row(r: &Row, reading: &session::Reading) -> Result<ActivityRow, tokio_postgres::Error> {
     let mut bad = false;
     let mut row = ActivityRow {
-        session: session::read(r, pattern)?,
+        session: session::read(r, reading)?,
         client_port: r.try_get("client_port")?,
         backend_type: text(r, "backend_type", &mut bad)?,
         backend_start: r.try_get("backend_start")?,

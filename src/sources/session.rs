@@ -14,7 +14,7 @@ use crate::fingerprint::fingerprint;
 /// What the server shows instead of another role's query to a role without
 /// pg_read_all_stats.
 pub const INSUFFICIENT_PRIVILEGE: &str = "<insufficient privilege>";
-use crate::logs::redact::passwords;
+use crate::logs::redact::{literals, passwords, Redact};
 
 /// One session.
 #[derive(Debug, Clone, Serialize)]
@@ -55,10 +55,40 @@ pub struct Session {
     pub not_utf8: bool,
 }
 
+/// How session texts are read: where the request id is, what is redacted.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// `correlation.application_name_pattern`.
+    pub pattern: Regex,
+    /// `collection.redact`.
+    pub redact: Redact,
+}
+
+impl Reading {
+    /// From the configuration.
+    pub fn of(config: &crate::config::Config) -> Reading {
+        Reading {
+            pattern: config.correlation.application_name_pattern.clone(),
+            redact: config.collection.redact,
+        }
+    }
+}
+
+/// A query text as shipped: literals out when `redact` says so. Passwords are masked
+/// before, whatever it says.
+pub fn redacted(query: String, redact: Redact) -> String {
+    if redact == Redact::Literals && query != INSUFFICIENT_PRIVILEGE {
+        literals(&query)
+    } else {
+        query
+    }
+}
+
 /// Reads the session columns of `r` (named as in `pg_stat_activity`, ages as
 /// `xact_age_s`, `query_age_s`, `state_age_s`, the query cut with `query_truncated`,
 /// `query_id` NULL before PostgreSQL 14).
-pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> {
+pub fn read(r: &Row, reading: &Reading) -> Result<Session, tokio_postgres::Error> {
+    let pattern = &reading.pattern;
     let mut bad = false;
     let application_name = text(r, "application_name", &mut bad)?;
     // An idle session shows its last statement: an `ALTER ROLE … PASSWORD` stays
@@ -71,6 +101,8 @@ pub fn read(r: &Row, pattern: &Regex) -> Result<Session, tokio_postgres::Error> 
         .as_deref()
         .filter(|q| !query_truncated && *q != INSUFFICIENT_PRIVILEGE)
         .and_then(fingerprint);
+    // After the correlation id, the trace and the fingerprint were taken from it.
+    let query = query.map(|q| redacted(q, reading.redact));
     Ok(Session {
         pid: r.try_get("pid")?,
         datname: text(r, "datname", &mut bad)?,

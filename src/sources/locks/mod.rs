@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
 
@@ -25,7 +24,7 @@ use tokio_postgres::types::ToSql;
 /// Reads blocked and blocking sessions.
 pub struct LocksSource {
     host: String,
-    pattern: Regex,
+    reading: session::Reading,
     max_rows: u32,
     max_query_length: u32,
     /// Interval while blocking is seen.
@@ -110,7 +109,7 @@ impl LocksSource {
     pub fn new(config: &Config) -> LocksSource {
         LocksSource {
             host: config.agent.hostname.clone(),
-            pattern: config.correlation.application_name_pattern.clone(),
+            reading: session::Reading::of(config),
             max_rows: config.collection.max_activity_rows,
             max_query_length: config.collection.max_query_length,
             fast: config.collection.locks_blocking_interval,
@@ -140,7 +139,7 @@ impl Source for LocksSource {
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
         let host = self.host.clone();
-        let pattern = self.pattern.clone();
+        let reading = self.reading.clone();
         let (max_rows, max_len) = (self.max_rows, self.max_query_length);
         let (seen, version) = (self.blocking_seen.clone(), self.server_version.clone());
         let skipped = self.skipped.clone();
@@ -148,7 +147,7 @@ impl Source for LocksSource {
             let conn = db.get().await?;
             let params: [&(dyn ToSql + Sync); 2] = [&(max_len as i32), &(max_rows as i64)];
             let rows = super::versioned_query(&conn, &version, sql, &params).await?;
-            let (events, bad) = to_events(&rows, &host, &pattern)?;
+            let (events, bad) = to_events(&rows, &host, &reading)?;
             skipped.set(skipped.get() + bad);
             seen.set(!events.is_empty());
             Ok(events)
@@ -163,7 +162,7 @@ struct Parsed {
     wait_s: Option<f64>,
 }
 
-fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
+fn parse(r: &Row, reading: &session::Reading) -> Result<Parsed, tokio_postgres::Error> {
     let locktype: Option<String> = r.try_get("locktype")?;
     let lock = locktype
         .is_some()
@@ -176,7 +175,7 @@ fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
             })
         });
     Ok(Parsed {
-        session: session::read(r, pattern)?,
+        session: session::read(r, reading)?,
         blocking: r.try_get("blocking")?,
         lock: lock.transpose()?,
         wait_s: r.try_get("wait_s")?,
@@ -185,14 +184,18 @@ fn parse(r: &Row, pattern: &Regex) -> Result<Parsed, tokio_postgres::Error> {
 
 /// The events of one sample, and how many rows could not be read (skipped: one odd
 /// session must not hide the pile-up the source exists for).
-fn to_events(rows: &[Row], host: &str, pattern: &Regex) -> Result<(Vec<Event>, u64), CycleError> {
+fn to_events(
+    rows: &[Row],
+    host: &str,
+    reading: &session::Reading,
+) -> Result<(Vec<Event>, u64), CycleError> {
     let Some(sampled_at) = rows
         .iter()
         .find_map(|r| r.try_get::<_, DateTime<Utc>>("sampled_at").ok())
     else {
         return Ok((vec![], rows.len() as u64));
     };
-    let parsed: Vec<Parsed> = rows.iter().filter_map(|r| parse(r, pattern).ok()).collect();
+    let parsed: Vec<Parsed> = rows.iter().filter_map(|r| parse(r, reading).ok()).collect();
     let skipped = (rows.len() - parsed.len()) as u64;
     let sessions: BTreeMap<i32, &Session> =
         parsed.iter().map(|p| (p.session.pid, &p.session)).collect();

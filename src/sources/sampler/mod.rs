@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use regex::Regex;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -70,7 +69,7 @@ struct State {
 /// Samples sessions and summarizes them per window.
 pub struct SamplerSource {
     host: String,
-    pattern: Regex,
+    reading: session::Reading,
     every: Duration,
     window_len: Duration,
     max_rows: u32,
@@ -89,7 +88,7 @@ impl SamplerSource {
         let c = &config.collection;
         SamplerSource {
             host: config.agent.hostname.clone(),
-            pattern: config.correlation.application_name_pattern.clone(),
+            reading: session::Reading::of(config),
             every: c.sample_interval.unwrap_or(Duration::from_secs(1)),
             window_len: c.activity_interval,
             max_rows: c.max_activity_rows,
@@ -143,7 +142,7 @@ impl Source for SamplerSource {
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
         let host = self.host.clone();
-        let pattern = self.pattern.clone();
+        let reading = self.reading.clone();
         let (every, len) = (self.every, self.window_len);
         let (max_rows, max_len) = (self.max_rows, self.max_query_length);
         let version = self.server_version.clone();
@@ -154,7 +153,7 @@ impl Source for SamplerSource {
             let conn = db.get().await?;
             let params: [&(dyn ToSql + Sync); 2] = [&(max_len as i32), &(max_rows as i64)];
             let rows = super::versioned_query(&conn, &version, sql, &params).await?;
-            let (at, sample, bad) = read_sample(&rows, &pattern);
+            let (at, sample, bad) = read_sample(&rows, &reading);
             skipped.set(skipped.get() + bad);
             let Some(at) = at else {
                 return Ok(vec![]);
@@ -184,7 +183,10 @@ impl Source for SamplerSource {
 
 /// The sampled sessions of one query result, the server's time of the sample, and how
 /// many rows could not be read.
-fn read_sample(rows: &[Row], pattern: &Regex) -> (Option<DateTime<Utc>>, Vec<Sampled>, u64) {
+fn read_sample(
+    rows: &[Row],
+    reading: &session::Reading,
+) -> (Option<DateTime<Utc>>, Vec<Sampled>, u64) {
     let at = rows
         .iter()
         .find_map(|r| r.try_get::<_, DateTime<Utc>>("sampled_at").ok());
@@ -197,7 +199,7 @@ fn read_sample(rows: &[Row], pattern: &Regex) -> (Option<DateTime<Utc>>, Vec<Sam
     for r in sessions {
         let mut flag = false;
         let parts = (
-            session::read(r, pattern),
+            session::read(r, reading),
             text(r, "backend_type", &mut flag),
             r.try_get::<_, Option<Vec<i32>>>("blocking"),
         );

@@ -34,6 +34,7 @@ pub struct StatementsSource {
     host: String,
     state_dir: PathBuf,
     max_query_length: u32,
+    redact: crate::logs::redact::Redact,
     tracker: Rc<RefCell<Tracker>>,
 }
 
@@ -45,6 +46,7 @@ impl StatementsSource {
             host: config.agent.hostname.clone(),
             state_dir: config.agent.state_dir.clone(),
             max_query_length: config.collection.max_query_length,
+            redact: config.collection.redact,
             tracker: Rc::new(RefCell::new(Tracker::new(
                 format!("{}:{}/{}", d.host, d.port, d.dbname),
                 persist,
@@ -78,6 +80,7 @@ impl Source for StatementsSource {
             host: self.host.clone(),
             state_dir: self.state_dir.clone(),
             max_len: self.max_query_length,
+            redact: self.redact,
             tracker: self.tracker.clone(),
         };
         Box::pin(async move {
@@ -93,6 +96,7 @@ struct Cycle {
     host: String,
     state_dir: PathBuf,
     max_len: u32,
+    redact: crate::logs::redact::Redact,
     tracker: Rc<RefCell<Tracker>>,
 }
 
@@ -157,7 +161,7 @@ impl Cycle {
             let texts = query::texts(conn, ext, &missing.texts, self.max_len).await?;
             self.tracker
                 .borrow_mut()
-                .add_texts(texts, self.max_len as usize);
+                .add_texts(texts, self.max_len as usize, self.redact);
         }
         if missing.databases {
             let names = query::databases(conn).await?;

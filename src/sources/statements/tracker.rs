@@ -265,8 +265,14 @@ impl Tracker {
     }
 
     /// Remembers texts read (forgetting all when the cache is full), with the
-    /// fingerprint of each text shorter than `max_len` bytes (a longer one was cut).
-    pub fn add_texts(&mut self, texts: Vec<(i64, String)>, max_len: usize) {
+    /// fingerprint of each text shorter than `max_len` bytes (a longer one was cut),
+    /// taken before `redact` takes the literals out.
+    pub fn add_texts(
+        &mut self,
+        texts: Vec<(i64, String)>,
+        max_len: usize,
+        redact: crate::logs::redact::Redact,
+    ) {
         if self.names.texts.len() + texts.len() > TEXT_CACHE_MAX {
             self.names.texts.clear();
             self.names.fingerprints.clear();
@@ -277,7 +283,9 @@ impl Tracker {
                     self.names.fingerprints.insert(id, f);
                 }
             }
-            self.names.texts.insert(id, text);
+            self.names
+                .texts
+                .insert(id, crate::sources::session::redacted(text, redact));
         }
     }
 }
@@ -484,8 +492,19 @@ mod tests {
             }
         );
         t.add_texts(
-            vec![(1, "select $1".into()), (3, "select 123456789".into())],
-            10,
+            vec![
+                (1, "select $1".into()),
+                (3, "select 123456789".into()),
+                (4, "set x = 'on'".into()),
+            ],
+            16,
+            crate::logs::redact::Redact::Literals,
+        );
+        assert_eq!(t.names.texts[&4], "set x = ?", "literals out");
+        assert_eq!(
+            t.names.fingerprints.get(&4),
+            crate::fingerprint::fingerprint("set x = 'on'").as_ref(),
+            "the fingerprint of the text before redaction"
         );
         assert_eq!(
             t.names.fingerprints.get(&1),

@@ -17,6 +17,17 @@ pub enum CorrelationSource {
     Traceparent,
 }
 
+/// The longest correlation id taken (bytes). A request id is a UUID or the like; a
+/// longer value in a query comment is some other text, and every id may end up in the
+/// sampler's keys, so memory stays bounded by bytes, not only by the number of keys.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// True for a value that may be a correlation id: not empty, at most [`MAX_ID_BYTES`],
+/// no control characters.
+fn usable(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
+}
+
 /// Extracts the correlation id of a session: the application name wins; the query
 /// comment is the fallback for applications that tag queries instead of sessions.
 pub fn extract(
@@ -27,6 +38,7 @@ pub fn extract(
     if let Some(id) = application_name
         .and_then(|a| pattern.captures(a))
         .and_then(|c| c.name("id"))
+        .filter(|id| usable(id.as_str()))
     {
         return Some((id.as_str().to_string(), CorrelationSource::ApplicationName));
     }
@@ -60,7 +72,7 @@ fn from_comment(query: &str) -> Option<(String, CorrelationSource)> {
         let mut trace = None;
         for (k, v) in pairs(body) {
             match k {
-                "request_id" | "correlation_id" if !v.is_empty() => {
+                "request_id" | "correlation_id" if usable(v) => {
                     return Some((v.to_string(), CorrelationSource::QueryComment))
                 }
                 // The trace id names the request.
@@ -123,6 +135,31 @@ pub fn traceparent(v: &str) -> Option<Trace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_too_long_or_with_control_characters_are_not_ids() {
+        let long = "a".repeat(MAX_ID_BYTES + 1);
+        let ok = "a".repeat(MAX_ID_BYTES);
+        let q = |id: &str| format!("select 1 /*request_id='{id}'*/");
+        assert_eq!(extract(&re(), None, Some(&q(&long))), None);
+        assert_eq!(
+            extract(&re(), None, Some(&q(&ok))).map(|c| c.0),
+            Some(ok.clone())
+        );
+        assert_eq!(extract(&re(), None, Some(&q("a\u{7}b"))), None);
+        // A later valid key of the same comment is still read.
+        assert_eq!(
+            extract(
+                &re(),
+                None,
+                Some(&format!(
+                    "select 1 /*request_id='{long}',correlation_id='r-1'*/"
+                ))
+            )
+            .map(|c| c.0),
+            Some("r-1".to_string())
+        );
+    }
 
     fn re() -> Regex {
         Regex::new(

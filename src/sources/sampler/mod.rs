@@ -64,6 +64,7 @@ fn sql(server_version: i32) -> String {
 struct State {
     window: Option<Window>,
     overflowed_total: u64,
+    texts_omitted_total: u64,
 }
 
 /// Samples sessions and summarizes them per window.
@@ -98,6 +99,7 @@ impl SamplerSource {
             state: Rc::new(RefCell::new(State {
                 window: None,
                 overflowed_total: 0,
+                texts_omitted_total: 0,
             })),
             single,
         }
@@ -110,14 +112,24 @@ impl Source for SamplerSource {
     }
 
     fn state(&self) -> Option<SourceState> {
-        let n = self.state.borrow().overflowed_total;
-        (n > 0).then(|| {
-            // The count is in the overflow entries (`samples`): a state is logged when
-            // it changes, and a count would change it every window.
+        let st = self.state.borrow();
+        // No counts in the text: a state is logged when it changes, and a count would
+        // change it every window (the overflow entries carry theirs in `samples`).
+        let mut what = Vec::new();
+        if st.overflowed_total > 0 {
+            what.push(format!(
+                "samples beyond {MAX_KEYS} keys per window are summarized in overflow entries"
+            ));
+        }
+        if st.texts_omitted_total > 0 {
+            what.push(format!(
+                "query texts beyond {} MiB per window are left out (query null)",
+                window::MAX_TEXT_BYTES >> 20
+            ));
+        }
+        (!what.is_empty()).then(|| {
             SourceState::Degraded(Problem::new(
-                format!(
-                    "samples beyond {MAX_KEYS} keys per window are summarized in overflow entries"
-                ),
+                what.join("; "),
                 "a shorter [collection] activity_interval_s makes smaller windows",
             ))
         })
@@ -166,6 +178,7 @@ impl Source for SamplerSource {
             if !current.holds(at, len) {
                 let done = std::mem::replace(current, Window::holding(at, len, MAX_KEYS));
                 st.overflowed_total += done.overflowed;
+                st.texts_omitted_total += done.texts_omitted;
                 events = window_events(done, &host, len, every, None)?;
             }
             if let Some(w) = st.window.as_mut() {

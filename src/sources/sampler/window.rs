@@ -2,10 +2,11 @@
 //! sample adds each sampled session to the entry of its key (request, database, user,
 //! statement, state, wait, backend type); when the window ends the entries become
 //! `pg_activity_summary` payloads. Memory is bounded whatever the workload: at most
-//! `max_keys` entries, beyond which samples go to one overflow entry (counted), and
-//! every set in an entry is capped.
+//! `max_keys` entries, beyond which samples go to one overflow entry (counted), every set
+//! in an entry is capped, and the query texts — kept once per statement, not per key —
+//! are held up to [`MAX_TEXT_BYTES`] per window (the rest counted, not kept).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,6 +15,12 @@ use crate::sources::session::Session;
 
 /// At most this many distinct pids, and blockers, are listed per entry.
 const MAX_LISTED: usize = 64;
+
+/// The most query text held by one window, bytes.
+pub const MAX_TEXT_BYTES: usize = 4 << 20;
+
+/// What names a statement: the server's query id and the agent's fingerprint.
+type Identity = (Option<i64>, Option<String>);
 
 /// One sampled session, as the sampler read it.
 #[derive(Debug, Clone)]
@@ -108,10 +115,6 @@ impl Entry {
                 self.blockers_more = true;
             }
         }
-        if self.query.is_none() {
-            self.query = s.session.query.clone();
-            self.query_truncated = s.session.query_truncated;
-        }
     }
 }
 
@@ -182,6 +185,13 @@ pub struct Window {
     pub overflowed: u64,
     /// When the last sample was taken.
     pub last_sample: Option<DateTime<Utc>>,
+    /// Texts by statement (a text without identity — cut, or not readable — is kept in
+    /// its entry).
+    texts: HashMap<Identity, (String, bool)>,
+    text_bytes: usize,
+    /// Samples whose text was not kept because the window's texts reached
+    /// [`MAX_TEXT_BYTES`].
+    pub texts_omitted: u64,
     max_keys: usize,
 }
 
@@ -194,6 +204,9 @@ impl Window {
             overflow: Entry::default(),
             overflowed: 0,
             last_sample: None,
+            texts: HashMap::new(),
+            text_bytes: 0,
+            texts_omitted: 0,
             max_keys,
         }
     }
@@ -208,13 +221,42 @@ impl Window {
         self.last_sample = Some(at);
         for s in sample {
             let key = Key::of(s);
-            if let Some(e) = self.entries.get_mut(&key) {
-                e.add(s, at);
-            } else if self.entries.len() < self.max_keys {
-                self.entries.entry(key).or_default().add(s, at);
-            } else {
+            if !self.entries.contains_key(&key) && self.entries.len() >= self.max_keys {
                 self.overflowed += 1;
                 self.overflow.add(s, at);
+                continue;
+            }
+            let identity: Identity = (key.query_id, key.query_fingerprint.clone());
+            let shared = identity != (None, None);
+            let wanted = s.session.query.is_some()
+                && if shared {
+                    !self.texts.contains_key(&identity)
+                } else {
+                    self.entries.get(&key).is_none_or(|e| e.query.is_none())
+                };
+            let text = match &s.session.query {
+                Some(q) if wanted => {
+                    if self.text_bytes + q.len() <= MAX_TEXT_BYTES {
+                        self.text_bytes += q.len();
+                        Some((q.clone(), s.session.query_truncated))
+                    } else {
+                        self.texts_omitted += 1;
+                        None
+                    }
+                }
+                _ => None,
+            };
+            let e = self.entries.entry(key).or_default();
+            e.add(s, at);
+            match text {
+                Some(t) if shared => {
+                    self.texts.insert(identity, t);
+                }
+                Some((q, cut)) => {
+                    e.query = Some(q);
+                    e.query_truncated = cut;
+                }
+                None => {}
             }
         }
     }
@@ -227,15 +269,21 @@ impl Window {
     /// The summaries of the window, ending at `end`, sampled every `interval`.
     pub fn close(self, end: DateTime<Utc>, interval: std::time::Duration) -> Vec<Summary> {
         let secs = interval.as_secs_f64();
-        let mut texts_given: HashSet<(Option<i64>, Option<String>)> = HashSet::new();
         let start = self.start;
+        let mut texts = self.texts;
         let mut out: Vec<Summary> = self
             .entries
             .into_iter()
-            .map(|(key, e)| {
-                let identity = (key.query_id, key.query_fingerprint.clone());
-                let give_text = identity == (None, None) || texts_given.insert(identity);
-                summary(key, e, false, start, end, secs, give_text)
+            .map(|(key, mut e)| {
+                // The statement's text goes with the first of its keys.
+                let identity: Identity = (key.query_id, key.query_fingerprint.clone());
+                if identity != (None, None) {
+                    if let Some((q, cut)) = texts.remove(&identity) {
+                        e.query = Some(q);
+                        e.query_truncated = cut;
+                    }
+                }
+                summary(key, e, false, start, end, secs)
             })
             .collect();
         if self.overflow.samples > 0 {
@@ -246,7 +294,6 @@ impl Window {
                 start,
                 end,
                 secs,
-                false,
             ));
         }
         out
@@ -276,7 +323,6 @@ fn summary(
     window_start: DateTime<Utc>,
     window_end: DateTime<Utc>,
     secs: f64,
-    give_text: bool,
 ) -> Summary {
     Summary {
         key,
@@ -300,8 +346,8 @@ fn summary(
             })
             .collect(),
         blockers_more: e.blockers_more,
-        query: if give_text { e.query } else { None },
-        query_truncated: give_text && e.query_truncated,
+        query_truncated: e.query.is_some() && e.query_truncated,
+        query: e.query,
     }
 }
 
@@ -353,6 +399,35 @@ mod tests {
     }
 
     const LEN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn texts_are_held_once_per_statement_and_by_bytes() {
+        let mut w = Window::holding(at(0), LEN, 100_000);
+        // 3 requests running one statement: one text.
+        for r in 0..3 {
+            w.add(at(0), &[session(r, Some(&format!("req-{r}")), None, 1.0)]);
+        }
+        assert_eq!(w.text_bytes, "update t set v = v + 1 where id = 1".len());
+        // Distinct statements of 64 KiB each: held until the window's budget is spent.
+        let big = MAX_TEXT_BYTES / (64 << 10) + 10;
+        for i in 0..big {
+            let mut s = session(100, Some("bulk"), None, 1.0);
+            s.session.query_fingerprint = Some(format!("f{i}"));
+            s.session.query_id = Some(i as i64 + 1000);
+            s.session.query = Some("x".repeat(64 << 10));
+            w.add(at(1), &[s.clone()]);
+            w.add(at(2), &[s]);
+        }
+        let kept = (MAX_TEXT_BYTES - 35) / (64 << 10);
+        assert_eq!(w.text_bytes, 35 + kept * (64 << 10));
+        // Each statement that did not fit counts once per sample that carried it.
+        assert_eq!(w.texts_omitted, 2 * (big - kept) as u64);
+        let out = w.close(at(60), Duration::from_secs(1));
+        let with_text = out.iter().filter(|s| s.query.is_some()).count();
+        // The shared statement once, the big ones as far as the budget went.
+        assert_eq!(with_text, 1 + kept);
+        assert_eq!(out.len(), 3 + big);
+    }
 
     #[test]
     fn a_request_running_three_seconds_is_three_samples_of_one_key() {

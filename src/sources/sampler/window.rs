@@ -187,7 +187,7 @@ pub struct Window {
     pub last_sample: Option<DateTime<Utc>>,
     /// Texts by statement (a text without identity — cut, or not readable — is kept in
     /// its entry).
-    texts: HashMap<Identity, (String, bool)>,
+    texts: HashMap<Identity, (Key, String, bool)>,
     text_bytes: usize,
     /// Samples whose text was not kept because the window's texts reached
     /// [`MAX_TEXT_BYTES`].
@@ -246,11 +246,12 @@ impl Window {
                 }
                 _ => None,
             };
-            let e = self.entries.entry(key).or_default();
+            let e = self.entries.entry(key.clone()).or_default();
             e.add(s, at);
             match text {
-                Some(t) if shared => {
-                    self.texts.insert(identity, t);
+                // With the key that ran it: another request's constants are not this one's.
+                Some((q, cut)) if shared => {
+                    self.texts.insert(identity, (key, q, cut));
                 }
                 Some((q, cut)) => {
                     e.query = Some(q);
@@ -270,18 +271,19 @@ impl Window {
     pub fn close(self, end: DateTime<Utc>, interval: std::time::Duration) -> Vec<Summary> {
         let secs = interval.as_secs_f64();
         let start = self.start;
-        let mut texts = self.texts;
+        // The statement's text goes with the key whose session ran it.
+        let mut texts: HashMap<Key, (String, bool)> = self
+            .texts
+            .into_values()
+            .map(|(key, q, cut)| (key, (q, cut)))
+            .collect();
         let mut out: Vec<Summary> = self
             .entries
             .into_iter()
             .map(|(key, mut e)| {
-                // The statement's text goes with the first of its keys.
-                let identity: Identity = (key.query_id, key.query_fingerprint.clone());
-                if identity != (None, None) {
-                    if let Some((q, cut)) = texts.remove(&identity) {
-                        e.query = Some(q);
-                        e.query_truncated = cut;
-                    }
+                if let Some((q, cut)) = texts.remove(&key) {
+                    e.query = Some(q);
+                    e.query_truncated = cut;
                 }
                 summary(key, e, false, start, end, secs)
             })
@@ -426,6 +428,13 @@ mod tests {
         let with_text = out.iter().filter(|s| s.query.is_some()).count();
         // The shared statement once, the big ones as far as the budget went.
         assert_eq!(with_text, 1 + kept);
+        // The shared text goes with the request that supplied it.
+        let shared: Vec<_> = out
+            .iter()
+            .filter(|s| s.key.query_fingerprint.as_deref() == Some("f") && s.query.is_some())
+            .map(|s| s.key.correlation_id.as_deref())
+            .collect();
+        assert_eq!(shared, vec![Some("req-0")]);
         assert_eq!(out.len(), 3 + big);
     }
 

@@ -4,6 +4,10 @@
 # 200 of them every second. The agent runs every source but the log (interval 2 s) as a
 # pg_monitor role; the server's own pg_stat_statements tells the agent's query time.
 #   scripts/overhead.sh [SECONDS]      (default 40)
+# SAMPLER=1: the session sampler alone (every SAMPLE_MS, default 1000) on 300
+# connections of which 20 are active: server time and agent CPU per sample, RSS. With
+# KEYS=many each statement runs under a new request id (thousands of keys per window,
+# as many summaries shipped); by default each session keeps one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_S=${1:-40}
@@ -29,7 +33,7 @@ cat >> "$W/data/postgresql.conf" <<CONF
 port = 5432
 listen_addresses = ''
 unix_socket_directories = '$W'
-max_connections = 300
+max_connections = 350
 shared_preload_libraries = 'pg_stat_statements'
 pg_stat_statements.max = 10000
 fsync = off
@@ -59,10 +63,34 @@ echo "pg_stat_statements entries: $entries"
 
 mkfifo "$W/idle"
 sleep 3600 > "$W/idle" & HOLD=$!
-for _ in $(seq 1 200); do
+IDLE=200; [ -n "${SAMPLER:-}" ] && IDLE=280
+for _ in $(seq 1 $IDLE); do
   "$PSQL" -X -q -h "$W" -U postgres -d postgres < "$W/idle" >/dev/null 2>&1 & pids+=($!)
 done
-( while true; do sql -f "$W/workload.sql" >/dev/null; sleep 1; done ) & pids+=($!)
+if [ -n "${SAMPLER:-}" ]; then
+  # 20 active sessions; every statement (0.1-0.3 s) under a new request id.
+  python3 - "$W" "${KEYS:-few}" <<'PY'
+import sys, uuid, random
+w, many = sys.argv[1], sys.argv[2] == "many"
+random.seed(7)
+for k in range(20):
+    with open(f"{w}/active{k}.sql", "w") as f:
+        f.write(f"set application_name = 'bitville-{uuid.uuid4()}';\n")
+        for n in range(3000):
+            if many:
+                f.write(f"set application_name = 'bitville-{uuid.uuid4()}';\n")
+            sleep = random.choice([0.1, 0.2, 0.3])
+            if many:
+                f.write(f"select pg_sleep({sleep}), c{n % 10} from t{n % 100} limit 1;\n")
+            else:
+                f.write(f"select pg_sleep({sleep});\n")
+PY
+  for k in $(seq 0 19); do
+    ( while true; do sql -f "$W/active$k.sql" >/dev/null 2>&1; done ) & pids+=($!)
+  done
+else
+  ( while true; do sql -f "$W/workload.sql" >/dev/null; sleep 1; done ) & pids+=($!)
+fi
 
 python3 - "$W/port" <<'PY' & pids+=($!)
 import http.server, socketserver, sys
@@ -88,13 +116,27 @@ state_dir = "$W/state"
 host = "$W"
 user = "postgres_agent"
 [collection]
-interval_s = 2
+$(if [ -n "${SAMPLER:-}" ]; then
+  printf 'activity = false\nstatements = false\nlocks = false\nsystem = false\nsample_interval_ms = %s\nactivity_interval_s = 60\n' "${SAMPLE_MS:-1000}"
+else
+  printf 'interval_s = 2\nsample_interval_ms = 0\n'
+fi)
 logs = false
 [listener]
 url = "http://127.0.0.1:$(cat "$W/port")/ingest/postgres"
 token = "t"
 TOML
 "$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
+# WARM_S (default 10 with SAMPLER, else 0): measure from then on, start-up left out.
+WARM_S=${WARM_S:-$([ -n "${SAMPLER:-}" ] && echo 10 || echo 0)}
+ut0=0; st0=0; cyc0=0
+if [ "$WARM_S" -gt 0 ]; then
+  sleep "$WARM_S"
+  read -r ut0 st0 < <(awk '{print $14, $15}' "/proc/$APID/stat")
+  kill -USR1 "$APID"; sleep 0.5
+  cyc0=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["children"]; print(min([v["detail"].get("cycles_total", 10**9) for k, v in c.items() if k.startswith(("pg_", "system")) and k != "pg_log"] or [0]))' "$W/state/status.json")
+  sql -c "select pg_stat_statements_reset((select oid from pg_roles where rolname = 'postgres_agent'))" >/dev/null
+fi
 if [ -n "${PERF:-}" ]; then
   # PERF=1: where the agent's CPU goes (needs linux-perf).
   perf record -F 999 -g -p "$APID" -o "$W/perf.data" -- sleep "$RUN_S" >/dev/null 2>&1
@@ -105,21 +147,30 @@ else
 fi
 read -r ut st < <(awk '{print $14, $15}' "/proc/$APID/stat")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$APID/status")
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$APID/status")
 kill -USR1 "$APID"; sleep 1
 tck=$(getconf CLK_TCK)
-python3 - "$W/state/status.json" "$ut" "$st" "$tck" "$rss" <<'PY'
+python3 - "$W/state/status.json" "$((ut - ut0))" "$((st - st0))" "$tck" "$rss" "${SAMPLER:-}" "$cyc0" "$hwm" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
+hwm = int(sys.argv[8])
 ut, st, tck, rss = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 c = s["children"]
-cycles = {k: c[k]["detail"]["cycles_total"] for k in ("pg_activity", "pg_statements", "pg_locks", "system")}
+names = ("pg_activity_summary",) if sys.argv[6] else ("pg_activity", "pg_statements", "pg_locks", "system")
+cycles = {k: c[k]["detail"]["cycles_total"] - int(sys.argv[7]) for k in names if k in c}
+if not cycles:
+    # SAMPLE_MS=0: no source at all, the agent's floor.
+    print(f"agent CPU with no source: {(ut + st) * 1000 / tck:.0f} ms; RSS {rss / 1024:.1f} MB")
+    open("/tmp/pgagent-overhead.cycles", "w").write("1")
+    sys.exit(0)
 n = min(cycles.values())
 print(f"cycles per source: {cycles}")
-print(f"agent CPU: {(ut + st) * 1000 / tck:.0f} ms over {n} cycles = {(ut + st) * 1000 / tck / n:.1f} ms per cycle of all sources")
-print(f"agent RSS: {rss / 1024:.1f} MB")
+unit = "sample" if sys.argv[6] else "cycle of all sources"
+print(f"agent CPU: {(ut + st) * 1000 / tck:.0f} ms over {n} cycles = {(ut + st) * 1000 / tck / n:.2f} ms per {unit}")
+print(f"agent RSS: {rss / 1024:.1f} MB (peak {hwm / 1024:.1f} MB)")
 print(f"events shipped: {c['shipper']['detail']['events_sent_total']}")
 open("/tmp/pgagent-overhead.cycles", "w").write(str(n))
 PY
 n=$(cat /tmp/pgagent-overhead.cycles)
-sql -c "select 'server time of the agent''s queries: ' || round(sum(total_exec_time + total_plan_time)::numeric / $n, 2) || ' ms per cycle (' || sum(calls) || ' calls in $n cycles)' from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"
+sql -c "select 'server time of the agent''s queries: ' || round(sum(total_exec_time + total_plan_time)::numeric / $n, 3) || ' ms per cycle (' || sum(calls) || ' calls in $n cycles)' from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"
 sql -c "select '  ' || round((total_exec_time / calls)::numeric, 3) || ' ms  ' || left(regexp_replace(query, '\s+', ' ', 'g'), 70) from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent') order by total_exec_time desc limit 6"

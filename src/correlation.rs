@@ -35,14 +35,19 @@ pub fn extract(
     application_name: Option<&str>,
     query: Option<&str>,
 ) -> Option<(String, CorrelationSource)> {
-    if let Some(id) = application_name
-        .and_then(|a| pattern.captures(a))
-        .and_then(|c| c.name("id"))
-        .filter(|id| usable(id.as_str()))
-    {
-        return Some((id.as_str().to_string(), CorrelationSource::ApplicationName));
+    if let Some(id) = application_name.and_then(|a| from_application_name(pattern, a)) {
+        return Some((id, CorrelationSource::ApplicationName));
     }
     query.and_then(from_comment)
+}
+
+/// The id the pattern finds in an application name.
+pub fn from_application_name(pattern: &Regex, application_name: &str) -> Option<String> {
+    pattern
+        .captures(application_name)
+        .and_then(|c| c.name("id"))
+        .filter(|id| usable(id.as_str()))
+        .map(|id| id.as_str().to_string())
 }
 
 /// The bodies of the `/* … */` comments of `query`, in order.
@@ -67,7 +72,7 @@ fn pairs(body: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Reads the first comment that names the request: a `request_id` / `correlation_id`
 /// key, else the trace id of a valid `traceparent`.
-fn from_comment(query: &str) -> Option<(String, CorrelationSource)> {
+pub fn from_comment(query: &str) -> Option<(String, CorrelationSource)> {
     comments(query).find_map(|body| {
         let mut trace = None;
         for (k, v) in pairs(body) {

@@ -21,7 +21,7 @@ use super::session::INSUFFICIENT_PRIVILEGE as INSUFFICIENT;
 /// Reads `pg_stat_activity`.
 pub struct ActivitySource {
     host: String,
-    reading: session::Reading,
+    reading: Rc<session::Reading>,
     max_rows: u32,
     max_query_length: u32,
     /// `server_version_num`, learnt on first use: `query_id` exists from PostgreSQL 14.

@@ -3,6 +3,10 @@
 //! everywhere — names and query lossily (a `SQL_ASCII` database need not be UTF-8),
 //! passwords masked, the correlation id taken from the application name or a comment.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use regex::Regex;
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -55,22 +59,84 @@ pub struct Session {
     pub not_utf8: bool,
 }
 
-/// How session texts are read: where the request id is, what is redacted.
-#[derive(Debug, Clone)]
+/// How session texts are read: where the request id is, what is redacted; with what
+/// was worked out before (a session keeps its application name and statement over many
+/// samples: the regex and the fingerprint's tokenizer run once per text, not per row).
+#[derive(Debug)]
 pub struct Reading {
     /// `correlation.application_name_pattern`.
     pub pattern: Regex,
     /// `collection.redact`.
     pub redact: Redact,
+    memo: RefCell<Memo>,
+}
+
+/// Results by text, held up to [`MEMO_MAX_BYTES`] of texts (then forgotten at once).
+#[derive(Debug, Default)]
+struct Memo {
+    ids: HashMap<String, Option<String>>,
+    fingerprints: HashMap<String, Option<String>>,
+    bytes: usize,
+}
+
+/// The most text the memo holds.
+const MEMO_MAX_BYTES: usize = 1 << 20;
+
+impl Memo {
+    fn room(&mut self, len: usize) -> bool {
+        if len > MEMO_MAX_BYTES / 16 {
+            return false;
+        }
+        if self.bytes + len > MEMO_MAX_BYTES {
+            *self = Memo::default();
+        }
+        self.bytes += len;
+        true
+    }
 }
 
 impl Reading {
     /// From the configuration.
-    pub fn of(config: &crate::config::Config) -> Reading {
+    pub fn of(config: &crate::config::Config) -> Rc<Reading> {
+        Rc::new(Reading::new(
+            config.correlation.application_name_pattern.clone(),
+            config.collection.redact,
+        ))
+    }
+
+    /// With `pattern` and `redact`.
+    pub fn new(pattern: Regex, redact: Redact) -> Reading {
         Reading {
-            pattern: config.correlation.application_name_pattern.clone(),
-            redact: config.collection.redact,
+            pattern,
+            redact,
+            memo: RefCell::new(Memo::default()),
         }
+    }
+
+    /// The request id in an application name.
+    fn id_in(&self, application_name: &str) -> Option<String> {
+        if let Some(hit) = self.memo.borrow().ids.get(application_name) {
+            return hit.clone();
+        }
+        let id = correlation::from_application_name(&self.pattern, application_name);
+        let mut m = self.memo.borrow_mut();
+        if m.room(application_name.len()) {
+            m.ids.insert(application_name.to_string(), id.clone());
+        }
+        id
+    }
+
+    /// The fingerprint of a query text.
+    fn fingerprint_of(&self, query: &str) -> Option<String> {
+        if let Some(hit) = self.memo.borrow().fingerprints.get(query) {
+            return hit.clone();
+        }
+        let f = fingerprint(query);
+        let mut m = self.memo.borrow_mut();
+        if m.room(query.len()) {
+            m.fingerprints.insert(query.to_string(), f.clone());
+        }
+        f
     }
 }
 
@@ -88,19 +154,21 @@ pub fn redacted(query: String, redact: Redact) -> String {
 /// `xact_age_s`, `query_age_s`, `state_age_s`, the query cut with `query_truncated`,
 /// `query_id` NULL before PostgreSQL 14).
 pub fn read(r: &Row, reading: &Reading) -> Result<Session, tokio_postgres::Error> {
-    let pattern = &reading.pattern;
     let mut bad = false;
     let application_name = text(r, "application_name", &mut bad)?;
     // An idle session shows its last statement: an `ALTER ROLE … PASSWORD` stays
     // visible there for as long as the session lives.
     let query = text(r, "query", &mut bad)?.map(|q| passwords(&q).unwrap_or(q));
-    let corr = correlation::extract(pattern, application_name.as_deref(), query.as_deref());
+    let corr = match application_name.as_deref().and_then(|a| reading.id_in(a)) {
+        Some(id) => Some((id, CorrelationSource::ApplicationName)),
+        None => query.as_deref().and_then(correlation::from_comment),
+    };
     let trace = correlation::trace(query.as_deref());
     let query_truncated: bool = r.try_get("query_truncated")?;
     let query_fingerprint = query
         .as_deref()
         .filter(|q| !query_truncated && *q != INSUFFICIENT_PRIVILEGE)
-        .and_then(fingerprint);
+        .and_then(|q| reading.fingerprint_of(q));
     // After the correlation id, the trace and the fingerprint were taken from it.
     let query = query.map(|q| redacted(q, reading.redact));
     Ok(Session {
@@ -126,4 +194,37 @@ pub fn read(r: &Row, reading: &Reading) -> Result<Session, tokio_postgres::Error
         span_id: trace.map(|t| t.span_id),
         not_utf8: bad,
     })
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    #[test]
+    fn the_memo_gives_what_the_work_gives_and_holds_bytes_not_texts() {
+        let r = Reading::new(
+            Regex::new(r"^bitville-(?P<id>[0-9a-f-]{36})$").expect("re"),
+            Redact::None,
+        );
+        let app = "bitville-0b7e6c84-5a2f-4d43-9a4e-2b1f0f6e7a10";
+        for _ in 0..2 {
+            assert_eq!(
+                r.id_in(app).as_deref(),
+                Some("0b7e6c84-5a2f-4d43-9a4e-2b1f0f6e7a10")
+            );
+            assert_eq!(r.id_in("psql"), None);
+        }
+        // 4 MiB of distinct texts through a 1 MiB memo.
+        for i in 0..1024 {
+            let q = format!("select {i} from t where x = '{}'", "y".repeat(4000));
+            assert_eq!(r.fingerprint_of(&q), fingerprint(&q));
+            assert_eq!(r.fingerprint_of(&q), fingerprint(&q));
+            let m = r.memo.borrow();
+            assert!(m.bytes <= MEMO_MAX_BYTES, "{}", m.bytes);
+        }
+        // A text too large to be worth holding is worked out every time, not held.
+        let huge = "select 1 -- ".to_string() + &"z".repeat(MEMO_MAX_BYTES);
+        assert_eq!(r.fingerprint_of(&huge), fingerprint(&huge));
+        assert!(!r.memo.borrow().fingerprints.contains_key(&huge));
+    }
 }

@@ -24,7 +24,7 @@ use tokio_postgres::types::ToSql;
 /// Reads blocked and blocking sessions.
 pub struct LocksSource {
     host: String,
-    reading: session::Reading,
+    reading: Rc<session::Reading>,
     max_rows: u32,
     max_query_length: u32,
     /// Interval while blocking is seen.

@@ -70,7 +70,7 @@ struct State {
 /// Samples sessions and summarizes them per window.
 pub struct SamplerSource {
     host: String,
-    reading: session::Reading,
+    reading: Rc<session::Reading>,
     every: Duration,
     window_len: Duration,
     max_rows: u32,

@@ -6,7 +6,7 @@
 //! in an entry is capped, and the query texts — kept once per statement, not per key —
 //! are held up to [`MAX_TEXT_BYTES`] per window (the rest counted, not kept).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -179,7 +179,7 @@ pub struct Summary {
 pub struct Window {
     /// When it began (aligned to its length).
     pub start: DateTime<Utc>,
-    entries: BTreeMap<Key, Entry>,
+    entries: HashMap<Key, Entry>,
     overflow: Entry,
     /// Samples put into the overflow entry.
     pub overflowed: u64,
@@ -200,7 +200,7 @@ impl Window {
     pub fn holding(at: DateTime<Utc>, len: std::time::Duration, max_keys: usize) -> Window {
         Window {
             start: aligned(at, len),
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             overflow: Entry::default(),
             overflowed: 0,
             last_sample: None,
@@ -221,45 +221,57 @@ impl Window {
         self.last_sample = Some(at);
         for s in sample {
             let key = Key::of(s);
-            if !self.entries.contains_key(&key) && self.entries.len() >= self.max_keys {
+            let known = self.entries.contains_key(&key);
+            if !known && self.entries.len() >= self.max_keys {
                 self.overflowed += 1;
                 self.overflow.add(s, at);
                 continue;
             }
-            let identity: Identity = (key.query_id, key.query_fingerprint.clone());
-            let shared = identity != (None, None);
-            let wanted = s.session.query.is_some()
-                && if shared {
-                    !self.texts.contains_key(&identity)
-                } else {
-                    self.entries.get(&key).is_none_or(|e| e.query.is_none())
-                };
-            let text = match &s.session.query {
-                Some(q) if wanted => {
-                    if self.text_bytes + q.len() <= MAX_TEXT_BYTES {
-                        self.text_bytes += q.len();
-                        Some((q.clone(), s.session.query_truncated))
-                    } else {
-                        self.texts_omitted += 1;
-                        None
-                    }
-                }
-                _ => None,
-            };
-            let e = self.entries.entry(key.clone()).or_default();
-            e.add(s, at);
+            let text = self.text_for(&key, known, s);
             match text {
-                // With the key that ran it: another request's constants are not this one's.
-                Some((q, cut)) if shared => {
-                    self.texts.insert(identity, (key, q, cut));
+                // With the key that ran it: another request's constants are not this
+                // one's. (The only clone of a key: once per statement per window.)
+                Some((q, cut)) if key.query_id.is_some() || key.query_fingerprint.is_some() => {
+                    let identity: Identity = (key.query_id, key.query_fingerprint.clone());
+                    self.texts.insert(identity, (key.clone(), q, cut));
+                    self.entries.entry(key).or_default().add(s, at);
                 }
                 Some((q, cut)) => {
+                    let e = self.entries.entry(key).or_default();
+                    e.add(s, at);
                     e.query = Some(q);
                     e.query_truncated = cut;
                 }
-                None => {}
+                None if known => {
+                    if let Some(e) = self.entries.get_mut(&key) {
+                        e.add(s, at);
+                    }
+                }
+                None => self.entries.entry(key).or_default().add(s, at),
             }
         }
+    }
+
+    /// The text of `s` to keep, if its statement (or its key, for a text without
+    /// identity) has none yet and the window's texts have room.
+    fn text_for(&mut self, key: &Key, known: bool, s: &Sampled) -> Option<(String, bool)> {
+        let q = s.session.query.as_ref()?;
+        let wanted = if key.query_id.is_some() || key.query_fingerprint.is_some() {
+            !self
+                .texts
+                .contains_key(&(key.query_id, key.query_fingerprint.clone()))
+        } else {
+            !known || self.entries.get(key).is_none_or(|e| e.query.is_none())
+        };
+        if !wanted {
+            return None;
+        }
+        if self.text_bytes + q.len() > MAX_TEXT_BYTES {
+            self.texts_omitted += 1;
+            return None;
+        }
+        self.text_bytes += q.len();
+        Some((q.clone(), s.session.query_truncated))
     }
 
     /// Keys held.
@@ -277,8 +289,10 @@ impl Window {
             .into_values()
             .map(|(key, q, cut)| (key, (q, cut)))
             .collect();
-        let mut out: Vec<Summary> = self
-            .entries
+        // Summaries in key order: the same window always reads the same.
+        let mut entries: Vec<(Key, Entry)> = self.entries.into_iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<Summary> = entries
             .into_iter()
             .map(|(key, mut e)| {
                 if let Some((q, cut)) = texts.remove(&key) {

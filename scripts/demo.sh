@@ -26,7 +26,9 @@ if [ -n "${DEMO_PGHOST:-}" ]; then
 else
   echo "== starting a throwaway PostgreSQL cluster in $W"
   as_pg "$BIN/initdb -D $W/data -U postgres --auth=trust --no-sync >/dev/null"
-  printf "port = 5432\nlisten_addresses = ''\nunix_socket_directories = '%s'\nshared_preload_libraries = 'pg_stat_statements'\n" "$W" >> "$W/data/postgresql.conf"
+  printf "port = 5432\nlisten_addresses = ''\nunix_socket_directories = '%s'\nshared_preload_libraries = 'pg_stat_statements,auto_explain'\n" "$W" >> "$W/data/postgresql.conf"
+  # Plans of statements slower than 200 ms, as check recommends them (JSON, no timing).
+  printf "logging_collector = on\nlog_destination = 'csvlog'\nlog_directory = 'log'\nauto_explain.log_min_duration = '200ms'\nauto_explain.log_format = 'json'\nauto_explain.log_analyze = on\nauto_explain.log_timing = off\nauto_explain.log_buffers = on\n" >> "$W/data/postgresql.conf"
   as_pg "$BIN/pg_ctl -D $W/data -l $W/server.log -w start >/dev/null"
   HOST=$W; PORT=5432; USER_=postgres
   "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres \
@@ -88,6 +90,32 @@ for line in sys.stdin:
         print("%-13s %s: available=%s entries=%s (the first sample sets the baseline; deltas follow)" % (k,
               d["type"], d["available"], d["entries"]))
 '
+if [ -z "${DEMO_PGHOST:-}" ]; then
+  REQ3=$(python3 -c 'import uuid; print(uuid.uuid4())')
+  echo
+  echo "== web request $REQ3 runs a slow report; auto_explain logs its plan, the agent reads it"
+  PGAPPNAME="bitville-$REQ3" "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
+    -c "select o.id, count(*) from orders o cross join generate_series(1, 1000000) g group by o.id" >/dev/null
+  sleep 0.5
+  "$AGENT" parse-log -c "$W/agent.toml" --format csvlog "$W"/data/log/*.csv 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    d = json.loads(line)
+    p = d.get("plan")
+    if not p or not d.get("correlation_id"):
+        continue
+    print("pg_log        %s ms, correlation_id=%s, statement=%r" % (d["duration_ms"], d["correlation_id"], d["statement"][:60]))
+    def walk(n, depth):
+        print("  %s%s%s  rows: estimated %s, actual %s x %s loops" % ("  " * depth, n["node_type"],
+              (" on " + n["relation"]) if n.get("relation") else "", n.get("plan_rows"), n.get("actual_rows"), n.get("actual_loops")))
+        for c in n.get("plans", []):
+            walk(c, depth + 1)
+    walk(p["root"], 0)
+    m = p.get("worst_misestimate")
+    if m:
+        print("  worst misestimate: node %s (%s), %sx %s-estimated" % (m["node_id"], m["node_type"], m["factor"], m["direction"]))
+'
+fi
 echo
 echo "== postgres-agent run for 4 s with the listener unreachable: events wait in the spool"
 "$AGENT" run -c "$W/agent.toml" --log-format text --log-level warning 2>"$W/agent.log" & APID=$!

@@ -16,43 +16,36 @@ const REQ: &str = "5a3c0d2e-5a8b-4c1f-9e2d-3b4a5c6d7e11";
 const QUERY: &str = "select b.grp, count(*) from big b join small s on s.id = b.grp \
                      where s.name like 'n1%' group by b.grp order by b.grp";
 
-/// Node type, estimated rows, actual rows and loops of every node, depth first, from the
-/// server's own `EXPLAIN (ANALYZE, FORMAT JSON)`.
-fn truth(n: &Value, out: &mut Vec<(String, f64, f64, f64)>) {
-    let f = |k: &str| n[k].as_f64().unwrap_or(-1.0);
-    out.push((
-        n["Node Type"].as_str().unwrap_or("").to_string(),
-        f("Plan Rows"),
-        f("Actual Rows"),
-        f("Actual Loops"),
-    ));
-    for c in n["Plans"].as_array().into_iter().flatten() {
-        truth(c, out);
-    }
-}
+/// The server's `EXPLAIN (FORMAT JSON)` keys, and the agent's for the same things.
+const SERVER: [&str; 5] = [
+    "Node Type",
+    "Plan Rows",
+    "Actual Rows",
+    "Actual Loops",
+    "Plans",
+];
+const AGENT: [&str; 5] = [
+    "node_type",
+    "plan_rows",
+    "actual_rows",
+    "actual_loops",
+    "plans",
+];
 
-/// The same figures from the agent's plan.
-fn ours(n: &Value, out: &mut Vec<(String, f64, f64, f64)>) {
+/// Node type, estimated rows, actual rows and loops of every node, depth first, read
+/// with `keys` (one of the two above).
+fn tree(n: &Value, keys: [&str; 5]) -> Vec<(String, f64, f64, f64)> {
     let f = |k: &str| n[k].as_f64().unwrap_or(-1.0);
-    out.push((
-        n["node_type"].as_str().unwrap_or("").to_string(),
-        f("plan_rows"),
-        f("actual_rows"),
-        f("actual_loops"),
-    ));
-    for c in n["plans"].as_array().into_iter().flatten() {
-        ours(c, out);
+    let mut out = vec![(
+        n[keys[0]].as_str().unwrap_or("").to_string(),
+        f(keys[1]),
+        f(keys[2]),
+        f(keys[3]),
+    )];
+    for c in n[keys[4]].as_array().into_iter().flatten() {
+        out.extend(tree(c, keys));
     }
-}
-
-fn tree(plan: &Value, agent: bool) -> Vec<(String, f64, f64, f64)> {
-    let mut v = Vec::new();
-    if agent {
-        ours(plan, &mut v);
-    } else {
-        truth(plan, &mut v);
-    }
-    v
+    out
 }
 
 #[test]
@@ -109,7 +102,7 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
     let explained: Value =
         serde_json::from_str(&pg.sql(&format!("explain (analyze, format json) {QUERY}")))
             .expect("explain json");
-    let expected = tree(&explained[0]["Plan"], false);
+    let expected = tree(&explained[0]["Plan"], SERVER);
     assert!(expected.len() >= 3, "{expected:?}");
 
     let plans = wait_for(
@@ -143,7 +136,7 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
             None => assert_eq!(d["query_id"], Value::Null),
         }
         assert_eq!(p["analyzed"], true);
-        assert_eq!(tree(&p["root"], true), expected, "{format}: {p:#}");
+        assert_eq!(tree(&p["root"], AGENT), expected, "{format}: {p:#}");
         assert_eq!(p["nodes"], expected.len());
         let total = p["total_time_ms"].as_f64().expect("total time");
         assert!(total > 0.0 && total <= d["duration_ms"].as_f64().expect("duration"));

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::agent::{config, once, Agent, TOKEN};
 use crate::harness::listener::Listener;
-use crate::harness::pg::PgCluster;
+use crate::harness::pg::{run, PgCluster};
 use crate::harness::{shared_tempdir, wait_for};
 
 #[test]
@@ -20,16 +20,7 @@ fn text_that_is_not_utf8_is_read_lossily_and_flagged_by_every_source() {
         "CREATE DATABASE rawdb ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
     );
     let raw = |sql: &str| {
-        let out = pg
-            .psql()
-            .args(["-d", "rawdb", "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(pg.psql().args(["-d", "rawdb", "-c", sql]), sql);
     };
     raw("create table t (x int); insert into t values (1)");
     // Idle, its last statement not UTF-8.

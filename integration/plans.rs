@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::harness::agent::{config, Agent, TOKEN};
 use crate::harness::listener::Listener;
-use crate::harness::pg::{major_version, PgCluster};
+use crate::harness::pg::{major_version, run, PgCluster};
 use crate::harness::{shared_tempdir, wait_for};
 use crate::logs::{check_logs, files, parse_log, LOG_CONF};
 
@@ -86,17 +86,12 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
     let agent = Agent::start(dir.path(), &toml, &[]);
 
     // The request: its plans logged (only in its own session), as text and as JSON.
-    let out = pg
-        .psql()
-        .args(["-c", "set auto_explain.log_min_duration = 0", "-c", QUERY])
-        .args(["-c", "set auto_explain.log_format = json", "-c", QUERY])
-        .env("PGAPPNAME", format!("bitville-{REQ}"))
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run(
+        pg.psql()
+            .args(["-c", "set auto_explain.log_min_duration = 0", "-c", QUERY])
+            .args(["-c", "set auto_explain.log_format = json", "-c", QUERY])
+            .env("PGAPPNAME", format!("bitville-{REQ}")),
+        "the request",
     );
     // What the server says it ran, from another session (which logs no plan).
     let explained: Value =

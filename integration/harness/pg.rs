@@ -46,7 +46,8 @@ fn as_server_user(cmd: &mut Command) -> &mut Command {
     cmd.env("LC_ALL", "C").env_remove("PGDATA")
 }
 
-fn run(cmd: &mut Command, what: &str) -> Output {
+/// Runs `cmd`, asserting it succeeded (its stdout and stderr in the message otherwise).
+pub fn run(cmd: &mut Command, what: &str) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),

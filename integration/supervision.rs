@@ -208,7 +208,8 @@ fn hung_collector_is_detected_and_restarted() {
 
 #[test]
 fn stalled_collector_is_restarted_after_its_progress_deadline() {
-    // connect 2 s + 2 × statement 1 s + 1 s = 5 s per cycle; deadline = 2 × 1 s + 5 s.
+    // 2 × connect 2 s (a free connection, a new one) + 2 × statement 1 s + 1 s = 7 s per
+    // cycle; deadline = 2 × 1 s + 7 s.
     let f = Faulty::start(|t| {
         t.replace(
             "connect_timeout_ms = 2000",
@@ -222,7 +223,7 @@ fn stalled_collector_is_restarted_after_its_progress_deadline() {
     });
     let reason = down["reason"].as_str().expect("reason");
     assert!(
-        reason.starts_with("hung: no progress for ") && reason.ends_with("s (deadline 7s)"),
+        reason.starts_with("hung: no progress for ") && reason.ends_with("s (deadline 9s)"),
         "{reason}"
     );
     // Taken down past its deadline, by the agent's own measure (the progress clock
@@ -234,7 +235,7 @@ fn stalled_collector_is_restarted_after_its_progress_deadline() {
         .next()
         .and_then(|n| n.parse().ok())
         .expect("seconds without progress");
-    assert!(idle >= 7, "{reason}");
+    assert!(idle >= 9, "{reason}");
     // While stalled, ticks were skipped rather than piling up cycles.
     assert!(agent.logs_named("collect_cycle_skipped").len() >= 5);
     wait_for("generation 2", Duration::from_secs(5), || {

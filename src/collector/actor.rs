@@ -51,13 +51,13 @@ impl CollectorActor {
         source: Box<dyn Source>,
         interval: Duration,
         config: &Config,
+        db: Db,
         spool: Route<SpoolActor>,
         log: Logger,
         guard: ExitGuard,
     ) -> CollectorActor {
-        // One connection per collector: a collector runs one statement at a time, and
-        // the supervisor keeps the number of collectors within database.pool_max_size.
-        let db = Rc::new(Db::new(&config.database, 1, &log));
+        // The connections are shared by every collector (see `Db`).
+        let db = Rc::new(db);
         let handoff = Handoff::new(
             spool,
             log.clone(),

@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use crate::config::DatabaseConfig;
 
-/// The longest one cycle may take: getting a connection, plus two statements (the
-/// version check and the query), plus a second of slack. The server enforces
+/// The longest one cycle may take: waiting for a free connection and making one (each
+/// at most `connect_timeout`), plus two statements (the version check and the query),
+/// plus a second of slack. The server enforces
 /// `statement_timeout` too; this limit also covers a network that swallows packets.
 pub fn cycle_limit(db: &DatabaseConfig) -> Duration {
-    db.connect_timeout + db.statement_timeout * 2 + Duration::from_secs(1)
+    db.connect_timeout * 2 + db.statement_timeout * 2 + Duration::from_secs(1)
 }
 
 /// How long a collector may go without finishing a cycle before the supervisor treats it
@@ -32,10 +33,10 @@ mod tests {
     #[test]
     fn deadlines_grow_with_timeouts() {
         let c = crate::config::parse_str("[agent]\nproject_id='p'\n").expect("valid");
-        assert_eq!(cycle_limit(&c.database), Duration::from_secs(16));
+        assert_eq!(cycle_limit(&c.database), Duration::from_secs(21));
         assert_eq!(
             progress_deadline(Duration::from_secs(60), &c.database),
-            Duration::from_secs(136)
+            Duration::from_secs(141)
         );
     }
 }

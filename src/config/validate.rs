@@ -146,34 +146,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         buffer: buffer(&mut c, &raw.buffer),
         breaker: breaker(&mut c, &raw.breaker),
     };
-    pool_fits(&mut c, &config);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
     Ok(config)
-}
-
-/// Each database source holds one connection of its own (a hung query in one cannot
-/// stall another), so together they must fit in the pool limit.
-fn pool_fits(c: &mut Check, config: &Config) {
-    let col = &config.collection;
-    let db_sources = [
-        col.activity,
-        col.locks,
-        col.statements,
-        col.sample_interval.is_some(),
-    ]
-    .iter()
-    .filter(|on| **on)
-    .count() as u32;
-    if db_sources > config.database.pool_max_size {
-        c.problem(
-            "database.pool_max_size",
-            format!(
-                "{db_sources} database sources are enabled (activity, locks, statements, session sampling) and each needs a connection; raise it to {db_sources} (at most 5), or disable a source (sample_interval_ms = 0 turns sampling off)"
-            ),
-        );
-    }
 }
 
 /// `[agent]`.

@@ -3,11 +3,11 @@
 //! statement, lock and idle-in-transaction timeout set at connection start (so no
 //! statement can ever run without them), and the pool is small and fails fast.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-use bb8::{ErrorSink, Pool as Bb8Pool, RunError};
-use bb8_postgres::PostgresConnectionManager;
 use slog::{warn, Logger};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub mod text;
 pub mod tls;
 
@@ -17,9 +17,6 @@ pub use tls::Tls;
 /// The `application_name` of every agent connection; the activity source excludes
 /// sessions with this name and the agent's own role from what it reports.
 pub const APPLICATION_NAME: &str = "postgres-agent";
-
-/// The connection pool type.
-pub type Pool = Bb8Pool<PostgresConnectionManager<Tls>>;
 
 /// Errors talking to the database, classified for the collector.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +36,14 @@ pub enum DbError {
     /// A request to the server got no answer within its deadline.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// Every connection the agent may open was in use for the whole wait.
+    #[error("all {max} agent connections (database.pool_max_size) stayed in use for {} ms", waited.as_millis())]
+    Busy {
+        /// The cap.
+        max: u32,
+        /// How long the borrower waited.
+        waited: std::time::Duration,
+    },
 }
 
 impl DbError {
@@ -56,7 +61,7 @@ impl DbError {
     /// bad data).
     pub fn retriable(&self) -> bool {
         match self {
-            DbError::Unreachable(_) | DbError::Timeout(_) => true,
+            DbError::Unreachable(_) | DbError::Timeout(_) | DbError::Busy { .. } => true,
             // A client-side error (connection closed, protocol): the next connection may do.
             DbError::Query { sqlstate: None, .. } => true,
             DbError::Query {
@@ -131,131 +136,240 @@ pub fn session_options(cfg: &DatabaseConfig) -> String {
     )
 }
 
-/// Remembers the last connection error, because bb8 otherwise only reports `TimedOut`.
+/// How long an unused connection stays open for the next borrower.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The agent's connections to the database, shared by every source and the log reader
+/// (clones share them): at most `database.pool_max_size` open at once, counting the
+/// short ones to other databases and the one-off ones. A borrower waits for a free slot
+/// at most `connect_timeout`; an unused connection to the configured database is kept
+/// for the next borrower for [`IDLE_TIMEOUT`].
+///
+/// Connections are driven by a thread of their own (not by the borrower's), so a
+/// collector that is restarted does not take down a connection another one is using,
+/// and a connection given back is only kept when its borrower had it for less than one
+/// `statement_timeout`: a borrower cut short (cycle timeout, hang, restart) may leave a
+/// statement running or a dead socket behind, and its connection is closed instead.
 #[derive(Clone)]
-pub struct LastError {
-    last: Arc<Mutex<Option<String>>>,
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    max: u32,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+    config: tokio_postgres::Config,
+    /// The TLS setup failed (bad `sslrootcert`): every connect then fails with that
+    /// reason instead of the agent refusing to run.
+    tls: Result<Tls, tls::TlsError>,
+    connect_timeout: Duration,
+    keep_if_held_under: Duration,
     log: Logger,
 }
 
-impl std::fmt::Debug for LastError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LastError")
+struct Idle {
+    client: tokio_postgres::Client,
+    since: Instant,
+}
+
+/// A borrowed connection (derefs to the client); given back when dropped.
+pub struct Conn {
+    client: Option<tokio_postgres::Client>,
+    /// Where it goes back to; `None` for a connection closed after use.
+    home: Option<Weak<Inner>>,
+    lent_at: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        self.client
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the client is taken only on drop"))
     }
 }
 
-impl ErrorSink<tokio_postgres::Error> for LastError {
-    fn sink(&self, e: tokio_postgres::Error) {
-        let msg = describe(&e);
-        warn!(self.log, "db_connect_failed"; "error" => &msg);
-        if let Ok(mut g) = self.last.lock() {
-            *g = Some(msg);
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let (Some(client), Some(home)) = (
+            self.client.take(),
+            self.home.as_ref().and_then(Weak::upgrade),
+        ) else {
+            return;
+        };
+        // The permit is released after this body: the connection is idle before its
+        // slot is free, so open connections never exceed the cap.
+        if !client.is_closed() && self.lent_at.elapsed() < home.keep_if_held_under {
+            home.lock_idle().push(Idle {
+                client,
+                since: Instant::now(),
+            });
         }
     }
-
-    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
-        Box::new(self.clone())
-    }
 }
 
-impl LastError {
-    /// Takes the last connection error seen, if any.
-    pub fn take(&self) -> Option<String> {
-        self.last.lock().ok().and_then(|mut g| g.take())
-    }
+/// The runtime on its own thread that drives every database connection's socket.
+fn drivers() -> &'static tokio::runtime::Handle {
+    static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the connection runtime: {e}"));
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("pg-connections".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .unwrap_or_else(|e| panic!("cannot start the connection thread: {e}"));
+        handle
+    })
 }
 
-/// A pool and the place where its connection errors land.
-pub struct Db {
-    /// The pool (connections are made lazily, on first use).
-    pub pool: Pool,
-    errors: LastError,
-    config: tokio_postgres::Config,
-    /// `None` when the TLS setup failed (bad `sslrootcert`): every connect then fails
-    /// with that reason instead of the agent refusing to run.
-    tls: Result<Tls, tls::TlsError>,
-    connect_timeout: std::time::Duration,
+impl Inner {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes idle connections unused for [`IDLE_TIMEOUT`] or closed by the server.
+    fn prune(&self) {
+        self.lock_idle()
+            .retain(|i| !i.client.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
+    }
 }
 
 impl Db {
-    /// Builds a pool of at most `max_size` connections. No connection is made here, so a
-    /// database that is down does not keep the agent from starting.
+    /// At most `max_size` connections. None is made here, so a database that is down
+    /// does not keep the agent from starting.
     pub fn new(cfg: &DatabaseConfig, max_size: u32, log: &Logger) -> Db {
-        let errors = LastError {
-            last: Arc::new(Mutex::new(None)),
-            log: log.clone(),
-        };
         let tls = tls::make(cfg);
         if let Err(e) = &tls {
             warn!(log, "db_tls_setup_failed"; "error" => %e);
         }
-        let manager = PostgresConnectionManager::new(
-            pg_config(cfg),
-            tls.clone().unwrap_or_else(|_| tls::make_plain()),
-        );
-        let pool = Bb8Pool::builder()
-            .max_size(max_size.max(1))
-            .min_idle(None)
-            .connection_timeout(cfg.connect_timeout)
-            // Do not keep retrying a refused connection inside one `get`: the cycle should
-            // fail fast and the next cycle try again.
-            .retry_connection(false)
-            .idle_timeout(Some(std::time::Duration::from_secs(600)))
-            .error_sink(Box::new(errors.clone()))
-            .build_unchecked(manager);
-        Db {
-            pool,
-            errors,
+        let max = max_size.max(1);
+        let inner = Arc::new(Inner {
+            max,
+            permits: Arc::new(Semaphore::new(max as usize)),
+            idle: Mutex::new(Vec::new()),
             config: pg_config(cfg),
             tls,
             connect_timeout: cfg.connect_timeout,
+            keep_if_held_under: cfg.statement_timeout,
+            log: log.clone(),
+        });
+        let weak = Arc::downgrade(&inner);
+        drivers().spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                match weak.upgrade() {
+                    Some(inner) => inner.prune(),
+                    None => return,
+                }
+            }
+        });
+        Db { inner }
+    }
+
+    /// The cap (`database.pool_max_size`).
+    pub fn max_size(&self) -> u32 {
+        self.inner.max
+    }
+
+    /// Idle connections kept for the next borrower.
+    pub fn idle(&self) -> usize {
+        self.inner.lock_idle().len()
+    }
+
+    /// A connection to the configured database: an idle one, else a new one. Fails fast
+    /// with the server's own reason when it refuses.
+    pub async fn get(&self) -> Result<Conn, DbError> {
+        let permit = self.permit().await?;
+        self.inner.prune();
+        let reused = self.inner.lock_idle().pop();
+        let client = match reused {
+            Some(i) => i.client,
+            None => self.open(self.inner.config.clone()).await?,
+        };
+        Ok(Conn {
+            client: Some(client),
+            home: Some(Arc::downgrade(&self.inner)),
+            lent_at: Instant::now(),
+            _permit: permit,
+        })
+    }
+
+    /// A new connection to the configured database, closed after use (the log
+    /// reader's settings question, the postmaster's discovery).
+    pub async fn connect_once(&self) -> Result<Conn, DbError> {
+        self.connect_to(None).await
+    }
+
+    /// A new connection to database `dbname` (the configured one when `None`) with the
+    /// same settings and limits, counted against the cap and closed after use.
+    pub async fn connect_to(&self, dbname: Option<&str>) -> Result<Conn, DbError> {
+        let permit = self.permit().await?;
+        {
+            // An idle connection gives its slot to the new one.
+            let lent = self.inner.max as usize - self.inner.permits.available_permits();
+            let mut idle = self.inner.lock_idle();
+            while !idle.is_empty() && idle.len() + lent > self.inner.max as usize {
+                idle.remove(0);
+            }
+        }
+        let mut config = self.inner.config.clone();
+        if let Some(name) = dbname {
+            config.dbname(name);
+        }
+        let client = self.open(config).await?;
+        Ok(Conn {
+            client: Some(client),
+            home: None,
+            lent_at: Instant::now(),
+            _permit: permit,
+        })
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, DbError> {
+        let wait = self.inner.connect_timeout;
+        match tokio::time::timeout(wait, self.inner.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(DbError::Unreachable("the connections are closed".into())),
+            Err(_) => Err(DbError::Busy {
+                max: self.inner.max,
+                waited: wait,
+            }),
         }
     }
 
-    /// A new connection outside the pool (closed when the client is dropped), with the
-    /// same settings and limits as the pool's.
-    pub async fn connect_once(&self) -> Result<tokio_postgres::Client, DbError> {
+    /// Connects on the connection thread, within `connect_timeout`.
+    async fn open(
+        &self,
+        config: tokio_postgres::Config,
+    ) -> Result<tokio_postgres::Client, DbError> {
         let tls = self
+            .inner
             .tls
             .clone()
             .map_err(|e| DbError::Unreachable(e.to_string()))?;
-        let connect = self.config.connect(tls);
-        let (client, conn) = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(DbError::Unreachable(describe(&e))),
-            Err(_) => {
-                return Err(DbError::Unreachable(format!(
-                    "no connection within {} ms",
-                    self.connect_timeout.as_millis()
-                )))
+        let timeout = self.inner.connect_timeout;
+        let job = drivers().spawn(async move {
+            match tokio::time::timeout(timeout, config.connect(tls)).await {
+                Ok(Ok((client, conn))) => {
+                    // Drives the socket; ends when the client is dropped.
+                    tokio::spawn(conn);
+                    Ok(client)
+                }
+                Ok(Err(e)) => Err(describe(&e)),
+                Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
             }
-        };
-        // The connection future drives the socket; it ends when the client is dropped.
-        tokio::spawn(conn);
-        Ok(client)
-    }
-
-    /// A connection, or a classified error saying why there is none.
-    ///
-    /// When the pool is empty we connect ourselves and hand the connection to the pool:
-    /// bb8 would wait out the whole `connection_timeout` even when the server refuses at
-    /// once, and then report only "timed out". Connecting here fails fast, with the
-    /// server's own reason.
-    pub async fn get(
-        &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<Tls>>, DbError> {
-        if self.pool.state().connections == 0 {
-            let client = self.connect_once().await?;
-            // A full pool (a connection appeared meanwhile) just drops ours.
-            let _ = self.pool.add(client);
-        }
-        self.pool.get().await.map_err(|e| match e {
-            RunError::User(e) => DbError::Unreachable(describe(&e)),
-            RunError::TimedOut => DbError::Unreachable(
-                self.errors
-                    .take()
-                    .unwrap_or_else(|| "no connection within connect_timeout_ms".to_string()),
-            ),
+        });
+        let res = job
+            .await
+            .unwrap_or_else(|e| Err(format!("the connection task failed: {e}")));
+        res.map_err(|msg| {
+            warn!(self.inner.log, "db_connect_failed"; "error" => &msg);
+            DbError::Unreachable(msg)
         })
     }
 }

@@ -63,6 +63,7 @@ impl LogTailActor {
     /// Builds the actor; reads the stored position from the spool.
     pub fn new(
         config: &Config,
+        db: Db,
         spool: Route<SpoolActor>,
         log: Logger,
         guard: ExitGuard,
@@ -72,7 +73,7 @@ impl LogTailActor {
             .unwrap_or_default();
         LogTailActor {
             follower: Follower::new(config, saved, log.clone()),
-            db: Rc::new(Db::new(&config.database, 1, &log)),
+            db: Rc::new(db),
             limit: cycle_limit(&config.database),
             settings_error: None,
             settings_due: Instant::now(),

@@ -13,6 +13,7 @@ use super::slots::{plan_reload, Down, Pong, Slots};
 use super::{RestartPolicy, HEALTH_INTERVAL, PING_TIMEOUT};
 use crate::catalogue::AgentEvent;
 use crate::config::Config;
+use crate::db::Db;
 use crate::model::{ChildExited, ChildId, Enqueue, FinishUp, Flush, Route};
 use crate::spool::SpoolActor;
 use crate::status::{self, ReloadStatus, StatusSnapshot};
@@ -51,6 +52,9 @@ pub struct Supervisor {
     config_path: PathBuf,
     config: Config,
     spool: Route<SpoolActor>,
+    /// The connections every database child borrows from (rebuilt when `[database]`
+    /// changes; the children it serves are restarted then).
+    db: Db,
     /// What is known of each child (plain, see [`Slots`]).
     slots: Slots,
     /// The threads and addresses of the children that run.
@@ -69,10 +73,12 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor for `config`, read from `config_path` (re-read on reload).
     pub fn new(config_path: PathBuf, config: Config, log: Logger) -> Supervisor {
+        let db = Db::new(&config.database, config.database.pool_max_size, &log);
         Supervisor {
             config_path,
             config,
             spool: Route::default(),
+            db,
             slots: Slots::new(RestartPolicy::default()),
             running: BTreeMap::new(),
             restart_timers: BTreeMap::new(),
@@ -96,7 +102,15 @@ impl Supervisor {
         }
         let generation = self.slots.started(id, Instant::now(), Utc::now());
         let me = ctx.address().recipient();
-        let running = child::spawn(id, generation, &self.config, &self.spool, me, &self.log);
+        let running = child::spawn(
+            id,
+            generation,
+            &self.config,
+            &self.db,
+            &self.spool,
+            me,
+            &self.log,
+        );
         if let ChildAddr::Spool(a) = &running.addr {
             self.spool.set(Some(a.clone()));
         }
@@ -281,6 +295,9 @@ impl Handler<Reload> for Supervisor {
             }
         };
         let plan = plan_reload(&self.config, &new);
+        if new.database != self.config.database {
+            self.db = Db::new(&new.database, new.database.pool_max_size, &self.log);
+        }
         self.config = new;
         for &id in &plan.stop {
             self.stop_child(id);

@@ -8,6 +8,7 @@ use slog::{o, Logger};
 
 use crate::collector::CollectorActor;
 use crate::config::Config;
+use crate::db::Db;
 use crate::logs::actor::LogTailActor;
 use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route};
 use crate::shipper::{Origin, ShipperActor};
@@ -113,6 +114,7 @@ pub fn spawn(
     id: ChildId,
     generation: u64,
     config: &Config,
+    db: &Db,
     spool: &Route<SpoolActor>,
     supervisor: Recipient<ChildExited>,
     log: &Logger,
@@ -149,13 +151,15 @@ pub fn spawn(
         ChildId::LogReader => {
             let config = config.clone();
             let route = spool.clone();
+            let db = db.clone();
             ChildAddr::Log(LogTailActor::start_in_arbiter(&h, move |_| {
-                LogTailActor::new(&config, route, log, guard)
+                LogTailActor::new(&config, db, route, log, guard)
             }))
         }
         ChildId::Collector(kind) => {
             let config = config.clone();
             let route = spool.clone();
+            let db = db.clone();
             let interval = sources::enabled(&config)
                 .into_iter()
                 .find(|(k, _)| *k == kind)
@@ -166,7 +170,7 @@ pub fn spawn(
                 // own thread. `desired` only lists kinds that `make` knows.
                 let source = sources::make(kind, &config, sources::Mode::Daemon)
                     .unwrap_or_else(|| unreachable!("no source for {kind:?}"));
-                CollectorActor::new(source, interval, &config, route, log, guard)
+                CollectorActor::new(source, interval, &config, db, route, log, guard)
             }))
         }
     };

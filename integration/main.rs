@@ -7,6 +7,7 @@ mod activity;
 mod cli;
 mod delivery;
 mod delivery_policy;
+mod health;
 mod locks;
 mod log_prefixes;
 mod logs;

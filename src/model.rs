@@ -24,6 +24,20 @@ pub enum EventKind {
     PgActivitySummary,
     /// Host metrics.
     System,
+    /// A database's statistics, size and freeze age.
+    PgDatabases,
+    /// A table's (or index's) statistics and size, or a pass's summary.
+    PgTables,
+    /// A vacuum, analyze, index build or cluster in progress.
+    PgVacuumProgress,
+    /// Who holds the xmin horizon back.
+    PgXminHorizon,
+    /// Standbys, slots, or this standby's receiver.
+    PgReplication,
+    /// bgwriter, checkpointer, WAL, I/O and archiver statistics.
+    PgServerStats,
+    /// The non-default settings and what changed.
+    PgSettings,
     /// A server log event.
     PgLog,
     /// The agent's own health (restarts, losses, parse errors).
@@ -39,6 +53,13 @@ impl EventKind {
             EventKind::PgLocks => "pg_locks",
             EventKind::PgActivitySummary => "pg_activity_summary",
             EventKind::System => "system",
+            EventKind::PgDatabases => "pg_databases",
+            EventKind::PgTables => "pg_tables",
+            EventKind::PgVacuumProgress => "pg_vacuum_progress",
+            EventKind::PgXminHorizon => "pg_xmin_horizon",
+            EventKind::PgReplication => "pg_replication",
+            EventKind::PgServerStats => "pg_server_stats",
+            EventKind::PgSettings => "pg_settings",
             EventKind::PgLog => "pg_log",
             EventKind::Agent => "agent",
         }
@@ -52,6 +73,13 @@ impl EventKind {
             EventKind::PgLocks,
             EventKind::PgActivitySummary,
             EventKind::System,
+            EventKind::PgDatabases,
+            EventKind::PgTables,
+            EventKind::PgVacuumProgress,
+            EventKind::PgXminHorizon,
+            EventKind::PgReplication,
+            EventKind::PgServerStats,
+            EventKind::PgSettings,
             EventKind::PgLog,
             EventKind::Agent,
         ]

@@ -58,6 +58,11 @@ impl CollectorActor {
     ) -> CollectorActor {
         // The connections are shared by every collector (see `Db`).
         let db = Rc::new(db);
+        let limit = source.cycle_limit(cycle_limit(&config.database));
+        debug_assert_eq!(
+            interval * 2 + cycle_limit(&config.database),
+            progress_deadline(interval, &config.database)
+        );
         let handoff = Handoff::new(
             spool,
             log.clone(),
@@ -69,8 +74,8 @@ impl CollectorActor {
             source,
             db,
             interval,
-            limit: cycle_limit(&config.database),
-            deadline: progress_deadline(interval, &config.database),
+            limit,
+            deadline: interval * 2 + limit,
             handoff,
             in_flight: false,
             tick_started: Instant::now(),

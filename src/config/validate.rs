@@ -329,7 +329,83 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
             &col.redact,
             &[("none", Redact::None), ("literals", Redact::Literals)],
         ),
+        health: HealthIntervals {
+            databases: health_source(
+                c,
+                "databases",
+                &col.databases,
+                &col.databases_interval_s,
+                interval_s,
+            ),
+            tables: health_source(c, "tables", &col.tables, &col.tables_interval_s, 600),
+            vacuum_progress: health_source(
+                c,
+                "vacuum_progress",
+                &col.vacuum_progress,
+                &col.vacuum_progress_interval_s,
+                activity_interval_s,
+            ),
+            horizon: health_source(
+                c,
+                "horizon",
+                &col.horizon,
+                &col.horizon_interval_s,
+                interval_s,
+            ),
+            replication: health_source(
+                c,
+                "replication",
+                &col.replication,
+                &col.replication_interval_s,
+                interval_s,
+            ),
+            server_stats: health_source(
+                c,
+                "server_stats",
+                &col.server_stats,
+                &col.server_stats_interval_s,
+                interval_s,
+            ),
+            settings: health_source(c, "settings", &col.settings, &col.settings_interval_s, 600),
+        },
+        tables_max_relations: c.int(
+            "collection.tables_max_relations",
+            &col.tables_max_relations,
+            1000,
+            1,
+            1_000_000,
+            "",
+        ) as u32,
+        tables_max_pass: Duration::from_secs(c.int(
+            "collection.tables_max_pass_s",
+            &col.tables_max_pass_s,
+            60,
+            1,
+            3600,
+            "",
+        ) as u64),
     }
+}
+
+/// A health source's `<name>` switch and `<name>_interval_s` (1 s to a day): its
+/// interval, or `None` when it is off.
+fn health_source(
+    c: &mut Check,
+    name: &str,
+    on: &Field<bool>,
+    interval: &Field<i64>,
+    default_s: i64,
+) -> Option<Duration> {
+    let on = c.value(&format!("collection.{name}"), on, true);
+    let every = c.int(
+        &format!("collection.{name}_interval_s"),
+        interval,
+        default_s,
+        1,
+        86_400,
+        "",
+    );
+    on.then(|| Duration::from_secs(every as u64))
 }
 
 /// `[correlation]`.

@@ -11,8 +11,8 @@ use tokio_postgres::Row;
 use super::session::{self, Session};
 use super::{CollectFuture, CycleError, Source};
 use crate::config::Config;
-use crate::db::text::{raw_bytes, text, Lossy};
-use crate::db::{Db, APPLICATION_NAME};
+use crate::db::text::{text, Lossy};
+use crate::db::Db;
 use crate::model::{Event, EventKind, Problem, SourceState};
 use tokio_postgres::types::ToSql;
 
@@ -58,22 +58,17 @@ pub struct ActivityRow {
 /// come first and the oldest transactions before younger ones, so that the cap keeps
 /// the backends that matter in an incident.
 fn sql(server_version: i32) -> String {
-    let query = raw_bytes("a.query");
-    let query_id = super::since(server_version, 14, "a.query_id", "NULL::bigint");
+    let session = session::columns(server_version, "s.now");
+    let not_agent = session::NOT_THE_AGENT;
     format!(
-        "SELECT a.pid, a.datname::text, a.usename::text, a.application_name, host(a.client_addr) AS client_addr,
-            a.client_port, a.backend_type, a.state, a.wait_event_type, a.wait_event,
+        "SELECT {session},
+            a.client_port, a.backend_type,
             a.backend_start, a.xact_start, a.query_start, a.state_change,
-            extract(epoch FROM s.now - a.xact_start)::float8 AS xact_age_s,
-            extract(epoch FROM s.now - a.query_start)::float8 AS query_age_s,
-            extract(epoch FROM s.now - a.state_change)::float8 AS state_age_s,
-            a.backend_xid::text, a.backend_xmin::text, {query_id} AS query_id,
-            substr({query}, 1, $1) AS query,
-            coalesce(octet_length(a.query) > $1, false) AS query_truncated,
+            a.backend_xmin::text,
             count(*) OVER () AS total_rows, s.now AS sampled_at
          FROM pg_stat_activity a, (SELECT now() AS now) s
          WHERE a.pid <> pg_backend_pid()
-           AND NOT coalesce(a.application_name = '{APPLICATION_NAME}' AND a.usename = current_user, false)
+           AND {not_agent}
          ORDER BY coalesce(a.state, '') IN ('idle', '') , a.xact_start NULLS LAST, a.pid
          LIMIT $2"
     )

@@ -3,6 +3,7 @@
 //! and `once` runs it a single time.
 
 pub mod activity;
+pub mod health;
 pub mod locks;
 pub mod sampler;
 pub mod session;
@@ -75,6 +76,11 @@ pub trait Source {
     /// The wait before the next collection; `base` is the configured interval. A source
     /// may sample faster while something is going on (locks while blocking is seen).
     fn interval(&self, base: std::time::Duration) -> std::time::Duration {
+        base
+    }
+    /// The longest one collection may take; `base` is the agent's limit for one
+    /// connection and two statements. A source visiting several databases asks for more.
+    fn cycle_limit(&self, base: std::time::Duration) -> std::time::Duration {
         base
     }
     /// The source's own account of its state for status (e.g. unavailable: extension
@@ -184,6 +190,20 @@ pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
     if config.collection.system {
         v.push((EventKind::System, config.collection.interval));
     }
+    let h = &config.collection.health;
+    for (kind, every) in [
+        (EventKind::PgDatabases, h.databases),
+        (EventKind::PgTables, h.tables),
+        (EventKind::PgVacuumProgress, h.vacuum_progress),
+        (EventKind::PgXminHorizon, h.horizon),
+        (EventKind::PgReplication, h.replication),
+        (EventKind::PgServerStats, h.server_stats),
+        (EventKind::PgSettings, h.settings),
+    ] {
+        if let Some(every) = every {
+            v.push((kind, every));
+        }
+    }
     v
 }
 
@@ -202,7 +222,14 @@ mod tests {
                 EventKind::PgStatements,
                 EventKind::PgLocks,
                 EventKind::PgActivitySummary,
-                EventKind::System
+                EventKind::System,
+                EventKind::PgDatabases,
+                EventKind::PgTables,
+                EventKind::PgVacuumProgress,
+                EventKind::PgXminHorizon,
+                EventKind::PgReplication,
+                EventKind::PgServerStats,
+                EventKind::PgSettings,
             ]
         );
         for k in &kinds {
@@ -235,6 +262,17 @@ pub fn make(kind: EventKind, config: &Config, mode: Mode) -> Option<Box<dyn Sour
             mode == Mode::Once,
         ))),
         EventKind::System => Some(Box::new(system::SystemSource::new(config))),
-        _ => None,
+        EventKind::PgDatabases => Some(Box::new(health::databases::DatabasesSource::new(config))),
+        EventKind::PgTables => Some(Box::new(health::tables::TablesSource::new(config))),
+        EventKind::PgVacuumProgress => {
+            Some(Box::new(health::progress::ProgressSource::new(config)))
+        }
+        EventKind::PgXminHorizon => Some(Box::new(health::horizon::HorizonSource::new(config))),
+        EventKind::PgReplication => Some(Box::new(health::replication::ReplicationSource::new(
+            config,
+        ))),
+        EventKind::PgServerStats => Some(Box::new(health::server::ServerStatsSource::new(config))),
+        EventKind::PgSettings => Some(Box::new(health::settings::SettingsSource::new(config))),
+        EventKind::PgLog | EventKind::Agent => None,
     }
 }

@@ -150,6 +150,27 @@ pub fn redacted(query: String, redact: Redact) -> String {
     }
 }
 
+/// The columns [`read`] reads, from `pg_stat_activity` aliased `a`, with ages measured
+/// from `{now}` (an expression) and the query cut at `$1` bytes.
+pub fn columns(server_version: i32, now: &str) -> String {
+    let query = crate::db::text::raw_bytes("a.query");
+    let query_id = super::since(server_version, 14, "a.query_id", "NULL::bigint");
+    format!(
+        "a.pid, a.datname::text, a.usename::text, a.application_name,
+            host(a.client_addr) AS client_addr, a.state, a.wait_event_type, a.wait_event,
+            extract(epoch FROM {now} - a.xact_start)::float8 AS xact_age_s,
+            extract(epoch FROM {now} - a.query_start)::float8 AS query_age_s,
+            extract(epoch FROM {now} - a.state_change)::float8 AS state_age_s,
+            a.backend_xid::text, {query_id} AS query_id,
+            substr({query}, 1, $1) AS query,
+            coalesce(octet_length(a.query) > $1, false) AS query_truncated"
+    )
+}
+
+/// Leaves out the agent's own sessions (its application name under its own role).
+pub const NOT_THE_AGENT: &str =
+    "NOT coalesce(a.application_name = 'postgres-agent' AND a.usename = current_user, false)";
+
 /// Reads the session columns of `r` (named as in `pg_stat_activity`, ages as
 /// `xact_age_s`, `query_age_s`, `state_age_s`, the query cut with `query_truncated`,
 /// `query_id` NULL before PostgreSQL 14).
@@ -199,6 +220,11 @@ pub fn read(r: &Row, reading: &Reading) -> Result<Session, tokio_postgres::Error
 #[cfg(test)]
 mod memo_tests {
     use super::*;
+
+    #[test]
+    fn the_agents_own_sessions_are_named_as_it_names_them() {
+        assert!(NOT_THE_AGENT.contains(&format!("'{}'", crate::db::APPLICATION_NAME)));
+    }
 
     #[test]
     fn the_memo_gives_what_the_work_gives_and_holds_bytes_not_texts() {

@@ -1,0 +1,381 @@
+//! Database health: databases, tables, vacuum progress, the xmin horizon, the server's
+//! background statistics and settings, against a real cluster (autovacuum off, so the
+//! counters move only with what the test does).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{config, Agent, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::{major_version, PgCluster};
+use crate::harness::{shared_tempdir, wait_for};
+
+const VACUUMER: &str = "7d1e2c3b-4a5f-4e6d-8c7b-9a0b1c2d3e01";
+const HOLDER: &str = "7d1e2c3b-4a5f-4e6d-8c7b-9a0b1c2d3e02";
+
+/// A cluster with autovacuum off and room for prepared transactions.
+fn cluster() -> PgCluster {
+    PgCluster::start("autovacuum = off\nmax_prepared_transactions = 5\n")
+}
+
+/// The agent with only the named health sources on, each every second.
+fn agent_with(
+    pg: &PgCluster,
+    sources: &[&str],
+    extra: &str,
+) -> (Listener, tempfile::TempDir, Agent) {
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let mut toml = config(dir.path(), pg, &listener.url(), 1).replace(
+        "[collection]\n",
+        &format!("[collection]\nactivity = false\n{extra}"),
+    );
+    for s in sources {
+        toml = toml.replace(
+            &format!("\n{s} = false\n"),
+            &format!("\n{s} = true\n{s}_interval_s = 1\n"),
+        );
+    }
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    (listener, dir, agent)
+}
+
+fn data_of(l: &Listener, kind: &str) -> Vec<Value> {
+    l.events_of(kind)
+        .into_iter()
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// The `pg_tables` events of table `name` in database `db`.
+fn table_events(l: &Listener, db: &str, name: &str) -> Vec<Value> {
+    data_of(l, "pg_tables")
+        .into_iter()
+        .filter(|d| d["record"] == "table" && d["datname"] == db && d["relation"] == name)
+        .collect()
+}
+
+#[test]
+fn inserted_rows_show_as_exact_deltas_of_the_table_and_its_database_and_quiet_tables_are_not_shipped(
+) {
+    let pg = cluster();
+    pg.sql("CREATE DATABASE shop");
+    let shop = |sql: &str| {
+        crate::harness::pg::run(pg.psql().args(["-d", "shop", "-c", sql]), sql);
+    };
+    shop("CREATE TABLE orders (id int PRIMARY KEY, note text); CREATE TABLE quiet (id int)");
+    let (l, _dir, _agent) = agent_with(&pg, &["databases", "tables"], "");
+    // The first pass ships every table, quiet ones too.
+    wait_for("the first pass", Duration::from_secs(30), || {
+        (!table_events(&l, "shop", "quiet").is_empty()
+            && !table_events(&l, "shop", "orders").is_empty())
+        .then_some(())
+    });
+    let first = &table_events(&l, "shop", "orders")[0];
+    assert_eq!(first["first"], true, "{first}");
+    assert_eq!(first["schema"], "public");
+    assert_eq!(first["indexes"][0]["index"], "orders_pkey");
+    assert_eq!(first["indexes"][0]["primary"], true);
+    assert_eq!(first["indexes"][0]["unused"], true);
+    // The database's baseline is there before the rows go in.
+    wait_for("a database reading", Duration::from_secs(10), || {
+        data_of(&l, "pg_databases")
+            .iter()
+            .any(|d| d["datname"] == "shop")
+            .then_some(())
+    });
+    shop("INSERT INTO orders SELECT g, 'n' FROM generate_series(1, 137) g");
+    shop("UPDATE orders SET note = 'm' WHERE id <= 11");
+    shop("DELETE FROM orders WHERE id <= 3");
+    let sum = |events: &[Value], key: &str| -> i64 {
+        events.iter().map(|e| int(&e["deltas"][key])).sum()
+    };
+    wait_for(
+        "the inserts in the table's deltas",
+        Duration::from_secs(30),
+        || {
+            let t = table_events(&l, "shop", "orders");
+            (sum(&t, "n_tup_ins") == 137 && sum(&t, "n_tup_upd") == 11 && sum(&t, "n_tup_del") == 3)
+                .then_some(())
+        },
+    );
+    wait_for(
+        "the inserts in the database's deltas",
+        Duration::from_secs(30),
+        || {
+            let d: Vec<Value> = data_of(&l, "pg_databases")
+                .into_iter()
+                .filter(|d| d["datname"] == "shop")
+                .collect();
+            (sum(&d, "tup_inserted") >= 137 && sum(&d, "tup_deleted") >= 3).then_some(())
+        },
+    );
+    // Exactly, once everything is shipped: no other table counted anything.
+    let t = table_events(&l, "shop", "orders");
+    assert_eq!(sum(&t, "n_tup_ins"), 137);
+    let last = t.last().expect("events");
+    assert_eq!(int(&last["stats"]["n_live_tup"]), 134, "{last}");
+    // The quiet table was shipped once (first pass) and then counted as unchanged.
+    assert_eq!(table_events(&l, "shop", "quiet").len(), 1);
+    wait_for(
+        "a pass with nothing changed",
+        Duration::from_secs(30),
+        || {
+            data_of(&l, "pg_tables")
+                .iter()
+                .any(|d| {
+                    d["record"] == "database"
+                        && d["datname"] == "shop"
+                        && d["tables_unchanged"] == 2
+                        && d["tables_shipped"] == 0
+                        && d["tables_total"] == 2
+                })
+                .then_some(())
+        },
+    );
+    // Every database the role may connect to was visited; the pass says so.
+    let pass = data_of(&l, "pg_tables")
+        .into_iter()
+        .find(|d| d["record"] == "pass")
+        .expect("a pass summary");
+    assert_eq!(pass["databases_total"], 2, "{pass}");
+    assert_eq!(pass["databases_read"], 2, "{pass}");
+    // The freeze age is there against its limit.
+    let d = data_of(&l, "pg_databases")
+        .into_iter()
+        .find(|d| d["datname"] == "shop")
+        .expect("shop");
+    assert_eq!(d["xid_freeze_max_age"], 200_000_000);
+    assert!(d["xid_age"].as_i64().is_some(), "{d}");
+}
+
+#[test]
+fn the_cap_on_tables_per_database_counts_what_it_left_out() {
+    let pg = cluster();
+    pg.sql("CREATE TABLE busy (id int); CREATE TABLE idle1 (id int); CREATE TABLE idle2 (id int)");
+    pg.sql("INSERT INTO busy SELECT generate_series(1, 50)");
+    let (l, _dir, _agent) = agent_with(&pg, &["tables"], "tables_max_relations = 1\n");
+    let summary = wait_for("a database summary", Duration::from_secs(30), || {
+        data_of(&l, "pg_tables")
+            .into_iter()
+            .find(|d| d["record"] == "database" && d["datname"] == "postgres")
+    });
+    assert_eq!(summary["tables_total"], 3, "{summary}");
+    assert_eq!(summary["tables_read"], 1, "{summary}");
+    assert_eq!(summary["tables_left_out"], 2, "{summary}");
+    // The most active one is the one read.
+    assert_eq!(table_events(&l, "postgres", "busy").len(), 1);
+    assert!(table_events(&l, "postgres", "idle1").is_empty());
+}
+
+#[test]
+fn a_manual_vacuum_shows_in_progress_with_its_request_and_then_in_the_counts() {
+    let pg = cluster();
+    pg.sql("CREATE TABLE big (id int, pad text)");
+    pg.sql("INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g");
+    pg.sql("DELETE FROM big WHERE id % 2 = 0");
+    let (l, _dir, _agent) = agent_with(&pg, &["vacuum_progress", "tables"], "");
+    wait_for("the first pass", Duration::from_secs(30), || {
+        (!table_events(&l, "postgres", "big").is_empty()).then_some(())
+    });
+    // Slowed down so that it runs for a few seconds: about 1,700 pages, a pause of at
+    // least 2 ms after each.
+    let mut vacuum = pg.interactive(&format!("bitville-{VACUUMER}"));
+    vacuum.send("SET vacuum_cost_delay = '2ms';");
+    vacuum.send("SET vacuum_cost_limit = 1;");
+    vacuum.send("VACUUM big;");
+    let seen = wait_for("the vacuum in progress", Duration::from_secs(60), || {
+        data_of(&l, "pg_vacuum_progress")
+            .into_iter()
+            .find(|d| d["command"] == "vacuum" && d["correlation_id"] == VACUUMER)
+    });
+    assert_eq!(seen["relation"], "big", "{seen}");
+    assert_eq!(seen["autovacuum"], false);
+    assert_eq!(seen["datname"], "postgres");
+    assert!(seen["phase"].as_str().is_some(), "{seen}");
+    assert!(
+        seen["progress"].as_object().is_some_and(|p| !p.is_empty()),
+        "{seen}"
+    );
+    wait_for(
+        "the vacuum in the table's counts",
+        Duration::from_secs(30),
+        || {
+            table_events(&l, "postgres", "big")
+                .iter()
+                .any(|t| t["deltas"]["vacuum_count"] == 1 && t["stats"]["last_vacuum"].is_string())
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_prepared_transaction_and_an_idle_transaction_are_named_as_the_horizon_holders() {
+    let pg = cluster();
+    pg.sql("CREATE TABLE h (id int)");
+    pg.sql("BEGIN; INSERT INTO h VALUES (1); PREPARE TRANSACTION 'held-by-test'");
+    let mut idle = pg.interactive(&format!("bitville-{HOLDER}"));
+    idle.send("BEGIN; INSERT INTO h VALUES (2);");
+    let (l, _dir, _agent) = agent_with(&pg, &["horizon"], "");
+    let both = wait_for("both holders", Duration::from_secs(30), || {
+        data_of(&l, "pg_xmin_horizon").into_iter().find(|d| {
+            d["prepared"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["gid"] == "held-by-test"))
+                && d["sessions"].as_array().is_some_and(|s| {
+                    s.iter().any(|s| {
+                        s["correlation_id"] == HOLDER && s["state"] == "idle in transaction"
+                    })
+                })
+        })
+    });
+    // The prepared transaction took its id first: it is the oldest.
+    assert_eq!(both["oldest"]["holder"], "prepared_transaction", "{both}");
+    assert_eq!(both["oldest"]["name"], "held-by-test");
+    assert_eq!(both["prepared_total"], 1);
+    pg.sql("ROLLBACK PREPARED 'held-by-test'");
+    let after = wait_for("the session as the oldest", Duration::from_secs(30), || {
+        data_of(&l, "pg_xmin_horizon")
+            .into_iter()
+            .rev()
+            .find(|d| d["prepared_total"] == 0 && d["oldest"]["holder"] == "session")
+    });
+    assert_eq!(after["oldest"]["correlation_id"], HOLDER, "{after}");
+    drop(idle);
+}
+
+#[test]
+fn a_checkpoint_and_a_changed_setting_show_up() {
+    let pg = cluster();
+    let (l, _dir, _agent) = agent_with(&pg, &["server_stats", "settings"], "");
+    let first = wait_for("the first settings", Duration::from_secs(30), || {
+        data_of(&l, "pg_settings").into_iter().next()
+    });
+    assert_eq!(first["first"], true);
+    assert!(
+        first["settings"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|s| s["name"] == "autovacuum" && s["setting"] == "off")),
+        "{first}"
+    );
+    // Our own session settings (the agent's statement_timeout) are not the server's.
+    assert!(!first["settings"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|s| s["source"] == "client"));
+    wait_for(
+        "a second checkpointer reading",
+        Duration::from_secs(30),
+        || {
+            data_of(&l, "pg_server_stats")
+                .iter()
+                .any(|d| d["checkpointer"]["deltas"].is_object())
+                .then_some(())
+        },
+    );
+    pg.sql("CHECKPOINT");
+    wait_for(
+        "the checkpoint in the deltas",
+        Duration::from_secs(30),
+        || {
+            let n: i64 = data_of(&l, "pg_server_stats")
+                .iter()
+                .map(|d| int(&d["checkpointer"]["deltas"]["num_requested"]))
+                .sum();
+            (n == 1).then_some(())
+        },
+    );
+    let stats = data_of(&l, "pg_server_stats").pop().expect("stats");
+    if major_version() >= 14 {
+        assert!(
+            stats["wal"]["stats"]["wal_records"].as_i64().is_some(),
+            "{stats}"
+        );
+    }
+    if major_version() >= 16 {
+        assert!(stats["io"].is_array(), "{stats}");
+    }
+    pg.sql("ALTER SYSTEM SET work_mem = '7MB'");
+    pg.sql("ALTER SYSTEM SET shared_buffers = '24MB'");
+    pg.sql("SELECT pg_reload_conf()");
+    let changed = wait_for("the change", Duration::from_secs(30), || {
+        data_of(&l, "pg_settings").into_iter().find(|d| {
+            d["changed"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "work_mem"))
+        })
+    });
+    let work_mem = changed["changed"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "work_mem"))
+        .expect("work_mem");
+    assert_eq!(work_mem["from"], Value::Null, "{changed}");
+    assert_eq!(work_mem["to"], "7168");
+    assert_eq!(work_mem["pending_restart"], false);
+    assert!(
+        changed["pending_restart"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|n| n == "shared_buffers")),
+        "{changed}"
+    );
+    // Only when something changed: the next readings ship nothing.
+    let n = data_of(&l, "pg_settings").len();
+    let m = data_of(&l, "pg_server_stats").len();
+    wait_for("more server readings", Duration::from_secs(20), || {
+        (data_of(&l, "pg_server_stats").len() >= m + 3).then_some(())
+    });
+    assert_eq!(data_of(&l, "pg_settings").len(), n);
+}
+
+#[test]
+fn every_source_shares_the_pool_and_the_agent_never_holds_more() {
+    let pg = cluster();
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("sample_interval_ms = 0", "sample_interval_ms = 100")
+        .replace(
+            "connect_timeout_ms = 2000",
+            "connect_timeout_ms = 2000\npool_max_size = 2",
+        )
+        .replace(" = false\n", " = true\n")
+        .replace("logs = true\n", "logs = false\n")
+        .replace(
+            "tables = true\n",
+            "tables = true\ntables_interval_s = 1\nsettings_interval_s = 1\n",
+        );
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    let mut most = 0;
+    // Every source runs (statements fails each cycle without the extension, locks and
+    // activity have nobody to report): the health sources are the ones that ship.
+    let kinds = [
+        "pg_databases",
+        "pg_tables",
+        "pg_xmin_horizon",
+        "pg_replication",
+        "pg_server_stats",
+        "pg_settings",
+    ];
+    wait_for("every source shipping", Duration::from_secs(60), || {
+        let n: i64 = pg
+            .sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'postgres-agent'")
+            .parse()
+            .unwrap_or(0);
+        most = most.max(n);
+        kinds
+            .iter()
+            .all(|k| !listener.events_of(k).is_empty())
+            .then_some(())
+    });
+    assert!(
+        most <= 2,
+        "{most} agent connections at once with pool_max_size = 2"
+    );
+    assert!(most >= 1);
+}

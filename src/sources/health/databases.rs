@@ -1,0 +1,167 @@
+//! `pg_databases`: one event per database of the cluster per interval — the server's
+//! `pg_stat_database` counters with their deltas (commits, rollbacks, blocks, tuples,
+//! temp files, deadlocks, conflicts, session times on 14+), its size, and how far its
+//! oldest unfrozen transaction and multixact ids are from the freeze limits and from
+//! wraparound.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Instant;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::counters::{Change, Readings};
+use super::{int_of, json_rows, str_of, take, Row};
+use crate::config::Config;
+use crate::db::Db;
+use crate::model::{Event, EventKind};
+use crate::sources::{CollectFuture, CycleError, Source};
+
+/// 2^31: transaction ids this far apart wrap around.
+const WRAPAROUND: f64 = 2_147_483_648.0;
+
+/// Columns of `pg_stat_database` that are not counters.
+const NOT_COUNTERS: &[&str] = &["numbackends"];
+
+/// Why the size is asked only where the role may: `pg_database_size` fails for a
+/// database without CONNECT unless the role has `pg_read_all_stats`, and for a
+/// database whose DROP was interrupted (`datconnlimit = -2`, 15+).
+const SQL: &str = "SELECT jsonb_build_object(
+    'datid', d.oid::bigint,
+    'datname', d.datname,
+    'allow_connections', d.datallowconn,
+    'size_bytes', CASE WHEN d.datconnlimit <> -2
+        AND (has_database_privilege(d.oid, 'CONNECT') OR pg_has_role('pg_read_all_stats', 'USAGE'))
+        THEN pg_database_size(d.oid) END,
+    'xid_age', age(d.datfrozenxid),
+    'mxid_age', mxid_age(d.datminmxid),
+    'xid_freeze_max_age', current_setting('autovacuum_freeze_max_age')::bigint,
+    'mxid_freeze_max_age', current_setting('autovacuum_multixact_freeze_max_age')::bigint,
+    'stats', to_jsonb(s) - 'datid' - 'datname')::text
+FROM pg_catalog.pg_database d
+LEFT JOIN pg_catalog.pg_stat_database s ON s.datid = d.oid
+ORDER BY d.datname";
+
+/// `data` of a `pg_databases` event.
+#[derive(Debug, Serialize)]
+pub struct DatabaseRow {
+    /// Name (U+FFFD where it is not UTF-8).
+    pub datname: String,
+    /// OID.
+    pub datid: i64,
+    /// `datallowconn`.
+    pub allow_connections: Value,
+    /// `pg_database_size`; absent where the role may not ask.
+    pub size_bytes: Value,
+    /// `age(datfrozenxid)`.
+    pub xid_age: Value,
+    /// `autovacuum_freeze_max_age`: at this age autovacuum freezes whatever it costs.
+    pub xid_freeze_max_age: Value,
+    /// `xid_age` as a share of the 2^31 ids before wraparound, in percent.
+    pub xid_wraparound_pct: Option<f64>,
+    /// `mxid_age(datminmxid)`.
+    pub mxid_age: Value,
+    /// `autovacuum_multixact_freeze_max_age`.
+    pub mxid_freeze_max_age: Value,
+    /// `mxid_age` as a share of 2^31, in percent.
+    pub mxid_wraparound_pct: Option<f64>,
+    /// `pg_stat_database` as the server has it (its columns differ by version).
+    pub stats: Row,
+    /// Deltas of the counters in `stats` since the last reading.
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+fn pct(age: &Value) -> Option<f64> {
+    age.as_f64()
+        .map(|a| (a * 100.0 / WRAPAROUND * 100.0).round() / 100.0)
+}
+
+/// Reads every database's statistics.
+pub struct DatabasesSource {
+    host: String,
+    readings: Rc<RefCell<Readings<i64>>>,
+}
+
+impl DatabasesSource {
+    /// From the configuration.
+    pub fn new(config: &Config) -> DatabasesSource {
+        DatabasesSource {
+            host: config.agent.hostname.clone(),
+            readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
+        }
+    }
+}
+
+/// Turns one row of [`SQL`] into the event's data, comparing it with the last reading.
+pub fn to_row(mut r: Row, readings: &mut Readings<i64>, now: Instant) -> Option<DatabaseRow> {
+    let datid = int_of(&r, "datid")?;
+    let datname = str_of(&r, "datname")?.to_string();
+    let stats = match take(&mut r, "stats") {
+        Value::Object(m) => m,
+        _ => Row::new(),
+    };
+    // A database without a statistics row yet (just created) has nothing to compare.
+    let change = if stats.is_empty() {
+        Change::default()
+    } else {
+        readings.step(datid, &stats, now).into()
+    };
+    let xid_age = take(&mut r, "xid_age");
+    let mxid_age = take(&mut r, "mxid_age");
+    Some(DatabaseRow {
+        datname,
+        datid,
+        allow_connections: take(&mut r, "allow_connections"),
+        size_bytes: take(&mut r, "size_bytes"),
+        xid_wraparound_pct: pct(&xid_age),
+        xid_age,
+        xid_freeze_max_age: take(&mut r, "xid_freeze_max_age"),
+        mxid_wraparound_pct: pct(&mxid_age),
+        mxid_age,
+        mxid_freeze_max_age: take(&mut r, "mxid_freeze_max_age"),
+        stats,
+        change,
+    })
+}
+
+impl Source for DatabasesSource {
+    fn kind(&self) -> EventKind {
+        EventKind::PgDatabases
+    }
+
+    fn collect(&self, db: Rc<Db>) -> CollectFuture {
+        let host = self.host.clone();
+        let readings = self.readings.clone();
+        Box::pin(async move {
+            let conn = db.get().await?;
+            let (rows, _bad) = json_rows(&conn, SQL, &[]).await?;
+            drop(conn);
+            let now = Instant::now();
+            let at = Utc::now();
+            let mut readings = readings.borrow_mut();
+            let mut seen = HashSet::new();
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let Some(row) = to_row(r, &mut readings, now) else {
+                    continue;
+                };
+                seen.insert(row.datid);
+                let id = format!(
+                    "pg_databases:{host}:{}:{}",
+                    at.timestamp_micros(),
+                    row.datid
+                );
+                out.push(
+                    Event::new(id, EventKind::PgDatabases, at, &row)
+                        .map_err(|e| CycleError::encode("database", e))?,
+                );
+            }
+            readings.keep_only(&seen);
+            Ok(out)
+        })
+    }
+}

@@ -379,3 +379,157 @@ fn every_source_shares_the_pool_and_the_agent_never_holds_more() {
     );
     assert!(most >= 1);
 }
+
+/// The standby `name` as the primary's `pg_replication` event lists it.
+fn standby_in<'a>(d: &'a Value, name: &str) -> Option<&'a Value> {
+    d["standbys"]
+        .as_array()?
+        .iter()
+        .find(|s| s["application_name"] == name)
+}
+
+/// The slot `name` in a `pg_replication` event.
+fn slot_in<'a>(d: &'a Value, name: &str) -> Option<&'a Value> {
+    d["slots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["slot_name"] == name)
+}
+
+#[test]
+fn a_paused_standby_shows_lag_until_it_catches_up_and_an_unread_slot_retains_wal() {
+    let primary = cluster();
+    let standby = PgCluster::standby_of(&primary, "standby1");
+    wait_for("the standby streaming", Duration::from_secs(60), || {
+        (primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1' AND state = 'streaming'") == "1")
+            .then_some(())
+    });
+    primary.sql("SELECT pg_create_physical_replication_slot('nobody_reads', true)");
+    let (l, _dir, _agent) = agent_with(&primary, &["replication"], "");
+    let before = wait_for("the slot and the standby", Duration::from_secs(30), || {
+        data_of(&l, "pg_replication")
+            .into_iter()
+            .find(|d| standby_in(d, "standby1").is_some() && slot_in(d, "nobody_reads").is_some())
+    });
+    assert_eq!(before["role"], "primary");
+    let retained0 = int(&slot_in(&before, "nobody_reads").expect("slot")["retained_bytes"]);
+    assert_eq!(
+        slot_in(&before, "nobody_reads").expect("slot")["active"],
+        false
+    );
+
+    // Replay paused on the standby: WAL still arrives, replay stands still.
+    standby.sql("SELECT pg_wal_replay_pause()");
+    primary.sql(
+        "CREATE TABLE w AS SELECT g, repeat('w', 100) AS pad FROM generate_series(1, 20000) g",
+    );
+    let lagging = wait_for("replay lag in bytes", Duration::from_secs(30), || {
+        data_of(&l, "pg_replication").into_iter().find(|d| {
+            standby_in(d, "standby1").is_some_and(|s| int(&s["replay_lag_bytes"]) > 1_000_000)
+        })
+    });
+    let s = standby_in(&lagging, "standby1").expect("standby");
+    assert_eq!(s["state"], "streaming", "{s}");
+    assert_eq!(s["sync_state"], "async");
+    // The slot nobody reads keeps all of it.
+    wait_for(
+        "the slot retaining the new WAL",
+        Duration::from_secs(30),
+        || {
+            data_of(&l, "pg_replication")
+                .iter()
+                .any(|d| {
+                    slot_in(d, "nobody_reads")
+                        .is_some_and(|s| int(&s["retained_bytes"]) > retained0 + 1_000_000)
+                })
+                .then_some(())
+        },
+    );
+    // The standby's own view, through `once`.
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("standby.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &standby, "http://127.0.0.1:9/", 1)
+            .replace("\nreplication = false\n", "\nreplication = true\n")
+            .replace("[collection]\n", "[collection]\nactivity = false\n"),
+    )
+    .expect("config");
+    let seen = crate::harness::agent::once(&path);
+    let here = seen
+        .iter()
+        .find(|e| e["kind"] == "pg_replication")
+        .map(|e| &e["data"])
+        .expect("a pg_replication event from the standby");
+    assert_eq!(here["role"], "standby", "{here}");
+    assert_eq!(here["replay"]["paused"], true, "{here}");
+    assert!(
+        int(&here["replay"]["replay_lag_bytes"]) > 1_000_000,
+        "{here}"
+    );
+    assert_eq!(here["receiver"]["status"], "streaming", "{here}");
+
+    standby.sql("SELECT pg_wal_replay_resume()");
+    wait_for("the standby caught up", Duration::from_secs(60), || {
+        data_of(&l, "pg_replication")
+            .iter()
+            .rev()
+            .take(1)
+            .any(|d| {
+                standby_in(d, "standby1")
+                    .is_some_and(|s| s["replay_lag_bytes"] == 0 && s["flush_lag_bytes"] == 0)
+            })
+            .then_some(())
+    });
+}
+
+#[test]
+fn check_names_what_the_health_sources_lack_with_the_fix() {
+    let pg = cluster();
+    pg.sql("CREATE ROLE agent_np LOGIN");
+    pg.sql("CREATE DATABASE closed");
+    pg.sql("REVOKE CONNECT ON DATABASE closed FROM PUBLIC");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    let run = |user: &str| -> String {
+        std::fs::write(
+            &path,
+            config(dir.path(), &pg, &listener.url(), 60)
+                .replace("user = \"postgres\"", &format!("user = \"{user}\""))
+                .replace("\ntables = false\n", "\ntables = true\n")
+                .replace("\ndatabases = false\n", "\ndatabases = true\n"),
+        )
+        .expect("config");
+        let out = std::process::Command::new(crate::harness::agent::bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .expect("check");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run("agent_np");
+    assert!(out.contains("lacks pg_read_all_stats"), "{out}");
+    assert!(out.contains("GRANT pg_monitor TO agent_np;"), "{out}");
+    assert!(
+        out.contains("cannot connect to 1 of 2 databases: closed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("GRANT CONNECT ON DATABASE \"closed\" TO agent_np;"),
+        "{out}"
+    );
+    assert!(out.contains("track_io_timing is off"), "{out}");
+    // With the fixes applied, the warnings are gone.
+    pg.sql("GRANT pg_monitor TO agent_np");
+    pg.sql("GRANT CONNECT ON DATABASE closed TO agent_np");
+    pg.sql("ALTER SYSTEM SET track_io_timing = on");
+    pg.sql("SELECT pg_reload_conf()");
+    let out = run("agent_np");
+    assert!(
+        out.contains("the tables pass can read 2 of 2 databases"),
+        "{out}"
+    );
+    assert!(!out.contains("track_io_timing is off"), "{out}");
+    assert!(!out.contains("pg_read_all_stats"), "{out}");
+}

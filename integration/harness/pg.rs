@@ -244,6 +244,69 @@ impl PgCluster {
 }
 
 impl PgCluster {
+    /// A streaming standby of `primary`, started, connecting as `application_name`.
+    /// The base backup is taken with the low-level API in one psql session (start,
+    /// copy, stop; the label written into the copy), because pg_basebackup is not in
+    /// every build the version matrix uses.
+    pub fn standby_of(primary: &PgCluster, application_name: &str) -> PgCluster {
+        let dir = shared_tempdir("pgagent-pg");
+        let data = dir.path().join("data");
+        let (start, stop) = if major_version() >= 15 {
+            (
+                "SELECT pg_backup_start('standby', true)",
+                "SELECT labelfile FROM pg_backup_stop()",
+            )
+        } else {
+            (
+                "SELECT pg_start_backup('standby', true, false)",
+                "SELECT labelfile FROM pg_stop_backup(false)",
+            )
+        };
+        let copy = format!("\\! cp -a {} {}", primary.data().display(), data.display());
+        let out = run(
+            primary.psql().args(["-c", start, "-c", &copy, "-c", stop]),
+            "base backup",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let label = &text[text
+            .find("START WAL LOCATION")
+            .unwrap_or_else(|| panic!("no backup label in {text:?}"))..];
+        for gone in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(data.join(gone));
+        }
+        if let Ok(slots) = std::fs::read_dir(data.join("pg_replslot")) {
+            for s in slots.flatten() {
+                let _ = std::fs::remove_dir_all(s.path());
+            }
+        }
+        std::fs::write(data.join("backup_label"), format!("{}\n", label.trim_end()))
+            .expect("backup_label");
+        std::fs::write(data.join("standby.signal"), "").expect("standby.signal");
+        let standby = PgCluster {
+            dir,
+            port: primary.port,
+            running: false,
+        };
+        standby.append_conf(&format!(
+            "unix_socket_directories = '{}'\nhot_standby = on\n\
+             primary_conninfo = 'host={} port={} user=postgres application_name={application_name}'\n",
+            standby.socket_dir().display(),
+            primary.socket_dir().display(),
+            primary.port,
+        ));
+        if is_root() {
+            run(
+                Command::new("chown").args(["-R", "65534:65534"]).arg(&data),
+                "chown the standby",
+            );
+        }
+        let mut standby = standby;
+        standby.start_server();
+        standby
+    }
+}
+
+impl PgCluster {
     /// A psql session that reads SQL from a pipe, so a test can open a transaction and
     /// leave it idle for as long as it likes.
     pub fn interactive(&self, application_name: &str) -> Interactive {

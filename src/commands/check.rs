@@ -142,6 +142,80 @@ async fn check_database(r: &mut Report, config: &Config) {
     if config.collection.logs {
         check_plans(r, &client).await;
     }
+    let h = &config.collection.health;
+    if h.databases
+        .or(h.tables)
+        .or(h.horizon)
+        .or(h.server_stats)
+        .is_some()
+    {
+        check_health(r, &client, config).await;
+    }
+}
+
+/// What the health sources need beyond pg_monitor: statistics collected, CONNECT on
+/// the databases the tables pass visits, I/O timing for I/O times.
+async fn check_health(r: &mut Report, client: &tokio_postgres::Client, config: &Config) {
+    let q =
+        "SELECT current_setting('track_counts')::bool, current_setting('track_io_timing')::bool,
+                    pg_has_role('pg_read_all_stats', 'USAGE'),
+                    (SELECT coalesce(array_agg(datname::text ORDER BY datname), '{}')
+                       FROM pg_catalog.pg_database
+                      WHERE datallowconn AND NOT datistemplate
+                        AND NOT has_database_privilege(oid, 'CONNECT')),
+                    (SELECT count(*) FROM pg_catalog.pg_database
+                      WHERE datallowconn AND NOT datistemplate)";
+    let row = match client.query_one(q, &[]).await {
+        Ok(row) => row,
+        Err(e) => return r.fail("health", &describe(&e), "check the role's privileges"),
+    };
+    let (counts, io_timing, all_stats): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let closed: Vec<String> = row.get(3);
+    let databases: i64 = row.get(4);
+    let user = &config.database.user;
+    if !counts {
+        return r.fail(
+            "health",
+            "track_counts is off: the server keeps no table or database statistics (and autovacuum cannot work)",
+            "ALTER SYSTEM SET track_counts = on; SELECT pg_reload_conf();",
+        );
+    }
+    if !all_stats {
+        r.warn(
+            "health",
+            "the role lacks pg_read_all_stats: other sessions' snapshots (pg_xmin_horizon), vacuum progress and standbys' positions read empty",
+            &format!("GRANT pg_monitor TO {user};"),
+        );
+    }
+    if config.collection.health.tables.is_some() && !closed.is_empty() {
+        r.warn(
+            "health",
+            &format!(
+                "the tables pass cannot connect to {} of {databases} databases: {}",
+                closed.len(),
+                closed.join(", ")
+            ),
+            &closed
+                .iter()
+                .map(|d| format!("GRANT CONNECT ON DATABASE \"{d}\" TO {user};"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    if !io_timing {
+        r.warn(
+            "health",
+            "track_io_timing is off: read and write times (blk_read_time, pg_stat_io) stay 0",
+            "ALTER SYSTEM SET track_io_timing = on; SELECT pg_reload_conf();  -- check the clock's cost first with pg_test_timing",
+        );
+    }
+    r.ok(
+        "health",
+        &format!(
+            "statistics collected; the tables pass can read {} of {databases} databases",
+            databases - closed.len() as i64
+        ),
+    );
 }
 
 /// The lines that make the server log plans the agent reads best, as `check` prints them.

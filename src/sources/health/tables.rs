@@ -2,8 +2,11 @@
 //! (each on a short connection of its own, counted against the pool), reading its
 //! tables most active and largest first, at most `tables_max_relations` per database
 //! and `tables_max_pass_s` per pass. A table is shipped when it changed since the last
-//! pass (its counters moved, or its size, live/dead tuples or modifications since
-//! analyze did) — the first pass ships every one read — with its indexes; each
+//! pass — the first pass ships every one read — with its indexes: a first, cheap query
+//! reads a signature of each table (its counters, sizes, live and dead tuples, its
+//! indexes' scans and sizes, hashed by the server) and only the tables whose signature
+//! moved are read in full, so a quiet cluster of 10,000 tables costs one light query
+//! per database, not 10,000 rows; each
 //! database gets a summary (read, shipped, unchanged, left out by the cap, the tables
 //! furthest from freezing) and the pass one too (databases left out by the time cap).
 //!
@@ -13,7 +16,6 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use serde_json::Value;
 use super::counters::{Change, Readings};
 use super::{int_of, json_rows, object, objects, take, Row};
 use crate::config::Config;
+use crate::db::text::text;
 use crate::db::Db;
 use crate::model::{Event, EventKind};
 use crate::sources::{CollectFuture, CycleError, Source};
@@ -47,32 +50,59 @@ WHERE d.datallowconn AND NOT d.datistemplate AND d.datconnlimit <> -2
   AND has_database_privilege(d.oid, 'CONNECT')
 ORDER BY coalesce(s.xact_commit + s.xact_rollback, 0) DESC, d.datname";
 
-/// One database's tables (`$1`: at most this many), most active and largest first.
-const TABLES_SQL: &str = "WITH t AS (
-    SELECT s.relid, to_jsonb(s) AS stats, to_jsonb(io) AS io, c.relkind, c.relpages,
-        c.reltoastrelid, c.reltuples, c.relfrozenxid, c.relminmxid,
-        count(*) OVER () AS total
-    FROM pg_catalog.pg_stat_user_tables s
-    JOIN pg_catalog.pg_class c ON c.oid = s.relid
-    LEFT JOIN pg_catalog.pg_statio_user_tables io ON io.relid = s.relid
-    ORDER BY coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0)
-             + s.n_tup_ins + s.n_tup_upd + s.n_tup_del DESC,
-             c.relpages DESC, s.relid
-    LIMIT $1)
+/// One database's tables (`$1`: at most this many), most active and largest first:
+/// a signature of each (hashed by the server) to tell which changed since the last
+/// pass, and what a database's summary needs.
+const SIGNATURES_SQL: &str = "SELECT p.relid::bigint AS relid,
+    hashtext(concat_ws(',', pg_stat_get_numscans(p.relid), pg_stat_get_tuples_returned(p.relid),
+        pg_stat_get_tuples_fetched(p.relid), pg_stat_get_tuples_inserted(p.relid),
+        pg_stat_get_tuples_updated(p.relid), pg_stat_get_tuples_deleted(p.relid),
+        pg_stat_get_tuples_hot_updated(p.relid), pg_stat_get_live_tuples(p.relid),
+        pg_stat_get_dead_tuples(p.relid), pg_stat_get_vacuum_count(p.relid),
+        pg_stat_get_autovacuum_count(p.relid), pg_stat_get_analyze_count(p.relid),
+        pg_stat_get_autoanalyze_count(p.relid), pg_stat_get_blocks_fetched(p.relid),
+        p.relpages, p.reltuples, p.relfrozenxid,
+        (SELECT relpages FROM pg_catalog.pg_class WHERE oid = p.reltoastrelid),
+        (SELECT string_agg(pg_stat_get_numscans(x.indexrelid) || '/' || ic.relpages, ','
+                           ORDER BY x.indexrelid)
+         FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid
+         WHERE x.indrelid = p.relid))) AS signature,
+    p.total, p.schema, p.relation, age(p.relfrozenxid)::bigint AS frozen_xid_age
+FROM (SELECT c.oid AS relid, c.relpages, c.reltuples, c.relfrozenxid, c.reltoastrelid,
+             n.nspname::text AS schema, c.relname::text AS relation,
+             count(*) OVER () AS total
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'm')
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        AND n.nspname !~ '^pg_toast'
+      ORDER BY pg_stat_get_numscans(c.oid) + pg_stat_get_tuples_inserted(c.oid)
+               + pg_stat_get_tuples_updated(c.oid) + pg_stat_get_tuples_deleted(c.oid) DESC,
+               c.relpages DESC, c.oid
+      LIMIT $1) p";
+
+/// The tables `$1` in full: statistics as the server has them, sizes, freeze ages and
+/// indexes. (The views' filter on their grouping column is pushed down, so only these
+/// tables are computed.)
+const DETAILS_SQL: &str = "WITH st AS (
+    SELECT s.relid, to_jsonb(s) AS stats FROM pg_catalog.pg_stat_user_tables s
+    WHERE s.relid = ANY($1::bigint[]::oid[])),
+sio AS (
+    SELECT io.relid, to_jsonb(io) AS io FROM pg_catalog.pg_statio_user_tables io
+    WHERE io.relid = ANY($1::bigint[]::oid[]))
 SELECT jsonb_build_object(
-    'relid', t.relid::bigint,
-    'schema', t.stats->>'schemaname',
-    'relation', t.stats->>'relname',
-    'relkind', t.relkind,
-    'total', t.total,
-    'heap_bytes', t.relpages::bigint * b.size,
+    'relid', st.relid::bigint,
+    'schema', st.stats->>'schemaname',
+    'relation', st.stats->>'relname',
+    'relkind', c.relkind,
+    'heap_bytes', c.relpages::bigint * b.size,
     'toast_bytes', coalesce((SELECT relpages::bigint FROM pg_catalog.pg_class
-                             WHERE oid = t.reltoastrelid), 0) * b.size,
-    'reltuples', t.reltuples,
-    'frozen_xid_age', age(t.relfrozenxid),
-    'mxid_age', mxid_age(t.relminmxid),
-    'stats', (t.stats - 'relid' - 'schemaname' - 'relname')
-             || coalesce(t.io - 'relid' - 'schemaname' - 'relname', '{}'),
+                             WHERE oid = c.reltoastrelid), 0) * b.size,
+    'reltuples', c.reltuples,
+    'frozen_xid_age', age(c.relfrozenxid),
+    'mxid_age', mxid_age(c.relminmxid),
+    'stats', (st.stats - 'relid' - 'schemaname' - 'relname')
+             || coalesce(sio.io - 'relid' - 'schemaname' - 'relname', '{}'),
     'indexes', (SELECT coalesce(jsonb_agg(jsonb_build_object(
             'indexrelid', i.indexrelid::bigint,
             'index', i.indexrelname,
@@ -85,8 +115,11 @@ SELECT jsonb_build_object(
         FROM pg_catalog.pg_stat_user_indexes i
         JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_catalog.pg_index x ON x.indexrelid = i.indexrelid
-        WHERE i.relid = t.relid))::text
-FROM t, (SELECT current_setting('block_size')::bigint AS size) b";
+        WHERE i.relid = st.relid))::text
+FROM st
+JOIN pg_catalog.pg_class c ON c.oid = st.relid
+LEFT JOIN sio ON sio.relid = st.relid
+CROSS JOIN (SELECT current_setting('block_size')::bigint AS size) b";
 
 /// One index of a shipped table.
 #[derive(Debug, Serialize)]
@@ -193,8 +226,8 @@ pub struct Pass {
 pub struct Memory {
     tables: Readings<(i64, i64)>,
     indexes: Readings<(i64, i64)>,
-    /// A hash of each table's gauges and sizes: a change ships the table.
-    gauges: HashMap<(i64, i64), u64>,
+    /// Each table's signature at the last pass: a new one ships the table.
+    signatures: HashMap<(i64, i64), i32>,
 }
 
 /// Reads the tables of every database.
@@ -215,41 +248,72 @@ impl TablesSource {
             memory: Rc::new(RefCell::new(Memory {
                 tables: Readings::new(TABLE_GAUGES),
                 indexes: Readings::new(&[]),
-                gauges: HashMap::new(),
+                signatures: HashMap::new(),
             })),
         }
     }
 }
 
-fn gauges_hash(r: &Row, stats: &Row, indexes: &[Row]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for k in ["heap_bytes", "toast_bytes", "reltuples"] {
-        r.get(k).map(Value::to_string).hash(&mut h);
-    }
-    for k in TABLE_GAUGES {
-        stats.get(*k).map(Value::to_string).hash(&mut h);
-    }
-    for i in indexes {
-        i.get("bytes").map(Value::to_string).hash(&mut h);
-        i.get("indexrelid").map(Value::to_string).hash(&mut h);
-    }
-    h.finish()
+/// One table's signature row (the first query).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    /// OID.
+    pub relid: i64,
+    /// The server's hash of its counters and sizes.
+    pub signature: i32,
+    /// Tables in the database.
+    pub total: i64,
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub relation: String,
+    /// `age(relfrozenxid)`.
+    pub frozen_xid_age: Option<i64>,
 }
 
-/// One table row compared with the last pass: `Some` when it is to be shipped.
+fn signature(r: &tokio_postgres::Row) -> Result<Signature, tokio_postgres::Error> {
+    let mut bad = false;
+    Ok(Signature {
+        relid: r.try_get("relid")?,
+        signature: r.try_get::<_, Option<i32>>("signature")?.unwrap_or(0),
+        total: r.try_get("total")?,
+        schema: text(r, "schema", &mut bad)?.unwrap_or_default(),
+        relation: text(r, "relation", &mut bad)?.unwrap_or_default(),
+        frozen_xid_age: r.try_get("frozen_xid_age")?,
+    })
+}
+
+/// Which of the tables read changed since the last pass (all of them the first time);
+/// remembers the new signatures and forgets the database's tables not read.
+pub fn changed(sigs: &[Signature], datid: i64, memory: &mut Memory) -> Vec<i64> {
+    let mut out = Vec::new();
+    for s in sigs {
+        if memory.signatures.insert((datid, s.relid), s.signature) != Some(s.signature) {
+            out.push(s.relid);
+        }
+    }
+    let seen: HashSet<i64> = sigs.iter().map(|s| s.relid).collect();
+    memory
+        .signatures
+        .retain(|(d, r), _| *d != datid || seen.contains(r));
+    memory
+        .tables
+        .retain(|(d, r)| *d != datid || seen.contains(r));
+    out
+}
+
+/// A table read in full, with its deltas since the last pass that shipped it.
 fn to_table(
     mut r: Row,
-    datid: i64,
     datname: &str,
+    datid: i64,
     memory: &mut Memory,
     now: Instant,
 ) -> Option<Table> {
     let relid = int_of(&r, "relid")?;
     let stats = object(r.remove("stats")).unwrap_or_default();
-    let index_rows = objects(r.remove("indexes"));
-    let hash = gauges_hash(&r, &stats, &index_rows);
-    let moved = memory.gauges.insert((datid, relid), hash) != Some(hash);
     let compared = memory.tables.step((datid, relid), &stats, now);
+    let index_rows = objects(r.remove("indexes"));
     let mut indexes = Vec::with_capacity(index_rows.len());
     let mut indexes_bytes = 0;
     for mut i in index_rows {
@@ -268,9 +332,6 @@ fn to_table(
             stats: istats,
             change: change.into(),
         });
-    }
-    if !moved && compared.is_quiet() {
-        return None;
     }
     Some(Table {
         record: "table",
@@ -291,66 +352,63 @@ fn to_table(
     })
 }
 
-/// The tables of one database, compared with the last pass: what to ship and the
-/// database's summary.
-pub fn read_database(
-    rows: Vec<Row>,
-    datid: i64,
-    datname: &str,
-    memory: &mut Memory,
-    now: Instant,
-) -> (Vec<Table>, DatabasePass) {
-    let total = rows.first().and_then(|r| int_of(r, "total")).unwrap_or(0);
-    let read = rows.len();
-    let mut oldest: Vec<(i64, Row)> = rows
-        .iter()
-        .filter_map(|r| {
-            let age = int_of(r, "frozen_xid_age")?;
-            let mut o = Row::new();
-            o.insert(
-                "schema".into(),
-                r.get("schema").cloned().unwrap_or(Value::Null),
-            );
-            o.insert(
-                "relation".into(),
-                r.get("relation").cloned().unwrap_or(Value::Null),
-            );
-            o.insert("frozen_xid_age".into(), Value::from(age));
-            Some((age, o))
-        })
-        .collect();
-    oldest.sort_by_key(|o| std::cmp::Reverse(o.0));
-    oldest.truncate(OLDEST_LISTED);
-    let mut seen = HashSet::new();
-    let mut shipped = Vec::new();
-    for r in rows {
-        if let Some(relid) = int_of(&r, "relid") {
-            seen.insert(relid);
-        }
-        if let Some(t) = to_table(r, datid, datname, memory, now) {
-            shipped.push(t);
-        }
-    }
-    // Tables dropped (or no longer read) are forgotten; other databases' are kept.
-    memory
-        .tables
-        .retain(|(d, r)| *d != datid || seen.contains(r));
-    memory
-        .gauges
-        .retain(|(d, r), _| *d != datid || seen.contains(r));
-    let summary = DatabasePass {
+/// A database's summary from its signature rows and how many tables were shipped.
+pub fn summary(datname: &str, sigs: &[Signature], shipped: usize) -> DatabasePass {
+    let total = sigs.first().map_or(0, |s| s.total);
+    let mut oldest: Vec<&Signature> = sigs.iter().filter(|s| s.frozen_xid_age.is_some()).collect();
+    oldest.sort_by_key(|s| std::cmp::Reverse(s.frozen_xid_age));
+    DatabasePass {
         record: "database",
         datname: datname.to_string(),
         tables_total: total,
-        tables_read: read,
-        tables_shipped: shipped.len(),
-        tables_unchanged: read - shipped.len(),
-        tables_left_out: (total - read as i64).max(0),
-        oldest_frozen: oldest.into_iter().map(|(_, o)| o).collect(),
+        tables_read: sigs.len(),
+        tables_shipped: shipped,
+        tables_unchanged: sigs.len().saturating_sub(shipped),
+        tables_left_out: (total - sigs.len() as i64).max(0),
+        oldest_frozen: oldest
+            .into_iter()
+            .take(OLDEST_LISTED)
+            .map(|s| {
+                let mut o = Row::new();
+                o.insert("schema".into(), Value::from(s.schema.clone()));
+                o.insert("relation".into(), Value::from(s.relation.clone()));
+                o.insert("frozen_xid_age".into(), Value::from(s.frozen_xid_age));
+                o
+            })
+            .collect(),
         duration_ms: 0,
         error: None,
-    };
-    (shipped, summary)
+    }
+}
+
+/// One database's part of a pass on its own connection: signatures, then the changed
+/// tables in full.
+async fn pass_database(
+    db: &Db,
+    name: &str,
+    datid: i64,
+    max_relations: i64,
+    memory: &RefCell<Memory>,
+) -> Result<(Vec<Table>, DatabasePass), crate::db::DbError> {
+    let conn = db.connect_to(Some(name)).await?;
+    let rows = conn
+        .query(SIGNATURES_SQL, &[&max_relations])
+        .await
+        .map_err(crate::db::DbError::query)?;
+    let sigs: Vec<Signature> = rows.iter().filter_map(|r| signature(r).ok()).collect();
+    let wanted = changed(&sigs, datid, &mut memory.borrow_mut());
+    let mut tables = Vec::with_capacity(wanted.len());
+    if !wanted.is_empty() {
+        let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&wanted]).await?;
+        let now = Instant::now();
+        let mut m = memory.borrow_mut();
+        tables.extend(
+            rows.into_iter()
+                .filter_map(|r| to_table(r, name, datid, &mut m, now)),
+        );
+    }
+    let summary = summary(name, &sigs, tables.len());
+    Ok((tables, summary))
 }
 
 impl Source for TablesSource {
@@ -395,31 +453,22 @@ impl Source for TablesSource {
                     continue;
                 }
                 let db_started = Instant::now();
-                let res = async {
-                    let conn = db.connect_to(Some(name)).await?;
-                    json_rows(&conn, TABLES_SQL, &[&max_relations]).await
-                }
-                .await;
+                let res = pass_database(&db, name, *datid, max_relations, &memory).await;
                 let (tables, mut summary) = match res {
-                    Ok((rows, _)) => {
+                    Ok(done) => {
                         read += 1;
-                        read_database(rows, *datid, name, &mut memory.borrow_mut(), Instant::now())
+                        done
                     }
-                    Err(e) => (
-                        Vec::new(),
-                        DatabasePass {
-                            record: "database",
-                            datname: name.clone(),
-                            tables_total: 0,
-                            tables_read: 0,
-                            tables_shipped: 0,
-                            tables_unchanged: 0,
-                            tables_left_out: 0,
-                            oldest_frozen: Vec::new(),
-                            duration_ms: 0,
-                            error: Some(e.to_string()),
-                        },
-                    ),
+                    Err(e) => {
+                        // Its tables are read in full next time.
+                        memory
+                            .borrow_mut()
+                            .signatures
+                            .retain(|(d, _), _| d != datid);
+                        let mut s = summary(name, &[], 0);
+                        s.error = Some(e.to_string());
+                        (Vec::new(), s)
+                    }
                 };
                 summary.duration_ms = db_started.elapsed().as_millis() as u64;
                 for t in &tables {
@@ -439,7 +488,7 @@ impl Source for TablesSource {
                 let mut m = memory.borrow_mut();
                 m.tables.retain(|(d, _)| ids.contains(d));
                 m.indexes.retain(|(d, _)| ids.contains(d));
-                m.gauges.retain(|(d, _), _| ids.contains(d));
+                m.signatures.retain(|(d, _), _| ids.contains(d));
             }
             let pass = Pass {
                 record: "pass",

@@ -145,11 +145,22 @@ fn inserted_rows_show_as_exact_deltas_of_the_table_and_its_database_and_quiet_ta
         .expect("a pass summary");
     assert_eq!(pass["databases_total"], 2, "{pass}");
     assert_eq!(pass["databases_read"], 2, "{pass}");
-    // The freeze age is there against its limit.
-    let d = data_of(&l, "pg_databases")
+    // The freeze age is there against its limit; the size is measured at the first
+    // reading and then every 10 minutes only (it walks every file).
+    let shop_readings: Vec<Value> = data_of(&l, "pg_databases")
         .into_iter()
-        .find(|d| d["datname"] == "shop")
-        .expect("shop");
+        .filter(|d| d["datname"] == "shop")
+        .collect();
+    assert!(
+        int(&shop_readings[0]["size_bytes"]) > 1_000_000,
+        "{}",
+        shop_readings[0]
+    );
+    assert!(shop_readings.len() >= 2);
+    assert!(shop_readings[1..]
+        .iter()
+        .all(|d| d.get("size_bytes").is_none()));
+    let d = shop_readings[0].clone();
     assert_eq!(d["xid_freeze_max_age"], 200_000_000);
     assert!(d["xid_age"].as_i64().is_some(), "{d}");
 }

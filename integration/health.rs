@@ -186,17 +186,23 @@ fn the_cap_on_tables_per_database_counts_what_it_left_out() {
 
 #[test]
 fn a_manual_vacuum_shows_in_progress_with_its_request_and_then_in_the_counts() {
+    // In a database other than the agent's: the table is named through a short
+    // connection to it.
     let pg = cluster();
-    pg.sql("CREATE TABLE big (id int, pad text)");
-    pg.sql("INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g");
-    pg.sql("DELETE FROM big WHERE id % 2 = 0");
+    pg.sql("CREATE DATABASE shop");
+    let shop = |sql: &str| {
+        crate::harness::pg::run(pg.psql().args(["-d", "shop", "-c", sql]), sql);
+    };
+    shop("CREATE TABLE big (id int, pad text)");
+    shop("INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g");
+    shop("DELETE FROM big WHERE id % 2 = 0");
     let (l, _dir, _agent) = agent_with(&pg, &["vacuum_progress", "tables"], "");
     wait_for("the first pass", Duration::from_secs(30), || {
-        (!table_events(&l, "postgres", "big").is_empty()).then_some(())
+        (!table_events(&l, "shop", "big").is_empty()).then_some(())
     });
     // Slowed down so that it runs for a few seconds: about 1,700 pages, a pause of at
     // least 2 ms after each.
-    let mut vacuum = pg.interactive(&format!("bitville-{VACUUMER}"));
+    let mut vacuum = pg.interactive_in("shop", &format!("bitville-{VACUUMER}"));
     vacuum.send("SET vacuum_cost_delay = '2ms';");
     vacuum.send("SET vacuum_cost_limit = 1;");
     vacuum.send("VACUUM big;");
@@ -207,7 +213,7 @@ fn a_manual_vacuum_shows_in_progress_with_its_request_and_then_in_the_counts() {
     });
     assert_eq!(seen["relation"], "big", "{seen}");
     assert_eq!(seen["autovacuum"], false);
-    assert_eq!(seen["datname"], "postgres");
+    assert_eq!(seen["datname"], "shop");
     assert!(seen["phase"].as_str().is_some(), "{seen}");
     assert!(
         seen["progress"].as_object().is_some_and(|p| !p.is_empty()),
@@ -217,7 +223,7 @@ fn a_manual_vacuum_shows_in_progress_with_its_request_and_then_in_the_counts() {
         "the vacuum in the table's counts",
         Duration::from_secs(30),
         || {
-            table_events(&l, "postgres", "big")
+            table_events(&l, "shop", "big")
                 .iter()
                 .any(|t| t["deltas"]["vacuum_count"] == 1 && t["stats"]["last_vacuum"].is_string())
                 .then_some(())

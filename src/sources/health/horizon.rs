@@ -247,3 +247,40 @@ impl Source for HorizonSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(v: Value) -> Row {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn the_oldest_holder_of_any_kind_is_named() {
+        let mut h = Horizon {
+            oldest: None,
+            sessions: Vec::new(),
+            slots: vec![row(
+                json!({"slot_name": "s", "xmin_age": null, "catalog_xmin_age": 70, "active_pid": null}),
+            )],
+            prepared: vec![row(json!({"gid": "g", "xid_age": 50}))],
+            prepared_total: json!(1),
+            standbys: vec![row(
+                json!({"application_name": "r1", "pid": 9, "xmin_age": 60}),
+            )],
+        };
+        let o = oldest(&h).expect("a holder");
+        assert_eq!(
+            (o.holder, o.age, o.name.as_deref()),
+            ("replication_slot", 70, Some("s"))
+        );
+        h.slots.clear();
+        let o = oldest(&h).expect("a holder");
+        assert_eq!((o.holder, o.pid), ("standby", Some(9)));
+        h.standbys.clear();
+        h.prepared.clear();
+        assert_eq!(oldest(&h), None);
+    }
+}

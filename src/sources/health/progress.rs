@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Serialize;
@@ -24,6 +25,9 @@ use crate::sources::{versioned_query, CollectFuture, CycleError, Source};
 
 /// Names remembered for relations in other databases, at most.
 const MAX_NAMES: usize = 10_000;
+
+/// A database that could not be connected to for names is tried again after this.
+const RETRY_NAMES_AFTER: Duration = Duration::from_secs(600);
 
 fn sql(version: i32) -> String {
     let cols = session::columns(version, "now()");
@@ -108,6 +112,8 @@ pub struct ProgressSource {
     skipped: Rc<Cell<u64>>,
     /// (datid, relid) → name, for relations in other databases.
     names: Rc<RefCell<HashMap<(i64, i64), String>>>,
+    /// Databases that refused a connection for names, and when.
+    unreachable: Rc<RefCell<HashMap<i64, Instant>>>,
 }
 
 impl ProgressSource {
@@ -120,6 +126,7 @@ impl ProgressSource {
             version: Rc::new(Cell::new(None)),
             skipped: Rc::new(Cell::new(0)),
             names: Rc::new(RefCell::new(HashMap::new())),
+            unreachable: Rc::new(RefCell::new(HashMap::new())),
         }
     }
 }
@@ -157,11 +164,13 @@ fn read(
 }
 
 /// Names the relations of other databases: one short connection per database with
-/// unnamed ones, remembered. A database that cannot be reached leaves them unnamed.
+/// unnamed ones, remembered. A database that cannot be reached leaves them unnamed
+/// (and is not tried again for [`RETRY_NAMES_AFTER`]).
 async fn name_others(
     db: &Db,
     found: &mut [Progress],
     names: &RefCell<HashMap<(i64, i64), String>>,
+    unreachable: &RefCell<HashMap<i64, Instant>>,
 ) {
     let mut wanted: BTreeMap<String, (i64, Vec<i64>)> = BTreeMap::new();
     for p in found.iter_mut() {
@@ -181,7 +190,17 @@ async fn name_others(
         }
     }
     for (dbname, (datid, relids)) in wanted {
+        // A database that refused recently is not asked again for a while (one
+        // connection attempt per cycle while a vacuum runs there would be noise).
+        if unreachable
+            .borrow()
+            .get(&datid)
+            .is_some_and(|t| t.elapsed() < RETRY_NAMES_AFTER)
+        {
+            continue;
+        }
         let Ok(conn) = db.connect_to(Some(&dbname)).await else {
+            unreachable.borrow_mut().insert(datid, Instant::now());
             continue;
         };
         let Ok(rows) = conn
@@ -228,6 +247,7 @@ impl Source for ProgressSource {
         let version = self.version.clone();
         let skipped = self.skipped.clone();
         let names = self.names.clone();
+        let unreachable = self.unreachable.clone();
         Box::pin(async move {
             let conn = db.get().await?;
             let params: [&(dyn ToSql + Sync); 1] = [&max_len];
@@ -240,7 +260,7 @@ impl Source for ProgressSource {
                     Err(_) => skipped.set(skipped.get() + 1),
                 }
             }
-            name_others(&db, &mut found, &names).await;
+            name_others(&db, &mut found, &names, &unreachable).await;
             let at = Utc::now();
             found
                 .iter()

@@ -218,6 +218,10 @@ pub struct Pass {
     pub databases_read: usize,
     /// Databases not reached within `tables_max_pass_s` (the quietest ones).
     pub databases_left_out: Vec<String>,
+    /// Databases whose names are not UTF-8 (shown with U+FFFD): a connection cannot
+    /// name them, so they are not read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases_not_utf8: Vec<String>,
     /// Milliseconds the pass took.
     pub duration_ms: u64,
 }
@@ -430,20 +434,30 @@ impl Source for TablesSource {
         Box::pin(async move {
             let started = Instant::now();
             let at = Utc::now();
-            let databases: Vec<(String, i64)> = {
+            let mut databases: Vec<(String, i64)> = Vec::new();
+            // A name that is not UTF-8 cannot be connected to by name: named (with
+            // U+FFFD) in the pass summary instead.
+            let mut not_utf8 = Vec::new();
+            {
                 let conn = db.get().await?;
                 let rows = conn
                     .query(DATABASES_SQL, &[])
                     .await
                     .map_err(crate::db::DbError::query)?;
-                rows.iter()
-                    .filter_map(|r| {
-                        let name = r.try_get::<_, crate::db::text::Lossy>(0).ok()?;
-                        // A name that is not UTF-8 cannot be connected to by name.
-                        (!name.replaced).then_some((name.text, r.try_get(1).ok()?))
-                    })
-                    .collect()
-            };
+                for r in &rows {
+                    let (Ok(name), Ok(datid)) = (
+                        r.try_get::<_, crate::db::text::Lossy>(0),
+                        r.try_get::<_, i64>(1),
+                    ) else {
+                        continue;
+                    };
+                    if name.replaced {
+                        not_utf8.push(name.text);
+                    } else {
+                        databases.push((name.text, datid));
+                    }
+                }
+            }
             let mut events = Vec::new();
             let mut left_out = Vec::new();
             let mut read = 0;
@@ -495,6 +509,7 @@ impl Source for TablesSource {
                 databases_total: databases.len(),
                 databases_read: read,
                 databases_left_out: left_out,
+                databases_not_utf8: not_utf8,
                 duration_ms: started.elapsed().as_millis() as u64,
             };
             let id = format!("pg_tables:{host}:{}", at.timestamp_micros());
@@ -506,4 +521,64 @@ impl Source for TablesSource {
 /// One of the three shapes of `pg_tables` data as an event.
 fn event<T: Serialize>(id: String, at: DateTime<Utc>, data: &T) -> Result<Event, CycleError> {
     Event::new(id, EventKind::PgTables, at, data).map_err(|e| CycleError::encode("table", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(relid: i64, signature: i32, age: i64) -> Signature {
+        Signature {
+            relid,
+            signature,
+            total: 5,
+            schema: "public".into(),
+            relation: format!("t{relid}"),
+            frozen_xid_age: Some(age),
+        }
+    }
+
+    fn memory() -> Memory {
+        Memory {
+            tables: Readings::new(TABLE_GAUGES),
+            indexes: Readings::new(&[]),
+            signatures: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn only_tables_whose_signature_moved_are_read_again_and_dropped_ones_are_forgotten() {
+        let mut m = memory();
+        assert_eq!(
+            changed(&[sig(1, 10, 5), sig(2, 20, 9)], 7, &mut m),
+            vec![1, 2]
+        );
+        assert_eq!(changed(&[sig(1, 10, 5), sig(2, 21, 9)], 7, &mut m), vec![2]);
+        // Another database's tables are its own.
+        assert_eq!(changed(&[sig(1, 10, 5)], 8, &mut m), vec![1]);
+        // Table 2 dropped from database 7; it comes back as new.
+        assert!(changed(&[sig(1, 10, 5)], 7, &mut m).is_empty());
+        assert_eq!(changed(&[sig(1, 10, 5), sig(2, 21, 9)], 7, &mut m), vec![2]);
+    }
+
+    #[test]
+    fn the_summary_counts_what_the_cap_left_out_and_lists_the_oldest_first() {
+        let s = summary("shop", &[sig(1, 0, 5), sig(2, 0, 900), sig(3, 0, 40)], 1);
+        assert_eq!(
+            (
+                s.tables_total,
+                s.tables_read,
+                s.tables_shipped,
+                s.tables_unchanged,
+                s.tables_left_out
+            ),
+            (5, 3, 1, 2, 2)
+        );
+        let ages: Vec<i64> = s
+            .oldest_frozen
+            .iter()
+            .filter_map(|o| int_of(o, "frozen_xid_age"))
+            .collect();
+        assert_eq!(ages, vec![900, 40, 5]);
+    }
 }

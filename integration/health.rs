@@ -163,6 +163,20 @@ fn inserted_rows_show_as_exact_deltas_of_the_table_and_its_database_and_quiet_ta
     let d = shop_readings[0].clone();
     assert_eq!(d["xid_freeze_max_age"], 200_000_000);
     assert!(d["xid_age"].as_i64().is_some(), "{d}");
+    // A reset of the statistics is told apart from traffic: no negative deltas.
+    shop("SELECT pg_stat_reset()");
+    wait_for("the reset seen", Duration::from_secs(30), || {
+        let db = data_of(&l, "pg_databases")
+            .iter()
+            .any(|d| d["datname"] == "shop" && d["reset"] == true);
+        let table = table_events(&l, "shop", "orders")
+            .iter()
+            .any(|t| t["reset"] == true && t.get("deltas").is_none());
+        (db && table).then_some(())
+    });
+    assert!(table_events(&l, "shop", "orders")
+        .iter()
+        .all(|t| t["deltas"]["n_tup_ins"].as_i64().is_none_or(|n| n >= 0)));
 }
 
 #[test]
@@ -549,4 +563,45 @@ fn check_names_what_the_health_sources_lack_with_the_fix() {
     );
     assert!(!out.contains("track_io_timing is off"), "{out}");
     assert!(!out.contains("pg_read_all_stats"), "{out}");
+}
+
+#[test]
+fn a_database_the_role_may_not_connect_to_is_named_in_the_pass_and_in_status() {
+    let pg = cluster();
+    pg.sql("CREATE ROLE agent_m LOGIN; GRANT pg_monitor TO agent_m");
+    pg.sql("CREATE DATABASE closed");
+    pg.sql("REVOKE CONNECT ON DATABASE closed FROM PUBLIC");
+    pg.sql("CREATE TABLE seen (id int)");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("user = \"postgres\"", "user = \"agent_m\"")
+        .replace(
+            "\ntables = false\n",
+            "\ntables = true\ntables_interval_s = 1\n",
+        )
+        .replace("[collection]\n", "[collection]\nactivity = false\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let pass = wait_for("a pass", Duration::from_secs(30), || {
+        data_of(&listener, "pg_tables")
+            .into_iter()
+            .find(|d| d["record"] == "pass")
+    });
+    assert_eq!(
+        pass["databases_without_connect"],
+        serde_json::json!(["closed"]),
+        "{pass}"
+    );
+    assert_eq!(pass["databases_read"], 1, "{pass}");
+    assert_eq!(table_events(&listener, "postgres", "seen").len(), 1);
+    let state = wait_for("the state in status", Duration::from_secs(30), || {
+        agent.status()["children"]["pg_tables"]["detail"]["source_state"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(state.starts_with("degraded"), "{state}");
+    assert!(
+        state.contains("GRANT CONNECT ON DATABASE \"closed\" TO agent_m;"),
+        "{state}"
+    );
 }

@@ -225,6 +225,13 @@ fn sigterm_ships_the_open_window_and_a_restart_does_not_overwrite_it() {
         agent.wait_log("collect_cycle_done", Duration::from_secs(30), |l| {
             l["child"] == "pg_activity_summary"
         });
+        // The 2 s statement and the stop must fall in one (minute) window: a window that
+        // closes on its own before the stop is shipped whole, not partial.
+        wait_for(
+            "room before the minute turns",
+            Duration::from_secs(15),
+            || (chrono::Timelike::second(&chrono::Utc::now()) < 50).then_some(()),
+        );
         let session = pg.session(&format!("bitville-{id}"), "select pg_sleep(2)");
         assert!(session.wait());
         agent.signal(libc::SIGTERM);

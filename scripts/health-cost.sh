@@ -79,7 +79,7 @@ try: c=json.load(open(sys.argv[1]))["children"]
 except Exception: print(0); sys.exit()
 print(sum((v.get("detail") or {}).get("cycles_total", 0) for k, v in c.items() if k.startswith("pg_")))' "$2"
 }
-printf '%-16s %14s %8s %16s\n' source "first cycle ms" cycles "ms per cycle after"
+printf '%-16s %14s %8s %18s %16s\n' source "first cycle ms" cycles "ms per cycle after" "agent peak RSS"
 for src in $all; do
   {
     printf '[agent]\nproject_id = "health-cost"\nstate_dir = "%s/state-%s"\n' "$W" "$src"
@@ -102,8 +102,9 @@ for src in $all; do
   sleep "$RUN_S"
   c1=$(cycles_of "$APID" "$W/state-$src/status.json")
   ms=$(agent_ms)
+  hwm=$(awk '/VmHWM/ {printf "%.1f MB", $2 / 1024}' "/proc/$APID/status")
   kill "$APID"; wait "$APID" 2>/dev/null || true
   per=$(python3 -c "import sys; c=int(sys.argv[2]); print(round(float(sys.argv[1]) / c, 1) if c else '-')" "$ms" "$((c1 - c0))")
-  printf '%-16s %14s %8s %16s\n' "$src" "$first" "$((c1 - c0))" "$per"
+  printf '%-16s %14s %8s %18s %16s\n' "$src" "$first" "$((c1 - c0))" "$per" "$hwm"
 done
 echo "(${DBS} databases × ${TABLES} tables; each source alone every ${INTERVAL_S} s for ${RUN_S} s; PostgreSQL $("$BIN/postgres" -V | awk '{print $3}'))"

@@ -28,7 +28,7 @@ use super::{int_of, json_rows, object, objects, take, Row};
 use crate::config::Config;
 use crate::db::text::text;
 use crate::db::Db;
-use crate::model::{Event, EventKind};
+use crate::model::{Event, EventKind, Problem, SourceState};
 use crate::sources::{CollectFuture, CycleError, Source};
 
 /// Columns of `pg_stat_user_tables` that are gauges, not counters.
@@ -42,12 +42,12 @@ const TABLE_GAUGES: &[&str] = &[
 /// Tables furthest from freezing listed in a database's summary.
 const OLDEST_LISTED: usize = 5;
 
-/// The databases to visit, busiest first.
-const DATABASES_SQL: &str = "SELECT d.datname, d.oid::bigint
+/// The databases to visit, busiest first, and whether the role may connect.
+const DATABASES_SQL: &str = "SELECT d.datname, d.oid::bigint,
+    has_database_privilege(d.oid, 'CONNECT')
 FROM pg_catalog.pg_database d
 LEFT JOIN pg_catalog.pg_stat_database s ON s.datid = d.oid
 WHERE d.datallowconn AND NOT d.datistemplate AND d.datconnlimit <> -2
-  AND has_database_privilege(d.oid, 'CONNECT')
 ORDER BY coalesce(s.xact_commit + s.xact_rollback, 0) DESC, d.datname";
 
 /// One database's tables (`$1`: at most this many), most active and largest first:
@@ -218,6 +218,9 @@ pub struct Pass {
     pub databases_read: usize,
     /// Databases not reached within `tables_max_pass_s` (the quietest ones).
     pub databases_left_out: Vec<String>,
+    /// Databases the role lacks CONNECT on: not read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases_without_connect: Vec<String>,
     /// Databases whose names are not UTF-8 (shown with U+FFFD): a connection cannot
     /// name them, so they are not read.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -237,9 +240,12 @@ pub struct Memory {
 /// Reads the tables of every database.
 pub struct TablesSource {
     host: String,
+    user: String,
     max_relations: u32,
     max_pass: Duration,
     memory: Rc<RefCell<Memory>>,
+    /// What the last pass could not do.
+    state: Rc<RefCell<Option<SourceState>>>,
 }
 
 impl TablesSource {
@@ -247,6 +253,7 @@ impl TablesSource {
     pub fn new(config: &Config) -> TablesSource {
         TablesSource {
             host: config.agent.hostname.clone(),
+            user: config.database.user.clone(),
             max_relations: config.collection.tables_max_relations,
             max_pass: config.collection.tables_max_pass,
             memory: Rc::new(RefCell::new(Memory {
@@ -254,6 +261,7 @@ impl TablesSource {
                 indexes: Readings::new(&[]),
                 signatures: HashMap::new(),
             })),
+            state: Rc::new(RefCell::new(None)),
         }
     }
 }
@@ -420,6 +428,10 @@ impl Source for TablesSource {
         EventKind::PgTables
     }
 
+    fn state(&self) -> Option<SourceState> {
+        self.state.borrow().clone()
+    }
+
     fn cycle_limit(&self, base: Duration) -> Duration {
         // The pass stops starting databases after `max_pass`; the one in progress
         // still has its own limit.
@@ -431,6 +443,8 @@ impl Source for TablesSource {
         let max_relations = self.max_relations as i64;
         let max_pass = self.max_pass;
         let memory = self.memory.clone();
+        let state = self.state.clone();
+        let user = self.user.clone();
         Box::pin(async move {
             let started = Instant::now();
             let at = Utc::now();
@@ -438,6 +452,7 @@ impl Source for TablesSource {
             // A name that is not UTF-8 cannot be connected to by name: named (with
             // U+FFFD) in the pass summary instead.
             let mut not_utf8 = Vec::new();
+            let mut no_connect = Vec::new();
             {
                 let conn = db.get().await?;
                 let rows = conn
@@ -445,13 +460,16 @@ impl Source for TablesSource {
                     .await
                     .map_err(crate::db::DbError::query)?;
                 for r in &rows {
-                    let (Ok(name), Ok(datid)) = (
+                    let (Ok(name), Ok(datid), Ok(allowed)) = (
                         r.try_get::<_, crate::db::text::Lossy>(0),
                         r.try_get::<_, i64>(1),
+                        r.try_get::<_, bool>(2),
                     ) else {
                         continue;
                     };
-                    if name.replaced {
+                    if !allowed {
+                        no_connect.push(name.text);
+                    } else if name.replaced {
                         not_utf8.push(name.text);
                     } else {
                         databases.push((name.text, datid));
@@ -460,6 +478,7 @@ impl Source for TablesSource {
             }
             let mut events = Vec::new();
             let mut left_out = Vec::new();
+            let mut failed: Vec<(String, String)> = Vec::new();
             let mut read = 0;
             for (name, datid) in &databases {
                 if started.elapsed() >= max_pass {
@@ -481,6 +500,7 @@ impl Source for TablesSource {
                             .retain(|(d, _), _| d != datid);
                         let mut s = summary(name, &[], 0);
                         s.error = Some(e.to_string());
+                        failed.push((name.clone(), e.to_string()));
                         (Vec::new(), s)
                     }
                 };
@@ -504,12 +524,15 @@ impl Source for TablesSource {
                 m.indexes.retain(|(d, _)| ids.contains(d));
                 m.signatures.retain(|(d, _), _| ids.contains(d));
             }
+            *state.borrow_mut() =
+                pass_state(&failed, &no_connect, !left_out.is_empty(), &not_utf8, &user);
             let pass = Pass {
                 record: "pass",
                 databases_total: databases.len(),
                 databases_read: read,
                 databases_left_out: left_out,
                 databases_not_utf8: not_utf8,
+                databases_without_connect: no_connect,
                 duration_ms: started.elapsed().as_millis() as u64,
             };
             let id = format!("pg_tables:{host}:{}", at.timestamp_micros());
@@ -518,6 +541,63 @@ impl Source for TablesSource {
         })
     }
 }
+/// What a pass could not do, for status (no counts in the text: a state is logged
+/// when it changes).
+pub fn pass_state(
+    failed: &[(String, String)],
+    no_connect: &[String],
+    ran_out: bool,
+    not_utf8: &[String],
+    user: &str,
+) -> Option<SourceState> {
+    let grant = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("GRANT CONNECT ON DATABASE \"{n}\" TO {user};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !no_connect.is_empty() {
+        let names: Vec<&str> = no_connect.iter().map(String::as_str).collect();
+        return Some(SourceState::Degraded(Problem::new(
+            format!(
+                "the tables pass may not connect to database(s) {} (no CONNECT privilege); the others are read",
+                names.join(", ")
+            ),
+            grant(&names),
+        )));
+    }
+    if let Some((first, why)) = failed.first() {
+        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        return Some(SourceState::Degraded(Problem::new(
+            format!(
+                "the tables pass cannot read database(s) {} ({first}: {why}); the others are read",
+                names.join(", ")
+            ),
+            format!(
+                "allow {user} to connect to each (pg_hba.conf; {})",
+                grant(&names)
+            ),
+        )));
+    }
+    if ran_out {
+        return Some(SourceState::Degraded(Problem::new(
+            "the tables pass reached collection.tables_max_pass_s before every database was read (the quietest are left out; each pass names them)",
+            "raise collection.tables_max_pass_s, or lower collection.tables_max_relations",
+        )));
+    }
+    if !not_utf8.is_empty() {
+        return Some(SourceState::Degraded(Problem::new(
+            format!(
+                "database(s) {} cannot be read: their names are not UTF-8, and a connection names its database",
+                not_utf8.join(", ")
+            ),
+            "rename them (ALTER DATABASE … RENAME TO …) to read their tables",
+        )));
+    }
+    None
+}
+
 /// One of the three shapes of `pg_tables` data as an event.
 fn event<T: Serialize>(id: String, at: DateTime<Utc>, data: &T) -> Result<Event, CycleError> {
     Event::new(id, EventKind::PgTables, at, data).map_err(|e| CycleError::encode("table", e))

@@ -393,34 +393,42 @@ pub fn summary(datname: &str, sigs: &[Signature], shipped: usize) -> DatabasePas
     }
 }
 
+/// Changed tables are read in full this many at a time, each made into its event
+/// before the next are read (a first pass of thousands holds a chunk, not all).
+const DETAILS_CHUNK: usize = 100;
+
 /// One database's part of a pass on its own connection: signatures, then the changed
-/// tables in full.
+/// tables in full, as events into `out` (each with an id under `id_prefix`).
 async fn pass_database(
     db: &Db,
-    name: &str,
-    datid: i64,
+    (name, datid): (&str, i64),
     max_relations: i64,
     memory: &RefCell<Memory>,
-) -> Result<(Vec<Table>, DatabasePass), crate::db::DbError> {
+    id_prefix: &str,
+    at: DateTime<Utc>,
+    out: &mut Vec<Event>,
+) -> Result<DatabasePass, CycleError> {
     let conn = db.connect_to(Some(name)).await?;
     let rows = conn
         .query(SIGNATURES_SQL, &[&max_relations])
         .await
         .map_err(crate::db::DbError::query)?;
     let sigs: Vec<Signature> = rows.iter().filter_map(|r| signature(r).ok()).collect();
+    drop(rows);
     let wanted = changed(&sigs, datid, &mut memory.borrow_mut());
-    let mut tables = Vec::with_capacity(wanted.len());
-    if !wanted.is_empty() {
-        let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&wanted]).await?;
+    let mut shipped = 0;
+    for chunk in wanted.chunks(DETAILS_CHUNK) {
+        let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&chunk]).await?;
         let now = Instant::now();
         let mut m = memory.borrow_mut();
-        tables.extend(
-            rows.into_iter()
-                .filter_map(|r| to_table(r, name, datid, &mut m, now)),
-        );
+        for r in rows {
+            if let Some(t) = to_table(r, name, datid, &mut m, now) {
+                out.push(event(format!("{id_prefix}:{}", t.relid), at, &t)?);
+                shipped += 1;
+            }
+        }
     }
-    let summary = summary(name, &sigs, tables.len());
-    Ok((tables, summary))
+    Ok(summary(name, &sigs, shipped))
 }
 
 impl Source for TablesSource {
@@ -486,13 +494,23 @@ impl Source for TablesSource {
                     continue;
                 }
                 let db_started = Instant::now();
-                let res = pass_database(&db, name, *datid, max_relations, &memory).await;
-                let (tables, mut summary) = match res {
+                let prefix = format!("pg_tables:{host}:{}:{datid}", at.timestamp_micros());
+                let res = pass_database(
+                    &db,
+                    (name, *datid),
+                    max_relations,
+                    &memory,
+                    &prefix,
+                    at,
+                    &mut events,
+                )
+                .await;
+                let mut summary = match res {
                     Ok(done) => {
                         read += 1;
                         done
                     }
-                    Err(e) => {
+                    Err(CycleError::Db(e)) => {
                         // Its tables are read in full next time.
                         memory
                             .borrow_mut()
@@ -501,18 +519,11 @@ impl Source for TablesSource {
                         let mut s = summary(name, &[], 0);
                         s.error = Some(e.to_string());
                         failed.push((name.clone(), e.to_string()));
-                        (Vec::new(), s)
+                        s
                     }
+                    Err(e) => return Err(e),
                 };
                 summary.duration_ms = db_started.elapsed().as_millis() as u64;
-                for t in &tables {
-                    let id = format!(
-                        "pg_tables:{host}:{}:{datid}:{}",
-                        at.timestamp_micros(),
-                        t.relid
-                    );
-                    events.push(event(id, at, t)?);
-                }
                 let id = format!("pg_tables:{host}:{}:{datid}", at.timestamp_micros());
                 events.push(event(id, at, &summary)?);
             }

@@ -92,17 +92,7 @@ else
   ( while true; do sql -f "$W/workload.sql" >/dev/null; sleep 1; done ) & pids+=($!)
 fi
 
-python3 - "$W/port" <<'PY' & pids+=($!)
-import http.server, socketserver, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-s = socketserver.TCPServer(("127.0.0.1", 0), H)
-open(sys.argv[1], "w").write(str(s.server_address[1]))
-s.serve_forever()
-PY
+python3 scripts/ok-listener.py "$W/port" & pids+=($!)
 for _ in $(seq 1 50); do [ -s "$W/port" ] && break; sleep 0.1; done
 sleep 2
 echo "connections: $(sql -c "select count(*) from pg_stat_activity where backend_type = 'client backend'")"

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use super::{int_of, json_rows, objects, str_of, Row};
+use super::{int_of, json_rows, objects, read_rows, str_of, Row};
 use crate::config::Config;
 use crate::db::text::text;
 use crate::db::{Db, DbError};
@@ -220,13 +220,7 @@ impl Source for HorizonSource {
             let found = versioned_query(&conn, &version, sessions_sql, &params).await?;
             let (others, _) = json_rows(&conn, OTHERS_SQL, &[&MAX_LISTED]).await?;
             drop(conn);
-            let mut sessions = Vec::with_capacity(found.len());
-            for r in &found {
-                match holder(r, &reading) {
-                    Ok(s) => sessions.push(s),
-                    Err(_) => skipped.set(skipped.get() + 1),
-                }
-            }
+            let sessions = read_rows(&found, &skipped, |r| holder(r, &reading));
             let mut o = others.into_iter().next().ok_or_else(|| DbError::Query {
                 message: "the horizon query returned no row".into(),
                 sqlstate: None,

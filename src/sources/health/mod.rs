@@ -52,6 +52,23 @@ pub async fn json_rows(
     Ok((out, bad))
 }
 
+/// Reads every row with `read`; a row that cannot be read is counted in `skipped` and
+/// left out, never the reason a whole cycle is lost.
+pub fn read_rows<T>(
+    rows: &[tokio_postgres::Row],
+    skipped: &std::cell::Cell<u64>,
+    read: impl Fn(&tokio_postgres::Row) -> Result<T, tokio_postgres::Error>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        match read(r) {
+            Ok(x) => out.push(x),
+            Err(_) => skipped.set(skipped.get() + 1),
+        }
+    }
+    out
+}
+
 /// The text value of `key` in `row`, if it is a string.
 pub fn str_of<'a>(row: &'a Row, key: &str) -> Option<&'a str> {
     row.get(key).and_then(Value::as_str)

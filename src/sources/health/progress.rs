@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use super::Row;
+use super::{read_rows, Row};
 use crate::config::Config;
 use crate::db::text::{text, Lossy};
 use crate::db::Db;
@@ -253,13 +253,7 @@ impl Source for ProgressSource {
             let params: [&(dyn ToSql + Sync); 1] = [&max_len];
             let rows = versioned_query(&conn, &version, sql, &params).await?;
             drop(conn);
-            let mut found = Vec::with_capacity(rows.len());
-            for r in &rows {
-                match read(r, &reading) {
-                    Ok(p) => found.push(p),
-                    Err(_) => skipped.set(skipped.get() + 1),
-                }
-            }
+            let mut found = read_rows(&rows, &skipped, |r| read(r, &reading));
             name_others(&db, &mut found, &names, &unreachable).await;
             let at = Utc::now();
             found

@@ -605,3 +605,46 @@ fn a_database_the_role_may_not_connect_to_is_named_in_the_pass_and_in_status() {
         "{state}"
     );
 }
+
+#[test]
+fn names_that_are_not_utf8_are_read_lossily_and_blind_no_pass() {
+    // A SQL_ASCII database keeps the bytes a client sent: a table named in Latin-1.
+    let pg = cluster();
+    pg.sql(
+        "CREATE DATABASE rawdb ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+    );
+    let mut raw = pg.interactive_in("rawdb", "raw");
+    raw.send_bytes(b"CREATE TABLE \"caf\xe9\" (id int); INSERT INTO \"caf\xe9\" VALUES (1);");
+    raw.send_bytes(b"CREATE TABLE plain (id int);");
+    wait_for("the tables", Duration::from_secs(10), || {
+        (pg.sql("SELECT count(*) FROM pg_database WHERE datname = 'rawdb'") == "1"
+            && crate::harness::pg::run(
+                pg.psql().args([
+                    "-d",
+                    "rawdb",
+                    "-c",
+                    "SELECT count(*) FROM pg_class WHERE relname = 'plain'",
+                ]),
+                "count",
+            )
+            .stdout
+            .starts_with(b"1"))
+        .then_some(())
+    });
+    let (l, _dir, _agent) = agent_with(&pg, &["tables", "databases", "vacuum_progress"], "");
+    let summary = wait_for("rawdb's summary", Duration::from_secs(30), || {
+        data_of(&l, "pg_tables")
+            .into_iter()
+            .find(|d| d["record"] == "database" && d["datname"] == "rawdb")
+    });
+    assert_eq!(summary["tables_read"], 2, "{summary}");
+    assert!(summary.get("error").is_none(), "{summary}");
+    let names: Vec<String> = data_of(&l, "pg_tables")
+        .iter()
+        .filter(|d| d["record"] == "table" && d["datname"] == "rawdb")
+        .filter_map(|d| d["relation"].as_str().map(str::to_string))
+        .collect();
+    assert!(names.contains(&"caf\u{fffd}".to_string()), "{names:?}");
+    assert!(names.contains(&"plain".to_string()), "{names:?}");
+    drop(raw);
+}

@@ -59,10 +59,6 @@ impl CollectorActor {
         // The connections are shared by every collector (see `Db`).
         let db = Rc::new(db);
         let limit = source.cycle_limit(cycle_limit(&config.database));
-        debug_assert_eq!(
-            interval * 2 + cycle_limit(&config.database),
-            progress_deadline(interval, &config.database)
-        );
         let handoff = Handoff::new(
             spool,
             log.clone(),
@@ -75,7 +71,7 @@ impl CollectorActor {
             db,
             interval,
             limit,
-            deadline: interval * 2 + limit,
+            deadline: progress_deadline(interval, limit),
             handoff,
             in_flight: false,
             tick_started: Instant::now(),

@@ -21,9 +21,10 @@ pub fn cycle_limit(db: &DatabaseConfig) -> Duration {
 }
 
 /// How long a collector may go without finishing a cycle before the supervisor treats it
-/// as hung: two intervals plus one cycle limit.
-pub fn progress_deadline(interval: Duration, db: &DatabaseConfig) -> Duration {
-    interval * 2 + cycle_limit(db)
+/// as hung: two intervals plus one cycle's `limit` (the source's own, see
+/// [`Source::cycle_limit`](crate::sources::Source::cycle_limit)).
+pub fn progress_deadline(interval: Duration, limit: Duration) -> Duration {
+    interval * 2 + limit
 }
 
 #[cfg(test)]
@@ -35,7 +36,7 @@ mod tests {
         let c = crate::config::parse_str("[agent]\nproject_id='p'\n").expect("valid");
         assert_eq!(cycle_limit(&c.database), Duration::from_secs(21));
         assert_eq!(
-            progress_deadline(Duration::from_secs(60), &c.database),
+            progress_deadline(Duration::from_secs(60), cycle_limit(&c.database)),
             Duration::from_secs(141)
         );
     }

@@ -28,14 +28,21 @@ use crate::db::DbError;
 pub type Row = Map<String, Value>;
 
 /// Runs `sql`, whose only column is a JSON object per row (as text), and parses each.
-/// Text that is not UTF-8 (a `SQL_ASCII` cluster's names) arrives with U+FFFD; a row
+/// Text that is not UTF-8 (names in a `SQL_ASCII` database) arrives with U+FFFD; a row
 /// that is not a JSON object is counted in the second value and skipped.
 pub async fn json_rows(
     conn: &tokio_postgres::Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<(Vec<Row>, u64), DbError> {
-    let rows = conn.query(sql, params).await.map_err(DbError::query)?;
+    // The text leaves the server as bytes: in a SQL_ASCII database a client-written
+    // name (a table named in Latin-1) would fail the conversion to the client's UTF-8
+    // and with it the whole query.
+    let wrapped = format!(
+        "SELECT {} FROM ({sql}) AS q(j)",
+        crate::db::text::raw_bytes("q.j")
+    );
+    let rows = conn.query(&wrapped, params).await.map_err(DbError::query)?;
     let mut out = Vec::with_capacity(rows.len());
     let mut bad = 0;
     for r in &rows {

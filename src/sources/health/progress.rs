@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{read_rows, Row};
 use crate::config::Config;
-use crate::db::text::{text, Lossy};
+use crate::db::text::{raw_bytes, text, Lossy};
 use crate::db::Db;
 use crate::model::{Event, EventKind};
 use crate::sources::session::{self, Session};
@@ -47,12 +47,16 @@ fn sql(version: i32) -> String {
         parts.push(view("analyze", "pg_stat_progress_analyze"));
     }
     let union = parts.join(" UNION ALL ");
+    // Names leave the server as bytes (a SQL_ASCII database's may not be UTF-8).
+    let relation = raw_bytes(
+        "CASE WHEN c.datid = (SELECT oid FROM pg_catalog.pg_database
+                              WHERE datname = current_database())
+              THEN c.relid::regclass::text END",
+    );
     format!(
         "SELECT {cols}, a.backend_type, c.command, c.datid::bigint AS datid,
             c.relid::bigint AS relid,
-            CASE WHEN c.datid = (SELECT oid FROM pg_catalog.pg_database
-                                 WHERE datname = current_database())
-                 THEN c.relid::regclass::text END AS relation,
+            {relation} AS relation,
             c.progress::text AS progress
          FROM ({union}) c
          JOIN pg_catalog.pg_stat_activity a ON a.pid = c.pid
@@ -205,7 +209,10 @@ async fn name_others(
         };
         let Ok(rows) = conn
             .query(
-                "SELECT oid::bigint, oid::regclass::text FROM pg_catalog.pg_class WHERE oid::bigint = ANY($1)",
+                &format!(
+                    "SELECT oid::bigint, {} FROM pg_catalog.pg_class WHERE oid::bigint = ANY($1)",
+                    raw_bytes("oid::regclass::text")
+                ),
                 &[&relids],
             )
             .await

@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::counters::{Change, Readings};
 use super::{int_of, json_rows, object, objects, take, Row};
 use crate::config::Config;
-use crate::db::text::text;
+use crate::db::text::{raw_bytes, text};
 use crate::db::Db;
 use crate::model::{Event, EventKind, Problem, SourceState};
 use crate::sources::{CollectFuture, CycleError, Source};
@@ -53,7 +53,10 @@ ORDER BY coalesce(s.xact_commit + s.xact_rollback, 0) DESC, d.datname";
 /// One database's tables (`$1`: at most this many), most active and largest first:
 /// a signature of each (hashed by the server) to tell which changed since the last
 /// pass, and what a database's summary needs.
-const SIGNATURES_SQL: &str = "SELECT p.relid::bigint AS relid,
+fn signatures_sql() -> String {
+    let (schema, relation) = (raw_bytes("p.schema"), raw_bytes("p.relation"));
+    format!(
+        "SELECT p.relid::bigint AS relid,
     hashtext(concat_ws(',', pg_stat_get_numscans(p.relid), pg_stat_get_tuples_returned(p.relid),
         pg_stat_get_tuples_fetched(p.relid), pg_stat_get_tuples_inserted(p.relid),
         pg_stat_get_tuples_updated(p.relid), pg_stat_get_tuples_deleted(p.relid),
@@ -67,7 +70,8 @@ const SIGNATURES_SQL: &str = "SELECT p.relid::bigint AS relid,
                            ORDER BY x.indexrelid)
          FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid
          WHERE x.indrelid = p.relid))) AS signature,
-    p.total, p.schema, p.relation, age(p.relfrozenxid)::bigint AS frozen_xid_age
+    p.total, {schema} AS schema, {relation} AS relation,
+    age(p.relfrozenxid)::bigint AS frozen_xid_age
 FROM (SELECT c.oid AS relid, c.relpages, c.reltuples, c.relfrozenxid, c.reltoastrelid,
              n.nspname::text AS schema, c.relname::text AS relation,
              count(*) OVER () AS total
@@ -79,7 +83,9 @@ FROM (SELECT c.oid AS relid, c.relpages, c.reltuples, c.relfrozenxid, c.reltoast
       ORDER BY pg_stat_get_numscans(c.oid) + pg_stat_get_tuples_inserted(c.oid)
                + pg_stat_get_tuples_updated(c.oid) + pg_stat_get_tuples_deleted(c.oid) DESC,
                c.relpages DESC, c.oid
-      LIMIT $1) p";
+      LIMIT $1) p"
+    )
+}
 
 /// The tables `$1` in full: statistics as the server has them, sizes, freeze ages and
 /// indexes. (The views' filter on their grouping column is pushed down, so only these
@@ -410,7 +416,7 @@ async fn pass_database(
 ) -> Result<DatabasePass, CycleError> {
     let conn = db.connect_to(Some(name)).await?;
     let rows = conn
-        .query(SIGNATURES_SQL, &[&max_relations])
+        .query(&signatures_sql(), &[&max_relations])
         .await
         .map_err(crate::db::DbError::query)?;
     let sigs: Vec<Signature> = rows.iter().filter_map(|r| signature(r).ok()).collect();

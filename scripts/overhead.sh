@@ -14,7 +14,7 @@ RUN_S=${1:-40}
 BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PSQL=/usr/lib/postgresql/15/bin/psql
 cargo build --release --quiet
-AGENT=$PWD/target/release/postgres-agent
+AGENT=${AGENT_BIN:-$PWD/target/release/postgres-agent}
 W=$(mktemp -d /tmp/pgagent-overhead.XXXX); chmod 777 "$W"
 as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
 pids=()
@@ -110,6 +110,7 @@ $(if [ -n "${SAMPLER:-}" ]; then
   printf 'activity = false\nstatements = false\nlocks = false\nsystem = false\nsample_interval_ms = %s\nactivity_interval_s = 60\n' "${SAMPLE_MS:-1000}"
 else
   printf 'interval_s = 2\nsample_interval_ms = 0\n'
+  printf '%s = false\n' databases tables vacuum_progress horizon replication server_stats settings
 fi)
 logs = false
 [listener]
@@ -129,7 +130,8 @@ if [ "$WARM_S" -gt 0 ]; then
 fi
 if [ -n "${PERF:-}" ]; then
   # PERF=1: where the agent's CPU goes (needs linux-perf).
-  perf record -F 999 -g -p "$APID" -o "$W/perf.data" -- sleep "$RUN_S" >/dev/null 2>&1
+  perf record -F 999 --call-graph fp -p "$APID" -o "$W/perf.data" -- sleep "$RUN_S" >/dev/null 2>&1
+  [ -n "${PERF_OUT:-}" ] && cp "$W/perf.data" "$PERF_OUT"
   perf report -i "$W/perf.data" --stdio --no-children --sort comm -g none 2>/dev/null | grep -E "^ +[0-9]" | head -12
   perf report -i "$W/perf.data" --stdio --children --sort sym -g none --percent-limit 4 2>/dev/null | grep -E "^ +[0-9]" | head -50
 else

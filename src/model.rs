@@ -251,13 +251,59 @@ impl<'de> serde::Deserialize<'de> for SourceState {
 }
 
 /// A source's state that must advance together with the events it produced (the
-/// statements baseline; later the log position): written in the same transaction.
+/// statements baseline, the log position): written in the same transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     /// Whose state (one row per name).
     pub name: String,
     /// The state, opaque to the spool.
     pub value: Vec<u8>,
+    /// Changes to keyed rows kept under the same name: a journal, so a large state (a
+    /// baseline of thousands of entries) is not rewritten whole when a few rows change.
+    pub rows: RowChanges,
+}
+
+impl Checkpoint {
+    /// A checkpoint of one value and no rows.
+    pub fn value(name: impl Into<String>, value: Vec<u8>) -> Checkpoint {
+        Checkpoint {
+            name: name.into(),
+            value,
+            rows: RowChanges::default(),
+        }
+    }
+
+    /// This checkpoint taking the place of `older`, which was never written: the value
+    /// is this one's, and the row changes are both, this one's winning (a journal must
+    /// not lose the older changes). A checkpoint of another name simply replaces it.
+    pub fn after(mut self, older: Checkpoint) -> Checkpoint {
+        if older.name != self.name || self.rows.replace {
+            return self;
+        }
+        let mut set = older.rows.set;
+        set.append(&mut self.rows.set);
+        self.rows = RowChanges {
+            replace: older.rows.replace,
+            set,
+        };
+        self
+    }
+}
+
+/// Changes to a checkpoint's keyed rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowChanges {
+    /// Every row of the name goes before `set` applies (a new state).
+    pub replace: bool,
+    /// Rows written (key → value) or removed (key → `None`).
+    pub set: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl RowChanges {
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        !self.replace && self.set.is_empty()
+    }
 }
 
 /// Collector or log reader → spool: append these events, and the checkpoint if any, in one

@@ -255,10 +255,7 @@ impl Follower {
         self.saved.position = poll.position.clone();
         let checkpoint = serde_json::to_vec(&self.saved)
             .ok()
-            .map(|value| Checkpoint {
-                name: CHECKPOINT.to_string(),
-                value,
-            });
+            .map(|value| Checkpoint::value(CHECKPOINT, value));
         self.stats.pending_events = events.len();
         Polled::Read(Read {
             events,

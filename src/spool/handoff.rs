@@ -132,8 +132,11 @@ impl Handoff {
     /// Queues events (and the state that is true once they are stored, replacing an
     /// older one); returns how many old events had to be dropped for the cap.
     pub fn keep(&mut self, events: Vec<Event>, checkpoint: Option<Checkpoint>) -> usize {
-        if checkpoint.is_some() {
-            self.checkpoint = checkpoint;
+        if let Some(newer) = checkpoint {
+            self.checkpoint = Some(match self.checkpoint.take() {
+                Some(older) => newer.after(older),
+                None => newer,
+            });
         }
         self.pending.extend(events);
         let over = self.pending.len().saturating_sub(self.cap);
@@ -207,9 +210,13 @@ impl Handoff {
                 Handed::Delivered(f.events.len())
             }
             Err(e) => {
-                // Back in front of what came meanwhile; the newer checkpoint wins.
+                // Back in front of what came meanwhile; the newer checkpoint wins
+                // (taking in the row changes of the one that failed).
                 let newer = std::mem::replace(&mut self.pending, f.events);
-                let checkpoint = self.checkpoint.take().or(f.checkpoint);
+                let checkpoint = match (self.checkpoint.take(), f.checkpoint) {
+                    (Some(newer), Some(failed)) => Some(newer.after(failed)),
+                    (newer, failed) => newer.or(failed),
+                };
                 self.keep(newer, checkpoint);
                 Handed::Failed(e)
             }
@@ -295,10 +302,7 @@ mod tests {
     }
 
     fn cp(v: u8) -> Option<Checkpoint> {
-        Some(Checkpoint {
-            name: "c".into(),
-            value: vec![v],
-        })
+        Some(Checkpoint::value("c", vec![v]))
     }
 
     fn handoff(source: &'static str, cap: usize) -> Handoff {

@@ -3,9 +3,11 @@
 //! its own thread.
 //!
 //! Events are appended in one transaction per collector batch. The shipper takes the
-//! oldest events as a batch: the batch id is written onto those rows in the same
-//! transaction that picks them, so after a failure or a crash the same events go out
-//! again under the same `batch_id`. Rows are deleted only when their batch is acked.
+//! oldest events as a batch: the batch id and the last sequence number it covers are
+//! stored (`batches`), so after a failure or a crash the same events go out again under
+//! the same `batch_id`. Rows are deleted only when their batch is acked. (Writing the
+//! batch id onto each row rewrote every event once more: a quarter of the spool's
+//! writes.)
 
 mod actor;
 pub mod handoff;
@@ -89,10 +91,17 @@ CREATE TABLE IF NOT EXISTS events (
     collected_at TEXT    NOT NULL,
     data         TEXT    NOT NULL,
     bytes        INTEGER NOT NULL,
-    -- Set when the row is handed out in a batch; kept until the batch is acknowledged.
+    -- Unused since batches are kept in `batches` (an older spool's open batch is moved
+    -- there when it is opened); kept so older agents can still read the file.
     batch_id     TEXT
 );
 CREATE INDEX IF NOT EXISTS events_batch ON events(batch_id) WHERE batch_id IS NOT NULL;
+-- The batch handed out and not yet acknowledged (at most one): every event with
+-- seq <= last_seq. Newer events always have higher sequence numbers (AUTOINCREMENT).
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
 -- Events the listener refused on their own (400/413/422 after splitting) or that could
 -- not be read back: kept for an operator, never retried, never evicted silently.
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -110,6 +119,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+-- Keyed rows of a checkpoint, changed by a journal (Checkpoint.rows) in the same
+-- transaction as its value.
+CREATE TABLE IF NOT EXISTS checkpoint_rows (
+    name  TEXT NOT NULL,
+    key   BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (name, key)
+) WITHOUT ROWID;
 ";
 
 impl Spool {
@@ -135,6 +152,15 @@ impl Spool {
         // make our writes fail at once.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // A batch an older agent handed out (its id on the rows) keeps its id.
+        conn.execute_batch(
+            "BEGIN;
+             INSERT OR IGNORE INTO batches (batch_id, last_seq)
+               SELECT batch_id, max(seq) FROM events WHERE batch_id IS NOT NULL
+               GROUP BY batch_id ORDER BY min(seq) LIMIT 1;
+             UPDATE events SET batch_id = NULL WHERE batch_id IS NOT NULL;
+             COMMIT;",
+        )?;
         let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
         if auto_vacuum != 2 {
             conn.execute_batch("VACUUM")?;
@@ -406,6 +432,24 @@ impl Spool {
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 params![c.name, c.value],
             )?;
+            if c.rows.replace {
+                tx.execute(
+                    "DELETE FROM checkpoint_rows WHERE name = ?1",
+                    params![c.name],
+                )?;
+            }
+            let mut put = tx.prepare_cached(
+                "INSERT INTO checkpoint_rows (name, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+            )?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM checkpoint_rows WHERE name = ?1 AND key = ?2")?;
+            for (key, value) in &c.rows.set {
+                match value {
+                    Some(v) => put.execute(params![c.name, key, v])?,
+                    None => del.execute(params![c.name, key])?,
+                };
+            }
         }
         let mut added = 0u64;
         {
@@ -452,32 +496,34 @@ impl Spool {
         // At most one batch is open at a time (a new one is claimed only when none is),
         // so no ORDER BY: the partial index answers this without touching the table.
         // Statements cached: the shipper asks every few hundred milliseconds.
-        let open: Option<String> = self
+        let open: Option<(String, i64)> = self
             .conn
-            .prepare_cached("SELECT batch_id FROM events WHERE batch_id IS NOT NULL LIMIT 1")?
-            .query_row([], |r| r.get(0))
+            .prepare_cached("SELECT batch_id, last_seq FROM batches LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let batch_id = match open {
-            Some(id) => id,
+        let (batch_id, last_seq) = match open {
+            Some(b) => b,
             None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                let n = self
+                let last: Option<i64> = self
                     .conn
                     .prepare_cached(
-                        "UPDATE events SET batch_id = ?1 WHERE seq IN
-                           (SELECT seq FROM events WHERE batch_id IS NULL ORDER BY seq LIMIT ?2)",
+                        "SELECT max(seq) FROM (SELECT seq FROM events ORDER BY seq LIMIT ?1)",
                     )?
-                    .execute(params![id, max_events as i64])?;
-                if n == 0 {
+                    .query_row(params![max_events as i64], |r| r.get(0))?;
+                let Some(last) = last else {
                     return Ok(None);
-                }
-                id
+                };
+                let id = uuid::Uuid::new_v4().to_string();
+                self.conn
+                    .prepare_cached("INSERT INTO batches (batch_id, last_seq) VALUES (?1, ?2)")?
+                    .execute(params![id, last])?;
+                (id, last)
             }
         };
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, id, kind, collected_at, data FROM events WHERE batch_id = ?1 ORDER BY seq",
+            "SELECT seq, id, kind, collected_at, data FROM events WHERE seq <= ?1 ORDER BY seq",
         )?;
-        let rows = st.query_map(params![batch_id], |r| {
+        let rows = st.query_map(params![last_seq], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -505,6 +551,11 @@ impl Spool {
             self.quarantine(&unreadable, "unreadable in the spool")?;
         }
         if events.is_empty() {
+            // Every row of the batch is gone (acknowledged one by one, quarantined or
+            // evicted): it is done.
+            self.conn
+                .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
+                .execute(params![batch_id])?;
             return self.next_batch(max_events);
         }
         Ok(Some(Batch {
@@ -588,17 +639,24 @@ impl Spool {
 
     fn ack_once(&mut self, batch_id: &str) -> Result<u64, SpoolError> {
         let tx = self.conn.transaction()?;
-        let (n, bytes): (i64, i64) = tx.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",
-            params![batch_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        tx.execute("DELETE FROM events WHERE batch_id = ?1", params![batch_id])?;
+        let last: Option<i64> = tx
+            .prepare_cached("DELETE FROM batches WHERE batch_id = ?1 RETURNING last_seq")?
+            .query_row(params![batch_id], |r| r.get(0))
+            .optional()?;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        if let Some(last) = last {
+            let mut st = tx.prepare_cached("DELETE FROM events WHERE seq <= ?1 RETURNING bytes")?;
+            let mut rows = st.query(params![last])?;
+            while let Some(r) = rows.next()? {
+                n += 1;
+                bytes += r.get::<_, i64>(0)? as u64;
+            }
+        }
         tx.commit()?;
-        self.depth = self.depth.saturating_sub(n as u64);
-        self.bytes = self.bytes.saturating_sub(bytes as u64);
-        self.acked_total += n as u64;
-        Ok(n as u64)
+        self.depth = self.depth.saturating_sub(n);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.acked_total += n;
+        Ok(n)
     }
 
     /// Depth, size and age of what waits.
@@ -635,21 +693,59 @@ impl Spool {
 /// (a read-only connection; WAL lets it read while the spool actor writes). `None` when there
 /// is no spool or no such checkpoint.
 pub fn read_checkpoint(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    read_checkpoint_with_rows(dir, name, false).map(|(value, _)| value)
+}
+
+/// A checkpoint's keyed row: key and value.
+pub type KeyedRow = (Vec<u8>, Vec<u8>);
+
+/// A checkpoint's value and (with `rows`) its keyed rows, read in one transaction so
+/// they belong together; rows ordered by key. `None` as for [`read_checkpoint`]; a
+/// spool from before keyed rows has none.
+pub fn read_checkpoint_with_rows(
+    dir: &Path,
+    name: &str,
+    rows: bool,
+) -> Option<(Vec<u8>, Vec<KeyedRow>)> {
     let path = dir.join(SPOOL_FILE);
     if !path.exists() {
         return None;
     }
-    let conn =
+    let mut conn =
         Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).ok()?;
-    conn.query_row(
-        "SELECT value FROM checkpoints WHERE name = ?1",
-        params![name],
-        |r| r.get(0),
-    )
-    .optional()
-    .ok()
-    .flatten()
+    let tx = conn.transaction().ok()?;
+    let value: Vec<u8> = tx
+        .query_row(
+            "SELECT value FROM checkpoints WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()
+        .flatten()?;
+    let mut out = Vec::new();
+    let has_rows = tx
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE name = 'checkpoint_rows'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .ok()?
+        .is_some();
+    if rows && has_rows {
+        let mut st = tx
+            .prepare("SELECT key, value FROM checkpoint_rows WHERE name = ?1 ORDER BY key")
+            .ok()?;
+        let it = st
+            .query_map(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok()?;
+        for row in it {
+            out.push(row.ok()?);
+        }
+    }
+    Some((value, out))
 }
 
 /// Device and inode of the file at `p`.

@@ -73,10 +73,7 @@ fn checkpoints_are_written_with_their_events_and_read_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path()).expect("open");
     assert_eq!(read_checkpoint(dir.path(), "x"), None);
-    let c = |v: &[u8]| Checkpoint {
-        name: "x".into(),
-        value: v.to_vec(),
-    };
+    let c = |v: &[u8]| Checkpoint::value("x", v.to_vec());
     s.append_with(&[ev(1)], Some(&c(b"one"))).expect("append");
     s.append_with(&[ev(2)], Some(&c(b"two"))).expect("append");
     assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
@@ -85,6 +82,82 @@ fn checkpoints_are_written_with_their_events_and_read_back() {
     let b = s.next_batch(10).expect("batch").expect("some");
     s.ack(&b.batch_id).expect("ack");
     assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
+}
+
+#[test]
+fn checkpoint_rows_follow_their_journal_and_merge_when_one_was_not_written() {
+    use crate::model::RowChanges;
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let cp = |v: &str, replace: bool, set: &[(&str, Option<&str>)]| Checkpoint {
+        name: "b".into(),
+        value: v.as_bytes().to_vec(),
+        rows: RowChanges {
+            replace,
+            set: set
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())))
+                .collect::<BTreeMap<_, _>>(),
+        },
+    };
+    let read = || {
+        let (v, rows) = read_checkpoint_with_rows(dir.path(), "b", true).expect("some");
+        let rows: Vec<String> = rows
+            .into_iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                )
+            })
+            .collect();
+        (String::from_utf8(v).expect("utf8"), rows.join(","))
+    };
+    s.append_with(
+        &[],
+        Some(&cp("h1", true, &[("a", Some("1")), ("b", Some("2"))])),
+    )
+    .expect("append");
+    assert_eq!(read(), ("h1".into(), "a=1,b=2".into()));
+    s.append_with(
+        &[ev(1)],
+        Some(&cp(
+            "h2",
+            false,
+            &[("a", None), ("b", Some("3")), ("c", Some("4"))],
+        )),
+    )
+    .expect("append");
+    assert_eq!(read(), ("h2".into(), "b=3,c=4".into()));
+    // Two journals of which the first was never written: merged, nothing lost.
+    let merged = cp("h4", false, &[("c", Some("6"))]).after(cp(
+        "h3",
+        false,
+        &[("b", None), ("c", Some("5")), ("d", Some("7"))],
+    ));
+    s.append_with(&[], Some(&merged)).expect("append");
+    assert_eq!(read(), ("h4".into(), "c=6,d=7".into()));
+    // A new state after an unwritten journal: only the new state.
+    let fresh = cp("h6", true, &[("z", Some("9"))]).after(cp("h5", false, &[("y", Some("8"))]));
+    s.append_with(&[], Some(&fresh)).expect("append");
+    assert_eq!(read(), ("h6".into(), "z=9".into()));
+    // A journal after an unwritten new state keeps the replace.
+    let kept = cp("h8", false, &[("x", Some("1"))]).after(cp("h7", true, &[("w", Some("2"))]));
+    assert!(kept.rows.replace);
+    s.append_with(&[], Some(&kept)).expect("append");
+    assert_eq!(read(), ("h8".into(), "w=2,x=1".into()));
+    // A value-only checkpoint leaves rows alone; other names are apart.
+    s.append_with(&[], Some(&Checkpoint::value("b", b"h9".to_vec())))
+        .expect("append");
+    s.append_with(&[], Some(&Checkpoint::value("other", b"o".to_vec())))
+        .expect("append");
+    assert_eq!(read(), ("h9".into(), "w=2,x=1".into()));
+    assert_eq!(
+        read_checkpoint_with_rows(dir.path(), "other", true),
+        Some((b"o".to_vec(), vec![]))
+    );
 }
 
 #[test]
@@ -263,10 +336,7 @@ fn a_full_disk_fails_the_append_loses_nothing_and_recovers() {
 fn a_spool_deleted_or_replaced_while_open_is_copied_back_to_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path()).expect("open");
-    let c = Checkpoint {
-        name: "pos".into(),
-        value: b"here".to_vec(),
-    };
+    let c = Checkpoint::value("pos", b"here".to_vec());
     s.append_with(&(0..5).map(ev).collect::<Vec<_>>(), Some(&c))
         .expect("append");
     let handed = s.next_batch(2).expect("batch").expect("some");
@@ -296,4 +366,40 @@ fn a_spool_deleted_or_replaced_while_open_is_copied_back_to_its_path() {
     assert_eq!(carried, 6);
     let aside = aside.expect("moved aside");
     assert_eq!(std::fs::read(aside).expect("read"), b"someone else's file");
+}
+
+#[test]
+fn a_batch_an_older_agent_handed_out_keeps_its_id_and_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    s.append(&(1..=5).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    // What an older agent left: its open batch's id written on the oldest rows.
+    s.conn
+        .execute(
+            "UPDATE events SET batch_id = 'old-batch' WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT 3)",
+            [],
+        )
+        .expect("mark");
+    drop(s);
+    let mut s = Spool::open(dir.path()).expect("reopen");
+    let b = s.next_batch(100).expect("batch").expect("some");
+    assert_eq!(b.batch_id, "old-batch");
+    assert_eq!(ids(&b), ["t:1", "t:2", "t:3"]);
+    assert_eq!(s.ack("old-batch").expect("ack"), 3);
+    let b = s.next_batch(100).expect("batch").expect("some");
+    assert_eq!(ids(&b), ["t:4", "t:5"]);
+    assert_ne!(b.batch_id, "old-batch");
+    // A batch whose rows all went one by one is over; the next one starts after it.
+    assert_eq!(s.ack_rows(&b.seqs).expect("rows"), 2);
+    s.append(&[ev(6)]).expect("append");
+    let c = s.next_batch(100).expect("batch").expect("some");
+    assert_eq!(ids(&c), ["t:6"]);
+    assert_ne!(c.batch_id, b.batch_id);
+    assert_eq!(
+        s.ack(&b.batch_id).expect("stale ack"),
+        0,
+        "a stale ack takes nothing"
+    );
+    assert_eq!(s.stats().expect("stats").depth, 1);
 }

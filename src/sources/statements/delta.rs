@@ -225,12 +225,13 @@ pub struct Delta {
     pub counters_reset: bool,
 }
 
-/// Differences between `prev` and `cur` for entries with new calls. With `reset` (the
-/// server's stats_reset changed) every entry counts from zero.
-pub fn diff(
+/// Differences between `prev` and the entries of `cur` with new calls (entries not in
+/// `cur` are unchanged). With `reset` (the server's stats_reset changed) every entry
+/// counts from zero.
+pub fn diff<'a>(
     columns: &[Column],
     prev: &HashMap<Key, Values>,
-    cur: &HashMap<Key, Values>,
+    cur: impl IntoIterator<Item = (&'a Key, &'a Values)>,
     reset: bool,
 ) -> Vec<Delta> {
     let calls = columns.iter().position(|c| c.name == "calls");
@@ -244,6 +245,12 @@ pub fn diff(
                 .any(|(c, (b, n))| c.kind != ColKind::Gauge && n < b)
         });
         let base = before.filter(|_| !went_back);
+        // Most entries of a full read did not run since: skipped before any allocation.
+        if let (Some(i), Some(b)) = (calls, base) {
+            if now[i] <= b[i] {
+                continue;
+            }
+        }
         let values: Values = columns
             .iter()
             .enumerate()

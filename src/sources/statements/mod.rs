@@ -66,13 +66,7 @@ impl Source for StatementsSource {
     }
 
     fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
-        self.tracker
-            .borrow_mut()
-            .take_checkpoint()
-            .map(|value| crate::model::Checkpoint {
-                name: baseline::CHECKPOINT.to_string(),
-                value,
-            })
+        self.tracker.borrow_mut().take_checkpoint()
     }
 
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
@@ -125,11 +119,10 @@ impl Cycle {
             Ok(r) => r,
             Err(p) => return self.unavailable(now, p),
         };
-        let concluded = {
-            let mut t = self.tracker.borrow_mut();
-            let cur = t.sample(&ext, prev.as_ref(), &plan, &rows, &info, now);
-            t.conclude(&ext, prev, cur, &rows, plan.reset)
-        };
+        let concluded = self
+            .tracker
+            .borrow_mut()
+            .conclude(&ext, prev, &plan, rows, &info, now);
         let mut events = Vec::with_capacity(concluded.deltas.len() + 1);
         if let Some((since, secs)) = concluded.since {
             self.fill_names(conn, &ext, &concluded.deltas).await?;

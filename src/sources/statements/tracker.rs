@@ -3,15 +3,15 @@
 //! the new sample, the deltas and the summary, what status says, and when the new
 //! baseline is stored. The queries are in [`super::query`]; this reads nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::baseline::{self, Baseline};
+use super::baseline::{self, key_bytes, value_bytes, Baseline};
 use super::delta::{diff, fingerprint, top_n, Delta};
 use super::events::{Names, Summary};
 use super::query::{Extension, Info, Rows};
-use crate::model::{Problem, SourceState};
+use crate::model::{Checkpoint, Problem, RowChanges, SourceState};
 
 /// Every this many cycles all entries are read, so that evicted ones are forgotten.
 pub const RESYNC_EVERY: u32 = 10;
@@ -63,8 +63,11 @@ pub struct Tracker {
     prev: Option<Baseline>,
     /// The baseline read from disk at start was looked at (used once, if it fits).
     loaded: bool,
+    /// The spool's rows hold `prev` (with the checkpoints handed over so far), so the
+    /// next checkpoint may be a journal of changed entries; else it replaces them all.
+    rows_hold_prev: bool,
     since_resync: u32,
-    checkpoint: Option<Vec<u8>>,
+    checkpoint: Option<Checkpoint>,
     /// Texts and names already read.
     pub names: Names,
     state: Option<SourceState>,
@@ -81,6 +84,7 @@ impl Tracker {
             ext: None,
             prev: None,
             loaded: false,
+            rows_hold_prev: false,
             since_resync: 0,
             checkpoint: None,
             names: Names::default(),
@@ -93,8 +97,9 @@ impl Tracker {
         self.state.clone()
     }
 
-    /// The baseline to store with the events of the last cycle, once.
-    pub fn take_checkpoint(&mut self) -> Option<Vec<u8>> {
+    /// The baseline to store with the events of the last cycle, once: its header and
+    /// the entries that changed (all of them for a new baseline).
+    pub fn take_checkpoint(&mut self) -> Option<Checkpoint> {
         self.checkpoint.take()
     }
 
@@ -107,18 +112,21 @@ impl Tracker {
     }
 
     /// The sample to diff against: the last one in memory, else the one stored before a
-    /// restart (`stored`, asked once), provided it is from this server, with these
-    /// columns, and older than `now`.
+    /// restart (`stored`, asked once, with whether the spool's rows hold it), provided
+    /// it is from this server, with these columns, and older than `now`.
     pub fn previous(
         &mut self,
         ext: &Extension,
         now: DateTime<Utc>,
-        stored: impl FnOnce() -> Option<Baseline>,
+        stored: impl FnOnce() -> Option<(Baseline, bool)>,
     ) -> Option<Baseline> {
         if !self.loaded {
             self.loaded = true;
             if self.prev.is_none() {
-                self.prev = stored();
+                if let Some((b, rows_hold_it)) = stored() {
+                    self.prev = Some(b);
+                    self.rows_hold_prev = rows_hold_it;
+                }
             }
         }
         let columns: Vec<String> = ext.columns.iter().map(|c| c.name.clone()).collect();
@@ -149,52 +157,74 @@ impl Tracker {
         ReadPlan { full, known, reset }
     }
 
-    /// The new sample: the rows read, on top of the previous sample's entries when only
-    /// changed ones were read.
-    pub fn sample(
-        &self,
+    /// Deltas and summary of the rows read (`rows`) against `prev`; the new sample (the
+    /// rows, on top of `prev`'s entries when only changed ones were read) becomes the
+    /// previous one, and is stored with the events when something changed or a new
+    /// baseline began (a quiet cycle changes nothing worth a write: the older baseline
+    /// has the same values, and no deltas depend on it). What is stored is a journal:
+    /// the entries that changed and those forgotten, unless the stored rows must be
+    /// replaced (a new baseline, a reset, a version 1 baseline).
+    pub fn conclude(
+        &mut self,
         ext: &Extension,
-        prev: Option<&Baseline>,
+        prev: Option<Baseline>,
         plan: &ReadPlan,
-        rows: &Rows,
+        rows: Rows,
         info: &Info,
         now: DateTime<Utc>,
-    ) -> Baseline {
-        let mut entries = match (plan.full, prev) {
-            (false, Some(p)) => p.entries.clone(),
-            _ => HashMap::with_capacity(rows.entries.len()),
+    ) -> Concluded {
+        let reset = plan.reset;
+        let hidden = rows.hidden;
+        // Entries not read are unchanged: the rows alone give every delta.
+        let mut deltas = match &prev {
+            Some(p) => diff(
+                &ext.columns,
+                &p.entries,
+                rows.entries.iter().map(|(k, v)| (k, v)),
+                reset,
+            ),
+            None => vec![],
         };
-        entries.extend(rows.entries.iter().cloned());
-        Baseline {
+        let replace = prev.is_none() || reset || !self.rows_hold_prev;
+        let mut set = BTreeMap::new();
+        let (entries, before) = match prev {
+            Some(mut p) if !plan.full => {
+                let mut entries = std::mem::take(&mut p.entries);
+                for (k, v) in rows.entries {
+                    if !replace && entries.get(&k) != Some(&v) {
+                        set.insert(key_bytes(&k), Some(value_bytes(&v)));
+                    }
+                    entries.insert(k, v);
+                }
+                (entries, Some(p))
+            }
+            Some(p) => {
+                let entries: HashMap<_, _> = rows.entries.into_iter().collect();
+                if !replace {
+                    for (k, v) in &entries {
+                        if p.entries.get(k) != Some(v) {
+                            set.insert(key_bytes(k), Some(value_bytes(v)));
+                        }
+                    }
+                    for k in p.entries.keys().filter(|k| !entries.contains_key(k)) {
+                        set.insert(key_bytes(k), None);
+                    }
+                }
+                (entries, Some(p))
+            }
+            None => (rows.entries.into_iter().collect(), None),
+        };
+        let cur = Baseline {
             identity: self.identity.clone(),
             taken_at: now,
             stats_reset: info.stats_reset,
             dealloc: info.dealloc,
             columns: ext.columns.iter().map(|c| c.name.clone()).collect(),
             entries,
-        }
-    }
-
-    /// Deltas and summary of `cur` against `prev`; `cur` becomes the previous sample,
-    /// and is stored with the events when deltas were produced or a new baseline began
-    /// (a quiet cycle changes nothing worth a write: the older baseline has the same
-    /// values, and no deltas depend on it).
-    pub fn conclude(
-        &mut self,
-        ext: &Extension,
-        prev: Option<Baseline>,
-        cur: Baseline,
-        rows: &Rows,
-        reset: bool,
-    ) -> Concluded {
-        let hidden = rows.hidden;
-        let mut deltas = match &prev {
-            Some(p) => diff(&ext.columns, &p.entries, &cur.entries, reset),
-            None => vec![],
         };
         let changed = deltas.len();
         top_n(&mut deltas, &ext.columns, self.max_rows);
-        let since = prev.as_ref().map(|p| {
+        let since = before.as_ref().map(|p| {
             (
                 p.taken_at,
                 (cur.taken_at - p.taken_at).num_milliseconds() as f64 / 1000.0,
@@ -209,9 +239,9 @@ impl Tracker {
             entries: cur.entries.len() + hidden,
             entries_hidden: hidden,
             rows_read: rows.read,
-            baseline: prev.is_none(),
+            baseline: before.is_none(),
             reset_detected: reset,
-            dealloc_delta: prev
+            dealloc_delta: before
                 .as_ref()
                 .and_then(|p| p.dealloc.zip(cur.dealloc))
                 .map(|(a, b)| if reset || b < a { b } else { b - a }),
@@ -219,7 +249,7 @@ impl Tracker {
             shipped: deltas.len(),
             interval_s: since.map(|(_, s)| s),
         };
-        self.state = Some(if prev.is_none() {
+        self.state = Some(if before.is_none() {
             SourceState::Baseline(
                 "the first sample sets the baseline; deltas start with the next".into(),
             )
@@ -233,8 +263,26 @@ impl Tracker {
         } else {
             SourceState::Working(format!("available (pg_stat_statements {})", ext.version))
         });
-        if self.persist && (changed > 0 || prev.is_none() || reset) {
-            self.checkpoint = Some(baseline::encode(&cur));
+        if self.persist && (replace || changed > 0 || !set.is_empty()) {
+            if replace {
+                set = cur
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (key_bytes(k), Some(value_bytes(v))))
+                    .collect();
+            }
+            let value = baseline::encode_header(&cur);
+            // A journal after one not yet written merges with it (Checkpoint::after).
+            let c = Checkpoint {
+                name: baseline::CHECKPOINT.to_string(),
+                value,
+                rows: RowChanges { replace, set },
+            };
+            self.checkpoint = Some(match self.checkpoint.take() {
+                Some(older) => c.after(older),
+                None => c,
+            });
+            self.rows_hold_prev = true;
         }
         self.prev = Some(cur);
         Concluded {
@@ -341,9 +389,7 @@ mod tests {
             .copied()
             .filter(|(q, c)| !plan.known.contains(&fingerprint(&key(*q), *c as i64)))
             .collect();
-        let r = rows(&sent);
-        let cur = t.sample(&e, prev.as_ref(), &plan, &r, &info, at(now));
-        let c = t.conclude(&e, prev, cur, &r, plan.reset);
+        let c = t.conclude(&e, prev, &plan, rows(&sent), &info, at(now));
         (plan, c)
     }
 
@@ -377,6 +423,65 @@ mod tests {
         assert!(c.deltas.is_empty());
         assert_eq!(c.summary.rows_read, 0);
         assert!(t.take_checkpoint().is_none());
+    }
+
+    #[test]
+    fn the_stored_baseline_is_a_journal_of_changed_and_forgotten_entries() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let info = Info::default();
+        let keys = |c: &Checkpoint| -> Vec<(i64, bool)> {
+            c.rows
+                .set
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        i64::from_le_bytes(k[8..16].try_into().expect("8")),
+                        v.is_some(),
+                    )
+                })
+                .collect()
+        };
+        cycle(&mut t, 0, info, &[(1, 1.0), (2, 1.0), (3, 1.0)]);
+        let c = t.take_checkpoint().expect("baseline");
+        assert!(c.rows.replace);
+        assert_eq!(keys(&c), [(1, true), (2, true), (3, true)]);
+        cycle(&mut t, 60, info, &[(1, 1.0), (2, 4.0), (3, 1.0)]);
+        let c = t.take_checkpoint().expect("journal");
+        assert!(!c.rows.replace);
+        assert_eq!(keys(&c), [(2, true)], "only the entry that ran");
+        // Two cycles whose checkpoints were not taken (not handed over yet) merge.
+        cycle(&mut t, 120, info, &[(1, 2.0), (2, 4.0), (3, 1.0)]);
+        cycle(&mut t, 180, info, &[(1, 2.0), (2, 4.0), (3, 5.0)]);
+        let c = t.take_checkpoint().expect("journal");
+        assert_eq!(keys(&c), [(1, true), (3, true)]);
+        // The full read forgets entry 2 (evicted): its row goes.
+        for i in 4..=RESYNC_EVERY as i64 + 2 {
+            let (plan, _) = cycle(&mut t, i * 60, info, &[(1, 2.0), (3, 5.0)]);
+            if plan.full {
+                let c = t.take_checkpoint().expect("resync");
+                assert!(!c.rows.replace);
+                assert_eq!(keys(&c), [(2, false)]);
+            } else {
+                assert!(t.take_checkpoint().is_none(), "quiet cycle {i}");
+            }
+        }
+        // A stored version 1 baseline (rows do not hold it): the first write replaces.
+        let e = ext();
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let stored = Baseline {
+            identity: "h:5432/db".into(),
+            taken_at: at(0),
+            stats_reset: None,
+            dealloc: None,
+            columns: e.columns.iter().map(|c| c.name.clone()).collect(),
+            entries: HashMap::from([(key(1), vec![1.0, 2.0, 1.0])]),
+        };
+        let prev = t.previous(&e, at(60), || Some((stored, false)));
+        let plan = t.read_plan(&e, prev.as_ref(), &info);
+        t.conclude(&e, prev, &plan, rows(&[(2, 1.0)]), &info, at(60));
+        let c = t.take_checkpoint().expect("replace");
+        assert!(c.rows.replace);
+        assert_eq!(keys(&c), [(1, true), (2, true)]);
     }
 
     #[test]
@@ -435,15 +540,15 @@ mod tests {
         };
         let mut t = Tracker::new("h:5432/db".into(), true, 100);
         assert!(t
-            .previous(&e, at(10), || Some(stored("h:5432/db", 0)))
+            .previous(&e, at(10), || Some((stored("h:5432/db", 0), true)))
             .is_some());
         let mut t = Tracker::new("h:5432/db".into(), true, 100);
         assert!(t
-            .previous(&e, at(10), || Some(stored("other:5432/db", 0)))
+            .previous(&e, at(10), || Some((stored("other:5432/db", 0), true)))
             .is_none());
         let mut t = Tracker::new("h:5432/db".into(), true, 100);
         assert!(
-            t.previous(&e, at(10), || Some(stored("h:5432/db", 20)))
+            t.previous(&e, at(10), || Some((stored("h:5432/db", 20), true)))
                 .is_none(),
             "a baseline from the future (clock moved back) is no baseline"
         );
@@ -460,8 +565,7 @@ mod tests {
         let plan = t.read_plan(&e, prev.as_ref(), &Info::default());
         let mut r = rows(&[(1, 2.0)]);
         r.hidden = 3;
-        let cur = t.sample(&e, prev.as_ref(), &plan, &r, &Info::default(), at(60));
-        let c = t.conclude(&e, prev, cur, &r, false);
+        let c = t.conclude(&e, prev, &plan, r, &Info::default(), at(60));
         assert_eq!((c.summary.entries, c.summary.entries_hidden), (4, 3));
         let Some(SourceState::Degraded(p)) = t.state() else {
             panic!("{:?}", t.state())

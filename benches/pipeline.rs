@@ -1,9 +1,11 @@
-//! `cargo bench`: throughput of the spool and of batch encoding, the two places every
-//! event passes through. Plain timing (no framework) so the numbers are easy to read:
+//! `cargo bench`: the places every event passes through — log parsing per format (and
+//! shaping into events), event building, the sampler's window, the spool's append and
+//! drain, batch encoding. Plain timing (no framework) so the numbers are easy to read:
 //! each figure is the best of five runs.
 //!
-//! Targets (design.md §10): spool enqueue ≥ 100k events/s in batches; log parsing
-//! ≥ 60 MB/s as a floor (10× pgbadger), ≥ 300 MB/s as the aim.
+//! Targets (design.md §10, issue 13): spool enqueue ≥ 100k events/s in batches;
+//! `parse-log` ≥ 200 MB/s on stderr, csvlog and jsonlog ≥ 100 MB/s. The whole-agent
+//! figures against the peers come from `scripts/bench-peers.sh` (BENCHMARKS.md).
 
 use std::time::{Duration, Instant};
 
@@ -86,6 +88,81 @@ fn hostile_log(bytes: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The messages of [`stderr_log`] as csvlog (PostgreSQL 14+ columns).
+fn csv_log(bytes: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(bytes + 4096);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        let ts = format!(
+            "2026-11-26 10:{:02}:{:02}.{:03} UTC",
+            (i / 60_000) % 60,
+            (i / 1000) % 60,
+            i % 1000
+        );
+        let pid = 20_000 + i % 97;
+        let app = "bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60";
+        let (sev, state, msg, detail, query) = match i % 20 {
+            0 => ("LOG", "00000", format!("connection authorized: user=web database=shop application_name={app}"), String::new(), String::new()),
+            1 => ("ERROR", "23505", "duplicate key value violates unique constraint \"\"orders_pkey\"\"".to_string(), format!("Key (id)=({i}) already exists."), format!("INSERT INTO orders (id, customer_id, total) VALUES ({i}, 42, 19.99)")),
+            2 => ("LOG", "00000", "duration: 1532.118 ms  statement: SELECT o.id, o.total\n\t  FROM orders o\n\t  JOIN customers c ON c.id = o.customer_id\n\t WHERE o.created_at > now() - interval '1 day'".to_string(), String::new(), String::new()),
+            _ => ("LOG", "00000", format!("duration: 0.{:03} ms  statement: SELECT id, email, name FROM customers WHERE id = {i} AND tenant_id = 7", i % 1000), String::new(), String::new()),
+        };
+        let q = |t: &str| {
+            if t.is_empty() {
+                String::new()
+            } else {
+                format!("\"{t}\"")
+            }
+        };
+        out.push_str(&format!(
+            "{ts},\"web\",\"shop\",{pid},\"[local]\",6745e0a1.{pid:x},{i},\"SELECT\",2026-11-26 10:00:00 UTC,3/{i},0,{sev},{state},\"{msg}\",{},,,,,{},,,\"{app}\",\"client backend\",,0\n",
+            q(&detail),
+            q(&query),
+        ));
+        i += 1;
+    }
+    out.into_bytes()
+}
+
+/// The messages of [`stderr_log`] as jsonlog (PostgreSQL 15+).
+fn json_log(bytes: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(bytes + 4096);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        let ts = format!(
+            "2026-11-26 10:{:02}:{:02}.{:03} UTC",
+            (i / 60_000) % 60,
+            (i / 1000) % 60,
+            i % 1000
+        );
+        let app = "bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60";
+        let mut r = serde_json::json!({
+            "timestamp": ts, "user": "web", "dbname": "shop", "pid": 20_000 + i % 97,
+            "remote_host": "[local]", "session_id": format!("6745e0a1.{:x}", 20_000 + i % 97),
+            "line_num": i, "ps": "SELECT", "session_start": "2026-11-26 10:00:00 UTC",
+            "vxid": format!("3/{i}"), "txid": 0, "error_severity": "LOG", "state_code": "00000",
+            "application_name": app, "backend_type": "client backend", "query_id": 0,
+        });
+        let msg = match i % 20 {
+            0 => format!("connection authorized: user=web database=shop application_name={app}"),
+            1 => {
+                r["error_severity"] = "ERROR".into();
+                r["state_code"] = "23505".into();
+                r["detail"] = format!("Key (id)=({i}) already exists.").into();
+                r["statement"] = format!("INSERT INTO orders (id, customer_id, total) VALUES ({i}, 42, 19.99)").into();
+                "duplicate key value violates unique constraint \"orders_pkey\"".to_string()
+            }
+            2 => "duration: 1532.118 ms  statement: SELECT o.id, o.total\n\t  FROM orders o\n\t  JOIN customers c ON c.id = o.customer_id\n\t WHERE o.created_at > now() - interval '1 day'".to_string(),
+            _ => format!("duration: 0.{:03} ms  statement: SELECT id, email, name FROM customers WHERE id = {i} AND tenant_id = 7", i % 1000),
+        };
+        r["message"] = msg.into();
+        out.push_str(&r.to_string());
+        out.push('\n');
+        i += 1;
+    }
+    out.into_bytes()
+}
+
 /// Parses `log` the way the tailer does (1 MiB reads, message boundaries carried over);
 /// with `shape`, every record also becomes a pg_log event (classified, JSON).
 fn parse_all(
@@ -93,11 +170,12 @@ fn parse_all(
     parser: &mut postgres_agent::logs::LogParser,
     shaper: Option<&postgres_agent::logs::Shaper>,
 ) -> usize {
-    use postgres_agent::logs::{Flush, Format};
+    use postgres_agent::logs::Flush;
     let mut pos = 0;
     let mut n = 0;
     let mut out = Vec::new();
     let now = Utc::now();
+    let format = parser.format();
     while pos < log.len() {
         let end = (pos + (1 << 20)).min(log.len());
         let flush = if end == log.len() {
@@ -114,7 +192,7 @@ fn parse_all(
                     .event(
                         r,
                         "/var/log/postgresql/postgresql.log",
-                        Format::Stderr,
+                        format,
                         "803-1a2b-00ff",
                         now,
                     )
@@ -189,6 +267,96 @@ fn log_bench() {
         "  … with redact = literals:                        {:>6.0} MB/s",
         mb / redacted.as_secs_f64()
     );
+    let shaper = Shaper {
+        redact: Redact::None,
+        ..shaper
+    };
+    for (name, format, log) in [
+        ("csvlog", Format::Csv, csv_log(64 << 20)),
+        ("jsonlog", Format::Json, json_log(64 << 20)),
+    ] {
+        let mb = log.len() as f64 / 1e6;
+        let mut parser = LogParser::new(format, "");
+        let mut records = 0;
+        let parse = best(|| {
+            let t = Instant::now();
+            records = parse_all(&log, &mut parser, None);
+            t.elapsed()
+        });
+        let shaped = best(|| {
+            let t = Instant::now();
+            parse_all(&log, &mut parser, Some(&shaper));
+            t.elapsed()
+        });
+        println!(
+            "{name:<7} parse: {:>6.0} MB/s; + classify + event JSON: {:>6.0} MB/s ({records} messages in {mb:.0} MB)",
+            mb / parse.as_secs_f64(),
+            mb / shaped.as_secs_f64()
+        );
+    }
+}
+
+/// The sampler's window: 300 sessions a sample, 20 of them active under 20 requests,
+/// 60 samples, then the summaries.
+fn sampler_bench() {
+    use postgres_agent::sources::sampler::window::{Sampled, Window};
+    use postgres_agent::sources::session::Session;
+    let session = |pid: i32, active: bool| Session {
+        pid,
+        datname: Some("shop".into()),
+        usename: Some("web".into()),
+        application_name: Some(format!(
+            "bitville-{:08x}-0d3a-4c55-9a8e-1b2c3d4e5f60",
+            pid % 20
+        )),
+        client_addr: Some("10.1.2.3".into()),
+        state: Some(if active { "active" } else { "idle" }.into()),
+        wait_event_type: (!active).then(|| "Client".into()),
+        wait_event: (!active).then(|| "ClientRead".into()),
+        query: Some(format!(
+            "SELECT o.id FROM orders o WHERE o.customer_id = {pid}"
+        )),
+        query_truncated: false,
+        query_id: Some(4_242 + i64::from(pid % 7)),
+        query_fingerprint: Some(format!("{:016x}", pid % 7)),
+        xact_age_s: active.then_some(0.1),
+        query_age_s: Some(0.1),
+        state_age_s: Some(0.1),
+        backend_xid: None,
+        correlation_id: active.then(|| format!("{:08x}-0d3a-4c55-9a8e-1b2c3d4e5f60", pid % 20)),
+        correlation_source: None,
+        trace_id: None,
+        span_id: None,
+        not_utf8: false,
+    };
+    let sample: Vec<Sampled> = (0..300)
+        .map(|pid| Sampled {
+            session: session(pid, pid < 20),
+            backend_type: Some("client backend".into()),
+            blockers: vec![],
+        })
+        .collect();
+    let start = Utc::now();
+    let mut summaries = 0;
+    let t = best(|| {
+        let t = Instant::now();
+        let mut w = Window::holding(start, Duration::from_secs(60), 10_000);
+        for i in 0..60 {
+            w.add(start + chrono::Duration::seconds(i), &sample);
+        }
+        summaries = w
+            .close(
+                start + chrono::Duration::seconds(60),
+                Duration::from_secs(1),
+            )
+            .len();
+        t.elapsed()
+    });
+    println!(
+        "sampler window, 60 samples of 300 sessions + close: {:>6.2} ms ({:.1} µs per sample, {summaries} summaries)",
+        t.as_secs_f64() * 1e3,
+        t.as_secs_f64() * 1e6 / 60.0
+    );
 }
 
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
@@ -197,8 +365,18 @@ fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
 
 fn main() {
     log_bench();
+    sampler_bench();
     let n = 100_000;
-    let events: Vec<Event> = (0..n).map(event).collect();
+    let mut events: Vec<Event> = Vec::new();
+    let build = best(|| {
+        let t = Instant::now();
+        events = (0..n).map(event).collect();
+        t.elapsed()
+    });
+    println!(
+        "event building (activity-shaped, ~1 KB JSON): {:>9.0} events/s",
+        n as f64 / build.as_secs_f64()
+    );
     let bytes: usize = events.iter().map(|e| e.data.get().len()).sum();
 
     let append = best(|| {

@@ -111,6 +111,10 @@ $(if [ -n "${SAMPLER:-}" ]; then
 else
   printf 'interval_s = 2\nsample_interval_ms = 0\n'
   printf '%s = false\n' databases tables vacuum_progress horizon replication server_stats settings
+  # ONLY=activity|statements|locks|system: that source alone (what each costs).
+  if [ -n "${ONLY:-}" ]; then
+    for s in activity statements locks system; do [ "$s" = "$ONLY" ] || echo "$s = false"; done
+  fi
 fi)
 logs = false
 [listener]
@@ -149,6 +153,7 @@ hwm = int(sys.argv[8])
 ut, st, tck, rss = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 c = s["children"]
 names = ("pg_activity_summary",) if sys.argv[6] else ("pg_activity", "pg_statements", "pg_locks", "system")
+names = [k for k in names if k in c]
 cycles = {k: c[k]["detail"]["cycles_total"] - int(sys.argv[7]) for k in names if k in c}
 if not cycles:
     # SAMPLE_MS=0: no source at all, the agent's floor.

@@ -103,6 +103,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// The memory an event holds, roughly: its text plus the struct. Queues in the agent
+    /// are bounded by this, not by counts (an event may carry a 1 MB statement).
+    pub fn bytes(&self) -> usize {
+        self.data.get().len() + self.id.len() + 64
+    }
+
     /// Makes an event from a serializable payload.
     pub fn new<T: Serialize>(
         id: String,
@@ -323,6 +329,8 @@ pub struct Enqueue {
 pub struct NextBatch {
     /// At most this many events.
     pub max_events: u32,
+    /// At most this many bytes of event data (one event at least, whatever its size).
+    pub max_bytes: u64,
 }
 
 /// Shipper → spool: the listener accepted this batch; delete its events.

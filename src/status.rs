@@ -150,11 +150,13 @@ fn summary(s: &StatusSnapshot) -> String {
     }
     if let Some(d) = s.detail::<LogStats>("pg_log") {
         out.push_str(&format!(
-            "log:      {}; {} of {} bytes read, {} events, {} unparsed lines\n",
+            "log:      {}; {} of {} bytes read ({} behind, reading {}/s), {} events, {} unparsed lines\n",
             d.source_state
                 .map_or("starting".to_string(), |s| s.to_string()),
             d.tail.offset,
             d.tail.size,
+            mb(d.tail.bytes_behind),
+            mb(d.tail.read_bytes_per_s as u64),
             d.events_total,
             d.tail.unparsed_lines_total,
         ));
@@ -257,7 +259,9 @@ mod tests {
             events_total: 9,
             tail: crate::logs::tail::TailStats {
                 offset: 100,
-                size: 250,
+                size: 2_000_100,
+                bytes_behind: 2_000_000,
+                read_bytes_per_s: 51_500_000.0,
                 unparsed_lines_total: 2,
                 ..Default::default()
             },
@@ -288,7 +292,7 @@ mod tests {
         );
         assert!(text.contains("delivery: breaker OPEN since 2026-11-26T10:00:00Z (next probe in 42 s), last HTTP 401, 3 batches / 40 events sent, 2 failures in a row, 1 quarantined by the listener"), "{text}");
         assert!(
-            text.contains("log:      unavailable: gone (fix: find it); 100 of 250 bytes read, 9 events, 2 unparsed lines"),
+            text.contains("log:      unavailable: gone (fix: find it); 100 of 2000100 bytes read (2.0 MB behind, reading 51.5 MB/s), 9 events, 2 unparsed lines"),
             "{text}"
         );
         assert!(text.contains("spool:    12 events waiting (3.0 MB of data, 5.0 MB on disk), oldest 75 s old, 7 evicted, 1 in quarantine"), "{text}");

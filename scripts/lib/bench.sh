@@ -77,11 +77,11 @@ bench_idle() {
   done
 }
 
-# The stand-in listener (answers 200); prints its port.
+# The stand-in listener (answers 200); its port in $PORT.
 bench_listener() {
-  python3 scripts/ok-listener.py "$W/port" & pids+=($!)
+  python3 scripts/ok-listener.py "$W/port" >/dev/null 2>&1 & pids+=($!)
   for _ in $(seq 1 50); do [ -s "$W/port" ] && break; sleep 0.1; done
-  cat "$W/port"
+  PORT=$(cat "$W/port")
 }
 
 # utime+stime of a process in milliseconds.

@@ -14,7 +14,7 @@ use crate::fault;
 use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, FinishUp, Health, Ping, Route};
 use crate::sources::{CycleError, Source};
 use crate::spool::handoff::{
-    hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_EVENTS,
+    hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_BYTES,
 };
 use crate::spool::SpoolActor;
 
@@ -64,7 +64,7 @@ impl CollectorActor {
             log.clone(),
             source.kind().as_str(),
             &config.agent.hostname,
-            MAX_PENDING_EVENTS,
+            MAX_PENDING_BYTES,
         );
         CollectorActor {
             source,

@@ -72,8 +72,11 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
             unparsed += u64::from(r.raw.is_some());
             let d = shaper.data(&r, &name, f);
             if write_err.is_none() {
-                let line = serde_json::to_string(&d).unwrap_or_default();
-                if let Err(e) = writeln!(out, "{line}") {
+                // Straight into the buffered output: no string per line.
+                let written = serde_json::to_writer(&mut out, &d)
+                    .map_err(std::io::Error::from)
+                    .and_then(|_| out.write_all(b"\n"));
+                if let Err(e) = written {
                     write_err = Some(e);
                 }
             }

@@ -98,6 +98,9 @@ pub const MAX_POOL_SIZE: i64 = 5;
 /// The smallest statement timeout accepted, in milliseconds.
 pub const MIN_STATEMENT_TIMEOUT_MS: i64 = 1000;
 
+/// `listener.batch_max_bytes` by default: 5 MB of event data per batch.
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5_000_000;
+
 /// `[collection]`: which sources run, how often, and how much they may read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectionConfig {
@@ -206,6 +209,8 @@ pub struct ListenerConfig {
     pub compression: Compression,
     /// Events per batch at most.
     pub batch_max_events: u32,
+    /// Bytes of event data (before compression) per batch at most; one event at least.
+    pub batch_max_bytes: u64,
     /// First retry waits up to this long (full jitter), doubling per failure.
     pub retry_base: Duration,
     /// Longest wait between retries of a failed batch.

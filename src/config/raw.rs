@@ -230,6 +230,7 @@ pub struct RawListener {
     pub timeout_ms: Field<i64>,
     pub compression: Field<String>,
     pub batch_max_events: Field<i64>,
+    pub batch_max_bytes: Field<i64>,
     pub retry_base_ms: Field<i64>,
     pub retry_max_ms: Field<i64>,
     #[serde(flatten)]

@@ -535,6 +535,14 @@ fn listener(c: &mut Check, li: &RawListener) -> ListenerConfig {
             100_000,
             "",
         ) as u32,
+        batch_max_bytes: c.int(
+            "listener.batch_max_bytes",
+            &li.batch_max_bytes,
+            DEFAULT_BATCH_MAX_BYTES as i64,
+            64 * 1024,
+            256 << 20,
+            "",
+        ) as u64,
         retry_base: ms(c.int(
             "listener.retry_base_ms",
             &li.retry_base_ms,

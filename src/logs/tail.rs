@@ -148,6 +148,48 @@ pub struct TailStats {
     pub offset: u64,
     /// Its size (size − offset is how far behind the reader is).
     pub size: u64,
+    /// Bytes of the file not read yet.
+    pub bytes_behind: u64,
+    /// Bytes read per second over the last half minute (a reader catching up shows its
+    /// pace here; a quiet log shows the server's write rate).
+    pub read_bytes_per_s: f64,
+}
+
+/// Bytes per second over a sliding window of readings, one kept per second at most.
+/// Plain code over given instants (unit-tested with made-up times).
+#[derive(Debug, Default)]
+pub struct Rate {
+    samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl Rate {
+    /// The window.
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Adds a reading of the running total at `at`; returns the rate over the window.
+    pub fn add(&mut self, at: std::time::Instant, total: u64) -> f64 {
+        let several = self.samples.len() > 1;
+        match self.samples.back_mut() {
+            // Within a second of the last one: that reading moves forward.
+            Some(last)
+                if several && at.duration_since(last.0) < std::time::Duration::from_secs(1) =>
+            {
+                *last = (at, total);
+            }
+            _ => self.samples.push_back((at, total)),
+        }
+        while self.samples.len() > 2 && at.duration_since(self.samples[1].0) >= Self::WINDOW {
+            self.samples.pop_front();
+        }
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return 0.0;
+        };
+        let secs = last.0.duration_since(first.0).as_secs_f64();
+        if secs < 0.5 {
+            return 0.0;
+        }
+        (last.1.saturating_sub(first.1)) as f64 / secs
+    }
 }
 
 /// Follows the log.
@@ -157,6 +199,7 @@ pub struct Tailer {
     resume: Option<Position>,
     start: StartAt,
     buf: Vec<u8>,
+    rate: Rate,
     /// Counters.
     pub stats: TailStats,
 }
@@ -170,6 +213,7 @@ impl Tailer {
             resume,
             start,
             buf: Vec::new(),
+            rate: Rate::default(),
             stats: TailStats::default(),
         }
     }
@@ -292,7 +336,12 @@ impl Tailer {
             self.stats.file = Some(o.path.display().to_string());
             self.stats.offset = o.offset;
             self.stats.size = o.file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.stats.bytes_behind = self.stats.size.saturating_sub(o.offset);
         }
+        let rate = self
+            .rate
+            .add(std::time::Instant::now(), self.stats.bytes_read_total);
+        self.stats.read_bytes_per_s = (rate * 10.0).round() / 10.0;
     }
 
     /// Opens the stored position's file, or the current file; false when there is none.
@@ -530,4 +579,35 @@ pub fn read_file(
 pub fn identity_of(path: &Path) -> io::Result<String> {
     let c = Candidate::of(path).ok_or_else(|| io::Error::other("not a regular file"))?;
     Ok(position_of(&open_at(&c, 0)?).identity())
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::Rate;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_rate_is_bytes_over_the_last_half_minute() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut r = Rate::default();
+        assert_eq!(r.add(at(0), 0), 0.0, "one reading is no rate");
+        assert_eq!(r.add(at(200), 1_000), 0.0, "too short a span");
+        // 50 MB/s for 10 s, read in 100 ms steps.
+        let mut rate = 0.0;
+        for i in 1..=100u64 {
+            rate = r.add(at(i * 100), i * 5_000_000);
+        }
+        assert!((rate - 50e6).abs() < 1e6, "{rate}");
+        // Then nothing for a minute: the window forgets the burst.
+        for s in 11..=70u64 {
+            rate = r.add(at(s * 1000), 500_000_000);
+        }
+        assert_eq!(rate, 0.0);
+        assert!(
+            r.samples.len() <= 32,
+            "one reading a second: {}",
+            r.samples.len()
+        );
+    }
 }

@@ -80,17 +80,41 @@ pub fn to_rfc3339(ts: &str) -> Option<String> {
     };
     let naive = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?
         .and_hms_milli_opt(num(11..13)?, num(14..16)?, num(17..19)?, millis)?;
-    let utc = naive - chrono::Duration::seconds(i64::from(secs));
-    Some(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        utc.year(),
-        utc.month(),
-        utc.day(),
-        utc.hour(),
-        utc.minute(),
-        utc.second(),
-        utc.and_utc().timestamp_subsec_millis()
-    ))
+    let utc = if secs == 0 {
+        naive
+    } else {
+        naive - chrono::Duration::seconds(i64::from(secs))
+    };
+    let year = u32::try_from(utc.year()).ok().filter(|y| *y <= 9999)?;
+    // Written digit by digit: format! was a tenth of parse-log's time.
+    let mut out = [0u8; 24];
+    let mut put = |at: usize, v: u32, width: usize| {
+        let mut v = v;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, utc.month(), 2);
+    put(8, utc.day(), 2);
+    put(11, utc.hour(), 2);
+    put(14, utc.minute(), 2);
+    put(17, utc.second(), 2);
+    put(20, utc.and_utc().timestamp_subsec_millis(), 3);
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        out[at] = c;
+    }
+    // Only ASCII digits and separators were written.
+    String::from_utf8(out.to_vec()).ok()
 }
 
 /// RFC 3339 for `%n` (seconds since the epoch).
@@ -142,6 +166,15 @@ mod tests {
             Some("2026-11-26T17:35:07.500Z")
         );
         assert_eq!(to_rfc3339("2026-11-26 17:35:07 XYZT"), None);
+        assert_eq!(
+            to_rfc3339("0999-01-01 00:00:00.001 +01").as_deref(),
+            Some("0998-12-31T23:00:00.001Z")
+        );
+        assert_eq!(
+            to_rfc3339("2026-12-31 23:59:59.999 -0100").as_deref(),
+            Some("2027-01-01T00:59:59.999Z")
+        );
+        assert_eq!(to_rfc3339("2026-02-30 00:00:00 UTC"), None, "no such day");
         assert_eq!(
             epoch_to_rfc3339(1764178507.123).as_deref(),
             Some("2025-11-26T17:35:07.123Z")

@@ -72,6 +72,7 @@ impl ShipperActor {
             spool: self.spool.clone(),
             transport: self.transport.clone(),
             max_events: self.cfg.batch_max_events,
+            max_bytes: self.cfg.batch_max_bytes,
             delivered_unrecorded: self.delivery.delivered_unrecorded(),
             log: self.log.clone(),
         };

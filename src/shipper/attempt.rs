@@ -49,6 +49,8 @@ pub struct Job {
     pub transport: Rc<dyn Transport>,
     /// Batch size.
     pub max_events: u32,
+    /// Batch size in bytes of event data.
+    pub max_bytes: u64,
     /// A batch the output already took whose deletion the spool did not record.
     pub delivered_unrecorded: Option<String>,
     /// The shipper's log.
@@ -76,6 +78,7 @@ impl Job {
         let batch = match spool
             .send(NextBatch {
                 max_events: self.max_events,
+                max_bytes: self.max_bytes,
             })
             .await
         {

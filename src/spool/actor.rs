@@ -172,7 +172,7 @@ impl Handler<NextBatch> for SpoolActor {
     type Result = Result<Option<Batch>, SpoolError>;
 
     fn handle(&mut self, msg: NextBatch, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.next_batch(msg.max_events))
+        self.with(|s| s.next_batch_within(msg.max_events, msg.max_bytes))
     }
 }
 

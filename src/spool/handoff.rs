@@ -15,9 +15,11 @@ use super::SpoolActor;
 use crate::catalogue::AgentEvent;
 use crate::model::{Checkpoint, Enqueue, Event, Route};
 
-/// Events kept in memory while the spool does not take them; beyond this the oldest are
-/// dropped and counted (the spool is down for long, which status reports loudly).
-pub const MAX_PENDING_EVENTS: usize = 50_000;
+/// Bytes of events ([`Event::bytes`]) kept in memory per source while the spool does
+/// not take them; beyond this the oldest are dropped and counted (the spool is down for
+/// long, which status reports loudly). Bytes, not events: 50,000 events (the count
+/// before) of activity with 4 KB statements were 200 MB.
+pub const MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// Wait before trying the spool again.
 pub const RETRY: Duration = Duration::from_secs(1);
@@ -95,6 +97,8 @@ pub struct Handoff {
     host: String,
     cap: usize,
     pending: Vec<Event>,
+    /// [`Event::bytes`] of `pending`.
+    pending_bytes: usize,
     checkpoint: Option<Checkpoint>,
     drops: DropReport,
     dropped_total: u64,
@@ -106,7 +110,7 @@ pub struct Handoff {
 
 impl Handoff {
     /// An empty hand-off of `source`'s events on `host` to `spool`, keeping at most
-    /// `cap` events; `log` says when the spool fails or the cap drops events.
+    /// `cap` bytes of them; `log` says when the spool fails or the cap drops events.
     pub fn new(
         spool: Route<SpoolActor>,
         log: Logger,
@@ -121,6 +125,7 @@ impl Handoff {
             host: host.to_string(),
             cap,
             pending: Vec::new(),
+            pending_bytes: 0,
             checkpoint: None,
             drops: DropReport::default(),
             dropped_total: 0,
@@ -138,8 +143,14 @@ impl Handoff {
                 None => newer,
             });
         }
+        self.pending_bytes += events.iter().map(Event::bytes).sum::<usize>();
         self.pending.extend(events);
-        let over = self.pending.len().saturating_sub(self.cap);
+        let mut over = 0;
+        // The newest event always stays, even one larger than the cap.
+        while self.pending_bytes > self.cap && over + 1 < self.pending.len() {
+            self.pending_bytes -= self.pending[over].bytes();
+            over += 1;
+        }
         if over > 0 {
             self.drops.add(&self.pending[..over]);
             self.pending.drain(..over);
@@ -181,6 +192,7 @@ impl Handoff {
             return None;
         }
         let events = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
         let checkpoint = self.checkpoint.take();
         let report = self.drops.event(self.source, &self.host);
         let msg = Enqueue {
@@ -305,9 +317,10 @@ mod tests {
         Some(Checkpoint::value("c", vec![v]))
     }
 
+    /// A hand-off holding `cap` events of `ev`'s size.
     fn handoff(source: &'static str, cap: usize) -> Handoff {
         let log = Logger::root(slog::Discard, slog::o!());
-        Handoff::new(Route::default(), log, source, "h", cap)
+        Handoff::new(Route::default(), log, source, "h", cap * ev(0).bytes())
     }
 
     #[test]
@@ -373,6 +386,36 @@ mod tests {
         let report: serde_json::Value = serde_json::from_str(m.events[0].data.get()).expect("json");
         assert_eq!(report["dropped"], 2);
         assert_eq!(h.dropped_total(), 2);
+    }
+
+    #[test]
+    fn the_cap_counts_bytes_so_one_large_event_pushes_out_many_small_ones() {
+        let mut h = handoff("pg_activity", 10);
+        h.keep((0..8).map(ev).collect(), None);
+        let big = Event::new(
+            "big".into(),
+            crate::model::EventKind::PgActivity,
+            at(9),
+            &"x".repeat(300),
+        )
+        .expect("big");
+        // 8 small (67 bytes each) + one of 369 bytes in a cap of 670: the 4 oldest go.
+        assert_eq!(h.keep(vec![big], None), 4);
+        let m = h.take().expect("message");
+        assert_eq!(&ids(&m)[1..], ["e4", "e5", "e6", "e7", "big"]);
+        // One event larger than the whole cap is kept on its own (never an empty
+        // backlog that drops everything it is given).
+        h.taken(Ok(()));
+        let huge = Event::new(
+            "huge".into(),
+            crate::model::EventKind::PgActivity,
+            at(10),
+            &"x".repeat(20 * ev(0).bytes()),
+        )
+        .expect("huge");
+        h.keep(vec![ev(11)], None);
+        assert_eq!(h.keep(vec![huge], None), 1);
+        assert_eq!(ids(&h.take().expect("message"))[1..], ["huge"]);
     }
 
     #[test]

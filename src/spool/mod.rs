@@ -479,6 +479,17 @@ impl Spool {
     /// The oldest batch: the one handed out before and not yet acknowledged if there is
     /// one (same id, same events), else up to `max_events` new ones under a fresh id.
     pub fn next_batch(&mut self, max_events: u32) -> Result<Option<Batch>, SpoolError> {
+        self.next_batch_within(max_events, crate::config::DEFAULT_BATCH_MAX_BYTES)
+    }
+
+    /// [`Spool::next_batch`] with at most `max_bytes` of event data in a new batch (one
+    /// event at least): memory follows bytes, not the count of events that may each
+    /// be large.
+    pub fn next_batch_within(
+        &mut self,
+        max_events: u32,
+        max_bytes: u64,
+    ) -> Result<Option<Batch>, SpoolError> {
         // Nothing waits by the count kept with every append and removal: no statement
         // (the shipper asks four times a second). Every 20th time the table is asked
         // anyway, so a count that ever went wrong costs seconds, not events.
@@ -489,10 +500,14 @@ impl Spool {
             }
         }
         // Handing out writes the batch id onto the rows: it needs room like a delete.
-        self.roomy(|s| s.next_batch_once(max_events))
+        self.roomy(|s| s.next_batch_once(max_events, max_bytes))
     }
 
-    fn next_batch_once(&mut self, max_events: u32) -> Result<Option<Batch>, SpoolError> {
+    fn next_batch_once(
+        &mut self,
+        max_events: u32,
+        max_bytes: u64,
+    ) -> Result<Option<Batch>, SpoolError> {
         // At most one batch is open at a time (a new one is claimed only when none is),
         // so no ORDER BY: the partial index answers this without touching the table.
         // Statements cached: the shipper asks every few hundred milliseconds.
@@ -504,12 +519,21 @@ impl Spool {
         let (batch_id, last_seq) = match open {
             Some(b) => b,
             None => {
-                let last: Option<i64> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT max(seq) FROM (SELECT seq FROM events ORDER BY seq LIMIT ?1)",
-                    )?
-                    .query_row(params![max_events as i64], |r| r.get(0))?;
+                let mut last = None;
+                {
+                    let mut st = self
+                        .conn
+                        .prepare_cached("SELECT seq, bytes FROM events ORDER BY seq LIMIT ?1")?;
+                    let mut rows = st.query(params![max_events as i64])?;
+                    let mut sum = 0u64;
+                    while let Some(r) = rows.next()? {
+                        sum += r.get::<_, i64>(1)?.max(0) as u64;
+                        if last.is_some() && sum > max_bytes {
+                            break;
+                        }
+                        last = Some(r.get::<_, i64>(0)?);
+                    }
+                }
                 let Some(last) = last else {
                     return Ok(None);
                 };
@@ -556,7 +580,7 @@ impl Spool {
             self.conn
                 .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
                 .execute(params![batch_id])?;
-            return self.next_batch(max_events);
+            return self.next_batch_within(max_events, max_bytes);
         }
         Ok(Some(Batch {
             batch_id,

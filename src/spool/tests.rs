@@ -403,3 +403,36 @@ fn a_batch_an_older_agent_handed_out_keeps_its_id_and_events() {
     );
     assert_eq!(s.stats().expect("stats").depth, 1);
 }
+
+#[test]
+fn a_batch_is_bounded_by_bytes_and_holds_one_event_at_least() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let size = big(1).data.get().len() as u64;
+    s.append(&(1..=7).map(big).collect::<Vec<_>>())
+        .expect("append");
+    // Three events' worth of bytes (and a little): three events, though 100 may go.
+    let b = s
+        .next_batch_within(100, 3 * size + 10)
+        .expect("batch")
+        .expect("some");
+    assert_eq!(ids(&b), ["big:000001", "big:000002", "big:000003"]);
+    // The same batch again until acknowledged, whatever the limit asked now.
+    let again = s.next_batch_within(100, 1).expect("batch").expect("some");
+    assert_eq!(again.batch_id, b.batch_id);
+    assert_eq!(again.events.len(), 3);
+    s.ack(&b.batch_id).expect("ack");
+    // A limit below one event still moves the queue, one event at a time.
+    let one = s.next_batch_within(100, 1).expect("batch").expect("some");
+    assert_eq!(ids(&one), ["big:000004"]);
+    s.ack(&one.batch_id).expect("ack");
+    let rest = s
+        .next_batch_within(2, u64::MAX)
+        .expect("batch")
+        .expect("some");
+    assert_eq!(
+        ids(&rest),
+        ["big:000005", "big:000006"],
+        "the count still applies"
+    );
+}

@@ -141,6 +141,8 @@ pub struct Names {
     pub databases: HashMap<u32, String>,
     /// Role oid → name.
     pub roles: HashMap<u32, String>,
+    /// Bytes held by `texts` and `fingerprints` (their strings plus a map entry each).
+    pub text_bytes: usize,
 }
 
 /// The payload of one delta.

@@ -16,8 +16,10 @@ use crate::model::{Checkpoint, Problem, RowChanges, SourceState};
 /// Every this many cycles all entries are read, so that evicted ones are forgotten.
 pub const RESYNC_EVERY: u32 = 10;
 
-/// At most this many query texts are remembered (all forgotten when full).
-const TEXT_CACHE_MAX: usize = 20_000;
+/// At most this many bytes of query texts (and their fingerprints) are remembered; all
+/// are forgotten when full and the texts of the next deltas read again. Bytes, not
+/// texts: 20,000 texts (the count before) of `max_query_length` 64 KB were 1.3 GB.
+const TEXT_CACHE_BYTES: usize = 4 << 20;
 
 /// How this cycle reads the counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,19 +323,25 @@ impl Tracker {
         max_len: usize,
         redact: crate::logs::redact::Redact,
     ) {
-        if self.names.texts.len() + texts.len() > TEXT_CACHE_MAX {
+        // A map entry and its key and String are about 64 bytes beside the text.
+        let incoming: usize = texts.iter().map(|(_, t)| t.len() + 64).sum();
+        if self.names.text_bytes + incoming > TEXT_CACHE_BYTES {
             self.names.texts.clear();
             self.names.fingerprints.clear();
+            self.names.text_bytes = 0;
         }
         for (id, text) in texts {
             if text.len() < max_len {
                 if let Some(f) = crate::fingerprint::fingerprint(&text) {
+                    self.names.text_bytes += f.len() + 64;
                     self.names.fingerprints.insert(id, f);
                 }
             }
-            self.names
-                .texts
-                .insert(id, crate::sources::session::redacted(text, redact));
+            let text = crate::sources::session::redacted(text, redact);
+            self.names.text_bytes += text.len() + 64;
+            if let Some(old) = self.names.texts.insert(id, text) {
+                self.names.text_bytes -= (old.len() + 64).min(self.names.text_bytes);
+            }
         }
     }
 }
@@ -575,6 +583,34 @@ mod tests {
         assert!(!s.available);
         assert_eq!(s.reason.as_deref(), Some("gone"));
         assert!(t.ext.is_none());
+    }
+
+    #[test]
+    fn the_text_cache_is_bounded_by_bytes() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let big = "select 1 -- ".to_string() + &"x".repeat(100_000);
+        // 45 texts of 100 kB are past the 4 MB: the cache starts over once.
+        for q in 0..45 {
+            t.add_texts(
+                vec![(q, big.clone())],
+                1 << 20,
+                crate::logs::redact::Redact::None,
+            );
+            assert!(
+                t.names.text_bytes <= TEXT_CACHE_BYTES,
+                "{q}: {}",
+                t.names.text_bytes
+            );
+        }
+        assert!(t.names.texts.len() < 45, "forgot the older texts");
+        assert!(t.names.texts.contains_key(&44), "kept the newest");
+        let held: usize = t.names.texts.values().map(|s| s.len() + 64).sum::<usize>()
+            + t.names
+                .fingerprints
+                .values()
+                .map(|s| s.len() + 64)
+                .sum::<usize>();
+        assert_eq!(t.names.text_bytes, held);
     }
 
     #[test]

@@ -67,6 +67,7 @@ struct PgTarget {
 struct State {
     prev: Option<Reading>,
     pg: Option<PgTarget>,
+    procs: read::ProcFiles,
 }
 
 /// Reads the host.
@@ -239,8 +240,8 @@ impl Source for SystemSource {
                 },
             };
             state.borrow_mut().pg = target.clone();
-            let (reading, sample) = read::sample(target.as_ref(), &mut notes)?;
             let mut st = state.borrow_mut();
+            let (reading, sample) = read::sample(target.as_ref(), &mut st.procs, &mut notes)?;
             let data = build(st.prev.as_ref(), &reading, sample, notes);
             st.prev = Some(reading);
             let now = Utc::now();

@@ -13,55 +13,31 @@ DBS=${DBS:-4}
 TABLES=${TABLES:-2500}
 RUN_S=${RUN_S:-40}
 INTERVAL_S=${INTERVAL_S:-5}
-BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PSQL=/usr/lib/postgresql/15/bin/psql
-cargo build --release --quiet
-AGENT=$PWD/target/release/postgres-agent
-W=$(mktemp -d /tmp/pgagent-health.XXXX); chmod 777 "$W"
-as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  as_pg "$BIN/pg_ctl -D $W/data -m immediate -w stop >/dev/null 2>&1" || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-sql() { "$PSQL" -X -q -A -t -h "$W" -U postgres "$@"; }
-
-as_pg "$BIN/initdb -D $W/data -U postgres --auth=trust --no-sync >/dev/null"
-cat >> "$W/data/postgresql.conf" <<CONF
-port = 5432
-listen_addresses = ''
-unix_socket_directories = '$W'
-shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.track = all
-fsync = off
-max_locks_per_transaction = 1024
-CONF
-as_pg "$BIN/pg_ctl -D $W/data -l $W/server.log -w start >/dev/null"
-sql -d postgres -c "create extension pg_stat_statements; create role postgres_agent login; grant pg_monitor to postgres_agent;"
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_init health
+printf 'pg_stat_statements.track = all\nmax_locks_per_transaction = 1024\n' | bench_cluster
 echo "creating $DBS databases of $TABLES tables…"
 for d in $(seq 1 "$DBS"); do
-  sql -d postgres -c "create database db$d"
+  DB=postgres sql -c "create database db$d"
   for k in $(seq 0 500 $((TABLES - 1))); do
-    sql -d "db$d" -c "do \$\$ begin for i in $((k + 1))..$((k + 500 < TABLES ? k + 500 : TABLES)) loop
+    DB=db$d sql -c "do \$\$ begin for i in $((k + 1))..$((k + 500 < TABLES ? k + 500 : TABLES)) loop
       execute format('create table t%s (id int primary key, v text)', i); end loop; end \$\$;"
   done
 done
-sql -d postgres -c "vacuum analyze" >/dev/null
+DB=postgres sql -c "vacuum analyze" >/dev/null
 # The workload: 20 tables of each database written every second.
 ( while true; do
     for d in $(seq 1 "$DBS"); do
-      sql -d "db$d" -c "do \$\$ begin for i in 1..20 loop execute format('insert into t%s values (%s, ''x'') on conflict (id) do update set v = ''y''', i, (random() * 1000)::int); end loop; end \$\$;" >/dev/null
+      DB=db$d sql -c "do \$\$ begin for i in 1..20 loop execute format('insert into t%s values (%s, ''x'') on conflict (id) do update set v = ''y''', i, (random() * 1000)::int); end loop; end \$\$;" >/dev/null
     done
     sleep 1
   done ) & pids+=($!)
 
-python3 scripts/ok-listener.py "$W/port" & pids+=($!)
-for _ in $(seq 1 50); do [ -s "$W/port" ] && break; sleep 0.1; done
+bench_listener
 
 all="databases tables vacuum_progress horizon replication server_stats settings"
-agent_ms() { sql -d postgres -c "select round(coalesce(sum(total_exec_time), 0)::numeric, 1) from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"; }
+agent_ms() { DB=postgres sql -c "select round(coalesce(sum(total_exec_time), 0)::numeric, 1) from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"; }
 cycles_of() {
   kill -USR1 "$1"; sleep 0.3
   python3 -c 'import json,sys
@@ -78,16 +54,16 @@ for src in $all; do
     for s in $all; do
       if [ "$s" = "$src" ]; then printf '%s = true\n%s_interval_s = %s\n' "$s" "$s" "$INTERVAL_S"; else printf '%s = false\n' "$s"; fi
     done
-    printf '[listener]\nurl = "http://127.0.0.1:%s/ingest/postgres"\ntoken = "t"\n' "$(cat "$W/port")"
+    printf '[listener]\nurl = "http://127.0.0.1:%s/ingest/postgres"\ntoken = "t"\n' "$PORT"
   } > "$W/$src.toml"
-  sql -d postgres -c "select pg_stat_statements_reset()" >/dev/null
+  DB=postgres sql -c "select pg_stat_statements_reset()" >/dev/null
   "$AGENT" run -c "$W/$src.toml" --log-format json 2>"$W/$src.log" & APID=$!
   # SIGUSR1 (status dump) only once the agent handles it.
   for _ in $(seq 1 100); do grep -q '"agent_started"' "$W/$src.log" 2>/dev/null && break; sleep 0.1; done
   # The first cycle (a first tables pass reads every table in full) is measured apart.
   for _ in $(seq 1 200); do [ "$(cycles_of "$APID" "$W/state-$src/status.json")" -ge 1 ] && break; sleep 0.2; done
   first=$(agent_ms)
-  sql -d postgres -c "select pg_stat_statements_reset()" >/dev/null
+  DB=postgres sql -c "select pg_stat_statements_reset()" >/dev/null
   c0=$(cycles_of "$APID" "$W/state-$src/status.json")
   sleep "$RUN_S"
   c1=$(cycles_of "$APID" "$W/state-$src/status.json")

@@ -11,62 +11,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_S=${1:-40}
-BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PSQL=/usr/lib/postgresql/15/bin/psql
-cargo build --release --quiet
-AGENT=${AGENT_BIN:-$PWD/target/release/postgres-agent}
-W=$(mktemp -d /tmp/pgagent-overhead.XXXX); chmod 777 "$W"
-as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  # The idle sessions read a FIFO whose only writer is $HOLD: ending it ends them all.
-  [ -n "${HOLD:-}" ] && kill "$HOLD" 2>/dev/null || true
-  as_pg "$BIN/pg_ctl -D $W/data -m immediate -w stop >/dev/null 2>&1" || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-sql() { "$PSQL" -X -q -A -t -h "$W" -U postgres -d postgres "$@"; }
-
-as_pg "$BIN/initdb -D $W/data -U postgres --auth=trust --no-sync >/dev/null"
-cat >> "$W/data/postgresql.conf" <<CONF
-port = 5432
-listen_addresses = ''
-unix_socket_directories = '$W'
-max_connections = 350
-shared_preload_libraries = 'pg_stat_statements'
-pg_stat_statements.max = 10000
-fsync = off
-CONF
-as_pg "$BIN/pg_ctl -D $W/data -l $W/server.log -w start >/dev/null"
-sql -c "create extension pg_stat_statements; create role postgres_agent login; grant pg_monitor to postgres_agent;"
-
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
+bench_init overhead
+AGENT=${AGENT_BIN:-$AGENT}
+printf 'max_connections = 350\npg_stat_statements.max = 10000\n' | bench_cluster
 # 100 tables × 50 query shapes = 5,000 distinct statements.
-python3 - "$W" <<'PY'
-import sys
-w = sys.argv[1]
-cols = ", ".join(f"c{k} int" for k in range(10))
-with open(f"{w}/setup.sql", "w") as f, open(f"{w}/workload.sql", "w") as g:
-    for i in range(100):
-        f.write(f"create table t{i} ({cols}); insert into t{i} select g,g,g,g,g,g,g,g,g,g from generate_series(1,20) g;\n")
-    for i in range(100):
-        for s in range(10):
-            for w_ in range(5):
-                q = f"select c{s} from t{i} where c{(s + w_ + 1) % 10} = 1;\n"
-                f.write(q)
-                if i < 4:
-                    g.write(q)
-PY
-sql -f "$W/setup.sql" >/dev/null
+bench_statements
 entries=$(sql -c "select count(*) from pg_stat_statements")
 echo "pg_stat_statements entries: $entries"
-
-mkfifo "$W/idle"
-sleep 3600 > "$W/idle" & HOLD=$!
 IDLE=200; [ -n "${SAMPLER:-}" ] && IDLE=280
-for _ in $(seq 1 $IDLE); do
-  "$PSQL" -X -q -h "$W" -U postgres -d postgres < "$W/idle" >/dev/null 2>&1 & pids+=($!)
-done
+bench_idle "$IDLE"
 if [ -n "${SAMPLER:-}" ]; then
   # 20 active sessions; every statement (0.1-0.3 s) under a new request id.
   python3 - "$W" "${KEYS:-few}" <<'PY'
@@ -92,8 +47,7 @@ else
   ( while true; do sql -f "$W/workload.sql" >/dev/null; sleep 1; done ) & pids+=($!)
 fi
 
-python3 scripts/ok-listener.py "$W/port" & pids+=($!)
-for _ in $(seq 1 50); do [ -s "$W/port" ] && break; sleep 0.1; done
+bench_listener
 sleep 2
 echo "connections: $(sql -c "select count(*) from pg_stat_activity where backend_type = 'client backend'")"
 sql -c "select pg_stat_statements_reset((select oid from pg_roles where rolname = 'postgres_agent'))" >/dev/null 2>&1 || true
@@ -118,7 +72,7 @@ else
 fi)
 logs = false
 [listener]
-url = "http://127.0.0.1:$(cat "$W/port")/ingest/postgres"
+url = "http://127.0.0.1:$PORT/ingest/postgres"
 token = "t"
 TOML
 "$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)

@@ -364,8 +364,11 @@ fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
 }
 
 fn main() {
-    log_bench();
-    sampler_bench();
+    // BENCH_ONLY=spool: the spool and encoding figures alone.
+    if std::env::var("BENCH_ONLY").as_deref() != Ok("spool") {
+        log_bench();
+        sampler_bench();
+    }
     let n = 100_000;
     let mut events: Vec<Event> = Vec::new();
     let build = best(|| {

@@ -619,3 +619,81 @@ fn check_warns_when_clients_can_write_into_the_stderr_prefix() {
         .and_then(|n| n.parse::<u32>().ok());
     assert!(ambiguous >= Some(1), "the forged line counted: {out}");
 }
+
+#[test]
+fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_message_once() {
+    const MESSAGES: usize = 3000;
+    let pg = PgCluster::start("");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    // 3,000 messages of 10 kB: 30 MB behind when the agent starts.
+    let file = dir.path().join("big.log");
+    let pad = "x".repeat(10_000);
+    let mut text = String::with_capacity(MESSAGES * 10_100);
+    for n in 0..MESSAGES {
+        text.push_str(&format!(
+            "2026-12-01 10:00:{:02}.{:03} UTC [{}] LOG:  statement: SELECT 'big-{n:05}' /* {pad} */\n",
+            n / 1000,
+            n % 1000,
+            1000 + n % 7
+        ));
+    }
+    std::fs::write(&file, &text).expect("log");
+    let size = text.len() as u64;
+    let toml = config(dir.path(), &pg, &listener.url(), 60).replace(
+        "logs = false\n",
+        &format!(
+            "logs = true\nactivity = false\n[logs]\npath = \"{}\"\nformat = \"stderr\"\nprefix = \"%m [%p] \"\nstart_at = \"beginning\"\n",
+            file.display()
+        ),
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // At the end of the file, with the pace it read at (over the last half minute).
+    let detail = wait_for(
+        "the reader at the end of the file",
+        Duration::from_secs(120),
+        || {
+            let d = agent.status()["children"]["pg_log"]["detail"].clone();
+            (d["offset"].as_u64() == Some(size) && d["read_bytes_per_s"].as_f64()? > 0.0)
+                .then_some(d)
+        },
+    );
+    assert_eq!(detail["bytes_behind"], 0, "{detail}");
+    assert_eq!(detail["size"], size, "{detail}");
+    assert_eq!(detail["bytes_read_total"], size, "{detail}");
+    // Every message once.
+    let ids_of = |l: &Listener| -> BTreeMap<String, BTreeSet<String>> {
+        let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for e in l.events_of("pg_log") {
+            let msg = e["data"]["message"].as_str().unwrap_or_default();
+            if let Some(at) = msg.find("'big-") {
+                m.entry(msg[at + 1..at + 10].to_string())
+                    .or_default()
+                    .insert(e["id"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        m
+    };
+    wait_for(
+        "every message at the listener",
+        Duration::from_secs(120),
+        || (ids_of(&listener).len() == MESSAGES).then_some(()),
+    );
+    let m = ids_of(&listener);
+    assert!(
+        m.values().all(|ids| ids.len() == 1),
+        "a message under two ids"
+    );
+    assert!(m.contains_key("big-00000") && m.contains_key("big-02999"));
+    // Memory followed the reads (1 MiB at a time), not the 30 MB behind.
+    let hwm_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(
+        hwm_kb < 64 * 1024,
+        "peak RSS {hwm_kb} kB while catching up on 30 MB"
+    );
+}

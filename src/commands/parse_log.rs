@@ -61,6 +61,7 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut code = EXIT_OK;
+    let mut line = Vec::with_capacity(4096);
     for file in &args.files {
         let f = format.unwrap_or_else(|| Format::sniff(file, &crate::logs::head(file)));
         let mut parser = LogParser::new(f, &prefix);
@@ -72,11 +73,10 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
             unparsed += u64::from(r.raw.is_some());
             let d = shaper.data(&r, &name, f);
             if write_err.is_none() {
-                // Straight into the buffered output: no string per line.
-                let written = serde_json::to_writer(&mut out, &d)
-                    .map_err(std::io::Error::from)
-                    .and_then(|_| out.write_all(b"\n"));
-                if let Err(e) = written {
+                line.clear();
+                d.write_json(&mut line);
+                line.push(b'\n');
+                if let Err(e) = out.write_all(&line) {
                     write_err = Some(e);
                 }
             }

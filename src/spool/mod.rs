@@ -509,7 +509,7 @@ impl Spool {
                 return Ok(None);
             }
         }
-        // Handing out writes the batch id onto the rows: it needs room like a delete.
+        // Handing out writes a batch row: it needs room like a delete.
         self.roomy(|s| s.next_batch_once(max_events, max_bytes))
     }
 

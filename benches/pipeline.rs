@@ -88,79 +88,90 @@ fn hostile_log(bytes: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The messages of [`stderr_log`] as csvlog (PostgreSQL 14+ columns).
-fn csv_log(bytes: usize) -> Vec<u8> {
-    let mut out = String::with_capacity(bytes + 4096);
-    let mut i = 0usize;
-    while out.len() < bytes {
-        let ts = format!(
+/// One message of [`stderr_log`]'s mix, for the csvlog and jsonlog writers.
+struct Message {
+    ts: String,
+    pid: usize,
+    severity: &'static str,
+    sqlstate: &'static str,
+    text: String,
+    detail: Option<String>,
+    statement: Option<String>,
+}
+
+const APP: &str = "bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60";
+
+fn message(i: usize) -> Message {
+    let (severity, sqlstate, text, detail, statement) = match i % 20 {
+        0 => ("LOG", "00000", format!("connection authorized: user=web database=shop application_name={APP}"), None, None),
+        1 => ("ERROR", "23505", "duplicate key value violates unique constraint \"orders_pkey\"".to_string(), Some(format!("Key (id)=({i}) already exists.")), Some(format!("INSERT INTO orders (id, customer_id, total) VALUES ({i}, 42, 19.99)"))),
+        2 => ("LOG", "00000", "duration: 1532.118 ms  statement: SELECT o.id, o.total\n\t  FROM orders o\n\t  JOIN customers c ON c.id = o.customer_id\n\t WHERE o.created_at > now() - interval '1 day'".to_string(), None, None),
+        _ => ("LOG", "00000", format!("duration: 0.{:03} ms  statement: SELECT id, email, name FROM customers WHERE id = {i} AND tenant_id = 7", i % 1000), None, None),
+    };
+    Message {
+        ts: format!(
             "2026-11-26 10:{:02}:{:02}.{:03} UTC",
             (i / 60_000) % 60,
             (i / 1000) % 60,
             i % 1000
-        );
-        let pid = 20_000 + i % 97;
-        let app = "bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60";
-        let (sev, state, msg, detail, query) = match i % 20 {
-            0 => ("LOG", "00000", format!("connection authorized: user=web database=shop application_name={app}"), String::new(), String::new()),
-            1 => ("ERROR", "23505", "duplicate key value violates unique constraint \"\"orders_pkey\"\"".to_string(), format!("Key (id)=({i}) already exists."), format!("INSERT INTO orders (id, customer_id, total) VALUES ({i}, 42, 19.99)")),
-            2 => ("LOG", "00000", "duration: 1532.118 ms  statement: SELECT o.id, o.total\n\t  FROM orders o\n\t  JOIN customers c ON c.id = o.customer_id\n\t WHERE o.created_at > now() - interval '1 day'".to_string(), String::new(), String::new()),
-            _ => ("LOG", "00000", format!("duration: 0.{:03} ms  statement: SELECT id, email, name FROM customers WHERE id = {i} AND tenant_id = 7", i % 1000), String::new(), String::new()),
-        };
-        let q = |t: &str| {
-            if t.is_empty() {
-                String::new()
-            } else {
-                format!("\"{t}\"")
-            }
-        };
-        out.push_str(&format!(
-            "{ts},\"web\",\"shop\",{pid},\"[local]\",6745e0a1.{pid:x},{i},\"SELECT\",2026-11-26 10:00:00 UTC,3/{i},0,{sev},{state},\"{msg}\",{},,,,,{},,,\"{app}\",\"client backend\",,0\n",
-            q(&detail),
-            q(&query),
-        ));
+        ),
+        pid: 20_000 + i % 97,
+        severity,
+        sqlstate,
+        text,
+        detail,
+        statement,
+    }
+}
+
+/// At least `bytes` of log: one line per message, written by `line`.
+fn synthetic(bytes: usize, line: impl Fn(usize, &Message) -> String) -> Vec<u8> {
+    let mut out = String::with_capacity(bytes + 4096);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        out.push_str(&line(i, &message(i)));
         i += 1;
     }
     out.into_bytes()
 }
 
+/// The messages of [`stderr_log`] as csvlog (PostgreSQL 14+ columns).
+fn csv_log(bytes: usize) -> Vec<u8> {
+    let q =
+        |t: Option<&String>| t.map_or(String::new(), |t| format!("\"{}\"", t.replace('"', "\"\"")));
+    synthetic(bytes, |i, m| {
+        format!(
+            "{},\"web\",\"shop\",{pid},\"[local]\",6745e0a1.{pid:x},{i},\"SELECT\",2026-11-26 10:00:00 UTC,3/{i},0,{},{},{},{},,,,,{},,,\"{APP}\",\"client backend\",,0\n",
+            m.ts,
+            m.severity,
+            m.sqlstate,
+            q(Some(&m.text)),
+            q(m.detail.as_ref()),
+            q(m.statement.as_ref()),
+            pid = m.pid,
+        )
+    })
+}
+
 /// The messages of [`stderr_log`] as jsonlog (PostgreSQL 15+).
 fn json_log(bytes: usize) -> Vec<u8> {
-    let mut out = String::with_capacity(bytes + 4096);
-    let mut i = 0usize;
-    while out.len() < bytes {
-        let ts = format!(
-            "2026-11-26 10:{:02}:{:02}.{:03} UTC",
-            (i / 60_000) % 60,
-            (i / 1000) % 60,
-            i % 1000
-        );
-        let app = "bitville-0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60";
+    synthetic(bytes, |i, m| {
         let mut r = serde_json::json!({
-            "timestamp": ts, "user": "web", "dbname": "shop", "pid": 20_000 + i % 97,
-            "remote_host": "[local]", "session_id": format!("6745e0a1.{:x}", 20_000 + i % 97),
+            "timestamp": m.ts, "user": "web", "dbname": "shop", "pid": m.pid,
+            "remote_host": "[local]", "session_id": format!("6745e0a1.{:x}", m.pid),
             "line_num": i, "ps": "SELECT", "session_start": "2026-11-26 10:00:00 UTC",
-            "vxid": format!("3/{i}"), "txid": 0, "error_severity": "LOG", "state_code": "00000",
-            "application_name": app, "backend_type": "client backend", "query_id": 0,
+            "vxid": format!("3/{i}"), "txid": 0, "error_severity": m.severity,
+            "state_code": m.sqlstate, "message": m.text, "application_name": APP,
+            "backend_type": "client backend", "query_id": 0,
         });
-        let msg = match i % 20 {
-            0 => format!("connection authorized: user=web database=shop application_name={app}"),
-            1 => {
-                r["error_severity"] = "ERROR".into();
-                r["state_code"] = "23505".into();
-                r["detail"] = format!("Key (id)=({i}) already exists.").into();
-                r["statement"] = format!("INSERT INTO orders (id, customer_id, total) VALUES ({i}, 42, 19.99)").into();
-                "duplicate key value violates unique constraint \"orders_pkey\"".to_string()
-            }
-            2 => "duration: 1532.118 ms  statement: SELECT o.id, o.total\n\t  FROM orders o\n\t  JOIN customers c ON c.id = o.customer_id\n\t WHERE o.created_at > now() - interval '1 day'".to_string(),
-            _ => format!("duration: 0.{:03} ms  statement: SELECT id, email, name FROM customers WHERE id = {i} AND tenant_id = 7", i % 1000),
-        };
-        r["message"] = msg.into();
-        out.push_str(&r.to_string());
-        out.push('\n');
-        i += 1;
-    }
-    out.into_bytes()
+        if let Some(d) = &m.detail {
+            r["detail"] = d.as_str().into();
+        }
+        if let Some(s) = &m.statement {
+            r["statement"] = s.as_str().into();
+        }
+        r.to_string() + "\n"
+    })
 }
 
 /// Parses `log` the way the tailer does (1 MiB reads, message boundaries carried over);

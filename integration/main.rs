@@ -11,6 +11,7 @@ mod health;
 mod locks;
 mod log_prefixes;
 mod logs;
+mod metrics;
 mod not_utf8;
 mod plans;
 mod privileges;

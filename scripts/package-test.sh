@@ -93,11 +93,14 @@ CONF
 bench_listener "$W/ids"
 LISTENER_PORT=$PORT
 
-# The administrator's edits of the conffile (kept across the upgrade).
+# The administrator's edits of the conffile (kept across the upgrade), the Prometheus
+# endpoint on too.
+METRICS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 sed -i -e 's|^project_id = .*|project_id = "package-test"|' \
   -e "s|^host = \"/var/run/postgresql\"|host = \"$W\"|" \
   -e "s|^url = .*|url = \"http://127.0.0.1:$LISTENER_PORT/ingest/postgres\"|" \
-  -e 's|^token = ""|token = "package-test-token"|' /etc/postgres-agent/agent.toml
+  -e 's|^token = ""|token = "package-test-token"|' \
+  -e "s|^listen = \"\"|listen = \"127.0.0.1:$METRICS_PORT\"|" /etc/postgres-agent/agent.toml
 grep -q "^host = \"$W\"" /etc/postgres-agent/agent.toml || fail "config edit"
 cp /etc/postgres-agent/agent.toml "$W/edited.toml"
 
@@ -162,6 +165,18 @@ until [ -z "$(sort -u "$W/ids" | comm -23 "$W/before.ids" -)" ]; do
   [ $SECONDS -lt $deadline ] || { cat "$W/run2.log" >&2; fail "spooled events not delivered in 90 s"; }
   sleep 0.5
 done
+# A scrape of the endpoint (its system calls are traced too).
+python3 - "$METRICS_PORT" <<'PY' || fail "metrics endpoint"
+import sys, time, urllib.request
+# The children's figures arrive with the supervisor's first pings after the start.
+deadline = time.time() + 30
+while True:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+    if 'postgres_agent_shipper_breaker_state{state="closed"} 1' in text:
+        break
+    assert time.time() < deadline, text
+    time.sleep(0.5)
+PY
 sleep 3   # a few more cycles of every source, the log reader and the shipper
 kill -TERM "$(pgrep -u postgres-agent -x postgres-agent)" || true
 wait "$SPID" || fail "agent under strace: exit $?"

@@ -30,6 +30,9 @@ pub struct StatusSnapshot {
     pub config_fingerprint: String,
     /// The last reload: when, and the error if it was rejected.
     pub last_reload: Option<ReloadStatus>,
+    /// The Prometheus endpoint (`[metrics] listen`): where it serves, or why it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Every child by name.
     pub children: BTreeMap<String, ChildStatus>,
 }
@@ -187,6 +190,9 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
             Some(e) => format!("last reload: REJECTED {} — {e}\n", ago(now, Some(r.at))),
         });
     }
+    if let Some(m) = &s.metrics {
+        out.push_str(&format!("metrics: {m}\n"));
+    }
     out.push_str("\nCHILD          STATE       RESTARTS  LAST SUCCESS   LAST ERROR\n");
     for (name, c) in &s.children {
         out.push_str(&format!(
@@ -283,9 +289,18 @@ mod tests {
             config_path: "/etc/x".into(),
             config_fingerprint: "f".into(),
             last_reload: None,
+            metrics: Some(
+                "cannot listen on 127.0.0.1:9188 (metrics.listen): Address in use".into(),
+            ),
             children,
         };
         let text = render(&s, now);
+        assert!(
+            text.contains(
+                "metrics: cannot listen on 127.0.0.1:9188 (metrics.listen): Address in use\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("TOKEN REFUSED by the listener (HTTP 401)"),
             "{text}"

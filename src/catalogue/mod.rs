@@ -58,6 +58,30 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the supervisor itself failed; the process exits 1 for systemd to restart it",
     ),
     e(
+        "metrics_listening",
+        "the Prometheus endpoint (`[metrics] listen`) serves",
+    ),
+    e(
+        "metrics_listen_failed",
+        "the metrics address cannot be bound; the agent runs on without it and tries again every 10 s",
+    ),
+    e(
+        "metrics_recovered",
+        "the metrics address could be bound after failing",
+    ),
+    e(
+        "metrics_stopped",
+        "the endpoint was closed (a reload moved or removed it)",
+    ),
+    e(
+        "metrics_accept_failed",
+        "accepting a scraper's connection failed (e.g. out of file descriptors)",
+    ),
+    e(
+        "metrics_request_failed",
+        "a scrape's connection failed (debug level)",
+    ),
+    e(
         "agent_event_not_spooled",
         "an agent event could not be spooled (the spool is down)",
     ),

@@ -37,6 +37,15 @@ pub struct Config {
     pub buffer: BufferConfig,
     /// `[breaker]`
     pub breaker: BreakerConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the agent's own health as a Prometheus endpoint (opt-in).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; `None` (an empty `listen`) means off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[agent]`: who we are and where we keep state.

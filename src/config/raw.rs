@@ -120,6 +120,7 @@ pub struct RawConfig {
     pub listener: RawListener,
     pub buffer: RawBuffer,
     pub breaker: RawBreaker,
+    pub metrics: RawMetrics,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -243,6 +244,16 @@ pub struct RawListener {
 #[allow(missing_docs)]
 pub struct RawBuffer {
     pub max_bytes: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawMetrics {
+    pub listen: Field<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::raw::{
     Field, RawAgent, RawBreaker, RawBuffer, RawCollection, RawConfig, RawCorrelation, RawDatabase,
-    RawListener, RawLogs, Unknown,
+    RawListener, RawLogs, RawMetrics, Unknown,
 };
 use super::*;
 use crate::logs::redact::Redact;
@@ -145,6 +145,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         listener: listener(&mut c, &raw.listener),
         buffer: buffer(&mut c, &raw.buffer),
         breaker: breaker(&mut c, &raw.breaker),
+        metrics: metrics(&mut c, &raw.metrics),
     };
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -574,6 +575,33 @@ fn buffer(c: &mut Check, b: &RawBuffer) -> BufferConfig {
             1 << 40,
             " (at least 1 MiB)",
         ) as u64,
+    }
+}
+
+/// `[metrics]`.
+fn metrics(c: &mut Check, m: &RawMetrics) -> MetricsConfig {
+    c.unknown("metrics", &m.unknown);
+    let listen = c.value("metrics.listen", &m.listen, String::new());
+    let listen = listen.trim();
+    if listen.is_empty() {
+        return MetricsConfig { listen: None };
+    }
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            c.problem(
+                "metrics.listen",
+                "port 0 would pick a different port at every start: name one, e.g. 127.0.0.1:9188",
+            );
+            MetricsConfig { listen: None }
+        }
+        Ok(a) => MetricsConfig { listen: Some(a) },
+        Err(_) => {
+            c.problem(
+                "metrics.listen",
+                "expected an IP address and port, e.g. 127.0.0.1:9188 or [::1]:9188 (empty: off)",
+            );
+            MetricsConfig { listen: None }
+        }
     }
 }
 

@@ -67,6 +67,10 @@ pub struct Supervisor {
     last_reload: Option<ReloadStatus>,
     last_status_write: Instant,
     systemd: Systemd,
+    /// The Prometheus endpoint while `[metrics] listen` is set and could be bound.
+    metrics: Option<crate::metrics::MetricsServer>,
+    /// Why it could not be bound (retried every [`STATUS_EVERY`]).
+    metrics_error: Option<String>,
     log: Logger,
 }
 
@@ -88,7 +92,44 @@ impl Supervisor {
             last_reload: None,
             last_status_write: Instant::now(),
             systemd: Systemd::from_env(),
+            metrics: None,
+            metrics_error: None,
             log,
+        }
+    }
+
+    /// Serves `[metrics] listen`: starts, moves or stops the endpoint to match the
+    /// config. A port that cannot be bound is said once (and in status) and tried again
+    /// every few seconds; the rest of the agent runs on without it.
+    fn ensure_metrics(&mut self, ctx: &mut Context<Self>) {
+        let want = self.config.metrics.listen;
+        if let Some(m) = &self.metrics {
+            if Some(m.addr) == want {
+                return;
+            }
+            if let Some(m) = self.metrics.take() {
+                info!(self.log, "metrics_stopped"; "addr" => %m.addr);
+                m.stop();
+            }
+        }
+        let Some(addr) = want else {
+            self.metrics_error = None;
+            return;
+        };
+        match crate::metrics::MetricsServer::start(addr, ctx.address().recipient(), &self.log) {
+            Ok(m) => {
+                if self.metrics_error.take().is_some() {
+                    info!(self.log, "metrics_recovered"; "addr" => %m.addr);
+                }
+                self.metrics = Some(m);
+            }
+            Err(e) => {
+                if self.metrics_error.as_deref() != Some(e.as_str()) {
+                    error!(self.log, "metrics_listen_failed"; "error" => &e,
+                           "effect" => "no Prometheus endpoint; the agent runs on and tries again every 10 s");
+                }
+                self.metrics_error = Some(e);
+            }
         }
     }
 
@@ -176,6 +217,9 @@ impl Supervisor {
 
     fn health_tick(&mut self, ctx: &mut Context<Self>) {
         if self.last_status_write.elapsed() >= STATUS_EVERY {
+            if self.metrics_error.is_some() {
+                self.ensure_metrics(ctx);
+            }
             self.write_status("periodic", false);
         }
         for (id, generation) in self.slots.pings_due() {
@@ -207,6 +251,11 @@ impl Supervisor {
             config_path: self.config_path.display().to_string(),
             config_fingerprint: self.config.fingerprint(),
             last_reload: self.last_reload.clone(),
+            metrics: match (&self.metrics, &self.metrics_error) {
+                (Some(m), _) => Some(format!("serving http://{}/metrics", m.addr)),
+                (None, Some(e)) => Some(e.clone()),
+                (None, None) => None,
+            },
             children,
         }
     }
@@ -242,6 +291,7 @@ impl Actor for Supervisor {
             self.systemd.watchdog();
             ctx.run_interval(every, |act, _| act.systemd.watchdog());
         }
+        self.ensure_metrics(ctx);
         self.write_status("startup", false);
         self.systemd.ready("running");
         info!(self.log, "agent_started"; "version" => crate::VERSION, "pid" => std::process::id(),
@@ -309,6 +359,7 @@ impl Handler<Reload> for Supervisor {
         for &id in &plan.start {
             self.start_child(id, ctx);
         }
+        self.ensure_metrics(ctx);
         let restarted: Vec<String> = plan.start.iter().map(|id| id.name().to_string()).collect();
         info!(self.log, "reload_applied"; "restarted" => restarted.join(","),
               "fingerprint" => self.config.fingerprint());
@@ -320,6 +371,14 @@ impl Handler<Reload> for Supervisor {
         });
         self.write_status("reload", false);
         self.systemd.ready("running");
+    }
+}
+
+impl Handler<crate::metrics::GetSnapshot> for Supervisor {
+    type Result = MessageResult<crate::metrics::GetSnapshot>;
+
+    fn handle(&mut self, _: crate::metrics::GetSnapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.snapshot("metrics"))
     }
 }
 

@@ -1,0 +1,317 @@
+//! The Prometheus endpoint (`[metrics] listen`), scraped by a real Prometheus.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{bin, config, Agent, TOKEN};
+use crate::harness::listener::{Listener, Mode};
+use crate::harness::pg::PgCluster;
+use crate::harness::{shared_tempdir, wait_for};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One HTTP/1.0 request; the status code and body, `None` if nothing answers.
+fn http(port: u16, request: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    http(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"),
+    )
+}
+
+/// The value of a sample line of the exposition (`name{labels} value`).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A real Prometheus scraping 127.0.0.1:`target` every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: u16) -> Prometheus {
+        let conf = dir.join("prometheus.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: agent\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`; .ci/run installs it)");
+        Prometheus { child, port }
+    }
+
+    /// The value of an instant query with one series, `None` while it has none.
+    fn value(&self, query: &str) -> Option<f64> {
+        let q: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = get(self.port, &format!("/api/v1/query?query={q}"))?;
+        if status != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+
+    fn wait_value(&self, query: &str, want: f64) {
+        wait_for(
+            &format!("prometheus: {query} == {want}"),
+            Duration::from_secs(60),
+            || (self.value(query) == Some(want)).then_some(()),
+        );
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_sees_the_breaker_open_during_an_outage_and_closed_after_it() {
+    let pg = PgCluster::start("");
+    let dir = shared_tempdir("metrics");
+    let listener = Listener::start(TOKEN);
+    listener.set_mode(Mode::Status(503));
+    let mport = free_port();
+    let toml = config(dir.path(), &pg, &listener.url(), 1).replace(
+        "system = false\n",
+        "system = true\n",
+    ) + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n[breaker]\nfail_max = 2\nreset_timeout_s = 2\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    agent.wait_log("metrics_listening", Duration::from_secs(30), |r| {
+        r["addr"] == format!("127.0.0.1:{mport}")
+    });
+
+    // The exposition passes promtool's checks (format and naming conventions).
+    let (status, text) = get(mport, "/metrics").expect("scrape");
+    assert_eq!(status, 200, "{text}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing a client wrote, and no secret.
+    assert!(!text.contains(TOKEN));
+    assert!(!text.contains(pg.socket_dir().to_str().expect("utf8")));
+
+    let prom = Prometheus::start(dir.path(), mport);
+    prom.wait_value("up{job=\"agent\"}", 1.0);
+    // The outage: 503s open the breaker, and Prometheus sees it.
+    prom.wait_value("postgres_agent_shipper_breaker_state{state=\"open\"}", 1.0);
+    assert_eq!(
+        prom.value("postgres_agent_shipper_breaker_state{state=\"closed\"}"),
+        Some(0.0)
+    );
+    assert!(prom.value("postgres_agent_spool_events").unwrap_or(0.0) > 0.0);
+    assert_eq!(
+        prom.value("postgres_agent_shipper_batches_total{outcome=\"sent\"}"),
+        Some(0.0)
+    );
+
+    // The listener is back: the probe closes the breaker, batches go out, the spool
+    // drains, and Prometheus sees all of it.
+    listener.set_mode(Mode::Ok);
+    prom.wait_value(
+        "postgres_agent_shipper_breaker_state{state=\"closed\"}",
+        1.0,
+    );
+    wait_for(
+        "a sent batch in prometheus",
+        Duration::from_secs(60),
+        || {
+            (prom.value("postgres_agent_shipper_batches_total{outcome=\"sent\"}")? > 0.0)
+                .then_some(())
+        },
+    );
+    wait_for(
+        "system cycles in prometheus",
+        Duration::from_secs(60),
+        || {
+            (prom.value("postgres_agent_source_cycles_total{source=\"system\"}")? >= 2.0)
+                .then_some(())
+        },
+    );
+    wait_for(
+        "cycle durations in prometheus",
+        Duration::from_secs(60),
+        || {
+            (prom.value(
+                "postgres_agent_source_cycle_duration_seconds_count{source=\"pg_activity\"}",
+            )? >= 2.0)
+                .then_some(())
+        },
+    );
+    // Its own figures agree with the agent's status at the same moment.
+    let (_, text) = get(mport, "/metrics").expect("scrape");
+    let status = agent.status();
+    let sent = status["children"]["shipper"]["detail"]["events_sent_total"]
+        .as_f64()
+        .expect("events_sent_total");
+    let scraped = sample(&text, "postgres_agent_shipper_events_sent_total").expect("sample");
+    assert!(
+        scraped <= sent && scraped > 0.0,
+        "{scraped} vs status {sent}"
+    );
+    assert_eq!(
+        status["metrics"],
+        format!("serving http://127.0.0.1:{mport}/metrics")
+    );
+}
+
+#[test]
+fn the_endpoint_answers_only_get_of_its_paths_and_survives_garbage() {
+    let pg = PgCluster::start("");
+    let dir = shared_tempdir("metrics-http");
+    let listener = Listener::start(TOKEN);
+    let mport = free_port();
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    agent.wait_log("metrics_listening", Duration::from_secs(30), |_| true);
+    assert_eq!(get(mport, "/").map(|r| r.0), Some(200));
+    assert_eq!(get(mport, "/nope").map(|r| r.0), Some(404));
+    assert_eq!(
+        http(mport, "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n").map(|r| r.0),
+        Some(405)
+    );
+    assert_eq!(
+        http(mport, "\u{1}\u{2} garbage\r\n\r\n").map(|r| r.0),
+        Some(400)
+    );
+    // A head larger than 8 KiB is refused, a silent client is dropped, neither stops
+    // the next scrape.
+    let big = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(http(mport, &big).map(|r| r.0), Some(400));
+    let silent: Vec<TcpStream> = (0..20)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", mport)).ok())
+        .collect();
+    wait_for(
+        "a scrape while idle clients hold connections",
+        Duration::from_secs(30),
+        || get(mport, "/metrics").filter(|r| r.0 == 200).map(|_| ()),
+    );
+    drop(silent);
+    let head = http(mport, "HEAD /metrics HTTP/1.0\r\n\r\n").expect("head");
+    assert_eq!(head, (200, String::new()));
+}
+
+#[test]
+fn a_taken_port_is_said_once_the_agent_ships_on_and_takes_the_port_when_freed() {
+    let pg = PgCluster::start("");
+    let dir = shared_tempdir("metrics-taken");
+    let listener = Listener::start(TOKEN);
+    let blocker = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mport = blocker.local_addr().expect("addr").port();
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let failed = agent.wait_log("metrics_listen_failed", Duration::from_secs(30), |_| true);
+    let error = failed["error"].as_str().expect("error").to_string();
+    assert!(
+        error.contains(&format!("127.0.0.1:{mport}")) && error.contains("metrics.listen"),
+        "{error}"
+    );
+    assert!(error.to_lowercase().contains("in use"), "{error}");
+    // The rest of the agent works: events reach the listener.
+    wait_for("events at the listener", Duration::from_secs(30), || {
+        (!listener.events_of("pg_activity").is_empty()).then_some(())
+    });
+    assert_eq!(agent.status()["metrics"], error.as_str());
+    drop(blocker);
+    agent.wait_log("metrics_recovered", Duration::from_secs(60), |_| true);
+    assert_eq!(get(mport, "/metrics").map(|r| r.0), Some(200));
+    // Said once while it lasted, however many retries.
+    assert_eq!(agent.logs_named("metrics_listen_failed").len(), 1);
+}
+
+#[test]
+fn a_bad_listen_address_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (value, want) in [
+        ("localhost:9188", "expected an IP address and port"),
+        ("127.0.0.1", "expected an IP address and port"),
+        ("127.0.0.1:0", "port 0"),
+    ] {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!("[agent]\nproject_id = \"p\"\nstate_dir = \"/tmp/x\"\n[metrics]\nlisten = \"{value}\"\n"),
+        )
+        .expect("write");
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{value}: {err}");
+        assert!(
+            err.contains("metrics.listen") && err.contains(want),
+            "{value}: {err}"
+        );
+    }
+}

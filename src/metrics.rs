@@ -1,0 +1,564 @@
+//! The agent's own health for Prometheus (`[metrics] listen`, opt-in): `GET /metrics` in
+//! the text exposition format, built at each scrape from a fresh status snapshot (the
+//! same figures `status` shows, at most a ping old) plus the cycle-duration histograms
+//! the collectors feed as they go. Names and units follow Prometheus conventions; label
+//! values come from small fixed sets (child names, outcomes, breaker states), never from
+//! query ids, request ids or anything a client chose.
+//!
+//! The server is a few lines of HTTP/1.1 over a Tokio listener on its own thread: one
+//! request per connection, a request head of at most 8 KiB read within 5 s, at most 16
+//! connections at once. A scraper that misbehaves costs a closed socket, never a stall
+//! of the agent.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix::prelude::*;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use slog::{info, warn, Logger};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::model::{CollectorStats, LogStats, ShipperStats, SpoolStats};
+use crate::shipper::policy::BreakerPhase;
+use crate::status::StatusSnapshot;
+
+/// Asks the supervisor for a fresh snapshot (answered from its last pings).
+#[derive(Message)]
+#[rtype(result = "StatusSnapshot")]
+pub struct GetSnapshot;
+
+/// How long one collection cycle took, per source (fed by the collectors).
+static CYCLE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "postgres_agent_source_cycle_duration_seconds",
+            "Time one collection cycle of a source took, queries and event building",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]),
+        &["source"],
+    )
+    .unwrap_or_else(|e| unreachable!("constant histogram options: {e}"))
+});
+
+/// Records one cycle of `source` (a child name: a small fixed set).
+pub fn observe_cycle(source: &'static str, took: Duration) {
+    CYCLE_SECONDS
+        .with_label_values(&[source])
+        .observe(took.as_secs_f64());
+}
+
+/// Children that are not collectors (their detail has another shape).
+const NOT_COLLECTORS: [&str; 3] = ["buffer", "shipper", "pg_log"];
+
+/// Metrics of one scrape, registered as they are set.
+struct Page {
+    r: Registry,
+}
+
+impl Page {
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let v = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.r.register(Box::new(v.clone()))?;
+        Ok(v)
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
+        let v = GaugeVec::new(Opts::new(name, help), labels)?;
+        self.r.register(Box::new(v.clone()))?;
+        Ok(v)
+    }
+
+    /// A counter that holds `v` (a total kept by the agent, read from the snapshot).
+    fn counter(&self, name: &str, help: &str, v: u64) -> prometheus::Result<()> {
+        let c = prometheus::IntCounter::new(name, help)?;
+        c.inc_by(v);
+        self.r.register(Box::new(c))
+    }
+
+    fn counter_f(&self, name: &str, help: &str, v: f64) -> prometheus::Result<()> {
+        let c = prometheus::Counter::new(name, help)?;
+        c.inc_by(v);
+        self.r.register(Box::new(c))
+    }
+
+    fn gauge(&self, name: &str, help: &str, v: f64) -> prometheus::Result<()> {
+        let g = prometheus::Gauge::new(name, help)?;
+        g.set(v);
+        self.r.register(Box::new(g))
+    }
+}
+
+fn unix_s(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn flag(on: bool) -> f64 {
+    if on {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The text exposition of a snapshot and the cycle histograms.
+pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
+    let p = Page { r: Registry::new() };
+    p.gauge_vec(
+        "postgres_agent_info",
+        "Always 1; the agent's version as a label",
+        &["version"],
+    )?
+    .with_label_values(&[&s.version])
+    .set(1.0);
+    p.gauge(
+        "postgres_agent_start_time_seconds",
+        "When the agent started, Unix time",
+        unix_s(s.started_at),
+    )?;
+
+    let up = p.gauge_vec(
+        "postgres_agent_child_up",
+        "1 while the child (a source, the spool, the shipper) runs",
+        &["child"],
+    )?;
+    let restarts = p.counter_vec(
+        "postgres_agent_child_restarts_total",
+        "Restarts of the child since the agent started (panicked, stopped or hung)",
+        &["child"],
+    )?;
+    for (name, c) in &s.children {
+        up.with_label_values(&[name])
+            .set(flag(c.state == "running"));
+        restarts.with_label_values(&[name]).inc_by(c.restarts);
+    }
+
+    let cycles = p.counter_vec(
+        "postgres_agent_source_cycles_total",
+        "Collection cycles run",
+        &["source"],
+    )?;
+    let errors = p.counter_vec(
+        "postgres_agent_source_errors_total",
+        "Collection cycles that failed",
+        &["source"],
+    )?;
+    let skipped = p.counter_vec(
+        "postgres_agent_source_skipped_cycles_total",
+        "Cycles skipped because the previous one still ran",
+        &["source"],
+    )?;
+    let events = p.counter_vec(
+        "postgres_agent_source_events_total",
+        "Events the source produced",
+        &["source"],
+    )?;
+    let dropped = p.counter_vec(
+        "postgres_agent_source_dropped_events_total",
+        "Events dropped before the spool took them (backlog over its cap)",
+        &["source"],
+    )?;
+    let last_success = p.gauge_vec(
+        "postgres_agent_source_last_success_timestamp_seconds",
+        "When the source last completed a cycle (the log reader: a read), Unix time",
+        &["source"],
+    )?;
+    for (name, c) in &s.children {
+        if name == "buffer" || name == "shipper" {
+            continue;
+        }
+        if let Some(t) = c.last_success {
+            last_success.with_label_values(&[name]).set(unix_s(t));
+        }
+        if NOT_COLLECTORS.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(d) = s.detail::<CollectorStats>(name) else {
+            continue;
+        };
+        cycles.with_label_values(&[name]).inc_by(d.cycles_total);
+        errors
+            .with_label_values(&[name])
+            .inc_by(d.cycle_errors_total);
+        skipped
+            .with_label_values(&[name])
+            .inc_by(d.cycles_skipped_total);
+        events.with_label_values(&[name]).inc_by(d.events_total);
+        dropped
+            .with_label_values(&[name])
+            .inc_by(d.dropped_events_total);
+    }
+
+    if let Some(d) = s.detail::<LogStats>("pg_log") {
+        events.with_label_values(&["pg_log"]).inc_by(d.events_total);
+        p.gauge(
+            "postgres_agent_log_bytes_behind",
+            "Bytes of the server log not read yet",
+            d.tail.bytes_behind as f64,
+        )?;
+        p.counter(
+            "postgres_agent_log_read_bytes_total",
+            "Bytes of server log parsed",
+            d.tail.bytes_read_total,
+        )?;
+        p.counter(
+            "postgres_agent_log_unparsed_lines_total",
+            "Log lines that fit no format (shipped raw, class other)",
+            d.tail.unparsed_lines_total,
+        )?;
+    }
+
+    if let Some(d) = s.detail::<SpoolStats>("buffer") {
+        p.gauge(
+            "postgres_agent_spool_events",
+            "Events waiting in the spool",
+            d.depth as f64,
+        )?;
+        p.gauge(
+            "postgres_agent_spool_bytes",
+            "Bytes of event data waiting in the spool",
+            d.bytes as f64,
+        )?;
+        p.gauge(
+            "postgres_agent_spool_file_bytes",
+            "Size of the spool on disk (database and WAL)",
+            d.file_bytes as f64,
+        )?;
+        p.gauge(
+            "postgres_agent_spool_oldest_event_age_seconds",
+            "Age of the oldest event waiting (0 when none waits)",
+            d.oldest_age_s.unwrap_or(0.0),
+        )?;
+        p.gauge(
+            "postgres_agent_spool_quarantined_events",
+            "Events set aside: refused by the listener on their own or unreadable (kept, never retried)",
+            d.quarantined as f64,
+        )?;
+        p.gauge(
+            "postgres_agent_spool_quarantined_bytes",
+            "Bytes of the quarantined events",
+            d.quarantined_bytes as f64,
+        )?;
+        p.counter(
+            "postgres_agent_spool_appended_events_total",
+            "Events written to the spool",
+            d.appended_total,
+        )?;
+        p.counter(
+            "postgres_agent_spool_acked_events_total",
+            "Events deleted from the spool after the listener acknowledged them",
+            d.acked_total,
+        )?;
+        p.counter(
+            "postgres_agent_spool_evicted_events_total",
+            "Events dropped to keep the spool under buffer.max_bytes (each loss is reported)",
+            d.evicted_total,
+        )?;
+        p.counter(
+            "postgres_agent_spool_errors_total",
+            "Spool operations that failed",
+            d.errors_total,
+        )?;
+    }
+
+    if let Some(d) = s.detail::<ShipperStats>("shipper") {
+        let batches = p.counter_vec(
+            "postgres_agent_shipper_batches_total",
+            "Batch posts to the listener by outcome (sent: a 2xx; failed: any other answer or none)",
+            &["outcome"],
+        )?;
+        batches
+            .with_label_values(&["sent"])
+            .inc_by(d.batches_sent_total);
+        batches
+            .with_label_values(&["failed"])
+            .inc_by(d.failures_total);
+        p.counter(
+            "postgres_agent_shipper_batches_split_total",
+            "Batches split in halves after the listener refused them as too large or invalid",
+            d.batches_split_total,
+        )?;
+        p.counter(
+            "postgres_agent_shipper_events_sent_total",
+            "Events the listener acknowledged",
+            d.events_sent_total,
+        )?;
+        p.counter(
+            "postgres_agent_shipper_events_quarantined_total",
+            "Events the listener refused on their own (moved to quarantine)",
+            d.events_quarantined_total,
+        )?;
+        p.gauge(
+            "postgres_agent_shipper_consecutive_failures",
+            "Failed attempts since the last success",
+            f64::from(d.consecutive_failures),
+        )?;
+        let breaker = p.gauge_vec(
+            "postgres_agent_shipper_breaker_state",
+            "The circuit breaker towards the listener: 1 for the state it is in",
+            &["state"],
+        )?;
+        for (label, phase) in [
+            ("closed", BreakerPhase::Closed),
+            ("open", BreakerPhase::Open),
+            ("half_open", BreakerPhase::HalfOpen),
+        ] {
+            breaker
+                .with_label_values(&[label])
+                .set(flag(d.breaker.state == phase));
+        }
+        p.gauge(
+            "postgres_agent_shipper_token_refused",
+            "1 while the listener refuses the token (nothing is sent)",
+            flag(d.token_refused.is_some()),
+        )?;
+        if let Some(t) = s.children.get("shipper").and_then(|c| c.last_success) {
+            p.gauge(
+                "postgres_agent_shipper_last_success_timestamp_seconds",
+                "When the listener last accepted a batch (2xx), Unix time",
+                unix_s(t),
+            )?;
+        }
+    }
+
+    if let Some((cpu_s, rss)) = own_usage() {
+        p.counter_f(
+            "process_cpu_seconds_total",
+            "User and system CPU time of the agent",
+            cpu_s,
+        )?;
+        p.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of the agent",
+            rss as f64,
+        )?;
+    }
+
+    p.r.register(Box::new(CYCLE_SECONDS.clone()))?;
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&p.r.gather(), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The agent's CPU seconds and resident bytes from /proc/self.
+fn own_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(((utime + stime) as f64 / tck, pages * page))
+}
+
+/// The running endpoint; dropping it does not stop it, [`MetricsServer::stop`] does.
+pub struct MetricsServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    arbiter: Arbiter,
+}
+
+/// Longest wait for a request's head.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 16;
+
+impl MetricsServer {
+    /// Binds `addr` (so a taken port or a missing address is reported here, naming it)
+    /// and serves on a thread of its own.
+    pub fn start(
+        addr: SocketAddr,
+        snapshots: Recipient<GetSnapshot>,
+        log: &Logger,
+    ) -> Result<MetricsServer, String> {
+        let std_listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
+        let bound = std_listener.local_addr().unwrap_or(addr);
+        let arbiter = Arbiter::new();
+        let log = log.new(slog::o!("child" => "metrics"));
+        // The closure is sent to the thread; the server runs there as a local task.
+        let started = arbiter.spawn_fn(move || {
+            actix_rt::spawn(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(log, "metrics_listen_failed"; "addr" => %bound, "error" => %e);
+                        return;
+                    }
+                };
+                info!(log, "metrics_listening"; "addr" => %bound);
+                let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
+                loop {
+                    let (sock, _) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, do not spin.
+                            warn!(log, "metrics_accept_failed"; "error" => %e);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
+                    if open.get() >= MAX_CONNECTIONS {
+                        drop(sock);
+                        continue;
+                    }
+                    open.set(open.get() + 1);
+                    let open = open.clone();
+                    let snapshots = snapshots.clone();
+                    let log = log.clone();
+                    actix_rt::spawn(async move {
+                        if let Err(e) = serve(sock, &snapshots).await {
+                            slog::debug!(log, "metrics_request_failed"; "error" => %e);
+                        }
+                        open.set(open.get() - 1);
+                    });
+                }
+            });
+        });
+        if !started {
+            return Err("metrics: the server thread did not start".into());
+        }
+        Ok(MetricsServer {
+            addr: bound,
+            arbiter,
+        })
+    }
+
+    /// Stops serving and closes the port.
+    pub fn stop(self) {
+        self.arbiter.stop();
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    /// `GET /metrics` (a query string is ignored).
+    Metrics,
+    /// `GET /`: a pointer to /metrics.
+    Index,
+    /// Another path.
+    NotFound,
+    /// Another method.
+    MethodNotAllowed,
+    /// Not an HTTP request line.
+    BadRequest,
+}
+
+/// Reads the request line of a request head.
+pub fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
+        return Route::BadRequest;
+    }
+    if method != "GET" && method != "HEAD" {
+        return Route::MethodNotAllowed;
+    }
+    match target.split('?').next().unwrap_or_default() {
+        "/metrics" => Route::Metrics,
+        "/" => Route::Index,
+        _ => Route::NotFound,
+    }
+}
+
+async fn serve(
+    mut sock: tokio::net::TcpStream,
+    snapshots: &Recipient<GetSnapshot>,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            let n = sock.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<bool, std::io::Error>(false);
+            }
+            head.extend_from_slice(&buf[..n]);
+            if memchr::memmem::find(&head, b"\r\n\r\n").is_some()
+                || memchr::memmem::find(&head, b"\n\n").is_some()
+            {
+                return Ok(true);
+            }
+            if head.len() > MAX_HEAD {
+                return Ok(false);
+            }
+        }
+    };
+    let complete = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(r) => r?,
+        Err(_) => return Ok(()),
+    };
+    let head_only = head.starts_with(b"HEAD ");
+    let (status, ctype, body) = if !complete {
+        ("400 Bad Request", "text/plain", "bad request\n".to_string())
+    } else {
+        match route(&head) {
+            Route::Metrics => match snapshots.send(GetSnapshot).await {
+                Ok(snap) => match render(&snap) {
+                    Ok(text) => ("200 OK", prometheus::TEXT_FORMAT, text),
+                    Err(e) => (
+                        "500 Internal Server Error",
+                        "text/plain",
+                        format!("metrics: {e}\n"),
+                    ),
+                },
+                Err(_) => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "the agent is stopping\n".to_string(),
+                ),
+            },
+            Route::Index => (
+                "200 OK",
+                "text/plain",
+                "postgres-agent: metrics at /metrics\n".to_string(),
+            ),
+            Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            Route::MethodNotAllowed => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n".to_string(),
+            ),
+            Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+        }
+    };
+    let mut resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        resp.extend_from_slice(body.as_bytes());
+    }
+    sock.write_all(&resp).await?;
+    sock.shutdown().await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,341 @@
+use super::*;
+use crate::shipper::policy::BreakerStats;
+use crate::status::ChildStatus;
+use chrono::TimeZone;
+
+fn child(state: &str, restarts: u64, detail: serde_json::Value) -> ChildStatus {
+    ChildStatus {
+        state: state.into(),
+        restarts,
+        up_since: None,
+        last_success: Some(
+            chrono::Utc
+                .timestamp_opt(1_700_000_000, 500_000_000)
+                .unwrap(),
+        ),
+        last_error: None,
+        last_restart_reason: None,
+        detail: Some(detail),
+    }
+}
+
+fn snapshot() -> StatusSnapshot {
+    let mut children = std::collections::BTreeMap::new();
+    children.insert(
+        "pg_activity".to_string(),
+        child(
+            "running",
+            2,
+            serde_json::to_value(CollectorStats {
+                cycles_total: 7,
+                cycle_errors_total: 1,
+                cycles_skipped_total: 3,
+                events_total: 41,
+                dropped_events_total: 5,
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+    );
+    children.insert(
+        "buffer".to_string(),
+        child(
+            "running",
+            0,
+            serde_json::to_value(SpoolStats {
+                depth: 12,
+                bytes: 3456,
+                file_bytes: 65536,
+                oldest_age_s: Some(2.5),
+                appended_total: 100,
+                acked_total: 88,
+                evicted_total: 9,
+                quarantined: 4,
+                quarantined_bytes: 400,
+                errors_total: 0,
+            })
+            .unwrap(),
+        ),
+    );
+    children.insert(
+        "shipper".to_string(),
+        child(
+            "restarting",
+            1,
+            serde_json::to_value(ShipperStats {
+                batches_sent_total: 6,
+                events_sent_total: 88,
+                failures_total: 11,
+                consecutive_failures: 5,
+                breaker: BreakerStats {
+                    state: BreakerPhase::Open,
+                    consecutive_failures: 5,
+                    open_since: None,
+                    next_probe_in_s: Some(30.0),
+                },
+                batches_split_total: 2,
+                events_quarantined_total: 4,
+                ..Default::default()
+            })
+            .unwrap(),
+        ),
+    );
+    let mut log = LogStats {
+        events_total: 30,
+        ..Default::default()
+    };
+    log.tail.bytes_behind = 777;
+    log.tail.bytes_read_total = 123_456;
+    log.tail.unparsed_lines_total = 2;
+    children.insert(
+        "pg_log".to_string(),
+        child("running", 0, serde_json::to_value(log).unwrap()),
+    );
+    StatusSnapshot {
+        written_at: chrono::Utc::now(),
+        trigger: "metrics".into(),
+        pid: 1,
+        version: "9.9.9".into(),
+        started_at: chrono::Utc.timestamp_opt(1_600_000_000, 0).unwrap(),
+        config_path: "/etc/postgres-agent/agent.toml".into(),
+        config_fingerprint: "f".into(),
+        last_reload: None,
+        metrics: None,
+        children,
+    }
+}
+
+/// The sample lines of a family (without HELP/TYPE).
+fn samples(text: &str, family: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
+    observe_cycle("pg_activity", Duration::from_millis(3));
+    let text = render(&snapshot()).unwrap();
+    let expect = |family: &str, lines: &[&str]| {
+        assert_eq!(samples(&text, family), lines, "{family} in:\n{text}");
+    };
+    expect(
+        "postgres_agent_info",
+        &["postgres_agent_info{version=\"9.9.9\"} 1"],
+    );
+    expect(
+        "postgres_agent_start_time_seconds",
+        &["postgres_agent_start_time_seconds 1600000000"],
+    );
+    expect(
+        "postgres_agent_child_up",
+        &[
+            "postgres_agent_child_up{child=\"buffer\"} 1",
+            "postgres_agent_child_up{child=\"pg_activity\"} 1",
+            "postgres_agent_child_up{child=\"pg_log\"} 1",
+            "postgres_agent_child_up{child=\"shipper\"} 0",
+        ],
+    );
+    expect(
+        "postgres_agent_child_restarts_total",
+        &[
+            "postgres_agent_child_restarts_total{child=\"buffer\"} 0",
+            "postgres_agent_child_restarts_total{child=\"pg_activity\"} 2",
+            "postgres_agent_child_restarts_total{child=\"pg_log\"} 0",
+            "postgres_agent_child_restarts_total{child=\"shipper\"} 1",
+        ],
+    );
+    expect(
+        "postgres_agent_source_cycles_total",
+        &["postgres_agent_source_cycles_total{source=\"pg_activity\"} 7"],
+    );
+    expect(
+        "postgres_agent_source_errors_total",
+        &["postgres_agent_source_errors_total{source=\"pg_activity\"} 1"],
+    );
+    expect(
+        "postgres_agent_source_skipped_cycles_total",
+        &["postgres_agent_source_skipped_cycles_total{source=\"pg_activity\"} 3"],
+    );
+    expect(
+        "postgres_agent_source_events_total",
+        &[
+            "postgres_agent_source_events_total{source=\"pg_activity\"} 41",
+            "postgres_agent_source_events_total{source=\"pg_log\"} 30",
+        ],
+    );
+    expect(
+        "postgres_agent_source_dropped_events_total",
+        &["postgres_agent_source_dropped_events_total{source=\"pg_activity\"} 5"],
+    );
+    expect(
+        "postgres_agent_source_last_success_timestamp_seconds",
+        &[
+            "postgres_agent_source_last_success_timestamp_seconds{source=\"pg_activity\"} 1700000000.5",
+            "postgres_agent_source_last_success_timestamp_seconds{source=\"pg_log\"} 1700000000.5",
+        ],
+    );
+    expect(
+        "postgres_agent_log_bytes_behind",
+        &["postgres_agent_log_bytes_behind 777"],
+    );
+    expect(
+        "postgres_agent_log_read_bytes_total",
+        &["postgres_agent_log_read_bytes_total 123456"],
+    );
+    expect(
+        "postgres_agent_log_unparsed_lines_total",
+        &["postgres_agent_log_unparsed_lines_total 2"],
+    );
+    expect(
+        "postgres_agent_spool_events",
+        &["postgres_agent_spool_events 12"],
+    );
+    expect(
+        "postgres_agent_spool_bytes",
+        &["postgres_agent_spool_bytes 3456"],
+    );
+    expect(
+        "postgres_agent_spool_file_bytes",
+        &["postgres_agent_spool_file_bytes 65536"],
+    );
+    expect(
+        "postgres_agent_spool_oldest_event_age_seconds",
+        &["postgres_agent_spool_oldest_event_age_seconds 2.5"],
+    );
+    expect(
+        "postgres_agent_spool_evicted_events_total",
+        &["postgres_agent_spool_evicted_events_total 9"],
+    );
+    expect(
+        "postgres_agent_spool_quarantined_events",
+        &["postgres_agent_spool_quarantined_events 4"],
+    );
+    expect(
+        "postgres_agent_spool_appended_events_total",
+        &["postgres_agent_spool_appended_events_total 100"],
+    );
+    expect(
+        "postgres_agent_spool_acked_events_total",
+        &["postgres_agent_spool_acked_events_total 88"],
+    );
+    expect(
+        "postgres_agent_shipper_batches_total",
+        &[
+            "postgres_agent_shipper_batches_total{outcome=\"failed\"} 11",
+            "postgres_agent_shipper_batches_total{outcome=\"sent\"} 6",
+        ],
+    );
+    expect(
+        "postgres_agent_shipper_breaker_state",
+        &[
+            "postgres_agent_shipper_breaker_state{state=\"closed\"} 0",
+            "postgres_agent_shipper_breaker_state{state=\"half_open\"} 0",
+            "postgres_agent_shipper_breaker_state{state=\"open\"} 1",
+        ],
+    );
+    expect(
+        "postgres_agent_shipper_consecutive_failures",
+        &["postgres_agent_shipper_consecutive_failures 5"],
+    );
+    expect(
+        "postgres_agent_shipper_last_success_timestamp_seconds",
+        &["postgres_agent_shipper_last_success_timestamp_seconds 1700000000.5"],
+    );
+    expect(
+        "postgres_agent_shipper_token_refused",
+        &["postgres_agent_shipper_token_refused 0"],
+    );
+    // The histogram the collectors feed: its count for the source observed above.
+    let count = samples(&text, "postgres_agent_source_cycle_duration_seconds_count");
+    assert!(
+        count.iter().any(|l| l.starts_with(
+            "postgres_agent_source_cycle_duration_seconds_count{source=\"pg_activity\"} "
+        )),
+        "{text}"
+    );
+    assert_eq!(samples(&text, "process_resident_memory_bytes").len(), 1);
+    // Every family has its HELP and TYPE.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        assert!(
+            text.contains(&format!("# TYPE {base} ")) || text.contains(&format!("# TYPE {name} ")),
+            "{name} has no TYPE"
+        );
+    }
+}
+
+#[test]
+fn label_values_are_only_child_names_outcomes_and_states() {
+    let text = render(&snapshot()).unwrap();
+    let allowed = [
+        "pg_activity",
+        "pg_log",
+        "buffer",
+        "shipper",
+        "sent",
+        "failed",
+        "closed",
+        "open",
+        "half_open",
+        "9.9.9",
+    ];
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(labels) = l.split_once('{').map(|(_, r)| r.split_once('}').unwrap().0) else {
+            continue;
+        };
+        for kv in labels.split(',') {
+            let (k, v) = kv.split_once('=').unwrap();
+            let v = v.trim_matches('"');
+            if k == "le" {
+                continue;
+            }
+            assert!(allowed.contains(&v), "label {k}={v} in {l}");
+        }
+    }
+}
+
+#[test]
+fn an_empty_snapshot_renders_the_agent_figures_only() {
+    let mut s = snapshot();
+    s.children.clear();
+    let text = render(&s).unwrap();
+    assert_eq!(samples(&text, "postgres_agent_info").len(), 1);
+    assert!(samples(&text, "postgres_agent_spool_events").is_empty());
+    assert!(samples(&text, "postgres_agent_shipper_breaker_state").is_empty());
+}
+
+#[test]
+fn requests_are_routed_by_method_and_path() {
+    assert_eq!(
+        route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Route::Metrics
+    );
+    assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+    assert_eq!(route(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
+    assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::Index);
+    assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
+    assert_eq!(
+        route(b"GET /../etc/passwd HTTP/1.1\r\n\r\n"),
+        Route::NotFound
+    );
+    assert_eq!(
+        route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+        Route::MethodNotAllowed
+    );
+    assert_eq!(route(b"DELETE / HTTP/1.1\r\n\r\n"), Route::MethodNotAllowed);
+    assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
+    assert_eq!(route(b"GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
+    assert_eq!(route(b"GET  /metrics HTTP/1.1\r\n\r\n"), Route::BadRequest);
+    assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
+    assert_eq!(route(b""), Route::BadRequest);
+}

@@ -315,3 +315,61 @@ fn a_bad_listen_address_is_a_config_error() {
         );
     }
 }
+
+/// `check` output for `[metrics] listen`: free, held by the agent, held by another.
+fn check_metrics_line(config: &Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().skip_while(|l| !l.contains("metrics "));
+    let mut line = lines.next().unwrap_or_default().to_string();
+    for fix in lines.take_while(|l| l.starts_with("      fix:")) {
+        line = format!("{line}\n{fix}");
+    }
+    (out.status.code().unwrap_or(-1), line)
+}
+
+#[test]
+fn check_says_whether_the_metrics_port_is_free_the_agents_or_taken() {
+    let pg = PgCluster::start("");
+    let dir = shared_tempdir("metrics-check");
+    let listener = Listener::start(TOKEN);
+    let mport = free_port();
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n");
+    let path = dir.path().join("check.toml");
+    std::fs::write(&path, &toml).expect("write");
+    let (code, line) = check_metrics_line(&path);
+    assert_eq!(
+        line,
+        format!("ok    metrics   127.0.0.1:{mport} is free: the agent will serve http://127.0.0.1:{mport}/metrics")
+    );
+    assert_eq!(code, 0);
+
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    agent.wait_log("metrics_listening", Duration::from_secs(30), |_| true);
+    let (code, line) = check_metrics_line(&path);
+    assert_eq!(
+        line,
+        format!("ok    metrics   http://127.0.0.1:{mport}/metrics is served by a running agent")
+    );
+    assert_eq!(code, 0);
+    drop(agent);
+
+    let blocker = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = blocker.local_addr().expect("addr").port();
+    std::fs::write(
+        &path,
+        toml.replace(&format!(":{mport}\""), &format!(":{taken}\"")),
+    )
+    .expect("write");
+    let (code, line) = check_metrics_line(&path);
+    assert_eq!(
+        line,
+        format!("FAIL  metrics   127.0.0.1:{taken} is in use by another program\n      fix: set metrics.listen to a free port, or stop what holds it (ss -ltnp 'sport = :{taken}')")
+    );
+    assert_eq!(code, 69);
+}

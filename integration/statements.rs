@@ -411,3 +411,80 @@ fn kill_9_neither_loses_nor_repeats_an_interval() {
         .collect();
     assert_eq!(sum(&unique, "calls"), 7, "{unique:?}");
 }
+
+/// A cycle whose query texts and names cannot be read (after its deltas were taken
+/// against the baseline) ships its counts without them: nothing is lost, the summary
+/// and the source's state say why, and the text comes with a later delta.
+#[test]
+fn a_cycle_that_cannot_read_texts_or_names_still_ships_its_counts() {
+    let pg = PgCluster::start(PRELOAD);
+    prepared(&pg);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("stmt-names");
+    let faults = dir.path().join("faults");
+    std::fs::create_dir_all(&faults).expect("faults dir");
+    let agent = Agent::start(
+        dir.path(),
+        &statements_config(dir.path(), &pg, &listener.url()),
+        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
+    );
+    wait_for("the baseline", Duration::from_secs(30), || {
+        summaries(&listener)
+            .iter()
+            .any(|s| s["data"]["baseline"] == true)
+            .then_some(())
+    });
+    let fault = faults.join("pg_statements_names");
+    std::fs::write(&fault, "fail").expect("fault");
+    run_marker(&pg, 7);
+    let queryid = pg.sql(&format!(
+        "select queryid from pg_stat_statements where query = '{MARKER}'"
+    ));
+    assert!(!queryid.is_empty());
+    let of_marker = || -> Vec<Value> {
+        listener
+            .events_of("pg_statements")
+            .into_iter()
+            .filter(|e| e["data"]["type"] == "statement" && e["data"]["queryid"] == queryid)
+            .collect()
+    };
+    let first = wait_for("the marker's 7 calls", Duration::from_secs(30), || {
+        let ev = of_marker();
+        (sum(&ev, "calls") == 7).then_some(ev)
+    });
+    for e in &first {
+        assert!(e["data"]["query"].is_null(), "{e}");
+    }
+    let said = summaries(&listener)
+        .into_iter()
+        .filter(|s| {
+            s["data"]["names_error"]
+                .as_str()
+                .is_some_and(|m| m.contains("fault injection: texts and names unreadable"))
+        })
+        .count();
+    assert!(said >= 1, "no summary said why");
+    // Status (from the supervisor's pings) says so while it lasts.
+    wait_for(
+        "the degraded state in status",
+        Duration::from_secs(30),
+        || {
+            let state =
+                agent.status()["children"]["pg_statements"]["detail"]["source_state"].clone();
+            state
+                .to_string()
+                .contains("could not be read")
+                .then_some(())
+        },
+    );
+    std::fs::remove_file(&fault).expect("remove fault");
+    run_marker(&pg, 3);
+    let all = wait_for("the marker's 10 calls", Duration::from_secs(30), || {
+        let ev = of_marker();
+        (sum(&ev, "calls") == 10).then_some(ev)
+    });
+    assert_eq!(all.last().expect("last")["data"]["query"], MARKER);
+    // No more, no less: every call counted once.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(sum(&of_marker(), "calls"), 10);
+}

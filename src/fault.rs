@@ -54,6 +54,15 @@ fn fault_dir() -> Option<std::ffi::OsString> {
     }
 }
 
+/// True while `$POSTGRES_AGENT_FAULT_DIR/<what>` says `fail`: the operation named
+/// `what` fails with an error each time it is tried, until the test removes the file.
+pub fn failing(what: &str) -> bool {
+    let Some(dir) = fault_dir() else {
+        return false;
+    };
+    std::fs::read_to_string(PathBuf::from(dir).join(what)).is_ok_and(|t| t.trim() == "fail")
+}
+
 /// The fault requested for `child`, left in place so that it repeats (for `stop`).
 pub fn peek(child: &str) -> Option<Fault> {
     let dir = fault_dir()?;

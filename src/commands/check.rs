@@ -34,6 +34,7 @@ impl Report {
 pub fn check(cli: &Cli, config: Config) -> i32 {
     let mut r = Report { failures: 0 };
     r.ok("config", &format!("{} is valid", cli.config.display()));
+    let metrics = config.metrics.listen;
     check_state_dir(&mut r, &config);
     let system = actix_rt::System::new();
     let r = system.block_on(async move {
@@ -44,6 +45,10 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         check_listener(&mut r, &config).await;
         r
     });
+    let mut r = r;
+    if let Some(addr) = metrics {
+        check_metrics(&mut r, addr);
+    }
     if r.failures == 0 {
         println!("all checks passed");
         EXIT_OK
@@ -51,6 +56,53 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         println!("{} check(s) failed", r.failures);
         EXIT_UNAVAILABLE
     }
+}
+
+/// `[metrics] listen`: free, or held by a running agent serving its metrics there.
+fn check_metrics(r: &mut Report, addr: std::net::SocketAddr) {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => r.ok(
+            "metrics",
+            &format!("{addr} is free: the agent will serve http://{addr}/metrics"),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if serves_agent_metrics(addr) {
+                r.ok(
+                    "metrics",
+                    &format!("http://{addr}/metrics is served by a running agent"),
+                );
+            } else {
+                r.fail(
+                    "metrics",
+                    &format!("{addr} is in use by another program"),
+                    &format!("set metrics.listen to a free port, or stop what holds it (ss -ltnp 'sport = :{}')", addr.port()),
+                );
+            }
+        }
+        Err(e) => r.fail(
+            "metrics",
+            &format!("cannot listen on {addr}: {e}"),
+            "use an address of this host (127.0.0.1 unless the scraper is elsewhere) and a port above 1023",
+        ),
+    }
+}
+
+/// Whether `GET /metrics` on `addr` answers with this agent's exposition.
+fn serves_agent_metrics(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: check\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut text = Vec::new();
+    let _ = s.take(4 << 20).read_to_end(&mut text);
+    memchr::memmem::find(&text, b"\npostgres_agent_info{").is_some()
 }
 
 fn check_state_dir(r: &mut Report, config: &Config) {

@@ -42,6 +42,10 @@ pub struct Summary {
     pub shipped: usize,
     /// Seconds covered by the deltas.
     pub interval_s: Option<f64>,
+    /// Why this cycle's statement events lack texts or database/role names (their
+    /// counts are whole); absent when they could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names_error: Option<String>,
 }
 
 impl Summary {
@@ -62,6 +66,7 @@ impl Summary {
             changed: 0,
             shipped: 0,
             interval_s: None,
+            names_error: None,
         }
     }
 }

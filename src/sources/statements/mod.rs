@@ -124,15 +124,22 @@ impl Cycle {
             .borrow_mut()
             .conclude(&ext, prev, &plan, rows, &info, now);
         let mut events = Vec::with_capacity(concluded.deltas.len() + 1);
+        let mut summary = concluded.summary;
         if let Some((since, secs)) = concluded.since {
-            self.fill_names(conn, &ext, &concluded.deltas).await?;
+            // The baseline has moved on with these deltas: failing to read texts or
+            // names must not lose them. They ship with the names already known (the
+            // others null); the summary and the source's state say why.
+            if let Err(e) = self.fill_names(conn, &ext, &concluded.deltas).await {
+                summary.names_error = Some(e.to_string());
+                self.tracker.borrow_mut().names_unread(&e);
+            }
             let t = self.tracker.borrow();
             for d in &concluded.deltas {
                 let data = statement(&ext.columns, d, &t.names, since, secs);
                 events.push(event(&self.host, now, &key_id(d), &data)?);
             }
         }
-        events.push(event(&self.host, now, "summary", &concluded.summary)?);
+        events.push(event(&self.host, now, "summary", &summary)?);
         Ok(events)
     }
 
@@ -149,6 +156,12 @@ impl Cycle {
         ext: &query::Extension,
         deltas: &[delta::Delta],
     ) -> Result<(), DbError> {
+        if crate::fault::failing("pg_statements_names") {
+            return Err(DbError::Query {
+                message: "fault injection: texts and names unreadable".into(),
+                sqlstate: None,
+            });
+        }
         let missing = self.tracker.borrow().missing(deltas);
         if !missing.texts.is_empty() {
             let texts = query::texts(conn, ext, &missing.texts, self.max_len).await?;

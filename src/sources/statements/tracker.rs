@@ -105,6 +105,16 @@ impl Tracker {
         self.checkpoint.take()
     }
 
+    /// This cycle's query texts or database and role names could not be read: its
+    /// deltas ship without the missing ones (the counts are whole), and status says so
+    /// until the next cycle.
+    pub fn names_unread(&mut self, e: &crate::db::DbError) {
+        self.state = Some(SourceState::Degraded(Problem::new(
+            format!("query texts or database/role names could not be read ({e}); that cycle's counts shipped without them"),
+            "nothing if it passes (they are read again with the next deltas); otherwise check the connection and database.statement_timeout_ms",
+        )));
+    }
+
     /// The extension cannot be read: the summary that says why.
     pub fn unavailable(&mut self, problem: Problem) -> Summary {
         self.ext = None;
@@ -250,6 +260,7 @@ impl Tracker {
             changed,
             shipped: deltas.len(),
             interval_s: since.map(|(_, s)| s),
+            names_error: None,
         };
         self.state = Some(if before.is_none() {
             SourceState::Baseline(

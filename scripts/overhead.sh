@@ -78,10 +78,11 @@ TOML
 "$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
 # WARM_S (default 10 with SAMPLER, else 0): measure from then on, start-up left out.
 WARM_S=${WARM_S:-$([ -n "${SAMPLER:-}" ] && echo 10 || echo 0)}
-ut0=0; st0=0; cyc0=0
+ut0=0; st0=0; cyc0=0; wb0=0
 if [ "$WARM_S" -gt 0 ]; then
   sleep "$WARM_S"
   read -r ut0 st0 < <(awk '{print $14, $15}' "/proc/$APID/stat")
+  wb0=$(awk '/^write_bytes/ {print $2}' "/proc/$APID/io")
   kill -USR1 "$APID"; sleep 0.5
   cyc0=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["children"]; print(min([v["detail"].get("cycles_total", 10**9) for k, v in c.items() if k.startswith(("pg_", "system")) and k != "pg_log"] or [0]))' "$W/state/status.json")
   sql -c "select pg_stat_statements_reset((select oid from pg_roles where rolname = 'postgres_agent'))" >/dev/null
@@ -96,6 +97,7 @@ else
   sleep "$RUN_S"
 fi
 read -r ut st < <(awk '{print $14, $15}' "/proc/$APID/stat")
+wb=$(awk '/^write_bytes/ {print $2}' "/proc/$APID/io")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$APID/status")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$APID/status")
 kill -USR1 "$APID"; sleep 1
@@ -123,5 +125,7 @@ print(f"events shipped: {c['shipper']['detail']['events_sent_total']}")
 open("/tmp/pgagent-overhead.cycles", "w").write(str(n))
 PY
 n=$(cat /tmp/pgagent-overhead.cycles)
+# Bytes the agent made the disk write (spool, WAL, status file), per cycle.
+echo "agent disk writes: $(( (wb - wb0) / 1024 / (n > 0 ? n : 1) )) KB per cycle"
 sql -c "select 'server time of the agent''s queries: ' || round(sum(total_exec_time + total_plan_time)::numeric / $n, 3) || ' ms per cycle (' || sum(calls) || ' calls in $n cycles)' from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"
 sql -c "select '  ' || round((total_exec_time / calls)::numeric, 3) || ' ms  ' || left(regexp_replace(query, '\s+', ' ', 'g'), 70) from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent') order by total_exec_time desc limit 6"

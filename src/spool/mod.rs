@@ -59,6 +59,10 @@ pub struct Spool {
     pub reserve: Reserve,
     /// `next_batch` calls that found nothing waiting by the count.
     empty_polls: u64,
+    /// Per checkpoint name: (rows in checkpoint_rows, changes in checkpoint_log), counted
+    /// once when first needed and kept up to date (approximately for the rows: a put of
+    /// a key already there counts as new; the fold recounts).
+    journal_counts: std::collections::HashMap<String, (u64, u64)>,
 }
 
 /// What one eviction dropped (also shipped as an `agent` event, see
@@ -127,7 +131,22 @@ CREATE TABLE IF NOT EXISTS checkpoint_rows (
     value BLOB NOT NULL,
     PRIMARY KEY (name, key)
 ) WITHOUT ROWID;
+-- Changes to checkpoint_rows not folded into it yet, in the order they were made (value
+-- NULL: the key was removed). Appending them costs a few pages per cycle where updating
+-- rows scattered over the key order dirtied most of the table's pages; they are folded
+-- in once there are as many as the table has rows (see CHECKPOINT_LOG_MIN).
+CREATE TABLE IF NOT EXISTS checkpoint_log (
+    seq   INTEGER PRIMARY KEY,
+    name  TEXT NOT NULL,
+    key   BLOB NOT NULL,
+    value BLOB
+);
 ";
+
+/// A checkpoint's journal is folded into its rows when it holds at least this many
+/// changes and at least as many as the rows themselves: the fold rewrites the rows'
+/// pages once for that many cycles of appends.
+const CHECKPOINT_LOG_MIN: u64 = 1000;
 
 impl Spool {
     /// Opens (creating if needed) the spool in `dir`.
@@ -190,6 +209,7 @@ impl Spool {
             identity,
             reserve,
             empty_polls: 0,
+            journal_counts: std::collections::HashMap::new(),
         })
     }
 
@@ -431,6 +451,19 @@ impl Spool {
         events: &[Event],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), SpoolError> {
+        let r = self.append_tx(events, checkpoint);
+        if r.is_err() {
+            // The journal counts may name changes the rollback undid: count again.
+            self.journal_counts.clear();
+        }
+        r
+    }
+
+    fn append_tx(
+        &mut self,
+        events: &[Event],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), SpoolError> {
         let incoming: usize = events.iter().map(|e| e.data.get().len()).sum();
         self.reserve
             .room_for(incoming as u64)
@@ -442,23 +475,8 @@ impl Spool {
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                 params![c.name, c.value],
             )?;
-            if c.rows.replace {
-                tx.execute(
-                    "DELETE FROM checkpoint_rows WHERE name = ?1",
-                    params![c.name],
-                )?;
-            }
-            let mut put = tx.prepare_cached(
-                "INSERT INTO checkpoint_rows (name, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-            )?;
-            let mut del =
-                tx.prepare_cached("DELETE FROM checkpoint_rows WHERE name = ?1 AND key = ?2")?;
-            for (key, value) in &c.rows.set {
-                match value {
-                    Some(v) => put.execute(params![c.name, key, v])?,
-                    None => del.execute(params![c.name, key])?,
-                };
+            if c.rows.replace || !c.rows.set.is_empty() {
+                write_rows(&tx, c, &mut self.journal_counts)?;
             }
         }
         let mut added = 0u64;
@@ -733,6 +751,101 @@ pub fn read_checkpoint(dir: &Path, name: &str) -> Option<Vec<u8>> {
 /// A checkpoint's keyed row: key and value.
 pub type KeyedRow = (Vec<u8>, Vec<u8>);
 
+/// Stores a checkpoint's keyed rows: a replacement writes them in key order (and drops
+/// the journal); a change set is appended to the journal, which is folded into the rows
+/// when it has grown as large as they are.
+fn write_rows(
+    tx: &rusqlite::Transaction,
+    c: &Checkpoint,
+    counts: &mut std::collections::HashMap<String, (u64, u64)>,
+) -> Result<(), SpoolError> {
+    if c.rows.replace {
+        tx.execute(
+            "DELETE FROM checkpoint_rows WHERE name = ?1",
+            params![c.name],
+        )?;
+        tx.execute(
+            "DELETE FROM checkpoint_log WHERE name = ?1",
+            params![c.name],
+        )?;
+        let mut put = tx.prepare_cached(
+            "INSERT OR REPLACE INTO checkpoint_rows (name, key, value) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut n = 0;
+        for (key, value) in &c.rows.set {
+            if let Some(v) = value {
+                put.execute(params![c.name, key, v])?;
+                n += 1;
+            }
+        }
+        counts.insert(c.name.clone(), (n, 0));
+        return Ok(());
+    }
+    let (rows, logged) = match counts.get(&c.name) {
+        Some(&n) => n,
+        None => {
+            let rows: i64 = tx.query_row(
+                "SELECT count(*) FROM checkpoint_rows WHERE name = ?1",
+                params![c.name],
+                |r| r.get(0),
+            )?;
+            let logged: i64 = tx.query_row(
+                "SELECT count(*) FROM checkpoint_log WHERE name = ?1",
+                params![c.name],
+                |r| r.get(0),
+            )?;
+            (rows as u64, logged as u64)
+        }
+    };
+    {
+        let mut log =
+            tx.prepare_cached("INSERT INTO checkpoint_log (name, key, value) VALUES (?1, ?2, ?3)")?;
+        for (key, value) in &c.rows.set {
+            log.execute(params![c.name, key, value])?;
+        }
+    }
+    let logged = logged + c.rows.set.len() as u64;
+    if logged < CHECKPOINT_LOG_MIN.max(rows) {
+        counts.insert(c.name.clone(), (rows, logged));
+        return Ok(());
+    }
+    // Fold: the last change of each key, applied in key order.
+    let mut last: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+    {
+        let mut st = tx
+            .prepare_cached("SELECT key, value FROM checkpoint_log WHERE name = ?1 ORDER BY seq")?;
+        let mut it = st.query(params![c.name])?;
+        while let Some(r) = it.next()? {
+            last.insert(r.get(0)?, r.get(1)?);
+        }
+    }
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO checkpoint_rows (name, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+        )?;
+        let mut del =
+            tx.prepare_cached("DELETE FROM checkpoint_rows WHERE name = ?1 AND key = ?2")?;
+        for (key, value) in &last {
+            match value {
+                Some(v) => put.execute(params![c.name, key, v])?,
+                None => del.execute(params![c.name, key])?,
+            };
+        }
+    }
+    tx.execute(
+        "DELETE FROM checkpoint_log WHERE name = ?1",
+        params![c.name],
+    )?;
+    let rows: i64 = tx.query_row(
+        "SELECT count(*) FROM checkpoint_rows WHERE name = ?1",
+        params![c.name],
+        |r| r.get(0),
+    )?;
+    counts.insert(c.name.clone(), (rows as u64, 0));
+    Ok(())
+}
+
 /// A checkpoint's value and (with `rows`) its keyed rows, read in one transaction so
 /// they belong together; rows ordered by key. `None` as for [`read_checkpoint`]; a
 /// spool from before keyed rows has none.
@@ -775,9 +888,37 @@ pub fn read_checkpoint_with_rows(
         let it = st
             .query_map(params![name], |r| Ok((r.get(0)?, r.get(1)?)))
             .ok()?;
+        let mut rows: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
         for row in it {
-            out.push(row.ok()?);
+            let (k, v) = row.ok()?;
+            rows.insert(k, v);
         }
+        let has_log = tx
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE name = 'checkpoint_log'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .ok()?
+            .is_some();
+        if has_log {
+            let mut st = tx
+                .prepare("SELECT key, value FROM checkpoint_log WHERE name = ?1 ORDER BY seq")
+                .ok()?;
+            let it = st
+                .query_map(params![name], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+                })
+                .ok()?;
+            for row in it {
+                match row.ok()? {
+                    (k, Some(v)) => rows.insert(k, v),
+                    (k, None) => rows.remove(&k),
+                };
+            }
+        }
+        out.extend(rows);
     }
     Some((value, out))
 }

@@ -436,3 +436,63 @@ fn a_batch_is_bounded_by_bytes_and_holds_one_event_at_least() {
         "the count still applies"
     );
 }
+
+/// The journal of checkpoint rows against a model: thousands of changes (puts, removals,
+/// replacements), folded into the rows whenever it grows as large as they are, across a
+/// reopen; what is read back is always the model, and the journal stays bounded.
+#[test]
+fn checkpoint_row_journals_fold_into_the_rows_and_read_back_as_the_model() {
+    use crate::model::RowChanges;
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let log_rows = || -> i64 {
+        let c = rusqlite::Connection::open(dir.path().join(SPOOL_FILE)).expect("open");
+        c.query_row("SELECT count(*) FROM checkpoint_log", [], |r| r.get(0))
+            .expect("count")
+    };
+    let mut max_log = 0;
+    for step in 0..400u32 {
+        let replace = step == 0 || rng.u32(0..150) == 0;
+        let mut set = BTreeMap::new();
+        if replace {
+            model.clear();
+        }
+        for _ in 0..rng.usize(0..60) {
+            let key = format!("k{:04}", rng.u32(0..1500)).into_bytes();
+            if !replace && rng.u32(0..5) == 0 {
+                model.remove(&key);
+                set.insert(key, None);
+            } else {
+                let v = format!("v{step}-{}", rng.u32(..)).into_bytes();
+                model.insert(key.clone(), v.clone());
+                set.insert(key, Some(v));
+            }
+        }
+        let cp = Checkpoint {
+            name: "j".into(),
+            value: format!("h{step}").into_bytes(),
+            rows: RowChanges { replace, set },
+        };
+        s.append_with(&[], Some(&cp)).expect("append");
+        if step == 200 {
+            drop(s);
+            s = Spool::open(dir.path()).expect("reopen");
+        }
+        if step % 7 == 0 || step == 399 {
+            let (v, rows) = read_checkpoint_with_rows(dir.path(), "j", true).expect("some");
+            assert_eq!(v, format!("h{step}").into_bytes());
+            let got: BTreeMap<Vec<u8>, Vec<u8>> = rows.into_iter().collect();
+            assert_eq!(got, model, "step {step}");
+        }
+        max_log = max_log.max(log_rows());
+    }
+    // Folded along the way: never more than the threshold plus one cycle's changes.
+    let bound = (CHECKPOINT_LOG_MIN as i64).max(model.len() as i64 + 60) + 60;
+    assert!(
+        max_log > 0 && max_log <= bound,
+        "journal peaked at {max_log} rows"
+    );
+}

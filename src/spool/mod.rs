@@ -872,16 +872,7 @@ pub fn read_checkpoint_with_rows(
         .ok()
         .flatten()?;
     let mut out = Vec::new();
-    let has_rows = tx
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE name = 'checkpoint_rows'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()
-        .ok()?
-        .is_some();
-    if rows && has_rows {
+    if rows && has_table(&tx, "checkpoint_rows")? {
         let mut st = tx
             .prepare("SELECT key, value FROM checkpoint_rows WHERE name = ?1 ORDER BY key")
             .ok()?;
@@ -893,16 +884,7 @@ pub fn read_checkpoint_with_rows(
             let (k, v) = row.ok()?;
             rows.insert(k, v);
         }
-        let has_log = tx
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE name = 'checkpoint_log'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()
-            .ok()?
-            .is_some();
-        if has_log {
+        if has_table(&tx, "checkpoint_log")? {
             let mut st = tx
                 .prepare("SELECT key, value FROM checkpoint_log WHERE name = ?1 ORDER BY seq")
                 .ok()?;
@@ -921,6 +903,19 @@ pub fn read_checkpoint_with_rows(
         out.extend(rows);
     }
     Some((value, out))
+}
+
+/// Whether a table exists (a spool written by an older agent may lack the newer ones);
+/// `None` if the question itself failed.
+fn has_table(tx: &rusqlite::Transaction, name: &str) -> Option<bool> {
+    tx.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        params![name],
+        |_| Ok(()),
+    )
+    .optional()
+    .ok()
+    .map(|r| r.is_some())
 }
 
 /// Device and inode of the file at `p`.

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use postgres_agent::config::Compression;
-use postgres_agent::model::{Event, EventKind};
+use postgres_agent::model::{Event, EventKind, Output};
+
+const L: Output = Output::Listener;
 use postgres_agent::shipper::{encode_body, envelope_json, Origin};
 use postgres_agent::spool::Spool;
 
@@ -415,8 +417,8 @@ fn main() {
             s.append(chunk).expect("append");
         }
         let t = Instant::now();
-        while let Some(b) = s.next_batch(500).expect("batch") {
-            s.ack(&b.batch_id).expect("ack");
+        while let Some(b) = s.next_batch(L, 500).expect("batch") {
+            s.ack(L, &b.batch_id).expect("ack");
         }
         t.elapsed()
     });

@@ -13,6 +13,7 @@ mod log_prefixes;
 mod logs;
 mod metrics;
 mod not_utf8;
+mod otlp;
 mod plans;
 mod privileges;
 mod redirects;

@@ -323,10 +323,40 @@ pub struct Enqueue {
     pub checkpoint: Option<Checkpoint>,
 }
 
+/// Where events go. Each output takes its batches from the spool and acknowledges them
+/// on its own; an event leaves the spool when every configured output has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Output {
+    /// The listener protocol (design.md §4).
+    Listener,
+    /// OTLP/HTTP log records to an OpenTelemetry Collector.
+    Otlp,
+}
+
+impl Output {
+    /// Every output, in a fixed order.
+    pub const ALL: [Output; 2] = [Output::Listener, Output::Otlp];
+
+    /// The name in the spool, status, logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::Listener => "listener",
+            Output::Otlp => "otlp",
+        }
+    }
+
+    /// The output named `s`.
+    pub fn parse(s: &str) -> Option<Output> {
+        Output::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
 /// Shipper → spool: the oldest batch (the same one again until it is acknowledged).
 #[derive(Message)]
 #[rtype(result = "Result<Option<Batch>, SpoolError>")]
 pub struct NextBatch {
+    /// For which output (each has its own batches and acknowledgements).
+    pub output: Output,
     /// At most this many events.
     pub max_events: u32,
     /// At most this many bytes of event data (one event at least, whatever its size).
@@ -337,6 +367,8 @@ pub struct NextBatch {
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
 pub struct Ack {
+    /// The output that took it.
+    pub output: Output,
     /// The acknowledged batch.
     pub batch_id: String,
 }
@@ -345,6 +377,8 @@ pub struct Ack {
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
 pub struct AckRows {
+    /// The output that took them.
+    pub output: Output,
     /// Spool rows.
     pub seqs: Vec<i64>,
 }
@@ -353,6 +387,8 @@ pub struct AckRows {
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
 pub struct QuarantineRows {
+    /// The output that refuses them (the others still get them).
+    pub output: Output,
     /// Spool rows.
     pub seqs: Vec<i64>,
     /// Why (e.g. "HTTP 400").
@@ -494,6 +530,8 @@ pub struct SpoolStats {
     pub quarantined_bytes: u64,
     /// Spool write/read errors since start.
     pub errors_total: u64,
+    /// Per configured output: events it has not taken yet (with one output, `depth`).
+    pub pending_by_output: std::collections::BTreeMap<String, u64>,
 }
 
 /// The shipper's delivery state.
@@ -562,8 +600,8 @@ impl<A: Actor> Route<A> {
 pub enum ChildId {
     /// The SQLite spool.
     Spool,
-    /// The HTTP shipper.
-    Shipper,
+    /// The shipper of one output.
+    Shipper(Output),
     /// The collector of one sampled source (activity, statements, locks, system).
     Collector(EventKind),
     /// The server log's reader (`pg_log`).
@@ -577,7 +615,8 @@ impl ChildId {
             // "buffer" in status and logs, like its `[buffer]` section: names users
             // already alert on; the code calls the thing by what it is, the spool.
             ChildId::Spool => "buffer",
-            ChildId::Shipper => "shipper",
+            ChildId::Shipper(Output::Listener) => "shipper",
+            ChildId::Shipper(Output::Otlp) => "shipper_otlp",
             ChildId::Collector(k) => k.as_str(),
             ChildId::LogReader => EventKind::PgLog.as_str(),
         }

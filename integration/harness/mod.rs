@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod listener;
+pub mod otlp;
 pub mod pg;
 
 use std::time::{Duration, Instant};

@@ -64,6 +64,9 @@ pub enum AgentEvent {
         newest_collected_at: Option<String>,
         /// Spool size on disk before the eviction.
         disk_bytes_before: u64,
+        /// Per configured output: how many of the dropped events it had not received
+        /// (an output that already took them lost nothing).
+        undelivered_by_output: BTreeMap<String, u64>,
         /// Why (the cap).
         reason: String,
         /// First and last spool row dropped: the id of the report (not shipped as
@@ -163,6 +166,7 @@ mod tests {
             oldest_collected_at: Some("a".into()),
             newest_collected_at: Some("b".into()),
             disk_bytes_before: 100,
+            undelivered_by_output: [("listener".to_string(), 2)].into_iter().collect(),
             reason: "cap".into(),
             rows: (7, 9),
         };
@@ -171,6 +175,7 @@ mod tests {
         let d = data(&ev.event("h", at).expect("event"));
         assert_eq!(d["event"], "events_evicted");
         assert_eq!(d["by_kind"]["pg_activity"], 3);
+        assert_eq!(d["undelivered_by_output"]["listener"], 2);
         assert!(d.get("rows").is_none(), "{d}");
     }
 
@@ -203,6 +208,7 @@ mod tests {
                 oldest_collected_at: None,
                 newest_collected_at: None,
                 disk_bytes_before: 0,
+                undelivered_by_output: BTreeMap::new(),
                 reason: "r".into(),
                 rows: (1, 1),
             },

@@ -224,6 +224,10 @@ pub const LOG_EVENTS: &[LogEvent] = &[
     ),
     e("ship_failed", "a delivery attempt failed (network, status)"),
     e(
+        "otlp_records_rejected",
+        "the OTLP receiver accepted a batch but said it dropped some records (partial success); they are not sent again",
+    ),
+    e(
         "ship_spool_failed",
         "the shipper could not read or acknowledge the spool",
     ),

@@ -39,6 +39,41 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// `[metrics]`
     pub metrics: MetricsConfig,
+    /// `[otlp]`
+    pub otlp: OtlpConfig,
+}
+
+/// `[otlp]`: OTLP/HTTP log records to an OpenTelemetry Collector (opt-in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// The logs URL (`<endpoint>/v1/logs`); `None` (an empty `endpoint`) means off.
+    pub url: Option<String>,
+    /// Extra request headers (authorization and the like): secrets, never shown.
+    pub headers: Vec<(String, Secret)>,
+    /// `service.name` of the resource.
+    pub service_name: String,
+    /// Delivery settings, as for the listener (`url` and `token` unused).
+    pub delivery: ListenerConfig,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            url: None,
+            headers: Vec::new(),
+            service_name: "postgresql".into(),
+            delivery: ListenerConfig {
+                url: String::new(),
+                token: Secret::default(),
+                timeout: Duration::from_secs(10),
+                compression: Compression::Gzip,
+                batch_max_events: 500,
+                batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+                retry_base: Duration::from_secs(1),
+                retry_max: Duration::from_secs(60),
+            },
+        }
+    }
 }
 
 /// `[metrics]`: the agent's own health as a Prometheus endpoint (opt-in).
@@ -280,6 +315,19 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// The outputs configured: the listener unless its URL is empty, OTLP when an
+    /// endpoint is set (validation makes sure there is at least one).
+    pub fn outputs(&self) -> Vec<crate::model::Output> {
+        let mut v = Vec::new();
+        if !self.listener.url.is_empty() {
+            v.push(crate::model::Output::Listener);
+        }
+        if self.otlp.url.is_some() {
+            v.push(crate::model::Output::Otlp);
+        }
+        v
+    }
+
     /// Reads `path`, applies environment overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let whole = |problems: Vec<ConfigProblem>| ConfigError {

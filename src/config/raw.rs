@@ -121,6 +121,7 @@ pub struct RawConfig {
     pub buffer: RawBuffer,
     pub breaker: RawBreaker,
     pub metrics: RawMetrics,
+    pub otlp: RawOtlp,
     #[serde(flatten)]
     pub unknown: Unknown,
 }
@@ -228,6 +229,25 @@ pub struct RawListener {
     pub url: Field<String>,
     pub token: Field<String>,
     pub token_file: Field<String>,
+    pub timeout_ms: Field<i64>,
+    pub compression: Field<String>,
+    pub batch_max_events: Field<i64>,
+    pub batch_max_bytes: Field<i64>,
+    pub retry_base_ms: Field<i64>,
+    pub retry_max_ms: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[otlp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawOtlp {
+    pub endpoint: Field<String>,
+    pub headers: Field<BTreeMap<String, String>>,
+    pub headers_file: Field<String>,
+    pub service_name: Field<String>,
     pub timeout_ms: Field<i64>,
     pub compression: Field<String>,
     pub batch_max_events: Field<i64>,

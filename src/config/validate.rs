@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::raw::{
     Field, RawAgent, RawBreaker, RawBuffer, RawCollection, RawConfig, RawCorrelation, RawDatabase,
-    RawListener, RawLogs, RawMetrics, Unknown,
+    RawListener, RawLogs, RawMetrics, RawOtlp, Unknown,
 };
 use super::*;
 use crate::logs::redact::Redact;
@@ -146,7 +146,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         buffer: buffer(&mut c, &raw.buffer),
         breaker: breaker(&mut c, &raw.breaker),
         metrics: metrics(&mut c, &raw.metrics),
+        otlp: otlp(&mut c, &raw.otlp),
     };
+    if config.outputs().is_empty() {
+        c.problem(
+            "listener.url",
+            "empty, and [otlp] endpoint is empty too: the agent would have nowhere to send events (set one or both)",
+        );
+    }
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -480,7 +487,8 @@ fn listener(c: &mut Check, li: &RawListener) -> ListenerConfig {
         &li.url,
         "http://127.0.0.1:8080/ingest/postgres".to_string(),
     );
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+    // Empty: the listener is off (only with an [otlp] endpoint, checked at the end).
+    if !url.is_empty() && !http_url(&url) {
         c.problem(
             "listener.url",
             format!(
@@ -511,56 +519,221 @@ fn listener(c: &mut Check, li: &RawListener) -> ListenerConfig {
             "holds spaces, control characters or non-ASCII text, which an HTTP header cannot carry (the value is not shown)",
         );
     }
-    let compression = c.choice(
-        "listener.compression",
-        &li.compression,
-        &[("gzip", Compression::Gzip), ("none", Compression::None)],
-    );
-    ListenerConfig {
-        url,
-        token,
-        timeout: ms(c.int(
-            "listener.timeout_ms",
-            &li.timeout_ms,
-            10_000,
-            100,
-            600_000,
-            "",
-        )),
-        compression,
-        batch_max_events: c.int(
-            "listener.batch_max_events",
-            &li.batch_max_events,
-            500,
-            1,
-            100_000,
-            "",
-        ) as u32,
-        batch_max_bytes: c.int(
-            "listener.batch_max_bytes",
-            &li.batch_max_bytes,
-            DEFAULT_BATCH_MAX_BYTES as i64,
-            64 * 1024,
-            256 << 20,
-            "",
-        ) as u64,
-        retry_base: ms(c.int(
-            "listener.retry_base_ms",
-            &li.retry_base_ms,
-            1_000,
-            10,
-            600_000,
-            "",
-        )),
-        retry_max: ms(c.int(
-            "listener.retry_max_ms",
-            &li.retry_max_ms,
-            60_000,
-            100,
-            3_600_000,
-            "",
-        )),
+    let sending = Sending {
+        timeout_ms: &li.timeout_ms,
+        compression: &li.compression,
+        batch_max_events: &li.batch_max_events,
+        batch_max_bytes: &li.batch_max_bytes,
+        retry_base_ms: &li.retry_base_ms,
+        retry_max_ms: &li.retry_max_ms,
+    };
+    sending.read(c, "listener", url, token)
+}
+
+fn http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://")) && url.len() >= 10
+}
+
+/// The delivery keys the listener and the OTLP output share.
+struct Sending<'a> {
+    timeout_ms: &'a Field<i64>,
+    compression: &'a Field<String>,
+    batch_max_events: &'a Field<i64>,
+    batch_max_bytes: &'a Field<i64>,
+    retry_base_ms: &'a Field<i64>,
+    retry_max_ms: &'a Field<i64>,
+}
+
+impl Sending<'_> {
+    fn read(&self, c: &mut Check, section: &str, url: String, token: Secret) -> ListenerConfig {
+        let key = |k: &str| format!("{section}.{k}");
+        let compression = c.choice(
+            &key("compression"),
+            self.compression,
+            &[("gzip", Compression::Gzip), ("none", Compression::None)],
+        );
+        ListenerConfig {
+            url,
+            token,
+            timeout: ms(c.int(
+                &key("timeout_ms"),
+                self.timeout_ms,
+                10_000,
+                100,
+                600_000,
+                "",
+            )),
+            compression,
+            batch_max_events: c.int(
+                &key("batch_max_events"),
+                self.batch_max_events,
+                500,
+                1,
+                100_000,
+                "",
+            ) as u32,
+            batch_max_bytes: c.int(
+                &key("batch_max_bytes"),
+                self.batch_max_bytes,
+                DEFAULT_BATCH_MAX_BYTES as i64,
+                64 * 1024,
+                256 << 20,
+                "",
+            ) as u64,
+            retry_base: ms(c.int(
+                &key("retry_base_ms"),
+                self.retry_base_ms,
+                1_000,
+                10,
+                600_000,
+                "",
+            )),
+            retry_max: ms(c.int(
+                &key("retry_max_ms"),
+                self.retry_max_ms,
+                60_000,
+                100,
+                3_600_000,
+                "",
+            )),
+        }
     }
+}
+
+/// Headers the OTLP request sets itself.
+const OWN_HEADERS: [&str; 5] = [
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "host",
+    "user-agent",
+];
+
+/// `[otlp]`.
+fn otlp(c: &mut Check, o: &RawOtlp) -> OtlpConfig {
+    c.unknown("otlp", &o.unknown);
+    let endpoint = c.value("otlp.endpoint", &o.endpoint, String::new());
+    let endpoint = endpoint.trim();
+    let url = if endpoint.is_empty() {
+        None
+    } else if !http_url(endpoint) {
+        c.problem(
+            "otlp.endpoint",
+            format!(
+                "{:?} is not an http:// or https:// URL (e.g. http://collector:4318)",
+                super::display_url(endpoint)
+            ),
+        );
+        None
+    } else if endpoint.trim_end_matches('/').ends_with("/v1/logs") {
+        Some(endpoint.trim_end_matches('/').to_string())
+    } else {
+        // As OTEL_EXPORTER_OTLP_ENDPOINT: the base, the signal's path appended.
+        Some(format!("{}/v1/logs", endpoint.trim_end_matches('/')))
+    };
+    let mut headers: Vec<(String, Secret)> = c
+        .value("otlp.headers", &o.headers, Default::default())
+        .into_iter()
+        .map(|(k, v)| (k, Secret::new(v)))
+        .collect();
+    let file = c.value("otlp.headers_file", &o.headers_file, String::new());
+    if !file.is_empty() {
+        headers.extend(headers_file(c, &file));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, value) in &headers {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            c.problem(
+                "otlp.headers",
+                format!("{name:?} is not an HTTP header name"),
+            );
+        } else if OWN_HEADERS.contains(&lower.as_str()) {
+            c.problem(
+                "otlp.headers",
+                format!("{name:?} is set by the agent itself"),
+            );
+        } else if !seen.insert(lower) {
+            c.problem(
+                "otlp.headers",
+                format!("{name:?} is given twice (headers and headers_file together)"),
+            );
+        }
+        if value
+            .expose()
+            .bytes()
+            .any(|b| !(0x20..=0x7e).contains(&b) && b != b'\t')
+        {
+            c.problem(
+                "otlp.headers",
+                format!("the value of {name:?} holds control characters or non-ASCII text, which an HTTP header cannot carry (the value is not shown)"),
+            );
+        }
+    }
+    let service_name = c.value("otlp.service_name", &o.service_name, "postgresql".into());
+    if service_name.trim().is_empty() {
+        c.problem(
+            "otlp.service_name",
+            "must not be empty (default \"postgresql\")",
+        );
+    }
+    let sending = Sending {
+        timeout_ms: &o.timeout_ms,
+        compression: &o.compression,
+        batch_max_events: &o.batch_max_events,
+        batch_max_bytes: &o.batch_max_bytes,
+        retry_base_ms: &o.retry_base_ms,
+        retry_max_ms: &o.retry_max_ms,
+    };
+    let delivery = sending.read(
+        c,
+        "otlp",
+        url.clone().unwrap_or_default(),
+        Secret::default(),
+    );
+    OtlpConfig {
+        url,
+        headers,
+        service_name,
+        delivery,
+    }
+}
+
+/// `Name: value` lines of `otlp.headers_file` (secrets kept out of the config file);
+/// empty lines and `#` comments skipped. Values are never repeated in a message.
+fn headers_file(c: &mut Check, path: &str) -> Vec<(String, Secret)> {
+    let text = match std::fs::read(path) {
+        Ok(b) => match String::from_utf8(b) {
+            Ok(t) => t,
+            Err(_) => {
+                c.problem("otlp.headers_file", format!("{path} is not UTF-8 text"));
+                return Vec::new();
+            }
+        },
+        Err(e) => {
+            c.problem("otlp.headers_file", format!("cannot read {path}: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once(':') {
+            Some((k, v)) => out.push((k.trim().to_string(), Secret::new(v.trim()))),
+            None => c.problem(
+                "otlp.headers_file",
+                format!("{path} line {}: expected \"Name: value\"", n + 1),
+            ),
+        }
+    }
+    out
 }
 
 /// `[buffer]`.

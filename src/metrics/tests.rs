@@ -53,6 +53,7 @@ fn snapshot() -> StatusSnapshot {
                 quarantined: 4,
                 quarantined_bytes: 400,
                 errors_total: 0,
+                pending_by_output: [("listener".to_string(), 12)].into_iter().collect(),
             })
             .unwrap(),
         ),

@@ -13,15 +13,16 @@ use slog::Logger;
 use tokio::sync::oneshot;
 
 use super::attempt::{Attempt, Job};
-use super::delivery::{Delivery, Go};
+use super::delivery::{Delivery, Go, Naming};
 use super::transport::Transport;
 use super::{Origin, Post};
 use crate::config::{BreakerConfig, ListenerConfig};
-use crate::model::{ChildDetail, ExitGuard, Flush, FlushOutcome, Health, Ping, Route};
+use crate::model::{ChildDetail, ExitGuard, Flush, FlushOutcome, Health, Output, Ping, Route};
 use crate::spool::SpoolActor;
 
-/// Ships the spool to the listener.
+/// Ships the spool to one output.
 pub struct ShipperActor {
+    output: Output,
     cfg: ListenerConfig,
     transport: Rc<dyn Transport>,
     spool: Route<SpoolActor>,
@@ -36,7 +37,8 @@ pub struct ShipperActor {
 }
 
 impl ShipperActor {
-    /// Builds the shipper; call on the thread it runs on (the HTTP client is not `Send`).
+    /// Builds the listener's shipper; call on the thread it runs on (the HTTP client is
+    /// not `Send`).
     pub fn new(
         cfg: ListenerConfig,
         breaker: BreakerConfig,
@@ -46,8 +48,27 @@ impl ShipperActor {
         guard: ExitGuard,
     ) -> ShipperActor {
         let transport = Rc::new(Post::new(&cfg, origin));
+        ShipperActor::with_transport(Output::Listener, cfg, breaker, transport, spool, log, guard)
+    }
+
+    /// Builds a shipper for `output` delivering through `transport` with the delivery
+    /// settings of `cfg` (batch sizes, timeout, retry).
+    pub fn with_transport(
+        output: Output,
+        cfg: ListenerConfig,
+        breaker: BreakerConfig,
+        transport: Rc<dyn Transport>,
+        spool: Route<SpoolActor>,
+        log: Logger,
+        guard: ExitGuard,
+    ) -> ShipperActor {
+        let naming = match output {
+            Output::Listener => Naming::LISTENER,
+            Output::Otlp => Naming::OTLP,
+        };
         ShipperActor {
-            delivery: Delivery::new(&cfg, &breaker, log.clone()),
+            output,
+            delivery: Delivery::new(&cfg, &breaker, log.clone()).named(naming),
             cfg,
             transport,
             spool,
@@ -69,6 +90,7 @@ impl ShipperActor {
         };
         self.busy = true;
         let job = Job {
+            output: self.output,
             spool: self.spool.clone(),
             transport: self.transport.clone(),
             max_events: self.cfg.batch_max_events,

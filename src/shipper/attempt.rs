@@ -11,7 +11,7 @@ use slog::{debug, warn, Logger};
 
 use super::split::{SplitOutcome, Splitter, Step};
 use super::transport::{SendError, Transport};
-use crate::model::{Ack, AckRows, NextBatch, QuarantineRows, Route, SpoolError};
+use crate::model::{Ack, AckRows, NextBatch, Output, QuarantineRows, Route, SpoolError};
 use crate::spool::SpoolActor;
 
 /// The outcome of one attempt.
@@ -43,6 +43,8 @@ pub enum Attempt {
 
 /// What an attempt needs, cloned into its future.
 pub struct Job {
+    /// Whose batches.
+    pub output: Output,
     /// The spool.
     pub spool: Route<SpoolActor>,
     /// Where batches go.
@@ -77,6 +79,7 @@ impl Job {
         };
         let batch = match spool
             .send(NextBatch {
+                output: self.output,
                 max_events: self.max_events,
                 max_bytes: self.max_bytes,
             })
@@ -114,6 +117,7 @@ impl Job {
         // (crash), the batch is sent again with the same ids.
         let ack = spool
             .send(Ack {
+                output: self.output,
                 batch_id: batch.batch_id.clone(),
             })
             .await;
@@ -139,7 +143,12 @@ impl Job {
                     s.sent(answer);
                 }
                 Step::Ack(seqs) => {
-                    let r = spool.send(AckRows { seqs }).await;
+                    let r = spool
+                        .send(AckRows {
+                            output: self.output,
+                            seqs,
+                        })
+                        .await;
                     s.recorded(recorded(r, "ack"));
                 }
                 Step::Quarantine {
@@ -148,8 +157,18 @@ impl Job {
                     status,
                 } => {
                     warn!(self.log, "event_refused"; "id" => &event_id, "status" => status);
-                    let reason = format!("HTTP {status} from the listener");
-                    let r = spool.send(QuarantineRows { seqs, reason }).await;
+                    let who = match self.output {
+                        Output::Listener => "the listener",
+                        Output::Otlp => "the OTLP receiver",
+                    };
+                    let reason = format!("HTTP {status} from {who}");
+                    let r = spool
+                        .send(QuarantineRows {
+                            output: self.output,
+                            seqs,
+                            reason,
+                        })
+                        .await;
                     s.recorded(recorded(r, "quarantine"));
                 }
                 Step::Done(outcome) => return outcome,

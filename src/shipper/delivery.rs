@@ -47,8 +47,35 @@ pub struct Next {
     pub sent: bool,
 }
 
+/// How messages name an output and its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Naming {
+    /// "listener", "OTLP receiver".
+    pub who: &'static str,
+    /// The key of its URL.
+    pub url_key: &'static str,
+    /// The key of its credentials.
+    pub credential_key: &'static str,
+}
+
+impl Naming {
+    /// The listener's.
+    pub const LISTENER: Naming = Naming {
+        who: "listener",
+        url_key: "listener.url",
+        credential_key: "listener.token",
+    };
+    /// The OTLP receiver's.
+    pub const OTLP: Naming = Naming {
+        who: "OTLP receiver",
+        url_key: "otlp.endpoint",
+        credential_key: "otlp.headers",
+    };
+}
+
 /// One output's delivery state.
 pub struct Delivery {
+    naming: Naming,
     backoff: Backoff,
     /// Backoff while the spool fails (separate from the output's).
     spool_backoff: Backoff,
@@ -68,6 +95,7 @@ impl Delivery {
     /// A fresh state for the listener `cfg` with its breaker.
     pub fn new(cfg: &ListenerConfig, breaker: &BreakerConfig, log: Logger) -> Delivery {
         Delivery {
+            naming: Naming::LISTENER,
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             spool_backoff: Backoff::new(Duration::from_secs(1), SPOOL_RETRY_MAX),
             delivered_unrecorded: None,
@@ -77,6 +105,12 @@ impl Delivery {
             last_error: None,
             log,
         }
+    }
+
+    /// Messages name the output as `naming` says.
+    pub fn named(mut self, naming: Naming) -> Delivery {
+        self.naming = naming;
+        self
     }
 
     /// May an attempt start at `now`?
@@ -170,7 +204,7 @@ impl Delivery {
                 self.stats.events_quarantined_total += o.quarantined;
                 self.stats.events_sent_total += o.acked;
                 let why = o.stopped.as_ref().map(|s| match s {
-                    Stop::Output(e) => e.to_string(),
+                    Stop::Output(e) => self.describe(e),
                     Stop::Spool(e) => e.clone(),
                 });
                 info!(self.log, "batch_split_done"; "acked" => o.acked, "quarantined" => o.quarantined,
@@ -205,7 +239,7 @@ impl Delivery {
             SendError::TokenRefused { status } => self.token_refused(status, now),
             e => {
                 let retry_after = e.retry_after();
-                self.fail(e.to_string(), retry_after, now)
+                self.fail(self.describe(&e), retry_after, now)
             }
         }
     }
@@ -226,10 +260,24 @@ impl Delivery {
         self.last_error = None;
     }
 
+    fn describe(&self, e: &SendError) -> String {
+        if self.naming == Naming::LISTENER {
+            return e.to_string();
+        }
+        e.describe(self.naming.who, self.naming.url_key)
+    }
+
     fn token_refused(&mut self, status: u16, now: Instant) -> Duration {
         self.breaker.trip(now);
+        let what = if self.naming == Naming::LISTENER {
+            "the token"
+        } else {
+            "the credentials"
+        };
         let msg = format!(
-            "the listener refuses the token (HTTP {status}); nothing is sent until listener.token is fixed and the config reloaded (SIGHUP), or a probe every {} s succeeds; all events are kept",
+            "the {} refuses {what} (HTTP {status}); nothing is sent until {} is fixed and the config reloaded (SIGHUP), or a probe every {} s succeeds; all events are kept",
+            self.naming.who,
+            self.naming.credential_key,
             self.breaker_reset(now).as_secs()
         );
         error!(self.log, "listener_token_refused"; "status" => status, "effect" => &msg);

@@ -5,12 +5,14 @@
 mod actor;
 pub mod attempt;
 pub mod delivery;
+pub mod otlp;
 pub mod policy;
 mod post;
 pub mod split;
 pub mod transport;
 
 pub use actor::ShipperActor;
+pub use otlp::OtlpPost;
 pub use policy::{status_verdict, Backoff, Breaker, Verdict};
 pub use post::{Answer, Post, PostError};
 pub use transport::{SendError, Transport};

@@ -70,27 +70,39 @@ impl SendError {
     }
 }
 
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl SendError {
+    /// What happened, naming the output as `who` ("listener", "OTLP receiver") and
+    /// the configuration key of its URL.
+    pub fn describe(&self, who: &str, key: &str) -> String {
         match self {
             SendError::Retriable {
                 reason,
                 status: None,
                 ..
-            } => f.write_str(reason),
+            } => reason.clone(),
             SendError::Retriable {
                 status: Some(s), ..
-            } => write!(f, "listener answered HTTP {s}"),
+            } => format!("{who} answered HTTP {s}"),
             SendError::Refused { status } => {
-                write!(f, "listener refused the batch (HTTP {status})")
+                format!("{who} refused the batch (HTTP {status})")
             }
+            SendError::TokenRefused { status } => {
+                format!("{who} refused the credentials (HTTP {status})")
+            }
+            SendError::Rejected { reason, .. } => {
+                format!("{who} answered {reason}: check {key} (the events are kept)")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
             SendError::TokenRefused { status } => {
                 write!(f, "listener refused the token (HTTP {status})")
             }
-            SendError::Rejected { reason, .. } => write!(
-                f,
-                "listener answered {reason}: check listener.url (the events are kept)"
-            ),
+            e => f.write_str(&e.describe("listener", "listener.url")),
         }
     }
 }

@@ -138,7 +138,17 @@ pub async fn server_version(
         .map_err(DbError::query)?;
     let v: i32 = row.try_get(0).map_err(DbError::query)?;
     cache.set(Some(v));
+    SERVER_VERSION.store(v, std::sync::atomic::Ordering::Relaxed);
     Ok(v)
+}
+
+/// The last `server_version_num` any collector learnt (0: none yet).
+static SERVER_VERSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The server's version as `major.minor` (`15.8`), once a collector has asked it.
+pub fn known_server_version() -> Option<String> {
+    let v = SERVER_VERSION.load(std::sync::atomic::Ordering::Relaxed);
+    (v >= 100_000).then(|| format!("{}.{}", v / 10_000, v % 10_000))
 }
 
 /// A catalog column that exists from PostgreSQL `major` on, or its stand-in before

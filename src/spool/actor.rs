@@ -11,8 +11,8 @@ use slog::{error, info, Logger};
 use super::Spool;
 use crate::catalogue::AgentEvent;
 use crate::model::{
-    Ack, AckRows, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Ping, QuarantineRows,
-    SpoolError, SpoolStats,
+    Ack, AckRows, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Output, Ping,
+    QuarantineRows, SpoolError, SpoolStats,
 };
 
 /// The spool's actor.
@@ -20,6 +20,7 @@ pub struct SpoolActor {
     dir: PathBuf,
     max_bytes: u64,
     host: String,
+    outputs: Vec<Output>,
     spool: Option<Spool>,
     errors_total: u64,
     last_error: Option<String>,
@@ -34,6 +35,7 @@ impl SpoolActor {
         dir: PathBuf,
         max_bytes: u64,
         host: String,
+        outputs: Vec<Output>,
         log: Logger,
         guard: ExitGuard,
     ) -> SpoolActor {
@@ -41,6 +43,7 @@ impl SpoolActor {
             dir,
             max_bytes,
             host,
+            outputs,
             spool: None,
             errors_total: 0,
             last_error: None,
@@ -121,6 +124,11 @@ impl Actor for SpoolActor {
         match Spool::open_or_recover(&self.dir) {
             Ok((mut s, moved)) => {
                 s.set_cap(self.max_bytes, &self.host);
+                if let Err(e) = s.set_outputs(&self.outputs) {
+                    error!(self.log, "spool_open_failed"; "dir" => %self.dir.display(), "error" => %e);
+                    ctx.stop();
+                    return;
+                }
                 let depth = s.stats().map(|st| st.depth).unwrap_or(0);
                 info!(self.log, "spool_opened"; "path" => %s.path().display(), "depth" => depth,
                       "max_bytes" => self.max_bytes, "disk_bytes" => s.disk_bytes());
@@ -172,7 +180,7 @@ impl Handler<NextBatch> for SpoolActor {
     type Result = Result<Option<Batch>, SpoolError>;
 
     fn handle(&mut self, msg: NextBatch, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.next_batch_within(msg.max_events, msg.max_bytes))
+        self.with(|s| s.next_batch_within(msg.output, msg.max_events, msg.max_bytes))
     }
 }
 
@@ -180,7 +188,7 @@ impl Handler<Ack> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: Ack, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.ack(&msg.batch_id))
+        self.with(|s| s.ack(msg.output, &msg.batch_id))
     }
 }
 
@@ -188,7 +196,7 @@ impl Handler<AckRows> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: AckRows, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.ack_rows(&msg.seqs))
+        self.with(|s| s.ack_rows(msg.output, &msg.seqs))
     }
 }
 
@@ -196,8 +204,8 @@ impl Handler<QuarantineRows> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: QuarantineRows, _: &mut Context<Self>) -> Self::Result {
-        let n = self.with(|s| s.quarantine(&msg.seqs, &msg.reason))?;
-        slog::warn!(self.log, "events_quarantined"; "events" => n, "reason" => &msg.reason);
+        let n = self.with(|s| s.quarantine(msg.output, &msg.seqs, &msg.reason))?;
+        slog::warn!(self.log, "events_quarantined"; "events" => n, "reason" => &msg.reason, "output" => msg.output.as_str());
         Ok(n)
     }
 }

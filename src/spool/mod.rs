@@ -11,6 +11,7 @@
 
 mod actor;
 pub mod handoff;
+mod outputs;
 mod reserve;
 
 pub use actor::SpoolActor;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::model::{Batch, Checkpoint, Event, EventKind, SpoolError, SpoolStats};
+use crate::model::{Batch, Checkpoint, Event, EventKind, Output, SpoolError, SpoolStats};
 pub use reserve::{Reserve, RESERVE_BYTES, RESERVE_FILE};
 
 /// File name of the spool inside `state_dir`.
@@ -63,6 +64,12 @@ pub struct Spool {
     /// once when first needed and kept up to date (approximately for the rows: a put of
     /// a key already there counts as new; the fold recounts).
     journal_counts: std::collections::HashMap<String, (u64, u64)>,
+    /// The outputs served (see [`outputs`]); with one, acknowledged rows go at once.
+    outputs: Vec<Output>,
+    /// With several outputs: per output, every row up to this seq is its.
+    cursors: std::collections::HashMap<Output, i64>,
+    /// With several outputs: per output, rows it has not taken.
+    pending: std::collections::HashMap<Output, u64>,
 }
 
 /// What one eviction dropped (also shipped as an `agent` event, see
@@ -141,6 +148,17 @@ CREATE TABLE IF NOT EXISTS checkpoint_log (
     key   BLOB NOT NULL,
     value BLOB
 );
+-- With several outputs: every event up to acked_seq is the output's (see outputs.rs).
+CREATE TABLE IF NOT EXISTS output_cursors (
+    output    TEXT PRIMARY KEY,
+    acked_seq INTEGER NOT NULL
+);
+-- With several outputs: rows past an output's cursor it took or refused one by one.
+CREATE TABLE IF NOT EXISTS output_done (
+    output TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (output, seq)
+) WITHOUT ROWID;
 ";
 
 /// A checkpoint's journal is folded into its rows when it holds at least this many
@@ -175,6 +193,18 @@ impl Spool {
         // make our writes fail at once.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Batches are per output since the OTLP output; an older spool's open batch is
+        // the listener's.
+        let has_output: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('batches') WHERE name = 'output')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_output {
+            conn.execute_batch(
+                "ALTER TABLE batches ADD COLUMN output TEXT NOT NULL DEFAULT 'listener'",
+            )?;
+        }
         // A batch an older agent handed out (its id on the rows) keeps its id.
         conn.execute_batch(
             "BEGIN;
@@ -210,6 +240,9 @@ impl Spool {
             reserve,
             empty_polls: 0,
             journal_counts: std::collections::HashMap::new(),
+            outputs: vec![Output::Listener],
+            cursors: Default::default(),
+            pending: Default::default(),
         })
     }
 
@@ -253,6 +286,7 @@ impl Spool {
         fresh.acked_total = self.acked_total;
         fresh.evicted_total = self.evicted_total;
         fresh.set_cap(self.max_bytes, &self.host.clone());
+        fresh.set_outputs(&self.outputs.clone())?;
         let carried = fresh.depth;
         *self = fresh;
         Ok((carried, aside))
@@ -344,7 +378,14 @@ impl Spool {
             ..Default::default()
         };
         let (mut first_seq, mut last_seq) = (None, 0i64);
+        let multi = self.multi();
         let tx = self.conn.transaction()?;
+        let taken = outputs::Taken::read(&tx, &self.outputs, &self.cursors)?;
+        let mut undelivered: std::collections::BTreeMap<String, u64> = self
+            .outputs
+            .iter()
+            .map(|o| (o.as_str().to_string(), 0))
+            .collect();
         loop {
             let used: i64 = tx.query_row(
                 "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
@@ -376,6 +417,9 @@ impl Spool {
                 break;
             }
             for (seq, kind, at, bytes) in rows {
+                for o in taken.missing(seq) {
+                    *undelivered.entry(o.as_str().to_string()).or_default() += 1;
+                }
                 first_seq = Some(first_seq.map_or(seq, |f: i64| f.min(seq)));
                 last_seq = last_seq.max(seq);
                 ev.evicted += 1;
@@ -393,6 +437,12 @@ impl Spool {
             tx.commit()?;
             return Ok(None);
         }
+        if multi {
+            tx.execute(
+                "DELETE FROM output_done WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = output_done.seq)",
+                [],
+            )?;
+        }
         let now = Utc::now();
         let report = crate::catalogue::AgentEvent::EventsEvicted {
             evicted: ev.evicted,
@@ -401,6 +451,7 @@ impl Spool {
             oldest_collected_at: ev.oldest_collected_at.clone(),
             newest_collected_at: ev.newest_collected_at.clone(),
             disk_bytes_before: ev.disk_bytes_before,
+            undelivered_by_output: undelivered,
             reason: format!("spool over buffer.max_bytes = {}", self.max_bytes),
             rows: (first_seq.unwrap_or_default(), last_seq),
         }
@@ -429,6 +480,9 @@ impl Spool {
         self.depth = self.depth.saturating_sub(ev.evicted) + 1;
         self.bytes = self.bytes.saturating_sub(ev.bytes) + text.len() as u64;
         self.evicted_total += ev.evicted;
+        if multi {
+            self.recount()?;
+        }
         ev.disk_bytes_after = self.disk_bytes();
         Ok(Some(ev))
     }
@@ -500,14 +554,22 @@ impl Spool {
         tx.commit()?;
         self.depth += events.len() as u64;
         self.bytes += added;
+        for p in self.pending.values_mut() {
+            *p += events.len() as u64;
+        }
         self.appended_total += events.len() as u64;
         Ok(())
     }
 
-    /// The oldest batch: the one handed out before and not yet acknowledged if there is
-    /// one (same id, same events), else up to `max_events` new ones under a fresh id.
-    pub fn next_batch(&mut self, max_events: u32) -> Result<Option<Batch>, SpoolError> {
-        self.next_batch_within(max_events, crate::config::DEFAULT_BATCH_MAX_BYTES)
+    /// The oldest batch for `output`: the one handed out before and not yet
+    /// acknowledged if there is one (same id, same events), else up to `max_events` new
+    /// ones under a fresh id.
+    pub fn next_batch(
+        &mut self,
+        output: Output,
+        max_events: u32,
+    ) -> Result<Option<Batch>, SpoolError> {
+        self.next_batch_within(output, max_events, crate::config::DEFAULT_BATCH_MAX_BYTES)
     }
 
     /// [`Spool::next_batch`] with at most `max_bytes` of event data in a new batch (one
@@ -515,44 +577,54 @@ impl Spool {
     /// be large.
     pub fn next_batch_within(
         &mut self,
+        output: Output,
         max_events: u32,
         max_bytes: u64,
     ) -> Result<Option<Batch>, SpoolError> {
         // Nothing waits by the count kept with every append and removal: no statement
         // (the shipper asks four times a second). Every 20th time the table is asked
         // anyway, so a count that ever went wrong costs seconds, not events.
-        if self.depth == 0 {
+        if self.pending(output) == 0 {
             self.empty_polls += 1;
             if self.empty_polls % 20 != 0 {
                 return Ok(None);
             }
         }
         // Handing out writes a batch row: it needs room like a delete.
-        self.roomy(|s| s.next_batch_once(max_events, max_bytes))
+        self.roomy(|s| s.next_batch_once(output, max_events, max_bytes))
     }
 
     fn next_batch_once(
         &mut self,
+        output: Output,
         max_events: u32,
         max_bytes: u64,
     ) -> Result<Option<Batch>, SpoolError> {
-        // At most one batch is open at a time (a new one is claimed only when none is),
-        // so no ORDER BY: the partial index answers this without touching the table.
-        // Statements cached: the shipper asks every few hundred milliseconds.
+        // At most one batch per output is open at a time (a new one is claimed only
+        // when none is). Statements cached: the shipper asks every few hundred
+        // milliseconds.
         let open: Option<(String, i64)> = self
             .conn
-            .prepare_cached("SELECT batch_id, last_seq FROM batches LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT batch_id, last_seq FROM batches WHERE output = ?1 LIMIT 1")?
+            .query_row(params![output.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
+        let cursor = self.cursor(output);
+        // With several outputs, the rows this one took or refused one by one are not
+        // its to send again.
+        let not_done = if self.multi() {
+            " AND NOT EXISTS (SELECT 1 FROM output_done d WHERE d.output = ?3 AND d.seq = events.seq)"
+        } else {
+            " AND ?3 IS NOT NULL"
+        };
         let (batch_id, last_seq) = match open {
             Some(b) => b,
             None => {
                 let mut last = None;
                 {
-                    let mut st = self
-                        .conn
-                        .prepare_cached("SELECT seq, bytes FROM events ORDER BY seq LIMIT ?1")?;
-                    let mut rows = st.query(params![max_events as i64])?;
+                    let mut st = self.conn.prepare_cached(&format!(
+                        "SELECT seq, bytes FROM events WHERE seq > ?2{not_done} ORDER BY seq LIMIT ?1"
+                    ))?;
+                    let mut rows = st.query(params![max_events as i64, cursor, output.as_str()])?;
                     let mut sum = 0u64;
                     while let Some(r) = rows.next()? {
                         sum += r.get::<_, i64>(1)?.max(0) as u64;
@@ -567,15 +639,17 @@ impl Spool {
                 };
                 let id = uuid::Uuid::new_v4().to_string();
                 self.conn
-                    .prepare_cached("INSERT INTO batches (batch_id, last_seq) VALUES (?1, ?2)")?
-                    .execute(params![id, last])?;
+                    .prepare_cached(
+                        "INSERT INTO batches (batch_id, last_seq, output) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![id, last, output.as_str()])?;
                 (id, last)
             }
         };
-        let mut st = self.conn.prepare_cached(
-            "SELECT seq, id, kind, collected_at, data FROM events WHERE seq <= ?1 ORDER BY seq",
-        )?;
-        let rows = st.query_map(params![last_seq], |r| {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT seq, id, kind, collected_at, data FROM events WHERE seq <= ?1 AND seq > ?2{not_done} ORDER BY seq"
+        ))?;
+        let rows = st.query_map(params![last_seq, cursor, output.as_str()], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -598,17 +672,25 @@ impl Spool {
             }
         }
         drop(st);
-        // A row that cannot be read back would block the queue forever: aside with it.
+        // A row that cannot be read back would block the queue forever: aside with it,
+        // for every output.
         if !unreadable.is_empty() {
-            self.quarantine(&unreadable, "unreadable in the spool")?;
+            self.take_rows(&unreadable, Some("unreadable in the spool"))?;
+            if self.multi() {
+                self.recount()?;
+            }
         }
         if events.is_empty() {
-            // Every row of the batch is gone (acknowledged one by one, quarantined or
-            // evicted): it is done.
-            self.conn
-                .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
-                .execute(params![batch_id])?;
-            return self.next_batch_within(max_events, max_bytes);
+            // Every row of the batch is gone or this output's (acknowledged one by one,
+            // quarantined or evicted): it is done.
+            if self.multi() {
+                self.ack_cursor(output, &batch_id)?;
+            } else {
+                self.conn
+                    .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
+                    .execute(params![batch_id])?;
+            }
+            return self.next_batch_within(output, max_events, max_bytes);
         }
         Ok(Some(Batch {
             batch_id,
@@ -618,11 +700,14 @@ impl Spool {
     }
 
     /// Deletes acknowledged rows of a split batch; returns how many.
-    pub fn ack_rows(&mut self, seqs: &[i64]) -> Result<u64, SpoolError> {
-        self.roomy(|s| s.ack_rows_once(seqs))
+    pub fn ack_rows(&mut self, output: Output, seqs: &[i64]) -> Result<u64, SpoolError> {
+        self.roomy(|s| s.ack_rows_once(output, seqs))
     }
 
-    fn ack_rows_once(&mut self, seqs: &[i64]) -> Result<u64, SpoolError> {
+    fn ack_rows_once(&mut self, output: Output, seqs: &[i64]) -> Result<u64, SpoolError> {
+        if self.multi() {
+            return self.mark_done(output, seqs, None);
+        }
         let n = self.take_rows(seqs, None)?;
         self.acked_total += n;
         Ok(n)
@@ -640,10 +725,12 @@ impl Spool {
                  SELECT seq, id, kind, collected_at, data, bytes, ?2, ?3 FROM events WHERE seq = ?1",
             )?;
             let mut del = tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
+            let mut undone = tx.prepare_cached("DELETE FROM output_done WHERE seq = ?1")?;
             for seq in seqs {
                 if let Some(reason) = quarantine {
                     mv.execute(params![seq, reason, now])?;
                 }
+                undone.execute(params![seq])?;
                 if let Some(b) = del
                     .query_row(params![seq], |r| r.get::<_, i64>(0))
                     .optional()?
@@ -659,18 +746,39 @@ impl Spool {
         Ok(n)
     }
 
-    /// Moves rows to the quarantine table (kept, counted, never sent again).
-    pub fn quarantine(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
-        self.roomy(|s| s.quarantine_once(seqs, reason))
+    /// Copies rows `output` refuses to the quarantine table (kept, counted, never sent
+    /// to it again); other outputs still get them.
+    pub fn quarantine(
+        &mut self,
+        output: Output,
+        seqs: &[i64],
+        reason: &str,
+    ) -> Result<u64, SpoolError> {
+        self.roomy(|s| s.quarantine_once(output, seqs, reason))
     }
 
-    fn quarantine_once(&mut self, seqs: &[i64], reason: &str) -> Result<u64, SpoolError> {
+    fn quarantine_once(
+        &mut self,
+        output: Output,
+        seqs: &[i64],
+        reason: &str,
+    ) -> Result<u64, SpoolError> {
+        if self.multi() {
+            return self.mark_done(output, seqs, Some(reason));
+        }
         self.take_rows(seqs, Some(reason))
     }
 
-    /// Deletes the events of an acknowledged batch; returns how many.
-    pub fn ack(&mut self, batch_id: &str) -> Result<u64, SpoolError> {
-        self.roomy(|s| s.ack_once(batch_id))
+    /// `output` took batch `batch_id`: with one output its events are deleted, with
+    /// several its cursor moves past them; returns how many it had not had.
+    pub fn ack(&mut self, output: Output, batch_id: &str) -> Result<u64, SpoolError> {
+        self.roomy(|s| {
+            if s.multi() {
+                s.ack_cursor(output, batch_id)
+            } else {
+                s.ack_once(batch_id)
+            }
+        })
     }
 
     /// Runs a delete; when it fails for lack of space, gives up the reserve and runs it
@@ -736,6 +844,11 @@ impl Spool {
             quarantined: quarantined as u64,
             quarantined_bytes: quarantined_bytes as u64,
             evicted_total: self.evicted_total,
+            pending_by_output: self
+                .outputs
+                .iter()
+                .map(|o| (o.as_str().to_string(), self.pending(*o)))
+                .collect(),
             ..Default::default()
         })
     }

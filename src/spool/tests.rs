@@ -1,5 +1,7 @@
 use super::*;
 
+const L: Output = Output::Listener;
+
 fn ev(i: u32) -> Event {
     Event::new(
         format!("t:{i}"),
@@ -20,19 +22,19 @@ fn batches_come_out_oldest_first_and_repeat_until_acked() {
     let mut s = Spool::open(dir.path()).expect("open");
     s.append(&(0..5).map(ev).collect::<Vec<_>>())
         .expect("append");
-    let b1 = s.next_batch(3).expect("batch").expect("some");
+    let b1 = s.next_batch(L, 3).expect("batch").expect("some");
     assert_eq!(ids(&b1), vec!["t:0", "t:1", "t:2"]);
     assert_eq!(b1.events[1].data.get(), r#"{"i":1}"#);
     // Not acknowledged: the same batch again, same id.
-    let again = s.next_batch(3).expect("batch").expect("some");
+    let again = s.next_batch(L, 3).expect("batch").expect("some");
     assert_eq!(again.batch_id, b1.batch_id);
     assert_eq!(ids(&again), ids(&b1));
-    assert_eq!(s.ack(&b1.batch_id).expect("ack"), 3);
-    let b2 = s.next_batch(3).expect("batch").expect("some");
+    assert_eq!(s.ack(L, &b1.batch_id).expect("ack"), 3);
+    let b2 = s.next_batch(L, 3).expect("batch").expect("some");
     assert_ne!(b2.batch_id, b1.batch_id);
     assert_eq!(ids(&b2), vec!["t:3", "t:4"]);
-    assert_eq!(s.ack(&b2.batch_id).expect("ack"), 2);
-    assert!(s.next_batch(3).expect("batch").is_none());
+    assert_eq!(s.ack(L, &b2.batch_id).expect("ack"), 2);
+    assert!(s.next_batch(L, 3).expect("batch").is_none());
     let st = s.stats().expect("stats");
     assert_eq!(
         (st.depth, st.bytes, st.appended_total, st.acked_total),
@@ -47,14 +49,14 @@ fn reopened_spool_keeps_unacked_batch_and_counts() {
         let mut s = Spool::open(dir.path()).expect("open");
         s.append(&(0..4).map(ev).collect::<Vec<_>>())
             .expect("append");
-        s.next_batch(2).expect("batch").expect("some")
+        s.next_batch(L, 2).expect("batch").expect("some")
     };
     let mut s = Spool::open(dir.path()).expect("reopen");
     let st = s.stats().expect("stats");
     assert_eq!(st.depth, 4);
     assert_eq!(st.bytes, 4 * r#"{"i":0}"#.len() as u64);
     assert!(st.oldest_age_s.is_some());
-    let b = s.next_batch(2).expect("batch").expect("some");
+    let b = s.next_batch(L, 2).expect("batch").expect("some");
     assert_eq!(b.batch_id, first.batch_id);
     assert_eq!(ids(&b), vec!["t:0", "t:1"]);
 }
@@ -64,7 +66,7 @@ fn acking_an_unknown_batch_deletes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path()).expect("open");
     s.append(&[ev(1)]).expect("append");
-    assert_eq!(s.ack("nope").expect("ack"), 0);
+    assert_eq!(s.ack(L, "nope").expect("ack"), 0);
     assert_eq!(s.stats().expect("stats").depth, 1);
 }
 
@@ -79,8 +81,8 @@ fn checkpoints_are_written_with_their_events_and_read_back() {
     assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
     assert_eq!(s.stats().expect("stats").depth, 2);
     // Acknowledging events leaves the checkpoint alone.
-    let b = s.next_batch(10).expect("batch").expect("some");
-    s.ack(&b.batch_id).expect("ack");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
+    s.ack(L, &b.batch_id).expect("ack");
     assert_eq!(read_checkpoint(dir.path(), "x"), Some(b"two".to_vec()));
 }
 
@@ -165,20 +167,21 @@ fn rows_of_a_split_batch_are_acked_or_quarantined_one_by_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path()).expect("open");
     s.append(&[ev(1), ev(2), ev(3)]).expect("append");
-    let b = s.next_batch(10).expect("batch").expect("some");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
     assert_eq!(b.seqs.len(), 3);
-    assert_eq!(s.ack_rows(&b.seqs[..1]).expect("ack rows"), 1);
+    assert_eq!(s.ack_rows(L, &b.seqs[..1]).expect("ack rows"), 1);
     assert_eq!(
-        s.quarantine(&b.seqs[1..2], "HTTP 400").expect("quarantine"),
+        s.quarantine(L, &b.seqs[1..2], "HTTP 400")
+            .expect("quarantine"),
         1
     );
     let st = s.stats().expect("stats");
     assert_eq!((st.depth, st.quarantined), (1, 1));
     // The rest of the batch goes out again under the same id.
-    let again = s.next_batch(10).expect("batch").expect("some");
+    let again = s.next_batch(L, 10).expect("batch").expect("some");
     assert_eq!(again.batch_id, b.batch_id);
     assert_eq!(again.seqs, b.seqs[2..].to_vec());
-    s.ack(&again.batch_id).expect("ack");
+    s.ack(L, &again.batch_id).expect("ack");
     let st = s.stats().expect("stats");
     assert_eq!((st.depth, st.quarantined), (0, 1));
 }
@@ -194,7 +197,7 @@ fn an_unreadable_row_goes_to_quarantine_instead_of_blocking_the_queue() {
             [ev(1).id],
         )
         .expect("corrupt a row");
-    let b = s.next_batch(10).expect("batch").expect("some");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
     assert_eq!(b.events.len(), 1);
     assert_eq!(b.events[0].id, ev(2).id);
     assert_eq!(s.stats().expect("stats").quarantined, 1);
@@ -274,8 +277,8 @@ fn quarantine_is_never_evicted() {
     let mut s = Spool::open(dir.path()).expect("open");
     s.set_cap(1 << 20, "h");
     s.append(&[big(0)]).expect("append");
-    let b = s.next_batch(1).expect("batch").expect("some");
-    s.quarantine(&b.seqs, "HTTP 400").expect("quarantine");
+    let b = s.next_batch(L, 1).expect("batch").expect("some");
+    s.quarantine(L, &b.seqs, "HTTP 400").expect("quarantine");
     for chunk in 1..30u32 {
         let evs: Vec<Event> = (chunk * 100..chunk * 100 + 100).map(big).collect();
         s.append(&evs).expect("append");
@@ -339,7 +342,7 @@ fn a_spool_deleted_or_replaced_while_open_is_copied_back_to_its_path() {
     let c = Checkpoint::value("pos", b"here".to_vec());
     s.append_with(&(0..5).map(ev).collect::<Vec<_>>(), Some(&c))
         .expect("append");
-    let handed = s.next_batch(2).expect("batch").expect("some");
+    let handed = s.next_batch(L, 2).expect("batch").expect("some");
     assert!(!s.detached());
     // Deleted (database, WAL and all), then written to: SQLite writes into the ghost.
     for f in ["spool.db", "spool.db-wal", "spool.db-shm"] {
@@ -355,7 +358,7 @@ fn a_spool_deleted_or_replaced_while_open_is_copied_back_to_its_path() {
     let mut s = Spool::open(dir.path()).expect("reopen");
     assert_eq!(s.stats().expect("stats").depth, 6);
     assert_eq!(read_checkpoint(dir.path(), "pos"), Some(b"here".to_vec()));
-    let again = s.next_batch(2).expect("batch").expect("some");
+    let again = s.next_batch(L, 2).expect("batch").expect("some");
     assert_eq!(again.batch_id, handed.batch_id);
 
     // Replaced by another file: that one is moved aside, ours copied back.
@@ -383,21 +386,21 @@ fn a_batch_an_older_agent_handed_out_keeps_its_id_and_events() {
         .expect("mark");
     drop(s);
     let mut s = Spool::open(dir.path()).expect("reopen");
-    let b = s.next_batch(100).expect("batch").expect("some");
+    let b = s.next_batch(L, 100).expect("batch").expect("some");
     assert_eq!(b.batch_id, "old-batch");
     assert_eq!(ids(&b), ["t:1", "t:2", "t:3"]);
-    assert_eq!(s.ack("old-batch").expect("ack"), 3);
-    let b = s.next_batch(100).expect("batch").expect("some");
+    assert_eq!(s.ack(L, "old-batch").expect("ack"), 3);
+    let b = s.next_batch(L, 100).expect("batch").expect("some");
     assert_eq!(ids(&b), ["t:4", "t:5"]);
     assert_ne!(b.batch_id, "old-batch");
     // A batch whose rows all went one by one is over; the next one starts after it.
-    assert_eq!(s.ack_rows(&b.seqs).expect("rows"), 2);
+    assert_eq!(s.ack_rows(L, &b.seqs).expect("rows"), 2);
     s.append(&[ev(6)]).expect("append");
-    let c = s.next_batch(100).expect("batch").expect("some");
+    let c = s.next_batch(L, 100).expect("batch").expect("some");
     assert_eq!(ids(&c), ["t:6"]);
     assert_ne!(c.batch_id, b.batch_id);
     assert_eq!(
-        s.ack(&b.batch_id).expect("stale ack"),
+        s.ack(L, &b.batch_id).expect("stale ack"),
         0,
         "a stale ack takes nothing"
     );
@@ -413,21 +416,27 @@ fn a_batch_is_bounded_by_bytes_and_holds_one_event_at_least() {
         .expect("append");
     // Three events' worth of bytes (and a little): three events, though 100 may go.
     let b = s
-        .next_batch_within(100, 3 * size + 10)
+        .next_batch_within(L, 100, 3 * size + 10)
         .expect("batch")
         .expect("some");
     assert_eq!(ids(&b), ["big:000001", "big:000002", "big:000003"]);
     // The same batch again until acknowledged, whatever the limit asked now.
-    let again = s.next_batch_within(100, 1).expect("batch").expect("some");
+    let again = s
+        .next_batch_within(L, 100, 1)
+        .expect("batch")
+        .expect("some");
     assert_eq!(again.batch_id, b.batch_id);
     assert_eq!(again.events.len(), 3);
-    s.ack(&b.batch_id).expect("ack");
+    s.ack(L, &b.batch_id).expect("ack");
     // A limit below one event still moves the queue, one event at a time.
-    let one = s.next_batch_within(100, 1).expect("batch").expect("some");
+    let one = s
+        .next_batch_within(L, 100, 1)
+        .expect("batch")
+        .expect("some");
     assert_eq!(ids(&one), ["big:000004"]);
-    s.ack(&one.batch_id).expect("ack");
+    s.ack(L, &one.batch_id).expect("ack");
     let rest = s
-        .next_batch_within(2, u64::MAX)
+        .next_batch_within(L, 2, u64::MAX)
         .expect("batch")
         .expect("some");
     assert_eq!(
@@ -495,4 +504,224 @@ fn checkpoint_row_journals_fold_into_the_rows_and_read_back_as_the_model() {
         max_log > 0 && max_log <= bound,
         "journal peaked at {max_log} rows"
     );
+}
+
+const O: Output = Output::Otlp;
+
+fn both(dir: &Path) -> Spool {
+    let mut s = Spool::open(dir).expect("open");
+    s.set_outputs(&[L, O]).expect("outputs");
+    s
+}
+
+fn pending(s: &Spool) -> (u64, u64, u64) {
+    (s.pending(L), s.pending(O), s.stats().expect("stats").depth)
+}
+
+#[test]
+fn two_outputs_each_take_every_event_and_a_row_leaves_when_both_have_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = both(dir.path());
+    s.append(&(0..5).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    assert_eq!(pending(&s), (5, 5, 5));
+    let l1 = s.next_batch(L, 3).expect("batch").expect("some");
+    assert_eq!(ids(&l1), ["t:0", "t:1", "t:2"]);
+    // The other output's batch is its own: everything, under another id.
+    let o1 = s.next_batch(O, 10).expect("batch").expect("some");
+    assert_eq!(ids(&o1), ["t:0", "t:1", "t:2", "t:3", "t:4"]);
+    assert_ne!(o1.batch_id, l1.batch_id);
+    assert_eq!(s.ack(L, &l1.batch_id).expect("ack"), 3);
+    // The listener has 0..2, the OTLP receiver nothing yet: every row stays.
+    assert_eq!(pending(&s), (2, 5, 5));
+    // Acknowledging under the wrong output changes nothing.
+    assert_eq!(s.ack(L, &o1.batch_id).expect("ack"), 0);
+    assert_eq!(s.ack(O, &o1.batch_id).expect("ack"), 5);
+    assert_eq!(pending(&s), (2, 0, 2));
+    let l2 = s.next_batch(L, 10).expect("batch").expect("some");
+    assert_eq!(ids(&l2), ["t:3", "t:4"]);
+    assert!(s.next_batch(O, 10).expect("batch").is_none());
+    s.ack(L, &l2.batch_id).expect("ack");
+    assert_eq!(pending(&s), (0, 0, 0));
+    let st = s.stats().expect("stats");
+    assert_eq!(st.pending_by_output.get("listener"), Some(&0));
+    assert_eq!(st.pending_by_output.get("otlp"), Some(&0));
+}
+
+#[test]
+fn an_output_that_is_down_holds_only_its_own_rows_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handed = {
+        let mut s = both(dir.path());
+        for round in 0..3u32 {
+            s.append(&(round * 4..round * 4 + 4).map(ev).collect::<Vec<_>>())
+                .expect("append");
+            let b = s.next_batch(L, 100).expect("batch").expect("some");
+            s.ack(L, &b.batch_id).expect("ack");
+        }
+        // The OTLP receiver is down: its batch is handed out, never acknowledged.
+        let o = s.next_batch(O, 5).expect("batch").expect("some");
+        assert_eq!(pending(&s), (0, 12, 12));
+        o
+    };
+    let mut s = both(dir.path());
+    assert_eq!(pending(&s), (0, 12, 12));
+    assert!(s.next_batch(L, 100).expect("batch").is_none());
+    let again = s.next_batch(O, 5).expect("batch").expect("some");
+    assert_eq!(again.batch_id, handed.batch_id);
+    assert_eq!(ids(&again), ids(&handed));
+    s.ack(O, &again.batch_id).expect("ack");
+    let rest = s.next_batch(O, 100).expect("batch").expect("some");
+    assert_eq!(rest.events.len(), 7);
+    s.ack(O, &rest.batch_id).expect("ack");
+    assert_eq!(pending(&s), (0, 0, 0));
+}
+
+#[test]
+fn split_acknowledgements_and_quarantine_belong_to_one_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = both(dir.path());
+    s.append(&(0..4).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
+    assert_eq!(s.ack_rows(L, &b.seqs[..1]).expect("ack rows"), 1);
+    assert_eq!(
+        s.quarantine(L, &b.seqs[1..2], "HTTP 400 from the listener")
+            .expect("quarantine"),
+        1
+    );
+    // Counted once only.
+    assert_eq!(s.ack_rows(L, &b.seqs[..1]).expect("ack rows"), 0);
+    assert_eq!(pending(&s), (2, 4, 4));
+    // The listener's batch goes on with what it has not had; same id.
+    let again = s.next_batch(L, 10).expect("batch").expect("some");
+    assert_eq!(
+        (again.batch_id.as_str(), ids(&again)),
+        (b.batch_id.as_str(), vec!["t:2".to_string(), "t:3".into()])
+    );
+    // The OTLP receiver gets all four, the one the listener refused too.
+    let o = s.next_batch(O, 10).expect("batch").expect("some");
+    assert_eq!(ids(&o), ["t:0", "t:1", "t:2", "t:3"]);
+    s.ack(O, &o.batch_id).expect("ack");
+    // t:0 and t:1 are done for both: gone; t:2, t:3 wait for the listener.
+    assert_eq!(pending(&s), (2, 0, 2));
+    s.ack(L, &again.batch_id).expect("ack");
+    assert_eq!(pending(&s), (0, 0, 0));
+    let st = s.stats().expect("stats");
+    assert_eq!(st.quarantined, 1);
+    let reason: String = s
+        .conn
+        .query_row("SELECT reason FROM quarantine", [], |r| r.get(0))
+        .expect("reason");
+    assert_eq!(reason, "HTTP 400 from the listener");
+    let left: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM output_done", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(left, 0, "done marks of rows that left are gone");
+}
+
+#[test]
+fn a_split_batch_whose_rows_are_all_done_moves_the_cursor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = both(dir.path());
+    s.append(&(0..3).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    let b = s.next_batch(O, 10).expect("batch").expect("some");
+    s.ack_rows(O, &b.seqs).expect("ack rows");
+    s.append(&[ev(3)]).expect("append");
+    // Nothing of the old batch is left for this output: a new one with the new row.
+    let next = s.next_batch(O, 10).expect("batch").expect("some");
+    assert_ne!(next.batch_id, b.batch_id);
+    assert_eq!(ids(&next), ["t:3"]);
+    assert_eq!(pending(&s), (4, 1, 4));
+}
+
+#[test]
+fn outputs_added_start_with_what_is_spooled_and_removed_ones_are_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut s = Spool::open(dir.path()).expect("open");
+        s.set_outputs(&[L]).expect("outputs");
+        s.append(&(0..6).map(ev).collect::<Vec<_>>())
+            .expect("append");
+        let b = s.next_batch(L, 2).expect("batch").expect("some");
+        s.ack(L, &b.batch_id).expect("ack");
+    }
+    {
+        // OTLP added: it starts with the four rows still spooled.
+        let mut s = both(dir.path());
+        assert_eq!(pending(&s), (4, 4, 4));
+        let o = s.next_batch(O, 10).expect("batch").expect("some");
+        assert_eq!(ids(&o), ["t:2", "t:3", "t:4", "t:5"]);
+        s.ack(O, &o.batch_id).expect("ack");
+        let l = s.next_batch(L, 1).expect("batch").expect("some");
+        s.ack(L, &l.batch_id).expect("ack");
+        assert_eq!(pending(&s), (3, 0, 3));
+    }
+    {
+        // OTLP removed while it has everything: only the listener's three are left.
+        let mut s = Spool::open(dir.path()).expect("open");
+        s.set_outputs(&[L]).expect("outputs");
+        assert_eq!(pending(&s), (3, 3, 3));
+        let l = s.next_batch(L, 10).expect("batch").expect("some");
+        assert_eq!(ids(&l), ["t:3", "t:4", "t:5"]);
+    }
+    {
+        // The listener removed with its batch open: the OTLP receiver starts over with
+        // what is spooled; the listener's batch is gone.
+        let mut s = Spool::open(dir.path()).expect("open");
+        s.set_outputs(&[O]).expect("outputs");
+        let batches: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM batches", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(batches, 0);
+        let o = s.next_batch(O, 10).expect("batch").expect("some");
+        assert_eq!(ids(&o), ["t:3", "t:4", "t:5"]);
+        assert_eq!(s.ack(O, &o.batch_id).expect("ack"), 3);
+        assert_eq!(s.stats().expect("stats").depth, 0);
+    }
+}
+
+#[test]
+fn an_eviction_says_which_output_lost_what() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = both(dir.path());
+    let cap = 1 << 20;
+    s.set_cap(cap, "h");
+    let mut evicted = 0;
+    for chunk in 0..30u32 {
+        let evs: Vec<Event> = (chunk * 100..chunk * 100 + 100).map(big).collect();
+        s.append(&evs).expect("append");
+        // The listener keeps up; the OTLP receiver is down.
+        while let Some(b) = s.next_batch(L, 1000).expect("batch") {
+            s.ack(L, &b.batch_id).expect("ack");
+        }
+        if let Some(e) = s.enforce_cap().expect("enforce") {
+            evicted += e.evicted;
+        }
+    }
+    assert!(evicted > 1000, "{evicted}");
+    let reports: Vec<serde_json::Value> = s
+        .conn
+        .prepare("SELECT data FROM events WHERE id LIKE 'agent:h:events_evicted:%'")
+        .expect("prepare")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("query")
+        .map(|d| serde_json::from_str(&d.expect("row")).expect("json"))
+        .collect();
+    let sum = |o: &str| -> u64 {
+        reports
+            .iter()
+            .map(|r| r["undelivered_by_output"][o].as_u64().expect("count"))
+            .sum()
+    };
+    assert_eq!((sum("listener"), sum("otlp")), (0, evicted));
+    // The counts follow what is left (the last report is new to the listener).
+    while let Some(b) = s.next_batch(L, 1000).expect("batch") {
+        s.ack(L, &b.batch_id).expect("ack");
+    }
+    let (l, o, depth) = pending(&s);
+    assert_eq!((l, o), (0, depth));
 }

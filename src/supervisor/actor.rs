@@ -14,7 +14,7 @@ use super::{RestartPolicy, HEALTH_INTERVAL, PING_TIMEOUT};
 use crate::catalogue::AgentEvent;
 use crate::config::Config;
 use crate::db::Db;
-use crate::model::{ChildExited, ChildId, Enqueue, FinishUp, Flush, Route};
+use crate::model::{ChildExited, ChildId, Enqueue, FinishUp, Flush, FlushOutcome, Output, Route};
 use crate::spool::SpoolActor;
 use crate::status::{self, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
@@ -439,18 +439,24 @@ impl Handler<Shutdown> for Supervisor {
                         act.stop_child(id);
                         act.slots.stopped_on_purpose(id, false);
                     }
-                    let flush = act.running.get(&ChildId::Shipper).and_then(|r| {
-                        r.addr.flush(Flush { deadline: end })
-                    });
+                    // Every output flushes at once (each on its own thread); the outcome
+                    // is theirs together.
+                    let flushes: Vec<_> = Output::ALL
+                        .iter()
+                        .filter_map(|o| act.running.get(&ChildId::Shipper(*o)))
+                        .filter_map(|r| r.addr.flush(Flush { deadline: end }))
+                        .collect();
                     let limit = end.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
                     async move {
-                        match flush {
-                            Some(req) => tokio::time::timeout(limit, req)
-                                .await
-                                .ok()
-                                .and_then(Result::ok),
-                            None => None,
+                        let until = tokio::time::Instant::now() + limit;
+                        let mut all: Option<FlushOutcome> = None;
+                        for req in flushes {
+                            let o = tokio::time::timeout_at(until, req).await.ok().and_then(Result::ok)?;
+                            let sum = all.get_or_insert(FlushOutcome { drained: true, ..Default::default() });
+                            sum.batches += o.batches;
+                            sum.drained &= o.drained;
                         }
+                        all
                     }
                     .into_actor(act)
                 })

@@ -10,8 +10,8 @@ use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::db::Db;
 use crate::logs::actor::LogTailActor;
-use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route};
-use crate::shipper::{Origin, ShipperActor};
+use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Output, Ping, Route};
+use crate::shipper::{Origin, OtlpPost, ShipperActor};
 use crate::sources;
 use crate::spool::SpoolActor;
 
@@ -69,7 +69,8 @@ pub struct Running {
 /// The children the configuration asks for, in start order: the spool first so that
 /// collectors have somewhere to put events, the shipper, then the sources.
 pub fn desired(config: &Config) -> Vec<ChildId> {
-    let mut v = vec![ChildId::Spool, ChildId::Shipper];
+    let mut v = vec![ChildId::Spool];
+    v.extend(config.outputs().into_iter().map(ChildId::Shipper));
     v.extend(
         sources::enabled(config)
             .into_iter()
@@ -85,11 +86,21 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
 pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
     let agent = old.agent.hostname != new.agent.hostname;
     match id {
-        ChildId::Spool => old.agent.state_dir != new.agent.state_dir || old.buffer != new.buffer,
-        ChildId::Shipper => {
+        ChildId::Spool => {
+            old.agent.state_dir != new.agent.state_dir
+                || old.buffer != new.buffer
+                || old.outputs() != new.outputs()
+        }
+        ChildId::Shipper(Output::Listener) => {
             agent
                 || old.agent.project_id != new.agent.project_id
                 || old.listener != new.listener
+                || old.breaker != new.breaker
+        }
+        ChildId::Shipper(Output::Otlp) => {
+            agent
+                || old.agent.project_id != new.agent.project_id
+                || old.otlp != new.otlp
                 || old.breaker != new.breaker
         }
         ChildId::Collector(_) => {
@@ -132,11 +143,33 @@ pub fn spawn(
             let dir = config.agent.state_dir.clone();
             let max = config.buffer.max_bytes;
             let host = config.agent.hostname.clone();
+            let outputs = config.outputs();
             ChildAddr::Spool(SpoolActor::start_in_arbiter(&h, move |_| {
-                SpoolActor::new(dir, max, host, log, guard)
+                SpoolActor::new(dir, max, host, outputs, log, guard)
             }))
         }
-        ChildId::Shipper => {
+        ChildId::Shipper(Output::Otlp) => {
+            let cfg = config.otlp.clone();
+            let breaker = config.breaker.clone();
+            let origin = Origin {
+                project: config.agent.project_id.clone(),
+                host: config.agent.hostname.clone(),
+            };
+            let route = spool.clone();
+            ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
+                let transport = std::rc::Rc::new(OtlpPost::new(&cfg, origin).logging(log.clone()));
+                ShipperActor::with_transport(
+                    Output::Otlp,
+                    cfg.delivery.clone(),
+                    breaker,
+                    transport,
+                    route,
+                    log,
+                    guard,
+                )
+            }))
+        }
+        ChildId::Shipper(Output::Listener) => {
             let cfg = config.listener.clone();
             let breaker = config.breaker.clone();
             let origin = Origin {

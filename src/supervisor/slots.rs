@@ -318,7 +318,7 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ChildDetail, CollectorStats, EventKind};
+    use crate::model::{ChildDetail, CollectorStats, EventKind, Output};
 
     const LOCKS: ChildId = ChildId::Collector(EventKind::PgLocks);
 
@@ -440,8 +440,8 @@ mod tests {
             crate::config::parse_str(&format!("{base}[listener]\nurl='http://127.0.0.1:9/x'\n"))
                 .expect("valid");
         let p = plan_reload(&old, &listener);
-        assert_eq!(p.stop, [ChildId::Shipper]);
-        assert_eq!(p.start, [ChildId::Shipper]);
+        assert_eq!(p.stop, [ChildId::Shipper(Output::Listener)]);
+        assert_eq!(p.start, [ChildId::Shipper(Output::Listener)]);
 
         let no_locks =
             crate::config::parse_str(&format!("{base}[collection]\nlocks=false\n")).expect("valid");
@@ -451,7 +451,10 @@ mod tests {
             p.stop.contains(&LOCKS) && !p.start.contains(&LOCKS),
             "{p:?}"
         );
-        assert!(!p.stop.contains(&ChildId::Spool) && !p.stop.contains(&ChildId::Shipper));
+        assert!(
+            !p.stop.contains(&ChildId::Spool)
+                && !p.stop.contains(&ChildId::Shipper(Output::Listener))
+        );
         let p = plan_reload(&no_locks, &old);
         assert!(p.start.contains(&LOCKS), "{p:?}");
     }

@@ -1,0 +1,504 @@
+//! The OTLP output: a batch becomes one OTLP/HTTP `ExportLogsServiceRequest` (protobuf,
+//! gzip) with one log record per event, POSTed to `<endpoint>/v1/logs`.
+//!
+//! What a record carries: the body is the event's data as a map (keys whose value is
+//! null are left out); `event_name` is the event kind; attributes name the kind, the
+//! event id (stable across retries, for de-duplication), the correlation id, the query
+//! id, the database and, for server log events, severity and SQLSTATE; the record's
+//! severity follows PostgreSQL's; a `trace_id`/`span_id` the event took from a
+//! `traceparent` becomes the record's trace context, so a tracing backend shows it
+//! under the request's span. The resource names the service, host, project and (once a
+//! collector learnt it) the PostgreSQL version.
+//!
+//! The messages are the subset of opentelemetry-proto v1 (`collector/logs/v1`,
+//! `logs/v1`, `common/v1`, `resource/v1`) the agent writes, with the same field numbers.
+
+use std::cell::Cell;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use serde_json::Value;
+use slog::{warn, Logger};
+
+use super::policy::retry_after;
+use super::post::location_text;
+use super::transport::{verdict, SendError, SendFuture, Transport};
+use super::{encode_body, Answer, Origin};
+use crate::config::{Compression, OtlpConfig, Secret};
+use crate::model::{Batch, Event};
+
+/// The longest answer body read (a partial-success message).
+const MAX_ANSWER: usize = 64 * 1024;
+/// The longest receiver message repeated in the log.
+const MAX_MESSAGE: usize = 300;
+
+/// `opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ExportLogsServiceRequest {
+    /// One resource: this agent.
+    #[prost(message, repeated, tag = "1")]
+    pub resource_logs: Vec<ResourceLogs>,
+}
+
+/// `…ExportLogsServiceResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ExportLogsServiceResponse {
+    /// Set when some records were rejected.
+    #[prost(message, optional, tag = "1")]
+    pub partial_success: Option<ExportLogsPartialSuccess>,
+}
+
+/// `…ExportLogsPartialSuccess`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ExportLogsPartialSuccess {
+    /// Records the receiver dropped.
+    #[prost(int64, tag = "1")]
+    pub rejected_log_records: i64,
+    /// Why.
+    #[prost(string, tag = "2")]
+    pub error_message: String,
+}
+
+/// `opentelemetry.proto.logs.v1.ResourceLogs`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ResourceLogs {
+    /// Who sends.
+    #[prost(message, optional, tag = "1")]
+    pub resource: Option<Resource>,
+    /// The records, under one scope.
+    #[prost(message, repeated, tag = "2")]
+    pub scope_logs: Vec<ScopeLogs>,
+}
+
+/// `opentelemetry.proto.resource.v1.Resource`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Resource {
+    /// service.name, host.name, ….
+    #[prost(message, repeated, tag = "1")]
+    pub attributes: Vec<KeyValue>,
+}
+
+/// `opentelemetry.proto.logs.v1.ScopeLogs`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ScopeLogs {
+    /// The agent.
+    #[prost(message, optional, tag = "1")]
+    pub scope: Option<InstrumentationScope>,
+    /// One per event.
+    #[prost(message, repeated, tag = "2")]
+    pub log_records: Vec<LogRecord>,
+}
+
+/// `opentelemetry.proto.common.v1.InstrumentationScope`.
+#[derive(Clone, PartialEq, Message)]
+pub struct InstrumentationScope {
+    /// `postgres-agent`.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The agent's version.
+    #[prost(string, tag = "2")]
+    pub version: String,
+}
+
+/// `opentelemetry.proto.logs.v1.LogRecord`.
+#[derive(Clone, PartialEq, Message)]
+pub struct LogRecord {
+    /// When it happened (a server log line's own time; else when it was collected).
+    #[prost(fixed64, tag = "1")]
+    pub time_unix_nano: u64,
+    /// `SeverityNumber`.
+    #[prost(int32, tag = "2")]
+    pub severity_number: i32,
+    /// As PostgreSQL wrote it.
+    #[prost(string, tag = "3")]
+    pub severity_text: String,
+    /// The event's data.
+    #[prost(message, optional, tag = "5")]
+    pub body: Option<AnyValue>,
+    /// Kind, ids, database, ….
+    #[prost(message, repeated, tag = "6")]
+    pub attributes: Vec<KeyValue>,
+    /// W3C trace flags (none known: 0).
+    #[prost(fixed32, tag = "8")]
+    pub flags: u32,
+    /// 16 bytes, when the event carries a trace.
+    #[prost(bytes = "vec", tag = "9")]
+    pub trace_id: Vec<u8>,
+    /// 8 bytes, when the event carries a trace.
+    #[prost(bytes = "vec", tag = "10")]
+    pub span_id: Vec<u8>,
+    /// When the agent collected it.
+    #[prost(fixed64, tag = "11")]
+    pub observed_time_unix_nano: u64,
+    /// The event kind.
+    #[prost(string, tag = "12")]
+    pub event_name: String,
+}
+
+/// `opentelemetry.proto.common.v1.KeyValue`.
+#[derive(Clone, PartialEq, Message)]
+pub struct KeyValue {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Value.
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<AnyValue>,
+}
+
+/// `opentelemetry.proto.common.v1.AnyValue`.
+#[derive(Clone, PartialEq, Message)]
+pub struct AnyValue {
+    /// One of the kinds; none for null.
+    #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4, 5, 6")]
+    pub value: Option<any_value::Value>,
+}
+
+/// The kinds of [`AnyValue`].
+pub mod any_value {
+    /// `AnyValue.value`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Value {
+        /// Text.
+        #[prost(string, tag = "1")]
+        StringValue(String),
+        /// Boolean.
+        #[prost(bool, tag = "2")]
+        BoolValue(bool),
+        /// Integer.
+        #[prost(int64, tag = "3")]
+        IntValue(i64),
+        /// Number.
+        #[prost(double, tag = "4")]
+        DoubleValue(f64),
+        /// List.
+        #[prost(message, tag = "5")]
+        ArrayValue(super::ArrayValue),
+        /// Map.
+        #[prost(message, tag = "6")]
+        KvlistValue(super::KeyValueList),
+    }
+}
+
+/// `opentelemetry.proto.common.v1.ArrayValue`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ArrayValue {
+    /// Items.
+    #[prost(message, repeated, tag = "1")]
+    pub values: Vec<AnyValue>,
+}
+
+/// `opentelemetry.proto.common.v1.KeyValueList`.
+#[derive(Clone, PartialEq, Message)]
+pub struct KeyValueList {
+    /// Entries.
+    #[prost(message, repeated, tag = "1")]
+    pub values: Vec<KeyValue>,
+}
+
+fn text(s: impl Into<String>) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(s.into())),
+    }
+}
+
+fn kv(key: &str, value: AnyValue) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(value),
+    }
+}
+
+/// JSON as an OTLP value; `None` for null (left out of maps).
+pub fn any(v: Value) -> Option<AnyValue> {
+    use any_value::Value as V;
+    let value = match v {
+        Value::Null => return None,
+        Value::Bool(b) => V::BoolValue(b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => V::IntValue(i),
+            // Above i64: as text, exactly (a double would round it).
+            (None, _) if n.is_u64() => V::StringValue(n.to_string()),
+            (None, Some(f)) => V::DoubleValue(f),
+            (None, None) => V::StringValue(n.to_string()),
+        },
+        Value::String(s) => V::StringValue(s),
+        Value::Array(items) => V::ArrayValue(ArrayValue {
+            values: items
+                .into_iter()
+                .map(|i| any(i).unwrap_or_default())
+                .collect(),
+        }),
+        Value::Object(map) => V::KvlistValue(KeyValueList {
+            values: map
+                .into_iter()
+                .filter_map(|(k, v)| any(v).map(|v| kv(&k, v)))
+                .collect(),
+        }),
+    };
+    Some(AnyValue { value: Some(value) })
+}
+
+/// OTel's `SeverityNumber` for a PostgreSQL severity, and for the agent's own events.
+pub fn severity(pg: &str) -> i32 {
+    match pg {
+        "DEBUG5" => 1,
+        "DEBUG4" => 2,
+        "DEBUG3" => 3,
+        "DEBUG2" => 5,
+        "DEBUG1" | "DEBUG" => 6,
+        "LOG" => 9,
+        "INFO" => 10,
+        "NOTICE" => 11,
+        "WARNING" | "WARN" => 13,
+        "ERROR" => 17,
+        "FATAL" => 21,
+        "PANIC" => 24,
+        _ => 0,
+    }
+}
+
+/// `hex` as bytes when it is exactly `n` lowercase hex digits and not all zeros (as
+/// W3C Trace Context requires); anything else is no trace.
+fn trace_bytes(hex: Option<&Value>, n: usize) -> Vec<u8> {
+    let Some(h) = hex.and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    if h.len() != n
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        || h.bytes().all(|b| b == b'0')
+    {
+        return Vec::new();
+    }
+    (0..n / 2)
+        .filter_map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+fn nanos(t: DateTime<Utc>) -> u64 {
+    t.timestamp_nanos_opt().unwrap_or_default().max(0) as u64
+}
+
+/// The attribute names of a record (documented in the README).
+pub mod attr {
+    /// The event kind (`pg_log`, `pg_activity`, …).
+    pub const KIND: &str = "postgres_agent.kind";
+    /// The event id (the same when a batch is retried).
+    pub const EVENT_ID: &str = "postgres_agent.event_id";
+    /// The request the event belongs to.
+    pub const CORRELATION_ID: &str = "postgres_agent.correlation_id";
+    /// PostgreSQL's query id.
+    pub const QUERY_ID: &str = "postgres_agent.query_id";
+    /// The database.
+    pub const DATABASE: &str = "db.namespace";
+    /// PostgreSQL's severity of a server log event.
+    pub const SEVERITY: &str = "postgres_agent.severity";
+    /// SQLSTATE of a server log event.
+    pub const SQLSTATE: &str = "db.response.status_code";
+}
+
+/// One event as a log record. Data that is not a JSON object (never written by the
+/// agent) goes into the body as it is.
+pub fn record(e: &Event) -> LogRecord {
+    let data: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
+    let field = |k: &str| data.get(k).filter(|v| !v.is_null());
+    let mut attributes = vec![
+        kv(attr::KIND, text(e.kind.as_str())),
+        kv(attr::EVENT_ID, text(&e.id)),
+    ];
+    let named = [
+        (attr::CORRELATION_ID, "correlation_id"),
+        (attr::QUERY_ID, "query_id"),
+        (attr::DATABASE, "database"),
+        (attr::DATABASE, "datname"),
+        (attr::SEVERITY, "severity"),
+        (attr::SQLSTATE, "sqlstate"),
+    ];
+    for (name, key) in named {
+        if attributes.iter().any(|a| a.key == name) {
+            continue;
+        }
+        if let Some(v) = field(key).and_then(|v| any(v.clone())) {
+            attributes.push(kv(name, v));
+        }
+    }
+    let pg_severity = field("severity").and_then(Value::as_str).unwrap_or("");
+    let (severity_number, severity_text) = match (e.kind, pg_severity) {
+        (_, s) if severity(s) > 0 => (severity(s), s.to_string()),
+        (crate::model::EventKind::Agent, _) => (9, "INFO".to_string()),
+        _ => (0, String::new()),
+    };
+    // A server log line's own time; otherwise the time of collection.
+    let time = field("timestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(e.collected_at);
+    let (trace_id, span_id) = (
+        trace_bytes(field("trace_id"), 32),
+        trace_bytes(field("span_id"), 16),
+    );
+    // A span id alone names no trace.
+    let span_id = if trace_id.is_empty() {
+        Vec::new()
+    } else {
+        span_id
+    };
+    LogRecord {
+        time_unix_nano: nanos(time),
+        observed_time_unix_nano: nanos(e.collected_at),
+        severity_number,
+        severity_text,
+        body: any(data),
+        attributes,
+        flags: 0,
+        trace_id,
+        span_id,
+        event_name: e.kind.as_str().to_string(),
+    }
+}
+
+/// The request for a batch.
+pub fn request(origin: &Origin, service: &str, batch: &Batch) -> ExportLogsServiceRequest {
+    let mut resource = vec![
+        kv("service.name", text(service)),
+        kv("service.instance.id", text(&origin.host)),
+        kv("host.name", text(&origin.host)),
+        kv("db.system.name", text("postgresql")),
+        kv("postgres_agent.project", text(&origin.project)),
+        kv("postgres_agent.version", text(crate::VERSION)),
+    ];
+    if let Some(v) = crate::sources::known_server_version() {
+        resource.push(kv("db.server.version", text(v)));
+    }
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: resource,
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "postgres-agent".into(),
+                    version: crate::VERSION.into(),
+                }),
+                log_records: batch.events.iter().map(record).collect(),
+            }],
+        }],
+    }
+}
+
+/// A receiver's text as it may be repeated: printable, cut on a character boundary.
+fn said(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match clean.char_indices().nth(MAX_MESSAGE) {
+        Some((i, _)) => format!("{}…", &clean[..i]),
+        None => clean,
+    }
+}
+
+/// POSTs batches to an OTLP/HTTP receiver.
+pub struct OtlpPost {
+    client: awc::Client,
+    url: String,
+    headers: Vec<(String, Secret)>,
+    compression: Compression,
+    service: String,
+    origin: Origin,
+    log: Option<Logger>,
+    /// Records receivers said they rejected (partial success) since start.
+    pub rejected_total: Cell<u64>,
+}
+
+impl OtlpPost {
+    /// A poster for `cfg`; build it on the thread that uses it.
+    pub fn new(cfg: &OtlpConfig, origin: Origin) -> OtlpPost {
+        let client = awc::Client::builder()
+            .timeout(cfg.delivery.timeout)
+            .disable_redirects()
+            .add_default_header(("User-Agent", format!("postgres-agent/{}", crate::VERSION)))
+            .finish();
+        OtlpPost {
+            client,
+            url: cfg.url.clone().unwrap_or_default(),
+            headers: cfg.headers.clone(),
+            compression: cfg.delivery.compression,
+            service: cfg.service_name.clone(),
+            origin,
+            log: None,
+            rejected_total: Cell::new(0),
+        }
+    }
+
+    /// Reports partial successes to `log`.
+    pub fn logging(mut self, log: Logger) -> OtlpPost {
+        self.log = Some(log);
+        self
+    }
+
+    async fn post(&self, batch: &Batch) -> Result<u16, SendError> {
+        let failed = |reason: String| SendError::Retriable {
+            reason,
+            status: None,
+            retry_after: None,
+        };
+        let body = request(&self.origin, &self.service, batch).encode_to_vec();
+        let body = encode_body(body, self.compression)
+            .map_err(|e| failed(format!("cannot compress batch: {e}")))?;
+        let mut req = self
+            .client
+            .post(&self.url)
+            .insert_header(("Content-Type", "application/x-protobuf"));
+        for (name, value) in &self.headers {
+            req = req.insert_header((name.as_str(), value.expose()));
+        }
+        if self.compression == Compression::Gzip {
+            req = req.insert_header(("Content-Encoding", "gzip"));
+        }
+        let mut resp = req
+            .send_body(body)
+            .await
+            .map_err(|e| failed(format!("request failed: {e}")))?;
+        let header = |name: &str| resp.headers().get(name).map(|v| v.to_str());
+        let status = resp.status().as_u16();
+        let answer = Answer {
+            status,
+            retry_after: header("retry-after")
+                .and_then(Result::ok)
+                .and_then(|v| retry_after(v, Utc::now())),
+            location: (300..400)
+                .contains(&status)
+                .then(|| location_text(header("location").map(|h| h.ok()))),
+        };
+        let verdict = verdict(&answer)?;
+        // Accepted. A partial success names records the receiver dropped for good: it
+        // is said (they are not sent again, as the protocol asks); a body that is not
+        // a response is no reason to send the batch again.
+        if let Ok(bytes) = resp.body().limit(MAX_ANSWER).await {
+            if let Ok(r) = ExportLogsServiceResponse::decode(bytes.as_ref()) {
+                if let Some(p) = r.partial_success.filter(|p| p.rejected_log_records > 0) {
+                    let n = p.rejected_log_records as u64;
+                    self.rejected_total.set(self.rejected_total.get() + n);
+                    if let Some(log) = &self.log {
+                        warn!(log, "otlp_records_rejected"; "records" => n, "events" => batch.events.len(),
+                              "message" => said(&p.error_message), "batch_id" => &batch.batch_id);
+                    }
+                }
+            }
+        }
+        Ok(verdict)
+    }
+}
+
+impl Transport for OtlpPost {
+    fn send<'a>(&'a self, batch: &'a Batch) -> SendFuture<'a> {
+        Box::pin(self.post(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests;

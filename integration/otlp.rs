@@ -152,13 +152,29 @@ fn both_outputs_get_every_event_and_an_otlp_outage_loses_nothing_nor_holds_the_l
 #[test]
 fn otlp_alone_quarantines_only_what_it_refuses_and_ships_the_rest() {
     let pg = PgCluster::start("");
-    let receiver = Receiver::start();
+    let mut receiver = Receiver::start();
     receiver.set_mode("reject-marked");
     let dir = shared_tempdir("pgagent-it");
     let _marked = pg.session("app", "select pg_sleep(120) -- REJECT-ME");
     let _plain = pg.session("app", "select pg_sleep(121)");
     // The listener off: an empty URL.
     let toml = config(dir.path(), &pg, "", 1) + &otlp_section(&receiver.endpoint());
+    // `check` sends an empty export through the shipper's own request.
+    let path = dir.path().join("check.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    let (code, out) = check(&path);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok    otlp      {}/v1/logs accepted an empty export (HTTP 200)",
+            receiver.endpoint()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("listener"), "the listener is off: {out}");
+    let empty = receiver.requests();
+    assert_eq!(empty.len(), 1);
+    assert_eq!(empty[0]["authorization"], "Bearer otlp-secret");
     let agent = Agent::start(dir.path(), &toml, &[]);
     let quarantined = wait_for(
         "the marked rows quarantined",
@@ -211,4 +227,23 @@ fn otlp_alone_quarantines_only_what_it_refuses_and_ships_the_rest() {
         "no listener shipper: {status}"
     );
     let _: Value = status;
+
+    // The receiver gone: `check` says so and fails.
+    receiver.stop();
+    let (code, out) = check(&path);
+    assert_eq!(code, Some(69), "{out}");
+    assert!(out.contains("FAIL  otlp      cannot reach"), "{out}");
+    assert!(!out.contains("otlp-secret"), "{out}");
+}
+
+fn check(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(crate::harness::agent::bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

@@ -53,7 +53,7 @@ pub fn observe_cycle(source: &'static str, took: Duration) {
 }
 
 /// Children that are not collectors (their detail has another shape).
-const NOT_COLLECTORS: [&str; 3] = ["buffer", "shipper", "pg_log"];
+const NOT_COLLECTORS: [&str; 4] = ["buffer", "shipper", "shipper_otlp", "pg_log"];
 
 /// Metrics of one scrape, registered as they are set.
 struct Page {
@@ -173,7 +173,7 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         &["source"],
     )?;
     for (name, c) in &s.children {
-        if name == "buffer" || name == "shipper" {
+        if name == "buffer" || name.starts_with("shipper") {
             continue;
         }
         if let Some(t) = c.last_success {
@@ -228,6 +228,17 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
             "Bytes of event data waiting in the spool",
             d.bytes as f64,
         )?;
+        let pending = p.gauge_vec(
+            "postgres_agent_spool_pending_events",
+            "Events in the spool an output has not taken yet",
+            &["output"],
+        )?;
+        for (output, n) in &d.pending_by_output {
+            // Only the fixed output names become label values.
+            if let Some(o) = crate::model::Output::parse(output) {
+                pending.with_label_values(&[o.as_str()]).set(*n as f64);
+            }
+        }
         p.gauge(
             "postgres_agent_spool_file_bytes",
             "Size of the spool on disk (database and WAL)",
@@ -270,63 +281,93 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
     }
 
-    if let Some(d) = s.detail::<ShipperStats>("shipper") {
+    // One set of families for every output, labelled by it (`listener`, `otlp`).
+    let shippers: Vec<(&str, ShipperStats)> = crate::model::Output::ALL
+        .iter()
+        .filter_map(|o| {
+            let child = crate::model::ChildId::Shipper(*o).name();
+            s.detail::<ShipperStats>(child).map(|d| (o.as_str(), d))
+        })
+        .collect();
+    if !shippers.is_empty() {
         let batches = p.counter_vec(
             "postgres_agent_shipper_batches_total",
-            "Batch posts to the listener by outcome (sent: a 2xx; failed: any other answer or none)",
-            &["outcome"],
+            "Batch posts to an output by outcome (sent: a 2xx; failed: any other answer or none)",
+            &["output", "outcome"],
         )?;
-        batches
-            .with_label_values(&["sent"])
-            .inc_by(d.batches_sent_total);
-        batches
-            .with_label_values(&["failed"])
-            .inc_by(d.failures_total);
-        p.counter(
+        let split = p.counter_vec(
             "postgres_agent_shipper_batches_split_total",
-            "Batches split in halves after the listener refused them as too large or invalid",
-            d.batches_split_total,
+            "Batches split in halves after the output refused them as too large or invalid",
+            &["output"],
         )?;
-        p.counter(
+        let sent = p.counter_vec(
             "postgres_agent_shipper_events_sent_total",
-            "Events the listener acknowledged",
-            d.events_sent_total,
+            "Events the output acknowledged",
+            &["output"],
         )?;
-        p.counter(
+        let quarantined = p.counter_vec(
             "postgres_agent_shipper_events_quarantined_total",
-            "Events the listener refused on their own (moved to quarantine)",
-            d.events_quarantined_total,
+            "Events the output refused on their own (moved to quarantine; other outputs still get them)",
+            &["output"],
         )?;
-        p.gauge(
+        let failures = p.gauge_vec(
             "postgres_agent_shipper_consecutive_failures",
             "Failed attempts since the last success",
-            f64::from(d.consecutive_failures),
+            &["output"],
         )?;
         let breaker = p.gauge_vec(
             "postgres_agent_shipper_breaker_state",
-            "The circuit breaker towards the listener: 1 for the state it is in",
-            &["state"],
+            "The circuit breaker towards the output: 1 for the state it is in",
+            &["output", "state"],
         )?;
-        for (label, phase) in [
-            ("closed", BreakerPhase::Closed),
-            ("open", BreakerPhase::Open),
-            ("half_open", BreakerPhase::HalfOpen),
-        ] {
-            breaker
-                .with_label_values(&[label])
-                .set(flag(d.breaker.state == phase));
-        }
-        p.gauge(
+        let refused = p.gauge_vec(
             "postgres_agent_shipper_token_refused",
-            "1 while the listener refuses the token (nothing is sent)",
-            flag(d.token_refused.is_some()),
+            "1 while the output refuses the agent's credentials (nothing is sent to it)",
+            &["output"],
         )?;
-        if let Some(t) = s.children.get("shipper").and_then(|c| c.last_success) {
-            p.gauge(
-                "postgres_agent_shipper_last_success_timestamp_seconds",
-                "When the listener last accepted a batch (2xx), Unix time",
-                unix_s(t),
-            )?;
+        let last = p.gauge_vec(
+            "postgres_agent_shipper_last_success_timestamp_seconds",
+            "When the output last accepted a batch (2xx), Unix time",
+            &["output"],
+        )?;
+        for (output, d) in &shippers {
+            batches
+                .with_label_values(&[output, "sent"])
+                .inc_by(d.batches_sent_total);
+            batches
+                .with_label_values(&[output, "failed"])
+                .inc_by(d.failures_total);
+            split
+                .with_label_values(&[output])
+                .inc_by(d.batches_split_total);
+            sent.with_label_values(&[output])
+                .inc_by(d.events_sent_total);
+            quarantined
+                .with_label_values(&[output])
+                .inc_by(d.events_quarantined_total);
+            failures
+                .with_label_values(&[output])
+                .set(f64::from(d.consecutive_failures));
+            for (label, phase) in [
+                ("closed", BreakerPhase::Closed),
+                ("open", BreakerPhase::Open),
+                ("half_open", BreakerPhase::HalfOpen),
+            ] {
+                breaker
+                    .with_label_values(&[output, label])
+                    .set(flag(d.breaker.state == phase));
+            }
+            refused
+                .with_label_values(&[output])
+                .set(flag(d.token_refused.is_some()));
+            let child = if *output == "listener" {
+                "shipper"
+            } else {
+                "shipper_otlp"
+            };
+            if let Some(t) = s.children.get(child).and_then(|c| c.last_success) {
+                last.with_label_values(&[output]).set(unix_s(t));
+            }
         }
     }
 

@@ -113,10 +113,28 @@ fn summary(s: &StatusSnapshot) -> String {
     use crate::shipper::policy::BreakerPhase;
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     let mut out = String::from("\n");
-    if let Some(d) = s.detail::<ShipperStats>("shipper") {
+    for (child, what, who, key, label) in [
+        (
+            "shipper",
+            "TOKEN",
+            "the listener",
+            "listener.token",
+            "delivery:",
+        ),
+        (
+            "shipper_otlp",
+            "CREDENTIALS",
+            "the OTLP receiver",
+            "otlp.headers",
+            "otlp:    ",
+        ),
+    ] {
+        let Some(d) = s.detail::<ShipperStats>(child) else {
+            continue;
+        };
         if let Some(t) = &d.token_refused {
             out.push_str(&format!(
-                "TOKEN REFUSED by the listener ({t}): nothing is sent; fix listener.token and reload (SIGHUP)\n"
+                "{what} REFUSED by {who} ({t}): nothing is sent to it; fix {key} and reload (SIGHUP)\n"
             ));
         }
         let b = &d.breaker;
@@ -131,7 +149,7 @@ fn summary(s: &StatusSnapshot) -> String {
             BreakerPhase::Closed => "breaker closed".to_string(),
         };
         out.push_str(&format!(
-            "delivery: {breaker}, last HTTP {}, {} batches / {} events sent, {} failures in a row, {} quarantined by the listener\n",
+            "{label} {breaker}, last HTTP {}, {} batches / {} events sent, {} failures in a row, {} quarantined by {who}\n",
             d.last_http_status.map_or("-".to_string(), |x| x.to_string()),
             d.batches_sent_total,
             d.events_sent_total,
@@ -150,6 +168,14 @@ fn summary(s: &StatusSnapshot) -> String {
             d.evicted_total,
             d.quarantined,
         ));
+        if d.pending_by_output.len() > 1 {
+            let each: Vec<String> = d
+                .pending_by_output
+                .iter()
+                .map(|(o, n)| format!("{n} for the {o}"))
+                .collect();
+            out.push_str(&format!("          waiting: {}\n", each.join(", ")));
+        }
     }
     if let Some(d) = s.detail::<LogStats>("pg_log") {
         out.push_str(&format!(

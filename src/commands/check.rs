@@ -9,7 +9,7 @@ use crate::config::display_url;
 use crate::config::Config;
 use crate::db::{describe, pg_config};
 use crate::model::Batch;
-use crate::shipper::{Origin, Post};
+use crate::shipper::{Origin, Post, SendError};
 
 struct Report {
     failures: usize,
@@ -42,7 +42,12 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         if config.collection.logs {
             check_log(&mut r, &config).await;
         }
-        check_listener(&mut r, &config).await;
+        if !config.listener.url.is_empty() {
+            check_listener(&mut r, &config).await;
+        }
+        if config.otlp.url.is_some() {
+            check_otlp(&mut r, &config).await;
+        }
         r
     });
     let mut r = r;
@@ -550,6 +555,41 @@ async fn check_listener(r: &mut Report, config: &Config) {
             "listener",
             &format!("cannot reach {url}: {e}"),
             "check listener.url and that the listener is running and reachable from this host",
+        ),
+    }
+}
+
+/// An empty export (no records: the receiver stores nothing) through the shipper's own
+/// request: endpoint, TLS and headers.
+async fn check_otlp(r: &mut Report, config: &Config) {
+    let batch = Batch {
+        batch_id: uuid::Uuid::new_v4().to_string(),
+        events: vec![],
+        seqs: Vec::new(),
+    };
+    let origin = Origin {
+        project: config.agent.project_id.clone(),
+        host: config.agent.hostname.clone(),
+    };
+    let url = display_url(config.otlp.url.as_deref().unwrap_or_default());
+    let post = crate::shipper::OtlpPost::new(&config.otlp, origin);
+    let who = crate::shipper::delivery::Naming::OTLP;
+    match crate::shipper::Transport::send(&post, &batch).await {
+        Ok(s) => r.ok("otlp", &format!("{url} accepted an empty export (HTTP {s})")),
+        Err(SendError::TokenRefused { status }) => r.fail(
+            "otlp",
+            &format!("{url} refused the credentials (HTTP {status})"),
+            "set otlp.headers (or otlp.headers_file) to what the collector expects, e.g. authorization",
+        ),
+        Err(e @ SendError::Retriable { status: None, .. }) => r.fail(
+            "otlp",
+            &format!("cannot reach {url}: {}", e.describe(who.who, who.url_key)),
+            "check otlp.endpoint and that the collector's OTLP/HTTP receiver (port 4318) is running and reachable from this host",
+        ),
+        Err(e) => r.fail(
+            "otlp",
+            &format!("{url}: {}", e.describe(who.who, who.url_key)),
+            "check otlp.endpoint (the base URL; /v1/logs is appended) and the collector's own logs",
         ),
     }
 }

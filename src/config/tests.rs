@@ -249,3 +249,98 @@ fn default_pattern_extracts_the_id() {
         .expect("matches");
     assert_eq!(&caps["id"], "0f1c2b7e-0d3a-4c55-9a8e-1b2c3d4e5f60");
 }
+
+#[test]
+fn otlp_is_off_by_default_and_its_endpoint_gets_the_logs_path() {
+    let base = "[agent]\nproject_id = \"p\"\n";
+    let c = parse_str(base).expect("valid");
+    assert_eq!(c.otlp.url, None);
+    assert_eq!(c.outputs(), [crate::model::Output::Listener]);
+    for (endpoint, url) in [
+        ("http://collector:4318", "http://collector:4318/v1/logs"),
+        ("http://collector:4318/", "http://collector:4318/v1/logs"),
+        (
+            "https://c.example/otlp/v1/logs",
+            "https://c.example/otlp/v1/logs",
+        ),
+        ("https://c.example/otlp", "https://c.example/otlp/v1/logs"),
+    ] {
+        let c = parse_str(&format!("{base}[otlp]\nendpoint = \"{endpoint}\"\n")).expect("valid");
+        assert_eq!(c.otlp.url.as_deref(), Some(url));
+        assert_eq!(
+            c.outputs(),
+            [crate::model::Output::Listener, crate::model::Output::Otlp]
+        );
+        assert_eq!(c.otlp.service_name, "postgresql");
+        assert_eq!(c.otlp.delivery.batch_max_events, 500);
+    }
+    // The listener off, OTLP on.
+    let c = parse_str(&format!(
+        "{base}[listener]\nurl = \"\"\n[otlp]\nendpoint = \"http://c:4318\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(c.outputs(), [crate::model::Output::Otlp]);
+}
+
+#[test]
+fn nowhere_to_send_and_bad_otlp_settings_are_refused_by_name() {
+    let base = "[agent]\nproject_id = \"p\"\n";
+    assert_eq!(
+        keys(&format!("{base}[listener]\nurl = \"\"\n")),
+        ["listener.url"]
+    );
+    let p = problems(&format!(
+        "{base}[otlp]\nendpoint = \"collector:4318\"\nbatch_max_events = 0\ncompression = \"zstd\"\nservice_name = \" \"\nfoo = 1\n"
+    ));
+    for key in [
+        "otlp.endpoint",
+        "otlp.batch_max_events",
+        "otlp.compression",
+        "otlp.service_name",
+        "otlp.foo",
+    ] {
+        assert!(p.contains(&format!("{key}: ")), "{key} not named in:\n{p}");
+    }
+    let p = problems(&format!(
+        "{base}[otlp]\nendpoint = \"http://c:4318\"\nheaders = {{ \"bad name\" = \"x\", \"Content-Type\" = \"y\", authorization = \"Bearer s3cret\\n\" }}\n"
+    ));
+    assert!(p.contains("\"bad name\" is not an HTTP header name"), "{p}");
+    assert!(
+        p.contains("\"Content-Type\" is set by the agent itself"),
+        "{p}"
+    );
+    assert!(
+        p.contains("the value of \"authorization\" holds control characters"),
+        "{p}"
+    );
+    assert!(!p.contains("s3cret"), "{p}");
+}
+
+#[test]
+fn otlp_headers_come_from_the_file_too_and_are_never_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("headers");
+    std::fs::write(
+        &file,
+        "# for the collector\nAuthorization: Bearer s3cret\n\nX-Scope-OrgID: t1\n",
+    )
+    .expect("write");
+    let c = parse_str(&format!(
+        "[agent]\nproject_id = \"p\"\n[otlp]\nendpoint = \"http://c:4318\"\nheaders_file = \"{}\"\nheaders = {{ dd-api-key = \"k\" }}\n",
+        file.display()
+    ))
+    .expect("valid");
+    let names: Vec<&str> = c.otlp.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["dd-api-key", "Authorization", "X-Scope-OrgID"]);
+    assert_eq!(c.otlp.headers[1].1.expose(), "Bearer s3cret");
+    assert!(!format!("{c:?}").contains("s3cret"));
+    // Twice (file and table) is refused; a line without a colon names its number.
+    std::fs::write(&file, "dd-api-key: k2\nnonsense\n").expect("write");
+    let p = problems(&format!(
+        "[agent]\nproject_id = \"p\"\n[otlp]\nendpoint = \"http://c:4318\"\nheaders_file = \"{}\"\nheaders = {{ dd-api-key = \"k\" }}\n",
+        file.display()
+    ));
+    assert!(p.contains("\"dd-api-key\" is given twice"), "{p}");
+    assert!(p.contains("line 2: expected \"Name: value\""), "{p}");
+    assert!(!p.contains("k2"), "{p}");
+}

@@ -228,29 +228,29 @@ fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
     expect(
         "postgres_agent_shipper_batches_total",
         &[
-            "postgres_agent_shipper_batches_total{outcome=\"failed\"} 11",
-            "postgres_agent_shipper_batches_total{outcome=\"sent\"} 6",
+            "postgres_agent_shipper_batches_total{outcome=\"failed\",output=\"listener\"} 11",
+            "postgres_agent_shipper_batches_total{outcome=\"sent\",output=\"listener\"} 6",
         ],
     );
     expect(
         "postgres_agent_shipper_breaker_state",
         &[
-            "postgres_agent_shipper_breaker_state{state=\"closed\"} 0",
-            "postgres_agent_shipper_breaker_state{state=\"half_open\"} 0",
-            "postgres_agent_shipper_breaker_state{state=\"open\"} 1",
+            "postgres_agent_shipper_breaker_state{output=\"listener\",state=\"closed\"} 0",
+            "postgres_agent_shipper_breaker_state{output=\"listener\",state=\"half_open\"} 0",
+            "postgres_agent_shipper_breaker_state{output=\"listener\",state=\"open\"} 1",
         ],
     );
     expect(
         "postgres_agent_shipper_consecutive_failures",
-        &["postgres_agent_shipper_consecutive_failures 5"],
+        &["postgres_agent_shipper_consecutive_failures{output=\"listener\"} 5"],
     );
     expect(
         "postgres_agent_shipper_last_success_timestamp_seconds",
-        &["postgres_agent_shipper_last_success_timestamp_seconds 1700000000.5"],
+        &["postgres_agent_shipper_last_success_timestamp_seconds{output=\"listener\"} 1700000000.5"],
     );
     expect(
         "postgres_agent_shipper_token_refused",
-        &["postgres_agent_shipper_token_refused 0"],
+        &["postgres_agent_shipper_token_refused{output=\"listener\"} 0"],
     );
     // The histogram the collectors feed: its count for the source observed above.
     let count = samples(&text, "postgres_agent_source_cycle_duration_seconds_count");
@@ -283,6 +283,8 @@ fn label_values_are_only_child_names_outcomes_and_states() {
         "pg_log",
         "buffer",
         "shipper",
+        "listener",
+        "otlp",
         "sent",
         "failed",
         "closed",

@@ -211,7 +211,11 @@ fn prometheus_sees_the_breaker_open_during_an_outage_and_closed_after_it() {
     let sent = status["children"]["shipper"]["detail"]["events_sent_total"]
         .as_f64()
         .expect("events_sent_total");
-    let scraped = sample(&text, "postgres_agent_shipper_events_sent_total").expect("sample");
+    let scraped = sample(
+        &text,
+        "postgres_agent_shipper_events_sent_total{output=\"listener\"}",
+    )
+    .expect("sample");
     assert!(
         scraped <= sent && scraped > 0.0,
         "{scraped} vs status {sent}"

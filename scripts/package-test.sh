@@ -172,7 +172,7 @@ import sys, time, urllib.request
 deadline = time.time() + 30
 while True:
     text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
-    if 'postgres_agent_shipper_breaker_state{state="closed"} 1' in text:
+    if 'postgres_agent_shipper_breaker_state{output="listener",state="closed"} 1' in text:
         break
     assert time.time() < deadline, text
     time.sleep(0.5)

@@ -518,15 +518,7 @@ async fn check_statements(r: &mut Report, client: &tokio_postgres::Client, dbnam
 async fn check_listener(r: &mut Report, config: &Config) {
     let l = &config.listener;
     // An empty batch exercises the URL, TLS and the token without sending any data.
-    let batch = Batch {
-        batch_id: uuid::Uuid::new_v4().to_string(),
-        events: vec![],
-        seqs: Vec::new(),
-    };
-    let origin = Origin {
-        project: config.agent.project_id.clone(),
-        host: config.agent.hostname.clone(),
-    };
+    let (batch, origin) = empty_batch(config);
     let url = display_url(&l.url);
     // The shipper's own request: same headers, same body encoding, redirects refused.
     match Post::new(l, origin).send(&batch).await {
@@ -562,15 +554,7 @@ async fn check_listener(r: &mut Report, config: &Config) {
 /// An empty export (no records: the receiver stores nothing) through the shipper's own
 /// request: endpoint, TLS and headers.
 async fn check_otlp(r: &mut Report, config: &Config) {
-    let batch = Batch {
-        batch_id: uuid::Uuid::new_v4().to_string(),
-        events: vec![],
-        seqs: Vec::new(),
-    };
-    let origin = Origin {
-        project: config.agent.project_id.clone(),
-        host: config.agent.hostname.clone(),
-    };
+    let (batch, origin) = empty_batch(config);
     let url = display_url(config.otlp.url.as_deref().unwrap_or_default());
     let post = crate::shipper::OtlpPost::new(&config.otlp, origin);
     let who = crate::shipper::delivery::Naming::OTLP;
@@ -592,4 +576,14 @@ async fn check_otlp(r: &mut Report, config: &Config) {
             "check otlp.endpoint (the base URL; /v1/logs is appended) and the collector's own logs",
         ),
     }
+}
+
+/// A batch of no events and who sends it: what `check` posts to an output.
+fn empty_batch(config: &Config) -> (Batch, Origin) {
+    let batch = Batch {
+        batch_id: uuid::Uuid::new_v4().to_string(),
+        events: vec![],
+        seqs: Vec::new(),
+    };
+    (batch, Origin::of(config))
 }

@@ -35,6 +35,16 @@ pub struct Origin {
     pub host: String,
 }
 
+impl Origin {
+    /// The project and host `config` names.
+    pub fn of(config: &crate::config::Config) -> Origin {
+        Origin {
+            project: config.agent.project_id.clone(),
+            host: config.agent.hostname.clone(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Envelope<'a> {
     project: &'a str,

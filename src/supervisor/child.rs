@@ -151,10 +151,7 @@ pub fn spawn(
         ChildId::Shipper(Output::Otlp) => {
             let cfg = config.otlp.clone();
             let breaker = config.breaker.clone();
-            let origin = Origin {
-                project: config.agent.project_id.clone(),
-                host: config.agent.hostname.clone(),
-            };
+            let origin = Origin::of(config);
             let route = spool.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
                 let transport = std::rc::Rc::new(OtlpPost::new(&cfg, origin).logging(log.clone()));
@@ -172,10 +169,7 @@ pub fn spawn(
         ChildId::Shipper(Output::Listener) => {
             let cfg = config.listener.clone();
             let breaker = config.breaker.clone();
-            let origin = Origin {
-                project: config.agent.project_id.clone(),
-                host: config.agent.hostname.clone(),
-            };
+            let origin = Origin::of(config);
             let route = spool.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
                 ShipperActor::new(cfg, breaker, origin, route, log, guard)

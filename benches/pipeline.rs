@@ -13,9 +13,10 @@ use chrono::Utc;
 use postgres_agent::config::Compression;
 use postgres_agent::model::{Event, EventKind, Output};
 
-const L: Output = Output::Listener;
 use postgres_agent::shipper::{encode_body, envelope_json, Origin};
 use postgres_agent::spool::Spool;
+
+const L: Output = Output::Listener;
 
 /// An event shaped like a pg_activity row (~1 KB of JSON).
 fn event(i: usize) -> Event {
@@ -455,5 +456,44 @@ fn main() {
         encode.as_secs_f64() * 1e3,
         batch_bytes as f64 / encode.as_secs_f64() / 1e6,
         batch_bytes as f64 / out_len as f64
+    );
+
+    let mut otlp_len = 0;
+    let otlp = best(|| {
+        let t = Instant::now();
+        for _ in 0..20 {
+            let req = postgres_agent::shipper::otlp::request(&origin, "postgresql", &batch);
+            let body =
+                encode_body(prost::Message::encode_to_vec(&req), Compression::Gzip).expect("gzip");
+            otlp_len = body.len();
+        }
+        t.elapsed() / 20
+    });
+    println!(
+        "OTLP log records + gzip of a 500-event batch: {:>6.2} ms ({:.0} MB/s in, {:.1}x smaller)",
+        otlp.as_secs_f64() * 1e3,
+        batch_bytes as f64 / otlp.as_secs_f64() / 1e6,
+        batch_bytes as f64 / otlp_len as f64
+    );
+
+    // Two outputs: each takes every event (read twice), a row leaves when both have it.
+    let drain2 = best(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path()).expect("open");
+        s.set_outputs(&[L, Output::Otlp]).expect("outputs");
+        for chunk in events.chunks(500) {
+            s.append(chunk).expect("append");
+        }
+        let t = Instant::now();
+        for o in [L, Output::Otlp] {
+            while let Some(b) = s.next_batch(o, 500).expect("batch") {
+                s.ack(o, &b.batch_id).expect("ack");
+            }
+        }
+        t.elapsed()
+    });
+    println!(
+        "spool next_batch + ack of 500, two outputs: {:>9.0} events/s (each event to both)",
+        n as f64 / drain2.as_secs_f64()
     );
 }

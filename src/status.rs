@@ -172,9 +172,12 @@ fn summary(s: &StatusSnapshot) -> String {
             let each: Vec<String> = d
                 .pending_by_output
                 .iter()
-                .map(|(o, n)| format!("{n} for the {o}"))
+                .map(|(o, n)| format!("{o} {n}"))
                 .collect();
-            out.push_str(&format!("          waiting: {}\n", each.join(", ")));
+            out.push_str(&format!(
+                "          not yet taken, per output: {}\n",
+                each.join(", ")
+            ));
         }
     }
     if let Some(d) = s.detail::<LogStats>("pg_log") {
@@ -337,5 +340,61 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("spool:    12 events waiting (3.0 MB of data, 5.0 MB on disk), oldest 75 s old, 7 evicted, 1 in quarantine"), "{text}");
+    }
+
+    #[test]
+    fn with_two_outputs_the_summary_shows_each_and_who_waits_for_what() {
+        let now = Utc::now();
+        let value = |d: ChildDetail| serde_json::to_value(d).expect("json");
+        let mut children = BTreeMap::new();
+        let listener = ShipperStats {
+            last_http_status: Some(202),
+            batches_sent_total: 9,
+            events_sent_total: 90,
+            ..Default::default()
+        };
+        let otlp = ShipperStats {
+            last_http_status: Some(403),
+            consecutive_failures: 4,
+            token_refused: Some("HTTP 403".into()),
+            ..Default::default()
+        };
+        let buffer = SpoolStats {
+            depth: 30,
+            pending_by_output: [("listener".to_string(), 0), ("otlp".to_string(), 30)]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        children.insert(
+            "shipper".into(),
+            child(value(ChildDetail::Shipper(listener))),
+        );
+        children.insert(
+            "shipper_otlp".into(),
+            child(value(ChildDetail::Shipper(otlp))),
+        );
+        children.insert("buffer".into(), child(value(ChildDetail::Spool(buffer))));
+        let s = StatusSnapshot {
+            written_at: now,
+            trigger: "sigusr1".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: now,
+            config_path: "/etc/x".into(),
+            config_fingerprint: "f".into(),
+            last_reload: None,
+            metrics: None,
+            children,
+        };
+        let text = render(&s, now);
+        assert!(text.contains("delivery: breaker closed, last HTTP 202, 9 batches / 90 events sent, 0 failures in a row, 0 quarantined by the listener\n"), "{text}");
+        assert!(text.contains("CREDENTIALS REFUSED by the OTLP receiver (HTTP 403): nothing is sent to it; fix otlp.headers and reload (SIGHUP)\n"), "{text}");
+        assert!(text.contains("otlp:     breaker closed, last HTTP 403, 0 batches / 0 events sent, 4 failures in a row, 0 quarantined by the OTLP receiver\n"), "{text}");
+        assert!(
+            text.contains("          not yet taken, per output: listener 0, otlp 30\n"),
+            "{text}"
+        );
+        assert!(!text.contains("TOKEN REFUSED"), "{text}");
     }
 }

@@ -211,32 +211,101 @@ fn kv(key: &str, value: AnyValue) -> KeyValue {
 
 /// JSON as an OTLP value; `None` for null (left out of maps).
 pub fn any(v: Value) -> Option<AnyValue> {
-    use any_value::Value as V;
-    let value = match v {
-        Value::Null => return None,
-        Value::Bool(b) => V::BoolValue(b),
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => V::IntValue(i),
-            // Above i64: as text, exactly (a double would round it).
-            (None, _) if n.is_u64() => V::StringValue(n.to_string()),
-            (None, Some(f)) => V::DoubleValue(f),
-            (None, None) => V::StringValue(n.to_string()),
-        },
-        Value::String(s) => V::StringValue(s),
-        Value::Array(items) => V::ArrayValue(ArrayValue {
-            values: items
-                .into_iter()
-                .map(|i| any(i).unwrap_or_default())
-                .collect(),
-        }),
-        Value::Object(map) => V::KvlistValue(KeyValueList {
-            values: map
-                .into_iter()
-                .filter_map(|(k, v)| any(v).map(|v| kv(&k, v)))
-                .collect(),
-        }),
-    };
-    Some(AnyValue { value: Some(value) })
+    parse_any(&v.to_string()).ok().flatten()
+}
+
+/// JSON text as an OTLP value, read straight into it (no intermediate tree: this is
+/// the output's main cost per event); `None` for null.
+pub fn parse_any(json: &str) -> Result<Option<AnyValue>, serde_json::Error> {
+    use serde::Deserializer;
+    let mut d = serde_json::Deserializer::from_str(json);
+    let v = (&mut d).deserialize_any(AnyVisitor)?;
+    d.end()?;
+    Ok(v)
+}
+
+struct AnyVisitor;
+
+impl<'de> serde::de::DeserializeSeed<'de> for AnyVisitor {
+    type Value = Option<AnyValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(AnyVisitor)
+    }
+}
+
+fn some(v: any_value::Value) -> Option<AnyValue> {
+    Some(AnyValue { value: Some(v) })
+}
+
+impl<'de> serde::de::Visitor<'de> for AnyVisitor {
+    type Value = Option<AnyValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(some(any_value::Value::BoolValue(b)))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(some(any_value::Value::IntValue(i)))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        // Above i64: as text, exactly (a double would round it).
+        Ok(some(match i64::try_from(u) {
+            Ok(i) => any_value::Value::IntValue(i),
+            Err(_) => any_value::Value::StringValue(u.to_string()),
+        }))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(some(any_value::Value::DoubleValue(f)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(some(any_value::Value::StringValue(s.to_string())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(some(any_value::Value::StringValue(s)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(AnyVisitor)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut values = Vec::with_capacity(a.size_hint().unwrap_or(0));
+        while let Some(v) = a.next_element_seed(AnyVisitor)? {
+            // A null inside a list keeps its place.
+            values.push(v.unwrap_or_default());
+        }
+        Ok(some(any_value::Value::ArrayValue(ArrayValue { values })))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut values = Vec::with_capacity(a.size_hint().unwrap_or(0));
+        while let Some(key) = a.next_key::<String>()? {
+            if let Some(v) = a.next_value_seed(AnyVisitor)? {
+                values.push(KeyValue {
+                    key,
+                    value: Some(v),
+                });
+            }
+        }
+        Ok(some(any_value::Value::KvlistValue(KeyValueList { values })))
+    }
 }
 
 /// OTel's `SeverityNumber` for a PostgreSQL severity, and for the agent's own events.
@@ -260,8 +329,8 @@ pub fn severity(pg: &str) -> i32 {
 
 /// `hex` as bytes when it is exactly `n` lowercase hex digits and not all zeros (as
 /// W3C Trace Context requires); anything else is no trace.
-fn trace_bytes(hex: Option<&Value>, n: usize) -> Vec<u8> {
-    let Some(h) = hex.and_then(Value::as_str) else {
+fn trace_bytes(hex: Option<&str>, n: usize) -> Vec<u8> {
+    let Some(h) = hex else {
         return Vec::new();
     };
     if h.len() != n
@@ -302,8 +371,20 @@ pub mod attr {
 /// One event as a log record. Data that is not a JSON object (never written by the
 /// agent) goes into the body as it is.
 pub fn record(e: &Event) -> LogRecord {
-    let data: Value = serde_json::from_str(e.data.get()).unwrap_or(Value::Null);
-    let field = |k: &str| data.get(k).filter(|v| !v.is_null());
+    let body = parse_any(e.data.get()).ok().flatten();
+    let top: &[KeyValue] = match body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::KvlistValue(m)) => &m.values,
+        _ => &[],
+    };
+    let field = |k: &str| {
+        top.iter()
+            .find(|kv| kv.key == k)
+            .and_then(|kv| kv.value.as_ref())
+    };
+    let text_of = |k: &str| match field(k).and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
+        _ => None,
+    };
     let mut attributes = vec![
         kv(attr::KIND, text(e.kind.as_str())),
         kv(attr::EVENT_ID, text(&e.id)),
@@ -320,43 +401,39 @@ pub fn record(e: &Event) -> LogRecord {
         if attributes.iter().any(|a| a.key == name) {
             continue;
         }
-        if let Some(v) = field(key).and_then(|v| any(v.clone())) {
-            attributes.push(kv(name, v));
+        if let Some(v) = field(key) {
+            attributes.push(kv(name, v.clone()));
         }
     }
-    let pg_severity = field("severity").and_then(Value::as_str).unwrap_or("");
+    let pg_severity = text_of("severity").unwrap_or("");
     let (severity_number, severity_text) = match (e.kind, pg_severity) {
         (_, s) if severity(s) > 0 => (severity(s), s.to_string()),
         (crate::model::EventKind::Agent, _) => (9, "INFO".to_string()),
         _ => (0, String::new()),
     };
     // A server log line's own time; otherwise the time of collection.
-    let time = field("timestamp")
-        .and_then(Value::as_str)
+    let time = text_of("timestamp")
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or(e.collected_at);
-    let (trace_id, span_id) = (
-        trace_bytes(field("trace_id"), 32),
-        trace_bytes(field("span_id"), 16),
-    );
+    let trace_id = trace_bytes(text_of("trace_id"), 32);
     // A span id alone names no trace.
     let span_id = if trace_id.is_empty() {
         Vec::new()
     } else {
-        span_id
+        trace_bytes(text_of("span_id"), 16)
     };
     LogRecord {
         time_unix_nano: nanos(time),
         observed_time_unix_nano: nanos(e.collected_at),
         severity_number,
         severity_text,
-        body: any(data),
         attributes,
         flags: 0,
         trace_id,
         span_id,
         event_name: e.kind.as_str().to_string(),
+        body,
     }
 }
 

@@ -247,3 +247,54 @@ fn check(path: &std::path::Path) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+#[test]
+fn a_receiver_refusing_the_credentials_holds_only_its_own_output() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let receiver = Receiver::start();
+    receiver.set_mode("status:401");
+    let dir = shared_tempdir("pgagent-it");
+    let _s = pg.session("app", "select pg_sleep(120)");
+    let toml = config(dir.path(), &pg, &listener.url(), 1) + &otlp_section(&receiver.endpoint());
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let refused = agent.wait_log(
+        "output_credentials_refused",
+        Duration::from_secs(30),
+        |_| true,
+    );
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert_eq!(refused["child"], "shipper_otlp", "{refused}");
+    assert!(
+        refused["effect"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("the OTLP receiver refuses the credentials (HTTP 401); nothing is sent until otlp.headers is fixed")),
+        "{refused}"
+    );
+    assert!(agent.logs_named("listener_token_refused").is_empty());
+    // The listener goes on taking everything while the receiver refuses.
+    let before = listener_ids(&listener).len();
+    wait_for(
+        "the listener served meanwhile",
+        Duration::from_secs(30),
+        || (listener_ids(&listener).len() >= before + 6).then_some(()),
+    );
+    wait_for("status naming the refusal", Duration::from_secs(30), || {
+        let s = agent.status();
+        (s["children"]["shipper_otlp"]["detail"]["token_refused"] == "HTTP 401"
+            && s["children"]["shipper"]["detail"]["token_refused"].is_null())
+        .then_some(())
+    });
+    // Accepted again (a probe every breaker.reset_timeout_s): everything arrives.
+    receiver.set_mode("ok");
+    agent.wait_log(
+        "output_credentials_accepted",
+        Duration::from_secs(30),
+        |_| true,
+    );
+    wait_for("the receiver caught up", Duration::from_secs(60), || {
+        let got: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+        listener_ids(&listener).is_subset(&got).then_some(())
+    });
+    assert!(!agent.stderr().contains("otlp-secret"));
+}

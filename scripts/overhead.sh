@@ -7,7 +7,8 @@
 # SAMPLER=1: the session sampler alone (every SAMPLE_MS, default 1000) on 300
 # connections of which 20 are active: server time and agent CPU per sample, RSS. With
 # KEYS=many each statement runs under a new request id (thousands of keys per window,
-# as many summaries shipped); by default each session keeps one.
+# as many summaries shipped); by default each session keeps one. OTLP=1: the OTLP output
+# too (to the same stand-in, which answers 200 to anything): what a second output costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_S=${1:-40}
@@ -74,6 +75,7 @@ logs = false
 [listener]
 url = "http://127.0.0.1:$PORT/ingest/postgres"
 token = "t"
+$(if [ -n "${OTLP:-}" ]; then printf '[otlp]\nendpoint = "http://127.0.0.1:%s"\n' "$PORT"; fi)
 TOML
 "$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
 # WARM_S (default 10 with SAMPLER, else 0): measure from then on, start-up left out.

@@ -269,6 +269,18 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the listener refuses the token (401/403): nothing is sent",
     ),
     e("listener_token_accepted", "the token is accepted again"),
+    e(
+        "output_recovered",
+        "an output other than the listener (the OTLP receiver) accepts again after failures",
+    ),
+    e(
+        "output_credentials_refused",
+        "the OTLP receiver refuses the agent's credentials (401/403): nothing is sent to it; the listener goes on",
+    ),
+    e(
+        "output_credentials_accepted",
+        "the OTLP receiver accepts the credentials again",
+    ),
 ];
 
 /// The catalogue entry of a log event name.

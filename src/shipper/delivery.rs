@@ -246,10 +246,18 @@ impl Delivery {
 
     fn succeeded(&mut self, wall: DateTime<Utc>) {
         if self.backoff.failures() > 0 {
-            info!(self.log, "listener_recovered"; "failures" => self.backoff.failures());
+            if self.naming == Naming::LISTENER {
+                info!(self.log, "listener_recovered"; "failures" => self.backoff.failures());
+            } else {
+                info!(self.log, "output_recovered"; "output" => self.naming.who, "failures" => self.backoff.failures());
+            }
         }
         if let Some(t) = self.stats.token_refused.take() {
-            info!(self.log, "listener_token_accepted"; "was" => t);
+            if self.naming == Naming::LISTENER {
+                info!(self.log, "listener_token_accepted"; "was" => t);
+            } else {
+                info!(self.log, "output_credentials_accepted"; "output" => self.naming.who, "was" => t);
+            }
         }
         if self.breaker.success() == Some(Transition::Closed) {
             info!(self.log, "circuit_closed");
@@ -280,7 +288,11 @@ impl Delivery {
             self.naming.credential_key,
             self.breaker_reset(now).as_secs()
         );
-        error!(self.log, "listener_token_refused"; "status" => status, "effect" => &msg);
+        if self.naming == Naming::LISTENER {
+            error!(self.log, "listener_token_refused"; "status" => status, "effect" => &msg);
+        } else {
+            error!(self.log, "output_credentials_refused"; "output" => self.naming.who, "status" => status, "effect" => &msg);
+        }
         self.stats.failures_total += 1;
         self.stats.token_refused = Some(format!("HTTP {status}"));
         self.last_error = Some(msg);

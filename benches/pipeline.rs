@@ -476,6 +476,28 @@ fn main() {
         batch_bytes as f64 / otlp_len as f64
     );
 
+    // Without gzip: the one-pass writer against building prost messages and encoding them.
+    let one_pass = best(|| {
+        let t = Instant::now();
+        for _ in 0..20 {
+            otlp_len = postgres_agent::shipper::otlp::encode(&origin, "postgresql", &batch).len();
+        }
+        t.elapsed() / 20
+    });
+    let via_prost = best(|| {
+        let t = Instant::now();
+        for _ in 0..20 {
+            let req = postgres_agent::shipper::otlp::request(&origin, "postgresql", &batch);
+            otlp_len = prost::Message::encode_to_vec(&req).len();
+        }
+        t.elapsed() / 20
+    });
+    println!(
+        "OTLP encoding alone, 500 events: one pass {:.2} ms, via prost messages {:.2} ms",
+        one_pass.as_secs_f64() * 1e3,
+        via_prost.as_secs_f64() * 1e3
+    );
+
     // Two outputs: each takes every event (read twice), a row leaves when both have it.
     let drain2 = best(|| {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -168,3 +168,91 @@ fn a_receiver_message_is_repeated_printable_and_bounded() {
     assert!(!m.chars().any(char::is_control));
     assert_eq!(m.chars().count(), MAX_MESSAGE + 1);
 }
+
+fn batch_of(datas: Vec<Value>) -> Batch {
+    let kinds = [EventKind::PgLog, EventKind::PgActivity, EventKind::Agent];
+    Batch {
+        batch_id: "b".into(),
+        seqs: (0..datas.len() as i64).collect(),
+        events: datas
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut e = event(kinds[i % 3], d);
+                e.id = format!("e{i}");
+                e
+            })
+            .collect(),
+    }
+}
+
+fn origin() -> Origin {
+    Origin {
+        project: "p".into(),
+        host: "h".into(),
+    }
+}
+
+#[test]
+fn the_one_pass_encoding_is_the_message_prost_would_write() {
+    let b = batch_of(vec![
+        serde_json::json!({
+            "timestamp": "2026-12-02T09:59:59.25Z", "severity": "ERROR", "sqlstate": "23505",
+            "datname": "shop", "query_id": -42, "correlation_id": "c",
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+            "message": "dup \"key\"\n\u{1F600}", "hint": null, "pid": 42, "rate": 0.25,
+            "big": u64::MAX, "empty": "", "zero": 0, "no": false,
+            "list": [1, null, "x", [], {}], "nested": {"a": {"b": [null]}, "gone": null},
+            "": "no key"
+        }),
+        serde_json::json!({}),
+        // Never written by the agent, handled all the same.
+        serde_json::json!([1, 2]),
+        serde_json::json!(7),
+        serde_json::json!(null),
+    ]);
+    let bytes = encode(&origin(), "postgresql", &b);
+    let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("decode");
+    assert_eq!(decoded, request(&origin(), "postgresql", &b));
+    let records = &decoded.resource_logs[0].scope_logs[0].log_records;
+    assert_eq!(records.len(), 5);
+    assert_eq!(records[4].body, None);
+    assert_eq!(attr(&records[0], attr::DATABASE), Some(&s("shop")));
+    assert_eq!(
+        attr(&records[0], attr::QUERY_ID),
+        Some(&any_value::Value::IntValue(-42))
+    );
+}
+
+fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "\\PC{0,20}".prop_map(Value::String),
+        "[\"\\\\\n\t\u{0}-\u{1f}]{0,4}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z_]{0,6}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    /// Whatever JSON an event holds, the one-pass bytes decode to the reference message.
+    #[test]
+    fn any_event_data_encodes_as_the_reference(datas in proptest::collection::vec(json(), 1..5)) {
+        let b = batch_of(datas);
+        let bytes = encode(&origin(), "svc", &b);
+        let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("decode");
+        proptest::prop_assert_eq!(decoded, request(&origin(), "svc", &b));
+    }
+}

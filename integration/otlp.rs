@@ -249,7 +249,7 @@ fn check(path: &std::path::Path) -> (Option<i32>, String) {
 }
 
 #[test]
-fn a_receiver_refusing_the_credentials_holds_only_its_own_output() {
+fn a_receiver_refusing_the_credentials_or_redirecting_holds_only_its_own_output() {
     let pg = PgCluster::start("");
     let listener = Listener::start(TOKEN);
     let receiver = Receiver::start();
@@ -285,7 +285,23 @@ fn a_receiver_refusing_the_credentials_holds_only_its_own_output() {
             && s["children"]["shipper"]["detail"]["token_refused"].is_null())
         .then_some(())
     });
-    // Accepted again (a probe every breaker.reset_timeout_s): everything arrives.
+    // A redirect is never followed: said, everything kept.
+    receiver.set_mode("status:307");
+    wait_for(
+        "the redirect said in status",
+        Duration::from_secs(30),
+        || {
+            let s = agent.status();
+            s["children"]["shipper_otlp"]["last_error"]
+            .as_str()
+            .is_some_and(|e| {
+                e == "OTLP receiver answered HTTP 307 redirecting to \"http://***@127.0.0.1:1/v1/logs\" (not followed): check otlp.endpoint (the events are kept)"
+            })
+            .then_some(())
+        },
+    );
+    assert!(!agent.stderr().contains("hunter2"));
+    // Accepted again: everything arrives.
     receiver.set_mode("ok");
     agent.wait_log(
         "output_credentials_accepted",

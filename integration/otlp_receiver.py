@@ -2,7 +2,7 @@
 official definitions (PyPI's opentelemetry-proto) and records what it saw, one JSON line
 per request, in OUT. Answers as MODE_FILE says when the request arrives:
   ok              200 with an empty ExportLogsServiceResponse
-  status:NNN      that status, empty body
+  status:NNN      that status, empty body (a 3xx names a Location with credentials)
   reject-marked   400 when a record's body holds REJECT-ME, else 200
 Prints "PORT <n>" once listening.  usage: otlp_receiver.py PORT OUT MODE_FILE
 """
@@ -106,6 +106,9 @@ class Handler(BaseHTTPRequestHandler):
             else b""
         )
         self.send_response(status)
+        if 300 <= status < 400:
+            # Somewhere else, with credentials in it (never to be shown).
+            self.send_header("Location", "http://user:hunter2@127.0.0.1:1/v1/logs")
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()

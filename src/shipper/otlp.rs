@@ -551,10 +551,16 @@ mod pb {
 
     /// Puts the content's length between the key and the content.
     pub fn end(buf: &mut Vec<u8>, open: Open) {
-        let len = buf.len() - open.content_at;
-        let mut l = Vec::with_capacity(5);
-        varint(&mut l, len as u64);
-        buf.splice(open.content_at..open.content_at, l);
+        let mut len = (buf.len() - open.content_at) as u64;
+        let mut l = [0u8; 10];
+        let mut n = 0;
+        while len >= 0x80 {
+            l[n] = (len as u8) | 0x80;
+            len >>= 7;
+            n += 1;
+        }
+        l[n] = len as u8;
+        buf.splice(open.content_at..open.content_at, l[..=n].iter().copied());
     }
 
     pub fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {

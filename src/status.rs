@@ -260,6 +260,22 @@ mod tests {
         }
     }
 
+    /// A snapshot written at `now` with these children.
+    fn snapshot(now: DateTime<Utc>, children: BTreeMap<String, ChildStatus>) -> StatusSnapshot {
+        StatusSnapshot {
+            written_at: now,
+            trigger: "sigusr1".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at: now,
+            config_path: "/etc/x".into(),
+            config_fingerprint: "f".into(),
+            last_reload: None,
+            metrics: None,
+            children,
+        }
+    }
+
     #[test]
     fn the_summary_says_what_on_call_looks_for() {
         let now = Utc::now();
@@ -310,18 +326,10 @@ mod tests {
         children.insert("buffer".into(), child(value(ChildDetail::Spool(buffer))));
         children.insert("pg_log".into(), child(value(ChildDetail::Log(log))));
         let s = StatusSnapshot {
-            written_at: now,
-            trigger: "sigusr1".into(),
-            pid: 1,
-            version: "0".into(),
-            started_at: now,
-            config_path: "/etc/x".into(),
-            config_fingerprint: "f".into(),
-            last_reload: None,
             metrics: Some(
                 "cannot listen on 127.0.0.1:9188 (metrics.listen): Address in use".into(),
             ),
-            children,
+            ..snapshot(now, children)
         };
         let text = render(&s, now);
         assert!(
@@ -375,18 +383,7 @@ mod tests {
             child(value(ChildDetail::Shipper(otlp))),
         );
         children.insert("buffer".into(), child(value(ChildDetail::Spool(buffer))));
-        let s = StatusSnapshot {
-            written_at: now,
-            trigger: "sigusr1".into(),
-            pid: 1,
-            version: "0".into(),
-            started_at: now,
-            config_path: "/etc/x".into(),
-            config_fingerprint: "f".into(),
-            last_reload: None,
-            metrics: None,
-            children,
-        };
+        let s = snapshot(now, children);
         let text = render(&s, now);
         assert!(text.contains("delivery: breaker closed, last HTTP 202, 9 batches / 90 events sent, 0 failures in a row, 0 quarantined by the listener\n"), "{text}");
         assert!(text.contains("CREDENTIALS REFUSED by the OTLP receiver (HTTP 403): nothing is sent to it; fix otlp.headers and reload (SIGHUP)\n"), "{text}");

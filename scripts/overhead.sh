@@ -102,6 +102,23 @@ read -r ut st < <(awk '{print $14, $15}' "/proc/$APID/stat")
 wb=$(awk '/^write_bytes/ {print $2}' "/proc/$APID/io")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$APID/status")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$APID/status")
+if [ -n "${SMAPS:-}" ]; then
+  # SMAPS=1: what the resident memory is (code and libraries, heap, thread stacks).
+  grep -E "^(Rss|Anonymous|Shared_Clean|Private_Clean|Private_Dirty):" "/proc/$APID/smaps_rollup"
+  python3 - "/proc/$APID/smaps" <<'PY'
+import sys, collections
+by = collections.Counter(); name = None
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) > 1 and "-" in f[0] and ":" not in f[0]:
+        name = f[5] if len(f) > 5 else "[anon]"
+    elif f and f[0] == "Rss:":
+        by[name] += int(f[1])
+for k, v in by.most_common(8):
+    print(f"  {v / 1024:6.1f} MB  {k}")
+PY
+  echo "threads: $(ls "/proc/$APID/task" | wc -l)"
+fi
 kill -USR1 "$APID"; sleep 1
 tck=$(getconf CLK_TCK)
 python3 - "$W/state/status.json" "$((ut - ut0))" "$((st - st0))" "$tck" "$rss" "${SAMPLER:-}" "$cyc0" "$hwm" <<'PY'

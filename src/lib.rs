@@ -34,6 +34,7 @@ pub mod fault;
 pub mod fingerprint;
 pub mod logging;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod shipper;

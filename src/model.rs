@@ -361,7 +361,15 @@ pub struct NextBatch {
     pub max_events: u32,
     /// At most this many bytes of event data (one event at least, whatever its size).
     pub max_bytes: u64,
+    /// When nothing waits: who to tell once events arrive (once), so an idle shipper
+    /// sleeps instead of polling.
+    pub notify: Option<Recipient<SpoolNews>>,
 }
+
+/// Spool → an idle shipper: events arrived since it last found nothing to send.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SpoolNews;
 
 /// Shipper → spool: the listener accepted this batch; delete its events.
 #[derive(Message)]

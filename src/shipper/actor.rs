@@ -13,11 +13,13 @@ use slog::Logger;
 use tokio::sync::oneshot;
 
 use super::attempt::{Attempt, Job};
-use super::delivery::{Delivery, Go, Naming};
+use super::delivery::{Delivery, Go, Naming, IDLE_POLL};
 use super::transport::Transport;
 use super::{Origin, Post};
 use crate::config::{BreakerConfig, ListenerConfig};
-use crate::model::{ChildDetail, ExitGuard, Flush, FlushOutcome, Health, Output, Ping, Route};
+use crate::model::{
+    ChildDetail, ExitGuard, Flush, FlushOutcome, Health, Output, Ping, Route, SpoolNews,
+};
 use crate::spool::SpoolActor;
 
 /// Ships the spool to one output.
@@ -29,6 +31,14 @@ pub struct ShipperActor {
     /// What the outcomes mean (plain, see [`Delivery`]).
     delivery: Delivery,
     busy: bool,
+    /// The spool had nothing for it last time: news of events starts an attempt at once.
+    idle: bool,
+    /// News came during an attempt (which may have found the spool empty just before).
+    news: bool,
+    /// The next attempt scheduled (one at a time).
+    next: Option<SpawnHandle>,
+    /// How long it sleeps with nothing to send when no news comes ([`IDLE_POLL`]).
+    idle_poll: Duration,
     progress: Instant,
     /// A final flush in progress: its deadline, its outcome so far and who waits for it.
     flush: Option<(Instant, FlushOutcome, oneshot::Sender<FlushOutcome>)>,
@@ -73,6 +83,10 @@ impl ShipperActor {
             transport,
             spool,
             busy: false,
+            idle: false,
+            news: false,
+            next: None,
+            idle_poll: IDLE_POLL,
             progress: Instant::now(),
             flush: None,
             log,
@@ -84,6 +98,8 @@ impl ShipperActor {
         if self.busy {
             return;
         }
+        self.idle = false;
+        self.news = false;
         let probe = match self.delivery.go(Instant::now()) {
             Go::Send { probe } => probe,
             Go::Wait(d) => return self.again(d, ctx),
@@ -97,6 +113,7 @@ impl ShipperActor {
             max_bytes: self.cfg.batch_max_bytes,
             delivered_unrecorded: self.delivery.delivered_unrecorded(),
             log: self.log.clone(),
+            notify: Some(ctx.address().recipient()),
         };
         ctx.spawn(job.run().into_actor(self).map(move |a, act, ctx| {
             act.after(a, probe, ctx);
@@ -115,7 +132,13 @@ impl ShipperActor {
         if next.idle {
             self.finish_flush(true);
         }
-        self.again(next.wait, ctx);
+        self.idle = next.idle;
+        let wait = match (next.idle, std::mem::take(&mut self.news)) {
+            (true, true) => Duration::ZERO,
+            (true, false) => self.idle_poll,
+            _ => next.wait,
+        };
+        self.again(wait, ctx);
     }
 
     /// The next attempt after `wait`; during the final flush never past its deadline.
@@ -131,7 +154,13 @@ impl ShipperActor {
         {
             self.finish_flush(false);
         }
-        ctx.run_later(wait, |act, ctx| act.attempt(ctx));
+        if let Some(h) = self.next.take() {
+            ctx.cancel_future(h);
+        }
+        self.next = Some(ctx.run_later(wait, |act, ctx| {
+            act.next = None;
+            act.attempt(ctx);
+        }));
     }
 
     fn finish_flush(&mut self, drained: bool) {
@@ -162,6 +191,20 @@ impl Handler<Flush> for ShipperActor {
     }
 }
 
+impl Handler<SpoolNews> for ShipperActor {
+    type Result = ();
+
+    /// Events arrived while it slept with nothing to send: send them now. (While it
+    /// waits for a retry or the breaker, the news changes nothing.)
+    fn handle(&mut self, _: SpoolNews, ctx: &mut Context<Self>) {
+        if self.busy {
+            self.news = true;
+        } else if self.idle {
+            self.attempt(ctx);
+        }
+    }
+}
+
 impl Handler<Ping> for ShipperActor {
     type Result = MessageResult<Ping>;
 
@@ -182,5 +225,136 @@ impl Handler<Ping> for ShipperActor {
             last_error: self.delivery.last_error.clone(),
             detail: ChildDetail::Shipper(stats),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::model::{Batch, ChildExited, ChildId, Enqueue, Event, EventKind};
+    use crate::shipper::transport::{SendFuture, Transport};
+
+    /// Takes every batch; remembers the ids.
+    struct Taking(Rc<RefCell<Vec<String>>>);
+
+    impl Transport for Taking {
+        fn send<'a>(&'a self, batch: &'a Batch) -> SendFuture<'a> {
+            self.0
+                .borrow_mut()
+                .extend(batch.events.iter().map(|e| e.id.clone()));
+            Box::pin(async { Ok(200) })
+        }
+    }
+
+    struct Nobody;
+    impl Actor for Nobody {
+        type Context = Context<Self>;
+    }
+    impl Handler<ChildExited> for Nobody {
+        type Result = ();
+        fn handle(&mut self, _: ChildExited, _: &mut Context<Self>) {}
+    }
+
+    /// Test-only: the shipper sleeps with nothing to send.
+    #[derive(Message)]
+    #[rtype(result = "bool")]
+    struct Sleeping;
+    impl Handler<Sleeping> for ShipperActor {
+        type Result = bool;
+        fn handle(&mut self, _: Sleeping, _: &mut Context<Self>) -> bool {
+            self.idle && !self.busy && !self.news
+        }
+    }
+
+    fn events(prefix: &str, n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                Event::new(
+                    format!("{prefix}{i}"),
+                    EventKind::System,
+                    Utc::now(),
+                    &serde_json::json!({ "i": i }),
+                )
+                .expect("event")
+            })
+            .collect()
+    }
+
+    async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// An idle shipper polls only every hour here: events appended while it sleeps
+    /// still go out at once, because the spool tells it.
+    #[test]
+    fn the_spool_wakes_an_idle_shipper_when_events_arrive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        actix::System::new().block_on(async move {
+            let log = slog::Logger::root(slog::Discard, slog::o!());
+            let nobody = Nobody.start().recipient();
+            let guard = |child| ExitGuard {
+                to: nobody.clone(),
+                child,
+                generation: 1,
+            };
+            let spool = SpoolActor::new(
+                dir.path().to_path_buf(),
+                0,
+                "h".into(),
+                vec![Output::Listener],
+                log.clone(),
+                guard(ChildId::Spool),
+            )
+            .start();
+            let route = Route::default();
+            route.set(Some(spool.clone()));
+            let taken = Rc::new(RefCell::new(Vec::new()));
+            let cfg = crate::config::OtlpConfig::default().delivery;
+            let breaker = BreakerConfig {
+                fail_max: 5,
+                reset_timeout: Duration::from_secs(30),
+            };
+            let mut shipper = ShipperActor::with_transport(
+                Output::Listener,
+                cfg,
+                breaker,
+                Rc::new(Taking(taken.clone())),
+                route,
+                log,
+                guard(ChildId::Shipper(Output::Listener)),
+            );
+            shipper.idle_poll = Duration::from_secs(3600);
+            let shipper = shipper.start();
+            for round in 0..3 {
+                until("the shipper to sleep", async || {
+                    shipper.send(Sleeping).await.expect("shipper")
+                })
+                .await;
+                let batch = events(&format!("r{round}-"), 7);
+                spool
+                    .send(Enqueue {
+                        events: batch,
+                        checkpoint: None,
+                    })
+                    .await
+                    .expect("spool")
+                    .expect("append");
+                until("the events to be sent", async || {
+                    taken.borrow().len() == 7 * (round + 1)
+                })
+                .await;
+            }
+            let want: Vec<String> = (0..3)
+                .flat_map(|r| (0..7).map(move |i| format!("r{r}-{i}")))
+                .collect();
+            assert_eq!(*taken.borrow(), want);
+            System::current().stop();
+        });
     }
 }

@@ -11,7 +11,7 @@ use slog::{debug, warn, Logger};
 
 use super::split::{SplitOutcome, Splitter, Step};
 use super::transport::{SendError, Transport};
-use crate::model::{Ack, AckRows, NextBatch, Output, QuarantineRows, Route, SpoolError};
+use crate::model::{Ack, AckRows, NextBatch, Output, QuarantineRows, Route, SpoolError, SpoolNews};
 use crate::spool::SpoolActor;
 
 /// The outcome of one attempt.
@@ -57,6 +57,8 @@ pub struct Job {
     pub delivered_unrecorded: Option<String>,
     /// The shipper's log.
     pub log: Logger,
+    /// Told by the spool when events arrive after it found none.
+    pub notify: Option<actix::Recipient<SpoolNews>>,
 }
 
 /// The spool's answer to a request that records rows.
@@ -82,6 +84,7 @@ impl Job {
                 output: self.output,
                 max_events: self.max_events,
                 max_bytes: self.max_bytes,
+                notify: self.notify.clone(),
             })
             .await
         {

@@ -16,8 +16,10 @@ use super::transport::SendError;
 use crate::config::{BreakerConfig, ListenerConfig};
 use crate::model::ShipperStats;
 
-/// How often an idle shipper looks for new events in the spool.
-pub const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often an idle shipper looks for new events in the spool. The spool wakes it as
+/// soon as events arrive ([`crate::model::SpoolNews`]); this is the fallback when no
+/// news comes (a restarted spool, rows added by a path that does not tell).
+pub const IDLE_POLL: Duration = Duration::from_secs(2);
 /// Waits after the spool failed to hand out or record a batch: from this, doubling
 /// (with jitter) to [`SPOOL_RETRY_MAX`] while it keeps failing (a full disk is not
 /// fixed in a second).

@@ -12,7 +12,7 @@ use super::Spool;
 use crate::catalogue::AgentEvent;
 use crate::model::{
     Ack, AckRows, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Output, Ping,
-    QuarantineRows, SpoolError, SpoolStats,
+    QuarantineRows, SpoolError, SpoolNews, SpoolStats,
 };
 
 /// The spool's actor.
@@ -25,6 +25,8 @@ pub struct SpoolActor {
     errors_total: u64,
     last_error: Option<String>,
     last_success: Option<chrono::DateTime<Utc>>,
+    /// Shippers that found nothing to send, told once when events arrive.
+    idle: Vec<(Output, Recipient<SpoolNews>)>,
     log: Logger,
     _guard: ExitGuard,
 }
@@ -48,8 +50,16 @@ impl SpoolActor {
             errors_total: 0,
             last_error: None,
             last_success: None,
+            idle: Vec::new(),
             log,
             _guard: guard,
+        }
+    }
+
+    /// Events were added: every shipper waiting for some is told (once).
+    fn tell_idle(&mut self) {
+        for (_, r) in self.idle.drain(..) {
+            r.do_send(SpoolNews);
         }
     }
 
@@ -98,7 +108,9 @@ impl SpoolActor {
                     foreign_file_moved_to: aside.map(|p| p.display().to_string()),
                 };
                 if let Ok(ev) = report.event(&self.host, Utc::now()) {
-                    let _ = self.with(|s| s.append(&[ev]));
+                    if self.with(|s| s.append(&[ev])).is_ok() {
+                        self.tell_idle();
+                    }
                 }
             }
             Err(e) => {
@@ -164,6 +176,9 @@ impl Handler<Enqueue> for SpoolActor {
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
         self.with(|s| s.append_with(&msg.events, msg.checkpoint.as_ref()))?;
+        if !msg.events.is_empty() {
+            self.tell_idle();
+        }
         // The events are in; a failing eviction is reported but does not fail them.
         if let Ok(Some(ev)) = self.with(Spool::enforce_cap) {
             slog::warn!(self.log, "buffer_eviction_complete"; "evicted_count" => ev.evicted,
@@ -180,7 +195,12 @@ impl Handler<NextBatch> for SpoolActor {
     type Result = Result<Option<Batch>, SpoolError>;
 
     fn handle(&mut self, msg: NextBatch, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.next_batch_within(msg.output, msg.max_events, msg.max_bytes))
+        let batch = self.with(|s| s.next_batch_within(msg.output, msg.max_events, msg.max_bytes));
+        self.idle.retain(|(o, _)| *o != msg.output);
+        if let (Ok(None), Some(r)) = (&batch, msg.notify) {
+            self.idle.push((msg.output, r));
+        }
+        batch
     }
 }
 

@@ -161,6 +161,9 @@ CREATE TABLE IF NOT EXISTS output_done (
 ) WITHOUT ROWID;
 ";
 
+/// The spool connection's page cache, in KiB.
+const CACHE_KIB: u32 = 512;
+
 /// A checkpoint's journal is folded into its rows when it holds at least this many
 /// changes and at least as many as the rows themselves: the fold rewrites the rows'
 /// pages once for that many cycles of appends.
@@ -192,6 +195,11 @@ impl Spool {
         // A second process (a test, an operator's sqlite3) reading the spool must not
         // make our writes fail at once.
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Pages cached in the agent's memory: appends write the table's last pages and
+        // the shipper reads what was written last, so a small cache serves both; a miss
+        // is a read from the OS's page cache. SQLite's default (2 MB) was a tenth of the
+        // agent's resident memory (issue 13: RSS 20.2 → 18.3 MB at 256 KB).
+        conn.pragma_update(None, "cache_size", -(CACHE_KIB as i64))?;
         conn.execute_batch(SCHEMA)?;
         // Batches are per output since the OTLP output; an older spool's open batch is
         // the listener's.
@@ -582,11 +590,12 @@ impl Spool {
         max_bytes: u64,
     ) -> Result<Option<Batch>, SpoolError> {
         // Nothing waits by the count kept with every append and removal: no statement
-        // (the shipper asks four times a second). Every 20th time the table is asked
-        // anyway, so a count that ever went wrong costs seconds, not events.
+        // (an idle shipper asks every few seconds, and at once when events arrive).
+        // Every 5th time the table is asked anyway, so a count that ever went wrong
+        // costs seconds, not events.
         if self.pending(output) == 0 {
             self.empty_polls += 1;
-            if self.empty_polls % 20 != 0 {
+            if self.empty_polls % 5 != 0 {
                 return Ok(None);
             }
         }

@@ -221,6 +221,7 @@ impl Supervisor {
                 self.ensure_metrics(ctx);
             }
             self.write_status("periodic", false);
+            crate::memory::trim();
         }
         for (id, generation) in self.slots.pings_due() {
             let Some(ping) = self.running.get(&id).map(|r| r.addr.ping()) else {

@@ -317,8 +317,9 @@ impl RowChanges {
 #[derive(Message)]
 #[rtype(result = "Result<(), SpoolError>")]
 pub struct Enqueue {
-    /// The events.
-    pub events: Vec<Event>,
+    /// The events, shared with the sender, which keeps them until the spool answers
+    /// (to offer them again if it fails): a hand-over copies no event.
+    pub events: std::sync::Arc<Vec<Event>>,
     /// State that is true once these events are on disk.
     pub checkpoint: Option<Checkpoint>,
 }

@@ -175,7 +175,7 @@ impl Handler<Enqueue> for SpoolActor {
     type Result = Result<(), SpoolError>;
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.append_with(&msg.events, msg.checkpoint.as_ref()))?;
+        self.with(|s| s.append_with(&msg.events[..], msg.checkpoint.as_ref()))?;
         if !msg.events.is_empty() {
             self.tell_idle();
         }

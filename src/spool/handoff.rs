@@ -5,6 +5,7 @@
 //! is lost between the two: a failed hand-over puts the events back in front of newer
 //! ones, and a loss report travels with the next hand-over that succeeds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -82,10 +83,19 @@ pub enum Handed {
 /// What a hand-over took out of the backlog, kept until the spool answers.
 #[derive(Debug)]
 struct InFlight {
-    events: Vec<Event>,
+    /// The message's events (shared with it): the loss report first when `report`.
+    events: Arc<Vec<Event>>,
+    report: bool,
     checkpoint: Option<Checkpoint>,
     /// Dropped events the loss report in this hand-over accounts for.
     reported: u64,
+}
+
+impl InFlight {
+    /// The source's events in it (not the loss report).
+    fn len(&self) -> usize {
+        self.events.len() - usize::from(self.report)
+    }
 }
 
 /// A source's events on their way to the spool.
@@ -177,7 +187,7 @@ impl Handoff {
 
     /// Events waiting (on their way included).
     pub fn waiting(&self) -> usize {
-        self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.events.len())
+        self.pending.len() + self.in_flight.as_ref().map_or(0, InFlight::len)
     }
 
     /// True when nothing waits and nothing is on its way.
@@ -191,16 +201,22 @@ impl Handoff {
         if self.in_flight.is_some() || (self.pending.is_empty() && self.checkpoint.is_none()) {
             return None;
         }
-        let events = std::mem::take(&mut self.pending);
+        let mut events = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let checkpoint = self.checkpoint.take();
         let report = self.drops.event(self.source, &self.host);
+        let with_report = report.is_some();
+        if let Some(r) = report {
+            events.insert(0, r);
+        }
+        let events = Arc::new(events);
         let msg = Enqueue {
-            events: report.into_iter().chain(events.iter().cloned()).collect(),
+            events: events.clone(),
             checkpoint: checkpoint.clone(),
         };
         self.in_flight = Some(InFlight {
             events,
+            report: with_report,
             checkpoint,
             reported: self.drops.dropped,
         });
@@ -219,12 +235,21 @@ impl Handoff {
                 if self.drops.dropped == 0 {
                     self.drops = DropReport::default();
                 }
-                Handed::Delivered(f.events.len())
+                Handed::Delivered(f.len())
             }
             Err(e) => {
                 // Back in front of what came meanwhile; the newer checkpoint wins
                 // (taking in the row changes of the one that failed).
-                let newer = std::mem::replace(&mut self.pending, f.events);
+                // The spool dropped its share of the message by now: no copy.
+                let mut back = Arc::try_unwrap(f.events).unwrap_or_else(|shared| (*shared).clone());
+                if f.report {
+                    // Made again, with any later losses, by the next hand-over.
+                    back.remove(0);
+                }
+                let newer = std::mem::replace(&mut self.pending, back);
+                // What comes back counts against the cap (it was not counted after the
+                // hand-over took it, so a failing spool let the backlog grow past it).
+                self.pending_bytes = self.pending.iter().map(Event::bytes).sum();
                 let checkpoint = match (self.checkpoint.take(), f.checkpoint) {
                     (Some(newer), Some(failed)) => Some(newer.after(failed)),
                     (newer, failed) => newer.or(failed),
@@ -386,6 +411,22 @@ mod tests {
         let report: serde_json::Value = serde_json::from_str(m.events[0].data.get()).expect("json");
         assert_eq!(report["dropped"], 2);
         assert_eq!(h.dropped_total(), 2);
+    }
+
+    /// What a failed hand-over gives back counts against the cap with what came
+    /// meanwhile (it was not counted at all, so a failing spool let a backlog grow).
+    #[test]
+    fn what_a_failed_hand_over_gives_back_counts_against_the_cap() {
+        let mut h = handoff("pg_activity", 4);
+        h.keep((0..4).map(ev).collect(), None);
+        let m = h.take().expect("message");
+        h.keep(vec![ev(4)], None);
+        drop(m);
+        h.taken(Err("down".into()));
+        assert_eq!(h.waiting(), 4);
+        assert_eq!(h.dropped_total(), 1);
+        let m = h.take().expect("message");
+        assert_eq!(&ids(&m)[1..], ["e1", "e2", "e3", "e4"]);
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Supervisor {
         let event = report.name();
         match self.spool.get() {
             Some(b) => b.do_send(Enqueue {
-                events: vec![ev],
+                events: std::sync::Arc::new(vec![ev]),
                 checkpoint: None,
             }),
             None => {

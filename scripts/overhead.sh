@@ -9,6 +9,7 @@
 # KEYS=many each statement runs under a new request id (thousands of keys per window,
 # as many summaries shipped); by default each session keeps one. OTLP=1: the OTLP output
 # too (to the same stand-in, which answers 200 to anything): what a second output costs.
+# SMAPS=1: what the resident memory is at the end (code, heap, libraries, stacks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_S=${1:-40}

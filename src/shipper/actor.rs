@@ -37,7 +37,8 @@ pub struct ShipperActor {
     /// What the outcomes mean (plain, see [`Delivery`]).
     delivery: Delivery,
     busy: bool,
-    /// The spool had nothing for it last time: news of events starts an attempt at once.
+    /// The spool had nothing for it last time: news of events starts an attempt (after
+    /// [`LINGER`]).
     idle: bool,
     /// News came during an attempt (which may have found the spool empty just before).
     news: bool,
@@ -298,7 +299,7 @@ mod tests {
     }
 
     /// An idle shipper polls only every hour here: events appended while it sleeps
-    /// still go out at once, because the spool tells it.
+    /// still go out (after the linger), because the spool tells it.
     #[test]
     fn the_spool_wakes_an_idle_shipper_when_events_arrive() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -298,10 +298,11 @@ mod tests {
         }
     }
 
-    /// An idle shipper polls only every hour here: events appended while it sleeps
-    /// still go out (after the linger), because the spool tells it.
+    /// Idle shippers poll only every hour here: events appended while they sleep still
+    /// go out (after the linger), because the spool tells each output's shipper. With
+    /// two outputs, one shipper's request must not unregister the other.
     #[test]
-    fn the_spool_wakes_an_idle_shipper_when_events_arrive() {
+    fn the_spool_wakes_every_idle_shipper_when_events_arrive() {
         let dir = tempfile::tempdir().expect("tempdir");
         actix::System::new().block_on(async move {
             let log = slog::Logger::root(slog::Discard, slog::o!());
@@ -315,35 +316,39 @@ mod tests {
                 dir.path().to_path_buf(),
                 0,
                 "h".into(),
-                vec![Output::Listener],
+                Output::ALL.to_vec(),
                 log.clone(),
                 guard(ChildId::Spool),
             )
             .start();
             let route = Route::default();
             route.set(Some(spool.clone()));
-            let taken = Rc::new(RefCell::new(Vec::new()));
-            let cfg = crate::config::OtlpConfig::default().delivery;
             let breaker = BreakerConfig {
                 fail_max: 5,
                 reset_timeout: Duration::from_secs(30),
             };
-            let mut shipper = ShipperActor::with_transport(
-                Output::Listener,
-                cfg,
-                breaker,
-                Rc::new(Taking(taken.clone())),
-                route,
-                log,
-                guard(ChildId::Shipper(Output::Listener)),
-            );
-            shipper.idle_poll = Duration::from_secs(3600);
-            let shipper = shipper.start();
+            let mut shippers = Vec::new();
+            for output in Output::ALL {
+                let taken = Rc::new(RefCell::new(Vec::new()));
+                let mut shipper = ShipperActor::with_transport(
+                    output,
+                    crate::config::OtlpConfig::default().delivery,
+                    breaker.clone(),
+                    Rc::new(Taking(taken.clone())),
+                    route.clone(),
+                    log.clone(),
+                    guard(ChildId::Shipper(output)),
+                );
+                shipper.idle_poll = Duration::from_secs(3600);
+                shippers.push((shipper.start(), taken));
+            }
             for round in 0..3 {
-                until("the shipper to sleep", async || {
-                    shipper.send(Sleeping).await.expect("shipper")
-                })
-                .await;
+                for (shipper, _) in &shippers {
+                    until("the shippers to sleep", async || {
+                        shipper.send(Sleeping).await.expect("shipper")
+                    })
+                    .await;
+                }
                 let batch = events(&format!("r{round}-"), 7);
                 spool
                     .send(Enqueue {
@@ -353,15 +358,19 @@ mod tests {
                     .await
                     .expect("spool")
                     .expect("append");
-                until("the events to be sent", async || {
-                    taken.borrow().len() == 7 * (round + 1)
-                })
-                .await;
+                for (_, taken) in &shippers {
+                    until("the events to be sent", async || {
+                        taken.borrow().len() == 7 * (round + 1)
+                    })
+                    .await;
+                }
             }
             let want: Vec<String> = (0..3)
                 .flat_map(|r| (0..7).map(move |i| format!("r{r}-{i}")))
                 .collect();
-            assert_eq!(*taken.borrow(), want);
+            for (_, taken) in &shippers {
+                assert_eq!(*taken.borrow(), want);
+            }
             System::current().stop();
         });
     }

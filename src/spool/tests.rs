@@ -16,6 +16,18 @@ fn ids(b: &Batch) -> Vec<String> {
     b.events.iter().map(|e| e.id.clone()).collect()
 }
 
+/// The page cache is small (SQLite's 2 MB default was a tenth of the agent's RSS).
+#[test]
+fn the_page_cache_is_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Spool::open(dir.path()).expect("open");
+    let kib: i64 = s
+        .conn
+        .query_row("PRAGMA cache_size", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(kib, -(CACHE_KIB as i64));
+}
+
 #[test]
 fn batches_come_out_oldest_first_and_repeat_until_acked() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -123,6 +123,21 @@ impl Event {
             data: serde_json::value::to_raw_value(data)?,
         })
     }
+
+    /// Makes an event from JSON text already written (checked to be one JSON value).
+    pub fn from_json(
+        id: String,
+        kind: EventKind,
+        collected_at: DateTime<Utc>,
+        json: String,
+    ) -> Result<Event, serde_json::Error> {
+        Ok(Event {
+            id,
+            kind,
+            collected_at,
+            data: serde_json::value::RawValue::from_string(json)?,
+        })
+    }
 }
 
 /// A batch handed from the spool to the shipper. Its id is stored with its events, so a

@@ -94,6 +94,10 @@ impl Record {
     /// other formats have a column: moved to `cursor_position`, so all formats agree.
     pub fn split_cursor_position(&mut self) {
         const AT: &str = " at character ";
+        // Nearly every message ends otherwise: no search for those.
+        if !self.message.ends_with(|c: char| c.is_ascii_digit()) {
+            return;
+        }
         let Some(i) = self.message.rfind(AT) else {
             return;
         };
@@ -129,7 +133,11 @@ pub fn message_text(bytes: &[u8]) -> (String, bool) {
 fn text_within(bytes: &[u8], cap: usize) -> (String, bool) {
     let cut = bytes.len() > cap;
     let b = if cut { &bytes[..cap] } else { bytes };
-    let mut s = String::from_utf8_lossy(b).into_owned();
+    // Valid UTF-8 (nearly every line) is checked by the fast path and copied once.
+    let mut s = match std::str::from_utf8(b) {
+        Ok(t) => t.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    };
     if cut {
         // A multi-byte char cut in half became U+FFFD; that is fine, it is marked.
         s.push('…');

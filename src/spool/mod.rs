@@ -625,22 +625,57 @@ impl Spool {
         } else {
             " AND ?3 IS NOT NULL"
         };
-        let (batch_id, last_seq) = match open {
-            Some(b) => b,
+        type Row = (i64, String, String, String, String, i64);
+        let row = |r: &rusqlite::Row| -> rusqlite::Result<Row> {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        };
+        let mut events = Vec::new();
+        let mut seqs = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut take = |(seq, id, kind, at, data, _): Row| match decode(id, &kind, &at, data) {
+            Ok(e) => {
+                events.push(e);
+                seqs.push(seq);
+            }
+            Err(_) => unreadable.push(seq),
+        };
+        const COLUMNS: &str = "seq, id, kind, collected_at, data, bytes";
+        let batch_id = match open {
+            // The batch handed out before: the same rows again (those still there).
+            Some((batch_id, last_seq)) => {
+                let mut st = self.conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM events WHERE seq <= ?1 AND seq > ?2{not_done} ORDER BY seq"
+                ))?;
+                for r in st.query_map(params![last_seq, cursor, output.as_str()], row)? {
+                    take(r?);
+                }
+                batch_id
+            }
+            // A new batch: its rows are read in the same pass that bounds it by count
+            // and bytes, then its end is recorded.
             None => {
                 let mut last = None;
                 {
                     let mut st = self.conn.prepare_cached(&format!(
-                        "SELECT seq, bytes FROM events WHERE seq > ?2{not_done} ORDER BY seq LIMIT ?1"
+                        "SELECT {COLUMNS} FROM events WHERE seq > ?2{not_done} ORDER BY seq LIMIT ?1"
                     ))?;
                     let mut rows = st.query(params![max_events as i64, cursor, output.as_str()])?;
                     let mut sum = 0u64;
                     while let Some(r) = rows.next()? {
-                        sum += r.get::<_, i64>(1)?.max(0) as u64;
+                        let r = row(r)?;
+                        sum += r.5.max(0) as u64;
                         if last.is_some() && sum > max_bytes {
                             break;
                         }
-                        last = Some(r.get::<_, i64>(0)?);
+                        last = Some(r.0);
+                        take(r);
                     }
                 }
                 let Some(last) = last else {
@@ -652,35 +687,9 @@ impl Spool {
                         "INSERT INTO batches (batch_id, last_seq, output) VALUES (?1, ?2, ?3)",
                     )?
                     .execute(params![id, last, output.as_str()])?;
-                (id, last)
+                id
             }
         };
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT seq, id, kind, collected_at, data FROM events WHERE seq <= ?1 AND seq > ?2{not_done} ORDER BY seq"
-        ))?;
-        let rows = st.query_map(params![last_seq, cursor, output.as_str()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?;
-        let mut events = Vec::new();
-        let mut seqs = Vec::new();
-        let mut unreadable = Vec::new();
-        for row in rows {
-            let (seq, id, kind, at, data) = row?;
-            match decode(id, &kind, &at, data) {
-                Ok(e) => {
-                    events.push(e);
-                    seqs.push(seq);
-                }
-                Err(_) => unreadable.push(seq),
-            }
-        }
-        drop(st);
         // A row that cannot be read back would block the queue forever: aside with it,
         // for every output.
         if !unreadable.is_empty() {

@@ -17,8 +17,6 @@
 //!    forward pass reached, so every walk completes into a full reading; stop after a
 //!    few. One reading means the line is unambiguous; several are compared by the caller.
 
-use memchr::memmem;
-
 use super::sessions::{self, Names, Sessions};
 use super::{shape, Elem, Escape};
 
@@ -319,9 +317,8 @@ fn forward(
             Elem::Lit(l) => match cur.from {
                 Some(x) if x <= limit => {
                     // Every occurrence, overlapping ones too (",," in ",,,").
-                    let finder = memmem::Finder::new(l);
                     let mut at = x;
-                    while let Some(q) = finder.find(&line[at..limit]) {
+                    while let Some(q) = l.0.find(&line[at..limit]) {
                         next.points.push(at + q + l.len());
                         at += q + 1;
                     }

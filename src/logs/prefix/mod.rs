@@ -134,8 +134,32 @@ impl Escape {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Elem {
-    Lit(Vec<u8>),
+    Lit(Literal),
     Field { esc: Escape, pad: usize },
+}
+
+/// Literal text of the prefix, with its searcher built once (building one per line
+/// was a tenth of the matcher's time).
+#[derive(Debug, Clone)]
+struct Literal(Box<memmem::Finder<'static>>);
+
+impl Literal {
+    fn new(bytes: Vec<u8>) -> Literal {
+        Literal(Box::new(memmem::Finder::new(&bytes).into_owned()))
+    }
+}
+
+impl std::ops::Deref for Literal {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.needle()
+    }
+}
+
+impl PartialEq for Literal {
+    fn eq(&self, other: &Literal) -> bool {
+        **self == **other
+    }
 }
 
 /// The labels the server writes before a message (with `lc_messages = 'C'`).
@@ -233,20 +257,20 @@ impl Prefix {
             i = j + 1;
             if c == b'q' {
                 if !lit.is_empty() {
-                    elems.push(Elem::Lit(std::mem::take(&mut lit)));
+                    elems.push(Elem::Lit(Literal::new(std::mem::take(&mut lit))));
                 }
                 q_at.get_or_insert(elems.len());
                 continue;
             }
             if let Some(esc) = Escape::from_letter(c) {
                 if !lit.is_empty() {
-                    elems.push(Elem::Lit(std::mem::take(&mut lit)));
+                    elems.push(Elem::Lit(Literal::new(std::mem::take(&mut lit))));
                 }
                 elems.push(Elem::Field { esc, pad });
             }
         }
         if !lit.is_empty() {
-            elems.push(Elem::Lit(lit));
+            elems.push(Elem::Lit(Literal::new(lit)));
         }
         Prefix {
             source: source.to_string(),
@@ -344,7 +368,9 @@ impl Prefix {
 /// Every place in `line` where a label of `tier` could start a message body.
 fn splits(line: &[u8], tier: Tier, out: &mut Vec<Split>) {
     out.clear();
-    for c in memmem::find_iter(line, b": ") {
+    static COLON: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(b": "));
+    for c in COLON.find_iter(line) {
         let two = line.get(c + 2) == Some(&b' ');
         let text = c + 2 + usize::from(two);
         match tier {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::agent::{bin, config, Agent};
-use crate::harness::listener::Listener;
+use crate::harness::listener::{Listener, Mode};
 use crate::harness::pg::PgCluster;
 use crate::harness::wait_for;
 
@@ -620,17 +620,12 @@ fn check_warns_when_clients_can_write_into_the_stderr_prefix() {
     assert!(ambiguous >= Some(1), "the forged line counted: {out}");
 }
 
-#[test]
-fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_message_once() {
-    const MESSAGES: usize = 3000;
-    let pg = PgCluster::start("");
-    let listener = Listener::start(crate::harness::agent::TOKEN);
-    let dir = tempfile::tempdir().expect("tmp");
-    // 3,000 messages of 10 kB: 30 MB behind when the agent starts.
-    let file = dir.path().join("big.log");
+/// A stderr log of `n` messages of 10 kB (`'big-00000'` …), and its size.
+fn big_log(dir: &Path, n: usize) -> (PathBuf, u64) {
+    let file = dir.join("big.log");
     let pad = "x".repeat(10_000);
-    let mut text = String::with_capacity(MESSAGES * 10_100);
-    for n in 0..MESSAGES {
+    let mut text = String::with_capacity(n * 10_100);
+    for n in 0..n {
         text.push_str(&format!(
             "2026-12-01 10:00:{:02}.{:03} UTC [{}] LOG:  statement: SELECT 'big-{n:05}' /* {pad} */\n",
             n / 1000,
@@ -639,29 +634,20 @@ fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_m
         ));
     }
     std::fs::write(&file, &text).expect("log");
-    let size = text.len() as u64;
-    let toml = config(dir.path(), &pg, &listener.url(), 60).replace(
-        "logs = false\n",
-        &format!(
-            "logs = true\nactivity = false\n[logs]\npath = \"{}\"\nformat = \"stderr\"\nprefix = \"%m [%p] \"\nstart_at = \"beginning\"\n",
-            file.display()
-        ),
-    );
-    let agent = Agent::start(dir.path(), &toml, &[]);
-    // At the end of the file, with the pace it read at (over the last half minute).
-    let detail = wait_for(
-        "the reader at the end of the file",
-        Duration::from_secs(120),
-        || {
-            let d = agent.status()["children"]["pg_log"]["detail"].clone();
-            (d["offset"].as_u64() == Some(size) && d["read_bytes_per_s"].as_f64()? > 0.0)
-                .then_some(d)
-        },
-    );
-    assert_eq!(detail["bytes_behind"], 0, "{detail}");
-    assert_eq!(detail["size"], size, "{detail}");
-    assert_eq!(detail["bytes_read_total"], size, "{detail}");
-    // Every message once.
+    (file, text.len() as u64)
+}
+
+/// The config lines that read [`big_log`] from its beginning.
+fn big_log_source(file: &Path) -> String {
+    format!(
+        "logs = true\nactivity = false\n[logs]\npath = \"{}\"\nformat = \"stderr\"\nprefix = \"%m [%p] \"\nstart_at = \"beginning\"\n",
+        file.display()
+    )
+}
+
+/// Waits until every message of [`big_log`] is at the listener, and checks each came
+/// under one id.
+fn every_big_message_once(listener: &Listener, n: usize) {
     let ids_of = |l: &Listener| -> BTreeMap<String, BTreeSet<String>> {
         let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for e in l.events_of("pg_log") {
@@ -677,14 +663,112 @@ fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_m
     wait_for(
         "every message at the listener",
         Duration::from_secs(120),
-        || (ids_of(&listener).len() == MESSAGES).then_some(()),
+        || (ids_of(listener).len() == n).then_some(()),
     );
-    let m = ids_of(&listener);
+    let m = ids_of(listener);
     assert!(
         m.values().all(|ids| ids.len() == 1),
         "a message under two ids"
     );
-    assert!(m.contains_key("big-00000") && m.contains_key("big-02999"));
+    assert!(m.contains_key("big-00000") && m.contains_key(&format!("big-{:05}", n - 1)));
+}
+
+/// A log far larger than the spool's cap, read while the listener refuses everything:
+/// the reader stops once the spool holds 40 % of its cap (the file keeps the rest)
+/// instead of filling the spool until it evicts what was read; when the listener
+/// accepts again, reading resumes and every message arrives once, none evicted.
+#[test]
+fn a_log_larger_than_the_spool_cap_waits_for_delivery_instead_of_being_evicted() {
+    const MESSAGES: usize = 3000;
+    const CAP: u64 = 4 << 20;
+    let pg = PgCluster::start("");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    listener.set_mode(Mode::Status(503));
+    let dir = tempfile::tempdir().expect("tmp");
+    // 30 MB of log against a 4 MiB spool.
+    let (file, size) = big_log(dir.path(), MESSAGES);
+    let toml = config(dir.path(), &pg, &listener.url(), 60)
+        .replace("logs = false\n", &big_log_source(&file))
+        .replace(
+            "retry_max_ms = 1000\n",
+            &format!(
+                "retry_base_ms = 50\nretry_max_ms = 200\n[breaker]\nfail_max = 2\nreset_timeout_s = 1\n[buffer]\nmax_bytes = {CAP}\n"
+            ),
+        );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let st = wait_for(
+        "the reader waiting for the spool",
+        Duration::from_secs(60),
+        || {
+            let s = agent.status();
+            (s["children"]["pg_log"]["detail"]["waiting_for_spool"] == true).then_some(s)
+        },
+    );
+    let log = &st["children"]["pg_log"]["detail"];
+    let buffer = &st["children"]["buffer"]["detail"];
+    assert_eq!(log["spool_waits_total"], 1, "{log}");
+    assert!(log["offset"].as_u64() < Some(size / 4), "{log}");
+    // About one batch (a 1 MiB read) past the 40 % at which it stopped.
+    assert!(
+        buffer["bytes"].as_u64() < Some(CAP * 4 / 10 + (2 << 20)),
+        "{buffer}"
+    );
+    assert_eq!(agent.logs_named("log_reading_paused").len(), 1);
+    // It stays stopped while nothing is delivered.
+    std::thread::sleep(Duration::from_secs(2));
+    let again = agent.status();
+    assert_eq!(
+        again["children"]["pg_log"]["detail"]["offset"],
+        log["offset"]
+    );
+    assert_eq!(
+        again["children"]["pg_log"]["detail"]["waiting_for_spool"],
+        true
+    );
+
+    listener.set_mode(Mode::Ok);
+    every_big_message_once(&listener, MESSAGES);
+    let st = wait_for("the whole file read", Duration::from_secs(60), || {
+        let s = agent.status();
+        (s["children"]["pg_log"]["detail"]["offset"].as_u64() == Some(size)).then_some(s)
+    });
+    assert_eq!(
+        st["children"]["buffer"]["detail"]["evicted_total"], 0,
+        "{st}"
+    );
+    assert!(agent.logs_named("buffer_eviction_complete").is_empty());
+    assert!(!agent.logs_named("log_reading_resumed").is_empty());
+    assert!(
+        st["children"]["pg_log"]["detail"]["spool_waits_total"].as_u64() >= Some(1),
+        "{st}"
+    );
+}
+
+#[test]
+fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_message_once() {
+    const MESSAGES: usize = 3000;
+    let pg = PgCluster::start("");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    // 3,000 messages of 10 kB: 30 MB behind when the agent starts.
+    let (file, size) = big_log(dir.path(), MESSAGES);
+    let toml = config(dir.path(), &pg, &listener.url(), 60)
+        .replace("logs = false\n", &big_log_source(&file));
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // At the end of the file, with the pace it read at (over the last half minute).
+    let detail = wait_for(
+        "the reader at the end of the file",
+        Duration::from_secs(120),
+        || {
+            let d = agent.status()["children"]["pg_log"]["detail"].clone();
+            (d["offset"].as_u64() == Some(size) && d["read_bytes_per_s"].as_f64()? > 0.0)
+                .then_some(d)
+        },
+    );
+    assert_eq!(detail["bytes_behind"], 0, "{detail}");
+    assert_eq!(detail["size"], size, "{detail}");
+    assert_eq!(detail["bytes_read_total"], size, "{detail}");
+    every_big_message_once(&listener, MESSAGES);
     // Memory followed the reads (1 MiB at a time), not the 30 MB behind.
     let hwm_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
         .expect("status")

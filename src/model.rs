@@ -387,6 +387,12 @@ pub struct NextBatch {
 #[rtype(result = "()")]
 pub struct SpoolNews;
 
+/// A reader → spool: how many bytes of event data the spool holds (the log reader
+/// waits while it holds a good part of its cap instead of filling it to eviction).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "u64")]
+pub struct Backlog;
+
 /// Shipper → spool: the listener accepted this batch; delete its events.
 #[derive(Message)]
 #[rtype(result = "Result<u64, SpoolError>")]
@@ -500,6 +506,11 @@ pub struct LogStats {
     pub spool_errors_total: u64,
     /// Messages of the agent's own sessions, left out (see `logs::OwnSessions`).
     pub own_events_skipped_total: u64,
+    /// Reading waits for the spool to drain: it holds 40 % of `buffer.max_bytes` in
+    /// events (the log file keeps what is not read yet; nothing is evicted for it).
+    pub waiting_for_spool: bool,
+    /// Times reading paused that way.
+    pub spool_waits_total: u64,
     /// Reader counters and position.
     #[serde(flatten)]
     pub tail: crate::logs::tail::TailStats,

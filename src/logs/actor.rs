@@ -3,14 +3,16 @@
 //! found), and hands each batch to the spool together with the position after it (one
 //! SQLite transaction). The next batch is read only once the spool has taken the last:
 //! memory stays at one batch however far behind the reader is, and nothing read is
-//! dropped while the spool is away.
+//! dropped while the spool is away. Nor is more read while the spool holds 40 % of its
+//! cap in events (until it is below 30 %): a log far behind (or a listener away) would
+//! otherwise fill the spool until it evicts what it read, where the file keeps it.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
-use slog::{warn, Logger};
+use slog::{info, warn, Logger};
 
 use super::follow::{Follower, Polled, Saved, CHECKPOINT};
 use super::plan::server_settings;
@@ -19,7 +21,7 @@ use crate::collector::cycle_limit;
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::fault;
-use crate::model::{ChildDetail, ExitGuard, Health, Ping, Route};
+use crate::model::{Backlog, ChildDetail, ExitGuard, Health, Ping, Route};
 use crate::spool::handoff::{hand_over, Handed, Handoff, HandsOver};
 use crate::spool::{self, SpoolActor};
 
@@ -31,6 +33,10 @@ const SETTINGS_EVERY: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(5);
 /// The source's name (in loss reports).
 const SOURCE: &str = "pg_log";
+/// Reading pauses while the spool holds this share of `buffer.max_bytes` in events…
+const PAUSE_AT: (u64, u64) = (4, 10);
+/// …and resumes once it holds less than this share.
+const RESUME_BELOW: (u64, u64) = (3, 10);
 
 /// Where a batch on its way to the spool leaves the reader.
 struct Waiting {
@@ -52,6 +58,8 @@ pub struct LogTailActor {
     /// read until the spool took it).
     handoff: Handoff,
     waiting: Option<Waiting>,
+    /// `buffer.max_bytes` (0: no cap, never paused).
+    spool_cap: u64,
     progress: Instant,
     last_success: Option<chrono::DateTime<Utc>>,
     last_error: Option<String>,
@@ -86,6 +94,7 @@ impl LogTailActor {
                 usize::MAX,
             ),
             waiting: None,
+            spool_cap: config.buffer.max_bytes,
             progress: Instant::now(),
             last_success: None,
             last_error: None,
@@ -184,9 +193,50 @@ impl HandsOver for LogTailActor {
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
                 let wait = if w.more { Duration::ZERO } else { POLL };
-                ctx.run_later(wait, |a, ctx| a.step(ctx));
+                self.when_room(wait, ctx);
             }
         }
+    }
+}
+
+impl LogTailActor {
+    /// Reads on after `wait` once the spool has room: while it holds [`PAUSE_AT`] of its
+    /// cap in events (until below [`RESUME_BELOW`]), reading waits and asks again every
+    /// [`POLL`].
+    fn when_room(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        let spool = self.handoff.spool.get();
+        let (Some(spool), true) = (spool, self.spool_cap > 0) else {
+            ctx.run_later(wait, |a, ctx| a.step(ctx));
+            return;
+        };
+        ctx.spawn(spool.send(Backlog).into_actor(self).map(move |res, act, ctx| {
+            act.progress = Instant::now();
+            // A spool that does not answer is not full: the next hand-over fails and is
+            // retried like any other.
+            let held = res.unwrap_or(0);
+            let (num, den) = if act.follower.stats.waiting_for_spool {
+                RESUME_BELOW
+            } else {
+                PAUSE_AT
+            };
+            let limit = act.spool_cap / den * num;
+            let stats = &mut act.follower.stats;
+            if held >= limit {
+                if !stats.waiting_for_spool {
+                    stats.waiting_for_spool = true;
+                    stats.spool_waits_total += 1;
+                    info!(act.log, "log_reading_paused"; "spooled_bytes" => held, "buffer_max_bytes" => act.spool_cap,
+                          "effect" => "the log is read on once the spool has shipped events (the file keeps them; nothing is evicted for them)");
+                }
+                ctx.run_later(POLL, |a, ctx| a.when_room(Duration::ZERO, ctx));
+                return;
+            }
+            if stats.waiting_for_spool {
+                stats.waiting_for_spool = false;
+                info!(act.log, "log_reading_resumed"; "spooled_bytes" => held);
+            }
+            ctx.run_later(wait, |a, ctx| a.step(ctx));
+        }));
     }
 }
 

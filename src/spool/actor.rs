@@ -11,7 +11,7 @@ use slog::{error, info, Logger};
 use super::Spool;
 use crate::catalogue::AgentEvent;
 use crate::model::{
-    Ack, AckRows, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Output, Ping,
+    Ack, AckRows, Backlog, Batch, ChildDetail, Enqueue, ExitGuard, Health, NextBatch, Output, Ping,
     QuarantineRows, SpoolError, SpoolNews, SpoolStats,
 };
 
@@ -201,6 +201,14 @@ impl Handler<NextBatch> for SpoolActor {
             self.idle.push((msg.output, r));
         }
         batch
+    }
+}
+
+impl Handler<Backlog> for SpoolActor {
+    type Result = u64;
+
+    fn handle(&mut self, _: Backlog, _: &mut Context<Self>) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::held_bytes)
     }
 }
 

@@ -101,7 +101,7 @@ impl InFlight {
 /// A source's events on their way to the spool.
 pub struct Handoff {
     /// Where they go.
-    spool: Route<SpoolActor>,
+    pub(crate) spool: Route<SpoolActor>,
     log: Logger,
     source: &'static str,
     host: String,

@@ -356,6 +356,11 @@ impl Spool {
             .pragma_update(None, "journal_size_limit", (max_bytes / 8) as i64);
     }
 
+    /// Bytes of event data held (until every output has them).
+    pub fn held_bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Size of the database and its WAL on disk.
     pub fn disk_bytes(&self) -> u64 {
         [self.path.clone(), wal_path(&self.path)]

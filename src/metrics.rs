@@ -215,6 +215,16 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
             "Log lines that fit no format (shipped raw, class other)",
             d.tail.unparsed_lines_total,
         )?;
+        p.gauge(
+            "postgres_agent_log_waiting_for_spool",
+            "1 while reading waits for the spool to ship (it holds 40 % of buffer.max_bytes)",
+            if d.waiting_for_spool { 1.0 } else { 0.0 },
+        )?;
+        p.counter(
+            "postgres_agent_log_spool_waits_total",
+            "Times reading paused for the spool to ship",
+            d.spool_waits_total,
+        )?;
     }
 
     if let Some(d) = s.detail::<SpoolStats>("buffer") {

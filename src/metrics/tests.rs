@@ -88,6 +88,8 @@ fn snapshot() -> StatusSnapshot {
     log.tail.bytes_behind = 777;
     log.tail.bytes_read_total = 123_456;
     log.tail.unparsed_lines_total = 2;
+    log.waiting_for_spool = true;
+    log.spool_waits_total = 3;
     children.insert(
         "pg_log".to_string(),
         child("running", 0, serde_json::to_value(log).unwrap()),
@@ -192,6 +194,14 @@ fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
     expect(
         "postgres_agent_log_unparsed_lines_total",
         &["postgres_agent_log_unparsed_lines_total 2"],
+    );
+    expect(
+        "postgres_agent_log_waiting_for_spool",
+        &["postgres_agent_log_waiting_for_spool 1"],
+    );
+    expect(
+        "postgres_agent_log_spool_waits_total",
+        &["postgres_agent_log_spool_waits_total 3"],
     );
     expect(
         "postgres_agent_spool_events",

@@ -744,6 +744,46 @@ fn a_log_larger_than_the_spool_cap_waits_for_delivery_instead_of_being_evicted()
     );
 }
 
+/// With two outputs, one of them away: the reader keeps pace with the one that takes
+/// events (what the other has not taken is held up to the cap and evicted for it, as
+/// for any outage), so the log reaches the working output whole.
+#[test]
+fn an_output_that_is_away_does_not_hold_the_log_back_from_the_other() {
+    const MESSAGES: usize = 3000;
+    // Room on disk for what the listener has not taken yet (up to 40 % of the cap in
+    // events; a 10 kB event takes most of a 16 kB page) besides the rows kept for the
+    // other output: the cap evicts only those.
+    const CAP: u64 = 16 << 20;
+    let pg = PgCluster::start("");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let (file, size) = big_log(dir.path(), MESSAGES);
+    // Nothing listens on port 1: the OTLP output fails throughout.
+    let toml = config(dir.path(), &pg, &listener.url(), 60)
+        .replace("logs = false\n", &big_log_source(&file))
+        .replace(
+            "retry_max_ms = 1000\n",
+            &format!(
+                "retry_max_ms = 1000\n[otlp]\nendpoint = \"http://127.0.0.1:1\"\ntimeout_ms = 1000\nretry_max_ms = 1000\n[buffer]\nmax_bytes = {CAP}\n"
+            ),
+        );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    every_big_message_once(&listener, MESSAGES);
+    let st = wait_for("the whole file read", Duration::from_secs(60), || {
+        let s = agent.status();
+        (s["children"]["pg_log"]["detail"]["offset"].as_u64() == Some(size)).then_some(s)
+    });
+    assert_eq!(
+        st["children"]["pg_log"]["detail"]["spool_waits_total"], 0,
+        "{st}"
+    );
+    // The OTLP output lost the oldest to the cap, reported.
+    assert!(
+        st["children"]["buffer"]["detail"]["evicted_total"].as_u64() > Some(0),
+        "{st}"
+    );
+}
+
 #[test]
 fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_message_once() {
     const MESSAGES: usize = 3000;

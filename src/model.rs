@@ -387,8 +387,9 @@ pub struct NextBatch {
 #[rtype(result = "()")]
 pub struct SpoolNews;
 
-/// A reader → spool: how many bytes of event data the spool holds (the log reader
-/// waits while it holds a good part of its cap instead of filling it to eviction).
+/// A reader → spool: bytes of event data not shipped yet by the output furthest along
+/// (see `Spool::backlog_bytes`): the log reader waits while that is a good part of the
+/// cap instead of filling the spool until it evicts.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "u64")]
 pub struct Backlog;

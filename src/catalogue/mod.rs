@@ -156,6 +156,14 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the server's log settings could not be read",
     ),
     e(
+        "log_reading_paused",
+        "the spool holds 40 % of its cap in events not shipped yet: the log waits in its file",
+    ),
+    e(
+        "log_reading_resumed",
+        "the spool shipped below 30 % of its cap: the log is read on",
+    ),
+    e(
         "log_messages_localized",
         "lc_messages is not English: classification by SQLSTATE only",
     ),

@@ -208,7 +208,7 @@ impl Handler<Backlog> for SpoolActor {
     type Result = u64;
 
     fn handle(&mut self, _: Backlog, _: &mut Context<Self>) -> u64 {
-        self.spool.as_ref().map_or(0, Spool::held_bytes)
+        self.spool.as_ref().map_or(0, Spool::backlog_bytes)
     }
 }
 

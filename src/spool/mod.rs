@@ -356,9 +356,23 @@ impl Spool {
             .pragma_update(None, "journal_size_limit", (max_bytes / 8) as i64);
     }
 
-    /// Bytes of event data held (until every output has them).
-    pub fn held_bytes(&self) -> u64 {
-        self.bytes
+    /// Bytes of event data the output furthest along has not taken yet (with one
+    /// output: all that is held). A reader that outruns delivery waits on this, not on
+    /// what is held: an output that is away keeps its rows (up to the cap, evicting)
+    /// without holding back the others. With several outputs it is estimated from the
+    /// counts (pending events × the average event's bytes).
+    pub fn backlog_bytes(&self) -> u64 {
+        if !self.multi() || self.depth == 0 {
+            return self.bytes;
+        }
+        let least = self
+            .outputs
+            .iter()
+            .map(|o| self.pending(*o))
+            .min()
+            .unwrap_or(self.depth)
+            .min(self.depth);
+        (u128::from(self.bytes) * u128::from(least) / u128::from(self.depth)) as u64
     }
 
     /// Size of the database and its WAL on disk.

@@ -531,6 +531,33 @@ fn pending(s: &Spool) -> (u64, u64, u64) {
 }
 
 #[test]
+fn the_backlog_a_reader_waits_on_is_what_the_output_furthest_along_has_not_taken() {
+    // One output: everything held.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut one = Spool::open(dir.path()).expect("open");
+    let events: Vec<Event> = (0..10).map(ev).collect();
+    let each = events[0].data.get().len() as u64;
+    one.append(&events).expect("append");
+    assert_eq!(one.backlog_bytes(), 10 * each);
+    let b = one.next_batch(L, 4).expect("batch").expect("some");
+    one.ack(L, &b.batch_id).expect("ack");
+    assert_eq!(one.backlog_bytes(), 6 * each);
+    // Two outputs: the one that took 8 sets it, however far behind the other is.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = both(dir.path());
+    s.append(&events).expect("append");
+    assert_eq!(s.backlog_bytes(), 10 * each);
+    let b = s.next_batch(L, 8).expect("batch").expect("some");
+    s.ack(L, &b.batch_id).expect("ack");
+    assert_eq!(pending(&s), (2, 10, 10));
+    assert_eq!(s.backlog_bytes(), 2 * each);
+    let b = s.next_batch(O, 10).expect("batch").expect("some");
+    s.ack(O, &b.batch_id).expect("ack");
+    assert_eq!(pending(&s), (2, 0, 2));
+    assert_eq!(s.backlog_bytes(), 0);
+}
+
+#[test]
 fn two_outputs_each_take_every_event_and_a_row_leaves_when_both_have_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = both(dir.path());

@@ -645,6 +645,48 @@ fn big_log_source(file: &Path) -> String {
     )
 }
 
+/// An agent reading a [`big_log`] from its beginning, with its server, listener and
+/// directory (all kept to the test's end).
+struct OnBigLog {
+    agent: Agent,
+    listener: Listener,
+    size: u64,
+    _pg: PgCluster,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a server, a listener answering `mode` and an agent on a fresh [`big_log`] of
+/// [`BIG_LOG_MESSAGES`]; `listener_lines` replace the `retry_max_ms = 1000` line of the
+/// listener's section (and may add sections after it).
+fn start_on_big_log(mode: Mode, listener_lines: &str) -> OnBigLog {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    listener.set_mode(mode);
+    let dir = tempfile::tempdir().expect("tmp");
+    let (file, size) = big_log(dir.path(), BIG_LOG_MESSAGES);
+    let toml = config(dir.path(), &pg, &listener.url(), 60)
+        .replace("logs = false\n", &big_log_source(&file))
+        .replace("retry_max_ms = 1000\n", listener_lines);
+    OnBigLog {
+        agent: Agent::start(dir.path(), &toml, &[]),
+        listener,
+        size,
+        _pg: pg,
+        _dir: dir,
+    }
+}
+
+/// 3,000 messages of 10 kB: 30 MB behind when the agent starts.
+const BIG_LOG_MESSAGES: usize = 3000;
+
+/// Waits until the reader is at the end of a log of `size` bytes; the status then.
+fn whole_file_read(agent: &Agent, size: u64) -> Value {
+    wait_for("the whole file read", Duration::from_secs(60), || {
+        let s = agent.status();
+        (s["children"]["pg_log"]["detail"]["offset"].as_u64() == Some(size)).then_some(s)
+    })
+}
+
 /// Waits until every message of [`big_log`] is at the listener, and checks each came
 /// under one id.
 fn every_big_message_once(listener: &Listener, n: usize) {
@@ -679,23 +721,15 @@ fn every_big_message_once(listener: &Listener, n: usize) {
 /// accepts again, reading resumes and every message arrives once, none evicted.
 #[test]
 fn a_log_larger_than_the_spool_cap_waits_for_delivery_instead_of_being_evicted() {
-    const MESSAGES: usize = 3000;
     const CAP: u64 = 4 << 20;
-    let pg = PgCluster::start("");
-    let listener = Listener::start(crate::harness::agent::TOKEN);
-    listener.set_mode(Mode::Status(503));
-    let dir = tempfile::tempdir().expect("tmp");
     // 30 MB of log against a 4 MiB spool.
-    let (file, size) = big_log(dir.path(), MESSAGES);
-    let toml = config(dir.path(), &pg, &listener.url(), 60)
-        .replace("logs = false\n", &big_log_source(&file))
-        .replace(
-            "retry_max_ms = 1000\n",
-            &format!(
-                "retry_base_ms = 50\nretry_max_ms = 200\n[breaker]\nfail_max = 2\nreset_timeout_s = 1\n[buffer]\nmax_bytes = {CAP}\n"
-            ),
-        );
-    let agent = Agent::start(dir.path(), &toml, &[]);
+    let run = start_on_big_log(
+        Mode::Status(503),
+        &format!(
+            "retry_base_ms = 50\nretry_max_ms = 200\n[breaker]\nfail_max = 2\nreset_timeout_s = 1\n[buffer]\nmax_bytes = {CAP}\n"
+        ),
+    );
+    let (agent, listener, size) = (&run.agent, &run.listener, run.size);
     let st = wait_for(
         "the reader waiting for the spool",
         Duration::from_secs(60),
@@ -727,11 +761,8 @@ fn a_log_larger_than_the_spool_cap_waits_for_delivery_instead_of_being_evicted()
     );
 
     listener.set_mode(Mode::Ok);
-    every_big_message_once(&listener, MESSAGES);
-    let st = wait_for("the whole file read", Duration::from_secs(60), || {
-        let s = agent.status();
-        (s["children"]["pg_log"]["detail"]["offset"].as_u64() == Some(size)).then_some(s)
-    });
+    every_big_message_once(listener, BIG_LOG_MESSAGES);
+    let st = whole_file_read(agent, size);
     assert_eq!(
         st["children"]["buffer"]["detail"]["evicted_total"], 0,
         "{st}"
@@ -749,30 +780,20 @@ fn a_log_larger_than_the_spool_cap_waits_for_delivery_instead_of_being_evicted()
 /// for any outage), so the log reaches the working output whole.
 #[test]
 fn an_output_that_is_away_does_not_hold_the_log_back_from_the_other() {
-    const MESSAGES: usize = 3000;
     // Room on disk for what the listener has not taken yet (up to 40 % of the cap in
     // events; a 10 kB event takes most of a 16 kB page) besides the rows kept for the
     // other output: the cap evicts only those.
     const CAP: u64 = 16 << 20;
-    let pg = PgCluster::start("");
-    let listener = Listener::start(crate::harness::agent::TOKEN);
-    let dir = tempfile::tempdir().expect("tmp");
-    let (file, size) = big_log(dir.path(), MESSAGES);
     // Nothing listens on port 1: the OTLP output fails throughout.
-    let toml = config(dir.path(), &pg, &listener.url(), 60)
-        .replace("logs = false\n", &big_log_source(&file))
-        .replace(
-            "retry_max_ms = 1000\n",
-            &format!(
-                "retry_max_ms = 1000\n[otlp]\nendpoint = \"http://127.0.0.1:1\"\ntimeout_ms = 1000\nretry_max_ms = 1000\n[buffer]\nmax_bytes = {CAP}\n"
-            ),
-        );
-    let agent = Agent::start(dir.path(), &toml, &[]);
-    every_big_message_once(&listener, MESSAGES);
-    let st = wait_for("the whole file read", Duration::from_secs(60), || {
-        let s = agent.status();
-        (s["children"]["pg_log"]["detail"]["offset"].as_u64() == Some(size)).then_some(s)
-    });
+    let run = start_on_big_log(
+        Mode::Ok,
+        &format!(
+            "retry_max_ms = 1000\n[otlp]\nendpoint = \"http://127.0.0.1:1\"\ntimeout_ms = 1000\nretry_max_ms = 1000\n[buffer]\nmax_bytes = {CAP}\n"
+        ),
+    );
+    let (agent, listener, size) = (&run.agent, &run.listener, run.size);
+    every_big_message_once(listener, BIG_LOG_MESSAGES);
+    let st = whole_file_read(agent, size);
     assert_eq!(
         st["children"]["pg_log"]["detail"]["spool_waits_total"], 0,
         "{st}"
@@ -786,15 +807,8 @@ fn an_output_that_is_away_does_not_hold_the_log_back_from_the_other() {
 
 #[test]
 fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_message_once() {
-    const MESSAGES: usize = 3000;
-    let pg = PgCluster::start("");
-    let listener = Listener::start(crate::harness::agent::TOKEN);
-    let dir = tempfile::tempdir().expect("tmp");
-    // 3,000 messages of 10 kB: 30 MB behind when the agent starts.
-    let (file, size) = big_log(dir.path(), MESSAGES);
-    let toml = config(dir.path(), &pg, &listener.url(), 60)
-        .replace("logs = false\n", &big_log_source(&file));
-    let agent = Agent::start(dir.path(), &toml, &[]);
+    let run = start_on_big_log(Mode::Ok, "retry_max_ms = 1000\n");
+    let (agent, listener, size) = (&run.agent, &run.listener, run.size);
     // At the end of the file, with the pace it read at (over the last half minute).
     let detail = wait_for(
         "the reader at the end of the file",
@@ -808,7 +822,7 @@ fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_m
     assert_eq!(detail["bytes_behind"], 0, "{detail}");
     assert_eq!(detail["size"], size, "{detail}");
     assert_eq!(detail["bytes_read_total"], size, "{detail}");
-    every_big_message_once(&listener, MESSAGES);
+    every_big_message_once(listener, BIG_LOG_MESSAGES);
     // Memory followed the reads (1 MiB at a time), not the 30 MB behind.
     let hwm_kb: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
         .expect("status")

@@ -458,9 +458,6 @@ fn open_at(c: &Candidate, offset: u64) -> io::Result<OpenFile> {
 /// Reads from `o.offset` to at most `size` and parses. Returns the messages, the bytes
 /// they used and whether the read reached `size`. A message that does not fit in a
 /// chunk is read in doubling chunks up to [`MAX_RECORD`], then split.
-/// Records reserved per read (the daemon takes 2,000 per poll, `parse-log` 10,000).
-const RECORDS_RESERVED: usize = 2_000;
-
 fn read(
     buf: &mut Vec<u8>,
     o: &OpenFile,
@@ -556,6 +553,10 @@ fn line_start_before(path: &Path, size: u64) -> io::Result<u64> {
         None => from,
     })
 }
+
+/// Records reserved per read, and the most `parse-log` takes per read (the daemon
+/// takes 2,000 per poll).
+const RECORDS_RESERVED: usize = 2_000;
 
 /// Parses a whole file offline (`parse-log`), calling `each` per message in order.
 pub fn read_file(

@@ -229,7 +229,10 @@ impl ProcFiles {
     }
 }
 
-/// The whole file, read from its start into `buf`.
+/// The whole of a `/proc` file, read from its start into `buf`. A read that returns
+/// less than asked has reached the end: the kernel fills the buffer from the file's
+/// text, made again for each read, so asking once more for the end (which a plain loop
+/// does) would make it a second time.
 fn read_at_start(f: &std::fs::File, buf: &mut Vec<u8>) -> Option<()> {
     use std::os::unix::fs::FileExt;
     buf.clear();
@@ -239,8 +242,13 @@ fn read_at_start(f: &std::fs::File, buf: &mut Vec<u8>) -> Option<()> {
         if len == buf.len() {
             buf.resize(len * 2, 0);
         }
+        let asked = buf.len() - len;
         match f.read_at(&mut buf[len..], len as u64) {
             Ok(0) => break,
+            Ok(n) if n < asked => {
+                len += n;
+                break;
+            }
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return None,
@@ -364,6 +372,27 @@ mod tests {
         assert_eq!(parse_stat(line), Some((40, 3071)));
         assert_eq!(parse_stat(b"4242 (x) S 1"), None);
         assert_eq!(parse_stat(b"garbage"), None);
+    }
+
+    #[test]
+    fn files_are_read_whole_past_the_first_buffer_and_to_a_short_read() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut buf = Vec::new();
+        for len in [0usize, 1, 4095, 4096, 4097, 10_000] {
+            let p = d.path().join(format!("f{len}"));
+            let text: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            std::fs::write(&p, &text).expect("write");
+            let f = std::fs::File::open(&p).expect("open");
+            assert_eq!(
+                read_at_start(&f, &mut buf),
+                (len > 0).then_some(()),
+                "{len}"
+            );
+            assert_eq!(buf, text, "{len}");
+        }
+        let f = std::fs::File::open("/proc/self/limits").expect("limits");
+        read_at_start(&f, &mut buf).expect("read");
+        assert_eq!(buf, std::fs::read("/proc/self/limits").expect("read"));
     }
 
     #[test]

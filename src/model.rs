@@ -501,7 +501,8 @@ pub struct LogStats {
     pub prefix: Option<String>,
     /// Events handed to the spool.
     pub events_total: u64,
-    /// Events read but not yet in the spool (the spool is restarting or failing).
+    /// Events read but not yet in the spool: the batch on its way and the one read
+    /// meanwhile (more stay while the spool is restarting or failing).
     pub pending_events: usize,
     /// Failed hand-overs to the spool (retried; nothing is read meanwhile).
     pub spool_errors_total: u64,

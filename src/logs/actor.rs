@@ -1,11 +1,12 @@
 //! The log actor: schedules the [`Follower`], asks the server for its log settings (a
 //! short connection of its own: at start, every 10 min, and when the log is not
 //! found), and hands each batch to the spool together with the position after it (one
-//! SQLite transaction). The next batch is read only once the spool has taken the last:
-//! memory stays at one batch however far behind the reader is, and nothing read is
-//! dropped while the spool is away. Nor is more read while the spool holds 40 % of its
-//! cap in events (until it is below 30 %): a log far behind (or a listener away) would
-//! otherwise fill the spool until it evicts what it read, where the file keeps it.
+//! SQLite transaction). While the spool stores a batch, the next one is read (when more
+//! is ready), so parsing and storing overlap; it is handed over once the spool took
+//! the last. Memory stays at two batches however far behind the reader is, and nothing
+//! read is dropped while the spool is away. Nor is more read while the spool holds 40 %
+//! of its cap in events (until it is below 30 %): a log far behind (or a listener away)
+//! would otherwise fill the spool until it evicts what it read, where the file keeps it.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,9 +15,8 @@ use actix::prelude::*;
 use chrono::Utc;
 use slog::{info, warn, Logger};
 
-use super::follow::{Follower, Polled, Saved, CHECKPOINT};
+use super::follow::{Follower, Polled, Read, Saved, CHECKPOINT};
 use super::plan::server_settings;
-use super::tail::Position;
 use crate::collector::cycle_limit;
 use crate::config::Config;
 use crate::db::{Db, DbError};
@@ -38,13 +38,6 @@ const PAUSE_AT: (u64, u64) = (4, 10);
 /// …and resumes once it holds less than this share.
 const RESUME_BELOW: (u64, u64) = (3, 10);
 
-/// Where a batch on its way to the spool leaves the reader.
-struct Waiting {
-    position: Option<Position>,
-    /// More was ready to read right after it.
-    more: bool,
-}
-
 /// Follows the server log.
 pub struct LogTailActor {
     follower: Follower,
@@ -54,10 +47,12 @@ pub struct LogTailActor {
     settings_error: Option<String>,
     settings_due: Instant,
     asking: bool,
-    /// The batch read last, on its way to the spool (one at a time: nothing more is
-    /// read until the spool took it).
+    /// The batch on its way to the spool (one at a time).
     handoff: Handoff,
-    waiting: Option<Waiting>,
+    /// A batch is on its way; `Some(more)`: more was ready to read right after it.
+    waiting: Option<bool>,
+    /// The batch read while the one on its way is stored: handed over next.
+    ahead: Option<Read>,
     /// `buffer.max_bytes` (0: no cap, never paused).
     spool_cap: u64,
     progress: Instant,
@@ -94,6 +89,7 @@ impl LogTailActor {
                 usize::MAX,
             ),
             waiting: None,
+            ahead: None,
             spool_cap: config.buffer.max_bytes,
             progress: Instant::now(),
             last_success: None,
@@ -147,7 +143,11 @@ impl LogTailActor {
         if !self.follower.has_plan() && !self.asking {
             self.follower.replan();
         }
-        let wait = match self.follower.poll() {
+        let polled = match self.ahead.take() {
+            Some(r) => Polled::Read(r),
+            None => self.follower.poll(),
+        };
+        let wait = match polled {
             // While the server is being asked, look again soon.
             Polled::NoPlan if self.asking => POLL,
             Polled::NoPlan => RETRY,
@@ -161,16 +161,24 @@ impl LogTailActor {
             }
             Polled::Idle { more: true } => Duration::ZERO,
             Polled::Idle { more: false } => POLL,
-            Polled::Read(r) => {
-                self.handoff.keep(r.events, r.checkpoint);
-                self.waiting = Some(Waiting {
-                    position: r.position,
-                    more: r.more,
-                });
-                return hand_over(self, ctx);
-            }
+            Polled::Read(r) => return self.hand(r, ctx),
         };
         ctx.run_later(wait, |a, ctx| a.step(ctx));
+    }
+
+    /// Hands `r` to the spool and, when more was ready, reads the next batch while the
+    /// spool stores it (parsing and storing overlap; one batch is read ahead at most).
+    fn hand(&mut self, r: Read, ctx: &mut Context<Self>) {
+        self.handoff.keep(r.events, r.checkpoint);
+        self.waiting = Some(r.more);
+        hand_over(self, ctx);
+        if r.more && self.ahead.is_none() {
+            // Anything else the poll found (nothing new, an error) is found again by
+            // the next one.
+            if let Polled::Read(next) = self.follower.poll() {
+                self.ahead = Some(next);
+            }
+        }
     }
 }
 
@@ -188,11 +196,17 @@ impl HandsOver for LogTailActor {
                 self.last_error = Some(e.clone());
             }
             Handed::Delivered(n) => {
-                let Some(w) = self.waiting.take() else { return };
-                self.follower.committed(w.position, *n);
+                let Some(more) = self.waiting.take() else {
+                    return;
+                };
+                self.follower.committed(*n);
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
-                let wait = if w.more { Duration::ZERO } else { POLL };
+                let wait = if more || self.ahead.is_some() {
+                    Duration::ZERO
+                } else {
+                    POLL
+                };
                 self.when_room(wait, ctx);
             }
         }

@@ -43,7 +43,7 @@ pub struct Read {
     pub events: Vec<Event>,
     /// The position after it, to store with the events.
     pub checkpoint: Option<Checkpoint>,
-    /// The same position, to commit once the spool has the batch.
+    /// The same position (where the reader is after this batch).
     pub position: Option<Position>,
     /// More is ready to read right away.
     pub more: bool,
@@ -78,8 +78,6 @@ pub struct Follower {
     server: Option<ServerSettings>,
     saved: Saved,
     active: Option<(Plan, LogParser, Tailer)>,
-    /// The position of the last batch the spool took.
-    committed: Option<Position>,
     warned_prefix: Option<String>,
     /// Counters and state for status.
     pub stats: LogStats,
@@ -99,7 +97,6 @@ impl Follower {
                 user: config.database.user.clone(),
             },
             server: None,
-            committed: saved.position.clone(),
             saved,
             active: None,
             warned_prefix: None,
@@ -157,7 +154,10 @@ impl Follower {
             return;
         }
         let resume = match &self.active {
-            Some((_, _, t)) => self.committed.clone().or_else(|| t.position()),
+            // After the last batch read: every batch read is in the spool or on its
+            // way there (the actor hands over each one, in order), so reading it again
+            // would ship it twice.
+            Some((_, _, t)) => self.saved.position.clone().or_else(|| t.position()),
             None => self.saved.position.clone(),
         };
         let parser = LogParser::new(p.format, &p.prefix);
@@ -248,7 +248,9 @@ impl Follower {
                 Err(e) => warn!(self.log, "log_event_encode_failed"; "error" => %e),
             }
         }
-        let moved = poll.position != self.committed;
+        // Compared with the last batch read, not the last one stored: the next batch
+        // may be read while the last is on its way to the spool.
+        let moved = poll.position != self.saved.position;
         if events.is_empty() && !moved {
             return Polled::Idle { more: poll.more };
         }
@@ -256,7 +258,7 @@ impl Follower {
         let checkpoint = serde_json::to_vec(&self.saved)
             .ok()
             .map(|value| Checkpoint::value(CHECKPOINT, value));
-        self.stats.pending_events = events.len();
+        self.stats.pending_events += events.len();
         Polled::Read(Read {
             events,
             checkpoint,
@@ -265,11 +267,10 @@ impl Follower {
         })
     }
 
-    /// The spool took the batch that ends at `position`.
-    pub fn committed(&mut self, position: Option<Position>, events: usize) {
+    /// The spool took the oldest batch read and not taken yet, of `events` events.
+    pub fn committed(&mut self, events: usize) {
         self.stats.events_total += events as u64;
-        self.stats.pending_events = 0;
-        self.committed = position;
+        self.stats.pending_events = self.stats.pending_events.saturating_sub(events);
     }
 
     fn note(&mut self, n: &Note) {
@@ -343,13 +344,13 @@ mod tests {
         assert_eq!(checkpoint.name, CHECKPOINT);
         let saved: Saved = serde_json::from_slice(&checkpoint.value).expect("saved");
         assert_eq!(saved.position, position);
-        f.committed(position.clone(), r.events.len());
+        f.committed(r.events.len());
         for _ in 0..3 {
             if let Polled::Read(r) = f.poll() {
                 messages.extend(r.events.iter().map(|e| e.data.get().to_string()));
                 total += r.events.len();
                 position = r.position.clone();
-                f.committed(r.position, r.events.len());
+                f.committed(r.events.len());
             }
         }
         assert_eq!(total, 2, "{messages:?}");
@@ -365,6 +366,76 @@ mod tests {
             f.stats.source_state.as_ref().map(ToString::to_string),
             Some(format!("following {} (stderr)", path.display()))
         );
+    }
+
+    #[test]
+    fn a_batch_read_ahead_is_read_once_when_the_plan_changes_before_it_is_stored() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("pg.log");
+        let lines = |from: u32, to: u32| -> String {
+            (from..=to).map(|i| line(i, &format!("m{i}"))).collect()
+        };
+        std::fs::write(&path, lines(1, 3)).expect("write");
+        // No prefix configured: the server's log_line_prefix makes the plan.
+        let toml = format!(
+            "[agent]\nproject_id='p'\n[logs]\npath='{}'\nformat='stderr'\nstart_at='beginning'\n",
+            path.display()
+        );
+        let config = crate::config::parse_str(&toml).expect("valid");
+        let mut f = Follower::new(
+            &config,
+            Saved::default(),
+            slog::Logger::root(slog::Discard, slog::o!()),
+        );
+        assert!(f.needs_server());
+        let server = |prefix: &str| ServerSettings {
+            prefix: Some(prefix.to_string()),
+            ..Default::default()
+        };
+        f.server_settings(server(DEFAULT_PREFIX));
+        f.replan();
+        let mut seen = vec![];
+        let mut read = |f: &mut Follower| -> usize {
+            let Polled::Read(r) = f.poll() else { return 0 };
+            seen.extend(r.events.iter().map(|e| {
+                let v: serde_json::Value = serde_json::from_str(e.data.get()).expect("json");
+                v["message"].as_str().expect("message").to_string()
+            }));
+            r.events.len()
+        };
+        // The first three, each batch stored.
+        for _ in 0..4 {
+            let n = read(&mut f);
+            f.committed(n);
+        }
+        assert_eq!(f.stats.events_total, 3);
+        // A batch read and not stored yet (the actor reads one ahead while the spool
+        // stores the last)…
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut w| std::io::Write::write_all(&mut w, lines(4, 6).as_bytes()))
+            .expect("append");
+        let ahead = read(&mut f);
+        assert!(ahead > 0, "m4 and m5 (m6 may still grow)");
+        assert_eq!(f.stats.pending_events, ahead);
+        // …then the server's prefix changes: the new parser and tailer go on after what
+        // was read, not after what was stored (that would read the batch twice).
+        f.server_settings(server("%m [%p] %q"));
+        f.replan();
+        let mut rest = 0;
+        for _ in 0..4 {
+            rest += read(&mut f);
+        }
+        assert_eq!(seen, (1..=6).map(|i| format!("m{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            f.stats.pending_events, 3,
+            "none of the last three stored yet"
+        );
+        f.committed(ahead);
+        f.committed(rest);
+        assert_eq!((f.stats.pending_events, f.stats.events_total), (0, 6));
+        assert!(matches!(f.poll(), Polled::Idle { more: false }));
     }
 
     #[test]

@@ -249,7 +249,13 @@ impl LogTailActor {
                 stats.waiting_for_spool = false;
                 info!(act.log, "log_reading_resumed"; "spooled_bytes" => held);
             }
-            ctx.run_later(wait, |a, ctx| a.step(ctx));
+            if wait.is_zero() {
+                // At once: a timer of zero still waits for the runtime's next tick (up
+                // to a millisecond, per batch).
+                act.step(ctx);
+            } else {
+                ctx.run_later(wait, |a, ctx| a.step(ctx));
+            }
         }));
     }
 }

@@ -847,3 +847,84 @@ fn a_large_log_read_from_its_beginning_shows_progress_in_status_and_ships_each_m
         "peak RSS {hwm_kb} kB while catching up on 30 MB"
     );
 }
+
+/// A stderr log of `n` messages, each a numbered marker with a DETAIL line, so a file of
+/// a few thousand messages spans several of `parse-log`'s reads (2,000 messages each).
+fn numbered_log(path: &Path, n: usize) {
+    let mut s = String::new();
+    for i in 0..n {
+        s.push_str(&format!(
+            "2026-12-02 10:00:00.{:03} UTC [{}] alice@shop web LOG:  marker-{i}\n\
+             2026-12-02 10:00:00.{:03} UTC [{}] alice@shop web DETAIL:  detail-{i}\n\t line two of {i}\n",
+            i % 1000,
+            1000 + i % 7,
+            i % 1000,
+            1000 + i % 7
+        ));
+    }
+    std::fs::write(path, s).expect("write log");
+}
+
+#[test]
+fn parse_log_writes_every_message_of_many_reads_once_in_file_order() {
+    // parse-log reads on one thread and writes JSON on another: what crosses between
+    // them must come out whole, once, in order, file after file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    numbered_log(&a, 9_001);
+    numbered_log(&b, 2_500);
+    let events = parse_log(
+        &["--format", "stderr", "--prefix", "%m [%p] %u@%d %a "],
+        &[a.clone(), b.clone()],
+    );
+    assert_eq!(events.len(), 11_501);
+    let mut want = (0..9_001)
+        .map(|i| ("a.log", i))
+        .chain((0..2_500).map(|i| ("b.log", i)));
+    let mut last_offset = None;
+    for e in &events {
+        let (file, i) = want.next().expect("no more messages expected");
+        assert!(e["file"].as_str().expect("file").ends_with(file), "{e}");
+        assert_eq!(e["message"], format!("marker-{i}"), "{e}");
+        assert_eq!(e["detail"], format!("detail-{i}\n line two of {i}"), "{e}");
+        assert_eq!(e["severity"], "LOG");
+        assert_eq!(e["pid"], 1000 + i % 7);
+        let offset = e["offset"].as_u64().expect("offset");
+        if i > 0 {
+            assert!(Some(offset) > last_offset, "offsets go forward: {e}");
+        } else {
+            assert_eq!(offset, 0, "{e}");
+        }
+        last_offset = Some(offset);
+    }
+}
+
+#[test]
+fn parse_log_stops_quietly_when_its_reader_goes_away() {
+    // `parse-log big.log | head -1`: the writer's pipe closes after the first line; the
+    // reader thread must stop too (not hang on a full queue), and exit 0 with no error.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("big.log");
+    numbered_log(&log, 50_000);
+    let mut child = Command::new(bin())
+        .args(["parse-log", "-c", "/nonexistent/agent.toml"])
+        .args(["--format", "stderr", "--prefix", "%m [%p] %u@%d %a "])
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("parse-log");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("first line");
+    let first: Value = serde_json::from_str(&first).expect("JSON");
+    assert_eq!(first["message"], "marker-0");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "nothing to say about a closed pipe"
+    );
+}

@@ -4,10 +4,12 @@
 //! `--redact`, see what would be shipped) before deploying.
 
 use std::io::{BufWriter, Write};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use crate::cli::{Cli, ParseLogArgs, EXIT_CONFIG, EXIT_OK, EXIT_OTHER, EXIT_USAGE};
 use crate::config::Config;
+use crate::logs::record::Record;
 use crate::logs::redact::Redact;
 use crate::logs::tail::read_file;
 use crate::logs::{Format, LogParser, Shaper, DEFAULT_PREFIX};
@@ -58,28 +60,33 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
         c.correlation.application_name_pattern
     });
     let shaper = Shaper { pattern, redact };
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut code = EXIT_OK;
-    let mut line = Vec::with_capacity(4096);
     for file in &args.files {
         let f = format.unwrap_or_else(|| Format::sniff(file, &crate::logs::head(file)));
         let mut parser = LogParser::new(f, &prefix);
         let name = file.display().to_string();
         let started = Instant::now();
-        let (mut events, mut unparsed, mut write_err) = (0u64, 0u64, None);
-        let res = read_file(file, &mut parser, |r| {
-            events += 1;
-            unparsed += u64::from(r.raw.is_some());
-            let d = shaper.data(&r, &name, f);
-            if write_err.is_none() {
-                line.clear();
-                d.write_json(&mut line);
-                line.push(b'\n');
-                if let Err(e) = out.write_all(&line) {
-                    write_err = Some(e);
-                }
-            }
+        // Two threads, like a pipe: this one reads and parses, the writer shapes each
+        // message into its JSON line and writes it. Batches move between them through a
+        // short queue (memory stays at a few reads' worth); order is kept.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(QUEUED_READS);
+        let (done_tx, done) = std::sync::mpsc::channel::<Vec<Record>>();
+        let (res, (events, unparsed, write_err)) = std::thread::scope(|s| {
+            let writer = s.spawn(|| write_lines(rx, done_tx, &shaper, &name, f));
+            // The writer hands each batch back once written: its records are freed
+            // on this thread, which allocated them (glibc frees another thread's
+            // memory under a lock both then wait on), and its vector is filled again.
+            let res = read_file(file, &mut parser, |batch| {
+                tx.send(batch).ok()?;
+                Some(done.try_recv().unwrap_or_default())
+            });
+            drop(tx);
+            (
+                res,
+                writer
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
         });
         if let Some(e) = write_err {
             // stdout closed (e.g. `| head`): stop quietly.
@@ -112,6 +119,41 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
             }
         }
     }
-    let _ = out.flush();
     code
+}
+
+/// Reads a file ahead of the writer by at most this many reads (2,000 messages each).
+const QUEUED_READS: usize = 2;
+
+/// The writer's side of [`parse_log`]: each message's `data` as a JSON line on stdout.
+/// Returns the messages written, how many were lines that fit no format, and the write
+/// error that stopped it (the reader then stops too: the queue is gone).
+fn write_lines(
+    rx: Receiver<Vec<Record>>,
+    done: std::sync::mpsc::Sender<Vec<Record>>,
+    shaper: &Shaper,
+    name: &str,
+    format: Format,
+) -> (u64, u64, Option<std::io::Error>) {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let (mut events, mut unparsed) = (0u64, 0u64);
+    let mut line = Vec::with_capacity(4096);
+    for batch in rx {
+        for r in &batch {
+            events += 1;
+            unparsed += u64::from(r.raw.is_some());
+            line.clear();
+            shaper.data(r, name, format).write_json(&mut line);
+            line.push(b'\n');
+            if let Err(e) = out.write_all(&line) {
+                return (events, unparsed, Some(e));
+            }
+        }
+        let _ = done.send(batch);
+    }
+    match out.flush() {
+        Ok(()) => (events, unparsed, None),
+        Err(e) => (events, unparsed, Some(e)),
+    }
 }

@@ -741,14 +741,17 @@ mod tests {
             let mut parser = LogParser::new(format, "%m [%p] %q%u@%d ");
             let path = dir.join(file);
             let name = path.display().to_string();
-            tail::read_file(&path, &mut parser, |r| {
-                n += 1;
-                let s = shaper(Redact::None);
-                same(&s.data(&r, &name, format), file);
-                // The daemon's event carries the same text.
-                let serde = serde_json::to_string(&s.data(&r, &name, format)).expect("serde");
-                let ev = s.event(r, &name, format, "id", Utc::now()).expect("event");
-                assert_eq!(ev.data.get(), serde, "{file}");
+            tail::read_file(&path, &mut parser, |mut batch| {
+                for r in batch.drain(..) {
+                    n += 1;
+                    let s = shaper(Redact::None);
+                    same(&s.data(&r, &name, format), file);
+                    // The daemon's event carries the same text.
+                    let serde = serde_json::to_string(&s.data(&r, &name, format)).expect("serde");
+                    let ev = s.event(r, &name, format, "id", Utc::now()).expect("event");
+                    assert_eq!(ev.data.get(), serde, "{file}");
+                }
+                Some(batch)
             })
             .expect("fixture");
         }

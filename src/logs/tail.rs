@@ -273,8 +273,16 @@ impl Tailer {
             o.fp = fingerprint(&o.file);
         }
         if o.offset < size {
-            let (records, consumed, at_eof) =
-                read(&mut self.buf, o, size, parser, max, settled, false)?;
+            let (records, consumed, at_eof) = read(
+                &mut self.buf,
+                o,
+                size,
+                parser,
+                max,
+                settled,
+                false,
+                Vec::new(),
+            )?;
             if consumed > 0 || !records.is_empty() {
                 self.account(&records, consumed);
                 let o = self.open.as_mut().expect("open");
@@ -291,7 +299,7 @@ impl Tailer {
                 if o.offset < size {
                     // The file is finished: what is held is complete.
                     let (records, consumed, _) =
-                        read(&mut self.buf, o, size, parser, max, true, true)?;
+                        read(&mut self.buf, o, size, parser, max, true, true, Vec::new())?;
                     self.account(&records, consumed);
                     let o = self.open.as_mut().expect("open");
                     o.offset += consumed as u64;
@@ -457,7 +465,9 @@ fn open_at(c: &Candidate, offset: u64) -> io::Result<OpenFile> {
 
 /// Reads from `o.offset` to at most `size` and parses. Returns the messages, the bytes
 /// they used and whether the read reached `size`. A message that does not fit in a
-/// chunk is read in doubling chunks up to [`MAX_RECORD`], then split.
+/// chunk is read in doubling chunks up to [`MAX_RECORD`], then split. The messages go
+/// into `out` (empty; a vector handed back to be filled again keeps its allocation).
+#[allow(clippy::too_many_arguments)]
 fn read(
     buf: &mut Vec<u8>,
     o: &OpenFile,
@@ -466,6 +476,7 @@ fn read(
     max: usize,
     settled: bool,
     finished: bool,
+    mut out: Vec<Record>,
 ) -> io::Result<(Vec<Record>, usize, bool)> {
     let mut cap = READ_CHUNK;
     loop {
@@ -485,7 +496,7 @@ fn read(
         // Sized for the most a poll takes: growing a vector of records (hundreds of
         // bytes each) by doubling copied each one about twice (issue 13: a fifth of
         // parse-log's time was memmove).
-        let mut out = Vec::with_capacity(max.min(RECORDS_RESERVED));
+        out.reserve(max.min(RECORDS_RESERVED));
         let consumed = parser.parse(buf, o.offset, flush, &mut out, max);
         if consumed == 0 && out.is_empty() && !at_eof && n == cap && cap < MAX_RECORD {
             cap *= 2;
@@ -558,11 +569,15 @@ fn line_start_before(path: &Path, size: u64) -> io::Result<u64> {
 /// takes 2,000 per poll).
 const RECORDS_RESERVED: usize = 2_000;
 
-/// Parses a whole file offline (`parse-log`), calling `each` per message in order.
+/// Parses a whole file offline (`parse-log`), handing `each` the messages in order, a
+/// read's worth at a time (a batch moves; its records are not copied one by one).
+/// `each` hands back an empty vector to fill next (one it is done with keeps its
+/// allocation: no megabyte allocated per read), or `None` to stop. Returns how many
+/// messages were handed over.
 pub fn read_file(
     path: &Path,
     parser: &mut LogParser,
-    mut each: impl FnMut(Record),
+    mut each: impl FnMut(Vec<Record>) -> Option<Vec<Record>>,
 ) -> io::Result<u64> {
     let f = File::open(path)?;
     let size = f.metadata()?.len();
@@ -570,11 +585,28 @@ pub fn read_file(
     let mut o = open_at(&c, 0)?;
     let mut buf = Vec::new();
     let mut n = 0;
+    let mut spare = Vec::new();
     while o.offset < size {
-        let (records, consumed, at_eof) =
-            read(&mut buf, &o, size, parser, RECORDS_RESERVED, true, true)?;
+        let (records, consumed, at_eof) = read(
+            &mut buf,
+            &o,
+            size,
+            parser,
+            RECORDS_RESERVED,
+            true,
+            true,
+            spare,
+        )?;
         n += records.len() as u64;
-        records.into_iter().for_each(&mut each);
+        if records.is_empty() {
+            spare = records;
+        } else {
+            let Some(mut next) = each(records) else {
+                break;
+            };
+            next.clear();
+            spare = next;
+        }
         o.offset += consumed as u64;
         if consumed == 0 && at_eof {
             break;

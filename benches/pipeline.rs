@@ -202,15 +202,13 @@ fn parse_all(
         n += out.len();
         if let Some(s) = shaper {
             for r in out.drain(..) {
-                let e = s
-                    .event(
-                        r,
-                        "/var/log/postgresql/postgresql.log",
-                        format,
-                        "803-1a2b-00ff",
-                        now,
-                    )
-                    .expect("event");
+                let e = s.event(
+                    r,
+                    "/var/log/postgresql/postgresql.log",
+                    format,
+                    "803-1a2b-00ff",
+                    now,
+                );
                 std::hint::black_box(e);
             }
         }

@@ -189,10 +189,6 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "log_position_lost",
         "the stored file is gone; reading the current one from its start",
     ),
-    e(
-        "log_event_encode_failed",
-        "a log message could not be encoded (skipped)",
-    ),
     // The spool.
     e("spool_opened", "the spool is open (depth, cap, size)"),
     e(

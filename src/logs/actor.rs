@@ -195,7 +195,7 @@ impl HandsOver for LogTailActor {
                 self.follower.stats.spool_errors_total += 1;
                 self.last_error = Some(e.clone());
             }
-            Handed::Delivered(n) => {
+            Handed::Delivered(n, backlog) => {
                 let Some(more) = self.waiting.take() else {
                     return;
                 };
@@ -207,39 +207,52 @@ impl HandsOver for LogTailActor {
                 } else {
                     POLL
                 };
-                self.when_room(wait, ctx);
+                self.room(*backlog, wait, ctx);
             }
         }
     }
 }
 
 impl LogTailActor {
-    /// Reads on after `wait` once the spool has room: while it holds [`PAUSE_AT`] of its
-    /// cap in events (until below [`RESUME_BELOW`]), reading waits and asks again every
-    /// [`POLL`].
+    /// Asks the spool for its backlog, then goes on as [`LogTailActor::room`] says: while
+    /// reading waits for the spool, and when no hand-over answer said it.
     fn when_room(&mut self, wait: Duration, ctx: &mut Context<Self>) {
         let spool = self.handoff.spool.get();
         let (Some(spool), true) = (spool, self.spool_cap > 0) else {
             ctx.run_later(wait, |a, ctx| a.step(ctx));
             return;
         };
-        ctx.spawn(spool.send(Backlog).into_actor(self).map(move |res, act, ctx| {
-            act.progress = Instant::now();
-            // A spool that does not answer is not full: the next hand-over fails and is
-            // retried like any other.
-            let held = res.unwrap_or(0);
-            let (num, den) = if act.follower.stats.waiting_for_spool {
+        ctx.spawn(
+            spool
+                .send(Backlog)
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.progress = Instant::now();
+                    // A spool that does not answer is not full: the next hand-over fails and is
+                    // retried like any other.
+                    act.room(res.unwrap_or(0), wait, ctx);
+                }),
+        );
+    }
+
+    /// Reads on after `wait` once the spool has room: while it holds [`PAUSE_AT`] of its
+    /// cap in events (until below [`RESUME_BELOW`]), reading waits and asks again every
+    /// [`POLL`]. `held` is the spool's backlog as its answer to the last hand-over (or to
+    /// [`Backlog`]) gave it: one round trip per batch, not two.
+    fn room(&mut self, held: u64, wait: Duration, ctx: &mut Context<Self>) {
+        if self.spool_cap > 0 {
+            let (num, den) = if self.follower.stats.waiting_for_spool {
                 RESUME_BELOW
             } else {
                 PAUSE_AT
             };
-            let limit = act.spool_cap / den * num;
-            let stats = &mut act.follower.stats;
+            let limit = self.spool_cap / den * num;
+            let stats = &mut self.follower.stats;
             if held >= limit {
                 if !stats.waiting_for_spool {
                     stats.waiting_for_spool = true;
                     stats.spool_waits_total += 1;
-                    info!(act.log, "log_reading_paused"; "spooled_bytes" => held, "buffer_max_bytes" => act.spool_cap,
+                    info!(self.log, "log_reading_paused"; "spooled_bytes" => held, "buffer_max_bytes" => self.spool_cap,
                           "effect" => "the log is read on once the spool has shipped events (the file keeps them; nothing is evicted for them)");
                 }
                 ctx.run_later(POLL, |a, ctx| a.when_room(Duration::ZERO, ctx));
@@ -247,16 +260,16 @@ impl LogTailActor {
             }
             if stats.waiting_for_spool {
                 stats.waiting_for_spool = false;
-                info!(act.log, "log_reading_resumed"; "spooled_bytes" => held);
+                info!(self.log, "log_reading_resumed"; "spooled_bytes" => held);
             }
-            if wait.is_zero() {
-                // At once: a timer of zero still waits for the runtime's next tick (up
-                // to a millisecond, per batch).
-                act.step(ctx);
-            } else {
-                ctx.run_later(wait, |a, ctx| a.step(ctx));
-            }
-        }));
+        }
+        if wait.is_zero() {
+            // At once: a timer of zero still waits for the runtime's next tick (up to a
+            // millisecond, per batch).
+            self.step(ctx);
+        } else {
+            ctx.run_later(wait, |a, ctx| a.step(ctx));
+        }
     }
 }
 

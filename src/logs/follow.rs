@@ -243,10 +243,7 @@ impl Follower {
                 self.stats.own_events_skipped_total += 1;
                 continue;
             }
-            match self.shaper.event(r, &file, format, &identity, now) {
-                Ok(e) => events.push(e),
-                Err(e) => warn!(self.log, "log_event_encode_failed"; "error" => %e),
-            }
+            events.push(self.shaper.event(r, &file, format, &identity, now));
         }
         // Compared with the last batch read, not the last one stored: the next batch
         // may be read while the last is on its way to the spool.

@@ -649,14 +649,13 @@ impl Shaper {
         format: Format,
         identity: &str,
         now: DateTime<Utc>,
-    ) -> Result<Event, serde_json::Error> {
+    ) -> Event {
         let id = format!("pg_log:{identity}:{}", r.offset);
         // Written by `write_json` (serde's output, byte for byte, at a fraction of the
         // cost: issue 13).
         let mut json = Vec::with_capacity(r.message.len() + 384);
         self.data(&r, file, format).write_json(&mut json);
-        let json = String::from_utf8(json).map_err(serde::ser::Error::custom)?;
-        Event::from_json(id, EventKind::PgLog, now, json)
+        Event::from_written_log_json(id, EventKind::PgLog, now, json)
     }
 }
 
@@ -748,7 +747,7 @@ mod tests {
                     same(&s.data(&r, &name, format), file);
                     // The daemon's event carries the same text.
                     let serde = serde_json::to_string(&s.data(&r, &name, format)).expect("serde");
-                    let ev = s.event(r, &name, format, "id", Utc::now()).expect("event");
+                    let ev = s.event(r, &name, format, "id", Utc::now());
                     assert_eq!(ev.data.get(), serde, "{file}");
                 }
                 Some(batch)

@@ -172,7 +172,7 @@ impl Actor for SpoolActor {
 }
 
 impl Handler<Enqueue> for SpoolActor {
-    type Result = Result<(), SpoolError>;
+    type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
         self.with(|s| s.append_with(&msg.events[..], msg.checkpoint.as_ref()))?;
@@ -187,7 +187,7 @@ impl Handler<Enqueue> for SpoolActor {
                 "newest" => ev.newest_collected_at.as_deref().unwrap_or(""),
                 "disk_bytes_before" => ev.disk_bytes_before, "disk_bytes_after" => ev.disk_bytes_after);
         }
-        Ok(())
+        Ok(self.spool.as_ref().map_or(0, Spool::backlog_bytes))
     }
 }
 
@@ -259,5 +259,72 @@ impl Handler<Ping> for SpoolActor {
             last_error: self.last_error.clone(),
             detail: ChildDetail::Spool(stats),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChildExited, ChildId, Event, EventKind};
+
+    struct Nobody;
+    impl Actor for Nobody {
+        type Context = Context<Self>;
+    }
+    impl Handler<ChildExited> for Nobody {
+        type Result = ();
+        fn handle(&mut self, _: ChildExited, _: &mut Context<Self>) {}
+    }
+
+    /// The log reader paces itself by the answer to each hand-over: it must be the
+    /// backlog that `Backlog` tells, counting the events just stored.
+    #[test]
+    fn a_hand_over_is_answered_with_the_backlog_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        actix::System::new().block_on(async move {
+            let guard = ExitGuard {
+                to: Nobody.start().recipient(),
+                child: ChildId::Spool,
+                generation: 1,
+            };
+            let spool = SpoolActor::new(
+                dir.path().to_path_buf(),
+                0,
+                "h".into(),
+                vec![Output::Listener],
+                slog::Logger::root(slog::Discard, slog::o!()),
+                guard,
+            )
+            .start();
+            let events = |round: usize| {
+                (0..5)
+                    .map(|i| {
+                        Event::new(
+                            format!("e{round}-{i}"),
+                            EventKind::System,
+                            Utc::now(),
+                            &serde_json::json!({ "text": "x".repeat(100) }),
+                        )
+                        .expect("event")
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(spool.send(Backlog).await.expect("spool"), 0);
+            let mut answers = Vec::new();
+            for round in 0..2 {
+                let answer = spool
+                    .send(Enqueue {
+                        events: std::sync::Arc::new(events(round)),
+                        checkpoint: None,
+                    })
+                    .await
+                    .expect("spool")
+                    .expect("append");
+                assert_eq!(answer, spool.send(Backlog).await.expect("spool"));
+                answers.push(answer);
+            }
+            let one: u64 = events(0).iter().map(|e| e.data.get().len() as u64).sum();
+            assert_eq!(answers, vec![one, 2 * one]);
+        });
     }
 }

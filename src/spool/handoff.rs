@@ -74,8 +74,9 @@ impl DropReport {
 /// What the spool made of a hand-over.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Handed {
-    /// These many events (of the source; a loss report not counted) are in the spool.
-    Delivered(usize),
+    /// These many events (of the source; a loss report not counted) are in the spool,
+    /// which then held this backlog (bytes, see [`Backlog`](crate::model::Backlog)).
+    Delivered(usize, u64),
     /// Nothing was taken; the events are kept and offered again.
     Failed(String),
 }
@@ -224,18 +225,18 @@ impl Handoff {
     }
 
     /// The spool's answer to the last [`Handoff::take`].
-    pub fn taken(&mut self, result: Result<(), String>) -> Handed {
+    pub fn taken(&mut self, result: Result<u64, String>) -> Handed {
         let Some(f) = self.in_flight.take() else {
             return Handed::Failed("no hand-over was on its way".into());
         };
         match result {
-            Ok(()) => {
+            Ok(backlog) => {
                 // Reported: count only what was dropped since.
                 self.drops.dropped -= f.reported.min(self.drops.dropped);
                 if self.drops.dropped == 0 {
                     self.drops = DropReport::default();
                 }
-                Handed::Delivered(f.len())
+                Handed::Delivered(f.len(), backlog)
             }
             Err(e) => {
                 // Back in front of what came meanwhile; the newer checkpoint wins
@@ -284,7 +285,7 @@ pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
     };
     ctx.spawn(spool.send(msg).into_actor(act).map(|res, act, ctx| {
         let result = match res {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(backlog)) => Ok(backlog),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
@@ -297,7 +298,7 @@ pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
             retry_later(act, ctx);
         }
         act.handed(&outcome, ctx);
-        if matches!(outcome, Handed::Delivered(_)) {
+        if matches!(outcome, Handed::Delivered(..)) {
             hand_over(act, ctx);
         }
     }));
@@ -367,7 +368,7 @@ mod tests {
         assert_eq!(report["oldest_collected_at"], "2023-11-14T22:13:20Z");
         assert_eq!(report["newest_collected_at"], "2023-11-14T22:13:21Z");
         assert!(h.take().is_none(), "one hand-over at a time");
-        assert_eq!(h.taken(Ok(())), Handed::Delivered(3));
+        assert_eq!(h.taken(Ok(7)), Handed::Delivered(3, 7));
         assert!(h.is_empty());
         // Reported once: the next hand-over carries no report.
         h.keep(vec![ev(5)], None);
@@ -394,7 +395,7 @@ mod tests {
         h.taken(Err("again".into()));
         let m = h.take().expect("message again");
         assert_eq!(m.checkpoint, cp(2));
-        assert_eq!(h.taken(Ok(())), Handed::Delivered(3));
+        assert_eq!(h.taken(Ok(7)), Handed::Delivered(3, 7));
         assert!(h.take().is_none());
     }
 
@@ -446,7 +447,7 @@ mod tests {
         assert_eq!(&ids(&m)[1..], ["e4", "e5", "e6", "e7", "big"]);
         // One event larger than the whole cap is kept on its own (never an empty
         // backlog that drops everything it is given).
-        h.taken(Ok(()));
+        h.taken(Ok(0));
         let huge = Event::new(
             "huge".into(),
             crate::model::EventKind::PgActivity,
@@ -479,6 +480,6 @@ mod tests {
         h.keep(vec![], cp(7));
         let m = h.take().expect("a checkpoint-only message");
         assert!(m.events.is_empty());
-        assert_eq!(h.taken(Ok(())), Handed::Delivered(0));
+        assert_eq!(h.taken(Ok(7)), Handed::Delivered(0, 7));
     }
 }

@@ -25,8 +25,12 @@ PREFIX='%m [%p] %q%u@%d %a '
 rows=()
 row() { rows+=("$1|$2|$3|$4"); printf '%-62s %18s %18s %8s\n' "$1" "$2" "$3" "$4"; }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.1f}×' if b > 0 else '—')" "$1" "$2"; }
-# Wall seconds and peak RSS (kB) of a command, output to /dev/null: "secs kb".
-timed() { /usr/bin/time -f '%e %M' -o "$W/time" "$@" >/dev/null 2>"$W/stderr" || { cat "$W/stderr" >&2; return 1; }; cat "$W/time"; }
+# Wall seconds, peak RSS (kB) and CPU seconds (user + system) of a command, output to
+# /dev/null: "secs kb cpu".
+timed() {
+  /usr/bin/time -f '%e %M %U %S' -o "$W/time" "$@" >/dev/null 2>"$W/stderr" || { cat "$W/stderr" >&2; return 1; }
+  awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$W/time"
+}
 
 echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -r)"
 echo "== peers: $(pgbadger --version 2>&1 | head -1); $(prometheus-postgres-exporter --version 2>&1 | head -1)"
@@ -87,13 +91,14 @@ STDERR_LOG=$W/stderr.log; CSV_LOG=$W/csv.csv; JSON_LOG=$W/json.json
 mb() { python3 -c "import os, sys; print(f'{os.path.getsize(sys.argv[1]) / 1e6:.0f}')" "$1"; }
 echo "== logs: stderr $(mb "$STDERR_LOG") MB, csvlog $(mb "$CSV_LOG") MB, jsonlog $(mb "$JSON_LOG") MB"
 
-# Best of three for the agent (seconds and the RSS of that run); pgbadger once (-j 1:
-# one core, like the agent's parser; its report goes to a file).
+# Best of three for the agent (seconds, the RSS and the CPU seconds of that run);
+# pgbadger once, -j 1 (its report goes to a file). parse-log runs two threads (one reads
+# and parses, one writes the JSON), so the CPU row says what each costs in all.
 best_agent() {
   local best="" r
   for _ in 1 2 3; do
     r=$(timed "$AGENT" parse-log "$@")
-    if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)" "${r% *}" "${best% *}"; then best=$r; fi
+    if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)" "${r%% *}" "${best%% *}"; then best=$r; fi
   done
   echo "$best"
 }
@@ -104,10 +109,11 @@ for fmt in stderr csvlog jsonlog; do
     csvlog) f=$CSV_LOG; a=(--format csvlog); p=(-f csv) ;;
     jsonlog) f=$JSON_LOG; a=(--format jsonlog); p=(-f jsonlog) ;;
   esac
-  read -r asec akb < <(best_agent "${a[@]}" "$f")
-  read -r psec pkb < <(timed pgbadger -q -j 1 "${p[@]}" -o "$W/report.html" "$f")
+  read -r asec akb acpu < <(best_agent "${a[@]}" "$f")
+  read -r psec pkb pcpu < <(timed pgbadger -q -j 1 "${p[@]}" -o "$W/report.html" "$f")
   am=$(mbps "$f" "$asec"); pm=$(mbps "$f" "$psec")
   row "$fmt log, $(mb "$f") MB: parse-log (JSON out) vs pgbadger, MB/s" "$am" "$pm" "$(ratio "$am" "$pm")"
+  row "$fmt log: CPU, s (user + system)" "$acpu" "$pcpu" "$(ratio "$pcpu" "$acpu")"
   row "$fmt log: peak RSS, MB" "$((akb / 1024))" "$((pkb / 1024))" "$(ratio "$pkb" "$akb")"
 done
 

@@ -709,6 +709,27 @@ pub struct ExitGuard {
     pub generation: u64,
 }
 
+#[cfg(test)]
+impl ExitGuard {
+    /// A guard whose report nobody reads (tests of one actor, without a supervisor).
+    /// Needs a running actix system.
+    pub fn unwatched(child: ChildId) -> ExitGuard {
+        struct Nobody;
+        impl Actor for Nobody {
+            type Context = Context<Self>;
+        }
+        impl Handler<ChildExited> for Nobody {
+            type Result = ();
+            fn handle(&mut self, _: ChildExited, _: &mut Context<Self>) {}
+        }
+        ExitGuard {
+            to: Nobody.start().recipient(),
+            child,
+            generation: 1,
+        }
+    }
+}
+
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.to.do_send(ChildExited {

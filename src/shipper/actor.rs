@@ -241,7 +241,7 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
-    use crate::model::{Batch, ChildExited, ChildId, Enqueue, Event, EventKind};
+    use crate::model::{Batch, ChildId, Enqueue, Event, EventKind};
     use crate::shipper::transport::{SendFuture, Transport};
 
     /// Takes every batch; remembers the ids.
@@ -254,15 +254,6 @@ mod tests {
                 .extend(batch.events.iter().map(|e| e.id.clone()));
             Box::pin(async { Ok(200) })
         }
-    }
-
-    struct Nobody;
-    impl Actor for Nobody {
-        type Context = Context<Self>;
-    }
-    impl Handler<ChildExited> for Nobody {
-        type Result = ();
-        fn handle(&mut self, _: ChildExited, _: &mut Context<Self>) {}
     }
 
     /// Test-only: the shipper sleeps with nothing to send.
@@ -306,12 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         actix::System::new().block_on(async move {
             let log = slog::Logger::root(slog::Discard, slog::o!());
-            let nobody = Nobody.start().recipient();
-            let guard = |child| ExitGuard {
-                to: nobody.clone(),
-                child,
-                generation: 1,
-            };
+            let guard = ExitGuard::unwatched;
             let spool = SpoolActor::new(
                 dir.path().to_path_buf(),
                 0,

@@ -265,16 +265,7 @@ impl Handler<Ping> for SpoolActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ChildExited, ChildId, Event, EventKind};
-
-    struct Nobody;
-    impl Actor for Nobody {
-        type Context = Context<Self>;
-    }
-    impl Handler<ChildExited> for Nobody {
-        type Result = ();
-        fn handle(&mut self, _: ChildExited, _: &mut Context<Self>) {}
-    }
+    use crate::model::{ChildId, Event, EventKind};
 
     /// The log reader paces itself by the answer to each hand-over: it must be the
     /// backlog that `Backlog` tells, counting the events just stored.
@@ -282,11 +273,7 @@ mod tests {
     fn a_hand_over_is_answered_with_the_backlog_after_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         actix::System::new().block_on(async move {
-            let guard = ExitGuard {
-                to: Nobody.start().recipient(),
-                child: ChildId::Spool,
-                generation: 1,
-            };
+            let guard = ExitGuard::unwatched(ChildId::Spool);
             let spool = SpoolActor::new(
                 dir.path().to_path_buf(),
                 0,

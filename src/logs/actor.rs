@@ -214,8 +214,8 @@ impl HandsOver for LogTailActor {
 }
 
 impl LogTailActor {
-    /// Asks the spool for its backlog, then goes on as [`LogTailActor::room`] says: while
-    /// reading waits for the spool, and when no hand-over answer said it.
+    /// While reading waits for the spool: asks it for its backlog (no hand-over is on its
+    /// way to answer with it), then goes on as [`LogTailActor::room`] says.
     fn when_room(&mut self, wait: Duration, ctx: &mut Context<Self>) {
         let spool = self.handoff.spool.get();
         let (Some(spool), true) = (spool, self.spool_cap > 0) else {
@@ -228,8 +228,8 @@ impl LogTailActor {
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.progress = Instant::now();
-                    // A spool that does not answer is not full: the next hand-over fails and is
-                    // retried like any other.
+                    // A spool that does not answer is not full: the next hand-over
+                    // fails and is retried like any other.
                     act.room(res.unwrap_or(0), wait, ctx);
                 }),
         );

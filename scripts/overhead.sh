@@ -85,10 +85,13 @@ ut0=0; st0=0; cyc0=0; wb0=0; ns0=0
 # CPU time of the agent's live threads in nanoseconds (schedstat): the tick counts of
 # /proc/<pid>/stat move in 10 ms steps, too coarse to compare two binaries per cycle.
 thread_ns() { cat /proc/"$APID"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+# Each live thread's CPU in ns, by name: "tid name ns" lines.
+thread_each() { for t in /proc/"$APID"/task/*; do echo "${t##*/} $(tr ' ' _ <"$t/comm" 2>/dev/null) $(cut -d' ' -f1 "$t/schedstat" 2>/dev/null)"; done; }
 if [ "$WARM_S" -gt 0 ]; then
   sleep "$WARM_S"
   read -r ut0 st0 < <(awk '{print $14, $15}' "/proc/$APID/stat")
   ns0=$(thread_ns)
+  thread_each >"$W/threads0"
   wb0=$(awk '/^write_bytes/ {print $2}' "/proc/$APID/io")
   kill -USR1 "$APID"; sleep 0.5
   cyc0=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["children"]; print(min([v["detail"].get("cycles_total", 10**9) for k, v in c.items() if k.startswith(("pg_", "system")) and k != "pg_log"] or [0]))' "$W/state/status.json")
@@ -96,7 +99,7 @@ if [ "$WARM_S" -gt 0 ]; then
 fi
 if [ -n "${PERF:-}" ]; then
   # PERF=1: where the agent's CPU goes (needs linux-perf).
-  perf record -F 999 --call-graph fp -p "$APID" -o "$W/perf.data" -- sleep "$RUN_S" >/dev/null 2>&1
+  perf record -F "${PERF_HZ:-999}" --call-graph fp -p "$APID" -o "$W/perf.data" -- sleep "$RUN_S" >/dev/null 2>&1
   [ -n "${PERF_OUT:-}" ] && cp "$W/perf.data" "$PERF_OUT"
   perf report -i "$W/perf.data" --stdio --no-children --sort comm -g none 2>/dev/null | grep -E "^ +[0-9]" | head -12
   perf report -i "$W/perf.data" --stdio --children --sort sym -g none --percent-limit 4 2>/dev/null | grep -E "^ +[0-9]" | head -50
@@ -105,6 +108,7 @@ else
 fi
 read -r ut st < <(awk '{print $14, $15}' "/proc/$APID/stat")
 ns=$(thread_ns)
+thread_each >"$W/threads1"; touch "$W/threads0"
 wb=$(awk '/^write_bytes/ {print $2}' "/proc/$APID/io")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$APID/status")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$APID/status")
@@ -151,6 +155,19 @@ print(f"events shipped: {c['shipper']['detail']['events_sent_total']}")
 open("/tmp/pgagent-overhead.cycles", "w").write(str(n))
 PY
 n=$(cat /tmp/pgagent-overhead.cycles)
+# Where the CPU per cycle went, thread by thread (threads started after the warm-up
+# count from zero).
+python3 - "$W/threads0" "$W/threads1" "$n" <<'PY'
+import sys, collections
+before = {l.split()[0]: int(l.split()[2]) for l in open(sys.argv[1]) if len(l.split()) == 3}
+by = collections.Counter()
+for l in open(sys.argv[2]):
+    f = l.split()
+    if len(f) == 3:
+        by[f[1]] += int(f[2]) - before.get(f[0], 0)
+n = max(int(sys.argv[3]), 1)
+print("agent CPU per cycle by thread: " + ", ".join(f"{k} {v / 1e6 / n:.2f} ms" for k, v in by.most_common() if v > 0))
+PY
 # Bytes the agent made the disk write (spool, WAL, status file), per cycle.
 echo "agent disk writes: $(( (wb - wb0) / 1024 / (n > 0 ? n : 1) )) KB per cycle"
 sql -c "select 'server time of the agent''s queries: ' || round(sum(total_exec_time + total_plan_time)::numeric / $n, 3) || ' ms per cycle (' || sum(calls) || ' calls in $n cycles)' from pg_stat_statements where userid = (select oid from pg_roles where rolname = 'postgres_agent')"

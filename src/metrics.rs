@@ -446,6 +446,7 @@ impl MetricsServer {
             .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
         let bound = std_listener.local_addr().unwrap_or(addr);
         let arbiter = Arbiter::new();
+        arbiter.spawn_fn(|| crate::supervisor::name_thread("metrics"));
         let log = log.new(slog::o!("child" => "metrics"));
         // The closure is sent to the thread; the server runs there as a local task.
         let started = arbiter.spawn_fn(move || {

@@ -175,8 +175,9 @@ impl Handler<Enqueue> for SpoolActor {
     type Result = Result<u64, SpoolError>;
 
     fn handle(&mut self, msg: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        self.with(|s| s.append_with(&msg.events[..], msg.checkpoint.as_ref()))?;
-        if !msg.events.is_empty() {
+        let empty = msg.events.is_empty();
+        self.with(|s| s.append_shared(msg.events, msg.checkpoint.as_ref()))?;
+        if !empty {
             self.tell_idle();
         }
         // The events are in; a failing eviction is reported but does not fail them.

@@ -13,6 +13,7 @@ mod actor;
 pub mod handoff;
 mod outputs;
 mod reserve;
+mod tail;
 
 pub use actor::SpoolActor;
 
@@ -70,6 +71,8 @@ pub struct Spool {
     cursors: std::collections::HashMap<Output, i64>,
     /// With several outputs: per output, rows it has not taken.
     pending: std::collections::HashMap<Output, u64>,
+    /// The events appended last, while they wait (see [`tail`]).
+    tail: tail::Tail,
 }
 
 /// What one eviction dropped (also shipped as an `agent` event, see
@@ -251,6 +254,7 @@ impl Spool {
             outputs: vec![Output::Listener],
             cursors: Default::default(),
             pending: Default::default(),
+            tail: Default::default(),
         })
     }
 
@@ -464,6 +468,7 @@ impl Spool {
             tx.commit()?;
             return Ok(None);
         }
+        self.tail.clear();
         if multi {
             tx.execute(
                 "DELETE FROM output_done WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = output_done.seq)",
@@ -532,19 +537,40 @@ impl Spool {
         events: &[Event],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), SpoolError> {
-        let r = self.append_tx(events, checkpoint);
-        if r.is_err() {
-            // The journal counts may name changes the rollback undid: count again.
-            self.journal_counts.clear();
-        }
-        r
+        self.append_shared(std::sync::Arc::new(events.to_vec()), checkpoint)
     }
 
+    /// [`Spool::append_with`] for events shared with their sender (a copy of none):
+    /// the spool keeps them in memory too until they are acknowledged, so the
+    /// shipper's batch does not read them back (see [`tail`]).
+    pub fn append_shared(
+        &mut self,
+        events: std::sync::Arc<Vec<Event>>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), SpoolError> {
+        // A tail is started only on an empty table: behind a backlog it could not be
+        // used until the backlog is gone, and would only hold memory while the
+        // listener is away.
+        let keep = !self.multi() && (self.tail.span().is_some() || self.depth == 0);
+        match self.append_tx(&events, checkpoint) {
+            Ok(Some(first)) if keep => self.tail.push(first, events),
+            Ok(_) => {}
+            Err(e) => {
+                self.journal_counts.clear();
+                self.tail.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends in one transaction; returns the first row's sequence number when the
+    /// events got consecutive ones (always, with this process the only writer).
     fn append_tx(
         &mut self,
         events: &[Event],
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<Option<i64>, SpoolError> {
         let incoming: usize = events.iter().map(|e| e.data.get().len()).sum();
         self.reserve
             .room_for(incoming as u64)
@@ -561,22 +587,40 @@ impl Spool {
             }
         }
         let mut added = 0u64;
+        let first;
         {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO events (id, kind, collected_at, data, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in events {
-                let data = e.data.get();
-                st.execute(params![
-                    e.id,
-                    e.kind.as_str(),
-                    e.collected_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    data,
-                    data.len() as i64
-                ])?;
-                added += data.len() as u64;
+            // Rows go in INSERT_ROWS at a time: each INSERT statement also reads and
+            // writes the AUTOINCREMENT counter (sqlite_sequence), and runs its program
+            // from the start; a row per statement spent more on that than on the row.
+            let mut many = tx.prepare_cached(&insert_sql(INSERT_ROWS))?;
+            let mut one = tx.prepare_cached(&insert_sql(1))?;
+            // Events of one hand-over mostly share their collection time: written once.
+            let mut at = (None, String::new());
+            let mut chunks = events.chunks_exact(INSERT_ROWS);
+            // Sequence numbers: each statement's rows get consecutive ones (SQLite
+            // gives a new row the greatest so far plus one); across statements that is
+            // checked, so the tail is never told a wrong range.
+            let mut seqs: Option<(i64, i64)> = None;
+            let mut note = |rows: usize, last: i64| {
+                seqs = match seqs {
+                    None => Some((last - rows as i64 + 1, last)),
+                    Some((first, prev)) if prev + rows as i64 == last => Some((first, last)),
+                    Some(_) => Some((i64::MIN, last)),
+                };
+            };
+            for chunk in chunks.by_ref() {
+                for (i, e) in chunk.iter().enumerate() {
+                    added += bind_event(&mut many, i * 5, e, &mut at)?;
+                }
+                many.raw_execute()?;
+                note(INSERT_ROWS, tx.last_insert_rowid());
             }
+            for e in chunks.remainder() {
+                added += bind_event(&mut one, 0, e, &mut at)?;
+                one.raw_execute()?;
+                note(1, tx.last_insert_rowid());
+            }
+            first = seqs.map(|(f, _)| f).filter(|f| *f != i64::MIN);
         }
         tx.commit()?;
         self.depth += events.len() as u64;
@@ -585,7 +629,7 @@ impl Spool {
             *p += events.len() as u64;
         }
         self.appended_total += events.len() as u64;
-        Ok(())
+        Ok(first)
     }
 
     /// The oldest batch for `output`: the one handed out before and not yet
@@ -678,10 +722,15 @@ impl Spool {
                 batch_id
             }
             // A new batch: its rows are read in the same pass that bounds it by count
-            // and bytes, then its end is recorded.
+            // and bytes, then its end is recorded. When the tail in memory holds every
+            // row waiting, they are taken from it instead.
             None => {
                 let mut last = None;
-                {
+                if let Some((tail_events, tail_seqs)) = self.tail_batch(max_events, max_bytes)? {
+                    last = tail_seqs.last().copied();
+                    events = tail_events;
+                    seqs = tail_seqs;
+                } else {
                     let mut st = self.conn.prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM events WHERE seq > ?2{not_done} ORDER BY seq LIMIT ?1"
                     ))?;
@@ -736,6 +785,38 @@ impl Spool {
         }))
     }
 
+    /// The oldest waiting events, taken from the tail in memory when it holds every row
+    /// waiting: its first and last sequence numbers are the table's least and greatest
+    /// (so no older row, or one the tail never saw, is passed over). `None`: read them
+    /// from the table.
+    fn tail_batch(
+        &mut self,
+        max_events: u32,
+        max_bytes: u64,
+    ) -> Result<Option<tail::Taken>, SpoolError> {
+        if self.multi() {
+            return Ok(None);
+        }
+        let Some((first, last)) = self.tail.span() else {
+            return Ok(None);
+        };
+        let (least, greatest): (Option<i64>, Option<i64>) = self
+            .conn
+            .prepare_cached("SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if greatest != Some(last) || least.is_none_or(|l| l > first) {
+            // Rows came that the tail never saw, or some of its rows went otherwise
+            // than by an acknowledgement.
+            self.tail.clear();
+            return Ok(None);
+        }
+        if least != Some(first) {
+            // Older rows wait first: they come from the table.
+            return Ok(None);
+        }
+        Ok(Some(self.tail.take(max_events, max_bytes)))
+    }
+
     /// Deletes acknowledged rows of a split batch; returns how many.
     pub fn ack_rows(&mut self, output: Output, seqs: &[i64]) -> Result<u64, SpoolError> {
         self.roomy(|s| s.ack_rows_once(output, seqs))
@@ -753,6 +834,9 @@ impl Spool {
     /// Deletes `seqs` from the queue in one transaction, copying each to the quarantine
     /// table first when `quarantine` gives a reason; returns how many rows were there.
     fn take_rows(&mut self, seqs: &[i64], quarantine: Option<&str>) -> Result<u64, SpoolError> {
+        // Rows taken one by one may be anywhere in the tail: it no longer stands for
+        // the table.
+        self.tail.clear();
         let tx = self.conn.transaction()?;
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let (mut n, mut bytes) = (0u64, 0u64);
@@ -842,12 +926,29 @@ impl Spool {
             .optional()?;
         let (mut n, mut bytes) = (0u64, 0u64);
         if let Some(last) = last {
-            let mut st = tx.prepare_cached("DELETE FROM events WHERE seq <= ?1 RETURNING bytes")?;
-            let mut rows = st.query(params![last])?;
-            while let Some(r) = rows.next()? {
-                n += 1;
-                bytes += r.get::<_, i64>(0)? as u64;
+            let greatest: Option<i64> = tx
+                .prepare_cached("SELECT max(seq) FROM events")?
+                .query_row([], |r| r.get(0))?;
+            if greatest.is_some_and(|g| g <= last) {
+                // The batch is every row (the shipper keeps up): emptied whole, which
+                // SQLite does page by page; a DELETE with a WHERE (or RETURNING)
+                // rebalanced the tree after every row.
+                (n, bytes) = tx
+                    .prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events")?
+                    .query_row([], |r| {
+                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                    })?;
+                tx.prepare_cached("DELETE FROM events")?.execute([])?;
+            } else {
+                let mut st =
+                    tx.prepare_cached("DELETE FROM events WHERE seq <= ?1 RETURNING bytes")?;
+                let mut rows = st.query(params![last])?;
+                while let Some(r) = rows.next()? {
+                    n += 1;
+                    bytes += r.get::<_, i64>(0)? as u64;
+                }
             }
+            self.tail.drop_through(last);
         }
         tx.commit()?;
         self.depth = self.depth.saturating_sub(n);
@@ -1083,6 +1184,57 @@ fn wal_sibling(db: &Path, ext: &str) -> PathBuf {
 
 fn wal_path(db: &Path) -> PathBuf {
     wal_sibling(db, "-wal")
+}
+
+/// Rows per multi-row INSERT of [`Spool::append`] (5 parameters each).
+const INSERT_ROWS: usize = 32;
+
+/// `INSERT INTO events … VALUES (…), (…)` with `rows` rows of parameters. OR ROLLBACK:
+/// a row that failed would fail the whole append anyway, and without it SQLite keeps a
+/// statement journal (a temporary file) for every multi-row statement, to undo it
+/// alone.
+fn insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let p = r * 5;
+            format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    format!(
+        "INSERT OR ROLLBACK INTO events (id, kind, collected_at, data, bytes) VALUES {}",
+        values.join(", ")
+    )
+}
+
+/// Binds `e` to the five parameters after `at` (0-based) of an [`insert_sql`]
+/// statement; returns its data bytes. `time` keeps the last collection time written.
+fn bind_event(
+    st: &mut rusqlite::CachedStatement<'_>,
+    at: usize,
+    e: &Event,
+    time: &mut (Option<DateTime<Utc>>, String),
+) -> Result<u64, SpoolError> {
+    if time.0 != Some(e.collected_at) {
+        *time = (
+            Some(e.collected_at),
+            e.collected_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
+    }
+    let data = e.data.get();
+    st.raw_bind_parameter(at + 1, &e.id)?;
+    st.raw_bind_parameter(at + 2, e.kind.as_str())?;
+    st.raw_bind_parameter(at + 3, &time.1)?;
+    st.raw_bind_parameter(at + 4, data)?;
+    st.raw_bind_parameter(at + 5, data.len() as i64)?;
+    Ok(data.len() as u64)
 }
 
 fn decode(id: String, kind: &str, at: &str, data: String) -> Result<Event, SpoolError> {

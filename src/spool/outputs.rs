@@ -80,6 +80,8 @@ impl Spool {
         if outs.is_empty() {
             outs.push(Output::Listener);
         }
+        // The tail serves one output only; whatever it held is read from the table.
+        self.tail.clear();
         let tx = self.conn.transaction()?;
         let active: Vec<&str> = outs.iter().map(|o| o.as_str()).collect();
         let listed = active

@@ -201,8 +201,13 @@ fn rows_of_a_split_batch_are_acked_or_quarantined_one_by_one() {
 #[test]
 fn an_unreadable_row_goes_to_quarantine_instead_of_blocking_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Spool::open(dir.path()).expect("open");
-    s.append(&[ev(1), ev(2)]).expect("append");
+    // Written by an earlier run: read back from disk (this run's own rows are also
+    // held in memory, see the tail's tests below).
+    Spool::open(dir.path())
+        .expect("open")
+        .append(&[ev(1), ev(2)])
+        .expect("append");
+    let mut s = Spool::open(dir.path()).expect("reopen");
     s.conn
         .execute(
             "UPDATE events SET data = 'not json' WHERE id = ?1",
@@ -213,6 +218,163 @@ fn an_unreadable_row_goes_to_quarantine_instead_of_blocking_the_queue() {
     assert_eq!(b.events.len(), 1);
     assert_eq!(b.events[0].id, ev(2).id);
     assert_eq!(s.stats().expect("stats").quarantined, 1);
+}
+
+/// Every batch of a spool, acked as it comes: (ids, seqs) per batch.
+fn drain(s: &mut Spool, max: u32) -> Vec<(Vec<String>, Vec<i64>)> {
+    let mut out = Vec::new();
+    while let Some(b) = s.next_batch(L, max).expect("batch") {
+        assert_eq!(s.ack(L, &b.batch_id).expect("ack"), b.events.len() as u64);
+        out.push((ids(&b), b.seqs));
+    }
+    out
+}
+
+fn names(from: u32, to: u32) -> Vec<String> {
+    (from..to).map(|i| format!("t:{i}")).collect()
+}
+
+#[test]
+fn this_runs_events_are_taken_from_memory_in_order_with_their_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    for round in 0..3 {
+        s.append_shared(
+            std::sync::Arc::new((round * 5..round * 5 + 5).map(ev).collect()),
+            None,
+        )
+        .expect("append");
+    }
+    // The rows on disk are spoiled: a batch of them could only come from memory.
+    s.conn
+        .execute("UPDATE events SET data = 'not json', id = 'x'", [])
+        .expect("spoil");
+    let b = s.next_batch(L, 7).expect("batch").expect("some");
+    assert_eq!(ids(&b), names(0, 7));
+    assert_eq!(b.seqs, (1..=7).collect::<Vec<i64>>());
+    assert_eq!(b.events[3].data.get(), r#"{"i":3}"#);
+    // Not acknowledged: the same batch again, from the table (same rows, same id).
+    s.conn
+        .execute("UPDATE events SET data = '{\"again\":' || seq || '}'", [])
+        .expect("mark");
+    let again = s.next_batch(L, 7).expect("batch").expect("some");
+    assert_eq!(again.batch_id, b.batch_id);
+    assert_eq!(again.seqs, b.seqs);
+    assert_eq!(again.events[0].data.get(), r#"{"again":1}"#);
+    assert_eq!(s.ack(L, &b.batch_id).expect("ack"), 7);
+    // The rest: the tail's, after the acknowledgement cut it.
+    let rest = s.next_batch(L, 100).expect("batch").expect("some");
+    assert_eq!(ids(&rest), names(7, 15));
+    assert_eq!(s.ack(L, &rest.batch_id).expect("ack"), 8);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.bytes, st.acked_total), (0, 0, 15));
+    assert!(s.next_batch(L, 100).expect("batch").is_none());
+}
+
+#[test]
+fn rows_of_an_earlier_run_or_unknown_to_memory_go_first_and_nothing_is_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Spool::open(dir.path())
+        .expect("open")
+        .append(&(0..3).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    let mut s = Spool::open(dir.path()).expect("reopen");
+    s.append(&(3..6).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    // Behind a backlog no tail is started: it would only hold memory.
+    assert_eq!(s.tail.span(), None);
+    // Older rows first, two at a time, all from the table.
+    assert_eq!(
+        drain(&mut s, 2),
+        vec![
+            (names(0, 2), vec![1, 2]),
+            (names(2, 4), vec![3, 4]),
+            (names(4, 6), vec![5, 6]),
+        ]
+    );
+    // On the empty table a tail starts. A row written behind its back, between two
+    // hand-overs and after them.
+    s.append(&[ev(6)]).expect("append");
+    assert_eq!(s.tail.span(), Some((7, 7)));
+    let foreign = ev(99);
+    s.conn
+        .execute(
+            "INSERT INTO events (id, kind, collected_at, data, bytes) VALUES (?1, 'pg_activity', '2026-12-01T00:00:00Z', ?2, 6)",
+            params![foreign.id, foreign.data.get()],
+        )
+        .expect("insert");
+    s.append(&[ev(7)]).expect("append");
+    s.conn
+        .execute(
+            "INSERT INTO events (id, kind, collected_at, data, bytes) VALUES ('t:100', 'pg_activity', '2026-12-01T00:00:00Z', '{}', 2)",
+            [],
+        )
+        .expect("insert");
+    assert_eq!(
+        drain(&mut s, 10),
+        vec![(
+            vec![
+                "t:6".to_string(),
+                "t:99".into(),
+                "t:7".into(),
+                "t:100".into()
+            ],
+            vec![7, 8, 9, 10]
+        )]
+    );
+    // And with the table empty, this run's events come from memory again.
+    s.append(&[ev(8), ev(9)]).expect("append");
+    assert_eq!(drain(&mut s, 10), vec![(names(8, 10), vec![11, 12])]);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.bytes), (0, 0));
+}
+
+#[test]
+fn rows_taken_one_by_one_are_not_sent_again_from_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    s.append(&(0..4).map(ev).collect::<Vec<_>>())
+        .expect("append");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
+    // A split: the first two accepted, the third refused; the fourth still waits.
+    assert_eq!(s.ack_rows(L, &b.seqs[..2]).expect("ack rows"), 2);
+    assert_eq!(s.quarantine(L, &b.seqs[2..3], "HTTP 400").expect("q"), 1);
+    s.append(&[ev(4)]).expect("append");
+    let again = s.next_batch(L, 10).expect("batch").expect("some");
+    assert_eq!(again.batch_id, b.batch_id);
+    assert_eq!(ids(&again), names(3, 4));
+    s.ack(L, &again.batch_id).expect("ack");
+    assert_eq!(drain(&mut s, 10), vec![(names(4, 5), vec![5])]);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.quarantined, st.acked_total), (0, 1, 4));
+}
+
+#[test]
+fn an_acknowledgement_of_some_rows_leaves_the_rest_with_exact_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let evs: Vec<Event> = (0..10).map(ev).collect();
+    let all: u64 = evs.iter().map(|e| e.data.get().len() as u64).sum();
+    s.append(&evs).expect("append");
+    let b = s.next_batch(L, 4).expect("batch").expect("some");
+    // Only part of the table: deleted row by row.
+    assert_eq!(s.ack(L, &b.batch_id).expect("ack"), 4);
+    let first4: u64 = evs[..4].iter().map(|e| e.data.get().len() as u64).sum();
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.bytes), (6, all - first4));
+    // All of it: emptied whole.
+    let b = s.next_batch(L, 100).expect("batch").expect("some");
+    assert_eq!(s.ack(L, &b.batch_id).expect("ack"), 6);
+    let st = s.stats().expect("stats");
+    assert_eq!((st.depth, st.bytes, st.acked_total), (0, 0, 10));
+    let n: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 0);
+    // Sequence numbers are not reused after the table was emptied.
+    s.append(&[ev(10)]).expect("append");
+    assert_eq!(drain(&mut s, 10), vec![(names(10, 11), vec![11])]);
 }
 
 fn big(i: u32) -> Event {

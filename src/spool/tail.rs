@@ -57,7 +57,10 @@ impl Tail {
 
     /// Adds events just appended as rows `first ..= first + len - 1`. A run that does
     /// not follow the last one, or that would take the tail over [`TAIL_MAX_BYTES`],
-    /// clears it first (and is kept only if it fits alone).
+    /// clears it, and is not kept: the shipper is behind, and a tail is started again
+    /// only on an empty table (`Spool::append_shared`). Kept on, it would hold the
+    /// newest 4 MB for nothing, and free every event on the spool's thread instead of
+    /// its source's.
     pub fn push(&mut self, first: i64, events: Arc<Vec<Event>>) {
         if events.is_empty() {
             return;
@@ -66,8 +69,6 @@ impl Tail {
         let follows = self.span().is_none_or(|(_, last)| last + 1 == first);
         if !follows || self.bytes + bytes > TAIL_MAX_BYTES {
             self.clear();
-        }
-        if bytes > TAIL_MAX_BYTES {
             return;
         }
         self.bytes += bytes;
@@ -184,20 +185,20 @@ mod tests {
     }
 
     #[test]
-    fn a_run_that_does_not_follow_or_does_not_fit_starts_the_tail_again() {
+    fn a_run_that_does_not_follow_or_does_not_fit_ends_the_tail() {
         let mut t = Tail::default();
         t.push(1, events(0, 2, 10));
         // A row the tail never saw (seq 3) came between.
         t.push(4, events(2, 2, 10));
-        assert_eq!(t.span(), Some((4, 5)));
-        assert_eq!(ids(&t.take(10, u64::MAX).0), ["e2", "e3"]);
-        // Up to the cap, runs are added; over it, the tail holds the new run alone.
+        assert_eq!(t.span(), None);
+        // Up to the cap, runs are added; over it, the tail ends.
         t.push(6, events(10, 3, TAIL_MAX_BYTES as usize / 4));
-        assert_eq!(t.span(), Some((4, 8)));
+        t.push(9, events(13, 1, 10));
+        assert_eq!(t.span(), Some((6, 9)));
         assert!(t.bytes() <= TAIL_MAX_BYTES);
-        t.push(9, events(20, 1, TAIL_MAX_BYTES as usize / 2));
-        assert_eq!(t.span(), Some((9, 9)));
-        assert_eq!(ids(&t.take(10, u64::MAX).0), ["e20"]);
+        assert_eq!(ids(&t.take(10, u64::MAX).0), ["e10", "e11", "e12", "e13"]);
+        t.push(10, events(20, 1, TAIL_MAX_BYTES as usize / 2));
+        assert_eq!(t.span(), None);
         // A run larger than the cap is not kept at all.
         t.push(10, events(30, 1, TAIL_MAX_BYTES as usize + 1));
         assert_eq!(t.span(), None);

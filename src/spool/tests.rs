@@ -377,6 +377,38 @@ fn an_acknowledgement_of_some_rows_leaves_the_rest_with_exact_counts() {
     assert_eq!(drain(&mut s, 10), vec![(names(10, 11), vec![11])]);
 }
 
+#[test]
+fn a_shipper_behind_by_more_than_the_tails_cap_is_served_from_the_table_until_it_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path()).expect("open");
+    let mb = |i: u32| {
+        Event::new(
+            format!("t:{i}"),
+            EventKind::PgLog,
+            Utc::now(),
+            &serde_json::json!({ "i": i, "pad": "x".repeat(1_000_000) }),
+        )
+        .expect("encode")
+    };
+    for i in 0..3 {
+        s.append(&[mb(i)]).expect("append");
+    }
+    assert_eq!(s.tail.span(), Some((1, 3)));
+    // Over 4 MB: the tail ends, and does not start again behind the backlog.
+    for i in 3..6 {
+        s.append(&[mb(i)]).expect("append");
+        assert_eq!(s.tail.span(), None);
+    }
+    assert_eq!(
+        drain(&mut s, 4),
+        vec![(names(0, 4), vec![1, 2, 3, 4]), (names(4, 6), vec![5, 6])]
+    );
+    // Caught up: the next hand-over starts a tail again.
+    s.append(&[ev(6)]).expect("append");
+    assert_eq!(s.tail.span(), Some((7, 7)));
+    assert_eq!(drain(&mut s, 4), vec![(names(6, 7), vec![7])]);
+}
+
 fn big(i: u32) -> Event {
     Event::new(
         format!("big:{i:06}"),

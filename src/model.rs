@@ -135,19 +135,21 @@ impl Event {
         id: String,
         kind: EventKind,
         collected_at: DateTime<Utc>,
-        json: Vec<u8>,
+        json: &[u8],
     ) -> Event {
         debug_assert!(
-            serde_json::from_slice::<&serde_json::value::RawValue>(&json).is_ok(),
+            serde_json::from_slice::<&serde_json::value::RawValue>(json).is_ok(),
             "write_json wrote what is not one JSON value: {}",
-            String::from_utf8_lossy(&json)
+            String::from_utf8_lossy(json)
         );
         // SAFETY: `write_json` appends only the bytes of `&str` values, serde_json's
         // output and ASCII, so the bytes are UTF-8; and they are one JSON value (above).
         // `RawValue` is `#[repr(transparent)]` over `str`: serde_json itself turns a
         // `Box<str>` into a `Box<RawValue>` this way once it has checked the text.
+        // Copied from the writer's buffer into an allocation of its exact size (one
+        // allocation, where shrinking a vector sized by guess was two).
         let data = unsafe {
-            let text = String::from_utf8_unchecked(json).into_boxed_str();
+            let text = Box::<str>::from(std::str::from_utf8_unchecked(json));
             std::mem::transmute::<Box<str>, Box<serde_json::value::RawValue>>(text)
         };
         Event {

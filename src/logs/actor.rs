@@ -200,6 +200,8 @@ impl HandsOver for LogTailActor {
                     return;
                 };
                 self.follower.committed(*n);
+                let spare = self.handoff.spare();
+                self.follower.recycle(spare);
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
                 let wait = if more || self.ahead.is_some() {

@@ -79,6 +79,8 @@ pub struct Follower {
     saved: Saved,
     active: Option<(Plan, LogParser, Tailer)>,
     warned_prefix: Option<String>,
+    /// A stored batch's vector, filled again by the next read ([`Follower::recycle`]).
+    spare: Vec<Event>,
     /// Counters and state for status.
     pub stats: LogStats,
     log: Logger,
@@ -100,6 +102,7 @@ impl Follower {
             saved,
             active: None,
             warned_prefix: None,
+            spare: Vec::new(),
             stats: LogStats::default(),
             log,
         }
@@ -237,13 +240,18 @@ impl Follower {
         let now = Utc::now();
         let identity = position.identity();
         let file = position.path.clone();
-        let mut events = Vec::with_capacity(poll.records.len());
-        for r in poll.records {
+        let mut events = std::mem::take(&mut self.spare);
+        events.reserve(poll.records.len());
+        let mut records = poll.records;
+        for r in records.drain(..) {
             if self.own.owns(&r) {
                 self.stats.own_events_skipped_total += 1;
                 continue;
             }
             events.push(self.shaper.event(r, &file, format, &identity, now));
+        }
+        if let Some((_, _, tailer)) = self.active.as_mut() {
+            tailer.recycle(records);
         }
         // Compared with the last batch read, not the last one stored: the next batch
         // may be read while the last is on its way to the spool.
@@ -262,6 +270,15 @@ impl Follower {
             position: poll.position,
             more: poll.more,
         })
+    }
+
+    /// Takes back the vector of a batch the spool stored (emptied here: its events are
+    /// freed on the thread that made them): the next read fills it.
+    pub fn recycle(&mut self, mut events: Vec<Event>) {
+        events.clear();
+        if events.capacity() > self.spare.capacity() {
+            self.spare = events;
+        }
     }
 
     /// The spool took the oldest batch read and not taken yet, of `events` events.

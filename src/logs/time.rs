@@ -78,43 +78,72 @@ pub fn to_rfc3339(ts: &str) -> Option<String> {
         }
         Some(_) => return None,
     };
-    let naive = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?
-        .and_hms_milli_opt(num(11..13)?, num(14..16)?, num(17..19)?, millis)?;
-    let utc = if secs == 0 {
-        naive
-    } else {
-        naive - chrono::Duration::seconds(i64::from(secs))
-    };
-    let year = u32::try_from(utc.year()).ok().filter(|y| *y <= 9999)?;
-    // Written digit by digit: format! was a tenth of parse-log's time.
-    let mut out = [0u8; 24];
-    let mut put = |at: usize, v: u32, width: usize| {
-        let mut v = v;
-        for i in (0..width).rev() {
-            out[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
+    // Lines come many to a second: the second's conversion is kept for the next line
+    // (exact: zones are whole seconds, so the milliseconds never change the rest).
+    let key = SecondKey::new(&b[..19], zone.as_bytes());
+    let cached = LAST_SECOND.with(|c| c.get().filter(|(k, _)| Some(*k) == key).map(|(_, v)| v));
+    let head = match cached {
+        Some(head) => head,
+        None => {
+            let naive = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?
+                .and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+            let utc = if secs == 0 {
+                naive
+            } else {
+                naive - chrono::Duration::seconds(i64::from(secs))
+            };
+            let year = u32::try_from(utc.year()).ok().filter(|y| *y <= 9999)?;
+            // Written digit by digit: format! was a tenth of parse-log's time.
+            let mut head = [0u8; 19];
+            put(&mut head, 0, year, 4);
+            put(&mut head, 5, utc.month(), 2);
+            put(&mut head, 8, utc.day(), 2);
+            put(&mut head, 11, utc.hour(), 2);
+            put(&mut head, 14, utc.minute(), 2);
+            put(&mut head, 17, utc.second(), 2);
+            for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+                head[at] = c;
+            }
+            if let Some(k) = key {
+                LAST_SECOND.with(|c| c.set(Some((k, head))));
+            }
+            head
         }
     };
-    put(0, year, 4);
-    put(5, utc.month(), 2);
-    put(8, utc.day(), 2);
-    put(11, utc.hour(), 2);
-    put(14, utc.minute(), 2);
-    put(17, utc.second(), 2);
-    put(20, utc.and_utc().timestamp_subsec_millis(), 3);
-    for (at, c) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-        (23, b'Z'),
-    ] {
-        out[at] = c;
-    }
+    let mut out = [0u8; 24];
+    out[..19].copy_from_slice(&head);
+    out[19] = b'.';
+    put(&mut out, 20, millis, 3);
+    out[23] = b'Z';
     // Only ASCII digits and separators were written.
     String::from_utf8(out.to_vec()).ok()
+}
+
+/// Writes `v` as `width` decimal digits at `at`.
+fn put(out: &mut [u8], at: usize, v: u32, width: usize) {
+    let mut v = v;
+    for i in (0..width).rev() {
+        out[at + i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// A local second as written (`2026-11-26 17:35:07`) with its zone (up to 8 bytes).
+#[derive(Clone, Copy, PartialEq)]
+struct SecondKey([u8; 19], [u8; 8], u8);
+
+impl SecondKey {
+    fn new(local: &[u8], zone: &[u8]) -> Option<SecondKey> {
+        let mut z = [0u8; 8];
+        z.get_mut(..zone.len())?.copy_from_slice(zone);
+        Some(SecondKey(local.try_into().ok()?, z, zone.len() as u8))
+    }
+}
+
+thread_local! {
+    /// The last second converted, and its UTC text (`2026-11-26T14:05:07`).
+    static LAST_SECOND: std::cell::Cell<Option<(SecondKey, [u8; 19])>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// RFC 3339 for `%n` (seconds since the epoch).
@@ -178,6 +207,52 @@ mod tests {
         assert_eq!(
             epoch_to_rfc3339(1764178507.123).as_deref(),
             Some("2025-11-26T17:35:07.123Z")
+        );
+    }
+
+    #[test]
+    fn a_second_kept_from_the_last_line_is_used_only_for_the_same_second_and_zone() {
+        let t = |s: &str| to_rfc3339(s);
+        assert_eq!(
+            t("2026-11-26 18:35:07.001 CET").as_deref(),
+            Some("2026-11-26T17:35:07.001Z")
+        );
+        // Same second and zone: other milliseconds.
+        assert_eq!(
+            t("2026-11-26 18:35:07.999 CET").as_deref(),
+            Some("2026-11-26T17:35:07.999Z")
+        );
+        assert_eq!(
+            t("2026-11-26 18:35:07 CET").as_deref(),
+            Some("2026-11-26T17:35:07.000Z")
+        );
+        // Same local second, another zone (and one only a byte longer).
+        assert_eq!(
+            t("2026-11-26 18:35:07.5 UTC").as_deref(),
+            Some("2026-11-26T18:35:07.500Z")
+        );
+        assert_eq!(
+            t("2026-11-26 18:35:07.5 CEST").as_deref(),
+            Some("2026-11-26T16:35:07.500Z")
+        );
+        assert_eq!(t("2026-11-26 18:35:07.5 CES"), None, "unknown zone");
+        // The next second, then the cached one again.
+        assert_eq!(
+            t("2026-11-26 18:35:08.010 CEST").as_deref(),
+            Some("2026-11-26T16:35:08.010Z")
+        );
+        assert_eq!(
+            t("2026-11-26 18:35:07.020 CEST").as_deref(),
+            Some("2026-11-26T16:35:07.020Z")
+        );
+        // A bad fraction or date is refused even when the second is cached.
+        assert_eq!(t("2026-11-26 18:35:07.x CEST"), None);
+        assert_eq!(t("2026-11-26 18:35:07.020 -0330123456").as_deref(), None);
+        assert_eq!(t("2026-02-30 00:00:00 UTC"), None);
+        assert_eq!(
+            t("2026-02-30 00:00:00.5 UTC"),
+            None,
+            "not cached as a failure either"
         );
     }
 }

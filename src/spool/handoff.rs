@@ -114,6 +114,9 @@ pub struct Handoff {
     drops: DropReport,
     dropped_total: u64,
     in_flight: Option<InFlight>,
+    /// The vector of the last hand-over the spool stored, when the spool kept no share
+    /// of it ([`Handoff::spare`]).
+    spare: Vec<Event>,
     /// A retry is scheduled: never more than one, however often the source hands over
     /// while the spool is away.
     retry_pending: bool,
@@ -141,6 +144,7 @@ impl Handoff {
             drops: DropReport::default(),
             dropped_total: 0,
             in_flight: None,
+            spare: Vec::new(),
             retry_pending: false,
         }
     }
@@ -155,7 +159,12 @@ impl Handoff {
             });
         }
         self.pending_bytes += events.iter().map(Event::bytes).sum::<usize>();
-        self.pending.extend(events);
+        if self.pending.is_empty() {
+            // Moved whole: no copy of the batch into a new vector.
+            self.pending = events;
+        } else {
+            self.pending.extend(events);
+        }
         let mut over = 0;
         // The newest event always stays, even one larger than the cap.
         while self.pending_bytes > self.cap && over + 1 < self.pending.len() {
@@ -168,6 +177,13 @@ impl Handoff {
             self.dropped_total += over as u64;
         }
         over
+    }
+
+    /// The events of the last hand-over the spool stored and kept no share of, for the
+    /// source to free on its own thread and fill the vector again (a batch of log
+    /// events is 2,000 events and their text). Empty otherwise.
+    pub fn spare(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.spare)
     }
 
     /// True when a retry should be scheduled now (none is pending); it then counts as
@@ -236,7 +252,13 @@ impl Handoff {
                 if self.drops.dropped == 0 {
                     self.drops = DropReport::default();
                 }
-                Handed::Delivered(f.len(), backlog)
+                let n = f.len();
+                // The spool dropped its share of the message by now, unless it keeps
+                // the events until they are shipped.
+                if let Ok(events) = Arc::try_unwrap(f.events) {
+                    self.spare = events;
+                }
+                Handed::Delivered(n, backlog)
             }
             Err(e) => {
                 // Back in front of what came meanwhile; the newer checkpoint wins
@@ -373,6 +395,34 @@ mod tests {
         // Reported once: the next hand-over carries no report.
         h.keep(vec![ev(5)], None);
         assert_eq!(ids(&h.take().expect("message")), ["e5"]);
+    }
+
+    #[test]
+    fn a_stored_batch_comes_back_to_its_source_unless_the_spool_keeps_a_share() {
+        let mut h = handoff("pg_log", 10);
+        let batch = Vec::with_capacity(2_000);
+        let at = batch.as_ptr();
+        let mut batch = batch;
+        batch.extend([ev(0), ev(1)]);
+        h.keep(batch, None);
+        let m = h.take().expect("message");
+        assert_eq!(m.events.as_ptr(), at, "moved, not copied");
+        drop(m);
+        assert_eq!(h.taken(Ok(0)), Handed::Delivered(2, 0));
+        let back = h.spare();
+        assert_eq!(back.as_ptr(), at, "the same vector");
+        assert_eq!(back.capacity(), 2_000);
+        assert_eq!(
+            back.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["e0", "e1"]
+        );
+        assert!(h.spare().is_empty(), "handed back once");
+        // The spool keeps the events (its tail): nothing comes back, nothing is copied.
+        h.keep(vec![ev(2)], None);
+        let kept = h.take().expect("message").events;
+        assert_eq!(h.taken(Ok(0)), Handed::Delivered(1, 0));
+        assert_eq!(h.spare().capacity(), 0);
+        assert_eq!(kept[0].id, "e2");
     }
 
     #[test]

@@ -121,8 +121,8 @@ done
 # parsed → spooled → shipped to a local listener, so the rate is delivery's once the
 # spool holds 40 % of its cap (the reader waits there). "spooled": the same with
 # delivery out of the way (nothing listens, a 4 GB cap): the reader and the spool alone.
-# The rate runs from the first status that shows the reader under way (start-up left
-# out) to the one that shows it at the end (status polled every 0.2 s).
+# The rate runs from the agent's start to the reader's last batch
+# (scripts/log-source-rate.py: status alone is a second late, half of a 50 MB run).
 log_source() {
   local mode=$1 url cap=""
   if [ "$mode" = spooled ]; then
@@ -155,29 +155,16 @@ url = "$url"
 token = "t"
 $cap
 TOML
-  local size start t0="" off0=0 t1 off
-  size=$(stat -c %s "$STDERR_LOG")
-  start=$(date +%s.%N)
-  "$AGENT" run -c "$W/logs.toml" --log-format json 2>"$W/agent-logs-$mode.log" & APID=$!; pids+=($APID)
-  while :; do
-    sleep 0.2
-    kill -USR1 "$APID" 2>/dev/null || break
-    off=$(python3 -c "import json, sys
-try: print(json.load(open(sys.argv[1]))['children']['pg_log']['detail'].get('offset', 0))
-except Exception: print(0)" "$W/state-logs/status.json")
-    if [ -z "$t0" ] && [ "$off" -gt 0 ]; then t0=$(date +%s.%N); off0=$off; fi
-    [ "$off" -ge "$size" ] && break
-  done
-  t1=$(date +%s.%N)
-  [ -n "$t0" ] || t0=$start
-  lhwm=$(hwm_kb "$APID"); kill "$APID"; wait "$APID" 2>/dev/null || true
-  lrate=$(python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1e6 / max(float(sys.argv[4]) - float(sys.argv[3]), 1e-3):.0f}')" "$size" "$off0" "$t0" "$t1")
+  local r
+  r=$(scripts/log-source-rate.py "$AGENT" "$W/logs.toml" "$W/state-logs" "$STDERR_LOG" "$W/agent-logs-$mode.log")
+  read -r lrate lhwm lreader lspool <<<"$r"
 }
 log_source shipped
 row "daemon log source, stderr file → parsed → spooled → shipped, MB/s" "$lrate" "—" ""
 row "daemon log source (shipped): peak RSS, MB" "$((lhwm / 1024))" "—" ""
 log_source spooled
 row "daemon log source, file → parsed → spooled (not shipped), MB/s" "$lrate" "—" ""
+row "daemon log source (spooled): CPU of the reader / the spool, s" "$(python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e3:.2f} / {int(sys.argv[2]) / 1e3:.2f}')" "$lreader" "$lspool")" "—" ""
 row "daemon log source (spooled): peak RSS, MB" "$((lhwm / 1024))" "—" ""
 fi
 

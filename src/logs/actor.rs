@@ -87,7 +87,8 @@ impl LogTailActor {
                 SOURCE,
                 &config.agent.hostname,
                 usize::MAX,
-            ),
+            )
+            .recycling(),
             waiting: None,
             ahead: None,
             spool_cap: config.buffer.max_bytes,

@@ -272,8 +272,7 @@ impl Follower {
         })
     }
 
-    /// Takes back the vector of a batch the spool stored (emptied here: its events are
-    /// freed on the thread that made them): the next read fills it.
+    /// Takes back the vector of a batch the spool stored: the next read fills it.
     pub fn recycle(&mut self, mut events: Vec<Event>) {
         events.clear();
         if events.capacity() > self.spare.capacity() {

@@ -494,14 +494,14 @@ impl<'o> JsonObject<'o> {
 /// rest (most fields are shorter: names, severities, timestamps) 8 bytes at a time.
 fn needs_escape(b: &[u8]) -> bool {
     let mut long = b.chunks_exact(32);
-    let found = (&mut long).any(|c| {
+    let found = long.any(|c| {
         c.iter().fold(false, |any, &x| {
             any | (x < 0x20) | (x == b'"') | (x == b'\\')
         })
     });
     let mut words = long.remainder().chunks_exact(8);
     found
-        || (&mut words).any(|w| {
+        || words.any(|w| {
             word_needs_escape(u64::from_le_bytes([
                 w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
             ]))

@@ -257,6 +257,7 @@ impl Follower {
         // may be read while the last is on its way to the spool.
         let moved = poll.position != self.saved.position;
         if events.is_empty() && !moved {
+            self.spare = events;
             return Polled::Idle { more: poll.more };
         }
         self.saved.position = poll.position.clone();

@@ -161,8 +161,9 @@ impl Handoff {
             });
         }
         self.pending_bytes += events.iter().map(Event::bytes).sum::<usize>();
-        if self.pending.is_empty() {
-            // Moved whole: no copy of the batch into a new vector.
+        if self.pending.is_empty() && events.capacity() <= events.len() + events.len() / 4 {
+            // Moved whole: no copy of the batch into a new vector. (A vector with much
+            // room to spare is copied instead: the spool may keep it until shipped.)
             self.pending = events;
         } else {
             self.pending.extend(events);
@@ -411,16 +412,16 @@ mod tests {
 
     #[test]
     fn a_stored_batch_comes_back_to_its_source_unless_the_spool_keeps_a_share() {
-        let mut h = handoff("pg_log", 10).recycling();
+        let mut h = handoff("pg_log", 3_000).recycling();
         let batch = Vec::with_capacity(2_000);
         let at = batch.as_ptr();
         let mut batch = batch;
-        batch.extend([ev(0), ev(1)]);
+        batch.extend((0..1_900).map(ev));
         h.keep(batch, None);
         let m = h.take().expect("message");
         assert_eq!(m.events.as_ptr(), at, "moved, not copied");
         drop(m);
-        assert_eq!(h.taken(Ok(0)), Handed::Delivered(2, 0));
+        assert_eq!(h.taken(Ok(0)), Handed::Delivered(1_900, 0));
         let back = h.spare();
         assert_eq!(back.as_ptr(), at, "the same vector");
         assert_eq!(back.capacity(), 2_000);
@@ -432,6 +433,17 @@ mod tests {
         assert_eq!(h.taken(Ok(0)), Handed::Delivered(1, 0));
         assert_eq!(h.spare().capacity(), 0);
         assert_eq!(kept[0].id, "e2");
+        // A vector with much room to spare is copied to about its length (the spool may keep
+        // it until shipped).
+        let mut roomy = Vec::with_capacity(5_000);
+        roomy.push(ev(4));
+        let roomy_at = roomy.as_ptr();
+        h.keep(roomy, None);
+        let m = h.take().expect("message");
+        assert_ne!(m.events.as_ptr(), roomy_at);
+        assert!(m.events.capacity() <= 4, "{}", m.events.capacity());
+        drop(m);
+        h.taken(Ok(0));
         // A source that does not fill vectors again keeps none.
         let mut h = handoff("pg_activity", 10);
         h.keep(vec![ev(3)], None);

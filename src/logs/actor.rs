@@ -202,7 +202,7 @@ impl HandsOver for LogTailActor {
                 };
                 self.follower.committed(*n);
                 let spare = self.handoff.spare();
-                self.follower.recycle(spare);
+                self.follower.recycle(spare, more || self.ahead.is_some());
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
                 let wait = if more || self.ahead.is_some() {

@@ -250,14 +250,15 @@ impl Follower {
             }
             events.push(self.shaper.event(r, &file, format, &identity, now));
         }
-        if let Some((_, _, tailer)) = self.active.as_mut() {
+        // Kept while the reader is behind (a catch-up reads batch after batch); once
+        // it has caught up the vectors go, so a burst leaves no megabyte behind.
+        if let (true, Some((_, _, tailer))) = (poll.more, self.active.as_mut()) {
             tailer.recycle(records);
         }
         // Compared with the last batch read, not the last one stored: the next batch
         // may be read while the last is on its way to the spool.
         let moved = poll.position != self.saved.position;
         if events.is_empty() && !moved {
-            self.spare = events;
             return Polled::Idle { more: poll.more };
         }
         self.saved.position = poll.position.clone();
@@ -273,8 +274,13 @@ impl Follower {
         })
     }
 
-    /// Takes back the vector of a batch the spool stored: the next read fills it.
-    pub fn recycle(&mut self, mut events: Vec<Event>) {
+    /// Takes back the vector of a batch the spool stored: the next read fills it while
+    /// `behind` (more is waiting to be read); otherwise it is freed, with any kept.
+    pub fn recycle(&mut self, mut events: Vec<Event>, behind: bool) {
+        if !behind {
+            self.spare = Vec::new();
+            return;
+        }
         events.clear();
         if events.capacity() > self.spare.capacity() {
             self.spare = events;
@@ -332,6 +338,41 @@ mod tests {
 
     fn line(pid: u32, msg: &str) -> String {
         format!("2026-12-01 10:00:00.000 UTC [{pid}] LOG:  {msg}\n")
+    }
+
+    #[test]
+    fn batch_vectors_are_kept_while_the_reader_is_behind_and_freed_once_it_caught_up() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("pg.log");
+        let log: String = (0..2_500).map(|i| line(i, &format!("m{i}"))).collect();
+        std::fs::write(&path, log).expect("write");
+        let mut f = follower(d.path(), "beginning");
+        f.replan();
+        let held = |f: &Follower| f.active.as_ref().map_or(0, |a| a.2.spare_capacity());
+        let Polled::Read(r) = f.poll() else {
+            panic!("a batch")
+        };
+        assert!(r.more);
+        assert_eq!(r.events.len(), BATCH_MAX);
+        assert!(held(&f) >= BATCH_MAX, "records kept: {}", held(&f));
+        f.committed(r.events.len());
+        f.recycle(r.events, true);
+        assert!(f.spare.capacity() >= BATCH_MAX);
+        let mut total = BATCH_MAX;
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..4 {
+            if let Polled::Read(r) = f.poll() {
+                total += r.events.len();
+                ids.extend(r.events.iter().map(|e| e.id.clone()));
+                f.committed(r.events.len());
+                f.recycle(r.events, r.more);
+            }
+        }
+        assert_eq!(total, 2_500, "every message once");
+        assert_eq!(ids.len(), 500);
+        assert!(matches!(f.poll(), Polled::Idle { more: false }));
+        assert_eq!(held(&f), 0, "records freed once caught up");
+        assert_eq!(f.spare.capacity(), 0, "events freed once caught up");
     }
 
     #[test]

@@ -233,6 +233,12 @@ impl Tailer {
         self.spare = records;
     }
 
+    /// Records the kept vector has room for ([`Tailer::recycle`]).
+    #[cfg(test)]
+    pub fn spare_capacity(&self) -> usize {
+        self.spare.capacity()
+    }
+
     /// The current position, if a file is open.
     pub fn position(&self) -> Option<Position> {
         self.open.as_ref().map(position_of)

@@ -96,6 +96,15 @@ cpu_ms() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / t}' "/proc
 # VmRSS / VmHWM of a process in kB.
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# Waits SECONDS while reading a process's VmRSS once a second; prints the median in MB
+# with one decimal: what it holds between its bursts, not at whichever instant the
+# wait ended (a source running every 60 s lifts RSS by 2–3 MB for a few seconds).
+rss_steady() {
+  local f; f=$(mktemp)
+  for _ in $(seq 1 "$2"); do sleep 1; rss_kb "$1" >> "$f"; done
+  sort -n "$f" | awk '{v[NR] = $1} END {printf "%.1f\n", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) / 1024}'
+  rm -f "$f"
+}
 
 # Server time (ms, exec + plan) and calls of a role's statements since the last reset.
 role_server_ms() {

@@ -371,11 +371,67 @@ fn sampler_bench() {
     );
 }
 
+/// The one SQL lexer against PostgreSQL's own scanner (`pg_query`, libpg_query) on the
+/// same statements: what reading every query text with the real scanner would cost.
+fn sql_bench() {
+    let statements: Vec<String> = (0..2_000)
+        .map(|i| {
+            format!(
+                "select o.id, o.total, c.name /* orders page */ from orders o join customers c \
+                 on c.id = o.customer_id where o.created_at > now() - interval '{i} days' \
+                 and c.email = 'user{i}@example.com' and o.note <> E'it\\'s' \
+                 order by o.created_at desc limit 50 /*request_id='req-{i}',traceparent=\
+                 '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/"
+            )
+        })
+        .collect();
+    let bytes: usize = statements.iter().map(String::len).sum();
+    let mut n = 0;
+    let ours = best(|| {
+        let t = Instant::now();
+        n = statements
+            .iter()
+            .map(|s| postgres_agent::sql::Lexer::new(s).count())
+            .sum::<usize>();
+        t.elapsed()
+    });
+    let theirs = best(|| {
+        let t = Instant::now();
+        for s in &statements {
+            n += pg_query::scan(s).map_or(0, |r| r.tokens.len());
+        }
+        t.elapsed()
+    });
+    let fingerprint = best(|| {
+        let t = Instant::now();
+        for s in &statements {
+            n += postgres_agent::fingerprint::fingerprint(s).map_or(0, |f| f.len());
+        }
+        t.elapsed()
+    });
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / statements.len() as f64;
+    println!(
+        "SQL lexer, {} statements of {} bytes: ours {:>6.2} µs each ({:.0} MB/s), pg_query::scan {:>6.2} µs ({:.1}x), fingerprint {:>6.2} µs ({n} tokens)",
+        statements.len(),
+        bytes / statements.len(),
+        per(ours),
+        bytes as f64 / ours.as_secs_f64() / 1e6,
+        per(theirs),
+        theirs.as_secs_f64() / ours.as_secs_f64(),
+        per(fingerprint),
+    );
+}
+
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
     (0..5).map(|_| f()).min().unwrap_or_default()
 }
 
 fn main() {
+    // BENCH_ONLY=sql: the SQL lexer against PostgreSQL's scanner alone.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("sql") {
+        sql_bench();
+        return;
+    }
     // BENCH_ONLY=spool: the spool and encoding figures alone.
     // BENCH_ONLY=cycle: the spool's busy cycle alone.
     if !matches!(

@@ -20,6 +20,7 @@ mod redirects;
 mod sampler;
 mod signals;
 mod spool_files;
+mod sql_text;
 mod statements;
 mod supervision;
 mod system;

@@ -13,6 +13,11 @@ use crate::harness::{shared_tempdir, wait_for};
 use crate::logs::{check_logs, files, parse_log, LOG_CONF};
 
 const REQ: &str = "5a3c0d2e-5a8b-4c1f-9e2d-3b4a5c6d7e11";
+const FORGER: &str = "6b4d1e3f-6a9c-4d2a-8f3e-4c5b6d7e8f22";
+/// A client's dollar-quoted string with a non-ASCII tag, holding what looks like a plan's
+/// top node: PostgreSQL reads it as a string, so must the agent.
+const FORGED: &str = "select $é$\nSeq Scan on forged_table  (cost=0.00..1.00 rows=1 width=4)\n$é$ \
+                      as forged, count(*) from small";
 const QUERY: &str = "select b.grp, count(*) from big b join small s on s.id = b.grp \
                      where s.name like 'n1%' group by b.grp order by b.grp";
 
@@ -93,6 +98,12 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
             .env("PGAPPNAME", format!("bitville-{REQ}")),
         "the request",
     );
+    run(
+        pg.psql()
+            .args(["-c", "set auto_explain.log_min_duration = 0", "-c", FORGED])
+            .env("PGAPPNAME", format!("bitville-{FORGER}")),
+        "the forger",
+    );
     // What the server says it ran, from another session (which logs no plan).
     let explained: Value =
         serde_json::from_str(&pg.sql(&format!("explain (analyze, format json) {QUERY}")))
@@ -150,6 +161,23 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
             20_000.0
         );
     }
+    let forged = wait_for("the forger's plan", Duration::from_secs(30), || {
+        listener
+            .events_of("pg_log")
+            .into_iter()
+            .map(|e| e["data"].clone())
+            .find(|d| d["correlation_id"] == FORGER && d.get("plan").is_some())
+    });
+    let p = &forged["plan"];
+    assert_eq!(forged["statement"], FORGED, "{forged:#}");
+    assert_eq!(
+        forged["query_fingerprint"].as_str(),
+        postgres_agent::fingerprint::fingerprint(FORGED).as_deref()
+    );
+    assert_eq!(p.get("ambiguous"), None, "{p:#}");
+    assert_eq!(p["root"]["node_type"], "Aggregate", "{p:#}");
+    assert_eq!(p["root"]["plans"][0]["relation"], "small", "{p:#}");
+    assert!(!p.to_string().contains("forged_table"), "{p:#}");
     drop(agent);
 
     // csvlog (and jsonlog) of the same run: the same plans, to the byte.

@@ -1,9 +1,13 @@
 //! Finding the request a database session belongs to: the `application_name` pattern
 //! (default `bitville-<uuid>`), or else a sqlcommenter-style comment in the query text
-//! (`/*request_id='…',traceparent='00-…'*/`).
+//! (`/*request_id='…',traceparent='00-…'*/`). Comments are found with [`crate::sql`]'s
+//! lexer: a `/*` inside a string constant is the end user's text, not the application's
+//! tag.
 
 use regex::Regex;
 use serde::Serialize;
+
+use crate::sql::{Kind, Lexer};
 
 /// Where a correlation id was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,16 +54,30 @@ pub fn from_application_name(pattern: &Regex, application_name: &str) -> Option<
         .map(|id| id.as_str().to_string())
 }
 
-/// The bodies of the `/* … */` comments of `query`, in order.
-fn comments(query: &str) -> impl Iterator<Item = &str> {
-    let mut rest = query;
-    std::iter::from_fn(move || {
-        let start = rest.find("/*")?;
-        let after = &rest[start + 2..];
-        let end = after.find("*/")?;
-        rest = &after[end + 2..];
-        Some(&after[..end])
-    })
+/// The bodies of the `/* … */` comments of `query` that are comments to PostgreSQL, in
+/// order: not a `/*` inside a string constant, a quoted name or another comment, and not
+/// one left open. A text with a backslash may be read with or without backslash escapes
+/// in `'…'` (`standard_conforming_strings`), and a client's string constant could hide a
+/// forged comment from one reading; only comments that both readings see count.
+fn comments(query: &str) -> Vec<&str> {
+    if memchr::memmem::find(query.as_bytes(), b"/*").is_none() {
+        return Vec::new();
+    }
+    let blocks = |lexer: Lexer<'_>| {
+        lexer
+            .filter(|t| t.kind == Kind::BlockComment && t.closed)
+            .map(|t| (t.start, t.end))
+            .collect::<Vec<_>>()
+    };
+    let mut spans = blocks(Lexer::new(query));
+    if query.contains('\\') {
+        let other = blocks(Lexer::new(query).backslash_quotes());
+        spans.retain(|s| other.contains(s));
+    }
+    spans
+        .into_iter()
+        .map(|(start, end)| &query[start + 2..end - 2])
+        .collect()
 }
 
 /// The sqlcommenter `key='value'` pairs of a comment body.
@@ -70,23 +88,27 @@ fn pairs(body: &str) -> impl Iterator<Item = (&str, &str)> {
     })
 }
 
-/// Reads the first comment that names the request: a `request_id` / `correlation_id`
-/// key, else the trace id of a valid `traceparent`.
+/// The request a statement's comments name: the last `request_id` / `correlation_id` of
+/// its comments (sqlcommenter appends, so a later comment is the newer tag), else the trace
+/// id of the last valid `traceparent`.
 pub fn from_comment(query: &str) -> Option<(String, CorrelationSource)> {
-    comments(query).find_map(|body| {
-        let mut trace = None;
+    let (mut id, mut trace) = (None, None);
+    for body in comments(query) {
         for (k, v) in pairs(body) {
             match k {
-                "request_id" | "correlation_id" if usable(v) => {
-                    return Some((v.to_string(), CorrelationSource::QueryComment))
-                }
+                "request_id" | "correlation_id" if usable(v) => id = Some(v),
                 // The trace id names the request.
-                "traceparent" => trace = traceparent(v).map(|t| t.trace_id),
+                "traceparent" => {
+                    if let Some(t) = traceparent(v) {
+                        trace = Some(t.trace_id);
+                    }
+                }
                 _ => {}
             }
         }
-        trace.map(|t| (t, CorrelationSource::Traceparent))
-    })
+    }
+    id.map(|v| (v.to_string(), CorrelationSource::QueryComment))
+        .or_else(|| trace.map(|t| (t, CorrelationSource::Traceparent)))
 }
 
 /// A W3C trace context: the request's trace and the span that ran the statement, so a
@@ -99,13 +121,14 @@ pub struct Trace {
     pub span_id: String,
 }
 
-/// The trace context of the first sqlcommenter comment with a valid `traceparent`.
+/// The trace context of the last valid `traceparent` of the statement's comments.
 pub fn trace(query: Option<&str>) -> Option<Trace> {
-    comments(query?).find_map(|body| {
-        pairs(body)
-            .filter(|(k, _)| *k == "traceparent")
-            .find_map(|(_, v)| traceparent(v))
-    })
+    comments(query?)
+        .into_iter()
+        .flat_map(pairs)
+        .filter(|(k, _)| *k == "traceparent")
+        .filter_map(|(_, v)| traceparent(v))
+        .last()
 }
 
 /// Parses a `traceparent` value as W3C Trace Context defines it:
@@ -214,6 +237,73 @@ mod tests {
             ))
         );
         assert_eq!(extract(&re(), None, Some("select '/*' ")), None);
+    }
+
+    #[test]
+    fn only_comments_that_postgresql_sees_name_the_request() {
+        let id = |q: &str| from_comment(q).map(|c| c.0);
+        let real = "/*request_id='real-1'*/";
+        for forged in [
+            "select 'form input /*request_id=''attacker'' */' as n",
+            "select E'\\' /*request_id=''attacker''*/' as n",
+            "select $é$ /*request_id='attacker'*/ $é$ as n",
+            "select $$ /*request_id='attacker'*/ $$ as n",
+            "select U&' /*request_id=''attacker''*/' as n",
+            "select 1 as \" /*request_id='attacker'*/\"",
+            "select 1 -- /*request_id='attacker'*/\n",
+            "select 'a'\n' /*request_id=''attacker''*/' as n",
+        ] {
+            assert_eq!(id(forged), None, "{forged}");
+            assert_eq!(
+                id(&format!("{forged} {real}")),
+                Some("real-1".into()),
+                "{forged}"
+            );
+            assert_eq!(
+                trace(Some(&forged.replace(
+                    "request_id='attacker'",
+                    "traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'"
+                ))),
+                None,
+                "{forged}"
+            );
+        }
+        // A backslash before a quote: with standard_conforming_strings off the string
+        // goes on over the forged comment and the real one is inside a string, with it on
+        // both are comments. The text does not say which the server used: neither counts.
+        let two_readings = "select 'C:\\' /*request_id='attacker'*/, ' x' as n";
+        assert_eq!(id(two_readings), None);
+        assert_eq!(id(&format!("{two_readings} {real}")), None);
+        assert_eq!(id(&format!("select 'C:\\' as n {real}")), None);
+        assert_eq!(
+            id(&format!("select 'C:\\\\' as n {real}")),
+            Some("real-1".into())
+        );
+        // Open: not a comment yet (cut at track_activity_query_size), and what follows
+        // is inside it.
+        assert_eq!(id("select 1 /*request_id='attacker'"), None);
+        assert_eq!(
+            id(&format!("select 1 /*request_id='attacker' {real}")),
+            None
+        );
+        // A comment inside a comment is part of it, not a tag.
+        assert_eq!(id("select 1 /* x /*request_id='a'*/ y */"), None);
+    }
+
+    #[test]
+    fn the_last_real_comment_wins() {
+        let q = "/*request_id='old'*/ select 1 /*controller='c',request_id='new'*/";
+        assert_eq!(from_comment(q).map(|c| c.0), Some("new".into()));
+        let t1 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t2 = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01";
+        let q = format!("/*traceparent='{t1}'*/ select 1 /*traceparent='{t2}'*/");
+        assert_eq!(
+            trace(Some(&q)).map(|t| t.trace_id),
+            Some("5bf92f3577b34da6a3ce929d0e0e4736".into())
+        );
+        // A request id beats a trace id whatever their order.
+        let q = format!("/*request_id='r'*/ select 1 /*traceparent='{t2}'*/");
+        assert_eq!(from_comment(&q).map(|c| c.0), Some("r".into()));
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`state_dir`] keeps the spool and status private (0700/0600 whatever the umask).
 //! - [`status`] is the snapshot written on SIGUSR1; [`signals`] and [`systemd`] connect the
 //!   process to its service manager.
+//! - [`sql`] reads SQL text as PostgreSQL's scanner does: the one lexer behind redaction,
+//!   correlation comments, fingerprints and the statement in front of a plan.
 //! - [`commands`] implements the CLI subcommands on top of all of the above.
 
 #![deny(missing_docs)]
@@ -41,6 +43,7 @@ pub mod shipper;
 pub mod signals;
 pub mod sources;
 pub mod spool;
+pub mod sql;
 pub mod state_dir;
 pub mod status;
 pub mod supervisor;

@@ -17,8 +17,8 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::{number_or_text, Budget, Buffers, Explained, Node, Plan, PlanFormat, Wal};
-use crate::fingerprint::block_comment_end;
-use crate::logs::redact::{dollar_quoted, skip_escaped, skip_quoted};
+use crate::sql::lex::quoted_ident_end;
+use crate::sql::{self, Lexer};
 
 /// `<description>  (cost=a..b rows=n width=w)` and the actuals after it.
 static NODE: LazyLock<Regex> = LazyLock::new(|| {
@@ -34,51 +34,21 @@ pub fn looks_like_text(body: &str) -> bool {
 }
 
 /// Whether each line of `body` starts outside string literals, quoted identifiers and
-/// comments. `backslash`: read `'…'` with backslash escapes
-/// (`standard_conforming_strings = off`).
+/// comments, as PostgreSQL's scanner reads them. `backslash`: read `'…'` with backslash
+/// escapes (`standard_conforming_strings = off`).
 fn starts_in_code(body: &str, backslash: bool) -> Vec<bool> {
     let b = body.as_bytes();
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let lexer = if backslash {
+        Lexer::new(body).backslash_quotes()
+    } else {
+        Lexer::new(body)
+    };
     let mut out = vec![true];
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let prev_ident = i > 0 && ident(b[i - 1]);
-        let end = match c {
-            b'\n' => {
-                out.push(true);
-                i += 1;
-                continue;
-            }
-            b'\'' => {
-                let e_string =
-                    i > 0 && matches!(b[i - 1], b'E' | b'e') && !(i > 1 && ident(b[i - 2]));
-                if e_string || backslash {
-                    skip_escaped(b, i)
-                } else {
-                    skip_quoted(b, i, b'\'')
-                }
-            }
-            b'"' => skip_quoted(b, i, b'"'),
-            b'$' if !prev_ident => match dollar_quoted(b, i) {
-                Some(e) => e,
-                None => {
-                    i += 1;
-                    continue;
-                }
-            },
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n)
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => block_comment_end(b, i),
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        let end = end.min(b.len()).max(i + 1);
-        out.extend(memchr::memchr_iter(b'\n', &b[i..end]).map(|_| false));
-        i = end;
+    for t in lexer {
+        // A newline between tokens starts a line in code; one inside a string, a quoted
+        // name or a comment starts a line inside it.
+        let between = t.kind == sql::Kind::Space;
+        out.extend(memchr::memchr_iter(b'\n', &b[t.start..t.end]).map(|_| between));
     }
     out
 }
@@ -482,7 +452,7 @@ fn words(s: &str) -> Vec<&str> {
         let start = i;
         while i < b.len() && b[i] != b' ' {
             if b[i] == b'"' {
-                i = skip_quoted(b, i, b'"');
+                i = quoted_ident_end(b, i);
             } else {
                 i += 1;
             }
@@ -506,7 +476,7 @@ fn qualified(s: &str) -> (Option<String>, String) {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'"' => i = skip_quoted(b, i, b'"'),
+            b'"' => i = quoted_ident_end(b, i),
             b'.' => return (Some(unquote(&s[..i])), unquote(&s[i + 1..])),
             _ => i += 1,
         }

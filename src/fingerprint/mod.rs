@@ -9,6 +9,16 @@
 //! It is *not* `query_id`: the server's id hashes the parse tree, this hashes the text,
 //! so `SELECT 1` and `select 1` agree here while two texts the planner treats alike may
 //! differ. The names stay apart so that nobody joins one with the other.
+//!
+//! The fingerprint is stable across releases: the text is read with the one SQL lexer,
+//! and every text that the reader of earlier releases read as PostgreSQL does has the
+//! fingerprint it had (the tests compare the two over generated statements). Texts that
+//! reader misread — `E'…'`, `B'…'`, `X'…'` or `N'…'` right after a word (`SELECT E'…'`),
+//! a `U&'…'` string, a string continued on the next line, a backslash
+//! before the closing quote of a plain string — now get the fingerprint of what the
+//! server ran.
+
+use crate::sql::{Kind, Lexer};
 
 /// The fingerprint of `sql`, or `None` when it has no statement text (empty, or only
 /// comments).
@@ -31,76 +41,21 @@ pub fn hash_hex(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// The normalized text the fingerprint hashes: tokens joined by one space.
+/// The normalized text the fingerprint hashes: tokens joined by one space. Tokens are
+/// [`crate::sql`]'s, as PostgreSQL reads them; operators and punctuation are one token per
+/// character (as they always were here, so fingerprints did not change with the lexer).
 pub fn normalize(sql: &str) -> String {
-    let b = sql.as_bytes();
     let mut tokens: Vec<Token> = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            _ if c.is_ascii_whitespace() => i += 1,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&x| x == b'\n')
-                    .map_or(b.len(), |p| i + p + 1);
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => i = block_comment_end(b, i),
-            b'\'' => {
-                i = quoted_end(b, i + 1, b'\'');
-                tokens.push(Token::Constant);
-            }
-            // E'…' / B'…' / X'…' / N'…' / U&'…' strings.
-            b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'
-                if b.get(i + 1) == Some(&b'\'') && !prev_is_word(&tokens) =>
-            {
-                i = quoted_end(b, i + 2, b'\'');
-                tokens.push(Token::Constant);
-            }
-            b'"' => {
-                let end = quoted_end(b, i + 1, b'"');
-                tokens.push(Token::Text(
-                    String::from_utf8_lossy(&b[i..end]).into_owned(),
-                ));
-                i = end;
-            }
-            b'$' => {
-                if let Some(end) = dollar_quote_end(b, i) {
-                    i = end;
-                    tokens.push(Token::Constant);
-                } else {
-                    // `$1` parameter (or a stray `$`).
-                    let end = i + 1 + b[i + 1..].iter().take_while(|x| x.is_ascii_digit()).count();
-                    tokens.push(if end > i + 1 {
-                        Token::Constant
-                    } else {
-                        Token::Text("$".into())
-                    });
-                    i = end;
-                }
-            }
-            b'0'..=b'9' => {
-                i = number_end(b, i);
-                tokens.push(Token::Constant);
-            }
-            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) && !prev_is_word(&tokens) => {
-                i = number_end(b, i);
-                tokens.push(Token::Constant);
-            }
-            _ if is_word_start(c) => {
-                let end = i + b[i..].iter().take_while(|&&x| is_word_byte(x)).count();
-                let word = String::from_utf8_lossy(&b[i..end]).to_lowercase();
-                tokens.push(Token::Text(word));
-                i = end;
-            }
-            _ => {
-                // One punctuation or operator character (multi-byte UTF-8 kept whole).
-                let len = utf8_len(c).min(b.len() - i);
-                tokens.push(Token::Text(
-                    String::from_utf8_lossy(&b[i..i + len]).into_owned(),
-                ));
-                i += len;
+    for t in Lexer::new(sql) {
+        let text = &sql[t.start..t.end];
+        match t.kind {
+            // The `N` of `N'…'` belongs to its string: one constant.
+            Kind::Space | Kind::LineComment | Kind::BlockComment | Kind::National => {}
+            Kind::String(_) | Kind::Number | Kind::Param => tokens.push(Token::Constant),
+            Kind::Word => tokens.push(Token::Text(text.to_lowercase())),
+            Kind::QuotedIdent => tokens.push(Token::Text(text.to_string())),
+            Kind::Symbol | Kind::Other => {
+                tokens.extend(text.chars().map(|c| Token::Text(c.to_string())));
             }
         }
     }
@@ -127,113 +82,6 @@ enum Token {
     Text(String),
 }
 
-fn prev_is_word(tokens: &[Token]) -> bool {
-    matches!(tokens.last(), Some(Token::Text(t)) if t.bytes().last().is_some_and(is_word_byte))
-}
-
-fn is_word_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xf0..=0xff => 4,
-        0xe0..=0xef => 3,
-        0xc0..=0xdf => 2,
-        _ => 1,
-    }
-}
-
-/// After `/* … */`, nested as PostgreSQL nests them; the end of the text if unclosed.
-pub(crate) fn block_comment_end(b: &[u8], start: usize) -> usize {
-    let (mut i, mut depth) = (start + 2, 1);
-    while i < b.len() {
-        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-            depth += 1;
-            i += 2;
-        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                return i;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    b.len()
-}
-
-/// After the closing `quote` of a quoted text starting at `i` (a doubled quote is part
-/// of the text; a backslash escapes in E'' strings, harmless elsewhere for this use).
-fn quoted_end(b: &[u8], mut i: usize, quote: u8) -> usize {
-    while i < b.len() {
-        if b[i] == b'\\' && quote == b'\'' {
-            i += 2;
-        } else if b[i] == quote {
-            if b.get(i + 1) == Some(&quote) {
-                i += 2;
-            } else {
-                return i + 1;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    b.len()
-}
-
-/// After a `$tag$ … $tag$` string starting at `start`, if one starts there.
-fn dollar_quote_end(b: &[u8], start: usize) -> Option<usize> {
-    let tag_len = b[start + 1..]
-        .iter()
-        .take_while(|&&x| x.is_ascii_alphanumeric() || x == b'_' || x >= 0x80)
-        .count();
-    let close = start + 1 + tag_len;
-    if b.get(close) != Some(&b'$') || b.get(start + 1).is_some_and(u8::is_ascii_digit) {
-        return None;
-    }
-    let tag = &b[start..=close];
-    let body = close + 1;
-    let end = b[body..]
-        .windows(tag.len())
-        .position(|w| w == tag)
-        .map_or(b.len(), |p| body + p + tag.len());
-    Some(end)
-}
-
-/// After a numeric constant: digits, a fraction, an exponent.
-fn number_end(b: &[u8], mut i: usize) -> usize {
-    let digits = |b: &[u8], mut i: usize| {
-        while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'_') {
-            i += 1;
-        }
-        i
-    };
-    if b[i..].starts_with(b"0x") || b[i..].starts_with(b"0X") {
-        i += 2;
-        while i < b.len() && (b[i].is_ascii_hexdigit() || b[i] == b'_') {
-            i += 1;
-        }
-        return i;
-    }
-    i = digits(b, i);
-    if b.get(i) == Some(&b'.') {
-        i = digits(b, i + 1);
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        let j = i + 1 + usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
-        if b.get(j).is_some_and(u8::is_ascii_digit) {
-            i = digits(b, j);
-        }
-    }
-    i
-}
-
 /// `( ? , ? , ? )` → `( ? )`: lists of constants of any length are one statement.
 fn squash_lists(tokens: &mut Vec<Token>) {
     let comma = Token::Text(",".into());
@@ -248,6 +96,9 @@ fn squash_lists(tokens: &mut Vec<Token>) {
     }
     *tokens = out;
 }
+
+#[cfg(test)]
+mod previous;
 
 #[cfg(test)]
 mod tests {
@@ -329,6 +180,95 @@ mod tests {
             let _ = fingerprint(s);
         }
         assert_eq!(normalize("select $1::int, x$y"), "select ? : : int , x$y");
+    }
+
+    /// Statements as applications write them: every piece is one the reader of earlier
+    /// releases read as PostgreSQL does.
+    const STATEMENT_PIECES: &[&str] = &[
+        "SELECT",
+        "select",
+        "from",
+        "WHERE",
+        "t",
+        "Orders",
+        "a_b",
+        "x$y",
+        "é",
+        "\"Mixed\"",
+        "\"a\"\"b\"",
+        "1",
+        "42",
+        "1.5",
+        "1e3",
+        "1_000",
+        "'x'",
+        "'it''s'",
+        ", E'a\\'b'",
+        "$$x$$",
+        "$t$ y $t$",
+        "$é$ z $é$",
+        ", B'01'",
+        ", N'n'",
+        ", X'1f'",
+        "$1",
+        "$12",
+        "=",
+        "<=",
+        "->>",
+        "::",
+        "+",
+        "-",
+        "*",
+        "(",
+        ")",
+        ",",
+        ";",
+        "[",
+        "]",
+        ".",
+        "/* c */",
+        "/* a /* b */ c */",
+        "in (1, 2, 3)",
+        "values ($1, $2), ($3, $4)",
+    ];
+
+    #[test]
+    fn fingerprints_are_those_of_earlier_releases() {
+        let statement = prop::collection::vec(prop::sample::select(STATEMENT_PIECES), 0..30)
+            .prop_map(|v| v.join(" "));
+        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+            cases: 5_000,
+            failure_persistence: None,
+            ..Default::default()
+        });
+        runner
+            .run(&statement, |text| {
+                prop_assert_eq!(normalize(&text), previous::normalize(&text), "{}", text);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Line comments end at the newline, in both.
+        for text in ["select 1 -- c\n, 2", "select a -- c\nfrom t"] {
+            assert_eq!(normalize(text), previous::normalize(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn texts_the_old_reader_misread_get_the_fingerprint_of_what_the_server_ran() {
+        // A plan or a client's text could forge tokens inside these.
+        assert_eq!(normalize("select U&'d\\0061t' from t"), "select ? from t");
+        // `E'…'` right after a word was read as the word `e` and a string: a session's
+        // text and pg_stat_statements' `$1` got different fingerprints.
+        assert_eq!(
+            normalize("select E'\\n', B'1' from t"),
+            normalize("select $1, $2 from t")
+        );
+        assert_eq!(normalize("select 'a'\n'b' from t"), "select ? from t");
+        assert_eq!(normalize("select 'C:\\' , x from t"), "select ? , x from t");
+        assert_eq!(
+            normalize("select $é$ it's $é$ from t"),
+            normalize("select $1 from t")
+        );
     }
 
     proptest! {

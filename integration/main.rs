@@ -5,6 +5,7 @@ mod harness;
 
 mod activity;
 mod cli;
+mod connection_cap;
 mod delivery;
 mod delivery_policy;
 mod health;

@@ -99,6 +99,31 @@ fn sighup_applies_a_new_interval_and_keeps_the_old_config_when_broken() {
         );
     }
     assert_eq!(agent.logs_named("reload_applied").len(), 1);
+    // A state directory the agent cannot use: rejected as `check` would, before the
+    // spool is stopped.
+    let state = agent.state_dir.display().to_string();
+    std::fs::write(
+        &agent.config_path,
+        toml.replace("interval_s = 1", "interval_s = 3")
+            .replace(&state, "/dev/null/state"),
+    )
+    .expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let rejected = wait_for("the second rejection", Duration::from_secs(10), || {
+        agent.logs_named("reload_rejected").get(1).cloned()
+    });
+    assert!(
+        rejected["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("agent.state_dir: cannot write in /dev/null/state")),
+        "{rejected}"
+    );
+    assert_eq!(agent.logs_named("reload_applied").len(), 1);
+    assert!(
+        agent.logs_named("spool_open_failed").is_empty(),
+        "{}",
+        agent.stderr()
+    );
     agent.signal(libc::SIGUSR1);
     let status = wait_for(
         "status with the rejected reload",
@@ -251,6 +276,20 @@ fn a_second_sigterm_cuts_the_shutdown_short_with_its_own_exit_code_and_a_flushed
     );
     agent.signal(libc::SIGTERM);
     agent.wait_log("shutdown_started", Duration::from_secs(10), |_| true);
+    // A reload during the final flush is refused: it would restart children mid-flush.
+    std::fs::write(
+        &agent.config_path,
+        toml.replace("interval_s = 1", "interval_s = 3"),
+    )
+    .expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let refused = agent.wait_log("reload_rejected", Duration::from_secs(10), |_| true);
+    assert_eq!(refused["error"], "the agent is stopping", "{refused}");
+    assert!(
+        agent.logs_named("reload_applied").is_empty(),
+        "{}",
+        agent.stderr()
+    );
     agent.signal(libc::SIGTERM);
     let code = agent
         .wait_exit(Duration::from_secs(30))

@@ -53,6 +53,16 @@ pub fn prepare(dir: &Path) -> io::Result<Tightened> {
     Ok(t)
 }
 
+/// Prepares `dir` ([`prepare`]) and proves a file can be written in it: what the spool
+/// needs before it opens there. A reload that moves the state directory is checked with
+/// this before anything is stopped.
+pub fn usable(dir: &Path) -> io::Result<()> {
+    prepare(dir)?;
+    let probe = dir.join(".probe");
+    std::fs::write(&probe, b"x")?;
+    std::fs::remove_file(&probe)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +85,15 @@ mod tests {
         let fresh = base.path().join("a/b");
         prepare(&fresh).expect("create");
         assert_eq!(mode(&fresh), DIR_MODE);
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_made_is_not_usable() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let file = base.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(usable(&file.join("state")).is_err());
+        assert!(usable(&base.path().join("state")).is_ok());
+        assert!(!base.path().join("state/.probe").exists());
     }
 }

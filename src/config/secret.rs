@@ -25,19 +25,33 @@ impl Secret {
     }
 }
 
-/// A URL as it may be shown: credentials in it (`https://user:password@host/…`)
-/// become `***`. Used wherever the listener URL (or a `Location` it answered with)
-/// reaches a message, the log or the status dump.
+/// A URL as it may be shown: credentials in it (`https://user:password@host/…`) and
+/// the values of its query (`?api_key=…`, how some receivers take their key) become
+/// `***`. Used wherever the listener URL, the OTLP endpoint (or a `Location` one
+/// answered with) reaches a message, the log or the status dump.
 pub fn display_url(url: &str) -> String {
     let Some(scheme) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
     let rest = &url[scheme..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    let mut out = match rest[..authority_end].rfind('@') {
         Some(at) => format!("{}***{}", &url[..scheme], &rest[at..]),
         None => url.to_string(),
+    };
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query = query.split('#').next().unwrap_or("");
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", masked.join("&"));
     }
+    out
 }
 
 impl fmt::Debug for Secret {
@@ -60,7 +74,11 @@ mod tests {
     fn credentials_in_urls_are_masked() {
         assert_eq!(
             display_url("https://u:p@h:8080/x?a=b@c"),
-            "https://***@h:8080/x?a=b@c"
+            "https://***@h:8080/x?a=***"
+        );
+        assert_eq!(
+            display_url("http://h/v1/logs?api_key=S3&region=eu&flag#frag"),
+            "http://h/v1/logs?api_key=***&region=***&flag"
         );
         assert_eq!(display_url("http://h/ingest"), "http://h/ingest");
         assert_eq!(display_url("http://a@b@h/"), "http://***@h/");

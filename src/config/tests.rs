@@ -264,6 +264,10 @@ fn otlp_is_off_by_default_and_its_endpoint_gets_the_logs_path() {
             "https://c.example/otlp/v1/logs",
         ),
         ("https://c.example/otlp", "https://c.example/otlp/v1/logs"),
+        // The path goes on the path, not after the query.
+        ("http://h/?api_key=S", "http://h/v1/logs?api_key=S"),
+        ("http://h/otlp?k=v&x=y#f", "http://h/otlp/v1/logs?k=v&x=y"),
+        ("http://h/v1/logs/?k=v", "http://h/v1/logs?k=v"),
     ] {
         let c = parse_str(&format!("{base}[otlp]\nendpoint = \"{endpoint}\"\n")).expect("valid");
         assert_eq!(c.otlp.url.as_deref(), Some(url));
@@ -340,7 +344,32 @@ fn otlp_headers_come_from_the_file_too_and_are_never_shown() {
         "[agent]\nproject_id = \"p\"\n[otlp]\nendpoint = \"http://c:4318\"\nheaders_file = \"{}\"\nheaders = {{ dd-api-key = \"k\" }}\n",
         file.display()
     ));
-    assert!(p.contains("\"dd-api-key\" is given twice"), "{p}");
+    assert!(p.contains("line 1 is given twice"), "{p}");
     assert!(p.contains("line 2: expected \"Name: value\""), "{p}");
     assert!(!p.contains("k2"), "{p}");
+    // A secret written where the name goes (no colon after the name, one later) is
+    // named by its line only.
+    std::fs::write(
+        &file,
+        "Authorization Bearer S3CR:ET
+X-Ok: 1
+Bad Name: v4lue
+",
+    )
+    .expect("write");
+    let p = problems(&format!(
+        "[agent]\nproject_id = \"p\"\n[otlp]\nendpoint = \"http://c:4318\"\nheaders_file = \"{}\"\n",
+        file.display()
+    ));
+    assert!(
+        p.contains("line 1: the name is not an HTTP header name"),
+        "{p}"
+    );
+    assert!(
+        p.contains("line 3: the name is not an HTTP header name"),
+        "{p}"
+    );
+    for secret in ["S3CR", "Bearer", "Bad Name", "v4lue"] {
+        assert!(!p.contains(secret), "{secret}: {p}");
+    }
 }

@@ -625,42 +625,48 @@ fn otlp(c: &mut Check, o: &RawOtlp) -> OtlpConfig {
             ),
         );
         None
-    } else if endpoint.trim_end_matches('/').ends_with("/v1/logs") {
-        Some(endpoint.trim_end_matches('/').to_string())
     } else {
-        // As OTEL_EXPORTER_OTLP_ENDPOINT: the base, the signal's path appended.
-        Some(format!("{}/v1/logs", endpoint.trim_end_matches('/')))
+        Some(otlp_logs_url(endpoint))
     };
-    let mut headers: Vec<(String, Secret)> = c
+    // Each header with where it came from: a name from `headers_file` may be a secret
+    // written in the wrong place (`Authorization Bearer …` without its colon), so a
+    // problem with one names its line, never its text.
+    let mut headers: Vec<(String, Secret, Option<String>)> = c
         .value("otlp.headers", &o.headers, Default::default())
         .into_iter()
-        .map(|(k, v)| (k, Secret::new(v)))
+        .map(|(k, v)| (k, Secret::new(v), None))
         .collect();
     let file = c.value("otlp.headers_file", &o.headers_file, String::new());
     if !file.is_empty() {
-        headers.extend(headers_file(c, &file));
+        headers.extend(
+            headers_file(c, &file)
+                .into_iter()
+                .map(|(k, v, line)| (k, v, Some(format!("{file} line {line}")))),
+        );
     }
     let mut seen = std::collections::BTreeSet::new();
-    for (name, value) in &headers {
+    for (name, value, line) in &headers {
+        let (key, what) = match line {
+            Some(l) => ("otlp.headers_file", format!("the header of {l}")),
+            None => ("otlp.headers", format!("{name:?}")),
+        };
         let lower = name.to_ascii_lowercase();
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         {
-            c.problem(
-                "otlp.headers",
-                format!("{name:?} is not an HTTP header name"),
-            );
+            let problem = match line {
+                Some(l) => format!("{l}: the name is not an HTTP header name (expected \"Name: value\"; the line is not shown)"),
+                None => format!("{name:?} is not an HTTP header name"),
+            };
+            c.problem(key, problem);
         } else if OWN_HEADERS.contains(&lower.as_str()) {
-            c.problem(
-                "otlp.headers",
-                format!("{name:?} is set by the agent itself"),
-            );
+            c.problem(key, format!("{what} is set by the agent itself"));
         } else if !seen.insert(lower) {
             c.problem(
-                "otlp.headers",
-                format!("{name:?} is given twice (headers and headers_file together)"),
+                key,
+                format!("{what} is given twice (headers and headers_file together)"),
             );
         }
         if value
@@ -669,11 +675,12 @@ fn otlp(c: &mut Check, o: &RawOtlp) -> OtlpConfig {
             .any(|b| !(0x20..=0x7e).contains(&b) && b != b'\t')
         {
             c.problem(
-                "otlp.headers",
-                format!("the value of {name:?} holds control characters or non-ASCII text, which an HTTP header cannot carry (the value is not shown)"),
+                key,
+                format!("the value of {what} holds control characters or non-ASCII text, which an HTTP header cannot carry (the value is not shown)"),
             );
         }
     }
+    let headers: Vec<(String, Secret)> = headers.into_iter().map(|(k, v, _)| (k, v)).collect();
     let service_name = c.value("otlp.service_name", &o.service_name, "postgresql".into());
     if service_name.trim().is_empty() {
         c.problem(
@@ -703,9 +710,32 @@ fn otlp(c: &mut Check, o: &RawOtlp) -> OtlpConfig {
     }
 }
 
+/// The logs URL of an OTLP endpoint, as `OTEL_EXPORTER_OTLP_ENDPOINT` is read: the
+/// signal's path appended to the endpoint's path (unless it ends with it already), its
+/// query kept after it (`http://h/?api_key=k` → `http://h/v1/logs?api_key=k`); a
+/// fragment is never sent.
+fn otlp_logs_url(endpoint: &str) -> String {
+    let endpoint = endpoint.split('#').next().unwrap_or(endpoint);
+    let (path, query) = match endpoint.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (endpoint, None),
+    };
+    let path = path.trim_end_matches('/');
+    let mut url = if path.ends_with("/v1/logs") {
+        path.to_string()
+    } else {
+        format!("{path}/v1/logs")
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
 /// `Name: value` lines of `otlp.headers_file` (secrets kept out of the config file);
 /// empty lines and `#` comments skipped. Values are never repeated in a message.
-fn headers_file(c: &mut Check, path: &str) -> Vec<(String, Secret)> {
+fn headers_file(c: &mut Check, path: &str) -> Vec<(String, Secret, usize)> {
     let text = match std::fs::read(path) {
         Ok(b) => match String::from_utf8(b) {
             Ok(t) => t,
@@ -726,7 +756,7 @@ fn headers_file(c: &mut Check, path: &str) -> Vec<(String, Secret)> {
             continue;
         }
         match line.split_once(':') {
-            Some((k, v)) => out.push((k.trim().to_string(), Secret::new(v.trim()))),
+            Some((k, v)) => out.push((k.trim().to_string(), Secret::new(v.trim()), n + 1)),
             None => c.problem(
                 "otlp.headers_file",
                 format!("{path} line {}: expected \"Name: value\"", n + 1),

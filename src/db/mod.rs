@@ -3,13 +3,16 @@
 //! statement, lock and idle-in-transaction timeout set at connection start (so no
 //! statement can ever run without them), and the pool is small and fails fast.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use slog::{warn, Logger};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+pub mod cap;
 pub mod text;
 pub mod tls;
+
+use cap::Slot;
 
 use crate::config::{DatabaseConfig, SslMode};
 pub use tls::Tls;
@@ -140,16 +143,19 @@ pub fn session_options(cfg: &DatabaseConfig) -> String {
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The agent's connections to the database, shared by every source and the log reader
-/// (clones share them): at most `database.pool_max_size` open at once, counting the
-/// short ones to other databases and the one-off ones. A borrower waits for a free slot
-/// at most `connect_timeout`; an unused connection to the configured database is kept
-/// for the next borrower for [`IDLE_TIMEOUT`].
+/// (clones share them): at most `database.pool_max_size` sockets open at once in the
+/// whole process ([`cap`]), counting the short ones to other databases, the one-off ones,
+/// the idle ones, those of the pool a reload replaced that are still open, and those
+/// whose borrower gave up while the backend still owed an answer. A borrower waits for an
+/// idle connection or a free slot at most `connect_timeout`; an unused connection to the
+/// configured database is kept for the next borrower for [`IDLE_TIMEOUT`].
 ///
 /// Connections are driven by a thread of their own (not by the borrower's), so a
 /// collector that is restarted does not take down a connection another one is using,
 /// and a connection given back is only kept when its borrower had it for less than one
 /// `statement_timeout`: a borrower cut short (cycle timeout, hang, restart) may leave a
-/// statement running or a dead socket behind, and its connection is closed instead.
+/// statement running or a dead socket behind, and its connection is closed instead. Its
+/// slot is free once its socket is.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
@@ -157,8 +163,9 @@ pub struct Db {
 
 struct Inner {
     max: u32,
-    permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
+    /// A reload replaced this pool: connections coming back are closed, not kept.
+    retired: AtomicBool,
     config: tokio_postgres::Config,
     /// The TLS setup failed (bad `sslrootcert`): every connect then fails with that
     /// reason instead of the agent refusing to run.
@@ -179,7 +186,6 @@ pub struct Conn {
     /// Where it goes back to; `None` for a connection closed after use.
     home: Option<Weak<Inner>>,
     lent_at: Instant,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Conn {
@@ -199,13 +205,16 @@ impl Drop for Conn {
         ) else {
             return;
         };
-        // The permit is released after this body: the connection is idle before its
-        // slot is free, so open connections never exceed the cap.
-        if !client.is_closed() && self.lent_at.elapsed() < home.keep_if_held_under {
+        if !client.is_closed()
+            && self.lent_at.elapsed() < home.keep_if_held_under
+            && !home.retired.load(Ordering::Acquire)
+        {
             home.lock_idle().push(Idle {
                 client,
                 since: Instant::now(),
             });
+            // A borrower waiting for a connection may take this one.
+            cap::global().wake();
         }
     }
 }
@@ -237,21 +246,40 @@ impl Inner {
         self.lock_idle()
             .retain(|i| !i.client.is_closed() && i.since.elapsed() < IDLE_TIMEOUT);
     }
+
+    /// An idle connection that is still open, if there is one.
+    fn take_idle(&self) -> Option<tokio_postgres::Client> {
+        let mut idle = self.lock_idle();
+        while let Some(i) = idle.pop() {
+            if !i.client.is_closed() {
+                return Some(i.client);
+            }
+        }
+        None
+    }
+}
+
+/// What a borrower got: a connection kept idle, or a slot to open one with.
+enum Got {
+    Idle(tokio_postgres::Client),
+    Slot(Slot),
 }
 
 impl Db {
-    /// At most `max_size` connections. None is made here, so a database that is down
-    /// does not keep the agent from starting.
+    /// At most `max_size` sockets, for the whole process (a reload's new pool sets the
+    /// cap for the old one's sockets too). None is made here, so a database that is
+    /// down does not keep the agent from starting.
     pub fn new(cfg: &DatabaseConfig, max_size: u32, log: &Logger) -> Db {
         let tls = tls::make(cfg);
         if let Err(e) = &tls {
             warn!(log, "db_tls_setup_failed"; "error" => %e);
         }
         let max = max_size.max(1);
+        cap::global().set_max(max);
         let inner = Arc::new(Inner {
             max,
-            permits: Arc::new(Semaphore::new(max as usize)),
             idle: Mutex::new(Vec::new()),
+            retired: AtomicBool::new(false),
             config: pg_config(cfg),
             tls,
             connect_timeout: cfg.connect_timeout,
@@ -271,6 +299,14 @@ impl Db {
         Db { inner }
     }
 
+    /// A reload replaced this pool: its idle connections are closed now, and those
+    /// still lent are closed when they come back, so their slots go to the new pool.
+    pub fn retire(&self) {
+        self.inner.retired.store(true, Ordering::Release);
+        let idle = std::mem::take(&mut *self.inner.lock_idle());
+        drop(idle);
+    }
+
     /// The cap (`database.pool_max_size`).
     pub fn max_size(&self) -> u32 {
         self.inner.max
@@ -284,18 +320,23 @@ impl Db {
     /// A connection to the configured database: an idle one, else a new one. Fails fast
     /// with the server's own reason when it refuses.
     pub async fn get(&self) -> Result<Conn, DbError> {
-        let permit = self.permit().await?;
         self.inner.prune();
-        let reused = self.inner.lock_idle().pop();
-        let client = match reused {
-            Some(i) => i.client,
-            None => self.open(self.inner.config.clone()).await?,
+        let got = self
+            .wait(|| {
+                self.inner
+                    .take_idle()
+                    .map(Got::Idle)
+                    .or_else(|| cap::global().try_take().map(Got::Slot))
+            })
+            .await?;
+        let client = match got {
+            Got::Idle(client) => client,
+            Got::Slot(slot) => self.open(self.inner.config.clone(), slot).await?,
         };
         Ok(Conn {
             client: Some(client),
             home: Some(Arc::downgrade(&self.inner)),
             lent_at: Instant::now(),
-            _permit: permit,
         })
     }
 
@@ -308,44 +349,48 @@ impl Db {
     /// A new connection to database `dbname` (the configured one when `None`) with the
     /// same settings and limits, counted against the cap and closed after use.
     pub async fn connect_to(&self, dbname: Option<&str>) -> Result<Conn, DbError> {
-        let permit = self.permit().await?;
-        {
-            // An idle connection gives its slot to the new one.
-            let lent = self.inner.max as usize - self.inner.permits.available_permits();
-            let mut idle = self.inner.lock_idle();
-            while !idle.is_empty() && idle.len() + lent > self.inner.max as usize {
-                idle.remove(0);
-            }
-        }
+        let slot = self
+            .wait(|| {
+                let slot = cap::global().try_take();
+                if slot.is_none() {
+                    // An idle connection gives its slot to the new one (once its socket
+                    // is closed, which wakes this wait).
+                    drop(self.inner.take_idle());
+                }
+                slot
+            })
+            .await?;
         let mut config = self.inner.config.clone();
         if let Some(name) = dbname {
             config.dbname(name);
         }
-        let client = self.open(config).await?;
+        let client = self.open(config, slot).await?;
         Ok(Conn {
             client: Some(client),
             home: None,
             lent_at: Instant::now(),
-            _permit: permit,
         })
     }
 
-    async fn permit(&self) -> Result<OwnedSemaphorePermit, DbError> {
+    /// Runs `attempt` until it gives something, for at most `connect_timeout`.
+    async fn wait<T>(&self, attempt: impl FnMut() -> Option<T>) -> Result<T, DbError> {
         let wait = self.inner.connect_timeout;
-        match tokio::time::timeout(wait, self.inner.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(_)) => Err(DbError::Unreachable("the connections are closed".into())),
-            Err(_) => Err(DbError::Busy {
-                max: self.inner.max,
+        let deadline = tokio::time::Instant::now() + wait;
+        cap::global()
+            .wait_for(deadline, attempt)
+            .await
+            .ok_or_else(|| DbError::Busy {
+                max: cap::global().max(),
                 waited: wait,
-            }),
-        }
+            })
     }
 
-    /// Connects on the connection thread, within `connect_timeout`.
+    /// Connects on the connection thread, within `connect_timeout`. The socket keeps
+    /// `slot` until it is closed.
     async fn open(
         &self,
         config: tokio_postgres::Config,
+        slot: Slot,
     ) -> Result<tokio_postgres::Client, DbError> {
         let tls = self
             .inner
@@ -356,8 +401,12 @@ impl Db {
         let job = drivers().spawn(async move {
             match tokio::time::timeout(timeout, config.connect(tls)).await {
                 Ok(Ok((client, conn))) => {
-                    // Drives the socket; ends when the client is dropped.
-                    tokio::spawn(conn);
+                    // Drives the socket; ends when the client is dropped and nothing is
+                    // owed by the server any more, and the socket is closed.
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                        drop(slot);
+                    });
                     Ok(client)
                 }
                 Ok(Err(e)) => Err(describe(&e)),

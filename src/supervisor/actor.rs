@@ -328,16 +328,38 @@ impl Handler<Reload> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, _: Reload, ctx: &mut Context<Self>) {
-        self.systemd.reloading();
         let at = Utc::now();
-        let new = match Config::load(&self.config_path) {
+        if self.shutting_down {
+            // The children are flushing and stopping: a reload would restart them
+            // mid-flush. Nothing changes; the process is on its way out.
+            warn!(self.log, "reload_rejected"; "error" => "the agent is stopping", "keeping" => self.config.fingerprint());
+            return;
+        }
+        self.systemd.reloading();
+        let loaded = Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|new| {
+                // A new state directory is checked as `check` checks it, before anything
+                // stops: the spool could not open there.
+                if new.agent.state_dir == self.config.agent.state_dir {
+                    return Ok(new);
+                }
+                match crate::state_dir::usable(&new.agent.state_dir) {
+                    Ok(()) => Ok(new),
+                    Err(e) => Err(format!(
+                        "agent.state_dir: cannot write in {}: {e}",
+                        new.agent.state_dir.display()
+                    )),
+                }
+            });
+        let new = match loaded {
             Ok(c) => c,
             Err(e) => {
-                error!(self.log, "reload_rejected"; "error" => %e, "keeping" => self.config.fingerprint());
+                error!(self.log, "reload_rejected"; "error" => &e, "keeping" => self.config.fingerprint());
                 self.last_reload = Some(ReloadStatus {
                     at,
                     applied: false,
-                    error: Some(e.to_string()),
+                    error: Some(e),
                     restarted: vec![],
                 });
                 self.systemd
@@ -347,6 +369,7 @@ impl Handler<Reload> for Supervisor {
         };
         let plan = plan_reload(&self.config, &new);
         if new.database != self.config.database {
+            self.db.retire();
             self.db = Db::new(&new.database, new.database.pool_max_size, &self.log);
         }
         self.config = new;

@@ -648,3 +648,90 @@ fn names_that_are_not_utf8_are_read_lossily_and_blind_no_pass() {
     assert!(names.contains(&"plain".to_string()), "{names:?}");
     drop(raw);
 }
+
+#[test]
+fn a_first_pass_larger_than_the_backlog_ships_every_table_exactly_once() {
+    let pg = cluster();
+    // Four databases of 200 tables with 3 indexes each: a first pass of about 2 MB of
+    // events, against a collector backlog cut to 512 KB for the test (16 MiB in the
+    // agent, where 14 databases of 1,000 tables overflowed it).
+    let dbs = ["d1", "d2", "d3", "d4"];
+    for d in dbs {
+        pg.sql(&format!("CREATE DATABASE {d}"));
+        crate::harness::pg::run(
+            pg.psql().args([
+                "-d",
+                d,
+                "-c",
+                "DO $$ BEGIN FOR i IN 1..200 LOOP \
+                   EXECUTE format('CREATE TABLE t%s (a int PRIMARY KEY, b int, c int)', i); \
+                   EXECUTE format('CREATE INDEX ON t%s (b)', i); \
+                   EXECUTE format('CREATE INDEX ON t%s (c)', i); \
+                 END LOOP; END $$",
+            ]),
+            "200 tables",
+        );
+    }
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let faults = dir.path().join("faults");
+    std::fs::create_dir_all(&faults).expect("mkdir");
+    std::fs::write(faults.join("backlog_bytes"), "524288").expect("write");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("[collection]\n", "[collection]\nactivity = false\n")
+        .replace(
+            "\ntables = false\n",
+            "\ntables = true\ntables_interval_s = 1\n",
+        );
+    let agent = Agent::start(
+        dir.path(),
+        &toml,
+        &[("POSTGRES_AGENT_FAULT_DIR", faults.to_str().expect("utf8"))],
+    );
+    let tables = || {
+        data_of(&listener, "pg_tables")
+            .into_iter()
+            .filter(|d| {
+                d["record"] == "table" && dbs.contains(&d["datname"].as_str().unwrap_or(""))
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "the first pass's summaries",
+        Duration::from_secs(120),
+        || {
+            let summaries = data_of(&listener, "pg_tables")
+                .into_iter()
+                .filter(|d| {
+                    d["record"] == "database" && dbs.contains(&d["datname"].as_str().unwrap_or(""))
+                })
+                .count();
+            (summaries >= dbs.len()).then_some(())
+        },
+    );
+    // Every table once: the first pass ships them all, the next ones nothing (quiet).
+    wait_for("every table shipped", Duration::from_secs(60), || {
+        (tables().len() >= 800).then_some(())
+    });
+    let mut seen = std::collections::HashMap::new();
+    for t in tables() {
+        *seen
+            .entry(format!("{}.{}", t["datname"], t["relation"]))
+            .or_insert(0) += 1;
+        assert_eq!(t["indexes"].as_array().map(Vec::len), Some(3), "{t}");
+    }
+    assert_eq!(seen.len(), 800);
+    assert!(seen.values().all(|&n| n == 1), "shipped twice: {seen:?}");
+    let dropped: Vec<Value> = listener
+        .events_of("agent")
+        .into_iter()
+        .filter(|e| e["data"]["event"] == "events_dropped")
+        .collect();
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let dropped_total = wait_for(
+        "the collector's figures in status",
+        Duration::from_secs(30),
+        || agent.status()["children"]["pg_tables"]["detail"]["dropped_events_total"].as_u64(),
+    );
+    assert_eq!(dropped_total, 0);
+}

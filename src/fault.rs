@@ -45,6 +45,16 @@ pub fn take(child: &str) -> Option<Fault> {
     }
 }
 
+/// A collector's in-memory backlog cap: `default`, unless a test wrote a smaller number
+/// of bytes into `$POSTGRES_AGENT_FAULT_DIR/backlog_bytes` (debug builds only), so that
+/// a test can fill it with a few hundred tables instead of tens of thousands.
+pub fn backlog_cap(default: usize) -> usize {
+    fault_dir()
+        .and_then(|d| std::fs::read_to_string(PathBuf::from(d).join("backlog_bytes")).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(default)
+}
+
 /// The fault directory: only in debug builds (what the tests run).
 fn fault_dir() -> Option<std::ffi::OsString> {
     if cfg!(debug_assertions) {

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::fault;
 use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, FinishUp, Health, Ping, Route};
+use crate::sources::outbox::{outbox, Backlog, Inbox};
 use crate::sources::{CycleError, Source};
 use crate::spool::handoff::{
     hand_over, log_overflow, Handed, Handoff, HandsOver, MAX_PENDING_BYTES,
@@ -40,6 +41,11 @@ pub struct CollectorActor {
     last_error: Option<String>,
     /// Shutting down: told when everything is handed to the spool.
     finishing: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The collector's end of the source's outbox, taken when the actor starts.
+    inbox: Option<Inbox>,
+    /// Where the outbox learns of the backlog (its chunks received and bytes waiting).
+    backlog: Option<tokio::sync::watch::Sender<Backlog>>,
+    chunks_received: u64,
     log: Logger,
     _guard: ExitGuard,
 }
@@ -59,13 +65,24 @@ impl CollectorActor {
         // The connections are shared by every collector (see `Db`).
         let db = Rc::new(db);
         let limit = source.cycle_limit(cycle_limit(&config.database));
-        let handoff = Handoff::new(
+        let cap = fault::backlog_cap(MAX_PENDING_BYTES);
+        let mut handoff = Handoff::new(
             spool,
             log.clone(),
             source.kind().as_str(),
             &config.agent.hostname,
-            MAX_PENDING_BYTES,
+            cap,
         );
+        if source.tracks_shipped() {
+            handoff = handoff.telling_losses();
+        }
+        // A source that hands over as it goes may send while the backlog is under half
+        // its cap: what it reads next fits.
+        let inbox = source.wants_outbox().then(|| {
+            let (out, inbox) = outbox(cap / 2);
+            source.set_outbox(out);
+            inbox
+        });
         CollectorActor {
             source,
             db,
@@ -85,8 +102,35 @@ impl CollectorActor {
             last_success: None,
             last_error: None,
             finishing: None,
+            inbox,
+            backlog: None,
+            chunks_received: 0,
             log,
             _guard: guard,
+        }
+    }
+
+    /// Keeps events for the spool and tells the source of any its cap dropped.
+    fn keep(&mut self, events: Vec<Event>, checkpoint: Option<crate::model::Checkpoint>) {
+        let dropped = self.handoff.keep(events, checkpoint);
+        log_overflow(&self.log, dropped);
+        self.tell_losses();
+    }
+
+    fn tell_losses(&mut self) {
+        let lost = self.handoff.take_lost();
+        if !lost.is_empty() {
+            self.source.lost(&lost);
+        }
+    }
+
+    /// Tells the source's outbox how far the backlog got.
+    fn publish_backlog(&self) {
+        if let Some(tx) = &self.backlog {
+            tx.send_replace(Backlog {
+                received: self.chunks_received,
+                bytes: self.handoff.backlog_bytes(),
+            });
         }
     }
 
@@ -160,8 +204,8 @@ impl CollectorActor {
                 self.stats.events_total += events.len() as u64;
                 self.last_success = Some(Utc::now());
                 self.last_error = None;
-                let dropped = self.handoff.keep(events, self.source.checkpoint());
-                log_overflow(&self.log, dropped);
+                let checkpoint = self.source.checkpoint();
+                self.keep(events, checkpoint);
             }
             Err(e) => {
                 self.stats.cycle_errors_total += 1;
@@ -170,7 +214,35 @@ impl CollectorActor {
             }
         }
         hand_over(self, ctx);
+        self.publish_backlog();
     }
+}
+
+/// The chunks a source sends through its outbox during a cycle.
+struct Chunks(tokio::sync::mpsc::UnboundedReceiver<Vec<Event>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Vec<Event>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Vec<Event>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+impl StreamHandler<Vec<Event>> for CollectorActor {
+    fn handle(&mut self, chunk: Vec<Event>, ctx: &mut Context<Self>) {
+        self.stats.events_total += chunk.len() as u64;
+        self.chunks_received += 1;
+        self.keep(chunk, None);
+        hand_over(self, ctx);
+        self.publish_backlog();
+    }
+
+    /// The source is gone with the actor; nothing to do (the default stops the actor).
+    fn finished(&mut self, _: &mut Context<Self>) {}
 }
 
 impl HandsOver for CollectorActor {
@@ -179,6 +251,8 @@ impl HandsOver for CollectorActor {
     }
 
     fn handed(&mut self, _: &Handed, _: &mut Context<Self>) {
+        self.tell_losses();
+        self.publish_backlog();
         if self.handoff.is_empty() {
             if let Some(tx) = self.finishing.take() {
                 let _ = tx.send(());
@@ -206,8 +280,7 @@ impl Handler<FinishUp> for CollectorActor {
         let n = events.len();
         if n > 0 {
             self.stats.events_total += n as u64;
-            let dropped = self.handoff.keep(events, None);
-            log_overflow(&self.log, dropped);
+            self.keep(events, None);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.handoff.is_empty() {
@@ -236,6 +309,10 @@ impl Actor for CollectorActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(inbox) = self.inbox.take() {
+            self.backlog = Some(inbox.backlog);
+            ctx.add_stream(Chunks(inbox.chunks));
+        }
         self.tick_started = Instant::now();
         self.tick(ctx);
         self.schedule(ctx);

@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod health;
 pub mod locks;
+pub mod outbox;
 pub mod sampler;
 pub mod session;
 pub mod statements;
@@ -102,6 +103,21 @@ pub trait Source {
     fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
         None
     }
+    /// Whether the source hands events over in the course of a cycle; it then gets its
+    /// [`outbox::Outbox`] once, before the first cycle.
+    fn wants_outbox(&self) -> bool {
+        false
+    }
+    /// The way to hand events over before the cycle ends (when [`Source::wants_outbox`]).
+    fn set_outbox(&self, _outbox: outbox::Outbox) {}
+    /// Whether the source remembers what it shipped (so that it ships only what changed)
+    /// and must be told of events that never reached the spool.
+    fn tracks_shipped(&self) -> bool {
+        false
+    }
+    /// Events of this source that were dropped before the spool had them (their ids):
+    /// whatever the source marked as shipped with them is forgotten, so they ship again.
+    fn lost(&self, _ids: &[String]) {}
 }
 
 /// Records a source's new state and says so in the agent's log when it changed: at

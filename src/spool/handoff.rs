@@ -6,7 +6,7 @@
 //! ones, and a loss report travels with the next hand-over that succeeds.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -35,7 +35,32 @@ pub struct DropReport {
     pub oldest: Option<DateTime<Utc>>,
     /// Newest collection time among them.
     pub newest: Option<DateTime<Utc>>,
+    /// Why (the last drop's cause).
+    pub reason: String,
 }
+
+/// Why a backlog dropped events: the spool was away, or it was taking events and one
+/// collection still made more than the backlog holds.
+pub fn drop_reason(spool_took_recently: bool, cap: usize) -> String {
+    let cap = if cap >= 1 << 20 {
+        format!("{} MiB", cap >> 20)
+    } else {
+        format!("{} KiB", cap >> 10)
+    };
+    if spool_took_recently {
+        format!(
+            "one collection made more events than the source's in-memory backlog holds ({cap}) while the spool was taking them"
+        )
+    } else {
+        format!(
+            "the spool did not take events for long and the source's in-memory backlog ({cap}) was full"
+        )
+    }
+}
+
+/// The spool failing hand-overs (or away) for this long is the cause of a full backlog;
+/// a shorter hiccup is not.
+const SPOOL_AWAY: Duration = Duration::from_secs(5);
 
 impl DropReport {
     /// Counts events about to be dropped.
@@ -63,8 +88,7 @@ impl DropReport {
             dropped: self.dropped,
             oldest_collected_at: self.oldest,
             newest_collected_at: self.newest,
-            reason: "the spool did not take events for long and the in-memory backlog was full"
-                .to_string(),
+            reason: self.reason.clone(),
         }
         .event(host, Utc::now())
         .ok()
@@ -121,6 +145,12 @@ pub struct Handoff {
     /// A retry is scheduled: never more than one, however often the source hands over
     /// while the spool is away.
     retry_pending: bool,
+    /// Since when the spool's answers are failures (or its route is empty): tells a full
+    /// backlog's cause. `None` while it takes events.
+    failing_since: Option<Instant>,
+    /// Ids of dropped events not yet told to the source, when it asked for them
+    /// ([`Handoff::telling_losses`]).
+    lost: Option<Vec<String>>,
 }
 
 impl Handoff {
@@ -148,7 +178,37 @@ impl Handoff {
             spare: Vec::new(),
             recycle: false,
             retry_pending: false,
+            failing_since: None,
+            lost: None,
         }
+    }
+
+    /// Keeps the ids of the events the cap drops for [`Handoff::take_lost`]: for a source
+    /// that remembers what it shipped (a table's signature) and must forget what never
+    /// reached the spool.
+    pub fn telling_losses(mut self) -> Handoff {
+        self.lost = Some(Vec::new());
+        self
+    }
+
+    /// Ids of the events dropped since the last call (empty unless
+    /// [`Handoff::telling_losses`]).
+    pub fn take_lost(&mut self) -> Vec<String> {
+        self.lost.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Bytes waiting for the spool, on their way included.
+    pub fn backlog_bytes(&self) -> usize {
+        self.pending_bytes
+            + self
+                .in_flight
+                .as_ref()
+                .map_or(0, |f| f.events.iter().map(Event::bytes).sum())
+    }
+
+    /// The cap on [`Handoff::backlog_bytes`] (before the oldest are dropped).
+    pub fn cap(&self) -> usize {
+        self.cap
     }
 
     /// Queues events (and the state that is true once they are stored, replacing an
@@ -176,6 +236,13 @@ impl Handoff {
         }
         if over > 0 {
             self.drops.add(&self.pending[..over]);
+            let away = self
+                .failing_since
+                .is_some_and(|t| t.elapsed() >= SPOOL_AWAY);
+            self.drops.reason = drop_reason(!away, self.cap);
+            if let Some(lost) = self.lost.as_mut() {
+                lost.extend(self.pending[..over].iter().map(|e| e.id.clone()));
+            }
             self.pending.drain(..over);
             self.dropped_total += over as u64;
         }
@@ -256,6 +323,7 @@ impl Handoff {
         };
         match result {
             Ok(backlog) => {
+                self.failing_since = None;
                 // Reported: count only what was dropped since.
                 self.drops.dropped -= f.reported.min(self.drops.dropped);
                 if self.drops.dropped == 0 {
@@ -274,6 +342,7 @@ impl Handoff {
                 Handed::Delivered(n, backlog)
             }
             Err(e) => {
+                self.failing_since.get_or_insert_with(Instant::now);
                 // Back in front of what came meanwhile; the newer checkpoint wins
                 // (taking in the row changes of the one that failed).
                 // The spool dropped its share of the message by now: no copy.
@@ -310,6 +379,7 @@ pub trait HandsOver: Actor<Context = Context<Self>> {
 /// wait, and every [`RETRY`] while the spool is away or fails.
 pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
     let Some(spool) = act.handoff().spool.get() else {
+        act.handoff().failing_since.get_or_insert_with(Instant::now);
         if !act.handoff().is_empty() {
             retry_later(act, ctx);
         }
@@ -382,6 +452,45 @@ mod tests {
     fn handoff(source: &'static str, cap: usize) -> Handoff {
         let log = Logger::root(slog::Discard, slog::o!());
         Handoff::new(Route::default(), log, source, "h", cap * ev(0).bytes())
+    }
+
+    fn reason(m: &Enqueue) -> String {
+        let report: serde_json::Value = serde_json::from_str(m.events[0].data.get()).expect("json");
+        report["reason"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn a_full_backlog_says_its_real_cause_and_tells_the_source_what_it_lost() {
+        // The spool took every hand-over: the collection was too large.
+        let mut h = handoff("pg_tables", 2).telling_losses();
+        h.keep(vec![ev(0), ev(1), ev(2)], None);
+        assert_eq!(h.take_lost(), ["e0"]);
+        assert!(h.take_lost().is_empty(), "told once");
+        let m = h.take().expect("a message");
+        assert!(
+            reason(&m).starts_with("one collection made more events than"),
+            "{}",
+            reason(&m)
+        );
+        assert_eq!(h.taken(Ok(0)), Handed::Delivered(2, 0));
+        // The spool fails for longer than a hiccup: it is the cause.
+        h.keep(vec![ev(3)], None);
+        h.take().expect("a message");
+        assert!(matches!(h.taken(Err("down".into())), Handed::Failed(_)));
+        h.failing_since = Some(Instant::now() - SPOOL_AWAY);
+        h.keep(vec![ev(4), ev(5)], None);
+        assert_eq!(h.take_lost(), ["e3"]);
+        let m = h.take().expect("a message");
+        assert!(
+            reason(&m).starts_with("the spool did not take events for long"),
+            "{}",
+            reason(&m)
+        );
+        // A source that does not track what it shipped keeps no ids.
+        let mut plain = handoff("pg_activity", 1);
+        plain.keep(vec![ev(0), ev(1)], None);
+        assert!(plain.take_lost().is_empty());
+        assert_eq!(plain.dropped_total(), 1);
     }
 
     #[test]

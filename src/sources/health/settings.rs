@@ -134,6 +134,18 @@ impl Source for SettingsSource {
         EventKind::PgSettings
     }
 
+    fn tracks_shipped(&self) -> bool {
+        true
+    }
+
+    /// A change that never reached the spool would never ship again (the next cycle
+    /// compares with the settings it saw): the next cycle ships them all, as a first.
+    fn lost(&self, ids: &[String]) {
+        if !ids.is_empty() {
+            *self.last.borrow_mut() = None;
+        }
+    }
+
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
         let host = self.host.clone();
         let last = self.last.clone();
@@ -213,6 +225,21 @@ mod tests {
                 ("jit", Some("off"), None, false),
             ]
         );
+    }
+
+    #[test]
+    fn a_change_that_never_reached_the_spool_ships_again_as_a_full_reading() {
+        let src = SettingsSource {
+            host: "h".into(),
+            last: Rc::new(RefCell::new(Some(seen(&[(
+                "jit", "off", "default", false,
+            )])))),
+        };
+        assert!(src.tracks_shipped());
+        src.lost(&[]);
+        assert!(src.last.borrow().is_some());
+        src.lost(&["pg_settings:h:1".into()]);
+        assert!(src.last.borrow().is_none());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::db::text::{raw_bytes, text};
 use crate::db::Db;
 use crate::model::{Event, EventKind, Problem, SourceState};
+use crate::sources::outbox::Outbox;
 use crate::sources::{CollectFuture, CycleError, Source};
 
 /// Columns of `pg_stat_user_tables` that are gauges, not counters.
@@ -241,6 +242,35 @@ pub struct Memory {
     indexes: Readings<(i64, i64)>,
     /// Each table's signature at the last pass: a new one ships the table.
     signatures: HashMap<(i64, i64), i32>,
+    /// Each shipped table's indexes, to forget their readings with the table's.
+    indexes_of: HashMap<(i64, i64), Vec<i64>>,
+}
+
+impl Memory {
+    /// Forgets what a pass remembered of tables whose events never reached the spool:
+    /// their signatures (so they ship again, whether or not they change) and their and
+    /// their indexes' readings (so no delta is taken against a reading never shipped).
+    /// `ids` are event ids; a table's ends in `:<datid>:<relid>`.
+    pub fn forget_shipped(&mut self, ids: &[String]) {
+        let keys: HashSet<(i64, i64)> = ids
+            .iter()
+            .filter_map(|id| {
+                let mut parts = id.rsplitn(3, ':');
+                let relid = parts.next()?.parse().ok()?;
+                let datid = parts.next()?.parse().ok()?;
+                Some((datid, relid))
+            })
+            .collect();
+        let mut indexes = HashSet::new();
+        for k in &keys {
+            self.signatures.remove(k);
+            for i in self.indexes_of.remove(k).unwrap_or_default() {
+                indexes.insert((k.0, i));
+            }
+        }
+        self.tables.retain(|k| !keys.contains(k));
+        self.indexes.retain(|k| !indexes.contains(k));
+    }
 }
 
 /// Reads the tables of every database.
@@ -252,6 +282,9 @@ pub struct TablesSource {
     memory: Rc<RefCell<Memory>>,
     /// What the last pass could not do.
     state: Rc<RefCell<Option<SourceState>>>,
+    /// Each database's events go to the collector as soon as it is read (when run by
+    /// one): a pass of many databases never waits in memory whole.
+    outbox: RefCell<Option<Outbox>>,
 }
 
 impl TablesSource {
@@ -266,8 +299,10 @@ impl TablesSource {
                 tables: Readings::new(TABLE_GAUGES),
                 indexes: Readings::new(&[]),
                 signatures: HashMap::new(),
+                indexes_of: HashMap::new(),
             })),
             state: Rc::new(RefCell::new(None)),
+            outbox: RefCell::new(None),
         }
     }
 }
@@ -317,6 +352,9 @@ pub fn changed(sigs: &[Signature], datid: i64, memory: &mut Memory) -> Vec<i64> 
     memory
         .tables
         .retain(|(d, r)| *d != datid || seen.contains(r));
+    memory
+        .indexes_of
+        .retain(|(d, r), _| *d != datid || seen.contains(r));
     out
 }
 
@@ -334,6 +372,9 @@ fn to_table(
     let index_rows = objects(r.remove("indexes"));
     let mut indexes = Vec::with_capacity(index_rows.len());
     let mut indexes_bytes = 0;
+    let ids = memory.indexes_of.entry((datid, relid)).or_default();
+    ids.clear();
+    ids.extend(index_rows.iter().filter_map(|i| int_of(i, "indexrelid")));
     for mut i in index_rows {
         let indexrelid = int_of(&i, "indexrelid").unwrap_or(0);
         let istats = object(i.remove("stats")).unwrap_or_default();
@@ -403,8 +444,34 @@ pub fn summary(datname: &str, sigs: &[Signature], shipped: usize) -> DatabasePas
 /// before the next are read (a first pass of thousands holds a chunk, not all).
 const DETAILS_CHUNK: usize = 100;
 
+/// Where a pass's events go: into the cycle's result, and (when a collector runs the
+/// source) to the collector each time a chunk of tables is read.
+struct Sink<'a> {
+    events: &'a mut Vec<Event>,
+    outbox: Option<&'a mut Outbox>,
+    /// When the pass's time is up: waits for room end then.
+    until: Instant,
+}
+
+impl Sink<'_> {
+    /// Hands what was read so far to the collector and waits until it has room.
+    async fn flush(&mut self) -> Result<(), CycleError> {
+        if let Some(out) = self.outbox.as_mut() {
+            let wait = self.until.saturating_duration_since(Instant::now());
+            out.send(std::mem::take(self.events), wait)
+                .await
+                .map_err(|_| CycleError::Host {
+                    what: "the collector".into(),
+                    error: "it is gone".into(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
 /// One database's part of a pass on its own connection: signatures, then the changed
-/// tables in full, as events into `out` (each with an id under `id_prefix`).
+/// tables in full, as events into `out` (each with an id under `id_prefix`), handed
+/// over a chunk at a time.
 async fn pass_database(
     db: &Db,
     (name, datid): (&str, i64),
@@ -412,7 +479,7 @@ async fn pass_database(
     memory: &RefCell<Memory>,
     id_prefix: &str,
     at: DateTime<Utc>,
-    out: &mut Vec<Event>,
+    out: &mut Sink<'_>,
 ) -> Result<DatabasePass, CycleError> {
     let conn = db.connect_to(Some(name)).await?;
     let rows = conn
@@ -426,13 +493,17 @@ async fn pass_database(
     for chunk in wanted.chunks(DETAILS_CHUNK) {
         let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&chunk]).await?;
         let now = Instant::now();
-        let mut m = memory.borrow_mut();
-        for r in rows {
-            if let Some(t) = to_table(r, name, datid, &mut m, now) {
-                out.push(event(format!("{id_prefix}:{}", t.relid), at, &t)?);
-                shipped += 1;
+        {
+            let mut m = memory.borrow_mut();
+            for r in rows {
+                if let Some(t) = to_table(r, name, datid, &mut m, now) {
+                    out.events
+                        .push(event(format!("{id_prefix}:{}", t.relid), at, &t)?);
+                    shipped += 1;
+                }
             }
         }
+        out.flush().await?;
     }
     Ok(summary(name, &sigs, shipped))
 }
@@ -452,7 +523,24 @@ impl Source for TablesSource {
         self.max_pass + base
     }
 
+    fn wants_outbox(&self) -> bool {
+        true
+    }
+
+    fn set_outbox(&self, outbox: Outbox) {
+        *self.outbox.borrow_mut() = Some(outbox);
+    }
+
+    fn tracks_shipped(&self) -> bool {
+        true
+    }
+
+    fn lost(&self, ids: &[String]) {
+        self.memory.borrow_mut().forget_shipped(ids);
+    }
+
     fn collect(&self, db: Rc<Db>) -> CollectFuture {
+        let mut outbox = self.outbox.borrow().clone();
         let host = self.host.clone();
         let max_relations = self.max_relations as i64;
         let max_pass = self.max_pass;
@@ -501,6 +589,11 @@ impl Source for TablesSource {
                 }
                 let db_started = Instant::now();
                 let prefix = format!("pg_tables:{host}:{}:{datid}", at.timestamp_micros());
+                let mut sink = Sink {
+                    events: &mut events,
+                    outbox: outbox.as_mut(),
+                    until: started + max_pass,
+                };
                 let res = pass_database(
                     &db,
                     (name, *datid),
@@ -508,7 +601,7 @@ impl Source for TablesSource {
                     &memory,
                     &prefix,
                     at,
-                    &mut events,
+                    &mut sink,
                 )
                 .await;
                 let mut summary = match res {
@@ -532,6 +625,17 @@ impl Source for TablesSource {
                 summary.duration_ms = db_started.elapsed().as_millis() as u64;
                 let id = format!("pg_tables:{host}:{}:{datid}", at.timestamp_micros());
                 events.push(event(id, at, &summary)?);
+                // This database's summary goes now; the next database is read once the
+                // collector took it in and has room (or the pass's time is up: the
+                // collector keeps what it gets within its cap, and says so if it must
+                // drop any).
+                Sink {
+                    events: &mut events,
+                    outbox: outbox.as_mut(),
+                    until: started + max_pass,
+                }
+                .flush()
+                .await?;
             }
             // Databases gone are forgotten.
             let ids: HashSet<i64> = databases.iter().map(|(_, d)| *d).collect();
@@ -623,6 +727,7 @@ fn event<T: Serialize>(id: String, at: DateTime<Utc>, data: &T) -> Result<Event,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::health::counters::Compared;
 
     fn sig(relid: i64, signature: i32, age: i64) -> Signature {
         Signature {
@@ -640,7 +745,37 @@ mod tests {
             tables: Readings::new(TABLE_GAUGES),
             indexes: Readings::new(&[]),
             signatures: HashMap::new(),
+            indexes_of: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_table_whose_event_never_reached_the_spool_is_read_again_as_new() {
+        let mut m = memory();
+        assert_eq!(
+            changed(&[sig(1, 10, 5), sig(2, 20, 9)], 7, &mut m),
+            vec![1, 2]
+        );
+        let now = Instant::now();
+        let mut row = Row::new();
+        row.insert("seq_scan".into(), Value::from(3));
+        for (d, r) in [(7, 1), (7, 2)] {
+            m.tables.step((d, r), &row, now);
+            m.indexes.step((d, r * 100), &row, now);
+            m.indexes_of.insert((d, r), vec![r * 100]);
+        }
+        // Table 2's event was dropped (a summary's id is no table's and changes nothing).
+        m.forget_shipped(&[
+            "pg_tables:h:1700000000:7:2".to_string(),
+            "pg_tables:h:1700000000:7".to_string(),
+            "nonsense".to_string(),
+        ]);
+        assert_eq!(changed(&[sig(1, 10, 5), sig(2, 20, 9)], 7, &mut m), vec![2]);
+        // No delta against the reading that was never shipped; table 1 keeps its own.
+        assert_eq!(m.tables.step((7, 2), &row, now), Compared::First);
+        assert_eq!(m.indexes.step((7, 200), &row, now), Compared::First);
+        assert!(m.tables.step((7, 1), &row, now).deltas().is_some());
+        assert!(m.indexes.step((7, 100), &row, now).deltas().is_some());
     }
 
     #[test]

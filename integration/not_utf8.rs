@@ -115,3 +115,97 @@ fn text_that_is_not_utf8_is_read_lossily_and_flagged_by_every_source() {
     assert_eq!(st["children"]["pg_statements"]["restarts"], 0, "{st}");
     drop((idle, holder, waiter));
 }
+
+/// One statement whose text is not UTF-8, written in a `SQL_ASCII` database, fails
+/// `pg_stat_statements(true)` as a whole when the agent reads it from a UTF8 database
+/// (every entry's text is converted). Names never depend on texts; the texts are read in
+/// a `SQL_ASCII` database with the extension, where nothing is converted, and until
+/// there is one the summary says so and how to fix it.
+#[test]
+fn a_text_a_utf8_database_cannot_hold_blinds_no_other_statement() {
+    use std::os::unix::ffi::OsStrExt;
+    let pg = PgCluster::start("shared_preload_libraries = 'pg_stat_statements'\n");
+    pg.sql("CREATE DATABASE utf8db ENCODING 'UTF8' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'");
+    pg.sql("CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'");
+    let in_db = |db: &str, sql: &[u8]| {
+        run(
+            pg.psql()
+                .args(["-d", db, "-c"])
+                .arg(std::ffi::OsStr::from_bytes(sql))
+                .env("PGCLIENTENCODING", "SQL_ASCII"),
+            "a statement",
+        );
+    };
+    in_db(
+        "utf8db",
+        b"create extension pg_stat_statements; create table marker_t (x int)",
+    );
+    in_db("sqlascii", b"create table t (x int)");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("dbname = \"postgres\"", "dbname = \"utf8db\"")
+        .replace("statements = false", "statements = true")
+        .replace("[collection]\n", "[collection]\nactivity = false\n");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for("the statements baseline", Duration::from_secs(30), || {
+        (!listener.events_of("pg_statements").is_empty()).then_some(())
+    });
+    let statement = |prefix: &'static str| {
+        let listener = &listener;
+        move || {
+            listener.events_of("pg_statements").into_iter().find(|e| {
+                e["data"]["query"]
+                    .as_str()
+                    .is_some_and(|q| q.starts_with(prefix))
+            })
+        }
+    };
+
+    // Without the extension in the SQL_ASCII database: names arrive, texts cannot.
+    in_db("sqlascii", b"select x as \"\xff\" from t");
+    in_db("utf8db", b"select count(*) from marker_t where x = 1");
+    let marker = wait_for("the marker's counts", Duration::from_secs(30), || {
+        listener.events_of("pg_statements").into_iter().find(|e| {
+            e["data"]["datname"] == "utf8db"
+                && e["data"]["calls"] == 1
+                && e["data"]["query"].is_null()
+        })
+    });
+    assert_eq!(marker["data"]["usename"], "postgres", "{marker}");
+    let summary = wait_for("a summary saying why", Duration::from_secs(30), || {
+        listener.events_of("pg_statements").into_iter().find(|e| {
+            e["data"]["names_error"].as_str().is_some_and(|m| {
+                m.contains("CREATE EXTENSION pg_stat_statements; in")
+                    && m.contains("SQL_ASCII database")
+                    && m.contains("sqlascii")
+            })
+        })
+    });
+    assert!(
+        summary["data"]["names_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("(22021)"),
+        "{summary}"
+    );
+
+    // With it: every text, the one that is not UTF-8 lossily and flagged.
+    in_db("sqlascii", b"create extension pg_stat_statements");
+    in_db("utf8db", b"select count(*) from marker_t where x = 2");
+    let good = wait_for(
+        "the marker's text",
+        Duration::from_secs(30),
+        statement("select count(*) from marker_t where x = $1"),
+    );
+    assert_eq!(good["data"]["datname"], "utf8db");
+    assert_eq!(good["data"].get("not_utf8"), None, "{good}");
+    in_db("sqlascii", b"select x as \"\xff\" from t");
+    let bad = wait_for(
+        "the SQL_ASCII statement's text",
+        Duration::from_secs(30),
+        statement("select x as \"\u{fffd}\" from t"),
+    );
+    assert_eq!(bad["data"]["not_utf8"], true, "{bad}");
+    assert_eq!(bad["data"]["datname"], "sqlascii");
+}

@@ -95,6 +95,9 @@ pub struct StatementDelta<'a> {
     /// on activity, lock and log events of the statement. Absent when the text was cut.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_fingerprint: Option<String>,
+    /// The text's bytes were not UTF-8 (a `SQL_ASCII` database's): read with U+FFFD.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_utf8: bool,
     /// Start of the interval (the previous sample).
     pub since: DateTime<Utc>,
     /// Length of the interval, seconds.
@@ -142,6 +145,8 @@ pub struct Names {
     pub texts: HashMap<i64, String>,
     /// queryid → the agent's fingerprint of the text, when the text is whole.
     pub fingerprints: HashMap<i64, String>,
+    /// queryids whose text was not UTF-8 (read with U+FFFD).
+    pub not_utf8: std::collections::HashSet<i64>,
     /// Database oid → name.
     pub databases: HashMap<u32, String>,
     /// Role oid → name.
@@ -174,6 +179,7 @@ pub fn statement<'a>(
         toplevel: d.key.toplevel,
         query: names.texts.get(&d.key.queryid).cloned(),
         query_fingerprint: names.fingerprints.get(&d.key.queryid).cloned(),
+        not_utf8: names.not_utf8.contains(&d.key.queryid),
         since,
         interval_s: secs,
         new: d.new,

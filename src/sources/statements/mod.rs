@@ -79,7 +79,7 @@ impl Source for StatementsSource {
         };
         Box::pin(async move {
             let conn = db.get().await?;
-            cycle.run(&conn).await
+            cycle.run(&db, &conn).await
         })
     }
 }
@@ -95,7 +95,7 @@ struct Cycle {
 }
 
 impl Cycle {
-    async fn run(&self, conn: &Client) -> Result<Vec<Event>, CycleError> {
+    async fn run(&self, db: &Db, conn: &Client) -> Result<Vec<Event>, CycleError> {
         let known = self.tracker.borrow().ext.clone();
         let (now, ext) = query::extension(conn, known.as_ref()).await?;
         let ext = match ext {
@@ -129,7 +129,7 @@ impl Cycle {
             // The baseline has moved on with these deltas: failing to read texts or
             // names must not lose them. They ship with the names already known (the
             // others null); the summary and the source's state say why.
-            if let Err(e) = self.fill_names(conn, &ext, &concluded.deltas).await {
+            if let Err(e) = self.fill_names(db, conn, &ext, &concluded.deltas).await {
                 summary.names_error = Some(e.to_string());
                 self.tracker.borrow_mut().names_unread(&e);
             }
@@ -149,9 +149,11 @@ impl Cycle {
     }
 
     /// Query texts for queryids not seen before, database and role names for oids not
-    /// seen before: one query each, only when something is missing.
+    /// seen before: one query each, only when something is missing. Names are read
+    /// whether or not the texts could be; the first error is the answer.
     async fn fill_names(
         &self,
+        db: &Db,
         conn: &Client,
         ext: &query::Extension,
         deltas: &[delta::Delta],
@@ -163,12 +165,76 @@ impl Cycle {
             });
         }
         let missing = self.tracker.borrow().missing(deltas);
-        if !missing.texts.is_empty() {
-            let texts = query::texts(conn, ext, &missing.texts, self.max_len).await?;
-            self.tracker
-                .borrow_mut()
-                .add_texts(texts, self.max_len as usize, self.redact);
+        let texts = if missing.texts.is_empty() {
+            Ok(())
+        } else {
+            match self.texts(db, conn, ext, &missing.texts).await {
+                Ok(texts) => {
+                    self.tracker
+                        .borrow_mut()
+                        .add_texts(texts, self.max_len as usize, self.redact);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.fill_oid_names(conn, &missing).await?;
+        texts
+    }
+
+    /// Texts of `queryids`. In a database whose encoding cannot hold some entry's text
+    /// (one written in a `SQL_ASCII` database), `pg_stat_statements(true)` fails as a
+    /// whole; the texts are then read in a `SQL_ASCII` database where the extension is
+    /// installed, which converts nothing, and else the error says what would fix it.
+    async fn texts(
+        &self,
+        db: &Db,
+        conn: &Client,
+        ext: &query::Extension,
+        queryids: &[i64],
+    ) -> Result<Vec<query::Text>, DbError> {
+        let e = match query::texts(conn, &ext.schema, queryids, self.max_len).await {
+            Ok(t) => return Ok(t),
+            Err(e) if query::is_encoding_error(&e) => e,
+            Err(e) => return Err(e),
+        };
+        let candidates = query::sql_ascii_databases(conn).await?;
+        for name in &candidates {
+            let Ok(other) = db.connect_to(Some(name)).await else {
+                continue;
+            };
+            if let Some(schema) = query::schema_here(&other).await? {
+                return query::texts(&other, &schema, queryids, self.max_len).await;
+            }
         }
+        let (message, sqlstate) = match e {
+            DbError::Query { message, sqlstate } => (message, sqlstate),
+            other => (other.to_string(), None),
+        };
+        let fix = match candidates.as_slice() {
+            [] => String::new(),
+            [d] => format!(
+                "; to read every text, CREATE EXTENSION pg_stat_statements; in the SQL_ASCII database {d} (the agent reads the texts there, where nothing is converted)"
+            ),
+            many => format!(
+                "; to read every text, CREATE EXTENSION pg_stat_statements; in one of the SQL_ASCII databases {} (the agent reads the texts there, where nothing is converted)",
+                many.join(", ")
+            ),
+        };
+        Err(DbError::Query {
+            message: format!(
+                "{message}: a statement's text is not valid in this database's encoding (written in a SQL_ASCII database), and pg_stat_statements converts every text at once{fix}"
+            ),
+            sqlstate,
+        })
+    }
+
+    /// Database and role names for oids not seen before.
+    async fn fill_oid_names(
+        &self,
+        conn: &Client,
+        missing: &tracker::Missing,
+    ) -> Result<(), DbError> {
         if missing.databases {
             let names = query::databases(conn).await?;
             self.tracker.borrow_mut().names.databases = names;

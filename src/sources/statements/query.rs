@@ -201,25 +201,79 @@ pub async fn counters(conn: &Client, ext: &Extension, known: &[i64]) -> Found<Ro
     Ok(Ok(out))
 }
 
+/// A statement's text as read: lossily, passwords masked, flagged when its bytes were
+/// not UTF-8.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text {
+    /// queryid.
+    pub queryid: i64,
+    /// The normalized text.
+    pub text: String,
+    /// Its bytes were not UTF-8 (replaced by U+FFFD).
+    pub not_utf8: bool,
+}
+
 /// Normalized texts of `queryids`, cut to `max_len` bytes, passwords masked.
 pub async fn texts(
     conn: &Client,
-    ext: &Extension,
+    schema: &str,
     queryids: &[i64],
     max_len: u32,
-) -> Result<Vec<(i64, String)>, DbError> {
+) -> Result<Vec<Text>, DbError> {
     let q = format!(
         // Bytes, not characters: a text from a SQL_ASCII database is not UTF-8, and
         // left() on it fails the whole query ("invalid byte sequence").
-        "SELECT DISTINCT ON (queryid) queryid, substr({}, 1, $1) FROM {}.pg_stat_statements(true) WHERE queryid = ANY($2)",
+        "SELECT DISTINCT ON (queryid) queryid, substr({}, 1, $1) FROM {schema}.pg_stat_statements(true) WHERE queryid = ANY($2)",
         raw_bytes("query"),
-        ext.schema
     );
     let rows = conn
         .query(&q, &[&(max_len as i32), &queryids])
         .await
         .map_err(DbError::query)?;
-    Ok(rows.iter().map(|r| (r.get(0), statement_text(r))).collect())
+    Ok(rows.iter().map(statement_text).collect())
+}
+
+/// True for the errors of `pg_stat_statements(true)` in a database whose encoding
+/// cannot hold a text some other database's session wrote (a `SQL_ASCII` database's
+/// bytes that are not UTF-8): the function converts every entry's text, so one such
+/// entry fails the whole call.
+pub fn is_encoding_error(e: &DbError) -> bool {
+    matches!(e, DbError::Query { sqlstate: Some(code), .. } if code == "22021" || code == "22P05")
+}
+
+/// `SQL_ASCII` databases the role may connect to: there `pg_stat_statements(true)`
+/// converts nothing, so every text can be read (lossily).
+pub async fn sql_ascii_databases(conn: &Client) -> Result<Vec<String>, DbError> {
+    let rows = conn
+        .query(
+            "SELECT datname::text FROM pg_catalog.pg_database
+             WHERE encoding = pg_catalog.pg_char_to_encoding('SQL_ASCII') AND datallowconn
+               AND has_database_privilege(oid, 'CONNECT')
+             ORDER BY datname LIMIT 5",
+            &[],
+        )
+        .await
+        .map_err(DbError::query)?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.try_get::<_, Lossy>(0).ok())
+        .filter(|l| !l.replaced)
+        .map(|l| l.text)
+        .collect())
+}
+
+/// The schema of pg_stat_statements in the database `conn` is connected to, if it is
+/// installed there.
+pub async fn schema_here(conn: &Client) -> Result<Option<String>, DbError> {
+    let row = conn
+        .query_opt(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e
+             JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .map_err(DbError::query)?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Database names by oid.
@@ -243,14 +297,20 @@ pub async fn roles(conn: &Client) -> Result<HashMap<u32, String>, DbError> {
 /// A statement's text as shipped: read lossily (see [`crate::db::text`]), passwords
 /// masked (utility statements such as `ALTER ROLE … PASSWORD '…'` keep their constants
 /// in pg_stat_statements).
-fn statement_text(r: &tokio_postgres::Row) -> String {
-    let t = r
+fn statement_text(r: &tokio_postgres::Row) -> Text {
+    let l = r
         .try_get::<_, Option<Lossy>>(1)
         .ok()
         .flatten()
-        .map(|l| l.text)
-        .unwrap_or_default();
-    passwords(&t).unwrap_or(t)
+        .unwrap_or(Lossy {
+            text: String::new(),
+            replaced: false,
+        });
+    Text {
+        queryid: r.get(0),
+        text: passwords(&l.text).unwrap_or(l.text),
+        not_utf8: l.replaced,
+    }
 }
 
 /// oid → name, read lossily (a name created in a SQL_ASCII database need not be UTF-8).

@@ -330,18 +330,29 @@ impl Tracker {
     /// taken before `redact` takes the literals out.
     pub fn add_texts(
         &mut self,
-        texts: Vec<(i64, String)>,
+        texts: Vec<super::query::Text>,
         max_len: usize,
         redact: crate::logs::redact::Redact,
     ) {
         // A map entry and its key and String are about 64 bytes beside the text.
-        let incoming: usize = texts.iter().map(|(_, t)| t.len() + 64).sum();
+        let incoming: usize = texts.iter().map(|t| t.text.len() + 64).sum();
         if self.names.text_bytes + incoming > TEXT_CACHE_BYTES {
             self.names.texts.clear();
             self.names.fingerprints.clear();
+            self.names.not_utf8.clear();
             self.names.text_bytes = 0;
         }
-        for (id, text) in texts {
+        for super::query::Text {
+            queryid: id,
+            text,
+            not_utf8,
+        } in texts
+        {
+            if not_utf8 {
+                self.names.not_utf8.insert(id);
+            } else {
+                self.names.not_utf8.remove(&id);
+            }
             if text.len() < max_len {
                 if let Some(f) = crate::fingerprint::fingerprint(&text) {
                     self.names.text_bytes += f.len() + 64;
@@ -360,6 +371,14 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(queryid: i64, text: &str) -> super::super::query::Text {
+        super::super::query::Text {
+            queryid,
+            text: text.to_string(),
+            not_utf8: false,
+        }
+    }
     use crate::sources::statements::delta::columns;
     use crate::sources::statements::delta::tests::key;
 
@@ -603,7 +622,7 @@ mod tests {
         // 45 texts of 100 kB are past the 4 MB: the cache starts over once.
         for q in 0..45 {
             t.add_texts(
-                vec![(q, big.clone())],
+                vec![text(q, &big)],
                 1 << 20,
                 crate::logs::redact::Redact::None,
             );
@@ -644,9 +663,9 @@ mod tests {
         );
         t.add_texts(
             vec![
-                (1, "select $1".into()),
-                (3, "select 123456789".into()),
-                (4, "set x = 'on'".into()),
+                text(1, "select $1"),
+                text(3, "select 123456789"),
+                text(4, "set x = 'on'"),
             ],
             16,
             crate::logs::redact::Redact::Literals,

@@ -5,10 +5,11 @@
 //! values come from small fixed sets (child names, outcomes, breaker states), never from
 //! query ids, request ids or anything a client chose.
 //!
-//! The server is a few lines of HTTP/1.1 over a Tokio listener on its own thread: one
-//! request per connection, a request head of at most 8 KiB read within 5 s, at most 16
-//! connections at once. A scraper that misbehaves costs a closed socket, never a stall
-//! of the agent.
+//! The server is actix-web's on one worker thread: every connection is its own task, a
+//! request head must arrive whole within 5 s, and 256 connections may be open at once,
+//! so clients that connect and say nothing, or send a byte a second, hold a connection
+//! each for at most 5 s and never a scrape's turn. A scraper that misbehaves costs a
+//! closed socket, never a stall of the agent.
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -18,8 +19,7 @@ use actix::prelude::*;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
-use slog::{info, warn, Logger};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use slog::{info, Logger};
 
 use crate::model::{CollectorStats, LogStats, ShipperStats, SpoolStats};
 use crate::shipper::policy::BreakerPhase;
@@ -421,19 +421,22 @@ fn own_usage() -> Option<(f64, u64)> {
 pub struct MetricsServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
     arbiter: Arbiter,
 }
 
-/// Longest wait for a request's head.
+/// Longest wait for a request's head, from the connection's start.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head read.
-const MAX_HEAD: usize = 8 * 1024;
-/// Connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections open at once (per the one worker); beyond, the next wait in the
+/// kernel's queue until one closes.
+const MAX_CONNECTIONS: usize = 256;
+/// An idle kept-alive connection (Prometheus keeps its connection between scrapes) is
+/// closed after this long.
+const KEEP_ALIVE: Duration = Duration::from_secs(90);
 
 impl MetricsServer {
     /// Binds `addr` (so a taken port or a missing address is reported here, naming it)
-    /// and serves on a thread of its own.
+    /// and serves on threads of its own.
     pub fn start(
         addr: SocketAddr,
         snapshots: Recipient<GetSnapshot>,
@@ -441,64 +444,79 @@ impl MetricsServer {
     ) -> Result<MetricsServer, String> {
         let std_listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
         let bound = std_listener.local_addr().unwrap_or(addr);
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(actix_web::web::Data::new(snapshots.clone()))
+                .default_service(actix_web::web::to(answer))
+        })
+        .workers(1)
+        .disable_signals()
+        .max_connections(MAX_CONNECTIONS)
+        .client_request_timeout(READ_TIMEOUT)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(KEEP_ALIVE)
+        .shutdown_timeout(1)
+        .listen(std_listener)
+        .map_err(|e| format!("metrics listener on {addr}: {e}"))?
+        .run();
+        let handle = server.handle();
         let arbiter = Arbiter::new();
         arbiter.spawn_fn(|| crate::supervisor::name_thread("metrics"));
-        let log = log.new(slog::o!("child" => "metrics"));
-        // The closure is sent to the thread; the server runs there as a local task.
-        let started = arbiter.spawn_fn(move || {
-            actix_rt::spawn(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        warn!(log, "metrics_listen_failed"; "addr" => %bound, "error" => %e);
-                        return;
-                    }
-                };
-                info!(log, "metrics_listening"; "addr" => %bound);
-                let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
-                loop {
-                    let (sock, _) = match listener.accept().await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // Out of file descriptors and the like: wait, do not spin.
-                            warn!(log, "metrics_accept_failed"; "error" => %e);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
-                    };
-                    if open.get() >= MAX_CONNECTIONS {
-                        drop(sock);
-                        continue;
-                    }
-                    open.set(open.get() + 1);
-                    let open = open.clone();
-                    let snapshots = snapshots.clone();
-                    let log = log.clone();
-                    actix_rt::spawn(async move {
-                        if let Err(e) = serve(sock, &snapshots).await {
-                            slog::debug!(log, "metrics_request_failed"; "error" => %e);
-                        }
-                        open.set(open.get() - 1);
-                    });
-                }
-            });
-        });
-        if !started {
+        if !arbiter.spawn(async move {
+            let _ = server.await;
+        }) {
             return Err("metrics: the server thread did not start".into());
         }
+        info!(log, "metrics_listening"; "addr" => %bound);
         Ok(MetricsServer {
             addr: bound,
+            handle,
             arbiter,
         })
     }
 
     /// Stops serving and closes the port.
     pub fn stop(self) {
-        self.arbiter.stop();
+        let handle = self.handle;
+        let arbiter = self.arbiter;
+        let stopping = arbiter.spawn(async move {
+            handle.stop(false).await;
+            actix_rt::Arbiter::current().stop();
+        });
+        if !stopping {
+            arbiter.stop();
+        }
+    }
+}
+
+/// Answers one request: the exposition, a pointer to it, or why not.
+async fn answer(
+    req: actix_web::HttpRequest,
+    snapshots: actix_web::web::Data<Recipient<GetSnapshot>>,
+) -> actix_web::HttpResponse {
+    use actix_web::http::StatusCode;
+    let text = |code: StatusCode, body: &str| {
+        actix_web::HttpResponse::build(code)
+            .content_type("text/plain")
+            .body(body.to_string())
+    };
+    match route_of(req.method().as_str(), req.path()) {
+        Route::Metrics => match snapshots.send(GetSnapshot).await {
+            Ok(snap) => match render(&snap) {
+                Ok(body) => actix_web::HttpResponse::Ok()
+                    .content_type(prometheus::TEXT_FORMAT)
+                    .body(body),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("metrics: {e}\n"),
+                ),
+            },
+            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n"),
+        },
+        Route::Index => text(StatusCode::OK, "postgres-agent: metrics at /metrics\n"),
+        Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::MethodNotAllowed => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
     }
 }
 
@@ -513,103 +531,18 @@ pub enum Route {
     NotFound,
     /// Another method.
     MethodNotAllowed,
-    /// Not an HTTP request line.
-    BadRequest,
 }
 
-/// Reads the request line of a request head.
-pub fn route(head: &[u8]) -> Route {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return Route::BadRequest;
-    }
+/// Where a request of `method` for `path` goes.
+pub fn route_of(method: &str, path: &str) -> Route {
     if method != "GET" && method != "HEAD" {
         return Route::MethodNotAllowed;
     }
-    match target.split('?').next().unwrap_or_default() {
+    match path {
         "/metrics" => Route::Metrics,
         "/" => Route::Index,
         _ => Route::NotFound,
     }
-}
-
-async fn serve(
-    mut sock: tokio::net::TcpStream,
-    snapshots: &Recipient<GetSnapshot>,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    let read = async {
-        loop {
-            let n = sock.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-            if memchr::memmem::find(&head, b"\r\n\r\n").is_some()
-                || memchr::memmem::find(&head, b"\n\n").is_some()
-            {
-                return Ok(true);
-            }
-            if head.len() > MAX_HEAD {
-                return Ok(false);
-            }
-        }
-    };
-    let complete = match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
-    };
-    let head_only = head.starts_with(b"HEAD ");
-    let (status, ctype, body) = if !complete {
-        ("400 Bad Request", "text/plain", "bad request\n".to_string())
-    } else {
-        match route(&head) {
-            Route::Metrics => match snapshots.send(GetSnapshot).await {
-                Ok(snap) => match render(&snap) {
-                    Ok(text) => ("200 OK", prometheus::TEXT_FORMAT, text),
-                    Err(e) => (
-                        "500 Internal Server Error",
-                        "text/plain",
-                        format!("metrics: {e}\n"),
-                    ),
-                },
-                Err(_) => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "the agent is stopping\n".to_string(),
-                ),
-            },
-            Route::Index => (
-                "200 OK",
-                "text/plain",
-                "postgres-agent: metrics at /metrics\n".to_string(),
-            ),
-            Route::NotFound => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            Route::MethodNotAllowed => (
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET only\n".to_string(),
-            ),
-            Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
-        }
-    };
-    let mut resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        resp.extend_from_slice(body.as_bytes());
-    }
-    sock.write_all(&resp).await?;
-    sock.shutdown().await
 }
 
 #[cfg(test)]

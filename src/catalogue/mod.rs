@@ -74,14 +74,6 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the endpoint was closed (a reload moved or removed it)",
     ),
     e(
-        "metrics_accept_failed",
-        "accepting a scraper's connection failed (e.g. out of file descriptors)",
-    ),
-    e(
-        "metrics_request_failed",
-        "a scrape's connection failed (debug level)",
-    ),
-    e(
         "agent_event_not_spooled",
         "an agent event could not be spooled (the spool is down)",
     ),

@@ -60,6 +60,84 @@ fn a_deleted_spool_is_recreated_with_everything_it_held() {
     });
 }
 
+#[test]
+fn a_spool_emptied_in_place_starts_again_with_what_is_in_memory_and_counts_the_rest() {
+    let pg = PgCluster::start("");
+    let mut listener = Listener::start(TOKEN);
+    listener.stop();
+    let dir = shared_tempdir("pgagent-it");
+    let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
+    // A first run leaves events in the spool (on disk only: the next run's memory never
+    // held them).
+    let first = Agent::start(dir.path(), &toml, &[]);
+    let old: BTreeSet<String> = wait_for("a first run's events", Duration::from_secs(30), || {
+        let ids = first.spool_ids();
+        (ids.len() >= 5).then(|| ids.into_iter().collect())
+    });
+    drop(first);
+    let old: BTreeSet<String> = crate::harness::agent::spool_ids(&dir.path().join("state"))
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .union(&old)
+        .cloned()
+        .collect();
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let before: BTreeSet<String> = wait_for("this run's events", Duration::from_secs(30), || {
+        let ids: BTreeSet<String> = agent.spool_ids().into_iter().collect();
+        (ids.len() >= old.len() + 3).then_some(ids)
+    });
+    // Emptied in place: same file, no contents (`: > spool.db`).
+    let path = agent.state_dir.join("spool.db");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate");
+    let note = agent.wait_log("spool_file_replaced", Duration::from_secs(15), |_| true);
+    let lost = note["events_lost"].as_u64().expect("events_lost");
+    let carried = note["events_carried_over"].as_u64().expect("carried");
+    // The first run's events were only in the file: gone, and counted.
+    assert!(lost >= old.len() as u64, "{note}");
+    assert!(carried + lost >= before.len() as u64, "{note}");
+    let moved: String = note["foreign_file_moved_to"]
+        .as_str()
+        .expect("moved")
+        .into();
+    assert!(std::path::Path::new(&moved).exists(), "{moved}");
+    // A new file, readable, holding what was carried over.
+    let kept: BTreeSet<String> = agent.spool_ids().into_iter().collect();
+    assert!(kept.len() as u64 >= carried, "{} < {carried}", kept.len());
+    listener.restart();
+    let report = wait_for("the loss reported", Duration::from_secs(30), || {
+        listener
+            .events_of("agent")
+            .into_iter()
+            .find(|e| e["data"]["event"] == "spool_file_replaced")
+    });
+    assert_eq!(report["data"]["events_lost"], lost, "{report}");
+    wait_for(
+        "what was carried over delivered",
+        Duration::from_secs(30),
+        || {
+            let got: BTreeSet<String> = listener
+                .accepted_events()
+                .into_iter()
+                .filter_map(|(_, e)| e["id"].as_str().map(str::to_string))
+                .collect();
+            kept.is_subset(&got).then_some(())
+        },
+    );
+    let malformed: Vec<_> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l.to_string().contains("malformed"))
+        .collect();
+    assert!(
+        malformed.len() <= 2,
+        "the agent kept failing on the emptied file: {malformed:?}"
+    );
+}
+
 /// A small file system of its own (tmpfs), unmounted on drop.
 struct SmallFs(std::path::PathBuf);
 

@@ -84,8 +84,12 @@ pub enum AgentEvent {
     SpoolFileReplaced {
         /// Events copied over.
         events_carried_over: u64,
-        /// Where a foreign file found at the spool's path was moved.
+        /// Where a foreign file found at the spool's path was moved (or the file
+        /// emptied or overwritten in place).
         foreign_file_moved_to: Option<String>,
+        /// Events gone with a file emptied or overwritten in place (0 when the file was
+        /// deleted or replaced: the open one still held everything).
+        events_lost: u64,
     },
 }
 
@@ -218,6 +222,7 @@ mod tests {
             AgentEvent::SpoolFileReplaced {
                 events_carried_over: 0,
                 foreign_file_moved_to: None,
+                events_lost: 0,
             },
         ];
         let at = Utc::now();

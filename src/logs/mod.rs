@@ -537,8 +537,31 @@ pub struct OwnSessions {
 impl OwnSessions {
     /// True for a record of one of the agent's own sessions.
     pub fn owns(&self, r: &Record) -> bool {
-        r.application_name.as_deref() == Some(crate::db::APPLICATION_NAME)
-            && r.user.as_deref().is_none_or(|u| u == self.user)
+        let named = r.application_name.as_deref() == Some(crate::db::APPLICATION_NAME)
+            || self.own_authorization(&r.message);
+        named && r.user.as_deref().is_none_or(|u| u == self.user)
+    }
+
+    /// `connection authorized: user=… database=… application_name=postgres-agent`
+    /// (`log_connections`) of the agent's role: the prefix's `%a` is not set yet when
+    /// it is written, the message names the application. The lines before it
+    /// (`connection received`, `connection authenticated`) name none and are shipped.
+    fn own_authorization(&self, message: &str) -> bool {
+        let Some(rest) = message.strip_prefix("connection authorized: user=") else {
+            return false;
+        };
+        let Some((user, rest)) = rest.split_once(" database=") else {
+            return false;
+        };
+        let app = format!(" application_name={}", crate::db::APPLICATION_NAME);
+        let Some(at) = rest.find(&app) else {
+            return false;
+        };
+        let after = &rest[at + app.len()..];
+        user == self.user
+            && (after.is_empty()
+                || after.starts_with(" SSL enabled")
+                || after.starts_with(" GSS ("))
     }
 }
 
@@ -984,6 +1007,34 @@ mod tests {
         assert!(!own.owns(&rec(Some("postgres-agent"), Some("mallory"))));
         assert!(!own.owns(&rec(Some("psql"), Some("agent"))));
         assert!(!own.owns(&rec(None, Some("agent"))));
+        // log_connections: the prefix has no name yet, the message has.
+        let authorized = |m: &str, user: Option<&str>| Record {
+            application_name: Some("[unknown]".into()),
+            user: user.map(Into::into),
+            message: m.into(),
+            ..Default::default()
+        };
+        for m in [
+            "connection authorized: user=agent database=postgres application_name=postgres-agent",
+            "connection authorized: user=agent database=my db application_name=postgres-agent SSL enabled (protocol=TLSv1.3, cipher=TLS_AES_256_GCM_SHA384, bits=256)",
+        ] {
+            assert!(own.owns(&authorized(m, Some("agent"))), "{m}");
+            assert!(own.owns(&authorized(m, None)), "{m}");
+        }
+        for m in [
+            "connection authorized: user=mallory database=postgres application_name=postgres-agent",
+            "connection authorized: user=agent database=postgres application_name=postgres-agent2",
+            "connection authorized: user=agent database=postgres application_name=psql",
+            "connection authorized: user=agent database=postgres",
+            "connection received: host=[local]",
+        ] {
+            assert!(!own.owns(&authorized(m, Some("agent"))), "{m}");
+        }
+        // The prefix's user decides too.
+        assert!(!own.owns(&authorized(
+            "connection authorized: user=agent database=postgres application_name=postgres-agent",
+            Some("mallory")
+        )));
     }
 
     #[test]

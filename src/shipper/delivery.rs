@@ -317,17 +317,21 @@ impl Delivery {
         }
         self.stats.failures_total += 1;
         self.stats.consecutive_failures = self.backoff.failures();
+        // While the breaker is open its probe is the next attempt: at the breaker's
+        // reset (or later if the output asked for it with Retry-After), not at the
+        // retry backoff, which may have grown past it. What is logged is what happens.
+        let probe = |d: &Delivery| d.breaker_reset(now).max(retry_after.unwrap_or_default());
         match self.breaker.failure(now) {
             Some(Transition::Opened) => {
+                delay = probe(self);
                 warn!(self.log, "circuit_open_buffering"; "error" => &error,
                       "consecutive_failures" => self.backoff.failures(),
-                      "probe_in_s" => self.breaker_reset(now).as_secs());
-                delay = delay.max(self.breaker_reset(now));
+                      "probe_in_s" => delay.as_secs());
             }
             Some(Transition::Reopened) => {
+                delay = probe(self);
                 warn!(self.log, "circuit_probe_failed"; "error" => &error,
-                      "probe_in_s" => self.breaker_reset(now).as_secs());
-                delay = delay.max(self.breaker_reset(now));
+                      "probe_in_s" => delay.as_secs());
             }
             _ => {}
         }
@@ -372,6 +376,42 @@ mod tests {
 
     fn stats(d: &Delivery, now: Instant) -> ShipperStats {
         d.stats(now)
+    }
+
+    #[test]
+    fn the_probe_comes_when_the_breaker_says_even_after_a_long_backoff() {
+        // A backoff that has grown to 17 s, a breaker that resets after 2 s.
+        let c = crate::config::parse_str(
+            "[agent]\nproject_id='p'\n[listener]\nretry_base_ms=17000\nretry_max_ms=17000\n[breaker]\nfail_max=2\nreset_timeout_s=2\n",
+        )
+        .expect("valid");
+        let log = Logger::root(slog::Discard, slog::o!());
+        let mut d = Delivery::new(&c.listener, &c.breaker, log);
+        let t0 = Instant::now();
+        // The first failure waits the backoff (full jitter: anything up to 17 s).
+        d.after(down(), false, t0, Utc::now());
+        let opened = d.after(down(), false, t0, Utc::now());
+        assert_eq!(
+            opened.wait,
+            Duration::from_secs(2),
+            "the probe, not the backoff"
+        );
+        let probe_at = t0 + Duration::from_secs(2);
+        assert_eq!(d.go(probe_at), Go::Send { probe: true });
+        let reopened = d.after(down(), true, probe_at, Utc::now());
+        assert_eq!(reopened.wait, Duration::from_secs(2));
+        // A Retry-After longer than the reset is honoured.
+        let later = probe_at + Duration::from_secs(2);
+        assert_eq!(d.go(later), Go::Send { probe: true });
+        let asked = Attempt::Failed(SendError::Retriable {
+            reason: "busy".into(),
+            status: Some(503),
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        assert_eq!(
+            d.after(asked, true, later, Utc::now()).wait,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -95,6 +95,10 @@ impl SpoolActor {
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
+        if spool.clobbered() {
+            self.rescue();
+            return;
+        }
         if !spool.detached() {
             return;
         }
@@ -106,6 +110,7 @@ impl SpoolActor {
                 let report = AgentEvent::SpoolFileReplaced {
                     events_carried_over: carried,
                     foreign_file_moved_to: aside.map(|p| p.display().to_string()),
+                    events_lost: 0,
                 };
                 if let Ok(ev) = report.event(&self.host, Utc::now()) {
                     if self.with(|s| s.append(&[ev])).is_ok() {
@@ -118,6 +123,41 @@ impl SpoolActor {
                 error!(self.log, "spool_reattach_failed"; "path" => %spool.path().display(), "error" => %e);
                 self.last_error = Some(format!(
                     "the spool file was deleted or replaced and could not be recreated: {e}"
+                ));
+            }
+        }
+    }
+}
+
+impl SpoolActor {
+    /// The spool's file was emptied or overwritten in place: a new file with what is
+    /// still in memory, and the rest reported lost.
+    fn rescue(&mut self) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        match spool.rescue() {
+            Ok(r) => {
+                error!(self.log, "spool_file_replaced"; "path" => %spool.path().display(),
+                       "events_carried_over" => r.recovered, "events_lost" => r.lost,
+                       "foreign_file_moved_to" => %r.moved_to.display(),
+                       "effect" => "the spool file was emptied or overwritten in place; a new file holds the events still in memory, the others are lost");
+                let report = AgentEvent::SpoolFileReplaced {
+                    events_carried_over: r.recovered,
+                    foreign_file_moved_to: Some(r.moved_to.display().to_string()),
+                    events_lost: r.lost,
+                };
+                if let Ok(ev) = report.event(&self.host, Utc::now()) {
+                    if self.with(|s| s.append(&[ev])).is_ok() {
+                        self.tell_idle();
+                    }
+                }
+            }
+            Err(e) => {
+                self.errors_total += 1;
+                error!(self.log, "spool_reattach_failed"; "path" => %spool.path().display(), "error" => %e);
+                self.last_error = Some(format!(
+                    "the spool file was emptied or overwritten and could not be recreated: {e}"
                 ));
             }
         }

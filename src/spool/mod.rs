@@ -12,6 +12,7 @@
 mod actor;
 pub mod handoff;
 mod outputs;
+mod rescue;
 mod reserve;
 mod tail;
 

@@ -305,6 +305,10 @@ pub struct LogData<'a> {
     /// severity too when they disagree on where the message starts.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ambiguous: bool,
+    /// Lines that lost the continuation's leading tab (relayed through syslog or a
+    /// cloud log API) were read as this message's continuation.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continued_without_tab: bool,
 }
 
 impl LogData<'_> {
@@ -395,6 +399,9 @@ impl LogData<'_> {
         }
         if self.ambiguous {
             o.raw(key!("ambiguous"), b"true");
+        }
+        if self.continued_without_tab {
+            o.raw(key!("continued_without_tab"), b"true");
         }
         o.close();
     }
@@ -656,6 +663,7 @@ impl Shaper {
             local_address: b(&r.local_address),
             truncated: r.truncated,
             ambiguous: r.ambiguous,
+            continued_without_tab: r.continued_without_tab,
         };
         self.apply_redaction(&mut d);
         d
@@ -828,6 +836,7 @@ mod tests {
             raw: Some("raw \u{7f}".into()),
             truncated: true,
             ambiguous: true,
+            continued_without_tab: true,
         };
         for redact in [Redact::None, Redact::Literals] {
             same(

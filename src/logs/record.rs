@@ -73,6 +73,11 @@ pub struct Record {
     /// severity label into a name): the fields the readings disagree on are left out,
     /// and when they disagree on where the message starts, so is the severity.
     pub ambiguous: bool,
+    /// Lines without a prefix and without the continuation's leading tab (a relay such
+    /// as syslog or a cloud log API dropped it) were read as this message's
+    /// continuation: the reading is likely, not certain (a line another program wrote
+    /// to the server's stderr would be read the same way).
+    pub continued_without_tab: bool,
 }
 
 impl Record {

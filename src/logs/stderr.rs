@@ -240,6 +240,15 @@ impl StderrParser {
                                 slot.push_str(&t);
                             }
                         }
+                        // No prefix at all: a continuation line whose leading tab a relay
+                        // dropped (syslog, a cloud log API). Joined, flagged as a reading
+                        // that is likely, not certain — unless it is the start of a
+                        // line a newline in a name cut, which is read as such.
+                        None if !self.prefix.broken_start(l, &mut self.reader) => {
+                            let cut = append_line(field.get(rec), l);
+                            rec.truncated |= cut;
+                            rec.continued_without_tab = true;
+                        }
                         b => {
                             peeked = Some((pos, b.map(|b| (b.label, b.text))));
                             break;
@@ -345,6 +354,35 @@ mod tests {
         let (recs, n) = run(log, Flush::No);
         assert_eq!(recs.len(), 1);
         assert_eq!(100 + n as u64, recs[0].end);
+    }
+
+    #[test]
+    fn continuation_lines_that_lost_their_tab_join_their_message_flagged() {
+        // As syslog relays it: the statement's second line and a plan's lines without
+        // their leading tab.
+        let log = "2026-11-26 10:00:00.001 UTC [10] LOG:  statement: select *\n\
+from t\n\
+where id = 1\n\
+2026-11-26 10:00:00.001 UTC [10] DETAIL:  first line\n\
+second line\n\
+2026-11-26 10:00:01.000 UTC [11] LOG:  checkpoint starting: time\n\
+2026-11-26 10:00:02.000 UTC [12] LOG:  tabbed\n\
+\tas it should be\n";
+        let (recs, n) = run(log, Flush::Settled);
+        assert_eq!(n, log.len());
+        assert_eq!(recs.len(), 3, "{recs:#?}");
+        assert_eq!(recs[0].message, "statement: select *\nfrom t\nwhere id = 1");
+        assert_eq!(recs[0].detail.as_deref(), Some("first line\nsecond line"));
+        assert!(recs[0].continued_without_tab && recs[0].raw.is_none());
+        assert!(!recs[1].continued_without_tab);
+        assert_eq!(recs[2].message, "tabbed\nas it should be");
+        assert!(!recs[2].continued_without_tab);
+        // Before any message there is nothing to continue: kept as a line of its own.
+        let (recs, _) = run(
+            "orphan line\n2026-11-26 10:00:01.000 UTC [11] LOG:  x\n",
+            Flush::Settled,
+        );
+        assert_eq!(recs[0].raw.as_deref(), Some("orphan line"));
     }
 
     #[test]

@@ -252,4 +252,19 @@ done
 [ "$(dpkg-query -W -f '${db:Status-Status}' postgres-agent 2>/dev/null || echo not-installed)" = not-installed ] ||
   fail "dpkg still knows the package after purge"
 ok "purge: config, state, user and group gone"
+
+# -- a person's account of the same name is refused ------------------------------------
+useradd -m -s /bin/bash postgres-agent
+cleanup_person() { userdel -r postgres-agent >/dev/null 2>&1 || true; }
+if out=$(dpkg -i "$W/v1.deb" 2>&1); then
+  cleanup_person; fail "the package took over a person's account"
+fi
+echo "$out" | grep -q "an account named postgres-agent already exists" ||
+  { cleanup_person; fail "no reason given: $out"; }
+! id -nG postgres-agent | tr ' ' '\n' | grep -qx adm || { cleanup_person; fail "the person was added to adm"; }
+[ "$(getent passwd postgres-agent | cut -d: -f7)" = /bin/bash ] || { cleanup_person; fail "the account was changed"; }
+dpkg --purge postgres-agent >/dev/null 2>&1 || true
+getent passwd postgres-agent >/dev/null || fail "purge removed a person's account"
+cleanup_person
+ok "a person's account named postgres-agent is refused with the reason, and kept"
 echo "package-test: all ok"

@@ -102,51 +102,59 @@ impl SpoolActor {
         if !spool.detached() {
             return;
         }
-        match spool.reattach() {
-            Ok((carried, aside)) => {
-                error!(self.log, "spool_file_replaced"; "path" => %spool.path().display(), "events_carried_over" => carried,
-                       "foreign_file_moved_to" => aside.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                       "effect" => "the spool file was deleted or replaced while the agent ran; its contents were copied to a new file, nothing lost");
-                let report = AgentEvent::SpoolFileReplaced {
-                    events_carried_over: carried,
-                    foreign_file_moved_to: aside.map(|p| p.display().to_string()),
-                    events_lost: 0,
-                };
-                if let Ok(ev) = report.event(&self.host, Utc::now()) {
-                    if self.with(|s| s.append(&[ev])).is_ok() {
-                        self.tell_idle();
-                    }
-                }
-            }
-            Err(e) => {
-                self.errors_total += 1;
-                error!(self.log, "spool_reattach_failed"; "path" => %spool.path().display(), "error" => %e);
-                self.last_error = Some(format!(
-                    "the spool file was deleted or replaced and could not be recreated: {e}"
-                ));
-            }
-        }
+        let done = spool
+            .reattach()
+            .map(|(carried, aside)| AgentEvent::SpoolFileReplaced {
+                events_carried_over: carried,
+                foreign_file_moved_to: aside.map(|p| p.display().to_string()),
+                events_lost: 0,
+            });
+        self.replaced(
+            done,
+            "deleted or replaced while the agent ran",
+            "its contents were copied to a new file, nothing lost",
+        );
     }
-}
 
-impl SpoolActor {
     /// The spool's file was emptied or overwritten in place: a new file with what is
     /// still in memory, and the rest reported lost.
     fn rescue(&mut self) {
         let Some(spool) = self.spool.as_mut() else {
             return;
         };
-        match spool.rescue() {
-            Ok(r) => {
-                error!(self.log, "spool_file_replaced"; "path" => %spool.path().display(),
-                       "events_carried_over" => r.recovered, "events_lost" => r.lost,
-                       "foreign_file_moved_to" => %r.moved_to.display(),
-                       "effect" => "the spool file was emptied or overwritten in place; a new file holds the events still in memory, the others are lost");
-                let report = AgentEvent::SpoolFileReplaced {
-                    events_carried_over: r.recovered,
-                    foreign_file_moved_to: Some(r.moved_to.display().to_string()),
-                    events_lost: r.lost,
-                };
+        let done = spool.rescue().map(|r| AgentEvent::SpoolFileReplaced {
+            events_carried_over: r.recovered,
+            foreign_file_moved_to: Some(r.moved_to.display().to_string()),
+            events_lost: r.lost,
+        });
+        self.replaced(
+            done,
+            "emptied or overwritten in place",
+            "a new file holds the events still in memory, the others are lost",
+        );
+    }
+
+    /// Says what became of a spool file that changed under the agent: logged, and
+    /// shipped as an agent event; or why no new file could be made.
+    fn replaced(&mut self, done: Result<AgentEvent, SpoolError>, what: &str, effect: &str) {
+        let path = self
+            .spool
+            .as_ref()
+            .map(|s| s.path().display().to_string())
+            .unwrap_or_default();
+        match done {
+            Ok(report) => {
+                if let AgentEvent::SpoolFileReplaced {
+                    events_carried_over,
+                    foreign_file_moved_to,
+                    events_lost,
+                } = &report
+                {
+                    error!(self.log, "spool_file_replaced"; "path" => &path,
+                           "events_carried_over" => events_carried_over, "events_lost" => events_lost,
+                           "foreign_file_moved_to" => foreign_file_moved_to.clone().unwrap_or_default(),
+                           "effect" => format!("the spool file was {what}; {effect}"));
+                }
                 if let Ok(ev) = report.event(&self.host, Utc::now()) {
                     if self.with(|s| s.append(&[ev])).is_ok() {
                         self.tell_idle();
@@ -155,9 +163,9 @@ impl SpoolActor {
             }
             Err(e) => {
                 self.errors_total += 1;
-                error!(self.log, "spool_reattach_failed"; "path" => %spool.path().display(), "error" => %e);
+                error!(self.log, "spool_reattach_failed"; "path" => &path, "error" => %e);
                 self.last_error = Some(format!(
-                    "the spool file was emptied or overwritten and could not be recreated: {e}"
+                    "the spool file was {what} and could not be recreated: {e}"
                 ));
             }
         }

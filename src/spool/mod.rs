@@ -289,6 +289,15 @@ impl Spool {
         }
         let target = self.path.to_string_lossy().into_owned();
         self.conn.execute("VACUUM INTO ?1", [&target])?;
+        let fresh = self.successor()?;
+        let carried = fresh.depth;
+        *self = fresh;
+        Ok((carried, aside))
+    }
+
+    /// The spool at the same path, opened again, with this one's settings and running
+    /// totals: what takes over when the file was deleted, replaced or clobbered.
+    fn successor(&self) -> Result<Spool, SpoolError> {
         let dir = self
             .path
             .parent()
@@ -300,9 +309,7 @@ impl Spool {
         fresh.evicted_total = self.evicted_total;
         fresh.set_cap(self.max_bytes, &self.host.clone());
         fresh.set_outputs(&self.outputs.clone())?;
-        let carried = fresh.depth;
-        *self = fresh;
-        Ok((carried, aside))
+        Ok(fresh)
     }
 
     /// Opens the spool in `dir`; a spool that cannot be opened or fails SQLite's quick

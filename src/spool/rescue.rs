@@ -67,17 +67,7 @@ impl Spool {
                 let _ = std::fs::rename(&from, wal_sibling(&moved_to, ext));
             }
         }
-        let dir = self
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let mut fresh = Spool::open(&dir)?;
-        fresh.appended_total = self.appended_total;
-        fresh.acked_total = self.acked_total;
-        fresh.evicted_total = self.evicted_total;
-        fresh.set_cap(self.max_bytes, &self.host.clone());
-        fresh.set_outputs(&self.outputs.clone())?;
+        let mut fresh = self.successor()?;
         if !events.is_empty() {
             fresh.append(&events)?;
         }

@@ -168,6 +168,11 @@ pub fn classify(r: &Record) -> Classified {
     } else {
         Class::Other
     };
+    if c.class == Class::Other && sev == "LOG" {
+        // log_statement = all|ddl|mod: the statement as it came, so that the event
+        // carries its request (the statement's comment) and its fingerprint.
+        c.statement = statement_of(m);
+    }
     c
 }
 
@@ -219,19 +224,25 @@ fn shutdown_text(m: &str) -> bool {
 fn slow_query(rest: &str, c: &mut Classified) {
     let (num_s, after) = rest.split_once(" ms").unwrap_or((rest, ""));
     c.duration_ms = num_s.trim().parse().ok();
-    let after = after.trim_start();
+    c.statement = statement_of(after.trim_start());
+}
+
+/// The statement of `statement: select 1` and the extended protocol's
+/// `execute <unnamed>: select …`, `parse S_1: …`, `bind …: …` (a duration line's tail, or
+/// a `log_statement` line).
+fn statement_of(text: &str) -> Option<String> {
     for head in ["statement: ", "execute ", "parse ", "bind "] {
-        if let Some(s) = after.strip_prefix(head) {
+        if let Some(s) = text.strip_prefix(head) {
             let stmt = if head == "statement: " {
                 s
             } else {
                 // "execute <unnamed>: select …" — the statement follows the name.
-                s.split_once(": ").map_or(s, |(_, st)| st)
+                s.split_once(": ")?.1
             };
-            c.statement = Some(stmt.to_string());
-            return;
+            return Some(stmt.to_string());
         }
     }
+    None
 }
 
 /// `process 123 still waiting for ShareLock on transaction 456 after 1000.123 ms`.
@@ -414,6 +425,30 @@ mod tests {
             message: m.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_logged_statement_names_its_statement() {
+        for (m, want) in [
+            (
+                "statement: select 1 /*request_id='r'*/",
+                Some("select 1 /*request_id='r'*/"),
+            ),
+            ("execute <unnamed>: select $1", Some("select $1")),
+            (
+                "execute S_1: update t set a = $1",
+                Some("update t set a = $1"),
+            ),
+            ("checkpoint starting: time", None),
+        ] {
+            let c = classify(&rec("LOG", None, m));
+            assert_eq!(c.statement.as_deref(), want, "{m}");
+        }
+        // Only the server's own LOG lines: an error's text is not a statement.
+        assert_eq!(
+            classify(&rec("ERROR", None, "statement: x")).statement,
+            None
+        );
     }
 
     #[test]

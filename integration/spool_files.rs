@@ -138,6 +138,59 @@ fn a_spool_emptied_in_place_starts_again_with_what_is_in_memory_and_counts_the_r
     );
 }
 
+#[test]
+fn a_spool_emptied_while_the_agent_was_down_is_set_aside_and_its_loss_counted() {
+    let pg = PgCluster::start("");
+    let mut listener = Listener::start(TOKEN);
+    listener.stop();
+    let dir = shared_tempdir("pgagent-it");
+    let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
+    let first = Agent::start(dir.path(), &toml, &[]);
+    // The status dump (every 10 s) has counted what waits.
+    let status = first.state_dir.join("status.json");
+    let depth = wait_for(
+        "a status dump with events waiting",
+        Duration::from_secs(60),
+        || {
+            let s: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&status).ok()?).ok()?;
+            s["children"]["buffer"]["detail"]["depth"]
+                .as_u64()
+                .filter(|d| *d >= 5)
+        },
+    );
+    let state = first.state_dir.clone();
+    drop(first);
+    // The dump and the file as the stop left them: what the dump counted is what is lost.
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status).expect("status")).expect("json");
+    let depth = s["children"]["buffer"]["detail"]["depth"]
+        .as_u64()
+        .unwrap_or(depth);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(state.join("spool.db"))
+        .and_then(|f| f.set_len(0))
+        .expect("truncate");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let note = agent.wait_log("spool_file_replaced", Duration::from_secs(15), |_| true);
+    assert_eq!(note["events_lost"], depth, "{note}");
+    let moved: String = note["foreign_file_moved_to"]
+        .as_str()
+        .expect("moved")
+        .into();
+    assert!(moved.contains("spool.db.clobbered."), "{moved}");
+    assert!(std::path::Path::new(&moved).exists());
+    listener.restart();
+    let report = wait_for("the loss reported", Duration::from_secs(30), || {
+        listener
+            .events_of("agent")
+            .into_iter()
+            .find(|e| e["data"]["event"] == "spool_file_replaced")
+    });
+    assert_eq!(report["data"]["events_lost"], depth, "{report}");
+}
+
 /// A small file system of its own (tmpfs), unmounted on drop.
 struct SmallFs(std::path::PathBuf);
 

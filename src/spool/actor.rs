@@ -27,6 +27,8 @@ pub struct SpoolActor {
     last_success: Option<chrono::DateTime<Utc>>,
     /// Shippers that found nothing to send, told once when events arrive.
     idle: Vec<(Output, Recipient<SpoolNews>)>,
+    /// The spool's depth in the last status dump before this start.
+    last_depth: Option<u64>,
     log: Logger,
     _guard: ExitGuard,
 }
@@ -51,9 +53,17 @@ impl SpoolActor {
             last_error: None,
             last_success: None,
             idle: Vec::new(),
+            last_depth: None,
             log,
             _guard: guard,
         }
+    }
+
+    /// With the spool's depth the last status dump counted: the loss reported if the file
+    /// was emptied while the agent was down.
+    pub fn last_depth(mut self, depth: Option<u64>) -> SpoolActor {
+        self.last_depth = depth;
+        self
     }
 
     /// Events were added: every shipper waiting for some is told (once).
@@ -181,8 +191,35 @@ impl Actor for SpoolActor {
             ctx.stop();
             return;
         }
+        // Emptied or overwritten while the agent was down: what it held is gone; the
+        // last status dump (written every 10 s) says how much that was.
+        let clobbered = match super::rescue::set_aside_if_clobbered(&self.dir) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(self.log, "spool_open_failed"; "dir" => %self.dir.display(), "error" => %e);
+                ctx.stop();
+                return;
+            }
+        };
         match Spool::open_or_recover(&self.dir) {
             Ok((mut s, moved)) => {
+                if let Some(aside) = clobbered {
+                    let lost = self.last_depth.unwrap_or(0);
+                    error!(self.log, "spool_file_replaced"; "path" => %s.path().display(),
+                           "events_carried_over" => 0, "events_lost" => lost,
+                           "foreign_file_moved_to" => %aside.display(),
+                           "effect" => "the spool file was emptied or overwritten while the agent was not running; the events it held (as many as the last status dump counted) are lost");
+                    let report = AgentEvent::SpoolFileReplaced {
+                        events_carried_over: 0,
+                        foreign_file_moved_to: Some(aside.display().to_string()),
+                        events_lost: lost,
+                    };
+                    if let Ok(ev) = report.event(&self.host, Utc::now()) {
+                        if let Err(e) = s.append(&[ev]) {
+                            error!(self.log, "spool_error"; "error" => %e);
+                        }
+                    }
+                }
                 s.set_cap(self.max_bytes, &self.host);
                 if let Err(e) = s.set_outputs(&self.outputs) {
                     error!(self.log, "spool_open_failed"; "dir" => %self.dir.display(), "error" => %e);

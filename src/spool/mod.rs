@@ -12,7 +12,7 @@
 mod actor;
 pub mod handoff;
 mod outputs;
-mod rescue;
+pub mod rescue;
 mod reserve;
 mod tail;
 

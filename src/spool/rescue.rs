@@ -42,6 +42,27 @@ pub fn clobbered(path: &Path) -> bool {
     }
 }
 
+/// At start, before the spool opens: a spool file emptied or overwritten while the agent
+/// was not running is moved aside (with its WAL, which must not be applied to an empty
+/// file) instead of being opened as an empty database. Returns where it went.
+pub fn set_aside_if_clobbered(dir: &Path) -> Result<Option<PathBuf>, SpoolError> {
+    let path = dir.join(SPOOL_FILE);
+    if !clobbered(&path) {
+        return Ok(None);
+    }
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    let moved_to = path.with_file_name(format!("{SPOOL_FILE}.clobbered.{stamp}"));
+    std::fs::rename(&path, &moved_to)
+        .map_err(|e| SpoolError::NotOpen(format!("cannot move aside {}: {e}", path.display())))?;
+    for ext in ["-wal", "-shm"] {
+        let from = wal_sibling(&path, ext);
+        if from.exists() {
+            let _ = std::fs::rename(&from, wal_sibling(&moved_to, ext));
+        }
+    }
+    Ok(Some(moved_to))
+}
+
 impl Spool {
     /// True when the spool's file was emptied or overwritten in place.
     pub fn clobbered(&self) -> bool {

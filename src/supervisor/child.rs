@@ -148,8 +148,14 @@ pub fn spawn(
             let max = config.buffer.max_bytes;
             let host = config.agent.hostname.clone();
             let outputs = config.outputs();
+            // What the last status dump counted in the spool, read before this start's
+            // dump replaces it: the loss to report if the file was emptied meanwhile.
+            let last_depth = crate::status::read(&dir)
+                .ok()
+                .and_then(|s| s.detail::<crate::model::SpoolStats>("buffer"))
+                .map(|b| b.depth);
             ChildAddr::Spool(SpoolActor::start_in_arbiter(&h, move |_| {
-                SpoolActor::new(dir, max, host, outputs, log, guard)
+                SpoolActor::new(dir, max, host, outputs, log, guard).last_depth(last_depth)
             }))
         }
         ChildId::Shipper(Output::Otlp) => {

@@ -154,12 +154,14 @@ fn the_connection_cap_holds_through_reload_storms_and_stopped_backends() {
 
     // Three backends stop answering; the agent gives up on them, and their sockets
     // still count until they are closed.
-    let pids: Vec<i32> = pg
-        .sql("select pid from pg_stat_activity where application_name = 'postgres-agent' limit 3")
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    assert!(!pids.is_empty());
+    let pids: Vec<i32> = wait_for("three agent backends", Duration::from_secs(60), || {
+        let pids: Vec<i32> = pg
+            .sql("select pid from pg_stat_activity where application_name = 'postgres-agent' limit 3")
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (pids.len() == 3).then_some(pids)
+    });
     for &pid in &pids {
         // SAFETY: kill(2) with a pid read from the server.
         unsafe { libc::kill(pid, libc::SIGSTOP) };

@@ -139,6 +139,10 @@ pub fn session_options(cfg: &DatabaseConfig) -> String {
     )
 }
 
+/// How long a closed connection's slot stays taken: the server's backend ends a moment
+/// after the client's socket closed.
+const BACKEND_EXIT: Duration = Duration::from_millis(250);
+
 /// How long an unused connection stays open for the next borrower.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -405,6 +409,10 @@ impl Db {
                     // owed by the server any more, and the socket is closed.
                     tokio::spawn(async move {
                         let _ = conn.await;
+                        // The backend ends when it reads the Terminate sent on the way out,
+                        // a moment after our end closed: the slot waits that moment, so
+                        // the next connection's backend never overlaps this one's.
+                        tokio::time::sleep(BACKEND_EXIT).await;
                         drop(slot);
                     });
                     Ok(client)

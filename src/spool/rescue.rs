@@ -42,12 +42,14 @@ pub fn clobbered(path: &Path) -> bool {
     }
 }
 
-/// At start, before the spool opens: a spool file emptied or overwritten while the agent
-/// was not running is moved aside (with its WAL, which must not be applied to an empty
-/// file) instead of being opened as an empty database. Returns where it went.
+/// At start, before the spool opens: a spool file emptied while the agent was not
+/// running is moved aside (with its WAL, which must not be applied to an empty file)
+/// instead of being opened as an empty database. Returns where it went. (One holding
+/// something else than a database is the corrupt spool `open_or_recover` sets aside.)
 pub fn set_aside_if_clobbered(dir: &Path) -> Result<Option<PathBuf>, SpoolError> {
     let path = dir.join(SPOOL_FILE);
-    if !clobbered(&path) {
+    let emptied = std::fs::metadata(&path).is_ok_and(|m| m.len() < HEADER.len() as u64);
+    if !emptied {
         return Ok(None);
     }
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");

@@ -15,19 +15,31 @@ fn short_breaker(toml: String) -> String {
     format!("{toml}[breaker]\nreset_timeout_s = 1\n")
 }
 
-#[test]
-fn a_deleted_spool_is_recreated_with_everything_it_held() {
+/// A cluster, a listener that is down, and the agent's config for them (every second,
+/// a short breaker): events queue up in the spool.
+fn listener_down() -> (PgCluster, Listener, tempfile::TempDir, String) {
     let pg = PgCluster::start("");
     let mut listener = Listener::start(TOKEN);
     listener.stop();
     let dir = shared_tempdir("pgagent-it");
     let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
-    let agent = Agent::start(dir.path(), &toml, &[]);
-    // Events queue up while the listener is away.
-    let queued: BTreeSet<String> = wait_for("events in the spool", Duration::from_secs(30), || {
+    (pg, listener, dir, toml)
+}
+
+/// The ids in the spool once there are at least five.
+fn queued(agent: &Agent) -> BTreeSet<String> {
+    wait_for("events in the spool", Duration::from_secs(30), || {
         let ids = agent.spool_ids();
         (ids.len() >= 5).then(|| ids.into_iter().collect())
-    });
+    })
+}
+
+#[test]
+fn a_deleted_spool_is_recreated_with_everything_it_held() {
+    let (_pg, mut listener, dir, toml) = listener_down();
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // Events queue up while the listener is away.
+    let queued = queued(&agent);
     for f in ["spool.db", "spool.db-wal", "spool.db-shm"] {
         let _ = std::fs::remove_file(agent.state_dir.join(f));
     }
@@ -62,18 +74,11 @@ fn a_deleted_spool_is_recreated_with_everything_it_held() {
 
 #[test]
 fn a_spool_emptied_in_place_starts_again_with_what_is_in_memory_and_counts_the_rest() {
-    let pg = PgCluster::start("");
-    let mut listener = Listener::start(TOKEN);
-    listener.stop();
-    let dir = shared_tempdir("pgagent-it");
-    let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
+    let (_pg, mut listener, dir, toml) = listener_down();
     // A first run leaves events in the spool (on disk only: the next run's memory never
     // held them).
     let first = Agent::start(dir.path(), &toml, &[]);
-    let old: BTreeSet<String> = wait_for("a first run's events", Duration::from_secs(30), || {
-        let ids = first.spool_ids();
-        (ids.len() >= 5).then(|| ids.into_iter().collect())
-    });
+    let old = queued(&first);
     drop(first);
     let old: BTreeSet<String> = crate::harness::agent::spool_ids(&dir.path().join("state"))
         .into_iter()
@@ -140,11 +145,7 @@ fn a_spool_emptied_in_place_starts_again_with_what_is_in_memory_and_counts_the_r
 
 #[test]
 fn a_spool_emptied_while_the_agent_was_down_is_set_aside_and_its_loss_counted() {
-    let pg = PgCluster::start("");
-    let mut listener = Listener::start(TOKEN);
-    listener.stop();
-    let dir = shared_tempdir("pgagent-it");
-    let toml = short_breaker(config(dir.path(), &pg, &listener.url(), 1));
+    let (_pg, mut listener, dir, toml) = listener_down();
     let first = Agent::start(dir.path(), &toml, &[]);
     // The status dump (every 10 s) has counted what waits.
     let status = first.state_dir.join("status.json");

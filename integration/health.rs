@@ -653,8 +653,8 @@ fn names_that_are_not_utf8_are_read_lossily_and_blind_no_pass() {
 fn a_first_pass_larger_than_the_backlog_ships_every_table_exactly_once() {
     let pg = cluster();
     // Four databases of 200 tables with 3 indexes each: a first pass of about 2 MB of
-    // events, against a collector backlog cut to 512 KB for the test (16 MiB in the
-    // agent, where 14 databases of 1,000 tables overflowed it).
+    // events, against a collector backlog cut to 512 KB for the test (the agent's is
+    // larger, and a large cluster overflowed it the same way).
     let dbs = ["d1", "d2", "d3", "d4"];
     for d in dbs {
         pg.sql(&format!("CREATE DATABASE {d}"));

@@ -47,7 +47,7 @@ pub fn take(child: &str) -> Option<Fault> {
 
 /// A collector's in-memory backlog cap: `default`, unless a test wrote a smaller number
 /// of bytes into `$POSTGRES_AGENT_FAULT_DIR/backlog_bytes` (debug builds only), so that
-/// a test can fill it with a few hundred tables instead of tens of thousands.
+/// a test can fill it with a few hundred tables.
 pub fn backlog_cap(default: usize) -> usize {
     fault_dir()
         .and_then(|d| std::fs::read_to_string(PathBuf::from(d).join("backlog_bytes")).ok())

@@ -80,9 +80,8 @@ struct Memo {
 }
 
 /// The most text the memo holds. Small: texts with literals in them (a workload that
-/// does not use parameters) are each seen once, and a large memo filled with them over
-/// half an hour, then freed at once, holding and fragmenting a few MB of heap for a
-/// saving of microseconds per text.
+/// does not use parameters) are each seen once, so a large memo fills slowly with texts
+/// never asked for again and holds heap for little saved work.
 const MEMO_MAX_BYTES: usize = 128 << 10;
 
 impl Memo {

@@ -271,7 +271,7 @@ pub struct Known<'a> {
 impl<'a> Known<'a> {
     /// From the message itself when it is the session's `connection authorized` line
     /// (which names both), else from what earlier lines of the pid showed.
-    fn of(text: &'a [u8], session: Option<&'a Names>) -> Known<'a> {
+    fn of(text: &'a [u8], session: Option<Names<'a>>) -> Known<'a> {
         if let Some((user, database)) = sessions::authorized_names(text) {
             return Known {
                 user: Some(user),
@@ -279,8 +279,8 @@ impl<'a> Known<'a> {
             };
         }
         session.map_or_else(Known::default, |n| Known {
-            user: n.user.as_deref().map(str::as_bytes),
-            database: n.database.as_deref().map(str::as_bytes),
+            user: n.user.map(str::as_bytes),
+            database: n.database.map(str::as_bytes),
         })
     }
 

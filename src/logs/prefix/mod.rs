@@ -519,7 +519,7 @@ fn settle(line: &[u8], parses: &mut Vec<Parse>, sessions: &Sessions) {
             (Some(v), Some(k)) => v == k.as_bytes(),
             _ => true,
         };
-        agrees(Escape::User, n.user.as_deref()) && agrees(Escape::Database, n.database.as_deref())
+        agrees(Escape::User, n.user) && agrees(Escape::Database, n.database)
     };
     if parses.iter().any(&fits) {
         parses.retain(fits);
@@ -529,7 +529,10 @@ fn settle(line: &[u8], parses: &mut Vec<Parse>, sessions: &Sessions) {
 /// Updates the session table from a decided line.
 fn learn(body: &Body<'_>, rec: &Record, sessions: &mut Sessions) {
     let Some(pid) = rec.pid else { return };
-    if body.label.is_some() && body.text.starts_with(b"connection received:") {
+    if body.label.is_some()
+        && (body.text.starts_with(b"connection received:")
+            || body.text.starts_with(b"disconnection:"))
+    {
         sessions.forget(pid);
         return;
     }

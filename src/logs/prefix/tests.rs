@@ -291,6 +291,15 @@ fn the_session_settles_names_with_separators() {
     let mut r = Record::default();
     p.parse(line, &mut rd, &mut r).expect("match");
     assert!(r.ambiguous);
+    // So does a session that ended.
+    p.parse(auth, &mut rd, &mut Record::default())
+        .expect("match");
+    let bye = b"2026-11-26 17:35:09.000 UTC [8] alice@corp@shop LOG:  disconnection: session time: 0:00:01.000 user=alice@corp database=shop host=[local]";
+    p.parse(bye, &mut rd, &mut Record::default())
+        .expect("match");
+    let mut r = Record::default();
+    p.parse(line, &mut rd, &mut r).expect("match");
+    assert!(r.ambiguous);
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod not_utf8;
 mod otlp;
 mod plans;
 mod privileges;
+mod project;
 mod redirects;
 mod sampler;
 mod signals;

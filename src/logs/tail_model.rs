@@ -52,7 +52,11 @@ fn tick() {
 
 fn line(n: usize) -> String {
     // Messages of different lengths, some with a continuation line.
-    let extra = if n % 7 == 0 { "\n\tcontinued" } else { "" };
+    let extra = if n.is_multiple_of(7) {
+        "\n\tcontinued"
+    } else {
+        ""
+    };
     format!(
         "2026-11-26 10:00:00.000 UTC [{}] LOG:  line-{n} {}{extra}\n",
         100 + n % 3,

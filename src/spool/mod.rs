@@ -666,7 +666,7 @@ impl Spool {
         // costs seconds, not events.
         if self.pending(output) == 0 {
             self.empty_polls += 1;
-            if self.empty_polls % 5 != 0 {
+            if !self.empty_polls.is_multiple_of(5) {
                 return Ok(None);
             }
         }

@@ -412,7 +412,7 @@ fn a_shipper_behind_by_more_than_the_tails_cap_is_served_from_the_table_until_it
 fn big(i: u32) -> Event {
     Event::new(
         format!("big:{i:06}"),
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             EventKind::PgLog
         } else {
             EventKind::PgActivity

@@ -175,6 +175,28 @@ fn check_passes_and_then_names_each_failure_with_a_fix() {
     );
     assert!(out.contains("accepted the token (HTTP 200)"), "{out}");
     assert!(out.contains("all checks passed"), "{out}");
+    // The state directory is judged, not made: made here (as root, say) it would be
+    // check's user's, not the service's.
+    let state = dir.path().join("state");
+    assert!(
+        out.contains(&format!(
+            "ok    state_dir {} does not exist yet: the agent creates it (0700) when it starts",
+            state.display()
+        )),
+        "{out}"
+    );
+    assert!(!state.exists(), "check created {}", state.display());
+    std::fs::write(&state, "a file").expect("write");
+    let (code, out, _) = run(&["check"], &path);
+    assert_eq!(code, 69, "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAIL  state_dir {} is not a directory",
+            state.display()
+        )),
+        "{out}"
+    );
+    std::fs::remove_file(&state).expect("rm");
 
     std::fs::write(&path, good.replace(TOKEN, "wrong-token")).expect("write");
     let (code, out, _) = run(&["check"], &path);

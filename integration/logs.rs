@@ -524,6 +524,53 @@ fn check_finds_the_servers_log_and_says_when_the_prefix_does_not_fit() {
 }
 
 #[test]
+fn check_names_the_directory_a_user_may_not_enter_and_the_exact_fix() {
+    use std::os::unix::process::CommandExt;
+    // The log inside a 0700 data directory, read by a user that is neither the server's
+    // nor in its group. Needs root to run `check` as that user.
+    assert!(
+        crate::harness::is_root(),
+        "this test runs check as another user: run it as root"
+    );
+    let pg = PgCluster::start(&format!(
+        "{LOG_CONF}log_destination = 'stderr'\nlog_directory = 'log'\n"
+    ));
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = crate::harness::shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 60).replace("logs = false\n", "logs = true\n"),
+    )
+    .expect("write");
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .uid(4242)
+        .gid(4242)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let data = pg.data();
+    assert_eq!(out.status.code(), Some(69), "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL  log       permission denied: user 4242 may not enter {} (directory nobody:nogroup 0700, and 4242 is not in group nogroup)",
+            data.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "fix: sudo usermod -aG nogroup 4242 && sudo chmod g+rx {} (then restart the agent: a new group counts from the next login or start); for the files the server writes next: log_file_mode = 0640 in postgresql.conf, then SELECT pg_reload_conf(); a data directory may be 0750 (PostgreSQL accepts 0700 or 0750), or move the log out of it: log_directory = '/var/log/postgresql'",
+            data.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("no log file found"), "{text}");
+}
+
+#[test]
 fn check_says_what_to_do_without_the_logging_collector() {
     let pg = PgCluster::start("");
     let (code, out) = check_logs(&pg);

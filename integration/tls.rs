@@ -11,7 +11,7 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("openssl");
+        .expect("openssl (Debian package `openssl`)");
     assert!(
         out.status.success(),
         "{}",

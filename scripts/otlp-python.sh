@@ -14,8 +14,12 @@ exec 9>"$cache/.lock-otlp-$version"
 flock 9
 if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
-  python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q --disable-pip-version-check "opentelemetry-proto==$version" >&2
+  python3 -m venv --help >/dev/null 2>&1 ||
+    { echo "otlp-python.sh: python3's venv module is missing (Debian package python3-venv)" >&2; exit 69; }
+  python3 -m venv "$venv" >&2 ||
+    { echo "otlp-python.sh: python3 -m venv failed (Debian package python3-venv)" >&2; exit 69; }
+  "$venv/bin/pip" install -q --disable-pip-version-check "opentelemetry-proto==$version" >&2 ||
+    { echo "otlp-python.sh: pip could not install opentelemetry-proto==$version: the OTLP tests need PyPI (or a mirror in pip.conf)" >&2; exit 69; }
   "$venv/bin/python" -c 'import opentelemetry.proto.collector.logs.v1.logs_service_pb2' >&2
   touch "$venv/.complete"
 fi

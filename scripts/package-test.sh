@@ -47,6 +47,11 @@ cargo deb --no-build --deb-revision 2 --output "$W/v2.deb" >/dev/null
 ok "built postgres-agent_${version}-1 and -2"
 
 # -- install ------------------------------------------------------------------------
+# As if the agent had been run by hand as root before the package came: the state
+# directory is root's, 0755, with a root-owned spool in it. The postinst repairs both.
+rm -rf /var/lib/postgres-agent
+install -d -m 0755 /var/lib/postgres-agent
+touch /var/lib/postgres-agent/spool.db
 dpkg -i "$W/v1.deb" >/dev/null || { apt-get install -y -qq -f >/dev/null; dpkg -i "$W/v1.deb" >/dev/null; }
 [ "$(dpkg-query -W -f '${Version}' postgres-agent)" = "${version}-1" ] || fail "installed version"
 expect_stat() { # path "mode owner:group"
@@ -57,6 +62,8 @@ expect_stat /usr/bin/postgres-agent "755 root:root"
 expect_stat /etc/postgres-agent "750 root:postgres-agent"
 expect_stat /etc/postgres-agent/agent.toml "640 root:postgres-agent"
 expect_stat /var/lib/postgres-agent "700 postgres-agent:postgres-agent"
+expect_stat /var/lib/postgres-agent/spool.db "644 postgres-agent:postgres-agent"
+rm /var/lib/postgres-agent/spool.db
 expect_stat /usr/lib/systemd/system/postgres-agent.service "644 root:root"
 for f in README.md changelog.gz copyright ARCHITECTURE.md; do
   [ -s "/usr/share/doc/postgres-agent/$f" ] || fail "/usr/share/doc/postgres-agent/$f missing"
@@ -111,6 +118,22 @@ if ! as_agent postgres-agent check -c /etc/postgres-agent/agent.toml > "$W/check
 fi
 grep -q "log" "$W/check.out" || fail "check said nothing of the log"
 ok "postgres-agent check as postgres-agent: exit 0"
+
+# `check` as root, as the README's first steps run it: judged for the service user, and
+# nothing of the service's is created or changed. Without the directory it creates
+# nothing either.
+postgres-agent check -c /etc/postgres-agent/agent.toml > "$W/check-root.out" 2>&1 || true
+grep -q "state_dir .*writable by user postgres-agent (the service's" "$W/check-root.out" ||
+  { cat "$W/check-root.out" >&2; fail "check as root did not judge the state directory for the service user"; }
+expect_stat /var/lib/postgres-agent "700 postgres-agent:postgres-agent"
+[ -z "$(ls -A /var/lib/postgres-agent)" ] || fail "check as root left files in /var/lib/postgres-agent"
+mv /var/lib/postgres-agent "$W/state-aside"
+postgres-agent check -c /etc/postgres-agent/agent.toml > "$W/check-root.out" 2>&1 || true
+[ ! -e /var/lib/postgres-agent ] || fail "check as root created /var/lib/postgres-agent"
+grep -q "sudo install -d -o postgres-agent -g postgres-agent -m 0700 /var/lib/postgres-agent" "$W/check-root.out" ||
+  { cat "$W/check-root.out" >&2; fail "check without the state directory did not print the command that makes it"; }
+mv "$W/state-aside" /var/lib/postgres-agent
+ok "check as root: judged for postgres-agent, nothing created or changed"
 
 # -- events spooled while the listener is down ------------------------------------------
 sed -i "s|^url = .*|url = \"http://127.0.0.1:9/ingest/postgres\"|" /etc/postgres-agent/agent.toml

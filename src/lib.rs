@@ -24,6 +24,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod backoff;
 pub mod catalogue;
 pub mod cli;

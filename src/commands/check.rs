@@ -110,20 +110,115 @@ fn serves_agent_metrics(addr: std::net::SocketAddr) -> bool {
     memchr::memmem::find(&text, b"\npostgres_agent_info{").is_some()
 }
 
+/// The state directory, judged for the user the service runs as, without creating or
+/// changing anything: a directory made here by root would be root's, and the service
+/// could not write it.
 fn check_state_dir(r: &mut Report, config: &Config) {
+    use crate::access::{blocked, Want, Who};
+    use std::os::unix::fs::MetadataExt;
     let dir = &config.agent.state_dir;
-    let probe = dir.join(".check");
-    match std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&probe, b"x")) {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&probe);
-            r.ok("state_dir", &format!("{} is writable", dir.display()));
-        }
-        Err(e) => r.fail(
+    let who = Who::judged();
+    let me = Who::current();
+    let whose = if who.uid == me.uid {
+        format!("user {}", who.name)
+    } else {
+        format!(
+            "user {} (the service's; judged for it, not for {})",
+            who.name, me.name
+        )
+    };
+    let d = dir.display();
+    let owner = format!("{}:{}", who.name, who.group());
+    let make = format!(
+        "sudo install -d -o {} -g {} -m 0700 {d}",
+        who.name,
+        who.group()
+    );
+    let repair = format!("sudo chown -R {owner} {d} && sudo chmod 0700 {d}");
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => r.fail(
             "state_dir",
-            &format!("cannot write in {}: {e}", dir.display()),
-            "create it owned by the agent's user, or set agent.state_dir (the systemd unit's StateDirectory= does this)",
+            &format!("{d} is not a directory"),
+            "set agent.state_dir to a directory (the package's is /var/lib/postgres-agent)",
         ),
+        Ok(m) => {
+            if let Some(b) = blocked(dir, Want::Write, &who) {
+                return r.fail("state_dir", &b.problem(&who), &repair);
+            }
+            if who.uid != 0 && m.uid() != who.uid {
+                let theirs = crate::access::user_name(m.uid())
+                    .map_or_else(|| format!("uid {}", m.uid()), |n| format!("user {n}"));
+                return r.fail(
+                    "state_dir",
+                    &format!(
+                        "{d} belongs to {theirs}, not to {whose}: the agent keeps it private (0700) and only its owner may"
+                    ),
+                    &repair,
+                );
+            }
+            if who.uid == me.uid && !writable_here(dir) {
+                return r.fail(
+                    "state_dir",
+                    &format!(
+                        "{d} refuses new files although its mode allows them (read-only file system, ACL or security module): {}",
+                        std::io::Error::last_os_error()
+                    ),
+                    "set agent.state_dir to a writable directory (the systemd unit allows only /var/lib/postgres-agent)",
+                );
+            }
+            let mode = m.mode() & 0o777;
+            if mode != crate::state_dir::DIR_MODE {
+                r.warn(
+                    "state_dir",
+                    &format!("{d} is {mode:04o}: the spool holds query texts and log lines"),
+                    &format!("nothing to do: the agent makes it 0700 when it starts (now: sudo chmod 0700 {d})"),
+                );
+            }
+            r.ok("state_dir", &format!("{d} is writable by {whose}"));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir
+                .ancestors()
+                .skip(1)
+                .find(|a| a.exists())
+                .unwrap_or_else(|| std::path::Path::new("/"));
+            match blocked(parent, Want::Write, &who) {
+                None => r.ok(
+                    "state_dir",
+                    &format!("{d} does not exist yet: the agent creates it (0700) when it starts, as {whose}"),
+                ),
+                Some(b) if dir == std::path::Path::new("/var/lib/postgres-agent") => r.warn(
+                    "state_dir",
+                    &format!("{d} does not exist and {}: systemd creates it for the service (StateDirectory=), but not for an agent started by hand", b.problem(&who)),
+                    &make,
+                ),
+                Some(b) => r.fail(
+                    "state_dir",
+                    &format!("{d} does not exist, and {}", b.problem(&who)),
+                    &make,
+                ),
+            }
+        }
+        Err(e) => match blocked(dir, Want::Write, &who) {
+            Some(b) => r.fail("state_dir", &b.problem(&who), &b.fix(&who)),
+            None => r.fail(
+                "state_dir",
+                &format!("cannot look at {d}: {e}"),
+                "set agent.state_dir to a directory the agent's user may write",
+            ),
+        },
     }
+}
+
+/// Whether this process may create files in `dir` (the kernel's answer: ACLs, read-only
+/// mounts and security modules included), without creating one.
+fn writable_here(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access only reads the path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 async fn check_database(r: &mut Report, config: &Config) {
@@ -369,6 +464,10 @@ async fn check_log(r: &mut Report, config: &Config) {
         Ok(p) => p,
         Err(e) => return r.fail("log", &e.reason, &e.fix),
     };
+    // Judged for the service's user when run as root: root reads every log.
+    if let Some((problem, fix)) = p.locator.permission_problem(&crate::access::Who::judged()) {
+        return r.fail("log", &problem, &fix);
+    }
     let Some(cur) = p.locator.current() else {
         return r.fail(
             "log",

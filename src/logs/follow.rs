@@ -12,6 +12,7 @@ use super::locate::Locator;
 use super::plan::{plan, Facts, Plan, ServerSettings};
 use super::tail::{Note, Position, Tailer};
 use super::{LogParser, OwnSessions, Shaper};
+use crate::access::Who;
 use crate::config::{Config, LogsConfig};
 use crate::model::{Checkpoint, Event, LogStats, Problem, SourceState};
 
@@ -207,13 +208,16 @@ impl Follower {
         let poll = match tailer.poll(parser, BATCH_MAX) {
             Ok(p) => p,
             Err(e) => {
-                let problem = Problem::new(
-                    format!("cannot read the log: {e}"),
-                    format!(
-                        "let the agent's user read {} — e.g. add it to the postgres group — or set [logs] path",
-                        plan.locator.describe()
+                let problem = match plan.locator.permission_problem(&Who::current()) {
+                    Some((problem, fix)) => Problem::new(problem, fix),
+                    None => Problem::new(
+                        format!("cannot read the log: {e}"),
+                        format!(
+                            "let the agent's user read {} — e.g. add it to the postgres group — or set [logs] path",
+                            plan.locator.describe()
+                        ),
                     ),
-                );
+                };
                 self.set_state(SourceState::Unavailable(problem));
                 return Polled::Unavailable {
                     error: Some(e.to_string()),
@@ -226,10 +230,18 @@ impl Follower {
             self.note(n);
         }
         let Some(position) = &poll.position else {
-            self.set_state(SourceState::Unavailable(Problem::new(
-                format!("no log file found ({describe})"),
-                "check log_directory / [logs] path",
-            )));
+            let denied = self
+                .active
+                .as_ref()
+                .and_then(|(plan, _, _)| plan.locator.permission_problem(&Who::current()));
+            let problem = match denied {
+                Some((problem, fix)) => Problem::new(problem, fix),
+                None => Problem::new(
+                    format!("no log file found ({describe})"),
+                    "check log_directory / [logs] path",
+                ),
+            };
+            self.set_state(SourceState::Unavailable(problem));
             return Polled::Unavailable { error: None };
         };
         self.set_state(SourceState::Working(format!(

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::Format;
+use crate::access::{blocked, Want, Who};
 
 /// Which file names of a directory belong to the log.
 type NameFilter = Box<dyn Fn(&str) -> bool>;
@@ -156,6 +157,34 @@ impl Locator {
             // Ours is gone from the directory: go to the file being written.
             None => self.current().filter(|c| !same(c)),
         }
+    }
+
+    /// Why `who` cannot read the log, when the mode bits say so: the problem (the
+    /// directory or file, its owner, group and mode) and the commands that fix it.
+    pub fn permission_problem(&self, who: &Who) -> Option<(String, String)> {
+        let b = match self {
+            Locator::File(p) => blocked(p, Want::Read, who)?,
+            Locator::Dir { dir, .. } | Locator::Server { log_dir: dir, .. } => {
+                blocked(dir, Want::List, who).or_else(|| {
+                    self.current()
+                        .and_then(|c| blocked(&c.path, Want::Read, who))
+                })?
+            }
+        };
+        let mut fix = b.fix(who);
+        if !b.dir || matches!(self, Locator::Server { .. }) {
+            fix.push_str(
+                "; for the files the server writes next: log_file_mode = 0640 in postgresql.conf, then SELECT pg_reload_conf()",
+            );
+        }
+        if let Locator::Server { data_dir, .. } = self {
+            if b.path == *data_dir {
+                fix.push_str(
+                    "; a data directory may be 0750 (PostgreSQL accepts 0700 or 0750), or move the log out of it: log_directory = '/var/log/postgresql'",
+                );
+            }
+        }
+        Some((b.problem(who), fix))
     }
 
     /// A short description for status.

@@ -150,7 +150,12 @@ fn environment_overrides_the_file() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("database.pool_max_size"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 problem(s) in the environment:\n  database.pool_max_size (environment variable POSTGRES_AGENT__DATABASE__POOL_MAX_SIZE): "),
+        "{err}"
+    );
+    assert!(!err.contains("agent.toml"), "{err}");
 }
 
 #[test]

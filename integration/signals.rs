@@ -99,6 +99,30 @@ fn sighup_applies_a_new_interval_and_keeps_the_old_config_when_broken() {
         );
     }
     assert_eq!(agent.logs_named("reload_applied").len(), 1);
+    // `status` shows the running agent (which recorded the rejection), and the file's
+    // problem as a line of it, not as its end.
+    let dump = agent.status();
+    assert_eq!(dump["last_reload"]["applied"], false);
+    let out = std::process::Command::new(crate::harness::agent::bin())
+        .args(["status", "-c"])
+        .arg(&agent.config_path)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("(pid {})", agent.pid())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "config    {} cannot be loaded now; the running agent keeps the configuration it last accepted",
+            agent.config_path.display()
+        )) && text.contains("collection.interval_s"),
+        "{text}"
+    );
     // A state directory the agent cannot use: rejected as `check` would, before the
     // spool is stopped.
     let state = agent.state_dir.display().to_string();

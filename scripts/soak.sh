@@ -6,6 +6,10 @@
 # end with the tenth minute (the target: within 1 MB).
 #   scripts/soak.sh [MINUTES]          (default 60)
 # KEEP=1 keeps the work directory (rss.csv: seconds, kB; the agent's log).
+# SOAK_AGENT_ENV="K=V …" sets variables for the agent alone, e.g. a heap profiler:
+#   SOAK_AGENT_ENV="LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+#     MALLOC_CONF=prof:true,lg_prof_sample:12,lg_prof_interval:31,prof_prefix:/tmp/je/agent"
+#   (Debian's libjemalloc-dev; then jeprof --base=EARLY.heap BINARY LATE.heap --text).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIN=${1:-60}
@@ -47,7 +51,8 @@ prefix = "$PREFIX"
 url = "http://127.0.0.1:$PORT/ingest/postgres"
 token = "t"
 TOML
-"$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
+# shellcheck disable=SC2086 # the variables are words on purpose
+env ${SOAK_AGENT_ENV:-} "$AGENT" run -c "$W/agent.toml" --log-format json 2>"$W/agent.log" & APID=$!; pids+=($APID)
 as_pg "$BIN/pgbench -h $W -U postgres -c 4 -j 2 -R 200 -T $((MIN * 60 + 30)) postgres >$W/pgbench.log 2>&1" & pids+=($!)
 : > "$W/rss.csv"
 step=$((MIN * 6))

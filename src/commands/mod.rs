@@ -29,6 +29,9 @@ pub fn main() -> i32 {
     }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
+        Err(e) if matches!(cli.command, Some(Command::Status)) => {
+            return status::status_despite(&cli.config, &e);
+        }
         Err(e) => {
             eprintln!("postgres-agent: configuration error: {e}");
             return EXIT_CONFIG;

@@ -293,21 +293,32 @@ pub struct ConfigError {
     pub path: PathBuf,
     /// All problems, in file order of sections.
     pub problems: Vec<ConfigProblem>,
+    /// Keys set by environment variables, with the variable's name: a problem with one
+    /// of them is not in the file.
+    pub from_env: std::collections::BTreeMap<String, String>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} problem(s) in {}:",
-            self.problems.len(),
-            self.path.display()
-        )?;
+        let env = |p: &ConfigProblem| self.from_env.get(&p.key);
+        let in_env = self.problems.iter().filter(|p| env(p).is_some()).count();
+        let place = if in_env == 0 {
+            self.path.display().to_string()
+        } else if in_env == self.problems.len() {
+            "the environment".to_string()
+        } else {
+            format!("{} and the environment", self.path.display())
+        };
+        write!(f, "{} problem(s) in {place}:", self.problems.len())?;
         for p in &self.problems {
-            if p.key.is_empty() {
-                write!(f, "\n  {}", p.problem)?;
-            } else {
-                write!(f, "\n  {}: {}", p.key, p.problem)?;
+            match (p.key.is_empty(), env(p)) {
+                (true, _) => write!(f, "\n  {}", p.problem)?,
+                (false, Some(var)) => write!(
+                    f,
+                    "\n  {} (environment variable {var}): {}",
+                    p.key, p.problem
+                )?,
+                (false, None) => write!(f, "\n  {}: {}", p.key, p.problem)?,
             }
         }
         Ok(())
@@ -330,31 +341,42 @@ impl Config {
 
     /// Reads `path`, applies environment overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let whole = |problems: Vec<ConfigProblem>| ConfigError {
-            path: path.to_path_buf(),
-            problems,
-        };
+        let mut from_env = std::collections::BTreeMap::new();
+        let whole =
+            |problems: Vec<ConfigProblem>,
+             from_env: &std::collections::BTreeMap<String, String>| ConfigError {
+                path: path.to_path_buf(),
+                problems,
+                from_env: from_env.clone(),
+            };
         if !path.is_file() {
-            return Err(whole(one(format!(
-                "cannot read the file: {}",
-                if path.exists() {
-                    "not a regular file"
-                } else {
-                    "no such file"
-                }
-            ))));
+            return Err(whole(
+                one(format!(
+                    "cannot read the file: {}",
+                    if path.exists() {
+                        "not a regular file"
+                    } else {
+                        "no such file"
+                    }
+                )),
+                &from_env,
+            ));
         }
-        let text =
-            std::fs::read(path).map_err(|e| whole(one(format!("cannot read the file: {e}"))))?;
+        let text = std::fs::read(path)
+            .map_err(|e| whole(one(format!("cannot read the file: {e}")), &from_env))?;
         let text = String::from_utf8(text).map_err(|e| {
-            whole(one(format!(
-                "not valid TOML: not UTF-8 text (byte {})",
-                e.utf8_error().valid_up_to()
-            )))
+            whole(
+                one(format!(
+                    "not valid TOML: not UTF-8 text (byte {})",
+                    e.utf8_error().valid_up_to()
+                )),
+                &from_env,
+            )
         })?;
-        let mut tree = file_tree(&text).map_err(|p| whole(one(p)))?;
-        env_overrides(&mut tree, std::env::vars_os()).map_err(whole)?;
-        finish(tree).map_err(whole)
+        let mut tree = file_tree(&text).map_err(|p| whole(one(p), &from_env))?;
+        let env = env_overrides(&mut tree, std::env::vars_os(), &mut from_env);
+        env.map_err(|p| whole(p, &from_env))?;
+        finish(tree).map_err(|p| whole(p, &from_env))
     }
 
     /// A short fingerprint of the settings (secrets included only as "set/unset"), shown
@@ -373,6 +395,30 @@ fn one(problem: String) -> Vec<ConfigProblem> {
         problem,
     }]
 }
+
+/// Where the state directory is according to `path` and the environment, read as far
+/// as the file allows: `status` finds a running agent's dump with it when the file has
+/// broken since the agent started (a reload the agent rejected, say).
+pub fn state_dir_hint(path: &Path) -> PathBuf {
+    if let Some(v) = std::env::var_os(format!("{ENV_PREFIX}__AGENT__STATE_DIR")) {
+        return PathBuf::from(v);
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            t.get("agent")?
+                .get("state_dir")?
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// The state directory when the config names none (the package's, the unit's
+/// StateDirectory=).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/postgres-agent";
 
 /// The file as a tree. The syntax is checked first so that an error names the line and
 /// column and what is wrong but never shows the text around it: an unterminated
@@ -403,6 +449,7 @@ fn file_tree(text: &str) -> Result<serde_json::Value, String> {
 fn env_overrides(
     tree: &mut serde_json::Value,
     vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    from_env: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<(), Vec<ConfigProblem>> {
     let prefix = format!("{ENV_PREFIX}__");
     let mut problems = Vec::new();
@@ -420,6 +467,7 @@ fn env_overrides(
             });
             continue;
         };
+        from_env.insert(format!("{section}.{key}"), format!("{prefix}{name}"));
         let Some(value) = v.to_str() else {
             problems.push(ConfigProblem {
                 key: format!("{section}.{key}"),

@@ -155,7 +155,12 @@ fn values_in_the_file_have_their_type_but_the_environment_is_text() {
         ("OTHER", "x"),
     ]
     .map(|(k, v)| (k.into(), v.into()));
-    env_overrides(&mut tree, vars.into_iter()).expect("env");
+    let mut from_env = std::collections::BTreeMap::new();
+    env_overrides(&mut tree, vars.into_iter(), &mut from_env).expect("env");
+    assert_eq!(
+        from_env.get("collection.interval_s").map(String::as_str),
+        Some("POSTGRES_AGENT__COLLECTION__INTERVAL_S")
+    );
     let c = finish(tree).expect("valid");
     assert_eq!(c.collection.interval, Duration::from_secs(7));
     assert!(!c.collection.activity);
@@ -166,7 +171,27 @@ fn values_in_the_file_have_their_type_but_the_environment_is_text() {
     );
     let mut tree = file_tree("").expect("toml");
     let bad = [("POSTGRES_AGENT__NOSECTION", "1")].map(|(k, v)| (k.into(), v.into()));
-    assert!(env_overrides(&mut tree, bad.into_iter()).is_err());
+    assert!(env_overrides(&mut tree, bad.into_iter(), &mut from_env).is_err());
+
+    // A bad value from the environment is named by its variable, not put in the file.
+    let mut tree = file_tree("[agent]\nproject_id=\"p\"\n").expect("toml");
+    let mut from_env = std::collections::BTreeMap::new();
+    let vars = [("POSTGRES_AGENT__DATABASE__PORT", "abc")].map(|(k, v)| (k.into(), v.into()));
+    env_overrides(&mut tree, vars.into_iter(), &mut from_env).expect("env");
+    let e = ConfigError {
+        path: "agent.toml".into(),
+        problems: finish(tree).expect_err("port is not a number"),
+        from_env,
+    };
+    let text = e.to_string();
+    assert!(
+        text.starts_with("1 problem(s) in the environment:\n  database.port (environment variable POSTGRES_AGENT__DATABASE__PORT): "),
+        "{text}"
+    );
+    assert!(
+        !text.contains("agent.toml") && !text.contains("abc"),
+        "{text}"
+    );
 }
 
 #[test]

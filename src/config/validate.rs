@@ -177,7 +177,7 @@ fn agent(c: &mut Check, a: &RawAgent) -> AgentConfig {
     let state_dir = c.value(
         "agent.state_dir",
         &a.state_dir,
-        "/var/lib/postgres-agent".to_string(),
+        super::DEFAULT_STATE_DIR.to_string(),
     );
     if state_dir.is_empty() {
         c.problem("agent.state_dir", "must not be empty");

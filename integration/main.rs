@@ -10,6 +10,7 @@ mod delivery;
 mod delivery_policy;
 mod health;
 mod locks;
+mod log_language;
 mod log_prefixes;
 mod logs;
 mod metrics;

@@ -198,9 +198,18 @@ impl PgCluster {
 
     /// Starts the server (again).
     pub fn start_server(&mut self) {
+        self.start_server_env(&[]);
+    }
+
+    /// Starts the server with extra environment variables (`LOCPATH`, say).
+    pub fn start_server_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         let log = self.dir.path().join("server.log");
+        let mut cmd = Command::new(bin_dir().join("pg_ctl"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         run(
-            as_server_user(Command::new(bin_dir().join("pg_ctl")).args([
+            as_server_user(cmd.args([
                 "-D",
                 self.data().to_str().expect("utf8"),
                 "-l",

@@ -157,7 +157,7 @@ pub const LOG_EVENTS: &[LogEvent] = &[
     ),
     e(
         "log_messages_localized",
-        "lc_messages is not English: classification by SQLSTATE only",
+        "most severity labels the log shows are translated: classification by SQLSTATE only",
     ),
     e(
         "log_source_planned",

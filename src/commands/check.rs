@@ -522,6 +522,20 @@ async fn check_log(r: &mut Report, config: &Config) {
             records.len()
         ),
     );
+    let mut language = crate::logs::record::Language::default();
+    language.count(&records);
+    if language.judge() == Some(true) {
+        r.warn(
+            "log",
+            &format!(
+                "the server writes translated messages ({} of the last {} severity labels, e.g. {:?}): they are classified by SQLSTATE only",
+                language.other,
+                language.english + language.other,
+                language.example.as_deref().unwrap_or("")
+            ),
+            "set lc_messages = 'C' in postgresql.conf, then SELECT pg_reload_conf() (or add %e to log_line_prefix so that each message carries its SQLSTATE)",
+        );
+    }
     if let LogParser::Stderr(s) = &parser {
         let client: Vec<&str> = s
             .prefix()

@@ -80,6 +80,8 @@ pub struct Follower {
     saved: Saved,
     active: Option<(Plan, LogParser, Tailer)>,
     warned_prefix: Option<String>,
+    /// The message language the log shows, until it is judged.
+    language: Option<super::record::Language>,
     /// A stored batch's vector, filled again by the next read ([`Follower::recycle`]).
     spare: Vec<Event>,
     /// Counters and state for status.
@@ -102,6 +104,7 @@ impl Follower {
             server: None,
             saved,
             active: None,
+            language: Some(Default::default()),
             warned_prefix: None,
             spare: Vec::new(),
             stats: LogStats::default(),
@@ -132,12 +135,6 @@ impl Follower {
                 "log_destination" => s.destinations.join(","),
                 "log_line_prefix" => s.prefix.as_deref().unwrap_or(""),
                 "log_directory" => s.log_dir.as_deref().unwrap_or(""));
-            if let Some(lc) = s.lc_messages.as_deref() {
-                if !(lc.is_empty() || lc == "C" || lc == "POSIX" || lc.starts_with("en")) {
-                    warn!(self.log, "log_messages_localized"; "lc_messages" => lc,
-                        "effect" => "messages are classified by SQLSTATE only; set lc_messages = 'C' for text classification");
-                }
-            }
         }
         self.server = Some(s);
     }
@@ -252,6 +249,21 @@ impl Follower {
         let now = Utc::now();
         let identity = position.identity();
         let file = position.path.clone();
+        if let Some(lang) = self.language.as_mut() {
+            lang.count(&poll.records);
+            if let Some(localized) = lang.judge() {
+                if localized {
+                    let lc = self.server.as_ref().and_then(|s| s.lc_messages.clone());
+                    warn!(self.log, "log_messages_localized";
+                        "lc_messages" => lc.unwrap_or_default(),
+                        "label" => lang.example.clone().unwrap_or_default(),
+                        "records" => lang.english + lang.other,
+                        "translated" => lang.other,
+                        "effect" => "the server writes translated messages: they are classified by SQLSTATE only (add %e to log_line_prefix, or set lc_messages = 'C' for text classification)");
+                }
+                self.language = None;
+            }
+        }
         let mut events = std::mem::take(&mut self.spare);
         events.reserve(poll.records.len());
         let mut records = poll.records;

@@ -219,3 +219,91 @@ mod tests {
         );
     }
 }
+
+/// Severity labels as an untranslated server writes them (`DEBUG1`…`DEBUG5` in csvlog
+/// and jsonlog).
+fn english_severity(s: &str) -> bool {
+    matches!(
+        s,
+        "LOG" | "ERROR" | "WARNING" | "FATAL" | "PANIC" | "NOTICE" | "INFO" | "DEBUG"
+    ) || s
+        .strip_prefix("DEBUG")
+        .is_some_and(|n| matches!(n, "1" | "2" | "3" | "4" | "5"))
+}
+
+/// Records with a severity needed before [`Language::judge`] says anything.
+pub const JUDGED_AFTER: u32 = 20;
+
+/// What the log shows of the server's message language: its severity labels are
+/// translated with its messages, so they tell whether the text classification (which
+/// reads English messages) applies, whatever `lc_messages` is called (`C.UTF-8` writes
+/// English; a server built without translations writes English whatever it is set to).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Language {
+    /// Records with an English severity label.
+    pub english: u32,
+    /// Records with another one.
+    pub other: u32,
+    /// The first other label seen.
+    pub example: Option<String>,
+}
+
+impl Language {
+    /// Counts the severities of `records` (ambiguous lines, whose label a client may
+    /// have written, are left out).
+    pub fn count<'a>(&mut self, records: impl IntoIterator<Item = &'a Record>) {
+        for r in records {
+            let Some(s) = r.severity.as_deref().filter(|_| !r.ambiguous) else {
+                continue;
+            };
+            if english_severity(s) {
+                self.english += 1;
+            } else {
+                self.other += 1;
+                if self.example.is_none() {
+                    self.example = Some(s.chars().take(24).collect());
+                }
+            }
+        }
+    }
+
+    /// `Some(true)` when most of at least [`JUDGED_AFTER`] labels are not English,
+    /// `Some(false)` when most are, `None` before that many.
+    pub fn judge(&self) -> Option<bool> {
+        (self.english + self.other >= JUDGED_AFTER).then_some(self.other > self.english)
+    }
+}
+
+#[cfg(test)]
+mod language_tests {
+    use super::*;
+
+    fn rec(severity: &str, ambiguous: bool) -> Record {
+        Record {
+            severity: Some(severity.into()),
+            ambiguous,
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn the_labels_decide_not_the_setting() {
+        let mut l = Language::default();
+        l.count(&vec![rec("LOG", false); 19]);
+        assert_eq!(l.judge(), None);
+        l.count(&[rec("DEBUG2", false)]);
+        assert_eq!(l.judge(), Some(false));
+        let mut de = Language::default();
+        de.count(&vec![rec("FEHLER", false); 15]);
+        de.count(&vec![rec("LOG", false); 5]);
+        de.count(&vec![rec("FEHLER", true); 50]);
+        assert_eq!(
+            (de.judge(), de.example.as_deref()),
+            (Some(true), Some("FEHLER"))
+        );
+        // Forged labels in ambiguous lines do not count.
+        let mut forged = Language::default();
+        forged.count(&vec![rec("FEHLER", true); 100]);
+        assert_eq!(forged.judge(), None);
+    }
+}

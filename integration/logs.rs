@@ -450,7 +450,7 @@ fn daemon_follows_rotations_across_restarts_and_kills_exactly_once() {
     );
 }
 
-fn check(config: &Path) -> (i32, String) {
+pub fn check(config: &Path) -> (i32, String) {
     let out = Command::new(bin())
         .args(["check", "-c"])
         .arg(config)
@@ -499,7 +499,16 @@ fn check_finds_the_servers_log_and_says_when_the_prefix_does_not_fit() {
         )),
         "{out}"
     );
-    assert!(out.contains("warn  log       no %a"), "{out}");
+    // One fix for what the prefix lacks, and the whole prefix that would stay with
+    // stderr, with what it costs.
+    assert!(
+        out.contains(
+            "warn  log       the stderr prefix \"%m [%p] \" lacks: no %a: log events cannot be correlated with requests\n      \
+             fix: log_destination = 'stderr,csvlog' in postgresql.conf, then SELECT pg_reload_conf(): csvlog carries every field, quoted; [logs] format = \"auto\" reads it; \
+             or, staying with stderr: log_line_prefix = '%m [%p] %a ' (%a is written by the client"
+        ),
+        "{out}"
+    );
     assert!(
         !out.contains("lets clients write into the prefix"),
         "no client-written field in this prefix: {out}"
@@ -652,13 +661,15 @@ fn check_warns_when_clients_can_write_into_the_stderr_prefix() {
         "{out}"
     );
     assert!(
-        out.contains("csvlog and jsonlog quote every field and cannot be forged"),
+        out.contains("csvlog quotes every field and cannot be forged"),
         "{out}"
     );
     assert!(
-        out.contains("fix: add csvlog (or jsonlog on PostgreSQL 15+) to log_destination"),
+        out.contains("fix: log_destination = 'stderr,csvlog' in postgresql.conf"),
         "{out}"
     );
+    // This prefix lacks nothing: no second, contradicting prefix is recommended.
+    assert!(!out.contains("log_line_prefix = '"), "{out}");
     let ambiguous = out
         .split("shipped flagged without the disputed fields (")
         .nth(1)

@@ -203,6 +203,42 @@ fn a_slow_request_arrives_with_the_plan_explain_analyze_shows() {
 }
 
 #[test]
+fn checks_fixes_share_one_preload_line_that_keeps_every_library() {
+    // Statements and plans both wanted, neither loaded: the two fixes print the same
+    // whole line, so pasting either keeps the other's library.
+    let pg = PgCluster::start(&format!(
+        "{LOG_CONF}log_destination = 'csvlog'\nlog_directory = 'log'\n"
+    ));
+    pg.sql("create extension pg_stat_statements");
+    let listener = Listener::start(crate::harness::agent::TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 60)
+            .replace("logs = false\n", "logs = true\n")
+            .replace("statements = false", "statements = true"),
+    )
+    .expect("write");
+    let (code, out) = crate::logs::check(&path);
+    assert_eq!(code, 69, "{out}");
+    let line = "shared_preload_libraries = 'pg_stat_statements,auto_explain'";
+    assert_eq!(out.matches(line).count(), 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "fix: in postgresql.conf: {line}, then restart the server"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "fix: in postgresql.conf, then restart the server:\n      {line}\n"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_says_whether_plans_are_logged_and_the_lines_that_turn_them_on() {
     let mut pg = PgCluster::start(&format!(
         "{LOG_CONF}log_destination = 'csvlog'\nlog_directory = 'log'\n"

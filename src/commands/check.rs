@@ -241,15 +241,18 @@ async fn check_database(r: &mut Report, config: &Config) {
         Ok(Err(e)) => {
             let msg = describe(&e);
             let fix = if msg.contains("password") || msg.contains("authentication") {
-                "check database.user and database.password_file, and that pg_hba.conf allows this role from this host"
+                "check database.user and database.password_file, and that pg_hba.conf allows this role from this host".to_string()
             } else if msg.contains("does not exist") && msg.contains("role") {
-                "create the role: CREATE ROLE postgres_agent LOGIN; GRANT pg_monitor TO postgres_agent;"
+                format!(
+                    "create the role, as a superuser: CREATE ROLE {u} LOGIN; GRANT pg_monitor TO {u};",
+                    u = quote_ident(&db.user)
+                )
             } else if msg.contains("does not exist") {
-                "set database.dbname to an existing database (postgres is fine)"
+                "set database.dbname to an existing database (postgres is fine)".to_string()
             } else {
-                "is the server running? check database.host (socket directory or host name) and database.port"
+                "is the server running? check database.host (socket directory or host name) and database.port".to_string()
             };
-            return r.fail("database", &format!("cannot connect {target}: {msg}"), fix);
+            return r.fail("database", &format!("cannot connect {target}: {msg}"), &fix);
         }
         Err(_) => {
             return r.fail(
@@ -260,6 +263,7 @@ async fn check_database(r: &mut Report, config: &Config) {
         }
     };
     actix_rt::spawn(conn);
+    let user = db.user.as_str();
     let q = "SELECT current_user::text, current_setting('server_version'),
                     pg_has_role(current_user, 'pg_monitor', 'USAGE')
                     OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)";
@@ -278,21 +282,37 @@ async fn check_database(r: &mut Report, config: &Config) {
                 r.fail(
                     "database",
                     &format!("connected as {user} to PostgreSQL {version}, but the role lacks pg_monitor: other sessions' queries would read <insufficient privilege>"),
-                    &format!("GRANT pg_monitor TO {user};"),
+                    &format!("GRANT pg_monitor TO {};", quote_ident(&user)),
                 );
             }
         }
         Err(e) => r.fail(
             "database",
             &format!("query failed: {}", describe(&e)),
-            "check the role's privileges",
+            &query_fix(&e, user),
         ),
     }
+    // One shared_preload_libraries line for every fix that needs it: pasting one must
+    // not drop what another needs.
+    let current: String = match client
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(_) => String::new(),
+    };
+    let preload = preload_line(
+        &current,
+        &[
+            ("pg_stat_statements", config.collection.statements),
+            ("auto_explain", config.collection.logs),
+        ],
+    );
     if config.collection.statements {
-        check_statements(r, &client, &db.dbname).await;
+        check_statements(r, &client, &db.dbname, &preload, user).await;
     }
     if config.collection.logs {
-        check_plans(r, &client).await;
+        check_plans(r, &client, &preload, user).await;
     }
     let h = &config.collection.health;
     if h.databases
@@ -319,7 +339,13 @@ async fn check_health(r: &mut Report, client: &tokio_postgres::Client, config: &
                       WHERE datallowconn AND NOT datistemplate)";
     let row = match client.query_one(q, &[]).await {
         Ok(row) => row,
-        Err(e) => return r.fail("health", &describe(&e), "check the role's privileges"),
+        Err(e) => {
+            return r.fail(
+                "health",
+                &describe(&e),
+                &query_fix(&e, &config.database.user),
+            )
+        }
     };
     let (counts, io_timing, all_stats): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
     let closed: Vec<String> = row.get(3);
@@ -336,7 +362,7 @@ async fn check_health(r: &mut Report, client: &tokio_postgres::Client, config: &
         r.warn(
             "health",
             "the role lacks pg_read_all_stats: other sessions' snapshots (pg_xmin_horizon), vacuum progress and standbys' positions read empty",
-            &format!("GRANT pg_monitor TO {user};"),
+            &format!("GRANT pg_monitor TO {};", quote_ident(user)),
         );
     }
     if config.collection.health.tables.is_some() && !closed.is_empty() {
@@ -349,7 +375,13 @@ async fn check_health(r: &mut Report, client: &tokio_postgres::Client, config: &
             ),
             &closed
                 .iter()
-                .map(|d| format!("GRANT CONNECT ON DATABASE \"{d}\" TO {user};"))
+                .map(|d| {
+                    format!(
+                        "GRANT CONNECT ON DATABASE {} TO {};",
+                        quote_ident(d),
+                        quote_ident(user)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
         );
@@ -370,6 +402,52 @@ async fn check_health(r: &mut Report, client: &tokio_postgres::Client, config: &
     );
 }
 
+/// A name as SQL writes it: quoted only when it must be (safe to paste).
+fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `shared_preload_libraries = '…'` with what the server loads now and every library
+/// `wanted` marks as needed (in that order), each once.
+fn preload_line(current: &str, wanted: &[(&str, bool)]) -> String {
+    let mut libs: Vec<String> = current
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for (lib, needed) in wanted {
+        if *needed && !libs.iter().any(|l| l == lib) {
+            libs.push(lib.to_string());
+        }
+    }
+    format!("shared_preload_libraries = '{}'", libs.join(","))
+}
+
+/// The fix for a catalogue query that failed: the privilege when the server refused one
+/// (SQLSTATE 42501), else what the error's class says.
+fn query_fix(e: &tokio_postgres::Error, user: &str) -> String {
+    match e.as_db_error().map(|d| d.code().code()) {
+        Some("42501") => format!(
+            "GRANT pg_monitor TO {};  -- as a superuser: pg_monitor holds pg_read_all_settings, pg_read_all_stats and pg_stat_scan_tables, what the agent reads",
+            quote_ident(user)
+        ),
+        Some("57014") => "the server cancelled the query (statement_timeout): raise database.statement_timeout_ms, or find what makes the catalogue slow (locks on pg_class, a bloated catalogue)".to_string(),
+        Some(code) => format!(
+            "not a privilege problem (SQLSTATE {code}): the server log names this session's error; report it with `postgres-agent --version` and the server's version"
+        ),
+        None => "the connection failed during the query: is the server running and reachable?".to_string(),
+    }
+}
+
 /// The lines that make the server log plans the agent reads best, as `check` prints them.
 pub const AUTO_EXPLAIN_LINES: &str = "\
 auto_explain.log_min_duration = '1s'   # plans of statements slower than this
@@ -380,7 +458,12 @@ auto_explain.log_min_duration = '1s'   # plans of statements slower than this
       auto_explain.sample_rate = 0.1         # log_analyze instruments every sampled statement, fast or slow: this bounds it";
 
 /// auto_explain: loaded, and set so that the plans it logs are worth reading.
-async fn check_plans(r: &mut Report, client: &tokio_postgres::Client) {
+async fn check_plans(
+    r: &mut Report,
+    client: &tokio_postgres::Client,
+    preload_fix: &str,
+    user: &str,
+) {
     let q = "SELECT current_setting('shared_preload_libraries'),
                     (SELECT setting FROM pg_settings
                       WHERE name = 'auto_explain.log_min_duration' AND vartype = 'integer'),
@@ -390,22 +473,16 @@ async fn check_plans(r: &mut Report, client: &tokio_postgres::Client) {
                     current_setting('auto_explain.sample_rate', true)";
     let row = match client.query_one(q, &[]).await {
         Ok(row) => row,
-        Err(e) => return r.fail("plans", &describe(&e), "check the role's privileges"),
+        Err(e) => return r.fail("plans", &describe(&e), &query_fix(&e, user)),
     };
     let get = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_default();
-    let (preload, min_ms, format, analyze, timing, rate) =
-        (get(0), get(1), get(2), get(3), get(4), get(5));
+    let (min_ms, format, analyze, timing, rate) = (get(1), get(2), get(3), get(4), get(5));
     if min_ms.is_empty() {
-        let libs = if preload.trim().is_empty() {
-            "'auto_explain'".to_string()
-        } else {
-            format!("'{},auto_explain'", preload.trim())
-        };
         return r.warn(
             "plans",
             "auto_explain is not loaded: slow statements arrive without their plan",
             &format!(
-                "in postgresql.conf, then restart the server:\n      shared_preload_libraries = {libs}\n      {AUTO_EXPLAIN_LINES}"
+                "in postgresql.conf, then restart the server:\n      {preload_fix}\n      {AUTO_EXPLAIN_LINES}"
             ),
         );
     }
@@ -537,31 +614,69 @@ async fn check_log(r: &mut Report, config: &Config) {
         );
     }
     if let LogParser::Stderr(s) = &parser {
-        let client: Vec<&str> = s
-            .prefix()
-            .client_fields()
-            .iter()
-            .map(|e| e.as_str())
-            .collect();
-        if !client.is_empty() {
-            let ambiguous = records.iter().filter(|r| r.ambiguous).count();
-            r.warn(
-                "log",
-                &format!(
-                    "the stderr log lets clients write into the prefix ({} come from the client and precede the severity): a name holding the prefix's separators or a severity label makes a line ambiguous, shipped flagged without the disputed fields ({ambiguous} of the last {} messages); csvlog and jsonlog quote every field and cannot be forged",
-                    client.join(", "),
-                    records.len()
-                ),
-                "add csvlog (or jsonlog on PostgreSQL 15+) to log_destination; [logs] format = \"auto\" then reads it",
-            );
+        stderr_advice(r, s.prefix(), &records);
+    }
+}
+
+/// What a stderr log lacks, with one fix that holds for all of it: csvlog (jsonlog on
+/// 15+) carries every field quoted, so nothing is missing and nothing is forgeable. The
+/// prefix that would stay with stderr is given whole, with what it costs, so taking it
+/// explains the warning that follows instead of contradicting it.
+fn stderr_advice(
+    r: &mut Report,
+    prefix: &crate::logs::prefix::Prefix,
+    records: &[crate::logs::record::Record],
+) {
+    use crate::logs::prefix::Escape;
+    let structured = "csvlog";
+    let destination = format!(
+        "log_destination = 'stderr,{structured}' in postgresql.conf, then SELECT pg_reload_conf(): {structured} carries every field, quoted; [logs] format = \"auto\" reads it"
+    );
+    let client: Vec<&str> = prefix.client_fields().iter().map(|e| e.as_str()).collect();
+    let missing = prefix.shortcomings();
+    if !missing.is_empty() {
+        let e = prefix.escapes();
+        let has = |x: &[Escape]| x.iter().any(|x| e.contains(x));
+        let mut whole = String::new();
+        if !has(&[Escape::TimeMs, Escape::Time, Escape::Epoch]) {
+            whole.push_str("%m ");
         }
-        for m in s.prefix().shortcomings() {
-            r.warn(
-                "log",
-                m,
-                "add the escape to log_line_prefix, e.g. '%m [%p] %q%u@%d %a '",
-            );
+        if !has(&[Escape::Pid]) {
+            whole.push_str("[%p] ");
         }
+        whole.push_str(prefix.as_str());
+        if !has(&[Escape::App]) {
+            if !whole.is_empty() && !whole.ends_with(' ') {
+                whole.push(' ');
+            }
+            whole.push_str("%a ");
+        }
+        let costs = if has(&[Escape::App]) {
+            ""
+        } else {
+            " (%a is written by the client: a stderr line whose application name holds the prefix's separators ships flagged)"
+        };
+        r.warn(
+            "log",
+            &format!(
+                "the stderr prefix {:?} lacks: {}",
+                prefix.as_str(),
+                missing.join("; ")
+            ),
+            &format!("{destination}; or, staying with stderr: log_line_prefix = '{whole}'{costs}"),
+        );
+    }
+    if !client.is_empty() {
+        let ambiguous = records.iter().filter(|r| r.ambiguous).count();
+        r.warn(
+            "log",
+            &format!(
+                "the stderr log lets clients write into the prefix ({} come from the client and precede the severity): a name holding the prefix's separators or a severity label makes a line ambiguous, shipped flagged without the disputed fields ({ambiguous} of the last {} messages); {structured} quotes every field and cannot be forged",
+                client.join(", "),
+                records.len()
+            ),
+            &destination,
+        );
     }
 }
 
@@ -582,8 +697,15 @@ fn read_tail(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// pg_stat_statements: installed in the agent's database, and loaded by the server.
-async fn check_statements(r: &mut Report, client: &tokio_postgres::Client, dbname: &str) {
-    const PRELOAD: &str = "add pg_stat_statements to shared_preload_libraries in postgresql.conf and restart the server";
+async fn check_statements(
+    r: &mut Report,
+    client: &tokio_postgres::Client,
+    dbname: &str,
+    preload_fix: &str,
+    user: &str,
+) {
+    let preload = format!("in postgresql.conf: {preload_fix}, then restart the server");
+    let preload = preload.as_str();
     let installed = client
         .query_opt(
             "SELECT e.extversion, quote_ident(n.nspname) FROM pg_extension e
@@ -597,10 +719,10 @@ async fn check_statements(r: &mut Report, client: &tokio_postgres::Client, dbnam
             return r.fail(
                 "statements",
                 &format!("pg_stat_statements is not installed in database {dbname}"),
-                &format!("CREATE EXTENSION pg_stat_statements; in {dbname} (and {PRELOAD}), or set collection.statements = false"),
+                &format!("CREATE EXTENSION pg_stat_statements; in {dbname} (and {preload}), or set collection.statements = false"),
             )
         }
-        Err(e) => return r.fail("statements", &describe(&e), "check the role's privileges"),
+        Err(e) => return r.fail("statements", &describe(&e), &query_fix(&e, user)),
     };
     let probe = format!("SELECT count(*) FROM {schema}.pg_stat_statements(false)");
     match client.query_one(&probe, &[]).await {
@@ -613,11 +735,8 @@ async fn check_statements(r: &mut Report, client: &tokio_postgres::Client, dbnam
         }
         Err(e) => {
             let fix = match e.as_db_error().map(|d| d.code().code()) {
-                Some("55000") => PRELOAD.to_string(),
-                Some("42501") => {
-                    "GRANT pg_read_all_stats (or pg_monitor) TO the agent's role".to_string()
-                }
-                _ => "see the server log".to_string(),
+                Some("55000") => preload.to_string(),
+                _ => query_fix(&e, user),
             };
             r.fail(
                 "statements",
@@ -699,4 +818,38 @@ fn empty_batch(config: &Config) -> (Batch, Origin) {
         seqs: Vec::new(),
     };
     (batch, Origin::of(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_preload_line_keeps_what_is_loaded_and_adds_what_is_needed() {
+        let both = [("pg_stat_statements", true), ("auto_explain", true)];
+        assert_eq!(
+            preload_line("", &both),
+            "shared_preload_libraries = 'pg_stat_statements,auto_explain'"
+        );
+        assert_eq!(
+            preload_line(" timescaledb , \"pg_stat_statements\"", &both),
+            "shared_preload_libraries = 'timescaledb,pg_stat_statements,auto_explain'"
+        );
+        assert_eq!(
+            preload_line(
+                "pg_cron",
+                &[("pg_stat_statements", false), ("auto_explain", true)]
+            ),
+            "shared_preload_libraries = 'pg_cron,auto_explain'"
+        );
+    }
+
+    #[test]
+    fn names_are_quoted_only_when_they_must_be() {
+        assert_eq!(quote_ident("postgres_agent"), "postgres_agent");
+        assert_eq!(quote_ident("Agent"), "\"Agent\"");
+        assert_eq!(quote_ident("a-b"), "\"a-b\"");
+        assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
+        assert_eq!(quote_ident(""), "\"\"");
+    }
 }

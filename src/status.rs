@@ -222,14 +222,34 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
     if let Some(m) = &s.metrics {
         out.push_str(&format!("metrics: {m}\n"));
     }
-    out.push_str("\nCHILD          STATE       RESTARTS  LAST SUCCESS   LAST ERROR\n");
-    for (name, c) in &s.children {
+    // Columns as wide as their longest cell: names and states have no fixed length.
+    let rows: Vec<[String; 5]> = s
+        .children
+        .iter()
+        .map(|(name, c)| {
+            [
+                name.clone(),
+                c.state.clone(),
+                c.restarts.to_string(),
+                ago(now, c.last_success),
+                c.last_error.as_deref().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    let head = ["CHILD", "STATE", "RESTARTS", "LAST SUCCESS", "LAST ERROR"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([head[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
+    out.push('\n');
+    for r in std::iter::once(head.map(String::from)).chain(rows) {
         out.push_str(&format!(
-            "{name:<14} {:<11} {:>8}  {:<14} {}\n",
-            c.state,
-            c.restarts,
-            ago(now, c.last_success),
-            c.last_error.as_deref().unwrap_or("-")
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {}\n",
+            r[0], r[1], r[2], r[3], r[4]
         ));
     }
     out.push_str(&summary(s));
@@ -274,6 +294,34 @@ mod tests {
             metrics: None,
             children,
         }
+    }
+
+    #[test]
+    fn columns_line_up_whatever_the_lengths() {
+        let now = Utc::now();
+        let mut children = BTreeMap::new();
+        let mut long = child(serde_json::json!({}));
+        long.state = "restarting-after-backoff".into();
+        long.restarts = 12345;
+        children.insert("a".to_string(), child(serde_json::json!({})));
+        children.insert("pg_vacuum_progress_of_a_long_name".to_string(), long);
+        let text = render(&snapshot(now, children), now);
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("CHILD"))
+            .take(3)
+            .collect();
+        assert_eq!(table.len(), 3, "{text}");
+        let at = |l: &str, w: &str| l.find(w).unwrap_or_else(|| panic!("{w} in {l}"));
+        let state = at(table[0], "STATE");
+        assert_eq!(at(table[1], "running"), state, "{text}");
+        assert_eq!(at(table[2], "restarting-after-backoff"), state, "{text}");
+        let success = at(table[0], "LAST SUCCESS");
+        assert_eq!(at(table[1], "never"), success, "{text}");
+        assert_eq!(at(table[2], "never"), success, "{text}");
+        // RESTARTS is right-aligned.
+        let end = state + at(&table[0][state..], "RESTARTS") + "RESTARTS".len();
+        assert_eq!(at(table[2], "12345") + 5, end, "{text}");
     }
 
     #[test]

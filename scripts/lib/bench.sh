@@ -21,7 +21,10 @@ bench_cleanup() {
 }
 
 bench_init() {
-  cargo build --release --quiet
+  # Cargo's own progress (crates compiled of how many) on the terminal: a clean release
+  # build takes minutes (one LLVM module for the whole program) and must not look hung.
+  echo "== building the release binary (a clean build takes about 6 minutes on 2 cores)" >&2
+  cargo build --release >&2
   AGENT=$PWD/target/release/postgres-agent
   W=$(mktemp -d "/tmp/pgagent-$1.XXXX"); chmod 777 "$W"
   trap bench_cleanup EXIT

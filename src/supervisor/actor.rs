@@ -265,8 +265,9 @@ impl Supervisor {
         self.last_status_write = Instant::now();
         let snap = self.snapshot(trigger);
         if to_log {
-            let json = serde_json::to_string(&snap).unwrap_or_default();
-            info!(self.log, "status_dump"; "status" => json);
+            // A nested object in the JSON log (not a string holding JSON), compact JSON
+            // in the text log.
+            info!(self.log, "status_dump"; "status" => slog::Serde(snap.clone()));
         }
         if let Err(e) = status::write(&self.config.agent.state_dir, &snap) {
             warn!(self.log, "status_write_failed"; "error" => %e);

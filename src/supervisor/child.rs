@@ -103,21 +103,54 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
                 || old.otlp != new.otlp
                 || old.breaker != new.breaker
         }
-        ChildId::Collector(_) => {
+        ChildId::Collector(kind) => {
             agent
                 || old.database != new.database
-                || old.collection != new.collection
+                || collection_seen_by(kind, old) != collection_seen_by(kind, new)
                 || old.correlation != new.correlation
         }
+        // The log reader reads none of `[collection]` (its switch is in `desired`).
         ChildId::LogReader => {
             agent
                 || old.database != new.database
-                || old.collection != new.collection
                 || old.correlation != new.correlation
                 || old.logs != new.logs
                 || old.agent.state_dir != new.agent.state_dir
         }
     }
+}
+
+/// What source `kind` reads of `[collection]`: its own interval, and every setting that
+/// is not another source's interval or switch (limits are compared whole: a change to
+/// one restarts every source, which is safe). Changing `interval_s` then restarts the
+/// sources on that interval, not the health sources on their own.
+fn collection_seen_by(
+    kind: crate::model::EventKind,
+    config: &Config,
+) -> (Option<std::time::Duration>, crate::config::CollectionConfig) {
+    use std::time::Duration;
+    let own = crate::sources::enabled(config)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, every)| every);
+    let mut c = config.collection.clone();
+    c.interval = Duration::ZERO;
+    c.activity_interval = Duration::ZERO;
+    c.sample_interval = None;
+    c.health = crate::config::HealthIntervals {
+        databases: None,
+        tables: None,
+        vacuum_progress: None,
+        horizon: None,
+        replication: None,
+        server_stats: None,
+        settings: None,
+    };
+    (c.activity, c.statements, c.locks, c.system, c.logs) = (false, false, false, false, false);
+    if kind != crate::model::EventKind::PgLocks {
+        c.locks_blocking_interval = Duration::ZERO;
+    }
+    (own, c)
 }
 
 /// Starts incarnation `generation` of `id` on a new arbiter.

@@ -446,11 +446,64 @@ mod tests {
         let no_locks =
             crate::config::parse_str(&format!("{base}[collection]\nlocks=false\n")).expect("valid");
         let p = plan_reload(&old, &no_locks);
-        // [collection] feeds every collector: all restart but the one switched off.
+        // A switch concerns its own source alone.
+        assert_eq!(
+            (p.stop.as_slice(), p.start.as_slice()),
+            ([LOCKS].as_slice(), [].as_slice())
+        );
+
+        // interval_s is the interval of statements, locks and system, and the default
+        // of the others not set: those whose interval follows it restart; the sources
+        // on their own interval (tables, settings, the sampler) and the log reader do not.
+        use crate::model::EventKind as K;
+        let pinned = "activity_interval_s=10\ndatabases_interval_s=60\nvacuum_progress_interval_s=10\n\
+                      horizon_interval_s=60\nreplication_interval_s=60\nserver_stats_interval_s=60\n";
+        let old =
+            crate::config::parse_str(&format!("{base}[collection]\n{pinned}")).expect("valid");
+        let interval =
+            crate::config::parse_str(&format!("{base}[collection]\n{pinned}interval_s=7\n"))
+                .expect("valid");
+        let p = plan_reload(&old, &interval);
+        let on_interval = [
+            ChildId::Collector(K::PgStatements),
+            LOCKS,
+            ChildId::Collector(K::System),
+        ];
+        assert_eq!(p.start, on_interval, "{p:?}");
+        assert_eq!(p.stop, on_interval, "{p:?}");
+        let old = crate::config::parse_str(base).expect("valid");
+        let p = plan_reload(
+            &old,
+            &crate::config::parse_str(&format!("{base}[collection]\ninterval_s=7\n"))
+                .expect("valid"),
+        );
+        for id in [K::PgTables, K::PgSettings, K::PgActivitySummary]
+            .map(ChildId::Collector)
+            .into_iter()
+            .chain([ChildId::LogReader])
+        {
+            assert!(!p.stop.contains(&id), "{id:?} restarted: {p:?}");
+        }
         assert!(
-            p.stop.contains(&LOCKS) && !p.start.contains(&LOCKS),
+            p.start.contains(&ChildId::Collector(K::PgActivity)),
+            "its default follows interval_s: {p:?}"
+        );
+        // One health interval: its source alone.
+        let tables =
+            crate::config::parse_str(&format!("{base}[collection]\ntables_interval_s=900\n"))
+                .expect("valid");
+        let p = plan_reload(&old, &tables);
+        assert_eq!(
+            p.start,
+            [ChildId::Collector(crate::model::EventKind::PgTables)],
             "{p:?}"
         );
+        // A limit every source reads restarts them all.
+        let limit =
+            crate::config::parse_str(&format!("{base}[collection]\nmax_query_length=100\n"))
+                .expect("valid");
+        let p = plan_reload(&old, &limit);
+        assert!(p.start.len() >= 12, "{p:?}");
         assert!(
             !p.stop.contains(&ChildId::Spool)
                 && !p.stop.contains(&ChildId::Shipper(Output::Listener))

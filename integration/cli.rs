@@ -389,3 +389,74 @@ fn under_the_journal_each_log_line_carries_its_priority_and_elsewhere_none() {
         }
     }
 }
+
+#[test]
+fn config_prints_every_key_with_its_origin_and_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "[agent]\nproject_id = \"p\"\n[listener]\nurl = \"http://127.0.0.1:9/ingest/postgres\"\n\
+         token = \"tok-SECRET-1234\"\n[otlp]\nendpoint = \"http://h:4318/?api_key=KEY-SECRET-9\"\n\
+         headers = { authorization = \"Bearer HDR-SECRET-7\" }\n",
+    )
+    .expect("write");
+    let out = Command::new(bin())
+        .args(["config", "-c"])
+        .arg(&path)
+        .env("POSTGRES_AGENT__DATABASE__PORT", "5433")
+        .output()
+        .expect("config");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(line("project_id"), "project_id = \"p\" # file");
+    assert_eq!(
+        line("port"),
+        "port = 5433 # environment POSTGRES_AGENT__DATABASE__PORT"
+    );
+    assert_eq!(line("pool_max_size"), "pool_max_size = 4 # default");
+    assert_eq!(line("token"), "token = \"********\" # file");
+    assert_eq!(
+        line("endpoint"),
+        "endpoint = \"http://h:4318/?api_key=***\" # file"
+    );
+    assert_eq!(
+        line("headers"),
+        "headers = { \"authorization\" = \"********\" } # file"
+    );
+    for secret in ["tok-SECRET-1234", "KEY-SECRET-9", "HDR-SECRET-7"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    // Every section, and as many keys as conf/agent.toml documents.
+    for section in [
+        "[agent]",
+        "[database]",
+        "[collection]",
+        "[correlation]",
+        "[logs]",
+        "[listener]",
+        "[buffer]",
+        "[breaker]",
+        "[metrics]",
+        "[otlp]",
+    ] {
+        assert!(text.lines().any(|l| l == section), "{section}: {text}");
+    }
+    // A broken configuration is the config error, exit 78.
+    std::fs::write(&path, "[agent]\nproject_id = 7\n").expect("write");
+    let out = Command::new(bin())
+        .args(["config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("config");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent.project_id"));
+}

@@ -90,3 +90,20 @@ fn the_claimed_rust_version_builds_the_locked_graph() {
         "the README states another Rust version than Cargo.toml's {claimed}"
     );
 }
+
+#[test]
+fn the_readme_and_architecture_name_nothing_outside_the_repository() {
+    // The design document and the issue tracker are not shipped with the code: a
+    // reader of the README or ARCHITECTURE cannot follow "design §10" or "issue 13".
+    let cites = regex::Regex::new(r"(?i)\bdesign(\.md)? ?§|\bissues? #?\d+").expect("regex");
+    for file in ["README.md", "ARCHITECTURE.md"] {
+        let text = repo(file);
+        let found: Vec<String> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| cites.is_match(l))
+            .map(|(i, l)| format!("{file}:{}: {l}", i + 1))
+            .collect();
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+}

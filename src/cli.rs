@@ -54,6 +54,9 @@ pub enum Command {
     Once,
     /// Print the status of the running agent (from <state_dir>/status.json).
     Status,
+    /// Print the effective configuration: every key, its value (secrets masked) and
+    /// where it came from (default, file, environment).
+    Config,
     /// Parse PostgreSQL log files offline and print one JSON event per line (the `data`
     /// of the pg_log events the daemon would ship).
     ParseLog(ParseLogArgs),

@@ -27,6 +27,9 @@ pub fn main() -> i32 {
     if let Some(Command::ParseLog(args)) = &cli.command {
         return parse_log::parse_log(&cli, args);
     }
+    if let Some(Command::Config) = &cli.command {
+        return show_config(&cli.config);
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Some(Command::Status)) => {
@@ -42,6 +45,59 @@ pub fn main() -> i32 {
         Command::Check => check::check(&cli, config),
         Command::Once => once::once(&cli, config),
         Command::Status => status::status(&config),
-        Command::ParseLog(_) => unreachable!("handled before the config is loaded"),
+        Command::ParseLog(_) | Command::Config => {
+            unreachable!("handled before the config is loaded")
+        }
     }
+}
+
+/// `config`: the effective configuration as TOML, each key with where its value came
+/// from; secrets masked. A broken configuration is reported as `check` reports it (78).
+fn show_config(path: &std::path::Path) -> i32 {
+    use std::io::Write;
+    let keys = match Config::load_effective(path) {
+        Ok((_, keys)) => keys,
+        Err(e) => {
+            eprintln!("postgres-agent: configuration error: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let text = render_config(path, &keys);
+    // A closed pipe (`| head`) ends the output, not the process with a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    EXIT_OK
+}
+
+/// The text of `config`: sections in order, the origin of each key aligned after it.
+fn render_config(path: &std::path::Path, keys: &[crate::config::EffectiveKey]) -> String {
+    use crate::config::Origin;
+    let mut out = format!(
+        "# The effective configuration of {} with the environment's overrides; secrets masked.\n",
+        path.display()
+    );
+    let line = |k: &crate::config::EffectiveKey| {
+        let name = k.key.split_once('.').map_or(k.key.as_str(), |(_, n)| n);
+        format!("{name} = {}", k.value)
+    };
+    let width = keys
+        .iter()
+        .map(|k| line(k).len())
+        .filter(|w| *w <= 48)
+        .max()
+        .unwrap_or(0);
+    let mut section = "";
+    for k in keys {
+        let sec = k.key.split_once('.').map_or("", |(s, _)| s);
+        if sec != section {
+            out.push_str(&format!("\n[{sec}]\n"));
+            section = sec;
+        }
+        let origin = match &k.origin {
+            Origin::Default => "default".to_string(),
+            Origin::File => "file".to_string(),
+            Origin::Environment(var) => format!("environment {var}"),
+        };
+        out.push_str(&format!("{:<width$}  # {origin}\n", line(k)));
+    }
+    out
 }

@@ -341,6 +341,12 @@ impl Config {
 
     /// Reads `path`, applies environment overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_effective(path).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`], and every key's value with where it came from (secrets
+    /// masked): what `postgres-agent config` prints.
+    pub fn load_effective(path: &Path) -> Result<(Config, Vec<EffectiveKey>), ConfigError> {
         let mut from_env = std::collections::BTreeMap::new();
         let whole =
             |problems: Vec<ConfigProblem>,
@@ -376,7 +382,30 @@ impl Config {
         let mut tree = file_tree(&text).map_err(|p| whole(one(p), &from_env))?;
         let env = env_overrides(&mut tree, std::env::vars_os(), &mut from_env);
         env.map_err(|p| whole(p, &from_env))?;
-        finish(tree).map_err(|p| whole(p, &from_env))
+        let raw: raw::RawConfig = serde_json::from_value(tree).map_err(|e| {
+            whole(
+                one(format!(
+                    "unexpected structure: {}",
+                    raw::no_values(&e.to_string())
+                )),
+                &from_env,
+            )
+        })?;
+        let (config, settled) = validate::validate_settled(raw);
+        let config = config.map_err(|p| whole(p, &from_env))?;
+        let keys = settled
+            .into_iter()
+            .map(|(key, (value, given))| {
+                let origin = match (given, from_env.get(&key)) {
+                    (false, _) => Origin::Default,
+                    (true, Some(var)) => Origin::Environment(var.clone()),
+                    (true, None) => Origin::File,
+                };
+                let value = shown(&key, &value);
+                EffectiveKey { key, value, origin }
+            })
+            .collect();
+        Ok((config, keys))
     }
 
     /// A short fingerprint of the settings (secrets included only as "set/unset"), shown
@@ -394,6 +423,62 @@ fn one(problem: String) -> Vec<ConfigProblem> {
         key: String::new(),
         problem,
     }]
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Not set: the built-in default (or what it was worked out from).
+    Default,
+    /// The config file.
+    File,
+    /// An environment variable (named).
+    Environment(String),
+}
+
+/// One setting as `config` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveKey {
+    /// `section.key`.
+    pub key: String,
+    /// The value as TOML writes it; secrets masked, URLs without their query values.
+    pub value: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// A settled value as TOML text, with what must not be shown masked: tokens and
+/// passwords (set or not), header values, the query values of URLs.
+fn shown(key: &str, v: &serde_json::Value) -> String {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    let secret = matches!(name, "token" | "password");
+    match v {
+        serde_json::Value::String(s) if secret => {
+            if s.is_empty() {
+                "\"\"".into()
+            } else {
+                "\"********\"".into()
+            }
+        }
+        serde_json::Value::String(s) if name == "url" || name == "endpoint" => {
+            toml_string(&display_url(s))
+        }
+        serde_json::Value::String(s) => toml_string(s),
+        serde_json::Value::Object(m) if key == "otlp.headers" => {
+            let inner: Vec<String> = m
+                .keys()
+                .map(|k| format!("{} = \"********\"", toml_string(k)))
+                .collect();
+            format!("{{ {} }}", inner.join(", "))
+        }
+        serde_json::Value::Null => "(unset)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A TOML basic string (JSON's escapes are TOML's).
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 /// Where the state directory is according to `path` and the environment, read as far

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One configuration value as written: absent, well-typed, or of the wrong type.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +42,14 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
             Ok(t) => Field::Given(t),
             Err(e) => Field::Bad(mismatch(&v, &e)),
         })
+    }
+}
+
+/// Every key, as `null`: how the keys a section knows are listed (`config`'s test
+/// compares them with what validation reads and with `conf/agent.toml`).
+impl<T> Serialize for Field<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_none()
     }
 }
 
@@ -108,7 +116,7 @@ pub fn no_values(msg: &str) -> String {
 pub type Unknown = BTreeMap<String, serde_json::Value>;
 
 /// The whole file: one struct per section.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawConfig {
@@ -127,7 +135,7 @@ pub struct RawConfig {
 }
 
 /// `[agent]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawAgent {
@@ -140,7 +148,7 @@ pub struct RawAgent {
 }
 
 /// `[database]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawDatabase {
@@ -160,7 +168,7 @@ pub struct RawDatabase {
 }
 
 /// `[collection]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawCollection {
@@ -198,7 +206,7 @@ pub struct RawCollection {
 }
 
 /// `[correlation]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawCorrelation {
@@ -208,7 +216,7 @@ pub struct RawCorrelation {
 }
 
 /// `[logs]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawLogs {
@@ -222,7 +230,7 @@ pub struct RawLogs {
 }
 
 /// `[listener]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawListener {
@@ -240,7 +248,7 @@ pub struct RawListener {
 }
 
 /// `[otlp]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawOtlp {
@@ -259,7 +267,7 @@ pub struct RawOtlp {
 }
 
 /// `[buffer]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawBuffer {
@@ -269,7 +277,7 @@ pub struct RawBuffer {
 }
 
 /// `[metrics]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawMetrics {
@@ -279,7 +287,7 @@ pub struct RawMetrics {
 }
 
 /// `[breaker]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 #[allow(missing_docs)]
 pub struct RawBreaker {

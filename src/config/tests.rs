@@ -398,3 +398,56 @@ Bad Name: v4lue
         assert!(!p.contains(secret), "{secret}: {p}");
     }
 }
+
+/// `section.key` of every key in a TOML or JSON tree of sections.
+fn keys_of(tree: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for (section, table) in tree.as_object().expect("sections") {
+        for key in table.as_object().expect("a table").keys() {
+            keys.insert(format!("{section}.{key}"));
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_key_is_read_by_validation_and_shown_in_conf_agent_toml() {
+    // The keys the binary knows (the raw structs), the keys validation settles, and the
+    // keys of the documented example must be the same set.
+    let known = keys_of(&serde_json::to_value(raw::RawConfig::default()).expect("keys"));
+    let (_, settled) = validate::validate_settled(raw::RawConfig::default());
+    let settled: std::collections::BTreeSet<String> = settled.into_keys().collect();
+    assert_eq!(
+        known, settled,
+        "keys known but not validated, or the reverse"
+    );
+    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/agent.toml"))
+        .expect("conf/agent.toml");
+    let documented: toml::Table = conf.parse().expect("conf/agent.toml is TOML");
+    let mut documented = keys_of(&serde_json::to_value(documented).expect("json"));
+    // A key shown commented out (`# token_file = …`: it would change a default that
+    // follows another key, or exclude one that is set) is documented too.
+    let mut section = String::new();
+    for line in conf.lines() {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_string();
+        } else if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.trim_start();
+            if let Some((key, _)) = rest.split_once(" = ") {
+                if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    documented.insert(format!("{section}.{key}"));
+                }
+            }
+        }
+    }
+    let missing: Vec<&String> = known.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "in the binary, not in conf/agent.toml: {missing:?}"
+    );
+    let extra: Vec<&String> = documented.difference(&known).collect();
+    assert!(
+        extra.is_empty(),
+        "in conf/agent.toml, unknown to the binary: {extra:?}"
+    );
+}

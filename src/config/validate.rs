@@ -15,10 +15,16 @@ use crate::logs::Format;
 /// The default correlation pattern: `bitville-<uuid>` in `application_name`.
 pub const DEFAULT_CORRELATION_PATTERN: &str = "^bitville-(?P<id>[0-9a-fA-F-]{36})$";
 
-/// Collects problems while reading fields, so that one pass reports all of them.
+/// Collects problems while reading fields, so that one pass reports all of them, and
+/// the value each key settles on (for `config`).
 struct Check {
     problems: Vec<ConfigProblem>,
+    settled: Settled,
 }
+
+/// Each key's value as validation settled on it (`null` for an unset optional), and
+/// whether the file or the environment gave it.
+pub type Settled = std::collections::BTreeMap<String, (serde_json::Value, bool)>;
 
 impl Check {
     fn problem(&mut self, key: &str, problem: impl Into<String>) {
@@ -42,15 +48,24 @@ impl Check {
         }
     }
 
-    fn value<T: Clone>(&mut self, key: &str, f: &Field<T>, default: T) -> T {
-        match f {
-            Field::Missing => default,
-            Field::Given(v) => v.clone(),
+    fn value<T: Clone + serde::Serialize>(&mut self, key: &str, f: &Field<T>, default: T) -> T {
+        let (v, given) = match f {
+            Field::Missing => (default, false),
+            Field::Given(v) => (v.clone(), true),
             Field::Bad(e) => {
                 self.problem(key, format!("wrong type: {e}"));
-                default
+                (default, true)
             }
-        }
+        };
+        self.settle(key, &v, given);
+        v
+    }
+
+    /// Records what `key` settled on (a value worked out after it was read — the host
+    /// name when none is set — replaces the one read).
+    fn settle<T: serde::Serialize>(&mut self, key: &str, v: &T, given: bool) {
+        let v = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+        self.settled.insert(key.to_string(), (v, given));
     }
 
     /// An integer that must lie in `min..=max`; `why` explains the limit to the operator.
@@ -66,6 +81,7 @@ impl Check {
         let v = self.value(key, f, default);
         if v < min || v > max {
             self.problem(key, format!("{v} is out of range {min}..={max}{why}"));
+            self.settle(key, &default, true);
             return default;
         }
         v
@@ -132,8 +148,14 @@ fn ms(v: i64) -> Duration {
 
 /// Validates a raw configuration, returning every problem found.
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
+    validate_settled(raw).0
+}
+
+/// [`validate`], and what each key settled on.
+pub fn validate_settled(raw: RawConfig) -> (Result<Config, Vec<ConfigProblem>>, Settled) {
     let mut c = Check {
         problems: Vec::new(),
+        settled: Settled::new(),
     };
     c.unknown("", &raw.unknown);
     let config = Config {
@@ -155,9 +177,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<ConfigProblem>> {
         );
     }
     if !c.problems.is_empty() {
-        return Err(c.problems);
+        return (Err(c.problems), c.settled);
     }
-    Ok(config)
+    (Ok(config), c.settled)
 }
 
 /// `[agent]`.
@@ -173,6 +195,7 @@ fn agent(c: &mut Check, a: &RawAgent) -> AgentConfig {
     let mut hostname = c.value("agent.hostname", &a.hostname, String::new());
     if hostname.is_empty() {
         hostname = gethostname::gethostname().to_string_lossy().into_owned();
+        c.settle("agent.hostname", &hostname, false);
     }
     let state_dir = c.value(
         "agent.state_dir",

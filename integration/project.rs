@@ -107,3 +107,27 @@ fn the_readme_and_architecture_name_nothing_outside_the_repository() {
         assert!(found.is_empty(), "{}", found.join("\n"));
     }
 }
+
+#[test]
+fn scripts_show_the_release_build_instead_of_minutes_of_silence() {
+    // A clean release build takes minutes: a quiet one looks hung.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let mut quiet = Vec::new();
+    let mut files = vec![dir.join("lib/bench.sh")];
+    files.extend(
+        std::fs::read_dir(&dir)
+            .expect("scripts")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sh")),
+    );
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        for l in text.lines() {
+            if l.contains("cargo build") && l.contains("--release") && l.contains("--quiet") {
+                quiet.push(format!("{}: {l}", f.display()));
+            }
+        }
+    }
+    assert!(quiet.is_empty(), "{}", quiet.join("\n"));
+}

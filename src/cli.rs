@@ -65,13 +65,13 @@ pub enum Command {
 /// Arguments of `parse-log`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ParseLogArgs {
-    /// auto (by file name and content), stderr, csvlog or jsonlog; default: [logs] format.
+    /// auto (by file name and content), stderr, csvlog or jsonlog; default: the config's logs.format.
     #[arg(long)]
     pub format: Option<String>,
-    /// log_line_prefix of stderr files; default: [logs] prefix, else '%m [%p] '.
+    /// log_line_prefix of stderr files; default: the config's logs.prefix, else '%m [%p] '.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// none, parameters or literals: see what would be shipped; default: [logs] redact.
+    /// none, parameters or literals: see what would be shipped; default: the config's logs.redact.
     #[arg(long)]
     pub redact: Option<String>,
     /// The log files.

@@ -13,7 +13,7 @@
 //!   panicked, stopped or hung, and restarts them under a [`supervisor::RestartPolicy`].
 //! - [`collector`] runs one source per actor on a schedule; [`sources`] holds the sources
 //!   themselves (SQL and row mapping), [`db`] the connection pool with its limits.
-//! - [`buffer`] is the SQLite spool: every event is on disk before it is shipped.
+//! - [`spool`] (`[buffer]` in the config) is the SQLite spool: every event is on disk before it is shipped.
 //! - [`shipper`] POSTs batches to the listener and acknowledges them back to the spool.
 //! - [`state_dir`] keeps the spool and status private (0700/0600 whatever the umask).
 //! - [`status`] is the snapshot written on SIGUSR1; [`signals`] and [`systemd`] connect the

@@ -199,11 +199,6 @@ impl<W: Write> Drop for LineWriter<W> {
     }
 }
 
-/// A logger that discards everything (for unit tests and the offline subcommands).
-pub fn discard() -> Logger {
-    Logger::root(slog::Discard, o!())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,10 +279,5 @@ pub const LOG_EVENTS: &[LogEvent] = &[
     ),
 ];
 
-/// The catalogue entry of a log event name.
-pub fn log_event(name: &str) -> Option<&'static LogEvent> {
-    LOG_EVENTS.iter().find(|e| e.name == name)
-}
-
 #[cfg(test)]
 mod tests;

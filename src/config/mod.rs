@@ -1,5 +1,5 @@
 //! Configuration: the TOML file plus `POSTGRES_AGENT__SECTION__KEY` environment
-//! overrides, read in two stages. [`raw`] holds the file as written; [`validate`] turns it
+//! overrides, read in two stages. `raw` holds the file as written; `validate` turns it
 //! into a [`Config`] with strong types, enforcing the safety limits (pool ≤ 5 connections,
 //! statement timeout ≥ 1 s, interval 1..3600 s) and reporting every problem at once.
 

@@ -49,19 +49,6 @@ pub enum TlsError {
     Setup(String),
 }
 
-/// A connector that encrypts without verifying; the pool's fallback when [`make`] failed
-/// (the agent's own connects report that failure instead).
-pub fn make_plain() -> Tls {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|e| unreachable!("ring supports the default TLS versions: {e}"))
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-        .with_no_client_auth();
-    MakeRustlsConnect::new(config)
-}
-
 /// Builds the connector for the configured `sslmode`.
 pub fn make(cfg: &DatabaseConfig) -> Result<Tls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

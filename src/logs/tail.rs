@@ -639,12 +639,6 @@ pub fn read_file(
     Ok(n)
 }
 
-/// The identity string of a file for event ids (`parse-log`).
-pub fn identity_of(path: &Path) -> io::Result<String> {
-    let c = Candidate::of(path).ok_or_else(|| io::Error::other("not a regular file"))?;
-    Ok(position_of(&open_at(&c, 0)?).identity())
-}
-
 #[cfg(test)]
 mod rate_tests {
     use super::Rate;

@@ -201,7 +201,7 @@ impl Handler<Flush> for ShipperActor {
 impl Handler<SpoolNews> for ShipperActor {
     type Result = ();
 
-    /// Events arrived while it slept with nothing to send: send them after [`LINGER`].
+    /// Events arrived while it slept with nothing to send: send them after `LINGER`.
     /// (While it waits for a retry or the breaker, the news changes nothing.)
     fn handle(&mut self, _: SpoolNews, ctx: &mut Context<Self>) {
         if self.busy {

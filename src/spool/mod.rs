@@ -550,7 +550,7 @@ impl Spool {
 
     /// [`Spool::append_with`] for events shared with their sender (a copy of none):
     /// the spool keeps them in memory too until they are acknowledged, so the
-    /// shipper's batch does not read them back (see [`tail`]).
+    /// shipper's batch does not read them back (see `spool::tail`).
     pub fn append_shared(
         &mut self,
         events: std::sync::Arc<Vec<Event>>,

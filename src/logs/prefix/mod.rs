@@ -5,14 +5,14 @@
 //! before authentication, the user and database names), and those land in the prefix
 //! unquoted, so a name can hold the prefix's separators, a severity label or a whole
 //! forged line start. The matcher therefore finds *every* reading of a line (in time
-//! linear in the line, see [`matcher`]), settles what it can with what the log has
+//! linear in the line, see `matcher`), settles what it can with what the log has
 //! established (`PostgreSQL` writes `SEVERITY:  ` with two spaces; a pid's user and
 //! database are fixed, [`sessions`]), and where readings still disagree keeps only what
 //! they agree on and marks the record `ambiguous` — never a guess. csvlog and jsonlog
 //! quote every field and cannot be forged this way.
 //!
 //! No regex: literals are compared as bytes and fields whose shape is known (pids, time
-//! stamps, SQLSTATEs) are scanned by shape ([`shape`]).
+//! stamps, SQLSTATEs) are scanned by shape (`shape`).
 
 mod matcher;
 pub mod sessions;

@@ -106,7 +106,7 @@ impl DatabasesSource {
     }
 }
 
-/// Turns one row of [`SQL`] into the event's data, comparing it with the last reading.
+/// Turns one row of `SQL` into the event's data, comparing it with the last reading.
 pub fn to_row(mut r: Row, readings: &mut Readings<i64>, now: Instant) -> Option<DatabaseRow> {
     let datid = int_of(&r, "datid")?;
     let datname = str_of(&r, "datname")?.to_string();

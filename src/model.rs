@@ -127,8 +127,8 @@ impl Event {
     /// Makes an event from the JSON text of a log message as [`LogData::write_json`]
     /// wrote it. Not parsed again to check it: that writer puts out serde_json's bytes
     /// for the same value (tested byte for byte, escaping of every byte included), and
-    /// the check cost an eighth of the log reader's time (issue 13). Checked in debug
-    /// builds, so every test that reads a log checks it.
+    /// the check was a large part of the log reader's time (BENCHMARKS.md). Checked in
+    /// debug builds, so every test that reads a log checks it.
     ///
     /// [`LogData::write_json`]: crate::logs::LogData::write_json
     pub(crate) fn from_written_log_json(

@@ -738,7 +738,7 @@ impl Shaper {
         id.push(':');
         id.push_str(itoa_u64(r.offset, &mut [0u8; 20]));
         // Written by `write_json` (serde's output, byte for byte, at a fraction of the
-        // cost: issue 13) into this thread's buffer, which keeps its allocation.
+        // cost) into this thread's buffer, which keeps its allocation.
         thread_local! {
             static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }

@@ -518,8 +518,8 @@ fn read(
             Flush::No
         };
         // Sized for the most a poll takes: growing a vector of records (hundreds of
-        // bytes each) by doubling copied each one about twice (issue 13: a fifth of
-        // parse-log's time was memmove).
+        // bytes each) by doubling copies each one about twice, and the copies were a
+        // large part of parse-log's time (BENCHMARKS.md).
         out.reserve(max.min(RECORDS_RESERVED));
         let consumed = parser.parse(buf, o.offset, flush, &mut out, max);
         if consumed == 0 && out.is_empty() && !at_eof && n == cap && cap < MAX_RECORD {

@@ -201,8 +201,8 @@ impl Spool {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Pages cached in the agent's memory: appends write the table's last pages and
         // the shipper reads what was written last, so a small cache serves both; a miss
-        // is a read from the OS's page cache. SQLite's default (2 MB) was a tenth of the
-        // agent's resident memory (issue 13: RSS 20.2 → 18.3 MB at 256 KB).
+        // is a read from the OS's page cache. SQLite's default (2 MB) was a large part of
+        // the agent's resident memory (BENCHMARKS.md).
         conn.pragma_update(None, "cache_size", -(CACHE_KIB as i64))?;
         conn.execute_batch(SCHEMA)?;
         // Batches are per output since the OTLP output; an older spool's open batch is
@@ -353,8 +353,8 @@ impl Spool {
         self.max_bytes = max_bytes;
         self.host = host.to_string();
         // Keep the WAL small next to the cap: checkpoint about every eighth of it, and
-        // at least every 4 MB (pages are 16 KB in a spool made since issue 13, 4 KB
-        // in an older one).
+        // at least every 4 MB (pages are 16 KB in a spool made now, 4 KB in one made by
+        // an older agent).
         let page: u64 = self
             .conn
             .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))

@@ -133,7 +133,17 @@ postgres-agent check -c /etc/postgres-agent/agent.toml > "$W/check-root.out" 2>&
 grep -q "sudo install -d -o postgres-agent -g postgres-agent -m 0700 /var/lib/postgres-agent" "$W/check-root.out" ||
   { cat "$W/check-root.out" >&2; fail "check without the state directory did not print the command that makes it"; }
 mv "$W/state-aside" /var/lib/postgres-agent
-ok "check as root: judged for postgres-agent, nothing created or changed"
+# A token file only root may read: root reads it, the service would not start.
+printf 'package-test-token\n' > "$W/token"; chmod 0600 "$W/token"
+sed -e 's|^token = .*|token = ""|' -e "s|^# token_file = .*|token_file = \"$W/token\"|" \
+  /etc/postgres-agent/agent.toml > "$W/token-file.toml"
+grep -q "^token_file = \"$W/token\"" "$W/token-file.toml" || fail "token_file edit"
+postgres-agent check -c "$W/token-file.toml" > "$W/check-root.out" 2>&1 || true
+grep -q "FAIL  files     listener.token_file: permission denied: user postgres-agent may not read $W/token" "$W/check-root.out" ||
+  { cat "$W/check-root.out" >&2; fail "check as root did not say the service user cannot read the token file"; }
+grep -q "fix: sudo chgrp postgres-agent $W/token && sudo chmod g+r $W/token" "$W/check-root.out" ||
+  { cat "$W/check-root.out" >&2; fail "check as root did not print the token file's fix"; }
+ok "check as root: judged for postgres-agent, nothing created or changed, a token file it cannot read named"
 
 # -- events spooled while the listener is down ------------------------------------------
 sed -i "s|^url = .*|url = \"http://127.0.0.1:9/ingest/postgres\"|" /etc/postgres-agent/agent.toml

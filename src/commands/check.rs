@@ -36,6 +36,7 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
     r.ok("config", &format!("{} is valid", cli.config.display()));
     let metrics = config.metrics.listen;
     check_state_dir(&mut r, &config);
+    check_files_for_service(&mut r, cli);
     let system = actix_rt::System::new();
     let r = system.block_on(async move {
         check_database(&mut r, &config).await;
@@ -207,6 +208,51 @@ fn check_state_dir(r: &mut Report, config: &Config) {
                 "set agent.state_dir to a directory the agent's user may write",
             ),
         },
+    }
+}
+
+/// Run as root for the service's user: root read the config and the files it names, the
+/// service must too (a token file left root's 0600 passes here and fails at start).
+fn check_files_for_service(r: &mut Report, cli: &Cli) {
+    use crate::access::{blocked, Want, Who};
+    let (who, me) = (Who::judged(), Who::current());
+    if who.uid == me.uid {
+        return;
+    }
+    let mut files = vec![("config".to_string(), cli.config.clone())];
+    if let Ok((_, keys)) = Config::load_effective(&cli.config) {
+        for k in keys {
+            let named = k.key.ends_with("_file") || k.key == "database.sslrootcert";
+            let path: Option<String> = serde_json::from_str(&k.value).ok();
+            if let (true, Some(p)) = (named, path.filter(|p| !p.is_empty())) {
+                files.push((k.key.clone(), p.into()));
+            }
+        }
+    }
+    let mut all = true;
+    for (key, path) in files {
+        if let Some(b) = blocked(&path, Want::Read, &who) {
+            all = false;
+            let fix = if b.dir {
+                b.fix(&who)
+            } else {
+                format!(
+                    "sudo chgrp {g} {p} && sudo chmod g+r {p}  (the group {g}, not everyone: it may hold a secret)",
+                    g = who.group(),
+                    p = path.display()
+                )
+            };
+            r.fail("files", &format!("{key}: {}", b.problem(&who)), &fix);
+        }
+    }
+    if all {
+        r.ok(
+            "files",
+            &format!(
+                "user {} may read the config and the files it names",
+                who.name
+            ),
+        );
     }
 }
 

@@ -143,7 +143,11 @@ grep -q "FAIL  files     listener.token_file: permission denied: user postgres-a
   { cat "$W/check-root.out" >&2; fail "check as root did not say the service user cannot read the token file"; }
 grep -q "fix: sudo chgrp postgres-agent $W/token && sudo chmod g+r $W/token" "$W/check-root.out" ||
   { cat "$W/check-root.out" >&2; fail "check as root did not print the token file's fix"; }
-ok "check as root: judged for postgres-agent, nothing created or changed, a token file it cannot read named"
+sed -i "s|^listen = .*|listen = \"127.0.0.1:80\"|" "$W/token-file.toml"
+postgres-agent check -c "$W/token-file.toml" > "$W/check-root.out" 2>&1 || true
+grep -q "FAIL  metrics   user postgres-agent cannot listen on 127.0.0.1:80" "$W/check-root.out" ||
+  { cat "$W/check-root.out" >&2; fail "check as root did not say the service cannot listen below 1024"; }
+ok "check as root: judged for postgres-agent, nothing created or changed, a token file and a port it cannot use named"
 
 # -- events spooled while the listener is down ------------------------------------------
 sed -i "s|^url = .*|url = \"http://127.0.0.1:9/ingest/postgres\"|" /etc/postgres-agent/agent.toml

@@ -66,6 +66,18 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
 
 /// `[metrics] listen`: free, or held by a running agent serving its metrics there.
 fn check_metrics(r: &mut Report, addr: std::net::SocketAddr) {
+    let who = crate::access::Who::judged();
+    // Root may bind below 1024; the service has no capability to (its unit drops them).
+    if addr.port() < 1024 && who.uid != 0 {
+        return r.fail(
+            "metrics",
+            &format!(
+                "user {} cannot listen on {addr}: ports below 1024 need a capability the service does not have",
+                who.name
+            ),
+            "set metrics.listen to a port above 1023, e.g. \"127.0.0.1:9187\" (postgres_exporter's)",
+        );
+    }
     match std::net::TcpListener::bind(addr) {
         Ok(_) => r.ok(
             "metrics",

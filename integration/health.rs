@@ -547,7 +547,7 @@ fn check_names_what_the_health_sources_lack_with_the_fix() {
         "{out}"
     );
     assert!(
-        out.contains("GRANT CONNECT ON DATABASE \"closed\" TO agent_np;"),
+        out.contains("GRANT CONNECT ON DATABASE closed TO agent_np;"),
         "{out}"
     );
     assert!(out.contains("track_io_timing is off"), "{out}");

@@ -118,6 +118,10 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the database could not be reached (the cycle fails, the next one retries)",
     ),
     e(
+        "db_backend_lingered",
+        "the backend of a closed connection did not end within 5 minutes (stopped or stuck): its slot is given back",
+    ),
+    e(
         "db_tls_setup_failed",
         "the TLS settings towards the database could not be built",
     ),

@@ -14,6 +14,8 @@ pub mod tls;
 
 use cap::Slot;
 
+pub mod socket;
+
 use crate::config::{DatabaseConfig, SslMode};
 pub use tls::Tls;
 
@@ -139,9 +141,10 @@ pub fn session_options(cfg: &DatabaseConfig) -> String {
     )
 }
 
-/// How long a closed connection's slot stays taken: the server's backend ends a moment
-/// after the client's socket closed.
-const BACKEND_EXIT: Duration = Duration::from_millis(250);
+/// How long a closed connection's slot waits at most for its backend to end (the server
+/// closes its end of the socket then): a backend that is stopped or stuck keeps its slot
+/// this long.
+const BACKEND_EXIT_MAX: Duration = Duration::from_secs(300);
 
 /// How long an unused connection stays open for the next borrower.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -402,22 +405,50 @@ impl Db {
             .clone()
             .map_err(|e| DbError::Unreachable(e.to_string()))?;
         let timeout = self.inner.connect_timeout;
+        let log = self.inner.log.clone();
         let job = drivers().spawn(async move {
-            match tokio::time::timeout(timeout, config.connect(tls)).await {
-                Ok(Ok((client, conn))) => {
+            let (host, port) = match (config.get_hosts().first(), config.get_ports().first()) {
+                (Some(tokio_postgres::config::Host::Tcp(h)), Some(p)) => (h.clone(), *p),
+                (Some(tokio_postgres::config::Host::Unix(d)), Some(p)) => {
+                    (d.to_string_lossy().into_owned(), *p)
+                }
+                _ => return Err("no host or port configured".to_string()),
+            };
+            let attempt = async {
+                let (stream, watch) = socket::connect(&host, port)
+                    .await
+                    .map_err(|e| format!("error connecting to server: {e}"))?;
+                // TLS checks the host name of a TCP host; a socket directory has none.
+                let name = if host.starts_with('/') { "" } else { host.as_str() };
+                let mut make = tls;
+                let tls = tokio_postgres::tls::MakeTlsConnect::<socket::Stream>::make_tls_connect(
+                    &mut make, name,
+                )
+                .map_err(|e| format!("TLS setup: {e}"))?;
+                let (client, conn) = config
+                    .connect_raw(stream, tls)
+                    .await
+                    .map_err(|e| describe(&e))?;
+                Ok::<_, String>((client, conn, watch))
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok((client, conn, watch))) => {
                     // Drives the socket; ends when the client is dropped and nothing is
-                    // owed by the server any more, and the socket is closed.
+                    // owed by the server any more. The slot is given back when the
+                    // server closed its end: its backend has ended (a stopped one keeps
+                    // the slot, so the cap counts backends, not our sockets).
                     tokio::spawn(async move {
                         let _ = conn.await;
-                        // The backend ends when it reads the Terminate sent on the way out,
-                        // a moment after our end closed: the slot waits that moment, so
-                        // the next connection's backend never overlaps this one's.
-                        tokio::time::sleep(BACKEND_EXIT).await;
+                        if !socket::backend_gone(watch, BACKEND_EXIT_MAX).await {
+                            warn!(log, "db_backend_lingered";
+                                "waited_s" => BACKEND_EXIT_MAX.as_secs(),
+                                "effect" => "the backend of a closed connection did not end; its slot is given back");
+                        }
                         drop(slot);
                     });
                     Ok(client)
                 }
-                Ok(Err(e)) => Err(describe(&e)),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
             }
         });

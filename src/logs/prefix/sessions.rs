@@ -107,6 +107,17 @@ impl Sessions {
             return;
         }
         self.clock += 1;
+        // Most lines repeat what is known: one lookup by pid, the names compared in place.
+        let names = &self.names;
+        if let Some(e) = self.by_pid.get_mut(&pid) {
+            let same = |new: Option<&str>, old: u32| {
+                new.is_none() || new == names.get(old as usize).map(|s| &**s)
+            };
+            if same(user, e.user) && same(database, e.database) {
+                e.seen = self.clock;
+                return;
+            }
+        }
         let mut numbers = self.numbers_of(user, database);
         if numbers.is_none() {
             // More distinct names than a cache should hold: start again.

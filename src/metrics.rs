@@ -21,7 +21,7 @@ use prometheus::{
 };
 use slog::{info, Logger};
 
-use crate::model::{CollectorStats, LogStats, ShipperStats, SpoolStats};
+use crate::model::{ChildDetail, ChildId, ChildState, Output};
 use crate::shipper::policy::BreakerPhase;
 use crate::status::StatusSnapshot;
 
@@ -51,9 +51,6 @@ pub fn observe_cycle(source: &'static str, took: Duration) {
         .with_label_values(&[source])
         .observe(took.as_secs_f64());
 }
-
-/// Children that are not collectors (their detail has another shape).
-const NOT_COLLECTORS: [&str; 4] = ["buffer", "shipper", "shipper_otlp", "pg_log"];
 
 /// Metrics of one scrape, registered as they are set.
 struct Page {
@@ -136,9 +133,10 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         "Restarts of the child since the agent started (panicked, stopped or hung)",
         &["child"],
     )?;
-    for (name, c) in &s.children {
+    for (id, c) in &s.children {
+        let name = id.name();
         up.with_label_values(&[name])
-            .set(flag(c.state == "running"));
+            .set(flag(c.state == ChildState::Running));
         restarts.with_label_values(&[name]).inc_by(c.restarts);
     }
 
@@ -172,17 +170,15 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         "When the source last completed a cycle (the log reader: a read), Unix time",
         &["source"],
     )?;
-    for (name, c) in &s.children {
-        if name == "buffer" || name.starts_with("shipper") {
+    for (id, c) in &s.children {
+        if !id.is_source() {
             continue;
         }
+        let name = id.name();
         if let Some(t) = c.last_success {
             last_success.with_label_values(&[name]).set(unix_s(t));
         }
-        if NOT_COLLECTORS.contains(&name.as_str()) {
-            continue;
-        }
-        let Some(d) = s.detail::<CollectorStats>(name) else {
+        let Some(ChildDetail::Collector(d)) = &c.detail else {
             continue;
         };
         cycles.with_label_values(&[name]).inc_by(d.cycles_total);
@@ -198,8 +194,10 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
             .inc_by(d.dropped_events_total);
     }
 
-    if let Some(d) = s.detail::<LogStats>("pg_log") {
-        events.with_label_values(&["pg_log"]).inc_by(d.events_total);
+    if let Some(d) = s.log() {
+        events
+            .with_label_values(&[ChildId::LogReader.name()])
+            .inc_by(d.events_total);
         p.gauge(
             "postgres_agent_log_bytes_behind",
             "Bytes of the server log not read yet",
@@ -227,7 +225,7 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
     }
 
-    if let Some(d) = s.detail::<SpoolStats>("buffer") {
+    if let Some(d) = s.spool() {
         p.gauge(
             "postgres_agent_spool_events",
             "Events waiting in the spool",
@@ -245,7 +243,7 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
         for (output, n) in &d.pending_by_output {
             // Only the fixed output names become label values.
-            if let Some(o) = crate::model::Output::parse(output) {
+            if let Some(o) = Output::parse(output) {
                 pending.with_label_values(&[o.as_str()]).set(*n as f64);
             }
         }
@@ -292,12 +290,9 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
     }
 
     // One set of families for every output, labelled by it (`listener`, `otlp`).
-    let shippers: Vec<(&str, ShipperStats)> = crate::model::Output::ALL
-        .iter()
-        .filter_map(|o| {
-            let child = crate::model::ChildId::Shipper(*o).name();
-            s.detail::<ShipperStats>(child).map(|d| (o.as_str(), d))
-        })
+    let shippers: Vec<(Output, &crate::model::ShipperStats)> = Output::ALL
+        .into_iter()
+        .filter_map(|o| s.shipper(o).map(|d| (o, d)))
         .collect();
     if !shippers.is_empty() {
         let batches = p.counter_vec(
@@ -340,7 +335,8 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
             "When the output last accepted a batch (2xx), Unix time",
             &["output"],
         )?;
-        for (output, d) in &shippers {
+        for &(o, d) in &shippers {
+            let output = &o.as_str();
             batches
                 .with_label_values(&[output, "sent"])
                 .inc_by(d.batches_sent_total);
@@ -370,12 +366,11 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
             refused
                 .with_label_values(&[output])
                 .set(flag(d.token_refused.is_some()));
-            let child = if *output == "listener" {
-                "shipper"
-            } else {
-                "shipper_otlp"
-            };
-            if let Some(t) = s.children.get(child).and_then(|c| c.last_success) {
+            if let Some(t) = s
+                .children
+                .get(&ChildId::Shipper(o))
+                .and_then(|c| c.last_success)
+            {
                 last.with_label_values(&[output]).set(unix_s(t));
             }
         }

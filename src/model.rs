@@ -65,26 +65,27 @@ impl EventKind {
         }
     }
 
+    /// Every kind, in the order sources are started and listed.
+    pub const ALL: [EventKind; 14] = [
+        EventKind::PgActivity,
+        EventKind::PgStatements,
+        EventKind::PgLocks,
+        EventKind::PgActivitySummary,
+        EventKind::System,
+        EventKind::PgDatabases,
+        EventKind::PgTables,
+        EventKind::PgVacuumProgress,
+        EventKind::PgXminHorizon,
+        EventKind::PgReplication,
+        EventKind::PgServerStats,
+        EventKind::PgSettings,
+        EventKind::PgLog,
+        EventKind::Agent,
+    ];
+
     /// Parses the wire name back (used when reading the spool).
     pub fn parse(s: &str) -> Option<EventKind> {
-        [
-            EventKind::PgActivity,
-            EventKind::PgStatements,
-            EventKind::PgLocks,
-            EventKind::PgActivitySummary,
-            EventKind::System,
-            EventKind::PgDatabases,
-            EventKind::PgTables,
-            EventKind::PgVacuumProgress,
-            EventKind::PgXminHorizon,
-            EventKind::PgReplication,
-            EventKind::PgServerStats,
-            EventKind::PgSettings,
-            EventKind::PgLog,
-            EventKind::Agent,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -377,16 +378,67 @@ impl Output {
 
     /// The name in the spool, status, logs and metrics labels.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Output::Listener => "listener",
-            Output::Otlp => "otlp",
-        }
+        self.naming().name
     }
 
     /// The output named `s`.
     pub fn parse(s: &str) -> Option<Output> {
         Output::ALL.into_iter().find(|o| o.as_str() == s)
     }
+
+    /// How the output is named wherever the agent speaks of it.
+    pub fn naming(self) -> &'static Naming {
+        match self {
+            Output::Listener => &Naming::LISTENER,
+            Output::Otlp => &Naming::OTLP,
+        }
+    }
+}
+
+/// How an output is named in the spool, status, metrics, messages and the agent's log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Naming {
+    /// Which output.
+    pub output: Output,
+    /// In the spool, logs and the `output` label of metrics.
+    pub name: &'static str,
+    /// Its shipper's child name in status and metrics.
+    pub child: &'static str,
+    /// In messages: "listener", "OTLP receiver".
+    pub who: &'static str,
+    /// The key of its URL.
+    pub url_key: &'static str,
+    /// The key of its credentials.
+    pub credential_key: &'static str,
+    /// What its credentials are called: "token", "credentials".
+    pub credential: &'static str,
+    /// The label of its line in the summary of `status`.
+    pub summary_label: &'static str,
+}
+
+impl Naming {
+    /// The listener's.
+    pub const LISTENER: Naming = Naming {
+        output: Output::Listener,
+        name: "listener",
+        child: "shipper",
+        who: "listener",
+        url_key: "listener.url",
+        credential_key: "listener.token",
+        credential: "token",
+        summary_label: "delivery",
+    };
+    /// The OTLP receiver's.
+    pub const OTLP: Naming = Naming {
+        output: Output::Otlp,
+        name: "otlp",
+        child: "shipper_otlp",
+        who: "OTLP receiver",
+        url_key: "otlp.endpoint",
+        credential_key: "otlp.headers",
+        credential: "credentials",
+        summary_label: "otlp",
+    };
 }
 
 /// Shipper → spool: the oldest batch (the same one again until it is acknowledged).
@@ -511,9 +563,23 @@ pub enum ChildDetail {
     Log(LogStats),
 }
 
+impl ChildDetail {
+    /// The detail of child `id` as a status file holds it: read as the type that child
+    /// reports, never guessed from the shape of the object. `None` when it is not that
+    /// type (a file written by another version).
+    pub fn read(id: ChildId, value: serde_json::Value) -> Option<ChildDetail> {
+        use serde_json::from_value;
+        match id {
+            ChildId::Spool => from_value(value).ok().map(ChildDetail::Spool),
+            ChildId::Shipper(_) => from_value(value).ok().map(ChildDetail::Shipper),
+            ChildId::Collector(_) => from_value(value).ok().map(ChildDetail::Collector),
+            ChildId::LogReader => from_value(value).ok().map(ChildDetail::Log),
+        }
+    }
+}
+
 /// The log tailer's position and counters.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
 pub struct LogStats {
     /// What is followed and how (`following …`), or why nothing is (`unavailable: …`).
     pub source_state: Option<SourceState>,
@@ -542,7 +608,6 @@ pub struct LogStats {
 
 /// Counters of one collector.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
 pub struct CollectorStats {
     /// Cycles completed (successful or not).
     pub cycles_total: u64,
@@ -567,7 +632,6 @@ pub struct CollectorStats {
 
 /// The spool's depth and size.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
 pub struct SpoolStats {
     /// Events waiting to be shipped.
     pub depth: u64,
@@ -595,7 +659,6 @@ pub struct SpoolStats {
 
 /// The shipper's delivery state.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
 pub struct ShipperStats {
     /// HTTP status of the last response, if any.
     pub last_http_status: Option<u16>,
@@ -667,15 +730,67 @@ pub enum ChildId {
     LogReader,
 }
 
+/// Where a child is in its life, as status and metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// Started; no health report yet.
+    Starting,
+    /// Answers health checks and makes progress.
+    Running,
+    /// Went down; a restart is scheduled.
+    Restarting,
+    /// Went down too often; retried at the slow rate.
+    Failed,
+    /// Not running on purpose (shutdown, reload, disabled).
+    Stopped,
+}
+
+impl ChildState {
+    /// The name in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildState::Starting => "starting",
+            ChildState::Running => "running",
+            ChildState::Restarting => "restarting",
+            ChildState::Failed => "failed",
+            ChildState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for ChildState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ChildId {
+    /// Every child this build can run, in start order.
+    pub fn all() -> impl Iterator<Item = ChildId> {
+        std::iter::once(ChildId::Spool)
+            .chain(Output::ALL.into_iter().map(ChildId::Shipper))
+            .chain(
+                EventKind::ALL
+                    .into_iter()
+                    .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
+                    .map(ChildId::Collector),
+            )
+            .chain(std::iter::once(ChildId::LogReader))
+    }
+
+    /// The child named `name` in status (`buffer`, `shipper`, `pg_tables`, …).
+    pub fn parse(name: &str) -> Option<ChildId> {
+        ChildId::all().find(|c| c.name() == name)
+    }
+
     /// The name shown in logs and status.
     pub fn name(self) -> &'static str {
         match self {
             // "buffer" in status and logs, like its `[buffer]` section: names users
             // already alert on; the code calls the thing by what it is, the spool.
             ChildId::Spool => "buffer",
-            ChildId::Shipper(Output::Listener) => "shipper",
-            ChildId::Shipper(Output::Otlp) => "shipper_otlp",
+            ChildId::Shipper(o) => o.naming().child,
             ChildId::Collector(k) => k.as_str(),
             ChildId::LogReader => EventKind::PgLog.as_str(),
         }
@@ -684,6 +799,21 @@ impl ChildId {
     /// A child that produces events (stopped first at shutdown).
     pub fn is_source(self) -> bool {
         matches!(self, ChildId::Collector(_) | ChildId::LogReader)
+    }
+}
+
+/// A child is written as its name (status, the reload's list of restarted children).
+impl Serialize for ChildId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChildId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ChildId, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        ChildId::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("no child is named {name:?}")))
     }
 }
 

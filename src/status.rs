@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{ChildDetail, ChildId, ChildState, LogStats, Output, ShipperStats, SpoolStats};
+
 /// File name of the snapshot inside `state_dir`.
 pub const STATUS_FILE: &str = "status.json";
 
@@ -33,8 +35,9 @@ pub struct StatusSnapshot {
     /// The Prometheus endpoint (`[metrics] listen`): where it serves, or why it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
-    /// Every child by name.
-    pub children: BTreeMap<String, ChildStatus>,
+    /// Every child (written by name, in the order of the names).
+    #[serde(with = "by_name")]
+    pub children: BTreeMap<ChildId, ChildStatus>,
 }
 
 /// The outcome of a reload.
@@ -47,14 +50,14 @@ pub struct ReloadStatus {
     /// Why not, if it was not.
     pub error: Option<String>,
     /// Children restarted because their settings changed.
-    pub restarted: Vec<String>,
+    pub restarted: Vec<ChildId>,
 }
 
 /// One child.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChildStatus {
     /// `running`, `starting`, `restarting`, `failed` or `stopped`.
-    pub state: String,
+    pub state: ChildState,
     /// Restarts since the agent started.
     pub restarts: u64,
     /// Running since (this incarnation).
@@ -65,8 +68,60 @@ pub struct ChildStatus {
     pub last_error: Option<String>,
     /// Why it was last restarted (panicked, stopped, hung: …).
     pub last_restart_reason: Option<String>,
-    /// Child-specific figures (collector counters, spool depth, delivery state).
-    pub detail: Option<serde_json::Value>,
+    /// Child-specific figures (collector counters, spool depth, delivery state), of the
+    /// type the child reports.
+    pub detail: Option<ChildDetail>,
+}
+
+/// The children of a status file: keyed by name there, by [`ChildId`] here; each
+/// detail read as the type its child reports ([`ChildDetail::read`]). A child this
+/// version does not know (a file of another version) is left out.
+mod by_name {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    /// [`ChildStatus`] as the file holds it, before its detail's type is known.
+    #[derive(Deserialize)]
+    struct Written {
+        state: ChildState,
+        restarts: u64,
+        up_since: Option<DateTime<Utc>>,
+        last_success: Option<DateTime<Utc>>,
+        last_error: Option<String>,
+        last_restart_reason: Option<String>,
+        detail: Option<serde_json::Value>,
+    }
+
+    pub fn serialize<S: Serializer>(
+        children: &BTreeMap<ChildId, ChildStatus>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let named: BTreeMap<&str, &ChildStatus> =
+            children.iter().map(|(id, c)| (id.name(), c)).collect();
+        named.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ChildId, ChildStatus>, D::Error> {
+        let written = BTreeMap::<String, Written>::deserialize(d)?;
+        Ok(written
+            .into_iter()
+            .filter_map(|(name, w)| {
+                let id = ChildId::parse(&name)?;
+                let status = ChildStatus {
+                    state: w.state,
+                    restarts: w.restarts,
+                    up_since: w.up_since,
+                    last_success: w.last_success,
+                    last_error: w.last_error,
+                    last_restart_reason: w.last_restart_reason,
+                    detail: w.detail.and_then(|v| ChildDetail::read(id, v)),
+                };
+                Some((id, status))
+            })
+            .collect())
+    }
 }
 
 /// Where the snapshot of an agent with this state directory lives.
@@ -99,42 +154,59 @@ fn ago(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
 }
 
 impl StatusSnapshot {
-    /// The detail of child `name` read back as the type the child wrote it from; `None`
-    /// when the child is absent or its detail is of another shape.
-    pub fn detail<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
-        let d = self.children.get(name)?.detail.clone()?;
-        serde_json::from_value(d).ok()
+    /// The children in the order of their names (as the file lists them).
+    pub fn by_name(&self) -> impl Iterator<Item = (&'static str, &ChildStatus)> {
+        let mut v: Vec<_> = self.children.iter().map(|(id, c)| (id.name(), c)).collect();
+        v.sort_by_key(|(name, _)| *name);
+        v.into_iter()
+    }
+
+    /// The spool's figures, when it reported them.
+    pub fn spool(&self) -> Option<&SpoolStats> {
+        match self.children.get(&ChildId::Spool)?.detail.as_ref()? {
+            ChildDetail::Spool(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The shipper's figures of `output`, when it reported them.
+    pub fn shipper(&self, output: Output) -> Option<&ShipperStats> {
+        match self
+            .children
+            .get(&ChildId::Shipper(output))?
+            .detail
+            .as_ref()?
+        {
+            ChildDetail::Shipper(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The log reader's figures, when it reported them.
+    pub fn log(&self) -> Option<&LogStats> {
+        match self.children.get(&ChildId::LogReader)?.detail.as_ref()? {
+            ChildDetail::Log(d) => Some(d),
+            _ => None,
+        }
     }
 }
 
 /// Delivery, spool and log in a few lines: what an on-call reader looks for first.
 fn summary(s: &StatusSnapshot) -> String {
-    use crate::model::{LogStats, ShipperStats, SpoolStats};
     use crate::shipper::policy::BreakerPhase;
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     let mut out = String::from("\n");
-    for (child, what, who, key, label) in [
-        (
-            "shipper",
-            "TOKEN",
-            "the listener",
-            "listener.token",
-            "delivery:",
-        ),
-        (
-            "shipper_otlp",
-            "CREDENTIALS",
-            "the OTLP receiver",
-            "otlp.headers",
-            "otlp:    ",
-        ),
-    ] {
-        let Some(d) = s.detail::<ShipperStats>(child) else {
+    for output in Output::ALL {
+        let Some(d) = s.shipper(output) else {
             continue;
         };
+        let n = output.naming();
         if let Some(t) = &d.token_refused {
             out.push_str(&format!(
-                "{what} REFUSED by {who} ({t}): nothing is sent to it; fix {key} and reload (SIGHUP)\n"
+                "{} REFUSED by the {} ({t}): nothing is sent to it; fix {} and reload (SIGHUP)\n",
+                n.credential.to_uppercase(),
+                n.who,
+                n.credential_key
             ));
         }
         let b = &d.breaker;
@@ -149,15 +221,17 @@ fn summary(s: &StatusSnapshot) -> String {
             BreakerPhase::Closed => "breaker closed".to_string(),
         };
         out.push_str(&format!(
-            "{label} {breaker}, last HTTP {}, {} batches / {} events sent, {} failures in a row, {} quarantined by {who}\n",
+            "{:<9} {breaker}, last HTTP {}, {} batches / {} events sent, {} failures in a row, {} quarantined by the {}\n",
+            format!("{}:", n.summary_label),
             d.last_http_status.map_or("-".to_string(), |x| x.to_string()),
             d.batches_sent_total,
             d.events_sent_total,
             d.consecutive_failures,
             d.events_quarantined_total,
+            n.who,
         ));
     }
-    if let Some(d) = s.detail::<SpoolStats>("buffer") {
+    if let Some(d) = s.spool() {
         out.push_str(&format!(
             "spool:    {} events waiting ({} of data, {} on disk), oldest {}, {} evicted, {} in quarantine\n",
             d.depth,
@@ -180,10 +254,11 @@ fn summary(s: &StatusSnapshot) -> String {
             ));
         }
     }
-    if let Some(d) = s.detail::<LogStats>("pg_log") {
+    if let Some(d) = s.log() {
         out.push_str(&format!(
             "log:      {}; {} of {} bytes read ({} behind, reading {}/s), {} events, {} unparsed lines\n",
             d.source_state
+                .as_ref()
                 .map_or("starting".to_string(), |s| s.to_string()),
             d.tail.offset,
             d.tail.size,
@@ -224,12 +299,11 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
     }
     // Columns as wide as their longest cell: names and states have no fixed length.
     let rows: Vec<[String; 5]> = s
-        .children
-        .iter()
+        .by_name()
         .map(|(name, c)| {
             [
-                name.clone(),
-                c.state.clone(),
+                name.to_string(),
+                c.state.to_string(),
                 c.restarts.to_string(),
                 ago(now, c.last_success),
                 c.last_error.as_deref().unwrap_or("-").to_string(),
@@ -253,8 +327,12 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
         ));
     }
     out.push_str(&summary(s));
-    for (name, c) in &s.children {
-        if let Some(d) = &c.detail {
+    for (name, c) in s.by_name() {
+        if let Some(d) = c
+            .detail
+            .as_ref()
+            .and_then(|d| serde_json::to_string(d).ok())
+        {
             out.push_str(&format!("\n{name}: {d}"));
         }
     }
@@ -265,23 +343,23 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ChildDetail, LogStats, Problem, ShipperStats, SourceState, SpoolStats};
+    use crate::model::{Problem, SourceState};
     use crate::shipper::policy::{BreakerPhase, BreakerStats};
 
-    fn child(detail: serde_json::Value) -> ChildStatus {
+    fn child(detail: Option<ChildDetail>) -> ChildStatus {
         ChildStatus {
-            state: "running".into(),
+            state: ChildState::Running,
             restarts: 0,
             up_since: None,
             last_success: None,
             last_error: None,
             last_restart_reason: None,
-            detail: Some(detail),
+            detail,
         }
     }
 
     /// A snapshot written at `now` with these children.
-    fn snapshot(now: DateTime<Utc>, children: BTreeMap<String, ChildStatus>) -> StatusSnapshot {
+    fn snapshot(now: DateTime<Utc>, children: BTreeMap<ChildId, ChildStatus>) -> StatusSnapshot {
         StatusSnapshot {
             written_at: now,
             trigger: "sigusr1".into(),
@@ -300,11 +378,14 @@ mod tests {
     fn columns_line_up_whatever_the_lengths() {
         let now = Utc::now();
         let mut children = BTreeMap::new();
-        let mut long = child(serde_json::json!({}));
-        long.state = "restarting-after-backoff".into();
+        let mut long = child(None);
+        long.state = ChildState::Restarting;
         long.restarts = 12345;
-        children.insert("a".to_string(), child(serde_json::json!({})));
-        children.insert("pg_vacuum_progress_of_a_long_name".to_string(), long);
+        children.insert(ChildId::Spool, child(None));
+        children.insert(
+            ChildId::Collector(crate::model::EventKind::PgActivitySummary),
+            long,
+        );
         let text = render(&snapshot(now, children), now);
         let table: Vec<&str> = text
             .lines()
@@ -315,7 +396,7 @@ mod tests {
         let at = |l: &str, w: &str| l.find(w).unwrap_or_else(|| panic!("{w} in {l}"));
         let state = at(table[0], "STATE");
         assert_eq!(at(table[1], "running"), state, "{text}");
-        assert_eq!(at(table[2], "restarting-after-backoff"), state, "{text}");
+        assert_eq!(at(table[2], "restarting"), state, "{text}");
         let success = at(table[0], "LAST SUCCESS");
         assert_eq!(at(table[1], "never"), success, "{text}");
         assert_eq!(at(table[2], "never"), success, "{text}");
@@ -366,13 +447,12 @@ mod tests {
             },
             ..Default::default()
         };
-        let value = |d: ChildDetail| serde_json::to_value(d).expect("json");
         children.insert(
-            "shipper".into(),
-            child(value(ChildDetail::Shipper(shipper))),
+            ChildId::Shipper(Output::Listener),
+            child(Some(ChildDetail::Shipper(shipper))),
         );
-        children.insert("buffer".into(), child(value(ChildDetail::Spool(buffer))));
-        children.insert("pg_log".into(), child(value(ChildDetail::Log(log))));
+        children.insert(ChildId::Spool, child(Some(ChildDetail::Spool(buffer))));
+        children.insert(ChildId::LogReader, child(Some(ChildDetail::Log(log))));
         let s = StatusSnapshot {
             metrics: Some(
                 "cannot listen on 127.0.0.1:9188 (metrics.listen): Address in use".into(),
@@ -401,7 +481,6 @@ mod tests {
     #[test]
     fn with_two_outputs_the_summary_shows_each_and_who_waits_for_what() {
         let now = Utc::now();
-        let value = |d: ChildDetail| serde_json::to_value(d).expect("json");
         let mut children = BTreeMap::new();
         let listener = ShipperStats {
             last_http_status: Some(202),
@@ -423,14 +502,14 @@ mod tests {
             ..Default::default()
         };
         children.insert(
-            "shipper".into(),
-            child(value(ChildDetail::Shipper(listener))),
+            ChildId::Shipper(Output::Listener),
+            child(Some(ChildDetail::Shipper(listener))),
         );
         children.insert(
-            "shipper_otlp".into(),
-            child(value(ChildDetail::Shipper(otlp))),
+            ChildId::Shipper(Output::Otlp),
+            child(Some(ChildDetail::Shipper(otlp))),
         );
-        children.insert("buffer".into(), child(value(ChildDetail::Spool(buffer))));
+        children.insert(ChildId::Spool, child(Some(ChildDetail::Spool(buffer))));
         let s = snapshot(now, children);
         let text = render(&s, now);
         assert!(text.contains("delivery: breaker closed, last HTTP 202, 9 batches / 90 events sent, 0 failures in a row, 0 quarantined by the listener\n"), "{text}");
@@ -441,5 +520,78 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("TOKEN REFUSED"), "{text}");
+    }
+
+    #[test]
+    fn a_written_snapshot_reads_back_with_each_detail_as_its_childs_type() {
+        let now: DateTime<Utc> = "2026-12-05T10:00:00Z".parse().expect("time");
+        let mut children = BTreeMap::new();
+        let mut tables = child(Some(ChildDetail::Collector(crate::model::CollectorStats {
+            cycles_total: 4,
+            ..Default::default()
+        })));
+        tables.state = ChildState::Failed;
+        children.insert(
+            ChildId::Collector(crate::model::EventKind::PgTables),
+            tables,
+        );
+        children.insert(
+            ChildId::Spool,
+            child(Some(ChildDetail::Spool(SpoolStats {
+                depth: 3,
+                ..Default::default()
+            }))),
+        );
+        children.insert(
+            ChildId::Shipper(Output::Otlp),
+            child(Some(ChildDetail::Shipper(ShipperStats {
+                events_sent_total: 9,
+                ..Default::default()
+            }))),
+        );
+        let mut s = snapshot(now, children);
+        s.last_reload = Some(ReloadStatus {
+            at: now,
+            applied: true,
+            error: None,
+            restarted: vec![ChildId::LogReader, ChildId::Shipper(Output::Listener)],
+        });
+        let json = serde_json::to_value(&s).expect("json");
+        // The file keys children by their names, in the order of the names.
+        let names: Vec<&str> = json["children"]
+            .as_object()
+            .expect("children")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, ["buffer", "pg_tables", "shipper_otlp"]);
+        assert_eq!(json["children"]["pg_tables"]["state"], "failed");
+        assert_eq!(json["children"]["buffer"]["detail"]["depth"], 3);
+        assert_eq!(
+            json["last_reload"]["restarted"],
+            serde_json::json!(["pg_log", "shipper"])
+        );
+        let back: StatusSnapshot = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back.spool().map(|d| d.depth), Some(3));
+        assert_eq!(
+            back.shipper(Output::Otlp).map(|d| d.events_sent_total),
+            Some(9)
+        );
+        let tables = &back.children[&ChildId::Collector(crate::model::EventKind::PgTables)];
+        assert_eq!(tables.state, ChildState::Failed);
+        assert!(
+            matches!(&tables.detail, Some(ChildDetail::Collector(c)) if c.cycles_total == 4),
+            "{:?}",
+            tables.detail
+        );
+        // A detail of another shape is not taken for this child's: the spool's detail
+        // written under a collector's name does not read as a collector's.
+        let mut json = serde_json::to_value(&s).expect("json");
+        json["children"]["pg_tables"]["detail"] = json["children"]["buffer"]["detail"].clone();
+        json["children"]["pg_newer_source"] = json["children"]["buffer"].clone();
+        let back: StatusSnapshot = serde_json::from_value(json).expect("reads back");
+        let tables = &back.children[&ChildId::Collector(crate::model::EventKind::PgTables)];
+        assert!(tables.detail.is_none(), "{:?}", tables.detail);
+        assert_eq!(back.children.len(), 3, "an unknown child is left out");
     }
 }

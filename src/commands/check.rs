@@ -847,7 +847,7 @@ async fn check_otlp(r: &mut Report, config: &Config) {
     let (batch, origin) = empty_batch(config);
     let url = display_url(config.otlp.url.as_deref().unwrap_or_default());
     let post = crate::shipper::OtlpPost::new(&config.otlp, origin);
-    let who = crate::shipper::delivery::Naming::OTLP;
+    let who = crate::model::Output::Otlp.naming();
     match crate::shipper::Transport::send(&post, &batch).await {
         Ok(s) => r.ok("otlp", &format!("{url} accepted an empty export (HTTP {s})")),
         Err(SendError::TokenRefused { status }) => r.fail(

@@ -130,7 +130,6 @@ struct OpenFile {
 
 /// Counters of the tailer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct TailStats {
     /// Bytes parsed.
     pub bytes_read_total: u64,

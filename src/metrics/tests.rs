@@ -1,11 +1,12 @@
 use super::*;
+use crate::model::{CollectorStats, LogStats, ShipperStats, SpoolStats};
 use crate::shipper::policy::BreakerStats;
 use crate::status::ChildStatus;
 use chrono::TimeZone;
 
-fn child(state: &str, restarts: u64, detail: serde_json::Value) -> ChildStatus {
+fn child(state: ChildState, restarts: u64, detail: ChildDetail) -> ChildStatus {
     ChildStatus {
-        state: state.into(),
+        state,
         restarts,
         up_since: None,
         last_success: Some(
@@ -22,27 +23,26 @@ fn child(state: &str, restarts: u64, detail: serde_json::Value) -> ChildStatus {
 fn snapshot() -> StatusSnapshot {
     let mut children = std::collections::BTreeMap::new();
     children.insert(
-        "pg_activity".to_string(),
+        ChildId::Collector(crate::model::EventKind::PgActivity),
         child(
-            "running",
+            ChildState::Running,
             2,
-            serde_json::to_value(CollectorStats {
+            ChildDetail::Collector(CollectorStats {
                 cycles_total: 7,
                 cycle_errors_total: 1,
                 cycles_skipped_total: 3,
                 events_total: 41,
                 dropped_events_total: 5,
                 ..Default::default()
-            })
-            .unwrap(),
+            }),
         ),
     );
     children.insert(
-        "buffer".to_string(),
+        ChildId::Spool,
         child(
-            "running",
+            ChildState::Running,
             0,
-            serde_json::to_value(SpoolStats {
+            ChildDetail::Spool(SpoolStats {
                 depth: 12,
                 bytes: 3456,
                 file_bytes: 65536,
@@ -54,16 +54,15 @@ fn snapshot() -> StatusSnapshot {
                 quarantined_bytes: 400,
                 errors_total: 0,
                 pending_by_output: [("listener".to_string(), 12)].into_iter().collect(),
-            })
-            .unwrap(),
+            }),
         ),
     );
     children.insert(
-        "shipper".to_string(),
+        ChildId::Shipper(Output::Listener),
         child(
-            "restarting",
+            ChildState::Restarting,
             1,
-            serde_json::to_value(ShipperStats {
+            ChildDetail::Shipper(ShipperStats {
                 batches_sent_total: 6,
                 events_sent_total: 88,
                 failures_total: 11,
@@ -77,8 +76,7 @@ fn snapshot() -> StatusSnapshot {
                 batches_split_total: 2,
                 events_quarantined_total: 4,
                 ..Default::default()
-            })
-            .unwrap(),
+            }),
         ),
     );
     let mut log = LogStats {
@@ -91,8 +89,8 @@ fn snapshot() -> StatusSnapshot {
     log.waiting_for_spool = true;
     log.spool_waits_total = 3;
     children.insert(
-        "pg_log".to_string(),
-        child("running", 0, serde_json::to_value(log).unwrap()),
+        ChildId::LogReader,
+        child(ChildState::Running, 0, ChildDetail::Log(log)),
     );
     StatusSnapshot {
         written_at: chrono::Utc::now(),

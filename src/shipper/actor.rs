@@ -13,7 +13,7 @@ use slog::Logger;
 use tokio::sync::oneshot;
 
 use super::attempt::{Attempt, Job};
-use super::delivery::{Delivery, Go, Naming, IDLE_POLL};
+use super::delivery::{Delivery, Go, IDLE_POLL};
 use super::transport::Transport;
 use super::{Origin, Post};
 use crate::config::{BreakerConfig, ListenerConfig};
@@ -79,10 +79,7 @@ impl ShipperActor {
         log: Logger,
         guard: ExitGuard,
     ) -> ShipperActor {
-        let naming = match output {
-            Output::Listener => Naming::LISTENER,
-            Output::Otlp => Naming::OTLP,
-        };
+        let naming = output.naming();
         ShipperActor {
             output,
             delivery: Delivery::new(&cfg, &breaker, log.clone()).named(naming),

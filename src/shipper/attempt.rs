@@ -160,11 +160,8 @@ impl Job {
                     status,
                 } => {
                     warn!(self.log, "event_refused"; "id" => &event_id, "status" => status);
-                    let who = match self.output {
-                        Output::Listener => "the listener",
-                        Output::Otlp => "the OTLP receiver",
-                    };
-                    let reason = format!("HTTP {status} from {who}");
+                    let who = self.output.naming().who;
+                    let reason = format!("HTTP {status} from the {who}");
                     let r = spool
                         .send(QuarantineRows {
                             output: self.output,

@@ -14,7 +14,7 @@ use super::policy::{Backoff, Breaker, BreakerState, Permit, Transition};
 use super::split::Stop;
 use super::transport::SendError;
 use crate::config::{BreakerConfig, ListenerConfig};
-use crate::model::ShipperStats;
+use crate::model::{Naming, Output, ShipperStats};
 
 /// How often an idle shipper looks for new events in the spool. The spool wakes it as
 /// soon as events arrive ([`crate::model::SpoolNews`]); this is the fallback when no
@@ -49,35 +49,9 @@ pub struct Next {
     pub sent: bool,
 }
 
-/// How messages name an output and its settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Naming {
-    /// "listener", "OTLP receiver".
-    pub who: &'static str,
-    /// The key of its URL.
-    pub url_key: &'static str,
-    /// The key of its credentials.
-    pub credential_key: &'static str,
-}
-
-impl Naming {
-    /// The listener's.
-    pub const LISTENER: Naming = Naming {
-        who: "listener",
-        url_key: "listener.url",
-        credential_key: "listener.token",
-    };
-    /// The OTLP receiver's.
-    pub const OTLP: Naming = Naming {
-        who: "OTLP receiver",
-        url_key: "otlp.endpoint",
-        credential_key: "otlp.headers",
-    };
-}
-
 /// One output's delivery state.
 pub struct Delivery {
-    naming: Naming,
+    naming: &'static Naming,
     backoff: Backoff,
     /// Backoff while the spool fails (separate from the output's).
     spool_backoff: Backoff,
@@ -97,7 +71,7 @@ impl Delivery {
     /// A fresh state for the listener `cfg` with its breaker.
     pub fn new(cfg: &ListenerConfig, breaker: &BreakerConfig, log: Logger) -> Delivery {
         Delivery {
-            naming: Naming::LISTENER,
+            naming: &Naming::LISTENER,
             backoff: Backoff::new(cfg.retry_base, cfg.retry_max),
             spool_backoff: Backoff::new(Duration::from_secs(1), SPOOL_RETRY_MAX),
             delivered_unrecorded: None,
@@ -110,7 +84,7 @@ impl Delivery {
     }
 
     /// Messages name the output as `naming` says.
-    pub fn named(mut self, naming: Naming) -> Delivery {
+    pub fn named(mut self, naming: &'static Naming) -> Delivery {
         self.naming = naming;
         self
     }
@@ -248,14 +222,14 @@ impl Delivery {
 
     fn succeeded(&mut self, wall: DateTime<Utc>) {
         if self.backoff.failures() > 0 {
-            if self.naming == Naming::LISTENER {
+            if self.naming.output == Output::Listener {
                 info!(self.log, "listener_recovered"; "failures" => self.backoff.failures());
             } else {
                 info!(self.log, "output_recovered"; "output" => self.naming.who, "failures" => self.backoff.failures());
             }
         }
         if let Some(t) = self.stats.token_refused.take() {
-            if self.naming == Naming::LISTENER {
+            if self.naming.output == Output::Listener {
                 info!(self.log, "listener_token_accepted"; "was" => t);
             } else {
                 info!(self.log, "output_credentials_accepted"; "output" => self.naming.who, "was" => t);
@@ -271,7 +245,7 @@ impl Delivery {
     }
 
     fn describe(&self, e: &SendError) -> String {
-        if self.naming == Naming::LISTENER {
+        if self.naming.output == Output::Listener {
             return e.to_string();
         }
         e.describe(self.naming.who, self.naming.url_key)
@@ -279,18 +253,14 @@ impl Delivery {
 
     fn token_refused(&mut self, status: u16, now: Instant) -> Duration {
         self.breaker.trip(now);
-        let what = if self.naming == Naming::LISTENER {
-            "the token"
-        } else {
-            "the credentials"
-        };
+        let what = self.naming.credential;
         let msg = format!(
-            "the {} refuses {what} (HTTP {status}); nothing is sent until {} is fixed and the config reloaded (SIGHUP), or a probe every {} s succeeds; all events are kept",
+            "the {} refuses the {what} (HTTP {status}); nothing is sent until {} is fixed and the config reloaded (SIGHUP), or a probe every {} s succeeds; all events are kept",
             self.naming.who,
             self.naming.credential_key,
             self.breaker_reset(now).as_secs()
         );
-        if self.naming == Naming::LISTENER {
+        if self.naming.output == Output::Listener {
             error!(self.log, "listener_token_refused"; "status" => status, "effect" => &msg);
         } else {
             error!(self.log, "output_credentials_refused"; "output" => self.naming.who, "status" => status, "effect" => &msg);

@@ -121,7 +121,6 @@ pub enum BreakerPhase {
 
 /// The breaker as status shows it.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-#[serde(default)]
 pub struct BreakerStats {
     /// `closed`, `open` or `half_open`.
     pub state: BreakerPhase,

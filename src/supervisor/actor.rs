@@ -385,14 +385,14 @@ impl Handler<Reload> for Supervisor {
             self.start_child(id, ctx);
         }
         self.ensure_metrics(ctx);
-        let restarted: Vec<String> = plan.start.iter().map(|id| id.name().to_string()).collect();
-        info!(self.log, "reload_applied"; "restarted" => restarted.join(","),
+        let names: Vec<&str> = plan.start.iter().map(|id| id.name()).collect();
+        info!(self.log, "reload_applied"; "restarted" => names.join(","),
               "fingerprint" => self.config.fingerprint());
         self.last_reload = Some(ReloadStatus {
             at,
             applied: true,
             error: None,
-            restarted,
+            restarted: plan.start.clone(),
         });
         self.write_status("reload", false);
         self.systemd.ready("running");

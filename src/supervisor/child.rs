@@ -185,8 +185,7 @@ pub fn spawn(
             // dump replaces it: the loss to report if the file was emptied meanwhile.
             let last_depth = crate::status::read(&dir)
                 .ok()
-                .and_then(|s| s.detail::<crate::model::SpoolStats>("buffer"))
-                .map(|b| b.depth);
+                .and_then(|s| s.spool().map(|b| b.depth));
             ChildAddr::Spool(SpoolActor::start_in_arbiter(&h, move |_| {
                 SpoolActor::new(dir, max, host, outputs, log, guard).last_depth(last_depth)
             }))

@@ -12,36 +12,8 @@ use chrono::{DateTime, Utc};
 use super::child;
 use super::{Decision, RestartPolicy, RestartTracker, PING_TIMEOUT};
 use crate::config::Config;
-use crate::model::{ChildId, Health};
+use crate::model::{ChildId, ChildState, Health};
 use crate::status::ChildStatus;
-
-/// A child's state as status shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Started; no health report yet.
-    Starting,
-    /// Answers health checks and makes progress.
-    Running,
-    /// Went down; a restart is scheduled.
-    Restarting,
-    /// Went down too often; retried at the slow rate.
-    Failed,
-    /// Not running on purpose (shutdown, reload, disabled).
-    Stopped,
-}
-
-impl State {
-    /// The name in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Running => "running",
-            State::Restarting => "restarting",
-            State::Failed => "failed",
-            State::Stopped => "stopped",
-        }
-    }
-}
 
 /// The incarnation of a child that runs now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +26,7 @@ struct Incarnation {
 /// Everything known about one child.
 #[derive(Debug)]
 struct Slot {
-    state: State,
+    state: ChildState,
     running: Option<Incarnation>,
     next_generation: u64,
     tracker: RestartTracker,
@@ -133,7 +105,7 @@ impl Slots {
     fn slot(&mut self, id: ChildId) -> &mut Slot {
         let policy = self.policy.clone();
         self.slots.entry(id).or_insert_with(|| Slot {
-            state: State::Stopped,
+            state: ChildState::Stopped,
             running: None,
             next_generation: 1,
             tracker: RestartTracker::new(policy),
@@ -150,7 +122,7 @@ impl Slots {
     }
 
     /// The state of `id`.
-    pub fn state(&self, id: ChildId) -> Option<State> {
+    pub fn state(&self, id: ChildId) -> Option<ChildState> {
         self.slots.get(&id).map(|s| s.state)
     }
 
@@ -174,8 +146,8 @@ impl Slots {
             started: now,
             ping_pending: false,
         });
-        if s.state != State::Failed {
-            s.state = State::Starting;
+        if s.state != ChildState::Failed {
+            s.state = ChildState::Starting;
         }
         s.up_since = Some(wall);
         generation
@@ -195,7 +167,7 @@ impl Slots {
     pub fn stopped_on_purpose(&mut self, id: ChildId, forget: bool) {
         self.stopped(id);
         let s = self.slot(id);
-        s.state = State::Stopped;
+        s.state = ChildState::Stopped;
         if forget {
             s.tracker.reset();
         }
@@ -212,9 +184,9 @@ impl Slots {
             .on_exit(now, now.saturating_duration_since(started));
         s.restarts += 1;
         s.state = if failed {
-            State::Failed
+            ChildState::Failed
         } else {
-            State::Restarting
+            ChildState::Restarting
         };
         s.last_restart_reason = Some(reason.clone());
         Some(Down {
@@ -262,10 +234,10 @@ impl Slots {
                         d.as_secs()
                     ));
                 }
-                if matches!(s.state, State::Starting | State::Restarting)
-                    || (s.state == State::Failed && ran_for >= healthy_after)
+                if matches!(s.state, ChildState::Starting | ChildState::Restarting)
+                    || (s.state == ChildState::Failed && ran_for >= healthy_after)
                 {
-                    s.state = State::Running;
+                    s.state = ChildState::Running;
                 }
                 s.health = Some(*h);
                 None
@@ -279,21 +251,21 @@ impl Slots {
     }
 
     /// The status rows, by child name.
-    pub fn status(&self) -> BTreeMap<String, ChildStatus> {
+    pub fn status(&self) -> BTreeMap<ChildId, ChildStatus> {
         self.slots
             .iter()
             .map(|(id, s)| {
                 let h = s.health.as_ref();
                 (
-                    id.name().to_string(),
+                    *id,
                     ChildStatus {
-                        state: s.state.as_str().to_string(),
+                        state: s.state,
                         restarts: s.restarts,
                         up_since: s.up_since,
                         last_success: h.and_then(|h| h.last_success),
                         last_error: h.and_then(|h| h.last_error.clone()),
                         last_restart_reason: s.last_restart_reason.clone(),
-                        detail: h.and_then(|h| serde_json::to_value(&h.detail).ok()),
+                        detail: h.map(|h| h.detail.clone()),
                     },
                 )
             })
@@ -305,7 +277,7 @@ impl Slots {
         let running = self
             .slots
             .values()
-            .filter(|s| s.state == State::Running)
+            .filter(|s| s.state == ChildState::Running)
             .count();
         let restarts: u64 = self.slots.values().map(|s| s.restarts).sum();
         format!(
@@ -341,12 +313,12 @@ mod tests {
         let t0 = Instant::now();
         let mut slots = Slots::new(RestartPolicy::default());
         let g = slots.started(LOCKS, t0, Utc::now());
-        assert_eq!(slots.state(LOCKS), Some(State::Starting));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Starting));
         assert_eq!(slots.pings_due(), [(LOCKS, g)]);
         assert!(slots.pings_due().is_empty(), "one ping at a time");
         let pong = Pong::Answer(Box::new(health(t0, Some(s(10)))));
         assert_eq!(slots.on_pong(LOCKS, g, pong, t0 + s(1)), None);
-        assert_eq!(slots.state(LOCKS), Some(State::Running));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Running));
         assert_eq!(slots.summary(), "1/1 children running, 0 restarts");
         // Answers, but its last progress is older than its deadline: hung.
         assert_eq!(slots.pings_due(), [(LOCKS, g)]);
@@ -370,7 +342,7 @@ mod tests {
             (down.restarts, down.failed, down.delay),
             (1, false, Duration::from_millis(100))
         );
-        assert_eq!(slots.state(LOCKS), Some(State::Restarting));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Restarting));
         assert!(
             slots.went_down(LOCKS, "again".into(), t0 + s(1)).is_none(),
             "handled once"
@@ -407,26 +379,23 @@ mod tests {
             slots.started(LOCKS, t0 + s(i), Utc::now());
             slots.went_down(LOCKS, "stopped".into(), t0 + s(i));
         }
-        assert_eq!(slots.state(LOCKS), Some(State::Failed));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Failed));
         let g = slots.started(LOCKS, t0 + s(70), Utc::now());
-        assert_eq!(slots.state(LOCKS), Some(State::Failed));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Failed));
         slots.pings_due();
         let pong = Pong::Answer(Box::new(health(t0 + s(71), None)));
         assert_eq!(slots.on_pong(LOCKS, g, pong, t0 + s(71)), None);
-        assert_eq!(slots.state(LOCKS), Some(State::Failed));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Failed));
         slots.pings_due();
         let later = t0 + s(70) + healthy_after;
         assert_eq!(
             slots.on_pong(LOCKS, g, Pong::Answer(Box::new(health(later, None))), later),
             None
         );
-        assert_eq!(slots.state(LOCKS), Some(State::Running));
+        assert_eq!(slots.state(LOCKS), Some(ChildState::Running));
         let rows = slots.status();
-        assert_eq!(rows["pg_locks"].restarts, 2);
-        assert_eq!(
-            rows["pg_locks"].last_restart_reason.as_deref(),
-            Some("stopped")
-        );
+        assert_eq!(rows[&LOCKS].restarts, 2);
+        assert_eq!(rows[&LOCKS].last_restart_reason.as_deref(), Some("stopped"));
     }
 
     #[test]

@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod backoff;
+pub mod base;
 pub mod catalogue;
 pub mod cli;
 pub mod collector;

@@ -10,84 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-/// What produced an event; the `kind` field of the listener protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// A `pg_stat_activity` row.
-    PgActivity,
-    /// A `pg_stat_statements` delta.
-    PgStatements,
-    /// A blocked/blocking session pair.
-    PgLocks,
-    /// A window of session samples, per request, statement and wait.
-    PgActivitySummary,
-    /// Host metrics.
-    System,
-    /// A database's statistics, size and freeze age.
-    PgDatabases,
-    /// A table's (or index's) statistics and size, or a pass's summary.
-    PgTables,
-    /// A vacuum, analyze, index build or cluster in progress.
-    PgVacuumProgress,
-    /// Who holds the xmin horizon back.
-    PgXminHorizon,
-    /// Standbys, slots, or this standby's receiver.
-    PgReplication,
-    /// bgwriter, checkpointer, WAL, I/O and archiver statistics.
-    PgServerStats,
-    /// The non-default settings and what changed.
-    PgSettings,
-    /// A server log event.
-    PgLog,
-    /// The agent's own health (restarts, losses, parse errors).
-    Agent,
-}
-
-impl EventKind {
-    /// The name used on the wire, in the spool and in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::PgActivity => "pg_activity",
-            EventKind::PgStatements => "pg_statements",
-            EventKind::PgLocks => "pg_locks",
-            EventKind::PgActivitySummary => "pg_activity_summary",
-            EventKind::System => "system",
-            EventKind::PgDatabases => "pg_databases",
-            EventKind::PgTables => "pg_tables",
-            EventKind::PgVacuumProgress => "pg_vacuum_progress",
-            EventKind::PgXminHorizon => "pg_xmin_horizon",
-            EventKind::PgReplication => "pg_replication",
-            EventKind::PgServerStats => "pg_server_stats",
-            EventKind::PgSettings => "pg_settings",
-            EventKind::PgLog => "pg_log",
-            EventKind::Agent => "agent",
-        }
-    }
-
-    /// Every kind, in the order sources are started and listed.
-    pub const ALL: [EventKind; 14] = [
-        EventKind::PgActivity,
-        EventKind::PgStatements,
-        EventKind::PgLocks,
-        EventKind::PgActivitySummary,
-        EventKind::System,
-        EventKind::PgDatabases,
-        EventKind::PgTables,
-        EventKind::PgVacuumProgress,
-        EventKind::PgXminHorizon,
-        EventKind::PgReplication,
-        EventKind::PgServerStats,
-        EventKind::PgSettings,
-        EventKind::PgLog,
-        EventKind::Agent,
-    ];
-
-    /// Parses the wire name back (used when reading the spool).
-    pub fn parse(s: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
+pub use crate::base::{EventKind, Naming, Output};
 
 /// One event as collected. `data` is serialized once, by the collector that made it, and
 /// travels as raw JSON through the spool to the listener without being parsed again.
@@ -360,85 +283,6 @@ pub struct Enqueue {
     pub events: std::sync::Arc<Vec<Event>>,
     /// State that is true once these events are on disk.
     pub checkpoint: Option<Checkpoint>,
-}
-
-/// Where events go. Each output takes its batches from the spool and acknowledges them
-/// on its own; an event leaves the spool when every configured output has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Output {
-    /// The listener protocol (design.md §4).
-    Listener,
-    /// OTLP/HTTP log records to an OpenTelemetry Collector.
-    Otlp,
-}
-
-impl Output {
-    /// Every output, in a fixed order.
-    pub const ALL: [Output; 2] = [Output::Listener, Output::Otlp];
-
-    /// The name in the spool, status, logs and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        self.naming().name
-    }
-
-    /// The output named `s`.
-    pub fn parse(s: &str) -> Option<Output> {
-        Output::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-
-    /// How the output is named wherever the agent speaks of it.
-    pub fn naming(self) -> &'static Naming {
-        match self {
-            Output::Listener => &Naming::LISTENER,
-            Output::Otlp => &Naming::OTLP,
-        }
-    }
-}
-
-/// How an output is named in the spool, status, metrics, messages and the agent's log.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Naming {
-    /// Which output.
-    pub output: Output,
-    /// In the spool, logs and the `output` label of metrics.
-    pub name: &'static str,
-    /// Its shipper's child name in status and metrics.
-    pub child: &'static str,
-    /// In messages: "listener", "OTLP receiver".
-    pub who: &'static str,
-    /// The key of its URL.
-    pub url_key: &'static str,
-    /// The key of its credentials.
-    pub credential_key: &'static str,
-    /// What its credentials are called: "token", "credentials".
-    pub credential: &'static str,
-    /// The label of its line in the summary of `status`.
-    pub summary_label: &'static str,
-}
-
-impl Naming {
-    /// The listener's.
-    pub const LISTENER: Naming = Naming {
-        output: Output::Listener,
-        name: "listener",
-        child: "shipper",
-        who: "listener",
-        url_key: "listener.url",
-        credential_key: "listener.token",
-        credential: "token",
-        summary_label: "delivery",
-    };
-    /// The OTLP receiver's.
-    pub const OTLP: Naming = Naming {
-        output: Output::Otlp,
-        name: "otlp",
-        child: "shipper_otlp",
-        who: "OTLP receiver",
-        url_key: "otlp.endpoint",
-        credential_key: "otlp.headers",
-        credential: "credentials",
-        summary_label: "otlp",
-    };
 }
 
 /// Shipper → spool: the oldest batch (the same one again until it is acknowledged).
@@ -771,8 +615,7 @@ impl ChildId {
         std::iter::once(ChildId::Spool)
             .chain(Output::ALL.into_iter().map(ChildId::Shipper))
             .chain(
-                EventKind::ALL
-                    .into_iter()
+                EventKind::all()
                     .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
                     .map(ChildId::Collector),
             )

@@ -372,12 +372,10 @@ async fn check_database(r: &mut Report, config: &Config) {
     if config.collection.logs {
         check_plans(r, &client, &preload, user).await;
     }
-    let h = &config.collection.health;
-    if h.databases
-        .or(h.tables)
-        .or(h.horizon)
-        .or(h.server_stats)
-        .is_some()
+    let enabled = crate::sources::enabled(config);
+    if crate::sources::SOURCES
+        .iter()
+        .any(|s| s.reads_statistics && enabled.iter().any(|(k, _)| *k == s.kind))
     {
         check_health(r, &client, config).await;
     }
@@ -423,7 +421,8 @@ async fn check_health(r: &mut Report, client: &tokio_postgres::Client, config: &
             &format!("GRANT pg_monitor TO {};", quote_ident(user)),
         );
     }
-    if config.collection.health.tables.is_some() && !closed.is_empty() {
+    let tables = crate::model::EventKind::PgTables;
+    if config.collection.health.contains_key(&tables) && !closed.is_empty() {
         r.warn(
             "health",
             &format!(

@@ -176,31 +176,12 @@ pub struct CollectionConfig {
     /// Literals out of the query texts read from the database (`none` or `literals`;
     /// passwords go whatever it says).
     pub redact: crate::logs::redact::Redact,
-    /// The health sources: each one's interval, `None` when it is off.
-    pub health: HealthIntervals,
+    /// The health sources that are on, with their intervals.
+    pub health: std::collections::BTreeMap<crate::base::EventKind, Duration>,
     /// At most this many relations per database per `pg_tables` pass.
     pub tables_max_relations: u32,
     /// Longest `pg_tables` pass across the databases.
     pub tables_max_pass: Duration,
-}
-
-/// The interval of each database health source; `None` when it is off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthIntervals {
-    /// `pg_databases`.
-    pub databases: Option<Duration>,
-    /// `pg_tables`.
-    pub tables: Option<Duration>,
-    /// `pg_vacuum_progress`.
-    pub vacuum_progress: Option<Duration>,
-    /// `pg_xmin_horizon`.
-    pub horizon: Option<Duration>,
-    /// `pg_replication`.
-    pub replication: Option<Duration>,
-    /// `pg_server_stats`.
-    pub server_stats: Option<Duration>,
-    /// `pg_settings`.
-    pub settings: Option<Duration>,
 }
 
 /// `[correlation]`: how request ids are found in `application_name`.

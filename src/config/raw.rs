@@ -185,24 +185,46 @@ pub struct RawCollection {
     pub max_query_length: Field<i64>,
     pub statements_max_rows: Field<i64>,
     pub redact: Field<String>,
-    pub databases: Field<bool>,
-    pub databases_interval_s: Field<i64>,
-    pub tables: Field<bool>,
-    pub tables_interval_s: Field<i64>,
     pub tables_max_relations: Field<i64>,
     pub tables_max_pass_s: Field<i64>,
-    pub vacuum_progress: Field<bool>,
-    pub vacuum_progress_interval_s: Field<i64>,
-    pub horizon: Field<bool>,
-    pub horizon_interval_s: Field<i64>,
-    pub replication: Field<bool>,
-    pub replication_interval_s: Field<i64>,
-    pub server_stats: Field<bool>,
-    pub server_stats_interval_s: Field<i64>,
-    pub settings: Field<bool>,
-    pub settings_interval_s: Field<i64>,
+    /// The health sources' `<key>` and `<key>_interval_s` (named by the table of kinds,
+    /// [`crate::base::KINDS`]) and unknown keys: validation tells them apart.
     #[serde(flatten)]
     pub unknown: Unknown,
+}
+
+impl RawCollection {
+    /// The keys of the health sources, as the table of kinds names them.
+    pub fn health_keys() -> impl Iterator<Item = String> {
+        crate::base::EventKind::health()
+            .flat_map(|(_, h)| [h.key.to_string(), format!("{}_interval_s", h.key)])
+    }
+}
+
+impl RawConfig {
+    /// `section.key` of every key the agent knows: the fields of the raw structs, and
+    /// the health sources' keys.
+    pub fn known_keys() -> std::collections::BTreeSet<String> {
+        let mut keys = std::collections::BTreeSet::new();
+        if let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(RawConfig::default())
+        {
+            for (section, table) in sections {
+                if let serde_json::Value::Object(t) = table {
+                    keys.extend(t.keys().map(|k| format!("{section}.{k}")));
+                }
+            }
+        }
+        keys.extend(RawCollection::health_keys().map(|k| format!("collection.{k}")));
+        keys
+    }
+}
+
+/// A key taken out of a section's other keys, read as a [`Field`].
+pub fn field<T: DeserializeOwned>(v: Option<serde_json::Value>) -> Field<T> {
+    match v {
+        None => Field::Missing,
+        Some(v) => Field::deserialize(v).unwrap_or_else(|e| Field::Bad(no_values(&e.to_string()))),
+    }
 }
 
 /// `[correlation]`

@@ -8,6 +8,7 @@ use super::raw::{
     RawListener, RawLogs, RawMetrics, RawOtlp, Unknown,
 };
 use super::*;
+use crate::base::{EventKind, Every};
 use crate::logs::redact::Redact;
 use crate::logs::tail::StartAt;
 use crate::logs::Format;
@@ -288,7 +289,15 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
 
 /// `[collection]`.
 fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
-    c.unknown("collection", &col.unknown);
+    let mut others = col.unknown.clone();
+    let health_keys: Vec<_> = EventKind::health()
+        .map(|(kind, h)| {
+            let on = raw::field::<bool>(others.remove(h.key));
+            let every = raw::field::<i64>(others.remove(&format!("{}_interval_s", h.key)));
+            (kind, h, on, every)
+        })
+        .collect();
+    c.unknown("collection", &others);
     let interval_s = c.int("collection.interval_s", &col.interval_s, 60, 1, 3600, "");
     let activity_interval_s = c.int(
         "collection.activity_interval_s",
@@ -320,6 +329,17 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
         3600,
         "",
     );
+    let health = health_keys
+        .iter()
+        .filter_map(|(kind, h, on, every)| {
+            let default_s = match h.default {
+                Every::Interval => interval_s,
+                Every::ActivityInterval => activity_interval_s,
+                Every::Seconds(s) => s,
+            };
+            health_source(c, h.key, on, every, default_s).map(|d| (*kind, d))
+        })
+        .collect();
     CollectionConfig {
         interval: Duration::from_secs(interval_s as u64),
         activity_interval: Duration::from_secs(activity_interval_s as u64),
@@ -360,45 +380,7 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
             &col.redact,
             &[("none", Redact::None), ("literals", Redact::Literals)],
         ),
-        health: HealthIntervals {
-            databases: health_source(
-                c,
-                "databases",
-                &col.databases,
-                &col.databases_interval_s,
-                interval_s,
-            ),
-            tables: health_source(c, "tables", &col.tables, &col.tables_interval_s, 600),
-            vacuum_progress: health_source(
-                c,
-                "vacuum_progress",
-                &col.vacuum_progress,
-                &col.vacuum_progress_interval_s,
-                activity_interval_s,
-            ),
-            horizon: health_source(
-                c,
-                "horizon",
-                &col.horizon,
-                &col.horizon_interval_s,
-                interval_s,
-            ),
-            replication: health_source(
-                c,
-                "replication",
-                &col.replication,
-                &col.replication_interval_s,
-                interval_s,
-            ),
-            server_stats: health_source(
-                c,
-                "server_stats",
-                &col.server_stats,
-                &col.server_stats_interval_s,
-                interval_s,
-            ),
-            settings: health_source(c, "settings", &col.settings, &col.settings_interval_s, 600),
-        },
+        health,
         tables_max_relations: c.int(
             "collection.tables_max_relations",
             &col.tables_max_relations,

@@ -6,6 +6,7 @@ mod actor;
 pub mod attempt;
 pub mod delivery;
 pub mod otlp;
+pub mod outputs;
 pub mod policy;
 mod post;
 pub mod split;

@@ -15,7 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{CollectionConfig, Config};
 use crate::db::{Db, DbError};
 use crate::model::{Event, EventKind, SourceState};
 
@@ -198,39 +200,115 @@ pub async fn versioned_query(
     })
 }
 
-/// The sources this build can run, enabled by `[collection]`, each with its interval.
-pub fn enabled(config: &Config) -> Vec<(EventKind, std::time::Duration)> {
-    let mut v = Vec::new();
-    if config.collection.activity {
-        v.push((EventKind::PgActivity, config.collection.activity_interval));
-    }
-    if config.collection.statements {
-        v.push((EventKind::PgStatements, config.collection.interval));
-    }
-    if config.collection.locks {
-        v.push((EventKind::PgLocks, config.collection.interval));
-    }
-    if let Some(every) = config.collection.sample_interval {
-        v.push((EventKind::PgActivitySummary, every));
-    }
-    if config.collection.system {
-        v.push((EventKind::System, config.collection.interval));
-    }
-    let h = &config.collection.health;
-    for (kind, every) in [
-        (EventKind::PgDatabases, h.databases),
-        (EventKind::PgTables, h.tables),
-        (EventKind::PgVacuumProgress, h.vacuum_progress),
-        (EventKind::PgXminHorizon, h.horizon),
-        (EventKind::PgReplication, h.replication),
-        (EventKind::PgServerStats, h.server_stats),
-        (EventKind::PgSettings, h.settings),
-    ] {
-        if let Some(every) = every {
-            v.push((kind, every));
-        }
-    }
-    v
+/// One sampled source, as the agent knows it: everything that must agree about it is in
+/// its row of [`SOURCES`] (its name and health keys are its kind's row of
+/// [`crate::base::KINDS`]).
+pub struct Spec {
+    /// The kind of its events and the name of its child.
+    pub kind: EventKind,
+    /// Its interval when `[collection]` turns it on, `None` when off.
+    pub interval: fn(&CollectionConfig) -> Option<Duration>,
+    /// Builds it; called on the thread it runs on (sources hold `Rc`s).
+    pub make: fn(&Config, Mode) -> Box<dyn Source>,
+    /// `check` makes sure the server collects the statistics it reads (`track_counts`,
+    /// CONNECT on every database).
+    pub reads_statistics: bool,
+}
+
+/// A health source's interval: on and timed by its keys in the table of kinds.
+macro_rules! health_interval {
+    ($kind:expr) => {
+        |c: &CollectionConfig| c.health.get(&$kind).copied()
+    };
+}
+
+/// Every sampled source, in start order.
+pub const SOURCES: &[Spec] = &[
+    Spec {
+        kind: EventKind::PgActivity,
+        interval: |c| c.activity.then_some(c.activity_interval),
+        make: |c, _| Box::new(activity::ActivitySource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgStatements,
+        interval: |c| c.statements.then_some(c.interval),
+        make: |c, mode| Box::new(statements::StatementsSource::new(c, mode == Mode::Daemon)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgLocks,
+        interval: |c| c.locks.then_some(c.interval),
+        make: |c, _| Box::new(locks::LocksSource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgActivitySummary,
+        interval: |c| c.sample_interval,
+        make: |c, mode| Box::new(sampler::SamplerSource::new(c, mode == Mode::Once)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::System,
+        interval: |c| c.system.then_some(c.interval),
+        make: |c, _| Box::new(system::SystemSource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgDatabases,
+        interval: health_interval!(EventKind::PgDatabases),
+        make: |c, _| Box::new(health::databases::DatabasesSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgTables,
+        interval: health_interval!(EventKind::PgTables),
+        make: |c, _| Box::new(health::tables::TablesSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgVacuumProgress,
+        interval: health_interval!(EventKind::PgVacuumProgress),
+        make: |c, _| Box::new(health::progress::ProgressSource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgXminHorizon,
+        interval: health_interval!(EventKind::PgXminHorizon),
+        make: |c, _| Box::new(health::horizon::HorizonSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgReplication,
+        interval: health_interval!(EventKind::PgReplication),
+        make: |c, _| Box::new(health::replication::ReplicationSource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgServerStats,
+        interval: health_interval!(EventKind::PgServerStats),
+        make: |c, _| Box::new(health::server::ServerStatsSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgSettings,
+        interval: health_interval!(EventKind::PgSettings),
+        make: |c, _| Box::new(health::settings::SettingsSource::new(c)),
+        reads_statistics: false,
+    },
+];
+
+/// The row of `kind`, if it is a sampled source.
+pub fn spec(kind: EventKind) -> Option<&'static Spec> {
+    SOURCES.iter().find(|s| s.kind == kind)
+}
+
+/// The sources `[collection]` turns on, each with its interval, in start order.
+pub fn enabled(config: &Config) -> Vec<(EventKind, Duration)> {
+    SOURCES
+        .iter()
+        .filter_map(|s| (s.interval)(&config.collection).map(|every| (s.kind, every)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,6 +339,12 @@ mod tests {
         for k in &kinds {
             assert!(make(*k, &c, Mode::Once).is_some(), "{k:?}");
         }
+        // Every kind but the log's and the agent's own is a sampled source, once.
+        let rows: Vec<EventKind> = SOURCES.iter().map(|s| s.kind).collect();
+        let sampled: Vec<EventKind> = EventKind::all()
+            .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
+            .collect();
+        assert_eq!(rows, sampled);
     }
 }
 
@@ -274,31 +358,7 @@ pub enum Mode {
     Once,
 }
 
-/// Makes the source of `kind` from the configuration.
+/// Makes the source of `kind` from the configuration (`None`: not a sampled source).
 pub fn make(kind: EventKind, config: &Config, mode: Mode) -> Option<Box<dyn Source>> {
-    match kind {
-        EventKind::PgActivity => Some(Box::new(activity::ActivitySource::new(config))),
-        EventKind::PgStatements => Some(Box::new(statements::StatementsSource::new(
-            config,
-            mode == Mode::Daemon,
-        ))),
-        EventKind::PgLocks => Some(Box::new(locks::LocksSource::new(config))),
-        EventKind::PgActivitySummary => Some(Box::new(sampler::SamplerSource::new(
-            config,
-            mode == Mode::Once,
-        ))),
-        EventKind::System => Some(Box::new(system::SystemSource::new(config))),
-        EventKind::PgDatabases => Some(Box::new(health::databases::DatabasesSource::new(config))),
-        EventKind::PgTables => Some(Box::new(health::tables::TablesSource::new(config))),
-        EventKind::PgVacuumProgress => {
-            Some(Box::new(health::progress::ProgressSource::new(config)))
-        }
-        EventKind::PgXminHorizon => Some(Box::new(health::horizon::HorizonSource::new(config))),
-        EventKind::PgReplication => Some(Box::new(health::replication::ReplicationSource::new(
-            config,
-        ))),
-        EventKind::PgServerStats => Some(Box::new(health::server::ServerStatsSource::new(config))),
-        EventKind::PgSettings => Some(Box::new(health::settings::SettingsSource::new(config))),
-        EventKind::PgLog | EventKind::Agent => None,
-    }
+    spec(kind).map(|s| (s.make)(config, mode))
 }

@@ -10,8 +10,8 @@ use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::db::Db;
 use crate::logs::actor::LogTailActor;
-use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Output, Ping, Route};
-use crate::shipper::{Origin, OtlpPost, ShipperActor};
+use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route};
+use crate::shipper::{outputs, Origin, ShipperActor};
 use crate::sources;
 use crate::spool::SpoolActor;
 
@@ -91,16 +91,10 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
                 || old.buffer != new.buffer
                 || old.outputs() != new.outputs()
         }
-        ChildId::Shipper(Output::Listener) => {
+        ChildId::Shipper(o) => {
             agent
                 || old.agent.project_id != new.agent.project_id
-                || old.listener != new.listener
-                || old.breaker != new.breaker
-        }
-        ChildId::Shipper(Output::Otlp) => {
-            agent
-                || old.agent.project_id != new.agent.project_id
-                || old.otlp != new.otlp
+                || (outputs::spec(o).changed)(old, new)
                 || old.breaker != new.breaker
         }
         ChildId::Collector(kind) => {
@@ -129,23 +123,12 @@ fn collection_seen_by(
     config: &Config,
 ) -> (Option<std::time::Duration>, crate::config::CollectionConfig) {
     use std::time::Duration;
-    let own = crate::sources::enabled(config)
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, every)| every);
+    let own = sources::spec(kind).and_then(|s| (s.interval)(&config.collection));
     let mut c = config.collection.clone();
     c.interval = Duration::ZERO;
     c.activity_interval = Duration::ZERO;
     c.sample_interval = None;
-    c.health = crate::config::HealthIntervals {
-        databases: None,
-        tables: None,
-        vacuum_progress: None,
-        horizon: None,
-        replication: None,
-        server_stats: None,
-        settings: None,
-    };
+    c.health.clear();
     (c.activity, c.statements, c.locks, c.system, c.logs) = (false, false, false, false, false);
     if kind != crate::model::EventKind::PgLocks {
         c.locks_blocking_interval = Duration::ZERO;
@@ -190,31 +173,21 @@ pub fn spawn(
                 SpoolActor::new(dir, max, host, outputs, log, guard).last_depth(last_depth)
             }))
         }
-        ChildId::Shipper(Output::Otlp) => {
-            let cfg = config.otlp.clone();
-            let breaker = config.breaker.clone();
-            let origin = Origin::of(config);
+        ChildId::Shipper(output) => {
+            let config = config.clone();
+            let origin = Origin::of(&config);
             let route = spool.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
-                let transport = std::rc::Rc::new(OtlpPost::new(&cfg, origin).logging(log.clone()));
+                let spec = outputs::spec(output);
                 ShipperActor::with_transport(
-                    Output::Otlp,
-                    cfg.delivery.clone(),
-                    breaker,
-                    transport,
+                    output,
+                    (spec.delivery)(&config),
+                    config.breaker.clone(),
+                    (spec.transport)(&config, origin, &log),
                     route,
                     log,
                     guard,
                 )
-            }))
-        }
-        ChildId::Shipper(Output::Listener) => {
-            let cfg = config.listener.clone();
-            let breaker = config.breaker.clone();
-            let origin = Origin::of(config);
-            let route = spool.clone();
-            ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
-                ShipperActor::new(cfg, breaker, origin, route, log, guard)
             }))
         }
         ChildId::LogReader => {
@@ -229,10 +202,8 @@ pub fn spawn(
             let config = config.clone();
             let route = spool.clone();
             let db = db.clone();
-            let interval = sources::enabled(&config)
-                .into_iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, i)| i)
+            let interval = sources::spec(kind)
+                .and_then(|s| (s.interval)(&config.collection))
                 .unwrap_or(config.collection.interval);
             ChildAddr::Collector(CollectorActor::start_in_arbiter(&h, move |_| {
                 // Sources hold thread-local state (Rc), so they are built on the child's

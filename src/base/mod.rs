@@ -1,0 +1,9 @@
+//! The vocabulary every layer shares: what an event is of ([`EventKind`]), where events
+//! go ([`Output`]) and how each is named. Plain data and tables; this module imports
+//! nothing else of the crate, so anything can use it without making a circle.
+
+mod kind;
+mod output;
+
+pub use kind::{EventKind, Every, HealthKeys, KindInfo};
+pub use output::{Naming, Output};

@@ -71,6 +71,11 @@ fn passwords_in_any_spelling_never_leave_and_a_request_id_in_a_string_is_no_requ
             "logs = true\n[logs]\nformat = \"stderr\"\nstart_at = \"beginning\"\n",
         );
     let _agent = Agent::start(dir.path(), &toml, &[]);
+    // The statements run after the statements baseline, so that they arrive as deltas
+    // (a statement already in the baseline sample is not shipped until it runs again).
+    wait_for("the statements baseline", Duration::from_secs(30), || {
+        (!listener.events_of("pg_statements").is_empty()).then_some(())
+    });
 
     for (sql, _) in PASSWORDS {
         pg.sql(sql);

@@ -50,6 +50,7 @@ pub mod state_dir;
 pub mod status;
 pub mod supervisor;
 pub mod systemd;
+pub mod thread;
 
 /// The agent's version, as sent to the listener.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -21,8 +21,8 @@ use prometheus::{
 };
 use slog::{info, Logger};
 
+use crate::model::BreakerPhase;
 use crate::model::{ChildDetail, ChildId, ChildState, Output};
-use crate::shipper::policy::BreakerPhase;
 use crate::status::StatusSnapshot;
 
 /// Asks the supervisor for a fresh snapshot (answered from its last pings).
@@ -457,7 +457,7 @@ impl MetricsServer {
         .run();
         let handle = server.handle();
         let arbiter = Arbiter::new();
-        arbiter.spawn_fn(|| crate::supervisor::name_thread("metrics"));
+        arbiter.spawn_fn(|| crate::thread::name_thread("metrics"));
         if !arbiter.spawn(async move {
             let _ = server.await;
         }) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use crate::base::{EventKind, Naming, Output};
@@ -214,6 +214,25 @@ impl<'de> serde::Deserialize<'de> for SourceState {
         let text = String::deserialize(d)?;
         Ok(text.parse().unwrap_or_else(|e| match e {}))
     }
+}
+
+/// Records a source's new state and says so in the agent's log when it changed: at
+/// warning level when something is wrong, else at info. A source with nothing to say
+/// (`None`: all is as it should be) clears the last state without a word.
+pub fn note_state(log: &slog::Logger, current: &mut Option<SourceState>, new: Option<SourceState>) {
+    let Some(new) = new else {
+        *current = None;
+        return;
+    };
+    if current.as_ref() == Some(&new) {
+        return;
+    }
+    if new.is_problem() {
+        slog::warn!(log, "source_state_changed"; "state" => %new);
+    } else {
+        slog::info!(log, "source_state_changed"; "state" => %new);
+    }
+    *current = Some(new);
 }
 
 /// A source's state that must advance together with the events it produced (the
@@ -428,7 +447,7 @@ pub struct LogStats {
     /// What is followed and how (`following …`), or why nothing is (`unavailable: …`).
     pub source_state: Option<SourceState>,
     /// `stderr`, `csvlog` or `jsonlog`.
-    pub format: Option<crate::logs::Format>,
+    pub format: Option<crate::base::Format>,
     /// The `log_line_prefix` the stderr parser uses.
     pub prefix: Option<String>,
     /// Events handed to the spool.
@@ -447,7 +466,7 @@ pub struct LogStats {
     pub spool_waits_total: u64,
     /// Reader counters and position.
     #[serde(flatten)]
-    pub tail: crate::logs::tail::TailStats,
+    pub tail: TailStats,
 }
 
 /// Counters of one collector.
@@ -517,7 +536,7 @@ pub struct ShipperStats {
     /// Seconds until the next attempt when backing off.
     pub retry_in_s: Option<f64>,
     /// The circuit breaker.
-    pub breaker: crate::shipper::policy::BreakerStats,
+    pub breaker: BreakerStats,
     /// Set while the listener refuses the token (401/403): nothing is sent but a probe
     /// now and then until the config is reloaded or the probe succeeds.
     pub token_refused: Option<String>,
@@ -525,6 +544,58 @@ pub struct ShipperStats {
     pub batches_split_total: u64,
     /// Events the listener refused on their own, moved to quarantine.
     pub events_quarantined_total: u64,
+}
+
+/// Counters of the tailer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TailStats {
+    /// Bytes parsed.
+    pub bytes_read_total: u64,
+    /// Messages read.
+    pub records_total: u64,
+    /// Lines that fit no format (shipped as class `other` with their raw text).
+    pub unparsed_lines_total: u64,
+    /// Files finished and left for the next one.
+    pub rotations_total: u64,
+    /// Truncations seen.
+    pub truncations_total: u64,
+    /// The file being read.
+    pub file: Option<String>,
+    /// The offset in it.
+    pub offset: u64,
+    /// Its size (size − offset is how far behind the reader is).
+    pub size: u64,
+    /// Bytes of the file not read yet.
+    pub bytes_behind: u64,
+    /// Bytes read per second over the last half minute (a reader catching up shows its
+    /// pace here; a quiet log shows the server's write rate).
+    pub read_bytes_per_s: f64,
+}
+
+/// The breaker's phase as status shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerPhase {
+    /// Requests flow.
+    #[default]
+    Closed,
+    /// Nothing goes until the probe.
+    Open,
+    /// The probe is on its way.
+    HalfOpen,
+}
+
+/// The breaker as status shows it.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct BreakerStats {
+    /// `closed`, `open` or `half_open`.
+    pub state: BreakerPhase,
+    /// Consecutive failures counted.
+    pub consecutive_failures: u32,
+    /// When it opened (while open or half-open).
+    pub open_since: Option<DateTime<Utc>>,
+    /// Seconds until the probe (while open).
+    pub next_probe_in_s: Option<f64>,
 }
 
 /// A late-bound address: the supervisor replaces the `Addr` when it restarts a child, and

@@ -193,7 +193,7 @@ impl StatusSnapshot {
 
 /// Delivery, spool and log in a few lines: what an on-call reader looks for first.
 fn summary(s: &StatusSnapshot) -> String {
-    use crate::shipper::policy::BreakerPhase;
+    use crate::model::BreakerPhase;
     let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
     let mut out = String::from("\n");
     for output in Output::ALL {
@@ -343,8 +343,8 @@ pub fn render(s: &StatusSnapshot, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{BreakerPhase, BreakerStats};
     use crate::model::{Problem, SourceState};
-    use crate::shipper::policy::{BreakerPhase, BreakerStats};
 
     fn child(detail: Option<ChildDetail>) -> ChildStatus {
         ChildStatus {
@@ -437,7 +437,7 @@ mod tests {
         let log = LogStats {
             source_state: Some(SourceState::Unavailable(Problem::new("gone", "find it"))),
             events_total: 9,
-            tail: crate::logs::tail::TailStats {
+            tail: crate::model::TailStats {
                 offset: 100,
                 size: 2_000_100,
                 bytes_behind: 2_000_000,

@@ -3,7 +3,9 @@
 //! nothing else of the crate, so anything can use it without making a circle.
 
 mod kind;
+mod log;
 mod output;
 
-pub use kind::{EventKind, Every, HealthKeys, KindInfo};
+pub use kind::{EventKind, Every, HealthKeys, KindInfo, KINDS};
+pub use log::{Format, StartAt};
 pub use output::{Naming, Output};

@@ -7,8 +7,9 @@ use actix::prelude::*;
 use chrono::Utc;
 use slog::{debug, warn, Logger};
 
-use super::{cycle_limit, progress_deadline};
+use super::progress_deadline;
 use crate::config::Config;
+use crate::db::cycle_limit;
 use crate::db::Db;
 use crate::fault;
 use crate::model::{ChildDetail, CollectorStats, Event, ExitGuard, FinishUp, Health, Ping, Route};
@@ -196,7 +197,7 @@ impl CollectorActor {
         self.progress = Instant::now();
         crate::metrics::observe_cycle(self.name(), self.tick_started.elapsed());
         self.stats.cycles_total += 1;
-        crate::sources::note_state(&self.log, &mut self.stats.source_state, self.source.state());
+        crate::model::note_state(&self.log, &mut self.stats.source_state, self.source.state());
         self.stats.rows_skipped_total = self.source.rows_skipped();
         match res {
             Ok(events) => {

@@ -10,16 +10,6 @@ pub use actor::CollectorActor;
 
 use std::time::Duration;
 
-use crate::config::DatabaseConfig;
-
-/// The longest one cycle may take: waiting for a free connection and making one (each
-/// at most `connect_timeout`), plus two statements (the version check and the query),
-/// plus a second of slack. The server enforces
-/// `statement_timeout` too; this limit also covers a network that swallows packets.
-pub fn cycle_limit(db: &DatabaseConfig) -> Duration {
-    db.connect_timeout * 2 + db.statement_timeout * 2 + Duration::from_secs(1)
-}
-
 /// How long a collector may go without finishing a cycle before the supervisor treats it
 /// as hung: two intervals plus one cycle's `limit` (the source's own, see
 /// [`Source::cycle_limit`](crate::sources::Source::cycle_limit)).
@@ -34,9 +24,9 @@ mod tests {
     #[test]
     fn deadlines_grow_with_timeouts() {
         let c = crate::config::parse_str("[agent]\nproject_id='p'\n").expect("valid");
-        assert_eq!(cycle_limit(&c.database), Duration::from_secs(21));
+        assert_eq!(crate::db::cycle_limit(&c.database), Duration::from_secs(21));
         assert_eq!(
-            progress_deadline(Duration::from_secs(60), cycle_limit(&c.database)),
+            progress_deadline(Duration::from_secs(60), crate::db::cycle_limit(&c.database)),
             Duration::from_secs(141)
         );
     }

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::rc::Rc;
 
 use crate::cli::{Cli, EXIT_OK, EXIT_UNAVAILABLE};
-use crate::collector::cycle_limit;
 use crate::config::Config;
+use crate::db::cycle_limit;
 use crate::db::Db;
 use crate::logging;
 use crate::shipper::{event_json, Origin};

@@ -10,9 +10,9 @@ use std::time::Instant;
 use crate::cli::{Cli, ParseLogArgs, EXIT_CONFIG, EXIT_OK, EXIT_OTHER, EXIT_USAGE};
 use crate::config::Config;
 use crate::logs::record::Record;
-use crate::logs::redact::Redact;
 use crate::logs::tail::read_file;
 use crate::logs::{Format, LogParser, Shaper, DEFAULT_PREFIX};
+use crate::sql::redact::Redact;
 
 /// Parses every file; exit 1 if one could not be read.
 pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {

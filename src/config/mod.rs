@@ -3,6 +3,7 @@
 //! into a [`Config`] with strong types, enforcing the safety limits (pool ≤ 5 connections,
 //! statement timeout ≥ 1 s, interval 1..3600 s) and reporting every problem at once.
 
+mod certs;
 mod raw;
 mod secret;
 mod validate;
@@ -11,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use certs::read_root_certs;
 pub use secret::{display_url, Secret};
 pub use validate::{default_pattern, validate};
 
@@ -175,7 +177,7 @@ pub struct CollectionConfig {
     pub statements_max_rows: u32,
     /// Literals out of the query texts read from the database (`none` or `literals`;
     /// passwords go whatever it says).
-    pub redact: crate::logs::redact::Redact,
+    pub redact: crate::sql::redact::Redact,
     /// The health sources that are on, with their intervals.
     pub health: std::collections::BTreeMap<crate::base::EventKind, Duration>,
     /// At most this many relations per database per `pg_tables` pass.
@@ -203,13 +205,13 @@ pub struct LogsConfig {
     /// File or directory; empty means "ask the server".
     pub path: String,
     /// `stderr`, `csvlog` or `jsonlog`; `None` is `auto` (the server says).
-    pub format: Option<crate::logs::Format>,
+    pub format: Option<crate::base::Format>,
     /// `log_line_prefix`; empty means "ask the server".
     pub prefix: String,
     /// `none`, `parameters` or `literals`.
-    pub redact: crate::logs::redact::Redact,
+    pub redact: crate::sql::redact::Redact,
     /// Where to start in a log never read before: `end` (default) or `beginning`.
-    pub start_at: crate::logs::tail::StartAt,
+    pub start_at: crate::base::StartAt,
 }
 
 /// Request body compression towards the listener.

@@ -8,10 +8,10 @@ use super::raw::{
     RawListener, RawLogs, RawMetrics, RawOtlp, Unknown,
 };
 use super::*;
+use crate::base::Format;
+use crate::base::StartAt;
 use crate::base::{EventKind, Every};
-use crate::logs::redact::Redact;
-use crate::logs::tail::StartAt;
-use crate::logs::Format;
+use crate::sql::redact::Redact;
 
 /// The default correlation pattern: `bitville-<uuid>` in `application_name`.
 pub const DEFAULT_CORRELATION_PATTERN: &str = "^bitville-(?P<id>[0-9a-fA-F-]{36})$";
@@ -254,8 +254,8 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
     );
     let sslrootcert = c.value("database.sslrootcert", &d.sslrootcert, String::new());
     if !sslrootcert.is_empty() {
-        if let Err(e) = crate::db::tls::read_root_certs(&sslrootcert) {
-            c.problem("database.sslrootcert", e.to_string());
+        if let Err(reason) = read_root_certs(&sslrootcert) {
+            c.problem("database.sslrootcert", format!("{sslrootcert} {reason}"));
         }
     }
     DatabaseConfig {

@@ -462,6 +462,14 @@ impl Db {
     }
 }
 
+/// The longest one cycle may take: waiting for a free connection and making one (each
+/// at most `connect_timeout`), plus two statements (the version check and the query),
+/// plus a second of slack. The server enforces
+/// `statement_timeout` too; this limit also covers a network that swallows packets.
+pub fn cycle_limit(db: &crate::config::DatabaseConfig) -> std::time::Duration {
+    db.connect_timeout * 2 + db.statement_timeout * 2 + std::time::Duration::from_secs(1)
+}
+
 #[cfg(test)]
 mod error_tests {
     use super::*;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -16,22 +15,6 @@ use crate::config::{DatabaseConfig, SslMode};
 
 /// The TLS connector of the pool.
 pub type Tls = MakeRustlsConnect;
-
-/// Reads the CA certificates of `sslrootcert` (PEM); used by validation and by [`make`].
-pub fn read_root_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bad = |reason: String| TlsError::RootCert {
-        path: path.to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("cannot be read: {e}")))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("is not PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("holds no certificate".into()));
-    }
-    Ok(certs)
-}
 
 /// Why no TLS connector could be built.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,7 +45,13 @@ pub fn make(cfg: &DatabaseConfig) -> Result<Tls, TlsError> {
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
             } else {
-                for c in read_root_certs(&cfg.sslrootcert)? {
+                let certs = crate::config::read_root_certs(&cfg.sslrootcert).map_err(|reason| {
+                    TlsError::RootCert {
+                        path: cfg.sslrootcert.clone(),
+                        reason,
+                    }
+                })?;
+                for c in certs {
                     roots.add(c).map_err(|e| TlsError::RootCert {
                         path: cfg.sslrootcert.clone(),
                         reason: e.to_string(),

@@ -17,8 +17,8 @@ use slog::{info, warn, Logger};
 
 use super::follow::{Follower, Polled, Read, Saved, CHECKPOINT};
 use super::plan::server_settings;
-use crate::collector::cycle_limit;
 use crate::config::Config;
+use crate::db::cycle_limit;
 use crate::db::{Db, DbError};
 use crate::fault;
 use crate::model::{Backlog, ChildDetail, ExitGuard, Health, Ping, Route};

@@ -194,7 +194,7 @@ impl Follower {
     }
 
     fn set_state(&mut self, s: SourceState) {
-        crate::sources::note_state(&self.log, &mut self.stats.source_state, Some(s));
+        crate::model::note_state(&self.log, &mut self.stats.source_state, Some(s));
     }
 
     /// Reads the next batch.

@@ -20,7 +20,7 @@ pub mod locate;
 pub mod plan;
 pub mod prefix;
 pub mod record;
-pub mod redact;
+pub use crate::sql::redact;
 pub mod stderr;
 pub mod tail;
 #[cfg(test)]
@@ -44,43 +44,9 @@ use redact::Redact;
 /// The `log_line_prefix` of a server that was never asked (PostgreSQL 10+ default).
 pub const DEFAULT_PREFIX: &str = "%m [%p] ";
 
-/// A log file format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Format {
-    /// `log_destination = 'stderr'`.
-    #[serde(rename = "stderr")]
-    Stderr,
-    /// `csvlog`.
-    #[serde(rename = "csvlog")]
-    Csv,
-    /// `jsonlog` (PG15+).
-    #[serde(rename = "jsonlog")]
-    Json,
-}
+pub use crate::base::{Format, StartAt};
 
 impl Format {
-    /// From `[logs] format` / `--format`; `auto` is `None`.
-    pub fn parse(s: &str) -> Result<Option<Format>, String> {
-        match s {
-            "auto" | "" => Ok(None),
-            "stderr" => Ok(Some(Format::Stderr)),
-            "csvlog" | "csv" => Ok(Some(Format::Csv)),
-            "jsonlog" | "json" => Ok(Some(Format::Json)),
-            _ => Err(format!(
-                "unknown log format {s:?} (auto, stderr, csvlog, jsonlog)"
-            )),
-        }
-    }
-
-    /// The name the server uses (`log_destination`, `current_logfiles`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Stderr => "stderr",
-            Format::Csv => "csvlog",
-            Format::Json => "jsonlog",
-        }
-    }
-
     /// The file name extension the logging collector gives it.
     pub fn extension(self) -> &'static str {
         match self {

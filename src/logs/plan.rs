@@ -306,8 +306,8 @@ pub async fn server_settings(db: &Db) -> Result<ServerSettings, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logs::redact::Redact;
-    use crate::logs::tail::StartAt;
+    use crate::base::StartAt;
+    use crate::sql::redact::Redact;
 
     fn cfg(path: &str, format: &str) -> LogsConfig {
         LogsConfig {

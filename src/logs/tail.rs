@@ -55,15 +55,6 @@ impl Position {
     }
 }
 
-/// Where to start in a log that was never read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    /// From the first byte of the current file.
-    Beginning,
-    /// From the end of the current file (what is already there is not shipped).
-    End,
-}
-
 /// Something that happened to the files, for the log and status.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
@@ -128,31 +119,8 @@ struct OpenFile {
     seen_size: Option<u64>,
 }
 
-/// Counters of the tailer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TailStats {
-    /// Bytes parsed.
-    pub bytes_read_total: u64,
-    /// Messages read.
-    pub records_total: u64,
-    /// Lines that fit no format (shipped as class `other` with their raw text).
-    pub unparsed_lines_total: u64,
-    /// Files finished and left for the next one.
-    pub rotations_total: u64,
-    /// Truncations seen.
-    pub truncations_total: u64,
-    /// The file being read.
-    pub file: Option<String>,
-    /// The offset in it.
-    pub offset: u64,
-    /// Its size (size − offset is how far behind the reader is).
-    pub size: u64,
-    /// Bytes of the file not read yet.
-    pub bytes_behind: u64,
-    /// Bytes read per second over the last half minute (a reader catching up shows its
-    /// pace here; a quiet log shows the server's write rate).
-    pub read_bytes_per_s: f64,
-}
+pub use crate::base::StartAt;
+pub use crate::model::TailStats;
 
 /// Bytes per second over a sliding window of readings, one kept per second at most.
 /// Plain code over given instants (unit-tested with made-up times).

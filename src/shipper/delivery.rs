@@ -316,8 +316,8 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::BreakerPhase;
     use crate::model::ShipperStats;
-    use crate::shipper::policy::BreakerPhase;
     use crate::shipper::split::SplitOutcome;
 
     fn delivery() -> Delivery {

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 /// What to do with a batch after the listener answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,31 +105,7 @@ pub struct Breaker {
     opened_at_wall: Option<DateTime<Utc>>,
 }
 
-/// The breaker's phase as status shows it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerPhase {
-    /// Requests flow.
-    #[default]
-    Closed,
-    /// Nothing goes until the probe.
-    Open,
-    /// The probe is on its way.
-    HalfOpen,
-}
-
-/// The breaker as status shows it.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct BreakerStats {
-    /// `closed`, `open` or `half_open`.
-    pub state: BreakerPhase,
-    /// Consecutive failures counted.
-    pub consecutive_failures: u32,
-    /// When it opened (while open or half-open).
-    pub open_since: Option<DateTime<Utc>>,
-    /// Seconds until the probe (while open).
-    pub next_probe_in_s: Option<f64>,
-}
+pub use crate::model::{BreakerPhase, BreakerStats};
 
 impl Breaker {
     /// A closed breaker.

@@ -122,25 +122,6 @@ pub trait Source {
     fn lost(&self, _ids: &[String]) {}
 }
 
-/// Records a source's new state and says so in the agent's log when it changed: at
-/// warning level when something is wrong, else at info. A source with nothing to say
-/// (`None`: all is as it should be) clears the last state without a word.
-pub fn note_state(log: &slog::Logger, current: &mut Option<SourceState>, new: Option<SourceState>) {
-    let Some(new) = new else {
-        *current = None;
-        return;
-    };
-    if current.as_ref() == Some(&new) {
-        return;
-    }
-    if new.is_problem() {
-        slog::warn!(log, "source_state_changed"; "state" => %new);
-    } else {
-        slog::info!(log, "source_state_changed"; "state" => %new);
-    }
-    *current = Some(new);
-}
-
 /// `server_version_num`, asked once per connection life and cached in `cache`; column
 /// lists differ between major versions.
 pub async fn server_version(

@@ -18,7 +18,7 @@ use crate::fingerprint::fingerprint;
 /// What the server shows instead of another role's query to a role without
 /// pg_read_all_stats.
 pub const INSUFFICIENT_PRIVILEGE: &str = "<insufficient privilege>";
-use crate::logs::redact::{literals, passwords, Redact};
+use crate::sql::redact::{literals, passwords, Redact};
 
 /// One session.
 #[derive(Debug, Clone, Serialize)]

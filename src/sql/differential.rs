@@ -387,7 +387,7 @@ fn a_password_is_masked_in_every_spelling_postgresql_reads() {
                 return Ok(());
             }
             checked.set(checked.get() + 1);
-            let masked = crate::logs::redact::passwords(&text).unwrap_or_default();
+            let masked = crate::sql::redact::passwords(&text).unwrap_or_default();
             prop_assert!(!masked.contains("S3"), "{text:?} → {masked:?}");
             prop_assert!(!masked.contains("CR3T"), "{text:?} → {masked:?}");
             Ok(())

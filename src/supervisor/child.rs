@@ -150,7 +150,7 @@ pub fn spawn(
     // The thread takes the child's name, so `top -H` and `/proc/<pid>/task/*/comm` say
     // which child uses the CPU (arbiters are otherwise all "actix-rt|system:0|…").
     let name = id.name();
-    arbiter.spawn_fn(move || super::name_thread(name));
+    arbiter.spawn_fn(move || crate::thread::name_thread(name));
     let log = log.new(o!("child" => id.name(), "generation" => generation));
     let guard = ExitGuard {
         to: supervisor,

@@ -115,18 +115,6 @@ impl RestartTracker {
     }
 }
 
-/// Names the calling thread (the kernel keeps 15 bytes of it).
-pub fn name_thread(name: &str) {
-    let mut buf = [0u8; 16];
-    let n = name.len().min(15);
-    buf[..n].copy_from_slice(&name.as_bytes()[..n]);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes; `buf` is
-    // 16 bytes and its last byte stays 0.
-    unsafe {
-        libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,7 +123,7 @@ mod tests {
     fn a_thread_takes_the_name_it_is_given_cut_to_fifteen_bytes() {
         let named = |name: &'static str| {
             std::thread::spawn(move || {
-                name_thread(name);
+                crate::thread::name_thread(name);
                 std::fs::read_to_string("/proc/thread-self/comm").unwrap()
             })
             .join()

@@ -25,7 +25,7 @@ mod text;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::redact::{self, Redact};
+use crate::sql::redact::{self, Redact};
 
 /// The longest plan message read whole: beyond it the message is cut and the plan
 /// shipped as flagged text (an ordinary message is cut at

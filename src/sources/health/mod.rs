@@ -109,5 +109,5 @@ pub fn take(row: &mut Row, key: &str) -> Value {
 
 /// Passwords in a setting or connection string (`password=…`) masked.
 pub fn mask_passwords(text: &str) -> String {
-    crate::logs::redact::passwords(text).unwrap_or_else(|| text.to_string())
+    crate::sql::redact::passwords(text).unwrap_or_else(|| text.to_string())
 }

@@ -34,7 +34,7 @@ pub struct StatementsSource {
     host: String,
     state_dir: PathBuf,
     max_query_length: u32,
-    redact: crate::logs::redact::Redact,
+    redact: crate::sql::redact::Redact,
     tracker: Rc<RefCell<Tracker>>,
 }
 
@@ -90,7 +90,7 @@ struct Cycle {
     host: String,
     state_dir: PathBuf,
     max_len: u32,
-    redact: crate::logs::redact::Redact,
+    redact: crate::sql::redact::Redact,
     tracker: Rc<RefCell<Tracker>>,
 }
 

@@ -10,8 +10,8 @@ use tokio_postgres::Client;
 use super::delta::{self, Column, Key, Values};
 use crate::db::text::{raw_bytes, Lossy};
 use crate::db::{describe, DbError};
-use crate::logs::redact::passwords;
 use crate::model::Problem;
+use crate::sql::redact::passwords;
 
 /// The fix for an extension that is not loaded.
 const PRELOAD_FIX: &str =

@@ -332,7 +332,7 @@ impl Tracker {
         &mut self,
         texts: Vec<super::query::Text>,
         max_len: usize,
-        redact: crate::logs::redact::Redact,
+        redact: crate::sql::redact::Redact,
     ) {
         // A map entry and its key and String are about 64 bytes beside the text.
         let incoming: usize = texts.iter().map(|t| t.text.len() + 64).sum();
@@ -624,7 +624,7 @@ mod tests {
             t.add_texts(
                 vec![text(q, &big)],
                 1 << 20,
-                crate::logs::redact::Redact::None,
+                crate::sql::redact::Redact::None,
             );
             assert!(
                 t.names.text_bytes <= TEXT_CACHE_BYTES,
@@ -668,7 +668,7 @@ mod tests {
                 text(4, "set x = 'on'"),
             ],
             16,
-            crate::logs::redact::Redact::Literals,
+            crate::sql::redact::Redact::Literals,
         );
         assert_eq!(t.names.texts[&4], "set x = ?", "literals out");
         assert_eq!(

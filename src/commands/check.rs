@@ -586,7 +586,7 @@ async fn check_plans(
 
 /// The server log: found, readable, and its lines fit the prefix the parser will use.
 async fn check_log(r: &mut Report, config: &Config) {
-    use crate::logs::follow::Saved;
+    use crate::logs::plan::Saved;
     use crate::logs::plan::{plan, server_settings, Facts};
     use crate::logs::LogParser;
     let log = slog::Logger::root(slog::Discard, slog::o!());

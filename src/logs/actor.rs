@@ -15,8 +15,9 @@ use actix::prelude::*;
 use chrono::Utc;
 use slog::{info, warn, Logger};
 
-use super::follow::{Follower, Polled, Read, Saved, CHECKPOINT};
+use super::follow::{Follower, Polled, Read, CHECKPOINT};
 use super::plan::server_settings;
+use super::plan::Saved;
 use crate::config::Config;
 use crate::db::cycle_limit;
 use crate::db::{Db, DbError};

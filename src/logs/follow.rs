@@ -5,11 +5,10 @@
 //! the spool.
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 
 use super::locate::Locator;
-use super::plan::{plan, Facts, Plan, ServerSettings};
+use super::plan::{plan, Facts, Plan, Saved, ServerSettings};
 use super::tail::{Note, Position, Tailer};
 use super::{LogParser, OwnSessions, Shaper};
 use crate::access::Who;
@@ -20,22 +19,6 @@ use crate::model::{Checkpoint, Event, LogStats, Problem, SourceState};
 pub const CHECKPOINT: &str = "pg_log.position";
 /// Messages per batch.
 const BATCH_MAX: usize = 2000;
-
-/// What is stored with the events: the position, and what is needed to go on reading
-/// when the database is unreachable at the next start.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Saved {
-    /// Reader position.
-    pub position: Option<Position>,
-    /// Format in use.
-    pub format: Option<String>,
-    /// Prefix in use.
-    pub prefix: Option<String>,
-    /// The server's data directory.
-    pub data_dir: Option<String>,
-    /// The server's log directory (absolute).
-    pub log_dir: Option<String>,
-}
 
 /// A batch read from the log.
 #[derive(Debug)]

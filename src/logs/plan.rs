@@ -5,12 +5,30 @@
 
 use std::path::{Path, PathBuf};
 
-use super::follow::Saved;
+use serde::{Deserialize, Serialize};
+
 use super::locate::{current_formats, Locator};
+use super::tail::Position;
 use super::{Format, DEFAULT_PREFIX};
 use crate::config::LogsConfig;
 use crate::db::{Db, DbError};
 use crate::model::Problem;
+
+/// What is stored with the events: the position, and what is needed to go on reading
+/// when the database is unreachable at the next start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    /// Reader position.
+    pub position: Option<Position>,
+    /// Format in use.
+    pub format: Option<String>,
+    /// Prefix in use.
+    pub prefix: Option<String>,
+    /// The server's data directory.
+    pub data_dir: Option<String>,
+    /// The server's log directory (absolute).
+    pub log_dir: Option<String>,
+}
 
 /// The server's logging settings.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -311,13 +311,13 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// The outputs configured: the listener unless its URL is empty, OTLP when an
     /// endpoint is set (validation makes sure there is at least one).
-    pub fn outputs(&self) -> Vec<crate::model::Output> {
+    pub fn outputs(&self) -> Vec<crate::base::Output> {
         let mut v = Vec::new();
         if !self.listener.url.is_empty() {
-            v.push(crate::model::Output::Listener);
+            v.push(crate::base::Output::Listener);
         }
         if self.otlp.url.is_some() {
-            v.push(crate::model::Output::Otlp);
+            v.push(crate::base::Output::Otlp);
         }
         v
     }

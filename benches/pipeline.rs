@@ -544,6 +544,7 @@ fn main() {
     let origin = Origin {
         project: "shop-prod".into(),
         host: "db1".into(),
+        server: Default::default(),
     };
     let batch = postgres_agent::model::Batch {
         batch_id: "b".into(),

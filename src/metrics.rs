@@ -1,7 +1,7 @@
 //! The agent's own health for Prometheus (`[metrics] listen`, opt-in): `GET /metrics` in
 //! the text exposition format, built at each scrape from a fresh status snapshot (the
-//! same figures `status` shows, at most a ping old) plus the cycle-duration histograms
-//! the collectors feed as they go. Names and units follow Prometheus conventions; label
+//! same figures `status` shows, at most a ping old), each collector's cycle durations
+//! included. Names and units follow Prometheus conventions; label
 //! values come from small fixed sets (child names, outcomes, breaker states), never from
 //! query ids, request ids or anything a client chose.
 //!
@@ -12,45 +12,20 @@
 //! closed socket, never a stall of the agent.
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix::prelude::*;
-use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use slog::{info, Logger};
 
 use crate::model::BreakerPhase;
-use crate::model::{ChildDetail, ChildId, ChildState, Output};
+use crate::model::{ChildDetail, ChildId, ChildState, Output, CYCLE_BUCKETS};
 use crate::status::StatusSnapshot;
 
 /// Asks the supervisor for a fresh snapshot (answered from its last pings).
 #[derive(Message)]
 #[rtype(result = "StatusSnapshot")]
 pub struct GetSnapshot;
-
-/// How long one collection cycle took, per source (fed by the collectors).
-static CYCLE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    HistogramVec::new(
-        HistogramOpts::new(
-            "postgres_agent_source_cycle_duration_seconds",
-            "Time one collection cycle of a source took, queries and event building",
-        )
-        .buckets(vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ]),
-        &["source"],
-    )
-    .unwrap_or_else(|e| unreachable!("constant histogram options: {e}"))
-});
-
-/// Records one cycle of `source` (a child name: a small fixed set).
-pub fn observe_cycle(source: &'static str, took: Duration) {
-    CYCLE_SECONDS
-        .with_label_values(&[source])
-        .observe(took.as_secs_f64());
-}
 
 /// Metrics of one scrape, registered as they are set.
 struct Page {
@@ -389,10 +364,60 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
     }
 
-    p.r.register(Box::new(CYCLE_SECONDS.clone()))?;
+    let mut families = p.r.gather();
+    families.extend(cycle_histograms(s));
+    families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
-    TextEncoder::new().encode(&p.r.gather(), &mut out)?;
+    TextEncoder::new().encode(&families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// How long each source's cycles took: one histogram family, a series per collector,
+/// from the counts each collector keeps.
+fn cycle_histograms(s: &StatusSnapshot) -> Option<prometheus::proto::MetricFamily> {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+    let metrics: Vec<Metric> = s
+        .children
+        .iter()
+        .filter_map(|(id, c)| match &c.detail {
+            Some(ChildDetail::Collector(d)) => Some((id.name(), &d.cycle_seconds)),
+            _ => None,
+        })
+        .map(|(source, times)| {
+            let mut cumulative = 0;
+            let buckets = CYCLE_BUCKETS
+                .iter()
+                .zip(&times.counts)
+                .map(|(bound, n)| {
+                    cumulative += n;
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*bound);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            let mut h = Histogram::default();
+            h.set_bucket(buckets);
+            h.set_sample_count(times.count());
+            h.set_sample_sum(times.sum_s);
+            let mut label = LabelPair::default();
+            label.set_name("source".into());
+            label.set_value(source.into());
+            let mut m = Metric::default();
+            m.set_label(vec![label]);
+            m.set_histogram(h);
+            m
+        })
+        .collect();
+    if metrics.is_empty() {
+        return None;
+    }
+    let mut f = MetricFamily::default();
+    f.set_name("postgres_agent_source_cycle_duration_seconds".into());
+    f.set_help("Time one collection cycle of a source took, queries and event building".into());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(metrics);
+    Some(f)
 }
 
 /// The agent's CPU seconds and resident bytes from /proc/self.

@@ -235,6 +235,34 @@ pub fn note_state(log: &slog::Logger, current: &mut Option<SourceState>, new: Op
     *current = Some(new);
 }
 
+/// What the agent learnt of one server as it went: its version (the OTLP resource says
+/// it). One per server, shared by its connections and its outputs' requests.
+#[derive(Debug, Default)]
+pub struct ServerFacts {
+    /// `server_version_num`; 0 until a source asked.
+    version: std::sync::atomic::AtomicI32,
+}
+
+impl ServerFacts {
+    /// Records `server_version_num`.
+    pub fn set_version(&self, v: i32) {
+        self.version.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The version as `major.minor` (`15.8`), once a source has asked it.
+    pub fn version(&self) -> Option<String> {
+        let v = self.version.load(std::sync::atomic::Ordering::Relaxed);
+        (v >= 100_000).then(|| format!("{}.{}", v / 10_000, v % 10_000))
+    }
+}
+
+/// Two records of facts are equal when they say the same.
+impl PartialEq for ServerFacts {
+    fn eq(&self, other: &ServerFacts) -> bool {
+        self.version() == other.version()
+    }
+}
+
 /// A source's state that must advance together with the events it produced (the
 /// statements baseline, the log position): written in the same transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -491,6 +519,42 @@ pub struct CollectorStats {
     /// Rows the source could not read (e.g. text that fails to decode), skipped and
     /// counted rather than failing the whole sample.
     pub rows_skipped_total: u64,
+    /// How long its cycles took (for `/metrics`; not in `status.json`).
+    #[serde(skip)]
+    pub cycle_seconds: CycleTimes,
+}
+
+/// The upper bounds of [`CycleTimes`]' buckets, in seconds.
+pub const CYCLE_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// How long a source's cycles took, as a histogram of [`CYCLE_BUCKETS`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CycleTimes {
+    /// Cycles that took at most each bucket's bound and more than the one before (the
+    /// last counts what took longer than every bound).
+    pub counts: [u64; CYCLE_BUCKETS.len() + 1],
+    /// Seconds in all.
+    pub sum_s: f64,
+}
+
+impl CycleTimes {
+    /// Counts one cycle that took `took`.
+    pub fn observe(&mut self, took: Duration) {
+        let s = took.as_secs_f64();
+        let i = CYCLE_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(CYCLE_BUCKETS.len());
+        self.counts[i] += 1;
+        self.sum_s += s;
+    }
+
+    /// Cycles counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// The spool's depth and size.
@@ -789,6 +853,19 @@ impl Drop for ExitGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cycle_lands_in_the_first_bucket_that_holds_it() {
+        let mut t = CycleTimes::default();
+        t.observe(Duration::from_micros(1000));
+        t.observe(Duration::from_millis(3));
+        t.observe(Duration::from_secs(31));
+        assert_eq!(t.counts[0], 1, "1 ms is within the 1 ms bucket");
+        assert_eq!(t.counts[2], 1, "3 ms: over 2.5 ms, within 5 ms");
+        assert_eq!(t.counts[CYCLE_BUCKETS.len()], 1, "over every bound");
+        assert_eq!(t.count(), 3);
+        assert!((t.sum_s - 31.004).abs() < 1e-9, "{}", t.sum_s);
+    }
 
     #[test]
     fn a_source_state_reads_back_from_its_text() {

@@ -195,7 +195,9 @@ impl CollectorActor {
             self.schedule(ctx);
         }
         self.progress = Instant::now();
-        crate::metrics::observe_cycle(self.name(), self.tick_started.elapsed());
+        self.stats
+            .cycle_seconds
+            .observe(self.tick_started.elapsed());
         self.stats.cycles_total += 1;
         crate::model::note_state(&self.log, &mut self.stats.source_state, self.source.state());
         self.stats.rows_skipped_total = self.source.rows_skipped();

@@ -590,7 +590,17 @@ async fn check_log(r: &mut Report, config: &Config) {
     use crate::logs::plan::{plan, server_settings, Facts};
     use crate::logs::LogParser;
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let db = crate::db::Db::new(&config.database, 1, &log);
+    let server = match crate::db::Server::new() {
+        Ok(s) => s,
+        Err(e) => {
+            return r.fail(
+                "log",
+                &format!("cannot start the connection thread: {e}"),
+                "free system resources (threads, memory) and run check again",
+            )
+        }
+    };
+    let db = crate::db::Db::new(&config.database, &server, 1, &log);
     let server = server_settings(&db).await.ok();
     let saved = Saved::default();
     let facts = Facts::gather(&config.logs, server.as_ref(), &saved);
@@ -874,7 +884,7 @@ fn empty_batch(config: &Config) -> (Batch, Origin) {
         events: vec![],
         seqs: Vec::new(),
     };
-    (batch, Origin::of(config))
+    (batch, Origin::of(config, &Default::default()))
 }
 
 #[cfg(test)]

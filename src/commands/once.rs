@@ -15,10 +15,14 @@ use crate::sources;
 /// Runs every enabled source once; exit 69 if any failed.
 pub fn once(cli: &Cli, config: Config) -> i32 {
     let (log, _guard) = logging::init(cli.log_format, cli.log_level);
-    let origin = Origin {
-        project: config.agent.project_id.clone(),
-        host: config.agent.hostname.clone(),
+    let server = match crate::db::Server::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start the connection thread: {e}");
+            return crate::cli::EXIT_OTHER;
+        }
     };
+    let origin = Origin::of(&config, server.facts());
     let system = actix_rt::System::new();
     let failed = system.block_on(async move {
         let mut failed = 0;
@@ -27,7 +31,7 @@ pub fn once(cli: &Cli, config: Config) -> i32 {
             let Some(source) = sources::make(kind, &config, sources::Mode::Once) else {
                 continue;
             };
-            let db = Rc::new(Db::new(&config.database, 1, &log));
+            let db = Rc::new(Db::new(&config.database, &server, 1, &log));
             let limit = cycle_limit(&config.database);
             let res = match tokio::time::timeout(limit, source.collect(db)).await {
                 Ok(r) => r,

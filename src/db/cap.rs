@@ -1,13 +1,13 @@
-//! The process-wide cap on the agent's database sockets (`database.pool_max_size`).
+//! The cap on the agent's sockets to one server (`database.pool_max_size`).
 //!
 //! A slot is taken before a socket is opened and given back when the socket is closed —
 //! not when its borrower lets go: a connection dropped while its backend still owes an
 //! answer (a backend that is stopped, or still running a statement the agent gave up on)
-//! stays open until the answer comes, and keeps its slot until then. The cap is one for
-//! the whole process: a reload that builds a new pool shares it with the old pool's
-//! connections that are still open.
+//! stays open until the answer comes, and keeps its slot until then. The cap is one per
+//! server for the whole process (held by its [`Server`](super::Server)): a reload that
+//! builds a new pool shares it with the old pool's connections that are still open.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -37,12 +37,6 @@ impl Drop for Slot {
         self.cap.lock().open -= 1;
         self.cap.changed.notify_waiters();
     }
-}
-
-/// The process's cap.
-pub fn global() -> &'static Arc<Cap> {
-    static CAP: OnceLock<Arc<Cap>> = OnceLock::new();
-    CAP.get_or_init(|| Cap::new(1))
 }
 
 impl Cap {

@@ -4,7 +4,7 @@
 //! statement can ever run without them), and the pool is small and fails fast.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use slog::{warn, Logger};
@@ -170,6 +170,7 @@ pub struct Db {
 
 struct Inner {
     max: u32,
+    server: Server,
     idle: Mutex<Vec<Idle>>,
     /// A reload replaced this pool: connections coming back are closed, not kept.
     retired: AtomicBool,
@@ -190,6 +191,8 @@ struct Idle {
 /// A borrowed connection (derefs to the client); given back when dropped.
 pub struct Conn {
     client: Option<tokio_postgres::Client>,
+    /// The server it is a connection to (its facts; its thread drives the socket).
+    server: Server,
     /// Where it goes back to; `None` for a connection closed after use.
     home: Option<Weak<Inner>>,
     lent_at: Instant,
@@ -201,6 +204,13 @@ impl std::ops::Deref for Conn {
         self.client
             .as_ref()
             .unwrap_or_else(|| unreachable!("the client is taken only on drop"))
+    }
+}
+
+impl Conn {
+    /// The server it is a connection to.
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 }
 
@@ -221,26 +231,67 @@ impl Drop for Conn {
                 since: Instant::now(),
             });
             // A borrower waiting for a connection may take this one.
-            cap::global().wake();
+            home.server.cap().wake();
         }
     }
 }
 
-/// The runtime on its own thread that drives every database connection's socket.
-fn drivers() -> &'static tokio::runtime::Handle {
-    static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
+/// What lasts of one server's connections through reloads: the cap on its sockets, the
+/// thread that drives them, and what was learnt of the server. A reload's new pool gets
+/// the same one, so the old pool's open sockets count against the new cap and go on
+/// being driven. Clones share it; the thread ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<ServerInner>,
+}
+
+struct ServerInner {
+    cap: Arc<cap::Cap>,
+    facts: Arc<crate::model::ServerFacts>,
+    drivers: tokio::runtime::Handle,
+    /// Dropped with the last clone: the driving thread then ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Server {
+    /// A server's state, with a thread to drive its connections. Fails only when the
+    /// system cannot start a thread.
+    pub fn new() -> std::io::Result<Server> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("cannot build the connection runtime: {e}"));
-        let handle = rt.handle().clone();
+            .build()?;
+        let drivers = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("pg-connections".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))
-            .unwrap_or_else(|e| panic!("cannot start the connection thread: {e}"));
-        handle
-    })
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })?;
+        Ok(Server {
+            inner: Arc::new(ServerInner {
+                cap: cap::Cap::new(1),
+                facts: Arc::default(),
+                drivers,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// The cap on its sockets (`database.pool_max_size`).
+    pub fn cap(&self) -> &Arc<cap::Cap> {
+        &self.inner.cap
+    }
+
+    /// What was learnt of the server.
+    pub fn facts(&self) -> &Arc<crate::model::ServerFacts> {
+        &self.inner.facts
+    }
+
+    fn drivers(&self) -> &tokio::runtime::Handle {
+        &self.inner.drivers
+    }
 }
 
 impl Inner {
@@ -273,18 +324,19 @@ enum Got {
 }
 
 impl Db {
-    /// At most `max_size` sockets, for the whole process (a reload's new pool sets the
-    /// cap for the old one's sockets too). None is made here, so a database that is
-    /// down does not keep the agent from starting.
-    pub fn new(cfg: &DatabaseConfig, max_size: u32, log: &Logger) -> Db {
+    /// At most `max_size` sockets to `server` (a reload's new pool sets the cap for the
+    /// old one's sockets too). None is made here, so a database that is down does not
+    /// keep the agent from starting.
+    pub fn new(cfg: &DatabaseConfig, server: &Server, max_size: u32, log: &Logger) -> Db {
         let tls = tls::make(cfg);
         if let Err(e) = &tls {
             warn!(log, "db_tls_setup_failed"; "error" => %e);
         }
         let max = max_size.max(1);
-        cap::global().set_max(max);
+        server.cap().set_max(max);
         let inner = Arc::new(Inner {
             max,
+            server: server.clone(),
             idle: Mutex::new(Vec::new()),
             retired: AtomicBool::new(false),
             config: pg_config(cfg),
@@ -294,7 +346,7 @@ impl Db {
             log: log.clone(),
         });
         let weak = Arc::downgrade(&inner);
-        drivers().spawn(async move {
+        server.drivers().spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 match weak.upgrade() {
@@ -312,6 +364,11 @@ impl Db {
         self.inner.retired.store(true, Ordering::Release);
         let idle = std::mem::take(&mut *self.inner.lock_idle());
         drop(idle);
+    }
+
+    /// The server it connects to.
+    pub fn server(&self) -> &Server {
+        &self.inner.server
     }
 
     /// The cap (`database.pool_max_size`).
@@ -333,7 +390,7 @@ impl Db {
                 self.inner
                     .take_idle()
                     .map(Got::Idle)
-                    .or_else(|| cap::global().try_take().map(Got::Slot))
+                    .or_else(|| self.inner.server.cap().try_take().map(Got::Slot))
             })
             .await?;
         let client = match got {
@@ -342,6 +399,7 @@ impl Db {
         };
         Ok(Conn {
             client: Some(client),
+            server: self.inner.server.clone(),
             home: Some(Arc::downgrade(&self.inner)),
             lent_at: Instant::now(),
         })
@@ -358,7 +416,7 @@ impl Db {
     pub async fn connect_to(&self, dbname: Option<&str>) -> Result<Conn, DbError> {
         let slot = self
             .wait(|| {
-                let slot = cap::global().try_take();
+                let slot = self.inner.server.cap().try_take();
                 if slot.is_none() {
                     // An idle connection gives its slot to the new one (once its socket
                     // is closed, which wakes this wait).
@@ -374,6 +432,7 @@ impl Db {
         let client = self.open(config, slot).await?;
         Ok(Conn {
             client: Some(client),
+            server: self.inner.server.clone(),
             home: None,
             lent_at: Instant::now(),
         })
@@ -383,11 +442,11 @@ impl Db {
     async fn wait<T>(&self, attempt: impl FnMut() -> Option<T>) -> Result<T, DbError> {
         let wait = self.inner.connect_timeout;
         let deadline = tokio::time::Instant::now() + wait;
-        cap::global()
-            .wait_for(deadline, attempt)
+        let cap = self.inner.server.cap();
+        cap.wait_for(deadline, attempt)
             .await
             .ok_or_else(|| DbError::Busy {
-                max: cap::global().max(),
+                max: cap.max(),
                 waited: wait,
             })
     }
@@ -406,7 +465,7 @@ impl Db {
             .map_err(|e| DbError::Unreachable(e.to_string()))?;
         let timeout = self.inner.connect_timeout;
         let log = self.inner.log.clone();
-        let job = drivers().spawn(async move {
+        let job = self.inner.server.drivers().spawn(async move {
             let (host, port) = match (config.get_hosts().first(), config.get_ports().first()) {
                 (Some(tokio_postgres::config::Host::Tcp(h)), Some(p)) => (h.clone(), *p),
                 (Some(tokio_postgres::config::Host::Unix(d)), Some(p)) => {

@@ -120,8 +120,12 @@ fn samples(text: &str, family: &str) -> Vec<String> {
 
 #[test]
 fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
-    observe_cycle("pg_activity", Duration::from_millis(3));
-    let text = render(&snapshot()).unwrap();
+    let mut s = snapshot();
+    let activity = ChildId::Collector(crate::model::EventKind::PgActivity);
+    if let Some(ChildDetail::Collector(d)) = &mut s.children.get_mut(&activity).unwrap().detail {
+        d.cycle_seconds.observe(Duration::from_millis(3));
+    }
+    let text = render(&s).unwrap();
     let expect = |family: &str, lines: &[&str]| {
         assert_eq!(samples(&text, family), lines, "{family} in:\n{text}");
     };
@@ -267,6 +271,38 @@ fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
             "postgres_agent_source_cycle_duration_seconds_count{source=\"pg_activity\"} "
         )),
         "{text}"
+    );
+    let series = |family: &str| -> Vec<String> {
+        samples(&text, family)
+            .into_iter()
+            .filter(|l| l.contains("source=\"pg_activity\""))
+            .collect()
+    };
+    assert_eq!(
+        series("postgres_agent_source_cycle_duration_seconds_count"),
+        ["postgres_agent_source_cycle_duration_seconds_count{source=\"pg_activity\"} 1"]
+    );
+    let buckets = series("postgres_agent_source_cycle_duration_seconds_bucket");
+    assert!(
+        buckets.contains(
+            &"postgres_agent_source_cycle_duration_seconds_bucket{source=\"pg_activity\",le=\"0.0025\"} 0"
+                .to_string()
+        ),
+        "{buckets:?}"
+    );
+    assert!(
+        buckets.contains(
+            &"postgres_agent_source_cycle_duration_seconds_bucket{source=\"pg_activity\",le=\"0.005\"} 1"
+                .to_string()
+        ),
+        "{buckets:?}"
+    );
+    assert!(
+        buckets.contains(
+            &"postgres_agent_source_cycle_duration_seconds_bucket{source=\"pg_activity\",le=\"+Inf\"} 1"
+                .to_string()
+        ),
+        "{buckets:?}"
     );
     assert_eq!(samples(&text, "process_resident_memory_bytes").len(), 1);
     // Every family has its HELP and TYPE.

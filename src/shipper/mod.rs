@@ -34,14 +34,21 @@ pub struct Origin {
     pub project: String,
     /// `agent.host`.
     pub host: String,
+    /// What was learnt of the server the events are from (its version, for OTLP's
+    /// resource).
+    pub server: std::sync::Arc<crate::model::ServerFacts>,
 }
 
 impl Origin {
-    /// The project and host `config` names.
-    pub fn of(config: &crate::config::Config) -> Origin {
+    /// The project and host `config` names, for events of the server `server` knows.
+    pub fn of(
+        config: &crate::config::Config,
+        server: &std::sync::Arc<crate::model::ServerFacts>,
+    ) -> Origin {
         Origin {
             project: config.agent.project_id.clone(),
             host: config.agent.hostname.clone(),
+            server: server.clone(),
         }
     }
 }

@@ -458,7 +458,7 @@ fn resource(origin: &Origin, service: &str) -> Resource {
         kv("postgres_agent.project", text(&origin.project)),
         kv("postgres_agent.version", text(crate::VERSION)),
     ];
-    if let Some(v) = crate::sources::known_server_version() {
+    if let Some(v) = origin.server.version() {
         attributes.push(kv("db.server.version", text(v)));
     }
     Resource { attributes }

@@ -24,6 +24,7 @@ fn envelope_has_the_contract_fields() {
     let s = Origin {
         project: "shop".into(),
         host: "db1".into(),
+        server: Default::default(),
     };
     let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:01Z")
         .expect("time")

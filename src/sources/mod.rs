@@ -123,9 +123,9 @@ pub trait Source {
 }
 
 /// `server_version_num`, asked once per connection life and cached in `cache`; column
-/// lists differ between major versions.
+/// lists differ between major versions. The server's facts learn it too.
 pub async fn server_version(
-    conn: &tokio_postgres::Client,
+    conn: &crate::db::Conn,
     cache: &std::cell::Cell<Option<i32>>,
 ) -> Result<i32, DbError> {
     if let Some(v) = cache.get() {
@@ -137,17 +137,8 @@ pub async fn server_version(
         .map_err(DbError::query)?;
     let v: i32 = row.try_get(0).map_err(DbError::query)?;
     cache.set(Some(v));
-    SERVER_VERSION.store(v, std::sync::atomic::Ordering::Relaxed);
+    conn.server().facts().set_version(v);
     Ok(v)
-}
-
-/// The last `server_version_num` any collector learnt (0: none yet).
-static SERVER_VERSION: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-/// The server's version as `major.minor` (`15.8`), once a collector has asked it.
-pub fn known_server_version() -> Option<String> {
-    let v = SERVER_VERSION.load(std::sync::atomic::Ordering::Relaxed);
-    (v >= 100_000).then(|| format!("{}.{}", v / 10_000, v % 10_000))
 }
 
 /// A catalog column that exists from PostgreSQL `major` on, or its stand-in before
@@ -169,7 +160,7 @@ pub fn since(
 /// life, see [`server_version`]) with `params`. A failed statement may mean a different
 /// server now (a failover, an upgrade): the version is asked again next time.
 pub async fn versioned_query(
-    conn: &tokio_postgres::Client,
+    conn: &crate::db::Conn,
     version: &std::cell::Cell<Option<i32>>,
     sql: fn(i32) -> String,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],

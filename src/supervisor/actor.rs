@@ -76,8 +76,19 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor for `config`, read from `config_path` (re-read on reload).
-    pub fn new(config_path: PathBuf, config: Config, log: Logger) -> Supervisor {
-        let db = Db::new(&config.database, config.database.pool_max_size, &log);
+    /// Its connections go to `server`, whose cap and thread last through reloads.
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        server: crate::db::Server,
+        log: Logger,
+    ) -> Supervisor {
+        let db = Db::new(
+            &config.database,
+            &server,
+            config.database.pool_max_size,
+            &log,
+        );
         Supervisor {
             config_path,
             config,
@@ -371,7 +382,13 @@ impl Handler<Reload> for Supervisor {
         let plan = plan_reload(&self.config, &new);
         if new.database != self.config.database {
             self.db.retire();
-            self.db = Db::new(&new.database, new.database.pool_max_size, &self.log);
+            let server = self.db.server().clone();
+            self.db = Db::new(
+                &new.database,
+                &server,
+                new.database.pool_max_size,
+                &self.log,
+            );
         }
         self.config = new;
         for &id in &plan.stop {

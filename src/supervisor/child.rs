@@ -175,7 +175,7 @@ pub fn spawn(
         }
         ChildId::Shipper(output) => {
             let config = config.clone();
-            let origin = Origin::of(&config);
+            let origin = Origin::of(&config, db.server().facts());
             let route = spool.clone();
             ChildAddr::Shipper(ShipperActor::start_in_arbiter(&h, move |_| {
                 let spec = outputs::spec(output);

@@ -143,7 +143,19 @@ fn a_request_round_trips_through_protobuf() {
     let origin = Origin {
         project: "shop-prod".into(),
         host: "db1".into(),
+        server: Default::default(),
     };
+    // The server's version is in the resource once a source has learnt it.
+    let without = request(&origin, "postgresql", &batch);
+    let resource = without.resource_logs[0]
+        .resource
+        .as_ref()
+        .expect("resource");
+    assert!(!resource
+        .attributes
+        .iter()
+        .any(|a| a.key == "db.server.version"));
+    origin.server.set_version(150_008);
     let req = request(&origin, "postgresql", &batch);
     let back = ExportLogsServiceRequest::decode(req.encode_to_vec().as_slice()).expect("decode");
     assert_eq!(back, req);
@@ -158,6 +170,7 @@ fn a_request_round_trips_through_protobuf() {
     assert_eq!(get("service.name"), Some(s("postgresql")));
     assert_eq!(get("host.name"), Some(s("db1")));
     assert_eq!(get("postgres_agent.project"), Some(s("shop-prod")));
+    assert_eq!(get("db.server.version"), Some(s("15.8")));
     assert_eq!(rl.scope_logs[0].log_records.len(), 2);
 }
 
@@ -190,6 +203,7 @@ fn origin() -> Origin {
     Origin {
         project: "p".into(),
         host: "h".into(),
+        server: Default::default(),
     }
 }
 

@@ -99,7 +99,7 @@ pub struct Batch {
 }
 
 /// Errors of the spool, classified where they are produced.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpoolError {
     /// The spool is not open (its actor is starting or failed to open it).
     #[error("spool not open: {0}")]

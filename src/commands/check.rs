@@ -298,17 +298,22 @@ async fn check_database(r: &mut Report, config: &Config) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let msg = describe(&e);
-            let fix = if msg.contains("password") || msg.contains("authentication") {
-                "check database.user and database.password_file, and that pg_hba.conf allows this role from this host".to_string()
-            } else if msg.contains("does not exist") && msg.contains("role") {
-                format!(
+            let credentials = || "check database.user and database.password_file, and that pg_hba.conf allows this role from this host".to_string();
+            // By SQLSTATE; the server gives "no such role" and a pg_hba refusal the same
+            // one (28000), which only its message tells apart.
+            let fix = match e.as_db_error().map(|d| d.code().code()) {
+                Some("28P01") => credentials(),
+                Some("28000") if msg.contains("does not exist") => format!(
                     "create the role, as a superuser: CREATE ROLE {u} LOGIN; GRANT pg_monitor TO {u};",
                     u = quote_ident(&db.user)
-                )
-            } else if msg.contains("does not exist") {
-                "set database.dbname to an existing database (postgres is fine)".to_string()
-            } else {
-                "is the server running? check database.host (socket directory or host name) and database.port".to_string()
+                ),
+                Some("28000") => credentials(),
+                Some("3D000") => {
+                    "set database.dbname to an existing database (postgres is fine)".to_string()
+                }
+                // The client's own error: the server asked for a password none was given.
+                None if msg.contains("password") => credentials(),
+                _ => "is the server running? check database.host (socket directory or host name) and database.port".to_string(),
             };
             return r.fail("database", &format!("cannot connect {target}: {msg}"), &fix);
         }

@@ -39,6 +39,17 @@ const PAUSE_AT: (u64, u64) = (4, 10);
 /// …and resumes once it holds less than this share.
 const RESUME_BELOW: (u64, u64) = (3, 10);
 
+/// Whether a batch of the log is on its way to the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handing {
+    /// None is.
+    Nothing,
+    /// One is, and more was ready to read right after it.
+    WithMore,
+    /// One is, and it was all there was to read.
+    Last,
+}
+
 /// Follows the server log.
 pub struct LogTailActor {
     follower: Follower,
@@ -50,8 +61,8 @@ pub struct LogTailActor {
     asking: bool,
     /// The batch on its way to the spool (one at a time).
     handoff: Handoff,
-    /// A batch is on its way; `Some(more)`: more was ready to read right after it.
-    waiting: Option<bool>,
+    /// Whether a batch is on its way to the spool, and whether more was ready after it.
+    handing: Handing,
     /// The batch read while the one on its way is stored: handed over next.
     ahead: Option<Read>,
     /// `buffer.max_bytes` (0: no cap, never paused).
@@ -90,7 +101,7 @@ impl LogTailActor {
                 usize::MAX,
             )
             .recycling(),
-            waiting: None,
+            handing: Handing::Nothing,
             ahead: None,
             spool_cap: config.buffer.max_bytes,
             progress: Instant::now(),
@@ -172,7 +183,11 @@ impl LogTailActor {
     /// spool stores it (parsing and storing overlap; one batch is read ahead at most).
     fn hand(&mut self, r: Read, ctx: &mut Context<Self>) {
         self.handoff.keep(r.events, r.checkpoint);
-        self.waiting = Some(r.more);
+        self.handing = if r.more {
+            Handing::WithMore
+        } else {
+            Handing::Last
+        };
         hand_over(self, ctx);
         if r.more && self.ahead.is_none() {
             // Anything else the poll found (nothing new, an error) is found again by
@@ -195,11 +210,13 @@ impl HandsOver for LogTailActor {
         match outcome {
             Handed::Failed(e) => {
                 self.follower.stats.spool_errors_total += 1;
-                self.last_error = Some(e.clone());
+                self.last_error = Some(e.to_string());
             }
             Handed::Delivered(n, backlog) => {
-                let Some(more) = self.waiting.take() else {
-                    return;
+                let more = match std::mem::replace(&mut self.handing, Handing::Nothing) {
+                    Handing::Nothing => return,
+                    Handing::WithMore => true,
+                    Handing::Last => false,
                 };
                 self.follower.committed(*n);
                 let spare = self.handoff.spare();

@@ -28,6 +28,22 @@ use crate::spool::SpoolActor;
 /// 1,640 → 1,460 KB per cycle in `scripts/overhead.sh`).
 const LINGER: Duration = Duration::from_millis(100);
 
+/// Where a shipper is between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// An attempt is on its way; `news`: events arrived meanwhile (it may have found
+    /// the spool empty just before they did).
+    Sending {
+        /// Events arrived during the attempt.
+        news: bool,
+    },
+    /// The spool had nothing for it last time: news of events starts an attempt (after
+    /// [`LINGER`]).
+    Idle,
+    /// The next attempt is scheduled (a retry, the breaker, or right away).
+    Scheduled,
+}
+
 /// Ships the spool to one output.
 pub struct ShipperActor {
     output: Output,
@@ -36,12 +52,8 @@ pub struct ShipperActor {
     spool: Route<SpoolActor>,
     /// What the outcomes mean (plain, see [`Delivery`]).
     delivery: Delivery,
-    busy: bool,
-    /// The spool had nothing for it last time: news of events starts an attempt (after
-    /// [`LINGER`]).
-    idle: bool,
-    /// News came during an attempt (which may have found the spool empty just before).
-    news: bool,
+    /// Sending, sleeping with nothing to send, or waiting for its next attempt.
+    phase: Phase,
     /// The next attempt scheduled (one at a time).
     next: Option<SpawnHandle>,
     /// How long it sleeps with nothing to send when no news comes ([`IDLE_POLL`]).
@@ -86,9 +98,7 @@ impl ShipperActor {
             cfg,
             transport,
             spool,
-            busy: false,
-            idle: false,
-            news: false,
+            phase: Phase::Scheduled,
             next: None,
             idle_poll: IDLE_POLL,
             progress: Instant::now(),
@@ -99,16 +109,15 @@ impl ShipperActor {
     }
 
     fn attempt(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
+        if matches!(self.phase, Phase::Sending { .. }) {
             return;
         }
-        self.idle = false;
-        self.news = false;
+        self.phase = Phase::Scheduled;
         let probe = match self.delivery.go(Instant::now()) {
             Go::Send { probe } => probe,
             Go::Wait(d) => return self.again(d, ctx),
         };
-        self.busy = true;
+        self.phase = Phase::Sending { news: false };
         let job = Job {
             output: self.output,
             spool: self.spool.clone(),
@@ -126,7 +135,7 @@ impl ShipperActor {
 
     fn after(&mut self, attempt: Attempt, probe: bool, ctx: &mut Context<Self>) {
         self.progress = Instant::now();
-        self.busy = false;
+        let news = matches!(self.phase, Phase::Sending { news: true });
         let next = self
             .delivery
             .after(attempt, probe, Instant::now(), Utc::now());
@@ -136,8 +145,12 @@ impl ShipperActor {
         if next.idle {
             self.finish_flush(true);
         }
-        self.idle = next.idle;
-        let wait = match (next.idle, std::mem::take(&mut self.news)) {
+        self.phase = if next.idle {
+            Phase::Idle
+        } else {
+            Phase::Scheduled
+        };
+        let wait = match (next.idle, news) {
             (true, true) => LINGER,
             (true, false) => self.idle_poll,
             _ => next.wait,
@@ -201,11 +214,13 @@ impl Handler<SpoolNews> for ShipperActor {
     /// Events arrived while it slept with nothing to send: send them after `LINGER`.
     /// (While it waits for a retry or the breaker, the news changes nothing.)
     fn handle(&mut self, _: SpoolNews, ctx: &mut Context<Self>) {
-        if self.busy {
-            self.news = true;
-        } else if self.idle {
-            self.idle = false;
-            self.again(LINGER, ctx);
+        match self.phase {
+            Phase::Sending { .. } => self.phase = Phase::Sending { news: true },
+            Phase::Idle => {
+                self.phase = Phase::Scheduled;
+                self.again(LINGER, ctx);
+            }
+            Phase::Scheduled => {}
         }
     }
 }
@@ -260,7 +275,7 @@ mod tests {
     impl Handler<Sleeping> for ShipperActor {
         type Result = bool;
         fn handle(&mut self, _: Sleeping, _: &mut Context<Self>) -> bool {
-            self.idle && !self.busy && !self.news
+            self.phase == Phase::Idle
         }
     }
 

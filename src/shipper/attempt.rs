@@ -9,7 +9,7 @@ use std::rc::Rc;
 use actix::prelude::*;
 use slog::{debug, warn, Logger};
 
-use super::split::{SplitOutcome, Splitter, Step};
+use super::split::{NotRecorded, SplitOutcome, Splitter, Step};
 use super::transport::{SendError, Transport};
 use crate::model::{Ack, AckRows, NextBatch, Output, QuarantineRows, Route, SpoolError, SpoolNews};
 use crate::spool::SpoolActor;
@@ -18,15 +18,15 @@ use crate::spool::SpoolActor;
 pub enum Attempt {
     /// The spool is empty.
     Idle,
-    /// The spool could not hand out or record a batch (not the output's fault).
-    SpoolFailed(String),
+    /// The spool could not hand out a batch (not the output's fault).
+    SpoolFailed(SpoolError),
     /// The output took this batch but the spool could not record it (a full disk):
     /// only the local acknowledgement is retried, the batch is not sent again.
     AckFailed {
         /// The batch delivered.
         batch_id: String,
         /// Why the spool did not record it.
-        error: String,
+        error: NotRecorded,
     },
     /// The output accepted a batch of this many events.
     Sent {
@@ -61,23 +61,21 @@ pub struct Job {
     pub notify: Option<actix::Recipient<SpoolNews>>,
 }
 
-/// The spool's answer to a request that records rows.
-fn recorded<E: std::fmt::Display>(
+/// The spool's answer to a request that records rows (a spool that went away before
+/// answering is restarting).
+fn recorded<E>(
     r: Result<Result<u64, SpoolError>, E>,
-    what: &str,
-) -> Result<u64, String> {
-    match r {
-        Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => Err(format!("{what} not recorded: {e}")),
-        Err(_) => Err(format!("{what} not recorded: spool restarting")),
-    }
+    what: &'static str,
+) -> Result<u64, NotRecorded> {
+    r.unwrap_or(Err(SpoolError::Unavailable))
+        .map_err(|error| NotRecorded { what, error })
 }
 
 impl Job {
     /// Runs one attempt.
     pub async fn run(self) -> Attempt {
         let Some(spool) = self.spool.get() else {
-            return Attempt::SpoolFailed(SpoolError::Unavailable.to_string());
+            return Attempt::SpoolFailed(SpoolError::Unavailable);
         };
         let batch = match spool
             .send(NextBatch {
@@ -90,8 +88,8 @@ impl Job {
         {
             Ok(Ok(Some(b))) => b,
             Ok(Ok(None)) => return Attempt::Idle,
-            Ok(Err(e)) => return Attempt::SpoolFailed(e.to_string()),
-            Err(_) => return Attempt::SpoolFailed(SpoolError::Unavailable.to_string()),
+            Ok(Err(e)) => return Attempt::SpoolFailed(e),
+            Err(_) => return Attempt::SpoolFailed(SpoolError::Unavailable),
         };
         // The output already has this one (its acceptance came, the delete failed):
         // record it, do not send it again.

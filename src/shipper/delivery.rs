@@ -158,10 +158,10 @@ impl Delivery {
                 if probe {
                     self.breaker.cancel_probe(now);
                 }
-                warn!(self.log, "ship_ack_not_recorded"; "batch_id" => &batch_id, "error" => &error,
+                warn!(self.log, "ship_ack_not_recorded"; "batch_id" => &batch_id, "error" => %error,
                       "effect" => "the listener has the batch; only its deletion from the spool is retried");
                 self.delivered_unrecorded = Some(batch_id);
-                self.last_error = Some(error);
+                self.last_error = Some(error.to_string());
                 self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
             }
             Attempt::Sent { events, status } => {
@@ -181,7 +181,7 @@ impl Delivery {
                 self.stats.events_sent_total += o.acked;
                 let why = o.stopped.as_ref().map(|s| match s {
                     Stop::Output(e) => self.describe(e),
-                    Stop::Spool(e) => e.clone(),
+                    Stop::Spool(e) => e.to_string(),
                 });
                 info!(self.log, "batch_split_done"; "acked" => o.acked, "quarantined" => o.quarantined,
                       "stopped" => why.as_deref().unwrap_or(""));
@@ -200,9 +200,9 @@ impl Delivery {
     }
 
     /// The spool failed (not the output): its own backoff, no breaker failure.
-    fn spool_failed(&mut self, e: String) -> Duration {
-        warn!(self.log, "ship_spool_failed"; "error" => &e);
-        self.last_error = Some(e);
+    fn spool_failed(&mut self, e: impl std::fmt::Display) -> Duration {
+        warn!(self.log, "ship_spool_failed"; "error" => %e);
+        self.last_error = Some(e.to_string());
         self.spool_backoff.next_delay().max(SPOOL_RETRY_MIN)
     }
 
@@ -318,7 +318,8 @@ mod tests {
     use super::*;
     use crate::model::BreakerPhase;
     use crate::model::ShipperStats;
-    use crate::shipper::split::SplitOutcome;
+    use crate::model::SpoolError;
+    use crate::shipper::split::{NotRecorded, SplitOutcome};
 
     fn delivery() -> Delivery {
         let c = crate::config::parse_str(
@@ -453,7 +454,7 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..10 {
             let next = d.after(
-                Attempt::SpoolFailed("disk full".into()),
+                Attempt::SpoolFailed(SpoolError::Full("disk full".into())),
                 false,
                 t0,
                 Utc::now(),
@@ -470,7 +471,10 @@ mod tests {
         // The output took a batch whose deletion failed: it is not sent again.
         let ack_failed = Attempt::AckFailed {
             batch_id: "b1".into(),
-            error: "ack not recorded: disk full".into(),
+            error: NotRecorded {
+                what: "ack",
+                error: SpoolError::Full("disk full".into()),
+            },
         };
         d.after(ack_failed, false, t0, Utc::now());
         assert_eq!(d.delivered_unrecorded().as_deref(), Some("b1"));
@@ -529,7 +533,10 @@ mod tests {
             refused: 400,
             acked: 0,
             quarantined: 0,
-            stopped: Some(Stop::Spool("quarantine not recorded".into())),
+            stopped: Some(Stop::Spool(NotRecorded {
+                what: "quarantine",
+                error: SpoolError::Unavailable,
+            })),
         };
         let failures = stats(&d, t0).failures_total;
         d.after(Attempt::Split(spool), false, t0, Utc::now());

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use super::transport::SendError;
-use crate::model::{Batch, Event};
+use crate::model::{Batch, Event, SpoolError};
 
 /// What the driver does next.
 #[derive(Debug)]
@@ -36,7 +36,17 @@ pub enum Stop {
     /// spooled for the next attempt.
     Output(SendError),
     /// The spool could not record an acknowledgement or a quarantine.
-    Spool(String),
+    Spool(NotRecorded),
+}
+
+/// A request to the spool that it did not record (an acknowledgement, a quarantine).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} not recorded: {error}")]
+pub struct NotRecorded {
+    /// What was asked: `ack`, `quarantine`.
+    pub what: &'static str,
+    /// Why not.
+    pub error: SpoolError,
 }
 
 /// What a split achieved.
@@ -156,7 +166,7 @@ impl Splitter {
 
     /// The spool's answer to the acknowledgement or quarantine last handed out: the
     /// rows it recorded, or why it could not.
-    pub fn recorded(&mut self, result: Result<u64, String>) {
+    pub fn recorded(&mut self, result: Result<u64, NotRecorded>) {
         let asked = std::mem::replace(&mut self.asked, Asked::Nothing);
         match (result, asked) {
             (Ok(n), Asked::Ack) => self.outcome.acked += n,
@@ -288,11 +298,15 @@ mod tests {
         };
         s.sent(Ok(200));
         assert!(matches!(s.next_step(), Step::Ack(v) if v == [10]));
-        s.recorded(Err("disk full".into()));
+        let full = NotRecorded {
+            what: "ack",
+            error: SpoolError::Full("disk full".into()),
+        };
+        s.recorded(Err(full.clone()));
         let Step::Done(o) = s.next_step() else {
             panic!("done")
         };
-        assert_eq!(o.stopped, Some(Stop::Spool("disk full".into())));
+        assert_eq!(o.stopped, Some(Stop::Spool(full)));
         assert_eq!(o.acked, 0);
     }
 }

@@ -14,7 +14,7 @@ use slog::{error, warn, Logger};
 
 use super::SpoolActor;
 use crate::catalogue::AgentEvent;
-use crate::model::{Checkpoint, Enqueue, Event, Route};
+use crate::model::{Checkpoint, Enqueue, Event, Route, SpoolError};
 
 /// Bytes of events ([`Event::bytes`]) kept in memory per source while the spool does
 /// not take them; beyond this the oldest are dropped and counted (the spool is down for
@@ -102,7 +102,7 @@ pub enum Handed {
     /// which then held this backlog (bytes, see [`Backlog`](crate::model::Backlog)).
     Delivered(usize, u64),
     /// Nothing was taken; the events are kept and offered again.
-    Failed(String),
+    Failed(SpoolError),
 }
 
 /// What a hand-over took out of the backlog, kept until the spool answers.
@@ -317,9 +317,13 @@ impl Handoff {
     }
 
     /// The spool's answer to the last [`Handoff::take`].
-    pub fn taken(&mut self, result: Result<u64, String>) -> Handed {
+    pub fn taken(&mut self, result: Result<u64, SpoolError>) -> Handed {
         let Some(f) = self.in_flight.take() else {
-            return Handed::Failed("no hand-over was on its way".into());
+            // An answer to nothing on its way: nothing of the source's was taken.
+            return match result {
+                Ok(backlog) => Handed::Delivered(0, backlog),
+                Err(e) => Handed::Failed(e),
+            };
         };
         match result {
             Ok(backlog) => {
@@ -389,17 +393,14 @@ pub fn hand_over<A: HandsOver>(act: &mut A, ctx: &mut Context<A>) {
         return;
     };
     ctx.spawn(spool.send(msg).into_actor(act).map(|res, act, ctx| {
-        let result = match res {
-            Ok(Ok(backlog)) => Ok(backlog),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        // A spool that went away before answering is restarting.
+        let result = res.unwrap_or(Err(SpoolError::Unavailable));
         let h = act.handoff();
         let dropped = h.dropped_total();
         let outcome = h.taken(result);
         log_overflow(&h.log, (h.dropped_total() - dropped) as usize);
         if let Handed::Failed(e) = &outcome {
-            warn!(h.log, "spool_enqueue_failed"; "error" => e, "events" => h.waiting());
+            warn!(h.log, "spool_enqueue_failed"; "error" => %e, "events" => h.waiting());
             retry_later(act, ctx);
         }
         act.handed(&outcome, ctx);
@@ -476,7 +477,10 @@ mod tests {
         // The spool fails for longer than a hiccup: it is the cause.
         h.keep(vec![ev(3)], None);
         h.take().expect("a message");
-        assert!(matches!(h.taken(Err("down".into())), Handed::Failed(_)));
+        assert!(matches!(
+            h.taken(Err(SpoolError::Unavailable)),
+            Handed::Failed(_)
+        ));
         h.failing_since = Some(Instant::now() - SPOOL_AWAY);
         h.keep(vec![ev(4), ev(5)], None);
         assert_eq!(h.take_lost(), ["e3"]);
@@ -571,14 +575,14 @@ mod tests {
         h.keep(vec![ev(2)], cp(2));
         assert_eq!(h.waiting(), 3);
         assert_eq!(
-            h.taken(Err("spool full".into())),
-            Handed::Failed("spool full".into())
+            h.taken(Err(SpoolError::Full("no space left on device".into()))),
+            Handed::Failed(SpoolError::Full("no space left on device".into()))
         );
         let m = h.take().expect("message again");
         assert_eq!(ids(&m), ["e0", "e1", "e2"]);
         assert_eq!(m.checkpoint, cp(2));
         // A failure with no newer cycle keeps the older checkpoint.
-        h.taken(Err("again".into()));
+        h.taken(Err(SpoolError::Unavailable));
         let m = h.take().expect("message again");
         assert_eq!(m.checkpoint, cp(2));
         assert_eq!(h.taken(Ok(7)), Handed::Delivered(3, 7));
@@ -591,7 +595,7 @@ mod tests {
         h.keep(vec![ev(0), ev(1)], None);
         let _ = h.take().expect("message");
         h.keep(vec![ev(2), ev(3)], None);
-        h.taken(Err("down".into()));
+        h.taken(Err(SpoolError::Unavailable));
         let m = h.take().expect("message");
         let sent = ids(&m);
         assert_eq!(&sent[1..], ["e2", "e3"]);
@@ -609,7 +613,7 @@ mod tests {
         let m = h.take().expect("message");
         h.keep(vec![ev(4)], None);
         drop(m);
-        h.taken(Err("down".into()));
+        h.taken(Err(SpoolError::Unavailable));
         assert_eq!(h.waiting(), 4);
         assert_eq!(h.dropped_total(), 1);
         let m = h.take().expect("message");

@@ -450,8 +450,8 @@ pub enum ChildDetail {
     Spool(SpoolStats),
     /// The shipper's delivery state.
     Shipper(ShipperStats),
-    /// The log tailer's position and counters.
-    Log(LogStats),
+    /// The log reader's position and counters.
+    LogReader(LogReaderStats),
 }
 
 impl ChildDetail {
@@ -464,14 +464,14 @@ impl ChildDetail {
             ChildId::Spool => from_value(value).ok().map(ChildDetail::Spool),
             ChildId::Shipper(_) => from_value(value).ok().map(ChildDetail::Shipper),
             ChildId::Collector(_) => from_value(value).ok().map(ChildDetail::Collector),
-            ChildId::LogReader => from_value(value).ok().map(ChildDetail::Log),
+            ChildId::LogReader => from_value(value).ok().map(ChildDetail::LogReader),
         }
     }
 }
 
-/// The log tailer's position and counters.
+/// The log reader's position and counters.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct LogStats {
+pub struct LogReaderStats {
     /// What is followed and how (`following …`), or why nothing is (`unavailable: …`).
     pub source_state: Option<SourceState>,
     /// `stderr`, `csvlog` or `jsonlog`.

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ChildDetail, ChildId, ChildState, LogStats, Output, ShipperStats, SpoolStats};
+use crate::model::{
+    ChildDetail, ChildId, ChildState, LogReaderStats, Output, ShipperStats, SpoolStats,
+};
 
 /// File name of the snapshot inside `state_dir`.
 pub const STATUS_FILE: &str = "status.json";
@@ -183,9 +185,9 @@ impl StatusSnapshot {
     }
 
     /// The log reader's figures, when it reported them.
-    pub fn log(&self) -> Option<&LogStats> {
+    pub fn log(&self) -> Option<&LogReaderStats> {
         match self.children.get(&ChildId::LogReader)?.detail.as_ref()? {
-            ChildDetail::Log(d) => Some(d),
+            ChildDetail::LogReader(d) => Some(d),
             _ => None,
         }
     }
@@ -434,7 +436,7 @@ mod tests {
             quarantined: 1,
             ..Default::default()
         };
-        let log = LogStats {
+        let log = LogReaderStats {
             source_state: Some(SourceState::Unavailable(Problem::new("gone", "find it"))),
             events_total: 9,
             tail: crate::model::TailStats {
@@ -452,7 +454,7 @@ mod tests {
             child(Some(ChildDetail::Shipper(shipper))),
         );
         children.insert(ChildId::Spool, child(Some(ChildDetail::Spool(buffer))));
-        children.insert(ChildId::LogReader, child(Some(ChildDetail::Log(log))));
+        children.insert(ChildId::LogReader, child(Some(ChildDetail::LogReader(log))));
         let s = StatusSnapshot {
             metrics: Some(
                 "cannot listen on 127.0.0.1:9188 (metrics.listen): Address in use".into(),

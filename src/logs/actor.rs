@@ -51,7 +51,7 @@ enum Handing {
 }
 
 /// Follows the server log.
-pub struct LogTailActor {
+pub struct LogReader {
     follower: Follower,
     db: Rc<Db>,
     limit: Duration,
@@ -74,7 +74,7 @@ pub struct LogTailActor {
     _guard: ExitGuard,
 }
 
-impl LogTailActor {
+impl LogReader {
     /// Builds the actor; reads the stored position from the spool.
     pub fn new(
         config: &Config,
@@ -82,11 +82,11 @@ impl LogTailActor {
         spool: Route<SpoolActor>,
         log: Logger,
         guard: ExitGuard,
-    ) -> LogTailActor {
+    ) -> LogReader {
         let saved: Saved = spool::read_checkpoint(&config.agent.state_dir, CHECKPOINT)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        LogTailActor {
+        LogReader {
             follower: Follower::new(config, saved, log.clone()),
             db: Rc::new(db),
             limit: cycle_limit(&config.database),
@@ -199,7 +199,7 @@ impl LogTailActor {
     }
 }
 
-impl HandsOver for LogTailActor {
+impl HandsOver for LogReader {
     fn handoff(&mut self) -> &mut Handoff {
         &mut self.handoff
     }
@@ -234,9 +234,9 @@ impl HandsOver for LogTailActor {
     }
 }
 
-impl LogTailActor {
+impl LogReader {
     /// While reading waits for the spool: asks it for its backlog (no hand-over is on its
-    /// way to answer with it), then goes on as [`LogTailActor::room`] says.
+    /// way to answer with it), then goes on as [`LogReader::room`] says.
     fn when_room(&mut self, wait: Duration, ctx: &mut Context<Self>) {
         let spool = self.handoff.spool.get();
         let (Some(spool), true) = (spool, self.spool_cap > 0) else {
@@ -294,7 +294,7 @@ impl LogTailActor {
     }
 }
 
-impl Actor for LogTailActor {
+impl Actor for LogReader {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -302,7 +302,7 @@ impl Actor for LogTailActor {
     }
 }
 
-impl Handler<Ping> for LogTailActor {
+impl Handler<Ping> for LogReader {
     type Result = MessageResult<Ping>;
 
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
@@ -311,7 +311,7 @@ impl Handler<Ping> for LogTailActor {
             deadline: Some(Duration::from_secs(60) + self.limit),
             last_success: self.last_success,
             last_error: self.last_error.clone(),
-            detail: ChildDetail::Log(self.follower.stats.clone()),
+            detail: ChildDetail::LogReader(self.follower.stats.clone()),
         })
     }
 }

@@ -13,7 +13,7 @@ use super::tail::{Note, Position, Tailer};
 use super::{LogParser, OwnSessions, Shaper};
 use crate::access::Who;
 use crate::config::{Config, LogsConfig};
-use crate::model::{Checkpoint, Event, LogStats, Problem, SourceState};
+use crate::model::{Checkpoint, Event, LogReaderStats, Problem, SourceState};
 
 /// Name of the position checkpoint in the spool.
 pub const CHECKPOINT: &str = "pg_log.position";
@@ -68,7 +68,7 @@ pub struct Follower {
     /// A stored batch's vector, filled again by the next read ([`Follower::recycle`]).
     spare: Vec<Event>,
     /// Counters and state for status.
-    pub stats: LogStats,
+    pub stats: LogReaderStats,
     log: Logger,
 }
 
@@ -90,7 +90,7 @@ impl Follower {
             language: Some(Default::default()),
             warned_prefix: None,
             spare: Vec::new(),
-            stats: LogStats::default(),
+            stats: LogReaderStats::default(),
             log,
         }
     }

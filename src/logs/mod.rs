@@ -1,7 +1,7 @@
 //! The server log: parsers for the three formats (`stderr` with any `log_line_prefix`,
 //! `csvlog`, `jsonlog`), classification, redaction, and the tailer that follows the
 //! server from file to file and remembers its position in the spool. Everything here
-//! is plain code; [`actor::LogTailActor`] is the thin shell that runs it.
+//! is plain code; [`actor::LogReader`] is the thin shell that runs it.
 //!
 //! Parsers are stateless over a byte buffer: they return how many bytes the complete
 //! messages used, and the tailer reads again from there. A message whose next line may

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{CollectorStats, LogStats, ShipperStats, SpoolStats};
+use crate::model::{CollectorStats, LogReaderStats, ShipperStats, SpoolStats};
 use crate::shipper::policy::BreakerStats;
 use crate::status::ChildStatus;
 use chrono::TimeZone;
@@ -79,7 +79,7 @@ fn snapshot() -> StatusSnapshot {
             }),
         ),
     );
-    let mut log = LogStats {
+    let mut log = LogReaderStats {
         events_total: 30,
         ..Default::default()
     };
@@ -90,7 +90,7 @@ fn snapshot() -> StatusSnapshot {
     log.spool_waits_total = 3;
     children.insert(
         ChildId::LogReader,
-        child(ChildState::Running, 0, ChildDetail::Log(log)),
+        child(ChildState::Running, 0, ChildDetail::LogReader(log)),
     );
     StatusSnapshot {
         written_at: chrono::Utc::now(),

@@ -9,7 +9,7 @@ use slog::{o, Logger};
 use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::db::Db;
-use crate::logs::actor::LogTailActor;
+use crate::logs::actor::LogReader;
 use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route};
 use crate::shipper::{outputs, Origin, ShipperActor};
 use crate::sources;
@@ -24,8 +24,8 @@ pub enum ChildAddr {
     Shipper(Addr<ShipperActor>),
     /// A collector.
     Collector(Addr<CollectorActor>),
-    /// The log tailer.
-    Log(Addr<LogTailActor>),
+    /// The log reader.
+    LogReader(Addr<LogReader>),
 }
 
 type PingFuture = Pin<Box<dyn Future<Output = Result<Health, MailboxError>>>>;
@@ -37,7 +37,7 @@ impl ChildAddr {
             ChildAddr::Spool(a) => Box::pin(a.send(Ping)),
             ChildAddr::Shipper(a) => Box::pin(a.send(Ping)),
             ChildAddr::Collector(a) => Box::pin(a.send(Ping)),
-            ChildAddr::Log(a) => Box::pin(a.send(Ping)),
+            ChildAddr::LogReader(a) => Box::pin(a.send(Ping)),
         }
     }
 
@@ -194,8 +194,8 @@ pub fn spawn(
             let config = config.clone();
             let route = spool.clone();
             let db = db.clone();
-            ChildAddr::Log(LogTailActor::start_in_arbiter(&h, move |_| {
-                LogTailActor::new(&config, db, route, log, guard)
+            ChildAddr::LogReader(LogReader::start_in_arbiter(&h, move |_| {
+                LogReader::new(&config, db, route, log, guard)
             }))
         }
         ChildId::Collector(kind) => {

@@ -406,73 +406,16 @@ impl Spool {
             return Ok(None);
         }
         let before = self.disk_bytes();
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.checkpoint_wal()?;
         if self.disk_bytes() <= self.max_bytes {
             return Ok(None);
         }
-        let target = self.max_bytes / 10 * 9;
-        let mut ev = Eviction {
-            disk_bytes_before: before,
-            ..Default::default()
-        };
-        let (mut first_seq, mut last_seq) = (None, 0i64);
         let multi = self.multi();
         let tx = self.conn.transaction()?;
         let taken = outputs::Taken::read(&tx, &self.outputs, &self.cursors)?;
-        let mut undelivered: std::collections::BTreeMap<String, u64> = self
-            .outputs
-            .iter()
-            .map(|o| (o.as_str().to_string(), 0))
-            .collect();
-        loop {
-            let used: i64 = tx.query_row(
-                "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
-                [],
-                |r| r.get(0),
-            )?;
-            if used as u64 <= target {
-                break;
-            }
-            let chunk = (self.depth.saturating_sub(ev.evicted) / 10).max(100) as i64;
-            let mut st = tx.prepare_cached(
-                // The agent's own events (loss reports, restarts) are small and say what
-                // happened to the rest: they are not evicted.
-                "DELETE FROM events WHERE seq IN
-                   (SELECT seq FROM events WHERE kind != 'agent' ORDER BY seq LIMIT ?1)
-                 RETURNING seq, kind, collected_at, bytes",
-            )?;
-            let rows = st
-                .query_map(params![chunk], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            if rows.is_empty() {
-                break;
-            }
-            for (seq, kind, at, bytes) in rows {
-                for o in taken.missing(seq) {
-                    *undelivered.entry(o.as_str().to_string()).or_default() += 1;
-                }
-                first_seq = Some(first_seq.map_or(seq, |f: i64| f.min(seq)));
-                last_seq = last_seq.max(seq);
-                ev.evicted += 1;
-                ev.bytes += bytes as u64;
-                *ev.by_kind.entry(kind).or_default() += 1;
-                if ev.oldest_collected_at.as_ref().is_none_or(|o| at < *o) {
-                    ev.oldest_collected_at = Some(at.clone());
-                }
-                if ev.newest_collected_at.as_ref().is_none_or(|n| at > *n) {
-                    ev.newest_collected_at = Some(at);
-                }
-            }
-        }
-        if ev.evicted == 0 {
+        let mut gone = Evicting::new(before, &self.outputs);
+        evict_oldest(&tx, self.max_bytes / 10 * 9, self.depth, &taken, &mut gone)?;
+        if gone.ev.evicted == 0 {
             tx.commit()?;
             return Ok(None);
         }
@@ -483,48 +426,38 @@ impl Spool {
                 [],
             )?;
         }
-        let now = Utc::now();
-        let report = crate::catalogue::AgentEvent::EventsEvicted {
-            evicted: ev.evicted,
-            bytes: ev.bytes,
-            by_kind: ev.by_kind.clone(),
-            oldest_collected_at: ev.oldest_collected_at.clone(),
-            newest_collected_at: ev.newest_collected_at.clone(),
-            disk_bytes_before: ev.disk_bytes_before,
-            undelivered_by_output: undelivered,
-            reason: format!("spool over buffer.max_bytes = {}", self.max_bytes),
-            rows: (first_seq.unwrap_or_default(), last_seq),
-        }
-        .event(&self.host, now)
-        .map_err(|e| SpoolError::Sqlite(format!("loss report: {e}")))?;
-        let text = report.data.get();
-        tx.execute(
-            "INSERT INTO events (id, kind, collected_at, data, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                report.id,
-                report.kind.as_str(),
-                now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                text,
-                text.len() as i64
-            ],
-        )?;
+        let report = gone.report(self.max_bytes, &self.host)?;
+        let report_bytes = report.data.get().len() as u64;
+        insert_event(&tx, &report)?;
         tx.commit()?;
-        // Each step of incremental_vacuum frees one page: step it to the end.
-        {
-            let mut st = self.conn.prepare("PRAGMA incremental_vacuum")?;
-            let mut rows = st.raw_query();
-            while rows.next()?.is_some() {}
-        }
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        self.give_back_pages()?;
+        let mut ev = gone.ev;
         self.depth = self.depth.saturating_sub(ev.evicted) + 1;
-        self.bytes = self.bytes.saturating_sub(ev.bytes) + text.len() as u64;
+        self.bytes = self.bytes.saturating_sub(ev.bytes) + report_bytes;
         self.evicted_total += ev.evicted;
         if multi {
             self.recount()?;
         }
         ev.disk_bytes_after = self.disk_bytes();
         Ok(Some(ev))
+    }
+
+    /// Moves the WAL into the database file and empties it.
+    fn checkpoint_wal(&self) -> Result<(), SpoolError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Gives the free pages back to the file system (each step of incremental_vacuum
+    /// frees one page: stepped to the end), then empties the WAL.
+    fn give_back_pages(&self) -> Result<(), SpoolError> {
+        {
+            let mut st = self.conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut rows = st.raw_query();
+            while rows.next()?.is_some() {}
+        }
+        self.checkpoint_wal()
     }
 
     /// Where the database file is.
@@ -680,103 +613,33 @@ impl Spool {
         max_events: u32,
         max_bytes: u64,
     ) -> Result<Option<Batch>, SpoolError> {
-        // At most one batch per output is open at a time (a new one is claimed only
-        // when none is). Statements cached: the shipper asks every few hundred
-        // milliseconds.
-        let open: Option<(String, i64)> = self
-            .conn
-            .prepare_cached("SELECT batch_id, last_seq FROM batches WHERE output = ?1 LIMIT 1")?
-            .query_row(params![output.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let cursor = self.cursor(output);
-        // With several outputs, the rows this one took or refused one by one are not
-        // its to send again.
-        let not_done = if self.multi() {
-            " AND NOT EXISTS (SELECT 1 FROM output_done d WHERE d.output = ?3 AND d.seq = events.seq)"
-        } else {
-            " AND ?3 IS NOT NULL"
-        };
-        type Row = (i64, String, String, String, String, i64);
-        let row = |r: &rusqlite::Row| -> rusqlite::Result<Row> {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        };
-        let mut events = Vec::new();
-        let mut seqs = Vec::new();
-        let mut unreadable = Vec::new();
-        let mut take = |(seq, id, kind, at, data, _): Row| match decode(id, &kind, &at, data) {
-            Ok(e) => {
-                events.push(e);
-                seqs.push(seq);
-            }
-            Err(_) => unreadable.push(seq),
-        };
-        const COLUMNS: &str = "seq, id, kind, collected_at, data, bytes";
-        let batch_id = match open {
-            // The batch handed out before: the same rows again (those still there).
-            Some((batch_id, last_seq)) => {
-                let mut st = self.conn.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM events WHERE seq <= ?1 AND seq > ?2{not_done} ORDER BY seq"
-                ))?;
-                for r in st.query_map(params![last_seq, cursor, output.as_str()], row)? {
-                    take(r?);
+        loop {
+            // At most one batch per output is open at a time (a new one is claimed only
+            // when none is).
+            let (batch_id, rows) = match self.open_batch(output)? {
+                Some((batch_id, last_seq)) => (batch_id, self.reread_batch(output, last_seq)?),
+                None => match self.claim_batch(output, max_events, max_bytes)? {
+                    Some(claimed) => claimed,
+                    None => return Ok(None),
+                },
+            };
+            // A row that cannot be read back would block the queue forever: aside with
+            // it, for every output.
+            if !rows.unreadable.is_empty() {
+                self.take_rows(&rows.unreadable, Some("unreadable in the spool"))?;
+                if self.multi() {
+                    self.recount()?;
                 }
-                batch_id
             }
-            // A new batch: its rows are read in the same pass that bounds it by count
-            // and bytes, then its end is recorded. When the tail in memory holds every
-            // row waiting, they are taken from it instead.
-            None => {
-                let mut last = None;
-                if let Some((tail_events, tail_seqs)) = self.tail_batch(max_events, max_bytes)? {
-                    last = tail_seqs.last().copied();
-                    events = tail_events;
-                    seqs = tail_seqs;
-                } else {
-                    let mut st = self.conn.prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM events WHERE seq > ?2{not_done} ORDER BY seq LIMIT ?1"
-                    ))?;
-                    let mut rows = st.query(params![max_events as i64, cursor, output.as_str()])?;
-                    let mut sum = 0u64;
-                    while let Some(r) = rows.next()? {
-                        let r = row(r)?;
-                        sum += r.5.max(0) as u64;
-                        if last.is_some() && sum > max_bytes {
-                            break;
-                        }
-                        last = Some(r.0);
-                        take(r);
-                    }
-                }
-                let Some(last) = last else {
-                    return Ok(None);
-                };
-                let id = uuid::Uuid::new_v4().to_string();
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO batches (batch_id, last_seq, output) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![id, last, output.as_str()])?;
-                id
+            if !rows.events.is_empty() {
+                return Ok(Some(Batch {
+                    batch_id,
+                    events: rows.events,
+                    seqs: rows.seqs,
+                }));
             }
-        };
-        // A row that cannot be read back would block the queue forever: aside with it,
-        // for every output.
-        if !unreadable.is_empty() {
-            self.take_rows(&unreadable, Some("unreadable in the spool"))?;
-            if self.multi() {
-                self.recount()?;
-            }
-        }
-        if events.is_empty() {
             // Every row of the batch is gone or this output's (acknowledged one by one,
-            // quarantined or evicted): it is done.
+            // quarantined or evicted): it is done, and the next one is due.
             if self.multi() {
                 self.ack_cursor(output, &batch_id)?;
             } else {
@@ -784,13 +647,93 @@ impl Spool {
                     .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
                     .execute(params![batch_id])?;
             }
-            return self.next_batch_within(output, max_events, max_bytes);
+            if self.pending(output) == 0 {
+                return Ok(None);
+            }
         }
-        Ok(Some(Batch {
-            batch_id,
-            events,
-            seqs,
-        }))
+    }
+
+    /// The batch handed out to `output` and not acknowledged yet: its id and last row.
+    /// (Statements are cached: the shipper asks every few hundred milliseconds.)
+    fn open_batch(&self, output: Output) -> Result<Option<(String, i64)>, SpoolError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT batch_id, last_seq FROM batches WHERE output = ?1 LIMIT 1")?
+            .query_row(params![output.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// With several outputs, the rows this one took or refused one by one are not its to
+    /// send again (`?3` is the output).
+    fn not_done(&self) -> &'static str {
+        if self.multi() {
+            " AND NOT EXISTS (SELECT 1 FROM output_done d WHERE d.output = ?3 AND d.seq = events.seq)"
+        } else {
+            " AND ?3 IS NOT NULL"
+        }
+    }
+
+    /// The rows of the batch handed out before, up to `last_seq` (those still there).
+    fn reread_batch(&self, output: Output, last_seq: i64) -> Result<BatchRows, SpoolError> {
+        let mut rows = BatchRows::default();
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {BATCH_COLUMNS} FROM events WHERE seq <= ?1 AND seq > ?2{} ORDER BY seq",
+            self.not_done()
+        ))?;
+        for r in st.query_map(
+            params![last_seq, self.cursor(output), output.as_str()],
+            BatchRow::read,
+        )? {
+            rows.take(r?);
+        }
+        Ok(rows)
+    }
+
+    /// A new batch for `output`: its rows are read in the same pass that bounds it by
+    /// count and bytes, then its end is recorded under a fresh id. When the tail in
+    /// memory holds every row waiting, they are taken from it instead. `None`: nothing
+    /// waits.
+    fn claim_batch(
+        &mut self,
+        output: Output,
+        max_events: u32,
+        max_bytes: u64,
+    ) -> Result<Option<(String, BatchRows)>, SpoolError> {
+        let mut rows = BatchRows::default();
+        let mut last = None;
+        if let Some((events, seqs)) = self.tail_batch(max_events, max_bytes)? {
+            last = seqs.last().copied();
+            rows.events = events;
+            rows.seqs = seqs;
+        } else {
+            let mut st = self.conn.prepare_cached(&format!(
+                "SELECT {BATCH_COLUMNS} FROM events WHERE seq > ?2{} ORDER BY seq LIMIT ?1",
+                self.not_done()
+            ))?;
+            let mut found = st.query(params![
+                max_events as i64,
+                self.cursor(output),
+                output.as_str()
+            ])?;
+            let mut sum = 0u64;
+            while let Some(r) = found.next()? {
+                let r = BatchRow::read(r)?;
+                sum += r.bytes.max(0) as u64;
+                if last.is_some() && sum > max_bytes {
+                    break;
+                }
+                last = Some(r.seq);
+                rows.take(r);
+            }
+        }
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        self.conn
+            .prepare_cached("INSERT INTO batches (batch_id, last_seq, output) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, last, output.as_str()])?;
+        Ok(Some((id, rows)))
     }
 
     /// The oldest waiting events, taken from the tail in memory when it holds every row
@@ -998,6 +941,181 @@ impl Spool {
             ..Default::default()
         })
     }
+}
+
+/// The columns a batch reads of `events`.
+const BATCH_COLUMNS: &str = "seq, id, kind, collected_at, data, bytes";
+
+/// One row of [`BATCH_COLUMNS`].
+struct BatchRow {
+    seq: i64,
+    id: String,
+    kind: String,
+    at: String,
+    data: String,
+    bytes: i64,
+}
+
+impl BatchRow {
+    fn read(r: &rusqlite::Row) -> rusqlite::Result<BatchRow> {
+        Ok(BatchRow {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            kind: r.get(2)?,
+            at: r.get(3)?,
+            data: r.get(4)?,
+            bytes: r.get(5)?,
+        })
+    }
+}
+
+/// A batch's rows as read: its events with their rows, and the rows that could not be
+/// read back as events.
+#[derive(Default)]
+struct BatchRows {
+    events: Vec<Event>,
+    seqs: Vec<i64>,
+    unreadable: Vec<i64>,
+}
+
+impl BatchRows {
+    fn take(&mut self, r: BatchRow) {
+        match decode(r.id, &r.kind, &r.at, r.data) {
+            Ok(e) => {
+                self.events.push(e);
+                self.seqs.push(r.seq);
+            }
+            Err(_) => self.unreadable.push(r.seq),
+        }
+    }
+}
+
+/// What an eviction took out, gathered row by row.
+struct Evicting {
+    ev: Eviction,
+    /// Per output: events it had not taken.
+    undelivered: std::collections::BTreeMap<String, u64>,
+    /// The rows' range.
+    first_seq: Option<i64>,
+    last_seq: i64,
+}
+
+impl Evicting {
+    fn new(disk_bytes_before: u64, outputs: &[Output]) -> Evicting {
+        Evicting {
+            ev: Eviction {
+                disk_bytes_before,
+                ..Default::default()
+            },
+            undelivered: outputs
+                .iter()
+                .map(|o| (o.as_str().to_string(), 0))
+                .collect(),
+            first_seq: None,
+            last_seq: 0,
+        }
+    }
+
+    /// Counts one evicted row, of the outputs in `missing` not taken yet.
+    fn count(&mut self, seq: i64, kind: String, at: String, bytes: i64, missing: &[Output]) {
+        for o in missing {
+            *self.undelivered.entry(o.as_str().to_string()).or_default() += 1;
+        }
+        self.first_seq = Some(self.first_seq.map_or(seq, |f| f.min(seq)));
+        self.last_seq = self.last_seq.max(seq);
+        let ev = &mut self.ev;
+        ev.evicted += 1;
+        ev.bytes += bytes as u64;
+        *ev.by_kind.entry(kind).or_default() += 1;
+        if ev.oldest_collected_at.as_ref().is_none_or(|o| at < *o) {
+            ev.oldest_collected_at = Some(at.clone());
+        }
+        if ev.newest_collected_at.as_ref().is_none_or(|n| at > *n) {
+            ev.newest_collected_at = Some(at);
+        }
+    }
+
+    /// The loss report of what was taken out.
+    fn report(&self, max_bytes: u64, host: &str) -> Result<Event, SpoolError> {
+        let ev = &self.ev;
+        crate::catalogue::AgentEvent::EventsEvicted {
+            evicted: ev.evicted,
+            bytes: ev.bytes,
+            by_kind: ev.by_kind.clone(),
+            oldest_collected_at: ev.oldest_collected_at.clone(),
+            newest_collected_at: ev.newest_collected_at.clone(),
+            disk_bytes_before: ev.disk_bytes_before,
+            undelivered_by_output: self.undelivered.clone(),
+            reason: format!("spool over buffer.max_bytes = {max_bytes}"),
+            rows: (self.first_seq.unwrap_or_default(), self.last_seq),
+        }
+        .event(host, Utc::now())
+        .map_err(|e| SpoolError::Sqlite(format!("loss report: {e}")))
+    }
+}
+
+/// Deletes the oldest events but the agent's own, in chunks of a tenth of what is left
+/// (100 at least), until the database uses at most `target` bytes or nothing else is
+/// left; counts each in `gone`.
+fn evict_oldest(
+    tx: &rusqlite::Transaction,
+    target: u64,
+    depth: u64,
+    taken: &outputs::Taken,
+    gone: &mut Evicting,
+) -> Result<(), SpoolError> {
+    loop {
+        let used: i64 = tx.query_row(
+            "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )?;
+        if used as u64 <= target {
+            return Ok(());
+        }
+        let chunk = (depth.saturating_sub(gone.ev.evicted) / 10).max(100) as i64;
+        let mut st = tx.prepare_cached(
+            // The agent's own events (loss reports, restarts) are small and say what
+            // happened to the rest: they are not evicted.
+            "DELETE FROM events WHERE seq IN
+               (SELECT seq FROM events WHERE kind != 'agent' ORDER BY seq LIMIT ?1)
+             RETURNING seq, kind, collected_at, bytes",
+        )?;
+        let rows = st
+            .query_map(params![chunk], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (seq, kind, at, bytes) in rows {
+            let missing: Vec<Output> = taken.missing(seq).collect();
+            gone.count(seq, kind, at, bytes, &missing);
+        }
+    }
+}
+
+/// Appends one event (the spool's own loss report) in `tx`.
+fn insert_event(tx: &rusqlite::Transaction, e: &Event) -> Result<(), SpoolError> {
+    let text = e.data.get();
+    tx.execute(
+        "INSERT INTO events (id, kind, collected_at, data, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            e.id,
+            e.kind.as_str(),
+            e.collected_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            text,
+            text.len() as i64
+        ],
+    )?;
+    Ok(())
 }
 
 /// Reads a checkpoint from the spool in `dir` without disturbing the agent that owns it

@@ -196,68 +196,9 @@ impl StderrParser {
                 cur = Some(Field::Message);
                 continue;
             };
-            let field = Field::of(label);
-            if is_secondary(label) {
-                // An extra line whose message is not here (another backend's line came
-                // between, or it was cut off at a rotation): kept on its own.
-                *field.get(rec) = t;
-            } else {
-                rec.severity = Some(label.to_string());
-                // log_error_verbosity = verbose: "ERROR:  42P01: relation …".
-                match sqlstate_inline(&t) {
-                    Some(code) => {
-                        rec.sqlstate = Some(code.to_string());
-                        rec.message = t[7..].to_string();
-                    }
-                    None => rec.message = t,
-                }
-            }
-            // Join the following DETAIL/STATEMENT lines of the same backend.
-            let mut field = field;
-            while let Some(n) = memchr(b'\n', &buf[pos..]) {
-                let l = &buf[pos..pos + n];
-                let l = l.strip_suffix(b"\r").unwrap_or(l);
-                if l.first() == Some(&b'\t') {
-                    let cut = append_line(field.get(rec), &l[1..]);
-                    rec.truncated |= cut;
-                } else {
-                    let other = &mut *self.spare;
-                    *other = Record::default();
-                    match self.prefix.parse(l, &mut self.reader, other) {
-                        Some(Body {
-                            label: Some(label),
-                            text: b_text,
-                            ..
-                        }) if is_secondary(label) && other.pid == rec.pid => {
-                            field = Field::of(label);
-                            let (t, cut) = text(b_text);
-                            rec.truncated |= cut;
-                            let slot = field.get(rec);
-                            if slot.is_empty() {
-                                *slot = t;
-                            } else {
-                                slot.push('\n');
-                                slot.push_str(&t);
-                            }
-                        }
-                        // No prefix at all: a continuation line whose leading tab a relay
-                        // dropped (syslog, a cloud log API). Joined, flagged as a reading
-                        // that is likely, not certain — unless it is the start of a
-                        // line a newline in a name cut, which is read as such.
-                        None if !self.prefix.broken_start(l, &mut self.reader) => {
-                            let cut = append_line(field.get(rec), l);
-                            rec.truncated |= cut;
-                            rec.continued_without_tab = true;
-                        }
-                        b => {
-                            peeked = Some((pos, b.map(|b| (b.label, b.text))));
-                            break;
-                        }
-                    }
-                }
-                pos += n + 1;
-                rec.end = base + pos as u64;
-            }
+            let field = head(rec, label, t);
+            let (at, field, next) = self.join_following(buf, pos, base, rec, field);
+            (pos, peeked) = (at, next);
             cur = Some(field);
         }
         if cur.is_some() {
@@ -273,6 +214,66 @@ impl StderrParser {
             }
         }
         consumed
+    }
+
+    /// Joins the lines after a message's first one that belong to it, from `pos`: tab
+    /// continuations, and the DETAIL/HINT/STATEMENT/… lines of the same backend. Returns
+    /// where it stopped, the field the last line went to, and the line after the
+    /// message when it was parsed on the way (its record is `self.spare`; reused, not
+    /// parsed twice).
+    #[inline]
+    fn join_following<'b>(
+        &mut self,
+        buf: &'b [u8],
+        mut pos: usize,
+        base: u64,
+        rec: &mut Record,
+        mut field: Field,
+    ) -> (usize, Field, Option<Peeked<'b>>) {
+        while let Some(n) = memchr(b'\n', &buf[pos..]) {
+            let l = &buf[pos..pos + n];
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            if l.first() == Some(&b'\t') {
+                let cut = append_line(field.get(rec), &l[1..]);
+                rec.truncated |= cut;
+            } else {
+                let other = &mut *self.spare;
+                *other = Record::default();
+                match self.prefix.parse(l, &mut self.reader, other) {
+                    Some(Body {
+                        label: Some(label),
+                        text: b_text,
+                        ..
+                    }) if is_secondary(label) && other.pid == rec.pid => {
+                        field = Field::of(label);
+                        let (t, cut) = text(b_text);
+                        rec.truncated |= cut;
+                        let slot = field.get(rec);
+                        if slot.is_empty() {
+                            *slot = t;
+                        } else {
+                            slot.push('\n');
+                            slot.push_str(&t);
+                        }
+                    }
+                    // No prefix at all: a continuation line whose leading tab a relay
+                    // dropped (syslog, a cloud log API). Joined, flagged as a reading
+                    // that is likely, not certain — unless it is the start of a
+                    // line a newline in a name cut, which is read as such.
+                    None if !self.prefix.broken_start(l, &mut self.reader) => {
+                        let cut = append_line(field.get(rec), l);
+                        rec.truncated |= cut;
+                        rec.continued_without_tab = true;
+                    }
+                    b => {
+                        return (pos, field, Some((pos, b.map(|b| (b.label, b.text)))));
+                    }
+                }
+            }
+            pos += n + 1;
+            rec.end = base + pos as u64;
+        }
+        (pos, field, None)
     }
 }
 
@@ -305,6 +306,28 @@ impl StderrParser {
 
 /// Lines a name may span: user and database names are at most 63 bytes each.
 const MAX_REJOIN: usize = 4;
+
+/// A message's first line into `rec`: its severity, SQLSTATE (`log_error_verbosity =
+/// verbose`) and text; or an extra line on its own, whose message is not here (another
+/// backend's line came between, or it was cut off at a rotation). The field it went to.
+#[inline]
+fn head(rec: &mut Record, label: &str, t: String) -> Field {
+    let field = Field::of(label);
+    if is_secondary(label) {
+        *field.get(rec) = t;
+    } else {
+        rec.severity = Some(label.to_string());
+        // "ERROR:  42P01: relation …".
+        match sqlstate_inline(&t) {
+            Some(code) => {
+                rec.sqlstate = Some(code.to_string());
+                rec.message = t[7..].to_string();
+            }
+            None => rec.message = t,
+        }
+    }
+    field
+}
 
 /// The SQLSTATE written inline by `log_error_verbosity = verbose`.
 fn sqlstate_inline(t: &str) -> Option<&str> {

@@ -122,7 +122,6 @@ pub fn plan(
     saved: &Saved,
     facts: &Facts,
 ) -> Result<Plan, Problem> {
-    let wanted = cfg.format;
     let prefix = [
         Some(cfg.prefix.clone()).filter(|p| !p.is_empty()),
         server.and_then(|s| s.prefix.clone()),
@@ -133,30 +132,75 @@ pub fn plan(
     .next()
     .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
     if !cfg.path.is_empty() {
-        let p = PathBuf::from(&cfg.path);
-        if facts.path_is_dir {
-            let format = wanted
-                .or(facts.newest_in_path)
-                .or_else(|| {
-                    saved
-                        .format
-                        .as_deref()
-                        .and_then(|f| Format::parse(f).ok().flatten())
-                })
-                .unwrap_or(Format::Stderr);
-            return Ok(Plan {
-                locator: Locator::Dir { dir: p, format },
-                format,
-                prefix,
-            });
-        }
-        let format = wanted.or(facts.sniffed).unwrap_or(Format::Stderr);
-        return Ok(Plan {
-            locator: Locator::File(p),
+        return Ok(configured_path(cfg, saved, facts, prefix));
+    }
+    let (data_dir, log_dir, dests) = server_log_dir(server, saved, facts)?;
+    let mut available: Vec<Format> = dests
+        .iter()
+        .filter_map(|d| Format::parse(d).ok().flatten())
+        .collect();
+    if data_dir.is_some() {
+        available.extend(facts.current.iter().copied());
+    }
+    let format = choose_format(cfg.format, &available, saved)?;
+    let locator = match data_dir {
+        Some(d) => Locator::Server {
+            data_dir: PathBuf::from(d),
+            log_dir,
+            format,
+        },
+        None => Locator::Dir {
+            dir: log_dir,
+            format,
+        },
+    };
+    Ok(Plan {
+        locator,
+        format,
+        prefix,
+    })
+}
+
+/// The format stored with the position, if any.
+fn saved_format(saved: &Saved) -> Option<Format> {
+    saved
+        .format
+        .as_deref()
+        .and_then(|f| Format::parse(f).ok().flatten())
+}
+
+/// `[logs] path` is set: that directory (its newest file's format unless one is
+/// configured) or that file (its format sniffed).
+fn configured_path(cfg: &LogsConfig, saved: &Saved, facts: &Facts, prefix: String) -> Plan {
+    let p = PathBuf::from(&cfg.path);
+    if facts.path_is_dir {
+        let format = cfg
+            .format
+            .or(facts.newest_in_path)
+            .or_else(|| saved_format(saved))
+            .unwrap_or(Format::Stderr);
+        return Plan {
+            locator: Locator::Dir { dir: p, format },
             format,
             prefix,
-        });
+        };
     }
+    let format = cfg.format.or(facts.sniffed).unwrap_or(Format::Stderr);
+    Plan {
+        locator: Locator::File(p),
+        format,
+        prefix,
+    }
+}
+
+/// Where the server writes its log, from its settings (or, when it could not be
+/// asked, from what was stored): the data directory if known, the log directory
+/// (absolute) and `log_destination`.
+fn server_log_dir(
+    server: Option<&ServerSettings>,
+    saved: &Saved,
+    facts: &Facts,
+) -> Result<(Option<String>, PathBuf, Vec<String>), Problem> {
     let (data_dir, log_dir, dests) = match server {
         Some(s) => {
             if !s.logging_collector {
@@ -201,55 +245,33 @@ pub fn plan(
             }
         }
     }
-    let mut available: Vec<Format> = dests
-        .iter()
-        .filter_map(|d| Format::parse(d).ok().flatten())
-        .collect();
-    if data_dir.is_some() {
-        available.extend(facts.current.iter().copied());
-    }
-    let format = match wanted {
-        Some(f) => {
-            if !available.is_empty() && !available.contains(&f) {
-                return Err(Problem::new(
-                    format!(
-                        "[logs] format is {} but the server's log_destination has no {}",
-                        f.as_str(),
-                        f.as_str()
-                    ),
-                    "add it to log_destination, or set [logs] format = \"auto\"",
-                ));
-            }
-            f
-        }
-        // Structured formats need no prefix and keep every field: prefer them.
-        None => [Format::Json, Format::Csv, Format::Stderr]
+    Ok((data_dir, log_dir, dests))
+}
+
+/// The format to read: the configured one if the server writes it, else the best the
+/// server writes (structured formats need no prefix and keep every field), else the
+/// stored one, else stderr.
+fn choose_format(
+    wanted: Option<Format>,
+    available: &[Format],
+    saved: &Saved,
+) -> Result<Format, Problem> {
+    match wanted {
+        Some(f) if !available.is_empty() && !available.contains(&f) => Err(Problem::new(
+            format!(
+                "[logs] format is {} but the server's log_destination has no {}",
+                f.as_str(),
+                f.as_str()
+            ),
+            "add it to log_destination, or set [logs] format = \"auto\"",
+        )),
+        Some(f) => Ok(f),
+        None => Ok([Format::Json, Format::Csv, Format::Stderr]
             .into_iter()
             .find(|f| available.contains(f))
-            .or_else(|| {
-                saved
-                    .format
-                    .as_deref()
-                    .and_then(|f| Format::parse(f).ok().flatten())
-            })
-            .unwrap_or(Format::Stderr),
-    };
-    let locator = match data_dir {
-        Some(d) => Locator::Server {
-            data_dir: PathBuf::from(d),
-            log_dir,
-            format,
-        },
-        None => Locator::Dir {
-            dir: log_dir,
-            format,
-        },
-    };
-    Ok(Plan {
-        locator,
-        format,
-        prefix,
-    })
+            .or_else(|| saved_format(saved))
+            .unwrap_or(Format::Stderr)),
+    }
 }
 
 /// When Debian's log directory has logs, say so.

@@ -289,14 +289,7 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
 
 /// `[collection]`.
 fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
-    let mut others = col.unknown.clone();
-    let health_keys: Vec<_> = EventKind::health()
-        .map(|(kind, h)| {
-            let on = raw::field::<bool>(others.remove(h.key));
-            let every = raw::field::<i64>(others.remove(&format!("{}_interval_s", h.key)));
-            (kind, h, on, every)
-        })
-        .collect();
+    let (others, health_keys) = health_fields(&col.unknown);
     c.unknown("collection", &others);
     let interval_s = c.int("collection.interval_s", &col.interval_s, 60, 1, 3600, "");
     let activity_interval_s = c.int(
@@ -329,17 +322,7 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
         3600,
         "",
     );
-    let health = health_keys
-        .iter()
-        .filter_map(|(kind, h, on, every)| {
-            let default_s = match h.default {
-                Every::Interval => interval_s,
-                Every::ActivityInterval => activity_interval_s,
-                Every::Seconds(s) => s,
-            };
-            health_source(c, h.key, on, every, default_s).map(|d| (*kind, d))
-        })
-        .collect();
+    let health = health_intervals(c, &health_keys, interval_s, activity_interval_s);
     CollectionConfig {
         interval: Duration::from_secs(interval_s as u64),
         activity_interval: Duration::from_secs(activity_interval_s as u64),
@@ -398,6 +381,49 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
             "",
         ) as u64),
     }
+}
+
+/// A health source's keys as written: its kind, its row, `<key>` and `<key>_interval_s`.
+type HealthFields = (
+    EventKind,
+    &'static crate::base::HealthKeys,
+    Field<bool>,
+    Field<i64>,
+);
+
+/// The health sources' keys of `[collection]` (named by the table of kinds) taken out
+/// of its other keys, which are then unknown.
+fn health_fields(unknown: &Unknown) -> (Unknown, Vec<HealthFields>) {
+    let mut others = unknown.clone();
+    let fields = EventKind::health()
+        .map(|(kind, h)| {
+            let on = raw::field::<bool>(others.remove(h.key));
+            let every = raw::field::<i64>(others.remove(&format!("{}_interval_s", h.key)));
+            (kind, h, on, every)
+        })
+        .collect();
+    (others, fields)
+}
+
+/// The health sources that are on, with their intervals (a default follows the
+/// interval the table names).
+fn health_intervals(
+    c: &mut Check,
+    fields: &[HealthFields],
+    interval_s: i64,
+    activity_interval_s: i64,
+) -> std::collections::BTreeMap<EventKind, Duration> {
+    fields
+        .iter()
+        .filter_map(|(kind, h, on, every)| {
+            let default_s = match h.default {
+                Every::Interval => interval_s,
+                Every::ActivityInterval => activity_interval_s,
+                Every::Seconds(s) => s,
+            };
+            health_source(c, h.key, on, every, default_s).map(|d| (*kind, d))
+        })
+        .collect()
 }
 
 /// A health source's `<name>` switch and `<name>_interval_s` (1 s to a day): its

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 use super::baseline::{self, key_bytes, value_bytes, Baseline};
-use super::delta::{diff, fingerprint, top_n, Delta};
+use super::delta::{diff, fingerprint, top_n, Delta, Key, Values};
 use super::events::{Names, Summary};
 use super::query::{Extension, Info, Rows};
 use crate::model::{Checkpoint, Problem, RowChanges, SourceState};
@@ -198,34 +198,7 @@ impl Tracker {
             None => vec![],
         };
         let replace = prev.is_none() || reset || !self.rows_hold_prev;
-        let mut set = BTreeMap::new();
-        let (entries, before) = match prev {
-            Some(mut p) if !plan.full => {
-                let mut entries = std::mem::take(&mut p.entries);
-                for (k, v) in rows.entries {
-                    if !replace && entries.get(&k) != Some(&v) {
-                        set.insert(key_bytes(&k), Some(value_bytes(&v)));
-                    }
-                    entries.insert(k, v);
-                }
-                (entries, Some(p))
-            }
-            Some(p) => {
-                let entries: HashMap<_, _> = rows.entries.into_iter().collect();
-                if !replace {
-                    for (k, v) in &entries {
-                        if p.entries.get(k) != Some(v) {
-                            set.insert(key_bytes(k), Some(value_bytes(v)));
-                        }
-                    }
-                    for k in p.entries.keys().filter(|k| !entries.contains_key(k)) {
-                        set.insert(key_bytes(k), None);
-                    }
-                }
-                (entries, Some(p))
-            }
-            None => (rows.entries.into_iter().collect(), None),
-        };
+        let (entries, before, set) = merge(prev, plan.full, rows.entries, replace);
         let cur = Baseline {
             identity: self.identity.clone(),
             taken_at: now,
@@ -262,40 +235,9 @@ impl Tracker {
             interval_s: since.map(|(_, s)| s),
             names_error: None,
         };
-        self.state = Some(if before.is_none() {
-            SourceState::Baseline(
-                "the first sample sets the baseline; deltas start with the next".into(),
-            )
-        } else if hidden > 0 {
-            SourceState::Degraded(Problem::new(
-                // The count is in the summary (`entries_hidden`): a state is logged when
-                // it changes, and a count would change it every cycle.
-                "entries of other roles are hidden: their queryid is shown only to roles with pg_read_all_stats",
-                "GRANT pg_read_all_stats TO the agent's role (pg_monitor includes it)",
-            ))
-        } else {
-            SourceState::Working(format!("available (pg_stat_statements {})", ext.version))
-        });
+        self.state = Some(state_of(before.is_none(), hidden, &ext.version));
         if self.persist && (replace || changed > 0 || !set.is_empty()) {
-            if replace {
-                set = cur
-                    .entries
-                    .iter()
-                    .map(|(k, v)| (key_bytes(k), Some(value_bytes(v))))
-                    .collect();
-            }
-            let value = baseline::encode_header(&cur);
-            // A journal after one not yet written merges with it (Checkpoint::after).
-            let c = Checkpoint {
-                name: baseline::CHECKPOINT.to_string(),
-                value,
-                rows: RowChanges { replace, set },
-            };
-            self.checkpoint = Some(match self.checkpoint.take() {
-                Some(older) => c.after(older),
-                None => c,
-            });
-            self.rows_hold_prev = true;
+            self.store(&cur, replace, set);
         }
         self.prev = Some(cur);
         Concluded {
@@ -303,6 +245,29 @@ impl Tracker {
             since,
             summary,
         }
+    }
+
+    /// The checkpoint that stores `cur` with the next events: its header, and its
+    /// entries as row changes (`set`), or all of them when `replace`. A journal after
+    /// one not yet written merges with it (`Checkpoint::after`).
+    fn store(&mut self, cur: &Baseline, replace: bool, mut set: RowSet) {
+        if replace {
+            set = cur
+                .entries
+                .iter()
+                .map(|(k, v)| (key_bytes(k), Some(value_bytes(v))))
+                .collect();
+        }
+        let c = Checkpoint {
+            name: baseline::CHECKPOINT.to_string(),
+            value: baseline::encode_header(cur),
+            rows: RowChanges { replace, set },
+        };
+        self.checkpoint = Some(match self.checkpoint.take() {
+            Some(older) => c.after(older),
+            None => c,
+        });
+        self.rows_hold_prev = true;
     }
 
     /// What must be read to name `deltas`.
@@ -365,6 +330,69 @@ impl Tracker {
                 self.names.text_bytes -= (old.len() + 64).min(self.names.text_bytes);
             }
         }
+    }
+}
+
+/// Row changes of a checkpoint: key → value, or `None` for a row removed.
+type RowSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The new sample's entries from the previous sample and the rows read: an incremental
+/// read (`full` false) updates the previous entries; a full read replaces them. With
+/// the previous sample: it too (for the deltas' interval), and — unless `replace` —
+/// the rows that changed since, for the checkpoint's journal.
+#[allow(clippy::type_complexity)]
+fn merge(
+    prev: Option<Baseline>,
+    full: bool,
+    rows: Vec<(Key, Values)>,
+    replace: bool,
+) -> (HashMap<Key, Values>, Option<Baseline>, RowSet) {
+    let mut set = BTreeMap::new();
+    match prev {
+        Some(mut p) if !full => {
+            let mut entries = std::mem::take(&mut p.entries);
+            for (k, v) in rows {
+                if !replace && entries.get(&k) != Some(&v) {
+                    set.insert(key_bytes(&k), Some(value_bytes(&v)));
+                }
+                entries.insert(k, v);
+            }
+            (entries, Some(p), set)
+        }
+        Some(p) => {
+            let entries: HashMap<_, _> = rows.into_iter().collect();
+            if !replace {
+                for (k, v) in &entries {
+                    if p.entries.get(k) != Some(v) {
+                        set.insert(key_bytes(k), Some(value_bytes(v)));
+                    }
+                }
+                for k in p.entries.keys().filter(|k| !entries.contains_key(k)) {
+                    set.insert(key_bytes(k), None);
+                }
+            }
+            (entries, Some(p), set)
+        }
+        None => (rows.into_iter().collect(), None, set),
+    }
+}
+
+/// The source's state after a cycle: the first sets the baseline; hidden entries of
+/// other roles degrade it.
+fn state_of(first: bool, hidden: usize, version: &str) -> SourceState {
+    if first {
+        SourceState::Baseline(
+            "the first sample sets the baseline; deltas start with the next".into(),
+        )
+    } else if hidden > 0 {
+        SourceState::Degraded(Problem::new(
+            // The count is in the summary (`entries_hidden`): a state is logged when it
+            // changes, and a count would change it every cycle.
+            "entries of other roles are hidden: their queryid is shown only to roles with pg_read_all_stats",
+            "GRANT pg_read_all_stats TO the agent's role (pg_monitor includes it)",
+        ))
+    } else {
+        SourceState::Working(format!("available (pg_stat_statements {version})"))
     }
 }
 

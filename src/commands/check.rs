@@ -5,11 +5,8 @@
 use std::time::Duration;
 
 use crate::cli::{Cli, EXIT_OK, EXIT_UNAVAILABLE};
-use crate::config::display_url;
 use crate::config::Config;
 use crate::db::{describe, pg_config};
-use crate::model::Batch;
-use crate::shipper::{Origin, Post, SendError};
 
 struct Report {
     failures: usize,
@@ -43,11 +40,13 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         if config.collection.logs {
             check_log(&mut r, &config).await;
         }
-        if !config.listener.url.is_empty() {
-            check_listener(&mut r, &config).await;
-        }
-        if config.otlp.url.is_some() {
-            check_otlp(&mut r, &config).await;
+        // Each output through its shipper's own request.
+        for output in config.outputs() {
+            let name = output.as_str();
+            match (crate::shipper::outputs::spec(output).check)(&config).await {
+                Ok(said) => r.ok(name, &said),
+                Err((problem, fix)) => r.fail(name, &problem, &fix),
+            }
         }
         r
     });
@@ -378,8 +377,7 @@ async fn check_database(r: &mut Report, config: &Config) {
         check_plans(r, &client, &preload, user).await;
     }
     let enabled = crate::sources::enabled(config);
-    if crate::sources::SOURCES
-        .iter()
+    if crate::sources::specs()
         .any(|s| s.reads_statistics && enabled.iter().any(|(k, _)| *k == s.kind))
     {
         check_health(r, &client, config).await;
@@ -817,79 +815,6 @@ async fn check_statements(
             )
         }
     }
-}
-
-async fn check_listener(r: &mut Report, config: &Config) {
-    let l = &config.listener;
-    // An empty batch exercises the URL, TLS and the token without sending any data.
-    let (batch, origin) = empty_batch(config);
-    let url = display_url(&l.url);
-    // The shipper's own request: same headers, same body encoding, redirects refused.
-    match Post::new(l, origin).send(&batch).await {
-        Ok(a) => match a.status {
-            s @ 200..=299 => r.ok("listener", &format!("{url} accepted the token (HTTP {s})")),
-            s @ (401 | 403) => r.fail(
-                "listener",
-                &format!("{url} rejected the token (HTTP {s})"),
-                "set listener.token or listener.token_file to the project's ingest token",
-            ),
-            300..=399 => r.fail(
-                "listener",
-                &format!(
-                    "{url} answered {}: the agent never follows a redirect on the ingest path, so nothing would be delivered",
-                    a.describe()
-                ),
-                "set listener.url to the address the listener really takes (scheme, host and path)",
-            ),
-            _ => r.fail(
-                "listener",
-                &format!("{url} answered {}", a.describe()),
-                "check listener.url (the path too: /ingest/postgres) and the listener's own logs",
-            ),
-        },
-        Err(e) => r.fail(
-            "listener",
-            &format!("cannot reach {url}: {e}"),
-            "check listener.url and that the listener is running and reachable from this host",
-        ),
-    }
-}
-
-/// An empty export (no records: the receiver stores nothing) through the shipper's own
-/// request: endpoint, TLS and headers.
-async fn check_otlp(r: &mut Report, config: &Config) {
-    let (batch, origin) = empty_batch(config);
-    let url = display_url(config.otlp.url.as_deref().unwrap_or_default());
-    let post = crate::shipper::OtlpPost::new(&config.otlp, origin);
-    let who = crate::model::Output::Otlp.naming();
-    match crate::shipper::Transport::send(&post, &batch).await {
-        Ok(s) => r.ok("otlp", &format!("{url} accepted an empty export (HTTP {s})")),
-        Err(SendError::TokenRefused { status }) => r.fail(
-            "otlp",
-            &format!("{url} refused the credentials (HTTP {status})"),
-            "set otlp.headers (or otlp.headers_file) to what the collector expects, e.g. authorization",
-        ),
-        Err(e @ SendError::Retriable { status: None, .. }) => r.fail(
-            "otlp",
-            &format!("cannot reach {url}: {}", e.describe(who.who, who.url_key)),
-            "check otlp.endpoint and that the collector's OTLP/HTTP receiver (port 4318) is running and reachable from this host",
-        ),
-        Err(e) => r.fail(
-            "otlp",
-            &format!("{url}: {}", e.describe(who.who, who.url_key)),
-            "check otlp.endpoint (the base URL; /v1/logs is appended) and the collector's own logs",
-        ),
-    }
-}
-
-/// A batch of no events and who sends it: what `check` posts to an output.
-fn empty_batch(config: &Config) -> (Batch, Origin) {
-    let batch = Batch {
-        batch_id: uuid::Uuid::new_v4().to_string(),
-        events: vec![],
-        seqs: Vec::new(),
-    };
-    (batch, Origin::of(config, &Default::default()))
 }
 
 #[cfg(test)]

@@ -2,6 +2,13 @@
 //! code (SQL, row mapping) with no actor in it; [`crate::collector`] runs it on a schedule
 //! and `once` runs it a single time.
 
+/// A health source's interval: on and timed by its keys in the table of kinds.
+macro_rules! health_interval {
+    ($kind:expr) => {
+        |c: &$crate::config::CollectionConfig| c.health.get(&$kind).copied()
+    };
+}
+
 pub mod activity;
 pub mod health;
 pub mod locks;
@@ -173,7 +180,7 @@ pub async fn versioned_query(
 }
 
 /// One sampled source, as the agent knows it: everything that must agree about it is in
-/// its row of [`SOURCES`] (its name and health keys are its kind's row of
+/// its row of [`specs`] (its name and health keys are its kind's row of
 /// [`crate::base::KINDS`]).
 pub struct Spec {
     /// The kind of its events and the name of its child.
@@ -187,15 +194,8 @@ pub struct Spec {
     pub reads_statistics: bool,
 }
 
-/// A health source's interval: on and timed by its keys in the table of kinds.
-macro_rules! health_interval {
-    ($kind:expr) => {
-        |c: &CollectionConfig| c.health.get(&$kind).copied()
-    };
-}
-
-/// Every sampled source, in start order.
-pub const SOURCES: &[Spec] = &[
+/// The sources that are not health sources (those are [`health::SOURCES`]).
+const CORE: &[Spec] = &[
     Spec {
         kind: EventKind::PgActivity,
         interval: |c| c.activity.then_some(c.activity_interval),
@@ -226,59 +226,21 @@ pub const SOURCES: &[Spec] = &[
         make: |c, _| Box::new(system::SystemSource::new(c)),
         reads_statistics: false,
     },
-    Spec {
-        kind: EventKind::PgDatabases,
-        interval: health_interval!(EventKind::PgDatabases),
-        make: |c, _| Box::new(health::databases::DatabasesSource::new(c)),
-        reads_statistics: true,
-    },
-    Spec {
-        kind: EventKind::PgTables,
-        interval: health_interval!(EventKind::PgTables),
-        make: |c, _| Box::new(health::tables::TablesSource::new(c)),
-        reads_statistics: true,
-    },
-    Spec {
-        kind: EventKind::PgVacuumProgress,
-        interval: health_interval!(EventKind::PgVacuumProgress),
-        make: |c, _| Box::new(health::progress::ProgressSource::new(c)),
-        reads_statistics: false,
-    },
-    Spec {
-        kind: EventKind::PgXminHorizon,
-        interval: health_interval!(EventKind::PgXminHorizon),
-        make: |c, _| Box::new(health::horizon::HorizonSource::new(c)),
-        reads_statistics: true,
-    },
-    Spec {
-        kind: EventKind::PgReplication,
-        interval: health_interval!(EventKind::PgReplication),
-        make: |c, _| Box::new(health::replication::ReplicationSource::new(c)),
-        reads_statistics: false,
-    },
-    Spec {
-        kind: EventKind::PgServerStats,
-        interval: health_interval!(EventKind::PgServerStats),
-        make: |c, _| Box::new(health::server::ServerStatsSource::new(c)),
-        reads_statistics: true,
-    },
-    Spec {
-        kind: EventKind::PgSettings,
-        interval: health_interval!(EventKind::PgSettings),
-        make: |c, _| Box::new(health::settings::SettingsSource::new(c)),
-        reads_statistics: false,
-    },
 ];
+
+/// Every sampled source, in start order: the core ones, then the health sources.
+pub fn specs() -> impl Iterator<Item = &'static Spec> {
+    CORE.iter().chain(health::SOURCES)
+}
 
 /// The row of `kind`, if it is a sampled source.
 pub fn spec(kind: EventKind) -> Option<&'static Spec> {
-    SOURCES.iter().find(|s| s.kind == kind)
+    specs().find(|s| s.kind == kind)
 }
 
 /// The sources `[collection]` turns on, each with its interval, in start order.
 pub fn enabled(config: &Config) -> Vec<(EventKind, Duration)> {
-    SOURCES
-        .iter()
+    specs()
         .filter_map(|s| (s.interval)(&config.collection).map(|every| (s.kind, every)))
         .collect()
 }
@@ -312,7 +274,7 @@ mod tests {
             assert!(make(*k, &c, Mode::Once).is_some(), "{k:?}");
         }
         // Every kind but the log's and the agent's own is a sampled source, once.
-        let rows: Vec<EventKind> = SOURCES.iter().map(|s| s.kind).collect();
+        let rows: Vec<EventKind> = specs().map(|s| s.kind).collect();
         let sampled: Vec<EventKind> = EventKind::all()
             .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
             .collect();

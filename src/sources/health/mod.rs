@@ -21,8 +21,57 @@ pub mod tables;
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 
+use super::Spec;
 use crate::db::text::Lossy;
 use crate::db::DbError;
+use crate::model::EventKind;
+
+/// The database health sources, in start order: one row each (their keys in
+/// `[collection]` are their kinds' rows of [`crate::base::KINDS`]).
+pub const SOURCES: &[Spec] = &[
+    Spec {
+        kind: EventKind::PgDatabases,
+        interval: health_interval!(EventKind::PgDatabases),
+        make: |c, _| Box::new(databases::DatabasesSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgTables,
+        interval: health_interval!(EventKind::PgTables),
+        make: |c, _| Box::new(tables::TablesSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgVacuumProgress,
+        interval: health_interval!(EventKind::PgVacuumProgress),
+        make: |c, _| Box::new(progress::ProgressSource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgXminHorizon,
+        interval: health_interval!(EventKind::PgXminHorizon),
+        make: |c, _| Box::new(horizon::HorizonSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgReplication,
+        interval: health_interval!(EventKind::PgReplication),
+        make: |c, _| Box::new(replication::ReplicationSource::new(c)),
+        reads_statistics: false,
+    },
+    Spec {
+        kind: EventKind::PgServerStats,
+        interval: health_interval!(EventKind::PgServerStats),
+        make: |c, _| Box::new(server::ServerStatsSource::new(c)),
+        reads_statistics: true,
+    },
+    Spec {
+        kind: EventKind::PgSettings,
+        interval: health_interval!(EventKind::PgSettings),
+        make: |c, _| Box::new(settings::SettingsSource::new(c)),
+        reads_statistics: false,
+    },
+];
 
 /// One row as the server's JSON object, by column name.
 pub type Row = Map<String, Value>;

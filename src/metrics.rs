@@ -98,6 +98,22 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         unix_s(s.started_at),
     )?;
 
+    children(&p, s)?;
+    let events = sources(&p, s)?;
+    log_reader(&p, s, &events)?;
+    spool(&p, s)?;
+    shippers(&p, s)?;
+    process(&p)?;
+    let mut families = p.r.gather();
+    families.extend(cycle_histograms(s));
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families, &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// Each child: up, restarts.
+fn children(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
     let up = p.gauge_vec(
         "postgres_agent_child_up",
         "1 while the child (a source, the spool, the shipper) runs",
@@ -115,6 +131,12 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         restarts.with_label_values(&[name]).inc_by(c.restarts);
     }
 
+    Ok(())
+}
+
+/// Each source's cycles, errors, events and last success; the events family, which the
+/// log reader adds to.
+fn sources(p: &Page, s: &StatusSnapshot) -> prometheus::Result<IntCounterVec> {
     let cycles = p.counter_vec(
         "postgres_agent_source_cycles_total",
         "Collection cycles run",
@@ -169,6 +191,11 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
             .inc_by(d.dropped_events_total);
     }
 
+    Ok(events)
+}
+
+/// The log reader's figures.
+fn log_reader(p: &Page, s: &StatusSnapshot, events: &IntCounterVec) -> prometheus::Result<()> {
     if let Some(d) = s.log() {
         events
             .with_label_values(&[ChildId::LogReader.name()])
@@ -200,6 +227,11 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
     }
 
+    Ok(())
+}
+
+/// The spool's figures.
+fn spool(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
     if let Some(d) = s.spool() {
         p.gauge(
             "postgres_agent_spool_events",
@@ -264,6 +296,11 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
     }
 
+    Ok(())
+}
+
+/// Each output's delivery.
+fn shippers(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
     // One set of families for every output, labelled by it (`listener`, `otlp`).
     let shippers: Vec<(Output, &crate::model::ShipperStats)> = Output::ALL
         .into_iter()
@@ -351,6 +388,11 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         }
     }
 
+    Ok(())
+}
+
+/// The agent's own CPU and memory.
+fn process(p: &Page) -> prometheus::Result<()> {
     if let Some((cpu_s, rss)) = own_usage() {
         p.counter_f(
             "process_cpu_seconds_total",
@@ -364,12 +406,7 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
         )?;
     }
 
-    let mut families = p.r.gather();
-    families.extend(cycle_histograms(s));
-    families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&families, &mut out)?;
-    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    Ok(())
 }
 
 /// How long each source's cycles took: one histogram family, a series per collector,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::Batch;
 
 const L: Output = Output::Listener;
 

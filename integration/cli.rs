@@ -220,6 +220,63 @@ fn check_passes_and_then_names_each_failure_with_a_fix() {
 }
 
 #[test]
+fn check_tells_a_missing_role_a_missing_database_and_refused_credentials_apart() {
+    let pg = PgCluster::start("");
+    pg.sql("CREATE ROLE hba_blocked LOGIN; CREATE ROLE needs_pw LOGIN PASSWORD 'right-pw'");
+    pg.write_data_file(
+        "pg_hba.conf",
+        b"local all hba_blocked reject\nlocal all needs_pw scram-sha-256\nlocal all all trust\n",
+    );
+    pg.sql("SELECT pg_reload_conf()");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let path = dir.path().join("agent.toml");
+    let good = config(dir.path(), &pg, &listener.url(), 1);
+    let wrong_pw = dir.path().join("pw");
+    std::fs::write(&wrong_pw, "wrong-pw").expect("write");
+    let credentials = "fix: check database.user and database.password_file, and that pg_hba.conf allows this role from this host";
+    let cases = [
+        (
+            good.replace("user = \"postgres\"", "user = \"nobody_here\""),
+            "fix: create the role, as a superuser: CREATE ROLE nobody_here LOGIN; GRANT pg_monitor TO nobody_here;",
+        ),
+        (
+            good.replace("dbname = \"postgres\"", "dbname = \"no_such_db\""),
+            "fix: set database.dbname to an existing database (postgres is fine)",
+        ),
+        // pg_hba.conf refuses the role (28000, like a missing role).
+        (
+            good.replace("user = \"postgres\"", "user = \"hba_blocked\""),
+            credentials,
+        ),
+        // The server asks for a password and none is configured (the client's error).
+        (
+            good.replace("user = \"postgres\"", "user = \"needs_pw\""),
+            credentials,
+        ),
+        // A wrong password (28P01).
+        (
+            good.replace(
+                "user = \"postgres\"",
+                &format!(
+                    "user = \"needs_pw\"\npassword_file = \"{}\"",
+                    wrong_pw.display()
+                ),
+            ),
+            credentials,
+        ),
+    ];
+    for (text, fix) in cases {
+        std::fs::write(&path, &text).expect("write");
+        let (code, out, _) = run(&["check"], &path);
+        assert_eq!(code, 69, "{out}");
+        assert!(out.contains("FAIL  database  cannot connect"), "{out}");
+        assert!(out.contains(fix), "{fix} in:\n{out}");
+        assert!(!out.contains("wrong-pw"), "password printed: {out}");
+    }
+}
+
+#[test]
 fn check_says_how_to_make_pg_stat_statements_readable() {
     let mut pg = PgCluster::start("");
     let listener = Listener::start(TOKEN);

@@ -101,7 +101,14 @@ impl Evicting {
     }
 
     /// Counts one evicted row, of the outputs in `missing` not taken yet.
-    fn count(&mut self, seq: i64, kind: String, at: String, bytes: i64, missing: &[Output]) {
+    fn count(
+        &mut self,
+        seq: i64,
+        kind: String,
+        at: String,
+        bytes: i64,
+        missing: impl Iterator<Item = Output>,
+    ) {
         for o in missing {
             *self.undelivered.entry(o.as_str().to_string()).or_default() += 1;
         }
@@ -179,8 +186,7 @@ fn evict_oldest(
             return Ok(());
         }
         for (seq, kind, at, bytes) in rows {
-            let missing: Vec<Output> = taken.missing(seq).collect();
-            gone.count(seq, kind, at, bytes, &missing);
+            gone.count(seq, kind, at, bytes, taken.missing(seq));
         }
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod connection_cap;
 mod delivery;
 mod delivery_policy;
+mod exporter;
 mod health;
 mod locks;
 mod log_language;

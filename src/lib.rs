@@ -27,6 +27,7 @@
 pub mod access;
 pub mod backoff;
 pub mod base;
+pub mod board;
 pub mod catalogue;
 pub mod cli;
 pub mod collector;

@@ -12,13 +12,16 @@
 //! closed socket, never a stall of the agent.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use slog::{info, Logger};
 
+use crate::board::Board;
 use crate::model::BreakerPhase;
+use crate::model::EventKind;
 use crate::model::{ChildDetail, ChildId, ChildState, Output, CYCLE_BUCKETS};
 use crate::status::StatusSnapshot;
 
@@ -474,6 +477,148 @@ fn own_usage() -> Option<(f64, u64)> {
     Some(((utime + stime) as f64 / tck, pages * page))
 }
 
+/// postgres_exporter's collectors and the source each one's figures come from here.
+const COLLECTORS: &[(&str, EventKind)] = &[
+    ("bgwriter", EventKind::PgServerStats),
+    ("database", EventKind::PgDatabases),
+    ("locks", EventKind::PgLocks),
+    ("replication", EventKind::PgReplication),
+    ("stat_database", EventKind::PgDatabases),
+    ("stat_user_tables", EventKind::PgTables),
+    ("statio_user_tables", EventKind::PgTables),
+];
+
+/// Scrapes served, and how long the last one took to render.
+#[derive(Default)]
+struct Scrapes {
+    total: std::sync::atomic::AtomicU64,
+    last_render_us: std::sync::atomic::AtomicU64,
+}
+
+/// postgres_exporter's own families: scrapes, the last one's duration, whether the
+/// sources behind the page failed their last cycle, per collector.
+fn exporter_families(s: &StatusSnapshot, scrapes: &Scrapes, out: &mut String) {
+    use database::{Type, Writer};
+    use std::sync::atomic::Ordering;
+    let mut w = Writer::new(out);
+    let state = |kind: EventKind| {
+        let id = ChildId::Collector(kind);
+        s.children.get(&id).map(|c| {
+            let took = match &c.detail {
+                Some(ChildDetail::Collector(d)) => d.cycle_seconds.last_s,
+                _ => 0.0,
+            };
+            (c.last_error.is_none() && c.last_success.is_some(), took)
+        })
+    };
+    w.family(
+        "pg_exporter_scrapes_total",
+        "Total number of times PostgreSQL was scraped for metrics.",
+        Type::Counter,
+    );
+    w.sample(
+        "pg_exporter_scrapes_total",
+        &[],
+        scrapes.total.load(Ordering::Relaxed) as f64,
+    );
+    w.family(
+        "pg_exporter_last_scrape_duration_seconds",
+        "Duration of the last scrape of metrics from PostgreSQL (here: rendering the latest readings).",
+        Type::Gauge,
+    );
+    w.sample(
+        "pg_exporter_last_scrape_duration_seconds",
+        &[],
+        scrapes.last_render_us.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+    let known: Vec<(&str, bool, f64)> = COLLECTORS
+        .iter()
+        .filter_map(|(name, kind)| state(*kind).map(|(ok, took)| (*name, ok, took)))
+        .collect();
+    w.family(
+        "pg_exporter_last_scrape_error",
+        "Whether the last scrape of metrics from PostgreSQL resulted in an error (1 for error, 0 for success).",
+        Type::Gauge,
+    );
+    w.sample(
+        "pg_exporter_last_scrape_error",
+        &[],
+        flag(known.iter().any(|(_, ok, _)| !ok)),
+    );
+    w.family(
+        "pg_scrape_collector_success",
+        "postgres_exporter: Whether a collector succeeded (here: its source's last cycle).",
+        Type::Gauge,
+    );
+    for (name, ok, _) in &known {
+        w.sample(
+            "pg_scrape_collector_success",
+            &[("collector", name)],
+            flag(*ok),
+        );
+    }
+    w.family(
+        "pg_scrape_collector_duration_seconds",
+        "postgres_exporter: Duration of a collector scrape (here: its source's last cycle).",
+        Type::Gauge,
+    );
+    for (name, _, took) in &known {
+        w.sample(
+            "pg_scrape_collector_duration_seconds",
+            &[("collector", name)],
+            *took,
+        );
+    }
+}
+
+/// The whole page: the agent's families, then the database's (when on), the tables'
+/// a chunk at a time.
+fn page(
+    s: &StatusSnapshot,
+    board: &Board,
+    scrapes: &Scrapes,
+) -> prometheus::Result<(String, Option<database::TablePages>)> {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let mut text = render(s)?;
+    if !board.wanted() {
+        return Ok((text, None));
+    }
+    scrapes.total.fetch_add(1, Ordering::Relaxed);
+    let parts = board.parts();
+    let label = board.label();
+    database::render_small(&parts, &label, std::time::SystemTime::now(), &mut text);
+    exporter_families(s, scrapes, &mut text);
+    let tables = parts
+        .tables
+        .map(|t| database::TablePages::new(t.value, &label));
+    scrapes
+        .last_render_us
+        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    Ok((text, tables))
+}
+
+/// A page's chunks as the response body.
+struct Body {
+    first: Option<String>,
+    rest: Option<database::TablePages>,
+}
+
+impl futures_core::Stream for Body {
+    type Item = Result<actix_web::web::Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = match self.first.take() {
+            Some(t) => Some(t),
+            None => self.rest.as_mut().and_then(Iterator::next),
+        };
+        std::task::Poll::Ready(next.map(|t| Ok(actix_web::web::Bytes::from(t))))
+    }
+}
+
 /// The running endpoint; dropping it does not stop it, [`MetricsServer::stop`] does.
 pub struct MetricsServer {
     /// The address it listens on.
@@ -497,14 +642,19 @@ impl MetricsServer {
     pub fn start(
         addr: SocketAddr,
         snapshots: Recipient<GetSnapshot>,
+        board: Arc<Board>,
         log: &Logger,
     ) -> Result<MetricsServer, String> {
         let std_listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
         let bound = std_listener.local_addr().unwrap_or(addr);
+        let scrapes = actix_web::web::Data::new(Scrapes::default());
+        let board = actix_web::web::Data::from(board);
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(actix_web::web::Data::new(snapshots.clone()))
+                .app_data(board.clone())
+                .app_data(scrapes.clone())
                 .default_service(actix_web::web::to(answer))
         })
         .workers(1)
@@ -551,6 +701,8 @@ impl MetricsServer {
 async fn answer(
     req: actix_web::HttpRequest,
     snapshots: actix_web::web::Data<Recipient<GetSnapshot>>,
+    board: actix_web::web::Data<Board>,
+    scrapes: actix_web::web::Data<Scrapes>,
 ) -> actix_web::HttpResponse {
     use actix_web::http::StatusCode;
     let text = |code: StatusCode, body: &str| {
@@ -560,10 +712,16 @@ async fn answer(
     };
     match route_of(req.method().as_str(), req.path()) {
         Route::Metrics => match snapshots.send(GetSnapshot).await {
-            Ok(snap) => match render(&snap) {
-                Ok(body) => actix_web::HttpResponse::Ok()
+            Ok(snap) => match page(&snap, &board, &scrapes) {
+                Ok((first, None)) => actix_web::HttpResponse::Ok()
                     .content_type(prometheus::TEXT_FORMAT)
-                    .body(body),
+                    .body(first),
+                Ok((first, rest)) => actix_web::HttpResponse::Ok()
+                    .content_type(prometheus::TEXT_FORMAT)
+                    .streaming(Body {
+                        first: Some(first),
+                        rest,
+                    }),
                 Err(e) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("metrics: {e}\n"),
@@ -601,6 +759,8 @@ pub fn route_of(method: &str, path: &str) -> Route {
         _ => Route::NotFound,
     }
 }
+
+pub mod database;
 
 #[cfg(test)]
 mod tests;

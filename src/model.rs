@@ -537,6 +537,8 @@ pub struct CycleTimes {
     pub counts: [u64; CYCLE_BUCKETS.len() + 1],
     /// Seconds in all.
     pub sum_s: f64,
+    /// Seconds the last cycle took.
+    pub last_s: f64,
 }
 
 impl CycleTimes {
@@ -549,6 +551,7 @@ impl CycleTimes {
             .unwrap_or(CYCLE_BUCKETS.len());
         self.counts[i] += 1;
         self.sum_s += s;
+        self.last_s = s;
     }
 
     /// Cycles counted.

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod listener;
 pub mod otlp;
 pub mod pg;
+pub mod prometheus;
 
 use std::time::{Duration, Instant};
 

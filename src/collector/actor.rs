@@ -201,6 +201,7 @@ impl CollectorActor {
         self.stats.cycles_total += 1;
         crate::model::note_state(&self.log, &mut self.stats.source_state, self.source.state());
         self.stats.rows_skipped_total = self.source.rows_skipped();
+        self.tell_board(&res);
         match res {
             Ok(events) => {
                 debug!(self.log, "collect_cycle_done"; "events" => events.len());
@@ -218,6 +219,26 @@ impl CollectorActor {
         }
         hand_over(self, ctx);
         self.publish_backlog();
+    }
+}
+
+impl CollectorActor {
+    /// Whether the server answered, for the metrics page's `pg_up`: a database source's
+    /// cycle that succeeded says yes, one that could not connect says no; other
+    /// failures (a query refused, a timeout) say nothing of it.
+    fn tell_board<T>(&self, res: &Result<T, CycleError>) {
+        if self.source.kind() == crate::model::EventKind::System {
+            return;
+        }
+        let up = match res {
+            Ok(_) => true,
+            Err(CycleError::Db(crate::db::DbError::Unreachable(_))) => false,
+            Err(_) => return,
+        };
+        self.db
+            .server()
+            .board()
+            .post(|p| &mut p.up, std::sync::Arc::new(up));
     }
 }
 

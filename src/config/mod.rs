@@ -83,6 +83,16 @@ impl Default for OtlpConfig {
 pub struct MetricsConfig {
     /// Where `GET /metrics` is served; `None` (an empty `listen`) means off.
     pub listen: Option<std::net::SocketAddr>,
+    /// The database's metrics on the same page, under postgres_exporter's names.
+    pub database: bool,
+}
+
+impl MetricsConfig {
+    /// True when the sources keep their latest readings for the page: it is served and
+    /// asks for them.
+    pub fn database_readings(&self) -> bool {
+        self.listen.is_some() && self.database
+    }
 }
 
 /// `[agent]`: who we are and where we keep state.

@@ -304,6 +304,7 @@ pub struct RawBuffer {
 #[allow(missing_docs)]
 pub struct RawMetrics {
     pub listen: Field<String>,
+    pub database: Field<bool>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

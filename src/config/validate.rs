@@ -815,26 +815,34 @@ fn buffer(c: &mut Check, b: &RawBuffer) -> BufferConfig {
 /// `[metrics]`.
 fn metrics(c: &mut Check, m: &RawMetrics) -> MetricsConfig {
     c.unknown("metrics", &m.unknown);
+    let database = c.value("metrics.database", &m.database, true);
     let listen = c.value("metrics.listen", &m.listen, String::new());
     let listen = listen.trim();
-    if listen.is_empty() {
-        return MetricsConfig { listen: None };
-    }
+    let listen = if listen.is_empty() {
+        None
+    } else {
+        listen_address(c, listen)
+    };
+    MetricsConfig { listen, database }
+}
+
+/// `metrics.listen`, not empty.
+fn listen_address(c: &mut Check, listen: &str) -> Option<std::net::SocketAddr> {
     match listen.parse::<std::net::SocketAddr>() {
         Ok(a) if a.port() == 0 => {
             c.problem(
                 "metrics.listen",
                 "port 0 would pick a different port at every start: name one, e.g. 127.0.0.1:9188",
             );
-            MetricsConfig { listen: None }
+            None
         }
-        Ok(a) => MetricsConfig { listen: Some(a) },
+        Ok(a) => Some(a),
         Err(_) => {
             c.problem(
                 "metrics.listen",
                 "expected an IP address and port, e.g. 127.0.0.1:9188 or [::1]:9188 (empty: off)",
             );
-            MetricsConfig { listen: None }
+            None
         }
     }
 }

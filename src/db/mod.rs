@@ -248,6 +248,7 @@ pub struct Server {
 struct ServerInner {
     cap: Arc<cap::Cap>,
     facts: Arc<crate::model::ServerFacts>,
+    board: Arc<crate::board::Board>,
     drivers: tokio::runtime::Handle,
     /// Dropped with the last clone: the driving thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -273,6 +274,7 @@ impl Server {
             inner: Arc::new(ServerInner {
                 cap: cap::Cap::new(1),
                 facts: Arc::default(),
+                board: Arc::default(),
                 drivers,
                 _stop: stop,
             }),
@@ -287,6 +289,11 @@ impl Server {
     /// What was learnt of the server.
     pub fn facts(&self) -> &Arc<crate::model::ServerFacts> {
         &self.inner.facts
+    }
+
+    /// Its sources' latest readings, for the metrics page.
+    pub fn board(&self) -> &Arc<crate::board::Board> {
+        &self.inner.board
     }
 
     fn drivers(&self) -> &tokio::runtime::Handle {

@@ -122,6 +122,10 @@ impl Source for ActivitySource {
             let conn = db.get().await?;
             let params: [&(dyn ToSql + Sync); 2] = [&(max_len as i32), &(max_rows as i64)];
             let rows = super::versioned_query(&conn, &version, sql, &params).await?;
+            let board = db.server().board();
+            if board.wanted() {
+                super::counts::post_sessions(&conn, board).await?;
+            }
             let (events, bad) = to_events(&rows, &host, &reading)?;
             skipped.set(skipped.get() + bad);
             hidden.set(

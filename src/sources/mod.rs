@@ -10,6 +10,7 @@ macro_rules! health_interval {
 }
 
 pub mod activity;
+pub mod counts;
 pub mod health;
 pub mod locks;
 pub mod outbox;

@@ -109,10 +109,20 @@ impl Supervisor {
         }
     }
 
+    /// Turns the board of readings on while the metrics page shows the database's
+    /// metrics (before the sources start, so their first cycle posts).
+    fn configure_board(&self) {
+        let board = self.db.server().board();
+        let db = &self.config.database;
+        board.set_label(format!("{}:{}", db.host, db.port));
+        board.set_wanted(self.config.metrics.database_readings());
+    }
+
     /// Serves `[metrics] listen`: starts, moves or stops the endpoint to match the
     /// config. A port that cannot be bound is said once (and in status) and tried again
     /// every few seconds; the rest of the agent runs on without it.
     fn ensure_metrics(&mut self, ctx: &mut Context<Self>) {
+        self.configure_board();
         let want = self.config.metrics.listen;
         if let Some(m) = &self.metrics {
             if Some(m.addr) == want {
@@ -127,7 +137,13 @@ impl Supervisor {
             self.metrics_error = None;
             return;
         };
-        match crate::metrics::MetricsServer::start(addr, ctx.address().recipient(), &self.log) {
+        let board = self.db.server().board().clone();
+        match crate::metrics::MetricsServer::start(
+            addr,
+            ctx.address().recipient(),
+            board,
+            &self.log,
+        ) {
             Ok(m) => {
                 if self.metrics_error.take().is_some() {
                     info!(self.log, "metrics_recovered"; "addr" => %m.addr);
@@ -291,6 +307,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.configure_board();
         for id in child::desired(&self.config) {
             self.start_child(id, ctx);
         }
@@ -391,6 +408,7 @@ impl Handler<Reload> for Supervisor {
             );
         }
         self.config = new;
+        self.configure_board();
         for &id in &plan.stop {
             self.stop_child(id);
             if let Some(h) = self.restart_timers.remove(&id) {

@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 use super::counters::{Change, Readings};
 use super::{int_of, json_rows, str_of, take, Row};
+use crate::board::{self, Board};
 use crate::config::Config;
 use crate::db::Db;
 use crate::model::{Event, EventKind};
@@ -30,11 +32,12 @@ const NOT_COUNTERS: &[&str] = &["numbackends"];
 /// database (440 ms of server time for 5 databases of 3,500 tables each here).
 pub const SIZE_EVERY: Duration = Duration::from_secs(600);
 
-/// `$1`: measure the sizes this time. They are asked only where the role may:
+/// Ordered by name; the row of shared objects (`datid` 0, 12+) last, for the metrics
+/// page only. `$1`: measure the sizes this time. They are asked only where the role may:
 /// `pg_database_size` fails for a database without CONNECT unless the role has
 /// `pg_read_all_stats`, and for a database whose DROP was interrupted
 /// (`datconnlimit = -2`, 15+).
-const SQL: &str = "SELECT jsonb_build_object(
+const SQL: &str = "(SELECT jsonb_build_object(
     'datid', d.oid::bigint,
     'datname', d.datname,
     'allow_connections', d.datallowconn,
@@ -45,10 +48,17 @@ const SQL: &str = "SELECT jsonb_build_object(
     'mxid_age', mxid_age(d.datminmxid),
     'xid_freeze_max_age', current_setting('autovacuum_freeze_max_age')::bigint,
     'mxid_freeze_max_age', current_setting('autovacuum_multixact_freeze_max_age')::bigint,
+    'connection_limit', d.datconnlimit,
+    'conflicts', to_jsonb(c) - 'datid' - 'datname',
     'stats', to_jsonb(s) - 'datid' - 'datname')::text
 FROM pg_catalog.pg_database d
 LEFT JOIN pg_catalog.pg_stat_database s ON s.datid = d.oid
-ORDER BY d.datname";
+LEFT JOIN pg_catalog.pg_stat_database_conflicts c ON c.datid = d.oid
+ORDER BY d.datname)
+UNION ALL
+(SELECT jsonb_build_object('datid', 0, 'datname', '', 'shared', true,
+    'stats', to_jsonb(s) - 'datid' - 'datname')::text
+FROM pg_catalog.pg_stat_database s WHERE s.datid = 0)";
 
 /// `data` of a `pg_databases` event.
 #[derive(Debug, Serialize)]
@@ -138,6 +148,44 @@ pub fn to_row(mut r: Row, readings: &mut Readings<i64>, now: Instant) -> Option<
     })
 }
 
+/// Posts the statistics (and the sizes, when measured) for the metrics page.
+fn post(board: &Board, rows: &[Row], sized: bool) {
+    let num = |r: &Row, k: &str| r.get(k).and_then(Value::as_f64);
+    let stats: Vec<board::DatabaseStats> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(board::DatabaseStats {
+                datid: int_of(r, "datid")?,
+                datname: str_of(r, "datname")?.to_string(),
+                stats: match r.get("stats") {
+                    Some(Value::Object(m)) => m.clone(),
+                    _ => Row::new(),
+                },
+                conflicts: match r.get("conflicts") {
+                    Some(Value::Object(m)) => Some(m.clone()),
+                    _ => None,
+                },
+                xid_age: num(r, "xid_age"),
+                mxid_age: num(r, "mxid_age"),
+                connection_limit: num(r, "connection_limit"),
+            })
+        })
+        .collect();
+    board.post(|p| &mut p.databases, Arc::new(stats));
+    if sized {
+        let sizes = rows
+            .iter()
+            .filter_map(|r| {
+                Some(board::DatabaseSize {
+                    datname: str_of(r, "datname")?.to_string(),
+                    bytes: num(r, "size_bytes")?,
+                })
+            })
+            .collect();
+        board.post(|p| &mut p.sizes, Arc::new(sizes));
+    }
+}
+
 impl Source for DatabasesSource {
     fn kind(&self) -> EventKind {
         EventKind::PgDatabases
@@ -157,10 +205,17 @@ impl Source for DatabasesSource {
             drop(conn);
             let now = Instant::now();
             let at = Utc::now();
+            let board = db.server().board();
+            if board.wanted() {
+                post(board, &rows, size);
+            }
             let mut readings = readings.borrow_mut();
             let mut seen = HashSet::new();
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
+                if r.contains_key("shared") {
+                    continue;
+                }
                 let Some(row) = to_row(r, &mut readings, now) else {
                     continue;
                 };

@@ -118,6 +118,14 @@ impl Source for ReplicationSource {
                 sqlstate: None,
             })?;
             let data = to_replication(row);
+            let board = db.server().board();
+            if board.wanted() {
+                let shown = crate::board::Replication {
+                    standbys: data.standbys.clone(),
+                    slots: data.slots.clone(),
+                };
+                board.post(|p| &mut p.replication, std::sync::Arc::new(shown));
+            }
             let at = Utc::now();
             let id = format!("pg_replication:{host}:{}", at.timestamp_micros());
             Ok(vec![Event::new(id, EventKind::PgReplication, at, &data)

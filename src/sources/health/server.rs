@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -14,6 +15,7 @@ use serde_json::Value;
 
 use super::counters::{Change, Readings};
 use super::{json_rows, str_of, Row};
+use crate::board;
 use crate::config::Config;
 use crate::db::Db;
 use crate::model::{Event, EventKind};
@@ -21,6 +23,16 @@ use crate::sources::{server_version, CollectFuture, CycleError, Source};
 
 /// Columns that are not counters (`op_bytes`: the block size, 16 and 17).
 const NOT_COUNTERS: &[&str] = &["op_bytes"];
+
+/// What the metrics page says of the server beside its statistics.
+const FACTS: &str = "jsonb_build_object('version', version(),
+    'postmaster_start_time', extract(epoch FROM pg_postmaster_start_time())::float8,
+    'in_recovery', pg_is_in_recovery(),
+    'replay_lag_s', CASE WHEN pg_is_in_recovery()
+        THEN greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
+        ELSE 0 END,
+    'wal_lsn_bytes', pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
+        THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::float8)";
 
 /// The statistics query for `version` (`server_version_num`).
 pub fn sql(version: i32) -> String {
@@ -56,7 +68,7 @@ pub fn sql(version: i32) -> String {
     format!(
         "SELECT jsonb_build_object('bgwriter', {bgwriter}, 'checkpointer', {checkpointer},
             'wal', {wal}, 'archiver', (SELECT to_jsonb(a) FROM pg_catalog.pg_stat_archiver a),
-            'io', {io})::text"
+            'io', {io}, 'facts', {FACTS})::text"
     )
 }
 
@@ -181,6 +193,29 @@ pub fn to_stats(mut r: Row, readings: &mut Readings<String>, now: Instant) -> Se
     out
 }
 
+/// The query's row as the metrics page reads it.
+pub fn for_board(row: &Row, version_num: i32) -> board::ServerStats {
+    let obj = |k: &str| match row.get(k) {
+        Some(Value::Object(m)) => Some(m.clone()),
+        _ => None,
+    };
+    let facts = obj("facts").unwrap_or_default();
+    let num = |k: &str| facts.get(k).and_then(Value::as_f64);
+    board::ServerStats {
+        bgwriter: obj("bgwriter").unwrap_or_default(),
+        checkpointer: obj("checkpointer").unwrap_or_default(),
+        archiver: obj("archiver").unwrap_or_default(),
+        wal: obj("wal"),
+        version: str_of(&facts, "version").unwrap_or_default().to_string(),
+        version_num,
+        // Whole seconds, as postgres_exporter reads a time.
+        postmaster_start_time: num("postmaster_start_time").map(f64::floor),
+        in_recovery: facts.get("in_recovery").and_then(Value::as_bool) == Some(true),
+        replay_lag_s: num("replay_lag_s"),
+        wal_lsn_bytes: num("wal_lsn_bytes"),
+    }
+}
+
 impl Source for ServerStatsSource {
     fn kind(&self) -> EventKind {
         EventKind::PgServerStats
@@ -202,6 +237,10 @@ impl Source for ServerStatsSource {
             let Some(row) = rows.into_iter().next() else {
                 return Ok(Vec::new());
             };
+            let board = db.server().board();
+            if board.wanted() {
+                board.post(|p| &mut p.server, Arc::new(for_board(&row, v)));
+            }
             let at = Utc::now();
             let stats = to_stats(row, &mut readings.borrow_mut(), Instant::now());
             let id = format!("pg_server_stats:{host}:{}", at.timestamp_micros());

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{json_rows, mask_passwords, str_of, Row};
+use crate::board;
 use crate::config::Config;
 use crate::db::Db;
 use crate::model::{Event, EventKind};
@@ -26,6 +27,17 @@ const SQL: &str = "SELECT jsonb_build_object('name', name, 'setting', setting, '
 FROM pg_catalog.pg_settings
 WHERE source NOT IN ('default', 'client', 'session') OR pending_restart
 ORDER BY name";
+
+/// Every setting that is a number or a switch, default or not, for the metrics page
+/// (the only kinds postgres_exporter shows; none holds a password). What the agent's
+/// own session set (its timeouts, read-only transactions) is shown as another session
+/// sees it: the built-in default (a value from postgresql.conf for these is not told
+/// apart).
+const NUMERIC_SQL: &str = "SELECT name,
+    CASE WHEN source IN ('client', 'session') OR name = 'transaction_read_only'
+         THEN boot_val ELSE setting END,
+    coalesce(unit, ''), coalesce(short_desc, ''), vartype
+FROM pg_catalog.pg_settings WHERE vartype IN ('bool', 'integer', 'real') ORDER BY name";
 
 /// What changed in one setting.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,6 +164,26 @@ impl Source for SettingsSource {
         Box::pin(async move {
             let conn = db.get().await?;
             let (mut rows, _) = json_rows(&conn, SQL, &[]).await?;
+            let board = db.server().board();
+            if board.wanted() {
+                let all = conn
+                    .query(NUMERIC_SQL, &[])
+                    .await
+                    .map_err(crate::db::DbError::query)?;
+                let all: Vec<board::Setting> = all
+                    .iter()
+                    .filter_map(|r| {
+                        Some(board::Setting {
+                            name: r.try_get(0).ok()?,
+                            setting: r.try_get(1).ok()?,
+                            unit: r.try_get(2).ok()?,
+                            short_desc: r.try_get(3).ok()?,
+                            vartype: r.try_get(4).ok()?,
+                        })
+                    })
+                    .collect();
+                board.post(|p| &mut p.settings, std::sync::Arc::new(all));
+            }
             drop(conn);
             let seen = read(&mut rows);
             let mut last = last.borrow_mut();

@@ -17,6 +17,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 use super::counters::{Change, Readings};
 use super::{int_of, json_rows, object, objects, take, Row};
+use crate::board;
 use crate::config::Config;
 use crate::db::text::{raw_bytes, text};
 use crate::db::Db;
@@ -244,6 +246,8 @@ pub struct Memory {
     signatures: HashMap<(i64, i64), i32>,
     /// Each shipped table's indexes, to forget their readings with the table's.
     indexes_of: HashMap<(i64, i64), Vec<i64>>,
+    /// Every table read, as the metrics page shows it (kept while it asks).
+    board: Arc<board::Tables>,
 }
 
 impl Memory {
@@ -300,6 +304,7 @@ impl TablesSource {
                 indexes: Readings::new(&[]),
                 signatures: HashMap::new(),
                 indexes_of: HashMap::new(),
+                board: Arc::default(),
             })),
             state: Rc::new(RefCell::new(None)),
             outbox: RefCell::new(None),
@@ -411,6 +416,67 @@ fn to_table(
     })
 }
 
+/// What the metrics page lacks besides `changed`: every table read but not on the
+/// board (the page was turned on after the table last changed). Forgets the
+/// database's tables no longer read.
+fn board_wants(
+    sigs: &[Signature],
+    datid: i64,
+    mut changed: Vec<i64>,
+    memory: &mut Memory,
+) -> Vec<i64> {
+    let read: HashSet<i64> = sigs.iter().map(|s| s.relid).collect();
+    let board = Arc::make_mut(&mut memory.board);
+    board
+        .rows
+        .retain(|(d, r), _| *d != datid || read.contains(r));
+    let already: HashSet<i64> = changed.iter().copied().collect();
+    for s in sigs {
+        if !already.contains(&s.relid) && !board.rows.contains_key(&(datid, s.relid)) {
+            changed.push(s.relid);
+        }
+    }
+    changed
+}
+
+/// A table as the metrics page shows it.
+fn board_row(t: &Table, datname: &Arc<str>) -> board::TableRow {
+    let mut values = [f64::NAN; board::TABLE_COLUMNS.len()];
+    for (i, col) in board::TABLE_COLUMNS.iter().enumerate() {
+        values[i] = match *col {
+            "heap_bytes" => t.heap_bytes.as_f64(),
+            "toast_bytes" => t.toast_bytes.as_f64(),
+            "indexes_bytes" => Some(t.indexes_bytes as f64),
+            c if board::TABLE_TIMES.contains(&c) => {
+                Some(board::unix_seconds(t.stats.get(c)).map_or(0.0, f64::floor))
+            }
+            c => t.stats.get(c).and_then(Value::as_f64),
+        }
+        .unwrap_or(f64::NAN);
+    }
+    let s = |v: &Value| v.as_str().unwrap_or_default().into();
+    board::TableRow {
+        datname: datname.clone(),
+        schema: s(&t.schema),
+        relname: s(&t.relation),
+        values,
+    }
+}
+
+/// Posts the tables read for the metrics page (forgetting databases gone), or drops
+/// them when it no longer asks.
+fn post(db: &Db, memory: &mut Memory, databases: &HashSet<i64>) {
+    let board = db.server().board();
+    if !board.wanted() {
+        memory.board = Arc::default();
+        return;
+    }
+    Arc::make_mut(&mut memory.board)
+        .rows
+        .retain(|(d, _), _| databases.contains(d));
+    board.post(|p| &mut p.tables, memory.board.clone());
+}
+
 /// A database's summary from its signature rows and how many tables were shipped.
 pub fn summary(datname: &str, sigs: &[Signature], shipped: usize) -> DatabasePass {
     let total = sigs.first().map_or(0, |s| s.total);
@@ -482,13 +548,18 @@ async fn pass_database(
     out: &mut Sink<'_>,
 ) -> Result<DatabasePass, CycleError> {
     let conn = db.connect_to(Some(name)).await?;
+    let on_board = db.server().board().wanted();
+    let datname: Arc<str> = Arc::from(name);
     let rows = conn
         .query(&signatures_sql(), &[&max_relations])
         .await
         .map_err(crate::db::DbError::query)?;
     let sigs: Vec<Signature> = rows.iter().filter_map(|r| signature(r).ok()).collect();
     drop(rows);
-    let wanted = changed(&sigs, datid, &mut memory.borrow_mut());
+    let mut wanted = changed(&sigs, datid, &mut memory.borrow_mut());
+    if on_board {
+        wanted = board_wants(&sigs, datid, wanted, &mut memory.borrow_mut());
+    }
     let mut shipped = 0;
     for chunk in wanted.chunks(DETAILS_CHUNK) {
         let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&chunk]).await?;
@@ -497,6 +568,12 @@ async fn pass_database(
             let mut m = memory.borrow_mut();
             for r in rows {
                 if let Some(t) = to_table(r, name, datid, &mut m, now) {
+                    if on_board {
+                        let row = board_row(&t, &datname);
+                        Arc::make_mut(&mut m.board)
+                            .rows
+                            .insert((datid, t.relid), Arc::new(row));
+                    }
                     out.events
                         .push(event(format!("{id_prefix}:{}", t.relid), at, &t)?);
                     shipped += 1;
@@ -645,6 +722,7 @@ impl Source for TablesSource {
                 m.indexes.retain(|(d, _)| ids.contains(d));
                 m.signatures.retain(|(d, _), _| ids.contains(d));
             }
+            post(&db, &mut memory.borrow_mut(), &ids);
             *state.borrow_mut() =
                 pass_state(&failed, &no_connect, !left_out.is_empty(), &not_utf8, &user);
             let pass = Pass {
@@ -746,6 +824,7 @@ mod tests {
             indexes: Readings::new(&[]),
             signatures: HashMap::new(),
             indexes_of: HashMap::new(),
+            board: Arc::default(),
         }
     }
 

@@ -1,0 +1,385 @@
+//! The oracle for `[metrics] database`: the real postgres_exporter (Debian's
+//! `prometheus-postgres-exporter`) and the agent watch the same server under load, a
+//! real Prometheus scrapes both, and every series the exporter has must be in the
+//! agent's page with the same type and value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::harness::agent::{config, Agent};
+use crate::harness::pg::{psql_path, run, PgCluster};
+use crate::harness::prometheus::{encode, free_port, get, Prometheus};
+use crate::harness::{shared_tempdir, wait_for};
+
+const EXPORTER: &str = "/usr/bin/prometheus-postgres-exporter";
+
+/// The optional queries dashboards take from the exporter's example `queries.yaml`
+/// (tables, table I/O, postmaster start, replication lag), written for this test.
+const QUERIES: &str = r#"pg_replication:
+  query: "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 ELSE GREATEST(0, EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))) END AS lag"
+  master: true
+  metrics:
+    - lag:
+        usage: "GAUGE"
+        description: "Replication lag behind master in seconds"
+pg_postmaster:
+  query: "SELECT pg_postmaster_start_time AS start_time_seconds FROM pg_postmaster_start_time()"
+  master: true
+  metrics:
+    - start_time_seconds:
+        usage: "GAUGE"
+        description: "Time at which postmaster started"
+pg_stat_user_tables:
+  query: "SELECT current_database() datname, schemaname, relname, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch, n_tup_ins, n_tup_upd, n_tup_del, n_tup_hot_upd, n_live_tup, n_dead_tup, n_mod_since_analyze, COALESCE(last_vacuum, '1970-01-01Z') AS last_vacuum, COALESCE(last_autovacuum, '1970-01-01Z') AS last_autovacuum, COALESCE(last_analyze, '1970-01-01Z') AS last_analyze, COALESCE(last_autoanalyze, '1970-01-01Z') AS last_autoanalyze, vacuum_count, autovacuum_count, analyze_count, autoanalyze_count FROM pg_stat_user_tables"
+  metrics:
+    - datname: {usage: "LABEL", description: "Name of current database"}
+    - schemaname: {usage: "LABEL", description: "Name of the schema that this table is in"}
+    - relname: {usage: "LABEL", description: "Name of this table"}
+    - seq_scan: {usage: "COUNTER", description: "Number of sequential scans initiated on this table"}
+    - seq_tup_read: {usage: "COUNTER", description: "Number of live rows fetched by sequential scans"}
+    - idx_scan: {usage: "COUNTER", description: "Number of index scans initiated on this table"}
+    - idx_tup_fetch: {usage: "COUNTER", description: "Number of live rows fetched by index scans"}
+    - n_tup_ins: {usage: "COUNTER", description: "Number of rows inserted"}
+    - n_tup_upd: {usage: "COUNTER", description: "Number of rows updated"}
+    - n_tup_del: {usage: "COUNTER", description: "Number of rows deleted"}
+    - n_tup_hot_upd: {usage: "COUNTER", description: "Number of rows HOT updated"}
+    - n_live_tup: {usage: "GAUGE", description: "Estimated number of live rows"}
+    - n_dead_tup: {usage: "GAUGE", description: "Estimated number of dead rows"}
+    - n_mod_since_analyze: {usage: "GAUGE", description: "Estimated number of rows changed since last analyze"}
+    - last_vacuum: {usage: "GAUGE", description: "Last time at which this table was manually vacuumed"}
+    - last_autovacuum: {usage: "GAUGE", description: "Last time at which this table was vacuumed by autovacuum"}
+    - last_analyze: {usage: "GAUGE", description: "Last time at which this table was manually analyzed"}
+    - last_autoanalyze: {usage: "GAUGE", description: "Last time at which this table was analyzed by autovacuum"}
+    - vacuum_count: {usage: "COUNTER", description: "Number of times this table has been manually vacuumed"}
+    - autovacuum_count: {usage: "COUNTER", description: "Number of times this table has been vacuumed by autovacuum"}
+    - analyze_count: {usage: "COUNTER", description: "Number of times this table has been manually analyzed"}
+    - autoanalyze_count: {usage: "COUNTER", description: "Number of times this table has been analyzed by autovacuum"}
+pg_statio_user_tables:
+  query: "SELECT current_database() datname, schemaname, relname, heap_blks_read, heap_blks_hit, idx_blks_read, idx_blks_hit, toast_blks_read, toast_blks_hit, tidx_blks_read, tidx_blks_hit FROM pg_statio_user_tables"
+  metrics:
+    - datname: {usage: "LABEL", description: "Name of current database"}
+    - schemaname: {usage: "LABEL", description: "Name of the schema that this table is in"}
+    - relname: {usage: "LABEL", description: "Name of this table"}
+    - heap_blks_read: {usage: "COUNTER", description: "Number of disk blocks read from this table"}
+    - heap_blks_hit: {usage: "COUNTER", description: "Number of buffer hits in this table"}
+    - idx_blks_read: {usage: "COUNTER", description: "Number of disk blocks read from all indexes on this table"}
+    - idx_blks_hit: {usage: "COUNTER", description: "Number of buffer hits in all indexes on this table"}
+    - toast_blks_read: {usage: "COUNTER", description: "Number of disk blocks read from this table's TOAST table"}
+    - toast_blks_hit: {usage: "COUNTER", description: "Number of buffer hits in this table's TOAST table"}
+    - tidx_blks_read: {usage: "COUNTER", description: "Number of disk blocks read from this table's TOAST table indexes"}
+    - tidx_blks_hit: {usage: "COUNTER", description: "Number of buffer hits in this table's TOAST table indexes"}
+"#;
+
+/// The exporter's families about itself, not the database: the agent has its own.
+const EXPORTER_ONLY: &[&str] = &["pg_exporter_user_queries_load_error"];
+
+/// Load on the test's tables, run by pgbench.
+const LOAD: &str = "\\set id random(1, 1000)
+UPDATE accounts SET balance = balance + 1 WHERE id = :id;
+INSERT INTO audit(what) VALUES ('x');
+SELECT balance FROM accounts WHERE id = :id;
+SELECT count(*) FROM lonely;
+";
+
+/// The real exporter; killed on drop.
+struct Exporter {
+    child: Child,
+    port: u16,
+}
+
+impl Exporter {
+    fn start(dir: &Path, pg: &PgCluster) -> Exporter {
+        let queries = dir.join("queries.yaml");
+        std::fs::write(&queries, QUERIES).expect("queries.yaml");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("exporter.log")).expect("exporter.log");
+        let child = Command::new(EXPORTER)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--extend.query-path={}", queries.display()))
+            .env(
+                "DATA_SOURCE_NAME",
+                format!(
+                    "host={} port={} user=postgres dbname=postgres sslmode=disable",
+                    pg.socket_dir().display(),
+                    pg.port
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run prometheus-postgres-exporter");
+        Exporter { child, port }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A series: its name and labels (without Prometheus's `job` and `instance`).
+type Key = (String, BTreeMap<String, String>);
+
+fn series(prom: &Prometheus, job: &str) -> BTreeMap<Key, f64> {
+    let all = prom
+        .query(&format!("{{job=\"{job}\",__name__=~\"pg_.+\"}}"))
+        .unwrap_or_default();
+    all.into_iter()
+        .map(|(m, v)| {
+            let mut labels: BTreeMap<String, String> = m
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let name = labels.remove("__name__").unwrap_or_default();
+            labels.remove("job");
+            labels.remove("instance");
+            ((name, labels), v)
+        })
+        .collect()
+}
+
+/// Each family's type as Prometheus learnt it from `job`'s page.
+fn types(prom: &Prometheus, job: &str) -> BTreeMap<String, String> {
+    let data = prom
+        .api(&format!(
+            "/api/v1/targets/metadata?match_target={}",
+            encode(&format!("{{job=\"{job}\"}}"))
+        ))
+        .unwrap_or_default();
+    data.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    Some((
+                        m["metric"].as_str()?.to_string(),
+                        m["type"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How far the agent's value may be from the exporter's: 0 where the load's end
+/// fixed the value, else what the two readings' moments and the watchers' own
+/// queries can move it by.
+fn allowed(name: &str, exporter: f64) -> Option<f64> {
+    let moved_by_watching = [
+        "pg_stat_database_xact_commit",
+        "pg_stat_database_xact_rollback",
+        "pg_stat_database_blks_hit",
+        "pg_stat_database_blks_read",
+        "pg_stat_database_tup_returned",
+        "pg_stat_database_tup_fetched",
+        "pg_stat_database_session_time",
+        "pg_stat_database_active_time",
+        "pg_stat_database_idle_in_transaction_time",
+        "pg_stat_database_sessions",
+        "pg_stat_database_blk_read_time",
+        "pg_stat_database_blk_write_time",
+        "pg_stat_bgwriter_buffers_alloc_total",
+        "pg_stat_bgwriter_buffers_backend_total",
+        "pg_stat_bgwriter_buffers_clean_total",
+    ];
+    // The exporter's own figures; and a setting its driver (lib/pq) sets on its own
+    // session, where the agent shows the server's value.
+    if name.starts_with("pg_exporter_")
+        || name.starts_with("pg_scrape_collector_")
+        || name == "pg_settings_extra_float_digits"
+    {
+        return None;
+    }
+    Some(match name {
+        n if moved_by_watching.contains(&n) => exporter.abs() * 0.1 + 100_000.0,
+        "pg_stat_activity_count" | "pg_stat_database_numbackends" => 8.0,
+        "pg_locks_count" => 30.0,
+        "pg_stat_activity_max_tx_duration" => 10.0,
+        "pg_database_size_bytes" => 16.0 * 1024.0 * 1024.0,
+        "pg_replication_slots_pg_wal_lsn_diff" => 4.0 * 1024.0 * 1024.0,
+        _ => 0.0,
+    })
+}
+
+fn agent_ages(port: u16) -> Option<BTreeMap<String, f64>> {
+    let (status, text) = get(port, "/metrics")?;
+    (status == 200).then_some(())?;
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("postgres_agent_reading_age_seconds{reading=\"")?;
+                let (name, v) = rest.split_once("\"} ")?;
+                Some((name.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn pgbench() -> PathBuf {
+    psql_path().with_file_name("pgbench")
+}
+
+#[test]
+fn the_agent_serves_every_series_postgres_exporter_serves_with_its_type_and_value() {
+    if !Path::new(EXPORTER).exists() {
+        eprintln!(
+            "SKIPPED: {EXPORTER} is not installed (Debian package prometheus-postgres-exporter; .ci/run installs it)"
+        );
+        return;
+    }
+    let pg = PgCluster::start("autovacuum = off\n");
+    pg.sql(
+        "CREATE TABLE accounts(id int PRIMARY KEY, balance int NOT NULL, note text);
+         INSERT INTO accounts SELECT g, 0, repeat('n', g % 50) FROM generate_series(1, 1000) g;
+         CREATE TABLE audit(at timestamptz NOT NULL DEFAULT now(), what text);
+         CREATE TABLE lonely(x int);
+         SELECT pg_create_physical_replication_slot('oracle_slot', true);",
+    );
+    pg.sql("VACUUM ANALYZE accounts");
+    let dir = shared_tempdir("exporter");
+    let mport = free_port();
+    let toml = config(dir.path(), &pg, "http://127.0.0.1:9/ingest", 1)
+        .replace("databases = false\n", "databases = true\n")
+        .replace("tables = false\n", "tables = true\ntables_interval_s = 1\n")
+        .replace("replication = false\n", "replication = true\n")
+        .replace("server_stats = false\n", "server_stats = true\n")
+        .replace(
+            "settings = false\n",
+            "settings = true\nsettings_interval_s = 1\n",
+        )
+        .replace(
+            "locks = false\n",
+            "locks = true\nlocks_blocking_interval_s = 1\n",
+        )
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let exporter = Exporter::start(dir.path(), &pg);
+    let prom = Prometheus::start_jobs(dir.path(), &[("agent", mport), ("exporter", exporter.port)]);
+    prom.wait_value("up{job=\"exporter\"}", 1.0);
+    prom.wait_value("up{job=\"agent\"}", 1.0);
+
+    // Load while both watch, then quiet: pgbench's sessions end, their statistics are
+    // flushed, and what they did is fixed.
+    let script = dir.path().join("load.sql");
+    std::fs::write(&script, LOAD).expect("load.sql");
+    run(
+        Command::new(pgbench())
+            .args(["-n", "-T", "3", "-c", "2", "-f"])
+            .arg(&script)
+            .args(["-h", pg.socket_dir().to_str().expect("utf8")])
+            .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"]),
+        "pgbench",
+    );
+    let stopped = Instant::now();
+    let inserted: f64 = pg
+        .sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'audit'")
+        .parse()
+        .expect("n_tup_ins");
+    assert!(inserted > 0.0, "the load inserted nothing");
+
+    // Every reading of the agent's page taken after the load ended (the sizes are
+    // measured every 10 minutes: older), then a scrape of each after that.
+    let wanted = [
+        "up",
+        "databases",
+        "server_stats",
+        "settings",
+        "sessions",
+        "locks",
+        "tables",
+        "replication",
+    ];
+    wait_for(
+        "the agent's readings after the load",
+        Duration::from_secs(60),
+        || {
+            let ages = agent_ages(mport)?;
+            let since = stopped.elapsed().as_secs_f64();
+            wanted
+                .iter()
+                .all(|w| ages.get(*w).is_some_and(|a| *a < since))
+                .then_some(())
+        },
+    );
+    let fresh = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    for job in ["agent", "exporter"] {
+        wait_for(
+            &format!("a scrape of {job} after the readings"),
+            Duration::from_secs(60),
+            || {
+                (prom.value(&format!("timestamp(pg_up{{job=\"{job}\"}})"))? > fresh + 0.5)
+                    .then_some(())
+            },
+        );
+    }
+
+    let theirs = series(&prom, "exporter");
+    let ours = series(&prom, "agent");
+    let (their_types, our_types) = (types(&prom, "exporter"), types(&prom, "agent"));
+    assert!(
+        theirs.len() > 300,
+        "the exporter serves {} series",
+        theirs.len()
+    );
+
+    let mut missing = Vec::new();
+    let mut mistyped = BTreeSet::new();
+    let mut differ = Vec::new();
+    for ((name, labels), e) in &theirs {
+        if EXPORTER_ONLY.contains(&name.as_str()) {
+            continue;
+        }
+        let Some(a) = ours.get(&(name.clone(), labels.clone())) else {
+            missing.push(format!("{name}{labels:?}"));
+            continue;
+        };
+        if their_types.get(name) != our_types.get(name) {
+            mistyped.insert(format!(
+                "{name}: exporter {:?}, agent {:?}",
+                their_types.get(name),
+                our_types.get(name)
+            ));
+        }
+        let Some(tolerance) = allowed(name, *e) else {
+            continue;
+        };
+        let same = (e.is_nan() && a.is_nan()) || (e - a).abs() <= tolerance;
+        if !same {
+            differ.push(format!(
+                "{name}{labels:?}: exporter {e}, agent {a} (±{tolerance})"
+            ));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} series missing from the agent:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+    assert!(
+        mistyped.is_empty(),
+        "types differ:\n{}",
+        mistyped.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    assert!(differ.is_empty(), "values differ:\n{}", differ.join("\n"));
+
+    // The agent reads the load's tables exactly: the counts are the server's.
+    let ins = |job: &str| {
+        prom.value(&format!(
+            "pg_stat_user_tables_n_tup_ins{{job=\"{job}\",relname=\"audit\"}}"
+        ))
+    };
+    assert_eq!(ins("agent"), Some(inserted));
+    assert_eq!(ins("exporter"), Some(inserted));
+    drop(agent);
+}

@@ -1,0 +1,388 @@
+//! The board: each source's latest reading of one server, kept for the `/metrics` page
+//! (`[metrics] database`). A source posts what its cycle read; a scrape takes the board
+//! as it is (a clone of reference-counted readings, no copy of the rows) and renders it,
+//! so a scrape never queries the server and never waits for one. Every reading carries
+//! when it was taken, so the page can say how old it is.
+//!
+//! The board holds readings only while the page asks for them ([`Board::set_wanted`]);
+//! otherwise posting is a no-op and the sources skip the reads that only the page needs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+/// A row as the server has it (`to_jsonb(view)`), by column name.
+pub type Row = Map<String, Value>;
+
+/// A reading and when it was taken.
+#[derive(Debug)]
+pub struct Posted<T> {
+    /// When the source read it.
+    pub at: SystemTime,
+    /// The reading.
+    pub value: Arc<T>,
+}
+
+impl<T> Clone for Posted<T> {
+    fn clone(&self) -> Self {
+        Posted {
+            at: self.at,
+            value: self.value.clone(),
+        }
+    }
+}
+
+/// One database's statistics (`pg_databases`).
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseStats {
+    /// OID (0: the row of shared objects in `pg_stat_database`, 15+).
+    pub datid: i64,
+    /// Name (empty for the shared row).
+    pub datname: String,
+    /// `pg_stat_database` as the server has it.
+    pub stats: Row,
+    /// `pg_stat_database_conflicts` as the server has it (none for the shared row).
+    pub conflicts: Option<Row>,
+    /// `age(datfrozenxid)`, `mxid_age(datminmxid)`.
+    pub xid_age: Option<f64>,
+    /// `mxid_age(datminmxid)`.
+    pub mxid_age: Option<f64>,
+    /// `datconnlimit` (-1: none).
+    pub connection_limit: Option<f64>,
+}
+
+/// One database's size (`pg_database_size`), read less often than its statistics.
+#[derive(Debug, Clone)]
+pub struct DatabaseSize {
+    /// Name.
+    pub datname: String,
+    /// Bytes.
+    pub bytes: f64,
+}
+
+/// The server's background statistics and facts (`pg_server_stats`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerStats {
+    /// `pg_stat_bgwriter` as the server has it.
+    pub bgwriter: Row,
+    /// `pg_stat_checkpointer` under 17's names (taken out of `pg_stat_bgwriter` before).
+    pub checkpointer: Row,
+    /// `pg_stat_archiver`.
+    pub archiver: Row,
+    /// `pg_stat_wal` (14+).
+    pub wal: Option<Row>,
+    /// `version()`.
+    pub version: String,
+    /// `server_version_num`.
+    pub version_num: i32,
+    /// `pg_postmaster_start_time()`, Unix seconds.
+    pub postmaster_start_time: Option<f64>,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// Seconds since the last replayed transaction on a standby (0 on a primary).
+    pub replay_lag_s: Option<f64>,
+    /// WAL position in bytes (`pg_current_wal_lsn`, or the last replayed on a standby).
+    pub wal_lsn_bytes: Option<f64>,
+}
+
+/// One setting (`pg_settings` rows of type bool, integer or real).
+#[derive(Debug, Clone)]
+pub struct Setting {
+    /// `name`.
+    pub name: String,
+    /// `setting`, as text.
+    pub setting: String,
+    /// `unit` (empty: none).
+    pub unit: String,
+    /// `short_desc`.
+    pub short_desc: String,
+    /// `vartype`.
+    pub vartype: String,
+}
+
+/// Sessions of one database in one state (`pg_stat_activity`, every session counted).
+#[derive(Debug, Clone)]
+pub struct SessionCount {
+    /// Database.
+    pub datname: String,
+    /// `state`.
+    pub state: String,
+    /// Sessions.
+    pub count: f64,
+    /// Age of the oldest transaction among them, seconds (0: none).
+    pub max_tx_duration: f64,
+}
+
+/// Locks of one database in one mode (`pg_locks`, lower-case mode).
+#[derive(Debug, Clone)]
+pub struct LockCount {
+    /// Database.
+    pub datname: String,
+    /// Mode, lower case (`accesssharelock`).
+    pub mode: String,
+    /// Locks held or awaited.
+    pub count: f64,
+}
+
+/// Counts by database, with every database's name (a database with nothing to count
+/// still has its series, at 0).
+#[derive(Debug, Clone)]
+pub struct PerDatabase<T> {
+    /// Every database, by name.
+    pub databases: Vec<String>,
+    /// The counts.
+    pub counts: Vec<T>,
+}
+
+impl<T> Default for PerDatabase<T> {
+    fn default() -> Self {
+        PerDatabase {
+            databases: Vec::new(),
+            counts: Vec::new(),
+        }
+    }
+}
+
+/// The columns of a table reading, in [`TableRow::values`] order: `pg_stat_user_tables`
+/// and `pg_statio_user_tables` under the server's names, then sizes.
+pub const TABLE_COLUMNS: &[&str] = &[
+    "seq_scan",
+    "seq_tup_read",
+    "idx_scan",
+    "idx_tup_fetch",
+    "n_tup_ins",
+    "n_tup_upd",
+    "n_tup_del",
+    "n_tup_hot_upd",
+    "n_live_tup",
+    "n_dead_tup",
+    "n_mod_since_analyze",
+    "last_vacuum",
+    "last_autovacuum",
+    "last_analyze",
+    "last_autoanalyze",
+    "vacuum_count",
+    "autovacuum_count",
+    "analyze_count",
+    "autoanalyze_count",
+    "heap_blks_read",
+    "heap_blks_hit",
+    "idx_blks_read",
+    "idx_blks_hit",
+    "toast_blks_read",
+    "toast_blks_hit",
+    "tidx_blks_read",
+    "tidx_blks_hit",
+    "heap_bytes",
+    "toast_bytes",
+    "indexes_bytes",
+];
+
+/// Columns of [`TABLE_COLUMNS`] that are times (Unix seconds; 0 when never).
+pub const TABLE_TIMES: &[&str] = &[
+    "last_vacuum",
+    "last_autovacuum",
+    "last_analyze",
+    "last_autoanalyze",
+];
+
+/// One table's latest reading.
+#[derive(Debug, Clone)]
+pub struct TableRow {
+    /// Its database.
+    pub datname: Arc<str>,
+    /// Schema.
+    pub schema: Box<str>,
+    /// Name.
+    pub relname: Box<str>,
+    /// Values by [`TABLE_COLUMNS`] (NaN where the server has none).
+    pub values: [f64; TABLE_COLUMNS.len()],
+}
+
+impl TableRow {
+    /// The value of `column` (one of [`TABLE_COLUMNS`]).
+    pub fn value(&self, column: &str) -> f64 {
+        TABLE_COLUMNS
+            .iter()
+            .position(|c| *c == column)
+            .map_or(f64::NAN, |i| self.values[i])
+    }
+}
+
+/// The tables read by the last passes, by (database OID, table OID). A pass changes a
+/// few rows of a copy while a scrape may still render the last one: the rows are shared,
+/// so the copy is of pointers.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    /// The rows.
+    pub rows: std::collections::BTreeMap<(i64, i64), Arc<TableRow>>,
+}
+
+/// One statement's totals (`pg_stat_statements`), for the top ones by time.
+#[derive(Debug, Clone)]
+pub struct StatementTotals {
+    /// `queryid`.
+    pub queryid: i64,
+    /// Role name.
+    pub user: String,
+    /// Database name.
+    pub datname: String,
+    /// `calls`.
+    pub calls: f64,
+    /// Execution (and planning) time, seconds.
+    pub seconds: f64,
+    /// `rows`.
+    pub rows: f64,
+    /// Time reading blocks, seconds.
+    pub block_read_seconds: f64,
+    /// Time writing blocks, seconds.
+    pub block_write_seconds: f64,
+}
+
+/// Replication as the primary and a standby see it.
+#[derive(Debug, Clone, Default)]
+pub struct Replication {
+    /// `pg_stat_replication` rows, with `pg_wal_lsn_diff` (bytes behind this server's
+    /// WAL position) and `pg_current_wal_lsn_bytes`.
+    pub standbys: Vec<Row>,
+    /// `pg_replication_slots` rows, with `pg_wal_lsn_diff` (bytes from `restart_lsn` to
+    /// this server's WAL position).
+    pub slots: Vec<Row>,
+}
+
+/// Every part of the board, as a scrape sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    /// Whether the last cycle of a database source reached the server.
+    pub up: Option<Posted<bool>>,
+    /// `pg_databases`.
+    pub databases: Option<Posted<Vec<DatabaseStats>>>,
+    /// The sizes (every `SIZE_EVERY`).
+    pub sizes: Option<Posted<Vec<DatabaseSize>>>,
+    /// `pg_server_stats`.
+    pub server: Option<Posted<ServerStats>>,
+    /// Every numeric and boolean setting.
+    pub settings: Option<Posted<Vec<Setting>>>,
+    /// Sessions by database and state.
+    pub sessions: Option<Posted<PerDatabase<SessionCount>>>,
+    /// Locks by database and mode.
+    pub locks: Option<Posted<PerDatabase<LockCount>>>,
+    /// The tables pass.
+    pub tables: Option<Posted<Tables>>,
+    /// The top statements.
+    pub statements: Option<Posted<Vec<StatementTotals>>>,
+    /// Standbys and slots.
+    pub replication: Option<Posted<Replication>>,
+}
+
+/// One server's board.
+#[derive(Debug, Default)]
+pub struct Board {
+    wanted: AtomicBool,
+    parts: Mutex<Parts>,
+    /// postgres_exporter's `server` label for this server: `host:port`.
+    label: Mutex<String>,
+}
+
+impl Board {
+    /// True while the page asks for readings (sources read what only it needs).
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Turns the board on or off; off forgets every reading.
+    pub fn set_wanted(&self, on: bool) {
+        if self.wanted.swap(on, Ordering::Relaxed) == on {
+            return;
+        }
+        if !on {
+            *self.lock() = Parts::default();
+        }
+    }
+
+    /// Sets the `server` label (`host:port` of the connection, as the exporter has it).
+    pub fn set_label(&self, label: String) {
+        *self.label.lock().unwrap_or_else(|p| p.into_inner()) = label;
+    }
+
+    /// The `server` label.
+    pub fn label(&self) -> String {
+        self.label.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parts> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `value` in the part `slot` chooses (when wanted).
+    pub fn post<T>(&self, slot: fn(&mut Parts) -> &mut Option<Posted<T>>, value: Arc<T>) {
+        if !self.wanted() {
+            return;
+        }
+        *slot(&mut self.lock()) = Some(Posted {
+            at: SystemTime::now(),
+            value,
+        });
+    }
+
+    /// Takes the part `slot` chooses out of the board.
+    pub fn forget<T>(&self, slot: fn(&mut Parts) -> &mut Option<Posted<T>>) {
+        *slot(&mut self.lock()) = None;
+    }
+
+    /// The board as it is now.
+    pub fn parts(&self) -> Parts {
+        self.lock().clone()
+    }
+}
+
+/// The Unix seconds of a timestamp the server wrote in JSON (`to_jsonb(timestamptz)`).
+pub fn unix_seconds(v: Option<&Value>) -> Option<f64> {
+    let s = v?.as_str()?;
+    let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    Some(t.timestamp_micros() as f64 / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_board_not_wanted_keeps_nothing_and_turning_it_off_forgets() {
+        let b = Board::default();
+        b.post(|p| &mut p.up, Arc::new(true));
+        assert!(b.parts().up.is_none());
+        b.set_wanted(true);
+        b.post(|p| &mut p.up, Arc::new(true));
+        assert_eq!(b.parts().up.map(|u| *u.value), Some(true));
+        b.set_wanted(true);
+        assert!(b.parts().up.is_some(), "turning it on twice keeps readings");
+        b.set_wanted(false);
+        assert!(b.parts().up.is_none());
+    }
+
+    #[test]
+    fn server_timestamps_become_unix_seconds() {
+        let v = Value::from("2026-12-05T06:00:00.25+01:00");
+        assert_eq!(unix_seconds(Some(&v)), Some(1_796_446_800.25));
+        assert_eq!(unix_seconds(Some(&Value::Null)), None);
+        assert_eq!(unix_seconds(Some(&Value::from("yesterday"))), None);
+    }
+
+    #[test]
+    fn a_table_value_is_found_by_its_column() {
+        let mut values = [f64::NAN; TABLE_COLUMNS.len()];
+        values[1] = 7.0;
+        let r = TableRow {
+            datname: Arc::from("d"),
+            schema: "s".into(),
+            relname: "t".into(),
+            values,
+        };
+        assert_eq!(r.value("seq_tup_read"), 7.0);
+        assert!(r.value("seq_scan").is_nan());
+        assert!(r.value("no_such_column").is_nan());
+    }
+}

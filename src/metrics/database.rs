@@ -1,0 +1,813 @@
+//! The database's metrics on `/metrics` (`[metrics] database`), under postgres_exporter's
+//! metric names, label names, types and units, rendered from the board (each source's
+//! latest reading) without a query: a scrape costs the server nothing and a slow server
+//! never times a scrape out. How old each reading is: `postgres_agent_reading_age_seconds`.
+//!
+//! Where the exporter's families come from (its default set, and the optional queries of
+//! its example `queries.yaml` that dashboards use):
+//! - `pg_stat_database_*`, `pg_stat_database_conflicts_*`, `pg_database_size_bytes`:
+//!   `pg_databases` (sizes every `SIZE_EVERY`);
+//! - `pg_stat_bgwriter_*_total`, `pg_stat_archiver_*`, `pg_static`,
+//!   `pg_postmaster_start_time_seconds`, `pg_replication_lag`: `pg_server_stats`;
+//! - `pg_settings_*`: `pg_settings`; `pg_stat_activity_*`: `pg_activity`;
+//!   `pg_locks_count`: `pg_locks`; `pg_replication_slots_*`: `pg_replication`;
+//! - `pg_stat_user_tables_*`, `pg_statio_user_tables_*`: `pg_tables`, for every database
+//!   the pass reads (the exporter: the one it is connected to), so `datname` tells them
+//!   apart.
+//!
+//! Values are the server's as read; a column the server has that the exporter types
+//! is typed the same, one it does not know is untyped as the exporter leaves it; a time
+//! is whole Unix seconds; a NULL is NaN (where the exporter writes 0, so does this).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use crate::board::{self, Parts, Posted, Row, Tables};
+use crate::sources::counts::{LOCK_MODES, STATES};
+
+/// A family's type as the exposition names it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Type {
+    /// `counter`.
+    Counter,
+    /// `gauge`.
+    Gauge,
+    /// `untyped`.
+    Untyped,
+}
+
+impl Type {
+    fn name(self) -> &'static str {
+        match self {
+            Type::Counter => "counter",
+            Type::Gauge => "gauge",
+            Type::Untyped => "untyped",
+        }
+    }
+}
+
+/// Writes families into a string.
+pub struct Writer<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Writer<'a> {
+    /// Writes into `out`.
+    pub fn new(out: &'a mut String) -> Writer<'a> {
+        Writer { out }
+    }
+
+    /// A family's HELP and TYPE lines.
+    pub fn family(&mut self, name: &str, help: &str, ty: Type) {
+        let _ = write!(self.out, "# HELP {name} ");
+        for c in help.chars() {
+            match c {
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                c => self.out.push(c),
+            }
+        }
+        let _ = writeln!(self.out, "\n# TYPE {name} {}", ty.name());
+    }
+
+    /// One sample.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(k);
+                self.out.push_str("=\"");
+                escape_label(self.out, val);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        push_value(self.out, v);
+        self.out.push('\n');
+    }
+}
+
+fn escape_label(out: &mut String, v: &str) {
+    if !v.contains(['\\', '"', '\n']) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// A column's value as a sample: numbers as they are, a time as Unix seconds, a
+/// switch as 1 or 0, NULL as NaN; text that is none of these is not a sample.
+pub fn value_of(v: Option<&Value>) -> Option<f64> {
+    match v {
+        None | Some(Value::Null) => Some(f64::NAN),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::Bool(b)) => Some(if *b { 1.0 } else { 0.0 }),
+        // Whole seconds, as the exporter reads a time (Go's `Time.Unix`).
+        Some(s @ Value::String(_)) => board::unix_seconds(Some(s)).map(f64::floor),
+        _ => None,
+    }
+}
+
+/// `pg_stat_database` columns postgres_exporter types, with their help; the others the
+/// server has are untyped (as the exporter leaves them).
+const STAT_DATABASE: &[(&str, Type, &str)] = &[
+    ("numbackends", Type::Gauge, "Number of backends currently connected to this database. This is the only column in this view that returns a value reflecting current state; all other columns return the accumulated values since the last reset."),
+    ("xact_commit", Type::Counter, "Number of transactions in this database that have been committed"),
+    ("xact_rollback", Type::Counter, "Number of transactions in this database that have been rolled back"),
+    ("blks_read", Type::Counter, "Number of disk blocks read in this database"),
+    ("blks_hit", Type::Counter, "Number of times disk blocks were found already in the buffer cache, so that a read was not necessary (this only includes hits in the PostgreSQL buffer cache, not the operating system's file system cache)"),
+    ("tup_returned", Type::Counter, "Number of rows returned by queries in this database"),
+    ("tup_fetched", Type::Counter, "Number of rows fetched by queries in this database"),
+    ("tup_inserted", Type::Counter, "Number of rows inserted by queries in this database"),
+    ("tup_updated", Type::Counter, "Number of rows updated by queries in this database"),
+    ("tup_deleted", Type::Counter, "Number of rows deleted by queries in this database"),
+    ("conflicts", Type::Counter, "Number of queries canceled due to conflicts with recovery in this database"),
+    ("temp_files", Type::Counter, "Number of temporary files created by queries in this database"),
+    ("temp_bytes", Type::Counter, "Total amount of data written to temporary files by queries in this database"),
+    ("deadlocks", Type::Counter, "Number of deadlocks detected in this database"),
+    ("blk_read_time", Type::Counter, "Time spent reading data file blocks by backends in this database, in milliseconds"),
+    ("blk_write_time", Type::Counter, "Time spent writing data file blocks by backends in this database, in milliseconds"),
+    ("stats_reset", Type::Counter, "Time at which these statistics were last reset"),
+];
+
+/// `pg_stat_bgwriter` families (postgres_exporter's bgwriter collector): the family's
+/// suffix, where the value is (`bgwriter` or `checkpointer` row, under 17's names), help.
+const BGWRITER: &[(&str, &str, &str, &str)] = &[
+    ("checkpoints_timed_total", "checkpointer", "num_timed", "Number of scheduled checkpoints that have been performed"),
+    ("checkpoints_req_total", "checkpointer", "num_requested", "Number of requested checkpoints that have been performed"),
+    ("checkpoint_write_time_total", "checkpointer", "write_time", "Total amount of time that has been spent in the portion of checkpoint processing where files are written to disk, in milliseconds"),
+    ("checkpoint_sync_time_total", "checkpointer", "sync_time", "Total amount of time that has been spent in the portion of checkpoint processing where files are synchronized to disk, in milliseconds"),
+    ("buffers_checkpoint_total", "checkpointer", "buffers_written", "Number of buffers written during checkpoints"),
+    ("buffers_clean_total", "bgwriter", "buffers_clean", "Number of buffers written by the background writer"),
+    ("maxwritten_clean_total", "bgwriter", "maxwritten_clean", "Number of times the background writer stopped a cleaning scan because it had written too many buffers"),
+    ("buffers_backend_total", "bgwriter", "buffers_backend", "Number of buffers written directly by a backend"),
+    ("buffers_backend_fsync_total", "bgwriter", "buffers_backend_fsync", "Number of times a backend had to execute its own fsync call (normally the background writer handles those even when the backend does its own write)"),
+    ("buffers_alloc_total", "bgwriter", "buffers_alloc", "Number of buffers allocated"),
+    ("stats_reset_total", "bgwriter", "stats_reset", "Time at which these statistics were last reset"),
+];
+
+/// `pg_stat_user_tables` and `pg_statio_user_tables` families: the column of
+/// [`board::TABLE_COLUMNS`], the family, its type and help.
+const TABLE_FAMILIES: &[(&str, &str, Type, &str)] = &[
+    (
+        "seq_scan",
+        "pg_stat_user_tables_seq_scan",
+        Type::Counter,
+        "Number of sequential scans initiated on this table",
+    ),
+    (
+        "seq_tup_read",
+        "pg_stat_user_tables_seq_tup_read",
+        Type::Counter,
+        "Number of live rows fetched by sequential scans",
+    ),
+    (
+        "idx_scan",
+        "pg_stat_user_tables_idx_scan",
+        Type::Counter,
+        "Number of index scans initiated on this table",
+    ),
+    (
+        "idx_tup_fetch",
+        "pg_stat_user_tables_idx_tup_fetch",
+        Type::Counter,
+        "Number of live rows fetched by index scans",
+    ),
+    (
+        "n_tup_ins",
+        "pg_stat_user_tables_n_tup_ins",
+        Type::Counter,
+        "Number of rows inserted",
+    ),
+    (
+        "n_tup_upd",
+        "pg_stat_user_tables_n_tup_upd",
+        Type::Counter,
+        "Number of rows updated",
+    ),
+    (
+        "n_tup_del",
+        "pg_stat_user_tables_n_tup_del",
+        Type::Counter,
+        "Number of rows deleted",
+    ),
+    (
+        "n_tup_hot_upd",
+        "pg_stat_user_tables_n_tup_hot_upd",
+        Type::Counter,
+        "Number of rows HOT updated (i.e., with no separate index update required)",
+    ),
+    (
+        "n_live_tup",
+        "pg_stat_user_tables_n_live_tup",
+        Type::Gauge,
+        "Estimated number of live rows",
+    ),
+    (
+        "n_dead_tup",
+        "pg_stat_user_tables_n_dead_tup",
+        Type::Gauge,
+        "Estimated number of dead rows",
+    ),
+    (
+        "n_mod_since_analyze",
+        "pg_stat_user_tables_n_mod_since_analyze",
+        Type::Gauge,
+        "Estimated number of rows changed since last analyze",
+    ),
+    (
+        "last_vacuum",
+        "pg_stat_user_tables_last_vacuum",
+        Type::Gauge,
+        "Last time at which this table was manually vacuumed (not counting VACUUM FULL)",
+    ),
+    (
+        "last_autovacuum",
+        "pg_stat_user_tables_last_autovacuum",
+        Type::Gauge,
+        "Last time at which this table was vacuumed by the autovacuum daemon",
+    ),
+    (
+        "last_analyze",
+        "pg_stat_user_tables_last_analyze",
+        Type::Gauge,
+        "Last time at which this table was manually analyzed",
+    ),
+    (
+        "last_autoanalyze",
+        "pg_stat_user_tables_last_autoanalyze",
+        Type::Gauge,
+        "Last time at which this table was analyzed by the autovacuum daemon",
+    ),
+    (
+        "vacuum_count",
+        "pg_stat_user_tables_vacuum_count",
+        Type::Counter,
+        "Number of times this table has been manually vacuumed (not counting VACUUM FULL)",
+    ),
+    (
+        "autovacuum_count",
+        "pg_stat_user_tables_autovacuum_count",
+        Type::Counter,
+        "Number of times this table has been vacuumed by the autovacuum daemon",
+    ),
+    (
+        "analyze_count",
+        "pg_stat_user_tables_analyze_count",
+        Type::Counter,
+        "Number of times this table has been manually analyzed",
+    ),
+    (
+        "autoanalyze_count",
+        "pg_stat_user_tables_autoanalyze_count",
+        Type::Counter,
+        "Number of times this table has been analyzed by the autovacuum daemon",
+    ),
+    (
+        "heap_blks_read",
+        "pg_statio_user_tables_heap_blks_read",
+        Type::Counter,
+        "Number of disk blocks read from this table",
+    ),
+    (
+        "heap_blks_hit",
+        "pg_statio_user_tables_heap_blks_hit",
+        Type::Counter,
+        "Number of buffer hits in this table",
+    ),
+    (
+        "idx_blks_read",
+        "pg_statio_user_tables_idx_blks_read",
+        Type::Counter,
+        "Number of disk blocks read from all indexes on this table",
+    ),
+    (
+        "idx_blks_hit",
+        "pg_statio_user_tables_idx_blks_hit",
+        Type::Counter,
+        "Number of buffer hits in all indexes on this table",
+    ),
+    (
+        "toast_blks_read",
+        "pg_statio_user_tables_toast_blks_read",
+        Type::Counter,
+        "Number of disk blocks read from this table's TOAST table (if any)",
+    ),
+    (
+        "toast_blks_hit",
+        "pg_statio_user_tables_toast_blks_hit",
+        Type::Counter,
+        "Number of buffer hits in this table's TOAST table (if any)",
+    ),
+    (
+        "tidx_blks_read",
+        "pg_statio_user_tables_tidx_blks_read",
+        Type::Counter,
+        "Number of disk blocks read from this table's TOAST table indexes (if any)",
+    ),
+    (
+        "tidx_blks_hit",
+        "pg_statio_user_tables_tidx_blks_hit",
+        Type::Counter,
+        "Number of buffer hits in this table's TOAST table indexes (if any)",
+    ),
+];
+
+/// The page's parts that are not the tables, as text; `server` is postgres_exporter's
+/// `server` label (`host:port` of the connection).
+pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut String) {
+    let mut w = Writer::new(out);
+    ages(&mut w, parts, now);
+    if let Some(up) = &parts.up {
+        w.family(
+            "pg_up",
+            "Whether the last connection to the database succeeded (1: yes)",
+            Type::Gauge,
+        );
+        w.sample("pg_up", &[], if *up.value { 1.0 } else { 0.0 });
+    }
+    if let Some(d) = &parts.databases {
+        stat_database(&mut w, &d.value, server);
+    }
+    if let Some(s) = &parts.sizes {
+        w.family(
+            "pg_database_size_bytes",
+            "Disk space used by the database",
+            Type::Gauge,
+        );
+        for d in s.value.iter() {
+            w.sample(
+                "pg_database_size_bytes",
+                &[("datname", &d.datname), ("server", server)],
+                d.bytes,
+            );
+        }
+    }
+    if let Some(s) = &parts.server {
+        server_stats(&mut w, &s.value, server, now);
+    }
+    if let Some(s) = &parts.settings {
+        settings(&mut w, &s.value, server);
+    }
+    if let Some(s) = &parts.sessions {
+        sessions(&mut w, &s.value, server);
+    }
+    if let Some(l) = &parts.locks {
+        locks(&mut w, &l.value, server);
+    }
+    if let Some(r) = &parts.replication {
+        slots(&mut w, &r.value, server);
+    }
+}
+
+/// How old each reading is.
+fn ages(w: &mut Writer, parts: &Parts, now: SystemTime) {
+    fn age<T>(p: &Option<Posted<T>>, now: SystemTime) -> Option<f64> {
+        p.as_ref()
+            .map(|p| now.duration_since(p.at).unwrap_or_default().as_secs_f64())
+    }
+    let all = [
+        ("up", age(&parts.up, now)),
+        ("databases", age(&parts.databases, now)),
+        ("database_sizes", age(&parts.sizes, now)),
+        ("server_stats", age(&parts.server, now)),
+        ("settings", age(&parts.settings, now)),
+        ("sessions", age(&parts.sessions, now)),
+        ("locks", age(&parts.locks, now)),
+        ("tables", age(&parts.tables, now)),
+        ("replication", age(&parts.replication, now)),
+    ];
+    w.family(
+        "postgres_agent_reading_age_seconds",
+        "How old the reading behind the database's metrics of this part is, seconds",
+        Type::Gauge,
+    );
+    for (name, a) in all {
+        if let Some(a) = a {
+            w.sample(
+                "postgres_agent_reading_age_seconds",
+                &[("reading", name)],
+                a,
+            );
+        }
+    }
+}
+
+/// Every numeric column of `rows` (a row: labels, then its columns), in name order.
+fn columns<'a>(rows: impl Iterator<Item = &'a Row>) -> Vec<&'a str> {
+    let mut cols: Vec<&str> = Vec::new();
+    for r in rows {
+        for (k, v) in r {
+            if value_of(Some(v)).is_some() && !cols.contains(&k.as_str()) {
+                cols.push(k);
+            }
+        }
+    }
+    cols.sort_unstable();
+    cols
+}
+
+fn stat_database(w: &mut Writer, dbs: &[board::DatabaseStats], server: &str) {
+    let ids: Vec<String> = dbs.iter().map(|d| d.datid.to_string()).collect();
+    for col in columns(dbs.iter().map(|d| &d.stats)) {
+        let (ty, help) = STAT_DATABASE
+            .iter()
+            .find(|(c, _, _)| *c == col)
+            .map_or((Type::Untyped, col), |(_, t, h)| (*t, *h));
+        let name = format!("pg_stat_database_{col}");
+        w.family(&name, help, ty);
+        for (d, id) in dbs.iter().zip(&ids) {
+            if let Some(v) = value_of(d.stats.get(col)) {
+                let labels = [
+                    ("datid", id.as_str()),
+                    ("datname", d.datname.as_str()),
+                    ("server", server),
+                ];
+                w.sample(&name, &labels, v);
+            }
+        }
+    }
+    let with: Vec<(&board::DatabaseStats, &String, &Row)> = dbs
+        .iter()
+        .zip(&ids)
+        .filter_map(|(d, id)| d.conflicts.as_ref().map(|c| (d, id, c)))
+        .collect();
+    for col in columns(with.iter().map(|(_, _, c)| *c)) {
+        let name = format!("pg_stat_database_conflicts_{col}");
+        let ty = if col.starts_with("confl_") {
+            Type::Counter
+        } else {
+            Type::Untyped
+        };
+        w.family(
+            &name,
+            &format!("Number of queries in this database canceled by recovery conflicts ({col})"),
+            ty,
+        );
+        for (d, id, c) in &with {
+            if let Some(v) = value_of(c.get(col)) {
+                let labels = [
+                    ("datid", id.as_str()),
+                    ("datname", d.datname.as_str()),
+                    ("server", server),
+                ];
+                w.sample(&name, &labels, v);
+            }
+        }
+    }
+}
+
+fn server_stats(w: &mut Writer, s: &board::ServerStats, server: &str, now: SystemTime) {
+    for (suffix, row, col, help) in BGWRITER {
+        let r = if *row == "bgwriter" {
+            &s.bgwriter
+        } else {
+            &s.checkpointer
+        };
+        // A column the server no longer has (17 moved and dropped some): no family.
+        let Some(v) = r.get(*col).and_then(|v| value_of(Some(v))) else {
+            continue;
+        };
+        let name = format!("pg_stat_bgwriter_{suffix}");
+        w.family(&name, help, Type::Counter);
+        w.sample(&name, &[("server", server)], v);
+    }
+    let label = [("server", server)];
+    for (col, help) in [
+        (
+            "archived_count",
+            "Number of WAL files that have been successfully archived",
+        ),
+        (
+            "failed_count",
+            "Number of failed attempts for archiving WAL files",
+        ),
+    ] {
+        if let Some(v) = s.archiver.get(col).and_then(|v| value_of(Some(v))) {
+            let name = format!("pg_stat_archiver_{col}");
+            w.family(&name, help, Type::Counter);
+            w.sample(&name, &label, v);
+        }
+    }
+    let now_s = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let last = board::unix_seconds(s.archiver.get("last_archived_time"));
+    w.family(
+        "pg_stat_archiver_last_archive_age",
+        "Time in seconds since last WAL segment was successfully archived",
+        Type::Gauge,
+    );
+    w.sample(
+        "pg_stat_archiver_last_archive_age",
+        &label,
+        last.map_or(f64::NAN, |t| (now_s - t).max(0.0)),
+    );
+    if !s.version.is_empty() {
+        w.family(
+            "pg_static",
+            "Version string as reported by postgres",
+            Type::Untyped,
+        );
+        let v = s.version_num;
+        let short = format!("{}.{}.0", v / 10_000, v % 10_000);
+        w.sample(
+            "pg_static",
+            &[
+                ("server", server),
+                ("short_version", &short),
+                ("version", &s.version),
+            ],
+            1.0,
+        );
+    }
+    if let Some(t) = s.postmaster_start_time {
+        w.family(
+            "pg_postmaster_start_time_seconds",
+            "Time at which postmaster started",
+            Type::Gauge,
+        );
+        w.sample("pg_postmaster_start_time_seconds", &label, t);
+    }
+    if let Some(lag) = s.replay_lag_s {
+        w.family(
+            "pg_replication_lag",
+            "Replication lag behind master in seconds",
+            Type::Gauge,
+        );
+        w.sample("pg_replication_lag", &label, lag);
+        w.family(
+            "pg_replication_is_replica",
+            "Indicates if the server is a replica",
+            Type::Gauge,
+        );
+        w.sample(
+            "pg_replication_is_replica",
+            &label,
+            if s.in_recovery { 1.0 } else { 0.0 },
+        );
+    }
+}
+
+/// A setting's value and unit suffix as postgres_exporter shows it: times in seconds,
+/// sizes in bytes, switches as 1 or 0; `None` for a unit it does not know.
+pub fn setting_value(s: &board::Setting) -> Option<(f64, &'static str)> {
+    if s.vartype == "bool" {
+        return Some((if s.setting == "on" { 1.0 } else { 0.0 }, ""));
+    }
+    let v: f64 = s.setting.parse().ok()?;
+    let (factor, suffix) = match s.unit.as_str() {
+        "" => return Some((v, "")),
+        "us" => (1e-6, "seconds"),
+        "ms" => (1e-3, "seconds"),
+        "s" => (1.0, "seconds"),
+        "min" => (60.0, "seconds"),
+        "h" => (3600.0, "seconds"),
+        "d" => (86_400.0, "seconds"),
+        "B" => (1.0, "bytes"),
+        unit => {
+            // kB, MB, GB, TB and block units such as 8kB, 16MB.
+            let digits = unit.len() - unit.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let (n, base) = unit.split_at(digits);
+            let n: f64 = if n.is_empty() { 1.0 } else { n.parse().ok()? };
+            let power = match base {
+                "kB" => 1,
+                "MB" => 2,
+                "GB" => 3,
+                "TB" => 4,
+                _ => return None,
+            };
+            (n * 1024f64.powi(power), "bytes")
+        }
+    };
+    // -1 means "off" for many settings: kept as it is.
+    Some((if v == -1.0 { v } else { v * factor }, suffix))
+}
+
+fn settings(w: &mut Writer, all: &[board::Setting], server: &str) {
+    for s in all {
+        let Some((v, suffix)) = setting_value(s) else {
+            continue;
+        };
+        let base = s.name.replace('.', "_");
+        let (name, help) = if suffix.is_empty() {
+            (format!("pg_settings_{base}"), s.short_desc.clone())
+        } else {
+            (
+                format!("pg_settings_{base}_{suffix}"),
+                format!("{} [Units converted to {suffix}.]", s.short_desc),
+            )
+        };
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        w.family(&name, &help, Type::Gauge);
+        w.sample(&name, &[("server", server)], v);
+    }
+}
+
+fn sessions(w: &mut Writer, s: &board::PerDatabase<board::SessionCount>, server: &str) {
+    let mut by: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    for d in &s.databases {
+        for st in STATES {
+            by.insert((d, st), (0.0, 0.0));
+        }
+    }
+    for c in &s.counts {
+        by.insert((&c.datname, &c.state), (c.count, c.max_tx_duration));
+    }
+    w.family(
+        "pg_stat_activity_count",
+        "number of connections in this state",
+        Type::Gauge,
+    );
+    for ((d, st), (n, _)) in &by {
+        w.sample(
+            "pg_stat_activity_count",
+            &[("datname", d), ("server", server), ("state", st)],
+            *n,
+        );
+    }
+    w.family(
+        "pg_stat_activity_max_tx_duration",
+        "max duration in seconds any active transaction has been running",
+        Type::Gauge,
+    );
+    for ((d, st), (_, m)) in &by {
+        w.sample(
+            "pg_stat_activity_max_tx_duration",
+            &[("datname", d), ("server", server), ("state", st)],
+            *m,
+        );
+    }
+}
+
+fn locks(w: &mut Writer, l: &board::PerDatabase<board::LockCount>, server: &str) {
+    let mut by: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    for d in &l.databases {
+        for m in LOCK_MODES {
+            by.insert((d, m), 0.0);
+        }
+    }
+    for c in &l.counts {
+        by.insert((&c.datname, &c.mode), c.count);
+    }
+    w.family("pg_locks_count", "Number of locks", Type::Gauge);
+    for ((d, m), n) in &by {
+        w.sample(
+            "pg_locks_count",
+            &[("datname", d), ("mode", m), ("server", server)],
+            *n,
+        );
+    }
+}
+
+fn slots(w: &mut Writer, r: &board::Replication, server: &str) {
+    if r.slots.is_empty() {
+        return;
+    }
+    let text = |row: &Row, k: &str| {
+        row.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let rows: Vec<(String, String, &Row)> = r
+        .slots
+        .iter()
+        .map(|s| (text(s, "slot_name"), text(s, "database"), s))
+        .collect();
+    for (family, col, help) in [
+        (
+            "pg_replication_slots_active",
+            "active",
+            "Flag indicating if the slot is active",
+        ),
+        (
+            "pg_replication_slots_pg_wal_lsn_diff",
+            "retained_bytes",
+            "Replication lag in bytes",
+        ),
+    ] {
+        w.family(family, help, Type::Gauge);
+        for (name, db, s) in &rows {
+            if let Some(v) = value_of(s.get(col)) {
+                w.sample(
+                    family,
+                    &[("database", db), ("server", server), ("slot_name", name)],
+                    v,
+                );
+            }
+        }
+    }
+}
+
+/// Lines of table families a chunk holds before it is handed to the connection.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The table families, rendered a chunk at a time (20,000 tables make tens of MB of
+/// text; a chunk is written to the socket before the next is made).
+pub struct TablePages {
+    rows: Arc<Tables>,
+    server: String,
+    family: usize,
+    after: Option<(i64, i64)>,
+}
+
+impl TablePages {
+    /// The families of `rows`.
+    pub fn new(rows: Arc<Tables>, server: &str) -> TablePages {
+        TablePages {
+            rows,
+            server: server.to_string(),
+            family: 0,
+            after: None,
+        }
+    }
+}
+
+impl Iterator for TablePages {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.rows.rows.is_empty() || self.family >= TABLE_FAMILIES.len() {
+            return None;
+        }
+        let mut out = String::with_capacity(CHUNK_BYTES + 512);
+        while self.family < TABLE_FAMILIES.len() && out.len() < CHUNK_BYTES {
+            let (col, name, ty, help) = TABLE_FAMILIES[self.family];
+            let i = board::TABLE_COLUMNS
+                .iter()
+                .position(|c| *c == col)
+                .unwrap_or(usize::MAX);
+            let mut w = Writer::new(&mut out);
+            let range = match self.after {
+                None => {
+                    w.family(name, help, ty);
+                    self.rows.rows.range(..)
+                }
+                Some(k) => self.rows.rows.range((Bound::Excluded(k), Bound::Unbounded)),
+            };
+            let mut last = None;
+            for (k, r) in range {
+                let v = r.values.get(i).copied().unwrap_or(f64::NAN);
+                w.sample(
+                    name,
+                    &[
+                        ("datname", &r.datname),
+                        ("relname", &r.relname),
+                        ("schemaname", &r.schema),
+                        ("server", &self.server),
+                    ],
+                    v,
+                );
+                last = Some(*k);
+                if w.out.len() >= CHUNK_BYTES {
+                    break;
+                }
+            }
+            let done = match (last, self.rows.rows.keys().next_back()) {
+                (Some(l), Some(end)) => l == *end,
+                _ => true,
+            };
+            if done {
+                self.family += 1;
+                self.after = None;
+            } else {
+                self.after = last;
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

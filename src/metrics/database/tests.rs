@@ -1,0 +1,157 @@
+use super::*;
+use crate::board::{Setting, TableRow, TABLE_COLUMNS};
+
+fn setting(name: &str, setting: &str, unit: &str, vartype: &str) -> Setting {
+    Setting {
+        name: name.into(),
+        setting: setting.into(),
+        unit: unit.into(),
+        short_desc: "d".into(),
+        vartype: vartype.into(),
+    }
+}
+
+#[test]
+fn settings_take_the_exporters_units() {
+    let cases = [
+        (
+            setting("shared_buffers", "16384", "8kB", "integer"),
+            Some((134_217_728.0, "bytes")),
+        ),
+        (
+            setting("work_mem", "4096", "kB", "integer"),
+            Some((4_194_304.0, "bytes")),
+        ),
+        (
+            setting("wal_segment_size", "16777216", "B", "integer"),
+            Some((16_777_216.0, "bytes")),
+        ),
+        (
+            setting("min_wal_size", "80", "MB", "integer"),
+            Some((83_886_080.0, "bytes")),
+        ),
+        (
+            setting("statement_timeout", "1500", "ms", "integer"),
+            Some((1.5, "seconds")),
+        ),
+        (
+            setting("autovacuum_naptime", "1", "min", "integer"),
+            Some((60.0, "seconds")),
+        ),
+        (
+            setting("log_min_duration_statement", "-1", "ms", "integer"),
+            Some((-1.0, "seconds")),
+        ),
+        (
+            setting("vacuum_cost_delay", "2", "ms", "real"),
+            Some((0.002, "seconds")),
+        ),
+        (setting("jit", "on", "", "bool"), Some((1.0, ""))),
+        (setting("fsync", "off", "", "bool"), Some((0.0, ""))),
+        (
+            setting("max_connections", "100", "", "integer"),
+            Some((100.0, "")),
+        ),
+        (setting("odd", "3", "furlongs", "integer"), None),
+        (setting("odd", "three", "", "integer"), None),
+    ];
+    for (s, want) in cases {
+        assert_eq!(setting_value(&s), want, "{}", s.name);
+    }
+}
+
+#[test]
+fn label_values_and_help_are_escaped_and_values_spelled_as_prometheus_reads_them() {
+    let mut out = String::new();
+    let mut w = Writer::new(&mut out);
+    w.family("x", "a \\ b\nc", Type::Gauge);
+    w.sample("x", &[("datname", "we\"ird\\db\nname")], f64::NAN);
+    w.sample("x", &[], f64::INFINITY);
+    w.sample("x", &[("a", "1"), ("b", "2")], 1.5);
+    w.sample("x", &[], 134_217_728.0);
+    assert_eq!(
+        out,
+        "# HELP x a \\\\ b\\nc\n# TYPE x gauge\n\
+         x{datname=\"we\\\"ird\\\\db\\nname\"} NaN\nx +Inf\nx{a=\"1\",b=\"2\"} 1.5\nx 134217728\n"
+    );
+}
+
+#[test]
+fn column_values_are_numbers_times_switches_or_nan() {
+    assert_eq!(value_of(Some(&Value::from(7))), Some(7.0));
+    assert_eq!(value_of(Some(&Value::from(true))), Some(1.0));
+    assert!(value_of(Some(&Value::Null)).is_some_and(f64::is_nan));
+    assert!(value_of(None).is_some_and(f64::is_nan));
+    assert_eq!(
+        value_of(Some(&Value::from("2026-12-05T05:00:00.75+00:00"))),
+        Some(1_796_446_800.0),
+        "whole seconds, as the exporter"
+    );
+    assert_eq!(value_of(Some(&Value::from("0/1500718"))), None);
+}
+
+fn table(datid: i64, relid: i64, name: &str) -> ((i64, i64), Arc<TableRow>) {
+    let mut values = [f64::NAN; TABLE_COLUMNS.len()];
+    for (i, v) in values.iter_mut().enumerate() {
+        *v = (relid * 100 + i as i64) as f64;
+    }
+    (
+        (datid, relid),
+        Arc::new(TableRow {
+            datname: Arc::from(format!("db{datid}")),
+            schema: "public".into(),
+            relname: name.into(),
+            values,
+        }),
+    )
+}
+
+#[test]
+fn table_pages_in_chunks_hold_every_family_and_every_table_exactly_once() {
+    // Enough tables that a family spans several chunks and chunks end mid-family.
+    let n = 3_000;
+    let rows: Tables = Tables {
+        rows: (0..n)
+            .map(|i| table(1 + i % 3, i, &format!("t{i}")))
+            .collect(),
+    };
+    let chunks: Vec<String> = TablePages::new(Arc::new(rows), "h:5432").collect();
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
+    let text = chunks.concat();
+    for (col, name, ty, _) in TABLE_FAMILIES {
+        assert_eq!(
+            text.matches(&format!("# TYPE {name} {}\n", ty.name()))
+                .count(),
+            1,
+            "{name}"
+        );
+        let i = TABLE_COLUMNS.iter().position(|c| c == col).expect("column");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect();
+        assert_eq!(lines.len(), n as usize, "{name}");
+        let want = format!(
+            "{name}{{datname=\"db2\",relname=\"t1234\",schemaname=\"public\",server=\"h:5432\"}} {}",
+            1234 * 100 + i as i64
+        );
+        assert!(lines.contains(&want.as_str()), "{want}");
+    }
+    // A family's samples follow its TYPE line with nothing of another family between.
+    let mut current = "";
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            current = rest.split(' ').next().unwrap_or_default();
+        } else if !l.starts_with('#') {
+            assert!(
+                l.starts_with(&format!("{current}{{")),
+                "{l} after {current}"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_tables_no_pages() {
+    assert_eq!(TablePages::new(Arc::default(), "h").count(), 0);
+}

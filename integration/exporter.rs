@@ -383,3 +383,101 @@ fn the_agent_serves_every_series_postgres_exporter_serves_with_its_type_and_valu
     assert_eq!(ins("exporter"), Some(inserted));
     drop(agent);
 }
+
+/// The series of `family` on a page: labels text and value.
+fn samples<'a>(page: &'a str, family: &str) -> Vec<(&'a str, f64)> {
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?.strip_prefix('{')?;
+            let (labels, v) = rest.rsplit_once("} ")?;
+            Some((labels, v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_the_server_is_down() {
+    let mut pg = PgCluster::start("shared_preload_libraries = 'pg_stat_statements'\n");
+    pg.sql("CREATE EXTENSION pg_stat_statements");
+    pg.sql("CREATE DATABASE shop");
+    run(
+        pg.psql().args([
+            "-c",
+            "\\c shop",
+            "-c",
+            "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1), (2), (3)",
+        ]),
+        "a table in shop",
+    );
+    let dir = shared_tempdir("dbmetrics");
+    let mport = free_port();
+    let toml = config(dir.path(), &pg, "http://127.0.0.1:9/ingest", 1)
+        .replace("tables = false\n", "tables = true\ntables_interval_s = 1\n")
+        .replace("statements = false\n", "statements = true\n")
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\nstatements_limit = 2\n");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+
+    // The slowest statement, run 7 times: on the page with exactly its 7 calls, among
+    // at most `statements_limit` statements.
+    for _ in 0..7 {
+        pg.sql("SELECT pg_sleep(0.05) AS marker_sleep");
+    }
+    let queryid = pg.sql(
+        "SELECT queryid FROM pg_stat_statements WHERE query LIKE '%marker_sleep%' AND calls = 7",
+    );
+    assert!(!queryid.is_empty(), "the marker in pg_stat_statements");
+    let series = format!("datname=\"postgres\",queryid=\"{queryid}\",user=\"postgres\"");
+    let page = wait_for(
+        "the marker's 7 calls on the page",
+        Duration::from_secs(60),
+        || {
+            let (_, page) = get(mport, "/metrics")?;
+            let calls = samples(&page, "pg_stat_statements_calls_total");
+            calls
+                .iter()
+                .any(|(l, v)| *l == series && *v == 7.0)
+                .then_some(page)
+        },
+    );
+    assert_eq!(samples(&page, "pg_stat_statements_calls_total").len(), 2);
+    let seconds = samples(&page, "pg_stat_statements_seconds_total");
+    let (_, s) = seconds
+        .iter()
+        .find(|(l, _)| *l == series)
+        .expect("its seconds");
+    assert!((0.35..10.0).contains(s), "7 × 50 ms of sleep: {s} s");
+
+    // Tables of every database the pass reads, told apart by `datname`.
+    let orders = "datname=\"shop\",relname=\"orders\",schemaname=\"public\"";
+    let page = wait_for("shop's table on the page", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        samples(&page, "pg_stat_user_tables_n_tup_ins")
+            .iter()
+            .any(|(l, v)| l.starts_with(orders) && *v == 3.0)
+            .then_some(page)
+    });
+    let age = |page: &str| {
+        samples(page, "postgres_agent_reading_age_seconds")
+            .into_iter()
+            .find(|(l, _)| *l == "reading=\"tables\"")
+            .map(|(_, v)| v)
+    };
+    let before = age(&page).expect("the tables' age");
+    assert!(page.lines().any(|l| l == "pg_up 1"));
+
+    // The server goes away: pg_up says so, the last readings stay, older.
+    pg.stop_server();
+    let page = wait_for("pg_up 0", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        page.lines().any(|l| l == "pg_up 0").then_some(page)
+    });
+    assert!(samples(&page, "pg_stat_user_tables_n_tup_ins")
+        .iter()
+        .any(|(l, v)| l.starts_with(orders) && *v == 3.0));
+    assert!(age(&page).expect("the tables' age") > before);
+    pg.start_server();
+    wait_for("pg_up 1 again", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        page.lines().any(|l| l == "pg_up 1").then_some(())
+    });
+}

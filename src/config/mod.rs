@@ -85,6 +85,9 @@ pub struct MetricsConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// The database's metrics on the same page, under postgres_exporter's names.
     pub database: bool,
+    /// Statements on the page: the most time-consuming this many (by role, database
+    /// and query id).
+    pub statements_limit: u32,
 }
 
 impl MetricsConfig {

@@ -305,6 +305,7 @@ pub struct RawBuffer {
 pub struct RawMetrics {
     pub listen: Field<String>,
     pub database: Field<bool>,
+    pub statements_limit: Field<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -816,6 +816,14 @@ fn buffer(c: &mut Check, b: &RawBuffer) -> BufferConfig {
 fn metrics(c: &mut Check, m: &RawMetrics) -> MetricsConfig {
     c.unknown("metrics", &m.unknown);
     let database = c.value("metrics.database", &m.database, true);
+    let statements_limit = c.int(
+        "metrics.statements_limit",
+        &m.statements_limit,
+        100,
+        0,
+        10_000,
+        " (series per family: keep it small)",
+    ) as u32;
     let listen = c.value("metrics.listen", &m.listen, String::new());
     let listen = listen.trim();
     let listen = if listen.is_empty() {
@@ -823,7 +831,11 @@ fn metrics(c: &mut Check, m: &RawMetrics) -> MetricsConfig {
     } else {
         listen_address(c, listen)
     };
-    MetricsConfig { listen, database }
+    MetricsConfig {
+        listen,
+        database,
+        statements_limit,
+    }
 }
 
 /// `metrics.listen`, not empty.

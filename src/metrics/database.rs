@@ -385,6 +385,55 @@ pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut Stri
     if let Some(r) = &parts.replication {
         slots(&mut w, &r.value, server);
     }
+    if let Some(s) = &parts.statements {
+        statements(&mut w, &s.value);
+    }
+}
+
+/// postgres_exporter's `stat_statements` families: the statements with the most time.
+fn statements(w: &mut Writer, all: &[board::StatementTotals]) {
+    type Of = fn(&board::StatementTotals) -> f64;
+    let families: [(&str, &str, Of); 5] = [
+        (
+            "pg_stat_statements_calls_total",
+            "Number of times executed",
+            |s| s.calls,
+        ),
+        (
+            "pg_stat_statements_seconds_total",
+            "Total time spent in the statement, in seconds",
+            |s| s.seconds,
+        ),
+        (
+            "pg_stat_statements_rows_total",
+            "Total number of rows retrieved or affected by the statement",
+            |s| s.rows,
+        ),
+        (
+            "pg_stat_statements_block_read_seconds_total",
+            "Total time the statement spent reading blocks, in seconds",
+            |s| s.block_read_seconds,
+        ),
+        (
+            "pg_stat_statements_block_write_seconds_total",
+            "Total time the statement spent writing blocks, in seconds",
+            |s| s.block_write_seconds,
+        ),
+    ];
+    if all.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = all.iter().map(|s| s.queryid.to_string()).collect();
+    for (name, help, of) in families {
+        w.family(name, help, Type::Counter);
+        for (s, id) in all.iter().zip(&ids) {
+            w.sample(
+                name,
+                &[("datname", &s.datname), ("queryid", id), ("user", &s.user)],
+                of(s),
+            );
+        }
+    }
 }
 
 /// How old each reading is.
@@ -403,6 +452,7 @@ fn ages(w: &mut Writer, parts: &Parts, now: SystemTime) {
         ("locks", age(&parts.locks, now)),
         ("tables", age(&parts.tables, now)),
         ("replication", age(&parts.replication, now)),
+        ("statements", age(&parts.statements, now)),
     ];
     w.family(
         "postgres_agent_reading_age_seconds",

@@ -36,6 +36,8 @@ pub struct StatementsSource {
     max_query_length: u32,
     redact: crate::sql::redact::Redact,
     tracker: Rc<RefCell<Tracker>>,
+    /// Statements on the metrics page.
+    board_limit: usize,
 }
 
 impl StatementsSource {
@@ -52,6 +54,7 @@ impl StatementsSource {
                 persist,
                 config.collection.statements_max_rows as usize,
             ))),
+            board_limit: config.metrics.statements_limit as usize,
         }
     }
 }
@@ -76,6 +79,7 @@ impl Source for StatementsSource {
             max_len: self.max_query_length,
             redact: self.redact,
             tracker: self.tracker.clone(),
+            board_limit: self.board_limit,
         };
         Box::pin(async move {
             let conn = db.get().await?;
@@ -92,7 +96,17 @@ struct Cycle {
     max_len: u32,
     redact: crate::sql::redact::Redact,
     tracker: Rc<RefCell<Tracker>>,
+    board_limit: usize,
 }
+
+/// The columns the metrics page shows of a statement, execution time first (the order).
+const BOARD_COLUMNS: &[&str] = &[
+    "total_exec_time_ms",
+    "calls",
+    "rows",
+    "shared_blk_read_time_ms",
+    "shared_blk_write_time_ms",
+];
 
 impl Cycle {
     async fn run(&self, db: &Db, conn: &Client) -> Result<Vec<Event>, CycleError> {
@@ -140,7 +154,51 @@ impl Cycle {
             }
         }
         events.push(event(&self.host, now, "summary", &summary)?);
+        if db.server().board().wanted() {
+            self.post(db, conn).await;
+        }
         Ok(events)
+    }
+
+    /// Posts the statements with the most time for the metrics page, naming their
+    /// roles and databases (a name that cannot be read is the oid).
+    async fn post(&self, db: &Db, conn: &Client) {
+        let top = self.tracker.borrow().top(self.board_limit, BOARD_COLUMNS);
+        let missing = {
+            let names = &self.tracker.borrow().names;
+            tracker::Missing {
+                texts: Vec::new(),
+                databases: top
+                    .iter()
+                    .any(|((_, d, _), _)| !names.databases.contains_key(d)),
+                roles: top
+                    .iter()
+                    .any(|((u, _, _), _)| !names.roles.contains_key(u)),
+            }
+        };
+        if missing.databases || missing.roles {
+            let _ = self.fill_oid_names(conn, &missing).await;
+        }
+        let t = self.tracker.borrow();
+        let name = |m: &std::collections::HashMap<u32, String>, oid: &u32| {
+            m.get(oid).cloned().unwrap_or_else(|| oid.to_string())
+        };
+        let totals = top
+            .into_iter()
+            .map(|((u, d, q), v)| crate::board::StatementTotals {
+                queryid: q,
+                user: name(&t.names.roles, &u),
+                datname: name(&t.names.databases, &d),
+                seconds: v[0] / 1000.0,
+                calls: v[1],
+                rows: v[2],
+                block_read_seconds: v[3] / 1000.0,
+                block_write_seconds: v[4] / 1000.0,
+            })
+            .collect();
+        db.server()
+            .board()
+            .post(|p| &mut p.statements, std::sync::Arc::new(totals));
     }
 
     fn unavailable(&self, now: DateTime<Utc>, p: Problem) -> Result<Vec<Event>, CycleError> {

@@ -94,6 +94,33 @@ impl Tracker {
         }
     }
 
+    /// The `limit` entries of the last sample with the most execution time, summed by
+    /// role, database and query id (top-level and nested alike), most first: (role
+    /// oid, database oid, query id, and per `columns` name its total).
+    pub fn top(&self, limit: usize, columns: &[&str]) -> Vec<((u32, u32, i64), Vec<f64>)> {
+        let Some(b) = &self.prev else {
+            return Vec::new();
+        };
+        let at = |name: &str| b.columns.iter().position(|c| c == name);
+        let wanted: Vec<Option<usize>> = columns.iter().map(|c| at(c)).collect();
+        if wanted.first().copied().flatten().is_none() {
+            return Vec::new();
+        }
+        let mut sums: HashMap<(u32, u32, i64), Vec<f64>> = HashMap::new();
+        for (k, v) in &b.entries {
+            let sum = sums
+                .entry((k.userid, k.dbid, k.queryid))
+                .or_insert_with(|| vec![0.0; columns.len()]);
+            for (s, i) in sum.iter_mut().zip(&wanted) {
+                *s += i.and_then(|i| v.get(i)).copied().unwrap_or(0.0);
+            }
+        }
+        let mut out: Vec<_> = sums.into_iter().collect();
+        out.sort_by(|a, b| b.1[0].total_cmp(&a.1[0]).then(a.0.cmp(&b.0)));
+        out.truncate(limit);
+        out
+    }
+
     /// The state for status.
     pub fn state(&self) -> Option<SourceState> {
         self.state.clone()

@@ -51,6 +51,8 @@ pub struct DatabaseStats {
     pub mxid_age: Option<f64>,
     /// `datconnlimit` (-1: none).
     pub connection_limit: Option<f64>,
+    /// `datallowconn`.
+    pub allow_connections: bool,
 }
 
 /// One database's size (`pg_database_size`), read less often than its statistics.
@@ -83,6 +85,8 @@ pub struct ServerStats {
     pub in_recovery: bool,
     /// Seconds since the last replayed transaction on a standby (0 on a primary).
     pub replay_lag_s: Option<f64>,
+    /// A standby has replayed all it received.
+    pub replay_caught_up: bool,
     /// WAL position in bytes (`pg_current_wal_lsn`, or the last replayed on a standby).
     pub wal_lsn_bytes: Option<f64>,
 }
@@ -124,6 +128,22 @@ pub struct LockCount {
     pub mode: String,
     /// Locks held or awaited.
     pub count: f64,
+}
+
+/// Every session counted, for the metrics page.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    /// By database and state (every database listed).
+    pub by_state: PerDatabase<SessionCount>,
+    /// Sessions in a transaction and not idle, autovacuum workers left out.
+    pub in_transaction: f64,
+    /// The oldest of their transactions, seconds (0: none).
+    pub oldest_transaction_s: f64,
+    /// How many of them are older than each threshold (seconds, count).
+    pub longer_than: Vec<(u32, f64)>,
+    /// Autovacuum workers: the table each works on and when its transaction started
+    /// (Unix seconds).
+    pub autovacuum: Vec<(String, f64)>,
 }
 
 /// Counts by database, with every database's name (a database with nothing to count
@@ -247,9 +267,11 @@ pub struct Replication {
     /// `pg_stat_replication` rows, with `pg_wal_lsn_diff` (bytes behind this server's
     /// WAL position) and `pg_current_wal_lsn_bytes`.
     pub standbys: Vec<Row>,
-    /// `pg_replication_slots` rows, with `pg_wal_lsn_diff` (bytes from `restart_lsn` to
-    /// this server's WAL position).
+    /// `pg_replication_slots` rows, with `retained_bytes` (from `restart_lsn` to this
+    /// server's WAL position).
     pub slots: Vec<Row>,
+    /// This server's WAL position (received, on a standby), bytes.
+    pub wal_lsn_bytes: Option<f64>,
 }
 
 /// Every part of the board, as a scrape sees it.
@@ -266,7 +288,7 @@ pub struct Parts {
     /// Every numeric and boolean setting.
     pub settings: Option<Posted<Vec<Setting>>>,
     /// Sessions by database and state.
-    pub sessions: Option<Posted<PerDatabase<SessionCount>>>,
+    pub sessions: Option<Posted<Sessions>>,
     /// Locks by database and mode.
     pub locks: Option<Posted<PerDatabase<LockCount>>>,
     /// The tables pass.
@@ -275,6 +297,8 @@ pub struct Parts {
     pub statements: Option<Posted<Vec<StatementTotals>>>,
     /// Standbys and slots.
     pub replication: Option<Posted<Replication>>,
+    /// Roles and their connection limits.
+    pub roles: Option<Posted<Vec<(String, f64)>>>,
 }
 
 /// One server's board.
@@ -345,9 +369,31 @@ pub fn unix_seconds(v: Option<&Value>) -> Option<f64> {
     Some(t.timestamp_micros() as f64 / 1e6)
 }
 
+/// An LSN (`16/B374D848`) as bytes from the start of WAL.
+pub fn lsn_bytes(v: Option<&Value>) -> Option<f64> {
+    let (hi, lo) = v?.as_str()?.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    Some(((hi << 32) | lo) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsns_are_bytes() {
+        assert_eq!(
+            lsn_bytes(Some(&Value::from("0/1500718"))),
+            Some(22_021_912.0)
+        );
+        assert_eq!(
+            lsn_bytes(Some(&Value::from("16/B374D848"))),
+            Some(97_500_059_720.0)
+        );
+        assert_eq!(lsn_bytes(Some(&Value::from("x/1"))), None);
+        assert_eq!(lsn_bytes(Some(&Value::Null)), None);
+    }
 
     #[test]
     fn a_board_not_wanted_keeps_nothing_and_turning_it_off_forgets() {

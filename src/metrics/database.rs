@@ -173,6 +173,20 @@ const BGWRITER: &[(&str, &str, &str, &str)] = &[
     ("stats_reset_total", "bgwriter", "stats_reset", "Time at which these statistics were last reset"),
 ];
 
+/// `pg_stat_checkpointer` families (postgres_exporter's stat_checkpointer collector,
+/// 17+; before 17 the same figures out of `pg_stat_bgwriter`, without restartpoints).
+const CHECKPOINTER: &[(&str, &str)] = &[
+    ("num_timed", "Number of scheduled checkpoints due to timeout"),
+    ("num_requested", "Number of requested checkpoints that have been performed"),
+    ("restartpoints_timed", "Number of scheduled restartpoints due to timeout or after a failed attempt to perform it"),
+    ("restartpoints_req", "Number of requested restartpoints"),
+    ("restartpoints_done", "Number of restartpoints that have been performed"),
+    ("write_time", "Total amount of time that has been spent in the portion of processing checkpoints and restartpoints where files are written to disk, in milliseconds"),
+    ("sync_time", "Total amount of time that has been spent in the portion of processing checkpoints and restartpoints where files are synchronized to disk, in milliseconds"),
+    ("buffers_written", "Number of buffers written during checkpoints and restartpoints"),
+    ("stats_reset", "Time at which these statistics were last reset"),
+];
+
 /// `pg_stat_user_tables` and `pg_statio_user_tables` families: the column of
 /// [`board::TABLE_COLUMNS`], the family, its type and help.
 const TABLE_FAMILIES: &[(&str, &str, Type, &str)] = &[
@@ -388,6 +402,16 @@ pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut Stri
     if let Some(s) = &parts.statements {
         statements(&mut w, &s.value);
     }
+    if let Some(r) = &parts.roles {
+        w.family(
+            "pg_roles_connection_limit",
+            "Connection limit set for the role",
+            Type::Gauge,
+        );
+        for (role, limit) in r.value.iter() {
+            w.sample("pg_roles_connection_limit", &[("rolname", role)], *limit);
+        }
+    }
 }
 
 /// postgres_exporter's `stat_statements` families: the statements with the most time.
@@ -453,6 +477,7 @@ fn ages(w: &mut Writer, parts: &Parts, now: SystemTime) {
         ("tables", age(&parts.tables, now)),
         ("replication", age(&parts.replication, now)),
         ("statements", age(&parts.statements, now)),
+        ("roles", age(&parts.roles, now)),
     ];
     w.family(
         "postgres_agent_reading_age_seconds",
@@ -501,6 +526,59 @@ fn stat_database(w: &mut Writer, dbs: &[board::DatabaseStats], server: &str) {
                     ("server", server),
                 ];
                 w.sample(&name, &labels, v);
+            }
+        }
+    }
+    // postgres_exporter's stat_database collector (0.13+) has active time in seconds.
+    if dbs.iter().any(|d| d.stats.contains_key("active_time")) {
+        let name = "pg_stat_database_active_time_seconds_total";
+        w.family(
+            name,
+            "Time spent executing SQL statements in this database, in seconds",
+            Type::Counter,
+        );
+        for (d, id) in dbs.iter().zip(&ids) {
+            if let Some(ms) = d.stats.get("active_time").and_then(Value::as_f64) {
+                let labels = [
+                    ("datid", id.as_str()),
+                    ("datname", d.datname.as_str()),
+                    ("server", server),
+                ];
+                w.sample(name, &labels, ms / 1000.0);
+            }
+        }
+    }
+    let named: Vec<&board::DatabaseStats> = dbs.iter().filter(|d| d.datid != 0).collect();
+    w.family(
+        "pg_database_connection_limit",
+        "Connection limit set for the database",
+        Type::Gauge,
+    );
+    for d in &named {
+        if let Some(v) = d.connection_limit {
+            w.sample(
+                "pg_database_connection_limit",
+                &[("datname", &d.datname)],
+                v,
+            );
+        }
+    }
+    for (name, help, of) in [
+        (
+            "pg_database_wraparound_age_datfrozenxid_seconds",
+            "Age of the oldest transaction ID that has not been frozen.",
+            (|d: &board::DatabaseStats| d.xid_age) as fn(&board::DatabaseStats) -> Option<f64>,
+        ),
+        (
+            "pg_database_wraparound_age_datminmxid_seconds",
+            "Age of the oldest multi-transaction ID that has been replaced with a transaction ID.",
+            |d: &board::DatabaseStats| d.mxid_age,
+        ),
+    ] {
+        w.family(name, help, Type::Gauge);
+        for d in named.iter().filter(|d| d.allow_connections) {
+            if let Some(v) = of(d) {
+                w.sample(name, &[("datname", &d.datname)], v);
             }
         }
     }
@@ -607,6 +685,36 @@ fn server_stats(w: &mut Writer, s: &board::ServerStats, server: &str, now: Syste
         );
         w.sample("pg_postmaster_start_time_seconds", &label, t);
     }
+    for (col, help) in CHECKPOINTER {
+        let Some(v) = s.checkpointer.get(*col).and_then(|v| value_of(Some(v))) else {
+            continue;
+        };
+        let name = format!("pg_stat_checkpointer_{col}_total");
+        w.family(&name, help, Type::Counter);
+        w.sample(&name, &[], v);
+    }
+    if let (Some(lsn), false) = (s.wal_lsn_bytes, s.in_recovery) {
+        w.family("pg_xlog_location_bytes", "Postgres LSN (log sequence number) being generated on primary or replayed on replica (truncated to low 52 bits)", Type::Gauge);
+        w.sample("pg_xlog_location_bytes", &[], lsn % 2f64.powi(52));
+    }
+    if let Some(last) = s.replay_lag_s {
+        w.family(
+            "pg_replication_lag_seconds",
+            "Replication lag behind master in seconds",
+            Type::Gauge,
+        );
+        w.sample(
+            "pg_replication_lag_seconds",
+            &[],
+            if s.replay_caught_up { 0.0 } else { last },
+        );
+        w.family(
+            "pg_replication_last_replay_seconds",
+            "Age of last replay in seconds",
+            Type::Gauge,
+        );
+        w.sample("pg_replication_last_replay_seconds", &[], last);
+    }
     if let Some(lag) = s.replay_lag_s {
         w.family(
             "pg_replication_lag",
@@ -684,7 +792,8 @@ fn settings(w: &mut Writer, all: &[board::Setting], server: &str) {
     }
 }
 
-fn sessions(w: &mut Writer, s: &board::PerDatabase<board::SessionCount>, server: &str) {
+fn sessions(w: &mut Writer, all: &board::Sessions, server: &str) {
+    let s = &all.by_state;
     let mut by: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
     for d in &s.databases {
         for st in STATES {
@@ -716,6 +825,46 @@ fn sessions(w: &mut Writer, s: &board::PerDatabase<board::SessionCount>, server:
             "pg_stat_activity_max_tx_duration",
             &[("datname", d), ("server", server), ("state", st)],
             *m,
+        );
+    }
+    w.family(
+        "pg_long_running_transactions",
+        "Current number of long running transactions",
+        Type::Gauge,
+    );
+    w.sample("pg_long_running_transactions", &[], all.in_transaction);
+    w.family(
+        "pg_long_running_transactions_oldest_timestamp_seconds",
+        "The current maximum transaction age in seconds",
+        Type::Gauge,
+    );
+    w.sample(
+        "pg_long_running_transactions_oldest_timestamp_seconds",
+        &[],
+        all.oldest_transaction_s,
+    );
+    w.family(
+        "pg_long_running_transactions_count",
+        "Number of transactions running longer than threshold",
+        Type::Gauge,
+    );
+    for (t, n) in &all.longer_than {
+        w.sample(
+            "pg_long_running_transactions_count",
+            &[("threshold", &t.to_string())],
+            *n,
+        );
+    }
+    w.family(
+        "pg_stat_activity_autovacuum_timestamp_seconds",
+        "Start timestamp of the vacuum process in seconds",
+        Type::Gauge,
+    );
+    for (rel, t) in &all.autovacuum {
+        w.sample(
+            "pg_stat_activity_autovacuum_timestamp_seconds",
+            &[("relname", rel)],
+            *t,
         );
     }
 }
@@ -776,6 +925,83 @@ fn slots(w: &mut Writer, r: &board::Replication, server: &str) {
                     v,
                 );
             }
+        }
+    }
+    let typed: Vec<(String, String, &Row)> = r
+        .slots
+        .iter()
+        .map(|s| (text(s, "slot_name"), text(s, "slot_type"), s))
+        .collect();
+    w.family(
+        "pg_replication_slot_slot_current_wal_lsn",
+        "current wal lsn value",
+        Type::Gauge,
+    );
+    for (name, ty, _) in &typed {
+        w.sample(
+            "pg_replication_slot_slot_current_wal_lsn",
+            &[("slot_name", name), ("slot_type", ty)],
+            r.wal_lsn_bytes.unwrap_or(0.0),
+        );
+    }
+    w.family(
+        "pg_replication_slot_slot_confirmed_flush_lsn",
+        "last lsn confirmed flushed to the replication slot",
+        Type::Gauge,
+    );
+    for (name, ty, s) in &typed {
+        if s.get("active").and_then(Value::as_bool) == Some(true) {
+            let v = board::lsn_bytes(s.get("confirmed_flush_lsn")).unwrap_or(0.0);
+            w.sample(
+                "pg_replication_slot_slot_confirmed_flush_lsn",
+                &[("slot_name", name), ("slot_type", ty)],
+                v,
+            );
+        }
+    }
+    w.family(
+        "pg_replication_slot_slot_is_active",
+        "whether the replication slot is active or not",
+        Type::Gauge,
+    );
+    for (name, ty, s) in &typed {
+        let active = s.get("active").and_then(Value::as_bool) == Some(true);
+        w.sample(
+            "pg_replication_slot_slot_is_active",
+            &[("slot_name", name), ("slot_type", ty)],
+            if active { 1.0 } else { 0.0 },
+        );
+    }
+    w.family(
+        "pg_replication_slot_safe_wal_size_bytes",
+        "number of bytes that can be written to WAL such that this slot is not in danger of getting in state lost",
+        Type::Gauge,
+    );
+    for (name, ty, s) in &typed {
+        if let Some(v) = s.get("safe_wal_size").and_then(Value::as_f64) {
+            w.sample(
+                "pg_replication_slot_safe_wal_size_bytes",
+                &[("slot_name", name), ("slot_type", ty)],
+                v,
+            );
+        }
+    }
+    w.family(
+        "pg_replication_slot_wal_status",
+        "availability of WAL files claimed by this slot",
+        Type::Gauge,
+    );
+    for (name, ty, s) in &typed {
+        if let Some(status) = s.get("wal_status").and_then(Value::as_str) {
+            w.sample(
+                "pg_replication_slot_wal_status",
+                &[
+                    ("slot_name", name),
+                    ("slot_type", ty),
+                    ("wal_status", status),
+                ],
+                1.0,
+            );
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::board::{Board, LockCount, PerDatabase, SessionCount};
+use crate::board::{Board, LockCount, PerDatabase, SessionCount, Sessions};
 use crate::db::text::{raw_bytes, text};
 use crate::db::{Conn, DbError};
 
@@ -45,6 +45,31 @@ ORDER BY d.datname",
     )
 }
 
+/// The thresholds of postgres_exporter's long-running transactions, seconds.
+pub const LONG_RUNNING: &[u32] = &[60, 300, 600, 1800];
+
+/// Open transactions of sessions that are not idle (autovacuum left out): how many,
+/// the oldest, how many older than each of [`LONG_RUNNING`].
+const TRANSACTIONS_SQL: &str = "SELECT count(*)::float8, coalesce(max(age), 0)::float8,
+    count(*) FILTER (WHERE age >= 60)::float8, count(*) FILTER (WHERE age >= 300)::float8,
+    count(*) FILTER (WHERE age >= 600)::float8, count(*) FILTER (WHERE age >= 1800)::float8
+FROM (SELECT extract(epoch FROM clock_timestamp() - xact_start) AS age
+      FROM pg_catalog.pg_stat_activity
+      WHERE state IS DISTINCT FROM 'idle' AND xact_start IS NOT NULL
+        AND coalesce(backend_type, '') <> 'autovacuum worker'
+        AND query NOT LIKE 'autovacuum:%') t";
+
+/// Autovacuum workers: the table (out of the query text, `autovacuum: VACUUM s.t`) and
+/// when the work started.
+fn autovacuum_sql() -> String {
+    format!(
+        "SELECT {} AS relname, extract(epoch FROM xact_start)::float8 AS started
+FROM pg_catalog.pg_stat_activity
+WHERE query LIKE 'autovacuum:%' AND xact_start IS NOT NULL",
+        raw_bytes("split_part(split_part(query, '.', 2), ' ', 1)")
+    )
+}
+
 fn locks_sql() -> String {
     format!(
         "SELECT {} AS datname, l.mode, l.n
@@ -63,14 +88,15 @@ pub async fn post_sessions(conn: &Conn, board: &Board) -> Result<(), DbError> {
         .query(&sessions_sql(), &[])
         .await
         .map_err(DbError::query)?;
-    let mut out = PerDatabase::default();
+    let mut out = Sessions::default();
+    let by = &mut out.by_state;
     let mut bad = false;
     for r in &rows {
         let Ok(Some(datname)) = text(r, "datname", &mut bad) else {
             continue;
         };
-        if out.databases.last() != Some(&datname) {
-            out.databases.push(datname.clone());
+        if by.databases.last() != Some(&datname) {
+            by.databases.push(datname.clone());
         }
         let (Ok(Some(state)), Ok(Some(n)), Ok(Some(max_tx))) = (
             r.try_get::<_, Option<String>>("state"),
@@ -79,13 +105,36 @@ pub async fn post_sessions(conn: &Conn, board: &Board) -> Result<(), DbError> {
         ) else {
             continue;
         };
-        out.counts.push(SessionCount {
+        by.counts.push(SessionCount {
             datname,
             state,
             count: n,
             max_tx_duration: max_tx,
         });
     }
+    let t = conn
+        .query_one(TRANSACTIONS_SQL, &[])
+        .await
+        .map_err(DbError::query)?;
+    let n = |i: usize| t.try_get::<_, f64>(i).unwrap_or(0.0);
+    out.in_transaction = n(0);
+    out.oldest_transaction_s = n(1);
+    out.longer_than = LONG_RUNNING
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, n(i + 2)))
+        .collect();
+    let workers = conn
+        .query(&autovacuum_sql(), &[])
+        .await
+        .map_err(DbError::query)?;
+    out.autovacuum = workers
+        .iter()
+        .filter_map(|r| {
+            let relname = text(r, "relname", &mut bad).ok()??;
+            Some((relname, r.try_get("started").ok()?))
+        })
+        .collect();
     board.post(|p| &mut p.sessions, Arc::new(out));
     Ok(())
 }

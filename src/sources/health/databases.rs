@@ -168,6 +168,8 @@ fn post(board: &Board, rows: &[Row], sized: bool) {
                 xid_age: num(r, "xid_age"),
                 mxid_age: num(r, "mxid_age"),
                 connection_limit: num(r, "connection_limit"),
+                allow_connections: r.get("allow_connections").and_then(Value::as_bool)
+                    == Some(true),
             })
         })
         .collect();

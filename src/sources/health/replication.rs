@@ -123,6 +123,7 @@ impl Source for ReplicationSource {
                 let shown = crate::board::Replication {
                     standbys: data.standbys.clone(),
                     slots: data.slots.clone(),
+                    wal_lsn_bytes: crate::board::lsn_bytes(Some(&data.wal_lsn)),
                 };
                 board.post(|p| &mut p.replication, std::sync::Arc::new(shown));
             }

@@ -31,6 +31,8 @@ const FACTS: &str = "jsonb_build_object('version', version(),
     'replay_lag_s', CASE WHEN pg_is_in_recovery()
         THEN greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8
         ELSE 0 END,
+    'replay_caught_up', pg_is_in_recovery()
+        AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(),
     'wal_lsn_bytes', pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
         THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::float8)";
 
@@ -212,6 +214,7 @@ pub fn for_board(row: &Row, version_num: i32) -> board::ServerStats {
         postmaster_start_time: num("postmaster_start_time").map(f64::floor),
         in_recovery: facts.get("in_recovery").and_then(Value::as_bool) == Some(true),
         replay_lag_s: num("replay_lag_s"),
+        replay_caught_up: facts.get("replay_caught_up").and_then(Value::as_bool) == Some(true),
         wal_lsn_bytes: num("wal_lsn_bytes"),
     }
 }

@@ -39,6 +39,15 @@ const NUMERIC_SQL: &str = "SELECT name,
     coalesce(unit, ''), coalesce(short_desc, ''), vartype
 FROM pg_catalog.pg_settings WHERE vartype IN ('bool', 'integer', 'real') ORDER BY name";
 
+/// Roles and their connection limits, for the metrics page (read with the settings:
+/// both change by hand, seldom).
+fn roles_sql() -> String {
+    format!(
+        "SELECT {} AS rolname, rolconnlimit::float8 AS limit FROM pg_catalog.pg_roles ORDER BY 1",
+        crate::db::text::raw_bytes("rolname::text")
+    )
+}
+
 /// What changed in one setting.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SettingChange {
@@ -183,6 +192,21 @@ impl Source for SettingsSource {
                     })
                     .collect();
                 board.post(|p| &mut p.settings, std::sync::Arc::new(all));
+                let roles = conn
+                    .query(&roles_sql(), &[])
+                    .await
+                    .map_err(crate::db::DbError::query)?;
+                let mut bad = false;
+                let roles: Vec<(String, f64)> = roles
+                    .iter()
+                    .filter_map(|r| {
+                        Some((
+                            crate::db::text::text(r, "rolname", &mut bad).ok()??,
+                            r.try_get::<_, f64>("limit").ok()?,
+                        ))
+                    })
+                    .collect();
+                board.post(|p| &mut p.roles, std::sync::Arc::new(roles));
             }
             drop(conn);
             let seen = read(&mut rows);

@@ -187,6 +187,7 @@ fn parse_all(
     let mut pos = 0;
     let mut n = 0;
     let mut out = Vec::new();
+    let mut seen = postgres_agent::model::LogInsights::default();
     let now = Utc::now();
     let format = parser.format();
     while pos < log.len() {
@@ -207,6 +208,7 @@ fn parse_all(
                     format,
                     "803-1a2b-00ff",
                     now,
+                    &mut seen,
                 );
                 std::hint::black_box(e);
             }

@@ -336,3 +336,145 @@ fn every_scrape_succeeds_while_silent_and_trickling_clients_hold_connections() {
     trickler.join().expect("trickler");
     assert!(scrapes > 8, "{scrapes} scrapes");
 }
+
+/// The samples of `family` on a page, by their label text.
+fn page_samples(page: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(family)?;
+            let (labels, v) = match rest.strip_prefix('{') {
+                Some(r) => r.rsplit_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            Some((labels.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn log_insights_on_the_page_count_exactly_the_messages_shipped() {
+    let mut pg = PgCluster::init(&format!(
+        "{}log_destination = 'csvlog'\nlog_directory = 'log'\nautovacuum = off\n",
+        crate::logs::LOG_CONF
+    ));
+    pg.start_server();
+    pg.sql("CREATE TABLE queue(id int)");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("insights");
+    let mport = free_port();
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("sample_interval_ms = 0\n", "sample_interval_ms = 1000\n")
+        .replace(
+            "locks = false\n",
+            "locks = true\nlocks_blocking_interval_s = 1\n",
+        )
+        .replace(
+            "logs = false\n",
+            "logs = true\n[logs]\nstart_at = \"beginning\"\n",
+        )
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+
+    // Three slow statements, an error, a lock wait that ends, a checkpoint.
+    for _ in 0..3 {
+        pg.sql("SELECT pg_sleep(0.2)");
+    }
+    assert!(!pg.try_sql("SELECT 1/0"));
+    let holder = pg.session("holder", "BEGIN; LOCK queue; SELECT pg_sleep(1.5); COMMIT;");
+    wait_for("the lock held", Duration::from_secs(30), || {
+        (pg.sql("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'queue'::regclass") == "1").then_some(())
+    });
+    pg.sql("BEGIN; LOCK queue; COMMIT;");
+    assert!(holder.wait());
+    pg.sql("CHECKPOINT");
+
+    let shipped = |class: &str| {
+        listener
+            .events_of("pg_log")
+            .into_iter()
+            .filter(|e| e["data"]["class"] == class)
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "the checkpoint and the lock shipped",
+        Duration::from_secs(60),
+        || {
+            let done = shipped("checkpoint")
+                .iter()
+                .any(|e| e["data"]["figures"]["phase"] == "complete")
+                && !shipped("lock_acquired").is_empty()
+                && shipped("slow_query").len() >= 3;
+            done.then_some(())
+        },
+    );
+    // Every (class, severity) on the page is what was shipped, once everything read is.
+    let (page, events) = wait_for(
+        "the page agrees with the events",
+        Duration::from_secs(60),
+        || {
+            let (_, page) = get(mport, "/metrics")?;
+            let events = listener.events_of("pg_log");
+            let mut want = std::collections::BTreeMap::new();
+            for e in &events {
+                let sev = e["data"]["severity"].as_str().unwrap_or("none").to_string();
+                let class = e["data"]["class"].as_str().unwrap_or_default().to_string();
+                *want
+                    .entry(format!("class=\"{class}\",severity=\"{sev}\""))
+                    .or_insert(0.0) += 1.0;
+            }
+            (page_samples(&page, "postgres_agent_log_messages_total") == want)
+                .then_some((page, events))
+        },
+    );
+    let count = |class: &str| {
+        events
+            .iter()
+            .filter(|e| e["data"]["class"] == class)
+            .count() as f64
+    };
+    assert_eq!(
+        page_samples(
+            &page,
+            "postgres_agent_log_slow_query_duration_seconds_count"
+        )
+        .get(""),
+        Some(&count("slow_query"))
+    );
+    assert!(count("slow_query") >= 3.0);
+    let below = page_samples(
+        &page,
+        "postgres_agent_log_slow_query_duration_seconds_bucket",
+    );
+    assert_eq!(
+        below.get("le=\"0.1\""),
+        Some(&0.0),
+        "every logged statement took 150 ms or more"
+    );
+    assert_eq!(
+        page_samples(&page, "postgres_agent_log_lock_wait_seconds_count").get(""),
+        Some(&count("lock_acquired"))
+    );
+    let waited = page_samples(&page, "postgres_agent_log_lock_wait_seconds_sum")[""];
+    assert!((0.5..30.0).contains(&waited), "waited {waited} s");
+    let completes = events
+        .iter()
+        .filter(|e| {
+            e["data"]["class"] == "checkpoint" && e["data"]["figures"]["phase"] == "complete"
+        })
+        .count() as f64;
+    assert_eq!(
+        page_samples(
+            &page,
+            "postgres_agent_log_checkpoint_duration_seconds_count"
+        )
+        .get(""),
+        Some(&completes)
+    );
+    // The sampler saw the waiting session waiting for a lock.
+    let time = page_samples(&page, "postgres_agent_session_seconds_total");
+    assert!(
+        time.get("state=\"active\",wait_event_type=\"Lock\"")
+            .is_some_and(|s| *s >= 1.0),
+        "{time:?}"
+    );
+}

@@ -112,7 +112,59 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     TextEncoder::new().encode(&families, &mut out)?;
-    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    let mut text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+    if let Some(d) = s.log() {
+        log_insights(&d.insights, &mut text);
+    }
+    Ok(text)
+}
+
+/// What the server's messages said: by class and severity, and the durations they
+/// report (slow statements, lock waits that ended, checkpoints, autovacuum runs).
+fn log_insights(i: &crate::model::LogInsights, out: &mut String) {
+    use database::{Type, Writer};
+    let mut w = Writer::new(out);
+    w.family(
+        "postgres_agent_log_messages_total",
+        "Server log messages read, by class and severity",
+        Type::Counter,
+    );
+    for ((class, severity), n) in &i.messages {
+        w.sample(
+            "postgres_agent_log_messages_total",
+            &[("class", class), ("severity", severity)],
+            *n as f64,
+        );
+    }
+    for (name, help, h) in [
+        (
+            "postgres_agent_log_slow_query_duration_seconds",
+            "Durations of statements the server logged (log_min_duration_statement)",
+            &i.slow_query_seconds,
+        ),
+        (
+            "postgres_agent_log_lock_wait_seconds",
+            "Lock waits that ended, as the server logged them (log_lock_waits: acquired after)",
+            &i.lock_wait_seconds,
+        ),
+        (
+            "postgres_agent_log_checkpoint_duration_seconds",
+            "Checkpoints and restartpoints the server logged complete (log_checkpoints): total time",
+            &i.checkpoint_seconds,
+        ),
+    ] {
+        w.family(name, help, Type::Histogram);
+        w.histogram(name, &[], h);
+    }
+    let name = "postgres_agent_log_autovacuum_duration_seconds";
+    w.family(
+        name,
+        "Autovacuum and autoanalyze runs the server logged (log_autovacuum_min_duration): elapsed time",
+        Type::Histogram,
+    );
+    for (class, h) in &i.autovacuum_seconds {
+        w.histogram(name, &[("class", class)], h);
+    }
 }
 
 /// Each child: up, restarts.

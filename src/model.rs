@@ -495,6 +495,141 @@ pub struct LogReaderStats {
     /// Reader counters and position.
     #[serde(flatten)]
     pub tail: TailStats,
+    /// What the messages read said, counted (for `/metrics`; not in status).
+    #[serde(skip)]
+    pub insights: LogInsights,
+}
+
+/// A histogram over fixed bounds (a value counts in the first bucket whose bound it
+/// does not exceed; past the last, in the last slot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds.
+    pub bounds: &'static [f64],
+    /// Counts per bucket, one more than `bounds`.
+    pub counts: Vec<u64>,
+    /// Sum of the values.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// Empty, over `bounds`.
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    /// Counts `v`.
+    pub fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+}
+
+/// Bounds of slow statements' durations, seconds.
+pub const SLOW_QUERY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Bounds of lock waits that ended, seconds.
+pub const LOCK_WAIT_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+/// Bounds of checkpoints' and autovacuum runs' durations, seconds.
+pub const MAINTENANCE_BUCKETS: &[f64] = &[
+    0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// The severities a label may take (others, translated ones included: `other`).
+pub const SEVERITIES: &[&str] = &[
+    "DEBUG5", "DEBUG4", "DEBUG3", "DEBUG2", "DEBUG1", "INFO", "NOTICE", "WARNING", "ERROR", "LOG",
+    "FATAL", "PANIC",
+];
+
+/// What the server's messages said, counted as they are read: by class and severity
+/// (both from bounded sets), and the durations they report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogInsights {
+    /// Messages by (class, severity).
+    pub messages: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    /// `duration:` of slow statements.
+    pub slow_query_seconds: Histogram,
+    /// `acquired … after N ms`: lock waits that ended.
+    pub lock_wait_seconds: Histogram,
+    /// `checkpoint complete: … total=N s` (and restartpoints).
+    pub checkpoint_seconds: Histogram,
+    /// `automatic vacuum`/`analyze` … `elapsed: N s`, by class.
+    pub autovacuum_seconds: std::collections::BTreeMap<&'static str, Histogram>,
+}
+
+impl Default for LogInsights {
+    fn default() -> Self {
+        LogInsights {
+            messages: Default::default(),
+            slow_query_seconds: Histogram::new(SLOW_QUERY_BUCKETS),
+            lock_wait_seconds: Histogram::new(LOCK_WAIT_BUCKETS),
+            checkpoint_seconds: Histogram::new(MAINTENANCE_BUCKETS),
+            autovacuum_seconds: Default::default(),
+        }
+    }
+}
+
+impl LogInsights {
+    /// Counts one message of `class` (a wire name) and `severity`, with its duration
+    /// (slow statements) and figures.
+    pub fn note(
+        &mut self,
+        class: &'static str,
+        severity: Option<&str>,
+        duration_ms: Option<f64>,
+        figures: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) {
+        let sev = match severity {
+            Some(s) => SEVERITIES
+                .iter()
+                .find(|k| **k == s)
+                .copied()
+                .unwrap_or("other"),
+            None => "none",
+        };
+        *self.messages.entry((class, sev)).or_default() += 1;
+        let fig = |k: &str| {
+            figures
+                .and_then(|f| f.get(k))
+                .and_then(serde_json::Value::as_f64)
+        };
+        match class {
+            "slow_query" => {
+                if let Some(ms) = duration_ms {
+                    self.slow_query_seconds.observe(ms / 1000.0);
+                }
+            }
+            "lock_acquired" => {
+                if let Some(ms) = fig("waited_ms") {
+                    self.lock_wait_seconds.observe(ms / 1000.0);
+                }
+            }
+            "checkpoint" => {
+                if let Some(s) = fig("total_s") {
+                    self.checkpoint_seconds.observe(s);
+                }
+            }
+            "autovacuum" | "autoanalyze" => {
+                if let Some(s) = fig("elapsed_s") {
+                    self.autovacuum_seconds
+                        .entry(class)
+                        .or_insert_with(|| Histogram::new(MAINTENANCE_BUCKETS))
+                        .observe(s);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Counters of one collector.

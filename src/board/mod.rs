@@ -299,6 +299,64 @@ pub struct Parts {
     pub replication: Option<Posted<Replication>>,
     /// Roles and their connection limits.
     pub roles: Option<Posted<Vec<(String, f64)>>>,
+    /// Session time the sampler saw, by state and wait event type (seconds since the
+    /// agent started).
+    pub session_seconds: Option<Posted<Vec<SessionTime>>>,
+    /// Sessions waiting for a lock now, and the longest wait.
+    pub lock_waits: Option<Posted<LockWaits>>,
+}
+
+/// Seconds of sessions in one state, waiting for one kind of event (`none`: on CPU).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionTime {
+    /// `active`, `idle in transaction`, … (`other` for a state this build does not know).
+    pub state: &'static str,
+    /// `Lock`, `IO`, `LWLock`, … (`none`: not waiting; `other`: a type this build does
+    /// not know).
+    pub wait_event_type: &'static str,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Sessions waiting for a lock, as the locks source saw them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LockWaits {
+    /// Sessions waiting.
+    pub waiting: f64,
+    /// The longest wait so far, seconds (0: none).
+    pub longest_s: f64,
+}
+
+/// The states of `pg_stat_activity` a label may take (others: `other`).
+pub const STATES: &[&str] = &[
+    "active",
+    "idle",
+    "idle in transaction",
+    "idle in transaction (aborted)",
+    "fastpath function call",
+    "disabled",
+];
+
+/// The wait event types a label may take (others: `other`; none: `none`).
+pub const WAIT_EVENT_TYPES: &[&str] = &[
+    "Activity",
+    "BufferPin",
+    "Client",
+    "Extension",
+    "IO",
+    "IPC",
+    "InjectionPoint",
+    "Lock",
+    "LWLock",
+    "Timeout",
+];
+
+/// `v` if it is one of `known`, else `other` (a label from a bounded set).
+pub fn bounded(v: Option<&str>, known: &[&'static str], none: &'static str) -> &'static str {
+    match v {
+        None | Some("") => none,
+        Some(v) => known.iter().find(|k| **k == v).copied().unwrap_or("other"),
+    }
 }
 
 /// One server's board.

@@ -255,7 +255,8 @@ impl Follower {
                 self.stats.own_events_skipped_total += 1;
                 continue;
             }
-            events.push(self.shaper.event(r, &file, format, &identity, now));
+            let seen = &mut self.stats.insights;
+            events.push(self.shaper.event(r, &file, format, &identity, now, seen));
         }
         // Kept while the reader is behind (a catch-up reads batch after batch); once
         // it has caught up the vectors go, so a burst leaves no megabyte behind.

@@ -696,6 +696,7 @@ impl Shaper {
         format: Format,
         identity: &str,
         now: DateTime<Utc>,
+        seen: &mut crate::model::LogInsights,
     ) -> Event {
         // Sized once (format! grew it twice per event).
         let mut id = String::with_capacity(identity.len() + 28);
@@ -710,7 +711,14 @@ impl Shaper {
         }
         JSON.with_borrow_mut(|json| {
             json.clear();
-            self.data(&r, file, format).write_json(json);
+            let d = self.data(&r, file, format);
+            seen.note(
+                d.class.as_str(),
+                d.severity,
+                d.duration_ms,
+                d.figures.as_ref(),
+            );
+            d.write_json(json);
             let event = Event::from_written_log_json(id, EventKind::PgLog, now, json);
             // One very long message does not leave its buffer behind.
             if json.capacity() > 1 << 20 {
@@ -753,7 +761,14 @@ mod tests {
             message: "m".into(),
             ..Default::default()
         };
-        let e = shaper(Redact::None).event(r, "f.log", Format::Stderr, "fe00-1-ab", Utc::now());
+        let e = shaper(Redact::None).event(
+            r,
+            "f.log",
+            Format::Stderr,
+            "fe00-1-ab",
+            Utc::now(),
+            &mut Default::default(),
+        );
         assert_eq!(e.id, "pg_log:fe00-1-ab:18446744073709551615");
     }
 
@@ -835,7 +850,7 @@ mod tests {
                     same(&s.data(&r, &name, format), file);
                     // The daemon's event carries the same text.
                     let serde = serde_json::to_string(&s.data(&r, &name, format)).expect("serde");
-                    let ev = s.event(r, &name, format, "id", Utc::now());
+                    let ev = s.event(r, &name, format, "id", Utc::now(), &mut Default::default());
                     assert_eq!(ev.data.get(), serde, "{file}");
                 }
                 Some(batch)

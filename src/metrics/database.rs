@@ -39,6 +39,8 @@ pub enum Type {
     Gauge,
     /// `untyped`.
     Untyped,
+    /// `histogram`.
+    Histogram,
 }
 
 impl Type {
@@ -47,6 +49,7 @@ impl Type {
             Type::Counter => "counter",
             Type::Gauge => "gauge",
             Type::Untyped => "untyped",
+            Type::Histogram => "histogram",
         }
     }
 }
@@ -94,6 +97,29 @@ impl<'a> Writer<'a> {
         self.out.push(' ');
         push_value(self.out, v);
         self.out.push('\n');
+    }
+}
+
+impl Writer<'_> {
+    /// A histogram's samples (`_bucket` with `le`, `_sum`, `_count`) under `labels`.
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &crate::model::Histogram) {
+        let bucket = format!("{name}_bucket");
+        let mut all: Vec<(&str, &str)> = labels.to_vec();
+        let mut running = 0;
+        let les: Vec<String> = h
+            .bounds
+            .iter()
+            .map(|b| b.to_string())
+            .chain(std::iter::once("+Inf".to_string()))
+            .collect();
+        for (count, le) in h.counts.iter().zip(&les) {
+            running += count;
+            all.push(("le", le));
+            self.sample(&bucket, &all, running as f64);
+            all.pop();
+        }
+        self.sample(&format!("{name}_sum"), labels, h.sum);
+        self.sample(&format!("{name}_count"), labels, running as f64);
     }
 }
 
@@ -402,6 +428,39 @@ pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut Stri
     if let Some(s) = &parts.statements {
         statements(&mut w, &s.value);
     }
+    if let Some(t) = &parts.session_seconds {
+        let name = "postgres_agent_session_seconds_total";
+        w.family(
+            name,
+            "Time of sessions the sampler saw, by state and wait event type (none: on CPU)",
+            Type::Counter,
+        );
+        for s in t.value.iter() {
+            w.sample(
+                name,
+                &[("state", s.state), ("wait_event_type", s.wait_event_type)],
+                s.seconds,
+            );
+        }
+    }
+    if let Some(l) = &parts.lock_waits {
+        w.family(
+            "postgres_agent_lock_waiting_sessions",
+            "Sessions waiting for a lock (the locks source's last look)",
+            Type::Gauge,
+        );
+        w.sample("postgres_agent_lock_waiting_sessions", &[], l.value.waiting);
+        w.family(
+            "postgres_agent_lock_wait_longest_seconds",
+            "How long the longest current lock wait has lasted",
+            Type::Gauge,
+        );
+        w.sample(
+            "postgres_agent_lock_wait_longest_seconds",
+            &[],
+            l.value.longest_s,
+        );
+    }
     if let Some(r) = &parts.roles {
         w.family(
             "pg_roles_connection_limit",
@@ -478,6 +537,8 @@ fn ages(w: &mut Writer, parts: &Parts, now: SystemTime) {
         ("replication", age(&parts.replication, now)),
         ("statements", age(&parts.statements, now)),
         ("roles", age(&parts.roles, now)),
+        ("session_seconds", age(&parts.session_seconds, now)),
+        ("lock_waits", age(&parts.lock_waits, now)),
     ];
     w.family(
         "postgres_agent_reading_age_seconds",
@@ -889,7 +950,91 @@ fn locks(w: &mut Writer, l: &board::PerDatabase<board::LockCount>, server: &str)
     }
 }
 
+/// Standbys streaming from this server: postgres_exporter's `pg_stat_replication`
+/// families, and their lag in seconds.
+fn standbys(w: &mut Writer, r: &board::Replication, server: &str) {
+    if r.standbys.is_empty() {
+        return;
+    }
+    let text = |row: &Row, k: &str| {
+        row.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let rows: Vec<(String, String, String, &Row)> = r
+        .standbys
+        .iter()
+        .map(|s| {
+            (
+                text(s, "application_name"),
+                text(s, "client_addr"),
+                text(s, "state"),
+                s,
+            )
+        })
+        .collect();
+    for (family, help, of) in [
+        (
+            "pg_stat_replication_pg_current_wal_lsn_bytes",
+            "WAL position in bytes",
+            (|_: &Row, here: Option<f64>| here) as fn(&Row, Option<f64>) -> Option<f64>,
+        ),
+        (
+            "pg_stat_replication_pg_wal_lsn_diff",
+            "Lag in bytes between master and slave",
+            |s: &Row, _| s.get("replay_lag_bytes").and_then(Value::as_f64),
+        ),
+    ] {
+        w.family(family, help, Type::Gauge);
+        for (app, addr, state, s) in &rows {
+            if let Some(v) = of(s, r.wal_lsn_bytes) {
+                w.sample(
+                    family,
+                    &[
+                        ("application_name", app),
+                        ("client_addr", addr),
+                        ("server", server),
+                        ("slot_name", ""),
+                        ("state", state),
+                    ],
+                    v,
+                );
+            }
+        }
+    }
+    for (family, col, help) in [
+        (
+            "postgres_agent_standby_write_lag_seconds",
+            "write_lag_s",
+            "write_lag of pg_stat_replication: WAL flushed here until the standby wrote it",
+        ),
+        (
+            "postgres_agent_standby_flush_lag_seconds",
+            "flush_lag_s",
+            "flush_lag of pg_stat_replication: WAL flushed here until the standby flushed it",
+        ),
+        (
+            "postgres_agent_standby_replay_lag_seconds",
+            "replay_lag_s",
+            "replay_lag of pg_stat_replication: WAL flushed here until the standby replayed it",
+        ),
+    ] {
+        w.family(family, help, Type::Gauge);
+        for (app, addr, _, s) in &rows {
+            // NULL once the standby has caught up and nothing new was written: no lag.
+            let v = s.get(col).and_then(Value::as_f64).unwrap_or(0.0);
+            w.sample(
+                family,
+                &[("application_name", app), ("client_addr", addr)],
+                v,
+            );
+        }
+    }
+}
+
 fn slots(w: &mut Writer, r: &board::Replication, server: &str) {
+    standbys(w, r, server);
     if r.slots.is_empty() {
         return;
     }

@@ -10,14 +10,7 @@ use crate::db::text::{raw_bytes, text};
 use crate::db::{Conn, DbError};
 
 /// The states postgres_exporter lists for every database (a series each, 0 when none).
-pub const STATES: &[&str] = &[
-    "active",
-    "idle",
-    "idle in transaction",
-    "idle in transaction (aborted)",
-    "fastpath function call",
-    "disabled",
-];
+pub use crate::board::STATES;
 
 /// The lock modes postgres_exporter lists for every database, lower case.
 pub const LOCK_MODES: &[&str] = &[

@@ -155,3 +155,82 @@ fn table_pages_in_chunks_hold_every_family_and_every_table_exactly_once() {
 fn no_tables_no_pages() {
     assert_eq!(TablePages::new(Arc::default(), "h").count(), 0);
 }
+
+#[test]
+fn a_histogram_is_cumulative_with_sum_and_count() {
+    let mut h = crate::model::Histogram::new(&[0.5, 1.0]);
+    for v in [0.1, 0.7, 0.9, 3.0] {
+        h.observe(v);
+    }
+    let mut out = String::new();
+    Writer::new(&mut out).histogram("x", &[("class", "a")], &h);
+    assert_eq!(
+        out,
+        "x_bucket{class=\"a\",le=\"0.5\"} 1\nx_bucket{class=\"a\",le=\"1\"} 3\n\
+         x_bucket{class=\"a\",le=\"+Inf\"} 4\nx_sum{class=\"a\"} 4.7\nx_count{class=\"a\"} 4\n"
+    );
+}
+
+#[test]
+fn log_insights_keep_labels_in_bounded_sets_and_take_each_figure() {
+    let mut i = crate::model::LogInsights::default();
+    let figures = |k: &str, v: f64| {
+        let mut m = serde_json::Map::new();
+        m.insert(k.into(), v.into());
+        m
+    };
+    i.note("slow_query", Some("LOG"), Some(250.0), None);
+    i.note("error", Some("FEHLER"), None, None);
+    i.note("other", None, None, None);
+    i.note(
+        "lock_acquired",
+        Some("LOG"),
+        None,
+        Some(&figures("waited_ms", 1500.0)),
+    );
+    i.note(
+        "checkpoint",
+        Some("LOG"),
+        None,
+        Some(&figures("total_s", 12.5)),
+    );
+    i.note(
+        "autoanalyze",
+        Some("LOG"),
+        None,
+        Some(&figures("elapsed_s", 0.02)),
+    );
+    let keys: Vec<(&str, &str)> = i.messages.keys().copied().collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("autoanalyze", "LOG"),
+            ("checkpoint", "LOG"),
+            ("error", "other"),
+            ("lock_acquired", "LOG"),
+            ("other", "none"),
+            ("slow_query", "LOG"),
+        ]
+    );
+    assert_eq!(
+        (i.slow_query_seconds.sum, i.lock_wait_seconds.sum),
+        (0.25, 1.5)
+    );
+    assert_eq!(i.checkpoint_seconds.sum, 12.5);
+    assert_eq!(
+        i.autovacuum_seconds["autoanalyze"]
+            .counts
+            .iter()
+            .sum::<u64>(),
+        1
+    );
+}
+
+#[test]
+fn bounded_labels_fall_back_to_other_and_none() {
+    use crate::board::{bounded, STATES, WAIT_EVENT_TYPES};
+    assert_eq!(bounded(Some("Lock"), WAIT_EVENT_TYPES, "none"), "Lock");
+    assert_eq!(bounded(Some("Bogus"), WAIT_EVENT_TYPES, "none"), "other");
+    assert_eq!(bounded(None, WAIT_EVENT_TYPES, "none"), "none");
+    assert_eq!(bounded(Some(""), STATES, "other"), "other");
+}

@@ -150,6 +150,22 @@ impl Source for LocksSource {
             let board = db.server().board();
             if board.wanted() {
                 super::counts::post_locks(&conn, board).await?;
+                // Waiting: the sessions with an ungranted lock.
+                let waits: Vec<f64> = rows
+                    .iter()
+                    .filter(|r| matches!(r.try_get::<_, Option<String>>("locktype"), Ok(Some(_))))
+                    .map(|r| {
+                        r.try_get::<_, Option<f64>>("wait_s")
+                            .ok()
+                            .flatten()
+                            .unwrap_or(0.0)
+                    })
+                    .collect();
+                let waits = crate::board::LockWaits {
+                    waiting: waits.len() as f64,
+                    longest_s: waits.iter().copied().fold(0.0, f64::max),
+                };
+                board.post(|p| &mut p.lock_waits, std::sync::Arc::new(waits));
             }
             let (events, bad) = to_events(&rows, &host, &reading)?;
             skipped.set(skipped.get() + bad);

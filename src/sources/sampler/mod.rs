@@ -65,6 +65,8 @@ struct State {
     window: Option<Window>,
     overflowed_total: u64,
     texts_omitted_total: u64,
+    /// Seconds of sessions by state and wait event type, for the metrics page.
+    seconds: std::collections::BTreeMap<(&'static str, &'static str), f64>,
 }
 
 /// Samples sessions and summarizes them per window.
@@ -100,6 +102,7 @@ impl SamplerSource {
                 window: None,
                 overflowed_total: 0,
                 texts_omitted_total: 0,
+                seconds: Default::default(),
             })),
             single,
         }
@@ -184,6 +187,10 @@ impl Source for SamplerSource {
             if let Some(w) = st.window.as_mut() {
                 w.add(at, &sample);
             }
+            let board = db.server().board();
+            if board.wanted() {
+                post_seconds(&mut st.seconds, &sample, every.as_secs_f64(), board);
+            }
             if single {
                 if let Some(w) = st.window.take() {
                     events.extend(window_events(w, &host, len, every, None)?);
@@ -192,6 +199,33 @@ impl Source for SamplerSource {
             Ok(events)
         })
     }
+}
+
+/// Adds a sample's sessions to the time by state and wait event type (each stood for
+/// one interval) and posts the totals.
+fn post_seconds(
+    seconds: &mut std::collections::BTreeMap<(&'static str, &'static str), f64>,
+    sample: &[Sampled],
+    every_s: f64,
+    board: &crate::board::Board,
+) {
+    use crate::board::{bounded, SessionTime, STATES, WAIT_EVENT_TYPES};
+    for Sampled { session: s, .. } in sample {
+        let key = (
+            bounded(s.state.as_deref(), STATES, "other"),
+            bounded(s.wait_event_type.as_deref(), WAIT_EVENT_TYPES, "none"),
+        );
+        *seconds.entry(key).or_default() += every_s;
+    }
+    let totals = seconds
+        .iter()
+        .map(|((state, wait), s)| SessionTime {
+            state,
+            wait_event_type: wait,
+            seconds: *s,
+        })
+        .collect();
+    board.post(|p| &mut p.session_seconds, std::sync::Arc::new(totals));
 }
 
 /// The sampled sessions of one query result, the server's time of the sample, and how

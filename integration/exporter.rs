@@ -277,12 +277,22 @@ fn the_agent_serves_every_series_postgres_exporter_serves_with_its_type_and_valu
             .args(["-p", &pg.port.to_string(), "-U", "postgres", "postgres"]),
         "pgbench",
     );
-    let stopped = Instant::now();
-    let inserted: f64 = pg
-        .sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'audit'")
-        .parse()
-        .expect("n_tup_ins");
+    // Every insert is a row of audit; the statistics have them all once the server has
+    // taken in what the sessions sent (at their exit on 15+, a moment later before).
+    let inserted: f64 = pg.sql("SELECT count(*) FROM audit").parse().expect("count");
     assert!(inserted > 0.0, "the load inserted nothing");
+    wait_for(
+        "the statistics of the load",
+        Duration::from_secs(60),
+        || {
+            let n: f64 = pg
+                .sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'audit'")
+                .parse()
+                .ok()?;
+            (n == inserted).then_some(())
+        },
+    );
+    let stopped = Instant::now();
 
     // Every reading of the agent's page taken after the load ended (the sizes are
     // measured every 10 minutes: older), then a scrape of each after that.

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 majors=("$@"); [ ${#majors[@]} -gt 0 ] || majors=(12 13 14 15 16 17 18)
 # The tests of the sources that talk to the database or read its log.
-filters=(activity:: health:: locks:: logs:: log_prefixes:: not_utf8:: plans:: sampler:: sql_text:: statements:: system:: tls::)
+filters=(activity:: exporter:: health:: locks:: logs:: log_prefixes:: not_utf8:: plans:: sampler:: sql_text:: statements:: system:: tls::)
 cargo test --test integration --no-run --quiet
 failed=()
 for m in "${majors[@]}"; do

@@ -183,6 +183,15 @@ const STAT_DATABASE: &[(&str, Type, &str)] = &[
     ("stats_reset", Type::Counter, "Time at which these statistics were last reset"),
 ];
 
+/// `pg_stat_database_conflicts` columns postgres_exporter types (as counters).
+const CONFLICTS: &[&str] = &[
+    "confl_tablespace",
+    "confl_lock",
+    "confl_snapshot",
+    "confl_bufferpin",
+    "confl_deadlock",
+];
+
 /// `pg_stat_bgwriter` families (postgres_exporter's bgwriter collector): the family's
 /// suffix, where the value is (`bgwriter` or `checkpointer` row, under 17's names), help.
 const BGWRITER: &[(&str, &str, &str, &str)] = &[
@@ -650,7 +659,9 @@ fn stat_database(w: &mut Writer, dbs: &[board::DatabaseStats], server: &str) {
         .collect();
     for col in columns(with.iter().map(|(_, _, c)| *c)) {
         let name = format!("pg_stat_database_conflicts_{col}");
-        let ty = if col.starts_with("confl_") {
+        // The columns postgres_exporter types; a newer one (17's
+        // confl_active_logicalslot) it leaves untyped.
+        let ty = if CONFLICTS.contains(&col) {
             Type::Counter
         } else {
             Type::Untyped

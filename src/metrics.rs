@@ -298,6 +298,11 @@ fn spool(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
             "Bytes of event data waiting in the spool",
             d.bytes as f64,
         )?;
+        p.gauge(
+            "postgres_agent_spool_max_bytes",
+            "The cap on the spool's file (buffer.max_bytes; beyond it the oldest events are evicted)",
+            d.max_bytes as f64,
+        )?;
         let pending = p.gauge_vec(
             "postgres_agent_spool_pending_events",
             "Events in the spool an output has not taken yet",

@@ -720,6 +720,8 @@ pub struct SpoolStats {
     pub errors_total: u64,
     /// Per configured output: events it has not taken yet (with one output, `depth`).
     pub pending_by_output: std::collections::BTreeMap<String, u64>,
+    /// The cap on the spool's file (`buffer.max_bytes`; 0: none).
+    pub max_bytes: u64,
 }
 
 /// The shipper's delivery state.

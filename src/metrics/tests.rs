@@ -54,6 +54,7 @@ fn snapshot() -> StatusSnapshot {
                 quarantined_bytes: 400,
                 errors_total: 0,
                 pending_by_output: [("listener".to_string(), 12)].into_iter().collect(),
+                max_bytes: 104_857_600,
             }),
         ),
     );
@@ -212,6 +213,10 @@ fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
     expect(
         "postgres_agent_spool_bytes",
         &["postgres_agent_spool_bytes 3456"],
+    );
+    expect(
+        "postgres_agent_spool_max_bytes",
+        &["postgres_agent_spool_max_bytes 104857600"],
     );
     expect(
         "postgres_agent_spool_file_bytes",

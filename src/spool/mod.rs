@@ -681,6 +681,7 @@ impl Spool {
                 .iter()
                 .map(|o| (o.as_str().to_string(), self.pending(*o)))
                 .collect(),
+            max_bytes: self.max_bytes,
             ..Default::default()
         })
     }

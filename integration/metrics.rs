@@ -419,7 +419,7 @@ fn log_insights_on_the_page_count_exactly_the_messages_shipped() {
                 let sev = e["data"]["severity"].as_str().unwrap_or("none").to_string();
                 let class = e["data"]["class"].as_str().unwrap_or_default().to_string();
                 *want
-                    .entry(format!("class=\"{class}\",severity=\"{sev}\""))
+                    .entry(format!("class=\"{class}\",error_severity=\"{sev}\""))
                     .or_insert(0.0) += 1.0;
             }
             (page_samples(&page, "postgres_agent_log_messages_total") == want)

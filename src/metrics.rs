@@ -126,13 +126,13 @@ fn log_insights(i: &crate::model::LogInsights, out: &mut String) {
     let mut w = Writer::new(out);
     w.family(
         "postgres_agent_log_messages_total",
-        "Server log messages read, by class and severity",
+        "Server log messages read, by class and severity (csvlog's error_severity)",
         Type::Counter,
     );
     for ((class, severity), n) in &i.messages {
         w.sample(
             "postgres_agent_log_messages_total",
-            &[("class", class), ("severity", severity)],
+            &[("class", class), ("error_severity", severity)],
             *n as f64,
         );
     }

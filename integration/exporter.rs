@@ -1,6 +1,6 @@
 //! The oracle for `[metrics] database`: the real postgres_exporter (Debian's
-//! `prometheus-postgres-exporter`) and the agent watch the same server under load, a
-//! real Prometheus scrapes both, and every series the exporter has must be in the
+//! `prometheus-postgres-exporter`) and the agent watch the same server (with a
+//! streaming standby) under load, a real Prometheus scrapes both, and every series the exporter has must be in the
 //! agent's page with the same type and value.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -203,7 +203,11 @@ fn allowed(name: &str, exporter: f64) -> Option<f64> {
         "pg_locks_count" => 30.0,
         "pg_stat_activity_max_tx_duration" => 10.0,
         "pg_database_size_bytes" => 16.0 * 1024.0 * 1024.0,
-        "pg_replication_slots_pg_wal_lsn_diff" => 4.0 * 1024.0 * 1024.0,
+        "pg_replication_slots_pg_wal_lsn_diff"
+        | "pg_stat_replication_pg_current_wal_lsn_bytes"
+        | "pg_stat_replication_pg_wal_lsn_diff" => 4.0 * 1024.0 * 1024.0,
+        // The standby replies every wal_receiver_status_interval (10 s).
+        "pg_stat_replication_reply_time" => 15.0,
         _ => 0.0,
     })
 }
@@ -243,6 +247,11 @@ fn the_agent_serves_every_series_postgres_exporter_serves_with_its_type_and_valu
          SELECT pg_create_physical_replication_slot('oracle_slot', true);",
     );
     pg.sql("VACUUM ANALYZE accounts");
+    let _standby = PgCluster::standby_of(&pg, "standby1");
+    wait_for("the standby streaming", Duration::from_secs(60), || {
+        (pg.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "1")
+            .then_some(())
+    });
     let dir = shared_tempdir("exporter");
     let mport = free_port();
     let toml = config(dir.path(), &pg, "http://127.0.0.1:9/ingest", 1)

@@ -973,14 +973,18 @@ fn standbys(w: &mut Writer, r: &board::Replication, server: &str) {
             .unwrap_or_default()
             .to_string()
     };
-    let rows: Vec<(String, String, String, &Row)> = r
+    // postgres_exporter (0.11) fills its `slot_name` label of these with the walsender's
+    // pid: kept, so that its dashboards find the same series.
+    let rows: Vec<(String, String, String, String, &Row)> = r
         .standbys
         .iter()
         .map(|s| {
+            let pid = s.get("pid").and_then(Value::as_i64).map(|p| p.to_string());
             (
                 text(s, "application_name"),
                 text(s, "client_addr"),
                 text(s, "state"),
+                pid.unwrap_or_default(),
                 s,
             )
         })
@@ -996,9 +1000,19 @@ fn standbys(w: &mut Writer, r: &board::Replication, server: &str) {
             "Lag in bytes between master and slave",
             |s: &Row, _| s.get("replay_lag_bytes").and_then(Value::as_f64),
         ),
+        (
+            "pg_stat_replication_reply_time",
+            "Send time of last reply message received from standby server",
+            |s: &Row, _| value_of(s.get("reply_time")),
+        ),
     ] {
-        w.family(family, help, Type::Gauge);
-        for (app, addr, state, s) in &rows {
+        let ty = if family.ends_with("reply_time") {
+            Type::Untyped
+        } else {
+            Type::Gauge
+        };
+        w.family(family, help, ty);
+        for (app, addr, state, pid, s) in &rows {
             if let Some(v) = of(s, r.wal_lsn_bytes) {
                 w.sample(
                     family,
@@ -1006,7 +1020,7 @@ fn standbys(w: &mut Writer, r: &board::Replication, server: &str) {
                         ("application_name", app),
                         ("client_addr", addr),
                         ("server", server),
-                        ("slot_name", ""),
+                        ("slot_name", pid),
                         ("state", state),
                     ],
                     v,
@@ -1032,7 +1046,7 @@ fn standbys(w: &mut Writer, r: &board::Replication, server: &str) {
         ),
     ] {
         w.family(family, help, Type::Gauge);
-        for (app, addr, _, s) in &rows {
+        for (app, addr, _, _, s) in &rows {
             // NULL once the standby has caught up and nothing new was written: no lag.
             let v = s.get(col).and_then(Value::as_f64).unwrap_or(0.0);
             w.sample(

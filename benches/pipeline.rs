@@ -423,6 +423,100 @@ fn sql_bench() {
     );
 }
 
+/// The database's metrics page with 20,000 tables (4 databases of 5,000), 500
+/// statements, 350 settings: render time (one thread, so CPU time), bytes, and the
+/// memory the tables' readings hold.
+fn metrics_bench() {
+    use postgres_agent::board::{self, Parts, Posted, TableRow, Tables, TABLE_COLUMNS};
+    use postgres_agent::metrics::database::{render_small, TablePages};
+    use std::sync::Arc;
+    let now = std::time::SystemTime::now();
+    fn posted<T>(at: std::time::SystemTime, v: T) -> Option<Posted<T>> {
+        Some(Posted {
+            at,
+            value: Arc::new(v),
+        })
+    }
+    let before = resident();
+    let mut tables = Tables::default();
+    let names: Vec<Arc<str>> = (0..4).map(|d| Arc::from(format!("shop_{d}"))).collect();
+    for i in 0..20_000i64 {
+        let mut values = [0.0; TABLE_COLUMNS.len()];
+        for (j, v) in values.iter_mut().enumerate() {
+            *v = (i * 37 + j as i64 * 1_000_003) as f64;
+        }
+        tables.rows.insert(
+            (i % 4, i),
+            Arc::new(TableRow {
+                datname: names[(i % 4) as usize].clone(),
+                schema: "public".into(),
+                relname: format!("orders_archive_{i:05}").into(),
+                values,
+            }),
+        );
+    }
+    let held = resident().saturating_sub(before);
+    let statements: Vec<board::StatementTotals> = (0..500)
+        .map(|i| board::StatementTotals {
+            queryid: -4_611_686_018_427_387_904 + i * 7_919,
+            user: "web".into(),
+            datname: "shop_0".into(),
+            calls: 1e6 + i as f64,
+            seconds: 1234.5 + i as f64,
+            rows: 5e6,
+            block_read_seconds: 1.5,
+            block_write_seconds: 0.25,
+        })
+        .collect();
+    let settings: Vec<board::Setting> = (0..350)
+        .map(|i| board::Setting {
+            name: format!("setting_{i}"),
+            setting: (i * 8).to_string(),
+            unit: if i % 3 == 0 { "kB".into() } else { "ms".into() },
+            short_desc: "Sets something the server does, in a sentence of ordinary length.".into(),
+            vartype: "integer".into(),
+        })
+        .collect();
+    let parts = Parts {
+        up: posted(now, true),
+        tables: posted(now, tables),
+        statements: posted(now, statements),
+        settings: posted(now, settings),
+        ..Parts::default()
+    };
+    let mut bytes = 0;
+    let mut largest = 0;
+    let took = best(|| {
+        let t = Instant::now();
+        let p = parts.clone();
+        let mut text = String::new();
+        render_small(&p, "/var/run/postgresql:5432", now, &mut text);
+        bytes = text.len();
+        if let Some(t) = p.tables {
+            for chunk in TablePages::new(t.value, "/var/run/postgresql:5432") {
+                bytes += chunk.len();
+                largest = largest.max(chunk.capacity());
+            }
+        }
+        t.elapsed()
+    });
+    println!(
+        "metrics page, 20,000 tables and 500 statements: {:.1} ms to render {:.1} MB (largest chunk {} KB); the tables' readings hold {:.1} MB",
+        took.as_secs_f64() * 1e3,
+        bytes as f64 / 1e6,
+        largest / 1024,
+        held as f64 / 1e6,
+    );
+}
+
+/// This process's resident bytes.
+fn resident() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
     (0..5).map(|_| f()).min().unwrap_or_default()
 }
@@ -431,6 +525,11 @@ fn main() {
     // BENCH_ONLY=sql: the SQL lexer against PostgreSQL's scanner alone.
     if std::env::var("BENCH_ONLY").as_deref() == Ok("sql") {
         sql_bench();
+        return;
+    }
+    // BENCH_ONLY=metrics: the database's metrics page alone.
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("metrics") {
+        metrics_bench();
         return;
     }
     // BENCH_ONLY=spool: the spool and encoding figures alone.

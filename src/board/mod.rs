@@ -166,7 +166,7 @@ impl<T> Default for PerDatabase<T> {
 }
 
 /// The columns of a table reading, in [`TableRow::values`] order: `pg_stat_user_tables`
-/// and `pg_statio_user_tables` under the server's names, then sizes.
+/// and `pg_statio_user_tables` under the server's names.
 pub const TABLE_COLUMNS: &[&str] = &[
     "seq_scan",
     "seq_tup_read",
@@ -195,9 +195,6 @@ pub const TABLE_COLUMNS: &[&str] = &[
     "toast_blks_hit",
     "tidx_blks_read",
     "tidx_blks_hit",
-    "heap_bytes",
-    "toast_bytes",
-    "indexes_bytes",
 ];
 
 /// Columns of [`TABLE_COLUMNS`] that are times (Unix seconds; 0 when never).

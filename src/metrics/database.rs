@@ -21,7 +21,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -143,6 +142,23 @@ fn push_value(out: &mut String, v: f64) {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        // Most values are counts: written as integers, without float formatting.
+        if v < 0.0 {
+            out.push('-');
+        }
+        let mut n = v.abs() as u64;
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
     } else {
         let _ = write!(out, "{v}");
     }
@@ -1182,20 +1198,39 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// The table families, rendered a chunk at a time (20,000 tables make tens of MB of
 /// text; a chunk is written to the socket before the next is made).
 pub struct TablePages {
-    rows: Arc<Tables>,
-    server: String,
+    rows: Vec<Arc<board::TableRow>>,
+    /// Each row's label block (`{datname="…",…}`), written once for all families.
+    labels: String,
+    /// Where each row's block ends in `labels`, in row order.
+    ends: Vec<usize>,
     family: usize,
-    after: Option<(i64, i64)>,
+    /// The next row of the family to write.
+    next: usize,
 }
 
 impl TablePages {
     /// The families of `rows`.
     pub fn new(rows: Arc<Tables>, server: &str) -> TablePages {
+        let mut labels = String::with_capacity(rows.rows.len() * 96);
+        let mut ends = Vec::with_capacity(rows.rows.len());
+        for r in rows.rows.values() {
+            labels.push_str("{datname=\"");
+            escape_label(&mut labels, &r.datname);
+            labels.push_str("\",relname=\"");
+            escape_label(&mut labels, &r.relname);
+            labels.push_str("\",schemaname=\"");
+            escape_label(&mut labels, &r.schema);
+            labels.push_str("\",server=\"");
+            escape_label(&mut labels, server);
+            labels.push_str("\"} ");
+            ends.push(labels.len());
+        }
         TablePages {
-            rows,
-            server: server.to_string(),
+            rows: rows.rows.values().cloned().collect(),
+            labels,
+            ends,
             family: 0,
-            after: None,
+            next: 0,
         }
     }
 }
@@ -1204,7 +1239,7 @@ impl Iterator for TablePages {
     type Item = String;
 
     fn next(&mut self) -> Option<String> {
-        if self.rows.rows.is_empty() || self.family >= TABLE_FAMILIES.len() {
+        if self.rows.is_empty() || self.family >= TABLE_FAMILIES.len() {
             return None;
         }
         let mut out = String::with_capacity(CHUNK_BYTES + 512);
@@ -1214,41 +1249,24 @@ impl Iterator for TablePages {
                 .iter()
                 .position(|c| *c == col)
                 .unwrap_or(usize::MAX);
-            let mut w = Writer::new(&mut out);
-            let range = match self.after {
-                None => {
-                    w.family(name, help, ty);
-                    self.rows.rows.range(..)
-                }
-                Some(k) => self.rows.rows.range((Bound::Excluded(k), Bound::Unbounded)),
-            };
-            let mut last = None;
-            for (k, r) in range {
-                let v = r.values.get(i).copied().unwrap_or(f64::NAN);
-                w.sample(
-                    name,
-                    &[
-                        ("datname", &r.datname),
-                        ("relname", &r.relname),
-                        ("schemaname", &r.schema),
-                        ("server", &self.server),
-                    ],
-                    v,
-                );
-                last = Some(*k);
-                if w.out.len() >= CHUNK_BYTES {
+            if self.next == 0 {
+                Writer::new(&mut out).family(name, help, ty);
+            }
+            while self.next < self.rows.len() {
+                let (r, end) = (&self.rows[self.next], self.ends[self.next]);
+                let start = if self.next == 0 { 0 } else { self.ends[self.next - 1] };
+                out.push_str(name);
+                out.push_str(&self.labels[start..end]);
+                push_value(&mut out, r.values.get(i).copied().unwrap_or(f64::NAN));
+                out.push('\n');
+                self.next += 1;
+                if out.len() >= CHUNK_BYTES {
                     break;
                 }
             }
-            let done = match (last, self.rows.rows.keys().next_back()) {
-                (Some(l), Some(end)) => l == *end,
-                _ => true,
-            };
-            if done {
+            if self.next >= self.ends.len() {
                 self.family += 1;
-                self.after = None;
-            } else {
-                self.after = last;
+                self.next = 0;
             }
         }
         Some(out)

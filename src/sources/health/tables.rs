@@ -444,9 +444,6 @@ fn board_row(t: &Table, datname: &Arc<str>) -> board::TableRow {
     let mut values = [f64::NAN; board::TABLE_COLUMNS.len()];
     for (i, col) in board::TABLE_COLUMNS.iter().enumerate() {
         values[i] = match *col {
-            "heap_bytes" => t.heap_bytes.as_f64(),
-            "toast_bytes" => t.toast_bytes.as_f64(),
-            "indexes_bytes" => Some(t.indexes_bytes as f64),
             c if board::TABLE_TIMES.contains(&c) => {
                 Some(board::unix_seconds(t.stats.get(c)).map_or(0.0, f64::floor))
             }

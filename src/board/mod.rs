@@ -334,6 +334,22 @@ pub const STATES: &[&str] = &[
     "disabled",
 ];
 
+/// The lock modes postgres_exporter lists for every database, lower case.
+pub const LOCK_MODES: &[&str] = &[
+    "accesssharelock",
+    "rowsharelock",
+    "rowexclusivelock",
+    "shareupdateexclusivelock",
+    "sharelock",
+    "sharerowexclusivelock",
+    "exclusivelock",
+    "accessexclusivelock",
+    "sireadlock",
+];
+
+/// The thresholds of postgres_exporter's long-running transactions, seconds.
+pub const LONG_RUNNING: &[u32] = &[60, 300, 600, 1800];
+
 /// The wait event types a label may take (others: `other`; none: `none`).
 pub const WAIT_EVENT_TYPES: &[&str] = &[
     "Activity",

@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use crate::board::{self, Parts, Posted, Row, Tables};
-use crate::sources::counts::{LOCK_MODES, STATES};
+use crate::board::{LOCK_MODES, STATES};
 
 /// A family's type as the exposition names it.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -9,21 +9,7 @@ use crate::board::{Board, LockCount, PerDatabase, SessionCount, Sessions};
 use crate::db::text::{raw_bytes, text};
 use crate::db::{Conn, DbError};
 
-/// The states postgres_exporter lists for every database (a series each, 0 when none).
-pub use crate::board::STATES;
-
-/// The lock modes postgres_exporter lists for every database, lower case.
-pub const LOCK_MODES: &[&str] = &[
-    "accesssharelock",
-    "rowsharelock",
-    "rowexclusivelock",
-    "shareupdateexclusivelock",
-    "sharelock",
-    "sharerowexclusivelock",
-    "exclusivelock",
-    "accessexclusivelock",
-    "sireadlock",
-];
+pub use crate::board::{LOCK_MODES, LONG_RUNNING, STATES};
 
 fn sessions_sql() -> String {
     format!(
@@ -37,9 +23,6 @@ ORDER BY d.datname",
         raw_bytes("d.datname")
     )
 }
-
-/// The thresholds of postgres_exporter's long-running transactions, seconds.
-pub const LONG_RUNNING: &[u32] = &[60, 300, 600, 1800];
 
 /// Open transactions of sessions that are not idle (autovacuum left out): how many,
 /// the oldest, how many older than each of [`LONG_RUNNING`].

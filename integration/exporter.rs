@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::Value;
+
 use crate::harness::agent::{config, Agent};
 use crate::harness::pg::{psql_path, run, PgCluster};
 use crate::harness::prometheus::{encode, free_port, get, Prometheus};
@@ -499,4 +501,51 @@ fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_th
         let (_, page) = get(mport, "/metrics")?;
         page.lines().any(|l| l == "pg_up 1").then_some(())
     });
+}
+
+#[test]
+fn a_reload_turns_the_database_metrics_off_and_on_without_a_restart() {
+    let pg = PgCluster::start("");
+    pg.sql("CREATE TABLE t(id int); INSERT INTO t VALUES (1), (2)");
+    let dir = shared_tempdir("dbmetrics-reload");
+    let mport = free_port();
+    let base = config(dir.path(), &pg, "http://127.0.0.1:9/ingest", 1)
+        .replace("tables = false\n", "tables = true\ntables_interval_s = 1\n");
+    let with = |on: bool| {
+        base.clone() + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\ndatabase = {on}\n")
+    };
+    let agent = Agent::start(dir.path(), &with(true), &[]);
+    let has = |family: &str| {
+        get(mport, "/metrics").is_some_and(|(_, page)| page.lines().any(|l| l.starts_with(family)))
+    };
+    let table = "pg_stat_user_tables_n_tup_ins{datname=\"postgres\",relname=\"t\"";
+    wait_for("the table on the page", Duration::from_secs(60), || {
+        has(table).then_some(())
+    });
+    let pid = agent.pid();
+
+    std::fs::write(&agent.config_path, with(false)).expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    wait_for(
+        "the database's families gone",
+        Duration::from_secs(60),
+        || {
+            let (_, page) = get(mport, "/metrics")?;
+            (!page.lines().any(|l| l.starts_with("pg_")) && page.contains("postgres_agent_info"))
+                .then_some(())
+        },
+    );
+
+    std::fs::write(&agent.config_path, with(true)).expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    // Back without a restart, the table too (read again though it did not change).
+    wait_for(
+        "the table back on the page",
+        Duration::from_secs(60),
+        || has(table).then_some(()),
+    );
+    assert!(has("pg_up 1"));
+    assert_eq!(agent.pid(), pid);
+    let restarts: Vec<Value> = agent.logs_named("agent_started");
+    assert_eq!(restarts.len(), 1);
 }

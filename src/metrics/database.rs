@@ -1254,7 +1254,11 @@ impl Iterator for TablePages {
             }
             while self.next < self.rows.len() {
                 let (r, end) = (&self.rows[self.next], self.ends[self.next]);
-                let start = if self.next == 0 { 0 } else { self.ends[self.next - 1] };
+                let start = if self.next == 0 {
+                    0
+                } else {
+                    self.ends[self.next - 1]
+                };
                 out.push_str(name);
                 out.push_str(&self.labels[start..end]);
                 push_value(&mut out, r.values.get(i).copied().unwrap_or(f64::NAN));

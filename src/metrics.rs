@@ -1,9 +1,12 @@
 //! The agent's own health for Prometheus (`[metrics] listen`, opt-in): `GET /metrics` in
 //! the text exposition format, built at each scrape from a fresh status snapshot (the
 //! same figures `status` shows, at most a ping old), each collector's cycle durations
-//! included. Names and units follow Prometheus conventions; label
-//! values come from small fixed sets (child names, outcomes, breaker states), never from
-//! query ids, request ids or anything a client chose.
+//! included. Names and units follow Prometheus conventions; the agent's label values
+//! come from small fixed sets (child names, outcomes, breaker states, log classes), never
+//! from request ids or anything a client chose. With `[metrics] database` the page also
+//! carries the database's metrics under postgres_exporter's names ([`database`]), whose
+//! labels name the server's objects (databases, tables, roles, slots, standbys) and the
+//! top statements' query ids, as the exporter's do, in numbers the config bounds.
 //!
 //! The server is actix-web's on one worker thread: every connection is its own task, a
 //! request head must arrive whole within 5 s, and 256 connections may be open at once,

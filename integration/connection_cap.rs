@@ -185,3 +185,88 @@ fn the_connection_cap_holds_through_reload_storms_and_stopped_backends() {
     counter.wait_samples(10);
     assert!(counter.max() <= CAP, "{} agent backends", counter.max());
 }
+
+/// A server that accepts and never answers: each connection is held (as a backend
+/// waiting for a startup would be) until the client ends its side, then closed a
+/// moment later, as a backend ends.
+/// Records how many were open at once and how many the client ended.
+struct Silent {
+    port: u16,
+    open_max: Arc<Mutex<(usize, usize)>>,
+    ended: Arc<Mutex<usize>>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let open_max = Arc::new(Mutex::new((0usize, 0usize)));
+        let ended = Arc::new(Mutex::new(0usize));
+        let (o, e) = (open_max.clone(), ended.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                {
+                    let mut g = o.lock().expect("open");
+                    g.0 += 1;
+                    g.1 = g.1.max(g.0);
+                }
+                let (o, e) = (o.clone(), e.clone());
+                std::thread::spawn(move || {
+                    // Reads the startup packet and whatever follows, answers nothing,
+                    // until the client ends its side.
+                    let mut buf = [0u8; 1024];
+                    while matches!(std::io::Read::read(&mut s, &mut buf), Ok(n) if n > 0) {}
+                    *e.lock().expect("ended") += 1;
+                    // A backend takes a while to end (more on a loaded server): the
+                    // connection is still the server's until it closes.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    o.lock().expect("open").0 -= 1;
+                    drop(s);
+                });
+            }
+        });
+        Silent {
+            port,
+            open_max,
+            ended,
+        }
+    }
+}
+
+#[test]
+fn a_connection_that_never_starts_keeps_its_slot_until_the_server_side_ends() {
+    let silent = Silent::start();
+    let dir = crate::harness::shared_tempdir("pgagent-it");
+    let listener = Listener::start(TOKEN);
+    // A real cluster only for `config`'s shape; the agent talks to the silent server.
+    let pg = PgCluster::start("");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace(
+            &format!(
+                "host = \"{}\"\nport = {}\n",
+                pg.socket_dir().display(),
+                pg.port
+            ),
+            &format!(
+                "host = \"127.0.0.1\"\nport = {}\nsslmode = \"disable\"\npool_max_size = 1\n",
+                silent.port
+            ),
+        )
+        .replace("connect_timeout_ms = 2000", "connect_timeout_ms = 300")
+        .replace("databases = false\n", "databases = true\n")
+        .replace(
+            "settings = false\n",
+            "settings = true\nsettings_interval_s = 1\n",
+        );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    // Every attempt times out; the agent ends its side, the server side closes, and only
+    // then may the next attempt connect: never two at once.
+    wait_for(
+        "attempts ended by the agent",
+        Duration::from_secs(60),
+        || (*silent.ended.lock().expect("ended") >= 5).then_some(()),
+    );
+    assert_eq!(silent.open_max.lock().expect("open").1, 1);
+    assert!(!agent.logs_named("db_connect_failed").is_empty());
+}

@@ -480,10 +480,15 @@ impl Db {
                 }
                 _ => return Err("no host or port configured".to_string()),
             };
-            let attempt = async {
-                let (stream, watch) = socket::connect(&host, port)
-                    .await
-                    .map_err(|e| format!("error connecting to server: {e}"))?;
+            let late = || format!("no connection within {} ms", timeout.as_millis());
+            let deadline = tokio::time::Instant::now() + timeout;
+            let (stream, watch) =
+                match tokio::time::timeout_at(deadline, socket::connect(&host, port)).await {
+                    Ok(Ok(connected)) => connected,
+                    Ok(Err(e)) => return Err(format!("error connecting to server: {e}")),
+                    Err(_) => return Err(late()),
+                };
+            let startup = async {
                 // TLS checks the host name of a TCP host; a socket directory has none.
                 let name = if host.starts_with('/') { "" } else { host.as_str() };
                 let mut make = tls;
@@ -491,14 +496,13 @@ impl Db {
                     &mut make, name,
                 )
                 .map_err(|e| format!("TLS setup: {e}"))?;
-                let (client, conn) = config
+                config
                     .connect_raw(stream, tls)
                     .await
-                    .map_err(|e| describe(&e))?;
-                Ok::<_, String>((client, conn, watch))
+                    .map_err(|e| describe(&e))
             };
-            match tokio::time::timeout(timeout, attempt).await {
-                Ok(Ok((client, conn, watch))) => {
+            match tokio::time::timeout_at(deadline, startup).await {
+                Ok(Ok((client, conn))) => {
                     // Drives the socket; ends when the client is dropped and nothing is
                     // owed by the server any more. The slot is given back when the
                     // server closed its end: its backend has ended (a stopped one keeps
@@ -514,8 +518,20 @@ impl Db {
                     });
                     Ok(client)
                 }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!("no connection within {} ms", timeout.as_millis())),
+                failed => {
+                    // The server may have started a backend for this socket (a startup
+                    // cut short by the deadline, refused credentials): the slot is
+                    // given back once it has ended, as for any other connection.
+                    tokio::spawn(async move {
+                        socket::end_writes(&watch);
+                        let _ = socket::backend_gone(watch, BACKEND_EXIT_MAX).await;
+                        drop(slot);
+                    });
+                    Err(match failed {
+                        Ok(Err(e)) => e,
+                        _ => late(),
+                    })
+                }
             }
         });
         let res = job

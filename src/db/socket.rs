@@ -78,6 +78,18 @@ fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
+/// Tells the server this side will send nothing more (a FIN on TCP, end of file on a
+/// Unix socket), while `fd` — a second descriptor of the socket — still holds it open
+/// to see the server close its end: a backend waiting for the rest of a startup that
+/// will never come ends instead of waiting for its authentication timeout.
+pub fn end_writes(fd: &OwnedFd) {
+    // SAFETY: shutdown(2) on a descriptor this OwnedFd keeps open; an error (already
+    // closed by the peer) leaves nothing to do.
+    unsafe {
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR);
+    }
+}
+
 /// Waits until the server has closed its end of the socket `fd` (its backend ended),
 /// reading and dropping whatever it still sends, for at most `limit`. True when it did.
 pub async fn backend_gone(fd: OwnedFd, limit: Duration) -> bool {

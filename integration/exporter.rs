@@ -549,3 +549,101 @@ fn a_reload_turns_the_database_metrics_off_and_on_without_a_restart() {
     let restarts: Vec<Value> = agent.logs_named("agent_started");
     assert_eq!(restarts.len(), 1);
 }
+
+#[test]
+fn the_page_shows_wal_files_a_vacuum_in_progress_and_a_standbys_wal_receiver() {
+    let primary = PgCluster::start("");
+    primary.sql("SELECT pg_create_physical_replication_slot('standby_slot')");
+    let mut standby = PgCluster::standby_of(&primary, "standby1");
+    standby.append_conf("primary_slot_name = 'standby_slot'\n");
+    standby.stop_server_mode("fast");
+    standby.start_server();
+    wait_for(
+        "the standby streaming through its slot",
+        Duration::from_secs(60),
+        || {
+            (primary.sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'standby_slot' AND active") == "1")
+            .then_some(())
+        },
+    );
+    primary.sql(
+        "CREATE TABLE big(id int, pad text) WITH (autovacuum_enabled = off);
+         INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 200000) g;
+         DELETE FROM big WHERE id % 2 = 0",
+    );
+    let dir = shared_tempdir("dbmetrics-wal");
+    let (mport, sport) = (free_port(), free_port());
+    let toml = |pg: &PgCluster, d: &Path, port: u16| {
+        config(d, pg, "http://127.0.0.1:9/ingest", 1)
+            .replace("vacuum_progress = false\n", "vacuum_progress = true\n")
+            .replace("replication = false\n", "replication = true\n")
+            .replace("server_stats = false\n", "server_stats = true\n")
+            + &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+    };
+    let sdir = dir.path().join("standby");
+    std::fs::create_dir_all(&sdir).expect("dir");
+    let _on_primary = Agent::start(dir.path(), &toml(&primary, dir.path(), mport), &[]);
+    let _on_standby = Agent::start(&sdir, &toml(&standby, &sdir, sport), &[]);
+
+    // A slow VACUUM, seen while it runs.
+    let mut vacuum = primary
+        .psql()
+        .args(["-c", "VACUUM big"])
+        .env("PGAPPNAME", "slow-vacuum")
+        .env(
+            "PGOPTIONS",
+            "-c vacuum_cost_delay=100 -c vacuum_cost_limit=1",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let pages: f64 = primary
+        .sql("SELECT pg_relation_size('big') / current_setting('block_size')::int")
+        .parse()
+        .expect("pages");
+    let page = wait_for("the vacuum on the page", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        page.lines()
+            .any(|l| l == "pg_stat_progress_vacuum_phase{datname=\"postgres\",phase=\"scanning heap\",relname=\"big\"} 1")
+            .then_some(page)
+    });
+    assert!(
+        page.lines().any(|l| l
+            == format!(
+                "pg_stat_progress_vacuum_heap_blks{{datname=\"postgres\",relname=\"big\"}} {pages}"
+            )),
+        "{pages} pages"
+    );
+    primary.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'slow-vacuum'");
+    let _ = vacuum.wait();
+
+    // The WAL files, as the server lists them.
+    wait_for(
+        "pg_wal_segments as the server counts them",
+        Duration::from_secs(60),
+        || {
+            let n =
+                primary.sql("SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'");
+            let (_, page) = get(mport, "/metrics")?;
+            page.lines()
+                .any(|l| l == format!("pg_wal_segments {n}"))
+                .then_some(())
+        },
+    );
+
+    // The standby's receiver, streaming (2) from the primary's socket directory.
+    let host = primary.socket_dir().display().to_string();
+    wait_for(
+        "the standby's WAL receiver on its page",
+        Duration::from_secs(60),
+        || {
+            let (_, page) = get(sport, "/metrics")?;
+            page.lines()
+            .any(|l| {
+                l == format!("pg_stat_wal_receiver_status{{slot_name=\"standby_slot\",upstream_host=\"{host}\"}} 2")
+            })
+            .then_some(())
+        },
+    );
+}

@@ -89,6 +89,8 @@ pub struct ServerStats {
     pub replay_caught_up: bool,
     /// WAL position in bytes (`pg_current_wal_lsn`, or the last replayed on a standby).
     pub wal_lsn_bytes: Option<f64>,
+    /// WAL segment files in `pg_wal` and their bytes (`pg_ls_waldir`, where the role may).
+    pub wal_segments: Option<(f64, f64)>,
 }
 
 /// One setting (`pg_settings` rows of type bool, integer or real).
@@ -269,6 +271,22 @@ pub struct Replication {
     pub slots: Vec<Row>,
     /// This server's WAL position (received, on a standby), bytes.
     pub wal_lsn_bytes: Option<f64>,
+    /// On a standby: `pg_stat_wal_receiver` (without `conninfo`).
+    pub receiver: Option<Row>,
+}
+
+/// A VACUUM in progress (`pg_stat_progress_vacuum`).
+#[derive(Debug, Clone)]
+pub struct VacuumProgress {
+    /// Its database.
+    pub datname: String,
+    /// The table (`schema.name` where it is not on the search path; its OID where its
+    /// name could not be read).
+    pub relname: String,
+    /// The server's phase name.
+    pub phase: Option<String>,
+    /// The view's row.
+    pub progress: Row,
 }
 
 /// Every part of the board, as a scrape sees it.
@@ -301,6 +319,8 @@ pub struct Parts {
     pub session_seconds: Option<Posted<Vec<SessionTime>>>,
     /// Sessions waiting for a lock now, and the longest wait.
     pub lock_waits: Option<Posted<LockWaits>>,
+    /// VACUUMs in progress.
+    pub vacuums: Option<Posted<Vec<VacuumProgress>>>,
 }
 
 /// Seconds of sessions in one state, waiting for one kind of event (`none`: on CPU).

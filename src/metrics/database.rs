@@ -453,6 +453,9 @@ pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut Stri
     if let Some(s) = &parts.statements {
         statements(&mut w, &s.value);
     }
+    if let Some(v) = &parts.vacuums {
+        vacuums(&mut w, &v.value);
+    }
     if let Some(t) = &parts.session_seconds {
         let name = "postgres_agent_session_seconds_total";
         w.family(
@@ -564,6 +567,7 @@ fn ages(w: &mut Writer, parts: &Parts, now: SystemTime) {
         ("roles", age(&parts.roles, now)),
         ("session_seconds", age(&parts.session_seconds, now)),
         ("lock_waits", age(&parts.lock_waits, now)),
+        ("vacuums", age(&parts.vacuums, now)),
     ];
     w.family(
         "postgres_agent_reading_age_seconds",
@@ -780,6 +784,24 @@ fn server_stats(w: &mut Writer, s: &board::ServerStats, server: &str, now: Syste
         let name = format!("pg_stat_checkpointer_{col}_total");
         w.family(&name, help, Type::Counter);
         w.sample(&name, &[], v);
+    }
+    if let Some((segments, bytes)) = s.wal_segments {
+        w.family("pg_wal_segments", "Number of WAL segments", Type::Gauge);
+        w.sample("pg_wal_segments", &[], segments);
+        w.family(
+            "pg_wal_size_bytes",
+            "Total size of WAL segments",
+            Type::Gauge,
+        );
+        w.sample("pg_wal_size_bytes", &[], bytes);
+        if let Some(lsn) = s.wal_lsn_bytes {
+            w.family(
+                "pg_wal_lsn_location_bytes",
+                "WAL Log Sequence Number in bytes",
+                Type::Gauge,
+            );
+            w.sample("pg_wal_lsn_location_bytes", &[], lsn);
+        }
     }
     if let (Some(lsn), false) = (s.wal_lsn_bytes, s.in_recovery) {
         w.family("pg_xlog_location_bytes", "Postgres LSN (log sequence number) being generated on primary or replayed on replica (truncated to low 52 bits)", Type::Gauge);
@@ -1074,8 +1096,140 @@ fn standbys(w: &mut Writer, r: &board::Replication, server: &str) {
     }
 }
 
+/// A standby's WAL receiver: postgres_exporter's `stat_wal_receiver` families (only
+/// with a slot, as it has them). LSNs in bytes, low 52 bits; times in Unix seconds.
+fn receiver(w: &mut Writer, r: &board::Replication) {
+    let Some(rx) = &r.receiver else { return };
+    let text = |k: &str| rx.get(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(host), Some(slot)) = (text("sender_host"), text("slot_name")) else {
+        return;
+    };
+    let labels = [
+        ("slot_name", slot.as_str()),
+        ("upstream_host", host.as_str()),
+    ];
+    let status = match text("status").as_deref() {
+        Some("stopped") => 0.0,
+        Some("starting") => 1.0,
+        Some("streaming") => 2.0,
+        Some("waiting") => 3.0,
+        Some("restarting") => 4.0,
+        Some("stopping") => -1.0,
+        Some(_) => -2.0,
+        None => -3.0,
+    };
+    w.family(
+        "pg_stat_wal_receiver_status",
+        "Activity status of the WAL receiver process",
+        Type::Gauge,
+    );
+    w.sample("pg_stat_wal_receiver_status", &labels, status);
+    let lsn = |k: &str| board::lsn_bytes(rx.get(k)).map(|b| b % 2f64.powi(52));
+    let time = |k: &str| board::unix_seconds(rx.get(k));
+    let num = |k: &str| rx.get(k).and_then(Value::as_f64);
+    let upstream = slot
+        .strip_prefix("repmgr_slot_")
+        .and_then(|n| n.parse::<f64>().ok());
+    // 13 renamed received_lsn to flushed_lsn.
+    let flushed = lsn("flushed_lsn").or_else(|| lsn("received_lsn"));
+    for (name, help, ty, v) in [
+        ("receive_start_lsn", "First write-ahead log location used when WAL receiver is started represented as a decimal", Type::Counter, lsn("receive_start_lsn")),
+        ("receive_start_tli", "First timeline number used when WAL receiver is started", Type::Gauge, num("receive_start_tli")),
+        ("flushed_lsn", "Last write-ahead log location already received and flushed to disk", Type::Counter, flushed),
+        ("received_tli", "Timeline number of last write-ahead log location received and flushed to disk", Type::Gauge, num("received_tli")),
+        ("last_msg_send_time", "Send time of last message received from origin WAL sender", Type::Counter, time("last_msg_send_time")),
+        ("last_msg_receipt_time", "Receipt time of last message received from origin WAL sender", Type::Counter, time("last_msg_receipt_time")),
+        ("latest_end_lsn", "Last write-ahead log location reported to origin WAL sender as integer", Type::Counter, lsn("latest_end_lsn")),
+        ("latest_end_time", "Time of last write-ahead log location reported to origin WAL sender", Type::Counter, time("latest_end_time")),
+        ("upstream_node", "Node ID of the upstream node", Type::Gauge, Some(upstream.unwrap_or(0.0))),
+    ] {
+        let name = format!("pg_stat_wal_receiver_{name}");
+        w.family(&name, help, ty);
+        w.sample(&name, &labels, v.unwrap_or(0.0));
+    }
+}
+
+/// VACUUMs in progress: postgres_exporter's `stat_progress_vacuum` families.
+fn vacuums(w: &mut Writer, all: &[board::VacuumProgress]) {
+    const PHASES: &[&str] = &[
+        "initializing",
+        "scanning heap",
+        "vacuuming indexes",
+        "vacuuming heap",
+        "cleaning up indexes",
+        "truncating heap",
+        "performing final cleanup",
+    ];
+    w.family(
+        "pg_stat_progress_vacuum_phase",
+        "Current vacuum phase (1 = active, 0 = inactive). Label 'phase' is human-readable.",
+        Type::Gauge,
+    );
+    for v in all {
+        for phase in PHASES {
+            let on = v.phase.as_deref() == Some(*phase);
+            w.sample(
+                "pg_stat_progress_vacuum_phase",
+                &[
+                    ("datname", &v.datname),
+                    ("phase", phase),
+                    ("relname", &v.relname),
+                ],
+                if on { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    for (name, help, columns) in [
+        (
+            "heap_blks",
+            "Total number of heap blocks in the table being vacuumed.",
+            &["heap_blks_total"][..],
+        ),
+        (
+            "heap_blks_scanned",
+            "Number of heap blocks scanned so far.",
+            &["heap_blks_scanned"],
+        ),
+        (
+            "heap_blks_vacuumed",
+            "Number of heap blocks vacuumed so far.",
+            &["heap_blks_vacuumed"],
+        ),
+        (
+            "index_vacuums",
+            "Number of completed index vacuum cycles.",
+            &["index_vacuum_count"],
+        ),
+        (
+            "max_dead_tuples",
+            "Maximum number of dead tuples that can be stored before cleanup is performed.",
+            &["max_dead_tuples", "max_dead_tuple_bytes"],
+        ),
+        (
+            "num_dead_tuples",
+            "Current number of dead tuples found so far.",
+            &["num_dead_tuples", "num_dead_item_ids"],
+        ),
+    ] {
+        let name = format!("pg_stat_progress_vacuum_{name}");
+        w.family(&name, help, Type::Gauge);
+        for v in all {
+            let value = columns
+                .iter()
+                .find_map(|c| v.progress.get(*c).and_then(Value::as_f64))
+                .unwrap_or(0.0);
+            w.sample(
+                &name,
+                &[("datname", &v.datname), ("relname", &v.relname)],
+                value,
+            );
+        }
+    }
+}
+
 fn slots(w: &mut Writer, r: &board::Replication, server: &str) {
     standbys(w, r, server);
+    receiver(w, r);
     if r.slots.is_empty() {
         return;
     }

@@ -262,6 +262,23 @@ impl Source for ProgressSource {
             drop(conn);
             let mut found = read_rows(&rows, &skipped, |r| read(r, &reading));
             name_others(&db, &mut found, &names, &unreachable).await;
+            let board = db.server().board();
+            if board.wanted() {
+                let vacuums = found
+                    .iter()
+                    .filter(|p| p.command == "vacuum")
+                    .map(|p| crate::board::VacuumProgress {
+                        datname: p.session.datname.clone().unwrap_or_default(),
+                        relname: p
+                            .relation
+                            .clone()
+                            .unwrap_or_else(|| p.relid.map(|r| r.to_string()).unwrap_or_default()),
+                        phase: p.phase.clone(),
+                        progress: p.progress.clone(),
+                    })
+                    .collect();
+                board.post(|p| &mut p.vacuums, std::sync::Arc::new(vacuums));
+            }
             let at = Utc::now();
             found
                 .iter()

@@ -124,6 +124,7 @@ impl Source for ReplicationSource {
                     standbys: data.standbys.clone(),
                     slots: data.slots.clone(),
                     wal_lsn_bytes: crate::board::lsn_bytes(Some(&data.wal_lsn)),
+                    receiver: data.receiver.clone(),
                 };
                 board.post(|p| &mut p.replication, std::sync::Arc::new(shown));
             }

@@ -123,6 +123,8 @@ pub struct ServerStatsSource {
     host: String,
     version: Rc<Cell<Option<i32>>>,
     readings: Rc<RefCell<Readings<String>>>,
+    /// Whether the role may run `pg_ls_waldir()` (asked once, for the metrics page).
+    may_list_wal: Rc<Cell<Option<bool>>>,
 }
 
 impl ServerStatsSource {
@@ -132,6 +134,7 @@ impl ServerStatsSource {
             host: config.agent.hostname.clone(),
             version: Rc::new(Cell::new(None)),
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
+            may_list_wal: Rc::new(Cell::new(None)),
         }
     }
 }
@@ -195,6 +198,46 @@ pub fn to_stats(mut r: Row, readings: &mut Readings<String>, now: Instant) -> Se
     out
 }
 
+/// The WAL segment files and their bytes, for the metrics page (postgres_exporter's
+/// `pg_wal_*`), when the role may list `pg_wal` (superuser or pg_monitor): asked once,
+/// since a function the role may not run fails the whole statement that names it.
+async fn wal_segments(
+    conn: &tokio_postgres::Client,
+    may: &Cell<Option<bool>>,
+) -> Result<Option<(f64, f64)>, crate::db::DbError> {
+    use crate::db::DbError;
+    let allowed = match may.get() {
+        Some(a) => a,
+        None => {
+            let a: bool = conn
+                .query_one(
+                    "SELECT has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE')",
+                    &[],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(DbError::query)?;
+            may.set(Some(a));
+            a
+        }
+    };
+    if !allowed {
+        return Ok(None);
+    }
+    let r = conn
+        .query_one(
+            "SELECT count(*)::float8, coalesce(sum(size), 0)::float8
+             FROM pg_catalog.pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'",
+            &[],
+        )
+        .await
+        .map_err(DbError::query)?;
+    Ok(Some((
+        r.try_get(0).map_err(DbError::query)?,
+        r.try_get(1).map_err(DbError::query)?,
+    )))
+}
+
 /// The query's row as the metrics page reads it.
 pub fn for_board(row: &Row, version_num: i32) -> board::ServerStats {
     let obj = |k: &str| match row.get(k) {
@@ -215,6 +258,7 @@ pub fn for_board(row: &Row, version_num: i32) -> board::ServerStats {
         in_recovery: facts.get("in_recovery").and_then(Value::as_bool) == Some(true),
         replay_lag_s: num("replay_lag_s"),
         replay_caught_up: facts.get("replay_caught_up").and_then(Value::as_bool) == Some(true),
+        wal_segments: None,
         wal_lsn_bytes: num("wal_lsn_bytes"),
     }
 }
@@ -228,6 +272,7 @@ impl Source for ServerStatsSource {
         let host = self.host.clone();
         let version = self.version.clone();
         let readings = self.readings.clone();
+        let may_list = self.may_list_wal.clone();
         Box::pin(async move {
             let conn = db.get().await?;
             let v = server_version(&conn, &version).await?;
@@ -242,7 +287,10 @@ impl Source for ServerStatsSource {
             };
             let board = db.server().board();
             if board.wanted() {
-                board.post(|p| &mut p.server, Arc::new(for_board(&row, v)));
+                let mut shown = for_board(&row, v);
+                let conn = db.get().await?;
+                shown.wal_segments = wal_segments(&conn, &may_list).await?;
+                board.post(|p| &mut p.server, Arc::new(shown));
             }
             let at = Utc::now();
             let stats = to_stats(row, &mut readings.borrow_mut(), Instant::now());

@@ -913,29 +913,27 @@ fn sessions(w: &mut Writer, all: &board::Sessions, server: &str) {
     for c in &s.counts {
         by.insert((&c.datname, &c.state), (c.count, c.max_tx_duration));
     }
-    w.family(
-        "pg_stat_activity_count",
-        "number of connections in this state",
-        Type::Gauge,
-    );
-    for ((d, st), (n, _)) in &by {
-        w.sample(
+    for (name, help, max_tx) in [
+        (
             "pg_stat_activity_count",
-            &[("datname", d), ("server", server), ("state", st)],
-            *n,
-        );
-    }
-    w.family(
-        "pg_stat_activity_max_tx_duration",
-        "max duration in seconds any active transaction has been running",
-        Type::Gauge,
-    );
-    for ((d, st), (_, m)) in &by {
-        w.sample(
+            "number of connections in this state",
+            false,
+        ),
+        (
             "pg_stat_activity_max_tx_duration",
-            &[("datname", d), ("server", server), ("state", st)],
-            *m,
-        );
+            "max duration in seconds any active transaction has been running",
+            true,
+        ),
+    ] {
+        w.family(name, help, Type::Gauge);
+        for ((d, st), (n, m)) in &by {
+            let v = if max_tx { *m } else { *n };
+            w.sample(
+                name,
+                &[("datname", d), ("server", server), ("state", st)],
+                v,
+            );
+        }
     }
     w.family(
         "pg_long_running_transactions",
@@ -1349,7 +1347,7 @@ fn slots(w: &mut Writer, r: &board::Replication, server: &str) {
 /// Lines of table families a chunk holds before it is handed to the connection.
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// The table families, rendered a chunk at a time (20,000 tables make tens of MB of
+/// The table families, rendered a chunk at a time (many thousands of tables make a page of
 /// text; a chunk is written to the socket before the next is made).
 pub struct TablePages {
     rows: Vec<Arc<board::TableRow>>,

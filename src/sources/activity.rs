@@ -124,7 +124,9 @@ impl Source for ActivitySource {
             let rows = super::versioned_query(&conn, &version, sql, &params).await?;
             let board = db.server().board();
             if board.wanted() {
-                super::counts::post_sessions(&conn, board).await?;
+                // Only the page needs it: a failure shows as the reading's age, not as
+                // a lost cycle.
+                let _ = super::counts::post_sessions(&conn, board).await;
             }
             let (events, bad) = to_events(&rows, &host, &reading)?;
             skipped.set(skipped.get() + bad);

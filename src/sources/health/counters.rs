@@ -115,7 +115,7 @@ impl Num {
 }
 
 /// One reading, kept small: a table's counters as 8 bytes each, in the order of a
-/// column list shared by every row of the same shape (a cluster's 10,000 tables are
+/// column list shared by every row of the same shape (every table of a cluster is
 /// remembered between passes).
 #[derive(Debug)]
 struct Sample {

@@ -281,17 +281,18 @@ impl Source for ServerStatsSource {
                 version.set(None);
             }
             let (rows, _) = res?;
-            drop(conn);
             let Some(row) = rows.into_iter().next() else {
                 return Ok(Vec::new());
             };
             let board = db.server().board();
             if board.wanted() {
                 let mut shown = for_board(&row, v);
-                let conn = db.get().await?;
-                shown.wal_segments = wal_segments(&conn, &may_list).await?;
+                // Only the page needs it: a failure leaves the families out, not the
+                // event.
+                shown.wal_segments = wal_segments(&conn, &may_list).await.unwrap_or(None);
                 board.post(|p| &mut p.server, Arc::new(shown));
             }
+            drop(conn);
             let at = Utc::now();
             let stats = to_stats(row, &mut readings.borrow_mut(), Instant::now());
             let id = format!("pg_server_stats:{host}:{}", at.timestamp_micros());

@@ -41,6 +41,44 @@ FROM pg_catalog.pg_settings WHERE vartype IN ('bool', 'integer', 'real') ORDER B
 
 /// Roles and their connection limits, for the metrics page (read with the settings:
 /// both change by hand, seldom).
+/// Posts every numeric setting and the roles for the metrics page.
+async fn post_numeric(
+    conn: &tokio_postgres::Client,
+    board: &crate::board::Board,
+) -> Result<(), crate::db::DbError> {
+    use crate::db::DbError;
+    let all = conn.query(NUMERIC_SQL, &[]).await.map_err(DbError::query)?;
+    let all: Vec<board::Setting> = all
+        .iter()
+        .filter_map(|r| {
+            Some(board::Setting {
+                name: r.try_get(0).ok()?,
+                setting: r.try_get(1).ok()?,
+                unit: r.try_get(2).ok()?,
+                short_desc: r.try_get(3).ok()?,
+                vartype: r.try_get(4).ok()?,
+            })
+        })
+        .collect();
+    board.post(|p| &mut p.settings, std::sync::Arc::new(all));
+    let roles = conn
+        .query(&roles_sql(), &[])
+        .await
+        .map_err(DbError::query)?;
+    let mut bad = false;
+    let roles: Vec<(String, f64)> = roles
+        .iter()
+        .filter_map(|r| {
+            Some((
+                crate::db::text::text(r, "rolname", &mut bad).ok()??,
+                r.try_get::<_, f64>("limit").ok()?,
+            ))
+        })
+        .collect();
+    board.post(|p| &mut p.roles, std::sync::Arc::new(roles));
+    Ok(())
+}
+
 fn roles_sql() -> String {
     format!(
         "SELECT {} AS rolname, rolconnlimit::float8 AS limit FROM pg_catalog.pg_roles ORDER BY 1",
@@ -175,38 +213,9 @@ impl Source for SettingsSource {
             let (mut rows, _) = json_rows(&conn, SQL, &[]).await?;
             let board = db.server().board();
             if board.wanted() {
-                let all = conn
-                    .query(NUMERIC_SQL, &[])
-                    .await
-                    .map_err(crate::db::DbError::query)?;
-                let all: Vec<board::Setting> = all
-                    .iter()
-                    .filter_map(|r| {
-                        Some(board::Setting {
-                            name: r.try_get(0).ok()?,
-                            setting: r.try_get(1).ok()?,
-                            unit: r.try_get(2).ok()?,
-                            short_desc: r.try_get(3).ok()?,
-                            vartype: r.try_get(4).ok()?,
-                        })
-                    })
-                    .collect();
-                board.post(|p| &mut p.settings, std::sync::Arc::new(all));
-                let roles = conn
-                    .query(&roles_sql(), &[])
-                    .await
-                    .map_err(crate::db::DbError::query)?;
-                let mut bad = false;
-                let roles: Vec<(String, f64)> = roles
-                    .iter()
-                    .filter_map(|r| {
-                        Some((
-                            crate::db::text::text(r, "rolname", &mut bad).ok()??,
-                            r.try_get::<_, f64>("limit").ok()?,
-                        ))
-                    })
-                    .collect();
-                board.post(|p| &mut p.roles, std::sync::Arc::new(roles));
+                // Only the page needs these: a failure shows as the readings' age, not
+                // as a lost cycle.
+                let _ = post_numeric(&conn, board).await;
             }
             drop(conn);
             let seen = read(&mut rows);

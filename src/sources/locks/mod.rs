@@ -149,7 +149,9 @@ impl Source for LocksSource {
             let rows = super::versioned_query(&conn, &version, sql, &params).await?;
             let board = db.server().board();
             if board.wanted() {
-                super::counts::post_locks(&conn, board).await?;
+                // Only the page needs it: a failure shows as the reading's age, not as
+                // a lost cycle.
+                let _ = super::counts::post_locks(&conn, board).await;
                 // Waiting: the sessions with an ungranted lock.
                 let waits: Vec<f64> = rows
                     .iter()

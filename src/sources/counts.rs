@@ -32,16 +32,17 @@ const TRANSACTIONS_SQL: &str = "SELECT count(*)::float8, coalesce(max(age), 0)::
 FROM (SELECT extract(epoch FROM clock_timestamp() - xact_start) AS age
       FROM pg_catalog.pg_stat_activity
       WHERE state IS DISTINCT FROM 'idle' AND xact_start IS NOT NULL
-        AND coalesce(backend_type, '') <> 'autovacuum worker'
-        AND query NOT LIKE 'autovacuum:%') t";
+        AND backend_type IS DISTINCT FROM 'autovacuum worker') t";
 
-/// Autovacuum workers: the table (out of the query text, `autovacuum: VACUUM s.t`) and
-/// when the work started.
+/// Autovacuum workers: the table (out of the worker's query text, `autovacuum: VACUUM
+/// s.t`) and when the work started. Chosen by backend type: a client's statement that
+/// begins with `autovacuum:` is the client's text, not a worker.
 fn autovacuum_sql() -> String {
     format!(
         "SELECT {} AS relname, extract(epoch FROM xact_start)::float8 AS started
 FROM pg_catalog.pg_stat_activity
-WHERE query LIKE 'autovacuum:%' AND xact_start IS NOT NULL",
+WHERE backend_type = 'autovacuum worker' AND query LIKE 'autovacuum:%'
+  AND xact_start IS NOT NULL",
         raw_bytes("split_part(split_part(query, '.', 2), ' ', 1)")
     )
 }

@@ -426,10 +426,39 @@ fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_th
             "-c",
             "\\c shop",
             "-c",
-            "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1), (2), (3)",
+            "CREATE TABLE orders(id int); INSERT INTO orders VALUES (1), (2), (3); \
+             CREATE INDEX orders_id ON orders (id)",
         ]),
         "a table in shop",
     );
+    // An index scanned exactly 4 times (one session: its statistics are flushed when it
+    // ends).
+    run(
+        pg.psql().args([
+            "-c",
+            "\\c shop",
+            "-c",
+            "SET enable_seqscan = off",
+            "-c",
+            "SELECT id FROM orders WHERE id = 1",
+            "-c",
+            "SELECT id FROM orders WHERE id = 2",
+            "-c",
+            "SELECT id FROM orders WHERE id = 3",
+            "-c",
+            "SELECT id FROM orders WHERE id = 1",
+        ]),
+        "4 index scans",
+    );
+    // A SQL_ASCII database keeps the bytes a client sent: a table named in Latin-1.
+    pg.sql(
+        "CREATE DATABASE rawdb ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+    );
+    let mut raw = pg.interactive_in("rawdb", "raw");
+    raw.send_bytes(b"CREATE TABLE \"caf\xe9\" (id int);");
+    // A session left idle under its application name.
+    let mut idle = pg.interactive("idle_marker");
+    idle.send("SELECT 1;");
     let dir = shared_tempdir("dbmetrics");
     let mport = free_port();
     let toml = config(dir.path(), &pg, "http://127.0.0.1:9/ingest", 1)
@@ -485,6 +514,79 @@ fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_th
     };
     let before = age(&page).expect("the tables' age");
     assert!(page.lines().any(|l| l == "pg_up 1"));
+
+    // Its index, with pg_stat_user_indexes' and pg_statio_user_indexes' values.
+    let index =
+        "datname=\"shop\",indexrelname=\"orders_id\",relname=\"orders\",schemaname=\"public\"";
+    let page = wait_for("the index's 4 scans", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        samples(&page, "pg_stat_user_indexes_idx_scans_total")
+            .contains(&(index, 4.0))
+            .then_some(page)
+    });
+    let server = run(
+        pg.psql().args([
+            "-d",
+            "shop",
+            "-Atc",
+            "SELECT idx_tup_read, idx_tup_fetch, idx_blks_read, idx_blks_hit \
+             FROM pg_stat_user_indexes JOIN pg_statio_user_indexes USING (indexrelid) \
+             WHERE indexrelid = 'orders_id'::regclass",
+        ]),
+        "the index's statistics",
+    );
+    let server: Vec<f64> = String::from_utf8_lossy(&server.stdout)
+        .trim()
+        .split('|')
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    let on_page: Vec<f64> = [
+        "pg_stat_user_indexes_idx_tup_reads_total",
+        "pg_stat_user_indexes_idx_tup_fetches_total",
+        "pg_statio_user_indexes_idx_blks_read_total",
+        "pg_statio_user_indexes_idx_blks_hit_total",
+    ]
+    .iter()
+    .map(|f| {
+        let all = samples(&page, f);
+        assert_eq!(all.len(), 1, "{f}: one index in the cluster: {all:?}");
+        assert_eq!(all[0].0, index, "{f}");
+        all[0].1
+    })
+    .collect();
+    assert_eq!(on_page, server);
+    assert!(
+        server[3] > 0.0,
+        "the scans hit the index's blocks: {server:?}"
+    );
+
+    // A table whose name is not UTF-8, shown with U+FFFD.
+    wait_for("rawdb's table on the page", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        samples(&page, "pg_stat_user_tables_seq_scan")
+            .iter()
+            .any(|(l, _)| l.starts_with("datname=\"rawdb\",relname=\"caf\u{fffd}\","))
+            .then_some(())
+    });
+    drop(raw);
+
+    // The idle session in the idle time histogram under its application name.
+    let idle_series = "application_name=\"idle_marker\"";
+    let page = wait_for("the idle session", Duration::from_secs(60), || {
+        let (_, page) = get(mport, "/metrics")?;
+        samples(&page, "pg_process_idle_seconds_count")
+            .contains(&(idle_series, 1.0))
+            .then_some(page)
+    });
+    assert!(page.contains("# TYPE pg_process_idle_seconds histogram\n"));
+    let inf = "application_name=\"idle_marker\",le=\"+Inf\"";
+    assert!(samples(&page, "pg_process_idle_seconds_bucket").contains(&(inf, 1.0)));
+    let sum = samples(&page, "pg_process_idle_seconds_sum");
+    assert!(
+        sum.iter().any(|(l, v)| *l == idle_series && *v >= 0.0),
+        "{sum:?}"
+    );
+    drop(idle);
 
     // The server goes away: pg_up says so, the last readings stay, older.
     pg.stop_server();

@@ -543,8 +543,11 @@ const COLLECTORS: &[(&str, EventKind)] = &[
     ("database", EventKind::PgDatabases),
     ("locks", EventKind::PgLocks),
     ("replication", EventKind::PgReplication),
+    ("process_idle", EventKind::PgActivity),
     ("stat_database", EventKind::PgDatabases),
+    ("stat_user_indexes", EventKind::PgTables),
     ("stat_user_tables", EventKind::PgTables),
+    ("statio_user_indexes", EventKind::PgTables),
     ("statio_user_tables", EventKind::PgTables),
 ];
 
@@ -672,7 +675,7 @@ impl futures_core::Stream for Body {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         let next = match self.first.take() {
-            Some(t) => Some(t),
+            Some(t) => Some(t.into_bytes()),
             None => self.rest.as_mut().and_then(Iterator::next),
         };
         std::task::Poll::Ready(next.map(|t| Ok(actix_web::web::Bytes::from(t))))

@@ -146,7 +146,20 @@ pub struct Sessions {
     /// Autovacuum workers: the table each works on and when its transaction started
     /// (Unix seconds).
     pub autovacuum: Vec<(String, f64)>,
+    /// Idle sessions' time since their last statement (seconds, over [`IDLE_BOUNDS`]) by
+    /// application name: the [`IDLE_APPLICATIONS`] with most idle sessions, the others
+    /// together under [`OTHER_APPLICATIONS`].
+    pub idle: Vec<(String, crate::model::Histogram)>,
 }
+
+/// Bounds of the idle sessions' histogram (postgres_exporter's `process_idle`).
+pub const IDLE_BOUNDS: &[f64] = &[1.0, 2.0, 5.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0];
+
+/// Application names given series of their own in the idle sessions' histogram.
+pub const IDLE_APPLICATIONS: usize = 20;
+
+/// The application name the other applications' idle sessions are counted under.
+pub const OTHER_APPLICATIONS: &str = "(other)";
 
 /// Counts by database, with every database's name (a database with nothing to count
 /// still has its series, at 0).
@@ -218,6 +231,27 @@ pub struct TableRow {
     pub relname: Box<str>,
     /// Values by [`TABLE_COLUMNS`] (NaN where the server has none).
     pub values: [f64; TABLE_COLUMNS.len()],
+    /// Its indexes, by name.
+    pub indexes: Box<[IndexRow]>,
+}
+
+/// The columns of an index reading, in [`IndexRow::values`] order: `pg_stat_user_indexes`
+/// and `pg_statio_user_indexes` under the server's names.
+pub const INDEX_COLUMNS: [&str; 5] = [
+    "idx_scan",
+    "idx_tup_read",
+    "idx_tup_fetch",
+    "idx_blks_read",
+    "idx_blks_hit",
+];
+
+/// One index's latest reading.
+#[derive(Debug, Clone)]
+pub struct IndexRow {
+    /// Name.
+    pub name: Box<str>,
+    /// Values by [`INDEX_COLUMNS`] (NaN where the server has none).
+    pub values: [f64; INDEX_COLUMNS.len()],
 }
 
 impl TableRow {
@@ -517,6 +551,7 @@ mod tests {
             schema: "s".into(),
             relname: "t".into(),
             values,
+            indexes: Box::default(),
         };
         assert_eq!(r.value("seq_tup_read"), 7.0);
         assert!(r.value("seq_scan").is_nan());

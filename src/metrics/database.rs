@@ -123,7 +123,7 @@ impl Writer<'_> {
 }
 
 fn escape_label(out: &mut String, v: &str) {
-    if !v.contains(['\\', '"', '\n']) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(v);
         return;
     }
@@ -138,29 +138,55 @@ fn escape_label(out: &mut String, v: &str) {
 }
 
 fn push_value(out: &mut String, v: f64) {
+    let mut digits = [0u8; 21];
+    match integer(v, &mut digits) {
+        Some(d) => out.push_str(std::str::from_utf8(d).unwrap_or("0")),
+        None => out.push_str(&not_integer(v)),
+    }
+}
+
+/// [`push_value`] into bytes: the table families' chunks, where most values are counts.
+fn push_value_bytes(out: &mut Vec<u8>, v: f64) {
+    let mut digits = [0u8; 21];
+    match integer(v, &mut digits) {
+        Some(d) => out.extend_from_slice(d),
+        None => out.extend_from_slice(not_integer(v).as_bytes()),
+    }
+}
+
+/// `v`'s digits when it is a whole number Prometheus reads exactly, written into `buf`
+/// without float formatting (most values are counts). A cast, not `fract()`, tells:
+/// `fract` is a library call on the baseline x86-64 target.
+fn integer(v: f64, buf: &mut [u8; 21]) -> Option<&[u8]> {
+    let i = v as i64;
+    if i as f64 != v || i.unsigned_abs() >= 9_000_000_000_000_000 {
+        return None;
+    }
+    let mut n = i.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    Some(&buf[at..])
+}
+
+/// A value that is not a whole number, as Prometheus reads it.
+fn not_integer(v: f64) -> std::borrow::Cow<'static, str> {
     if v.is_nan() {
-        out.push_str("NaN");
+        "NaN".into()
     } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else if v.fract() == 0.0 && v.abs() < 9.0e15 {
-        // Most values are counts: written as integers, without float formatting.
-        if v < 0.0 {
-            out.push('-');
-        }
-        let mut n = v.abs() as u64;
-        let mut buf = [0u8; 20];
-        let mut at = buf.len();
-        loop {
-            at -= 1;
-            buf[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
     } else {
-        let _ = write!(out, "{v}");
+        v.to_string().into()
     }
 }
 
@@ -975,6 +1001,14 @@ fn sessions(w: &mut Writer, all: &board::Sessions, server: &str) {
             *t,
         );
     }
+    w.family(
+        "pg_process_idle_seconds",
+        "Idle time of server processes",
+        Type::Histogram,
+    );
+    for (app, h) in &all.idle {
+        w.histogram("pg_process_idle_seconds", &[("application_name", app)], h);
+    }
 }
 
 fn locks(w: &mut Writer, l: &board::PerDatabase<board::LockCount>, server: &str) {
@@ -1347,85 +1381,177 @@ fn slots(w: &mut Writer, r: &board::Replication, server: &str) {
 /// Lines of table families a chunk holds before it is handed to the connection.
 const CHUNK_BYTES: usize = 256 * 1024;
 
-/// The table families, rendered a chunk at a time (many thousands of tables make a page of
-/// text; a chunk is written to the socket before the next is made).
+/// `pg_stat_user_indexes` and `pg_statio_user_indexes` families: the column of
+/// [`board::INDEX_COLUMNS`], the family, its type and help.
+const INDEX_FAMILIES: &[(&str, &str, Type, &str)] = &[
+    (
+        "idx_scan",
+        "pg_stat_user_indexes_idx_scans_total",
+        Type::Counter,
+        "Number of index scans initiated on this index",
+    ),
+    (
+        "idx_tup_read",
+        "pg_stat_user_indexes_idx_tup_reads_total",
+        Type::Counter,
+        "Number of index entries returned by scans on this index",
+    ),
+    (
+        "idx_tup_fetch",
+        "pg_stat_user_indexes_idx_tup_fetches_total",
+        Type::Counter,
+        "Number of live table rows fetched by simple index scans using this index",
+    ),
+    (
+        "idx_blks_read",
+        "pg_statio_user_indexes_idx_blks_read_total",
+        Type::Counter,
+        "Number of disk blocks read from this index",
+    ),
+    (
+        "idx_blks_hit",
+        "pg_statio_user_indexes_idx_blks_hit_total",
+        Type::Counter,
+        "Number of buffer hits in this index",
+    ),
+];
+
+/// Each series' label block (`{datname="…",…} `) one after another, written once for
+/// all families.
+#[derive(Default)]
+struct LabelBlocks {
+    text: String,
+    /// Where each block ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl LabelBlocks {
+    fn push(&mut self, labels: &[(&str, &str)]) {
+        self.text.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.text.push(',');
+            }
+            self.text.push_str(k);
+            self.text.push_str("=\"");
+            escape_label(&mut self.text, v);
+            self.text.push('"');
+        }
+        self.text.push_str("} ");
+        self.ends.push(self.text.len());
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text.as_bytes()[start..self.ends[i]]
+    }
+}
+
+/// The table and index families, rendered a chunk at a time (many thousands of tables
+/// make a page of text; a chunk is written to the socket before the next is made).
 pub struct TablePages {
     rows: Vec<Arc<board::TableRow>>,
-    /// Each row's label block (`{datname="…",…}`), written once for all families.
-    labels: String,
-    /// Where each row's block ends in `labels`, in row order.
-    ends: Vec<usize>,
+    tables: LabelBlocks,
+    indexes: LabelBlocks,
+    /// Each index series' table (in `rows`) and place among its indexes.
+    index_of: Vec<(u32, u32)>,
+    /// The family being written: the table families, then the index families.
     family: usize,
-    /// The next row of the family to write.
+    /// The next series of the family to write.
     next: usize,
 }
 
 impl TablePages {
     /// The families of `rows`.
     pub fn new(rows: Arc<Tables>, server: &str) -> TablePages {
-        let mut labels = String::with_capacity(rows.rows.len() * 96);
-        let mut ends = Vec::with_capacity(rows.rows.len());
-        for r in rows.rows.values() {
-            labels.push_str("{datname=\"");
-            escape_label(&mut labels, &r.datname);
-            labels.push_str("\",relname=\"");
-            escape_label(&mut labels, &r.relname);
-            labels.push_str("\",schemaname=\"");
-            escape_label(&mut labels, &r.schema);
-            labels.push_str("\",server=\"");
-            escape_label(&mut labels, server);
-            labels.push_str("\"} ");
-            ends.push(labels.len());
+        let mut tables = LabelBlocks {
+            text: String::with_capacity(rows.rows.len() * 96),
+            ends: Vec::with_capacity(rows.rows.len()),
+        };
+        let mut indexes = LabelBlocks::default();
+        let mut index_of = Vec::new();
+        for (t, r) in rows.rows.values().enumerate() {
+            tables.push(&[
+                ("datname", &r.datname),
+                ("relname", &r.relname),
+                ("schemaname", &r.schema),
+                ("server", server),
+            ]);
+            for (k, i) in r.indexes.iter().enumerate() {
+                indexes.push(&[
+                    ("datname", &r.datname),
+                    ("indexrelname", &i.name),
+                    ("relname", &r.relname),
+                    ("schemaname", &r.schema),
+                ]);
+                index_of.push((t as u32, k as u32));
+            }
         }
         TablePages {
             rows: rows.rows.values().cloned().collect(),
-            labels,
-            ends,
+            tables,
+            indexes,
+            index_of,
             family: 0,
             next: 0,
         }
     }
+
+    /// The family `f` (tables', then indexes'): its name, help and type, whether it is an
+    /// index family, and its column's place in the rows' values.
+    fn family(f: usize) -> Option<(&'static str, &'static str, Type, bool, usize)> {
+        let position = |columns: &[&str], col: &str| {
+            columns.iter().position(|c| *c == col).unwrap_or(usize::MAX)
+        };
+        if let Some((col, name, ty, help)) = TABLE_FAMILIES.get(f) {
+            return Some((name, help, *ty, false, position(board::TABLE_COLUMNS, col)));
+        }
+        let (col, name, ty, help) = INDEX_FAMILIES.get(f - TABLE_FAMILIES.len())?;
+        Some((name, help, *ty, true, position(&board::INDEX_COLUMNS, col)))
+    }
 }
 
 impl Iterator for TablePages {
-    type Item = String;
+    type Item = Vec<u8>;
 
-    fn next(&mut self) -> Option<String> {
-        if self.rows.is_empty() || self.family >= TABLE_FAMILIES.len() {
-            return None;
-        }
-        let mut out = String::with_capacity(CHUNK_BYTES + 512);
-        while self.family < TABLE_FAMILIES.len() && out.len() < CHUNK_BYTES {
-            let (col, name, ty, help) = TABLE_FAMILIES[self.family];
-            let i = board::TABLE_COLUMNS
-                .iter()
-                .position(|c| *c == col)
-                .unwrap_or(usize::MAX);
-            if self.next == 0 {
-                Writer::new(&mut out).family(name, help, ty);
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(CHUNK_BYTES + 512);
+        while let Some((name, help, ty, index, col)) = TablePages::family(self.family) {
+            if out.len() >= CHUNK_BYTES {
+                break;
             }
-            while self.next < self.rows.len() {
-                let (r, end) = (&self.rows[self.next], self.ends[self.next]);
-                let start = if self.next == 0 {
-                    0
+            let (labels, len) = if index {
+                (&self.indexes, self.index_of.len())
+            } else {
+                (&self.tables, self.rows.len())
+            };
+            if self.next == 0 && len > 0 {
+                let mut head = String::new();
+                Writer::new(&mut head).family(name, help, ty);
+                out.extend_from_slice(head.as_bytes());
+            }
+            while self.next < len {
+                let v = if index {
+                    let (t, k) = self.index_of[self.next];
+                    self.rows[t as usize].indexes[k as usize].values.get(col)
                 } else {
-                    self.ends[self.next - 1]
+                    self.rows[self.next].values.get(col)
                 };
-                out.push_str(name);
-                out.push_str(&self.labels[start..end]);
-                push_value(&mut out, r.values.get(i).copied().unwrap_or(f64::NAN));
-                out.push('\n');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(labels.get(self.next));
+                push_value_bytes(&mut out, v.copied().unwrap_or(f64::NAN));
+                out.push(b'\n');
                 self.next += 1;
                 if out.len() >= CHUNK_BYTES {
                     break;
                 }
             }
-            if self.next >= self.ends.len() {
+            if self.next >= len {
                 self.family += 1;
                 self.next = 0;
             }
         }
-        Some(out)
+        (!out.is_empty()).then_some(out)
     }
 }
 

@@ -9,7 +9,9 @@ use crate::board::{Board, LockCount, PerDatabase, SessionCount, Sessions};
 use crate::db::text::{raw_bytes, text};
 use crate::db::{Conn, DbError};
 
+use crate::board::{IDLE_APPLICATIONS, IDLE_BOUNDS, OTHER_APPLICATIONS};
 pub use crate::board::{LOCK_MODES, LONG_RUNNING, STATES};
+use crate::model::Histogram;
 
 fn sessions_sql() -> String {
     format!(
@@ -44,6 +46,27 @@ FROM pg_catalog.pg_stat_activity
 WHERE backend_type = 'autovacuum worker' AND query LIKE 'autovacuum:%'
   AND xact_start IS NOT NULL",
         raw_bytes("split_part(split_part(query, '.', 2), ' ', 1)")
+    )
+}
+
+/// Idle sessions by application name (the [`IDLE_APPLICATIONS`] with most, the rest
+/// under NULL): how many, their idle seconds summed, and how many are within each of
+/// [`IDLE_BOUNDS`].
+fn idle_sql() -> String {
+    let within: String = IDLE_BOUNDS
+        .iter()
+        .map(|b| format!(", count(*) FILTER (WHERE s <= {b})::float8"))
+        .collect();
+    format!(
+        "WITH idle AS (
+    SELECT application_name AS app,
+           extract(epoch FROM clock_timestamp() - state_change)::float8 AS s
+    FROM pg_catalog.pg_stat_activity WHERE state = 'idle'),
+top AS (SELECT app FROM idle GROUP BY app ORDER BY count(*) DESC, app LIMIT {IDLE_APPLICATIONS})
+SELECT {} AS app, count(*)::float8 AS n, coalesce(sum(s), 0)::float8 AS total{within}
+FROM idle LEFT JOIN top USING (app)
+GROUP BY top.app ORDER BY 1",
+        raw_bytes("top.app")
     )
 }
 
@@ -112,6 +135,25 @@ pub async fn post_sessions(conn: &Conn, board: &Board) -> Result<(), DbError> {
             Some((relname, r.try_get("started").ok()?))
         })
         .collect();
+    let idle = conn.query(&idle_sql(), &[]).await.map_err(DbError::query)?;
+    for r in &idle {
+        let app = text(r, "app", &mut bad).ok().flatten();
+        let n = |i: usize| r.try_get::<_, f64>(i).unwrap_or(0.0) as u64;
+        let mut h = Histogram::new(IDLE_BOUNDS);
+        let mut below = 0;
+        for (i, c) in h.counts.iter_mut().enumerate() {
+            let within = if i < IDLE_BOUNDS.len() {
+                n(3 + i)
+            } else {
+                n(1)
+            };
+            *c = within.saturating_sub(below);
+            below = below.max(within);
+        }
+        h.sum = r.try_get("total").unwrap_or(0.0);
+        out.idle
+            .push((app.unwrap_or_else(|| OTHER_APPLICATIONS.to_string()), h));
+    }
     board.post(|p| &mut p.sessions, Arc::new(out));
     Ok(())
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::board::{Setting, TableRow, TABLE_COLUMNS};
+use crate::board::{IndexRow, Setting, TableRow, INDEX_COLUMNS, TABLE_COLUMNS};
 
 fn setting(name: &str, setting: &str, unit: &str, vartype: &str) -> Setting {
     Setting {
@@ -77,6 +77,32 @@ fn label_values_and_help_are_escaped_and_values_spelled_as_prometheus_reads_them
 }
 
 #[test]
+fn values_are_spelled_the_same_as_text_and_as_bytes() {
+    let cases = [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (-3.0, "-3"),
+        (i64::MAX as f64, "9223372036854776000"),
+        (8_999_999_999_999_999.0, "8999999999999999"),
+        (1e20, "100000000000000000000"),
+        (-2.5, "-2.5"),
+        (f64::NAN, "NaN"),
+        (f64::NEG_INFINITY, "-Inf"),
+    ];
+    for (v, want) in cases {
+        let mut text = String::new();
+        push_value(&mut text, v);
+        let mut bytes = Vec::new();
+        push_value_bytes(&mut bytes, v);
+        assert_eq!(
+            (text.as_str(), bytes.as_slice()),
+            (want, want.as_bytes()),
+            "{v}"
+        );
+    }
+}
+
+#[test]
 fn column_values_are_numbers_times_switches_or_nan() {
     assert_eq!(value_of(Some(&Value::from(7))), Some(7.0));
     assert_eq!(value_of(Some(&Value::from(true))), Some(1.0));
@@ -102,6 +128,13 @@ fn table(datid: i64, relid: i64, name: &str) -> ((i64, i64), Arc<TableRow>) {
             schema: "public".into(),
             relname: name.into(),
             values,
+            // Every third table has no index, the others one or two.
+            indexes: (0..relid % 3)
+                .map(|k| IndexRow {
+                    name: format!("{name}_i{k}").into(),
+                    values: std::array::from_fn(|c| (relid * 10 + k) as f64 + c as f64 / 10.0),
+                })
+                .collect(),
         }),
     )
 }
@@ -115,9 +148,11 @@ fn table_pages_in_chunks_hold_every_family_and_every_table_exactly_once() {
             .map(|i| table(1 + i % 3, i, &format!("t{i}")))
             .collect(),
     };
-    let chunks: Vec<String> = TablePages::new(Arc::new(rows), "h:5432").collect();
+    let chunks: Vec<Vec<u8>> = TablePages::new(Arc::new(rows), "h:5432").collect();
     assert!(chunks.len() > 2, "{} chunks", chunks.len());
-    let text = chunks.concat();
+    // Each chunk ends at a line's end.
+    assert!(chunks.iter().all(|c| c.ends_with(b"\n")));
+    let text = String::from_utf8(chunks.concat()).expect("UTF-8");
     for (col, name, ty, _) in TABLE_FAMILIES {
         assert_eq!(
             text.matches(&format!("# TYPE {name} {}\n", ty.name()))
@@ -136,6 +171,26 @@ fn table_pages_in_chunks_hold_every_family_and_every_table_exactly_once() {
             1234 * 100 + i as i64
         );
         assert!(lines.contains(&want.as_str()), "{want}");
+    }
+    let indexed: i64 = (0..n).map(|i| i % 3).sum();
+    for (col, name, ty, _) in INDEX_FAMILIES {
+        assert_eq!(
+            text.matches(&format!("# TYPE {name} {}\n", ty.name()))
+                .count(),
+            1,
+            "{name}"
+        );
+        let c = INDEX_COLUMNS.iter().position(|x| x == col).expect("column");
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .count();
+        assert_eq!(lines as i64, indexed, "{name}");
+        let want = format!(
+            "{name}{{datname=\"db2\",indexrelname=\"t1234_i0\",relname=\"t1234\",schemaname=\"public\"}} {}",
+            12340.0 + c as f64 / 10.0
+        );
+        assert!(text.lines().any(|l| l == want), "{want}");
     }
     // A family's samples follow its TYPE line with nothing of another family between.
     let mut current = "";

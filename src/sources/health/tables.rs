@@ -120,8 +120,12 @@ SELECT jsonb_build_object(
             'primary', x.indisprimary,
             'valid', x.indisvalid,
             'stats', to_jsonb(i) - 'relid' - 'indexrelid' - 'schemaname' - 'relname'
-                     - 'indexrelname') ORDER BY i.indexrelname), '[]')
+                     - 'indexrelname'
+                     || jsonb_build_object('idx_blks_read', io.idx_blks_read,
+                                           'idx_blks_hit', io.idx_blks_hit))
+            ORDER BY i.indexrelname), '[]')
         FROM pg_catalog.pg_stat_user_indexes i
+        LEFT JOIN pg_catalog.pg_statio_user_indexes io ON io.indexrelid = i.indexrelid
         JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_catalog.pg_index x ON x.indexrelid = i.indexrelid
         WHERE i.relid = st.relid))::text
@@ -452,11 +456,21 @@ fn board_row(t: &Table, datname: &Arc<str>) -> board::TableRow {
         .unwrap_or(f64::NAN);
     }
     let s = |v: &Value| v.as_str().unwrap_or_default().into();
+    let indexes = t
+        .indexes
+        .iter()
+        .map(|i| board::IndexRow {
+            name: s(&i.index),
+            values: board::INDEX_COLUMNS
+                .map(|c| i.stats.get(c).and_then(Value::as_f64).unwrap_or(f64::NAN)),
+        })
+        .collect();
     board::TableRow {
         datname: datname.clone(),
         schema: s(&t.schema),
         relname: s(&t.relation),
         values,
+        indexes,
     }
 }
 

@@ -225,8 +225,8 @@ pub const TABLE_TIMES: &[&str] = &[
 pub struct TableRow {
     /// Its database.
     pub datname: Arc<str>,
-    /// Schema.
-    pub schema: Box<str>,
+    /// Schema (shared by the rows of a pass).
+    pub schema: Arc<str>,
     /// Name.
     pub relname: Box<str>,
     /// Values by [`TABLE_COLUMNS`] (NaN where the server has none).

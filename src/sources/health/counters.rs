@@ -114,30 +114,67 @@ impl Num {
     }
 }
 
-/// One reading, kept small: a table's counters as 8 bytes each, in the order of a
+/// One reading, kept small: a table's counters one after another in the order of a
 /// column list shared by every row of the same shape (every table of a cluster is
-/// remembered between passes).
+/// remembered between passes), an integer in as few bytes as it needs (most counters
+/// of most tables are small).
 #[derive(Debug)]
 struct Sample {
     /// Its columns: an index into [`Readings::layouts`].
     layout: u32,
-    /// Each column's value: an integer's bits, or a double's (`floats` says which).
-    values: Box<[u64]>,
-    /// Bit `i % 64` of word `i / 64` set: value `i` is a double.
+    /// Each column's value: an integer zigzag-encoded in 7-bit groups (the high bit says
+    /// another follows), or a double's 8 bytes (`floats` says which).
+    bytes: Box<[u8]>,
+    /// Bit `i % 64` of word `i / 64` set: value `i` is a double. Empty when none is.
     floats: Box<[u64]>,
     reset: Option<Box<str>>,
     at: Instant,
 }
 
 impl Sample {
-    fn num(&self, i: usize) -> Num {
-        let bits = self.values[i];
-        if self.floats[i / 64] & (1 << (i % 64)) != 0 {
-            Num::F(f64::from_bits(bits))
-        } else {
-            Num::I(bits as i64)
-        }
+    fn is_float(&self, i: usize) -> bool {
+        self.floats
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+
+    /// Every value, in column order.
+    fn nums(&self) -> Vec<Num> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < self.bytes.len() {
+            if self.is_float(out.len()) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&self.bytes[at..at + 8]);
+                out.push(Num::F(f64::from_le_bytes(b)));
+                at += 8;
+                continue;
+            }
+            let mut z = 0u64;
+            let mut shift = 0;
+            loop {
+                let b = self.bytes[at];
+                at += 1;
+                z |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            out.push(Num::I(((z >> 1) as i64) ^ -((z & 1) as i64)));
+        }
+        out
+    }
+}
+
+/// Appends `i` zigzag-encoded in 7-bit groups.
+fn push_int(out: &mut Vec<u8>, i: i64) {
+    let mut z = ((i << 1) ^ (i >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
 }
 
 /// The last reading of each row, to compare the next one with. Counters are the
@@ -190,32 +227,33 @@ impl<K: Hash + Eq + Clone> Readings<K> {
 
     fn sample(&mut self, row: &Row, at: Instant) -> Sample {
         let mut columns = Vec::with_capacity(row.len());
-        let mut values = Vec::with_capacity(row.len());
-        let mut floats = vec![0u64; row.len().div_ceil(64).max(1)];
+        let mut bytes = Vec::with_capacity(row.len() * 3);
+        let mut floats = vec![0u64; row.len().div_ceil(64)];
         for (k, v) in row {
             if k == STATS_RESET || self.not_counters.contains(&k.as_str()) {
                 continue;
             }
-            let bits = match Num::of(v) {
-                Some(Num::I(i)) => i as u64,
+            match Num::of(v) {
+                Some(Num::I(i)) => push_int(&mut bytes, i),
                 Some(Num::F(f)) => {
-                    let at = values.len();
+                    let at = columns.len();
                     floats[at / 64] |= 1 << (at % 64);
-                    f.to_bits()
+                    bytes.extend_from_slice(&f.to_le_bytes());
                 }
                 None => continue,
-            };
+            }
             columns.push(self.number(k));
-            values.push(bits);
         }
-        floats.truncate(values.len().div_ceil(64).max(1));
+        if floats.iter().all(|w| *w == 0) {
+            floats.clear();
+        }
         let reset = match row.get(STATS_RESET) {
             Some(Value::String(s)) => Some(s.as_str().into()),
             _ => None,
         };
         Sample {
             layout: self.layout(columns),
-            values: values.into(),
+            bytes: bytes.into(),
             floats: floats.into(),
             reset,
             at,
@@ -242,6 +280,7 @@ impl<K: Hash + Eq + Clone> Readings<K> {
             &self.layouts[prev.layout as usize],
             &self.layouts[cur.layout as usize],
         );
+        let (before, now) = (prev.nums(), cur.nums());
         for (i, n) in is.iter().enumerate() {
             let at = if prev.layout == cur.layout {
                 Some(i)
@@ -251,7 +290,7 @@ impl<K: Hash + Eq + Clone> Readings<K> {
             let Some(at) = at else {
                 continue;
             };
-            let d = match (prev.num(at), cur.num(i)) {
+            let d = match (before[at], now[i]) {
                 (Num::I(a), Num::I(b)) => {
                     if b < a {
                         return Compared::Reset;
@@ -333,6 +372,31 @@ mod tests {
         );
         assert!(!c.is_quiet());
         assert!(twice(a.clone(), a, &["relid", "n_live_tup"]).is_quiet());
+    }
+
+    #[test]
+    fn integers_of_every_size_and_doubles_between_them_are_kept_exactly() {
+        let big = i64::MAX - 5;
+        let a = json!({"a": 0, "b": 127, "t": 0.125, "c": 1_i64 << 40, "d": big, "e": -3});
+        let b = json!({"a": 1, "b": 128, "t": 1.5, "c": (1_i64 << 40) + 3, "d": i64::MAX,
+                       "e": -3});
+        assert_eq!(
+            twice(a, b, &[]).deltas(),
+            Some(&row(json!({"a": 1, "b": 1, "t": 1.375, "c": 3, "d": 5, "e": 0})))
+        );
+        let mut bytes = Vec::new();
+        for i in [0, -1, 63, 64, i64::MIN, i64::MAX] {
+            bytes.clear();
+            push_int(&mut bytes, i);
+            let s = Sample {
+                layout: 0,
+                bytes: bytes.clone().into(),
+                floats: Box::default(),
+                reset: None,
+                at: Instant::now(),
+            };
+            assert_eq!(s.nums(), vec![Num::I(i)], "{i}");
+        }
     }
 
     #[test]

@@ -245,11 +245,10 @@ pub struct Pass {
 /// What is remembered between passes.
 pub struct Memory {
     tables: Readings<(i64, i64)>,
-    indexes: Readings<(i64, i64)>,
+    /// By database, table and index.
+    indexes: Readings<(i64, i64, i64)>,
     /// Each table's signature at the last pass: a new one ships the table.
     signatures: HashMap<(i64, i64), i32>,
-    /// Each shipped table's indexes, to forget their readings with the table's.
-    indexes_of: HashMap<(i64, i64), Vec<i64>>,
     /// Every table read, as the metrics page shows it (kept while it asks).
     board: Arc<board::Tables>,
 }
@@ -269,15 +268,11 @@ impl Memory {
                 Some((datid, relid))
             })
             .collect();
-        let mut indexes = HashSet::new();
         for k in &keys {
             self.signatures.remove(k);
-            for i in self.indexes_of.remove(k).unwrap_or_default() {
-                indexes.insert((k.0, i));
-            }
         }
         self.tables.retain(|k| !keys.contains(k));
-        self.indexes.retain(|k| !indexes.contains(k));
+        self.indexes.retain(|(d, r, _)| !keys.contains(&(*d, *r)));
     }
 }
 
@@ -307,7 +302,6 @@ impl TablesSource {
                 tables: Readings::new(TABLE_GAUGES),
                 indexes: Readings::new(&[]),
                 signatures: HashMap::new(),
-                indexes_of: HashMap::new(),
                 board: Arc::default(),
             })),
             state: Rc::new(RefCell::new(None)),
@@ -362,8 +356,8 @@ pub fn changed(sigs: &[Signature], datid: i64, memory: &mut Memory) -> Vec<i64> 
         .tables
         .retain(|(d, r)| *d != datid || seen.contains(r));
     memory
-        .indexes_of
-        .retain(|(d, r), _| *d != datid || seen.contains(r));
+        .indexes
+        .retain(|(d, r, _)| *d != datid || seen.contains(r));
     out
 }
 
@@ -381,13 +375,10 @@ fn to_table(
     let index_rows = objects(r.remove("indexes"));
     let mut indexes = Vec::with_capacity(index_rows.len());
     let mut indexes_bytes = 0;
-    let ids = memory.indexes_of.entry((datid, relid)).or_default();
-    ids.clear();
-    ids.extend(index_rows.iter().filter_map(|i| int_of(i, "indexrelid")));
     for mut i in index_rows {
         let indexrelid = int_of(&i, "indexrelid").unwrap_or(0);
         let istats = object(i.remove("stats")).unwrap_or_default();
-        let change = memory.indexes.step((datid, indexrelid), &istats, now);
+        let change = memory.indexes.step((datid, relid, indexrelid), &istats, now);
         indexes_bytes += int_of(&i, "bytes").unwrap_or(0);
         indexes.push(Index {
             indexrelid,
@@ -443,8 +434,21 @@ fn board_wants(
     changed
 }
 
+/// Forgets the readings of a database's indexes that are gone from the tables read in
+/// full (`read`: `(relid, None)` for each such table and `(relid, Some(indexrelid))` for
+/// each of its indexes).
+fn forget_dropped_indexes(memory: &mut Memory, datid: i64, read: &HashSet<(i64, Option<i64>)>) {
+    memory.indexes.retain(|(d, r, i)| {
+        *d != datid || !read.contains(&(*r, None)) || read.contains(&(*r, Some(*i)))
+    });
+}
+
 /// A table as the metrics page shows it.
-fn board_row(t: &Table, datname: &Arc<str>) -> board::TableRow {
+fn board_row(
+    t: &Table,
+    datname: &Arc<str>,
+    schemas: &mut HashMap<String, Arc<str>>,
+) -> board::TableRow {
     let mut values = [f64::NAN; board::TABLE_COLUMNS.len()];
     for (i, col) in board::TABLE_COLUMNS.iter().enumerate() {
         values[i] = match *col {
@@ -465,9 +469,14 @@ fn board_row(t: &Table, datname: &Arc<str>) -> board::TableRow {
                 .map(|c| i.stats.get(c).and_then(Value::as_f64).unwrap_or(f64::NAN)),
         })
         .collect();
+    let schema = t.schema.as_str().unwrap_or_default();
+    let schema = match schemas.get(schema) {
+        Some(a) => a.clone(),
+        None => schemas.entry(schema.to_string()).or_insert(schema.into()).clone(),
+    };
     board::TableRow {
         datname: datname.clone(),
-        schema: s(&t.schema),
+        schema,
         relname: s(&t.relation),
         values,
         indexes,
@@ -572,6 +581,9 @@ async fn pass_database(
         wanted = board_wants(&sigs, datid, wanted, &mut memory.borrow_mut());
     }
     let mut shipped = 0;
+    // The indexes of the tables read in full, to forget the readings of those dropped.
+    let mut indexes = HashSet::new();
+    let mut schemas = HashMap::new();
     for chunk in wanted.chunks(DETAILS_CHUNK) {
         let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&chunk]).await?;
         let now = Instant::now();
@@ -579,8 +591,10 @@ async fn pass_database(
             let mut m = memory.borrow_mut();
             for r in rows {
                 if let Some(t) = to_table(r, name, datid, &mut m, now) {
+                    indexes.insert((t.relid, None));
+                    indexes.extend(t.indexes.iter().map(|i| (t.relid, Some(i.indexrelid))));
                     if on_board {
-                        let row = board_row(&t, &datname);
+                        let row = board_row(&t, &datname, &mut schemas);
                         Arc::make_mut(&mut m.board)
                             .rows
                             .insert((datid, t.relid), Arc::new(row));
@@ -593,6 +607,7 @@ async fn pass_database(
         }
         out.flush().await?;
     }
+    forget_dropped_indexes(&mut memory.borrow_mut(), datid, &indexes);
     Ok(summary(name, &sigs, shipped))
 }
 
@@ -730,7 +745,7 @@ impl Source for TablesSource {
             {
                 let mut m = memory.borrow_mut();
                 m.tables.retain(|(d, _)| ids.contains(d));
-                m.indexes.retain(|(d, _)| ids.contains(d));
+                m.indexes.retain(|(d, _, _)| ids.contains(d));
                 m.signatures.retain(|(d, _), _| ids.contains(d));
             }
             post(&db, &mut memory.borrow_mut(), &ids);
@@ -834,7 +849,6 @@ mod tests {
             tables: Readings::new(TABLE_GAUGES),
             indexes: Readings::new(&[]),
             signatures: HashMap::new(),
-            indexes_of: HashMap::new(),
             board: Arc::default(),
         }
     }
@@ -851,8 +865,7 @@ mod tests {
         row.insert("seq_scan".into(), Value::from(3));
         for (d, r) in [(7, 1), (7, 2)] {
             m.tables.step((d, r), &row, now);
-            m.indexes.step((d, r * 100), &row, now);
-            m.indexes_of.insert((d, r), vec![r * 100]);
+            m.indexes.step((d, r, r * 100), &row, now);
         }
         // Table 2's event was dropped (a summary's id is no table's and changes nothing).
         m.forget_shipped(&[
@@ -863,9 +876,28 @@ mod tests {
         assert_eq!(changed(&[sig(1, 10, 5), sig(2, 20, 9)], 7, &mut m), vec![2]);
         // No delta against the reading that was never shipped; table 1 keeps its own.
         assert_eq!(m.tables.step((7, 2), &row, now), Compared::First);
-        assert_eq!(m.indexes.step((7, 200), &row, now), Compared::First);
+        assert_eq!(m.indexes.step((7, 2, 200), &row, now), Compared::First);
         assert!(m.tables.step((7, 1), &row, now).deltas().is_some());
-        assert!(m.indexes.step((7, 100), &row, now).deltas().is_some());
+        assert!(m.indexes.step((7, 1, 100), &row, now).deltas().is_some());
+    }
+
+    #[test]
+    fn a_dropped_index_is_forgotten_once_its_table_is_read_again() {
+        let mut m = memory();
+        let now = Instant::now();
+        let mut row = Row::new();
+        row.insert("idx_scan".into(), Value::from(3));
+        for k in [(7, 1, 10), (7, 1, 11), (7, 2, 20), (8, 1, 10)] {
+            m.indexes.step(k, &row, now);
+        }
+        // Table 1 of database 7 was read with index 10 only; table 2 was not read.
+        let read = [(1, None), (1, Some(10))].into_iter().collect();
+        forget_dropped_indexes(&mut m, 7, &read);
+        assert_eq!(m.indexes.len(), 3);
+        assert_eq!(m.indexes.step((7, 1, 11), &row, now), Compared::First);
+        for kept in [(7, 1, 10), (7, 2, 20), (8, 1, 10)] {
+            assert!(m.indexes.step(kept, &row, now).deltas().is_some(), "{kept:?}");
+        }
     }
 
     #[test]

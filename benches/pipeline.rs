@@ -428,7 +428,7 @@ fn sql_bench() {
 /// statements, 350 settings: render time (one thread, so CPU time), bytes, and the
 /// memory the tables' readings hold.
 fn metrics_bench() {
-    use postgres_agent::board::{self, IndexRow, Parts, Posted, TableRow, Tables, TABLE_COLUMNS};
+    use postgres_agent::board::{self, Parts, Posted, TableRow, Tables, TABLE_COLUMNS};
     use postgres_agent::metrics::database::{render_small, TablePages};
     use std::sync::Arc;
     let now = std::time::SystemTime::now();
@@ -440,24 +440,27 @@ fn metrics_bench() {
     }
     let before = resident();
     let mut tables = Tables::default();
-    let names: Vec<Arc<str>> = (0..4).map(|d| Arc::from(format!("shop_{d}"))).collect();
+    let names: Vec<String> = (0..4).map(|d| format!("shop_{d}")).collect();
     for i in 0..20_000i64 {
         let mut values = [0.0; TABLE_COLUMNS.len()];
         for (j, v) in values.iter_mut().enumerate() {
             *v = (i * 37 + j as i64 * 1_000_003) as f64;
         }
+        let index = (
+            format!("orders_archive_{i:05}_pkey"),
+            std::array::from_fn(|j| (i * 41 + j as i64 * 999_983) as f64),
+        );
         tables.rows.insert(
             (i % 4, i),
-            Arc::new(TableRow {
-                datname: names[(i % 4) as usize].clone(),
-                schema: "public".into(),
-                relname: format!("orders_archive_{i:05}").into(),
+            Arc::new(TableRow::new(
+                (
+                    &names[(i % 4) as usize],
+                    "public",
+                    &format!("orders_archive_{i:05}"),
+                ),
                 values,
-                indexes: Box::new([IndexRow {
-                    name: format!("orders_archive_{i:05}_pkey").into(),
-                    values: std::array::from_fn(|j| (i * 41 + j as i64 * 999_983) as f64),
-                }]),
-            }),
+                [index],
+            )),
         );
     }
     let held = resident().saturating_sub(before);

@@ -254,6 +254,58 @@ fn check_says_whether_the_metrics_port_is_free_the_agents_or_taken() {
         format!("ok    metrics   127.0.0.1:{mport} is free: the agent will serve http://127.0.0.1:{mport}/metrics")
     );
     assert_eq!(code, 0);
+    // The database's page: what the sources turned off leave out (only activity is on).
+    let said = |path: &Path| {
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(path)
+            .output()
+            .expect("check");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" dbmetrics "))
+            .map(str::to_string)
+            .collect::<Vec<String>>()
+    };
+    let lacking: Vec<String> = said(&path)
+        .iter()
+        .map(|l| {
+            let key = l.rsplit("[collection] ").next().unwrap_or_default();
+            assert!(
+                l.starts_with("warn  dbmetrics the database's metrics lack "),
+                "{l}"
+            );
+            key.to_string()
+        })
+        .collect();
+    assert_eq!(
+        lacking,
+        [
+            "locks is off",
+            "statements is off",
+            "databases is off",
+            "tables is off",
+            "server_stats is off",
+            "settings is off",
+            "replication is off",
+            "vacuum_progress is off"
+        ]
+    );
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, toml.clone() + "database = false\n").expect("write");
+    assert_eq!(
+        said(&off),
+        ["ok    dbmetrics off ([metrics] database = false): the page serves the agent's own figures"]
+    );
+    let all = dir.path().join("all.toml");
+    let every = toml
+        .replace(" = false\n", " = true\n")
+        .replace("logs = true", "logs = false");
+    std::fs::write(&all, every).expect("write");
+    assert_eq!(
+        said(&all),
+        ["ok    dbmetrics the database's metrics are served under postgres_exporter's names from every source's latest reading"]
+    );
 
     let agent = Agent::start(dir.path(), &toml, &[]);
     agent.wait_log("metrics_listening", Duration::from_secs(30), |_| true);

@@ -220,19 +220,93 @@ pub const TABLE_TIMES: &[&str] = &[
     "last_autoanalyze",
 ];
 
-/// One table's latest reading.
+/// One table's latest reading, with its labels as the metrics page writes them (a page
+/// of many thousands of tables writes each row's labels once per family: made once, when
+/// the row is read, not at every scrape).
 #[derive(Debug, Clone)]
 pub struct TableRow {
-    /// Its database.
-    pub datname: Arc<str>,
-    /// Schema (shared by the rows of a pass).
-    pub schema: Arc<str>,
-    /// Name.
-    pub relname: Box<str>,
+    /// `{datname="…",relname="…",schemaname="…",server="`: the page adds the server's
+    /// value (it may change on reload) and `"} `.
+    pub labels: Box<str>,
     /// Values by [`TABLE_COLUMNS`] (NaN where the server has none).
     pub values: [f64; TABLE_COLUMNS.len()],
-    /// Its indexes, by name.
+    /// Its indexes.
     pub indexes: Box<[IndexRow]>,
+}
+
+impl TableRow {
+    /// A table of `datname`.`schema` and its indexes (name, values).
+    pub fn new(
+        (datname, schema, relname): (&str, &str, &str),
+        values: [f64; TABLE_COLUMNS.len()],
+        indexes: impl IntoIterator<Item = (String, [f64; INDEX_COLUMNS.len()])>,
+    ) -> TableRow {
+        let labels = label_block(&[
+            ("datname", datname),
+            ("relname", relname),
+            ("schemaname", schema),
+        ]);
+        let indexes = indexes
+            .into_iter()
+            .map(|(name, values)| {
+                let mut labels = label_block(&[
+                    ("datname", datname),
+                    ("indexrelname", &name),
+                    ("relname", relname),
+                    ("schemaname", schema),
+                ]);
+                labels.push_str("} ");
+                IndexRow {
+                    labels: labels.into(),
+                    values,
+                }
+            })
+            .collect();
+        TableRow {
+            labels: (labels + ",server=\"").into(),
+            values,
+            indexes,
+        }
+    }
+
+    /// The value of `column` (one of [`TABLE_COLUMNS`]).
+    pub fn value(&self, column: &str) -> f64 {
+        TABLE_COLUMNS
+            .iter()
+            .position(|c| *c == column)
+            .map_or(f64::NAN, |i| self.values[i])
+    }
+}
+
+/// `{k="v",…` with each value escaped for the exposition format (no closing brace).
+fn label_block(labels: &[(&str, &str)]) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label(&mut out, v);
+        out.push('"');
+    }
+    out
+}
+
+/// A label value escaped for the Prometheus exposition format.
+pub fn escape_label(out: &mut String, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// The columns of an index reading, in [`IndexRow::values`] order: `pg_stat_user_indexes`
@@ -248,20 +322,11 @@ pub const INDEX_COLUMNS: [&str; 5] = [
 /// One index's latest reading.
 #[derive(Debug, Clone)]
 pub struct IndexRow {
-    /// Name.
-    pub name: Box<str>,
+    /// `{datname="…",indexrelname="…",relname="…",schemaname="…"} `, as the page writes
+    /// them.
+    pub labels: Box<str>,
     /// Values by [`INDEX_COLUMNS`] (NaN where the server has none).
     pub values: [f64; INDEX_COLUMNS.len()],
-}
-
-impl TableRow {
-    /// The value of `column` (one of [`TABLE_COLUMNS`]).
-    pub fn value(&self, column: &str) -> f64 {
-        TABLE_COLUMNS
-            .iter()
-            .position(|c| *c == column)
-            .map_or(f64::NAN, |i| self.values[i])
-    }
 }
 
 /// The tables read by the last passes, by (database OID, table OID). A pass changes a
@@ -546,13 +611,7 @@ mod tests {
     fn a_table_value_is_found_by_its_column() {
         let mut values = [f64::NAN; TABLE_COLUMNS.len()];
         values[1] = 7.0;
-        let r = TableRow {
-            datname: Arc::from("d"),
-            schema: "s".into(),
-            relname: "t".into(),
-            values,
-            indexes: Box::default(),
-        };
+        let r = TableRow::new(("d", "s", "t"), values, []);
         assert_eq!(r.value("seq_tup_read"), 7.0);
         assert!(r.value("seq_scan").is_nan());
         assert!(r.value("no_such_column").is_nan());

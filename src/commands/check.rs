@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::cli::{Cli, EXIT_OK, EXIT_UNAVAILABLE};
 use crate::config::Config;
 use crate::db::{describe, pg_config};
+use crate::model::EventKind;
 
 struct Report {
     failures: usize,
@@ -32,6 +33,7 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
     let mut r = Report { failures: 0 };
     r.ok("config", &format!("{} is valid", cli.config.display()));
     let metrics = config.metrics.listen;
+    let page = metrics.map(|_| page_sources_off(&config));
     check_state_dir(&mut r, &config);
     check_files_for_service(&mut r, cli);
     let system = actix_rt::System::new();
@@ -54,6 +56,26 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
     if let Some(addr) = metrics {
         check_metrics(&mut r, addr);
     }
+    match page {
+        Some(None) => r.ok(
+            "dbmetrics",
+            "off ([metrics] database = false): the page serves the agent's own figures",
+        ),
+        Some(Some(off)) if off.is_empty() => r.ok(
+            "dbmetrics",
+            "the database's metrics are served under postgres_exporter's names from every source's latest reading",
+        ),
+        Some(Some(off)) => {
+            for (key, families) in off {
+                r.warn(
+                    "dbmetrics",
+                    &format!("the database's metrics lack {families}: [collection] {key} is off"),
+                    &format!("set {key} = true in [collection] to serve them"),
+                );
+            }
+        }
+        None => {}
+    }
     if r.failures == 0 {
         println!("all checks passed");
         EXIT_OK
@@ -61,6 +83,60 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         println!("{} check(s) failed", r.failures);
         EXIT_UNAVAILABLE
     }
+}
+
+/// The sources the database's metrics page takes families from, by their `[collection]`
+/// key, with the families each gives.
+const PAGE_SOURCES: &[(EventKind, &str, &str)] = &[
+    (
+        EventKind::PgActivity,
+        "activity",
+        "pg_stat_activity_*, pg_long_running_transactions*, pg_process_idle_seconds",
+    ),
+    (EventKind::PgLocks, "locks", "pg_locks_count"),
+    (EventKind::PgStatements, "statements", "pg_stat_statements_*"),
+    (
+        EventKind::PgDatabases,
+        "databases",
+        "pg_stat_database_*, pg_database_size_bytes, pg_database_wraparound_*",
+    ),
+    (
+        EventKind::PgTables,
+        "tables",
+        "pg_stat_user_tables_*, pg_statio_user_tables_*, pg_stat_user_indexes_*, pg_statio_user_indexes_*",
+    ),
+    (
+        EventKind::PgServerStats,
+        "server_stats",
+        "pg_static, pg_stat_bgwriter_*, pg_stat_archiver_*, pg_postmaster_start_time_seconds, pg_wal_*",
+    ),
+    (EventKind::PgSettings, "settings", "pg_settings_*, pg_roles_connection_limit"),
+    (
+        EventKind::PgReplication,
+        "replication",
+        "pg_stat_replication_*, pg_replication_slots_*, pg_stat_wal_receiver_*",
+    ),
+    (
+        EventKind::PgVacuumProgress,
+        "vacuum_progress",
+        "pg_stat_progress_vacuum_*",
+    ),
+];
+
+/// With `[metrics] database` on, the sources the page takes families from that are off
+/// (key, families); `None` when the page is off.
+fn page_sources_off(config: &Config) -> Option<Vec<(&'static str, &'static str)>> {
+    if !config.metrics.database_readings() {
+        return None;
+    }
+    let on = crate::sources::enabled(config);
+    Some(
+        PAGE_SOURCES
+            .iter()
+            .filter(|(kind, ..)| !on.iter().any(|(k, _)| k == kind))
+            .map(|(_, key, families)| (*key, *families))
+            .collect(),
+    )
 }
 
 /// `[metrics] listen`: free, or held by a running agent serving its metrics there.

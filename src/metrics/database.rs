@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use crate::board::{self, Parts, Posted, Row, Tables};
-use crate::board::{LOCK_MODES, STATES};
+use crate::board::{escape_label, LOCK_MODES, STATES};
 
 /// A family's type as the exposition names it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,21 +119,6 @@ impl Writer<'_> {
         }
         self.sample(&format!("{name}_sum"), labels, h.sum);
         self.sample(&format!("{name}_count"), labels, running as f64);
-    }
-}
-
-fn escape_label(out: &mut String, v: &str) {
-    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.push_str(v);
-        return;
-    }
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
     }
 }
 
@@ -1416,43 +1401,12 @@ const INDEX_FAMILIES: &[(&str, &str, Type, &str)] = &[
     ),
 ];
 
-/// Each series' label block (`{datname="…",…} `) one after another, written once for
-/// all families.
-#[derive(Default)]
-struct LabelBlocks {
-    text: String,
-    /// Where each block ends in `text`.
-    ends: Vec<usize>,
-}
-
-impl LabelBlocks {
-    fn push(&mut self, labels: &[(&str, &str)]) {
-        self.text.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                self.text.push(',');
-            }
-            self.text.push_str(k);
-            self.text.push_str("=\"");
-            escape_label(&mut self.text, v);
-            self.text.push('"');
-        }
-        self.text.push_str("} ");
-        self.ends.push(self.text.len());
-    }
-
-    fn get(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text.as_bytes()[start..self.ends[i]]
-    }
-}
-
 /// The table and index families, rendered a chunk at a time (many thousands of tables
 /// make a page of text; a chunk is written to the socket before the next is made).
 pub struct TablePages {
     rows: Vec<Arc<board::TableRow>>,
-    tables: LabelBlocks,
-    indexes: LabelBlocks,
+    /// The end of a table's labels: the server's value, escaped, and `"} `.
+    server: String,
     /// Each index series' table (in `rows`) and place among its indexes.
     index_of: Vec<(u32, u32)>,
     /// The family being written: the table families, then the index families.
@@ -1464,33 +1418,18 @@ pub struct TablePages {
 impl TablePages {
     /// The families of `rows`.
     pub fn new(rows: Arc<Tables>, server: &str) -> TablePages {
-        let mut tables = LabelBlocks {
-            text: String::with_capacity(rows.rows.len() * 96),
-            ends: Vec::with_capacity(rows.rows.len()),
-        };
-        let mut indexes = LabelBlocks::default();
-        let mut index_of = Vec::new();
-        for (t, r) in rows.rows.values().enumerate() {
-            tables.push(&[
-                ("datname", &r.datname),
-                ("relname", &r.relname),
-                ("schemaname", &r.schema),
-                ("server", server),
-            ]);
-            for (k, i) in r.indexes.iter().enumerate() {
-                indexes.push(&[
-                    ("datname", &r.datname),
-                    ("indexrelname", &i.name),
-                    ("relname", &r.relname),
-                    ("schemaname", &r.schema),
-                ]);
-                index_of.push((t as u32, k as u32));
-            }
-        }
+        let mut end = String::new();
+        escape_label(&mut end, server);
+        end.push_str("\"} ");
+        let rows: Vec<Arc<board::TableRow>> = rows.rows.values().cloned().collect();
+        let index_of = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(t, r)| (0..r.indexes.len()).map(move |k| (t as u32, k as u32)))
+            .collect();
         TablePages {
-            rows: rows.rows.values().cloned().collect(),
-            tables,
-            indexes,
+            rows,
+            server: end,
             index_of,
             family: 0,
             next: 0,
@@ -1520,10 +1459,10 @@ impl Iterator for TablePages {
             if out.len() >= CHUNK_BYTES {
                 break;
             }
-            let (labels, len) = if index {
-                (&self.indexes, self.index_of.len())
+            let len = if index {
+                self.index_of.len()
             } else {
-                (&self.tables, self.rows.len())
+                self.rows.len()
             };
             if self.next == 0 && len > 0 {
                 let mut head = String::new();
@@ -1531,14 +1470,18 @@ impl Iterator for TablePages {
                 out.extend_from_slice(head.as_bytes());
             }
             while self.next < len {
+                out.extend_from_slice(name.as_bytes());
                 let v = if index {
                     let (t, k) = self.index_of[self.next];
-                    self.rows[t as usize].indexes[k as usize].values.get(col)
+                    let i = &self.rows[t as usize].indexes[k as usize];
+                    out.extend_from_slice(i.labels.as_bytes());
+                    i.values.get(col)
                 } else {
-                    self.rows[self.next].values.get(col)
+                    let r = &self.rows[self.next];
+                    out.extend_from_slice(r.labels.as_bytes());
+                    out.extend_from_slice(self.server.as_bytes());
+                    r.values.get(col)
                 };
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(labels.get(self.next));
                 push_value_bytes(&mut out, v.copied().unwrap_or(f64::NAN));
                 out.push(b'\n');
                 self.next += 1;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::board::{IndexRow, Setting, TableRow, INDEX_COLUMNS, TABLE_COLUMNS};
+use crate::board::{Setting, TableRow, INDEX_COLUMNS, TABLE_COLUMNS};
 
 fn setting(name: &str, setting: &str, unit: &str, vartype: &str) -> Setting {
     Setting {
@@ -121,21 +121,18 @@ fn table(datid: i64, relid: i64, name: &str) -> ((i64, i64), Arc<TableRow>) {
     for (i, v) in values.iter_mut().enumerate() {
         *v = (relid * 100 + i as i64) as f64;
     }
+    // Every third table has no index, the others one or two.
+    let indexes = (0..relid % 3).map(|k| {
+        let values = std::array::from_fn(|c| (relid * 10 + k) as f64 + c as f64 / 10.0);
+        (format!("{name}_i{k}"), values)
+    });
     (
         (datid, relid),
-        Arc::new(TableRow {
-            datname: Arc::from(format!("db{datid}")),
-            schema: "public".into(),
-            relname: name.into(),
+        Arc::new(TableRow::new(
+            (&format!("db{datid}"), "public", name),
             values,
-            // Every third table has no index, the others one or two.
-            indexes: (0..relid % 3)
-                .map(|k| IndexRow {
-                    name: format!("{name}_i{k}").into(),
-                    values: std::array::from_fn(|c| (relid * 10 + k) as f64 + c as f64 / 10.0),
-                })
-                .collect(),
-        }),
+            indexes,
+        )),
     )
 }
 

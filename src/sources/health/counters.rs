@@ -382,7 +382,9 @@ mod tests {
                        "e": -3});
         assert_eq!(
             twice(a, b, &[]).deltas(),
-            Some(&row(json!({"a": 1, "b": 1, "t": 1.375, "c": 3, "d": 5, "e": 0})))
+            Some(&row(
+                json!({"a": 1, "b": 1, "t": 1.375, "c": 3, "d": 5, "e": 0})
+            ))
         );
         let mut bytes = Vec::new();
         for i in [0, -1, 63, 64, i64::MIN, i64::MAX] {

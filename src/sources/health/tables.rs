@@ -378,7 +378,9 @@ fn to_table(
     for mut i in index_rows {
         let indexrelid = int_of(&i, "indexrelid").unwrap_or(0);
         let istats = object(i.remove("stats")).unwrap_or_default();
-        let change = memory.indexes.step((datid, relid, indexrelid), &istats, now);
+        let change = memory
+            .indexes
+            .step((datid, relid, indexrelid), &istats, now);
         indexes_bytes += int_of(&i, "bytes").unwrap_or(0);
         indexes.push(Index {
             indexrelid,
@@ -444,11 +446,7 @@ fn forget_dropped_indexes(memory: &mut Memory, datid: i64, read: &HashSet<(i64, 
 }
 
 /// A table as the metrics page shows it.
-fn board_row(
-    t: &Table,
-    datname: &Arc<str>,
-    schemas: &mut HashMap<String, Arc<str>>,
-) -> board::TableRow {
+fn board_row(t: &Table, datname: &str) -> board::TableRow {
     let mut values = [f64::NAN; board::TABLE_COLUMNS.len()];
     for (i, col) in board::TABLE_COLUMNS.iter().enumerate() {
         values[i] = match *col {
@@ -459,28 +457,12 @@ fn board_row(
         }
         .unwrap_or(f64::NAN);
     }
-    let s = |v: &Value| v.as_str().unwrap_or_default().into();
-    let indexes = t
-        .indexes
-        .iter()
-        .map(|i| board::IndexRow {
-            name: s(&i.index),
-            values: board::INDEX_COLUMNS
-                .map(|c| i.stats.get(c).and_then(Value::as_f64).unwrap_or(f64::NAN)),
-        })
-        .collect();
-    let schema = t.schema.as_str().unwrap_or_default();
-    let schema = match schemas.get(schema) {
-        Some(a) => a.clone(),
-        None => schemas.entry(schema.to_string()).or_insert(schema.into()).clone(),
-    };
-    board::TableRow {
-        datname: datname.clone(),
-        schema,
-        relname: s(&t.relation),
-        values,
-        indexes,
-    }
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let indexes = t.indexes.iter().map(|i| {
+        let value = |c: &str| i.stats.get(c).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        (s(&i.index), board::INDEX_COLUMNS.map(value))
+    });
+    board::TableRow::new((datname, &s(&t.schema), &s(&t.relation)), values, indexes)
 }
 
 /// Posts the tables read for the metrics page (forgetting databases gone), or drops
@@ -569,7 +551,6 @@ async fn pass_database(
 ) -> Result<DatabasePass, CycleError> {
     let conn = db.connect_to(Some(name)).await?;
     let on_board = db.server().board().wanted();
-    let datname: Arc<str> = Arc::from(name);
     let rows = conn
         .query(&signatures_sql(), &[&max_relations])
         .await
@@ -583,7 +564,6 @@ async fn pass_database(
     let mut shipped = 0;
     // The indexes of the tables read in full, to forget the readings of those dropped.
     let mut indexes = HashSet::new();
-    let mut schemas = HashMap::new();
     for chunk in wanted.chunks(DETAILS_CHUNK) {
         let (rows, _) = json_rows(&conn, DETAILS_SQL, &[&chunk]).await?;
         let now = Instant::now();
@@ -594,7 +574,7 @@ async fn pass_database(
                     indexes.insert((t.relid, None));
                     indexes.extend(t.indexes.iter().map(|i| (t.relid, Some(i.indexrelid))));
                     if on_board {
-                        let row = board_row(&t, &datname, &mut schemas);
+                        let row = board_row(&t, name);
                         Arc::make_mut(&mut m.board)
                             .rows
                             .insert((datid, t.relid), Arc::new(row));
@@ -896,7 +876,10 @@ mod tests {
         assert_eq!(m.indexes.len(), 3);
         assert_eq!(m.indexes.step((7, 1, 11), &row, now), Compared::First);
         for kept in [(7, 1, 10), (7, 2, 20), (8, 1, 10)] {
-            assert!(m.indexes.step(kept, &row, now).deltas().is_some(), "{kept:?}");
+            assert!(
+                m.indexes.step(kept, &row, now).deltas().is_some(),
+                "{kept:?}"
+            );
         }
     }
 

@@ -517,7 +517,7 @@ fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_th
 
     // Its index, with pg_stat_user_indexes' and pg_statio_user_indexes' values.
     let index =
-        "datname=\"shop\",indexrelname=\"orders_id\",relname=\"orders\",schemaname=\"public\"";
+        "datname=\"shop\",relname=\"orders\",schemaname=\"public\",indexrelname=\"orders_id\"";
     let page = wait_for("the index's 4 scans", Duration::from_secs(60), || {
         let (_, page) = get(mport, "/metrics")?;
         samples(&page, "pg_stat_user_indexes_idx_scans_total")

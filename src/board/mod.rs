@@ -225,8 +225,8 @@ pub const TABLE_TIMES: &[&str] = &[
 /// the row is read, not at every scrape).
 #[derive(Debug, Clone)]
 pub struct TableRow {
-    /// `{datname="…",relname="…",schemaname="…",server="`: the page adds the server's
-    /// value (it may change on reload) and `"} `.
+    /// `{datname="…",relname="…",schemaname="…"`: a table's series add `,server="…"} `
+    /// (the server's value may change on reload), an index's `,indexrelname="…"} `.
     pub labels: Box<str>,
     /// Values by [`TABLE_COLUMNS`] (NaN where the server has none).
     pub values: [f64; TABLE_COLUMNS.len()],
@@ -249,13 +249,9 @@ impl TableRow {
         let indexes = indexes
             .into_iter()
             .map(|(name, values)| {
-                let mut labels = label_block(&[
-                    ("datname", datname),
-                    ("indexrelname", &name),
-                    ("relname", relname),
-                    ("schemaname", schema),
-                ]);
-                labels.push_str("} ");
+                let mut labels = String::from(",indexrelname=\"");
+                escape_label(&mut labels, &name);
+                labels.push_str("\"} ");
                 IndexRow {
                     labels: labels.into(),
                     values,
@@ -263,7 +259,7 @@ impl TableRow {
             })
             .collect();
         TableRow {
-            labels: (labels + ",server=\"").into(),
+            labels: labels.into(),
             values,
             indexes,
         }
@@ -322,8 +318,7 @@ pub const INDEX_COLUMNS: [&str; 5] = [
 /// One index's latest reading.
 #[derive(Debug, Clone)]
 pub struct IndexRow {
-    /// `{datname="…",indexrelname="…",relname="…",schemaname="…"} `, as the page writes
-    /// them.
+    /// `,indexrelname="…"} `: what its series add to its table's labels.
     pub labels: Box<str>,
     /// Values by [`INDEX_COLUMNS`] (NaN where the server has none).
     pub values: [f64; INDEX_COLUMNS.len()],

@@ -1405,7 +1405,7 @@ const INDEX_FAMILIES: &[(&str, &str, Type, &str)] = &[
 /// make a page of text; a chunk is written to the socket before the next is made).
 pub struct TablePages {
     rows: Vec<Arc<board::TableRow>>,
-    /// The end of a table's labels: the server's value, escaped, and `"} `.
+    /// The end of a table's labels: `,server="…"} `.
     server: String,
     /// Each index series' table (in `rows`) and place among its indexes.
     index_of: Vec<(u32, u32)>,
@@ -1418,7 +1418,7 @@ pub struct TablePages {
 impl TablePages {
     /// The families of `rows`.
     pub fn new(rows: Arc<Tables>, server: &str) -> TablePages {
-        let mut end = String::new();
+        let mut end = String::from(",server=\"");
         escape_label(&mut end, server);
         end.push_str("\"} ");
         let rows: Vec<Arc<board::TableRow>> = rows.rows.values().cloned().collect();
@@ -1473,7 +1473,9 @@ impl Iterator for TablePages {
                 out.extend_from_slice(name.as_bytes());
                 let v = if index {
                     let (t, k) = self.index_of[self.next];
-                    let i = &self.rows[t as usize].indexes[k as usize];
+                    let r = &self.rows[t as usize];
+                    let i = &r.indexes[k as usize];
+                    out.extend_from_slice(r.labels.as_bytes());
                     out.extend_from_slice(i.labels.as_bytes());
                     i.values.get(col)
                 } else {

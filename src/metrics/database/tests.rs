@@ -184,7 +184,7 @@ fn table_pages_in_chunks_hold_every_family_and_every_table_exactly_once() {
             .count();
         assert_eq!(lines as i64, indexed, "{name}");
         let want = format!(
-            "{name}{{datname=\"db2\",indexrelname=\"t1234_i0\",relname=\"t1234\",schemaname=\"public\"}} {}",
+            "{name}{{datname=\"db2\",relname=\"t1234\",schemaname=\"public\",indexrelname=\"t1234_i0\"}} {}",
             12340.0 + c as f64 / 10.0
         );
         assert!(text.lines().any(|l| l == want), "{want}");

@@ -465,7 +465,7 @@ fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_th
         .replace("tables = false\n", "tables = true\ntables_interval_s = 1\n")
         .replace("statements = false\n", "statements = true\n")
         + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\nstatements_limit = 2\n");
-    let _agent = Agent::start(dir.path(), &toml, &[]);
+    let agent = Agent::start(dir.path(), &toml, &[]);
 
     // The slowest statement, run 7 times: on the page with exactly its 7 calls, among
     // at most `statements_limit` statements.
@@ -569,6 +569,15 @@ fn the_page_shows_every_databases_tables_the_top_statements_and_pg_up_0_while_th
             .then_some(())
     });
     drop(raw);
+    // `status` says what the page holds.
+    let status = agent.status();
+    let said = status["metrics"].as_str().unwrap_or_default();
+    let want = format!("serving http://127.0.0.1:{mport}/metrics; the database's metrics from ");
+    assert!(said.starts_with(&want), "{said}");
+    assert!(
+        said.contains(" readings (tables 2, indexes 1, statements 2); the oldest ("),
+        "{said}"
+    );
 
     // The idle session in the idle time histogram under its application name.
     let idle_series = "application_name=\"idle_marker\"";

@@ -545,6 +545,59 @@ impl Board {
     pub fn parts(&self) -> Parts {
         self.lock().clone()
     }
+
+    /// What the page holds, for `status`: `None` while it does not ask.
+    pub fn describe(&self, now: SystemTime) -> Option<String> {
+        if !self.wanted() {
+            return None;
+        }
+        let p = self.parts();
+        let ages = p.ages(now);
+        let Some((oldest, age)) = ages
+            .iter()
+            .filter_map(|(name, a)| Some((*name, (*a)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return Some("the database's metrics: no reading yet".to_string());
+        };
+        let (tables, indexes) = p.tables.as_ref().map_or((0, 0), |t| {
+            let rows = &t.value.rows;
+            (rows.len(), rows.values().map(|r| r.indexes.len()).sum())
+        });
+        let statements = p.statements.as_ref().map_or(0, |s| s.value.len());
+        let read = ages.iter().filter(|(_, a)| a.is_some()).count();
+        Some(format!(
+            "the database's metrics from {read} of {} readings (tables {tables}, indexes {indexes}, statements {statements}); the oldest ({oldest}) {age:.0} s old",
+            ages.len()
+        ))
+    }
+}
+
+impl Parts {
+    /// How old each part is (seconds; `None`: not read yet), by the name
+    /// `postgres_agent_reading_age_seconds` gives it.
+    pub fn ages(&self, now: SystemTime) -> [(&'static str, Option<f64>); 14] {
+        fn age<T>(p: &Option<Posted<T>>, now: SystemTime) -> Option<f64> {
+            p.as_ref()
+                .map(|p| now.duration_since(p.at).unwrap_or_default().as_secs_f64())
+        }
+        [
+            ("up", age(&self.up, now)),
+            ("databases", age(&self.databases, now)),
+            ("database_sizes", age(&self.sizes, now)),
+            ("server_stats", age(&self.server, now)),
+            ("settings", age(&self.settings, now)),
+            ("sessions", age(&self.sessions, now)),
+            ("locks", age(&self.locks, now)),
+            ("tables", age(&self.tables, now)),
+            ("replication", age(&self.replication, now)),
+            ("statements", age(&self.statements, now)),
+            ("roles", age(&self.roles, now)),
+            ("session_seconds", age(&self.session_seconds, now)),
+            ("lock_waits", age(&self.lock_waits, now)),
+            ("vacuums", age(&self.vacuums, now)),
+        ]
+    }
 }
 
 /// The Unix seconds of a timestamp the server wrote in JSON (`to_jsonb(timestamptz)`).

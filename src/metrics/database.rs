@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::board::{self, Parts, Posted, Row, Tables};
+use crate::board::{self, Parts, Row, Tables};
 use crate::board::{escape_label, LOCK_MODES, STATES};
 
 /// A family's type as the exposition names it.
@@ -560,26 +560,7 @@ fn statements(w: &mut Writer, all: &[board::StatementTotals]) {
 
 /// How old each reading is.
 fn ages(w: &mut Writer, parts: &Parts, now: SystemTime) {
-    fn age<T>(p: &Option<Posted<T>>, now: SystemTime) -> Option<f64> {
-        p.as_ref()
-            .map(|p| now.duration_since(p.at).unwrap_or_default().as_secs_f64())
-    }
-    let all = [
-        ("up", age(&parts.up, now)),
-        ("databases", age(&parts.databases, now)),
-        ("database_sizes", age(&parts.sizes, now)),
-        ("server_stats", age(&parts.server, now)),
-        ("settings", age(&parts.settings, now)),
-        ("sessions", age(&parts.sessions, now)),
-        ("locks", age(&parts.locks, now)),
-        ("tables", age(&parts.tables, now)),
-        ("replication", age(&parts.replication, now)),
-        ("statements", age(&parts.statements, now)),
-        ("roles", age(&parts.roles, now)),
-        ("session_seconds", age(&parts.session_seconds, now)),
-        ("lock_waits", age(&parts.lock_waits, now)),
-        ("vacuums", age(&parts.vacuums, now)),
-    ];
+    let all = parts.ages(now);
     w.family(
         "postgres_agent_reading_age_seconds",
         "How old the reading behind the database's metrics of this part is, seconds",

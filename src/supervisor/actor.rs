@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -280,7 +280,10 @@ impl Supervisor {
             config_fingerprint: self.config.fingerprint(),
             last_reload: self.last_reload.clone(),
             metrics: match (&self.metrics, &self.metrics_error) {
-                (Some(m), _) => Some(format!("serving http://{}/metrics", m.addr)),
+                (Some(m), _) => Some(match self.db.server().board().describe(SystemTime::now()) {
+                    Some(page) => format!("serving http://{}/metrics; {page}", m.addr),
+                    None => format!("serving http://{}/metrics", m.addr),
+                }),
                 (None, Some(e)) => Some(e.clone()),
                 (None, None) => None,
             },

@@ -309,7 +309,13 @@ fn check_files_for_service(r: &mut Report, cli: &Cli) {
     let mut files = vec![("config".to_string(), cli.config.clone())];
     if let Ok((_, keys)) = Config::load_effective(&cli.config) {
         for k in keys {
-            let named = k.key.ends_with("_file") || k.key == "database.sslrootcert";
+            let named = k.key.ends_with("_file")
+                || [
+                    "database.sslrootcert",
+                    "database.sslcert",
+                    "database.sslkey",
+                ]
+                .contains(&k.key.as_str());
             let path: Option<String> = serde_json::from_str(&k.value).ok();
             if let (true, Some(p)) = (named, path.filter(|p| !p.is_empty())) {
                 files.push((k.key.clone(), p.into()));
@@ -357,16 +363,15 @@ fn writable_here(dir: &std::path::Path) -> bool {
 async fn check_database(r: &mut Report, config: &Config) {
     let db = &config.database;
     let target = format!("{}:{} as {} to {}", db.host, db.port, db.user, db.dbname);
-    let tls = match crate::db::tls::make(db) {
-        Ok(t) => t,
-        Err(e) => {
-            return r.fail(
+    let tls =
+        match crate::db::tls::make(db) {
+            Ok(t) => t,
+            Err(e) => return r.fail(
                 "database",
                 &e.to_string(),
-                "fix database.sslmode / database.sslrootcert",
-            )
-        }
-    };
+                "fix database.sslmode / database.sslrootcert / database.sslcert / database.sslkey",
+            ),
+        };
     let pg = pg_config(db);
     let connect = pg.connect(tls);
     let (client, conn) = match tokio::time::timeout(db.connect_timeout + Duration::from_secs(1), connect).await {

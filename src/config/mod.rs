@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use certs::read_root_certs;
+pub use certs::{read_client_cert, read_root_certs};
 pub use secret::{display_url, Secret};
 pub use validate::{default_pattern, validate};
 
@@ -120,6 +120,9 @@ pub enum SslMode {
     Prefer,
     /// Always TLS, without checking the certificate (libpq's meaning).
     Require,
+    /// Always TLS; the certificate must chain to `sslrootcert` (or the system CAs); its
+    /// names are not checked.
+    VerifyCa,
     /// Always TLS; the certificate must chain to `sslrootcert` (or the system CAs) and
     /// name the host.
     VerifyFull,
@@ -140,8 +143,14 @@ pub struct DatabaseConfig {
     pub password: Option<Secret>,
     /// TLS mode (TCP connections only; Unix sockets never use TLS).
     pub sslmode: SslMode,
-    /// CA certificates (PEM) for `verify-full`; empty: the system's CA store.
+    /// CA certificates (PEM) for `verify-ca` and `verify-full`; empty: the system's CA
+    /// store.
     pub sslrootcert: String,
+    /// The agent's client certificate (PEM, with its chain), for servers that ask for
+    /// one (`hostssl … cert`); empty: none. Set together with `sslkey`.
+    pub sslcert: String,
+    /// The client certificate's private key (PEM).
+    pub sslkey: String,
     /// Connections the pool may open; never above [`MAX_POOL_SIZE`].
     pub pool_max_size: u32,
     /// Server-side limit of every agent statement; never below one second.

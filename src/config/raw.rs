@@ -159,6 +159,8 @@ pub struct RawDatabase {
     pub password_file: Field<String>,
     pub sslmode: Field<String>,
     pub sslrootcert: Field<String>,
+    pub sslcert: Field<String>,
+    pub sslkey: Field<String>,
     pub pool_max_size: Field<i64>,
     pub statement_timeout_ms: Field<i64>,
     pub lock_timeout_ms: Field<i64>,

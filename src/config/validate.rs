@@ -249,6 +249,7 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
             ("prefer", SslMode::Prefer),
             ("disable", SslMode::Disable),
             ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
             ("verify-full", SslMode::VerifyFull),
         ],
     );
@@ -256,6 +257,24 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
     if !sslrootcert.is_empty() {
         if let Err(reason) = read_root_certs(&sslrootcert) {
             c.problem("database.sslrootcert", format!("{sslrootcert} {reason}"));
+        }
+    }
+    let sslcert = c.value("database.sslcert", &d.sslcert, String::new());
+    let sslkey = c.value("database.sslkey", &d.sslkey, String::new());
+    match (sslcert.is_empty(), sslkey.is_empty()) {
+        (true, true) => {}
+        (false, true) => c.problem(
+            "database.sslkey",
+            "is empty while database.sslcert is set: give the client certificate's key",
+        ),
+        (true, false) => c.problem(
+            "database.sslcert",
+            "is empty while database.sslkey is set: give the client certificate",
+        ),
+        (false, false) => {
+            if let Err((key, reason)) = super::read_client_cert(&sslcert, &sslkey) {
+                c.problem(key, reason);
+            }
         }
     }
     DatabaseConfig {
@@ -266,6 +285,8 @@ fn database(c: &mut Check, d: &RawDatabase) -> DatabaseConfig {
         password: c.secret_file("database.password_file", &password_file),
         sslmode,
         sslrootcert,
+        sslcert,
+        sslkey,
         pool_max_size: c.int(
             "database.pool_max_size",
             &d.pool_max_size,

@@ -121,7 +121,9 @@ pub fn pg_config(cfg: &DatabaseConfig) -> tokio_postgres::Config {
         .ssl_mode(match cfg.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
         })
         .options(session_options(cfg));
     if let Some(p) = &cfg.password {

@@ -654,6 +654,7 @@ fn main() {
         project: "shop-prod".into(),
         host: "db1".into(),
         server: Default::default(),
+        server_name: "db1".into(),
     };
     let batch = postgres_agent::model::Batch {
         batch_id: "b".into(),

@@ -72,6 +72,14 @@ fn tagged_session_reaches_the_listener_with_its_correlation_id() {
                 assert!(!e[k].is_null(), "event without {k}: {e}");
             }
             assert_eq!(e["project"], "it-project");
+            // The server it is about (the single-server form: named after the host);
+            // the agent's own events name none.
+            let server = if e["kind"] == "agent" {
+                Value::Null
+            } else {
+                Value::from("it-host")
+            };
+            assert_eq!(e["server"], server, "{e}");
         }
     }
 

@@ -344,9 +344,9 @@ fn once_prints_activity_as_json_lines_and_ships_nothing() {
         .filter(|e| e["data"]["correlation_id"] == uuid)
         .collect();
     assert_eq!(tagged.len(), 1, "{out}");
-    assert!(events
-        .iter()
-        .all(|e| e["kind"] == "pg_activity" && e["project"] == "it-project"));
+    assert!(events.iter().all(|e| e["kind"] == "pg_activity"
+        && e["project"] == "it-project"
+        && e["server"] == "it-host"));
     assert!(listener.received().is_empty());
     assert!(!dir.path().join("state").join("spool.db").exists());
 }

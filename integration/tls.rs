@@ -254,7 +254,10 @@ fn a_server_that_asks_for_a_client_certificate_gets_the_configured_one() {
     // The same certificate, but the server's names are checked: refused, and said why.
     let (code, err) = once(dir.path(), port, &with("verify-full", &cert, &client_key));
     assert_eq!(code, 69, "{err}");
-    assert!(err.contains("certificate not valid for name \"127.0.0.1\""), "{err}");
+    assert!(
+        err.contains("certificate not valid for name \"127.0.0.1\""),
+        "{err}"
+    );
 
     // No client certificate: the server refuses, and says it wanted one.
     let (code, err) = once(

@@ -24,6 +24,8 @@ pub struct Event {
     pub collected_at: DateTime<Utc>,
     /// The source-specific payload.
     pub data: Box<RawValue>,
+    /// The configured name of the server it is about (`None`: the agent's own).
+    pub server: Option<std::sync::Arc<str>>,
 }
 
 impl Event {
@@ -45,6 +47,7 @@ impl Event {
             kind,
             collected_at,
             data: serde_json::value::to_raw_value(data)?,
+            server: None,
         })
     }
 
@@ -81,6 +84,7 @@ impl Event {
             kind,
             collected_at,
             data,
+            server: None,
         }
     }
 }

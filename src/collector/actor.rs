@@ -73,7 +73,8 @@ impl CollectorActor {
             source.kind().as_str(),
             &config.agent.hostname,
             cap,
-        );
+        )
+        .for_server(config.server_name());
         if source.tracks_shipped() {
             handoff = handoff.telling_losses();
         }

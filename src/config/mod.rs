@@ -331,6 +331,12 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// The name of the server the agent watches, shipped on each of its events
+    /// (`server`): in the single-server form, the agent's host name.
+    pub fn server_name(&self) -> &str {
+        &self.agent.hostname
+    }
+
     /// The outputs configured: the listener unless its URL is empty, OTLP when an
     /// endpoint is set (validation makes sure there is at least one).
     pub fn outputs(&self) -> Vec<crate::base::Output> {

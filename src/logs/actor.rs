@@ -100,6 +100,7 @@ impl LogReader {
                 &config.agent.hostname,
                 usize::MAX,
             )
+            .for_server(config.server_name())
             .recycling(),
             handing: Handing::Nothing,
             ahead: None,

@@ -37,6 +37,9 @@ pub struct Origin {
     /// What was learnt of the server the events are from (its version, for OTLP's
     /// resource).
     pub server: std::sync::Arc<crate::model::ServerFacts>,
+    /// The server's configured name: the `server` of its events that name none (rows
+    /// an older agent spooled).
+    pub server_name: String,
 }
 
 impl Origin {
@@ -49,6 +52,7 @@ impl Origin {
             project: config.agent.project_id.clone(),
             host: config.agent.hostname.clone(),
             server: server.clone(),
+            server_name: config.server_name().to_string(),
         }
     }
 }
@@ -74,7 +78,32 @@ struct OutEvent<'a> {
     kind: &'static str,
     collected_at: String,
     project: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<&'a str>,
     data: &'a RawValue,
+}
+
+impl<'a> OutEvent<'a> {
+    fn of(origin: &'a Origin, e: &'a crate::model::Event) -> OutEvent<'a> {
+        OutEvent {
+            id: &e.id,
+            kind: e.kind.as_str(),
+            collected_at: rfc3339(e.collected_at),
+            project: &origin.project,
+            server: server_of(origin, e),
+            data: &e.data,
+        }
+    }
+}
+
+/// The server an event is about: the one it names; for a row an older agent spooled,
+/// the configured one, unless it is the agent's own event.
+pub fn server_of<'a>(origin: &'a Origin, e: &'a crate::model::Event) -> Option<&'a str> {
+    match (&e.server, e.kind) {
+        (Some(s), _) => Some(s),
+        (None, crate::model::EventKind::Agent) => None,
+        (None, _) => Some(&origin.server_name),
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -95,13 +124,7 @@ pub fn envelope_json(origin: &Origin, batch: &Batch, sent_at: DateTime<Utc>) -> 
         events: batch
             .events
             .iter()
-            .map(|e| OutEvent {
-                id: &e.id,
-                kind: e.kind.as_str(),
-                collected_at: rfc3339(e.collected_at),
-                project: &origin.project,
-                data: &e.data,
-            })
+            .map(|e| OutEvent::of(origin, e))
             .collect(),
     };
     // Serializing strings and raw JSON into a Vec cannot fail.
@@ -110,14 +133,7 @@ pub fn envelope_json(origin: &Origin, batch: &Batch, sent_at: DateTime<Utc>) -> 
 
 /// One event as a JSON line, exactly as it appears inside a batch (used by `once`).
 pub fn event_json(origin: &Origin, e: &crate::model::Event) -> String {
-    let out = OutEvent {
-        id: &e.id,
-        kind: e.kind.as_str(),
-        collected_at: rfc3339(e.collected_at),
-        project: &origin.project,
-        data: &e.data,
-    };
-    serde_json::to_string(&out).unwrap_or_default()
+    serde_json::to_string(&OutEvent::of(origin, e)).unwrap_or_default()
 }
 
 /// The body as sent: compressed when configured.

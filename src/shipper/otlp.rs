@@ -366,14 +366,16 @@ pub mod attr {
     pub const SEVERITY: &str = "postgres_agent.severity";
     /// SQLSTATE of a server log event.
     pub const SQLSTATE: &str = "db.response.status_code";
+    /// The configured name of the server the event is about (none on the agent's own).
+    pub const SERVER: &str = "postgres_agent.server";
 }
 
 /// One event as a log record. Data that is not a JSON object (never written by the
 /// agent) goes into the body as it is.
-pub fn record(e: &Event) -> LogRecord {
+pub fn record(origin: &Origin, e: &Event) -> LogRecord {
     LogRecord {
         body: parse_any(e.data.get()).ok().flatten(),
-        ..meta(e)
+        ..meta(origin, e)
     }
 }
 
@@ -393,7 +395,7 @@ struct Known {
 }
 
 /// Everything of a record but its body.
-fn meta(e: &Event) -> LogRecord {
+fn meta(origin: &Origin, e: &Event) -> LogRecord {
     // Data that is not an object (never written by the agent) has none of these.
     let k: Known = serde_json::from_str(e.data.get()).unwrap_or_default();
     let text_of = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).map(str::to_string);
@@ -401,6 +403,9 @@ fn meta(e: &Event) -> LogRecord {
         kv(attr::KIND, text(e.kind.as_str())),
         kv(attr::EVENT_ID, text(&e.id)),
     ];
+    if let Some(server) = super::server_of(origin, e) {
+        attributes.push(kv(attr::SERVER, text(server)));
+    }
     let database = k
         .database
         .clone()
@@ -479,7 +484,7 @@ pub fn request(origin: &Origin, service: &str, batch: &Batch) -> ExportLogsServi
             resource: Some(resource(origin, service)),
             scope_logs: vec![ScopeLogs {
                 scope: Some(scope()),
-                log_records: batch.events.iter().map(record).collect(),
+                log_records: batch.events.iter().map(|e| record(origin, e)).collect(),
             }],
         }],
     }
@@ -498,7 +503,7 @@ pub fn encode(origin: &Origin, service: &str, batch: &Batch) -> Vec<u8> {
     pb::message(&mut buf, 1, &scope());
     for e in &batch.events {
         let rec = pb::begin(&mut buf, 2);
-        meta(e).encode_raw(&mut buf);
+        meta(origin, e).encode_raw(&mut buf);
         let body = pb::begin(&mut buf, 5);
         let mut d = serde_json::Deserializer::from_str(e.data.get());
         let written = serde::de::DeserializeSeed::deserialize(pb::Any(&mut buf), &mut d)

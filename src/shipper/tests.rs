@@ -8,14 +8,24 @@ fn batch() -> Batch {
         .with_timezone(&Utc);
     Batch {
         batch_id: "b-1".into(),
-        events: vec![Event::new(
-            "e-1".into(),
-            EventKind::PgActivity,
-            at,
-            &serde_json::json!({"pid": 7}),
-        )
-        .expect("event")],
-        seqs: vec![1],
+        events: vec![
+            Event {
+                server: Some("main-db".into()),
+                ..Event::new(
+                    "e-1".into(),
+                    EventKind::PgActivity,
+                    at,
+                    &serde_json::json!({"pid": 7}),
+                )
+                .expect("event")
+            },
+            // Spooled by an older agent: no server on the row.
+            Event::new("e-2".into(), EventKind::PgLocks, at, &serde_json::json!({}))
+                .expect("event"),
+            // The agent's own.
+            Event::new("e-3".into(), EventKind::Agent, at, &serde_json::json!({})).expect("event"),
+        ],
+        seqs: vec![1, 2, 3],
     }
 }
 
@@ -25,6 +35,7 @@ fn envelope_has_the_contract_fields() {
         project: "shop".into(),
         host: "db1".into(),
         server: Default::default(),
+        server_name: "db1".into(),
     };
     let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:01Z")
         .expect("time")
@@ -39,7 +50,11 @@ fn envelope_has_the_contract_fields() {
             "batch_id": "b-1",
             "sent_at": "2026-11-26T10:00:01.000000Z",
             "events": [{"id": "e-1", "kind": "pg_activity", "collected_at": "2026-11-26T10:00:00.000000Z",
-                        "project": "shop", "data": {"pid": 7}}]
+                        "project": "shop", "server": "main-db", "data": {"pid": 7}},
+                       {"id": "e-2", "kind": "pg_locks", "collected_at": "2026-11-26T10:00:00.000000Z",
+                        "project": "shop", "server": "db1", "data": {}},
+                       {"id": "e-3", "kind": "agent", "collected_at": "2026-11-26T10:00:00.000000Z",
+                        "project": "shop", "data": {}}]
         })
     );
 }

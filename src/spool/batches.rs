@@ -205,7 +205,7 @@ impl Spool {
 }
 
 /// The columns a batch reads of `events`.
-const BATCH_COLUMNS: &str = "seq, id, kind, collected_at, data, bytes";
+const BATCH_COLUMNS: &str = "seq, id, kind, collected_at, data, bytes, server";
 
 /// One row of [`BATCH_COLUMNS`].
 struct BatchRow {
@@ -215,6 +215,7 @@ struct BatchRow {
     at: String,
     data: String,
     bytes: i64,
+    server: Option<String>,
 }
 
 impl BatchRow {
@@ -226,6 +227,7 @@ impl BatchRow {
             at: r.get(3)?,
             data: r.get(4)?,
             bytes: r.get(5)?,
+            server: r.get(6)?,
         })
     }
 }
@@ -241,7 +243,7 @@ struct BatchRows {
 
 impl BatchRows {
     fn take(&mut self, r: BatchRow) {
-        match decode(r.id, &r.kind, &r.at, r.data) {
+        match decode(r.id, &r.kind, &r.at, r.data, r.server) {
             Ok(e) => {
                 self.events.push(e);
                 self.seqs.push(r.seq);

@@ -151,6 +151,8 @@ pub struct Handoff {
     /// Ids of dropped events not yet told to the source, when it asked for them
     /// ([`Handoff::telling_losses`]).
     lost: Option<Vec<String>>,
+    /// The server the events are about (see [`Handoff::for_server`]).
+    server: Option<std::sync::Arc<str>>,
 }
 
 impl Handoff {
@@ -180,7 +182,14 @@ impl Handoff {
             retry_pending: false,
             failing_since: None,
             lost: None,
+            server: None,
         }
+    }
+
+    /// Names the server of every event handed over that names none.
+    pub fn for_server(mut self, name: &str) -> Handoff {
+        self.server = Some(std::sync::Arc::from(name));
+        self
     }
 
     /// Keeps the ids of the events the cap drops for [`Handoff::take_lost`]: for a source
@@ -213,7 +222,12 @@ impl Handoff {
 
     /// Queues events (and the state that is true once they are stored, replacing an
     /// older one); returns how many old events had to be dropped for the cap.
-    pub fn keep(&mut self, events: Vec<Event>, checkpoint: Option<Checkpoint>) -> usize {
+    pub fn keep(&mut self, mut events: Vec<Event>, checkpoint: Option<Checkpoint>) -> usize {
+        if let Some(server) = &self.server {
+            for e in events.iter_mut().filter(|e| e.server.is_none()) {
+                e.server = Some(server.clone());
+            }
+        }
         if let Some(newer) = checkpoint {
             self.checkpoint = Some(match self.checkpoint.take() {
                 Some(older) => newer.after(older),

@@ -219,6 +219,20 @@ impl Spool {
                 "ALTER TABLE batches ADD COLUMN output TEXT NOT NULL DEFAULT 'listener'",
             )?;
         }
+        // Events name their server since an agent watches several; an older spool's
+        // rows have none (shipped under the agent's server name).
+        for table in ["events", "quarantine"] {
+            let has_server: bool = conn.query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = 'server')"
+                ),
+                [],
+                |r| r.get(0),
+            )?;
+            if !has_server {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN server TEXT"))?;
+            }
+        }
         // A batch an older agent handed out (its id on the rows) keeps its id.
         conn.execute_batch(
             "BEGIN;
@@ -489,7 +503,7 @@ impl Spool {
             };
             for chunk in chunks.by_ref() {
                 for (i, e) in chunk.iter().enumerate() {
-                    added += bind_event(&mut many, i * 5, e, &mut at)?;
+                    added += bind_event(&mut many, i * INSERT_COLUMNS, e, &mut at)?;
                 }
                 many.raw_execute()?;
                 note(INSERT_ROWS, tx.last_insert_rowid());
@@ -536,8 +550,8 @@ impl Spool {
         let (mut n, mut bytes) = (0u64, 0u64);
         {
             let mut mv = tx.prepare_cached(
-                "INSERT OR REPLACE INTO quarantine (seq, id, kind, collected_at, data, bytes, reason, quarantined_at)
-                 SELECT seq, id, kind, collected_at, data, bytes, ?2, ?3 FROM events WHERE seq = ?1",
+                "INSERT OR REPLACE INTO quarantine (seq, id, kind, collected_at, data, bytes, reason, quarantined_at, server)
+                 SELECT seq, id, kind, collected_at, data, bytes, ?2, ?3, server FROM events WHERE seq = ?1",
             )?;
             let mut del = tx.prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING bytes")?;
             let mut undone = tx.prepare_cached("DELETE FROM output_done WHERE seq = ?1")?;
@@ -881,7 +895,7 @@ fn wal_path(db: &Path) -> PathBuf {
     wal_sibling(db, "-wal")
 }
 
-/// Rows per multi-row INSERT of [`Spool::append`] (5 parameters each).
+/// Rows per multi-row INSERT of [`Spool::append`] ([`INSERT_COLUMNS`] parameters each).
 const INSERT_ROWS: usize = 32;
 
 /// `INSERT INTO events … VALUES (…), (…)` with `rows` rows of parameters. OR ROLLBACK:
@@ -891,24 +905,23 @@ const INSERT_ROWS: usize = 32;
 fn insert_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|r| {
-            let p = r * 5;
-            format!(
-                "(?{}, ?{}, ?{}, ?{}, ?{})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            )
+            let p = r * INSERT_COLUMNS;
+            let each: Vec<String> = (1..=INSERT_COLUMNS)
+                .map(|i| format!("?{}", p + i))
+                .collect();
+            format!("({})", each.join(", "))
         })
         .collect();
     format!(
-        "INSERT OR ROLLBACK INTO events (id, kind, collected_at, data, bytes) VALUES {}",
+        "INSERT OR ROLLBACK INTO events (id, kind, collected_at, data, bytes, server) VALUES {}",
         values.join(", ")
     )
 }
 
-/// Binds `e` to the five parameters after `at` (0-based) of an [`insert_sql`]
+/// Parameters of one row of [`insert_sql`].
+const INSERT_COLUMNS: usize = 6;
+
+/// Binds `e` to the [`INSERT_COLUMNS`] parameters after `at` (0-based) of an [`insert_sql`]
 /// statement; returns its data bytes. `time` keeps the last collection time written.
 fn bind_event(
     st: &mut rusqlite::CachedStatement<'_>,
@@ -929,10 +942,17 @@ fn bind_event(
     st.raw_bind_parameter(at + 3, &time.1)?;
     st.raw_bind_parameter(at + 4, data)?;
     st.raw_bind_parameter(at + 5, data.len() as i64)?;
+    st.raw_bind_parameter(at + 6, e.server.as_deref())?;
     Ok(data.len() as u64)
 }
 
-fn decode(id: String, kind: &str, at: &str, data: String) -> Result<Event, SpoolError> {
+fn decode(
+    id: String,
+    kind: &str,
+    at: &str,
+    data: String,
+    server: Option<String>,
+) -> Result<Event, SpoolError> {
     let bad = |what: &str| SpoolError::Sqlite(format!("corrupt spool row {id}: {what}"));
     Ok(Event {
         kind: EventKind::parse(kind).ok_or_else(|| bad("unknown kind"))?,
@@ -941,6 +961,7 @@ fn decode(id: String, kind: &str, at: &str, data: String) -> Result<Event, Spool
             .with_timezone(&Utc),
         data: serde_json::value::RawValue::from_string(data).map_err(|_| bad("bad data"))?,
         id,
+        server: server.map(std::sync::Arc::from),
     })
 }
 

@@ -959,3 +959,59 @@ fn an_eviction_says_which_output_lost_what() {
     let (l, o, depth) = pending(&s);
     assert_eq!((l, o), (0, depth));
 }
+
+#[test]
+fn each_event_keeps_its_server_from_memory_and_from_the_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let named = |i: u32, server: Option<&str>| Event {
+        server: server.map(Into::into),
+        ..ev(i)
+    };
+    let servers = |b: &Batch| -> Vec<Option<String>> {
+        b.events
+            .iter()
+            .map(|e| e.server.as_deref().map(str::to_string))
+            .collect()
+    };
+    let want = vec![Some("db-a".to_string()), None, Some("db-b".to_string())];
+    {
+        let mut s = Spool::open(dir.path()).expect("open");
+        s.append(&[
+            named(0, Some("db-a")),
+            named(1, None),
+            named(2, Some("db-b")),
+        ])
+        .expect("append");
+        let b = s.next_batch(L, 10).expect("batch").expect("some");
+        assert_eq!(servers(&b), want);
+    }
+    // Reopened: read from the table.
+    let mut s = Spool::open(dir.path()).expect("open");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
+    assert_eq!(servers(&b), want);
+}
+
+#[test]
+fn an_older_spool_without_servers_is_opened_and_its_rows_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("spool.db")).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+                 kind TEXT NOT NULL, collected_at TEXT NOT NULL, data TEXT NOT NULL,
+                 bytes INTEGER NOT NULL, batch_id TEXT);
+             INSERT INTO events (id, kind, collected_at, data, bytes)
+                 VALUES ('old-1', 'pg_locks', '2026-11-01T00:00:00.000000Z', '{}', 2);",
+        )
+        .expect("old schema");
+    }
+    let mut s = Spool::open(dir.path()).expect("open");
+    let b = s.next_batch(L, 10).expect("batch").expect("some");
+    assert_eq!(ids(&b), vec!["old-1"]);
+    assert_eq!(b.events[0].server, None);
+    s.append(&[Event {
+        server: Some("db-a".into()),
+        ..ev(1)
+    }])
+    .expect("append after the column was added");
+}

@@ -31,7 +31,7 @@ fn a_server_log_event_becomes_a_record_with_its_time_severity_and_trace() {
             "message": "duplicate key", "hint": null, "pid": 42
         }),
     );
-    let r = record(&e);
+    let r = record(&origin(), &e);
     assert_eq!(r.time_unix_nano, 1_796_205_599_250_000_000);
     assert_eq!(r.observed_time_unix_nano, 1_796_205_600_500_000_000);
     assert_eq!((r.severity_number, r.severity_text.as_str()), (17, "ERROR"));
@@ -49,6 +49,16 @@ fn a_server_log_event_becomes_a_record_with_its_time_severity_and_trace() {
     assert_eq!(attr(&r, attr::DATABASE), Some(&s("shop")));
     assert_eq!(attr(&r, attr::SQLSTATE), Some(&s("23505")));
     assert_eq!(attr(&r, attr::SEVERITY), Some(&s("ERROR")));
+    // No server on the event (an older spool's row): the configured one's name.
+    assert_eq!(attr(&r, attr::SERVER), Some(&s("h")));
+    let named = Event {
+        server: Some("db-a".into()),
+        ..e.clone()
+    };
+    assert_eq!(
+        attr(&record(&origin(), &named), attr::SERVER),
+        Some(&s("db-a"))
+    );
     assert_eq!(
         attr(&r, attr::CORRELATION_ID),
         Some(&s("4bf92f3577b34da6a3ce929d0e0e4736"))
@@ -72,17 +82,23 @@ fn forged_or_partial_trace_ids_give_no_trace() {
         ("4bf92f3577b34da6a3ce929d0e0e473", "00f067aa0ba902b7"),
         ("4bf92f3577b34da6a3ce929d0e0e47zz", "00f067aa0ba902b7"),
     ] {
-        let r = record(&event(
-            EventKind::PgActivity,
-            serde_json::json!({"trace_id": t, "span_id": sp}),
-        ));
+        let r = record(
+            &origin(),
+            &event(
+                EventKind::PgActivity,
+                serde_json::json!({"trace_id": t, "span_id": sp}),
+            ),
+        );
         assert!(r.trace_id.is_empty() && r.span_id.is_empty(), "{t}");
     }
     // A good trace with a bad span keeps the trace.
-    let r = record(&event(
-        EventKind::PgActivity,
-        serde_json::json!({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "é"}),
-    ));
+    let r = record(
+        &origin(),
+        &event(
+            EventKind::PgActivity,
+            serde_json::json!({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "é"}),
+        ),
+    );
     assert_eq!((r.trace_id.len(), r.span_id.len()), (16, 0));
 }
 
@@ -118,15 +134,18 @@ fn severities_follow_postgres_and_other_kinds_carry_none() {
     let n: Vec<i32> = order.iter().map(|s| severity(s)).collect();
     assert!(n.windows(2).all(|w| w[0] < w[1]), "{n:?}");
     assert_eq!(severity("nonsense"), 0);
-    let r = record(&event(
-        EventKind::PgStatements,
-        serde_json::json!({"calls": 3}),
-    ));
+    let r = record(
+        &origin(),
+        &event(EventKind::PgStatements, serde_json::json!({"calls": 3})),
+    );
     assert_eq!((r.severity_number, r.severity_text.as_str()), (0, ""));
-    let r = record(&event(
-        EventKind::Agent,
-        serde_json::json!({"event": "agent_started"}),
-    ));
+    let r = record(
+        &origin(),
+        &event(
+            EventKind::Agent,
+            serde_json::json!({"event": "agent_started"}),
+        ),
+    );
     assert_eq!(r.severity_number, 9);
 }
 
@@ -144,6 +163,7 @@ fn a_request_round_trips_through_protobuf() {
         project: "shop-prod".into(),
         host: "db1".into(),
         server: Default::default(),
+        server_name: "db1".into(),
     };
     // The server's version is in the resource once a source has learnt it.
     let without = request(&origin, "postgresql", &batch);
@@ -204,6 +224,7 @@ fn origin() -> Origin {
         project: "p".into(),
         host: "h".into(),
         server: Default::default(),
+        server_name: "h".into(),
     }
 }
 

@@ -517,3 +517,46 @@ fn config_prints_every_key_with_its_origin_and_no_secret() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent.project_id"));
 }
+
+#[test]
+fn check_warns_that_host_metrics_and_the_log_file_are_this_hosts_for_a_server_elsewhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    // TEST-NET-1: an address that is never this machine's (nothing answers there).
+    let toml = format!(
+        "[agent]\nproject_id = \"p\"\nstate_dir = \"{}\"\n\
+         [database]\nhost = \"192.0.2.1\"\nconnect_timeout_ms = 300\n\
+         [collection]\nsystem = true\nlogs = true\n\
+         [listener]\nurl = \"http://127.0.0.1:9/ingest\"\ntoken = \"t\"\n",
+        dir.path().join("state").display()
+    );
+    std::fs::write(&path, &toml).expect("write");
+    let (_, out, _) = run(&["check"], &path);
+    let warned = |what: &str, problem: &str, fix: &str| {
+        format!("warn  {what:<9} [database] host 192.0.2.1 is not this host: {problem}\n      fix: {fix}")
+    };
+    assert!(
+        out.contains(&warned(
+            "system",
+            "host metrics describe this host, not the server's",
+            "set system = false in [collection], or run the agent on the database's host"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&warned(
+            "logs",
+            "the log file read is this host's, not the server's",
+            "set logs = false in [collection], or run the agent on the database's host"
+        )),
+        "{out}"
+    );
+    // Both off: nothing to say.
+    std::fs::write(
+        &path,
+        toml.replace("system = true\nlogs = true", "system = false\nlogs = false"),
+    )
+    .expect("write");
+    let (_, out, _) = run(&["check"], &path);
+    assert!(!out.contains("is not this host"), "{out}");
+}

@@ -36,6 +36,7 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
     let page = metrics.map(|_| page_sources_off(&config));
     check_state_dir(&mut r, &config);
     check_files_for_service(&mut r, cli);
+    check_host_sources(&r, &config);
     let system = actix_rt::System::new();
     let r = system.block_on(async move {
         check_database(&mut r, &config).await;
@@ -83,6 +84,49 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         println!("{} check(s) failed", r.failures);
         EXIT_UNAVAILABLE
     }
+}
+
+/// Host metrics and the log file are this host's: for a server on another host they
+/// would be shipped under its name while describing this one.
+fn check_host_sources(r: &Report, config: &Config) {
+    let db = &config.database;
+    if is_this_host(&db.host, db.port) != Some(false) {
+        return;
+    }
+    let elsewhere = format!("[database] host {} is not this host", db.host);
+    if config.collection.system {
+        r.warn(
+            "system",
+            &format!("{elsewhere}: host metrics describe this host, not the server's"),
+            "set system = false in [collection], or run the agent on the database's host",
+        );
+    }
+    if config.collection.logs {
+        r.warn(
+            "logs",
+            &format!("{elsewhere}: the log file read is this host's, not the server's"),
+            "set logs = false in [collection], or run the agent on the database's host",
+        );
+    }
+}
+
+/// Whether `host` is this machine: a socket directory, or a name whose addresses are
+/// this machine's (loopback, or one it can bind to). `None` when the name does not
+/// resolve (the database check says so).
+fn is_this_host(host: &str, port: u16) -> Option<bool> {
+    use std::net::ToSocketAddrs;
+    if host.starts_with('/') {
+        return Some(true);
+    }
+    let addrs: Vec<std::net::SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(
+        addrs
+            .iter()
+            .any(|a| a.ip().is_loopback() || std::net::UdpSocket::bind((a.ip(), 0)).is_ok()),
+    )
 }
 
 /// The sources the database's metrics page takes families from, by their `[collection]`
@@ -929,5 +973,15 @@ mod tests {
         assert_eq!(quote_ident("a-b"), "\"a-b\"");
         assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
         assert_eq!(quote_ident(""), "\"\"");
+    }
+
+    #[test]
+    fn this_host_is_a_socket_loopback_or_an_address_it_can_bind() {
+        assert_eq!(is_this_host("/var/run/postgresql", 5432), Some(true));
+        assert_eq!(is_this_host("127.0.0.1", 5432), Some(true));
+        assert_eq!(is_this_host("::1", 5432), Some(true));
+        // TEST-NET-1: never this machine's.
+        assert_eq!(is_this_host("192.0.2.1", 5432), Some(false));
+        assert_eq!(is_this_host("no-such-host.invalid", 5432), None);
     }
 }

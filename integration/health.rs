@@ -323,6 +323,25 @@ fn a_checkpoint_and_a_changed_setting_show_up() {
         },
     );
     let stats = data_of(&l, "pg_server_stats").pop().expect("stats");
+    // Which cluster it is, as the server says.
+    let id = &stats["identity"];
+    assert_eq!(
+        id["system_identifier"],
+        pg.sql("SELECT system_identifier::text FROM pg_control_system()")
+            .as_str(),
+        "{id}"
+    );
+    assert_eq!(
+        (&id["role"], &id["timeline"]),
+        (&"primary".into(), &1.into()),
+        "{id}"
+    );
+    assert_eq!(
+        id["version_num"].as_i64(),
+        pg.sql("SHOW server_version_num").parse::<i64>().ok(),
+        "{id}"
+    );
+    assert_eq!(id["version"], pg.sql("SHOW server_version").as_str());
     if major_version() >= 14 {
         assert!(
             stats["wal"]["stats"]["wal_records"].as_i64().is_some(),

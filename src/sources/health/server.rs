@@ -36,6 +36,21 @@ const FACTS: &str = "jsonb_build_object('version', version(),
     'wal_lsn_bytes', pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
         THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::float8)";
 
+/// Which cluster the server is, in which role: its system identifier (text: it does not
+/// fit a JSON number's exact range), its timeline (a primary's from its current WAL
+/// file, which a promotion moves at once; a standby's from its WAL receiver, else from
+/// its last restartpoint), primary or standby, and its version. Every function is
+/// PUBLIC.
+const IDENTITY: &str = "jsonb_build_object(
+    'system_identifier', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
+    'timeline', CASE WHEN pg_is_in_recovery()
+        THEN coalesce((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),
+                      (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()))
+        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+    'role', CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' END,
+    'version', current_setting('server_version'),
+    'version_num', current_setting('server_version_num')::int)";
+
 /// The statistics query for `version` (`server_version_num`).
 pub fn sql(version: i32) -> String {
     let (bgwriter, checkpointer) = if version >= 170_000 {
@@ -70,7 +85,7 @@ pub fn sql(version: i32) -> String {
     format!(
         "SELECT jsonb_build_object('bgwriter', {bgwriter}, 'checkpointer', {checkpointer},
             'wal', {wal}, 'archiver', (SELECT to_jsonb(a) FROM pg_catalog.pg_stat_archiver a),
-            'io', {io}, 'facts', {FACTS})::text"
+            'io', {io}, 'facts', {FACTS}, 'identity', {IDENTITY})::text"
     )
 }
 
@@ -101,6 +116,8 @@ pub struct IoRow {
 /// `data` of a `pg_server_stats` event.
 #[derive(Debug, Serialize)]
 pub struct ServerStats {
+    /// Which cluster, timeline, role and version (see [`IDENTITY`]).
+    pub identity: Value,
     /// `pg_stat_bgwriter`.
     pub bgwriter: Option<View>,
     /// `pg_stat_checkpointer` (17+), or the same columns out of `pg_stat_bgwriter`.
@@ -156,6 +173,7 @@ pub fn to_stats(mut r: Row, readings: &mut Readings<String>, now: Instant) -> Se
         take("io"),
     );
     let mut out = ServerStats {
+        identity: take("identity"),
         bgwriter: view(readings, "bgwriter", bg, now),
         checkpointer: view(readings, "checkpointer", cp, now),
         wal: view(readings, "wal", wal, now),

@@ -2,6 +2,7 @@
 //! background statistics and settings, against a real cluster (autovacuum off, so the
 //! counters move only with what the test does).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -753,4 +754,90 @@ fn a_first_pass_larger_than_the_backlog_ships_every_table_exactly_once() {
         || agent.status()["children"]["pg_tables"]["detail"]["dropped_events_total"].as_u64(),
     );
     assert_eq!(dropped_total, 0);
+}
+
+#[test]
+fn a_promoted_standby_is_one_role_changed_and_every_baseline_restarts_with_it() {
+    let primary = cluster();
+    let standby = PgCluster::standby_of(&primary, "standby1");
+    wait_for("the standby streaming", Duration::from_secs(60), || {
+        (primary.sql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1' AND state = 'streaming'") == "1")
+            .then_some(())
+    });
+    let (l, _dir, _agent) = agent_with(&standby, &["databases", "server_stats"], "");
+    // Deltas flowing on the standby.
+    wait_for(
+        "the standby's database deltas",
+        Duration::from_secs(30),
+        || {
+            data_of(&l, "pg_databases")
+                .iter()
+                .any(|d| d["deltas"].is_object())
+                .then_some(())
+        },
+    );
+    let before = data_of(&l, "pg_server_stats").pop().expect("stats")["identity"].clone();
+    assert_eq!(before["role"], "standby", "{before}");
+
+    standby.sql("SELECT pg_promote()");
+    let role_changed = |l: &Listener| -> Vec<Value> {
+        l.events_of("agent")
+            .into_iter()
+            .filter(|e| e["data"]["event"] == "role_changed")
+            .collect()
+    };
+    let changed = wait_for("role_changed", Duration::from_secs(60), || {
+        role_changed(&l).into_iter().next()
+    });
+    let d = &changed["data"];
+    assert_eq!(d["server"], "it-host", "{d}");
+    assert_eq!(changed["server"], "it-host", "{changed}");
+    assert_eq!(d["before"], before, "{d}");
+    assert_eq!(d["after"]["role"], "primary", "{d}");
+    assert_eq!(
+        d["after"]["system_identifier"], before["system_identifier"],
+        "{d}"
+    );
+    assert_eq!(
+        int(&d["after"]["timeline"]),
+        int(&before["timeline"]) + 1,
+        "{d}"
+    );
+
+    // Each source starts a new baseline after the change: a reading whose every row is a
+    // first one (a reading that began before the change was seen may still compare).
+    let at = changed["collected_at"].as_str().expect("time").to_string();
+    for kind in ["pg_databases", "pg_server_stats"] {
+        wait_for(
+            &format!("{kind}'s new baseline"),
+            Duration::from_secs(30),
+            || {
+                let mut by_time: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+                for e in l.events_of(kind) {
+                    let t = e["collected_at"].as_str().unwrap_or_default().to_string();
+                    if t >= at {
+                        by_time.entry(t).or_default().push(e["data"].clone());
+                    }
+                }
+                by_time
+                    .values()
+                    .any(|rows| {
+                        rows.iter().all(|d| {
+                            if kind == "pg_databases" {
+                                d["first"] == true
+                            } else {
+                                d["checkpointer"]["first"] == true && d["bgwriter"]["first"] == true
+                            }
+                        })
+                    })
+                    .then_some(())
+            },
+        );
+    }
+    // Still one change, however many cycles later.
+    let n = data_of(&l, "pg_server_stats").len();
+    wait_for("three more cycles", Duration::from_secs(30), || {
+        (data_of(&l, "pg_server_stats").len() >= n + 3).then_some(())
+    });
+    assert_eq!(role_changed(&l).len(), 1);
 }

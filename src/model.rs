@@ -245,9 +245,64 @@ pub fn note_state(log: &slog::Logger, current: &mut Option<SourceState>, new: Op
 pub struct ServerFacts {
     /// `server_version_num`; 0 until a source asked.
     version: std::sync::atomic::AtomicI32,
+    /// Which cluster it was at the last look, in which role.
+    identity: std::sync::Mutex<Option<Identity>>,
+    /// How many times the cluster or its role changed: a baseline taken under another
+    /// epoch is another cluster's (or another role's) counters.
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// Which cluster a server is and in which role (`pg_server_stats`' `identity`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// `pg_control_system().system_identifier`, as text.
+    pub system_identifier: String,
+    /// The timeline.
+    pub timeline: i64,
+    /// `primary` or `standby`.
+    pub role: String,
+    /// `server_version`.
+    pub version: String,
+    /// `server_version_num`.
+    pub version_num: i64,
+}
+
+/// A change of cluster or role: what it was and what it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityChange {
+    /// Before.
+    pub before: Identity,
+    /// After.
+    pub after: Identity,
 }
 
 impl ServerFacts {
+    /// Records what the server says it is now; returns the epoch the reading belongs to
+    /// and, to the one caller that saw it first, the change when the cluster (system
+    /// identifier) or its role differs from the last look. A new timeline alone (a
+    /// standby following a promoted primary) or a new version (a restart into a minor
+    /// release) is recorded without a change: the counters are the same server's.
+    pub fn observe(&self, now: Identity) -> (u64, Option<IdentityChange>) {
+        use std::sync::atomic::Ordering;
+        let mut last = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let change = match last.as_ref() {
+            Some(was) if was.system_identifier != now.system_identifier || was.role != now.role => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                Some(IdentityChange {
+                    before: was.clone(),
+                    after: now.clone(),
+                })
+            }
+            _ => None,
+        };
+        *last = Some(now);
+        (self.epoch.load(Ordering::Acquire), change)
+    }
+
+    /// The epoch of the last look (see [`ServerFacts::observe`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
     /// Records `server_version_num`.
     pub fn set_version(&self, v: i32) {
         self.version.store(v, std::sync::atomic::Ordering::Relaxed);
@@ -997,6 +1052,42 @@ impl Drop for ExitGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(system: &str, timeline: i64, role: &str, version: &str) -> Identity {
+        Identity {
+            system_identifier: system.into(),
+            timeline,
+            role: role.into(),
+            version: version.into(),
+            version_num: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_cluster_or_role_is_a_change_seen_once_and_a_new_timeline_or_version_is_not() {
+        let f = ServerFacts::default();
+        assert_eq!(f.observe(id("A", 1, "standby", "15.7")), (0, None));
+        assert_eq!(f.observe(id("A", 1, "standby", "15.7")), (0, None));
+        // A standby following a promoted primary, then restarted into a minor release.
+        assert_eq!(f.observe(id("A", 2, "standby", "15.7")), (0, None));
+        assert_eq!(f.observe(id("A", 2, "standby", "15.8")), (0, None));
+        // Promoted.
+        let (epoch, change) = f.observe(id("A", 3, "primary", "15.8"));
+        assert_eq!(epoch, 1);
+        let change = change.expect("a change");
+        assert_eq!(
+            (change.before.role.as_str(), change.after.role.as_str()),
+            ("standby", "primary")
+        );
+        assert_eq!((change.before.timeline, change.after.timeline), (2, 3));
+        // Told once: the next look is the same epoch, no change.
+        assert_eq!(f.observe(id("A", 3, "primary", "15.8")), (1, None));
+        // Another cluster at the same address.
+        let (epoch, change) = f.observe(id("B", 1, "primary", "15.8"));
+        assert_eq!(epoch, 2);
+        assert_eq!(change.expect("a change").before.system_identifier, "A");
+        assert_eq!(f.epoch(), 2);
+    }
 
     #[test]
     fn a_cycle_lands_in_the_first_bucket_that_holds_it() {

@@ -74,6 +74,17 @@ pub enum AgentEvent {
         #[serde(skip)]
         rows: (i64, i64),
     },
+    /// The server at the configured address is another cluster (its system identifier
+    /// changed) or changed role (promoted, demoted): the sources' baselines restart, no
+    /// delta is taken across it.
+    RoleChanged {
+        /// The server's configured name.
+        server: String,
+        /// What it was.
+        before: crate::model::Identity,
+        /// What it is.
+        after: crate::model::Identity,
+    },
     /// The spool file could not be read; it was moved aside and a fresh one started.
     SpoolCorruptMovedAside {
         /// Where the old file is.
@@ -101,6 +112,7 @@ impl AgentEvent {
             AgentEvent::ChildRestarted { .. } => "child_restarted",
             AgentEvent::EventsDropped { .. } => "events_dropped",
             AgentEvent::EventsEvicted { .. } => "events_evicted",
+            AgentEvent::RoleChanged { .. } => "role_changed",
             AgentEvent::SpoolCorruptMovedAside { .. } => "spool_corrupt_moved_aside",
             AgentEvent::SpoolFileReplaced { .. } => "spool_file_replaced",
         }
@@ -133,6 +145,16 @@ impl AgentEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(role: &str) -> crate::model::Identity {
+        crate::model::Identity {
+            system_identifier: "7715704645883035614".into(),
+            timeline: 1,
+            role: role.into(),
+            version: "15.8".into(),
+            version_num: 150008,
+        }
+    }
 
     fn data(e: &Event) -> serde_json::Value {
         serde_json::from_str(e.data.get()).expect("json")
@@ -215,6 +237,11 @@ mod tests {
                 undelivered_by_output: BTreeMap::new(),
                 reason: "r".into(),
                 rows: (1, 1),
+            },
+            AgentEvent::RoleChanged {
+                server: "s".into(),
+                before: identity("standby"),
+                after: identity("primary"),
             },
             AgentEvent::SpoolCorruptMovedAside {
                 moved_to: "x".into(),

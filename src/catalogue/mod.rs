@@ -13,6 +13,7 @@ pub const AGENT_EVENTS: &[&str] = &[
     "child_restarted",
     "events_dropped",
     "events_evicted",
+    "role_changed",
     "spool_corrupt_moved_aside",
     "spool_file_replaced",
 ];

@@ -12,6 +12,7 @@ macro_rules! health_interval {
 pub mod activity;
 pub mod counts;
 pub mod health;
+pub mod identity;
 pub mod locks;
 pub mod outbox;
 pub mod sampler;

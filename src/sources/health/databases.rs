@@ -103,6 +103,8 @@ pub struct DatabasesSource {
     readings: Rc<RefCell<Readings<i64>>>,
     /// When the sizes were last measured.
     sized_at: Rc<Cell<Option<Instant>>>,
+    /// The cluster and role the readings are of.
+    identity: Rc<crate::sources::identity::Guard>,
 }
 
 impl DatabasesSource {
@@ -112,6 +114,7 @@ impl DatabasesSource {
             host: config.agent.hostname.clone(),
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
             sized_at: Rc::new(Cell::new(None)),
+            identity: Rc::default(),
         }
     }
 }
@@ -197,9 +200,14 @@ impl Source for DatabasesSource {
         let host = self.host.clone();
         let readings = self.readings.clone();
         let sized_at = self.sized_at.clone();
+        let identity = self.identity.clone();
         Box::pin(async move {
             let size = sized_at.get().is_none_or(|t| t.elapsed() >= SIZE_EVERY);
             let conn = db.get().await?;
+            let look = identity.look(&conn, db.server(), &host).await?;
+            if look.stale {
+                readings.borrow_mut().retain(|_| false);
+            }
             let (rows, _bad) = json_rows(&conn, SQL, &[&size]).await?;
             if size {
                 sized_at.set(Some(Instant::now()));
@@ -233,6 +241,7 @@ impl Source for DatabasesSource {
                 );
             }
             readings.keep_only(&seen);
+            out.extend(look.event);
             Ok(out)
         })
     }

@@ -36,21 +36,6 @@ const FACTS: &str = "jsonb_build_object('version', version(),
     'wal_lsn_bytes', pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery()
         THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, '0/0')::float8)";
 
-/// Which cluster the server is, in which role: its system identifier (text: it does not
-/// fit a JSON number's exact range), its timeline (a primary's from its current WAL
-/// file, which a promotion moves at once; a standby's from its WAL receiver, else from
-/// its last restartpoint), primary or standby, and its version. Every function is
-/// PUBLIC.
-const IDENTITY: &str = "jsonb_build_object(
-    'system_identifier', (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
-    'timeline', CASE WHEN pg_is_in_recovery()
-        THEN coalesce((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver),
-                      (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()))
-        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
-    'role', CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary' END,
-    'version', current_setting('server_version'),
-    'version_num', current_setting('server_version_num')::int)";
-
 /// The statistics query for `version` (`server_version_num`).
 pub fn sql(version: i32) -> String {
     let (bgwriter, checkpointer) = if version >= 170_000 {
@@ -85,7 +70,8 @@ pub fn sql(version: i32) -> String {
     format!(
         "SELECT jsonb_build_object('bgwriter', {bgwriter}, 'checkpointer', {checkpointer},
             'wal', {wal}, 'archiver', (SELECT to_jsonb(a) FROM pg_catalog.pg_stat_archiver a),
-            'io', {io}, 'facts', {FACTS}, 'identity', {IDENTITY})::text"
+            'io', {io}, 'facts', {FACTS}, 'identity', {})::text",
+        crate::sources::identity::IDENTITY
     )
 }
 
@@ -116,7 +102,7 @@ pub struct IoRow {
 /// `data` of a `pg_server_stats` event.
 #[derive(Debug, Serialize)]
 pub struct ServerStats {
-    /// Which cluster, timeline, role and version (see [`IDENTITY`]).
+    /// Which cluster, timeline, role and version (see [`crate::sources::identity`]).
     pub identity: Value,
     /// `pg_stat_bgwriter`.
     pub bgwriter: Option<View>,
@@ -142,6 +128,8 @@ pub struct ServerStatsSource {
     readings: Rc<RefCell<Readings<String>>>,
     /// Whether the role may run `pg_ls_waldir()` (asked once, for the metrics page).
     may_list_wal: Rc<Cell<Option<bool>>>,
+    /// The cluster and role the readings are of.
+    identity: Rc<crate::sources::identity::Guard>,
 }
 
 impl ServerStatsSource {
@@ -152,6 +140,7 @@ impl ServerStatsSource {
             version: Rc::new(Cell::new(None)),
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
             may_list_wal: Rc::new(Cell::new(None)),
+            identity: Rc::default(),
         }
     }
 }
@@ -291,8 +280,13 @@ impl Source for ServerStatsSource {
         let version = self.version.clone();
         let readings = self.readings.clone();
         let may_list = self.may_list_wal.clone();
+        let identity = self.identity.clone();
         Box::pin(async move {
             let conn = db.get().await?;
+            let look = identity.look(&conn, db.server(), &host).await?;
+            if look.stale {
+                readings.borrow_mut().retain(|_| false);
+            }
             let v = server_version(&conn, &version).await?;
             let res = json_rows(&conn, &sql(v), &[]).await;
             if res.is_err() {
@@ -300,7 +294,7 @@ impl Source for ServerStatsSource {
             }
             let (rows, _) = res?;
             let Some(row) = rows.into_iter().next() else {
-                return Ok(Vec::new());
+                return Ok(look.event.into_iter().collect());
             };
             let board = db.server().board();
             if board.wanted() {
@@ -314,8 +308,10 @@ impl Source for ServerStatsSource {
             let at = Utc::now();
             let stats = to_stats(row, &mut readings.borrow_mut(), Instant::now());
             let id = format!("pg_server_stats:{host}:{}", at.timestamp_micros());
-            Ok(vec![Event::new(id, EventKind::PgServerStats, at, &stats)
-                .map_err(|e| CycleError::encode("server stats", e))?])
+            let mut out = vec![Event::new(id, EventKind::PgServerStats, at, &stats)
+                .map_err(|e| CycleError::encode("server stats", e))?];
+            out.extend(look.event);
+            Ok(out)
         })
     }
 }

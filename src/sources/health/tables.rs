@@ -254,6 +254,14 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// Forgets every table: the server is another cluster or changed role.
+    fn forget_all(&mut self) {
+        self.tables.retain(|_| false);
+        self.indexes.retain(|_| false);
+        self.signatures.clear();
+        self.board = Arc::default();
+    }
+
     /// Forgets what a pass remembered of tables whose events never reached the spool:
     /// their signatures (so they ship again, whether or not they change) and their and
     /// their indexes' readings (so no delta is taken against a reading never shipped).
@@ -288,6 +296,8 @@ pub struct TablesSource {
     /// Each database's events go to the collector as soon as it is read (when run by
     /// one): a pass of many databases never waits in memory whole.
     outbox: RefCell<Option<Outbox>>,
+    /// The cluster and role the remembered tables are of.
+    identity: Rc<crate::sources::identity::Guard>,
 }
 
 impl TablesSource {
@@ -306,6 +316,7 @@ impl TablesSource {
             })),
             state: Rc::new(RefCell::new(None)),
             outbox: RefCell::new(None),
+            identity: Rc::default(),
         }
     }
 }
@@ -630,6 +641,7 @@ impl Source for TablesSource {
         let memory = self.memory.clone();
         let state = self.state.clone();
         let user = self.user.clone();
+        let identity = self.identity.clone();
         Box::pin(async move {
             let started = Instant::now();
             let at = Utc::now();
@@ -638,8 +650,14 @@ impl Source for TablesSource {
             // U+FFFD) in the pass summary instead.
             let mut not_utf8 = Vec::new();
             let mut no_connect = Vec::new();
+            let mut events = Vec::new();
             {
                 let conn = db.get().await?;
+                let look = identity.look(&conn, db.server(), &host).await?;
+                if look.stale {
+                    memory.borrow_mut().forget_all();
+                }
+                events.extend(look.event);
                 let rows = conn
                     .query(DATABASES_SQL, &[])
                     .await
@@ -661,7 +679,6 @@ impl Source for TablesSource {
                     }
                 }
             }
-            let mut events = Vec::new();
             let mut left_out = Vec::new();
             let mut failed: Vec<(String, String)> = Vec::new();
             let mut read = 0;

@@ -38,6 +38,8 @@ pub struct StatementsSource {
     tracker: Rc<RefCell<Tracker>>,
     /// Statements on the metrics page.
     board_limit: usize,
+    /// The cluster and role the baseline is of.
+    identity: Rc<crate::sources::identity::Guard>,
 }
 
 impl StatementsSource {
@@ -55,6 +57,7 @@ impl StatementsSource {
                 config.collection.statements_max_rows as usize,
             ))),
             board_limit: config.metrics.statements_limit as usize,
+            identity: Rc::default(),
         }
     }
 }
@@ -81,9 +84,19 @@ impl Source for StatementsSource {
             tracker: self.tracker.clone(),
             board_limit: self.board_limit,
         };
+        let identity = self.identity.clone();
         Box::pin(async move {
             let conn = db.get().await?;
-            cycle.run(&db, &conn).await
+            let look = identity.look(&conn, db.server(), &cycle.host).await?;
+            if let Some(id) = &look.now {
+                cycle
+                    .tracker
+                    .borrow_mut()
+                    .on_cluster(&id.system_identifier, &id.role);
+            }
+            let mut events = cycle.run(&db, &conn).await?;
+            events.extend(look.event);
+            Ok(events)
         })
     }
 }

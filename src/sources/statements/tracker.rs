@@ -57,6 +57,10 @@ pub struct Missing {
 /// The state of the source between cycles.
 #[derive(Debug)]
 pub struct Tracker {
+    /// The server's address (`host:port/dbname`).
+    server: String,
+    /// The server's address and which cluster in which role: a baseline of another
+    /// (stored before a restart, or taken before a failover) is not diffed against.
     identity: String,
     persist: bool,
     max_rows: usize,
@@ -80,6 +84,7 @@ impl Tracker {
     /// baseline with the events (the daemon; `once` does not).
     pub fn new(identity: String, persist: bool, max_rows: usize) -> Tracker {
         Tracker {
+            server: identity.clone(),
             identity,
             persist,
             max_rows,
@@ -119,6 +124,11 @@ impl Tracker {
         out.sort_by(|a, b| b.1[0].total_cmp(&a.1[0]).then(a.0.cmp(&b.0)));
         out.truncate(limit);
         out
+    }
+
+    /// The cluster (system identifier) and role the next sample is of.
+    pub fn on_cluster(&mut self, system_identifier: &str, role: &str) {
+        self.identity = format!("{}#{system_identifier}/{role}", self.server);
     }
 
     /// The state for status.
@@ -484,6 +494,33 @@ mod tests {
             .collect();
         let c = t.conclude(&e, prev, &plan, rows(&sent), &info, at(now));
         (plan, c)
+    }
+
+    #[test]
+    fn another_cluster_or_role_starts_a_new_baseline_and_the_same_one_does_not() {
+        let mut t = Tracker::new("h:5432/db".into(), true, 100);
+        let info = Info::default();
+        t.on_cluster("7001", "standby");
+        cycle(&mut t, 0, info, &[(1, 3.0)]);
+        t.on_cluster("7001", "standby");
+        let (_, c) = cycle(&mut t, 60, info, &[(1, 5.0)]);
+        assert_eq!(c.deltas.len(), 1, "the same cluster: compared");
+        // Promoted: its counters are not diffed against the standby's sample.
+        t.on_cluster("7001", "primary");
+        let (plan, c) = cycle(&mut t, 120, info, &[(1, 9.0)]);
+        assert!(plan.full && c.summary.baseline && c.deltas.is_empty());
+        // Another cluster at the same address, with larger counters: not compared either.
+        t.on_cluster("8002", "primary");
+        let (_, c) = cycle(&mut t, 180, info, &[(1, 50.0)]);
+        assert!(c.summary.baseline && c.deltas.is_empty());
+        // A baseline stored under another cluster (before a restart) is not used.
+        let mut stored = t.previous(&ext(), at(181), || None).expect("the sample");
+        stored.identity = "h:5432/db#7001/primary".into();
+        let mut after = Tracker::new("h:5432/db".into(), true, 100);
+        after.on_cluster("8002", "primary");
+        assert!(after
+            .previous(&ext(), at(240), || Some((stored, true)))
+            .is_none());
     }
 
     #[test]

@@ -841,3 +841,74 @@ fn a_promoted_standby_is_one_role_changed_and_every_baseline_restarts_with_it() 
     });
     assert_eq!(role_changed(&l).len(), 1);
 }
+
+#[test]
+fn another_cluster_at_the_same_address_is_a_role_changed_and_no_delta_crosses_it() {
+    let mut first = cluster();
+    let (l, _dir, _agent) = agent_with(&first, &["databases", "server_stats"], "");
+    wait_for(
+        "the first cluster's deltas",
+        Duration::from_secs(30),
+        || {
+            data_of(&l, "pg_databases")
+                .iter()
+                .any(|d| d["deltas"].is_object())
+                .then_some(())
+        },
+    );
+    let old_id = first.sql("SELECT system_identifier::text FROM pg_control_system()");
+    // A cluster of its own (another initdb) takes the first one's socket.
+    first.stop_server();
+    let mut second = PgCluster::init(&format!(
+        "unix_socket_directories = '{}'\n",
+        first.socket_dir().display()
+    ));
+    second.start_server();
+    let changed = wait_for("role_changed", Duration::from_secs(60), || {
+        l.events_of("agent")
+            .into_iter()
+            .find(|e| e["data"]["event"] == "role_changed")
+    });
+    let d = &changed["data"];
+    assert_eq!(d["before"]["system_identifier"], old_id.as_str(), "{d}");
+    let new_id = first.sql("SELECT system_identifier::text FROM pg_control_system()");
+    assert_ne!(new_id, old_id);
+    assert_eq!(d["after"]["system_identifier"], new_id.as_str(), "{d}");
+    assert_eq!(
+        (&d["before"]["role"], &d["after"]["role"]),
+        (&"primary".into(), &"primary".into())
+    );
+    // The same database OIDs in both clusters (initdb gives `postgres` the same one):
+    // each one's first reading after the change is a first one (not a comparison with
+    // the old cluster's counters, which would be a reset or a false delta), and the
+    // next ones compare with the new cluster's.
+    let at = changed["collected_at"].as_str().expect("time").to_string();
+    let after = |l: &Listener| -> Vec<Value> {
+        l.events_of("pg_databases")
+            .into_iter()
+            .filter(|e| e["collected_at"].as_str().is_some_and(|t| t >= at.as_str()))
+            .collect()
+    };
+    wait_for(
+        "a delta of the new cluster",
+        Duration::from_secs(30),
+        || {
+            after(&l)
+                .iter()
+                .any(|e| e["data"]["datname"] == "postgres" && e["data"]["deltas"].is_object())
+                .then_some(())
+        },
+    );
+    let mut seen = std::collections::HashSet::new();
+    for e in after(&l) {
+        let d = &e["data"];
+        if seen.insert(d["datid"].clone()) {
+            assert_eq!(d["first"], true, "{d}");
+        } else if let Some(deltas) = d["deltas"].as_object() {
+            for (k, v) in deltas {
+                assert!(v.as_f64().unwrap_or(0.0) >= 0.0, "{k}: {d}");
+            }
+        }
+    }
+    drop(second);
+}

@@ -655,6 +655,8 @@ fn main() {
         host: "db1".into(),
         server: Default::default(),
         server_name: "db1".into(),
+        projects: Vec::new(),
+        fleet: false,
     };
     let batch = postgres_agent::model::Batch {
         batch_id: "b".into(),

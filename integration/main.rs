@@ -10,6 +10,7 @@ mod dashboards;
 mod delivery;
 mod delivery_policy;
 mod exporter;
+mod fleet;
 mod health;
 mod locks;
 mod log_language;

@@ -172,21 +172,22 @@ fn log_insights(i: &crate::model::LogInsights, out: &mut String) {
 
 /// Each child: up, restarts.
 fn children(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
+    let fleet = Fleet::of(s);
     let up = p.gauge_vec(
         "postgres_agent_child_up",
         "1 while the child (a source, the spool, the shipper) runs",
-        &["child"],
+        &fleet.names("child"),
     )?;
     let restarts = p.counter_vec(
         "postgres_agent_child_restarts_total",
         "Restarts of the child since the agent started (panicked, stopped or hung)",
-        &["child"],
+        &fleet.names("child"),
     )?;
     for (id, c) in &s.children {
-        let name = id.name();
-        up.with_label_values(&[name])
+        let name = fleet.values(*id);
+        up.with_label_values(&name)
             .set(flag(c.state == ChildState::Running));
-        restarts.with_label_values(&[name]).inc_by(c.restarts);
+        restarts.with_label_values(&name).inc_by(c.restarts);
     }
 
     Ok(())
@@ -195,97 +196,147 @@ fn children(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
 /// Each source's cycles, errors, events and last success; the events family, which the
 /// log reader adds to.
 fn sources(p: &Page, s: &StatusSnapshot) -> prometheus::Result<IntCounterVec> {
+    let fleet = Fleet::of(s);
     let cycles = p.counter_vec(
         "postgres_agent_source_cycles_total",
         "Collection cycles run",
-        &["source"],
+        &fleet.names("source"),
     )?;
     let errors = p.counter_vec(
         "postgres_agent_source_errors_total",
         "Collection cycles that failed",
-        &["source"],
+        &fleet.names("source"),
     )?;
     let skipped = p.counter_vec(
         "postgres_agent_source_skipped_cycles_total",
         "Cycles skipped because the previous one still ran",
-        &["source"],
+        &fleet.names("source"),
     )?;
     let events = p.counter_vec(
         "postgres_agent_source_events_total",
         "Events the source produced",
-        &["source"],
+        &fleet.names("source"),
     )?;
     let dropped = p.counter_vec(
         "postgres_agent_source_dropped_events_total",
         "Events dropped before the spool took them (backlog over its cap)",
-        &["source"],
+        &fleet.names("source"),
     )?;
     let last_success = p.gauge_vec(
         "postgres_agent_source_last_success_timestamp_seconds",
         "When the source last completed a cycle (the log reader: a read), Unix time",
-        &["source"],
+        &fleet.names("source"),
     )?;
     for (id, c) in &s.children {
         if !id.is_source() {
             continue;
         }
-        let name = id.name();
+        let name = fleet.values(*id);
         if let Some(t) = c.last_success {
-            last_success.with_label_values(&[name]).set(unix_s(t));
+            last_success.with_label_values(&name).set(unix_s(t));
         }
         let Some(ChildDetail::Collector(d)) = &c.detail else {
             continue;
         };
-        cycles.with_label_values(&[name]).inc_by(d.cycles_total);
-        errors
-            .with_label_values(&[name])
-            .inc_by(d.cycle_errors_total);
+        cycles.with_label_values(&name).inc_by(d.cycles_total);
+        errors.with_label_values(&name).inc_by(d.cycle_errors_total);
         skipped
-            .with_label_values(&[name])
+            .with_label_values(&name)
             .inc_by(d.cycles_skipped_total);
-        events.with_label_values(&[name]).inc_by(d.events_total);
+        events.with_label_values(&name).inc_by(d.events_total);
         dropped
-            .with_label_values(&[name])
+            .with_label_values(&name)
             .inc_by(d.dropped_events_total);
     }
 
     Ok(events)
 }
 
-/// The log reader's figures.
+/// The log readers' figures (one per server that reads its log).
 fn log_reader(p: &Page, s: &StatusSnapshot, events: &IntCounterVec) -> prometheus::Result<()> {
-    if let Some(d) = s.log() {
-        events
-            .with_label_values(&[ChildId::LogReader.name()])
-            .inc_by(d.events_total);
-        p.gauge(
-            "postgres_agent_log_bytes_behind",
-            "Bytes of the server log not read yet",
-            d.tail.bytes_behind as f64,
-        )?;
-        p.counter(
-            "postgres_agent_log_read_bytes_total",
-            "Bytes of server log parsed",
-            d.tail.bytes_read_total,
-        )?;
-        p.counter(
-            "postgres_agent_log_unparsed_lines_total",
-            "Log lines that fit no format (shipped raw, class other)",
-            d.tail.unparsed_lines_total,
-        )?;
-        p.gauge(
-            "postgres_agent_log_waiting_for_spool",
-            "1 while reading waits for the spool to ship (it holds 40 % of buffer.max_bytes)",
-            if d.waiting_for_spool { 1.0 } else { 0.0 },
-        )?;
-        p.counter(
-            "postgres_agent_log_spool_waits_total",
-            "Times reading paused for the spool to ship",
-            d.spool_waits_total,
-        )?;
+    let readers: Vec<(ChildId, &crate::model::LogReaderStats)> = s.logs().collect();
+    if readers.is_empty() {
+        return Ok(());
+    }
+    let fleet = Fleet::of(s);
+    let server_names = fleet.names("server");
+    let by_server = &server_names[1..];
+    let family = |name: &str, help: &str| p.gauge_vec(name, help, by_server);
+    let counter = |name: &str, help: &str| p.counter_vec(name, help, by_server);
+    let behind = family(
+        "postgres_agent_log_bytes_behind",
+        "Bytes of the server log not read yet",
+    )?;
+    let read = counter(
+        "postgres_agent_log_read_bytes_total",
+        "Bytes of server log parsed",
+    )?;
+    let unparsed = counter(
+        "postgres_agent_log_unparsed_lines_total",
+        "Log lines that fit no format (shipped raw, class other)",
+    )?;
+    let waiting = family(
+        "postgres_agent_log_waiting_for_spool",
+        "1 while reading waits for the spool to ship (it holds 40 % of buffer.max_bytes)",
+    )?;
+    let waits = counter(
+        "postgres_agent_log_spool_waits_total",
+        "Times reading paused for the spool to ship",
+    )?;
+    for (id, d) in readers {
+        let values = fleet.values(id);
+        let server = &values[1..];
+        events.with_label_values(&values).inc_by(d.events_total);
+        behind
+            .with_label_values(server)
+            .set(d.tail.bytes_behind as f64);
+        read.with_label_values(server)
+            .inc_by(d.tail.bytes_read_total);
+        unparsed
+            .with_label_values(server)
+            .inc_by(d.tail.unparsed_lines_total);
+        waiting
+            .with_label_values(server)
+            .set(flag(d.waiting_for_spool));
+        waits.with_label_values(server).inc_by(d.spool_waits_total);
     }
 
     Ok(())
+}
+
+/// Whether the children's families carry a `server` label: only in the `[[servers]]`
+/// form (its values are the configured names), so the single-server form's series are
+/// as they always were.
+#[derive(Clone, Copy)]
+struct Fleet(bool);
+
+impl Fleet {
+    fn of(s: &StatusSnapshot) -> Fleet {
+        Fleet(s.children.keys().any(|id| server_name(*id).is_some()))
+    }
+
+    /// The label names: `first` (`child`, `source`), then `server` in a fleet.
+    fn names(self, first: &'static str) -> Vec<&'static str> {
+        let mut v = vec![first];
+        if self.0 {
+            v.push("server");
+        }
+        v
+    }
+
+    /// A child's label values, in the order of [`Fleet::names`].
+    fn values(self, id: ChildId) -> Vec<&'static str> {
+        let mut v = vec![id.base()];
+        if self.0 {
+            v.push(server_name(id).unwrap_or(""));
+        }
+        v
+    }
+}
+
+/// The configured name of the server a child serves.
+fn server_name(id: ChildId) -> Option<&'static str> {
+    id.server().and_then(|s| s.name())
 }
 
 /// The spool's figures.
@@ -480,10 +531,10 @@ fn cycle_histograms(s: &StatusSnapshot) -> Option<prometheus::proto::MetricFamil
         .children
         .iter()
         .filter_map(|(id, c)| match &c.detail {
-            Some(ChildDetail::Collector(d)) => Some((id.name(), &d.cycle_seconds)),
+            Some(ChildDetail::Collector(d)) => Some((*id, &d.cycle_seconds)),
             _ => None,
         })
-        .map(|(source, times)| {
+        .map(|(id, times)| {
             let mut cumulative = 0;
             let buckets = CYCLE_BUCKETS
                 .iter()
@@ -500,11 +551,17 @@ fn cycle_histograms(s: &StatusSnapshot) -> Option<prometheus::proto::MetricFamil
             h.set_bucket(buckets);
             h.set_sample_count(times.count());
             h.set_sample_sum(times.sum_s);
-            let mut label = LabelPair::default();
-            label.set_name("source".into());
-            label.set_value(source.into());
+            let pair = |name: &str, value: &str| {
+                let mut label = LabelPair::default();
+                label.set_name(name.into());
+                label.set_value(value.into());
+                label
+            };
             let mut m = Metric::default();
-            m.set_label(vec![label]);
+            m.set_label(match server_name(id) {
+                Some(server) => vec![pair("server", server), pair("source", id.base())],
+                None => vec![pair("source", id.base())],
+            });
             m.set_histogram(h);
             m
         })
@@ -565,7 +622,7 @@ fn exporter_families(s: &StatusSnapshot, scrapes: &Scrapes, out: &mut String) {
     use std::sync::atomic::Ordering;
     let mut w = Writer::new(out);
     let state = |kind: EventKind| {
-        let id = ChildId::Collector(kind);
+        let id = ChildId::Collector(crate::model::ServerNo::ONLY, kind);
         s.children.get(&id).map(|c| {
             let took = match &c.detail {
                 Some(ChildDetail::Collector(d)) => d.cycle_seconds.last_s,

@@ -522,8 +522,8 @@ impl ChildDetail {
         match id {
             ChildId::Spool => from_value(value).ok().map(ChildDetail::Spool),
             ChildId::Shipper(_) => from_value(value).ok().map(ChildDetail::Shipper),
-            ChildId::Collector(_) => from_value(value).ok().map(ChildDetail::Collector),
-            ChildId::LogReader => from_value(value).ok().map(ChildDetail::LogReader),
+            ChildId::Collector(..) => from_value(value).ok().map(ChildDetail::Collector),
+            ChildId::LogReader(_) => from_value(value).ok().map(ChildDetail::LogReader),
         }
     }
 }
@@ -895,6 +895,65 @@ impl<A: Actor> Route<A> {
     }
 }
 
+/// Which configured server a child serves: [`ServerNo::ONLY`] in the single-server form
+/// (`[database]` alone; children named as before servers had names), otherwise the
+/// number the `[[servers]]` entry's name was given in this process. Numbers are never
+/// reused, so a server removed and added again by reloads keeps its children's names
+/// and a child of a removed server is never taken for another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerNo(u16);
+
+/// The names given numbers: bounded by the distinct names configured in the process's
+/// life (a name is kept, leaked, once: child names are `&'static str` for threads,
+/// logs and status).
+struct ServerNames {
+    names: Vec<&'static str>,
+    /// Each server's children's names: `<server>/<child>`.
+    children: std::collections::BTreeMap<(u16, &'static str), &'static str>,
+}
+
+static SERVER_NAMES: std::sync::Mutex<ServerNames> = std::sync::Mutex::new(ServerNames {
+    names: Vec::new(),
+    children: std::collections::BTreeMap::new(),
+});
+
+fn server_names() -> std::sync::MutexGuard<'static, ServerNames> {
+    SERVER_NAMES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ServerNo {
+    /// The server of the single-server form.
+    pub const ONLY: ServerNo = ServerNo(0);
+
+    /// The number of the `[[servers]]` entry named `name` (the same for the same name).
+    pub fn of(name: &str) -> ServerNo {
+        let mut n = server_names();
+        if let Some(i) = n.names.iter().position(|x| *x == name) {
+            return ServerNo(i as u16 + 1);
+        }
+        n.names.push(Box::leak(name.to_string().into_boxed_str()));
+        ServerNo(n.names.len() as u16)
+    }
+
+    /// A `[[servers]]` entry's name, if this is one.
+    pub fn name(self) -> Option<&'static str> {
+        (self.0 > 0)
+            .then(|| server_names().names.get(self.0 as usize - 1).copied())
+            .flatten()
+    }
+
+    /// A child's name for this server: `child` alone for [`ServerNo::ONLY`].
+    fn child_name(self, child: &'static str) -> &'static str {
+        let Some(server) = self.name() else {
+            return child;
+        };
+        let mut n = server_names();
+        n.children
+            .entry((self.0, child))
+            .or_insert_with(|| Box::leak(format!("{server}/{child}").into_boxed_str()))
+    }
+}
+
 /// A child of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChildId {
@@ -902,10 +961,11 @@ pub enum ChildId {
     Spool,
     /// The shipper of one output.
     Shipper(Output),
-    /// The collector of one sampled source (activity, statements, locks, system).
-    Collector(EventKind),
-    /// The server log's reader (`pg_log`).
-    LogReader,
+    /// The collector of one sampled source (activity, statements, locks, system) of
+    /// one server.
+    Collector(ServerNo, EventKind),
+    /// The server log's reader (`pg_log`) of one server.
+    LogReader(ServerNo),
 }
 
 /// Where a child is in its life, as status and metrics show it.
@@ -944,38 +1004,66 @@ impl std::fmt::Display for ChildState {
 }
 
 impl ChildId {
-    /// Every child this build can run, in start order.
-    pub fn all() -> impl Iterator<Item = ChildId> {
+    /// Every child this build can run for `server`, in start order (the spool and the
+    /// shippers, which serve every server, first).
+    pub fn all_of(server: ServerNo) -> impl Iterator<Item = ChildId> {
         std::iter::once(ChildId::Spool)
             .chain(Output::ALL.into_iter().map(ChildId::Shipper))
             .chain(
                 EventKind::all()
                     .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
-                    .map(ChildId::Collector),
+                    .map(move |k| ChildId::Collector(server, k)),
             )
-            .chain(std::iter::once(ChildId::LogReader))
+            .chain(std::iter::once(ChildId::LogReader(server)))
     }
 
-    /// The child named `name` in status (`buffer`, `shipper`, `pg_tables`, …).
+    /// Every child of the single-server form, in start order.
+    pub fn all() -> impl Iterator<Item = ChildId> {
+        ChildId::all_of(ServerNo::ONLY)
+    }
+
+    /// The child named `name` in status (`buffer`, `shipper`, `pg_tables`,
+    /// `db1/pg_tables`, …).
     pub fn parse(name: &str) -> Option<ChildId> {
-        ChildId::all().find(|c| c.name() == name)
+        let server = match name.rsplit_once('/') {
+            Some((server, _)) => ServerNo::of(server),
+            None => ServerNo::ONLY,
+        };
+        ChildId::all_of(server).find(|c| c.name() == name)
     }
 
-    /// The name shown in logs and status.
+    /// The name shown in logs and status: the child's own (`pg_tables`), after its
+    /// server's name in the `[[servers]]` form (`db1/pg_tables`).
     pub fn name(self) -> &'static str {
+        match self {
+            ChildId::Collector(s, _) | ChildId::LogReader(s) => s.child_name(self.base()),
+            _ => self.base(),
+        }
+    }
+
+    /// The child's own name, without its server's: the same for every server.
+    pub fn base(self) -> &'static str {
         match self {
             // "buffer" in status and logs, like its `[buffer]` section: names users
             // already alert on; the code calls the thing by what it is, the spool.
             ChildId::Spool => "buffer",
             ChildId::Shipper(o) => o.naming().child,
-            ChildId::Collector(k) => k.as_str(),
-            ChildId::LogReader => EventKind::PgLog.as_str(),
+            ChildId::Collector(_, k) => k.as_str(),
+            ChildId::LogReader(_) => EventKind::PgLog.as_str(),
+        }
+    }
+
+    /// The server a child serves (`None` for the spool and the shippers).
+    pub fn server(self) -> Option<ServerNo> {
+        match self {
+            ChildId::Collector(s, _) | ChildId::LogReader(s) => Some(s),
+            _ => None,
         }
     }
 
     /// A child that produces events (stopped first at shutdown).
     pub fn is_source(self) -> bool {
-        matches!(self, ChildId::Collector(_) | ChildId::LogReader)
+        matches!(self, ChildId::Collector(..) | ChildId::LogReader(_))
     }
 }
 

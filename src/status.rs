@@ -184,12 +184,19 @@ impl StatusSnapshot {
         }
     }
 
-    /// The log reader's figures, when it reported them.
+    /// The log readers' figures, each with its child, as they reported them.
+    pub fn logs(&self) -> impl Iterator<Item = (ChildId, &LogReaderStats)> {
+        self.children
+            .iter()
+            .filter_map(|(id, c)| match c.detail.as_ref()? {
+                ChildDetail::LogReader(d) => Some((*id, d)),
+                _ => None,
+            })
+    }
+
+    /// The first log reader's figures (the single-server form has one at most).
     pub fn log(&self) -> Option<&LogReaderStats> {
-        match self.children.get(&ChildId::LogReader)?.detail.as_ref()? {
-            ChildDetail::LogReader(d) => Some(d),
-            _ => None,
-        }
+        self.logs().next().map(|(_, d)| d)
     }
 }
 
@@ -385,7 +392,10 @@ mod tests {
         long.restarts = 12345;
         children.insert(ChildId::Spool, child(None));
         children.insert(
-            ChildId::Collector(crate::model::EventKind::PgActivitySummary),
+            ChildId::Collector(
+                crate::model::ServerNo::ONLY,
+                crate::model::EventKind::PgActivitySummary,
+            ),
             long,
         );
         let text = render(&snapshot(now, children), now);
@@ -454,7 +464,10 @@ mod tests {
             child(Some(ChildDetail::Shipper(shipper))),
         );
         children.insert(ChildId::Spool, child(Some(ChildDetail::Spool(buffer))));
-        children.insert(ChildId::LogReader, child(Some(ChildDetail::LogReader(log))));
+        children.insert(
+            ChildId::LogReader(crate::model::ServerNo::ONLY),
+            child(Some(ChildDetail::LogReader(log))),
+        );
         let s = StatusSnapshot {
             metrics: Some(
                 "cannot listen on 127.0.0.1:9188 (metrics.listen): Address in use".into(),
@@ -534,7 +547,10 @@ mod tests {
         })));
         tables.state = ChildState::Failed;
         children.insert(
-            ChildId::Collector(crate::model::EventKind::PgTables),
+            ChildId::Collector(
+                crate::model::ServerNo::ONLY,
+                crate::model::EventKind::PgTables,
+            ),
             tables,
         );
         children.insert(
@@ -556,7 +572,10 @@ mod tests {
             at: now,
             applied: true,
             error: None,
-            restarted: vec![ChildId::LogReader, ChildId::Shipper(Output::Listener)],
+            restarted: vec![
+                ChildId::LogReader(crate::model::ServerNo::ONLY),
+                ChildId::Shipper(Output::Listener),
+            ],
         });
         let json = serde_json::to_value(&s).expect("json");
         // The file keys children by their names, in the order of the names.
@@ -579,7 +598,10 @@ mod tests {
             back.shipper(Output::Otlp).map(|d| d.events_sent_total),
             Some(9)
         );
-        let tables = &back.children[&ChildId::Collector(crate::model::EventKind::PgTables)];
+        let tables = &back.children[&ChildId::Collector(
+            crate::model::ServerNo::ONLY,
+            crate::model::EventKind::PgTables,
+        )];
         assert_eq!(tables.state, ChildState::Failed);
         assert!(
             matches!(&tables.detail, Some(ChildDetail::Collector(c)) if c.cycles_total == 4),
@@ -592,7 +614,10 @@ mod tests {
         json["children"]["pg_tables"]["detail"] = json["children"]["buffer"]["detail"].clone();
         json["children"]["pg_newer_source"] = json["children"]["buffer"].clone();
         let back: StatusSnapshot = serde_json::from_value(json).expect("reads back");
-        let tables = &back.children[&ChildId::Collector(crate::model::EventKind::PgTables)];
+        let tables = &back.children[&ChildId::Collector(
+            crate::model::ServerNo::ONLY,
+            crate::model::EventKind::PgTables,
+        )];
         assert!(tables.detail.is_none(), "{:?}", tables.detail);
         assert_eq!(back.children.len(), 3, "an unknown child is left out");
     }

@@ -71,7 +71,7 @@ impl CollectorActor {
             spool,
             log.clone(),
             source.kind().as_str(),
-            &config.agent.hostname,
+            &config.id_host(),
             cap,
         )
         .for_server(config.server_name());

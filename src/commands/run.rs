@@ -25,19 +25,17 @@ pub fn run(cli: &Cli, config: Config) -> i32 {
             return EXIT_OTHER;
         }
     }
-    let server = match crate::db::Server::new() {
-        Ok(s) => s,
-        Err(e) => {
-            crit!(log, "runtime_failed"; "error" => %format!("cannot start the connection thread: {e}"));
-            return EXIT_OTHER;
-        }
-    };
     let system = actix_rt::System::new();
     let path = cli.config.clone();
     let sup_log = log.clone();
     system.block_on(async move {
-        let supervisor = Supervisor::new(path, config, server, sup_log.clone()).start();
-        signals::spawn(supervisor, sup_log);
+        match Supervisor::new(path, config, sup_log.clone()) {
+            Ok(s) => signals::spawn(s.start(), sup_log),
+            Err(e) => {
+                crit!(sup_log, "runtime_failed"; "error" => %format!("cannot start the connection thread: {e}"));
+                actix_rt::System::current().stop_with_code(EXIT_OTHER);
+            }
+        }
     });
     match system.run_with_code() {
         Ok(code) => code,

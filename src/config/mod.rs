@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use certs::{read_client_cert, read_root_certs};
 pub use secret::{display_url, Secret};
-pub use validate::{default_pattern, validate};
+pub use validate::{default_pattern, is_this_host, validate};
 
 /// The prefix of environment overrides: `POSTGRES_AGENT__DATABASE__PORT=5433`.
 pub const ENV_PREFIX: &str = "POSTGRES_AGENT";
@@ -25,14 +25,17 @@ pub const ENV_PREFIX: &str = "POSTGRES_AGENT";
 pub struct Config {
     /// `[agent]`
     pub agent: AgentConfig,
-    /// `[database]`
+    /// `[database]`: the first server's (see [`Config::view`] for each server's).
     pub database: DatabaseConfig,
-    /// `[collection]`
+    /// `[collection]`: the first server's.
     pub collection: CollectionConfig,
     /// `[correlation]`
     pub correlation: CorrelationConfig,
-    /// `[logs]`
+    /// `[logs]`: the first server's.
     pub logs: LogsConfig,
+    /// The servers watched: the one of the single-server form, or each `[[servers]]`
+    /// entry, in the file's order. In a [`Config::view`], that server alone.
+    pub servers: Vec<ServerConfig>,
     /// `[listener]`
     pub listener: ListenerConfig,
     /// `[buffer]`
@@ -43,6 +46,26 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[otlp]`
     pub otlp: OtlpConfig,
+}
+
+/// One server the agent watches: a `[[servers]]` entry, or the top-level sections of
+/// the single-server form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// The entry's `name`; `None` in the single-server form (its events' `server` is
+    /// the agent's host name).
+    pub name: Option<String>,
+    /// The `project` of its events (`agent.project_id` unless the entry sets one).
+    pub project_id: String,
+    /// How to reach it.
+    pub database: DatabaseConfig,
+    /// Which sources run for it, how often.
+    pub collection: CollectionConfig,
+    /// Its log.
+    pub logs: LogsConfig,
+    /// It runs on this host (a socket, loopback or one of this host's addresses):
+    /// only then are this host's figures its own.
+    pub local: bool,
 }
 
 /// `[otlp]`: OTLP/HTTP log records to an OpenTelemetry Collector (opt-in).
@@ -334,7 +357,40 @@ impl Config {
     /// The name of the server the agent watches, shipped on each of its events
     /// (`server`): in the single-server form, the agent's host name.
     pub fn server_name(&self) -> &str {
-        &self.agent.hostname
+        self.servers
+            .first()
+            .and_then(|s| s.name.as_deref())
+            .unwrap_or(&self.agent.hostname)
+    }
+
+    /// What the ids of the server's events are made from: the host name, and the
+    /// server's name in the `[[servers]]` form (two servers' events never share an id).
+    pub fn id_host(&self) -> String {
+        match self.servers.first().and_then(|s| s.name.as_deref()) {
+            Some(name) => format!("{}/{name}", self.agent.hostname),
+            None => self.agent.hostname.clone(),
+        }
+    }
+
+    /// The configuration as one server's children see it: its sections and project in
+    /// place of the first server's, the shared sections as they are.
+    pub fn view(&self, server: &ServerConfig) -> Config {
+        let mut v = self.clone();
+        v.database = server.database.clone();
+        v.collection = server.collection.clone();
+        v.logs = server.logs.clone();
+        v.agent.project_id = server.project_id.clone();
+        v.servers = vec![server.clone()];
+        v
+    }
+
+    /// The servers' names and their projects where one differs from `agent.project_id`.
+    pub fn projects(&self) -> Vec<(String, String)> {
+        self.servers
+            .iter()
+            .filter(|s| s.project_id != self.agent.project_id)
+            .filter_map(|s| Some((s.name.clone()?, s.project_id.clone())))
+            .collect()
     }
 
     /// The outputs configured: the listener unless its URL is empty, OTLP when an
@@ -393,6 +449,7 @@ impl Config {
         let mut tree = file_tree(&text).map_err(|p| whole(one(p), &from_env))?;
         let env = env_overrides(&mut tree, std::env::vars_os(), &mut from_env);
         env.map_err(|p| whole(p, &from_env))?;
+        raw::inherit(&mut tree);
         let raw: raw::RawConfig = serde_json::from_value(tree).map_err(|e| {
             whole(
                 one(format!(
@@ -596,7 +653,8 @@ fn env_overrides(
 }
 
 /// The tree read into the raw structs, then validated.
-fn finish(tree: serde_json::Value) -> Result<Config, Vec<ConfigProblem>> {
+fn finish(mut tree: serde_json::Value) -> Result<Config, Vec<ConfigProblem>> {
+    raw::inherit(&mut tree);
     let raw: raw::RawConfig = serde_json::from_value(tree).map_err(|e| {
         one(format!(
             "unexpected structure: {}",

@@ -130,8 +130,66 @@ pub struct RawConfig {
     pub breaker: RawBreaker,
     pub metrics: RawMetrics,
     pub otlp: RawOtlp,
+    /// `[[servers]]`: each entry read on its own ([`RawServer`]) so that one malformed
+    /// entry is one problem, not a file that cannot be read.
+    #[serde(skip_serializing)]
+    pub servers: Field<Vec<serde_json::Value>>,
     #[serde(flatten)]
     pub unknown: Unknown,
+}
+
+/// One `[[servers]]` entry, its sections already laid over the top-level ones
+/// ([`inherit`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawServer {
+    pub name: Field<String>,
+    pub project_id: Field<String>,
+    pub database: RawDatabase,
+    pub collection: RawCollection,
+    pub logs: RawLogs,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// The sections a `[[servers]]` entry has of its own, which start from the top-level
+/// ones: a key the entry sets wins, the rest are the top level's.
+pub const SERVER_SECTIONS: [&str; 3] = ["database", "collection", "logs"];
+
+/// Lays each `[[servers]]` entry's sections over the top-level ones, key by key (the
+/// top-level `[database]`, `[collection]` and `[logs]` are then every server's
+/// defaults).
+pub fn inherit(tree: &mut serde_json::Value) {
+    let Some(top) = tree.as_object_mut() else {
+        return;
+    };
+    let defaults: Vec<(&str, serde_json::Map<String, serde_json::Value>)> = SERVER_SECTIONS
+        .iter()
+        .map(|s| {
+            let t = top.get(*s).and_then(|v| v.as_object()).cloned();
+            (*s, t.unwrap_or_default())
+        })
+        .collect();
+    let Some(serde_json::Value::Array(servers)) = top.get_mut("servers") else {
+        return;
+    };
+    for entry in servers.iter_mut().filter_map(|e| e.as_object_mut()) {
+        for (section, default) in &defaults {
+            let own = entry.remove(*section);
+            let mut merged = default.clone();
+            match own {
+                Some(serde_json::Value::Object(o)) => merged.extend(o),
+                // Not a table: kept as written, for validation to name.
+                Some(other) => {
+                    entry.insert(section.to_string(), other);
+                    continue;
+                }
+                None => {}
+            }
+            entry.insert(section.to_string(), serde_json::Value::Object(merged));
+        }
+    }
 }
 
 /// `[agent]`

@@ -451,3 +451,95 @@ fn every_key_is_read_by_validation_and_shown_in_conf_agent_toml() {
         "in conf/agent.toml, unknown to the binary: {extra:?}"
     );
 }
+
+#[test]
+fn servers_start_from_the_top_level_sections_and_override_them_key_by_key() {
+    let c = parse_str(
+        "[agent]\nproject_id = 'p'\nhostname = 'agent1'\n\
+         [database]\nuser = 'watcher'\npool_max_size = 2\n\
+         [collection]\ninterval_s = 30\n\
+         [[servers]]\nname = 'orders'\n[servers.database]\nhost = '/run/pg-orders'\nport = 5433\n\
+         [[servers]]\nname = 'billing.eu-1'\nproject_id = 'billing'\n\
+         [servers.database]\nhost = '127.0.0.1'\npool_max_size = 1\n\
+         [servers.collection]\nstatements = false\n[servers.logs]\npath = '/var/log/billing'\n",
+    )
+    .expect("valid");
+    let names: Vec<Option<&str>> = c.servers.iter().map(|s| s.name.as_deref()).collect();
+    assert_eq!(names, [Some("orders"), Some("billing.eu-1")]);
+    let (orders, billing) = (&c.servers[0], &c.servers[1]);
+    assert_eq!(orders.database.user, "watcher");
+    assert_eq!(orders.database.port, 5433);
+    assert_eq!(orders.database.pool_max_size, 2);
+    assert_eq!(orders.project_id, "p");
+    assert!(orders.collection.statements);
+    assert_eq!(orders.collection.interval, Duration::from_secs(30));
+    assert_eq!(billing.database.user, "watcher");
+    assert_eq!(billing.database.pool_max_size, 1);
+    assert!(!billing.collection.statements);
+    assert_eq!(billing.collection.interval, Duration::from_secs(30));
+    assert_eq!(billing.logs.path, "/var/log/billing");
+    assert_eq!(billing.project_id, "billing");
+    assert_eq!(c.projects(), [("billing.eu-1".into(), "billing".into())]);
+    // Each server's view: its sections, its name on its events, its own event ids.
+    let view = c.view(billing);
+    assert_eq!(view.database.pool_max_size, 1);
+    assert_eq!(view.server_name(), "billing.eu-1");
+    assert_eq!(view.id_host(), "agent1/billing.eu-1");
+    assert_eq!(view.agent.project_id, "billing");
+    // The single-server form: the host's name, ids as before.
+    let single = parse_str("[agent]\nproject_id='p'\nhostname='agent1'\n").expect("valid");
+    assert_eq!(single.servers.len(), 1);
+    assert_eq!(single.server_name(), "agent1");
+    assert_eq!(single.id_host(), "agent1");
+}
+
+#[test]
+fn a_server_on_another_host_has_no_host_metrics_and_no_log_unless_a_path_is_given() {
+    // 192.0.2.0/24 is TEST-NET-1: never this host's.
+    let c = parse_str(
+        "[agent]\nproject_id = 'p'\n[collection]\nsystem = true\n\
+         [[servers]]\nname = 'here'\n\
+         [[servers]]\nname = 'there'\n[servers.database]\nhost = '192.0.2.7'\n\
+         [[servers]]\nname = 'mounted'\n[servers.database]\nhost = '192.0.2.8'\n\
+         [servers.logs]\npath = '/mnt/pglog'\n",
+    )
+    .expect("valid");
+    let [here, there, mounted] = &c.servers[..] else {
+        panic!("three servers");
+    };
+    assert!(here.local && here.collection.system && here.collection.logs);
+    assert!(!there.local && !there.collection.system && !there.collection.logs);
+    assert!(!mounted.collection.system && mounted.collection.logs);
+}
+
+#[test]
+fn server_entries_are_checked_each_under_its_name() {
+    let k = keys(
+        "[agent]\nproject_id = 'p'\n\
+         [[servers]]\nname = 'a'\n[servers.database]\npool_max_size = 9\nbogus = 1\n\
+         [[servers]]\nname = 'a'\n\
+         [[servers]]\nname = 'x/y'\n\
+         [[servers]]\nport = 5432\n\
+         [[servers]]\nname = 'b'\nnosuch = 1\nproject_id = ''\n",
+    );
+    assert_eq!(
+        k,
+        [
+            "servers.a.database.bogus",
+            "servers.a.database.pool_max_size",
+            "servers[1].name",
+            "servers[2].name",
+            "servers[3].name",
+            "servers.b.nosuch",
+            "servers.b.project_id",
+        ]
+    );
+    assert_eq!(
+        keys("servers = []\n[agent]\nproject_id = 'p'\n"),
+        ["servers"]
+    );
+    assert_eq!(
+        keys("servers = [1]\n[agent]\nproject_id = 'p'\n"),
+        ["servers[0]"]
+    );
+}

@@ -12,6 +12,7 @@ use crate::base::Format;
 use crate::base::StartAt;
 use crate::base::{EventKind, Every};
 use crate::sql::redact::Redact;
+use serde::Deserialize;
 
 /// The default correlation pattern: `bitville-<uuid>` in `application_name`.
 pub const DEFAULT_CORRELATION_PATTERN: &str = "^bitville-(?P<id>[0-9a-fA-F-]{36})$";
@@ -21,6 +22,8 @@ pub const DEFAULT_CORRELATION_PATTERN: &str = "^bitville-(?P<id>[0-9a-fA-F-]{36}
 struct Check {
     problems: Vec<ConfigProblem>,
     settled: Settled,
+    /// `servers.<name>` while a `[[servers]]` entry is read: its keys are named so.
+    scope: Option<String>,
 }
 
 /// Each key's value as validation settled on it (`null` for an unset optional), and
@@ -29,10 +32,20 @@ pub type Settled = std::collections::BTreeMap<String, (serde_json::Value, bool)>
 
 impl Check {
     fn problem(&mut self, key: &str, problem: impl Into<String>) {
+        let key = self.scoped(key);
         self.problems.push(ConfigProblem {
-            key: key.to_string(),
+            key,
             problem: problem.into(),
         });
+    }
+
+    /// `key` as the operator finds it: under its `[[servers]]` entry's name there.
+    fn scoped(&self, key: &str) -> String {
+        match &self.scope {
+            Some(scope) if key.is_empty() => scope.clone(),
+            Some(scope) => format!("{scope}.{key}"),
+            None => key.to_string(),
+        }
     }
 
     fn unknown(&mut self, section: &str, unknown: &Unknown) {
@@ -66,7 +79,7 @@ impl Check {
     /// name when none is set — replaces the one read).
     fn settle<T: serde::Serialize>(&mut self, key: &str, v: &T, given: bool) {
         let v = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-        self.settled.insert(key.to_string(), (v, given));
+        self.settled.insert(self.scoped(key), (v, given));
     }
 
     /// An integer that must lie in `min..=max`; `why` explains the limit to the operator.
@@ -157,14 +170,26 @@ pub fn validate_settled(raw: RawConfig) -> (Result<Config, Vec<ConfigProblem>>, 
     let mut c = Check {
         problems: Vec::new(),
         settled: Settled::new(),
+        scope: None,
     };
     c.unknown("", &raw.unknown);
-    let config = Config {
-        agent: agent(&mut c, &raw.agent),
+    let agent = agent(&mut c, &raw.agent);
+    let servers = servers(&mut c, &raw, &agent);
+    let first = servers.first().cloned().unwrap_or_else(|| ServerConfig {
+        name: None,
+        project_id: agent.project_id.clone(),
         database: database(&mut c, &raw.database),
         collection: collection(&mut c, &raw.collection),
-        correlation: correlation(&mut c, &raw.correlation),
         logs: logs(&mut c, &raw.logs),
+        local: true,
+    });
+    let config = Config {
+        agent,
+        database: first.database,
+        collection: first.collection,
+        correlation: correlation(&mut c, &raw.correlation),
+        logs: first.logs,
+        servers,
         listener: listener(&mut c, &raw.listener),
         buffer: buffer(&mut c, &raw.buffer),
         breaker: breaker(&mut c, &raw.breaker),
@@ -181,6 +206,134 @@ pub fn validate_settled(raw: RawConfig) -> (Result<Config, Vec<ConfigProblem>>, 
         return (Err(c.problems), c.settled);
     }
     (Ok(config), c.settled)
+}
+
+/// The servers: the top-level `[database]`, `[collection]` and `[logs]` as the one
+/// server of the single-server form, or each `[[servers]]` entry (its sections laid over
+/// those, see [`super::raw::inherit`]).
+fn servers(c: &mut Check, raw: &RawConfig, agent: &AgentConfig) -> Vec<ServerConfig> {
+    let entries = match &raw.servers {
+        Field::Missing => {
+            let database = database(c, &raw.database);
+            let local = is_this_host(&database.host, database.port).unwrap_or(true);
+            return vec![ServerConfig {
+                name: None,
+                project_id: agent.project_id.clone(),
+                database,
+                collection: collection(c, &raw.collection),
+                logs: logs(c, &raw.logs),
+                local,
+            }];
+        }
+        Field::Bad(e) => {
+            c.problem(
+                "servers",
+                format!("wrong type: {e} (write one [[servers]] table per server)"),
+            );
+            return Vec::new();
+        }
+        Field::Given(entries) => entries,
+    };
+    if entries.is_empty() {
+        c.problem(
+            "servers",
+            "empty: give at least one [[servers]] entry, or leave it out and use [database]",
+        );
+    }
+    let mut out: Vec<ServerConfig> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("servers[{i}]");
+        let Some(s) = entry
+            .as_object()
+            .and_then(|_| super::raw::RawServer::deserialize(entry).ok())
+        else {
+            c.problem(
+                &at,
+                "expected a table ([[servers]] with name = \"…\" and its sections)",
+            );
+            continue;
+        };
+        let name = c.value(&format!("{at}.name"), &s.name, String::new());
+        if let Some(why) = bad_server_name(&name) {
+            c.problem(&format!("{at}.name"), why);
+            continue;
+        }
+        if out.iter().any(|o| o.name.as_deref() == Some(name.as_str())) {
+            c.problem(
+                &format!("{at}.name"),
+                format!("{name:?} names another server too: each server's name is its own"),
+            );
+            continue;
+        }
+        c.scope = Some(format!("servers.{name}"));
+        c.unknown("", &s.unknown);
+        let project_id = c.value("project_id", &s.project_id, agent.project_id.clone());
+        if project_id.trim().is_empty() {
+            c.problem("project_id", "empty: leave it out to use agent.project_id");
+        }
+        let database = database(c, &s.database);
+        let mut collection = collection(c, &s.collection);
+        let logs = logs(c, &s.logs);
+        let local = is_this_host(&database.host, database.port).unwrap_or(false);
+        if !local {
+            // This host's figures are not the server's, and its log is not here: host
+            // metrics are off for it, its log read only from a path given for it.
+            collection.system = false;
+            c.settle("collection.system", &false, false);
+            if logs.path.is_empty() {
+                collection.logs = false;
+                c.settle("collection.logs", &false, false);
+            }
+        }
+        c.scope = None;
+        out.push(ServerConfig {
+            name: Some(name),
+            project_id,
+            database,
+            collection,
+            logs,
+            local,
+        });
+    }
+    out
+}
+
+/// Why `name` cannot name a server: it becomes a label value, a child's name and part
+/// of the events' ids, so it is short, printable and has no `/`.
+fn bad_server_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some(
+            "required: the server's name, shipped on its events (e.g. \"orders-primary\")".into(),
+        );
+    }
+    if name.len() > 63 {
+        return Some(format!("{} characters: at most 63", name.chars().count()));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !name.chars().all(ok) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Some(format!(
+            "{name:?}: letters, digits, '_', '-' and '.' only, starting with a letter or digit"
+        ));
+    }
+    None
+}
+
+/// Whether `host` is this machine: a socket directory, a loopback address, or an address
+/// this host could bind (`None` when the name does not resolve).
+pub fn is_this_host(host: &str, port: u16) -> Option<bool> {
+    use std::net::ToSocketAddrs;
+    if host.starts_with('/') {
+        return Some(true);
+    }
+    let addrs: Vec<std::net::SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(
+        addrs
+            .iter()
+            .any(|a| a.ip().is_loopback() || std::net::UdpSocket::bind((a.ip(), 0)).is_ok()),
+    )
 }
 
 /// `[agent]`.

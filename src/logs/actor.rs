@@ -93,15 +93,9 @@ impl LogReader {
             settings_error: None,
             settings_due: Instant::now(),
             asking: false,
-            handoff: Handoff::new(
-                spool,
-                log.clone(),
-                SOURCE,
-                &config.agent.hostname,
-                usize::MAX,
-            )
-            .for_server(config.server_name())
-            .recycling(),
+            handoff: Handoff::new(spool, log.clone(), SOURCE, &config.id_host(), usize::MAX)
+                .for_server(config.server_name())
+                .recycling(),
             handing: Handing::Nothing,
             ahead: None,
             spool_cap: config.buffer.max_bytes,

@@ -23,7 +23,10 @@ fn child(state: ChildState, restarts: u64, detail: ChildDetail) -> ChildStatus {
 fn snapshot() -> StatusSnapshot {
     let mut children = std::collections::BTreeMap::new();
     children.insert(
-        ChildId::Collector(crate::model::EventKind::PgActivity),
+        ChildId::Collector(
+            crate::model::ServerNo::ONLY,
+            crate::model::EventKind::PgActivity,
+        ),
         child(
             ChildState::Running,
             2,
@@ -90,7 +93,7 @@ fn snapshot() -> StatusSnapshot {
     log.waiting_for_spool = true;
     log.spool_waits_total = 3;
     children.insert(
-        ChildId::LogReader,
+        ChildId::LogReader(crate::model::ServerNo::ONLY),
         child(ChildState::Running, 0, ChildDetail::LogReader(log)),
     );
     StatusSnapshot {
@@ -122,7 +125,10 @@ fn samples(text: &str, family: &str) -> Vec<String> {
 #[test]
 fn a_snapshot_renders_every_figure_under_its_name_with_fixed_labels() {
     let mut s = snapshot();
-    let activity = ChildId::Collector(crate::model::EventKind::PgActivity);
+    let activity = ChildId::Collector(
+        crate::model::ServerNo::ONLY,
+        crate::model::EventKind::PgActivity,
+    );
     if let Some(ChildDetail::Collector(d)) = &mut s.children.get_mut(&activity).unwrap().detail {
         d.cycle_seconds.observe(Duration::from_millis(3));
     }

@@ -40,6 +40,11 @@ pub struct Origin {
     /// The server's configured name: the `server` of its events that name none (rows
     /// an older agent spooled).
     pub server_name: String,
+    /// The servers whose events go under a project of their own (`[[servers]]`
+    /// `project_id`), by name.
+    pub projects: Vec<(String, String)>,
+    /// More than one server is watched: the facts of the first are not every event's.
+    pub fleet: bool,
 }
 
 impl Origin {
@@ -53,7 +58,16 @@ impl Origin {
             host: config.agent.hostname.clone(),
             server: server.clone(),
             server_name: config.server_name().to_string(),
+            projects: config.projects(),
+            fleet: config.servers.len() > 1,
         }
+    }
+
+    /// The project of an event about `server`: the server's own, if it has one.
+    pub fn project_of(&self, server: Option<&str>) -> &str {
+        server
+            .and_then(|s| self.projects.iter().find(|(n, _)| n == s))
+            .map_or(&self.project, |(_, p)| p)
     }
 }
 
@@ -85,12 +99,13 @@ struct OutEvent<'a> {
 
 impl<'a> OutEvent<'a> {
     fn of(origin: &'a Origin, e: &'a crate::model::Event) -> OutEvent<'a> {
+        let server = server_of(origin, e);
         OutEvent {
             id: &e.id,
             kind: e.kind.as_str(),
             collected_at: rfc3339(e.collected_at),
-            project: &origin.project,
-            server: server_of(origin, e),
+            project: origin.project_of(server),
+            server,
             data: &e.data,
         }
     }

@@ -405,6 +405,10 @@ fn meta(origin: &Origin, e: &Event) -> LogRecord {
     ];
     if let Some(server) = super::server_of(origin, e) {
         attributes.push(kv(attr::SERVER, text(server)));
+        let project = origin.project_of(Some(server));
+        if project != origin.project {
+            attributes.push(kv("postgres_agent.project", text(project)));
+        }
     }
     let database = k
         .database
@@ -463,7 +467,8 @@ fn resource(origin: &Origin, service: &str) -> Resource {
         kv("postgres_agent.project", text(&origin.project)),
         kv("postgres_agent.version", text(crate::VERSION)),
     ];
-    if let Some(v) = origin.server.version() {
+    // Several servers' records share the resource: one server's version is not theirs.
+    if let Some(v) = origin.server.version().filter(|_| !origin.fleet) {
         attributes.push(kv("db.server.version", text(v)));
     }
     Resource { attributes }

@@ -36,6 +36,8 @@ fn envelope_has_the_contract_fields() {
         host: "db1".into(),
         server: Default::default(),
         server_name: "db1".into(),
+        projects: Vec::new(),
+        fleet: false,
     };
     let at = DateTime::parse_from_rfc3339("2026-11-26T10:00:01Z")
         .expect("time")

@@ -78,7 +78,7 @@ impl ActivitySource {
     /// From the configuration.
     pub fn new(config: &Config) -> ActivitySource {
         ActivitySource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             reading: session::Reading::of(config),
             max_rows: config.collection.max_activity_rows,
             max_query_length: config.collection.max_query_length,

@@ -14,7 +14,9 @@ use super::{RestartPolicy, HEALTH_INTERVAL, PING_TIMEOUT};
 use crate::catalogue::AgentEvent;
 use crate::config::Config;
 use crate::db::Db;
-use crate::model::{ChildExited, ChildId, Enqueue, FinishUp, Flush, FlushOutcome, Output, Route};
+use crate::model::{
+    ChildExited, ChildId, Enqueue, FinishUp, Flush, FlushOutcome, Output, Route, ServerNo,
+};
 use crate::spool::SpoolActor;
 use crate::status::{self, ReloadStatus, StatusSnapshot};
 use crate::systemd::Systemd;
@@ -52,9 +54,15 @@ pub struct Supervisor {
     config_path: PathBuf,
     config: Config,
     spool: Route<SpoolActor>,
-    /// The connections every database child borrows from (rebuilt when `[database]`
-    /// changes; the children it serves are restarted then).
-    db: Db,
+    /// Each server's connections, which its children borrow from (rebuilt when its
+    /// `[database]` changes; the children it serves are restarted then).
+    dbs: BTreeMap<ServerNo, Db>,
+    /// What lasts of each server's connections (its cap, facts and board), kept for the
+    /// process's life by name: a server removed and added again by reloads is under the
+    /// cap its old sockets still count against.
+    servers: BTreeMap<ServerNo, crate::db::Server>,
+    /// The board the metrics page shows.
+    metrics_board: Option<std::sync::Arc<crate::board::Board>>,
     /// What is known of each child (plain, see [`Slots`]).
     slots: Slots,
     /// The threads and addresses of the children that run.
@@ -75,25 +83,16 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor for `config`, read from `config_path` (re-read on reload).
-    /// Its connections go to `server`, whose cap and thread last through reloads.
-    pub fn new(
-        config_path: PathBuf,
-        config: Config,
-        server: crate::db::Server,
-        log: Logger,
-    ) -> Supervisor {
-        let db = Db::new(
-            &config.database,
-            &server,
-            config.database.pool_max_size,
-            &log,
-        );
-        Supervisor {
+    /// A supervisor for `config`, read from `config_path` (re-read on reload). Fails
+    /// when a server's connection thread cannot start.
+    pub fn new(config_path: PathBuf, config: Config, log: Logger) -> std::io::Result<Supervisor> {
+        let mut s = Supervisor {
             config_path,
-            config,
+            config: config.clone(),
             spool: Route::default(),
-            db,
+            dbs: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            metrics_board: None,
             slots: Slots::new(RestartPolicy::default()),
             running: BTreeMap::new(),
             restart_timers: BTreeMap::new(),
@@ -106,16 +105,75 @@ impl Supervisor {
             metrics: None,
             metrics_error: None,
             log,
+        };
+        s.connect(&config)?;
+        Ok(s)
+    }
+
+    /// Makes each server of `config` its connections: a new pool for a server that is
+    /// new or whose `[database]` changed (the old one retired, its sockets still under
+    /// the server's cap), none for a server removed.
+    fn connect(&mut self, config: &Config) -> std::io::Result<()> {
+        let views = child::servers(config);
+        for (no, view) in &views {
+            if !self.servers.contains_key(no) {
+                self.servers.insert(*no, crate::db::Server::new()?);
+            }
+            let same = self.dbs.contains_key(no)
+                && child::view_of(&self.config, *no).is_some_and(|v| v.database == view.database);
+            if same {
+                continue;
+            }
+            if let Some(old) = self.dbs.remove(no) {
+                old.retire();
+            }
+            let server = &self.servers[no];
+            let db = Db::new(
+                &view.database,
+                server,
+                view.database.pool_max_size,
+                &self.log,
+            );
+            self.dbs.insert(*no, db);
         }
+        let gone: Vec<ServerNo> = self
+            .dbs
+            .keys()
+            .filter(|no| !views.iter().any(|(n, _)| n == *no))
+            .copied()
+            .collect();
+        for no in gone {
+            if let Some(db) = self.dbs.remove(&no) {
+                db.retire();
+            }
+        }
+        Ok(())
+    }
+
+    /// The first server's connections: whose facts the shippers' OTLP resource names
+    /// and whose board the metrics page shows.
+    fn first_db(&self) -> Option<&Db> {
+        let (no, _) = child::servers(&self.config).into_iter().next()?;
+        self.dbs.get(&no)
     }
 
     /// Turns the board of readings on while the metrics page shows the database's
-    /// metrics (before the sources start, so their first cycle posts).
+    /// metrics (before the sources start, so their first cycle posts): the first
+    /// server's board; the others' stay off.
     fn configure_board(&self) {
-        let board = self.db.server().board();
-        let db = &self.config.database;
-        board.set_label(format!("{}:{}", db.host, db.port));
-        board.set_wanted(self.config.metrics.database_readings());
+        let first = self.first_db().map(|db| db.server().board().clone());
+        for (no, view) in child::servers(&self.config) {
+            let Some(db) = self.dbs.get(&no) else {
+                continue;
+            };
+            let board = db.server().board();
+            let d = &view.database;
+            board.set_label(format!("{}:{}", d.host, d.port));
+            let shown = first
+                .as_ref()
+                .is_some_and(|f| std::sync::Arc::ptr_eq(f, board));
+            board.set_wanted(shown && self.config.metrics.database_readings());
+        }
     }
 
     /// Serves `[metrics] listen`: starts, moves or stops the endpoint to match the
@@ -124,8 +182,13 @@ impl Supervisor {
     fn ensure_metrics(&mut self, ctx: &mut Context<Self>) {
         self.configure_board();
         let want = self.config.metrics.listen;
+        let board = self.first_db().map(|db| db.server().board().clone());
+        let same_board = match (&board, &self.metrics_board) {
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        };
         if let Some(m) = &self.metrics {
-            if Some(m.addr) == want {
+            if Some(m.addr) == want && same_board {
                 return;
             }
             if let Some(m) = self.metrics.take() {
@@ -137,7 +200,8 @@ impl Supervisor {
             self.metrics_error = None;
             return;
         };
-        let board = self.db.server().board().clone();
+        let board = board.unwrap_or_default();
+        self.metrics_board = Some(board.clone());
         match crate::metrics::MetricsServer::start(
             addr,
             ctx.address().recipient(),
@@ -168,17 +232,18 @@ impl Supervisor {
         {
             return;
         }
+        // A server's child gets its view and its connections; the spool and shippers
+        // the whole configuration and the first server's.
+        let (config, db) = match id.server() {
+            Some(no) => (child::view_of(&self.config, no), self.dbs.get(&no)),
+            None => (Some(self.config.clone()), self.first_db()),
+        };
+        let (Some(config), Some(db)) = (config, db.cloned()) else {
+            return;
+        };
         let generation = self.slots.started(id, Instant::now(), Utc::now());
         let me = ctx.address().recipient();
-        let running = child::spawn(
-            id,
-            generation,
-            &self.config,
-            &self.db,
-            &self.spool,
-            me,
-            &self.log,
-        );
+        let running = child::spawn(id, generation, &config, &db, &self.spool, me, &self.log);
         if let ChildAddr::Spool(a) = &running.addr {
             self.spool.set(Some(a.clone()));
         }
@@ -280,10 +345,16 @@ impl Supervisor {
             config_fingerprint: self.config.fingerprint(),
             last_reload: self.last_reload.clone(),
             metrics: match (&self.metrics, &self.metrics_error) {
-                (Some(m), _) => Some(match self.db.server().board().describe(SystemTime::now()) {
-                    Some(page) => format!("serving http://{}/metrics; {page}", m.addr),
-                    None => format!("serving http://{}/metrics", m.addr),
-                }),
+                (Some(m), _) => Some(
+                    match self
+                        .metrics_board
+                        .as_ref()
+                        .and_then(|b| b.describe(SystemTime::now()))
+                    {
+                        Some(page) => format!("serving http://{}/metrics; {page}", m.addr),
+                        None => format!("serving http://{}/metrics", m.addr),
+                    },
+                ),
                 (None, Some(e)) => Some(e.clone()),
                 (None, None) => None,
             },
@@ -400,15 +471,17 @@ impl Handler<Reload> for Supervisor {
             }
         };
         let plan = plan_reload(&self.config, &new);
-        if new.database != self.config.database {
-            self.db.retire();
-            let server = self.db.server().clone();
-            self.db = Db::new(
-                &new.database,
-                &server,
-                new.database.pool_max_size,
-                &self.log,
-            );
+        if let Err(e) = self.connect(&new) {
+            let e = format!("cannot start a server's connection thread: {e}");
+            error!(self.log, "reload_rejected"; "error" => &e, "keeping" => self.config.fingerprint());
+            self.last_reload = Some(ReloadStatus {
+                at,
+                applied: false,
+                error: Some(e),
+                restarted: vec![],
+            });
+            self.systemd.ready("running (reload rejected)");
+            return;
         }
         self.config = new;
         self.configure_board();

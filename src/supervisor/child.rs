@@ -10,7 +10,9 @@ use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::db::Db;
 use crate::logs::actor::LogReader;
-use crate::model::{ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route};
+use crate::model::{
+    ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route, ServerNo,
+};
 use crate::shipper::{outputs, Origin, ShipperActor};
 use crate::sources;
 use crate::spool::SpoolActor;
@@ -66,18 +68,40 @@ pub struct Running {
     pub addr: ChildAddr,
 }
 
+/// Each server's number and the configuration its children see ([`Config::view`]).
+pub fn servers(config: &Config) -> Vec<(ServerNo, Config)> {
+    config
+        .servers
+        .iter()
+        .map(|s| {
+            let no = s.name.as_deref().map_or(ServerNo::ONLY, ServerNo::of);
+            (no, config.view(s))
+        })
+        .collect()
+}
+
+/// The configuration server `no`'s children see, if `config` has that server.
+pub fn view_of(config: &Config, no: ServerNo) -> Option<Config> {
+    servers(config)
+        .into_iter()
+        .find(|(n, _)| *n == no)
+        .map(|(_, v)| v)
+}
+
 /// The children the configuration asks for, in start order: the spool first so that
-/// collectors have somewhere to put events, the shipper, then the sources.
+/// collectors have somewhere to put events, the shippers, then each server's sources.
 pub fn desired(config: &Config) -> Vec<ChildId> {
     let mut v = vec![ChildId::Spool];
     v.extend(config.outputs().into_iter().map(ChildId::Shipper));
-    v.extend(
-        sources::enabled(config)
-            .into_iter()
-            .map(|(k, _)| ChildId::Collector(k)),
-    );
-    if config.collection.logs {
-        v.push(ChildId::LogReader);
+    for (no, view) in servers(config) {
+        v.extend(
+            sources::enabled(&view)
+                .into_iter()
+                .map(|(k, _)| ChildId::Collector(no, k)),
+        );
+        if view.collection.logs {
+            v.push(ChildId::LogReader(no));
+        }
     }
     v
 }
@@ -85,6 +109,7 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
 /// True when the settings `id` is built from differ between `old` and `new`.
 pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
     let agent = old.agent.hostname != new.agent.hostname;
+    let views = |no| (view_of(old, no), view_of(new, no));
     match id {
         ChildId::Spool => {
             old.agent.state_dir != new.agent.state_dir
@@ -94,17 +119,24 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
         ChildId::Shipper(o) => {
             agent
                 || old.agent.project_id != new.agent.project_id
+                || old.projects() != new.projects()
                 || (outputs::spec(o).changed)(old, new)
                 || old.breaker != new.breaker
         }
-        ChildId::Collector(kind) => {
+        ChildId::Collector(no, kind) => {
+            let (Some(old), Some(new)) = views(no) else {
+                return true;
+            };
             agent
                 || old.database != new.database
-                || collection_seen_by(kind, old) != collection_seen_by(kind, new)
+                || collection_seen_by(kind, &old) != collection_seen_by(kind, &new)
                 || old.correlation != new.correlation
         }
         // The log reader reads none of `[collection]` (its switch is in `desired`).
-        ChildId::LogReader => {
+        ChildId::LogReader(no) => {
+            let (Some(old), Some(new)) = views(no) else {
+                return true;
+            };
             agent
                 || old.database != new.database
                 || old.correlation != new.correlation
@@ -136,7 +168,10 @@ fn collection_seen_by(
     (own, c)
 }
 
-/// Starts incarnation `generation` of `id` on a new arbiter.
+/// Starts incarnation `generation` of `id` on a new arbiter: a server's child with
+/// that server's view of the configuration and its connections, the spool and the
+/// shippers with the whole configuration (`db`: the first server's, whose facts the
+/// OTLP resource names).
 pub fn spawn(
     id: ChildId,
     generation: u64,
@@ -190,7 +225,7 @@ pub fn spawn(
                 )
             }))
         }
-        ChildId::LogReader => {
+        ChildId::LogReader(_) => {
             let config = config.clone();
             let route = spool.clone();
             let db = db.clone();
@@ -198,7 +233,7 @@ pub fn spawn(
                 LogReader::new(&config, db, route, log, guard)
             }))
         }
-        ChildId::Collector(kind) => {
+        ChildId::Collector(_, kind) => {
             let config = config.clone();
             let route = spool.clone();
             let db = db.clone();

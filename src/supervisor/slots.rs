@@ -292,7 +292,7 @@ mod tests {
     use super::*;
     use crate::model::{ChildDetail, CollectorStats, EventKind, Output};
 
-    const LOCKS: ChildId = ChildId::Collector(EventKind::PgLocks);
+    const LOCKS: ChildId = ChildId::Collector(crate::model::ServerNo::ONLY, EventKind::PgLocks);
 
     fn health(progress: Instant, deadline: Option<Duration>) -> Health {
         Health {
@@ -434,9 +434,9 @@ mod tests {
                 .expect("valid");
         let p = plan_reload(&old, &interval);
         let on_interval = [
-            ChildId::Collector(K::PgStatements),
+            ChildId::Collector(crate::model::ServerNo::ONLY, K::PgStatements),
             LOCKS,
-            ChildId::Collector(K::System),
+            ChildId::Collector(crate::model::ServerNo::ONLY, K::System),
         ];
         assert_eq!(p.start, on_interval, "{p:?}");
         assert_eq!(p.stop, on_interval, "{p:?}");
@@ -447,14 +447,17 @@ mod tests {
                 .expect("valid"),
         );
         for id in [K::PgTables, K::PgSettings, K::PgActivitySummary]
-            .map(ChildId::Collector)
+            .map(|k| ChildId::Collector(crate::model::ServerNo::ONLY, k))
             .into_iter()
-            .chain([ChildId::LogReader])
+            .chain([ChildId::LogReader(crate::model::ServerNo::ONLY)])
         {
             assert!(!p.stop.contains(&id), "{id:?} restarted: {p:?}");
         }
         assert!(
-            p.start.contains(&ChildId::Collector(K::PgActivity)),
+            p.start.contains(&ChildId::Collector(
+                crate::model::ServerNo::ONLY,
+                K::PgActivity
+            )),
             "its default follows interval_s: {p:?}"
         );
         // One health interval: its source alone.
@@ -464,7 +467,10 @@ mod tests {
         let p = plan_reload(&old, &tables);
         assert_eq!(
             p.start,
-            [ChildId::Collector(crate::model::EventKind::PgTables)],
+            [ChildId::Collector(
+                crate::model::ServerNo::ONLY,
+                crate::model::EventKind::PgTables
+            )],
             "{p:?}"
         );
         // A limit every source reads restarts them all.

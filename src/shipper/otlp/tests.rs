@@ -164,6 +164,8 @@ fn a_request_round_trips_through_protobuf() {
         host: "db1".into(),
         server: Default::default(),
         server_name: "db1".into(),
+        projects: Vec::new(),
+        fleet: false,
     };
     // The server's version is in the resource once a source has learnt it.
     let without = request(&origin, "postgresql", &batch);
@@ -225,6 +227,8 @@ fn origin() -> Origin {
         host: "h".into(),
         server: Default::default(),
         server_name: "h".into(),
+        projects: Vec::new(),
+        fleet: false,
     }
 }
 

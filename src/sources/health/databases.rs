@@ -111,7 +111,7 @@ impl DatabasesSource {
     /// From the configuration.
     pub fn new(config: &Config) -> DatabasesSource {
         DatabasesSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
             sized_at: Rc::new(Cell::new(None)),
             identity: Rc::default(),

@@ -174,7 +174,7 @@ impl HorizonSource {
     /// From the configuration.
     pub fn new(config: &Config) -> HorizonSource {
         HorizonSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             reading: session::Reading::of(config),
             max_query_length: config.collection.max_query_length,
             version: Rc::new(Cell::new(None)),

@@ -124,7 +124,7 @@ impl ProgressSource {
     /// From the configuration.
     pub fn new(config: &Config) -> ProgressSource {
         ProgressSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             reading: session::Reading::of(config),
             max_query_length: config.collection.max_query_length,
             version: Rc::new(Cell::new(None)),

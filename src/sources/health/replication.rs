@@ -97,7 +97,7 @@ impl ReplicationSource {
     /// From the configuration.
     pub fn new(config: &Config) -> ReplicationSource {
         ReplicationSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
         }
     }
 }

@@ -136,7 +136,7 @@ impl ServerStatsSource {
     /// From the configuration.
     pub fn new(config: &Config) -> ServerStatsSource {
         ServerStatsSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             version: Rc::new(Cell::new(None)),
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
             may_list_wal: Rc::new(Cell::new(None)),

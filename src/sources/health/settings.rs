@@ -158,7 +158,7 @@ impl SettingsSource {
     /// From the configuration.
     pub fn new(config: &Config) -> SettingsSource {
         SettingsSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             last: Rc::new(RefCell::new(None)),
         }
     }

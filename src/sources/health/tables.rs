@@ -304,7 +304,7 @@ impl TablesSource {
     /// From the configuration.
     pub fn new(config: &Config) -> TablesSource {
         TablesSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             user: config.database.user.clone(),
             max_relations: config.collection.tables_max_relations,
             max_pass: config.collection.tables_max_pass,

@@ -108,7 +108,7 @@ impl LocksSource {
     /// From the configuration.
     pub fn new(config: &Config) -> LocksSource {
         LocksSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             reading: session::Reading::of(config),
             max_rows: config.collection.max_activity_rows,
             max_query_length: config.collection.max_query_length,

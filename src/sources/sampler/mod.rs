@@ -90,7 +90,7 @@ impl SamplerSource {
     pub fn new(config: &Config, single: bool) -> SamplerSource {
         let c = &config.collection;
         SamplerSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             reading: session::Reading::of(config),
             every: c.sample_interval.unwrap_or(Duration::from_secs(1)),
             window_len: c.activity_interval,

@@ -47,7 +47,7 @@ impl StatementsSource {
     pub fn new(config: &Config, persist: bool) -> StatementsSource {
         let d = &config.database;
         StatementsSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             state_dir: config.agent.state_dir.clone(),
             max_query_length: config.collection.max_query_length,
             redact: config.collection.redact,

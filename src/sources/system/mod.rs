@@ -202,7 +202,7 @@ impl SystemSource {
     pub fn new(config: &Config) -> SystemSource {
         let h = config.database.host.as_str();
         SystemSource {
-            host: config.agent.hostname.clone(),
+            host: config.id_host(),
             local_db: h.starts_with('/') || matches!(h, "localhost" | "127.0.0.1" | "::1"),
             state: Rc::new(RefCell::new(State::default())),
         }

@@ -1,0 +1,186 @@
+//! One agent, several servers (`[[servers]]`): each server's events under its name and
+//! project, a server whose every process is stopped delays no other, and a reload adds
+//! and removes servers without restarting the others.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::agent::{Agent, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::PgCluster;
+use crate::harness::{shared_tempdir, wait_for};
+
+/// The agent's config: shared `[database]` and `[collection]` defaults, then one
+/// `[[servers]]` entry per (name, cluster, extra lines of the entry).
+fn fleet_config(dir: &Path, listener: &Listener, servers: &[(&str, &PgCluster, &str)]) -> String {
+    let mut toml = format!(
+        "[agent]\nproject_id = \"it-project\"\nhostname = \"it-host\"\nstate_dir = \"{}\"\nshutdown_grace_s = 5\n\
+         [database]\nuser = \"postgres\"\ndbname = \"postgres\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\
+         [collection]\ninterval_s = 1\nsample_interval_ms = 0\n\
+         databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\nreplication = false\nserver_stats = false\nsettings = false\n\
+         statements = false\nlocks = false\nsystem = false\nlogs = false\n\
+         [listener]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 2000\nretry_max_ms = 1000\n",
+        dir.join("state").display(),
+        listener.url(),
+    );
+    for (name, pg, extra) in servers {
+        toml.push_str(&format!(
+            "[[servers]]\nname = \"{name}\"\n{extra}[servers.database]\nhost = \"{}\"\nport = {}\n",
+            pg.socket_dir().display(),
+            pg.port,
+        ));
+    }
+    toml
+}
+
+/// The `pg_activity` sample times received from `server`.
+fn samples_of(listener: &Listener, server: &str) -> BTreeSet<String> {
+    listener
+        .events_of("pg_activity")
+        .iter()
+        .filter(|e| e["server"] == server)
+        .filter_map(|e| e["collected_at"].as_str().map(String::from))
+        .collect()
+}
+
+/// Every process of a cluster: its postmaster (first line of `postmaster.pid`) and the
+/// postmaster's children.
+fn cluster_pids(pg: &PgCluster) -> Vec<i32> {
+    let pidfile =
+        std::fs::read_to_string(pg.data().join("postmaster.pid")).expect("postmaster.pid");
+    let postmaster: i32 = pidfile
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("pid");
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state, then the parent's pid.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[i32], sig: i32) {
+    for &pid in pids {
+        // SAFETY: kill(2) on processes of a cluster this test started.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Children named in a status dump.
+fn children(status: &Value) -> BTreeSet<String> {
+    status["children"]
+        .as_object()
+        .map(|c| c.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_other() {
+    let dir = shared_tempdir("fleet");
+    let alpha = PgCluster::start("");
+    let beta = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let toml = fleet_config(
+        dir.path(),
+        &listener,
+        &[
+            ("alpha", &alpha, ""),
+            ("beta", &beta, "project_id = \"beta-project\"\n"),
+        ],
+    );
+    let mut agent = Agent::start(dir.path(), &toml, &[]);
+
+    wait_for("both servers' samples", Duration::from_secs(60), || {
+        (samples_of(&listener, "alpha").len() >= 2 && samples_of(&listener, "beta").len() >= 2)
+            .then_some(())
+    });
+    let events = listener.events_of("pg_activity");
+    for e in &events {
+        let project = match e["server"].as_str() {
+            Some("alpha") => "it-project",
+            Some("beta") => "beta-project",
+            other => panic!("an event of server {other:?}: {e}"),
+        };
+        assert_eq!(e["project"], project, "{e}");
+    }
+    // Both servers sample at the same instants: their events' ids still differ.
+    let ids: BTreeSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "every event's id is its own");
+    let status = agent.status();
+    let names = children(&status);
+    for child in ["buffer", "shipper", "alpha/pg_activity", "beta/pg_activity"] {
+        assert!(names.contains(child), "{child} in {names:?}");
+        assert_eq!(status["children"][child]["state"], "running", "{child}");
+    }
+    assert!(!names.contains("pg_activity"), "{names:?}");
+
+    // Every process of beta stops: its queries and connections hang. Alpha's cycles go
+    // on, one per second, while beta's are stuck.
+    let pids = cluster_pids(&beta);
+    signal_all(&pids, libc::SIGSTOP);
+    let stuck = samples_of(&listener, "beta").len();
+    let alpha_before = samples_of(&listener, "alpha").len();
+    wait_for(
+        "alpha sampling on while beta is stopped",
+        Duration::from_secs(60),
+        || (samples_of(&listener, "alpha").len() >= alpha_before + 5).then_some(()),
+    );
+    let beta_meanwhile = samples_of(&listener, "beta").len();
+    signal_all(&pids, libc::SIGCONT);
+    // At most a sample beta read as it was stopped.
+    assert!(
+        beta_meanwhile <= stuck + 1,
+        "beta: {stuck} then {beta_meanwhile}"
+    );
+    wait_for("beta sampling again", Duration::from_secs(60), || {
+        (samples_of(&listener, "beta").len() >= beta_meanwhile + 2).then_some(())
+    });
+
+    // A reload removes beta and adds gamma (the same cluster under another name): alpha's
+    // collector goes on, not restarted.
+    let toml = fleet_config(
+        dir.path(),
+        &listener,
+        &[("alpha", &alpha, ""), ("gamma", &beta, "")],
+    );
+    std::fs::write(dir.path().join("agent.toml"), &toml).expect("config");
+    agent.signal(libc::SIGHUP);
+    let applied = agent.wait_log("reload_applied", Duration::from_secs(30), |_| true);
+    // The shipper, too: beta's project is no longer one of the events' projects.
+    assert_eq!(applied["restarted"], "shipper,gamma/pg_activity", "{applied}");
+    wait_for("gamma's samples", Duration::from_secs(60), || {
+        (samples_of(&listener, "gamma").len() >= 2).then_some(())
+    });
+    let status = agent.status();
+    let names = children(&status);
+    assert!(names.contains("gamma/pg_activity"), "{names:?}");
+    assert_eq!(status["children"]["beta/pg_activity"]["state"], "stopped");
+    assert_eq!(status["children"]["alpha/pg_activity"]["state"], "running");
+    let restarts: Vec<Value> = agent
+        .logs_named("child_started")
+        .into_iter()
+        .filter(|r| r["child"] == "alpha/pg_activity")
+        .collect();
+    assert_eq!(restarts.len(), 1, "alpha started once: {restarts:?}");
+    let beta_after = samples_of(&listener, "beta").len();
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(30)).expect("exit");
+    // Nothing of beta after it was removed but what was in flight.
+    assert!(samples_of(&listener, "beta").len() <= beta_after);
+}

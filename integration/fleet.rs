@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::harness::agent::{Agent, TOKEN};
 use crate::harness::listener::Listener;
 use crate::harness::pg::PgCluster;
+use crate::harness::prometheus::{free_port, get, sample};
 use crate::harness::{shared_tempdir, wait_for};
 
 /// The agent's config: shared `[database]` and `[collection]` defaults, then one
@@ -96,7 +97,7 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
     let alpha = PgCluster::start("");
     let beta = PgCluster::start("");
     let listener = Listener::start(TOKEN);
-    let toml = fleet_config(
+    let mut toml = fleet_config(
         dir.path(),
         &listener,
         &[
@@ -104,6 +105,8 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
             ("beta", &beta, "project_id = \"beta-project\"\n"),
         ],
     );
+    let mport = free_port();
+    toml.push_str(&format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n"));
     let mut agent = Agent::start(dir.path(), &toml, &[]);
 
     wait_for("both servers' samples", Duration::from_secs(60), || {
@@ -129,6 +132,25 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
         assert_eq!(status["children"][child]["state"], "running", "{child}");
     }
     assert!(!names.contains("pg_activity"), "{names:?}");
+    // The agent's own families: a series per server, labelled with its name.
+    let page = wait_for("the metrics page", Duration::from_secs(30), || {
+        get(mport, "/metrics").map(|(_, page)| page)
+    });
+    for server in ["alpha", "beta"] {
+        let up = format!("postgres_agent_child_up{{child=\"pg_activity\",server=\"{server}\"}}");
+        assert_eq!(sample(&page, &up), Some(1.0), "{up} in:\n{page}");
+        let cycles = format!(
+            "postgres_agent_source_cycles_total{{server=\"{server}\",source=\"pg_activity\"}}"
+        );
+        assert!(sample(&page, &cycles).is_some_and(|n| n >= 1.0), "{cycles} in:\n{page}");
+    }
+    assert_eq!(
+        sample(
+            &page,
+            "postgres_agent_child_up{child=\"buffer\",server=\"\"}"
+        ),
+        Some(1.0)
+    );
 
     // Every process of beta stops: its queries and connections hang. Alpha's cycles go
     // on, one per second, while beta's are stuck.
@@ -163,7 +185,10 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
     agent.signal(libc::SIGHUP);
     let applied = agent.wait_log("reload_applied", Duration::from_secs(30), |_| true);
     // The shipper, too: beta's project is no longer one of the events' projects.
-    assert_eq!(applied["restarted"], "shipper,gamma/pg_activity", "{applied}");
+    assert_eq!(
+        applied["restarted"], "shipper,gamma/pg_activity",
+        "{applied}"
+    );
     wait_for("gamma's samples", Duration::from_secs(60), || {
         (samples_of(&listener, "gamma").len() >= 2).then_some(())
     });
@@ -183,4 +208,66 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
     agent.wait_exit(Duration::from_secs(30)).expect("exit");
     // Nothing of beta after it was removed but what was in flight.
     assert!(samples_of(&listener, "beta").len() <= beta_after);
+}
+
+#[test]
+fn check_and_once_go_through_every_server_under_its_name() {
+    let dir = shared_tempdir("fleet-check");
+    let alpha = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let gone = dir.path().join("no-server-here");
+    std::fs::create_dir_all(&gone).expect("dir");
+    let mut toml = fleet_config(dir.path(), &listener, &[("alpha", &alpha, "")]);
+    toml.push_str(&format!(
+        "[[servers]]\nname = \"gone\"\n[servers.database]\nhost = \"{}\"\nport = 5999\n",
+        gone.display()
+    ));
+    toml.push_str("[[servers]]\nname = \"far\"\n[servers.database]\nhost = \"192.0.2.7\"\n");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &toml).expect("config");
+
+    let out = std::process::Command::new(crate::harness::agent::bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(69), "{text}");
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{text}"))
+            .to_string()
+    };
+    line("ok    alpha/database");
+    assert!(
+        line("ok    alpha/server ")
+            .ends_with("is on this host: everything over SQL (system and logs are off)"),
+        "{text}"
+    );
+    line("FAIL  gone/database");
+    assert!(
+        line("ok    far/server").contains(
+            "192.0.2.7:5432 is another host's: everything over SQL, no host metrics, no log"
+        ),
+        "{text}"
+    );
+    line("FAIL  far/database");
+
+    // `once`: each server's events under its name, the failures named after theirs.
+    let out = std::process::Command::new(crate::harness::agent::bin())
+        .args(["once", "-c"])
+        .arg(&path)
+        .output()
+        .expect("once");
+    assert_eq!(out.status.code(), Some(69));
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let servers: BTreeSet<&str> = events.iter().filter_map(|e| e["server"].as_str()).collect();
+    assert_eq!(servers, BTreeSet::from(["alpha"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("postgres-agent: gone/pg_activity: "), "{err}");
+    assert!(err.contains("postgres-agent: far/pg_activity: "), "{err}");
 }

@@ -11,38 +11,59 @@ use crate::model::EventKind;
 
 struct Report {
     failures: usize,
+    /// `name/` while a `[[servers]]` entry is checked: its lines say which server.
+    scope: String,
 }
 
 impl Report {
     fn ok(&self, what: &str, detail: &str) {
-        println!("ok    {what:<9} {detail}");
+        println!("ok    {:<9} {detail}", self.scoped(what));
     }
 
     fn warn(&self, what: &str, problem: &str, fix: &str) {
-        println!("warn  {what:<9} {problem}\n      fix: {fix}");
+        println!("warn  {:<9} {problem}\n      fix: {fix}", self.scoped(what));
     }
 
     fn fail(&mut self, what: &str, problem: &str, fix: &str) {
         self.failures += 1;
-        println!("FAIL  {what:<9} {problem}\n      fix: {fix}");
+        println!("FAIL  {:<9} {problem}\n      fix: {fix}", self.scoped(what));
+    }
+
+    fn scoped(&self, what: &str) -> String {
+        format!("{}{what}", self.scope)
     }
 }
 
 /// Runs every check; exit 0 if all passed, 69 otherwise.
 pub fn check(cli: &Cli, config: Config) -> i32 {
-    let mut r = Report { failures: 0 };
+    let mut r = Report {
+        failures: 0,
+        scope: String::new(),
+    };
     r.ok("config", &format!("{} is valid", cli.config.display()));
     let metrics = config.metrics.listen;
     let page = metrics.map(|_| page_sources_off(&config));
     check_state_dir(&mut r, &config);
     check_files_for_service(&mut r, cli);
-    check_host_sources(&r, &config);
     let system = actix_rt::System::new();
     let r = system.block_on(async move {
-        check_database(&mut r, &config).await;
-        if config.collection.logs {
-            check_log(&mut r, &config).await;
+        // Each server as its children see it; in the `[[servers]]` form its lines
+        // start with its name.
+        for server in &config.servers {
+            let view = config.view(server);
+            match &server.name {
+                None => check_host_sources(&r, &view),
+                Some(name) => {
+                    r.scope = format!("{name}/");
+                    say_where(&r, server);
+                }
+            }
+            check_database(&mut r, &view).await;
+            if view.collection.logs {
+                check_log(&mut r, &view).await;
+            }
         }
+        r.scope.clear();
         // Each output through its shipper's own request.
         for output in config.outputs() {
             let name = output.as_str();
@@ -86,11 +107,41 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
     }
 }
 
+/// Where a `[[servers]]` entry's server is, and what that means for what is read of it.
+fn say_where(r: &Report, server: &crate::config::ServerConfig) {
+    let db = &server.database;
+    let at = format!("{}:{}", db.host, db.port);
+    if server.local {
+        let here: Vec<&str> = [
+            (server.collection.system, "host metrics"),
+            (server.collection.logs, "its log"),
+        ]
+        .iter()
+        .filter_map(|(on, what)| on.then_some(*what))
+        .collect();
+        let read = match here.as_slice() {
+            [] => "everything over SQL (system and logs are off)".to_string(),
+            _ => format!("{} read here", here.join(" and ")),
+        };
+        r.ok("server", &format!("{at} is on this host: {read}"));
+        return;
+    }
+    let log = if server.collection.logs {
+        format!("its log from {}", server.logs.path)
+    } else {
+        "no log (set [servers.logs] path to a copy of it to read one)".to_string()
+    };
+    r.ok(
+        "server",
+        &format!("{at} is another host's: everything over SQL, no host metrics, {log}"),
+    );
+}
+
 /// Host metrics and the log file are this host's: for a server on another host they
 /// would be shipped under its name while describing this one.
 fn check_host_sources(r: &Report, config: &Config) {
     let db = &config.database;
-    if is_this_host(&db.host, db.port) != Some(false) {
+    if crate::config::is_this_host(&db.host, db.port) != Some(false) {
         return;
     }
     let elsewhere = format!("[database] host {} is not this host", db.host);
@@ -108,25 +159,6 @@ fn check_host_sources(r: &Report, config: &Config) {
             "set logs = false in [collection], or run the agent on the database's host",
         );
     }
-}
-
-/// Whether `host` is this machine: a socket directory, or a name whose addresses are
-/// this machine's (loopback, or one it can bind to). `None` when the name does not
-/// resolve (the database check says so).
-fn is_this_host(host: &str, port: u16) -> Option<bool> {
-    use std::net::ToSocketAddrs;
-    if host.starts_with('/') {
-        return Some(true);
-    }
-    let addrs: Vec<std::net::SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
-    if addrs.is_empty() {
-        return None;
-    }
-    Some(
-        addrs
-            .iter()
-            .any(|a| a.ip().is_loopback() || std::net::UdpSocket::bind((a.ip(), 0)).is_ok()),
-    )
 }
 
 /// The sources the database's metrics page takes families from, by their `[collection]`

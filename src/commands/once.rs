@@ -15,51 +15,73 @@ use crate::sources;
 /// Runs every enabled source once; exit 69 if any failed.
 pub fn once(cli: &Cli, config: Config) -> i32 {
     let (log, _guard) = logging::init(cli.log_format, cli.log_level);
-    let server = match crate::db::Server::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot start the connection thread: {e}");
-            return crate::cli::EXIT_OTHER;
-        }
-    };
-    let origin = Origin::of(&config, server.facts());
     let system = actix_rt::System::new();
     let failed = system.block_on(async move {
         let mut failed = 0;
-        let stdout = std::io::stdout();
-        for (kind, _) in sources::enabled(&config) {
-            let Some(source) = sources::make(kind, &config, sources::Mode::Once) else {
-                continue;
-            };
-            let db = Rc::new(Db::new(&config.database, &server, 1, &log));
-            let limit = cycle_limit(&config.database);
-            let res = match tokio::time::timeout(limit, source.collect(db)).await {
-                Ok(r) => r,
-                Err(_) => Err(sources::CycleError::Timeout(limit)),
-            };
-            match res {
-                Ok(events) => {
-                    let mut out = stdout.lock();
-                    for e in &events {
-                        let _ = writeln!(out, "{}", event_json(&origin, e));
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    eprintln!("postgres-agent: {}: {e}", kind.as_str());
-                }
+        // Each server as its children see it, one after the other.
+        for server in &config.servers {
+            let view = config.view(server);
+            match once_for(&view, &log).await {
+                Ok(n) => failed += n,
+                Err(code) => return Err(code),
             }
         }
-        if config.collection.logs {
+        if config.servers.iter().any(|s| s.collection.logs) {
             eprintln!(
                 "postgres-agent: pg_log: the log is followed by the daemon, not sampled by once; `postgres-agent parse-log FILE` shows how a log file is parsed"
             );
         }
-        failed
+        Ok(failed)
     });
+    let failed = match failed {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
     if failed == 0 {
         EXIT_OK
     } else {
         EXIT_UNAVAILABLE
     }
+}
+
+/// One server's sources once each; the number that failed (an exit code when none
+/// could run).
+async fn once_for(config: &Config, log: &slog::Logger) -> Result<usize, i32> {
+    let server = match crate::db::Server::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start the connection thread: {e}");
+            return Err(crate::cli::EXIT_OTHER);
+        }
+    };
+    let origin = Origin::of(config, server.facts());
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    for (kind, _) in sources::enabled(config) {
+        let Some(source) = sources::make(kind, config, sources::Mode::Once) else {
+            continue;
+        };
+        let db = Rc::new(Db::new(&config.database, &server, 1, log));
+        let limit = cycle_limit(&config.database);
+        let res = match tokio::time::timeout(limit, source.collect(db)).await {
+            Ok(r) => r,
+            Err(_) => Err(sources::CycleError::Timeout(limit)),
+        };
+        match res {
+            Ok(events) => {
+                let mut out = stdout.lock();
+                for e in &events {
+                    let _ = writeln!(out, "{}", event_json(&origin, e));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                match &config.servers[0].name {
+                    Some(name) => eprintln!("postgres-agent: {name}/{}: {e}", kind.as_str()),
+                    None => eprintln!("postgres-agent: {}: {e}", kind.as_str()),
+                }
+            }
+        }
+    }
+    Ok(failed)
 }

@@ -543,3 +543,13 @@ fn server_entries_are_checked_each_under_its_name() {
         ["servers[0]"]
     );
 }
+
+#[test]
+fn this_host_is_a_socket_loopback_or_an_address_it_can_bind() {
+    assert_eq!(is_this_host("/var/run/postgresql", 5432), Some(true));
+    assert_eq!(is_this_host("127.0.0.1", 5432), Some(true));
+    assert_eq!(is_this_host("::1", 5432), Some(true));
+    // TEST-NET-1: never this machine's.
+    assert_eq!(is_this_host("192.0.2.1", 5432), Some(false));
+    assert_eq!(is_this_host("no-such-host.invalid", 5432), None);
+}

@@ -142,7 +142,10 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
         let cycles = format!(
             "postgres_agent_source_cycles_total{{server=\"{server}\",source=\"pg_activity\"}}"
         );
-        assert!(sample(&page, &cycles).is_some_and(|n| n >= 1.0), "{cycles} in:\n{page}");
+        assert!(
+            sample(&page, &cycles).is_some_and(|n| n >= 1.0),
+            "{cycles} in:\n{page}"
+        );
     }
     assert_eq!(
         sample(
@@ -151,6 +154,30 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
         ),
         Some(1.0)
     );
+    // The database's families: every server's series in one family each, told apart
+    // by the server's name.
+    let page = wait_for("both servers' pg_up", Duration::from_secs(30), || {
+        let (_, page) = get(mport, "/metrics")?;
+        ["alpha", "beta"]
+            .iter()
+            .all(|s| sample(&page, &format!("pg_up{{server=\"{s}\"}}")) == Some(1.0))
+            .then_some(page)
+    });
+    let types: Vec<&str> = page.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let distinct: BTreeSet<&str> = types
+        .iter()
+        .map(|l| l.split(' ').nth(2).unwrap_or_default())
+        .collect();
+    assert_eq!(types.len(), distinct.len(), "a family named twice:\n{page}");
+    for s in ["alpha", "beta"] {
+        let series = format!(
+            "pg_stat_activity_count{{datname=\"postgres\",server=\"{s}\",state=\"active\"}}"
+        );
+        assert!(
+            page.lines().any(|l| l.starts_with(&series)),
+            "{series} in:\n{page}"
+        );
+    }
 
     // Every process of beta stops: its queries and connections hang. Alpha's cycles go
     // on, one per second, while beta's are stuck.

@@ -912,3 +912,54 @@ fn another_cluster_at_the_same_address_is_a_role_changed_and_no_delta_crosses_it
     }
     drop(second);
 }
+
+#[test]
+fn a_cluster_replaced_while_the_agent_was_down_is_one_role_changed_at_its_start() {
+    let mut first = cluster();
+    let (l, dir, mut agent) = agent_with(&first, &["server_stats"], "");
+    wait_for("the first identity", Duration::from_secs(30), || {
+        (!data_of(&l, "pg_server_stats").is_empty()).then_some(())
+    });
+    let old_id = first.sql("SELECT system_identifier::text FROM pg_control_system()");
+    agent.signal(libc::SIGTERM);
+    agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exit");
+    // While the agent is down, another cluster takes the first one's socket.
+    first.stop_server();
+    let mut second = PgCluster::init(&format!(
+        "unix_socket_directories = '{}'\n",
+        first.socket_dir().display()
+    ));
+    second.start_server();
+    let new_id = first.sql("SELECT system_identifier::text FROM pg_control_system()");
+    assert_ne!(new_id, old_id);
+    let role_changed = |l: &Listener| -> Vec<Value> {
+        l.events_of("agent")
+            .into_iter()
+            .filter(|e| e["data"]["event"] == "role_changed")
+            .collect()
+    };
+    let toml = std::fs::read_to_string(dir.path().join("agent.toml")).expect("config");
+    let mut agent = Agent::start(dir.path(), &toml, &[]);
+    let changed = wait_for("role_changed at start", Duration::from_secs(60), || {
+        role_changed(&l).into_iter().next()
+    });
+    let d = &changed["data"];
+    assert_eq!(d["before"]["system_identifier"], old_id.as_str(), "{d}");
+    assert_eq!(d["after"]["system_identifier"], new_id.as_str(), "{d}");
+    // Stored with its report: the next start against the same cluster says nothing.
+    let shipped = data_of(&l, "pg_server_stats").len();
+    agent.signal(libc::SIGTERM);
+    agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exit");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    wait_for(
+        "server stats after the restart",
+        Duration::from_secs(60),
+        || (data_of(&l, "pg_server_stats").len() >= shipped + 2).then_some(()),
+    );
+    assert_eq!(role_changed(&l).len(), 1, "{:?}", role_changed(&l));
+    drop(second);
+}

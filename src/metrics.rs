@@ -621,9 +621,14 @@ fn exporter_families(s: &StatusSnapshot, scrapes: &Scrapes, out: &mut String) {
     use database::{Type, Writer};
     use std::sync::atomic::Ordering;
     let mut w = Writer::new(out);
+    // The first server's collector of `kind` (postgres_exporter's own families have
+    // no `server` label).
     let state = |kind: EventKind| {
-        let id = ChildId::Collector(crate::model::ServerNo::ONLY, kind);
-        s.children.get(&id).map(|c| {
+        let first = s
+            .children
+            .keys()
+            .find(|id| matches!(id, ChildId::Collector(_, k) if *k == kind));
+        first.and_then(|id| s.children.get(id)).map(|c| {
             let took = match &c.detail {
                 Some(ChildDetail::Collector(d)) => d.cycle_seconds.last_s,
                 _ => 0.0,
@@ -691,27 +696,72 @@ fn exporter_families(s: &StatusSnapshot, scrapes: &Scrapes, out: &mut String) {
     }
 }
 
+/// The boards the page shows: the one server's, or each `[[servers]]` server's under
+/// its name. The supervisor sets them at start and on reload; a scrape reads them.
+#[derive(Default)]
+pub struct PageBoards {
+    boards: std::sync::RwLock<Vec<(String, Arc<Board>)>>,
+}
+
+impl PageBoards {
+    /// Shows `boards`, each under its server's name (none in the single-server form).
+    pub fn set(&self, boards: Vec<(String, Arc<Board>)>) {
+        *self.boards.write().unwrap_or_else(|p| p.into_inner()) = boards;
+    }
+
+    /// The boards shown, those the page asks readings of.
+    pub fn wanted(&self) -> Vec<(String, Arc<Board>)> {
+        self.boards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, b)| b.wanted())
+            .cloned()
+            .collect()
+    }
+}
+
 /// The whole page: the agent's families, then the database's (when on), the tables'
-/// a chunk at a time.
+/// a chunk at a time. Several servers' readings are one page: each family once, its
+/// series told apart by `server`.
 fn page(
     s: &StatusSnapshot,
-    board: &Board,
+    boards: &PageBoards,
     scrapes: &Scrapes,
 ) -> prometheus::Result<(String, Option<database::TablePages>)> {
     use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
     let mut text = render(s)?;
-    if !board.wanted() {
+    let boards = boards.wanted();
+    if boards.is_empty() {
         return Ok((text, None));
     }
     scrapes.total.fetch_add(1, Ordering::Relaxed);
-    let parts = board.parts();
-    let label = board.label();
-    database::render_small(&parts, &label, std::time::SystemTime::now(), &mut text);
+    let now = std::time::SystemTime::now();
+    let mut small = Vec::with_capacity(boards.len());
+    let mut tables = Vec::new();
+    for (_, board) in &boards {
+        let parts = board.parts();
+        let label = board.label();
+        let mut t = String::new();
+        database::render_small(&parts, &label, now, &mut t);
+        if let Some(rows) = parts.tables {
+            tables.push((rows.value, label.clone()));
+        }
+        small.push((t, label));
+    }
+    match small.as_slice() {
+        [(one, _)] => text.push_str(one),
+        several => {
+            let pages: Vec<(String, &str)> = several
+                .iter()
+                .map(|(t, l)| (t.clone(), l.as_str()))
+                .collect();
+            database::merge_servers(&pages, &mut text);
+        }
+    }
     exporter_families(s, scrapes, &mut text);
-    let tables = parts
-        .tables
-        .map(|t| database::TablePages::new(t.value, &label));
+    let tables = (!tables.is_empty()).then(|| database::TablePages::of_servers(tables));
     scrapes
         .last_render_us
         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -762,18 +812,18 @@ impl MetricsServer {
     pub fn start(
         addr: SocketAddr,
         snapshots: Recipient<GetSnapshot>,
-        board: Arc<Board>,
+        boards: Arc<PageBoards>,
         log: &Logger,
     ) -> Result<MetricsServer, String> {
         let std_listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
         let bound = std_listener.local_addr().unwrap_or(addr);
         let scrapes = actix_web::web::Data::new(Scrapes::default());
-        let board = actix_web::web::Data::from(board);
+        let boards = actix_web::web::Data::from(boards);
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(actix_web::web::Data::new(snapshots.clone()))
-                .app_data(board.clone())
+                .app_data(boards.clone())
                 .app_data(scrapes.clone())
                 .default_service(actix_web::web::to(answer))
         })
@@ -821,7 +871,7 @@ impl MetricsServer {
 async fn answer(
     req: actix_web::HttpRequest,
     snapshots: actix_web::web::Data<Recipient<GetSnapshot>>,
-    board: actix_web::web::Data<Board>,
+    boards: actix_web::web::Data<PageBoards>,
     scrapes: actix_web::web::Data<Scrapes>,
 ) -> actix_web::HttpResponse {
     use actix_web::http::StatusCode;
@@ -832,7 +882,7 @@ async fn answer(
     };
     match route_of(req.method().as_str(), req.path()) {
         Route::Metrics => match snapshots.send(GetSnapshot).await {
-            Ok(snap) => match page(&snap, &board, &scrapes) {
+            Ok(snap) => match page(&snap, &boards, &scrapes) {
                 Ok((first, None)) => actix_web::HttpResponse::Ok()
                     .content_type(prometheus::TEXT_FORMAT)
                     .body(first),

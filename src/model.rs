@@ -282,21 +282,36 @@ impl ServerFacts {
     /// identifier) or its role differs from the last look. A new timeline alone (a
     /// standby following a promoted primary) or a new version (a restart into a minor
     /// release) is recorded without a change: the counters are the same server's.
-    pub fn observe(&self, now: Identity) -> (u64, Option<IdentityChange>) {
+    pub fn observe(&self, now: Identity) -> Seen {
         use std::sync::atomic::Ordering;
         let mut last = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        let change = match last.as_ref() {
+        let (change, store) = match last.as_ref() {
             Some(was) if was.system_identifier != now.system_identifier || was.role != now.role => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
-                Some(IdentityChange {
+                let change = IdentityChange {
                     before: was.clone(),
                     after: now.clone(),
-                })
+                };
+                (Some(change), true)
             }
-            _ => None,
+            Some(_) => (None, false),
+            None => (None, true),
         };
         *last = Some(now);
-        (self.epoch.load(Ordering::Acquire), change)
+        Seen {
+            epoch: self.epoch.load(Ordering::Acquire),
+            change,
+            store,
+        }
+    }
+
+    /// Starts from the identity last reported (stored in the spool): a server that is
+    /// another cluster or role at the first look is a change.
+    pub fn remember(&self, identity: Identity) {
+        let mut last = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none() {
+            *last = Some(identity);
+        }
     }
 
     /// The epoch of the last look (see [`ServerFacts::observe`]).
@@ -320,6 +335,17 @@ impl PartialEq for ServerFacts {
     fn eq(&self, other: &ServerFacts) -> bool {
         self.version() == other.version()
     }
+}
+
+/// What one look at the server's identity meant (see [`ServerFacts::observe`]).
+#[derive(Debug)]
+pub struct Seen {
+    /// The epoch the reading belongs to.
+    pub epoch: u64,
+    /// The change since the last look, to the one caller that saw it first.
+    pub change: Option<IdentityChange>,
+    /// The identity is to be stored (the first ever seen, or a change): for that caller.
+    pub store: bool,
 }
 
 /// A source's state that must advance together with the events it produced (the
@@ -1151,17 +1177,24 @@ mod tests {
         }
     }
 
+    /// `observe` as (epoch, change, store).
+    fn look(f: &ServerFacts, now: Identity) -> (u64, Option<IdentityChange>, bool) {
+        let s = f.observe(now);
+        (s.epoch, s.change, s.store)
+    }
+
     #[test]
     fn a_new_cluster_or_role_is_a_change_seen_once_and_a_new_timeline_or_version_is_not() {
         let f = ServerFacts::default();
-        assert_eq!(f.observe(id("A", 1, "standby", "15.7")), (0, None));
-        assert_eq!(f.observe(id("A", 1, "standby", "15.7")), (0, None));
+        // The first identity ever seen is stored, without a change.
+        assert_eq!(look(&f, id("A", 1, "standby", "15.7")), (0, None, true));
+        assert_eq!(look(&f, id("A", 1, "standby", "15.7")), (0, None, false));
         // A standby following a promoted primary, then restarted into a minor release.
-        assert_eq!(f.observe(id("A", 2, "standby", "15.7")), (0, None));
-        assert_eq!(f.observe(id("A", 2, "standby", "15.8")), (0, None));
+        assert_eq!(look(&f, id("A", 2, "standby", "15.7")), (0, None, false));
+        assert_eq!(look(&f, id("A", 2, "standby", "15.8")), (0, None, false));
         // Promoted.
-        let (epoch, change) = f.observe(id("A", 3, "primary", "15.8"));
-        assert_eq!(epoch, 1);
+        let (epoch, change, store) = look(&f, id("A", 3, "primary", "15.8"));
+        assert_eq!((epoch, store), (1, true));
         let change = change.expect("a change");
         assert_eq!(
             (change.before.role.as_str(), change.after.role.as_str()),
@@ -1169,12 +1202,29 @@ mod tests {
         );
         assert_eq!((change.before.timeline, change.after.timeline), (2, 3));
         // Told once: the next look is the same epoch, no change.
-        assert_eq!(f.observe(id("A", 3, "primary", "15.8")), (1, None));
+        assert_eq!(look(&f, id("A", 3, "primary", "15.8")), (1, None, false));
         // Another cluster at the same address.
-        let (epoch, change) = f.observe(id("B", 1, "primary", "15.8"));
+        let (epoch, change, _) = look(&f, id("B", 1, "primary", "15.8"));
         assert_eq!(epoch, 2);
         assert_eq!(change.expect("a change").before.system_identifier, "A");
         assert_eq!(f.epoch(), 2);
+    }
+
+    #[test]
+    fn the_identity_stored_before_a_restart_is_the_first_looks_baseline() {
+        // The same cluster: nothing to say or store.
+        let f = ServerFacts::default();
+        f.remember(id("A", 1, "primary", "15.8"));
+        assert_eq!(look(&f, id("A", 1, "primary", "15.8")), (0, None, false));
+        // Replaced while the agent was down: a change at the first look.
+        let f = ServerFacts::default();
+        f.remember(id("A", 1, "primary", "15.8"));
+        let (epoch, change, store) = look(&f, id("B", 1, "primary", "16.2"));
+        assert_eq!((epoch, store), (1, true));
+        assert_eq!(change.expect("a change").after.system_identifier, "B");
+        // What a look already saw is not overwritten by an older stored identity.
+        f.remember(id("A", 1, "primary", "15.8"));
+        assert_eq!(look(&f, id("B", 1, "primary", "16.2")), (1, None, false));
     }
 
     #[test]

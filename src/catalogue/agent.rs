@@ -120,7 +120,8 @@ impl AgentEvent {
 
     /// The event's id: `agent:<host>:<name>:` and what makes this occurrence unique —
     /// the spool rows for an eviction (the same loss is one event however often its
-    /// report is written), the source and the time for a drop, the time otherwise.
+    /// report is written), the source and the time for a drop, the identities before
+    /// and after for a role change, the time otherwise.
     pub fn id(&self, host: &str, at: DateTime<Utc>) -> String {
         let name = self.name();
         let nanos = at.timestamp_nanos_opt().unwrap_or_default();
@@ -131,6 +132,14 @@ impl AgentEvent {
             } => format!("agent:{host}:{name}:{first}-{last}"),
             AgentEvent::EventsDropped { source, .. } => {
                 format!("agent:{host}:{name}:{source}:{nanos}")
+            }
+            // The transition itself: told again after a crash (its identity not yet
+            // stored), it is the same event.
+            AgentEvent::RoleChanged { before, after, .. } => {
+                let side = |i: &crate::model::Identity| {
+                    format!("{}.{}.{}", i.system_identifier, i.timeline, i.role)
+                };
+                format!("agent:{host}:{name}:{}>{}", side(before), side(after))
             }
             _ => format!("agent:{host}:{name}:{nanos}"),
         }

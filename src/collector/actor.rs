@@ -203,6 +203,10 @@ impl CollectorActor {
         crate::model::note_state(&self.log, &mut self.stats.source_state, self.source.state());
         self.stats.rows_skipped_total = self.source.rows_skipped();
         self.tell_board(&res);
+        if let Some((events, identity)) = self.source.report() {
+            self.stats.events_total += events.len() as u64;
+            self.keep(events, Some(identity));
+        }
         match res {
             Ok(events) => {
                 debug!(self.log, "collect_cycle_done"; "events" => events.len());

@@ -433,9 +433,24 @@ fn every_key_is_read_by_validation_and_shown_in_conf_agent_toml() {
             section = s.to_string();
         } else if let Some(rest) = line.strip_prefix('#') {
             let rest = rest.trim_start();
+            // The commented `[[servers]]` example: its sections are the top-level ones'.
+            if let Some(s) = rest.strip_prefix('[').filter(|s| s.ends_with(']')) {
+                section = s.trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
             if let Some((key, _)) = rest.split_once(" = ") {
                 if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                    documented.insert(format!("{section}.{key}"));
+                    match section.strip_prefix("servers") {
+                        Some("") => assert!(["name", "project_id"].contains(&key), "servers.{key}"),
+                        Some(inner) => {
+                            let inner = inner.trim_start_matches('.');
+                            let key = format!("{inner}.{key}");
+                            assert!(known.contains(&key), "[[servers]] example: {key}");
+                        }
+                        None => {
+                            documented.insert(format!("{section}.{key}"));
+                        }
+                    }
                 }
             }
         }

@@ -1382,12 +1382,89 @@ const INDEX_FAMILIES: &[(&str, &str, Type, &str)] = &[
     ),
 ];
 
+/// Several servers' pages of the small families as one: each family named once, its
+/// series of every server together, and every series labelled with its server (a
+/// family the exporter writes without `server`, `pg_up` say, gets it here, so two
+/// servers' series never collide).
+pub fn merge_servers(pages: &[(String, &str)], out: &mut String) {
+    // Each family's header and samples, in the order first seen.
+    let mut families: Vec<(String, String, String)> = Vec::new();
+    let mut at: BTreeMap<String, usize> = BTreeMap::new();
+    for (text, server) in pages {
+        let mut current = usize::MAX;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default().to_string();
+                current = match at.get(&name) {
+                    Some(i) => *i,
+                    None => {
+                        families.push((name.clone(), format!("{line}\n"), String::new()));
+                        at.insert(name, families.len() - 1);
+                        families.len() - 1
+                    }
+                };
+                continue;
+            }
+            let Some((_, head, samples)) = families.get_mut(current) else {
+                continue;
+            };
+            if line.starts_with("# TYPE ") {
+                if !head.contains("# TYPE ") {
+                    head.push_str(line);
+                    head.push('\n');
+                }
+                continue;
+            }
+            with_server(line, server, samples);
+        }
+    }
+    for (_, head, samples) in families {
+        out.push_str(&head);
+        out.push_str(&samples);
+    }
+}
+
+/// A sample line with a `server` label, added unless it has one. A label is `server`
+/// when its name follows `{` or `,`: in a value, a `"` is always escaped, so
+/// `,server="` cannot be part of one.
+fn with_server(line: &str, server: &str, out: &mut String) {
+    let labelled = line
+        .find('{')
+        .filter(|b| line.find(' ').is_none_or(|sp| *b < sp));
+    match labelled {
+        Some(_) if line.contains("{server=\"") || line.contains(",server=\"") => {
+            out.push_str(line);
+        }
+        Some(b) => {
+            out.push_str(&line[..=b]);
+            out.push_str("server=\"");
+            escape_label(out, server);
+            out.push_str("\",");
+            out.push_str(&line[b + 1..]);
+        }
+        None => {
+            let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
+            out.push_str(name);
+            out.push_str("{server=\"");
+            escape_label(out, server);
+            out.push_str("\"} ");
+            out.push_str(rest);
+        }
+    }
+    out.push('\n');
+}
+
 /// The table and index families, rendered a chunk at a time (many thousands of tables
 /// make a page of text; a chunk is written to the socket before the next is made).
 pub struct TablePages {
-    rows: Vec<Arc<board::TableRow>>,
-    /// The end of a table's labels: `,server="…"} `.
-    server: String,
+    /// Every server's rows, each with its server's place in `servers`.
+    rows: Vec<(Arc<board::TableRow>, u16)>,
+    /// The end of a table's labels per server: `,server="…"} `.
+    servers: Vec<String>,
+    /// What an index's labels get between its table's and its own, per server:
+    /// `,server="…"` when several servers share the page (one server's index series
+    /// are the exporter's, without it), else nothing.
+    index_servers: Vec<String>,
     /// Each index series' table (in `rows`) and place among its indexes.
     index_of: Vec<(u32, u32)>,
     /// The family being written: the table families, then the index families.
@@ -1397,20 +1474,36 @@ pub struct TablePages {
 }
 
 impl TablePages {
-    /// The families of `rows`.
+    /// The families of `rows`, one server's.
     pub fn new(rows: Arc<Tables>, server: &str) -> TablePages {
-        let mut end = String::from(",server=\"");
-        escape_label(&mut end, server);
-        end.push_str("\"} ");
-        let rows: Vec<Arc<board::TableRow>> = rows.rows.values().cloned().collect();
+        TablePages::of_servers(vec![(rows, server.to_string())])
+    }
+
+    /// The families of several servers' rows, each family's series of every server
+    /// together (an exposition names a family once), told apart by `server`.
+    pub fn of_servers(boards: Vec<(Arc<Tables>, String)>) -> TablePages {
+        let fleet = boards.len() > 1;
+        let mut servers = Vec::with_capacity(boards.len());
+        let mut index_servers = Vec::with_capacity(boards.len());
+        let mut rows = Vec::new();
+        for (no, (tables, server)) in boards.iter().enumerate() {
+            let mut label = String::from(",server=\"");
+            escape_label(&mut label, server);
+            label.push('"');
+            index_servers.push(if fleet { label.clone() } else { String::new() });
+            label.push_str("} ");
+            servers.push(label);
+            rows.extend(tables.rows.values().map(|r| (r.clone(), no as u16)));
+        }
         let index_of = rows
             .iter()
             .enumerate()
-            .flat_map(|(t, r)| (0..r.indexes.len()).map(move |k| (t as u32, k as u32)))
+            .flat_map(|(t, (r, _))| (0..r.indexes.len()).map(move |k| (t as u32, k as u32)))
             .collect();
         TablePages {
             rows,
-            server: end,
+            servers,
+            index_servers,
             index_of,
             family: 0,
             next: 0,
@@ -1454,15 +1547,16 @@ impl Iterator for TablePages {
                 out.extend_from_slice(name.as_bytes());
                 let v = if index {
                     let (t, k) = self.index_of[self.next];
-                    let r = &self.rows[t as usize];
+                    let (r, server) = &self.rows[t as usize];
                     let i = &r.indexes[k as usize];
                     out.extend_from_slice(r.labels.as_bytes());
+                    out.extend_from_slice(self.index_servers[*server as usize].as_bytes());
                     out.extend_from_slice(i.labels.as_bytes());
                     i.values.get(col)
                 } else {
-                    let r = &self.rows[self.next];
+                    let (r, server) = &self.rows[self.next];
                     out.extend_from_slice(r.labels.as_bytes());
-                    out.extend_from_slice(self.server.as_bytes());
+                    out.extend_from_slice(self.servers[*server as usize].as_bytes());
                     r.values.get(col)
                 };
                 push_value_bytes(&mut out, v.copied().unwrap_or(f64::NAN));

@@ -114,6 +114,13 @@ pub trait Source {
     fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
         None
     }
+    /// What the source's look at the server's identity found to report (taken): a
+    /// `role_changed` event, or none for the first identity ever seen, with the identity
+    /// to store in the same spool transaction. Handed over before the cycle's events,
+    /// whether the cycle went on to succeed or not.
+    fn report(&self) -> Option<(Vec<Event>, crate::model::Checkpoint)> {
+        None
+    }
     /// Whether the source hands events over in the course of a cycle; it then gets its
     /// [`outbox::Outbox`] once, before the first cycle.
     fn wants_outbox(&self) -> bool {

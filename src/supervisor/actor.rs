@@ -61,8 +61,8 @@ pub struct Supervisor {
     /// process's life by name: a server removed and added again by reloads is under the
     /// cap its old sockets still count against.
     servers: BTreeMap<ServerNo, crate::db::Server>,
-    /// The board the metrics page shows.
-    metrics_board: Option<std::sync::Arc<crate::board::Board>>,
+    /// The boards the metrics page shows (every server's while `[metrics] database`).
+    page_boards: std::sync::Arc<crate::metrics::PageBoards>,
     /// What is known of each child (plain, see [`Slots`]).
     slots: Slots,
     /// The threads and addresses of the children that run.
@@ -92,7 +92,7 @@ impl Supervisor {
             spool: Route::default(),
             dbs: BTreeMap::new(),
             servers: BTreeMap::new(),
-            metrics_board: None,
+            page_boards: Default::default(),
             slots: Slots::new(RestartPolicy::default()),
             running: BTreeMap::new(),
             restart_timers: BTreeMap::new(),
@@ -117,7 +117,14 @@ impl Supervisor {
         let views = child::servers(config);
         for (no, view) in &views {
             if !self.servers.contains_key(no) {
-                self.servers.insert(*no, crate::db::Server::new()?);
+                let server = crate::db::Server::new()?;
+                // The identity last reported: a server replaced or promoted while the
+                // agent was down is reported at the first look.
+                let name = crate::sources::identity::checkpoint_name(view);
+                if let Some(id) = crate::sources::identity::stored(&view.agent.state_dir, &name) {
+                    server.facts().remember(id);
+                }
+                self.servers.insert(*no, server);
             }
             let same = self.dbs.contains_key(no)
                 && child::view_of(&self.config, *no).is_some_and(|v| v.database == view.database);
@@ -150,30 +157,40 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The first server's connections: whose facts the shippers' OTLP resource names
-    /// and whose board the metrics page shows.
+    /// The first server's connections: whose facts the shippers' OTLP resource names.
     fn first_db(&self) -> Option<&Db> {
         let (no, _) = child::servers(&self.config).into_iter().next()?;
         self.dbs.get(&no)
     }
 
-    /// Turns the board of readings on while the metrics page shows the database's
-    /// metrics (before the sources start, so their first cycle posts): the first
-    /// server's board; the others' stay off.
+    /// Turns each server's board of readings on while the metrics page shows the
+    /// database's metrics (before the sources start, so their first cycle posts), and
+    /// shows them: under `host:port` in the single-server form (postgres_exporter's
+    /// `server` label), under their names in the `[[servers]]` form.
     fn configure_board(&self) {
-        let first = self.first_db().map(|db| db.server().board().clone());
+        let wanted = self.config.metrics.database_readings();
+        let mut shown = Vec::new();
         for (no, view) in child::servers(&self.config) {
             let Some(db) = self.dbs.get(&no) else {
                 continue;
             };
             let board = db.server().board();
             let d = &view.database;
-            board.set_label(format!("{}:{}", d.host, d.port));
-            let shown = first
-                .as_ref()
-                .is_some_and(|f| std::sync::Arc::ptr_eq(f, board));
-            board.set_wanted(shown && self.config.metrics.database_readings());
+            let label = match no.name() {
+                Some(name) => name.to_string(),
+                None => format!("{}:{}", d.host, d.port),
+            };
+            board.set_label(label.clone());
+            board.set_wanted(wanted);
+            shown.push((label, board.clone()));
         }
+        // A removed server's board posts nothing more.
+        for (no, server) in &self.servers {
+            if !self.dbs.contains_key(no) {
+                server.board().set_wanted(false);
+            }
+        }
+        self.page_boards.set(shown);
     }
 
     /// Serves `[metrics] listen`: starts, moves or stops the endpoint to match the
@@ -182,13 +199,8 @@ impl Supervisor {
     fn ensure_metrics(&mut self, ctx: &mut Context<Self>) {
         self.configure_board();
         let want = self.config.metrics.listen;
-        let board = self.first_db().map(|db| db.server().board().clone());
-        let same_board = match (&board, &self.metrics_board) {
-            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
-            _ => false,
-        };
         if let Some(m) = &self.metrics {
-            if Some(m.addr) == want && same_board {
+            if Some(m.addr) == want {
                 return;
             }
             if let Some(m) = self.metrics.take() {
@@ -200,12 +212,10 @@ impl Supervisor {
             self.metrics_error = None;
             return;
         };
-        let board = board.unwrap_or_default();
-        self.metrics_board = Some(board.clone());
         match crate::metrics::MetricsServer::start(
             addr,
             ctx.address().recipient(),
-            board,
+            self.page_boards.clone(),
             &self.log,
         ) {
             Ok(m) => {
@@ -345,20 +355,33 @@ impl Supervisor {
             config_fingerprint: self.config.fingerprint(),
             last_reload: self.last_reload.clone(),
             metrics: match (&self.metrics, &self.metrics_error) {
-                (Some(m), _) => Some(
-                    match self
-                        .metrics_board
-                        .as_ref()
-                        .and_then(|b| b.describe(SystemTime::now()))
-                    {
-                        Some(page) => format!("serving http://{}/metrics; {page}", m.addr),
-                        None => format!("serving http://{}/metrics", m.addr),
-                    },
-                ),
+                (Some(m), _) => Some(self.describe_page(m.addr)),
                 (None, Some(e)) => Some(e.clone()),
                 (None, None) => None,
             },
             children,
+        }
+    }
+
+    /// What the metrics page serves: each server's readings, how many and how old.
+    fn describe_page(&self, addr: std::net::SocketAddr) -> String {
+        let now = SystemTime::now();
+        let boards = self.page_boards.wanted();
+        let fleet = self.config.servers.iter().any(|s| s.name.is_some());
+        let said: Vec<String> = boards
+            .iter()
+            .filter_map(|(name, b)| {
+                let page = b.describe(now)?;
+                Some(if fleet {
+                    format!("{name}: {page}")
+                } else {
+                    page
+                })
+            })
+            .collect();
+        match said.is_empty() {
+            true => format!("serving http://{addr}/metrics"),
+            false => format!("serving http://{addr}/metrics; {}", said.join("; ")),
         }
     }
 

@@ -286,3 +286,84 @@ fn bounded_labels_fall_back_to_other_and_none() {
     assert_eq!(bounded(None, WAIT_EVENT_TYPES, "none"), "none");
     assert_eq!(bounded(Some(""), STATES, "other"), "other");
 }
+
+#[test]
+fn several_servers_tables_are_one_family_each_told_apart_by_server() {
+    let one = |name: &str| Tables {
+        rows: [table(1, 7, name)].into_iter().collect(),
+    };
+    let text = String::from_utf8(
+        TablePages::of_servers(vec![
+            (Arc::new(one("t7")), "alpha".into()),
+            (Arc::new(one("t7")), "beta".into()),
+        ])
+        .collect::<Vec<_>>()
+        .concat(),
+    )
+    .expect("UTF-8");
+    let (_, name, ty, _) = TABLE_FAMILIES[0];
+    assert_eq!(
+        text.matches(&format!("# TYPE {name} {}\n", ty.name()))
+            .count(),
+        1
+    );
+    for server in ["alpha", "beta"] {
+        let series = format!(
+            "{name}{{datname=\"db1\",relname=\"t7\",schemaname=\"public\",server=\"{server}\"}} "
+        );
+        assert_eq!(text.matches(&series).count(), 1, "{series}");
+    }
+    // Index series carry the server too when several share the page (one server's
+    // are the exporter's, without it).
+    let (_, index, _, _) = INDEX_FAMILIES[0];
+    let series = format!(
+        "{index}{{datname=\"db1\",relname=\"t7\",schemaname=\"public\",server=\"beta\",indexrelname=\"t7_i0\"}} "
+    );
+    assert_eq!(text.matches(&series).count(), 1, "{series} in\n{text}");
+    let single = String::from_utf8(
+        TablePages::new(Arc::new(one("t7")), "h:1")
+            .collect::<Vec<_>>()
+            .concat(),
+    )
+    .expect("UTF-8");
+    assert!(single.contains(&format!(
+        "{index}{{datname=\"db1\",relname=\"t7\",schemaname=\"public\",indexrelname=\"t7_i0\"}} "
+    )));
+}
+
+#[test]
+fn several_servers_small_families_merge_with_each_series_labelled() {
+    let page = |up: f64, server: &str| {
+        let mut out = String::new();
+        let mut w = Writer::new(&mut out);
+        w.family("pg_up", "up", Type::Gauge);
+        w.sample("pg_up", &[], up);
+        w.family("pg_locks_count", "locks", Type::Gauge);
+        w.sample(
+            "pg_locks_count",
+            &[
+                ("datname", "a,server=\"x\""),
+                ("mode", "m"),
+                ("server", server),
+            ],
+            2.0,
+        );
+        w.sample("pg_locks_count", &[("datname", "b"), ("mode", "m")], 3.0);
+        out
+    };
+    let mut out = String::new();
+    merge_servers(
+        &[(page(1.0, "alpha"), "alpha"), (page(0.0, "beta"), "beta")],
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        "# HELP pg_up up\n# TYPE pg_up gauge\n\
+         pg_up{server=\"alpha\"} 1\npg_up{server=\"beta\"} 0\n\
+         # HELP pg_locks_count locks\n# TYPE pg_locks_count gauge\n\
+         pg_locks_count{datname=\"a,server=\\\"x\\\"\",mode=\"m\",server=\"alpha\"} 2\n\
+         pg_locks_count{server=\"alpha\",datname=\"b\",mode=\"m\"} 3\n\
+         pg_locks_count{datname=\"a,server=\\\"x\\\"\",mode=\"m\",server=\"beta\"} 2\n\
+         pg_locks_count{server=\"beta\",datname=\"b\",mode=\"m\"} 3\n"
+    );
+}

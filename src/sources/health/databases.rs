@@ -105,6 +105,8 @@ pub struct DatabasesSource {
     sized_at: Rc<Cell<Option<Instant>>>,
     /// The cluster and role the readings are of.
     identity: Rc<crate::sources::identity::Guard>,
+    /// The server, as its identity's report names it.
+    who: crate::sources::identity::Who,
 }
 
 impl DatabasesSource {
@@ -115,6 +117,7 @@ impl DatabasesSource {
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
             sized_at: Rc::new(Cell::new(None)),
             identity: Rc::default(),
+            who: crate::sources::identity::Who::of(config),
         }
     }
 }
@@ -192,6 +195,10 @@ fn post(board: &Board, rows: &[Row], sized: bool) {
 }
 
 impl Source for DatabasesSource {
+    fn report(&self) -> Option<(Vec<Event>, crate::model::Checkpoint)> {
+        self.identity.take_report()
+    }
+
     fn kind(&self) -> EventKind {
         EventKind::PgDatabases
     }
@@ -201,10 +208,11 @@ impl Source for DatabasesSource {
         let readings = self.readings.clone();
         let sized_at = self.sized_at.clone();
         let identity = self.identity.clone();
+        let who = self.who.clone();
         Box::pin(async move {
             let size = sized_at.get().is_none_or(|t| t.elapsed() >= SIZE_EVERY);
             let conn = db.get().await?;
-            let look = identity.look(&conn, db.server(), &host).await?;
+            let look = identity.look(&conn, db.server(), &who).await?;
             if look.stale {
                 readings.borrow_mut().retain(|_| false);
             }
@@ -241,7 +249,6 @@ impl Source for DatabasesSource {
                 );
             }
             readings.keep_only(&seen);
-            out.extend(look.event);
             Ok(out)
         })
     }

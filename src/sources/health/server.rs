@@ -130,6 +130,8 @@ pub struct ServerStatsSource {
     may_list_wal: Rc<Cell<Option<bool>>>,
     /// The cluster and role the readings are of.
     identity: Rc<crate::sources::identity::Guard>,
+    /// The server, as its identity's report names it.
+    who: crate::sources::identity::Who,
 }
 
 impl ServerStatsSource {
@@ -141,6 +143,7 @@ impl ServerStatsSource {
             readings: Rc::new(RefCell::new(Readings::new(NOT_COUNTERS))),
             may_list_wal: Rc::new(Cell::new(None)),
             identity: Rc::default(),
+            who: crate::sources::identity::Who::of(config),
         }
     }
 }
@@ -271,6 +274,10 @@ pub fn for_board(row: &Row, version_num: i32) -> board::ServerStats {
 }
 
 impl Source for ServerStatsSource {
+    fn report(&self) -> Option<(Vec<Event>, crate::model::Checkpoint)> {
+        self.identity.take_report()
+    }
+
     fn kind(&self) -> EventKind {
         EventKind::PgServerStats
     }
@@ -281,9 +288,10 @@ impl Source for ServerStatsSource {
         let readings = self.readings.clone();
         let may_list = self.may_list_wal.clone();
         let identity = self.identity.clone();
+        let who = self.who.clone();
         Box::pin(async move {
             let conn = db.get().await?;
-            let look = identity.look(&conn, db.server(), &host).await?;
+            let look = identity.look(&conn, db.server(), &who).await?;
             if look.stale {
                 readings.borrow_mut().retain(|_| false);
             }
@@ -294,7 +302,7 @@ impl Source for ServerStatsSource {
             }
             let (rows, _) = res?;
             let Some(row) = rows.into_iter().next() else {
-                return Ok(look.event.into_iter().collect());
+                return Ok(Vec::new());
             };
             let board = db.server().board();
             if board.wanted() {
@@ -308,10 +316,9 @@ impl Source for ServerStatsSource {
             let at = Utc::now();
             let stats = to_stats(row, &mut readings.borrow_mut(), Instant::now());
             let id = format!("pg_server_stats:{host}:{}", at.timestamp_micros());
-            let mut out = vec![Event::new(id, EventKind::PgServerStats, at, &stats)
-                .map_err(|e| CycleError::encode("server stats", e))?];
-            out.extend(look.event);
-            Ok(out)
+            let event = Event::new(id, EventKind::PgServerStats, at, &stats)
+                .map_err(|e| CycleError::encode("server stats", e))?;
+            Ok(vec![event])
         })
     }
 }

@@ -298,6 +298,8 @@ pub struct TablesSource {
     outbox: RefCell<Option<Outbox>>,
     /// The cluster and role the remembered tables are of.
     identity: Rc<crate::sources::identity::Guard>,
+    /// The server, as its identity's report names it.
+    who: crate::sources::identity::Who,
 }
 
 impl TablesSource {
@@ -317,6 +319,7 @@ impl TablesSource {
             state: Rc::new(RefCell::new(None)),
             outbox: RefCell::new(None),
             identity: Rc::default(),
+            who: crate::sources::identity::Who::of(config),
         }
     }
 }
@@ -603,6 +606,10 @@ async fn pass_database(
 }
 
 impl Source for TablesSource {
+    fn report(&self) -> Option<(Vec<Event>, crate::model::Checkpoint)> {
+        self.identity.take_report()
+    }
+
     fn kind(&self) -> EventKind {
         EventKind::PgTables
     }
@@ -642,6 +649,7 @@ impl Source for TablesSource {
         let state = self.state.clone();
         let user = self.user.clone();
         let identity = self.identity.clone();
+        let who = self.who.clone();
         Box::pin(async move {
             let started = Instant::now();
             let at = Utc::now();
@@ -653,11 +661,10 @@ impl Source for TablesSource {
             let mut events = Vec::new();
             {
                 let conn = db.get().await?;
-                let look = identity.look(&conn, db.server(), &host).await?;
+                let look = identity.look(&conn, db.server(), &who).await?;
                 if look.stale {
                     memory.borrow_mut().forget_all();
                 }
-                events.extend(look.event);
                 let rows = conn
                     .query(DATABASES_SQL, &[])
                     .await

@@ -40,6 +40,8 @@ pub struct StatementsSource {
     board_limit: usize,
     /// The cluster and role the baseline is of.
     identity: Rc<crate::sources::identity::Guard>,
+    /// The server, as its identity's report names it.
+    who: crate::sources::identity::Who,
 }
 
 impl StatementsSource {
@@ -58,11 +60,16 @@ impl StatementsSource {
             ))),
             board_limit: config.metrics.statements_limit as usize,
             identity: Rc::default(),
+            who: crate::sources::identity::Who::of(config),
         }
     }
 }
 
 impl Source for StatementsSource {
+    fn report(&self) -> Option<(Vec<Event>, crate::model::Checkpoint)> {
+        self.identity.take_report()
+    }
+
     fn kind(&self) -> EventKind {
         EventKind::PgStatements
     }
@@ -85,18 +92,17 @@ impl Source for StatementsSource {
             board_limit: self.board_limit,
         };
         let identity = self.identity.clone();
+        let who = self.who.clone();
         Box::pin(async move {
             let conn = db.get().await?;
-            let look = identity.look(&conn, db.server(), &cycle.host).await?;
+            let look = identity.look(&conn, db.server(), &who).await?;
             if let Some(id) = &look.now {
                 cycle
                     .tracker
                     .borrow_mut()
                     .on_cluster(&id.system_identifier, &id.role);
             }
-            let mut events = cycle.run(&db, &conn).await?;
-            events.extend(look.event);
-            Ok(events)
+            cycle.run(&db, &conn).await
         })
     }
 }

@@ -270,3 +270,44 @@ fn a_connection_that_never_starts_keeps_its_slot_until_the_server_side_ends() {
     assert_eq!(silent.open_max.lock().expect("open").1, 1);
     assert!(!agent.logs_named("db_connect_failed").is_empty());
 }
+
+#[test]
+fn every_servers_connections_together_stay_under_agent_max_connections() {
+    // Two servers that are the same cluster: its pg_stat_activity counts both at once.
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("pgagent-it");
+    let one = config(dir.path(), &pg, &listener.url(), 1)
+        .replace(
+            "shutdown_grace_s = 5\n",
+            "shutdown_grace_s = 5\nmax_connections = 2\n",
+        )
+        .replace("[database]\n", "[database]\npool_max_size = 3\n")
+        .replace(
+            "databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\n\
+             replication = false\nserver_stats = false\nsettings = false\n",
+            "databases_interval_s = 1\ntables = false\nvacuum_progress = false\n\
+             horizon = false\nreplication = false\nserver_stats_interval_s = 1\n\
+             settings_interval_s = 1\n",
+        );
+    let toml = format!("{one}[[servers]]\nname = \"one\"\n[[servers]]\nname = \"two\"\n");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+    let counter = Counter::start(&pg);
+    let of = |server: &str| {
+        listener
+            .events_of("pg_databases")
+            .iter()
+            .filter(|e| e["server"] == server)
+            .filter_map(|e| e["collected_at"].as_str().map(String::from))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    // Both servers' sources get connections (an idle one of the other server's gives
+    // its slot up), while the two never have more than two between them.
+    wait_for("both servers' cycles", Duration::from_secs(120), || {
+        (of("one") >= 5 && of("two") >= 5).then_some(())
+    });
+    counter.wait_samples(20);
+    assert!(counter.max() >= 1);
+    assert!(counter.max() <= 2, "{} agent backends", counter.max());
+}

@@ -132,7 +132,13 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// How long SIGTERM waits for the last flush before exiting anyway.
     pub shutdown_grace: Duration,
+    /// Every server's connections together, at most (each server's own cap,
+    /// `pool_max_size`, holds too).
+    pub max_connections: u32,
 }
+
+/// `agent.max_connections` by default: ten servers at the largest pool.
+pub const DEFAULT_MAX_CONNECTIONS: i64 = 50;
 
 /// How TLS is used towards the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,6 +201,7 @@ pub struct RawAgent {
     pub hostname: Field<String>,
     pub state_dir: Field<String>,
     pub shutdown_grace_s: Field<i64>,
+    pub max_connections: Field<i64>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

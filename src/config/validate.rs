@@ -367,11 +367,20 @@ fn agent(c: &mut Check, a: &RawAgent) -> AgentConfig {
         300,
         "",
     );
+    let max_connections = c.int(
+        "agent.max_connections",
+        &a.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        1,
+        1000,
+        " (every server's connections together)",
+    );
     AgentConfig {
         project_id,
         hostname,
         state_dir: PathBuf::from(state_dir),
         shutdown_grace: Duration::from_secs(grace as u64),
+        max_connections: max_connections as u32,
     }
 }
 

@@ -260,6 +260,15 @@ impl Server {
     /// A server's state, with a thread to drive its connections. Fails only when the
     /// system cannot start a thread.
     pub fn new() -> std::io::Result<Server> {
+        Server::make(cap::Cap::new(1))
+    }
+
+    /// [`Server::new`], its sockets counted under the process-wide cap `all` too.
+    pub fn under(all: &Arc<cap::Cap>) -> std::io::Result<Server> {
+        Server::make(cap::Cap::under(1, all.clone()))
+    }
+
+    fn make(cap: Arc<cap::Cap>) -> std::io::Result<Server> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -274,7 +283,7 @@ impl Server {
             })?;
         Ok(Server {
             inner: Arc::new(ServerInner {
-                cap: cap::Cap::new(1),
+                cap,
                 facts: Arc::default(),
                 board: Arc::default(),
                 drivers,
@@ -300,6 +309,12 @@ impl Server {
 
     fn drivers(&self) -> &tokio::runtime::Handle {
         &self.inner.drivers
+    }
+}
+
+impl cap::Reclaim for Inner {
+    fn close_idle(&self) -> bool {
+        self.take_idle().is_some()
     }
 }
 
@@ -354,6 +369,8 @@ impl Db {
             keep_if_held_under: cfg.statement_timeout,
             log: log.clone(),
         });
+        let pool: Arc<dyn cap::Reclaim> = inner.clone();
+        server.cap().register(Arc::downgrade(&pool));
         let weak = Arc::downgrade(&inner);
         server.drivers().spawn(async move {
             loop {
@@ -396,10 +413,16 @@ impl Db {
         self.inner.prune();
         let got = self
             .wait(|| {
-                self.inner
+                let cap = self.inner.server.cap();
+                let got = self
+                    .inner
                     .take_idle()
                     .map(Got::Idle)
-                    .or_else(|| self.inner.server.cap().try_take().map(Got::Slot))
+                    .or_else(|| cap.try_take().map(Got::Slot));
+                if got.is_none() {
+                    cap.reclaim();
+                }
+                got
             })
             .await?;
         let client = match got {
@@ -425,11 +448,15 @@ impl Db {
     pub async fn connect_to(&self, dbname: Option<&str>) -> Result<Conn, DbError> {
         let slot = self
             .wait(|| {
-                let slot = self.inner.server.cap().try_take();
+                let cap = self.inner.server.cap();
+                let slot = cap.try_take();
                 if slot.is_none() {
                     // An idle connection gives its slot to the new one (once its socket
-                    // is closed, which wakes this wait).
-                    drop(self.inner.take_idle());
+                    // is closed, which wakes this wait): this pool's, else another
+                    // server's when the process-wide cap is the one reached.
+                    if self.inner.take_idle().is_none() {
+                        cap.reclaim();
+                    }
                 }
                 slot
             })

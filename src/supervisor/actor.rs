@@ -61,6 +61,9 @@ pub struct Supervisor {
     /// process's life by name: a server removed and added again by reloads is under the
     /// cap its old sockets still count against.
     servers: BTreeMap<ServerNo, crate::db::Server>,
+    /// The cap on every server's connections together (`[agent] max_connections`),
+    /// for the process's life.
+    all_connections: std::sync::Arc<crate::db::cap::Cap>,
     /// The boards the metrics page shows (every server's while `[metrics] database`).
     page_boards: std::sync::Arc<crate::metrics::PageBoards>,
     /// What is known of each child (plain, see [`Slots`]).
@@ -92,6 +95,7 @@ impl Supervisor {
             spool: Route::default(),
             dbs: BTreeMap::new(),
             servers: BTreeMap::new(),
+            all_connections: crate::db::cap::Cap::new(config.agent.max_connections),
             page_boards: Default::default(),
             slots: Slots::new(RestartPolicy::default()),
             running: BTreeMap::new(),
@@ -114,10 +118,11 @@ impl Supervisor {
     /// new or whose `[database]` changed (the old one retired, its sockets still under
     /// the server's cap), none for a server removed.
     fn connect(&mut self, config: &Config) -> std::io::Result<()> {
+        self.all_connections.set_max(config.agent.max_connections);
         let views = child::servers(config);
         for (no, view) in &views {
             if !self.servers.contains_key(no) {
-                let server = crate::db::Server::new()?;
+                let server = crate::db::Server::under(&self.all_connections)?;
                 // The identity last reported: a server replaced or promoted while the
                 // agent was down is reported at the first look.
                 let name = crate::sources::identity::checkpoint_name(view);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::harness::agent::{Agent, TOKEN};
 use crate::harness::listener::Listener;
-use crate::harness::pg::PgCluster;
+use crate::harness::pg::{bin_of, PgCluster};
 use crate::harness::prometheus::{free_port, get, sample};
 use crate::harness::{shared_tempdir, wait_for};
 
@@ -192,6 +192,13 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
     );
     let beta_meanwhile = samples_of(&listener, "beta").len();
     signal_all(&pids, libc::SIGCONT);
+    // Alpha kept its schedule: no tick of it found its previous cycle still running.
+    let skipped: Vec<Value> = agent
+        .logs_named("collect_cycle_skipped")
+        .into_iter()
+        .filter(|r| r["child"] == "alpha/pg_activity")
+        .collect();
+    assert!(skipped.is_empty(), "{skipped:?}");
     // At most a sample beta read as it was stopped.
     assert!(
         beta_meanwhile <= stuck + 1,
@@ -297,4 +304,140 @@ fn check_and_once_go_through_every_server_under_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("postgres-agent: gone/pg_activity: "), "{err}");
     assert!(err.contains("postgres-agent: far/pg_activity: "), "{err}");
+}
+
+/// The deltas of `pg_databases` events of `server`: none may be negative.
+fn negative_deltas(listener: &Listener, server: &str) -> Vec<Value> {
+    listener
+        .events_of("pg_databases")
+        .into_iter()
+        .filter(|e| e["server"] == server)
+        .filter(|e| {
+            e["data"]["deltas"]
+                .as_object()
+                .is_some_and(|d| d.values().any(|v| v.as_f64().is_some_and(|x| x < 0.0)))
+        })
+        .collect()
+}
+
+#[test]
+fn one_agent_watches_several_versions_and_a_failover_pair_each_under_its_name() {
+    let dir = shared_tempdir("fleet-versions");
+    let v12 = PgCluster::start_with(&bin_of(12), "");
+    let v18 = PgCluster::start_with(&bin_of(18), "");
+    let primary = PgCluster::start("");
+    let standby = PgCluster::standby_of(&primary, "standby1");
+    wait_for("the standby streaming", Duration::from_secs(60), || {
+        (primary.sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1' AND state = 'streaming'",
+        ) == "1")
+            .then_some(())
+    });
+    let listener = Listener::start(TOKEN);
+    let toml = fleet_config(
+        dir.path(),
+        &listener,
+        &[
+            ("v12", &v12, ""),
+            ("v18", &v18, ""),
+            ("primary", &primary, ""),
+            ("standby", &standby, ""),
+        ],
+    )
+    .replace(
+        "databases = false\n",
+        "databases_interval_s = 1\nserver_stats_interval_s = 1\n",
+    )
+    .replace("server_stats = false\n", "");
+    let _agent = Agent::start(dir.path(), &toml, &[]);
+
+    // Each server's identity, its version's: four clusters, one name each.
+    let identities = wait_for("every server's identity", Duration::from_secs(60), || {
+        let mut by: std::collections::BTreeMap<String, Value> = Default::default();
+        for e in listener.events_of("pg_server_stats") {
+            if let Some(s) = e["server"].as_str() {
+                by.insert(s.to_string(), e["data"]["identity"].clone());
+            }
+        }
+        (by.len() == 4).then_some(by)
+    });
+    assert!(identities["v12"]["version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("12.")));
+    assert!(identities["v18"]["version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("18.")));
+    assert_eq!(identities["primary"]["role"], "primary");
+    assert_eq!(identities["standby"]["role"], "standby");
+    assert_eq!(
+        identities["primary"]["system_identifier"],
+        identities["standby"]["system_identifier"]
+    );
+    assert_ne!(
+        identities["v12"]["system_identifier"],
+        identities["v18"]["system_identifier"]
+    );
+
+    // A statement run on one server is seen under that server only.
+    let _marker = v18.session("marker_app", "SELECT pg_sleep(30) /* fleet-marker-v18 */");
+    let seen = wait_for("the marker statement", Duration::from_secs(60), || {
+        let with: Vec<Value> = listener
+            .events_of("pg_activity")
+            .into_iter()
+            .filter(|e| e.to_string().contains("fleet-marker-v18"))
+            .collect();
+        (!with.is_empty()).then_some(with)
+    });
+    assert!(seen.iter().all(|e| e["server"] == "v18"), "{seen:?}");
+
+    // Failover: the standby is promoted and the old primary stops.
+    standby.sql("SELECT pg_promote()");
+    let mut primary = primary;
+    primary.stop_server();
+    let role_changed = |l: &Listener| -> Vec<Value> {
+        l.events_of("agent")
+            .into_iter()
+            .filter(|e| e["data"]["event"] == "role_changed")
+            .collect()
+    };
+    let changed = wait_for("role_changed", Duration::from_secs(60), || {
+        role_changed(&listener).into_iter().next()
+    });
+    assert_eq!(changed["server"], "standby", "{changed}");
+    assert_eq!(changed["data"]["after"]["role"], "primary");
+    // Deltas of the promoted server go on, none negative, none across the change.
+    let at = changed["collected_at"].as_str().expect("time").to_string();
+    wait_for(
+        "the promoted server's deltas",
+        Duration::from_secs(60),
+        || {
+            listener
+                .events_of("pg_databases")
+                .iter()
+                .any(|e| {
+                    e["server"] == "standby"
+                        && e["collected_at"].as_str().is_some_and(|t| t > at.as_str())
+                        && e["data"]["deltas"].is_object()
+                })
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        role_changed(&listener).len(),
+        1,
+        "{:?}",
+        role_changed(&listener)
+    );
+    for server in ["v12", "v18", "primary", "standby"] {
+        let bad = negative_deltas(&listener, server);
+        assert!(bad.is_empty(), "{server}: {bad:?}");
+    }
+    // Every event once.
+    let ids: Vec<String> = listener
+        .accepted_events()
+        .into_iter()
+        .filter_map(|(_, e)| e["id"].as_str().map(String::from))
+        .collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "an event id twice");
 }

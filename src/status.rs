@@ -193,11 +193,6 @@ impl StatusSnapshot {
                 _ => None,
             })
     }
-
-    /// The first log reader's figures (the single-server form has one at most).
-    pub fn log(&self) -> Option<&LogReaderStats> {
-        self.logs().next().map(|(_, d)| d)
-    }
 }
 
 /// Delivery, spool and log in a few lines: what an on-call reader looks for first.
@@ -263,9 +258,14 @@ fn summary(s: &StatusSnapshot) -> String {
             ));
         }
     }
-    if let Some(d) = s.log() {
+    for (id, d) in s.logs() {
+        // Each server's log in the `[[servers]]` form, under its name.
+        let label = match id.server().and_then(|n| n.name()) {
+            Some(name) => format!("log {name}:"),
+            None => "log:".to_string(),
+        };
         out.push_str(&format!(
-            "log:      {}; {} of {} bytes read ({} behind, reading {}/s), {} events, {} unparsed lines\n",
+            "{label:<9} {}; {} of {} bytes read ({} behind, reading {}/s), {} events, {} unparsed lines\n",
             d.source_state
                 .as_ref()
                 .map_or("starting".to_string(), |s| s.to_string()),

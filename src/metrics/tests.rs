@@ -382,3 +382,60 @@ fn requests_are_routed_by_method_and_path() {
     assert_eq!(route_of("POST", "/metrics"), Route::MethodNotAllowed);
     assert_eq!(route_of("DELETE", "/"), Route::MethodNotAllowed);
 }
+
+#[test]
+fn in_the_servers_form_every_series_names_its_server_and_every_family_is_named_once() {
+    let mut s = snapshot();
+    s.children.clear();
+    for (name, behind, class) in [("alpha", 5, "checkpoint"), ("beta", 9, "error")] {
+        let no = crate::model::ServerNo::of(name);
+        let mut log = LogReaderStats::default();
+        log.tail.bytes_behind = behind;
+        log.insights.note(class, Some("LOG"), None, None);
+        s.children.insert(
+            ChildId::LogReader(no),
+            child(ChildState::Running, 0, ChildDetail::LogReader(log)),
+        );
+        s.children.insert(
+            ChildId::Collector(no, crate::model::EventKind::PgActivity),
+            child(
+                ChildState::Running,
+                1,
+                ChildDetail::Collector(CollectorStats::default()),
+            ),
+        );
+    }
+    let text = render(&s).expect("render");
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let distinct: std::collections::BTreeSet<&str> = types.iter().copied().collect();
+    assert_eq!(types.len(), distinct.len(), "a family twice:\n{text}");
+    assert_eq!(
+        samples(&text, "postgres_agent_log_bytes_behind"),
+        [
+            "postgres_agent_log_bytes_behind{server=\"alpha\"} 5",
+            "postgres_agent_log_bytes_behind{server=\"beta\"} 9"
+        ]
+    );
+    assert_eq!(
+        samples(&text, "postgres_agent_child_restarts_total"),
+        [
+            "postgres_agent_child_restarts_total{child=\"pg_activity\",server=\"alpha\"} 1",
+            "postgres_agent_child_restarts_total{child=\"pg_activity\",server=\"beta\"} 1",
+            "postgres_agent_child_restarts_total{child=\"pg_log\",server=\"alpha\"} 0",
+            "postgres_agent_child_restarts_total{child=\"pg_log\",server=\"beta\"} 0",
+        ]
+    );
+    let messages = samples(&text, "postgres_agent_log_messages_total");
+    assert!(
+        messages
+            .iter()
+            .any(|l| l.contains("server=\"alpha\"") && l.contains("class=\"checkpoint\"")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|l| l.contains("server=\"beta\"") && l.contains("class=\"error\"")),
+        "{messages:?}"
+    );
+}

@@ -22,6 +22,7 @@ pub mod prefix;
 pub mod record;
 pub use crate::sql::redact;
 pub mod stderr;
+pub mod syslog;
 pub mod tail;
 #[cfg(test)]
 mod tail_model;

@@ -29,5 +29,6 @@ mod spool_files;
 mod sql_text;
 mod statements;
 mod supervision;
+mod syslog;
 mod system;
 mod tls;

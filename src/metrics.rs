@@ -107,6 +107,7 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
     children(&p, s)?;
     let events = sources(&p, s)?;
     log_reader(&p, s, &events)?;
+    receiver(&p, s)?;
     spool(&p, s)?;
     shippers(&p, s)?;
     process(&p)?;
@@ -118,18 +119,23 @@ pub fn render(s: &StatusSnapshot) -> prometheus::Result<String> {
     let mut text = String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
     // Each server's log in the `[[servers]]` form: one family each, its series
     // labelled with the server's name.
-    let named: Vec<(Option<&str>, &crate::model::LogReaderStats)> = s
+    // The syslog receiver's servers likewise.
+    let mut named: Vec<(Option<&str>, &crate::model::LogInsights)> = s
         .logs()
-        .map(|(id, d)| (id.server().and_then(|n| n.name()), d))
+        .map(|(id, d)| (id.server().and_then(|n| n.name()), &d.insights))
         .collect();
+    if let Some(r) = s.receiver() {
+        named.extend(r.insights.iter().map(|(name, i)| (Some(name.as_str()), i)));
+    }
     match named.as_slice() {
-        [(None, d)] => log_insights(&d.insights, &mut text),
+        [] => {}
+        [(None, i)] => log_insights(i, &mut text),
         several => {
             let pages: Vec<(String, &str)> = several
                 .iter()
-                .map(|(name, d)| {
+                .map(|(name, i)| {
                     let mut page = String::new();
-                    log_insights(&d.insights, &mut page);
+                    log_insights(i, &mut page);
                     (page, name.unwrap_or(""))
                 })
                 .collect();
@@ -318,6 +324,55 @@ fn log_reader(p: &Page, s: &StatusSnapshot, events: &IntCounterVec) -> prometheu
         waits.with_label_values(server).inc_by(d.spool_waits_total);
     }
 
+    Ok(())
+}
+
+/// The syslog receiver's figures.
+fn receiver(p: &Page, s: &StatusSnapshot) -> prometheus::Result<()> {
+    let Some(r) = s.receiver() else {
+        return Ok(());
+    };
+    p.counter(
+        "postgres_agent_syslog_messages_total",
+        "Syslog messages received (datagrams and framed TCP messages)",
+        r.messages_total,
+    )?;
+    p.counter(
+        "postgres_agent_syslog_bytes_total",
+        "Bytes of syslog messages received",
+        r.bytes_total,
+    )?;
+    let dropped = p.counter_vec(
+        "postgres_agent_syslog_dropped_total",
+        "Syslog messages not taken, by why: no header, no server's syslog_ident, over the size cap, dropped by the kernel at the UDP socket while the spool's intake was behind",
+        &["reason"],
+    )?;
+    for (reason, n) in [
+        ("unreadable", r.unreadable_total),
+        ("unrouted", r.unrouted_total),
+        ("oversize", r.oversize_total),
+        ("udp_socket", r.udp_dropped_total),
+    ] {
+        dropped.with_label_values(&[reason]).inc_by(n);
+    }
+    p.gauge(
+        "postgres_agent_syslog_connections",
+        "TCP connections of syslog senders open",
+        r.connections as f64,
+    )?;
+    p.gauge(
+        "postgres_agent_syslog_paused",
+        "1 while the receiver reads nothing, waiting for the spool",
+        flag(r.paused),
+    )?;
+    let events = p.counter_vec(
+        "postgres_agent_syslog_events_total",
+        "Events of a server's syslog messages in the spool",
+        &["server"],
+    )?;
+    for (name, d) in &r.servers {
+        events.with_label_values(&[name]).inc_by(d.events_total);
+    }
     Ok(())
 }
 

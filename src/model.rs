@@ -537,6 +537,60 @@ pub enum ChildDetail {
     Shipper(ShipperStats),
     /// The log reader's position and counters.
     LogReader(LogReaderStats),
+    /// The syslog receiver's counters.
+    Receiver(ReceiverStats),
+}
+
+/// The syslog receiver's counters (`[syslog] listen`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct ReceiverStats {
+    /// The address it listens on (TCP and UDP).
+    pub listen: String,
+    /// Syslog messages received (datagrams and framed TCP messages).
+    pub messages_total: u64,
+    /// Their bytes.
+    pub bytes_total: u64,
+    /// Messages without a syslog header (dropped).
+    pub unreadable_total: u64,
+    /// Messages of no configured server's `syslog_ident` / `syslog_host` (dropped).
+    pub unrouted_total: u64,
+    /// TCP messages over the size cap (skipped).
+    pub oversize_total: u64,
+    /// UDP datagrams the kernel dropped at the socket since the receiver started (its
+    /// buffer full: the sender outran the spool's intake).
+    pub udp_dropped_total: u64,
+    /// TCP connections open.
+    pub connections: usize,
+    /// TCP connections refused over the cap.
+    pub connections_refused_total: u64,
+    /// Reading waits for the spool.
+    pub paused: bool,
+    /// Events made, not yet in the spool.
+    pub pending_events: usize,
+    /// Events dropped before the spool took them.
+    pub dropped_events_total: u64,
+    /// Each server's part, by name.
+    pub servers: std::collections::BTreeMap<String, ReceiverServerStats>,
+    /// What each server's messages said, counted (for `/metrics`; not in status).
+    #[serde(skip)]
+    pub insights: std::collections::BTreeMap<String, LogInsights>,
+}
+
+/// One server's part of what the syslog receiver took.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct ReceiverServerStats {
+    /// Syslog messages routed to it (PostgreSQL's chunks).
+    pub messages_total: u64,
+    /// Events of its messages in the spool.
+    pub events_total: u64,
+    /// Messages put back together with chunks missing or cut at the cap.
+    pub incomplete_total: u64,
+    /// Messages of the agent's own sessions, left out.
+    pub own_events_skipped_total: u64,
+    /// Messages in progress (waiting for their next chunk).
+    pub pending_messages: usize,
+    /// The `log_line_prefix` its messages are read with.
+    pub prefix: String,
 }
 
 impl ChildDetail {
@@ -550,6 +604,7 @@ impl ChildDetail {
             ChildId::Shipper(_) => from_value(value).ok().map(ChildDetail::Shipper),
             ChildId::Collector(..) => from_value(value).ok().map(ChildDetail::Collector),
             ChildId::LogReader(_) => from_value(value).ok().map(ChildDetail::LogReader),
+            ChildId::Receiver => from_value(value).ok().map(ChildDetail::Receiver),
         }
     }
 }
@@ -992,6 +1047,8 @@ pub enum ChildId {
     Collector(ServerNo, EventKind),
     /// The server log's reader (`pg_log`) of one server.
     LogReader(ServerNo),
+    /// The syslog receiver (`[syslog] listen`), for every server whose log arrives so.
+    Receiver,
 }
 
 /// Where a child is in its life, as status and metrics show it.
@@ -1041,6 +1098,7 @@ impl ChildId {
                     .map(move |k| ChildId::Collector(server, k)),
             )
             .chain(std::iter::once(ChildId::LogReader(server)))
+            .chain(std::iter::once(ChildId::Receiver))
     }
 
     /// Every child of the single-server form, in start order.
@@ -1076,6 +1134,7 @@ impl ChildId {
             ChildId::Shipper(o) => o.naming().child,
             ChildId::Collector(_, k) => k.as_str(),
             ChildId::LogReader(_) => EventKind::PgLog.as_str(),
+            ChildId::Receiver => "syslog",
         }
     }
 
@@ -1089,7 +1148,10 @@ impl ChildId {
 
     /// A child that produces events (stopped first at shutdown).
     pub fn is_source(self) -> bool {
-        matches!(self, ChildId::Collector(..) | ChildId::LogReader(_))
+        matches!(
+            self,
+            ChildId::Collector(..) | ChildId::LogReader(_) | ChildId::Receiver
+        )
     }
 }
 

@@ -184,6 +184,14 @@ impl StatusSnapshot {
         }
     }
 
+    /// The syslog receiver's figures, when it runs.
+    pub fn receiver(&self) -> Option<&crate::model::ReceiverStats> {
+        match self.children.get(&ChildId::Receiver)?.detail.as_ref()? {
+            ChildDetail::Receiver(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// The log readers' figures, each with its child, as they reported them.
     pub fn logs(&self) -> impl Iterator<Item = (ChildId, &LogReaderStats)> {
         self.children
@@ -257,6 +265,24 @@ fn summary(s: &StatusSnapshot) -> String {
                 each.join(", ")
             ));
         }
+    }
+    if let Some(r) = s.receiver() {
+        let each: Vec<String> = r
+            .servers
+            .iter()
+            .map(|(name, d)| format!("{name} {} events", d.events_total))
+            .collect();
+        out.push_str(&format!(
+            "syslog:   {} on {}: {} messages ({} without a header, {} of no server), {} dropped at the socket{}; {}\n",
+            if r.paused { "PAUSED for the spool" } else { "receiving" },
+            r.listen,
+            r.messages_total,
+            r.unreadable_total,
+            r.unrouted_total,
+            r.udp_dropped_total,
+            if r.connections > 0 { format!(", {} TCP connections", r.connections) } else { String::new() },
+            each.join(", "),
+        ));
     }
     for (id, d) in s.logs() {
         // Each server's log in the `[[servers]]` form, under its name.

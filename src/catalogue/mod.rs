@@ -71,6 +71,22 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the metrics address could be bound after failing",
     ),
     e(
+        "syslog_listening",
+        "the syslog receiver (`[syslog] listen`) takes messages over TCP and UDP",
+    ),
+    e(
+        "syslog_listen_failed",
+        "the syslog address cannot be bound; the receiver is restarted after a backoff",
+    ),
+    e(
+        "syslog_prefix",
+        "the log_line_prefix a server's syslog messages are read with (asked of the server)",
+    ),
+    e(
+        "syslog_stream_unreadable",
+        "a TCP sender's stream is not syslog framing; its connection is closed",
+    ),
+    e(
         "metrics_stopped",
         "the endpoint was closed (a reload moved or removed it)",
     ),

@@ -59,7 +59,9 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
                 }
             }
             check_database(&mut r, &view).await;
-            if view.collection.logs {
+            if view.collection.logs && !view.logs.syslog_ident.is_empty() {
+                check_syslog(&mut r, &view).await;
+            } else if view.collection.logs {
                 check_log(&mut r, &view).await;
             }
         }
@@ -745,6 +747,83 @@ async fn check_plans(
 }
 
 /// The server log: found, readable, and its lines fit the prefix the parser will use.
+/// A server whose log arrives by syslog: the server sends it there, under the
+/// program name the agent routes by, numbered so its chunks can be joined.
+async fn check_syslog(r: &mut Report, config: &Config) {
+    let ident = &config.logs.syslog_ident;
+    let listen = config
+        .syslog
+        .listen
+        .map_or("(no [syslog] listen)".to_string(), |a| a.to_string());
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let Ok(server) = crate::db::Server::new() else {
+        return r.fail(
+            "log",
+            "cannot start the connection thread",
+            "free system resources (threads, memory) and run check again",
+        );
+    };
+    let db = crate::db::Db::new(&config.database, &server, 1, &log);
+    let settings = async {
+        let conn = db.connect_once().await.ok()?;
+        let rows = conn
+            .query(
+                "SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY($1)",
+                &[&vec![
+                    "log_destination",
+                    "syslog_ident",
+                    "syslog_sequence_numbers",
+                    "syslog_split_messages",
+                ]],
+            )
+            .await
+            .ok()?;
+        let map: std::collections::BTreeMap<String, String> =
+            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        Some(map)
+    }
+    .await;
+    let Some(s) = settings else {
+        return r.warn(
+            "log",
+            &format!("arrives by syslog on {listen} under {ident:?}; the server's log settings could not be read"),
+            "check the database line above",
+        );
+    };
+    let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("");
+    if !get("log_destination")
+        .split(',')
+        .any(|d| d.trim() == "syslog")
+    {
+        return r.fail(
+            "log",
+            &format!("log_destination is {:?}: the server sends nothing to syslog", get("log_destination")),
+            "ALTER SYSTEM SET log_destination = 'syslog' (or add it to the list) and reload the server",
+        );
+    }
+    if get("syslog_ident") != ident {
+        return r.fail(
+            "log",
+            &format!(
+                "the server's syslog_ident is {:?}, the agent takes {ident:?}",
+                get("syslog_ident")
+            ),
+            "set [logs] syslog_ident to the server's, or the server's to it",
+        );
+    }
+    if get("syslog_sequence_numbers") == "off" {
+        r.warn(
+            "log",
+            "syslog_sequence_numbers is off: a message's lines cannot be told from the next message's",
+            "ALTER SYSTEM SET syslog_sequence_numbers = on and reload the server",
+        );
+    }
+    r.ok(
+        "log",
+        &format!("arrives by syslog on {listen} under {ident:?} (log_destination includes syslog); relay it with rsyslog or syslog-ng"),
+    );
+}
+
 async fn check_log(r: &mut Report, config: &Config) {
     use crate::logs::plan::Saved;
     use crate::logs::plan::{plan, server_settings, Facts};

@@ -46,6 +46,16 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[otlp]`
     pub otlp: OtlpConfig,
+    /// `[syslog]`
+    pub syslog: SyslogConfig,
+}
+
+/// `[syslog]`: the receiver of server logs sent by syslog (opt-in).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SyslogConfig {
+    /// Where messages are received, TCP and UDP on the same port; `None` (an empty
+    /// `listen`) means off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// One server the agent watches: a `[[servers]]` entry, or the top-level sections of
@@ -263,6 +273,12 @@ pub struct LogsConfig {
     pub redact: crate::sql::redact::Redact,
     /// Where to start in a log never read before: `end` (default) or `beginning`.
     pub start_at: crate::base::StartAt,
+    /// The log arrives by syslog (`[syslog] listen`) under this program name
+    /// (PostgreSQL's `syslog_ident`) instead of being read from a file; empty: a file.
+    pub syslog_ident: String,
+    /// Only messages from this sending host (the syslog header's host name or the
+    /// peer's address) are this server's; empty: any host.
+    pub syslog_host: String,
 }
 
 /// Request body compression towards the listener.

@@ -130,6 +130,7 @@ pub struct RawConfig {
     pub breaker: RawBreaker,
     pub metrics: RawMetrics,
     pub otlp: RawOtlp,
+    pub syslog: RawSyslog,
     /// `[[servers]]`: each entry read on its own ([`RawServer`]) so that one malformed
     /// entry is one problem, not a file that cannot be read.
     #[serde(skip_serializing)]
@@ -304,6 +305,8 @@ pub struct RawCorrelation {
 #[allow(missing_docs)]
 pub struct RawLogs {
     pub path: Field<String>,
+    pub syslog_ident: Field<String>,
+    pub syslog_host: Field<String>,
     pub format: Field<String>,
     pub prefix: Field<String>,
     pub redact: Field<String>,
@@ -345,6 +348,16 @@ pub struct RawOtlp {
     pub batch_max_bytes: Field<i64>,
     pub retry_base_ms: Field<i64>,
     pub retry_max_ms: Field<i64>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `[syslog]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawSyslog {
+    pub listen: Field<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::raw::{
     Field, RawAgent, RawBreaker, RawBuffer, RawCollection, RawConfig, RawCorrelation, RawDatabase,
-    RawListener, RawLogs, RawMetrics, RawOtlp, Unknown,
+    RawListener, RawLogs, RawMetrics, RawOtlp, RawSyslog, Unknown,
 };
 use super::*;
 use crate::base::Format;
@@ -195,7 +195,9 @@ pub fn validate_settled(raw: RawConfig) -> (Result<Config, Vec<ConfigProblem>>, 
         breaker: breaker(&mut c, &raw.breaker),
         metrics: metrics(&mut c, &raw.metrics),
         otlp: otlp(&mut c, &raw.otlp),
+        syslog: syslog(&mut c, &raw.syslog),
     };
+    syslog_routes(&mut c, &config);
     if config.outputs().is_empty() {
         c.problem(
             "listener.url",
@@ -280,7 +282,7 @@ fn servers(c: &mut Check, raw: &RawConfig, agent: &AgentConfig) -> Vec<ServerCon
             // metrics are off for it, its log read only from a path given for it.
             collection.system = false;
             c.settle("collection.system", &false, false);
-            if logs.path.is_empty() {
+            if logs.path.is_empty() && logs.syslog_ident.is_empty() {
                 collection.logs = false;
                 c.settle("collection.logs", &false, false);
             }
@@ -690,6 +692,66 @@ fn logs(c: &mut Check, l: &RawLogs) -> LogsConfig {
             &l.start_at,
             &[("end", StartAt::End), ("beginning", StartAt::Beginning)],
         ),
+        syslog_ident: c.value("logs.syslog_ident", &l.syslog_ident, String::new()),
+        syslog_host: c.value("logs.syslog_host", &l.syslog_host, String::new()),
+    }
+}
+
+/// `[syslog]`.
+fn syslog(c: &mut Check, s: &RawSyslog) -> SyslogConfig {
+    c.unknown("syslog", &s.unknown);
+    let listen = c.value("syslog.listen", &s.listen, String::new());
+    let listen = listen.trim();
+    if listen.is_empty() {
+        return SyslogConfig { listen: None };
+    }
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => SyslogConfig { listen: Some(a) },
+        _ => {
+            c.problem(
+                "syslog.listen",
+                "expected an IP address and a port other than 0, e.g. 127.0.0.1:5514 or 0.0.0.0:5514 (empty: off)",
+            );
+            SyslogConfig { listen: None }
+        }
+    }
+}
+
+/// Each server whose log arrives by syslog is told apart from the others, and there is
+/// a receiver for it.
+fn syslog_routes(c: &mut Check, config: &Config) {
+    let by_syslog: Vec<&ServerConfig> = config
+        .servers
+        .iter()
+        .filter(|s| !s.logs.syslog_ident.is_empty())
+        .collect();
+    let key = |s: &ServerConfig| match &s.name {
+        Some(name) => format!("servers.{name}.logs.syslog_ident"),
+        None => "logs.syslog_ident".to_string(),
+    };
+    for (i, s) in by_syslog.iter().enumerate() {
+        if config.syslog.listen.is_none() && s.collection.logs {
+            c.problem(
+                &key(s),
+                "set, but [syslog] listen is empty: nothing would receive this server's log",
+            );
+        }
+        let clash = by_syslog[..i].iter().find(|o| {
+            o.logs.syslog_ident == s.logs.syslog_ident
+                && (o.logs.syslog_host.is_empty()
+                    || s.logs.syslog_host.is_empty()
+                    || o.logs.syslog_host == s.logs.syslog_host)
+        });
+        if let Some(o) = clash {
+            c.problem(
+                &key(s),
+                format!(
+                    "{:?} is also server {}'s: set syslog_host on both (the sending host) or give each server its own syslog_ident",
+                    s.logs.syslog_ident,
+                    o.name.as_deref().unwrap_or("?"),
+                ),
+            );
+        }
     }
 }
 

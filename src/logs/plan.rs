@@ -356,6 +356,8 @@ mod tests {
             prefix: String::new(),
             redact: Redact::None,
             start_at: StartAt::End,
+            syslog_ident: String::new(),
+            syslog_host: String::new(),
         }
     }
 

@@ -258,7 +258,19 @@ impl Supervisor {
         };
         let generation = self.slots.started(id, Instant::now(), Utc::now());
         let me = ctx.address().recipient();
-        let running = child::spawn(id, generation, &config, &db, &self.spool, me, &self.log);
+        // The syslog receiver serves every server: each one's view and connections.
+        let every_server = match id {
+            ChildId::Receiver => child::servers(&self.config)
+                .into_iter()
+                .filter_map(|(no, v)| Some((v, self.dbs.get(&no)?.clone())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let conns = child::Conns {
+            own: db,
+            every_server,
+        };
+        let running = child::spawn(id, generation, &config, conns, &self.spool, me, &self.log);
         if let ChildAddr::Spool(a) = &running.addr {
             self.spool.set(Some(a.clone()));
         }

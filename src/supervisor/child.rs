@@ -10,6 +10,7 @@ use crate::collector::CollectorActor;
 use crate::config::Config;
 use crate::db::Db;
 use crate::logs::actor::LogReader;
+use crate::logs::syslog::receiver::Receiver;
 use crate::model::{
     ChildExited, ChildId, ExitGuard, FinishUp, Flush, Health, Ping, Route, ServerNo,
 };
@@ -28,6 +29,8 @@ pub enum ChildAddr {
     Collector(Addr<CollectorActor>),
     /// The log reader.
     LogReader(Addr<LogReader>),
+    /// The syslog receiver.
+    Receiver(Addr<Receiver>),
 }
 
 type PingFuture = Pin<Box<dyn Future<Output = Result<Health, MailboxError>>>>;
@@ -40,6 +43,7 @@ impl ChildAddr {
             ChildAddr::Shipper(a) => Box::pin(a.send(Ping)),
             ChildAddr::Collector(a) => Box::pin(a.send(Ping)),
             ChildAddr::LogReader(a) => Box::pin(a.send(Ping)),
+            ChildAddr::Receiver(a) => Box::pin(a.send(Ping)),
         }
     }
 
@@ -99,11 +103,36 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
                 .into_iter()
                 .map(|(k, _)| ChildId::Collector(no, k)),
         );
-        if view.collection.logs {
+        if view.collection.logs && view.logs.syslog_ident.is_empty() {
             v.push(ChildId::LogReader(no));
         }
     }
+    if config.syslog.listen.is_some() && !syslog_routes(config).is_empty() {
+        v.push(ChildId::Receiver);
+    }
     v
+}
+
+/// What the syslog receiver is built from, per server whose log arrives by syslog: its
+/// name, log settings, connection settings (the prefix is asked of it), role (its own
+/// sessions are left out), correlation pattern and ids.
+fn syslog_routes(config: &Config) -> Vec<String> {
+    servers(config)
+        .into_iter()
+        .filter(|(_, v)| v.collection.logs && !v.logs.syslog_ident.is_empty())
+        .map(|(_, v)| {
+            format!(
+                "{:?}",
+                (
+                    v.server_name(),
+                    v.id_host(),
+                    &v.logs,
+                    &v.database,
+                    v.correlation.application_name_pattern.as_str()
+                )
+            )
+        })
+        .collect()
 }
 
 /// True when the settings `id` is built from differ between `old` and `new`.
@@ -131,6 +160,11 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
                 || old.database != new.database
                 || collection_seen_by(kind, &old) != collection_seen_by(kind, &new)
                 || old.correlation != new.correlation
+        }
+        ChildId::Receiver => {
+            old.syslog != new.syslog
+                || old.agent.state_dir != new.agent.state_dir
+                || syslog_routes(old) != syslog_routes(new)
         }
         // The log reader reads none of `[collection]` (its switch is in `desired`).
         ChildId::LogReader(no) => {
@@ -168,6 +202,14 @@ fn collection_seen_by(
     (own, c)
 }
 
+/// The connections a child is built with.
+pub struct Conns {
+    /// Its server's (the first server's for the spool and the shippers).
+    pub own: Db,
+    /// Every server's view and connections (the syslog receiver's; empty for others).
+    pub every_server: Vec<(Config, Db)>,
+}
+
 /// Starts incarnation `generation` of `id` on a new arbiter: a server's child with
 /// that server's view of the configuration and its connections, the spool and the
 /// shippers with the whole configuration (`db`: the first server's, whose facts the
@@ -176,11 +218,16 @@ pub fn spawn(
     id: ChildId,
     generation: u64,
     config: &Config,
-    db: &Db,
+    dbs: Conns,
     spool: &Route<SpoolActor>,
     supervisor: Recipient<ChildExited>,
     log: &Logger,
 ) -> Running {
+    let Conns {
+        own: db,
+        every_server,
+    } = dbs;
+    let db = &db;
     let arbiter = Arbiter::new();
     // The thread takes the child's name, so `top -H` and `/proc/<pid>/task/*/comm` say
     // which child uses the CPU (arbiters are otherwise all "actix-rt|system:0|…").
@@ -223,6 +270,13 @@ pub fn spawn(
                     log,
                     guard,
                 )
+            }))
+        }
+        ChildId::Receiver => {
+            let config = config.clone();
+            let route = spool.clone();
+            ChildAddr::Receiver(Receiver::start_in_arbiter(&h, move |_| {
+                Receiver::new(&config, every_server, route, log, guard)
             }))
         }
         ChildId::LogReader(_) => {

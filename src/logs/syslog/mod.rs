@@ -6,4 +6,5 @@
 
 pub mod frame;
 pub mod header;
+pub mod receiver;
 pub mod rejoin;

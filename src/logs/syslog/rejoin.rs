@@ -41,7 +41,8 @@ pub struct Joined {
 /// `[SEQ-CHUNK] ` or `[SEQ] ` at the start of a message, and the text after it.
 pub fn marks(msg: &[u8]) -> (Option<u64>, Option<u32>, &[u8]) {
     let none = (None, None, msg);
-    let Some(rest) = msg.strip_prefix(b"[") else {
+    // Relays keep the space that follows a 3164 tag in front of the message.
+    let Some(rest) = msg.strip_prefix(b"[").or_else(|| msg.strip_prefix(b" [")) else {
         return none;
     };
     let Some(close) = rest.iter().take(32).position(|b| *b == b']') else {
@@ -128,6 +129,16 @@ impl Rejoin {
     /// Takes one syslog message; whole PostgreSQL messages go to `out`.
     pub fn push(&mut self, h: &Header<'_>, now: Instant, out: &mut Vec<Joined>) {
         let (seq, chunk, body) = marks(h.msg);
+        // rsyslog's default escaping writes the tab PostgreSQL puts at the start of a
+        // message's continuation lines as `#011`.
+        let unescaped;
+        let body = match body.strip_prefix(b"#011") {
+            Some(rest) => {
+                unescaped = [&b"\t"[..], rest].concat();
+                &unescaped[..]
+            }
+            None => body,
+        };
         let host = h.host.map(str::to_string);
         let whole = |seq, text: &[u8], incomplete| Joined {
             host: host.clone(),
@@ -295,9 +306,16 @@ mod tests {
     }
 
     #[test]
+    fn an_escaped_tab_at_a_line_s_start_is_a_tab() {
+        let got = join_all(&[(1, "[3-1] SELECT a".into()), (1, "[3-2] #011FROM t".into())]);
+        assert_eq!(got[0].text, b"SELECT a\n\tFROM t");
+    }
+
+    #[test]
     fn marks_are_read_and_anything_else_is_text() {
         assert_eq!(marks(b"[7-2] x"), (Some(7), Some(2), &b"x"[..]));
         assert_eq!(marks(b"[7] x"), (Some(7), None, &b"x"[..]));
+        assert_eq!(marks(b" [7-1] x"), (Some(7), Some(1), &b"x"[..]));
         assert_eq!(marks(b"[x] y"), (None, None, &b"[x] y"[..]));
         assert_eq!(marks(b"[-] y"), (None, None, &b"[-] y"[..]));
         assert_eq!(marks(b"[99999999999999999999999-1] y").0, None);

@@ -21,6 +21,9 @@ struct Incarnation {
     generation: u64,
     started: Instant,
     ping_pending: bool,
+    /// A ping found its mailbox closed: its own exit report (which says whether it
+    /// panicked) is on its way; a second closed mailbox takes it down without it.
+    closed_seen: bool,
 }
 
 /// Everything known about one child.
@@ -145,6 +148,7 @@ impl Slots {
             generation,
             started: now,
             ping_pending: false,
+            closed_seen: false,
         });
         if s.state != ChildState::Failed {
             s.state = ChildState::Starting;
@@ -240,6 +244,14 @@ impl Slots {
                     s.state = ChildState::Running;
                 }
                 s.health = Some(*h);
+                None
+            }
+            // The actor is gone, and its exit guard's report (panicked or stopped) is
+            // sent from its drop: that one names the cause. Only when it never comes
+            // (the next ping finds the mailbox closed again) is the child down as
+            // "stopped".
+            Pong::Closed if !r.closed_seen => {
+                r.closed_seen = true;
                 None
             }
             Pong::Closed => Some("stopped: mailbox closed".to_string()),
@@ -351,6 +363,16 @@ mod tests {
         assert_ne!(old, new);
         assert!(!slots.is_current(LOCKS, old));
         assert_eq!(slots.on_pong(LOCKS, old, Pong::Closed, t0 + s(2)), None);
+        // A closed mailbox waits one ping for the child's own exit report.
+        slots.pings_due();
+        assert_eq!(slots.on_pong(LOCKS, new, Pong::Closed, t0 + s(3)), None);
+        slots.pings_due();
+        assert_eq!(
+            slots
+                .on_pong(LOCKS, new, Pong::Closed, t0 + s(4))
+                .as_deref(),
+            Some("stopped: mailbox closed")
+        );
         slots.pings_due();
         assert_eq!(
             slots

@@ -20,22 +20,27 @@ use crate::harness::prometheus::free_port;
 use crate::harness::{is_root, shared_tempdir, wait_for};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+/// rsyslog's TLS driver (Debian's `rsyslog-gnutls`).
+const GTLS: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so";
 
 /// rsyslogd in the foreground, on `/dev/log`, relaying local0 over TCP and local1 over
-/// UDP to the agent's `port`; stopped (and `/dev/log` removed) on drop.
+/// UDP to the agent's `port`, local2 over TLS to `tls_port` (trusting `ca`); stopped
+/// (and `/dev/log` removed) on drop.
 struct Rsyslog(Child);
 
 impl Rsyslog {
-    fn start(dir: &Path, port: u16) -> Rsyslog {
+    fn start(dir: &Path, port: u16, tls_port: u16, ca: &Path) -> Rsyslog {
         let conf = dir.join("rsyslog.conf");
         std::fs::write(
             &conf,
             format!(
-                "global(workDirectory=\"{dir}\" parser.escapeControlCharactersOnReceive=\"off\")\n\
+                "global(workDirectory=\"{dir}\" parser.escapeControlCharactersOnReceive=\"off\" DefaultNetstreamDriverCAFile=\"{ca}\")\n\
                  module(load=\"imuxsock\" SysSock.Name=\"/dev/log\" SysSock.Unlink=\"on\" SysSock.RateLimit.Interval=\"0\")\n\
                  local0.* action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{port}\" protocol=\"tcp\" TCP_Framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\")\n\
-                 local1.* action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{port}\" protocol=\"udp\")\n",
+                 local1.* action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{port}\" protocol=\"udp\")\n\
+                 local2.* action(type=\"omfwd\" target=\"127.0.0.1\" port=\"{tls_port}\" protocol=\"tcp\" StreamDriver=\"gtls\" StreamDriverMode=\"1\" StreamDriverAuthMode=\"x509/name\" StreamDriverPermittedPeers=\"localhost\" TCP_Framing=\"octet-counted\" template=\"RSYSLOG_SyslogProtocol23Format\")\n",
                 dir = dir.display(),
+                ca = ca.display(),
             ),
         )
         .expect("rsyslog.conf");
@@ -97,20 +102,31 @@ fn vm_hwm_kb(pid: i32) -> u64 {
 }
 
 #[test]
-fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
-    if !is_root() || !Path::new(RSYSLOGD).exists() || Path::new("/dev/log").exists() {
+fn postgres_logs_relayed_by_rsyslog_over_tcp_udp_and_tls_arrive_once_each_whole() {
+    if !is_root()
+        || !Path::new(RSYSLOGD).exists()
+        || !Path::new(GTLS).exists()
+        || Path::new("/dev/log").exists()
+    {
         eprintln!(
-            "skipped: needs root, {RSYSLOGD} (apt-get install rsyslog) and no other syslog daemon on /dev/log"
+            "skipped: needs root, {RSYSLOGD} and {GTLS} (apt-get install rsyslog rsyslog-gnutls) and no other syslog daemon on /dev/log"
         );
         return;
     }
     let dir = shared_tempdir("syslog");
-    let port = free_port();
+    let (port, tls_port) = (free_port(), free_port());
+    // The receiver's certificate for localhost, from a CA rsyslog trusts; its key
+    // private to its owner.
+    crate::tls::certificates(dir.path());
+    let key = dir.path().join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     // The servers first (their syslog(3) connects to /dev/log at each message until it
     // can), then the agent, then rsyslog (whose TCP forwarding gives up for 30 s when
     // the receiver is not there yet).
     let tcp = cluster("local0", "pg_tcp");
     let udp = cluster("local1", "pg_udp");
+    let tls = cluster("local2", "pg_tls");
     let listener = Listener::start(TOKEN);
     let mut toml = format!(
         "[agent]\nproject_id = \"it-project\"\nhostname = \"it-host\"\nstate_dir = \"{}\"\nshutdown_grace_s = 5\n\
@@ -118,15 +134,19 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
          [collection]\nactivity = false\nstatements = false\nlocks = false\nsystem = false\nsample_interval_ms = 0\n\
          databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\nreplication = false\nserver_stats = false\nsettings = false\n\
          [listener]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 2000\nretry_max_ms = 1000\n\
-         [syslog]\nlisten = \"127.0.0.1:{port}\"\n",
+         [syslog]\nlisten = \"127.0.0.1:{port}\"\nlisten_tls = \"127.0.0.1:{tls_port}\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n",
         dir.path().join("state").display(),
         listener.url(),
+        dir.path().join("server.crt").display(),
+        key.display(),
     );
     // A third server takes only the flood below (its own program name and prefix), so
     // the flood's figures are its own.
     for (name, pg, ident, extra) in [
         ("tcp", &tcp, "pg_tcp", ""),
         ("udp", &udp, "pg_udp", ""),
+        ("tls", &tls, "pg_tls", ""),
         (
             "flood",
             &udp,
@@ -144,16 +164,16 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
     let agent = Agent::start(dir.path(), &toml, &[]);
     agent.wait_log("syslog_listening", Duration::from_secs(30), |_| true);
     // The prefix each server says, before the markers.
-    wait_for("both prefixes asked", Duration::from_secs(30), || {
-        (agent.logs_named("syslog_prefix").len() == 2).then_some(())
+    wait_for("every prefix asked", Duration::from_secs(30), || {
+        (agent.logs_named("syslog_prefix").len() == 3).then_some(())
     });
-    let _rsyslog = Rsyslog::start(dir.path(), port);
+    let _rsyslog = Rsyslog::start(dir.path(), port, tls_port, &dir.path().join("ca.crt"));
 
     // Markers: short statements, a multi-line one, one over PostgreSQL's 900-byte
     // chunk, each from a session whose application_name carries a request id.
     let id = "0d8d4e7a-9f3c-4c8e-9a57-2f1b6a0e5c11";
     let long = format!("SELECT '{}' AS pad, 'long-marker-end'", "x ".repeat(1500));
-    for (server, pg) in [("tcp", &tcp), ("udp", &udp)] {
+    for (server, pg) in [("tcp", &tcp), ("udp", &udp), ("tls", &tls)] {
         // Each its own query (and log message).
         let mut statements: Vec<String> = (0..20)
             .map(|i| format!("SELECT 'marker-{server}-{i}'"))
@@ -173,7 +193,7 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
         );
     }
     wait_for("every marker", Duration::from_secs(60), || {
-        ["tcp", "udp"]
+        ["tcp", "udp", "tls"]
             .iter()
             .all(|s| {
                 count(&listener, s, &format!("marker-{s}-19'")) == 1
@@ -182,7 +202,7 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
             })
             .then_some(())
     });
-    for s in ["tcp", "udp"] {
+    for s in ["tcp", "udp", "tls"] {
         let other = if s == "tcp" { "udp" } else { "tcp" };
         for i in 0..20 {
             let marker = format!("marker-{s}-{i}'");
@@ -290,6 +310,26 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
     );
     assert_eq!(distinct.len(), shipped.len());
 
+    // A sender that does not speak TLS to the TLS port is refused and counted.
+    let before = agent.status()["children"]["syslog"]["detail"]["tls_handshake_failures_total"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", tls_port)).expect("connect");
+    std::io::Write::write_all(
+        &mut plain,
+        b"<13>Dec  5 10:00:00 h pg_tls[1]: [1] plaintext\n",
+    )
+    .expect("write");
+    wait_for(
+        "the plaintext sender refused",
+        Duration::from_secs(30),
+        || {
+            let d = &agent.status()["children"]["syslog"]["detail"];
+            (d["tls_handshake_failures_total"].as_u64()? > before).then_some(())
+        },
+    );
+    assert_eq!(count(&listener, "tls", "plaintext"), 0);
+
     // `check` says where each server's log comes from and that the server sends it.
     let out = Command::new(crate::harness::agent::bin())
         .args(["check", "-c"])
@@ -297,7 +337,7 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_and_udp_arrive_once_each_whole() {
         .output()
         .expect("check");
     let text = String::from_utf8_lossy(&out.stdout);
-    for s in ["tcp", "udp"] {
+    for s in ["tcp", "udp", "tls"] {
         let prefix = format!("ok    {s}/log ");
         assert!(
             text.lines()

@@ -22,7 +22,7 @@ fn openssl(args: &[&str], dir: &std::path::Path) {
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, cert PEM, key PEM).
-fn certificates(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+pub(crate) fn certificates(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     certificates_for(dir, "subjectAltName=IP:127.0.0.1,DNS:localhost")
 }
 

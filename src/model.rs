@@ -545,7 +545,11 @@ pub enum ChildDetail {
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct ReceiverStats {
     /// The address it listens on (TCP and UDP).
-    pub listen: String,
+    pub listen: Option<String>,
+    /// The address it listens on with TLS (TCP).
+    pub listen_tls: Option<String>,
+    /// TLS senders whose handshake failed (or did not finish in 10 s).
+    pub tls_handshake_failures_total: u64,
     /// Syslog messages received (datagrams and framed TCP messages).
     pub messages_total: u64,
     /// Their bytes.

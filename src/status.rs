@@ -267,6 +267,12 @@ fn summary(s: &StatusSnapshot) -> String {
         }
     }
     if let Some(r) = s.receiver() {
+        let at = match (&r.listen, &r.listen_tls) {
+            (Some(a), Some(t)) => format!("{a} and {t} (TLS)"),
+            (Some(a), None) => a.clone(),
+            (None, Some(t)) => format!("{t} (TLS)"),
+            (None, None) => "-".to_string(),
+        };
         let each: Vec<String> = r
             .servers
             .iter()
@@ -275,7 +281,7 @@ fn summary(s: &StatusSnapshot) -> String {
         out.push_str(&format!(
             "syslog:   {} on {}: {} messages ({} without a header, {} of no server), {} dropped at the socket{}; {}\n",
             if r.paused { "PAUSED for the spool" } else { "receiving" },
-            r.listen,
+            at,
             r.messages_total,
             r.unreadable_total,
             r.unrouted_total,

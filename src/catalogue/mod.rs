@@ -83,6 +83,10 @@ pub const LOG_EVENTS: &[LogEvent] = &[
         "the log_line_prefix a server's syslog messages are read with (asked of the server)",
     ),
     e(
+        "syslog_tls_refused",
+        "a TLS sender's handshake failed or did not finish; its connection is closed",
+    ),
+    e(
         "syslog_stream_unreadable",
         "a TCP sender's stream is not syslog framing; its connection is closed",
     ),

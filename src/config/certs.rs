@@ -32,6 +32,30 @@ pub fn read_client_cert(
     ),
     (&'static str, String),
 > {
+    read_cert_and_key(
+        cert,
+        key,
+        ("database.sslcert", "database.sslkey"),
+        "a client",
+    )
+}
+
+/// A certificate (with its chain) and its private key, for the keys `names` (what a
+/// problem is reported under) and the use `role` (`a client`, `a server`), held to
+/// libpq's rule for the key file.
+#[allow(clippy::type_complexity)]
+pub fn read_cert_and_key(
+    cert: &str,
+    key: &str,
+    names: (&'static str, &'static str),
+    role: &str,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    (&'static str, String),
+> {
     use rustls::pki_types::PrivateKeyDer;
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("{cert} cannot be read: {e}"))
@@ -43,8 +67,8 @@ pub fn read_client_cert(
             true => Err(format!("{cert} holds no certificate")),
             false => Ok(c),
         })
-        .map_err(|r| ("database.sslcert", r))?;
-    let problem = |r: String| ("database.sslkey", r);
+        .map_err(|r| (names.0, r))?;
+    let problem = |r: String| (names.1, r);
     key_file_private(key).map_err(problem)?;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         problem(match e {
@@ -64,8 +88,8 @@ pub fn read_client_cert(
                 "{key} is not the private key of the certificate in {cert}"
             )),
             rustls::Error::InvalidCertificate(e) => (
-                "database.sslcert",
-                format!("{cert} cannot be used as a client certificate: {e:?} (an X.509 v3 certificate is needed)"),
+                names.0,
+                format!("{cert} cannot be used as {role} certificate: {e:?} (an X.509 v3 certificate is needed)"),
             ),
             e => problem(format!("{key} cannot be used with {cert}: {e}")),
         },

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use certs::{read_client_cert, read_root_certs};
+pub use certs::{read_cert_and_key, read_client_cert, read_root_certs};
 pub use secret::{display_url, Secret};
 pub use validate::{default_pattern, is_this_host, validate};
 
@@ -56,6 +56,20 @@ pub struct SyslogConfig {
     /// Where messages are received, TCP and UDP on the same port; `None` (an empty
     /// `listen`) means off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Where messages are received over TLS (RFC 5425, TCP); `None`: nowhere.
+    pub listen_tls: Option<std::net::SocketAddr>,
+    /// The receiver's certificate (PEM, with its chain) and private key for
+    /// `listen_tls`: paths, read when the receiver starts (and checked at load).
+    pub tls_cert: String,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: String,
+}
+
+impl SyslogConfig {
+    /// The receiver has somewhere to listen.
+    pub fn on(&self) -> bool {
+        self.listen.is_some() || self.listen_tls.is_some()
+    }
 }
 
 /// One server the agent watches: a `[[servers]]` entry, or the top-level sections of

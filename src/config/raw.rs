@@ -358,6 +358,9 @@ pub struct RawOtlp {
 #[allow(missing_docs)]
 pub struct RawSyslog {
     pub listen: Field<String>,
+    pub listen_tls: Field<String>,
+    pub tls_cert: Field<String>,
+    pub tls_key: Field<String>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -568,3 +568,54 @@ fn this_host_is_a_socket_loopback_or_an_address_it_can_bind() {
     assert_eq!(is_this_host("192.0.2.1", 5432), Some(false));
     assert_eq!(is_this_host("no-such-host.invalid", 5432), None);
 }
+
+#[test]
+fn a_syslog_server_needs_a_receiver_an_own_ident_and_tls_its_certificate() {
+    let base = "[agent]\nproject_id = 'p'\n";
+    assert_eq!(
+        keys(&format!("{base}[logs]\nsyslog_ident = 'postgres'\n")),
+        ["logs.syslog_ident"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{base}[syslog]\nlisten = '127.0.0.1:5514'\n\
+             [[servers]]\nname = 'a'\n[servers.logs]\nsyslog_ident = 'pg'\n\
+             [[servers]]\nname = 'b'\n[servers.logs]\nsyslog_ident = 'pg'\n"
+        )),
+        ["servers.b.logs.syslog_ident"]
+    );
+    // Told apart by host: fine.
+    assert!(parse_str(&format!(
+        "{base}[syslog]\nlisten = '127.0.0.1:5514'\n\
+         [[servers]]\nname = 'a'\n[servers.logs]\nsyslog_ident = 'pg'\nsyslog_host = 'h1'\n\
+         [[servers]]\nname = 'b'\n[servers.logs]\nsyslog_ident = 'pg'\nsyslog_host = 'h2'\n"
+    ))
+    .is_ok());
+    assert_eq!(
+        keys(&format!("{base}[syslog]\nlisten_tls = '127.0.0.1:6514'\n")),
+        ["syslog.listen_tls"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{base}[syslog]\ntls_cert = '/x'\ntls_key = '/y'\n"
+        )),
+        ["syslog.tls_cert"]
+    );
+    assert_eq!(
+        keys(&format!(
+            "{base}[syslog]\nlisten_tls = '127.0.0.1:6514'\ntls_cert = '/nonexistent.crt'\ntls_key = '/nonexistent.key'\n"
+        )),
+        ["syslog.tls_cert"]
+    );
+    assert_eq!(
+        keys(&format!("{base}[syslog]\nlisten = 'nope'\n")),
+        ["syslog.listen"]
+    );
+    // A remote server whose log arrives by syslog keeps its log source on.
+    let c = parse_str(&format!(
+        "{base}[syslog]\nlisten = '127.0.0.1:5514'\n\
+         [[servers]]\nname = 'far'\n[servers.database]\nhost = '192.0.2.9'\n[servers.logs]\nsyslog_ident = 'pg'\n"
+    ))
+    .expect("valid");
+    assert!(c.servers[0].collection.logs && !c.servers[0].collection.system);
+}

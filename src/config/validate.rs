@@ -700,20 +700,58 @@ fn logs(c: &mut Check, l: &RawLogs) -> LogsConfig {
 /// `[syslog]`.
 fn syslog(c: &mut Check, s: &RawSyslog) -> SyslogConfig {
     c.unknown("syslog", &s.unknown);
-    let listen = c.value("syslog.listen", &s.listen, String::new());
-    let listen = listen.trim();
-    if listen.is_empty() {
-        return SyslogConfig { listen: None };
-    }
-    match listen.parse::<std::net::SocketAddr>() {
-        Ok(a) if a.port() != 0 => SyslogConfig { listen: Some(a) },
-        _ => {
-            c.problem(
-                "syslog.listen",
-                "expected an IP address and a port other than 0, e.g. 127.0.0.1:5514 or 0.0.0.0:5514 (empty: off)",
-            );
-            SyslogConfig { listen: None }
+    let address = |c: &mut Check, key: &str, field: &Field<String>, example: &str| {
+        let v = c.value(key, field, String::new());
+        let v = v.trim();
+        if v.is_empty() {
+            return None;
         }
+        match v.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            _ => {
+                c.problem(
+                    key,
+                    format!("expected an IP address and a port other than 0, e.g. {example} (empty: off)"),
+                );
+                None
+            }
+        }
+    };
+    let listen = address(
+        c,
+        "syslog.listen",
+        &s.listen,
+        "127.0.0.1:5514 or 0.0.0.0:5514",
+    );
+    let listen_tls = address(c, "syslog.listen_tls", &s.listen_tls, "0.0.0.0:6514");
+    let tls_cert = c.value("syslog.tls_cert", &s.tls_cert, String::new());
+    let tls_key = c.value("syslog.tls_key", &s.tls_key, String::new());
+    match (&listen_tls, tls_cert.is_empty() || tls_key.is_empty()) {
+        (Some(_), true) => c.problem(
+            "syslog.listen_tls",
+            "needs tls_cert and tls_key: the receiver's certificate and its private key (PEM)",
+        ),
+        (Some(_), false) => {
+            if let Err((key, reason)) = super::read_cert_and_key(
+                &tls_cert,
+                &tls_key,
+                ("syslog.tls_cert", "syslog.tls_key"),
+                "a server",
+            ) {
+                c.problem(key, reason);
+            }
+        }
+        (None, false) => c.problem(
+            "syslog.tls_cert",
+            "set, but listen_tls is empty: give the address the TLS receiver listens on",
+        ),
+        (None, true) => {}
+    }
+    SyslogConfig {
+        listen,
+        listen_tls,
+        tls_cert,
+        tls_key,
     }
 }
 
@@ -730,10 +768,10 @@ fn syslog_routes(c: &mut Check, config: &Config) {
         None => "logs.syslog_ident".to_string(),
     };
     for (i, s) in by_syslog.iter().enumerate() {
-        if config.syslog.listen.is_none() && s.collection.logs {
+        if !config.syslog.on() && s.collection.logs {
             c.problem(
                 &key(s),
-                "set, but [syslog] listen is empty: nothing would receive this server's log",
+                "set, but [syslog] listen and listen_tls are empty: nothing would receive this server's log",
             );
         }
         let clash = by_syslog[..i].iter().find(|o| {

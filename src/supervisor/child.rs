@@ -107,7 +107,7 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
             v.push(ChildId::LogReader(no));
         }
     }
-    if config.syslog.listen.is_some() && !syslog_routes(config).is_empty() {
+    if config.syslog.on() && !syslog_routes(config).is_empty() {
         v.push(ChildId::Receiver);
     }
     v

@@ -39,6 +39,8 @@ const IDLE: Duration = Duration::from_secs(2);
 const PAUSE_BYTES: usize = 4 << 20;
 /// TCP connections at once.
 const MAX_CONNECTIONS: usize = 64;
+/// The longest a TLS sender may take to finish its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 /// How often the waiting events go to the spool and idle messages are finished.
 const TICK: Duration = Duration::from_millis(100);
 /// How often each server's `log_line_prefix` is asked again (when not configured).
@@ -90,11 +92,14 @@ struct Counters {
     unrouted: u64,
     oversize: u64,
     connections_refused: u64,
+    tls_failed: u64,
 }
 
 /// The receiver.
 pub struct Receiver {
-    listen: std::net::SocketAddr,
+    listen: Option<std::net::SocketAddr>,
+    listen_tls: Option<std::net::SocketAddr>,
+    tls_files: (String, String),
     routes: Rc<RefCell<Vec<ServerRoute>>>,
     shared: Rc<Shared>,
     handoff: Handoff,
@@ -156,10 +161,12 @@ impl Receiver {
             })
             .collect();
         Receiver {
-            listen: config
-                .syslog
-                .listen
-                .unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            listen: config.syslog.listen,
+            listen_tls: config.syslog.listen_tls,
+            tls_files: (
+                config.syslog.tls_cert.clone(),
+                config.syslog.tls_key.clone(),
+            ),
             routes: Rc::new(RefCell::new(routes)),
             shared: Rc::default(),
             handoff: Handoff::new(spool, log.clone(), "pg_log", &config.id_host(), 16 << 20),
@@ -174,19 +181,37 @@ impl Receiver {
         }
     }
 
-    fn bind(&mut self, ctx: &mut Context<Self>) -> std::io::Result<()> {
-        let udp = std::net::UdpSocket::bind(self.listen)?;
-        udp.set_nonblocking(true)?;
-        let tcp = std::net::TcpListener::bind(self.listen)?;
-        tcp.set_nonblocking(true)?;
-        self.udp_inode = socket_inode(&udp);
-        self.udp_drops_at_start = self.udp_inode.and_then(udp_drops);
-        let udp = tokio::net::UdpSocket::from_std(udp)?;
-        let tcp = tokio::net::TcpListener::from_std(tcp)?;
-        let (routes, shared) = (self.routes.clone(), self.shared.clone());
-        ctx.spawn(read_udp(udp, routes, shared).into_actor(self));
-        let (routes, shared) = (self.routes.clone(), self.shared.clone());
-        ctx.spawn(accept_tcp(tcp, routes, shared, self.log.clone()).into_actor(self));
+    /// Binds `listen` (UDP and TCP) and `listen_tls` (TCP with TLS); the reason, naming
+    /// the address and key, when one cannot be.
+    fn bind(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+        if let Some(addr) = self.listen {
+            let bound = |e: std::io::Error| format!("cannot listen on {addr} (syslog.listen): {e}");
+            let udp = std::net::UdpSocket::bind(addr).map_err(bound)?;
+            udp.set_nonblocking(true).map_err(bound)?;
+            let tcp = std::net::TcpListener::bind(addr).map_err(bound)?;
+            tcp.set_nonblocking(true).map_err(bound)?;
+            self.udp_inode = socket_inode(&udp);
+            self.udp_drops_at_start = self.udp_inode.and_then(udp_drops);
+            let udp = tokio::net::UdpSocket::from_std(udp).map_err(bound)?;
+            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(bound)?;
+            let (routes, shared) = (self.routes.clone(), self.shared.clone());
+            ctx.spawn(read_udp(udp, routes, shared).into_actor(self));
+            let (routes, shared) = (self.routes.clone(), self.shared.clone());
+            ctx.spawn(accept_tcp(tcp, None, routes, shared, self.log.clone()).into_actor(self));
+        }
+        if let Some(addr) = self.listen_tls {
+            let (cert, key) = &self.tls_files;
+            let acceptor = tls_acceptor(cert, key)?;
+            let bound =
+                |e: std::io::Error| format!("cannot listen on {addr} (syslog.listen_tls): {e}");
+            let tcp = std::net::TcpListener::bind(addr).map_err(bound)?;
+            tcp.set_nonblocking(true).map_err(bound)?;
+            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(bound)?;
+            let (routes, shared) = (self.routes.clone(), self.shared.clone());
+            ctx.spawn(
+                accept_tcp(tcp, Some(acceptor), routes, shared, self.log.clone()).into_actor(self),
+            );
+        }
         Ok(())
     }
 
@@ -294,7 +319,9 @@ impl Receiver {
             _ => 0,
         };
         ReceiverStats {
-            listen: self.listen.to_string(),
+            listen: self.listen.map(|a| a.to_string()),
+            listen_tls: self.listen_tls.map(|a| a.to_string()),
+            tls_handshake_failures_total: c.tls_failed,
             messages_total: c.messages,
             bytes_total: c.bytes,
             unreadable_total: c.unreadable,
@@ -333,15 +360,15 @@ impl Actor for Receiver {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Err(e) = self.bind(ctx) {
-            let why = format!("cannot listen on {} (syslog.listen): {e}", self.listen);
+        if let Err(why) = self.bind(ctx) {
             slog::error!(self.log, "syslog_listen_failed"; "error" => &why);
             self.last_error = Some(why);
             // Stopped: the supervisor restarts it with its backoff and says why.
             ctx.stop();
             return;
         }
-        info!(self.log, "syslog_listening"; "addr" => %self.listen,
+        info!(self.log, "syslog_listening"; "addr" => self.listen.map(|a| a.to_string()),
+              "tls_addr" => self.listen_tls.map(|a| a.to_string()),
               "servers" => self.routes.borrow().len());
         self.ask_prefixes(ctx);
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
@@ -497,6 +524,7 @@ async fn read_udp(
 
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     routes: Rc<RefCell<Vec<ServerRoute>>>,
     shared: Rc<Shared>,
     log: Logger,
@@ -512,16 +540,53 @@ async fn accept_tcp(
             continue;
         }
         shared.connections.set(shared.connections.get() + 1);
-        let (routes, shared, log) = (routes.clone(), shared.clone(), log.clone());
+        let (routes, shared, log, tls) = (routes.clone(), shared.clone(), log.clone(), tls.clone());
         actix::spawn(async move {
-            read_tcp(stream, peer.ip(), &routes, &shared, &log).await;
+            match tls {
+                None => read_tcp(stream, peer.ip(), &routes, &shared, &log).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => read_tcp(s, peer.ip(), &routes, &shared, &log).await,
+                        Ok(Err(e)) => {
+                            shared.counters.borrow_mut().tls_failed += 1;
+                            warn!(log, "syslog_tls_refused"; "peer" => %peer, "error" => %e);
+                        }
+                        Err(_) => {
+                            shared.counters.borrow_mut().tls_failed += 1;
+                            warn!(log, "syslog_tls_refused"; "peer" => %peer,
+                                  "error" => "no TLS handshake within 10 s");
+                        }
+                    }
+                }
+            }
             shared.connections.set(shared.connections.get() - 1);
         });
     }
 }
 
-async fn read_tcp(
-    mut stream: tokio::net::TcpStream,
+/// The TLS side of `listen_tls`: the receiver's certificate and key (checked as the
+/// configuration was; read again here, at each start of the receiver, so a renewed
+/// certificate is taken by a reload).
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let (certs, key) = crate::config::read_cert_and_key(
+        cert,
+        key,
+        ("syslog.tls_cert", "syslog.tls_key"),
+        "a server",
+    )
+    .map_err(|(k, reason)| format!("{k}: {reason}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("syslog TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("syslog.tls_cert: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+async fn read_tcp<S: tokio::io::AsyncRead + Unpin>(
+    mut stream: S,
     peer: std::net::IpAddr,
     routes: &RefCell<Vec<ServerRoute>>,
     shared: &Shared,

@@ -565,8 +565,7 @@ async fn accept_tcp(
 }
 
 /// The TLS side of `listen_tls`: the receiver's certificate and key (checked as the
-/// configuration was; read again here, at each start of the receiver, so a renewed
-/// certificate is taken by a reload).
+/// configuration was; read again here, at each start of the receiver).
 fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
     let (certs, key) = crate::config::read_cert_and_key(
         cert,

@@ -229,7 +229,8 @@ fn each_server_ships_under_its_name_and_project_and_a_stopped_one_delays_no_othe
     let status = agent.status();
     let names = children(&status);
     assert!(names.contains("gamma/pg_activity"), "{names:?}");
-    assert_eq!(status["children"]["beta/pg_activity"]["state"], "stopped");
+    // A removed server's children leave status with it.
+    assert!(!names.contains("beta/pg_activity"), "{names:?}");
     assert_eq!(status["children"]["alpha/pg_activity"]["state"], "running");
     let restarts: Vec<Value> = agent
         .logs_named("child_started")
@@ -280,6 +281,13 @@ fn check_and_once_go_through_every_server_under_its_name() {
         "{text}"
     );
     line("FAIL  gone/database");
+    // Its fix names the keys under the server's entry.
+    let fix = text
+        .lines()
+        .skip_while(|l| !l.starts_with("FAIL  gone/database"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(fix.contains("servers.gone.database.host"), "{fix}");
     assert!(
         line("ok    far/server").contains(
             "192.0.2.7:5432 is another host's: everything over SQL, no host metrics, no log"

@@ -21,12 +21,23 @@ impl Report {
     }
 
     fn warn(&self, what: &str, problem: &str, fix: &str) {
+        let fix = self.keys_in(fix);
         println!("warn  {:<9} {problem}\n      fix: {fix}", self.scoped(what));
     }
 
     fn fail(&mut self, what: &str, problem: &str, fix: &str) {
         self.failures += 1;
+        let fix = self.keys_in(fix);
         println!("FAIL  {:<9} {problem}\n      fix: {fix}", self.scoped(what));
+    }
+
+    /// A fix as the operator finds its keys: under the server's `[[servers]]` entry
+    /// (`servers.db1.database.host`) while one is checked.
+    fn keys_in(&self, fix: &str) -> String {
+        let Some(name) = self.scope.strip_suffix('/') else {
+            return fix.to_string();
+        };
+        server_keys(fix, name)
     }
 
     fn scoped(&self, what: &str) -> String {
@@ -107,6 +118,36 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
         println!("{} check(s) failed", r.failures);
         EXIT_UNAVAILABLE
     }
+}
+
+/// `text` with each key of a server's own sections (`database.`, `collection.`,
+/// `logs.` at a word's start) named under the entry `name`.
+fn server_keys(text: &str, name: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let at_word = out
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '.' || c == '_'));
+        let section = ["database.", "collection.", "logs."]
+            .into_iter()
+            .find(|s| rest.starts_with(s));
+        if let (true, Some(s)) = (at_word, section) {
+            out.push_str("servers.");
+            out.push_str(name);
+            out.push('.');
+            out.push_str(s);
+            rest = &rest[s.len()..];
+            continue;
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
 }
 
 /// Where a `[[servers]]` entry's server is, and what that means for what is read of it.
@@ -1084,5 +1125,23 @@ mod tests {
         assert_eq!(quote_ident("a-b"), "\"a-b\"");
         assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
         assert_eq!(quote_ident(""), "\"\"");
+    }
+
+    #[test]
+    fn a_fix_names_the_keys_of_the_server_checked() {
+        assert_eq!(
+            server_keys(
+                "check database.host/port; raise database.connect_timeout_ms",
+                "db1"
+            ),
+            "check servers.db1.database.host/port; raise servers.db1.database.connect_timeout_ms"
+        );
+        assert_eq!(
+            server_keys(
+                "set logs.path, not mydatabase.x or servers.a.logs.path",
+                "b"
+            ),
+            "set servers.b.logs.path, not mydatabase.x or servers.a.logs.path"
+        );
     }
 }

@@ -531,6 +531,13 @@ impl Handler<Reload> for Supervisor {
                 ctx.cancel_future(h);
             }
             self.slots.stopped_on_purpose(id, true);
+            // A removed server's children leave status with it.
+            if id
+                .server()
+                .is_some_and(|no| child::view_of(&self.config, no).is_none())
+            {
+                self.slots.remove(id);
+            }
         }
         for &id in &plan.start {
             self.start_child(id, ctx);

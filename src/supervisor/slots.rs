@@ -177,6 +177,12 @@ impl Slots {
         }
     }
 
+    /// `id` is no child of the configuration any more (its server was removed): out of
+    /// status, its history gone (a server added again under the name starts afresh).
+    pub fn remove(&mut self, id: ChildId) {
+        self.slots.remove(&id);
+    }
+
     /// `id` went down at `now` for `reason`: how long until its restart. `None` when it
     /// was not running (already handled).
     pub fn went_down(&mut self, id: ChildId, reason: String, now: Instant) -> Option<Down> {

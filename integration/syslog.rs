@@ -151,7 +151,7 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_udp_and_tls_arrive_once_each_whole(
             "flood",
             &udp,
             "pg_flood",
-            "prefix = '%m [%p] %q%u@%d %a '\n",
+            "prefix = '%m [%p] %q%u@%d %a '\nsyslog_host = 'h'\n",
         ),
     ] {
         toml.push_str(&format!(
@@ -309,6 +309,26 @@ fn postgres_logs_relayed_by_rsyslog_over_tcp_udp_and_tls_arrive_once_each_whole(
         "each received datagram once"
     );
     assert_eq!(distinct.len(), shipped.len());
+
+    // The flood's server takes its program name from host `h` only: from another host
+    // the same message is no server's.
+    let unrouted = || {
+        agent.status()["children"]["syslog"]["detail"]["unrouted_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = unrouted();
+    sock.send_to(
+        b"<139>Dec  5 10:00:00 elsewhere pg_flood[77]: [1] 2026-12-05 10:00:00.000 UTC [77] x@y z ERROR:  not ours",
+        ("127.0.0.1", port),
+    )
+    .expect("send");
+    wait_for(
+        "the other host's message unrouted",
+        Duration::from_secs(30),
+        || (unrouted() == before + 1).then_some(()),
+    );
+    assert!(flood(&listener).iter().all(|m| !m.contains("not ours")));
 
     // A sender that does not speak TLS to the TLS port is refused and counted.
     let before = agent.status()["children"]["syslog"]["detail"]["tls_handshake_failures_total"]

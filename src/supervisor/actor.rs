@@ -497,31 +497,12 @@ impl Handler<Reload> for Supervisor {
             });
         let new = match loaded {
             Ok(c) => c,
-            Err(e) => {
-                error!(self.log, "reload_rejected"; "error" => &e, "keeping" => self.config.fingerprint());
-                self.last_reload = Some(ReloadStatus {
-                    at,
-                    applied: false,
-                    error: Some(e),
-                    restarted: vec![],
-                });
-                self.systemd
-                    .ready("running (reload rejected: config invalid)");
-                return;
-            }
+            Err(e) => return self.reject_reload(at, e, "config invalid"),
         };
         let plan = plan_reload(&self.config, &new);
         if let Err(e) = self.connect(&new) {
             let e = format!("cannot start a server's connection thread: {e}");
-            error!(self.log, "reload_rejected"; "error" => &e, "keeping" => self.config.fingerprint());
-            self.last_reload = Some(ReloadStatus {
-                at,
-                applied: false,
-                error: Some(e),
-                restarted: vec![],
-            });
-            self.systemd.ready("running (reload rejected)");
-            return;
+            return self.reject_reload(at, e, "no thread for a server");
         }
         self.config = new;
         self.configure_board();
@@ -554,6 +535,21 @@ impl Handler<Reload> for Supervisor {
         });
         self.write_status("reload", false);
         self.systemd.ready("running");
+    }
+}
+
+impl Supervisor {
+    /// A reload that changes nothing: said in the log, status and to systemd.
+    fn reject_reload(&mut self, at: DateTime<Utc>, error: String, why: &str) {
+        error!(self.log, "reload_rejected"; "error" => &error, "keeping" => self.config.fingerprint());
+        self.last_reload = Some(ReloadStatus {
+            at,
+            applied: false,
+            error: Some(error),
+            restarted: vec![],
+        });
+        self.systemd
+            .ready(&format!("running (reload rejected: {why})"));
     }
 }
 

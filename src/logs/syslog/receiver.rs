@@ -437,10 +437,11 @@ fn deliver(
         }
     };
     let mut routes = routes.borrow_mut();
-    let peer = peer.to_string();
     let Some(r) = routes.iter_mut().find(|r| {
         h.app == Some(r.ident.as_str())
-            && (r.host.is_empty() || h.host == Some(r.host.as_str()) || r.host == peer)
+            && (r.host.is_empty()
+                || h.host == Some(r.host.as_str())
+                || r.host.parse::<std::net::IpAddr>().is_ok_and(|a| a == peer))
     }) else {
         shared.counters.borrow_mut().unrouted += 1;
         return;

@@ -253,10 +253,7 @@ fn log_bench() {
         "stderr log parse (prefix {prefix:?}):  {:>6.0} MB/s ({records} messages in {mb:.0} MB)",
         mb / parse.as_secs_f64()
     );
-    let shaper = Shaper {
-        pattern: postgres_agent::config::default_pattern(),
-        redact: Redact::None,
-    };
+    let shaper = Shaper::new(postgres_agent::config::default_pattern(), Redact::None);
     let shaped = best(|| {
         let t = Instant::now();
         parse_all(&log, &mut parser, Some(&shaper));

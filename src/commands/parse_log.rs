@@ -59,7 +59,7 @@ pub fn parse_log(cli: &Cli, args: &ParseLogArgs) -> i32 {
     let pattern = config.map_or_else(crate::config::default_pattern, |c| {
         c.correlation.application_name_pattern
     });
-    let shaper = Shaper { pattern, redact };
+    let shaper = Shaper::new(pattern, redact);
     let mut code = EXIT_OK;
     for file in &args.files {
         let f = format.unwrap_or_else(|| Format::sniff(file, &crate::logs::head(file)));

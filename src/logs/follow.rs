@@ -77,10 +77,10 @@ impl Follower {
     pub fn new(config: &Config, saved: Saved, log: Logger) -> Follower {
         Follower {
             logs: config.logs.clone(),
-            shaper: Shaper {
-                pattern: config.correlation.application_name_pattern.clone(),
-                redact: config.logs.redact,
-            },
+            shaper: Shaper::new(
+                config.correlation.application_name_pattern.clone(),
+                config.logs.redact,
+            ),
             own: OwnSessions {
                 user: config.database.user.clone(),
             },

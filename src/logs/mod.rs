@@ -17,6 +17,7 @@ pub mod follow;
 mod fuzz;
 pub mod json;
 pub mod locate;
+pub mod messages;
 pub mod plan;
 pub mod prefix;
 pub mod record;
@@ -219,6 +220,20 @@ pub struct LogData<'a> {
     /// Class-specific figures (table, size_bytes, write_s, waited_ms, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub figures: Option<Map<String, Value>>,
+    /// The message's template in PostgreSQL's catalogue: its id (stable across servers,
+    /// languages and the text of its arguments).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<messages::MessageId>,
+    /// The template in English (`relation "%s" does not exist`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_template: Option<&'static str>,
+    /// The template's arguments as the message wrote them, in the English template's
+    /// order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub message_args: Vec<Option<Cow<'a, str>>>,
+    /// The language the message was written in, when not English (`de`, `ja`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_language: Option<&'static str>,
     /// The file it was read from.
     pub file: &'a str,
     /// Byte offset of its first line.
@@ -321,6 +336,29 @@ impl LogData<'_> {
         if let Some(f) = &self.figures {
             o.serde(key!("figures"), f);
         }
+        if let Some(id) = self.message_id {
+            o.raw(key!("message_id"), id.quoted().as_bytes());
+        }
+        if self.message_template.is_some() {
+            o.str(key!("message_template"), self.message_template);
+        }
+        if !self.message_args.is_empty() {
+            o.key(key!("message_args"));
+            o.out.push(b'[');
+            for (i, a) in self.message_args.iter().enumerate() {
+                if i > 0 {
+                    o.out.push(b',');
+                }
+                match a {
+                    Some(a) => o.str_value(a),
+                    None => o.out.extend_from_slice(b"null"),
+                }
+            }
+            o.out.push(b']');
+        }
+        if self.message_language.is_some() {
+            o.str(key!("message_language"), self.message_language);
+        }
         o.str(key!("file"), Some(self.file));
         o.num(key!("offset"), Some(self.offset));
         o.str(key!("format"), Some(self.format));
@@ -372,6 +410,20 @@ impl LogData<'_> {
         }
         o.close();
     }
+}
+
+/// The longest argument shipped in `message_args`: a longer one (a statement, a plan)
+/// is in the message already and would only double the event.
+const MAX_ARG_BYTES: usize = 256;
+
+/// A template's arguments as shipped: `None` for one longer than [`MAX_ARG_BYTES`] or
+/// that is the event's statement (`statement: %s`), which the event carries already.
+fn message_args<'m, 's>(
+    args: Vec<&'m str>,
+    statement: Option<&'s str>,
+) -> impl Iterator<Item = Option<&'m str>> + use<'m, 's> {
+    args.into_iter()
+        .map(move |a| (a.len() <= MAX_ARG_BYTES && Some(a) != statement).then_some(a))
 }
 
 /// `v` in decimal, written into `buf`.
@@ -428,13 +480,18 @@ impl<'o> JsonObject<'o> {
         self.key(k);
         match v {
             None => self.out.extend_from_slice(b"null"),
-            // serde_json escapes exactly these: the rest is copied as it is.
-            Some(s) if !needs_escape(s.as_bytes()) => {
-                self.out.push(b'"');
-                self.out.extend_from_slice(s.as_bytes());
-                self.out.push(b'"');
-            }
-            Some(s) => self.serde_value(&s),
+            Some(s) => self.str_value(s),
+        }
+    }
+
+    fn str_value(&mut self, s: &str) {
+        if needs_escape(s.as_bytes()) {
+            self.serde_value(&s);
+        } else {
+            // serde_json escapes only what needs_escape finds: the rest is copied.
+            self.out.push(b'"');
+            self.out.extend_from_slice(s.as_bytes());
+            self.out.push(b'"');
         }
     }
 
@@ -546,12 +603,28 @@ pub struct Shaper {
     pub pattern: Regex,
     /// `[logs] redact`.
     pub redact: Redact,
+    /// The languages this log's messages were found in.
+    pub languages: messages::Languages,
 }
 
 impl Shaper {
+    /// A shaper for a log whose languages are not known yet.
+    pub fn new(pattern: Regex, redact: Redact) -> Shaper {
+        Shaper {
+            pattern,
+            redact,
+            languages: messages::Languages::default(),
+        }
+    }
+
     /// The event `data` of a record read from `file` (in `format`).
     pub fn data<'a>(&self, r: &'a Record, file: &'a str, format: Format) -> LogData<'a> {
         let c = classify(r);
+        let found = if r.raw.is_some() {
+            None
+        } else {
+            self.languages.find(&r.message)
+        };
         let mut message = Cow::Borrowed(r.message.as_str());
         let explained = (c.class == Class::SlowQuery
             && explain::is_plan_head(r.message.as_bytes()))
@@ -612,6 +685,10 @@ impl Shaper {
             plan,
             class: c.class,
             figures: (!c.figures.is_empty()).then_some(c.figures),
+            message_id: found.as_ref().map(|f| f.message.id()),
+            message_template: found.as_ref().map(|f| f.message.template()),
+            message_args: Vec::new(),
+            message_language: found.as_ref().filter(|f| f.lang != 0).map(|f| f.language()),
             file,
             offset: r.offset,
             format: format.as_str(),
@@ -633,6 +710,23 @@ impl Shaper {
             continued_without_tab: r.continued_without_tab,
         };
         self.apply_redaction(&mut d);
+        if let Some(f) = &found {
+            d.message_args = match &d.message {
+                Cow::Borrowed(m) => message_args(f.arg_texts(m), d.statement.as_deref())
+                    .map(|a| a.map(Cow::Borrowed))
+                    .collect(),
+                // Redaction rewrote the message: its arguments are read again from what
+                // is shipped, so that none carries what redaction took out.
+                Cow::Owned(m) => f
+                    .rematch(m)
+                    .map(|args| {
+                        message_args(args, d.statement.as_deref())
+                            .map(|a| a.map(|a| Cow::Owned(a.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+        }
         d
     }
 
@@ -735,10 +829,10 @@ mod tests {
     use super::*;
 
     fn shaper(redact: Redact) -> Shaper {
-        Shaper {
-            pattern: Regex::new(r"^bitville-(?P<id>[0-9a-fA-F-]{36})$").expect("re"),
+        Shaper::new(
+            Regex::new(r"^bitville-(?P<id>[0-9a-fA-F-]{36})$").expect("re"),
             redact,
-        }
+        )
     }
 
     #[test]
@@ -830,6 +924,16 @@ mod tests {
             &shaper(Redact::None).data(&Record::default(), "f", Format::Stderr),
             "empty",
         );
+        // A template's arguments (one to escape), in a translation.
+        let german = Record {
+            severity: Some("FEHLER".into()),
+            message: "Relation »we\"b\t« existiert nicht".into(),
+            ..Default::default()
+        };
+        let d = shaper(Redact::None).data(&german, "f", Format::Stderr);
+        assert_eq!(d.message_args, [Some(Cow::Borrowed("we\"b\t"))]);
+        assert_eq!(d.message_language, Some("de"));
+        same(&d, "german");
         // Real servers' logs: slow queries with plans, checkpoints, errors, all formats.
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/logs/explain/fixtures");

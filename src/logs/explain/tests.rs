@@ -11,10 +11,10 @@ use crate::logs::{Flush, Format, LogParser, Shaper};
 const PREFIX: &str = "%m [%p] %q%u@%d ";
 
 fn shaper(redact: Redact) -> Shaper {
-    Shaper {
-        pattern: Regex::new(r"^app-(?P<id>[0-9a-f-]{36})$").expect("re"),
+    Shaper::new(
+        Regex::new(r"^app-(?P<id>[0-9a-f-]{36})$").expect("re"),
         redact,
-    }
+    )
 }
 
 /// The `data` of every event of `log` that carries a plan.

@@ -143,10 +143,10 @@ impl Receiver {
                     parked: Vec::new(),
                     parked_bytes: 0,
                     parser: LogParser::new(Format::Stderr, prefix),
-                    shaper: Shaper {
-                        pattern: v.correlation.application_name_pattern.clone(),
-                        redact: v.logs.redact,
-                    },
+                    shaper: Shaper::new(
+                        v.correlation.application_name_pattern.clone(),
+                        v.logs.redact,
+                    ),
                     own: OwnSessions {
                         user: v.database.user.clone(),
                     },

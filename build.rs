@@ -13,6 +13,9 @@ mod spec;
 
 /// A head or tail shorter than this finds too many messages to be worth looking up by.
 const MIN_KEY: usize = 4;
+/// A template with neither (`%s at or near "%s"`) is tried on a message no other
+/// template matched, if it has at least this much literal text.
+const MIN_BARE_LITERAL: usize = 8;
 
 fn unescape(line: &str) -> Vec<u8> {
     let b = line.as_bytes();
@@ -54,12 +57,7 @@ struct Form {
 
 /// Sorted unique keys with, for each, the longest other key it extends (its parent) and
 /// the templates filed under it.
-fn keyed(
-    text: &[u8],
-    forms: &[(usize, Vec<u8>)],
-    all: &[Form],
-    reversed: bool,
-) -> (Vec<u32>, Vec<u32>) {
+fn keyed(forms: &[(usize, Vec<u8>)], all: &[Form], reversed: bool) -> (Vec<u32>, Vec<u32>) {
     // (key as compared, key's offset in text, form index)
     let mut entries: Vec<(Vec<u8>, u32, usize)> = forms
         .iter()
@@ -83,7 +81,6 @@ fn keyed(
             .then(all[b.2].literal.cmp(&all[a.2].literal))
             .then(all[a.2].msg.cmp(&all[b.2].msg))
     });
-    let _ = text;
     let mut order = Vec::new(); // form indexes in key order
     let mut keys: Vec<(Vec<u8>, u32, u32, u32)> = Vec::new(); // key, at, first, count
     for (k, at, f) in entries {
@@ -105,6 +102,14 @@ fn keyed(
         let parent = stack.last().map_or(u32::MAX, |&p| p as u32);
         out.extend([*at, k.len() as u32, parent, *first, *count]);
         stack.push(i);
+    }
+    // A key no other extends (the next in order does not start with it) is a leaf: a
+    // message that starts with it has no longer key. Marked in the length's top bit.
+    for i in 0..keys.len() {
+        let leaf = keys.get(i + 1).is_none_or(|n| !n.0.starts_with(&keys[i].0));
+        if leaf {
+            out[5 * i + 1] |= 1 << 31;
+        }
     }
     (out, order)
 }
@@ -131,6 +136,7 @@ fn build(lines: &[Vec<u8>], out_dir: &Path, name: &str) {
     }
     let mut by_head = Vec::new();
     let mut by_tail = Vec::new();
+    let mut bare = Vec::new();
     for (i, f) in all.iter().enumerate() {
         let t = &text[f.at as usize..(f.at + f.len) as usize];
         let (h, tl) = (spec::head(t), spec::tail(t));
@@ -138,20 +144,33 @@ fn build(lines: &[Vec<u8>], out_dir: &Path, name: &str) {
             by_head.push((i, h.to_vec()));
         } else if tl.len() >= MIN_KEY {
             by_tail.push((i, tl.to_vec()));
+        } else if f.literal >= MIN_BARE_LITERAL {
+            bare.push(i as u32);
         }
     }
-    let (heads, head_order) = keyed(&text, &by_head, &all, false);
-    let (tails, tail_order) = keyed(&text, &by_tail, &all, true);
+    bare.sort_by_key(|&i| {
+        (
+            std::cmp::Reverse(all[i as usize].literal),
+            all[i as usize].msg,
+        )
+    });
+    let (heads, head_order) = keyed(&by_head, &all, false);
+    let (tails, tail_order) = keyed(&by_tail, &all, true);
     let mut idx: Vec<u32> = Vec::new();
-    let n_tpl = head_order.len() + tail_order.len();
+    let n_tpl = head_order.len() + tail_order.len() + bare.len();
     idx.extend([
         n_tpl as u32,
         (heads.len() / 5) as u32,
         (tails.len() / 5) as u32,
+        bare.len() as u32,
     ]);
-    for &f in head_order.iter().chain(tail_order.iter()) {
+    for &f in head_order
+        .iter()
+        .chain(tail_order.iter())
+        .chain(bare.iter())
+    {
         let f = &all[f as usize];
-        idx.extend([f.at, f.len, f.msg]);
+        idx.extend([f.at, f.len, f.msg, f.literal as u32]);
     }
     idx.extend(heads);
     // Tails' template numbers follow the heads' templates.
@@ -159,6 +178,20 @@ fn build(lines: &[Vec<u8>], out_dir: &Path, name: &str) {
     for (k, v) in tails.iter().enumerate() {
         idx.push(if k % 5 == 3 { v + shift } else { *v });
     }
+    // Per message, its template (the first form filed): found by the message's number.
+    let mut by_message = vec![u32::MAX; lines.len()];
+    for (t, &f) in head_order
+        .iter()
+        .chain(tail_order.iter())
+        .chain(bare.iter())
+        .enumerate()
+    {
+        let m = all[f as usize].msg as usize;
+        if by_message[m] == u32::MAX {
+            by_message[m] = t as u32;
+        }
+    }
+    idx.extend(by_message);
     fs::write(out_dir.join(format!("{name}.text")), &text).unwrap();
     let bytes: Vec<u8> = idx.iter().flat_map(|v| v.to_le_bytes()).collect();
     fs::write(out_dir.join(format!("{name}.index")), bytes).unwrap();

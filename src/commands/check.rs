@@ -952,10 +952,11 @@ async fn check_log(r: &mut Report, config: &Config) {
         r.warn(
             "log",
             &format!(
-                "the server writes translated messages ({} of the last {} severity labels, e.g. {:?}): they are classified by SQLSTATE only",
+                "the server writes its messages in a language the agent's catalogue does not have ({} of the last {} severity labels, e.g. {:?}; it reads {}): they are classified by SQLSTATE only",
                 language.other,
                 language.english + language.other,
-                language.example.as_deref().unwrap_or("")
+                language.example.as_deref().unwrap_or(""),
+                crate::logs::messages::languages().join(", ")
             ),
             "set lc_messages = 'C' in postgresql.conf, then SELECT pg_reload_conf() (or add %e to log_line_prefix so that each message carries its SQLSTATE)",
         );

@@ -70,6 +70,41 @@ impl Class {
     }
 }
 
+impl Class {
+    /// The class of a message of a translated server, from its subclass: what the
+    /// English text gives an English server's (`checkpoint_complete` is a
+    /// `checkpoint`).
+    pub fn of_subclass(sub: &str) -> Option<Class> {
+        Some(match sub {
+            "statement_duration" | "auto_explain_plan" => Class::SlowQuery,
+            "deadlock_detected" => Class::Deadlock,
+            "lock_waiting" | "deadlock_wait" => Class::LockWait,
+            "lock_acquired" => Class::LockAcquired,
+            "autovacuum_completed" => Class::Autovacuum,
+            "autoanalyze_completed" => Class::Autoanalyze,
+            "temp_file" => Class::TempFile,
+            "connection_received"
+            | "connection_authorized"
+            | "connection_authenticated"
+            | "replication_connection_authorized" => Class::Connection,
+            "disconnection" => Class::Disconnection,
+            "server_starting" | "server_listening" | "server_ready" | "server_was_shut_down" => {
+                Class::Startup
+            }
+            "shutdown_requested" | "server_shutting_down" | "server_shut_down" => Class::Shutdown,
+            "process_terminated_by_signal"
+            | "crash_restart"
+            | "terminated_by_crash"
+            | "recovery_after_crash" => Class::Crash,
+            s if s.starts_with("checkpoint_") || s.starts_with("restartpoint_") => {
+                Class::Checkpoint
+            }
+            s if s.starts_with("auth_") || s.starts_with("hba_") => Class::AuthFailure,
+            _ => return None,
+        })
+    }
+}
+
 /// The class, the duration of a slow query and the figures of the message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified {

@@ -142,6 +142,7 @@ fn to_record(rec: &[u8], offset: u64, end: u64) -> Record {
     };
     let (message, c) = message_text(&f[13]);
     cut |= c;
+    let severity = get(11, &mut cut);
     let mut r = Record {
         offset,
         end,
@@ -155,7 +156,8 @@ fn to_record(rec: &[u8], offset: u64, end: u64) -> Record {
         command_tag: get(7, &mut cut),
         vxid: get(9, &mut cut),
         xid: get(10, &mut cut),
-        severity: get(11, &mut cut),
+        language: severity.as_deref().and_then(super::record::label_language),
+        severity: severity.map(super::record::english_severity_label),
         sqlstate: get(12, &mut cut),
         message,
         detail: get(14, &mut cut),

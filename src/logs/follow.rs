@@ -119,6 +119,10 @@ impl Follower {
                 "log_line_prefix" => s.prefix.as_deref().unwrap_or(""),
                 "log_directory" => s.log_dir.as_deref().unwrap_or(""));
         }
+        // The server's language, tried before the others are guessed at.
+        if let Some(lc) = s.lc_messages.as_deref() {
+            self.shaper.languages.prefer_locale(lc);
+        }
         self.server = Some(s);
     }
 
@@ -242,7 +246,7 @@ impl Follower {
                         "label" => lang.example.clone().unwrap_or_default(),
                         "records" => lang.english + lang.other,
                         "translated" => lang.other,
-                        "effect" => "the server writes translated messages: they are classified by SQLSTATE only (add %e to log_line_prefix, or set lc_messages = 'C' for text classification)");
+                        "effect" => "the server writes its messages in a language the agent's catalogue does not have: they are classified by SQLSTATE only (add %e to log_line_prefix, or set lc_messages = 'C' for text classification)");
                 }
                 self.language = None;
             }

@@ -144,7 +144,11 @@ fn to_record(l: Line<'_>, offset: u64, end: u64) -> Record {
             serde_json::Value::String(s) => s,
             v => v.to_string(),
         }),
-        severity: s(l.error_severity),
+        language: l
+            .error_severity
+            .as_deref()
+            .and_then(super::record::label_language),
+        severity: s(l.error_severity).map(super::record::english_severity_label),
         // jsonlog leaves state_code out for code 0 (successful_completion), where csvlog
         // and %e write 00000.
         sqlstate: s(l.state_code).or_else(|| Some("00000".to_string())),

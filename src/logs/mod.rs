@@ -23,6 +23,7 @@ pub mod prefix;
 pub mod record;
 pub use crate::sql::redact;
 pub mod stderr;
+pub mod subclass;
 pub mod syslog;
 pub mod tail;
 #[cfg(test)]
@@ -217,6 +218,10 @@ pub struct LogData<'a> {
     pub plan: Option<explain::Plan>,
     /// Classification.
     pub class: Class,
+    /// The fine class, from the message's template (`unique_violation`,
+    /// `checkpoint_complete`, …): the same in every format and language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subclass: Option<&'static str>,
     /// Class-specific figures (table, size_bytes, write_s, waited_ms, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub figures: Option<Map<String, Value>>,
@@ -333,11 +338,14 @@ impl LogData<'_> {
             o.serde(key!("plan"), p);
         }
         o.str(key!("class"), Some(self.class.as_str()));
+        if self.subclass.is_some() {
+            o.str(key!("subclass"), self.subclass);
+        }
         if let Some(f) = &self.figures {
             o.serde(key!("figures"), f);
         }
         if let Some(id) = self.message_id {
-            o.raw(key!("message_id"), id.quoted().as_bytes());
+            o.raw(key!("message_id"), &id.quoted());
         }
         if self.message_template.is_some() {
             o.str(key!("message_template"), self.message_template);
@@ -417,13 +425,18 @@ impl LogData<'_> {
 const MAX_ARG_BYTES: usize = 256;
 
 /// A template's arguments as shipped: `None` for one longer than [`MAX_ARG_BYTES`] or
-/// that is the event's statement (`statement: %s`), which the event carries already.
-fn message_args<'m, 's>(
-    args: Vec<&'m str>,
-    statement: Option<&'s str>,
-) -> impl Iterator<Item = Option<&'m str>> + use<'m, 's> {
-    args.into_iter()
-        .map(move |a| (a.len() <= MAX_ARG_BYTES && Some(a) != statement).then_some(a))
+/// that is the event's statement (`statement: %s`), which the event carries already;
+/// none at all when every one is left out.
+fn shipped_args<'m, 'a>(
+    args: impl Iterator<Item = &'m str> + Clone,
+    statement: Option<&str>,
+    own: impl Fn(&'m str) -> Cow<'a, str>,
+) -> Vec<Option<Cow<'a, str>>> {
+    let keep = |a: &&str| a.len() <= MAX_ARG_BYTES && Some(*a) != statement;
+    if !args.clone().any(|a| keep(&a)) {
+        return Vec::new();
+    }
+    args.map(|a| keep(&a).then(|| own(a))).collect()
 }
 
 /// `v` in decimal, written into `buf`.
@@ -619,12 +632,53 @@ impl Shaper {
 
     /// The event `data` of a record read from `file` (in `format`).
     pub fn data<'a>(&self, r: &'a Record, file: &'a str, format: Format) -> LogData<'a> {
-        let c = classify(r);
-        let found = if r.raw.is_some() {
-            None
-        } else {
-            self.languages.find(&r.message)
-        };
+        let mut c = classify(r);
+        // A line that fits no format, or whose readings disagree on where the message
+        // starts, may be a client's forgery: no template, as no class.
+        let trusted = r.raw.is_none() && !(r.ambiguous && r.severity.is_none());
+        let found = trusted
+            .then(|| {
+                self.languages
+                    .find_hinted(&r.message, r.language.map(usize::from))
+            })
+            .flatten();
+        let refined = found.as_ref().map(|f| {
+            subclass::refine(
+                &self.languages,
+                f,
+                &r.message,
+                r.severity.as_deref().unwrap_or(""),
+                r.detail.as_deref(),
+                r.context.as_deref(),
+            )
+        });
+        if let (Some(f), Some(rf)) = (&found, &refined) {
+            if f.lang != 0 {
+                // A translated server's message: its class, duration and statement from
+                // its template, as the English text gives them.
+                if let Some(class) = rf.subclass.and_then(Class::of_subclass) {
+                    if matches!(c.class, Class::Other | Class::Error) {
+                        c.class = class;
+                    }
+                }
+                if c.statement.is_none() {
+                    c.statement = rf
+                        .statement
+                        .and_then(|s| r.message.get(s.start as usize..s.end as usize))
+                        .map(str::to_string);
+                }
+            }
+        }
+        let subclass = refined.as_ref().and_then(|rf| rf.subclass);
+        if let Some(rf) = refined {
+            let mut figures = rf.figures;
+            if let Some(d) = figures.remove("duration_ms") {
+                c.duration_ms = c.duration_ms.or(d.as_f64());
+            }
+            for (k, v) in figures {
+                c.figures.insert(k, v);
+            }
+        }
         let mut message = Cow::Borrowed(r.message.as_str());
         let explained = (c.class == Class::SlowQuery
             && explain::is_plan_head(r.message.as_bytes()))
@@ -684,6 +738,7 @@ impl Shaper {
             duration_ms: c.duration_ms,
             plan,
             class: c.class,
+            subclass,
             figures: (!c.figures.is_empty()).then_some(c.figures),
             message_id: found.as_ref().map(|f| f.message.id()),
             message_template: found.as_ref().map(|f| f.message.template()),
@@ -710,21 +765,22 @@ impl Shaper {
             continued_without_tab: r.continued_without_tab,
         };
         self.apply_redaction(&mut d);
-        if let Some(f) = &found {
+        if let Some(f) = found.as_ref().filter(|f| !f.args.is_empty()) {
             d.message_args = match &d.message {
-                Cow::Borrowed(m) => message_args(f.arg_texts(m), d.statement.as_deref())
-                    .map(|a| a.map(Cow::Borrowed))
-                    .collect(),
+                Cow::Borrowed(m) => {
+                    let texts = f
+                        .args
+                        .iter()
+                        .map(|s| m.get(s.start as usize..s.end as usize).unwrap_or(""));
+                    shipped_args(texts, d.statement.as_deref(), Cow::Borrowed)
+                }
                 // Redaction rewrote the message: its arguments are read again from what
                 // is shipped, so that none carries what redaction took out.
-                Cow::Owned(m) => f
-                    .rematch(m)
-                    .map(|args| {
-                        message_args(args, d.statement.as_deref())
-                            .map(|a| a.map(|a| Cow::Owned(a.to_string())))
-                            .collect()
+                Cow::Owned(m) => f.rematch(m).map_or_else(Vec::new, |args| {
+                    shipped_args(args.into_iter(), d.statement.as_deref(), |a| {
+                        Cow::Owned(a.to_string())
                     })
-                    .unwrap_or_default(),
+                }),
             };
         }
         d
@@ -881,6 +937,7 @@ mod tests {
         };
         // Every field set, with text that needs escaping.
         let full = Record {
+            language: None,
             offset: 9,
             end: 99,
             timestamp: Some("2026-11-26 10:00:00.001 +0330".into()),

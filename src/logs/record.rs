@@ -44,8 +44,11 @@ pub struct Record {
     pub query_id: Option<i64>,
     /// Parallel group leader pid (`%P`).
     pub leader_pid: Option<i64>,
-    /// LOG, ERROR, … as written.
+    /// LOG, ERROR, … in English (a translated server's `FEHLER` is an `ERROR`).
     pub severity: Option<String>,
+    /// The language its severity label was written in, when not English (the
+    /// catalogue's `LANGS` index): where its message is looked up first.
+    pub language: Option<u8>,
     /// SQLSTATE (`%e`, verbose inline code, csv/json column).
     pub sqlstate: Option<String>,
     /// The primary message.
@@ -98,18 +101,27 @@ impl Record {
     /// stderr appends the error position to the message (` at character 15`) where the
     /// other formats have a column: moved to `cursor_position`, so all formats agree.
     pub fn split_cursor_position(&mut self) {
-        const AT: &str = " at character ";
         // Nearly every message ends otherwise: no search for those.
-        if !self.message.ends_with(|c: char| c.is_ascii_digit()) {
-            return;
-        }
-        let Some(i) = self.message.rfind(AT) else {
+        let Some(&last) = self.message.as_bytes().last() else {
             return;
         };
-        let digits = &self.message[i + AT.len()..];
-        if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) {
-            self.cursor_position = digits.parse().ok();
-            self.message.truncate(i);
+        if !last.is_ascii_digit() && last != b')' {
+            return;
+        }
+        // In the server's language: ` bei Zeichen 15`, ` (символ 15)`.
+        for (before, after) in super::messages::position_markers() {
+            let Some(rest) = self.message.strip_suffix(after) else {
+                continue;
+            };
+            let Some(i) = rest.rfind(before) else {
+                continue;
+            };
+            let digits = &rest[i + before.len()..];
+            if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) {
+                self.cursor_position = digits.parse().ok();
+                self.message.truncate(i);
+                return;
+            }
         }
     }
 }
@@ -231,13 +243,30 @@ fn english_severity(s: &str) -> bool {
         .is_some_and(|n| matches!(n, "1" | "2" | "3" | "4" | "5"))
 }
 
+/// A severity as an English server writes it: a translated server's label
+/// (`FEHLER`, `ОШИБКА`) in English, so that severities mean the same in every
+/// language; a label the catalogue does not know stays as written.
+pub fn english_severity_label(written: String) -> String {
+    match super::messages::english_label(&written) {
+        Some(e) if e != written => e.to_string(),
+        _ => written,
+    }
+}
+
+/// The language of a severity label as written (`LANGS` index), when not English.
+pub fn label_language(written: &str) -> Option<u8> {
+    super::messages::label(written)
+        .map(|(_, l)| l as u8)
+        .filter(|&l| l > 0)
+}
+
 /// Records with a severity needed before [`Language::judge`] says anything.
 pub const JUDGED_AFTER: u32 = 20;
 
 /// What the log shows of the server's message language: its severity labels are
-/// translated with its messages, so they tell whether the text classification (which
-/// reads English messages) applies, whatever `lc_messages` is called (`C.UTF-8` writes
-/// English; a server built without translations writes English whatever it is set to).
+/// translated with its messages, so they tell whether the messages can be read,
+/// whatever `lc_messages` is called. A label of a language the catalogue has is read
+/// as English when parsed; what stays foreign here is a language the agent cannot read.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Language {
     /// Records with an English severity label.
@@ -294,16 +323,16 @@ mod language_tests {
         l.count(&[rec("DEBUG2", false)]);
         assert_eq!(l.judge(), Some(false));
         let mut de = Language::default();
-        de.count(&vec![rec("FEHLER", false); 15]);
+        de.count(&vec![rec("HIBA", false); 15]);
         de.count(&vec![rec("LOG", false); 5]);
-        de.count(&vec![rec("FEHLER", true); 50]);
+        de.count(&vec![rec("HIBA", true); 50]);
         assert_eq!(
             (de.judge(), de.example.as_deref()),
-            (Some(true), Some("FEHLER"))
+            (Some(true), Some("HIBA"))
         );
         // Forged labels in ambiguous lines do not count.
         let mut forged = Language::default();
-        forged.count(&vec![rec("FEHLER", true); 100]);
+        forged.count(&vec![rec("HIBA", true); 100]);
         assert_eq!(forged.judge(), None);
     }
 }

@@ -21,7 +21,7 @@ enum Field {
 
 impl Field {
     fn of(label: &str) -> Field {
-        match label {
+        match super::messages::english_label(label).unwrap_or(label) {
             "DETAIL" => Field::Detail,
             "HINT" => Field::Hint,
             "CONTEXT" => Field::Context,
@@ -316,7 +316,14 @@ fn head(rec: &mut Record, label: &str, t: String) -> Field {
     if is_secondary(label) {
         *field.get(rec) = t;
     } else {
-        rec.severity = Some(label.to_string());
+        // A translated server's label in English (`FEHLER` is an `ERROR`), so that
+        // severities mean the same in every language.
+        rec.language = super::record::label_language(label);
+        rec.severity = Some(
+            super::messages::english_label(label)
+                .unwrap_or(label)
+                .to_string(),
+        );
         // "ERROR:  42P01: relation …".
         match sqlstate_inline(&t) {
             Some(code) => {

@@ -4,10 +4,8 @@
 //! occurs (a table named `a" does not exist` must not end the name early), within a
 //! budget of attempts so that no message costs more than a bounded amount.
 
-use super::spec::{pieces, Kind, Piece};
+use super::spec::{pieces, Kind, Piece, Pieces};
 
-/// The most pieces a template may have to be matched (the longest have about 40).
-const MAX_PIECES: usize = 64;
 /// Attempts per match: every place a text conversion could end counts one.
 const BUDGET: u32 = 256;
 
@@ -28,35 +26,32 @@ pub struct Span {
 /// order. A template ending in a line break may match the message's first lines only
 /// (the rest is another template's: autovacuum's report is several).
 pub fn matches(template: &[u8], text: &[u8], out: &mut Vec<Span>) -> bool {
-    let mut buf = [Piece::Lit(b""); MAX_PIECES];
-    let mut n = 0;
-    for p in pieces(template) {
-        if n == MAX_PIECES {
-            return false;
-        }
-        buf[n] = p;
-        n += 1;
-    }
     out.clear();
     let open_end = template.last() == Some(&b'\n');
     let mut budget = BUDGET;
-    step(&buf[..n], text, 0, open_end, out, &mut budget)
+    step(pieces(template), text, 0, open_end, out, &mut budget)
 }
 
+/// Matches the pieces left in `ps` from `pos`. The iterator is a few words: trying
+/// another place for a text conversion clones it rather than cutting the template
+/// into pieces up front.
 fn step(
-    ps: &[Piece<'_>],
+    mut ps: Pieces<'_>,
     text: &[u8],
     pos: usize,
     open_end: bool,
     out: &mut Vec<Span>,
     budget: &mut u32,
 ) -> bool {
-    let Some((first, rest)) = ps.split_first() else {
-        return pos == text.len() || (open_end && pos > 0 && text[pos - 1] == b'\n');
+    let Some(first) = ps.next() else {
+        // A line of a longer text may keep its line break.
+        return pos == text.len()
+            || (pos + 1 == text.len() && text[pos] == b'\n')
+            || (open_end && pos > 0 && text[pos - 1] == b'\n');
     };
-    match *first {
+    match first {
         Piece::Lit(l) => {
-            text[pos..].starts_with(l) && step(rest, text, pos + l.len(), open_end, out, budget)
+            text[pos..].starts_with(l) && step(ps, text, pos + l.len(), open_end, out, budget)
         }
         Piece::Conv(kind, arg) if kind != Kind::Text => {
             let run = number_run(kind, &text[pos..]);
@@ -65,7 +60,7 @@ fn step(
             }
             push(out, arg, kind, pos, pos + run);
             let mark = out.len();
-            if step(rest, text, pos + run, open_end, out, budget) {
+            if step(ps, text, pos + run, open_end, out, budget) {
                 return true;
             }
             out.truncate(mark - 1);
@@ -73,7 +68,7 @@ fn step(
         }
         Piece::Conv(kind, arg) => {
             let mark = out.len();
-            match rest.first() {
+            match ps.clone().next() {
                 // The last piece: the text runs to the message's end.
                 None => {
                     push(out, arg, kind, pos, text.len());
@@ -87,7 +82,7 @@ fn step(
                         }
                         *budget -= 1;
                         push(out, arg, kind, pos, pos + k);
-                        if step(rest, text, pos + k, open_end, out, budget) {
+                        if step(ps.clone(), text, pos + k, open_end, out, budget) {
                             return true;
                         }
                         out.truncate(mark);
@@ -104,7 +99,7 @@ fn step(
                         }
                         *budget -= 1;
                         push(out, arg, kind, pos, end);
-                        if step(rest, text, end, open_end, out, budget) {
+                        if step(ps.clone(), text, end, open_end, out, budget) {
                             return true;
                         }
                         out.truncate(mark);

@@ -52,6 +52,7 @@ pub fn pieces(t: &[u8]) -> Pieces<'_> {
 }
 
 /// Iterator of [`pieces`].
+#[derive(Clone)]
 pub struct Pieces<'a> {
     t: &'a [u8],
     at: usize,
@@ -163,8 +164,6 @@ fn conversion(t: &[u8], mut i: usize, next_arg: &mut u8) -> Option<(Kind, u8, us
 
 /// The literal bytes before the first `%` (how a template is found by the message's
 /// start).
-// The build script indexes templates with it; the agent reads its tables.
-#[allow(dead_code)]
 pub fn head(t: &[u8]) -> &[u8] {
     &t[..t.iter().position(|&b| b == b'%').unwrap_or(t.len())]
 }
@@ -190,7 +189,7 @@ pub fn tail(t: &[u8]) -> &[u8] {
 }
 
 /// How many bytes of `t` are literal: the more, the more specific the template.
-// The build script indexes templates with it; the agent reads its tables.
+// The build script stores it per template; the agent reads it from the tables.
 #[allow(dead_code)]
 pub fn literal_len(t: &[u8]) -> usize {
     pieces(t)

@@ -2,6 +2,8 @@ use super::*;
 
 fn find(text: &str) -> Option<(String, &'static str, Vec<String>)> {
     let langs = Languages::default();
+    // A German server says so in lc_messages; its ASCII-only messages are found by it.
+    langs.prefer_locale("de_DE.UTF-8");
     langs.find(text).map(|f| {
         (
             f.message.template().to_string(),
@@ -40,6 +42,13 @@ fn english_messages_are_found_with_their_arguments() {
     let (t, _, args) = find("\"orders\" is not a view").unwrap();
     assert_eq!(t, "\"%s\" is not a view");
     assert_eq!(args, ["orders"]);
+    // Neither head nor tail: tried when nothing else matched.
+    let (t, _, args) = find("syntax error at or near \"selec\"").unwrap();
+    assert_eq!(t, "%s at or near \"%s\"");
+    assert_eq!(args, ["syntax error", "selec"]);
+    let (t, _, args) = find("server process (PID 77) was terminated by signal 9: Killed").unwrap();
+    assert_eq!(t, "%s (PID %d) was terminated by signal %d: %s");
+    assert_eq!(args, ["server process", "77", "9", "Killed"]);
 }
 
 #[test]
@@ -70,4 +79,46 @@ fn ids_are_stable_and_unknown_text_is_no_message() {
     );
     assert_eq!(find("my application said hello"), None);
     assert_eq!(find(""), None);
+}
+
+#[test]
+fn labels_of_translated_servers_are_read_in_english() {
+    for (word, english) in [
+        ("ERROR", Some("ERROR")),
+        ("FEHLER", Some("ERROR")),
+        ("ANWEISUNG", Some("STATEMENT")),
+        ("ZUSAMMENHANG", Some("CONTEXT")),
+        ("ОШИБКА", Some("ERROR")),
+        ("ПОДРОБНОСТИ", Some("DETAIL")),
+        ("СООБЩЕНИЕ", Some("LOG")),
+        ("エラー", None),
+        ("Fehler", None),
+    ] {
+        assert_eq!(english_label(word), english, "{word}");
+    }
+}
+
+#[test]
+fn another_language_is_guessed_from_its_label_or_its_letters_only() {
+    let langs = Languages::default();
+    // ASCII, no label: the server's language is not known yet, so not looked for.
+    let ascii_german = "Division durch Null";
+    assert_eq!(langs.find(ascii_german), None);
+    // Its label says German.
+    let de = LANGS.iter().position(|l| l.name == "de");
+    let f = langs.find_hinted(ascii_german, de).unwrap();
+    assert_eq!(f.message.template(), "division by zero");
+    // Letters outside ASCII: every language is tried, and the one found is kept.
+    let langs = Languages::default();
+    let f = langs.find("отношение \"t\" не существует").unwrap();
+    assert_eq!(
+        (f.message.template(), f.language()),
+        ("relation \"%s\" does not exist", "ru")
+    );
+    let f = langs.find("деление на ноль").unwrap();
+    assert_eq!(f.language(), "ru");
+    // Another locale name form.
+    let langs = Languages::default();
+    langs.prefer_locale("zh_CN.utf8");
+    assert_eq!(langs.seen.load(Ordering::Relaxed).count_ones(), 1);
 }

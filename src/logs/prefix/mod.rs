@@ -556,6 +556,7 @@ fn value(line: &[u8], f: (Escape, usize, usize)) -> &[u8] {
 /// True for the labels of lines that continue a message.
 pub fn is_secondary(label: &str) -> bool {
     SECONDARY.contains(&label)
+        || crate::logs::messages::english_label(label).is_some_and(|l| SECONDARY.contains(&l))
 }
 
 fn fill(line: &[u8], spans: &Spans, rec: &mut Record) {

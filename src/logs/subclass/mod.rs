@@ -436,5 +436,20 @@ fn finish(f: &mut Map<String, Value>) {
     }
 }
 
+/// Every subclass a rule names (both sides of an `a/b` one), sorted.
+pub fn subclass_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = table()
+        .iter()
+        .flatten()
+        .flat_map(|r| r.subclass.split('/'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod fixtures;
 #[cfg(test)]
 mod tests;

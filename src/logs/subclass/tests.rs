@@ -222,3 +222,15 @@ fn a_translated_message_has_the_english_ones_subclass_and_figures() {
         assert_eq!(strip(e.figures), strip(t.figures), "{translated}");
     }
 }
+
+#[test]
+fn the_readme_lists_every_subclass() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    for s in subclass_names() {
+        assert!(
+            readme.contains(&format!("| `{s}` |")) || readme.contains(&format!("`{s}` (")),
+            "README.md does not list subclass {s}"
+        );
+    }
+}

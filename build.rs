@@ -249,6 +249,6 @@ fn main() {
             "    LangData {{ name: {lang:?}, text: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{lang}.text\")), index: include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{lang}.index\")) }},\n"
         ));
     }
-    code.push_str("];\n/// Per message: its English template's offset and length in LANGS[0].text, its id.\npub static MESSAGES: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/messages.bin\"));\n");
+    code.push_str("];\n/// Per message: its English template's offset and length in `LANGS[0].text`, its id.\npub static MESSAGES: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/messages.bin\"));\n");
     fs::write(out_dir.join("catalogue.rs"), code).unwrap();
 }

@@ -9,7 +9,7 @@ use super::spec::{pieces, Kind, Piece, Pieces};
 /// Attempts per match: every place a text conversion could end counts one.
 const BUDGET: u32 = 256;
 
-/// One argument found: which argument of the call (see [`Piece::Conv`]), and where.
+/// One argument found: which argument of the call (a conversion's number), and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
     /// The call's argument (0-based; `u8::MAX` for `%m`).

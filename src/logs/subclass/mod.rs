@@ -224,8 +224,14 @@ fn parts(langs: &Languages, text: &str, f: &mut Map<String, Value>) {
     let mut rest = text;
     while !rest.is_empty() {
         let end = rest.find('\n').map_or(rest.len(), |k| k + 1);
-        let line = &rest[..end];
+        let mut line = &rest[..end];
         rest = &rest[end..];
+        // "index scan needed: " and its siblings start a line that goes on with a
+        // template of its own.
+        if let Some((how, after)) = index_scan(line) {
+            f.insert("index_scan".into(), Value::from(how));
+            line = after;
+        }
         if let Some(found) = langs.find(line) {
             if let Some(rule) = rule_of(found.message) {
                 if rule.subclass.is_empty() {
@@ -235,6 +241,37 @@ fn parts(langs: &Languages, text: &str, f: &mut Map<String, Value>) {
             }
         }
     }
+}
+
+/// An autovacuum report's `index scan needed: ` (or `not needed`, `bypassed`) and the
+/// rest of its line, in English or a translation.
+fn index_scan(line: &str) -> Option<(&'static str, &str)> {
+    static PREFIXES: OnceLock<Vec<(String, &'static str)>> = OnceLock::new();
+    let prefixes = PREFIXES.get_or_init(|| {
+        let mut v = Vec::new();
+        for (template, how) in [
+            ("index scan bypassed by failsafe: ", "bypassed_by_failsafe"),
+            ("index scan not needed: ", "not_needed"),
+            ("index scan bypassed: ", "bypassed"),
+            ("index scan needed: ", "needed"),
+        ] {
+            v.push((template.to_string(), how));
+            if let Some(m) = Message::of_template(template) {
+                for lang in 1..super::messages::languages().len() + 1 {
+                    if let Some(t) = m
+                        .translation(lang)
+                        .and_then(|t| std::str::from_utf8(t).ok())
+                    {
+                        v.push((t.to_string(), how));
+                    }
+                }
+            }
+        }
+        v
+    });
+    prefixes
+        .iter()
+        .find_map(|(p, how)| line.strip_prefix(p.as_str()).map(|rest| (*how, rest)))
 }
 
 /// `system usage: %s` prints a template of its own (`CPU: user: %d.%02d s, …`): its

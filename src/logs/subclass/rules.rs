@@ -258,7 +258,9 @@ pub static RULES: &[Rule] = &[
     r("", "system usage: %s", "usage", ANY),
     r("", "CPU: user: %d.%02d s, system: %d.%02d s, elapsed: %d.%02d s", "cpu_user_s . cpu_system_s . elapsed_s .", ANY),
     r("autovacuum_cancelled", "canceling autovacuum task", "", ERROR),
-    r("autovacuum_blocking_cancel", "sending cancel to blocking autovacuum PID %d", "autovacuum_pid", LOG),
+    // DEBUG1 (written `DEBUG`): seen only with log_min_messages = debug1.
+    r("autovacuum_blocking_cancel", "sending cancel to blocking autovacuum PID %d", "autovacuum_pid", "DEBUG LOG"),
+    r("", "Process %d waits for %s on %s.", "waiting_pid lock_mode object", ANY),
     r("", "automatic vacuum of table \"%s.%s.%s\"", "database schema relation", ANY),
     r("", "automatic analyze of table \"%s.%s.%s\"", "database schema relation", ANY),
     r("vacuum_skipped_lock", "skipping vacuum of \"%s\" --- lock not available", "relation", "LOG WARNING"),

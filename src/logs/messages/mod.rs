@@ -78,16 +78,12 @@ impl Message {
     }
 }
 
-/// The labels a server writes before a message and its extra lines, in English.
-const LABELS: [&str; 15] = [
-    "LOG",
-    "ERROR",
-    "WARNING",
-    "FATAL",
-    "PANIC",
-    "NOTICE",
-    "INFO",
-    "DEBUG",
+/// The labels the server writes before a message (in English).
+pub const PRIMARY_LABELS: [&str; 8] = [
+    "LOG", "ERROR", "WARNING", "FATAL", "PANIC", "NOTICE", "INFO", "DEBUG",
+];
+/// Labels of the extra lines that belong to the message before them.
+pub const SECONDARY_LABELS: [&str; 7] = [
     "DETAIL",
     "HINT",
     "CONTEXT",
@@ -96,6 +92,10 @@ const LABELS: [&str; 15] = [
     "LOCATION",
     "BACKTRACE",
 ];
+
+fn labels() -> impl Iterator<Item = &'static str> {
+    PRIMARY_LABELS.into_iter().chain(SECONDARY_LABELS)
+}
 
 /// The English label (`ERROR`, `DETAIL`, …) of a label a server wrote in one of the
 /// catalogue's languages (`FEHLER`, `ANWEISUNG`, `ОШИБКА`), or the label itself when it
@@ -107,14 +107,14 @@ pub fn english_label(word: &str) -> Option<&'static str> {
 /// [`english_label`] and the language the word is of (`LANGS` index; 0 for a word
 /// that is English, or the same in English and the language).
 pub fn label(word: &str) -> Option<(&'static str, usize)> {
-    if let Some(l) = LABELS.iter().find(|l| **l == word) {
+    if let Some(l) = labels().find(|l| *l == word) {
         return Some((l, 0));
     }
     static TRANSLATED: OnceLock<HashMap<&'static str, (&'static str, usize)>> = OnceLock::new();
     TRANSLATED
         .get_or_init(|| {
             let mut map = HashMap::new();
-            for label in LABELS {
+            for label in labels() {
                 // Severities are their own msgids; the extra lines' are "DETAIL:  ".
                 let msgid = format!("{label}:  ");
                 let Some(m) = Message::of_template(label).or_else(|| Message::of_template(&msgid))

@@ -163,19 +163,9 @@ impl PartialEq for Literal {
 }
 
 /// The labels the server writes before a message (with `lc_messages = 'C'`).
-const PRIMARY: [&str; 8] = [
-    "LOG", "ERROR", "WARNING", "FATAL", "PANIC", "NOTICE", "INFO", "DEBUG",
-];
+const PRIMARY: [&str; 8] = crate::logs::messages::PRIMARY_LABELS;
 /// Labels of the extra lines that belong to the message before them.
-pub const SECONDARY: [&str; 7] = [
-    "DETAIL",
-    "HINT",
-    "CONTEXT",
-    "STATEMENT",
-    "QUERY",
-    "LOCATION",
-    "BACKTRACE",
-];
+pub const SECONDARY: [&str; 7] = crate::logs::messages::SECONDARY_LABELS;
 
 /// Longest label looked for (localized ones included).
 const MAX_LABEL: usize = 24;

@@ -18,6 +18,7 @@ Needs root or a user that may run PostgreSQL; the servers run as nobody when roo
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,11 @@ PREFIX = "%m [%p] %q%u@%d "
 
 
 def sh(*args, **kw):
-    return subprocess.run(args, check=kw.pop("check", True), capture_output=True, text=True, **kw)
+    check = kw.pop("check", True)
+    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+    return r
 
 
 def pg_bin(major):
@@ -93,6 +98,57 @@ class Cluster:
         return subprocess.Popen([PSQL, "-X", "-q", "-h", self.sock, "-p", str(self.port), "-U", user,
                                  "-d", db, "-c", sql],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def startup_packet(user, db="postgres", **params):
+    fields = [b"user", user.encode(), b"database", db.encode()]
+    for k, v in params.items():
+        fields += [k.encode(), v.encode()]
+    body = struct.pack("!i", 196608) + b"".join(f + b"\0" for f in fields) + b"\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise EOFError("server closed the connection")
+        out += chunk
+    return out
+
+
+def message(s):
+    head = recv_exact(s, 5)
+    return head[:1], recv_exact(s, struct.unpack("!i", head[1:])[0] - 4)
+
+
+def send(s, kind, body=b""):
+    s.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+
+
+class Raw:
+    """A connection spoken by hand: what psql never sends."""
+
+    def __init__(self, c, user="postgres", **params):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(10)
+        self.s.connect(os.path.join(c.sock, f".s.PGSQL.{c.port}"))
+        self.s.sendall(startup_packet(user, **params))
+
+    def until(self, kind):
+        while True:
+            k, body = message(self.s)
+            if k == kind or k == b"E":
+                return k, body
+
+    def close(self):
+        try:
+            while self.s.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.s.close()
 
 
 def step(name, f):
@@ -175,6 +231,17 @@ def provoke(c, major):
     time.sleep(0.1)
     q("begin; update t set v = 1 where id = 11; select pg_sleep(0.1); update t set v = 1 where id = 10; commit")
     a.wait()
+    # A deadlock the checker avoids by letting a waiter jump the queue: the first session
+    # holds dl_t and will wait for dl_u; the third holds dl_u and queues for dl_t behind
+    # the second, which waits for the first.
+    q("create table dl_t (a int); create table dl_u (a int)")
+    s1 = c.background("begin; select count(*) from dl_t; select pg_sleep(0.5); lock table dl_u; commit")
+    time.sleep(0.1)
+    s3 = c.background("begin; lock table dl_u; select pg_sleep(0.2); select count(*) from dl_t; commit")
+    time.sleep(0.05)
+    s2 = c.background("begin; lock table dl_t; commit")
+    for a in [s1, s2, s3]:
+        a.wait()
     # A serialization failure.
     a = c.background("begin isolation level repeatable read; select * from ser; select pg_sleep(0.4); update ser set v = 1 where id = 1; commit")
     time.sleep(0.1)
@@ -233,6 +300,28 @@ def provoke(c, major):
     s.connect(os.path.join(c.sock, f".s.PGSQL.{c.port}"))
     s.sendall(b"\x00\x00")
     s.close()
+    # A client that breaks the protocol after its login; one that answers the password
+    # request with a query; one that gives up in the middle of a TLS handshake, one that
+    # speaks HTTP to it.
+    r = Raw(c)
+    r.until(b"Z")
+    send(r.s, b"z")
+    r.close()
+    r = Raw(c, user="pwuser")
+    r.until(b"R")
+    send(r.s, b"Q", b"select 1\0")
+    r.close()
+    for then in [b"", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]:
+        s = socket.create_connection(("127.0.0.1", c.port), timeout=10)
+        s.sendall(struct.pack("!ii", 8, 80877103))
+        if s.recv(1) == b"S" and then:
+            s.sendall(then)
+            try:
+                s.recv(1024)
+            except OSError:
+                pass
+        s.close()
+    time.sleep(0.2)
     # Checkpoints, and too many of them.
     q("checkpoint")
     for _ in range(3):
@@ -247,12 +336,20 @@ def provoke(c, major):
       "insert into big select generate_series(1, 100000)")
     q("delete from big")
     time.sleep(3)
-    q("begin; lock table big; commit")
+    q("set log_min_messages = debug1; begin; lock table big; commit")
     time.sleep(0.5)
     # Slots: one reserving WAL it may not keep, a logical one.
     q("alter system set max_slot_wal_keep_size = '1MB'")
     q("select pg_reload_conf()")
     q("select pg_create_physical_replication_slot('lagging', true)")
+    streaming = None
+    if major >= 13:
+        lsn = c.val("select lsn from pg_create_physical_replication_slot('lagging_active', true)")
+        streaming = Raw(c, replication="true")
+        streaming.until(b"Z")
+        send(streaming.s, b"Q", f"START_REPLICATION SLOT lagging_active PHYSICAL {lsn}\0".encode())
+        # Read and thrown away, never acknowledged: the slot stays where it was.
+        threading.Thread(target=streaming.close, daemon=True).start()
     for _ in range(3):
         q("insert into t select g, g from generate_series(1000, 60000) g; delete from t where id >= 1000")
         q("select pg_switch_wal()")
@@ -275,6 +372,30 @@ def provoke(c, major):
     q("alter system reset work_mem")
     q("select pg_reload_conf()")
     time.sleep(0.5)
+    disk_full(c)
+
+
+def disk_full(c):
+    """A tablespace on a tiny file system (root only: it mounts one) filled by a table,
+    then by a sort's temporary files."""
+    if os.geteuid() != 0:
+        return
+    tiny = os.path.join(c.dir, "tiny")
+    os.makedirs(tiny)
+    sh("mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", tiny)
+    try:
+        os.makedirs(os.path.join(tiny, "ts"))
+        os.chown(os.path.join(tiny, "ts"), 65534, 65534)
+        c.psql(f"create tablespace tiny location '{tiny}/ts'")
+        c.psql("create table filler (a text) tablespace tiny")
+        c.psql("insert into filler select repeat('x', 500) from generate_series(1, 10000)")
+        c.psql("insert into filler select repeat('x', 500) from generate_series(1, 1000)")
+        c.psql("set temp_tablespaces = tiny; set work_mem = '64kB';"
+               "select * from generate_series(1, 200000) g order by g desc limit 1")
+        c.psql("drop table filler")
+        c.psql("drop tablespace tiny")
+    finally:
+        sh("umount", "-l", tiny, check=False)
 
 
 def crash(c):
@@ -293,7 +414,8 @@ def crash(c):
 
 def corrupt(c):
     c.psql("create table corrupt (a int); insert into corrupt select generate_series(1, 1000);"
-           "create table short (a int); insert into short select generate_series(1, 10000); checkpoint")
+           "create table short (a int); insert into short select generate_series(1, 10000);"
+           "create index short_a on short (a); checkpoint")
     path = os.path.join(c.data, c.val("select pg_relation_filepath('corrupt')"))
     short = os.path.join(c.data, c.val("select pg_relation_filepath('short')"))
     c.stop()
@@ -311,6 +433,184 @@ def corrupt(c):
         time.sleep(0.02)
     c.psql("select count(*) from corrupt")
     c.psql("select count(*) from short")
+    c.psql("set enable_seqscan = off; set enable_bitmapscan = off; select * from short where a = 500")
+
+
+def limits(c):
+    """Limits put on the running postmaster (root only: prlimit): the memory a new session
+    may map, then the number of processes its user may have."""
+    if os.geteuid() != 0:
+        return
+    pid = open(os.path.join(c.data, "postmaster.pid")).readline().strip()
+
+    def soft(limit):
+        # As the server's user, and only the soft limit: root here may lack the
+        # capability to change another user's limits.
+        sh("su", "nobody", "-s", "/bin/sh", "-c", f"prlimit --pid {pid} {limit}")
+    soft("--as=1000000000:unlimited")
+    c.psql("select length(repeat('x', 900000000))")
+    soft("--as=unlimited:unlimited")
+    procs = len(sh("ps", "-u", "nobody", "-o", "pid=").stdout.split())
+    hard = next(line.split()[3] for line in open(f"/proc/{pid}/limits") if line.startswith("Max processes"))
+    soft(f"--nproc={procs}:")
+    c.psql("select 1")
+    soft(f"--nproc={hard}:")
+
+
+def base_backup_of_corrupt(c):
+    """A base backup that verifies checksums over the corrupted table (Debian's
+    pg_basebackup 15 speaks to servers up to 15)."""
+    tool = "/usr/lib/postgresql/15/bin/pg_basebackup"
+    if c.major > 15 or not os.path.exists(tool):
+        return
+    target = os.path.join(c.dir, "basebackup")
+    subprocess.run([tool, "-h", c.sock, "-p", str(c.port), "-U", "postgres", "-D", target, "-X", "fetch",
+                    "--no-sync"], capture_output=True, timeout=120)
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def archived(c, work, major):
+    """The archive command fixed: a backup that waits for its WAL to be archived, WAL a
+    replication client asks for after it was removed, and a server restored from the
+    backup and the archive (connections tried while it starts)."""
+    arch = os.path.join(c.dir, "archive")
+    os.makedirs(arch)
+    os.chmod(arch, 0o777)
+    c.psql(f"alter system set archive_command = 'cp %p {arch}/%f'")
+    c.psql("select pg_reload_conf()")
+    ready = os.path.join(c.data, "pg_wal", "archive_status")
+    for _ in range(300):
+        if not any(f.endswith(".ready") for f in os.listdir(ready)):
+            break
+        time.sleep(0.1)
+    r = Cluster(major, work, "restored", c.port + 2)
+    start, stop = (("select pg_backup_start('fixture', true)", "select labelfile from pg_backup_stop(true)")
+                   if major >= 15 else
+                   ("select pg_start_backup('fixture', true, false)",
+                    "select labelfile from pg_stop_backup(false, true)"))
+    out = subprocess.run([PSQL, "-X", "-q", "-A", "-t", "-h", c.sock, "-p", str(c.port), "-U", "postgres",
+                          "-c", "set log_min_messages = notice", "-c", start,
+                          "-c", f"\\! cp -a {c.data} {r.data}",
+                          # WAL the restored server replays before it is consistent.
+                          "-c", "insert into t select g, g from generate_series(1000, 300000) g",
+                          "-c", "delete from t where id >= 1000",
+                          # The archive caught up, then made slow enough for the end of
+                          # the backup to wait for it.
+                          "-c", "select pg_switch_wal()",
+                          "-c", f"\\! while ls {ready}/*.ready >/dev/null 2>&1; do sleep 0.1; done",
+                          "-c", f"alter system set archive_command = 'sleep 4; cp %p {arch}/%f'",
+                          "-c", "select pg_reload_conf()", "-c", stop],
+                         capture_output=True, text=True, check=True).stdout
+    label = out[out.index("START WAL LOCATION"):]
+    c.psql(f"alter system set archive_command = 'cp %p {arch}/%f'")
+    c.psql("select pg_reload_conf()")
+    for _ in range(3):
+        c.psql("insert into t select g, g from generate_series(1000, 60000) g; delete from t where id >= 1000")
+        c.psql("select pg_switch_wal()")
+    c.psql("checkpoint")
+    c.psql("select pg_switch_wal()")
+    c.psql("checkpoint")
+    gone = Raw(c, replication="true")
+    gone.until(b"Z")
+    send(gone.s, b"Q", b"START_REPLICATION 0/1000000\0")
+    gone.close()
+    for name in ["postmaster.pid", "postmaster.opts"]:
+        try:
+            os.remove(os.path.join(r.data, name))
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(os.path.join(r.data, "log"), ignore_errors=True)
+    shutil.rmtree(os.path.join(r.data, "pg_wal"))
+    os.makedirs(os.path.join(r.data, "pg_wal", "archive_status"))
+    open(os.path.join(r.data, "backup_label"), "w").write(label.rstrip() + "\n")
+    open(os.path.join(r.data, "recovery.signal"), "w").close()
+    for gone_file in ["postgresql.auto.conf"]:
+        open(os.path.join(r.data, gone_file), "w").close()
+    r.conf(f"port = {r.port}\nunix_socket_directories = '{r.sock}'\nlisten_addresses = ''\n"
+           f"archive_mode = off\nhot_standby = on\nrestore_command = 'cp {arch}/%f %p'")
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "65534:65534", r.data], check=True)
+    subprocess.run(as_server([f"{r.bin}/pg_ctl", "-D", r.data, "-l", os.path.join(r.dir, "server.out"), "start"]),
+                   capture_output=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            k, _ = Raw(r).until(b"Z")
+            if k == b"Z" and r.psql("select pg_is_in_recovery()").stdout.strip() == "f":
+                break
+        except (OSError, EOFError):
+            pass
+        time.sleep(0.01)
+    r.psql("checkpoint")
+    r.stop()
+    return r
+
+
+def wraparound(c):
+    """Transaction and multixact IDs moved next to the wraparound limits with pg_resetwal
+    (where the version has one here): warnings, then commands refused."""
+    tool = os.path.join(c.bin, "pg_resetwal")
+    if not os.path.exists(tool):
+        return
+
+    def reset(xids_left, mxids_left):
+        """Moves the next ID to `left` before the wraparound limit (None: untouched)."""
+        oldest = int(c.val("select min(datfrozenxid::text::bigint) from pg_database"))
+        oldest_m = int(c.val("select min(datminmxid::text::bigint) from pg_database"))
+        full = int(c.val("select txid_snapshot_xmax(txid_current_snapshot())"))
+        c.stop()
+        args, pages = [], []
+        if xids_left is not None:
+            xid = (oldest + 2**31 - 1 - xids_left) % 2**32
+            epoch = (full >> 32) + (1 if xid < (full & 0xFFFFFFFF) else 0)
+            args += ["-u", str(oldest), "-x", str(xid), "-e", str(epoch)]
+            pages.append(os.path.join(c.data, "pg_xact", "%04X" % (xid // 1048576)))
+        if mxids_left is not None:
+            mxid = (oldest_m + 2**31 - 1 - mxids_left) % 2**32
+            args += ["-m", f"{mxid},{oldest_m}"]
+            pages.append(os.path.join(c.data, "pg_multixact", "offsets", "%04X" % (mxid // 65536)))
+        # The status pages the new IDs fall on must exist: zeroed, as the server would
+        # have made them.
+        for path in pages:
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(b"\0" * 262144)
+                if os.geteuid() == 0:
+                    os.chown(path, 65534, 65534)
+        subprocess.run(as_server([tool] + args + [c.data]), check=True, capture_output=True)
+        c.start()
+
+    def provoke_ids(seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            c.psql("select txid_current()")
+            holder = c.background("begin; select * from t where id = 3 for share; select pg_sleep(0.3); commit")
+            time.sleep(0.1)
+            c.psql("begin; select * from t where id = 3 for share; commit")
+            holder.wait()
+
+    def settled():
+        # Autovacuum freezes every database; until then the limits stay near.
+        for _ in range(300):
+            if int(c.val("select max(age(datfrozenxid)) from pg_database")) < 100000000 and int(c.val(
+                    "select max(mxid_age(datminmxid)) from pg_database")) < 100000000:
+                return
+            time.sleep(0.2)
+
+    # Autovacuum must be able to freeze everything: not the corrupted tables. Its reports
+    # of every catalogue table in every database are not wanted here.
+    c.psql("drop table if exists corrupt, short")
+    c.psql("alter system set log_autovacuum_min_duration = -1")
+    c.psql("select pg_reload_conf()")
+
+    reset(5000000, 5000000)
+    provoke_ids(3)
+    settled()
+    reset(500000, None)
+    provoke_ids(2)
+    settled()
+    reset(None, 50)
+    provoke_ids(2)
 
 
 def standby(primary, work, major):
@@ -319,9 +619,12 @@ def standby(primary, work, major):
     start, stop = (("select pg_backup_start('fixture', true)", "select labelfile from pg_backup_stop(false)")
                    if major >= 15 else
                    ("select pg_start_backup('fixture', true, false)", "select labelfile from pg_stop_backup(false, false)"))
-    out = subprocess.run([PSQL, "-X", "-q", "-A", "-t", "-h", primary.sock, "-p", str(primary.port), "-U", "postgres",
+    run = subprocess.run([PSQL, "-X", "-q", "-A", "-t", "-h", primary.sock, "-p", str(primary.port), "-U", "postgres",
                           "-c", start, "-c", f"\\! cp -a {primary.data} {s.data}", "-c", stop],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"backup for the standby: {run.stderr.strip()}")
+    out = run.stdout
     label = out[out.index("START WAL LOCATION"):]
     for gone in ["postmaster.pid", "postmaster.opts"]:
         try:
@@ -386,7 +689,8 @@ def run(major, work):
     c.initdb()
     dest = "stderr,csvlog" + (",jsonlog" if major >= 15 else "")
     c.conf(f"""port = {c.port}
-listen_addresses = ''
+listen_addresses = '127.0.0.1'
+ssl = on
 unix_socket_directories = '{c.sock}'
 fsync = off
 logging_collector = on
@@ -417,6 +721,12 @@ archive_command = 'false'
 wal_level = logical
 max_wal_senders = 3
 password_encryption = 'scram-sha-256'""")
+    sh("openssl", "req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=fixture",
+       "-keyout", os.path.join(c.data, "server.key"), "-out", os.path.join(c.data, "server.crt"))
+    os.chmod(os.path.join(c.data, "server.key"), 0o600)
+    if os.geteuid() == 0:
+        for f in ["server.key", "server.crt"]:
+            os.chown(os.path.join(c.data, f), 65534, 65534)
     with open(os.path.join(c.data, "pg_hba.conf"), "w") as f:
         f.write("local all rejectme reject\nlocal all pwuser scram-sha-256\nlocal all peeruser peer\n"
                 "local all postgres,lowpriv,nologin_role,nosuchrole trust\nlocal replication all trust\n")
@@ -424,15 +734,24 @@ password_encryption = 'scram-sha-256'""")
     step("provoke", lambda: provoke(c, major))
     step("crash", lambda: crash(c))
     step("corrupt", lambda: corrupt(c))
-    s = None
+    step("limits", lambda: limits(c))
+    step("base backup", lambda: base_backup_of_corrupt(c))
+    s = r = None
     try:
         s = standby(c, work, major)
     except Exception as e:
         print(f"   step standby: {e}", file=sys.stderr)
+    try:
+        r = archived(c, work, major)
+    except Exception as e:
+        print(f"   step archived: {e}", file=sys.stderr)
+    step("wraparound", lambda: wraparound(c))
     c.stop()
     collect(c, f"pg{major}")
     if s:
         collect(s, f"pg{major}-standby")
+    if r:
+        collect(r, f"pg{major}-restore")
 
 
 def main():
@@ -447,7 +766,7 @@ def main():
         try:
             run(major, work)
         finally:
-            for name in ["primary", "standby"]:
+            for name in ["primary", "standby", "restored"]:
                 d = os.path.join(work, name, "data")
                 if os.path.exists(os.path.join(d, "postmaster.pid")):
                     subprocess.run(as_server([pg_bin(major) + "/pg_ctl", "-D", d, "-m", "immediate", "stop"]),

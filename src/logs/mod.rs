@@ -127,6 +127,16 @@ impl LogParser {
         }
     }
 
+    /// This parser, for lines that came through a relay that may drop the tab of a
+    /// message's continuation lines (syslog): such a line then continues the message
+    /// before it instead of being another program's output.
+    pub fn relayed(self) -> LogParser {
+        match self {
+            LogParser::Stderr(p) => LogParser::Stderr(Box::new(p.relayed())),
+            other => other,
+        }
+    }
+
     /// Its format.
     pub fn format(&self) -> Format {
         match self {
@@ -836,6 +846,27 @@ impl Shaper {
         if let Some(s) = d.detail.as_mut() {
             *s = Cow::Owned(redact::row_values(s));
         }
+        // A syntax error quotes the token it stopped at, which may be a literal of the
+        // statement (`at or near "'s3cret'"`): inside the message's quotes the lexer
+        // reads it as a name, so it is redacted here, in the message and its figure.
+        let near = d
+            .figures
+            .as_mut()
+            .and_then(|f| f.get_mut("near"))
+            .and_then(|v| match v {
+                Value::String(n) => Some(n),
+                _ => None,
+            });
+        if let Some(n) = near {
+            let redacted = redact::literals(n);
+            if redacted != *n {
+                let quoted = format!("\"{n}\"");
+                if d.message.contains(&quoted) {
+                    d.message = Cow::Owned(d.message.replace(&quoted, &format!("\"{redacted}\"")));
+                }
+                *n = redacted;
+            }
+        }
     }
 
     /// The event of a record; `identity` names the file (device, inode, fingerprint) so
@@ -889,6 +920,48 @@ mod tests {
             Regex::new(r"^bitville-(?P<id>[0-9a-fA-F-]{36})$").expect("re"),
             redact,
         )
+    }
+
+    #[test]
+    fn a_literal_a_syntax_error_stopped_at_is_redacted_in_the_message_and_its_figure() {
+        let r = Record {
+            severity: Some("ERROR".into()),
+            message: "syntax error at or near \"'s3cret'\"".into(),
+            ..Default::default()
+        };
+        let d = shaper(Redact::Literals).data(&r, "f", Format::Stderr);
+        assert_eq!(d.subclass, Some("syntax_error"));
+        assert_eq!(d.message, "syntax error at or near \"?\"");
+        assert_eq!(
+            d.figures.as_ref().and_then(|f| f.get("near")),
+            Some(&Value::from("?"))
+        );
+        assert_eq!(
+            d.message_args,
+            vec![
+                Some(Cow::Borrowed("syntax error")),
+                Some(Cow::Borrowed("?"))
+            ]
+        );
+        // A keyword is no literal: it stays, as does everything without redaction.
+        let r = Record {
+            message: "syntax error at or near \"selec\"".into(),
+            ..r
+        };
+        let d = shaper(Redact::Literals).data(&r, "f", Format::Stderr);
+        assert_eq!(
+            d.figures.as_ref().and_then(|f| f.get("near")),
+            Some(&Value::from("selec"))
+        );
+        let r = Record {
+            message: "syntax error at or near \"'s3cret'\"".into(),
+            ..r
+        };
+        let d = shaper(Redact::None).data(&r, "f", Format::Stderr);
+        assert_eq!(
+            d.figures.as_ref().and_then(|f| f.get("near")),
+            Some(&Value::from("'s3cret'"))
+        );
     }
 
     #[test]

@@ -63,17 +63,32 @@ pub struct StderrParser {
     /// The record a line read ahead is parsed into (kept: one allocation, not one per
     /// message).
     spare: Box<Record>,
+    /// Lines come through a relay that may have dropped the tab of continuation lines
+    /// (syslog): a line without prefix or tab continues the message before it. In a
+    /// file the server writes, every continuation line has its tab, and such a line is
+    /// another program's output (an archive or restore command's `cp: cannot stat …`,
+    /// a memory context dump): a record of its own, not part of a message.
+    relayed: bool,
 }
 
 impl Clone for StderrParser {
     /// A parser for the same prefix; what one log showed of its sessions is not
     /// carried to another.
     fn clone(&self) -> StderrParser {
-        StderrParser::new(self.prefix.clone())
+        StderrParser {
+            relayed: self.relayed,
+            ..StderrParser::new(self.prefix.clone())
+        }
     }
 }
 
 impl StderrParser {
+    /// This parser, for lines that came through a relay (see `relayed`).
+    pub fn relayed(mut self) -> StderrParser {
+        self.relayed = true;
+        self
+    }
+
     /// A parser for lines written with `prefix`.
     pub fn new(prefix: Prefix) -> StderrParser {
         StderrParser {
@@ -81,6 +96,7 @@ impl StderrParser {
             reader: Reader::default(),
             after_broken: None,
             spare: Box::default(),
+            relayed: false,
         }
     }
 
@@ -172,7 +188,23 @@ impl StderrParser {
             rec.offset = offset;
             rec.end = end;
             let Some((mut label, mut body_text)) = body else {
-                *rec = Record::unparsed(line, offset, end);
+                let mut lines = line;
+                if is_memory_dump(line) {
+                    // The whole dump is one record: its lines after this one, as far
+                    // as they have arrived.
+                    let start = (offset - base) as usize;
+                    while let Some(n) = memchr(b'\n', &buf[pos..]) {
+                        let l = &buf[pos..pos + n];
+                        if !is_memory_dump(l.strip_suffix(b"\r").unwrap_or(l)) {
+                            break;
+                        }
+                        pos += n + 1;
+                    }
+                    end = base + pos as u64;
+                    lines = &buf[start..pos];
+                    lines = lines.strip_suffix(b"\n").unwrap_or(lines);
+                }
+                *rec = Record::unparsed(lines, offset, end);
                 consumed = pos;
                 continue;
             };
@@ -260,7 +292,10 @@ impl StderrParser {
                     // dropped (syslog, a cloud log API). Joined, flagged as a reading
                     // that is likely, not certain — unless it is the start of a
                     // line a newline in a name cut, which is read as such.
-                    None if !self.prefix.broken_start(l, &mut self.reader) => {
+                    None if self.relayed
+                        && !self.prefix.broken_start(l, &mut self.reader)
+                        && !is_memory_dump(l) =>
+                    {
                         let cut = append_line(field.get(rec), l);
                         rec.truncated |= cut;
                         rec.continued_without_tab = true;
@@ -275,6 +310,19 @@ impl StderrParser {
         }
         (pos, field, None)
     }
+}
+
+/// A line of the memory context dump a backend writes straight to stderr when it runs
+/// out of memory (`TopMemoryContext: 8192 total in 1 blocks; 7928 free (0 chunks); 264
+/// used`, `Grand total: …`): no continuation of the message before it, whose figures it
+/// would otherwise become part of.
+fn is_memory_dump(l: &[u8]) -> bool {
+    use memchr::memmem::find;
+    let t = l.trim_ascii_start();
+    let used = t.ends_with(b" used") || find(t, b" used: ").is_some();
+    used && find(t, b" blocks; ").is_some()
+        && find(t, b" free (").is_some()
+        && (find(t, b" total in ").is_some() || t.starts_with(b"Grand total: "))
 }
 
 impl StderrParser {
@@ -352,7 +400,10 @@ mod tests {
     use super::*;
 
     fn run(log: &str, flush: Flush) -> (Vec<Record>, usize) {
-        let mut p = StderrParser::new(Prefix::compile("%m [%p] "));
+        run_with(StderrParser::new(Prefix::compile("%m [%p] ")), log, flush)
+    }
+
+    fn run_with(mut p: StderrParser, log: &str, flush: Flush) -> (Vec<Record>, usize) {
         let mut out = Vec::new();
         let n = p.parse(log.as_bytes(), 100, flush, &mut out, 1000);
         (out, n)
@@ -387,7 +438,57 @@ mod tests {
     }
 
     #[test]
+    fn in_a_file_another_programs_line_is_a_record_of_its_own() {
+        let log = "2026-11-26 10:00:00.001 UTC [10] LOG:  database system was interrupted; last known up at 2026-11-26 09:00:00 UTC\n\
+cp: cannot stat '/archive/00000002.history': No such file or directory\n\
+2026-11-26 10:00:00.002 UTC [10] LOG:  starting archive recovery\n";
+        let (recs, _) = run(log, Flush::Settled);
+        assert_eq!(recs.len(), 3, "{recs:#?}");
+        assert!(recs[0].message.ends_with("09:00:00 UTC") && !recs[0].continued_without_tab);
+        assert_eq!(
+            recs[1].raw.as_deref(),
+            Some("cp: cannot stat '/archive/00000002.history': No such file or directory")
+        );
+        assert_eq!(recs[2].message, "starting archive recovery");
+    }
+
+    #[test]
+    fn a_memory_context_dump_is_a_record_of_its_own_not_part_of_a_message() {
+        let log = "2026-11-26 10:00:00.001 UTC [10] LOG:  connection authorized: user=u database=d application_name=psql\n\
+TopMemoryContext: 36648 total in 3 blocks; 4280 free (6 chunks); 32368 used\n\
+  MessageContext: 16384 total in 2 blocks; 7816 free (5 chunks); 8568 used\n\
+    index info: 2048 total in 2 blocks; 728 free (2 chunks); 1320 used: pg_class_oid_index\n\
+  12 more child contexts containing 40960 total in 7 blocks; 1 free (2 chunks); 3 used\n\
+Grand total: 1027144 bytes in 158 blocks; 290624 free (108 chunks); 736520 used\n\
+2026-11-26 10:00:00.002 UTC [10] ERROR:  out of memory\n\
+2026-11-26 10:00:00.002 UTC [10] DETAIL:  Failed on request of size 900000004 in memory context \"ExprContext\".\n";
+        let (recs, n) = run(log, Flush::Settled);
+        assert_eq!(n, log.len());
+        assert_eq!(recs.len(), 3, "{recs:#?}");
+        assert_eq!(
+            recs[0].message,
+            "connection authorized: user=u database=d application_name=psql"
+        );
+        assert!(!recs[0].continued_without_tab);
+        let dump = recs[1].raw.as_deref().expect("raw");
+        assert!(
+            dump.starts_with("TopMemoryContext: ") && dump.ends_with("736520 used"),
+            "{dump}"
+        );
+        assert_eq!(dump.lines().count(), 5);
+        assert_eq!(recs[2].message, "out of memory");
+        assert!(recs[2].detail.is_some());
+    }
+
+    #[test]
     fn continuation_lines_that_lost_their_tab_join_their_message_flagged() {
+        let run = |log: &str, flush| {
+            run_with(
+                StderrParser::new(Prefix::compile("%m [%p] ")).relayed(),
+                log,
+                flush,
+            )
+        };
         // As syslog relays it: the statement's second line and a plan's lines without
         // their leading tab.
         let log = "2026-11-26 10:00:00.001 UTC [10] LOG:  statement: select *\n\

@@ -388,22 +388,66 @@ fn splits(line: &[u8], tier: Tier, out: &mut Vec<Split>) {
                     continue;
                 }
                 // A word: letters of any script, no spaces or punctuation.
-                let n = line[..c]
-                    .iter()
-                    .rev()
-                    .take(MAX_LABEL + 1)
-                    .take_while(|b| b.is_ascii_alphanumeric() || **b >= 0x80)
-                    .count();
+                let n = label_word(&line[..c]);
                 if (1..=MAX_LABEL).contains(&n) && std::str::from_utf8(&line[c - n..c]).is_ok() {
+                    let at = two_words(line, c - n, c).unwrap_or(c - n);
                     out.push(Split {
-                        at: c - n,
-                        label_len: n,
+                        at,
+                        label_len: c - at,
+                        text,
+                    });
+                    continue;
+                }
+                // French writes a space before the colon (`INSTRUCTION :  `): only a
+                // label the catalogue knows is read that way.
+                let Some(end) = [b" ".as_slice(), "\u{a0}".as_bytes()]
+                    .iter()
+                    .find(|s| line[..c].ends_with(s))
+                    .map(|s| c - s.len())
+                else {
+                    continue;
+                };
+                let n = label_word(&line[..end]);
+                let at = two_words(line, end - n, end).unwrap_or(end - n);
+                if (1..=MAX_LABEL).contains(&n)
+                    && std::str::from_utf8(&line[at..end])
+                        .ok()
+                        .and_then(crate::logs::messages::english_label)
+                        .is_some()
+                {
+                    out.push(Split {
+                        at,
+                        label_len: end - at,
                         text,
                     });
                 }
             }
         }
     }
+}
+
+/// How many bytes at the end of `before` make one word of a label: letters of any
+/// script, no spaces or punctuation.
+fn label_word(before: &[u8]) -> usize {
+    before
+        .iter()
+        .rev()
+        .take(MAX_LABEL + 1)
+        .take_while(|b| b.is_ascii_alphanumeric() || **b >= 0x80)
+        .count()
+}
+
+/// Where a label of two words that ends with the word at `at..end` starts, when the
+/// catalogue knows it as one (Korean `명령 구문` is `STATEMENT`).
+fn two_words(line: &[u8], at: usize, end: usize) -> Option<usize> {
+    let space = at.checked_sub(1).filter(|&i| line[i] == b' ')?;
+    let n = label_word(&line[..space]);
+    let start = space - n;
+    (n > 0 && end - start <= MAX_LABEL)
+        .then(|| std::str::from_utf8(&line[start..end]).ok())
+        .flatten()
+        .and_then(crate::logs::messages::english_label)
+        .map(|_| start)
 }
 
 /// Picks the reading of `line` (or what all readings agree on), fills `rec` and learns

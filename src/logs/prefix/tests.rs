@@ -117,6 +117,35 @@ fn non_matching_lines_and_localized_labels() {
 }
 
 #[test]
+fn labels_written_with_a_space_before_the_colon_or_in_two_words() {
+    for (line, want) in [
+        (
+            "2026-11-26 17:35:07.123 UTC [4] INSTRUCTION :  select 1",
+            "INSTRUCTION",
+        ),
+        (
+            "2026-11-26 17:35:07.123 UTC [4] ASTUCE :  Vérifiez",
+            "ASTUCE",
+        ),
+        (
+            "2026-11-26 17:35:07.123 UTC [4] 명령 구문:  select 1",
+            "명령 구문",
+        ),
+    ] {
+        let (r, label, text) = parse("%m [%p] ", line).expect(line);
+        assert_eq!(label, want, "{line}");
+        assert_eq!(r.pid, Some(4));
+        assert!(
+            text.starts_with("select 1") || text == "Vérifiez",
+            "{line}: {text}"
+        );
+        assert!(crate::logs::prefix::is_secondary(&label), "{label}");
+    }
+    // A word the catalogue does not know as a label is not read as one before " : ".
+    assert!(parse("%m [%p] ", "2026-11-26 17:35:07.123 UTC [4] RIEN :  x").is_none());
+}
+
+#[test]
 fn shortcomings_name_what_is_missing() {
     assert_eq!(Prefix::compile("%m [%p] %a ").shortcomings().len(), 0);
     assert_eq!(Prefix::compile("%m [%p] ").shortcomings().len(), 1);

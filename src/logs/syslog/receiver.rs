@@ -142,7 +142,7 @@ impl Receiver {
                     prefix_known: !v.logs.prefix.is_empty(),
                     parked: Vec::new(),
                     parked_bytes: 0,
-                    parser: LogParser::new(Format::Stderr, prefix),
+                    parser: LogParser::new(Format::Stderr, prefix).relayed(),
                     shaper: Shaper::new(
                         v.correlation.application_name_pattern.clone(),
                         v.logs.redact,
@@ -283,7 +283,7 @@ impl Receiver {
                             let prefix = s.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
                             if r.parser.prefix() != Some(prefix.as_str()) || !r.prefix_known {
                                 info!(act.log, "syslog_prefix"; "server" => &r.name, "prefix" => &prefix);
-                                r.parser = LogParser::new(Format::Stderr, &prefix);
+                                r.parser = LogParser::new(Format::Stderr, &prefix).relayed();
                                 r.stats.prefix = prefix;
                             }
                             false

@@ -20,6 +20,7 @@ mod metrics;
 mod not_utf8;
 mod otlp;
 mod plans;
+mod plans_agent;
 mod privileges;
 mod project;
 mod redirects;

@@ -25,7 +25,7 @@ pub fn config(dir: &Path, pg: &PgCluster, listener_url: &str, interval_s: u64) -
         "[agent]\nproject_id = \"it-project\"\nhostname = \"it-host\"\nstate_dir = \"{}\"\nshutdown_grace_s = 5\n\
          [database]\nhost = \"{}\"\nport = {}\nuser = \"postgres\"\ndbname = \"postgres\"\nconnect_timeout_ms = 2000\n\
          [collection]\ninterval_s = {interval_s}\nsample_interval_ms = 0\n\
-         databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\nreplication = false\nserver_stats = false\nsettings = false\n\
+         databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\nreplication = false\nserver_stats = false\nsettings = false\nplans = false\n\
          statements = false\nlocks = false\nsystem = false\nlogs = false\n\
          [listener]\nurl = \"{listener_url}\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 2000\nretry_max_ms = 1000\n",
         dir.join("state").display(),

@@ -30,6 +30,8 @@ pub enum EventKind {
     PgServerStats,
     /// The non-default settings and what changed.
     PgSettings,
+    /// A statement's generic plan, a plan change, or a planning cycle's summary.
+    PgPlans,
     /// A server log event.
     PgLog,
     /// The agent's own health (restarts, losses, parse errors).
@@ -90,7 +92,7 @@ const fn health(
 }
 
 /// Every kind, in the order of the variants (sources start and are listed in it).
-pub const KINDS: [KindInfo; 14] = [
+pub const KINDS: [KindInfo; 15] = [
     kind(EventKind::PgActivity, "pg_activity"),
     kind(EventKind::PgStatements, "pg_statements"),
     kind(EventKind::PgLocks, "pg_locks"),
@@ -138,6 +140,7 @@ pub const KINDS: [KindInfo; 14] = [
         "settings",
         Every::Seconds(600),
     ),
+    health(EventKind::PgPlans, "pg_plans", "plans", Every::Interval),
     kind(EventKind::PgLog, "pg_log"),
     kind(EventKind::Agent, "agent"),
 ];
@@ -194,6 +197,6 @@ mod tests {
                 assert!(keys.insert(h.key), "{} twice", h.key);
             }
         }
-        assert_eq!(EventKind::health().count(), 7);
+        assert_eq!(EventKind::health().count(), 8);
     }
 }

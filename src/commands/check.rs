@@ -577,6 +577,12 @@ async fn check_database(r: &mut Report, config: &Config) {
         check_plans(r, &client, &preload, user).await;
     }
     let enabled = crate::sources::enabled(config);
+    if enabled
+        .iter()
+        .any(|(k, _)| *k == crate::model::EventKind::PgPlans)
+    {
+        check_agent_plans(r, &client, config, user).await;
+    }
     if crate::sources::specs()
         .any(|s| s.reads_statistics && enabled.iter().any(|(k, _)| *k == s.kind))
     {
@@ -785,6 +791,46 @@ async fn check_plans(
             "auto_explain.log_timing = off, or auto_explain.sample_rate = 0.1",
         );
     }
+}
+
+/// pg_plans: the statements it plans come from pg_statements, and planning needs read
+/// access to their tables (or the roles that run them).
+async fn check_agent_plans(
+    r: &mut Report,
+    client: &tokio_postgres::Client,
+    config: &Config,
+    user: &str,
+) {
+    if !config.collection.statements {
+        return r.warn(
+            "plans",
+            "the agent plans the statements pg_statements hands it, and pg_statements is off: no plan of its own",
+            "[collection] statements = true (or plans = false)",
+        );
+    }
+    let q = "SELECT r.rolsuper,
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+                             WHERE g.rolname = 'pg_read_all_data'
+                               AND pg_has_role(current_user, g.oid, 'USAGE'))
+               FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
+    let row = match client.query_one(q, &[]).await {
+        Ok(row) => row,
+        Err(e) => return r.fail("plans", &describe(&e), &query_fix(&e, user)),
+    };
+    let (superuser, read_all): (bool, bool) = (row.get(0), row.get(1));
+    let what = format!(
+        "the agent plans the {} statements with the most time of each pg_statements cycle (generic plans, at most {} ms per cycle)",
+        config.collection.plans_top,
+        config.collection.plans_budget.as_millis()
+    );
+    if superuser || read_all {
+        return r.ok("plans", &what);
+    }
+    r.warn(
+        "plans",
+        &format!("{what}, but role {user} may not read every table: a statement over one it cannot read is not planned (unless it may SET ROLE to the statement's role)"),
+        &format!("GRANT pg_read_all_data TO {user};   (PostgreSQL 14+; before: GRANT SELECT on the tables)"),
+    );
 }
 
 /// The server log: found, readable, and its lines fit the prefix the parser will use.

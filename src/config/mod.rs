@@ -250,6 +250,11 @@ pub struct CollectionConfig {
     pub max_query_length: u32,
     /// At most this many statements per `pg_statements` sample (most execution time first).
     pub statements_max_rows: u32,
+    /// `pg_plans` plans at most this many of the last `pg_statements` cycle's statements
+    /// (most execution time first).
+    pub plans_top: u32,
+    /// `pg_plans` spends at most this long planning per cycle.
+    pub plans_budget: Duration,
     /// Literals out of the query texts read from the database (`none` or `literals`;
     /// passwords go whatever it says).
     pub redact: crate::sql::redact::Redact,

@@ -246,6 +246,8 @@ pub struct RawCollection {
     pub max_activity_rows: Field<i64>,
     pub max_query_length: Field<i64>,
     pub statements_max_rows: Field<i64>,
+    pub plans_top: Field<i64>,
+    pub plans_budget_ms: Field<i64>,
     pub redact: Field<String>,
     pub tables_max_relations: Field<i64>,
     pub tables_max_pass_s: Field<i64>,

@@ -542,6 +542,15 @@ fn collection(c: &mut Check, col: &RawCollection) -> CollectionConfig {
             100_000,
             "",
         ) as u32,
+        plans_top: c.int("collection.plans_top", &col.plans_top, 20, 1, 200, "") as u32,
+        plans_budget: Duration::from_millis(c.int(
+            "collection.plans_budget_ms",
+            &col.plans_budget_ms,
+            250,
+            10,
+            10_000,
+            "",
+        ) as u64),
         // The database's texts have no bind parameters to take out: literals or nothing.
         redact: c.choice(
             "collection.redact",

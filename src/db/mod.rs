@@ -251,6 +251,8 @@ struct ServerInner {
     cap: Arc<cap::Cap>,
     facts: Arc<crate::model::ServerFacts>,
     board: Arc<crate::board::Board>,
+    /// The statements with the most time in the last pg_statements cycle, for pg_plans.
+    top: Mutex<Option<Arc<crate::sources::plans::Top>>>,
     drivers: tokio::runtime::Handle,
     /// Dropped with the last clone: the driving thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -286,6 +288,7 @@ impl Server {
                 cap,
                 facts: Arc::default(),
                 board: Arc::default(),
+                top: Mutex::default(),
                 drivers,
                 _stop: stop,
             }),
@@ -305,6 +308,20 @@ impl Server {
     /// Its sources' latest readings, for the metrics page.
     pub fn board(&self) -> &Arc<crate::board::Board> {
         &self.inner.board
+    }
+
+    /// The statements with the most execution time in the last pg_statements cycle.
+    pub fn top_statements(&self) -> Option<Arc<crate::sources::plans::Top>> {
+        self.inner
+            .top
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Hands a pg_statements cycle's top statements to pg_plans.
+    pub fn post_top_statements(&self, top: Arc<crate::sources::plans::Top>) {
+        *self.inner.top.lock().unwrap_or_else(|p| p.into_inner()) = Some(top);
     }
 
     fn drivers(&self) -> &tokio::runtime::Handle {

@@ -91,6 +91,12 @@ pub fn text(
     }))
 }
 
+/// A name (role, schema) as SQL reads it whatever it is: always in double quotes, so a
+/// keyword, capitals or a quote in it stay the name.
+pub fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

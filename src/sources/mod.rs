@@ -15,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod locks;
 pub mod outbox;
+pub mod plans;
 pub mod sampler;
 pub mod session;
 pub mod statements;
@@ -277,6 +278,7 @@ mod tests {
                 EventKind::PgReplication,
                 EventKind::PgServerStats,
                 EventKind::PgSettings,
+                EventKind::PgPlans,
             ]
         );
         for k in &kinds {

@@ -465,6 +465,7 @@ mod tests {
             ChildId::Collector(crate::model::ServerNo::ONLY, K::PgStatements),
             LOCKS,
             ChildId::Collector(crate::model::ServerNo::ONLY, K::System),
+            ChildId::Collector(crate::model::ServerNo::ONLY, K::PgPlans),
         ];
         assert_eq!(p.start, on_interval, "{p:?}");
         assert_eq!(p.stop, on_interval, "{p:?}");

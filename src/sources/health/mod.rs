@@ -71,6 +71,17 @@ pub const SOURCES: &[Spec] = &[
         make: |c, _| Box::new(settings::SettingsSource::new(c)),
         reads_statistics: false,
     },
+    Spec {
+        kind: EventKind::PgPlans,
+        interval: health_interval!(EventKind::PgPlans),
+        make: |c, mode| {
+            Box::new(crate::sources::plans::PlansSource::new(
+                c,
+                mode == crate::sources::Mode::Daemon,
+            ))
+        },
+        reads_statistics: false,
+    },
 ];
 
 /// One row as the server's JSON object, by column name.

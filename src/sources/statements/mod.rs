@@ -166,6 +166,12 @@ impl Cycle {
                 summary.names_error = Some(e.to_string());
                 self.tracker.borrow_mut().names_unread(&e);
             }
+            db.server()
+                .post_top_statements(std::sync::Arc::new(crate::sources::plans::Top::of(
+                    now,
+                    &ext.columns,
+                    &concluded.deltas,
+                )));
             let t = self.tracker.borrow();
             for d in &concluded.deltas {
                 let data = statement(&ext.columns, d, &t.names, since, secs);

@@ -1,0 +1,198 @@
+//! The last plan shape of each statement (per database and query id), kept in memory
+//! and as a checkpoint in the spool, written in the same transaction as the events that
+//! report it: after a restart a plan the agent already shipped is not new, and a change
+//! that happened while it was down is still a change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Checkpoint, RowChanges};
+
+use super::shape::Shape;
+
+/// Name of the checkpoint in the spool.
+pub const CHECKPOINT: &str = "pg_plans.history";
+
+/// The value of the checkpoint: its version line (the entries are its rows).
+const MAGIC: &[u8] = b"postgres-agent pg_plans history v1\n";
+
+/// The most statements remembered; the ones seen longest ago go first.
+pub const MAX_ENTRIES: usize = 5_000;
+
+/// A statement: database oid and query id.
+pub type Key = (u32, i64);
+
+/// What is remembered of a statement's plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The plan's shape.
+    pub shape: Shape,
+    /// When that shape was first seen.
+    pub since: DateTime<Utc>,
+    /// When it was last seen.
+    pub seen_at: DateTime<Utc>,
+    /// The statement's mean execution time while it had this shape (ms), from the
+    /// statement deltas of the cycles it was seen in.
+    pub mean_ms: Option<f64>,
+}
+
+/// Every statement's last shape.
+#[derive(Debug, Default)]
+pub struct History {
+    entries: HashMap<Key, Entry>,
+    /// Keys changed since the last checkpoint (`None`: removed).
+    changed: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// A checkpoint row's key.
+fn key_bytes(k: &Key) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12);
+    out.extend(k.0.to_le_bytes());
+    out.extend(k.1.to_le_bytes());
+    out
+}
+
+fn key_of(b: &[u8]) -> Option<Key> {
+    (b.len() == 12).then(|| {
+        (
+            u32::from_le_bytes(b[0..4].try_into().unwrap_or_default()),
+            i64::from_le_bytes(b[4..12].try_into().unwrap_or_default()),
+        )
+    })
+}
+
+impl History {
+    /// The history stored in the spool of `state_dir` (empty when there is none or it
+    /// cannot be read: every plan is then new once).
+    pub fn load(state_dir: &Path) -> History {
+        let Some((value, rows)) =
+            crate::spool::read_checkpoint_with_rows(state_dir, CHECKPOINT, true)
+        else {
+            return History::default();
+        };
+        History::decode(&value, &rows)
+    }
+
+    fn decode(value: &[u8], rows: &[(Vec<u8>, Vec<u8>)]) -> History {
+        if value != MAGIC {
+            return History::default();
+        }
+        let entries = rows
+            .iter()
+            .filter_map(|(k, v)| Some((key_of(k)?, serde_json::from_slice(v).ok()?)))
+            .collect();
+        History {
+            entries,
+            changed: BTreeMap::new(),
+        }
+    }
+
+    /// The entry of `key`.
+    pub fn get(&self, key: &Key) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// How many statements it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records `entry` for `key`, forgetting the statement seen longest ago when full.
+    pub fn put(&mut self, key: Key, entry: Entry) {
+        self.changed
+            .insert(key_bytes(&key), serde_json::to_vec(&entry).ok());
+        self.entries.insert(key, entry);
+        if self.entries.len() > MAX_ENTRIES {
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.seen_at)
+                .map(|(k, _)| *k)
+            {
+                self.entries.remove(&oldest);
+                self.changed.insert(key_bytes(&oldest), None);
+            }
+        }
+    }
+
+    /// What changed since the last call, to store with this cycle's events.
+    pub fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        Some(Checkpoint {
+            name: CHECKPOINT.into(),
+            value: MAGIC.to_vec(),
+            rows: RowChanges {
+                replace: false,
+                set: std::mem::take(&mut self.changed),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(hash: &str) -> Entry {
+        Entry {
+            shape: Shape {
+                hash: hash.into(),
+                nodes: vec!["Seq Scan on t".into()],
+            },
+            since: Utc::now(),
+            seen_at: Utc::now(),
+            mean_ms: Some(1.5),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_the_spool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(History::load(dir.path()).is_empty());
+        let mut h = History::default();
+        h.put((5, -42), entry("00000000000000aa"));
+        h.put((6, 7), entry("00000000000000bb"));
+        let c = h.take_checkpoint().expect("changed");
+        assert!(h.take_checkpoint().is_none(), "nothing changed since");
+        let mut spool = crate::spool::Spool::open(dir.path()).expect("spool");
+        spool.append_with(&[], Some(&c)).expect("append");
+        drop(spool);
+        let back = History::load(dir.path());
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.get(&(5, -42)), h.get(&(5, -42)));
+        assert_eq!(
+            back.get(&(6, 7)).map(|e| e.shape.hash.as_str()),
+            Some("00000000000000bb")
+        );
+        // Garbage is no history.
+        assert!(History::decode(b"other", &[]).is_empty());
+        assert!(History::decode(MAGIC, &[(vec![1, 2], b"{}".to_vec())]).is_empty());
+    }
+
+    #[test]
+    fn the_statement_seen_longest_ago_goes_first() {
+        let mut h = History::default();
+        let old = Entry {
+            seen_at: Utc::now() - chrono::Duration::hours(1),
+            ..entry("01")
+        };
+        h.put((1, 1), old);
+        for i in 0..MAX_ENTRIES as i64 {
+            h.put((2, i), entry("02"));
+        }
+        assert_eq!(h.len(), MAX_ENTRIES);
+        assert!(h.get(&(1, 1)).is_none());
+        let c = h.take_checkpoint().expect("changed");
+        assert_eq!(c.rows.set.get(&key_bytes(&(1, 1))), Some(&None));
+    }
+}

@@ -1,0 +1,843 @@
+//! `pg_plans`: generic plans the agent asks the server for, for the statements with the
+//! most execution time in the last `pg_statements` cycle, and the moment a statement's
+//! plan changes.
+//!
+//! The statements source hands over its cycle's top statements ([`Top`], through the
+//! server's [`crate::db::Server`]); this source plans the first `plans_top` of them in
+//! each one's own database, within a budget of time per cycle, and remembers each
+//! plan's [`shape`]. A shape never seen for the statement ships the plan
+//! (`record: "plan"`); a shape that differs from the last one also ships
+//! `record: "plan_changed"` with both shapes, the nodes that came and went, the
+//! statement's mean time under each, and the tables analyzed in between.
+//!
+//! How a plan is asked for, harmlessly: only texts [`plannable`] proves are one reading
+//! statement; in a read-only transaction with a short `lock_timeout` (a table locked by
+//! someone else is given up on, counted and tried again later) under the connection's
+//! `statement_timeout`; never `ANALYZE` (nothing runs); as the statement's role when the
+//! agent's role may `SET ROLE` to it, else as itself (the event says which). PostgreSQL
+//! 16+ plans the text with its `$n` as it is (`EXPLAIN (GENERIC_PLAN)`); before, the text
+//! is `PREPARE`d with the parameter types left to the server and `EXPLAIN EXECUTE`d with
+//! NULLs under `plan_cache_mode = force_generic_plan`, which gives the same generic plan
+//! whatever the values. A statement whose planning fails waits 1, 2, 4, … 64 cycles
+//! before the next try.
+
+pub mod history;
+pub mod plannable;
+pub mod shape;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::SimpleQueryMessage;
+
+use super::{CollectFuture, CycleError, Source};
+use crate::config::Config;
+use crate::db::{Conn, Db, DbError};
+use crate::logs::explain::Plan;
+use crate::model::{Event, EventKind, Problem, SourceState};
+use history::{Entry, History, Key};
+
+/// What the statements source saw in its last cycle: the statements with the most
+/// execution time in it, most first.
+#[derive(Debug, Clone, Default)]
+pub struct Top {
+    /// When the cycle's sample was taken.
+    pub taken_at: DateTime<Utc>,
+    /// The statements (every `toplevel` of one summed).
+    pub statements: Vec<TopStatement>,
+}
+
+/// One statement of [`Top`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopStatement {
+    /// The role that ran it.
+    pub userid: u32,
+    /// Its database.
+    pub dbid: u32,
+    /// pg_stat_statements' query id.
+    pub queryid: i64,
+    /// Execution time in the cycle, ms.
+    pub total_ms: f64,
+    /// Calls in the cycle.
+    pub calls: f64,
+}
+
+impl TopStatement {
+    /// Mean execution time per call in the cycle, ms.
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.calls > 0.0).then(|| self.total_ms / self.calls)
+    }
+}
+
+/// How many statements the statements source hands over.
+pub const HANDED_OVER: usize = 200;
+
+impl Top {
+    /// The top of one cycle's deltas (`columns` names their values).
+    pub fn of(
+        taken_at: DateTime<Utc>,
+        columns: &[crate::sources::statements::delta::Column],
+        deltas: &[crate::sources::statements::delta::Delta],
+    ) -> Top {
+        let at = |name: &str| columns.iter().position(|c| c.name == name);
+        let (Some(t), Some(c)) = (at("total_exec_time_ms"), at("calls")) else {
+            return Top {
+                taken_at,
+                statements: Vec::new(),
+            };
+        };
+        let mut sums: HashMap<(u32, u32, i64), (f64, f64)> = HashMap::new();
+        for d in deltas {
+            let s = sums
+                .entry((d.key.userid, d.key.dbid, d.key.queryid))
+                .or_default();
+            s.0 += d.values.get(t).copied().unwrap_or(0.0);
+            s.1 += d.values.get(c).copied().unwrap_or(0.0);
+        }
+        let mut statements: Vec<TopStatement> = sums
+            .into_iter()
+            .map(
+                |((userid, dbid, queryid), (total_ms, calls))| TopStatement {
+                    userid,
+                    dbid,
+                    queryid,
+                    total_ms,
+                    calls,
+                },
+            )
+            .collect();
+        statements.sort_by(|a, b| {
+            b.total_ms
+                .total_cmp(&a.total_ms)
+                .then((a.dbid, a.queryid, a.userid).cmp(&(b.dbid, b.queryid, b.userid)))
+        });
+        statements.truncate(HANDED_OVER);
+        Top {
+            taken_at,
+            statements,
+        }
+    }
+}
+
+/// The longest statement text planned; a longer one is refused.
+const MAX_TEXT: usize = 64 * 1024;
+
+/// The longest wait for a lock while planning: a table someone holds is given up on.
+const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Cycles a statement waits after `failures` failures in a row.
+pub fn backoff_cycles(failures: u32) -> u64 {
+    1 << failures.saturating_sub(1).min(6)
+}
+
+/// Reads generic plans.
+pub struct PlansSource {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    host: String,
+    state_dir: PathBuf,
+    persist: bool,
+    top: usize,
+    budget: Duration,
+    lock_timeout: Duration,
+    redact: crate::sql::redact::Redact,
+    version: Cell<Option<i32>>,
+    st: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    history: Option<History>,
+    cycle: u64,
+    /// Statements whose planning failed: failures in a row and the first cycle of the
+    /// next try.
+    failing: HashMap<Key, (u32, u64)>,
+    /// Texts by query id (`None`: pg_stat_statements no longer has it).
+    texts: HashMap<i64, Option<String>>,
+    state: Option<SourceState>,
+}
+
+impl PlansSource {
+    /// From the configuration; `persist` keeps the plan history in the spool.
+    pub fn new(config: &Config, persist: bool) -> PlansSource {
+        let c = &config.collection;
+        PlansSource {
+            inner: Rc::new(Inner {
+                host: config.id_host(),
+                state_dir: config.agent.state_dir.clone(),
+                persist,
+                top: c.plans_top as usize,
+                budget: c.plans_budget,
+                lock_timeout: LOCK_TIMEOUT.min(config.database.lock_timeout),
+                redact: c.redact,
+                version: Cell::new(None),
+                st: RefCell::default(),
+            }),
+        }
+    }
+}
+
+impl Source for PlansSource {
+    fn kind(&self) -> EventKind {
+        EventKind::PgPlans
+    }
+
+    fn collect(&self, db: Rc<Db>) -> CollectFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.cycle(&db).await })
+    }
+
+    fn state(&self) -> Option<SourceState> {
+        self.inner.st.borrow().state.clone()
+    }
+
+    fn cycle_limit(&self, base: Duration) -> Duration {
+        // The budget is checked before each connection and statement: the last one
+        // started may take its own limit.
+        base * 2 + self.inner.budget
+    }
+
+    fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
+        if !self.inner.persist {
+            return None;
+        }
+        self.inner
+            .st
+            .borrow_mut()
+            .history
+            .as_mut()
+            .and_then(History::take_checkpoint)
+    }
+}
+
+/// A cycle's account.
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    record: &'static str,
+    /// The statements considered (the first `plans_top` of the last pg_statements
+    /// cycle).
+    candidates: usize,
+    /// Planned this cycle.
+    planned: usize,
+    /// Of those, plans never seen before for the statement.
+    new: usize,
+    /// Of those, plans that differ from the statement's last one.
+    changed: usize,
+    /// Statements not planned, by reason (a text that is not one reading statement).
+    refused: BTreeMap<&'static str, usize>,
+    /// Planning failed (the last error in `last_error`).
+    failed: usize,
+    /// Given up because another session held a lock on a table.
+    locked: usize,
+    /// Waiting after failures.
+    backing_off: usize,
+    /// Left for a later cycle: the budget was spent.
+    deferred: usize,
+    /// Time spent planning (connecting to each database and the agent's statements,
+    /// round trips included), ms.
+    spent_ms: f64,
+    /// The budget, ms.
+    budget_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+/// A plan event.
+#[derive(Serialize)]
+struct PlanData<'a> {
+    record: &'static str,
+    source: &'static str,
+    generic: bool,
+    query_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_fingerprint: Option<String>,
+    database: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    /// Planned as the statement's role (else as the agent's).
+    as_user: bool,
+    shape_hash: &'a str,
+    shape: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    planning_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_ms: Option<f64>,
+    plan: &'a Plan,
+}
+
+/// A plan change.
+#[derive(Serialize)]
+struct ChangedData<'a> {
+    record: &'static str,
+    source: &'static str,
+    query_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_fingerprint: Option<String>,
+    database: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    old_shape_hash: &'a str,
+    new_shape_hash: &'a str,
+    old_shape: &'a [String],
+    new_shape: &'a [String],
+    /// Nodes of the old plan the new one no longer has.
+    removed: Vec<String>,
+    /// Nodes of the new plan the old one had not.
+    added: Vec<String>,
+    /// The old plan was first and last seen.
+    old_since: DateTime<Utc>,
+    old_seen_at: DateTime<Utc>,
+    /// Mean execution time (ms) with the old plan (its last cycle) and now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_ms_before: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_ms_after: Option<f64>,
+    /// Tables of either plan analyzed since the old plan was last seen, with when.
+    analyzed: Vec<(String, DateTime<Utc>)>,
+}
+
+/// What is known of one candidate before it is planned.
+struct Candidate<'a> {
+    s: TopStatement,
+    text: &'a str,
+    user: Option<&'a (String, bool)>,
+}
+
+impl Inner {
+    async fn cycle(&self, db: &Db) -> Result<Vec<Event>, CycleError> {
+        let now = Utc::now();
+        let cycle = {
+            let mut st = self.st.borrow_mut();
+            st.cycle += 1;
+            if st.history.is_none() {
+                st.history = Some(if self.persist {
+                    History::load(&self.state_dir)
+                } else {
+                    History::default()
+                });
+            }
+            st.cycle
+        };
+        let mut summary = Summary {
+            record: "summary",
+            budget_ms: self.budget.as_secs_f64() * 1000.0,
+            ..Summary::default()
+        };
+        let Some(top) = db.server().top_statements() else {
+            self.st.borrow_mut().state = Some(SourceState::Unavailable(Problem::new(
+                "no pg_statements cycle has handed over its top statements yet",
+                "nothing if pg_statements is on (plans follow its first cycle); otherwise turn [collection] statements on",
+            )));
+            return Ok(vec![self.event(now, "summary", &summary)?]);
+        };
+        let candidates: Vec<TopStatement> = top.statements.iter().take(self.top).copied().collect();
+        summary.candidates = candidates.len();
+        if candidates.is_empty() {
+            self.st.borrow_mut().state = Some(SourceState::Working(
+                "no statement ran in the last pg_statements cycle".into(),
+            ));
+            return Ok(vec![self.event(now, "summary", &summary)?]);
+        }
+        let conn = db.get().await?;
+        let version = crate::sources::server_version(&conn, &self.version).await?;
+        self.read_texts(&conn, &candidates).await?;
+        let databases = oid_names(
+            &conn,
+            "SELECT oid, datname, true FROM pg_database WHERE oid = ANY($1)",
+            candidates.iter().map(|c| c.dbid),
+        )
+        .await?;
+        let roles = oid_names(
+            &conn,
+            "SELECT oid, rolname, pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE oid = ANY($1)",
+            candidates.iter().map(|c| c.userid),
+        )
+        .await?;
+        drop(conn);
+
+        let texts = self.st.borrow().texts.clone();
+        let mut by_db: Vec<(u32, Vec<Candidate>)> = Vec::new();
+        for s in &candidates {
+            let key = (s.dbid, s.queryid);
+            if let Some(&(_, next)) = self.st.borrow().failing.get(&key) {
+                if cycle < next {
+                    summary.backing_off += 1;
+                    continue;
+                }
+            }
+            let Some(Some(text)) = texts.get(&s.queryid) else {
+                *summary
+                    .refused
+                    .entry("pg_stat_statements has no text for it")
+                    .or_default() += 1;
+                continue;
+            };
+            if text.len() > MAX_TEXT {
+                *summary.refused.entry("a text over 64 kB").or_default() += 1;
+                continue;
+            }
+            if let Err(why) = plannable::plannable(text) {
+                *summary.refused.entry(why).or_default() += 1;
+                continue;
+            }
+            let c = Candidate {
+                s: *s,
+                text,
+                user: roles.get(&s.userid),
+            };
+            match by_db.iter_mut().find(|(d, _)| *d == s.dbid) {
+                Some((_, v)) => v.push(c),
+                None => by_db.push((s.dbid, vec![c])),
+            }
+        }
+
+        let mut events = Vec::new();
+        let mut spent = Duration::ZERO;
+        for (dbid, todo) in by_db {
+            let Some((datname, _)) = databases.get(&dbid) else {
+                summary.failed += todo.len();
+                summary.last_error = Some(format!("database oid {dbid} no longer exists"));
+                continue;
+            };
+            if spent >= self.budget {
+                summary.deferred += todo.len();
+                continue;
+            }
+            let started = Instant::now();
+            let conn = db.connect_to(Some(datname)).await;
+            spent += started.elapsed();
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    for c in &todo {
+                        self.failed(&mut summary, cycle, c, &e);
+                    }
+                    continue;
+                }
+            };
+            for (n, c) in todo.iter().enumerate() {
+                if spent >= self.budget {
+                    summary.deferred += 1;
+                    continue;
+                }
+                let role = c
+                    .user
+                    .filter(|(_, may)| *may)
+                    .map(|(name, _)| name.as_str());
+                let started = Instant::now();
+                let res = explain(&conn, version, c.text, role, self.lock_timeout, n).await;
+                spent += started.elapsed();
+                match res {
+                    Ok(json) => {
+                        self.st
+                            .borrow_mut()
+                            .failing
+                            .remove(&(c.s.dbid, c.s.queryid));
+                        summary.planned += 1;
+                        self.planned(
+                            &conn,
+                            &mut summary,
+                            &mut events,
+                            now,
+                            datname,
+                            c,
+                            role.is_some(),
+                            &json,
+                        )
+                        .await?;
+                    }
+                    Err(e) => self.failed(&mut summary, cycle, c, &e),
+                }
+            }
+        }
+        summary.spent_ms = spent.as_secs_f64() * 1000.0;
+        let history = self.st.borrow().history.as_ref().map_or(0, History::len);
+        self.st.borrow_mut().state = Some(match &summary.last_error {
+            Some(e) if summary.planned == 0 && summary.failed > 0 => {
+                SourceState::Degraded(Problem::new(
+                    format!("no statement could be planned ({e})"),
+                    "grant the agent's role read access to the tables (pg_read_all_data on 14+) or membership in the roles that run the statements",
+                ))
+            }
+            _ => SourceState::Working(format!(
+                "{} of {} statements planned, {history} plans known",
+                summary.planned, summary.candidates
+            )),
+        });
+        events.push(self.event(now, "summary", &summary)?);
+        Ok(events)
+    }
+
+    /// Texts of the candidates not seen before, as pg_stat_statements has them.
+    async fn read_texts(&self, conn: &Conn, candidates: &[TopStatement]) -> Result<(), DbError> {
+        let need: Vec<i64> = {
+            let st = self.st.borrow();
+            let mut v: Vec<i64> = candidates
+                .iter()
+                .map(|c| c.queryid)
+                .filter(|q| !matches!(st.texts.get(q), Some(Some(_))))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        if need.is_empty() {
+            return Ok(());
+        }
+        let schema: Option<String> = conn
+            .query_opt(
+                "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
+                &[],
+            )
+            .await
+            .map_err(DbError::query)?
+            .map(|r| r.get(0));
+        let Some(schema) = schema else {
+            return Ok(());
+        };
+        let sql = format!(
+            "SELECT DISTINCT ON (queryid) queryid, query FROM {}.pg_stat_statements(true) WHERE queryid = ANY($1)",
+            crate::db::text::quoted(&schema)
+        );
+        let rows = conn.query(&sql, &[&need]).await.map_err(DbError::query)?;
+        let mut st = self.st.borrow_mut();
+        if st.texts.len() > 10_000 {
+            st.texts.clear();
+        }
+        for q in &need {
+            st.texts.insert(*q, None);
+        }
+        for r in rows {
+            let q: i64 = r.get(0);
+            let t: Option<String> = r.get(1);
+            st.texts.insert(q, t);
+        }
+        Ok(())
+    }
+
+    /// A planning failure: counted, and the statement waits before its next try.
+    fn failed(&self, summary: &mut Summary, cycle: u64, c: &Candidate, e: &DbError) {
+        let locked = matches!(e, DbError::Query { sqlstate: Some(s), .. } if s == "55P03");
+        if locked {
+            summary.locked += 1;
+        } else {
+            summary.failed += 1;
+        }
+        summary.last_error = Some(e.to_string());
+        let mut st = self.st.borrow_mut();
+        let f = st.failing.entry((c.s.dbid, c.s.queryid)).or_insert((0, 0));
+        f.0 += 1;
+        f.1 = cycle + backoff_cycles(f.0);
+    }
+
+    /// A plan the server gave: compared with the statement's last one.
+    #[allow(clippy::too_many_arguments)]
+    async fn planned(
+        &self,
+        conn: &Conn,
+        summary: &mut Summary,
+        events: &mut Vec<Event>,
+        now: DateTime<Utc>,
+        datname: &str,
+        c: &Candidate<'_>,
+        as_user: bool,
+        json: &str,
+    ) -> Result<(), CycleError> {
+        let (mut plan, planning_ms) = read_plan(json);
+        plan.redact(self.redact);
+        let Some(root) = plan.root.as_ref() else {
+            summary.failed += 1;
+            summary.last_error = plan.problem.clone();
+            return Ok(());
+        };
+        let shape = shape::shape(root);
+        let key = (c.s.dbid, c.s.queryid);
+        let before = self
+            .st
+            .borrow()
+            .history
+            .as_ref()
+            .and_then(|h| h.get(&key).cloned());
+        let mean = c.s.mean_ms();
+        let same = before.as_ref().is_some_and(|b| b.shape.hash == shape.hash);
+        let user = c.user.map(|(n, _)| n.as_str());
+        let fingerprint = crate::fingerprint::fingerprint(c.text);
+        let id = |what: &str| format!("{}:{}:{what}:{}", c.s.dbid, c.s.queryid, shape.hash);
+        if !same {
+            summary.new += usize::from(before.is_none());
+            events.push(self.event(
+                now,
+                &id("plan"),
+                &PlanData {
+                    record: "plan",
+                    source: "agent",
+                    generic: true,
+                    query_id: c.s.queryid,
+                    query_fingerprint: fingerprint.clone(),
+                    database: datname,
+                    user,
+                    as_user,
+                    shape_hash: &shape.hash,
+                    shape: &shape.nodes,
+                    planning_ms,
+                    mean_ms: mean,
+                    plan: &plan,
+                },
+            )?);
+        }
+        if let Some(old) = before.as_ref().filter(|_| !same) {
+            summary.changed += 1;
+            let (removed, added) = shape::differences(&old.shape.nodes, &shape.nodes);
+            let analyzed = analyzed_since(conn, &old.shape.nodes, &shape.nodes, old.seen_at)
+                .await
+                .unwrap_or_default();
+            events.push(self.event(
+                now,
+                &id("plan_changed"),
+                &ChangedData {
+                    record: "plan_changed",
+                    source: "agent",
+                    query_id: c.s.queryid,
+                    query_fingerprint: fingerprint,
+                    database: datname,
+                    user,
+                    old_shape_hash: &old.shape.hash,
+                    new_shape_hash: &shape.hash,
+                    old_shape: &old.shape.nodes,
+                    new_shape: &shape.nodes,
+                    removed,
+                    added,
+                    old_since: old.since,
+                    old_seen_at: old.seen_at,
+                    mean_ms_before: old.mean_ms,
+                    mean_ms_after: mean,
+                    analyzed,
+                },
+            )?);
+        }
+        let since = before.filter(|_| same).map_or(now, |b| b.since);
+        if let Some(h) = self.st.borrow_mut().history.as_mut() {
+            h.put(
+                key,
+                Entry {
+                    shape,
+                    since,
+                    seen_at: now,
+                    mean_ms: mean,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn event<T: Serialize>(
+        &self,
+        at: DateTime<Utc>,
+        what: &str,
+        data: &T,
+    ) -> Result<Event, CycleError> {
+        let id = format!("pg_plans:{}:{}:{what}", self.host, at.timestamp_micros());
+        Event::new(id, EventKind::PgPlans, at, data).map_err(|e| CycleError::encode("plan", e))
+    }
+}
+
+/// `oid → (name, flag)` of the distinct `oids` (the query returns oid, name, flag).
+async fn oid_names(
+    conn: &Conn,
+    sql: &str,
+    oids: impl Iterator<Item = u32>,
+) -> Result<HashMap<u32, (String, bool)>, DbError> {
+    let mut oids: Vec<u32> = oids.collect();
+    oids.sort_unstable();
+    oids.dedup();
+    let rows = conn.query(sql, &[&oids]).await.map_err(DbError::query)?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, u32>(0),
+                (r.get::<_, String>(1), r.get::<_, bool>(2)),
+            )
+        })
+        .collect())
+}
+
+/// The server's JSON plan of `text` (see the module's documentation for how).
+async fn explain(
+    conn: &Conn,
+    version: i32,
+    text: &str,
+    role: Option<&str>,
+    lock_timeout: Duration,
+    n: usize,
+) -> Result<String, DbError> {
+    let mut setup = format!(
+        "BEGIN READ ONLY; SET LOCAL lock_timeout = {}; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL standard_conforming_strings = on;",
+        lock_timeout.as_millis().max(1)
+    );
+    if let Some(r) = role {
+        setup.push_str(&format!(" SET LOCAL ROLE {};", crate::db::text::quoted(r)));
+    }
+    conn.batch_execute(&setup).await.map_err(DbError::query)?;
+    let name = format!("postgres_agent_plan_{n}");
+    let mut prepared = false;
+    let res = async {
+        if version >= 160_000 {
+            return one_value(conn, &format!("EXPLAIN (GENERIC_PLAN, FORMAT JSON, SUMMARY) {text}")).await;
+        }
+        conn.batch_execute(&format!("PREPARE {name} AS {text}"))
+            .await
+            .map_err(DbError::query)?;
+        prepared = true;
+        let params: i32 = conn
+            .query_one(
+                "SELECT coalesce(cardinality(parameter_types), 0) FROM pg_prepared_statements WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(DbError::query)?
+            .get(0);
+        let exec = if params == 0 {
+            name.clone()
+        } else {
+            format!("{name}({})", vec!["NULL"; params as usize].join(", "))
+        };
+        one_value(conn, &format!("EXPLAIN (FORMAT JSON, SUMMARY) EXECUTE {exec}")).await
+    }
+    .await;
+    let end = conn.batch_execute("ROLLBACK").await;
+    if prepared {
+        // Prepared statements outlive the transaction.
+        let _ = conn.batch_execute(&format!("DEALLOCATE {name}")).await;
+    }
+    let json = res?;
+    end.map_err(DbError::query)?;
+    Ok(json)
+}
+
+/// The one value a statement returns (EXPLAIN's JSON).
+async fn one_value(conn: &Conn, sql: &str) -> Result<String, DbError> {
+    let msgs = conn.simple_query(sql).await.map_err(DbError::query)?;
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| DbError::Query {
+            message: "EXPLAIN returned no row".into(),
+            sqlstate: None,
+        })
+}
+
+/// The plan of EXPLAIN's JSON (`[{"Plan": …, "Planning Time": …}]`) and its planning
+/// time.
+fn read_plan(json: &str) -> (Plan, Option<f64>) {
+    let top = match serde_json::from_str::<Value>(json) {
+        Ok(Value::Array(mut v)) if !v.is_empty() => v.swap_remove(0),
+        Ok(other) => other,
+        Err(_) => Value::Null,
+    };
+    let Value::Object(mut top) = top else {
+        return (crate::logs::explain::explain(json, false).plan, None);
+    };
+    let planning = top.remove("Planning Time").and_then(|v| v.as_f64());
+    let body = Value::Object(top).to_string();
+    (crate::logs::explain::explain(&body, false).plan, planning)
+}
+
+/// Tables of the shapes (`… on <table>`) analyzed since `since`, with when.
+async fn analyzed_since(
+    conn: &Conn,
+    old: &[String],
+    new: &[String],
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
+    let mut tables: Vec<String> = old
+        .iter()
+        .chain(new)
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" on ")?;
+            Some(rest.split(" using ").next().unwrap_or(rest).to_string())
+        })
+        .collect();
+    tables.sort();
+    tables.dedup();
+    let rows = conn
+        .query(
+            "SELECT relname::text, greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables WHERE relname = ANY($1) AND greatest(last_analyze, last_autoanalyze) > $2 ORDER BY 1",
+            &[&tables, &since],
+        )
+        .await
+        .map_err(DbError::query)?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_statement_waits_longer_each_time_up_to_64_cycles() {
+        let waits: Vec<u64> = (1..=9).map(backoff_cycles).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 64, 64]);
+    }
+
+    #[test]
+    fn the_server_json_plan_is_read_with_its_planning_time() {
+        let json = r#"[{"Plan": {"Node Type": "Index Scan", "Relation Name": "t", "Index Name": "t_v", "Alias": "t", "Startup Cost": 0.29, "Total Cost": 8.3, "Plan Rows": 1, "Plan Width": 8}, "Planning Time": 0.123}]"#;
+        let (plan, planning) = read_plan(json);
+        assert_eq!(planning, Some(0.123));
+        let shape = shape::shape(plan.root.as_ref().expect("root"));
+        assert_eq!(shape.nodes, vec!["Index Scan on t using t_v"]);
+        let (bad, none) = read_plan("not json");
+        assert!(bad.root.is_none());
+        assert_eq!(none, None);
+    }
+
+    #[test]
+    fn the_top_sums_a_statement_over_toplevel_and_orders_by_time() {
+        use crate::sources::statements::delta::{Column, Delta, Key};
+        let columns: Vec<Column> = ["calls", "total_exec_time_ms"]
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                expr: String::new(),
+                kind: crate::sources::statements::delta::ColKind::Count,
+            })
+            .collect();
+        let d = |queryid: i64, toplevel: bool, calls: f64, ms: f64| Delta {
+            key: Key {
+                userid: 10,
+                dbid: 5,
+                queryid,
+                toplevel,
+            },
+            values: vec![calls, ms],
+            new: false,
+            counters_reset: false,
+        };
+        let top = Top::of(
+            Utc::now(),
+            &columns,
+            &[
+                d(1, true, 10.0, 5.0),
+                d(2, true, 1.0, 50.0),
+                d(1, false, 10.0, 5.0),
+            ],
+        );
+        let got: Vec<(i64, f64, Option<f64>)> = top
+            .statements
+            .iter()
+            .map(|s| (s.queryid, s.total_ms, s.mean_ms()))
+            .collect();
+        assert_eq!(got, vec![(2, 50.0, Some(50.0)), (1, 10.0, Some(0.5))]);
+    }
+}

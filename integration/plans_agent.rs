@@ -37,7 +37,7 @@ fn shape(e: &Value, key: &str) -> String {
         .join("\n")
 }
 
-fn a_dropped_index_is_one_plan_change(pg: PgCluster) {
+fn tables(pg: &PgCluster) {
     pg.sql(
         "create extension pg_stat_statements; \
          create table customers (id int primary key, name text); \
@@ -47,6 +47,27 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster) {
          create index orders_customer on orders (customer); \
          create table audit (a int); analyze customers; analyze orders",
     );
+}
+
+/// Sets the flag when dropped: a workload thread stops however its scope ends (a
+/// failed wait must not leave it running: the scope would wait for it forever).
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn summaries(l: &Listener) -> Vec<Value> {
+    l.events_of("pg_plans")
+        .into_iter()
+        .filter(|e| e["data"]["record"] == "summary")
+        .collect()
+}
+
+fn a_dropped_index_is_one_plan_change(pg: PgCluster) {
+    tables(&pg);
     let listener = Listener::start(TOKEN);
     let dir = shared_tempdir("plans-agent");
     let toml = config(dir.path(), &pg, &listener.url(), 1)
@@ -56,14 +77,6 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster) {
     let agent = Agent::start(dir.path(), &toml, &[]);
     let stop = AtomicBool::new(false);
     let queryid = std::thread::scope(|s| {
-        // Stops the workload however the scope ends: a failed wait must not leave it
-        // running (the scope would wait for it forever).
-        struct Stop<'a>(&'a AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
         let _stop = Stop(&stop);
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
@@ -179,4 +192,151 @@ fn a_dropped_index_is_one_plan_change_prepared_before_16() {
 #[test]
 fn a_dropped_index_is_one_plan_change_with_generic_plan_explain_on_17() {
     a_dropped_index_is_one_plan_change(PgCluster::start_with(&bin_of(17), PRELOAD));
+}
+
+/// The agent plans as a role that may read the tables but is no superuser. A session
+/// holding EXCLUSIVE on `orders` lets only AccessShareLock through: the agent goes on
+/// planning its statements, so it takes nothing stronger. A partition held ACCESS
+/// EXCLUSIVE that the workload never touches (its constant prunes it) but a generic plan
+/// must open: the agent gives up at its lock_timeout, counts it, and plans again once it
+/// is released. Nothing is written, and the agent's role never runs a statement of the
+/// workload (pg_stat_statements).
+#[test]
+fn planning_takes_no_lock_stronger_than_access_share_and_gives_up_on_a_locked_table() {
+    let pg = PgCluster::start_with(&bin_of(15), PRELOAD);
+    tables(&pg);
+    pg.sql(
+        "create table parted (k int, v int) partition by list (k); \
+         create table parted_1 partition of parted for values in (1); \
+         create table parted_2 partition of parted for values in (2); \
+         insert into parted select 1 + g % 2, g from generate_series(1, 1000) g; analyze parted; \
+         create role agent login; grant pg_monitor, pg_read_all_data to agent",
+    );
+    let counts = || {
+        pg.sql(
+            "select string_agg(relname || '=' || (n_tup_ins + n_tup_upd + n_tup_del + n_tup_hot_upd), ',' order by relname) \
+             from pg_stat_user_tables where relname in ('orders', 'customers', 'parted_1', 'parted_2')",
+        )
+    };
+    let before = wait_for("the loads counted", Duration::from_secs(30), || {
+        let c = counts();
+        c.contains("orders=20000").then_some(c)
+    });
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("plans-locks");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        .replace("user = \"postgres\"", "user = \"agent\"")
+        .replace("statements = false", "statements = true")
+        .replace("plans = false", "plans = true")
+        .replace("[collection]\n", "[collection]\nactivity = false\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let stop = AtomicBool::new(false);
+    let by_customer = std::thread::scope(|s| {
+        let _stop = Stop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                pg.sql("select * from orders where customer = 7; select count(*) from parted where k = 1");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let id = |text: &str| -> i64 {
+            wait_for(
+                "the statement in pg_stat_statements",
+                Duration::from_secs(30),
+                || {
+                    pg.sql(&format!("select queryid from pg_stat_statements where query = '{text}' and userid = 'postgres'::regrole"))
+                    .parse()
+                    .ok()
+                },
+            )
+        };
+        let by_customer = id(BY_CUSTOMER);
+        let parted = id("select count(*) from parted where k = $1");
+        let first = wait_for("a plan", Duration::from_secs(60), || {
+            plans(&listener, "plan", by_customer).into_iter().next()
+        });
+        assert_eq!(
+            first["data"]["as_user"], false,
+            "agent may not become postgres: {first}"
+        );
+        wait_for(
+            "the partitioned statement planned",
+            Duration::from_secs(60),
+            || plans(&listener, "plan", parted).into_iter().next(),
+        );
+
+        let mut holder = pg.interactive("holder");
+        holder.send("begin; lock table orders in exclusive mode;");
+        let held = |mode: &str| {
+            wait_for("the lock held", Duration::from_secs(30), || {
+                (pg.sql(&format!(
+                    "select count(*) from pg_locks l join pg_stat_activity a using (pid) \
+                     where a.application_name = 'holder' and l.locktype = 'relation' and l.mode = '{mode}' and l.granted"
+                )) == "1")
+                    .then_some(())
+            })
+        };
+        held("ExclusiveLock");
+        let n = summaries(&listener).len();
+        let during = wait_for(
+            "three planning cycles under the EXCLUSIVE lock",
+            Duration::from_secs(60),
+            || {
+                let s = summaries(&listener);
+                (s.len() >= n + 4).then(|| s[n + 1..].to_vec())
+            },
+        );
+        for s in &during {
+            assert_eq!(s["data"]["locked"], 0, "{s}");
+            assert!(s["data"]["planned"].as_u64() >= Some(2), "{s}");
+        }
+
+        holder.send("commit; begin; lock table parted_2 in access exclusive mode;");
+        held("AccessExclusiveLock");
+        let locked = wait_for(
+            "a plan given up on at the lock",
+            Duration::from_secs(60),
+            || {
+                summaries(&listener)
+                    .into_iter()
+                    .find(|s| s["data"]["locked"].as_u64() > Some(0))
+            },
+        );
+        assert!(
+            locked["data"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("lock timeout")),
+            "{locked}"
+        );
+        holder.send("commit;");
+        // Tried again once released: a cycle where no statement failed, was locked out
+        // or waits for its next try (the one on the partitions had).
+        let after = summaries(&listener).len();
+        wait_for(
+            "planned again after the release",
+            Duration::from_secs(60),
+            || {
+                summaries(&listener).into_iter().skip(after).find(|s| {
+                    s["data"]["locked"] == 0
+                        && s["data"]["failed"] == 0
+                        && s["data"]["backing_off"] == 0
+                        && s["data"]["planned"].as_u64() >= Some(2)
+                })
+            },
+        );
+        by_customer
+    });
+    drop(agent);
+    assert_eq!(counts(), before, "the agent wrote nothing");
+    // The agent's role planned the workload's statements, never ran them.
+    let ran = pg.sql(
+        "select count(*) from pg_stat_statements where userid = 'agent'::regrole \
+         and (query ilike 'select%orders%' or query ilike 'select%parted%')",
+    );
+    assert_eq!(ran, "0");
+    let planned = pg.sql(
+        "select count(*) from pg_stat_statements where userid = 'agent'::regrole and query ilike 'explain%'",
+    );
+    assert_ne!(planned, "0");
+    assert!(!plans(&listener, "plan", by_customer).is_empty());
 }

@@ -162,6 +162,9 @@ struct State {
     failing: HashMap<Key, (u32, u64)>,
     /// Texts by query id (`None`: pg_stat_statements no longer has it).
     texts: HashMap<i64, Option<String>>,
+    /// Statements the server can never plan as the agent asks (their text, not the
+    /// moment, is the cause), with why: not tried again.
+    unplannable: HashMap<Key, &'static str>,
     state: Option<SourceState>,
 }
 
@@ -367,6 +370,10 @@ impl Inner {
         let mut by_db: Vec<(u32, Vec<Candidate>)> = Vec::new();
         for s in &candidates {
             let key = (s.dbid, s.queryid);
+            if let Some(why) = self.st.borrow().unplannable.get(&key) {
+                *summary.refused.entry(why).or_default() += 1;
+                continue;
+            }
             if let Some(&(_, next)) = self.st.borrow().failing.get(&key) {
                 if cycle < next {
                     summary.backing_off += 1;
@@ -523,9 +530,26 @@ impl Inner {
         Ok(())
     }
 
-    /// A planning failure: counted, and the statement waits before its next try.
+    /// A planning failure: counted, and the statement waits before its next try — or,
+    /// when its text is the cause, is never tried again.
     fn failed(&self, summary: &mut Summary, cycle: u64, c: &Candidate, e: &DbError) {
-        let locked = matches!(e, DbError::Query { sqlstate: Some(s), .. } if s == "55P03");
+        let code = match e {
+            DbError::Query {
+                sqlstate: Some(s), ..
+            } => s.as_str(),
+            _ => "",
+        };
+        if let Some(why) = permanent(code) {
+            *summary.refused.entry(why).or_default() += 1;
+            let mut st = self.st.borrow_mut();
+            if st.unplannable.len() > 10_000 {
+                st.unplannable.clear();
+            }
+            st.unplannable.insert((c.s.dbid, c.s.queryid), why);
+            st.failing.remove(&(c.s.dbid, c.s.queryid));
+            return;
+        }
+        let locked = code == "55P03";
         if locked {
             summary.locked += 1;
         } else {
@@ -646,6 +670,18 @@ impl Inner {
     ) -> Result<Event, CycleError> {
         let id = format!("pg_plans:{}:{}:{what}", self.host, at.timestamp_micros());
         Event::new(id, EventKind::PgPlans, at, data).map_err(|e| CycleError::encode("plan", e))
+    }
+}
+
+/// Why a statement can never be planned the way the agent asks, from the SQLSTATE its
+/// planning failed with; `None` when it may pass another time (a lock, a privilege
+/// granted, a table created).
+fn permanent(sqlstate: &str) -> Option<&'static str> {
+    match sqlstate {
+        "42P18" => Some("the server cannot infer the types of its parameters"),
+        "42601" => Some("its normalized text does not parse (a constant replaced by $n where the grammar wants a literal)"),
+        "42P02" => Some("it refers to a parameter the normalized text does not have"),
+        _ => None,
     }
 }
 
@@ -783,6 +819,15 @@ async fn analyzed_since(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_the_server_can_never_plan_is_refused_not_retried() {
+        assert!(permanent("42P18").is_some());
+        assert!(permanent("42601").is_some());
+        for passing in ["55P03", "42501", "42P01", "57014", ""] {
+            assert_eq!(permanent(passing), None, "{passing}");
+        }
+    }
 
     #[test]
     fn a_failing_statement_waits_longer_each_time_up_to_64_cycles() {

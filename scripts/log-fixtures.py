@@ -425,12 +425,15 @@ def corrupt(c):
     with open(short, "r+b") as f:
         f.truncate(8192 * 2 + 100)
     # Connections while it starts up.
-    subprocess.run(as_server([f"{c.bin}/pg_ctl", "-D", c.data, "-l", os.path.join(c.dir, "server.out"), "start"]),
+    subprocess.run(as_server([f"{c.bin}/pg_ctl", "-D", c.data, "-l", os.path.join(c.dir, "server.out"), "-W", "start"]),
                    capture_output=True)
-    for _ in range(50):
-        if c.psql("select 1").returncode == 0:
-            break
-        time.sleep(0.02)
+    for _ in range(5000):
+        try:
+            if Raw(c).until(b"Z")[0] == b"Z":
+                break
+        except (OSError, EOFError):
+            pass
+        time.sleep(0.002)
     c.psql("select count(*) from corrupt")
     c.psql("select count(*) from short")
     c.psql("set enable_seqscan = off; set enable_bitmapscan = off; select * from short where a = 500")
@@ -530,7 +533,7 @@ def archived(c, work, major):
            f"archive_mode = off\nhot_standby = on\nrestore_command = 'cp {arch}/%f %p'")
     if os.geteuid() == 0:
         subprocess.run(["chown", "-R", "65534:65534", r.data], check=True)
-    subprocess.run(as_server([f"{r.bin}/pg_ctl", "-D", r.data, "-l", os.path.join(r.dir, "server.out"), "start"]),
+    subprocess.run(as_server([f"{r.bin}/pg_ctl", "-D", r.data, "-l", os.path.join(r.dir, "server.out"), "-W", "start"]),
                    capture_output=True)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -540,7 +543,7 @@ def archived(c, work, major):
                 break
         except (OSError, EOFError):
             pass
-        time.sleep(0.01)
+        time.sleep(0.05)
     r.psql("checkpoint")
     r.stop()
     return r

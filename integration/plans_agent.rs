@@ -340,3 +340,60 @@ fn planning_takes_no_lock_stronger_than_access_share_and_gives_up_on_a_locked_ta
     assert_ne!(planned, "0");
     assert!(!plans(&listener, "plan", by_customer).is_empty());
 }
+
+/// Every supported version plans the workload's reading statements (15 and 17 are the
+/// tests above): `PREPARE` and `EXPLAIN EXECUTE` on 12–14, `EXPLAIN (GENERIC_PLAN)` on
+/// 16 and 18.
+#[test]
+fn every_version_plans_the_reading_statements_of_its_workload() {
+    const READING: [&str; 3] = [
+        BY_CUSTOMER,
+        "select c.name, sum(o.total) from orders o join customers c on c.id = o.customer where c.id = $1 group by c.name",
+        "select count(*) from customers where name like $1",
+    ];
+    for major in [12, 13, 14, 16, 18] {
+        let pg = PgCluster::start_with(&bin_of(major), PRELOAD);
+        tables(&pg);
+        let listener = Listener::start(TOKEN);
+        let dir = shared_tempdir("plans-versions");
+        let toml = config(dir.path(), &pg, &listener.url(), 1)
+            .replace("statements = false", "statements = true")
+            .replace("plans = false", "plans = true")
+            .replace("[collection]\n", "[collection]\nactivity = false\n");
+        let agent = Agent::start(dir.path(), &toml, &[]);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let _stop = Stop(&stop);
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    pg.sql(WORKLOAD);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            for text in READING {
+                let id: i64 = wait_for(
+                    &format!("{major}: {text} in pg_stat_statements"),
+                    Duration::from_secs(30),
+                    || {
+                        pg.sql(&format!(
+                            "select queryid from pg_stat_statements where query = '{text}'"
+                        ))
+                        .parse()
+                        .ok()
+                    },
+                );
+                let plan = wait_for(
+                    &format!("{major}: a plan of {text}"),
+                    Duration::from_secs(60),
+                    || plans(&listener, "plan", id).into_iter().next(),
+                );
+                assert_eq!(plan["data"]["generic"], true, "{major}: {plan}");
+                assert!(
+                    shape(&plan, "shape").contains(" on "),
+                    "{major}: a plan that reads a table: {plan}"
+                );
+            }
+        });
+        drop(agent);
+    }
+}

@@ -1,7 +1,8 @@
 //! Plans the agent asks for (`pg_plans`): the statements with the most time get a
 //! generic plan in their database; dropping the index one of them uses gives exactly one
 //! `plan_changed` naming the index scan that became a sequential scan, creating it again
-//! another; a data-modifying statement is never planned, and nothing is written.
+//! another; a data-modifying statement is planned as the query that finds its rows, an
+//! insert of values not at all, and nothing is written.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,7 +18,9 @@ const PRELOAD: &str = "shared_preload_libraries = 'pg_stat_statements'\n";
 const WORKLOAD: &str = "select * from orders where customer = 7; \
      select c.name, sum(o.total) from orders o join customers c on c.id = o.customer where c.id = 5 group by c.name; \
      select count(*) from customers where name like 'c1%'; \
+     update customers set name = name where id = 3; \
      insert into audit values (1)";
+const UPDATE: &str = "update customers set name = name where id = $1";
 const BY_CUSTOMER: &str = "select * from orders where customer = $1";
 
 fn plans(l: &Listener, record: &str, queryid: i64) -> Vec<Value> {
@@ -109,10 +112,10 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster) {
         );
         assert_eq!(d["plan"]["format"], "json");
         assert_eq!(d["shape_hash"].as_str().map(str::len), Some(16));
-        // The insert is refused for what planning it would lock; the three reading
-        // statements are planned.
+        // The three reading statements and the update are planned; the insert of
+        // values has no plan to ask for.
         wait_for(
-            "the reading statements planned, the insert refused",
+            "the statements planned, the insert refused",
             Duration::from_secs(60),
             || {
                 let events = listener.events_of("pg_plans");
@@ -123,13 +126,29 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster) {
                     .collect();
                 let refused = events.iter().any(|e| {
                     e["data"]["record"] == "summary"
-                        && e["data"]["refused"].as_object().is_some_and(|r| {
-                            r.keys()
-                                .any(|k| k.starts_with("a data-modifying statement"))
-                        })
+                        && e["data"]["refused"]
+                            .as_object()
+                            .is_some_and(|r| r.keys().any(|k| k.starts_with("INSERT … VALUES")))
                 });
-                (planned.len() >= 3 && refused).then_some(())
+                (planned.len() >= 4 && refused).then_some(())
             },
+        );
+        // The update as the query that finds its rows: its primary key's index scan.
+        let update: i64 = pg
+            .sql(&format!(
+                "select queryid from pg_stat_statements where query = '{UPDATE}'"
+            ))
+            .parse()
+            .expect("the update's query id");
+        let u = plans(&listener, "plan", update)
+            .into_iter()
+            .next()
+            .expect("a plan of the update");
+        assert_eq!(u["data"]["planned_as"], "select", "{u}");
+        assert_eq!(u["data"]["statement_kind"], "update", "{u}");
+        assert!(
+            shape(&u, "shape").contains("on customers using customers_pkey"),
+            "{u}"
         );
 
         pg.sql("drop index orders_customer");
@@ -346,8 +365,9 @@ fn planning_takes_no_lock_stronger_than_access_share_and_gives_up_on_a_locked_ta
 /// 16 and 18.
 #[test]
 fn every_version_plans_the_reading_statements_of_its_workload() {
-    const READING: [&str; 3] = [
+    const READING: [&str; 4] = [
         BY_CUSTOMER,
+        UPDATE,
         "select c.name, sum(o.total) from orders o join customers c on c.id = o.customer where c.id = $1 group by c.name",
         "select count(*) from customers where name like $1",
     ];

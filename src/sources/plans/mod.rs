@@ -10,8 +10,9 @@
 //! `record: "plan_changed"` with both shapes, the nodes that came and went, the
 //! statement's mean time under each, and the tables analyzed in between.
 //!
-//! How a plan is asked for, harmlessly: only texts [`plannable`] proves are one reading
-//! statement; in a read-only transaction with a short `lock_timeout` (a table locked by
+//! How a plan is asked for, harmlessly: only texts [`plannable`] proves are one
+//! statement, and only as a query that reads (a data-modifying statement as the query
+//! that finds its rows); in a read-only transaction with a short `lock_timeout` (a table locked by
 //! someone else is given up on, counted and tried again later) under the connection's
 //! `statement_timeout`; never `ANALYZE` (nothing runs); as the statement's role when the
 //! agent's role may `SET ROLE` to it, else as itself (the event says which). PostgreSQL
@@ -267,6 +268,12 @@ struct PlanData<'a> {
     user: Option<&'a str>,
     /// Planned as the statement's role (else as the agent's).
     as_user: bool,
+    /// `select` when a data-modifying statement was planned as the query that finds
+    /// its rows (`statement_kind` says which).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    planned_as: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    statement_kind: Option<&'static str>,
     shape_hash: &'a str,
     shape: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -310,7 +317,10 @@ struct ChangedData<'a> {
 /// What is known of one candidate before it is planned.
 struct Candidate<'a> {
     s: TopStatement,
+    /// The statement's text (its fingerprint is of it).
     text: &'a str,
+    /// What the server is asked to plan for it.
+    plan: plannable::ToPlan<'a>,
     user: Option<&'a (String, bool)>,
 }
 
@@ -391,13 +401,17 @@ impl Inner {
                 *summary.refused.entry("a text over 64 kB").or_default() += 1;
                 continue;
             }
-            if let Err(why) = plannable::plannable(text) {
-                *summary.refused.entry(why).or_default() += 1;
-                continue;
-            }
+            let plan = match plannable::plannable(text) {
+                Ok(p) => p,
+                Err(why) => {
+                    *summary.refused.entry(why).or_default() += 1;
+                    continue;
+                }
+            };
             let c = Candidate {
                 s: *s,
                 text,
+                plan,
                 user: roles.get(&s.userid),
             };
             match by_db.iter_mut().find(|(d, _)| *d == s.dbid) {
@@ -440,7 +454,7 @@ impl Inner {
                     .filter(|(_, may)| *may)
                     .map(|(name, _)| name.as_str());
                 let started = Instant::now();
-                let res = explain(&conn, version, c.text, role, self.lock_timeout, n).await;
+                let res = explain(&conn, version, &c.plan.text, role, self.lock_timeout, n).await;
                 spent += started.elapsed();
                 match res {
                     Ok(json) => {
@@ -609,6 +623,8 @@ impl Inner {
                     database: datname,
                     user,
                     as_user,
+                    planned_as: c.plan.planned_as_select.map(|_| "select"),
+                    statement_kind: c.plan.planned_as_select,
                     shape_hash: &shape.hash,
                     shape: &shape.nodes,
                     planning_ms,

@@ -21,7 +21,7 @@ fn fleet_config(dir: &Path, listener: &Listener, servers: &[(&str, &PgCluster, &
         "[agent]\nproject_id = \"it-project\"\nhostname = \"it-host\"\nstate_dir = \"{}\"\nshutdown_grace_s = 5\n\
          [database]\nuser = \"postgres\"\ndbname = \"postgres\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\
          [collection]\ninterval_s = 1\nsample_interval_ms = 0\n\
-         databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\nreplication = false\nserver_stats = false\nsettings = false\n\
+         databases = false\ntables = false\nvacuum_progress = false\nhorizon = false\nreplication = false\nserver_stats = false\nsettings = false\nplans = false\n\
          statements = false\nlocks = false\nsystem = false\nlogs = false\n\
          [listener]\nurl = \"{}\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 2000\nretry_max_ms = 1000\n",
         dir.join("state").display(),

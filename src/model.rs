@@ -1229,6 +1229,38 @@ impl Drop for ExitGuard {
     }
 }
 
+/// What the statements source saw in its last cycle: the statements with the most
+/// execution time in it, most first.
+#[derive(Debug, Clone, Default)]
+pub struct Top {
+    /// When the cycle's sample was taken.
+    pub taken_at: DateTime<Utc>,
+    /// The statements (every `toplevel` of one summed).
+    pub statements: Vec<TopStatement>,
+}
+
+/// One statement of [`Top`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopStatement {
+    /// The role that ran it.
+    pub userid: u32,
+    /// Its database.
+    pub dbid: u32,
+    /// pg_stat_statements' query id.
+    pub queryid: i64,
+    /// Execution time in the cycle, ms.
+    pub total_ms: f64,
+    /// Calls in the cycle.
+    pub calls: f64,
+}
+
+impl TopStatement {
+    /// Mean execution time per call in the cycle, ms.
+    pub fn mean_ms(&self) -> Option<f64> {
+        (self.calls > 0.0).then(|| self.total_ms / self.calls)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

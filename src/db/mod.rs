@@ -252,7 +252,7 @@ struct ServerInner {
     facts: Arc<crate::model::ServerFacts>,
     board: Arc<crate::board::Board>,
     /// The statements with the most time in the last pg_statements cycle, for pg_plans.
-    top: Mutex<Option<Arc<crate::sources::plans::Top>>>,
+    top: Mutex<Option<Arc<crate::model::Top>>>,
     drivers: tokio::runtime::Handle,
     /// Dropped with the last clone: the driving thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -311,7 +311,7 @@ impl Server {
     }
 
     /// The statements with the most execution time in the last pg_statements cycle.
-    pub fn top_statements(&self) -> Option<Arc<crate::sources::plans::Top>> {
+    pub fn top_statements(&self) -> Option<Arc<crate::model::Top>> {
         self.inner
             .top
             .lock()
@@ -320,7 +320,7 @@ impl Server {
     }
 
     /// Hands a pg_statements cycle's top statements to pg_plans.
-    pub fn post_top_statements(&self, top: Arc<crate::sources::plans::Top>) {
+    pub fn post_top_statements(&self, top: Arc<crate::model::Top>) {
         *self.inner.top.lock().unwrap_or_else(|p| p.into_inner()) = Some(top);
     }
 

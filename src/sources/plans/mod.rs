@@ -44,87 +44,7 @@ use crate::logs::explain::Plan;
 use crate::model::{Event, EventKind, Problem, SourceState};
 use history::{Entry, History, Key};
 
-/// What the statements source saw in its last cycle: the statements with the most
-/// execution time in it, most first.
-#[derive(Debug, Clone, Default)]
-pub struct Top {
-    /// When the cycle's sample was taken.
-    pub taken_at: DateTime<Utc>,
-    /// The statements (every `toplevel` of one summed).
-    pub statements: Vec<TopStatement>,
-}
-
-/// One statement of [`Top`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TopStatement {
-    /// The role that ran it.
-    pub userid: u32,
-    /// Its database.
-    pub dbid: u32,
-    /// pg_stat_statements' query id.
-    pub queryid: i64,
-    /// Execution time in the cycle, ms.
-    pub total_ms: f64,
-    /// Calls in the cycle.
-    pub calls: f64,
-}
-
-impl TopStatement {
-    /// Mean execution time per call in the cycle, ms.
-    pub fn mean_ms(&self) -> Option<f64> {
-        (self.calls > 0.0).then(|| self.total_ms / self.calls)
-    }
-}
-
-/// How many statements the statements source hands over.
-pub const HANDED_OVER: usize = 200;
-
-impl Top {
-    /// The top of one cycle's deltas (`columns` names their values).
-    pub fn of(
-        taken_at: DateTime<Utc>,
-        columns: &[crate::sources::statements::delta::Column],
-        deltas: &[crate::sources::statements::delta::Delta],
-    ) -> Top {
-        let at = |name: &str| columns.iter().position(|c| c.name == name);
-        let (Some(t), Some(c)) = (at("total_exec_time_ms"), at("calls")) else {
-            return Top {
-                taken_at,
-                statements: Vec::new(),
-            };
-        };
-        let mut sums: HashMap<(u32, u32, i64), (f64, f64)> = HashMap::new();
-        for d in deltas {
-            let s = sums
-                .entry((d.key.userid, d.key.dbid, d.key.queryid))
-                .or_default();
-            s.0 += d.values.get(t).copied().unwrap_or(0.0);
-            s.1 += d.values.get(c).copied().unwrap_or(0.0);
-        }
-        let mut statements: Vec<TopStatement> = sums
-            .into_iter()
-            .map(
-                |((userid, dbid, queryid), (total_ms, calls))| TopStatement {
-                    userid,
-                    dbid,
-                    queryid,
-                    total_ms,
-                    calls,
-                },
-            )
-            .collect();
-        statements.sort_by(|a, b| {
-            b.total_ms
-                .total_cmp(&a.total_ms)
-                .then((a.dbid, a.queryid, a.userid).cmp(&(b.dbid, b.queryid, b.userid)))
-        });
-        statements.truncate(HANDED_OVER);
-        Top {
-            taken_at,
-            statements,
-        }
-    }
-}
+pub use crate::model::{Top, TopStatement};
 
 /// The longest statement text planned; a longer one is refused.
 const MAX_TEXT: usize = 64 * 1024;
@@ -349,7 +269,8 @@ impl Inner {
                 "no pg_statements cycle has handed over its top statements yet",
                 "nothing if pg_statements is on (plans follow its first cycle); otherwise turn [collection] statements on",
             )));
-            return Ok(vec![self.event(now, "summary", &summary)?]);
+            // Nothing was asked of the server: no event says anything of it.
+            return Ok(Vec::new());
         };
         let candidates: Vec<TopStatement> = top.statements.iter().take(self.top).copied().collect();
         summary.candidates = candidates.len();
@@ -861,44 +782,5 @@ mod tests {
         let (bad, none) = read_plan("not json");
         assert!(bad.root.is_none());
         assert_eq!(none, None);
-    }
-
-    #[test]
-    fn the_top_sums_a_statement_over_toplevel_and_orders_by_time() {
-        use crate::sources::statements::delta::{Column, Delta, Key};
-        let columns: Vec<Column> = ["calls", "total_exec_time_ms"]
-            .iter()
-            .map(|n| Column {
-                name: n.to_string(),
-                expr: String::new(),
-                kind: crate::sources::statements::delta::ColKind::Count,
-            })
-            .collect();
-        let d = |queryid: i64, toplevel: bool, calls: f64, ms: f64| Delta {
-            key: Key {
-                userid: 10,
-                dbid: 5,
-                queryid,
-                toplevel,
-            },
-            values: vec![calls, ms],
-            new: false,
-            counters_reset: false,
-        };
-        let top = Top::of(
-            Utc::now(),
-            &columns,
-            &[
-                d(1, true, 10.0, 5.0),
-                d(2, true, 1.0, 50.0),
-                d(1, false, 10.0, 5.0),
-            ],
-        );
-        let got: Vec<(i64, f64, Option<f64>)> = top
-            .statements
-            .iter()
-            .map(|s| (s.queryid, s.total_ms, s.mean_ms()))
-            .collect();
-        assert_eq!(got, vec![(2, 50.0, Some(50.0)), (1, 10.0, Some(0.5))]);
     }
 }

@@ -284,5 +284,54 @@ pub fn top_n(deltas: &mut Vec<Delta>, columns: &[Column], n: usize) -> usize {
     dropped
 }
 
+/// How many statements pg_statements hands to pg_plans.
+pub const HANDED_OVER: usize = 200;
+
+/// What pg_statements hands to pg_plans: the statements with the most execution time in
+/// a cycle (`columns` names the deltas' values; every `toplevel` of one summed).
+pub fn top(
+    taken_at: chrono::DateTime<chrono::Utc>,
+    columns: &[Column],
+    deltas: &[Delta],
+) -> crate::model::Top {
+    let at = |name: &str| columns.iter().position(|c| c.name == name);
+    let (Some(t), Some(c)) = (at("total_exec_time_ms"), at("calls")) else {
+        return crate::model::Top {
+            taken_at,
+            statements: Vec::new(),
+        };
+    };
+    let mut sums: HashMap<(u32, u32, i64), (f64, f64)> = HashMap::new();
+    for d in deltas {
+        let s = sums
+            .entry((d.key.userid, d.key.dbid, d.key.queryid))
+            .or_default();
+        s.0 += d.values.get(t).copied().unwrap_or(0.0);
+        s.1 += d.values.get(c).copied().unwrap_or(0.0);
+    }
+    let mut statements: Vec<crate::model::TopStatement> = sums
+        .into_iter()
+        .map(
+            |((userid, dbid, queryid), (total_ms, calls))| crate::model::TopStatement {
+                userid,
+                dbid,
+                queryid,
+                total_ms,
+                calls,
+            },
+        )
+        .collect();
+    statements.sort_by(|a, b| {
+        b.total_ms
+            .total_cmp(&a.total_ms)
+            .then((a.dbid, a.queryid, a.userid).cmp(&(b.dbid, b.queryid, b.userid)))
+    });
+    statements.truncate(HANDED_OVER);
+    crate::model::Top {
+        taken_at,
+        statements,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests;

@@ -167,7 +167,7 @@ impl Cycle {
                 self.tracker.borrow_mut().names_unread(&e);
             }
             db.server()
-                .post_top_statements(std::sync::Arc::new(crate::sources::plans::Top::of(
+                .post_top_statements(std::sync::Arc::new(delta::top(
                     now,
                     &ext.columns,
                     &concluded.deltas,

@@ -112,3 +112,41 @@ fn top_n_keeps_the_most_time() {
         vec![2, 3]
     );
 }
+
+#[test]
+fn the_top_handed_to_plans_sums_a_statement_over_toplevel_and_orders_by_time() {
+    let columns: Vec<Column> = ["calls", "total_exec_time_ms"]
+        .iter()
+        .map(|n| Column {
+            name: n.to_string(),
+            expr: String::new(),
+            kind: ColKind::Count,
+        })
+        .collect();
+    let d = |queryid: i64, toplevel: bool, calls: f64, ms: f64| Delta {
+        key: Key {
+            userid: 10,
+            dbid: 5,
+            queryid,
+            toplevel,
+        },
+        values: vec![calls, ms],
+        new: false,
+        counters_reset: false,
+    };
+    let t = top(
+        chrono::Utc::now(),
+        &columns,
+        &[
+            d(1, true, 10.0, 5.0),
+            d(2, true, 1.0, 50.0),
+            d(1, false, 10.0, 5.0),
+        ],
+    );
+    let got: Vec<(i64, f64, Option<f64>)> = t
+        .statements
+        .iter()
+        .map(|s| (s.queryid, s.total_ms, s.mean_ms()))
+        .collect();
+    assert_eq!(got, vec![(2, 50.0, Some(50.0)), (1, 10.0, Some(0.5))]);
+}

@@ -62,6 +62,14 @@ impl Drop for Stop<'_> {
     }
 }
 
+/// The agent on a 1 s interval with pg_statements and pg_plans on.
+fn plans_config(dir: &std::path::Path, pg: &PgCluster, listener: &Listener) -> String {
+    config(dir, pg, &listener.url(), 1)
+        .replace("statements = false", "statements = true")
+        .replace("plans = false", "plans = true")
+        .replace("[collection]\n", "[collection]\nactivity = false\n")
+}
+
 fn summaries(l: &Listener) -> Vec<Value> {
     l.events_of("pg_plans")
         .into_iter()
@@ -75,10 +83,7 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster, steady: usize) {
     tables(&pg);
     let listener = Listener::start(TOKEN);
     let dir = shared_tempdir("plans-agent");
-    let toml = config(dir.path(), &pg, &listener.url(), 1)
-        .replace("statements = false", "statements = true")
-        .replace("plans = false", "plans = true")
-        .replace("[collection]\n", "[collection]\nactivity = false\n");
+    let toml = plans_config(dir.path(), &pg, &listener);
     let agent = Agent::start(dir.path(), &toml, &[]);
     let stop = AtomicBool::new(false);
     let queryid = std::thread::scope(|s| {
@@ -247,11 +252,8 @@ fn planning_takes_no_lock_stronger_than_access_share_and_gives_up_on_a_locked_ta
     });
     let listener = Listener::start(TOKEN);
     let dir = shared_tempdir("plans-locks");
-    let toml = config(dir.path(), &pg, &listener.url(), 1)
-        .replace("user = \"postgres\"", "user = \"agent\"")
-        .replace("statements = false", "statements = true")
-        .replace("plans = false", "plans = true")
-        .replace("[collection]\n", "[collection]\nactivity = false\n");
+    let toml =
+        plans_config(dir.path(), &pg, &listener).replace("user = \"postgres\"", "user = \"agent\"");
     let agent = Agent::start(dir.path(), &toml, &[]);
     let stop = AtomicBool::new(false);
     let by_customer = std::thread::scope(|s| {
@@ -380,10 +382,7 @@ fn every_version_plans_the_reading_statements_of_its_workload() {
         tables(&pg);
         let listener = Listener::start(TOKEN);
         let dir = shared_tempdir("plans-versions");
-        let toml = config(dir.path(), &pg, &listener.url(), 1)
-            .replace("statements = false", "statements = true")
-            .replace("plans = false", "plans = true")
-            .replace("[collection]\n", "[collection]\nactivity = false\n");
+        let toml = plans_config(dir.path(), &pg, &listener);
         let agent = Agent::start(dir.path(), &toml, &[]);
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {

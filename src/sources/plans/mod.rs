@@ -441,7 +441,7 @@ impl Inner {
             )
             .await
             .map_err(DbError::query)?
-            .map(|r| r.get(0));
+            .and_then(|r| r.try_get(0).ok());
         let Some(schema) = schema else {
             return Ok(());
         };
@@ -457,10 +457,12 @@ impl Inner {
         for q in &need {
             st.texts.insert(*q, None);
         }
+        // A text that is not UTF-8 (written in a SQL_ASCII database) could not be sent
+        // back as it was: it stays unknown, refused as a statement without a text.
         for r in rows {
-            let q: i64 = r.get(0);
-            let t: Option<String> = r.get(1);
-            st.texts.insert(q, t);
+            if let (Ok(q), Ok(t)) = (r.try_get::<_, i64>(0), r.try_get::<_, Option<String>>(1)) {
+                st.texts.insert(q, t);
+            }
         }
         Ok(())
     }
@@ -632,13 +634,18 @@ async fn oid_names(
     oids.sort_unstable();
     oids.dedup();
     let rows = conn.query(sql, &[&oids]).await.map_err(DbError::query)?;
+    // A name that is not UTF-8 cannot be used to connect or SET ROLE: left out (its
+    // statements fail as in a database that is gone, or are planned as the agent).
     Ok(rows
         .iter()
-        .map(|r| {
-            (
-                r.get::<_, u32>(0),
-                (r.get::<_, String>(1), r.get::<_, bool>(2)),
-            )
+        .filter_map(|r| {
+            Some((
+                r.try_get::<_, u32>(0).ok()?,
+                (
+                    r.try_get::<_, String>(1).ok()?,
+                    r.try_get::<_, bool>(2).ok()?,
+                ),
+            ))
         })
         .collect())
 }
@@ -750,7 +757,10 @@ async fn analyzed_since(
         )
         .await
         .map_err(DbError::query)?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+        .collect())
 }
 
 #[cfg(test)]

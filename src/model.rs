@@ -1239,6 +1239,20 @@ pub struct Top {
     pub statements: Vec<TopStatement>,
 }
 
+/// A statement the session sampler saw running long (PostgreSQL 14+, where a session
+/// shows its statement's query id), for pg_plans.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRunning {
+    /// Its database.
+    pub datname: String,
+    /// The role running it.
+    pub usename: Option<String>,
+    /// pg_stat_statements' query id.
+    pub queryid: i64,
+    /// How long it had been running when last seen, s.
+    pub running_s: f64,
+}
+
 /// One statement of [`Top`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TopStatement {

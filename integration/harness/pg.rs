@@ -300,6 +300,30 @@ impl PgCluster {
         c
     }
 
+    /// pgbench (the one next to the psql every version uses) as postgres on the
+    /// `postgres` database; the caller adds its arguments.
+    pub fn pgbench(&self) -> Command {
+        let mut c = Command::new(psql_path().with_file_name("pgbench"));
+        c.args(["-h", self.socket_dir().to_str().expect("utf8")])
+            .args(["-p", &self.port.to_string(), "-U", "postgres"])
+            .env("LC_ALL", "C");
+        c
+    }
+
+    /// Starts `pgbench` with `args` (on the `postgres` database) in the background; it
+    /// is killed when the returned session is dropped.
+    pub fn pgbench_session(&self, args: &[&str]) -> Session {
+        let child = self
+            .pgbench()
+            .args(args)
+            .arg("postgres")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn pgbench");
+        Session(child)
+    }
+
     /// Runs SQL and returns its output (unaligned, tuples only).
     pub fn sql(&self, sql: &str) -> String {
         let out = run(self.psql().args(["-c", sql]), sql);

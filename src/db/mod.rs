@@ -238,6 +238,9 @@ impl Drop for Conn {
     }
 }
 
+/// The most statements seen running long kept for pg_plans between its cycles.
+pub const LONG_RUNNING_KEPT: usize = 100;
+
 /// What lasts of one server's connections through reloads: the cap on its sockets, the
 /// thread that drives them, and what was learnt of the server. A reload's new pool gets
 /// the same one, so the old pool's open sockets count against the new cap and go on
@@ -253,6 +256,8 @@ struct ServerInner {
     board: Arc<crate::board::Board>,
     /// The statements with the most time in the last pg_statements cycle, for pg_plans.
     top: Mutex<Option<Arc<crate::model::Top>>>,
+    /// Statements the session sampler saw running long since pg_plans last looked.
+    long_running: Mutex<Vec<crate::model::LongRunning>>,
     drivers: tokio::runtime::Handle,
     /// Dropped with the last clone: the driving thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -289,6 +294,7 @@ impl Server {
                 facts: Arc::default(),
                 board: Arc::default(),
                 top: Mutex::default(),
+                long_running: Mutex::default(),
                 drivers,
                 _stop: stop,
             }),
@@ -322,6 +328,41 @@ impl Server {
     /// Hands a pg_statements cycle's top statements to pg_plans.
     pub fn post_top_statements(&self, top: Arc<crate::model::Top>) {
         *self.inner.top.lock().unwrap_or_else(|p| p.into_inner()) = Some(top);
+    }
+
+    /// Notes statements the session sampler saw running long: one entry per database
+    /// and query id (the longest seen), at most [`LONG_RUNNING_KEPT`] until pg_plans
+    /// takes them.
+    pub fn note_long_running(&self, seen: impl IntoIterator<Item = crate::model::LongRunning>) {
+        let mut kept = self
+            .inner
+            .long_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for s in seen {
+            match kept
+                .iter()
+                .position(|k| k.queryid == s.queryid && k.datname == s.datname)
+            {
+                Some(i) if kept[i].running_s < s.running_s => kept[i] = s,
+                Some(_) => {}
+                None if kept.len() < LONG_RUNNING_KEPT => kept.push(s),
+                None => {}
+            }
+        }
+    }
+
+    /// The statements seen running long since the last call, longest first.
+    pub fn take_long_running(&self) -> Vec<crate::model::LongRunning> {
+        let mut v = std::mem::take(
+            &mut *self
+                .inner
+                .long_running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        v.sort_by(|a, b| b.running_s.total_cmp(&a.running_s));
+        v
     }
 
     fn drivers(&self) -> &tokio::runtime::Handle {

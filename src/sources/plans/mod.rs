@@ -49,6 +49,9 @@ pub use crate::model::{Top, TopStatement};
 /// The longest statement text planned; a longer one is refused.
 const MAX_TEXT: usize = 64 * 1024;
 
+/// The most statements seen running long planned in a cycle, besides the top.
+const LONG_RUNNING_PER_CYCLE: usize = 5;
+
 /// The longest wait for a lock while planning: a table someone holds is given up on.
 const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -146,9 +149,14 @@ impl Source for PlansSource {
 #[derive(Debug, Default, Serialize)]
 struct Summary {
     record: &'static str,
-    /// The statements considered (the first `plans_top` of the last pg_statements
-    /// cycle).
+    /// The statements considered: up to `plans_top` of the last pg_statements cycle's
+    /// top and up to five statements the session sampler saw running long.
     candidates: usize,
+    /// Of those, statements seen running long.
+    long_running: usize,
+    /// Statements of the top passed over, by reason: utility statements (they have no
+    /// plan) and the agent's own (its role's) monitoring queries.
+    passed_over: BTreeMap<&'static str, usize>,
     /// Planned this cycle.
     planned: usize,
     /// Of those, plans never seen before for the statement.
@@ -200,6 +208,9 @@ struct PlanData<'a> {
     planning_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_ms: Option<f64>,
+    /// The session sampler saw it running this long (s): planned for that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seen_running_s: Option<f64>,
     plan: &'a Plan,
 }
 
@@ -237,6 +248,8 @@ struct ChangedData<'a> {
 /// What is known of one candidate before it is planned.
 struct Candidate<'a> {
     s: TopStatement,
+    /// Seen running this long (s) by the session sampler.
+    running_s: Option<f64>,
     /// The statement's text (its fingerprint is of it).
     text: &'a str,
     /// What the server is asked to plan for it.
@@ -272,9 +285,8 @@ impl Inner {
             // Nothing was asked of the server: no event says anything of it.
             return Ok(Vec::new());
         };
-        let candidates: Vec<TopStatement> = top.statements.iter().take(self.top).copied().collect();
-        summary.candidates = candidates.len();
-        if candidates.is_empty() {
+        let long = db.server().take_long_running();
+        if top.statements.is_empty() && long.is_empty() {
             self.st.borrow_mut().state = Some(SourceState::Working(
                 "no statement ran in the last pg_statements cycle".into(),
             ));
@@ -282,24 +294,76 @@ impl Inner {
         }
         let conn = db.get().await?;
         let version = crate::sources::server_version(&conn, &self.version).await?;
-        self.read_texts(&conn, &candidates).await?;
+        let own: Option<u32> = conn
+            .query_opt("SELECT oid FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .map_err(DbError::query)?
+            .and_then(|r| r.try_get(0).ok());
+        // Statements seen running long first (they may have little time in the
+        // cycle's top: they have not finished), then the top.
+        let long = long_running(&conn, long).await?;
+        let mut pool: Vec<(TopStatement, Option<f64>)> = Vec::new();
+        for (s, running_s) in long.into_iter().chain(
+            top.statements
+                .iter()
+                .take((self.top * 3).max(self.top + 20))
+                .map(|s| (*s, None)),
+        ) {
+            if !pool
+                .iter()
+                .any(|(p, _)| (p.dbid, p.queryid, p.userid) == (s.dbid, s.queryid, s.userid))
+            {
+                pool.push((s, running_s));
+            }
+        }
+        self.read_texts(&conn, pool.iter().map(|(s, _)| s.queryid))
+            .await?;
+        let texts = self.st.borrow().texts.clone();
+        let mut chosen: Vec<(TopStatement, Option<f64>)> = Vec::new();
+        let mut long_taken = 0;
+        for (s, running_s) in pool {
+            let slots = if running_s.is_some() {
+                long_taken < LONG_RUNNING_PER_CYCLE
+            } else {
+                chosen.len() < self.top + long_taken
+            };
+            if !slots {
+                continue;
+            }
+            if own == Some(s.userid) {
+                *summary
+                    .passed_over
+                    .entry("run by the agent's role")
+                    .or_default() += 1;
+                continue;
+            }
+            if let Some(Some(text)) = texts.get(&s.queryid) {
+                if plannable::plannable(text).err() == Some(plannable::NOT_A_QUERY) {
+                    *summary.passed_over.entry("utility statement").or_default() += 1;
+                    continue;
+                }
+            }
+            long_taken += usize::from(running_s.is_some());
+            chosen.push((s, running_s));
+        }
+        summary.candidates = chosen.len();
+        summary.long_running = long_taken;
         let databases = oid_names(
             &conn,
             "SELECT oid, datname, true FROM pg_database WHERE oid = ANY($1)",
-            candidates.iter().map(|c| c.dbid),
+            chosen.iter().map(|(c, _)| c.dbid),
         )
         .await?;
         let roles = oid_names(
             &conn,
             "SELECT oid, rolname, pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles WHERE oid = ANY($1)",
-            candidates.iter().map(|c| c.userid),
+            chosen.iter().map(|(c, _)| c.userid),
         )
         .await?;
         drop(conn);
 
-        let texts = self.st.borrow().texts.clone();
         let mut by_db: Vec<(u32, Vec<Candidate>)> = Vec::new();
-        for s in &candidates {
+        for (s, running_s) in &chosen {
             let key = (s.dbid, s.queryid);
             if let Some(why) = self.st.borrow().unplannable.get(&key) {
                 *summary.refused.entry(why).or_default() += 1;
@@ -331,6 +395,7 @@ impl Inner {
             };
             let c = Candidate {
                 s: *s,
+                running_s: *running_s,
                 text,
                 plan,
                 user: roles.get(&s.userid),
@@ -419,12 +484,14 @@ impl Inner {
     }
 
     /// Texts of the candidates not seen before, as pg_stat_statements has them.
-    async fn read_texts(&self, conn: &Conn, candidates: &[TopStatement]) -> Result<(), DbError> {
+    async fn read_texts(
+        &self,
+        conn: &Conn,
+        queryids: impl Iterator<Item = i64>,
+    ) -> Result<(), DbError> {
         let need: Vec<i64> = {
             let st = self.st.borrow();
-            let mut v: Vec<i64> = candidates
-                .iter()
-                .map(|c| c.queryid)
+            let mut v: Vec<i64> = queryids
                 .filter(|q| !matches!(st.texts.get(q), Some(Some(_))))
                 .collect();
             v.sort_unstable();
@@ -552,6 +619,7 @@ impl Inner {
                     shape: &shape.nodes,
                     planning_ms,
                     mean_ms: mean,
+                    seen_running_s: c.running_s,
                     plan: &plan,
                 },
             )?);
@@ -586,6 +654,9 @@ impl Inner {
                 },
             )?);
         }
+        // A statement planned because it was seen running has no time of its own in
+        // the cycle: the mean known with the same plan stands.
+        let mean = mean.or_else(|| before.as_ref().filter(|_| same).and_then(|b| b.mean_ms));
         let since = before.filter(|_| same).map_or(now, |b| b.since);
         if let Some(h) = self.st.borrow_mut().history.as_mut() {
             h.put(
@@ -622,6 +693,61 @@ fn permanent(sqlstate: &str) -> Option<&'static str> {
         "42P02" => Some("it refers to a parameter the normalized text does not have"),
         _ => None,
     }
+}
+
+/// The statements seen running long as top statements of their database and role
+/// (their time unknown), with how long they had been running; those of a database or
+/// role gone are left out.
+async fn long_running(
+    conn: &Conn,
+    long: Vec<crate::model::LongRunning>,
+) -> Result<Vec<(TopStatement, Option<f64>)>, DbError> {
+    if long.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names = |f: fn(&crate::model::LongRunning) -> Option<&String>| {
+        let mut v: Vec<&str> = long
+            .iter()
+            .filter_map(|l| f(l).map(String::as_str))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let oids = |rows: Vec<tokio_postgres::Row>| -> HashMap<String, u32> {
+        rows.iter()
+            .filter_map(|r| Some((r.try_get(1).ok()?, r.try_get(0).ok()?)))
+            .collect()
+    };
+    let dbs = oids(
+        conn.query(
+            "SELECT oid, datname::text FROM pg_database WHERE datname = ANY($1)",
+            &[&names(|l| Some(&l.datname))],
+        )
+        .await
+        .map_err(DbError::query)?,
+    );
+    let roles = oids(
+        conn.query(
+            "SELECT oid, rolname::text FROM pg_roles WHERE rolname = ANY($1)",
+            &[&names(|l| l.usename.as_ref())],
+        )
+        .await
+        .map_err(DbError::query)?,
+    );
+    Ok(long
+        .iter()
+        .filter_map(|l| {
+            let s = TopStatement {
+                userid: *roles.get(l.usename.as_ref()?)?,
+                dbid: *dbs.get(&l.datname)?,
+                queryid: l.queryid,
+                total_ms: 0.0,
+                calls: 0.0,
+            };
+            Some((s, Some(l.running_s)))
+        })
+        .collect())
 }
 
 /// `oid → (name, flag)` of the distinct `oids` (the query returns oid, name, flag).

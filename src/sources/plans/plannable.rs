@@ -30,6 +30,10 @@ pub struct ToPlan<'a> {
     pub planned_as_select: Option<&'static str>,
 }
 
+/// The refusal of a utility statement or DDL: it has no plan at all (pg_plans passes
+/// over it instead of counting it among the statements it could not plan).
+pub const NOT_A_QUERY: Refusal = "not a query (a utility statement or DDL): only SELECT, VALUES, TABLE, WITH … SELECT and the rows of UPDATE, DELETE and INSERT … SELECT are planned";
+
 /// The query the agent may plan for `text` (a pg_stat_statements text, constants as
 /// `$n`), or why there is none.
 pub fn plannable(text: &str) -> Result<ToPlan<'_>, Refusal> {
@@ -76,7 +80,7 @@ pub fn plannable(text: &str) -> Result<ToPlan<'_>, Refusal> {
             planned_as_select: Some("insert"),
         }),
         Some("merge") => Err("MERGE: planning it takes RowExclusiveLock on its target, and it has no one query that finds its rows"),
-        _ => Err("not a query (a utility statement or DDL): only SELECT, VALUES, TABLE, WITH … SELECT and the rows of UPDATE, DELETE and INSERT … SELECT are planned"),
+        _ => Err(NOT_A_QUERY),
     }
 }
 

@@ -187,6 +187,7 @@ impl Source for SamplerSource {
             if let Some(w) = st.window.as_mut() {
                 w.add(at, &sample);
             }
+            db.server().note_long_running(long_running(&sample));
             let board = db.server().board();
             if board.wanted() {
                 post_seconds(&mut st.seconds, &sample, every.as_secs_f64(), board);
@@ -199,6 +200,29 @@ impl Source for SamplerSource {
             Ok(events)
         })
     }
+}
+
+/// A statement running this long (s) is one pg_plans plans even when it is not among
+/// the statements with the most time.
+pub const LONG_RUNNING_S: f64 = 1.0;
+
+/// The statements of a sample running for [`LONG_RUNNING_S`] or more, with a query id.
+fn long_running(sample: &[Sampled]) -> Vec<crate::model::LongRunning> {
+    sample
+        .iter()
+        .filter_map(|Sampled { session: s, .. }| {
+            let running_s = s.query_age_s.filter(|a| *a >= LONG_RUNNING_S)?;
+            if s.state.as_deref() != Some("active") || s.not_utf8 {
+                return None;
+            }
+            Some(crate::model::LongRunning {
+                datname: s.datname.clone()?,
+                usename: s.usename.clone(),
+                queryid: s.query_id.filter(|q| *q != 0)?,
+                running_s,
+            })
+        })
+        .collect()
 }
 
 /// Adds a sample's sessions to the time by state and wait event type (each stood for

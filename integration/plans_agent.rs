@@ -182,9 +182,14 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster, steady: usize) {
             first["data"]["shape_hash"]
         );
         assert!(changed["data"]["mean_ms_before"].is_number(), "{changed}");
+        assert_eq!(
+            changed["data"]["in_between"],
+            serde_json::json!({"indexes_dropped": ["orders.orders_customer"]}),
+            "{changed}"
+        );
 
         pg.sql("create index orders_customer on orders (customer)");
-        wait_for(
+        let back = wait_for(
             "a second plan change once the index is back",
             Duration::from_secs(60),
             || {
@@ -192,6 +197,11 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster, steady: usize) {
                     .into_iter()
                     .find(|e| shape(e, "new_shape").contains("using orders_customer"))
             },
+        );
+        assert_eq!(
+            back["data"]["in_between"],
+            serde_json::json!({"indexes_added": ["orders.orders_customer"]}),
+            "{back}"
         );
         // Steady from here: `steady` more planning cycles with statements planned.
         let planned_cycles = || {
@@ -548,4 +558,123 @@ fn every_version_plans_nine_tenths_of_its_top_twenty() {
             assert_eq!(plans(&listener, "plan", q), Vec::<Value>::new(), "{major}");
         }
     }
+}
+
+/// An auto_explain plan of a statement the agent planned is linked to its generic
+/// plan: the log event carries both shape hashes and whether they match (text and
+/// JSON plans alike), pg_plans counts the plans read, and when the generic plan changes
+/// (planner settings changed for the database) the change names the settings and says
+/// how often the server ran the old shape.
+#[test]
+fn an_auto_explain_plan_is_linked_to_the_generic_plan() {
+    let pg = PgCluster::start(
+        "shared_preload_libraries = 'auto_explain,pg_stat_statements'\n\
+         logging_collector = on\nlog_destination = 'stderr'\nlog_directory = 'log'\n\
+         log_filename = 'postgresql.log'\nlog_rotation_age = 0\nlog_rotation_size = 0\n\
+         log_line_prefix = '%m [%p] %q%u@%d %a %Q '\nlc_messages = 'C'\nlog_timezone = 'UTC'\n",
+    );
+    tables(&pg);
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("plans-linked");
+    let toml = plans_config(dir.path(), &pg, &listener, "superuser").replace(
+        "logs = false\n",
+        "logs = true\n[logs]\nformat = \"stderr\"\nstart_at = \"beginning\"\n",
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = Stop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                pg.sql(WORKLOAD);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let queryid: i64 = wait_for(
+            "the statement in pg_stat_statements",
+            Duration::from_secs(30),
+            || {
+                pg.sql(&format!(
+                    "select queryid from pg_stat_statements where query = '{BY_CUSTOMER}'"
+                ))
+                .parse()
+                .ok()
+            },
+        );
+        let generic = wait_for("its generic plan", Duration::from_secs(60), || {
+            plans(&listener, "plan", queryid).into_iter().next()
+        });
+        let hash = generic["data"]["shape_hash"].clone();
+        // Three runs logged by auto_explain: two as text, one as JSON.
+        run(
+            pg.psql()
+                .args(["-c", "set auto_explain.log_min_duration = 0"])
+                .args(["-c", "select * from orders where customer = 7"])
+                .args(["-c", "select * from orders where customer = 8"])
+                .args(["-c", "set auto_explain.log_format = json"])
+                .args(["-c", "select * from orders where customer = 9"]),
+            "the logged runs",
+        );
+        let logged = wait_for("the three plans in pg_log", Duration::from_secs(30), || {
+            let v: Vec<Value> = listener
+                .events_of("pg_log")
+                .into_iter()
+                .map(|e| e["data"].clone())
+                .filter(|d| d["query_id"] == queryid && d.get("plan").is_some())
+                .collect();
+            (v.len() >= 3).then_some(v)
+        });
+        assert_eq!(logged.len(), 3, "{logged:#?}");
+        let formats: Vec<&Value> = logged.iter().map(|d| &d["plan"]["format"]).collect();
+        assert_eq!(formats, ["text", "text", "json"]);
+        for d in &logged {
+            let p = &d["plan"];
+            assert_eq!(p["shape_hash"], hash, "the generic plan's shape: {d:#}");
+            assert_eq!(p["generic_shape_hash"], hash, "{d:#}");
+            assert_eq!(p["matches_generic"], true, "{d:#}");
+        }
+        let counted = wait_for("the logged plans counted", Duration::from_secs(30), || {
+            let (mut read, mut matching) = (0, 0);
+            for s in summaries(&listener) {
+                read += s["data"]["log_plans"]["read"].as_u64().unwrap_or(0);
+                matching += s["data"]["log_plans"]["matching_generic"]
+                    .as_u64()
+                    .unwrap_or(0);
+            }
+            (read >= 3).then_some((read, matching))
+        });
+        assert_eq!(counted, (3, 3));
+
+        // The index made unusable for the database's new sessions (the agent's
+        // included): a plan change that names the settings.
+        pg.sql("alter database postgres set enable_indexscan = off");
+        pg.sql("alter database postgres set enable_bitmapscan = off");
+        let changed = wait_for("the plan change", Duration::from_secs(60), || {
+            plans(&listener, "plan_changed", queryid).into_iter().next()
+        });
+        assert_eq!(
+            changed["data"]["in_between"],
+            serde_json::json!({"settings": [
+                {"name": "enable_bitmapscan", "from": null, "to": "off"},
+                {"name": "enable_indexscan", "from": null, "to": "off"},
+            ]}),
+            "{changed:#}"
+        );
+        assert!(
+            shape(&changed, "new_shape").contains("Seq Scan on orders"),
+            "{changed:#}"
+        );
+        let runs: Vec<(Value, Value, Value)> = changed["data"]["logged"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| (l["shape_hash"].clone(), l["is"].clone(), l["runs"].clone()))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![(hash.clone(), "old".into(), 3.into())],
+            "{changed:#}"
+        );
+    });
+    drop(agent);
 }

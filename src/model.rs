@@ -1253,6 +1253,91 @@ pub struct LongRunning {
     pub running_s: f64,
 }
 
+/// The most statements [`PlanShapes`] keeps a generic shape of, and the most distinct
+/// auto_explain shapes it keeps until pg_plans takes them.
+pub const PLAN_SHAPES_KEPT: usize = 5000;
+
+/// What pg_plans and the log reader of one server share of plans: the generic shape
+/// pg_plans last got per statement (database name, query id), and the shapes of the
+/// auto_explain plans read since pg_plans last looked.
+#[derive(Debug, Default)]
+pub struct PlanShapes {
+    inner: std::sync::Mutex<Shapes>,
+}
+
+#[derive(Debug, Default)]
+struct Shapes {
+    generic: std::collections::HashMap<(String, i64), String>,
+    logged: std::collections::HashMap<LoggedKey, Logged>,
+}
+
+/// An auto_explain plan's database name, query id and shape hash.
+pub type LoggedKey = (String, i64, String);
+
+/// How often a shape was seen in the log for a statement, and when last.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Logged {
+    /// Plans read with it.
+    pub runs: u64,
+    /// When the last was read.
+    pub last_at: DateTime<Utc>,
+}
+
+impl PlanShapes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shapes> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// pg_plans got `hash` for the statement.
+    pub fn generic(&self, datname: &str, queryid: i64, hash: &str) {
+        let mut s = self.lock();
+        let key = (datname.to_string(), queryid);
+        if s.generic.len() >= PLAN_SHAPES_KEPT && !s.generic.contains_key(&key) {
+            // The statements planned lately are planned again each cycle: they come back.
+            s.generic.clear();
+        }
+        s.generic.insert(key, hash.to_string());
+    }
+
+    /// An auto_explain plan of shape `hash` was read for the statement at `at`: noted
+    /// for pg_plans; returns the generic shape pg_plans last got for it.
+    pub fn logged(
+        &self,
+        datname: &str,
+        queryid: i64,
+        hash: &str,
+        at: DateTime<Utc>,
+    ) -> Option<String> {
+        let mut s = self.lock();
+        let key = (datname.to_string(), queryid, hash.to_string());
+        let full = s.logged.len() >= PLAN_SHAPES_KEPT;
+        match s.logged.get_mut(&key) {
+            Some(l) => {
+                l.runs += 1;
+                l.last_at = l.last_at.max(at);
+            }
+            None if !full => {
+                s.logged.insert(
+                    key,
+                    Logged {
+                        runs: 1,
+                        last_at: at,
+                    },
+                );
+            }
+            None => {}
+        }
+        s.generic.get(&(datname.to_string(), queryid)).cloned()
+    }
+
+    /// The auto_explain shapes read since the last call.
+    pub fn take_logged(&self) -> Vec<(LoggedKey, Logged)> {
+        std::mem::take(&mut self.lock().logged)
+            .into_iter()
+            .collect()
+    }
+}
+
 /// One statement of [`Top`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TopStatement {

@@ -258,6 +258,8 @@ struct ServerInner {
     top: Mutex<Option<Arc<crate::model::Top>>>,
     /// Statements the session sampler saw running long since pg_plans last looked.
     long_running: Mutex<Vec<crate::model::LongRunning>>,
+    /// Plan shapes pg_plans and the log reader share.
+    plan_shapes: Arc<crate::model::PlanShapes>,
     drivers: tokio::runtime::Handle,
     /// Dropped with the last clone: the driving thread then ends.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -295,6 +297,7 @@ impl Server {
                 board: Arc::default(),
                 top: Mutex::default(),
                 long_running: Mutex::default(),
+                plan_shapes: Arc::default(),
                 drivers,
                 _stop: stop,
             }),
@@ -328,6 +331,11 @@ impl Server {
     /// Hands a pg_statements cycle's top statements to pg_plans.
     pub fn post_top_statements(&self, top: Arc<crate::model::Top>) {
         *self.inner.top.lock().unwrap_or_else(|p| p.into_inner()) = Some(top);
+    }
+
+    /// The plan shapes pg_plans and the log reader share.
+    pub fn plan_shapes(&self) -> &Arc<crate::model::PlanShapes> {
+        &self.inner.plan_shapes
     }
 
     /// Notes statements the session sampler saw running long: one entry per database

@@ -87,7 +87,8 @@ impl LogReader {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         LogReader {
-            follower: Follower::new(config, saved, log.clone()),
+            follower: Follower::new(config, saved, log.clone())
+                .share_plans(db.server().plan_shapes().clone()),
             db: Rc::new(db),
             limit: cycle_limit(&config.database),
             settings_error: None,

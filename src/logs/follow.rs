@@ -95,6 +95,12 @@ impl Follower {
         }
     }
 
+    /// Shares the auto_explain plans read with pg_plans (see [`Shaper::plan_shapes`]).
+    pub fn share_plans(mut self, shapes: std::sync::Arc<crate::model::PlanShapes>) -> Follower {
+        self.shaper.plan_shapes = Some(shapes);
+        self
+    }
+
     /// The database is asked only when the config leaves something to it.
     pub fn needs_server(&self) -> bool {
         self.logs.path.is_empty()

@@ -628,6 +628,9 @@ pub struct Shaper {
     pub redact: Redact,
     /// The languages this log's messages were found in.
     pub languages: messages::Languages,
+    /// Plan shapes shared with pg_plans: an auto_explain plan with a query id is noted
+    /// and compared with the statement's generic plan.
+    pub plan_shapes: Option<std::sync::Arc<crate::model::PlanShapes>>,
 }
 
 impl Shaper {
@@ -637,6 +640,7 @@ impl Shaper {
             pattern,
             redact,
             languages: messages::Languages::default(),
+            plan_shapes: None,
         }
     }
 
@@ -893,7 +897,19 @@ impl Shaper {
         }
         JSON.with_borrow_mut(|json| {
             json.clear();
-            let d = self.data(&r, file, format);
+            let mut d = self.data(&r, file, format);
+            if let (Some(shapes), Some(p), Some(q), Some(db)) = (
+                &self.plan_shapes,
+                d.plan.as_mut(),
+                d.query_id.filter(|q| *q != 0),
+                d.database,
+            ) {
+                if let Some(hash) = p.shape_hash.as_deref() {
+                    let generic = shapes.logged(db, q, hash, now);
+                    p.matches_generic = generic.as_deref().map(|g| g == hash);
+                    p.generic_shape_hash = generic;
+                }
+            }
             seen.note(
                 d.class.as_str(),
                 d.severity,

@@ -18,6 +18,7 @@
 
 mod figures;
 mod json;
+pub mod shape;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -299,6 +300,18 @@ pub struct Plan {
     /// `Query Identifier` (`log_verbose`, PostgreSQL 14+): the statement's `query_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_identifier: Option<i64>,
+    /// The plan's [`shape`] hash: the same for the same plan whoever asked for it and
+    /// however it was written (text or JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape_hash: Option<String>,
+    /// The shape hash of the generic plan pg_plans last got for the statement (its query
+    /// id) in its database, when it has one: what this plan is compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generic_shape_hash: Option<String>,
+    /// This plan has the generic plan's shape (`false`: the server ran another, e.g. a
+    /// custom plan for these values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches_generic: Option<bool>,
     /// `Settings` (`log_settings`): planner settings that differ from the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settings: Option<Map<String, Value>>,
@@ -349,6 +362,7 @@ pub fn explain(body: &str, cut: bool) -> Explained {
     };
     if let Some(root) = ex.plan.root.as_mut() {
         number(root);
+        ex.plan.shape_hash = Some(shape::shape(root).hash);
         figures::derive(&mut ex.plan);
     }
     ex
@@ -370,6 +384,9 @@ impl Plan {
             seq_scan_count: 0,
             query_parameters: None,
             query_identifier: None,
+            shape_hash: None,
+            generic_shape_hash: None,
+            matches_generic: None,
             settings: None,
             extra: Map::new(),
             text: None,

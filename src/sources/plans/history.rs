@@ -9,7 +9,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Checkpoint, RowChanges};
+use crate::model::{Checkpoint, Logged, RowChanges};
 
 use super::shape::Shape;
 
@@ -37,7 +37,90 @@ pub struct Entry {
     /// The statement's mean execution time while it had this shape (ms), from the
     /// statement deltas of the cycles it was seen in.
     pub mean_ms: Option<f64>,
+    /// The shapes auto_explain plans of the statement were read with (by shape hash),
+    /// at most [`MAX_LOGGED_SHAPES`]: whether the server ran this plan.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logged: BTreeMap<String, Logged>,
+    /// What the planner had to choose from when the shape was first seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
 }
+
+/// What a plan was chosen with, besides the statistics: the indexes and extended
+/// statistics on its tables, and the planner settings that are not their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Context {
+    /// `table.index` of the valid indexes.
+    pub indexes: Vec<String>,
+    /// `table.statistics` of the extended statistics objects.
+    pub statistics: Vec<String>,
+    /// Planner settings not at their default: name → value.
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A setting that differs between two contexts (`None`: at its default).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SettingChange {
+    /// The setting.
+    pub name: String,
+    /// Its value with the old plan.
+    pub from: Option<String>,
+    /// Its value now.
+    pub to: Option<String>,
+}
+
+/// What changed between the context of an old plan and a new one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContextChanges {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Indexes created.
+    pub indexes_added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Indexes dropped (or made invalid).
+    pub indexes_dropped: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Extended statistics created.
+    pub statistics_added: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Extended statistics dropped.
+    pub statistics_dropped: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Planner settings changed.
+    pub settings: Vec<SettingChange>,
+}
+
+impl Context {
+    /// What `self` (the old plan's) has that `now` has not, and the reverse.
+    pub fn changes(&self, now: &Context) -> ContextChanges {
+        let gone = |a: &[String], b: &[String]| -> Vec<String> {
+            a.iter().filter(|x| !b.contains(x)).cloned().collect()
+        };
+        let mut names: Vec<&String> = self.settings.keys().chain(now.settings.keys()).collect();
+        names.sort();
+        names.dedup();
+        ContextChanges {
+            indexes_added: gone(&now.indexes, &self.indexes),
+            indexes_dropped: gone(&self.indexes, &now.indexes),
+            statistics_added: gone(&now.statistics, &self.statistics),
+            statistics_dropped: gone(&self.statistics, &now.statistics),
+            settings: names
+                .into_iter()
+                .filter_map(|n| {
+                    let (from, to) = (self.settings.get(n), now.settings.get(n));
+                    (from != to).then(|| SettingChange {
+                        name: n.clone(),
+                        from: from.cloned(),
+                        to: to.cloned(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The most auto_explain shapes remembered per statement; the one read longest ago
+/// goes first.
+pub const MAX_LOGGED_SHAPES: usize = 8;
 
 /// Every statement's last shape.
 #[derive(Debug, Default)]
@@ -123,6 +206,34 @@ impl History {
         }
     }
 
+    /// Adds auto_explain plans of shape `hash` read for the statement of `key`; false
+    /// when the statement has no entry (the agent never planned it).
+    pub fn logged(&mut self, key: Key, hash: &str, seen: Logged) -> bool {
+        let Some(e) = self.entries.get_mut(&key) else {
+            return false;
+        };
+        let l = e.logged.entry(hash.to_string()).or_insert(Logged {
+            runs: 0,
+            last_at: seen.last_at,
+        });
+        l.runs += seen.runs;
+        l.last_at = l.last_at.max(seen.last_at);
+        while e.logged.len() > MAX_LOGGED_SHAPES {
+            let Some(oldest) = e
+                .logged
+                .iter()
+                .min_by_key(|(_, l)| l.last_at)
+                .map(|(h, _)| h.clone())
+            else {
+                break;
+            };
+            e.logged.remove(&oldest);
+        }
+        self.changed
+            .insert(key_bytes(&key), serde_json::to_vec(&*e).ok());
+        true
+    }
+
     /// What changed since the last call, to store with this cycle's events.
     pub fn take_checkpoint(&mut self) -> Option<Checkpoint> {
         if self.changed.is_empty() {
@@ -152,6 +263,8 @@ mod tests {
             since: Utc::now(),
             seen_at: Utc::now(),
             mean_ms: Some(1.5),
+            logged: BTreeMap::new(),
+            context: None,
         }
     }
 
@@ -177,6 +290,65 @@ mod tests {
         // Garbage is no history.
         assert!(History::decode(b"other", &[]).is_empty());
         assert!(History::decode(MAGIC, &[(vec![1, 2], b"{}".to_vec())]).is_empty());
+    }
+
+    #[test]
+    fn a_context_change_names_the_indexes_statistics_and_settings_that_came_and_went() {
+        let old = Context {
+            indexes: vec!["orders.orders_pkey".into(), "orders.orders_customer".into()],
+            statistics: vec![],
+            settings: [("random_page_cost".to_string(), "1.1".to_string())].into(),
+        };
+        let now = Context {
+            indexes: vec!["orders.orders_pkey".into()],
+            statistics: vec!["orders.orders_dep".into()],
+            settings: [("enable_seqscan".to_string(), "off".to_string())].into(),
+        };
+        let c = old.changes(&now);
+        assert_eq!(c.indexes_dropped, ["orders.orders_customer"]);
+        assert!(c.indexes_added.is_empty());
+        assert_eq!(c.statistics_added, ["orders.orders_dep"]);
+        assert_eq!(
+            c.settings,
+            [
+                SettingChange {
+                    name: "enable_seqscan".into(),
+                    from: None,
+                    to: Some("off".into())
+                },
+                SettingChange {
+                    name: "random_page_cost".into(),
+                    from: Some("1.1".into()),
+                    to: None
+                },
+            ]
+        );
+        assert_eq!(old.changes(&old), ContextChanges::default());
+    }
+
+    #[test]
+    fn auto_explain_shapes_are_counted_per_statement_and_the_oldest_goes_first() {
+        let mut h = History::default();
+        let t0 = Utc::now();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let seen = |runs, s| Logged {
+            runs,
+            last_at: at(s),
+        };
+        assert!(!h.logged((1, 1), "aa", seen(1, 0)), "no entry: not kept");
+        h.put((1, 1), entry("aa"));
+        h.take_checkpoint();
+        assert!(h.logged((1, 1), "aa", seen(2, 5)));
+        assert!(h.logged((1, 1), "aa", seen(3, 1)));
+        let e = h.get(&(1, 1)).expect("entry");
+        assert_eq!(e.logged["aa"], seen(5, 5));
+        assert!(h.take_checkpoint().is_some(), "stored with the cycle");
+        for i in 0..MAX_LOGGED_SHAPES as i64 {
+            h.logged((1, 1), &format!("b{i}"), seen(1, 10 + i));
+        }
+        let e = h.get(&(1, 1)).expect("entry");
+        assert_eq!(e.logged.len(), MAX_LOGGED_SHAPES);
+        assert!(!e.logged.contains_key("aa"), "read longest ago: gone");
     }
 
     #[test]

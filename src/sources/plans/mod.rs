@@ -24,7 +24,7 @@
 
 pub mod history;
 pub mod plannable;
-pub mod shape;
+pub use crate::logs::explain::shape;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -173,6 +173,9 @@ struct Summary {
     backing_off: usize,
     /// Left for a later cycle: the budget was spent.
     deferred: usize,
+    /// auto_explain plans with a query id read from the log since the last cycle.
+    #[serde(skip_serializing_if = "LogPlans::is_empty")]
+    log_plans: LogPlans,
     /// Time spent planning (connecting to each database and the agent's statements,
     /// round trips included), ms.
     spent_ms: f64,
@@ -180,6 +183,36 @@ struct Summary {
     budget_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_error: Option<String>,
+}
+
+/// The auto_explain plans read since the last cycle, compared with the generic plans.
+#[derive(Debug, Default, Serialize)]
+struct LogPlans {
+    /// Read.
+    read: u64,
+    /// With the shape of the statement's generic plan.
+    matching_generic: u64,
+    /// With another shape (a custom plan for the values it ran with, or a plan the
+    /// agent has not seen yet).
+    other_shape: u64,
+    /// Of a statement the agent has not planned (not in the top, or not plannable).
+    not_planned: u64,
+}
+
+impl LogPlans {
+    fn is_empty(&self) -> bool {
+        self.read == 0
+    }
+}
+
+/// How often the server ran a statement with a shape, as auto_explain plans tell.
+#[derive(Debug, Serialize)]
+struct LoggedShape<'a> {
+    shape_hash: &'a str,
+    /// `old`, `new` or `other`.
+    is: &'static str,
+    runs: u64,
+    last_at: DateTime<Utc>,
 }
 
 /// A plan event.
@@ -243,6 +276,14 @@ struct ChangedData<'a> {
     mean_ms_after: Option<f64>,
     /// Tables of either plan analyzed since the old plan was last seen, with when.
     analyzed: Vec<(String, DateTime<Utc>)>,
+    /// The shapes auto_explain plans of the statement were read with (the server ran
+    /// them): the old, the new, others.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    logged: Vec<LoggedShape<'a>>,
+    /// Indexes and extended statistics on the plans' tables that came or went, and
+    /// planner settings that changed, since the old plan was first seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_between: Option<history::ContextChanges>,
 }
 
 /// What is known of one candidate before it is planned.
@@ -299,6 +340,11 @@ impl Inner {
             .await
             .map_err(DbError::query)?
             .and_then(|r| r.try_get(0).ok());
+        let logged = db.server().plan_shapes().take_logged();
+        if !logged.is_empty() {
+            self.note_logged(&conn, logged, &mut summary.log_plans)
+                .await?;
+        }
         // Statements seen running long first (they may have little time in the
         // cycle's top: they have not finished), then the top.
         let long = long_running(&conn, long).await?;
@@ -534,6 +580,52 @@ impl Inner {
         Ok(())
     }
 
+    /// Adds the auto_explain plans read since the last cycle to the history of their
+    /// statements (by database name and query id), counting them.
+    async fn note_logged(
+        &self,
+        conn: &Conn,
+        logged: Vec<(crate::model::LoggedKey, crate::model::Logged)>,
+        counts: &mut LogPlans,
+    ) -> Result<(), DbError> {
+        let mut names: Vec<&str> = logged.iter().map(|((d, _, _), _)| d.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let oids: HashMap<String, u32> = conn
+            .query(
+                "SELECT oid, datname::text FROM pg_database WHERE datname = ANY($1)",
+                &[&names],
+            )
+            .await
+            .map_err(DbError::query)?
+            .iter()
+            .filter_map(|r| Some((r.try_get(1).ok()?, r.try_get(0).ok()?)))
+            .collect();
+        let mut st = self.st.borrow_mut();
+        let Some(history) = st.history.as_mut() else {
+            return Ok(());
+        };
+        for ((datname, queryid, hash), l) in logged {
+            counts.read += l.runs;
+            let key = oids.get(&datname).map(|o| (*o, queryid));
+            let generic = key
+                .and_then(|k| history.get(&k))
+                .map(|e| e.shape.hash == hash);
+            match (key, generic) {
+                (Some(k), Some(matches)) => {
+                    history.logged(k, &hash, l);
+                    if matches {
+                        counts.matching_generic += l.runs;
+                    } else {
+                        counts.other_shape += l.runs;
+                    }
+                }
+                _ => counts.not_planned += l.runs,
+            }
+        }
+        Ok(())
+    }
+
     /// A planning failure: counted, and the statement waits before its next try — or,
     /// when its text is the cause, is never tried again.
     fn failed(&self, summary: &mut Summary, cycle: u64, c: &Candidate, e: &DbError) {
@@ -587,6 +679,9 @@ impl Inner {
             return Ok(());
         };
         let shape = shape::shape(root);
+        conn.server()
+            .plan_shapes()
+            .generic(datname, c.s.queryid, &shape.hash);
         let key = (c.s.dbid, c.s.queryid);
         let before = self
             .st
@@ -596,6 +691,20 @@ impl Inner {
             .and_then(|h| h.get(&key).cloned());
         let mean = c.s.mean_ms();
         let same = before.as_ref().is_some_and(|b| b.shape.hash == shape.hash);
+        // What the planner chose from: read for a new shape (and once for a shape
+        // remembered without it), kept with the shape.
+        let context = match before.as_ref() {
+            Some(b) if same && b.context.is_some() => b.context.clone(),
+            _ => {
+                let tables = tables_of(
+                    before
+                        .iter()
+                        .flat_map(|b| &b.shape.nodes)
+                        .chain(&shape.nodes),
+                );
+                context_of(conn, &tables).await.ok()
+            }
+        };
         let user = c.user.map(|(n, _)| n.as_str());
         let fingerprint = crate::fingerprint::fingerprint(c.text);
         let id = |what: &str| format!("{}:{}:{what}:{}", c.s.dbid, c.s.queryid, shape.hash);
@@ -630,34 +739,58 @@ impl Inner {
             let analyzed = analyzed_since(conn, &old.shape.nodes, &shape.nodes, old.seen_at)
                 .await
                 .unwrap_or_default();
-            events.push(self.event(
-                now,
-                &id("plan_changed"),
-                &ChangedData {
-                    record: "plan_changed",
-                    source: "agent",
-                    query_id: c.s.queryid,
-                    query_fingerprint: fingerprint,
-                    database: datname,
-                    user,
-                    old_shape_hash: &old.shape.hash,
-                    new_shape_hash: &shape.hash,
-                    old_shape: &old.shape.nodes,
-                    new_shape: &shape.nodes,
-                    removed,
-                    added,
-                    old_since: old.since,
-                    old_seen_at: old.seen_at,
-                    mean_ms_before: old.mean_ms,
-                    mean_ms_after: mean,
-                    analyzed,
-                },
-            )?);
+            events.push(
+                self.event(
+                    now,
+                    &id("plan_changed"),
+                    &ChangedData {
+                        record: "plan_changed",
+                        source: "agent",
+                        query_id: c.s.queryid,
+                        query_fingerprint: fingerprint,
+                        database: datname,
+                        user,
+                        old_shape_hash: &old.shape.hash,
+                        new_shape_hash: &shape.hash,
+                        old_shape: &old.shape.nodes,
+                        new_shape: &shape.nodes,
+                        removed,
+                        added,
+                        old_since: old.since,
+                        old_seen_at: old.seen_at,
+                        mean_ms_before: old.mean_ms,
+                        mean_ms_after: mean,
+                        analyzed,
+                        in_between: old
+                            .context
+                            .as_ref()
+                            .zip(context.as_ref())
+                            .map(|(o, n)| o.changes(n)),
+                        logged: old
+                            .logged
+                            .iter()
+                            .map(|(h, l)| LoggedShape {
+                                shape_hash: h,
+                                is: if *h == old.shape.hash {
+                                    "old"
+                                } else if *h == shape.hash {
+                                    "new"
+                                } else {
+                                    "other"
+                                },
+                                runs: l.runs,
+                                last_at: l.last_at,
+                            })
+                            .collect(),
+                    },
+                )?,
+            );
         }
         // A statement planned because it was seen running has no time of its own in
         // the cycle: the mean known with the same plan stands.
         let mean = mean.or_else(|| before.as_ref().filter(|_| same).and_then(|b| b.mean_ms));
-        let since = before.filter(|_| same).map_or(now, |b| b.since);
+        let since = before.as_ref().filter(|_| same).map_or(now, |b| b.since);
+        let logged = before.map(|b| b.logged).unwrap_or_default();
         if let Some(h) = self.st.borrow_mut().history.as_mut() {
             h.put(
                 key,
@@ -666,6 +799,8 @@ impl Inner {
                     since,
                     seen_at: now,
                     mean_ms: mean,
+                    logged,
+                    context,
                 },
             );
         }
@@ -859,16 +994,9 @@ fn read_plan(json: &str) -> (Plan, Option<f64>) {
     (crate::logs::explain::explain(&body, false).plan, planning)
 }
 
-/// Tables of the shapes (`… on <table>`) analyzed since `since`, with when.
-async fn analyzed_since(
-    conn: &Conn,
-    old: &[String],
-    new: &[String],
-    since: DateTime<Utc>,
-) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
-    let mut tables: Vec<String> = old
-        .iter()
-        .chain(new)
+/// The tables of shape lines (`… on <table>` and `… on <table> using <index>`).
+fn tables_of<'a>(lines: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut tables: Vec<String> = lines
         .filter_map(|l| {
             let (_, rest) = l.split_once(" on ")?;
             Some(rest.split(" using ").next().unwrap_or(rest).to_string())
@@ -876,6 +1004,64 @@ async fn analyzed_since(
         .collect();
     tables.sort();
     tables.dedup();
+    tables
+}
+
+/// Settings that change plans but are not under "Query Tuning" in `pg_settings`.
+const PLANNER_SETTINGS: &str = "'work_mem', 'hash_mem_multiplier', 'max_parallel_workers_per_gather', 'effective_io_concurrency'";
+
+/// The indexes and extended statistics on `tables` and the planner settings not at
+/// their default, in the connection's database.
+async fn context_of(conn: &Conn, tables: &[String]) -> Result<history::Context, DbError> {
+    let names = |sql: &'static str| async move {
+        conn.query(sql, &[&tables])
+            .await
+            .map_err(DbError::query)
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r.try_get::<_, String>(0).ok())
+                    .collect::<Vec<String>>()
+            })
+    };
+    let indexes = names(
+        "SELECT c.relname::text || '.' || i.relname::text FROM pg_index x \
+         JOIN pg_class c ON c.oid = x.indrelid JOIN pg_class i ON i.oid = x.indexrelid \
+         WHERE c.relname = ANY($1) AND x.indisvalid ORDER BY 1",
+    )
+    .await?;
+    let statistics = names(
+        "SELECT c.relname::text || '.' || s.stxname::text FROM pg_statistic_ext s \
+         JOIN pg_class c ON c.oid = s.stxrelid WHERE c.relname = ANY($1) ORDER BY 1",
+    )
+    .await?;
+    let settings = conn
+        .query(
+            &format!(
+                "SELECT name, setting FROM pg_settings WHERE source NOT IN ('default', 'override') \
+                 AND (category LIKE 'Query Tuning%' OR name IN ({PLANNER_SETTINGS})) ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(DbError::query)?
+        .iter()
+        .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+        .collect();
+    Ok(history::Context {
+        indexes,
+        statistics,
+        settings,
+    })
+}
+
+/// Tables of the shapes (`… on <table>`) analyzed since `since`, with when.
+async fn analyzed_since(
+    conn: &Conn,
+    old: &[String],
+    new: &[String],
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
+    let tables = tables_of(old.iter().chain(new));
     let rows = conn
         .query(
             "SELECT relname::text, greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables WHERE relname = ANY($1) AND greatest(last_analyze, last_autoanalyze) > $2 ORDER BY 1",

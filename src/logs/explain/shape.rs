@@ -4,7 +4,7 @@
 //! schemas, filters with their parameters). Two plans with the same shape are the same
 //! plan to a DBA; a different shape is a plan change.
 
-use crate::logs::explain::Node;
+use super::Node;
 
 /// A plan's shape: one line per node, depth first, and their hash.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -678,3 +678,71 @@ fn an_auto_explain_plan_is_linked_to_the_generic_plan() {
     });
     drop(agent);
 }
+
+/// A `SQL_ASCII` database where a statement's text is not UTF-8: pg_stat_statements
+/// cannot give the texts in the agent's database at all, so they are read in that one;
+/// the statement that is not UTF-8 is refused with why, and every other statement, in
+/// both databases, is planned.
+#[test]
+fn a_text_that_is_not_utf8_is_refused_and_every_other_statement_planned() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let pg = PgCluster::start_with(&bin_of(15), PRELOAD);
+    tables(&pg);
+    pg.sql(
+        "create database latin encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'",
+    );
+    let in_latin = |sql: &[u8]| {
+        run(
+            pg.psql()
+                .args(["-d", "latin", "-c"])
+                .arg(OsStr::from_bytes(sql)),
+            "a statement in latin",
+        );
+    };
+    in_latin(b"create extension pg_stat_statements");
+    in_latin(b"create table \"caf\xe9\" (a int); create table plain (a int)");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("plans-latin");
+    let toml = plans_config(dir.path(), &pg, &listener, "superuser");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = Stop(&stop);
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                pg.sql(WORKLOAD);
+                in_latin(b"select * from \"caf\xe9\" where a = 1; select count(*) from plain where a = 1");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let planned_in = |database: &str, text: &str| {
+            wait_for(
+                &format!("a plan of {text} in {database}"),
+                Duration::from_secs(60),
+                || {
+                    listener.events_of("pg_plans").into_iter().find(|e| {
+                        e["data"]["record"] == "plan"
+                            && e["data"]["database"] == database
+                            && e["data"]["plan"]["root"].to_string().contains(text)
+                    })
+                },
+            )
+        };
+        planned_in("postgres", "orders");
+        planned_in("latin", "plain");
+        let refused = wait_for("the text refused", Duration::from_secs(60), || {
+            summaries(&listener).into_iter().find(|s| {
+                s["data"]["refused"]
+                    .as_object()
+                    .is_some_and(|r| r.keys().any(|k| k.contains("not UTF-8")))
+            })
+        });
+        assert_eq!(refused["data"]["failed"], 0, "{refused:#}");
+    });
+    drop(agent);
+    for s in summaries(&listener) {
+        assert_eq!(s["data"]["failed"], 0, "{s:#}");
+        assert_eq!(s["data"].get("last_error"), None, "{s:#}");
+    }
+}

@@ -49,6 +49,13 @@ pub use crate::model::{Top, TopStatement};
 /// The longest statement text planned; a longer one is refused.
 const MAX_TEXT: usize = 64 * 1024;
 
+/// Why a statement whose text pg_stat_statements does not give is not planned.
+const NO_TEXT: plannable::Refusal = "pg_stat_statements has no text for it";
+
+/// Why a statement whose text is not UTF-8 (written in a `SQL_ASCII` database) is not
+/// planned: what the agent would send back is not what the server stored.
+const NOT_UTF8: plannable::Refusal = "its text is not UTF-8 (written in a SQL_ASCII database)";
+
 /// The most statements seen running long planned in a cycle, besides the top.
 const LONG_RUNNING_PER_CYCLE: usize = 5;
 
@@ -84,8 +91,8 @@ struct State {
     /// Statements whose planning failed: failures in a row and the first cycle of the
     /// next try.
     failing: HashMap<Key, (u32, u64)>,
-    /// Texts by query id (`None`: pg_stat_statements no longer has it).
-    texts: HashMap<i64, Option<String>>,
+    /// Texts by query id, or why there is none to plan.
+    texts: HashMap<i64, Result<String, plannable::Refusal>>,
     /// Statements the server can never plan as the agent asks (their text, not the
     /// moment, is the cause), with why: not tried again.
     unplannable: HashMap<Key, &'static str>,
@@ -362,7 +369,7 @@ impl Inner {
                 pool.push((s, running_s));
             }
         }
-        self.read_texts(&conn, pool.iter().map(|(s, _)| s.queryid))
+        self.read_texts(db, &conn, pool.iter().map(|(s, _)| s.queryid))
             .await?;
         let texts = self.st.borrow().texts.clone();
         let mut chosen: Vec<(TopStatement, Option<f64>)> = Vec::new();
@@ -383,7 +390,7 @@ impl Inner {
                     .or_default() += 1;
                 continue;
             }
-            if let Some(Some(text)) = texts.get(&s.queryid) {
+            if let Some(Ok(text)) = texts.get(&s.queryid) {
                 if plannable::plannable(text).err() == Some(plannable::NOT_A_QUERY) {
                     *summary.passed_over.entry("utility statement").or_default() += 1;
                     continue;
@@ -421,17 +428,17 @@ impl Inner {
                     continue;
                 }
             }
-            let Some(Some(text)) = texts.get(&s.queryid) else {
-                *summary
-                    .refused
-                    .entry("pg_stat_statements has no text for it")
-                    .or_default() += 1;
-                continue;
+            let text = match texts.get(&s.queryid) {
+                Some(Ok(text)) => text,
+                Some(Err(why)) => {
+                    *summary.refused.entry(why).or_default() += 1;
+                    continue;
+                }
+                None => {
+                    *summary.refused.entry(NO_TEXT).or_default() += 1;
+                    continue;
+                }
             };
-            if text.len() > MAX_TEXT {
-                *summary.refused.entry("a text over 64 kB").or_default() += 1;
-                continue;
-            }
             let plan = match plannable::plannable(text) {
                 Ok(p) => p,
                 Err(why) => {
@@ -529,16 +536,19 @@ impl Inner {
         Ok(events)
     }
 
-    /// Texts of the candidates not seen before, as pg_stat_statements has them.
+    /// Texts of the candidates not seen before, as pg_stat_statements has them (read
+    /// as the statements source reads them: in a `SQL_ASCII` database when another's
+    /// encoding cannot hold one of them).
     async fn read_texts(
         &self,
+        db: &Db,
         conn: &Conn,
         queryids: impl Iterator<Item = i64>,
     ) -> Result<(), DbError> {
         let need: Vec<i64> = {
             let st = self.st.borrow();
             let mut v: Vec<i64> = queryids
-                .filter(|q| !matches!(st.texts.get(q), Some(Some(_))))
+                .filter(|q| !matches!(st.texts.get(q), Some(Ok(_) | Err(NOT_UTF8))))
                 .collect();
             v.sort_unstable();
             v.dedup();
@@ -547,35 +557,29 @@ impl Inner {
         if need.is_empty() {
             return Ok(());
         }
-        let schema: Option<String> = conn
-            .query_opt(
-                "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'",
-                &[],
-            )
-            .await
-            .map_err(DbError::query)?
-            .and_then(|r| r.try_get(0).ok());
-        let Some(schema) = schema else {
+        let Some(schema) = crate::sources::statements::query::schema_here(conn).await? else {
             return Ok(());
         };
-        let sql = format!(
-            "SELECT DISTINCT ON (queryid) queryid, query FROM {}.pg_stat_statements(true) WHERE queryid = ANY($1)",
-            crate::db::text::quoted(&schema)
-        );
-        let rows = conn.query(&sql, &[&need]).await.map_err(DbError::query)?;
+        // A few bytes over the longest text planned: a longer one is known as such even
+        // when the cut falls inside a character.
+        let max = (MAX_TEXT + 4) as u32;
+        let texts = crate::sources::statements::texts(db, conn, &schema, &need, max).await?;
         let mut st = self.st.borrow_mut();
         if st.texts.len() > 10_000 {
             st.texts.clear();
         }
         for q in &need {
-            st.texts.insert(*q, None);
+            st.texts.insert(*q, Err(NO_TEXT));
         }
-        // A text that is not UTF-8 (written in a SQL_ASCII database) could not be sent
-        // back as it was: it stays unknown, refused as a statement without a text.
-        for r in rows {
-            if let (Ok(q), Ok(t)) = (r.try_get::<_, i64>(0), r.try_get::<_, Option<String>>(1)) {
-                st.texts.insert(q, t);
-            }
+        for t in texts {
+            let text = if t.text.len() > MAX_TEXT {
+                Err("a text over 64 kB")
+            } else if t.not_utf8 {
+                Err(NOT_UTF8)
+            } else {
+                Ok(t.text)
+            };
+            st.texts.insert(t.queryid, text);
         }
         Ok(())
     }

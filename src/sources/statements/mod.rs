@@ -251,7 +251,7 @@ impl Cycle {
         let texts = if missing.texts.is_empty() {
             Ok(())
         } else {
-            match self.texts(db, conn, ext, &missing.texts).await {
+            match texts(db, conn, &ext.schema, &missing.texts, self.max_len).await {
                 Ok(texts) => {
                     self.tracker
                         .borrow_mut()
@@ -263,53 +263,6 @@ impl Cycle {
         };
         self.fill_oid_names(conn, &missing).await?;
         texts
-    }
-
-    /// Texts of `queryids`. In a database whose encoding cannot hold some entry's text
-    /// (one written in a `SQL_ASCII` database), `pg_stat_statements(true)` fails as a
-    /// whole; the texts are then read in a `SQL_ASCII` database where the extension is
-    /// installed, which converts nothing, and else the error says what would fix it.
-    async fn texts(
-        &self,
-        db: &Db,
-        conn: &Client,
-        ext: &query::Extension,
-        queryids: &[i64],
-    ) -> Result<Vec<query::Text>, DbError> {
-        let e = match query::texts(conn, &ext.schema, queryids, self.max_len).await {
-            Ok(t) => return Ok(t),
-            Err(e) if query::is_encoding_error(&e) => e,
-            Err(e) => return Err(e),
-        };
-        let candidates = query::sql_ascii_databases(conn).await?;
-        for name in &candidates {
-            let Ok(other) = db.connect_to(Some(name)).await else {
-                continue;
-            };
-            if let Some(schema) = query::schema_here(&other).await? {
-                return query::texts(&other, &schema, queryids, self.max_len).await;
-            }
-        }
-        let (message, sqlstate) = match e {
-            DbError::Query { message, sqlstate } => (message, sqlstate),
-            other => (other.to_string(), None),
-        };
-        let fix = match candidates.as_slice() {
-            [] => String::new(),
-            [d] => format!(
-                "; to read every text, CREATE EXTENSION pg_stat_statements; in the SQL_ASCII database {d} (the agent reads the texts there, where nothing is converted)"
-            ),
-            many => format!(
-                "; to read every text, CREATE EXTENSION pg_stat_statements; in one of the SQL_ASCII databases {} (the agent reads the texts there, where nothing is converted)",
-                many.join(", ")
-            ),
-        };
-        Err(DbError::Query {
-            message: format!(
-                "{message}: a statement's text is not valid in this database's encoding (written in a SQL_ASCII database), and pg_stat_statements converts every text at once{fix}"
-            ),
-            sqlstate,
-        })
     }
 
     /// Database and role names for oids not seen before.
@@ -328,4 +281,51 @@ impl Cycle {
         }
         Ok(())
     }
+}
+
+/// Texts of `queryids` (cut to `max_len` bytes, passwords masked). In a database whose
+/// encoding cannot hold some entry's text (one written in a `SQL_ASCII` database),
+/// `pg_stat_statements(true)` fails as a whole; the texts are then read in a `SQL_ASCII` database where the extension is
+/// installed, which converts nothing, and else the error says what would fix it.
+pub async fn texts(
+    db: &Db,
+    conn: &Client,
+    schema: &str,
+    queryids: &[i64],
+    max_len: u32,
+) -> Result<Vec<query::Text>, DbError> {
+    let e = match query::texts(conn, schema, queryids, max_len).await {
+        Ok(t) => return Ok(t),
+        Err(e) if query::is_encoding_error(&e) => e,
+        Err(e) => return Err(e),
+    };
+    let candidates = query::sql_ascii_databases(conn).await?;
+    for name in &candidates {
+        let Ok(other) = db.connect_to(Some(name)).await else {
+            continue;
+        };
+        if let Some(schema) = query::schema_here(&other).await? {
+            return query::texts(&other, &schema, queryids, max_len).await;
+        }
+    }
+    let (message, sqlstate) = match e {
+        DbError::Query { message, sqlstate } => (message, sqlstate),
+        other => (other.to_string(), None),
+    };
+    let fix = match candidates.as_slice() {
+        [] => String::new(),
+        [d] => format!(
+            "; to read every text, CREATE EXTENSION pg_stat_statements; in the SQL_ASCII database {d} (the agent reads the texts there, where nothing is converted)"
+        ),
+        many => format!(
+            "; to read every text, CREATE EXTENSION pg_stat_statements; in one of the SQL_ASCII databases {} (the agent reads the texts there, where nothing is converted)",
+            many.join(", ")
+        ),
+    };
+    Err(DbError::Query {
+        message: format!(
+            "{message}: a statement's text is not valid in this database's encoding (written in a SQL_ASCII database), and pg_stat_statements converts every text at once{fix}"
+        ),
+        sqlstate,
+    })
 }

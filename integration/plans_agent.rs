@@ -746,3 +746,72 @@ fn a_text_that_is_not_utf8_is_refused_and_every_other_statement_planned() {
         assert_eq!(s["data"].get("last_error"), None, "{s:#}");
     }
 }
+
+/// A budget too small for the top 20: each cycle plans what fits and counts the rest as
+/// deferred, and the statements take turns, so every one of them is planned within a
+/// few cycles.
+#[test]
+fn a_small_budget_defers_statements_and_each_takes_its_turn() {
+    let pg = PgCluster::start_with(&bin_of(15), PRELOAD);
+    tables(&pg);
+    run(
+        pg.pgbench().args(["-i", "-s", "1", "-q", "postgres"]),
+        "pgbench -i",
+    );
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("plans-budget");
+    let script = dir.path().join("reads.sql");
+    std::fs::write(&script, bench_script()).expect("write the script");
+    let toml = plans_config(dir.path(), &pg, &listener, "superuser")
+        .replace("[collection]\n", "[collection]\nplans_budget_ms = 10\n");
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let _bench = pg.pgbench_session(&[
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        "1",
+        "-T",
+        "600",
+        "-R",
+        "100",
+        "-f",
+        script.to_str().expect("utf8"),
+    ]);
+    let deferring = wait_for("a cycle out of budget", Duration::from_secs(60), || {
+        summaries(&listener)
+            .into_iter()
+            .map(|e| e["data"].clone())
+            .find(|d| d["candidates"] == 18 && d["deferred"].as_u64() > Some(0))
+    });
+    assert!(deferring["planned"].as_u64() < Some(18), "{deferring:#}");
+    assert_eq!(deferring["budget_ms"], 10.0);
+    // Every one of the 18 statements planned in turn.
+    let ids: Vec<i64> = pg
+        .sql("select string_agg(queryid::text, ',') from pg_stat_statements where query like 'select%pgbench_%'")
+        .split(',')
+        .filter_map(|q| q.parse().ok())
+        .collect();
+    assert_eq!(ids.len(), 18, "{ids:?}");
+    wait_for("each statement planned", Duration::from_secs(120), || {
+        ids.iter()
+            .all(|q| !plans(&listener, "plan", *q).is_empty())
+            .then_some(())
+    });
+    for s in summaries(&listener) {
+        let d = &s["data"];
+        let refused: u64 = d["refused"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, n)| n.as_u64())
+            .sum();
+        let accounted: u64 = ["planned", "backing_off", "deferred", "failed", "locked"]
+            .iter()
+            .filter_map(|k| d[*k].as_u64())
+            .sum::<u64>()
+            + refused;
+        assert_eq!(Some(accounted), d["candidates"].as_u64(), "{d:#}");
+    }
+    drop(agent);
+}

@@ -399,6 +399,18 @@ impl Inner {
             long_taken += usize::from(running_s.is_some());
             chosen.push((s, running_s));
         }
+        // Under a budget too small for all of them, each gets its turn: the ones seen
+        // running long first, then those never planned, then those planned longest ago.
+        {
+            let st = self.st.borrow();
+            let last = |s: &TopStatement| {
+                st.history
+                    .as_ref()
+                    .and_then(|h| h.get(&(s.dbid, s.queryid)))
+                    .map(|e| e.seen_at)
+            };
+            chosen.sort_by_cached_key(|(s, running_s)| (running_s.is_none(), last(s)));
+        }
         summary.candidates = chosen.len();
         summary.long_running = long_taken;
         let databases = oid_names(

@@ -10,7 +10,7 @@ use crate::harness::agent::{config, Agent, TOKEN};
 use crate::harness::listener::Listener;
 use crate::harness::pg::{major_version, run, PgCluster};
 use crate::harness::{shared_tempdir, wait_for};
-use crate::logs::{check_logs, files, parse_log, LOG_CONF};
+use crate::logs::{check, check_logs, files, parse_log, LOG_CONF};
 
 const REQ: &str = "5a3c0d2e-5a8b-4c1f-9e2d-3b4a5c6d7e11";
 const FORGER: &str = "6b4d1e3f-6a9c-4d2a-8f3e-4c5b6d7e8f22";
@@ -275,7 +275,35 @@ fn check_says_whether_plans_are_logged_and_the_lines_that_turn_them_on() {
         ),
         "{out}"
     );
-    assert!(!out.contains("warn  plans"), "{out}");
+    assert!(!out.contains("warn  plans     auto_explain"), "{out}");
+    assert!(
+        out.contains(
+            "warn  plans     plans come from auto_explain only: a statement slow in aggregate"
+        ) && out.contains("fix: [collection] statements = true and plans = true"),
+        "{out}"
+    );
+    // With pg_plans on too: both, and a word on the agent's superuser role.
+    let listener = Listener::start(TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 60)
+            .replace("logs = false\n", "logs = true\n")
+            .replace("statements = false", "statements = true")
+            .replace("plans = false", "plans = true"),
+    )
+    .expect("write");
+    let (_, out) = check(&path);
+    assert!(
+        out.contains("ok    plans     plans come from both: the agent's generic plans"),
+        "{out}"
+    );
+    assert!(
+        out.contains("postgres is a superuser: if applications or jobs run as postgres, their statements are not planned")
+            && out.contains("fix: give the agent a role of its own"),
+        "{out}"
+    );
     // Text plans and analyze timing everything: both said.
     pg.append_conf("auto_explain.log_format = 'text'\nauto_explain.log_timing = on\n");
     pg.sql("select pg_reload_conf()");

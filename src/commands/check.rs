@@ -573,16 +573,13 @@ async fn check_database(r: &mut Report, config: &Config) {
     if config.collection.statements {
         check_statements(r, &client, &db.dbname, &preload, user).await;
     }
-    if config.collection.logs {
-        check_plans(r, &client, &preload, user).await;
-    }
+    let logged = config.collection.logs && check_plans(r, &client, &preload, user).await;
     let enabled = crate::sources::enabled(config);
-    if enabled
+    let planned = enabled
         .iter()
         .any(|(k, _)| *k == crate::model::EventKind::PgPlans)
-    {
-        check_agent_plans(r, &client, config, user).await;
-    }
+        && check_agent_plans(r, &client, config, user).await;
+    plans_come_from(r, logged, planned);
     if crate::sources::specs()
         .any(|s| s.reads_statistics && enabled.iter().any(|(k, _)| *k == s.kind))
     {
@@ -729,7 +726,7 @@ async fn check_plans(
     client: &tokio_postgres::Client,
     preload_fix: &str,
     user: &str,
-) {
+) -> bool {
     let q = "SELECT current_setting('shared_preload_libraries'),
                     (SELECT setting FROM pg_settings
                       WHERE name = 'auto_explain.log_min_duration' AND vartype = 'integer'),
@@ -739,26 +736,31 @@ async fn check_plans(
                     current_setting('auto_explain.sample_rate', true)";
     let row = match client.query_one(q, &[]).await {
         Ok(row) => row,
-        Err(e) => return r.fail("plans", &describe(&e), &query_fix(&e, user)),
+        Err(e) => {
+            r.fail("plans", &describe(&e), &query_fix(&e, user));
+            return false;
+        }
     };
     let get = |i: usize| row.get::<_, Option<String>>(i).unwrap_or_default();
     let (min_ms, format, analyze, timing, rate) = (get(1), get(2), get(3), get(4), get(5));
     if min_ms.is_empty() {
-        return r.warn(
+        r.warn(
             "plans",
             "auto_explain is not loaded: slow statements arrive without their plan",
             &format!(
                 "in postgresql.conf, then restart the server:\n      {preload_fix}\n      {AUTO_EXPLAIN_LINES}"
             ),
         );
+        return false;
     }
     let min: i64 = min_ms.parse().unwrap_or(-1);
     if min < 0 {
-        return r.warn(
+        r.warn(
             "plans",
             "auto_explain is loaded but auto_explain.log_min_duration = -1: it logs no plan",
             &format!("in postgresql.conf, then reload:\n      {AUTO_EXPLAIN_LINES}"),
         );
+        return false;
     }
     r.ok(
         "plans",
@@ -791,6 +793,7 @@ async fn check_plans(
             "auto_explain.log_timing = off, or auto_explain.sample_rate = 0.1",
         );
     }
+    true
 }
 
 /// pg_plans: the statements it plans come from pg_statements, and planning needs read
@@ -800,13 +803,14 @@ async fn check_agent_plans(
     client: &tokio_postgres::Client,
     config: &Config,
     user: &str,
-) {
+) -> bool {
     if !config.collection.statements {
-        return r.warn(
+        r.warn(
             "plans",
             "the agent plans the statements pg_statements hands it, and pg_statements is off: no plan of its own",
             "[collection] statements = true (or plans = false)",
         );
+        return false;
     }
     let q = "SELECT r.rolsuper,
                     EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
@@ -815,7 +819,10 @@ async fn check_agent_plans(
                FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
     let row = match client.query_one(q, &[]).await {
         Ok(row) => row,
-        Err(e) => return r.fail("plans", &describe(&e), &query_fix(&e, user)),
+        Err(e) => {
+            r.fail("plans", &describe(&e), &query_fix(&e, user));
+            return false;
+        }
     };
     let (superuser, read_all): (bool, bool) = (row.get(0), row.get(1));
     let what = format!(
@@ -823,14 +830,47 @@ async fn check_agent_plans(
         config.collection.plans_top,
         config.collection.plans_budget.as_millis()
     );
-    if superuser || read_all {
-        return r.ok("plans", &what);
+    if superuser {
+        r.warn(
+            "plans",
+            &format!("{what}; it passes over the statements of its own role as its monitoring queries, and {user} is a superuser: if applications or jobs run as {user}, their statements are not planned"),
+            "give the agent a role of its own: CREATE ROLE postgres_agent LOGIN IN ROLE pg_monitor, pg_read_all_data;",
+        );
+    } else if read_all {
+        r.ok("plans", &what);
+    } else {
+        r.warn(
+            "plans",
+            &format!("{what}, but role {user} may not read every table: a statement over one it cannot read is not planned (unless it may SET ROLE to the statement's role)"),
+            &format!("GRANT pg_read_all_data TO {user};   (PostgreSQL 14+; before: GRANT SELECT on the tables)"),
+        );
     }
-    r.warn(
-        "plans",
-        &format!("{what}, but role {user} may not read every table: a statement over one it cannot read is not planned (unless it may SET ROLE to the statement's role)"),
-        &format!("GRANT pg_read_all_data TO {user};   (PostgreSQL 14+; before: GRANT SELECT on the tables)"),
-    );
+    true
+}
+
+/// Where plans come from, and what each way gives that the other does not.
+fn plans_come_from(r: &mut Report, logged: bool, planned: bool) {
+    match (logged, planned) {
+        (true, true) => r.ok(
+            "plans",
+            "plans come from both: the agent's generic plans of the top statements (and plan changes), and auto_explain's plans of slow runs with what they did, linked to the generic plans by shape",
+        ),
+        (false, true) => r.warn(
+            "plans",
+            "plans come from the agent only: generic plans, without the rows, times and buffers of the runs that were slow",
+            "load auto_explain as above, with [collection] logs = true",
+        ),
+        (true, false) => r.warn(
+            "plans",
+            "plans come from auto_explain only: a statement slow in aggregate but fast each time has no plan, and plan changes are not noticed",
+            "[collection] statements = true and plans = true",
+        ),
+        (false, false) => r.warn(
+            "plans",
+            "no plans: neither auto_explain's (logs) nor the agent's (pg_plans)",
+            "[collection] statements = true and plans = true; and load auto_explain as above, with [collection] logs = true",
+        ),
+    }
 }
 
 /// The server log: found, readable, and its lines fit the prefix the parser will use.

@@ -188,6 +188,24 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster, steady: usize) {
             "{changed}"
         );
 
+        // Its effect, from a pg_statements cycle entirely after the change: slower.
+        let effect = wait_for("the change's effect", Duration::from_secs(60), || {
+            plans(&listener, "plan_change_effect", queryid)
+                .into_iter()
+                .next()
+        });
+        let d = &effect["data"];
+        assert_eq!(d["old_shape_hash"], first["data"]["shape_hash"], "{effect}");
+        assert_eq!(
+            d["new_shape_hash"], changed["data"]["new_shape_hash"],
+            "{effect}"
+        );
+        assert!(
+            d["ratio"].as_f64() > Some(1.0),
+            "a seq scan of 20000 rows for 20: {effect}"
+        );
+        assert!(d["calls"].as_f64() > Some(0.0), "{effect}");
+
         pg.sql("create index orders_customer on orders (customer)");
         let back = wait_for(
             "a second plan change once the index is back",
@@ -222,6 +240,13 @@ fn a_dropped_index_is_one_plan_change(pg: PgCluster, steady: usize) {
         queryid
     });
     assert_eq!(plans(&listener, "plan_changed", queryid).len(), 2);
+    let effects = plans(&listener, "plan_change_effect", queryid);
+    assert_eq!(effects.len(), 2, "one per change: {effects:#?}");
+    assert!(
+        effects[1]["data"]["ratio"].as_f64() < Some(1.0),
+        "faster with the index back: {:#}",
+        effects[1]
+    );
     assert_eq!(
         plans(&listener, "plan", queryid).len(),
         3,

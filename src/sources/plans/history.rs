@@ -41,9 +41,42 @@ pub struct Entry {
     /// at most [`MAX_LOGGED_SHAPES`]: whether the server ran this plan.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub logged: BTreeMap<String, Logged>,
+    /// The change to this shape, until its effect on the mean time is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
     /// What the planner had to choose from when the shape was first seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Context>,
+}
+
+/// A plan change whose effect is not known yet: the statement's mean time with the new
+/// shape is taken from a pg_statements cycle entirely after the change was seen (the
+/// second after the one it was seen with: the first may straddle it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The shape before.
+    pub from_hash: String,
+    /// The mean time with it (ms).
+    pub mean_ms_before: Option<f64>,
+    /// When the pg_statements cycle the change was seen with was taken.
+    pub seen_with: DateTime<Utc>,
+    /// When the next one was taken.
+    pub next: Option<DateTime<Utc>>,
+}
+
+impl Change {
+    /// Given a pg_statements cycle taken at `at`: true when its times are all with the
+    /// new shape (and the effect can be told); otherwise notes it.
+    pub fn after(&mut self, at: DateTime<Utc>) -> bool {
+        match self.next {
+            None if at > self.seen_with => {
+                self.next = Some(at);
+                false
+            }
+            Some(next) => at > next,
+            None => false,
+        }
+    }
 }
 
 /// What a plan was chosen with, besides the statistics: the indexes and extended
@@ -264,6 +297,7 @@ mod tests {
             seen_at: Utc::now(),
             mean_ms: Some(1.5),
             logged: BTreeMap::new(),
+            change: None,
             context: None,
         }
     }
@@ -290,6 +324,23 @@ mod tests {
         // Garbage is no history.
         assert!(History::decode(b"other", &[]).is_empty());
         assert!(History::decode(MAGIC, &[(vec![1, 2], b"{}".to_vec())]).is_empty());
+    }
+
+    #[test]
+    fn a_change_is_measured_from_the_second_statements_cycle_after_it() {
+        let t0 = Utc::now();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let mut c = Change {
+            from_hash: "aa".into(),
+            mean_ms_before: Some(0.1),
+            seen_with: at(0),
+            next: None,
+        };
+        assert!(!c.after(at(0)), "the cycle it was seen with");
+        assert!(!c.after(at(10)), "the next may straddle it");
+        assert_eq!(c.next, Some(at(10)));
+        assert!(!c.after(at(10)), "the same cycle again");
+        assert!(c.after(at(20)));
     }
 
     #[test]

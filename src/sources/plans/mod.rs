@@ -293,11 +293,40 @@ struct ChangedData<'a> {
     in_between: Option<history::ContextChanges>,
 }
 
+/// The effect of a plan change on the statement's mean time, once known.
+#[derive(Serialize)]
+struct EffectData<'a> {
+    record: &'static str,
+    source: &'static str,
+    query_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_fingerprint: Option<String>,
+    database: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    old_shape_hash: &'a str,
+    new_shape_hash: &'a str,
+    /// The mean time (ms) with the old shape, and in a pg_statements cycle entirely
+    /// with the new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_ms_before: Option<f64>,
+    mean_ms_after: f64,
+    /// after / before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
+    /// Calls in the cycle measured.
+    calls: f64,
+    /// The new shape was first seen.
+    changed_at: DateTime<Utc>,
+}
+
 /// What is known of one candidate before it is planned.
 struct Candidate<'a> {
     s: TopStatement,
     /// Seen running this long (s) by the session sampler.
     running_s: Option<f64>,
+    /// When the pg_statements cycle it is in the top of was taken.
+    top_at: Option<DateTime<Utc>>,
     /// The statement's text (its fingerprint is of it).
     text: &'a str,
     /// What the server is asked to plan for it.
@@ -355,18 +384,22 @@ impl Inner {
         // Statements seen running long first (they may have little time in the
         // cycle's top: they have not finished), then the top.
         let long = long_running(&conn, long).await?;
-        let mut pool: Vec<(TopStatement, Option<f64>)> = Vec::new();
-        for (s, running_s) in long.into_iter().chain(
-            top.statements
-                .iter()
-                .take((self.top * 3).max(self.top + 20))
-                .map(|s| (*s, None)),
-        ) {
-            if !pool
-                .iter()
-                .any(|(p, _)| (p.dbid, p.queryid, p.userid) == (s.dbid, s.queryid, s.userid))
+        let mut pool: Vec<(TopStatement, Option<f64>)> = long;
+        let mut top_at = HashMap::new();
+        for s in top
+            .statements
+            .iter()
+            .take((self.top * 3).max(self.top + 20))
+        {
+            let key = (s.dbid, s.queryid, s.userid);
+            top_at.insert(key, top.taken_at);
+            match pool
+                .iter_mut()
+                .find(|(p, _)| (p.dbid, p.queryid, p.userid) == key)
             {
-                pool.push((s, running_s));
+                // Seen running long and in the top: its time in the cycle is known.
+                Some((p, _)) => *p = *s,
+                None => pool.push((*s, None)),
             }
         }
         self.read_texts(db, &conn, pool.iter().map(|(s, _)| s.queryid))
@@ -461,6 +494,7 @@ impl Inner {
             let c = Candidate {
                 s: *s,
                 running_s: *running_s,
+                top_at: top_at.get(&(s.dbid, s.queryid, s.userid)).copied(),
                 text,
                 plan,
                 user: roles.get(&s.userid),
@@ -763,7 +797,7 @@ impl Inner {
                         record: "plan_changed",
                         source: "agent",
                         query_id: c.s.queryid,
-                        query_fingerprint: fingerprint,
+                        query_fingerprint: fingerprint.clone(),
                         database: datname,
                         user,
                         old_shape_hash: &old.shape.hash,
@@ -805,6 +839,40 @@ impl Inner {
         // A statement planned because it was seen running has no time of its own in
         // the cycle: the mean known with the same plan stands.
         let mean = mean.or_else(|| before.as_ref().filter(|_| same).and_then(|b| b.mean_ms));
+        let mut change = match before.as_ref() {
+            Some(b) if same => b.change.clone(),
+            Some(b) => c.top_at.map(|at| history::Change {
+                from_hash: b.shape.hash.clone(),
+                mean_ms_before: b.mean_ms,
+                seen_with: at,
+                next: None,
+            }),
+            None => None,
+        };
+        if let (Some(ch), Some(at), Some(after)) = (change.as_mut(), c.top_at, c.s.mean_ms()) {
+            if ch.after(at) {
+                events.push(self.event(
+                    now,
+                    &id("plan_change_effect"),
+                    &EffectData {
+                        record: "plan_change_effect",
+                        source: "agent",
+                        query_id: c.s.queryid,
+                        query_fingerprint: fingerprint.clone(),
+                        database: datname,
+                        user,
+                        old_shape_hash: &ch.from_hash,
+                        new_shape_hash: &shape.hash,
+                        mean_ms_before: ch.mean_ms_before,
+                        mean_ms_after: after,
+                        ratio: ch.mean_ms_before.filter(|b| *b > 0.0).map(|b| after / b),
+                        calls: c.s.calls,
+                        changed_at: before.as_ref().map_or(now, |b| b.since),
+                    },
+                )?);
+                change = None;
+            }
+        }
         let since = before.as_ref().filter(|_| same).map_or(now, |b| b.since);
         let logged = before.map(|b| b.logged).unwrap_or_default();
         if let Some(h) = self.st.borrow_mut().history.as_mut() {
@@ -817,6 +885,7 @@ impl Inner {
                     mean_ms: mean,
                     logged,
                     context,
+                    change,
                 },
             );
         }

@@ -12,6 +12,8 @@ printf "port = $PORT\nlisten_addresses = ''\nunix_socket_directories = '$W/pg'\n
 as "$BIN/pg_ctl -D $W/pg/data -l $W/pg/log -w start >/dev/null"
 P="$BIN/psql -X -q -h $W/pg -p $PORT -U postgres -d postgres"
 $P -c "create extension pg_stat_statements" >/dev/null
+# The agent under a role of its own: it passes over its own role's statements.
+$P -c "create role agent login superuser" >/dev/null
 $BIN/pgbench -h $W/pg -p $PORT -U postgres -i -s 5 -q postgres >/dev/null 2>&1
 : > $W/script.sql
 echo '\set aid random(1, 500000)' >> $W/script.sql
@@ -32,7 +34,7 @@ state_dir = "$W/state"
 [database]
 host = "$W/pg"
 port = $PORT
-user = "postgres"
+user = "agent"
 dbname = "postgres"
 [collection]
 interval_s = 10
@@ -59,4 +61,18 @@ if spent:
     print("cycles", len(spent), "median_ms", round(spent[len(spent)//2], 1), "max_ms", round(spent[-1], 1))
 PY
 $P -c "select left(query, 70), calls from pg_stat_statements order by total_exec_time desc limit 20"
+# The server's own time for the agent's planning statements (EXPLAIN, PREPARE, DEALLOCATE
+# and the transaction around them), per planning cycle.
+CYCLES=$(python3 - $W/recv.jsonl <<'PY'
+import json, sys
+n = 0
+for l in open(sys.argv[1]):
+    for e in (json.loads(l).get("body") or {}).get("events", []):
+        if e.get("kind") == "pg_plans" and e["data"].get("record") == "summary" and e["data"]["planned"]:
+            n += 1
+print(n)
+PY
+)
+$P -c "select left(query, 60), calls, round(total_exec_time::numeric, 2) exec_ms, round(total_plan_time::numeric, 2) plan_ms from pg_stat_statements where userid = 'agent'::regrole order by total_exec_time desc limit 12"
+$P -At -c "select 'server ms per cycle', round((sum(total_exec_time + total_plan_time) / $CYCLES)::numeric, 2), 'statements', sum(calls) / $CYCLES from pg_stat_statements where userid = 'agent'::regrole and (query ilike 'explain%' or query ilike 'prepare%' or query ilike 'deallocate%' or query ilike 'begin%' or query ilike 'set local%' or query ilike 'rollback%' or query ilike 'select coalesce(cardinality(parameter_types)%')"
 as "$BIN/pg_ctl -D $W/pg/data -m fast stop >/dev/null"

@@ -96,6 +96,8 @@ struct State {
     /// Statements the server can never plan as the agent asks (their text, not the
     /// moment, is the cause), with why: not tried again.
     unplannable: HashMap<Key, &'static str>,
+    /// The planner settings read this cycle, per database oid.
+    settings: HashMap<u32, BTreeMap<String, String>>,
     state: Option<SourceState>,
 }
 
@@ -340,6 +342,7 @@ impl Inner {
         let cycle = {
             let mut st = self.st.borrow_mut();
             st.cycle += 1;
+            st.settings.clear();
             if st.history.is_none() {
                 st.history = Some(if self.persist {
                     History::load(&self.state_dir)
@@ -752,7 +755,15 @@ impl Inner {
                         .flat_map(|b| &b.shape.nodes)
                         .chain(&shape.nodes),
                 );
-                context_of(conn, &tables).await.ok()
+                let known = self.st.borrow().settings.get(&c.s.dbid).cloned();
+                let context = context_of(conn, &tables, known).await.ok();
+                if let Some(ctx) = &context {
+                    self.st
+                        .borrow_mut()
+                        .settings
+                        .insert(c.s.dbid, ctx.settings.clone());
+                }
+                context
             }
         };
         let user = c.user.map(|(n, _)| n.as_str());
@@ -1096,8 +1107,12 @@ fn tables_of<'a>(lines: impl Iterator<Item = &'a String>) -> Vec<String> {
 const PLANNER_SETTINGS: &str = "'work_mem', 'hash_mem_multiplier', 'max_parallel_workers_per_gather', 'effective_io_concurrency'";
 
 /// The indexes and extended statistics on `tables` and the planner settings not at
-/// their default, in the connection's database.
-async fn context_of(conn: &Conn, tables: &[String]) -> Result<history::Context, DbError> {
+/// their default (unless already `known` this cycle), in the connection's database.
+async fn context_of(
+    conn: &Conn,
+    tables: &[String],
+    known: Option<BTreeMap<String, String>>,
+) -> Result<history::Context, DbError> {
     let names = |sql: &'static str| async move {
         conn.query(sql, &[&tables])
             .await
@@ -1119,6 +1134,13 @@ async fn context_of(conn: &Conn, tables: &[String]) -> Result<history::Context, 
          JOIN pg_class c ON c.oid = s.stxrelid WHERE c.relname = ANY($1) ORDER BY 1",
     )
     .await?;
+    if let Some(settings) = known {
+        return Ok(history::Context {
+            indexes,
+            statistics,
+            settings,
+        });
+    }
     let settings = conn
         .query(
             &format!(

@@ -6,6 +6,7 @@ mod harness;
 mod activity;
 mod cli;
 mod connection_cap;
+mod custom;
 mod dashboards;
 mod delivery;
 mod delivery_policy;

@@ -606,7 +606,9 @@ impl ChildDetail {
         match id {
             ChildId::Spool => from_value(value).ok().map(ChildDetail::Spool),
             ChildId::Shipper(_) => from_value(value).ok().map(ChildDetail::Shipper),
-            ChildId::Collector(..) => from_value(value).ok().map(ChildDetail::Collector),
+            ChildId::Collector(..) | ChildId::Custom(..) => {
+                from_value(value).ok().map(ChildDetail::Collector)
+            }
             ChildId::LogReader(_) => from_value(value).ok().map(ChildDetail::LogReader),
             ChildId::Receiver => from_value(value).ok().map(ChildDetail::Receiver),
         }
@@ -1039,6 +1041,51 @@ impl ServerNo {
     }
 }
 
+/// A `[[custom]]` query, by the number its name was given in this process (names are
+/// kept, leaked, once, like [`ServerNo`]'s): its child is `pg_custom.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CustomNo(u16);
+
+/// The child names of the custom queries named so far (`pg_custom.<name>`).
+static CUSTOM_NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// The prefix of a custom query's child name.
+pub const CUSTOM_CHILD: &str = "pg_custom.";
+
+impl CustomNo {
+    /// The number of the query named `name` (the same for the same name).
+    pub fn of(name: &str) -> CustomNo {
+        let mut n = CUSTOM_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        let child = format!("{CUSTOM_CHILD}{name}");
+        if let Some(i) = n.iter().position(|x| *x == child) {
+            return CustomNo(i as u16);
+        }
+        n.push(Box::leak(child.into_boxed_str()));
+        CustomNo(n.len() as u16 - 1)
+    }
+
+    /// Every query named so far.
+    fn all() -> Vec<CustomNo> {
+        let n = CUSTOM_NAMES.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (0..n as u16).map(CustomNo).collect()
+    }
+
+    /// Its child's name, `pg_custom.<name>`.
+    pub fn child(self) -> &'static str {
+        CUSTOM_NAMES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(self.0 as usize)
+            .copied()
+            .unwrap_or(CUSTOM_CHILD)
+    }
+
+    /// The query's name.
+    pub fn name(self) -> &'static str {
+        self.child().strip_prefix(CUSTOM_CHILD).unwrap_or("")
+    }
+}
+
 /// A child of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChildId {
@@ -1051,6 +1098,8 @@ pub enum ChildId {
     Collector(ServerNo, EventKind),
     /// The server log's reader (`pg_log`) of one server.
     LogReader(ServerNo),
+    /// The collector of one `[[custom]]` query of one server.
+    Custom(ServerNo, CustomNo),
     /// The syslog receiver (`[syslog] listen`), for every server whose log arrives so.
     Receiver,
 }
@@ -1098,8 +1147,15 @@ impl ChildId {
             .chain(Output::ALL.into_iter().map(ChildId::Shipper))
             .chain(
                 EventKind::all()
-                    .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
+                    .filter(|k| {
+                        !matches!(k, EventKind::PgLog | EventKind::Agent | EventKind::PgCustom)
+                    })
                     .map(move |k| ChildId::Collector(server, k)),
+            )
+            .chain(
+                CustomNo::all()
+                    .into_iter()
+                    .map(move |n| ChildId::Custom(server, n)),
             )
             .chain(std::iter::once(ChildId::LogReader(server)))
             .chain(std::iter::once(ChildId::Receiver))
@@ -1113,10 +1169,13 @@ impl ChildId {
     /// The child named `name` in status (`buffer`, `shipper`, `pg_tables`,
     /// `db1/pg_tables`, …).
     pub fn parse(name: &str) -> Option<ChildId> {
-        let server = match name.rsplit_once('/') {
-            Some((server, _)) => ServerNo::of(server),
-            None => ServerNo::ONLY,
+        let (server, own) = match name.rsplit_once('/') {
+            Some((server, own)) => (ServerNo::of(server), own),
+            None => (ServerNo::ONLY, name),
         };
+        if let Some(custom) = own.strip_prefix(CUSTOM_CHILD).filter(|n| !n.is_empty()) {
+            return Some(ChildId::Custom(server, CustomNo::of(custom)));
+        }
         ChildId::all_of(server).find(|c| c.name() == name)
     }
 
@@ -1124,7 +1183,9 @@ impl ChildId {
     /// server's name in the `[[servers]]` form (`db1/pg_tables`).
     pub fn name(self) -> &'static str {
         match self {
-            ChildId::Collector(s, _) | ChildId::LogReader(s) => s.child_name(self.base()),
+            ChildId::Collector(s, _) | ChildId::LogReader(s) | ChildId::Custom(s, _) => {
+                s.child_name(self.base())
+            }
             _ => self.base(),
         }
     }
@@ -1138,6 +1199,7 @@ impl ChildId {
             ChildId::Shipper(o) => o.naming().child,
             ChildId::Collector(_, k) => k.as_str(),
             ChildId::LogReader(_) => EventKind::PgLog.as_str(),
+            ChildId::Custom(_, n) => n.child(),
             ChildId::Receiver => "syslog",
         }
     }
@@ -1145,7 +1207,7 @@ impl ChildId {
     /// The server a child serves (`None` for the spool and the shippers).
     pub fn server(self) -> Option<ServerNo> {
         match self {
-            ChildId::Collector(s, _) | ChildId::LogReader(s) => Some(s),
+            ChildId::Collector(s, _) | ChildId::LogReader(s) | ChildId::Custom(s, _) => Some(s),
             _ => None,
         }
     }
@@ -1154,7 +1216,10 @@ impl ChildId {
     pub fn is_source(self) -> bool {
         matches!(
             self,
-            ChildId::Collector(..) | ChildId::LogReader(_) | ChildId::Receiver
+            ChildId::Collector(..)
+                | ChildId::LogReader(_)
+                | ChildId::Receiver
+                | ChildId::Custom(..)
         )
     }
 }

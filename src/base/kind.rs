@@ -32,6 +32,8 @@ pub enum EventKind {
     PgSettings,
     /// A statement's generic plan, a plan change, or a planning cycle's summary.
     PgPlans,
+    /// A row or a run of a user's query (`[[custom]]`).
+    PgCustom,
     /// A server log event.
     PgLog,
     /// The agent's own health (restarts, losses, parse errors).
@@ -92,7 +94,7 @@ const fn health(
 }
 
 /// Every kind, in the order of the variants (sources start and are listed in it).
-pub const KINDS: [KindInfo; 15] = [
+pub const KINDS: [KindInfo; 16] = [
     kind(EventKind::PgActivity, "pg_activity"),
     kind(EventKind::PgStatements, "pg_statements"),
     kind(EventKind::PgLocks, "pg_locks"),
@@ -141,6 +143,7 @@ pub const KINDS: [KindInfo; 15] = [
         Every::Seconds(600),
     ),
     health(EventKind::PgPlans, "pg_plans", "plans", Every::Interval),
+    kind(EventKind::PgCustom, "pg_custom"),
     kind(EventKind::PgLog, "pg_log"),
     kind(EventKind::Agent, "agent"),
 ];

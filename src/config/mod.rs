@@ -48,6 +48,57 @@ pub struct Config {
     pub otlp: OtlpConfig,
     /// `[syslog]`
     pub syslog: SyslogConfig,
+    /// `[[custom]]`: the user's own queries, each a source of its own on every server.
+    pub custom: Vec<CustomQuery>,
+}
+
+/// `[[custom]]`: a user's query, proven at load to be one query that only reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomQuery {
+    /// Its name: on its events, metrics and child (`pg_custom.<name>`).
+    pub name: String,
+    /// The query, without trailing semicolons.
+    pub query: String,
+    /// Where it runs.
+    pub databases: CustomDatabases,
+    /// How often.
+    pub interval: Duration,
+    /// The most rows kept of one run (fetched by a cursor: the rest stay on the server).
+    pub max_rows: u32,
+    /// Its `statement_timeout`.
+    pub timeout: Duration,
+    /// The oldest server (`server_version_num`) it runs on.
+    pub min_server_version: Option<i32>,
+    /// The newest server it runs on.
+    pub max_server_version: Option<i32>,
+    /// Columns that name a row (metric labels; a counter's row is known by them).
+    pub labels: Vec<String>,
+    /// Columns that are gauges.
+    pub gauges: Vec<String>,
+    /// Columns that are counters (shipped with their deltas).
+    pub counters: Vec<String>,
+}
+
+/// The databases a `[[custom]]` query runs in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CustomDatabases {
+    /// The agent's own (`database.dbname`).
+    Connected,
+    /// Every database the role may connect to (`"*"`).
+    All,
+    /// These.
+    List(Vec<String>),
+}
+
+impl CustomDatabases {
+    /// As written in the file.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            CustomDatabases::Connected => "connected".into(),
+            CustomDatabases::All => "*".into(),
+            CustomDatabases::List(l) => l.clone().into(),
+        }
+    }
 }
 
 /// `[syslog]`: the receiver of server logs sent by syslog (opt-in).

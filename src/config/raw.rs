@@ -135,6 +135,45 @@ pub struct RawConfig {
     /// entry is one problem, not a file that cannot be read.
     #[serde(skip_serializing)]
     pub servers: Field<Vec<serde_json::Value>>,
+    /// `[[custom]]`: each entry read on its own ([`RawCustom`]).
+    #[serde(skip_serializing)]
+    pub custom: Field<Vec<serde_json::Value>>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// The keys of a `[[custom]]` entry.
+#[cfg(test)]
+pub const CUSTOM_KEYS: [&str; 11] = [
+    "name",
+    "query",
+    "databases",
+    "interval_s",
+    "max_rows",
+    "timeout_ms",
+    "min_server_version",
+    "max_server_version",
+    "labels",
+    "gauges",
+    "counters",
+];
+
+/// One `[[custom]]` entry: a user's query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+#[allow(missing_docs)]
+pub struct RawCustom {
+    pub name: Field<String>,
+    pub query: Field<String>,
+    pub databases: Field<serde_json::Value>,
+    pub interval_s: Field<i64>,
+    pub max_rows: Field<i64>,
+    pub timeout_ms: Field<i64>,
+    pub min_server_version: Field<i64>,
+    pub max_server_version: Field<i64>,
+    pub labels: Field<Vec<String>>,
+    pub gauges: Field<Vec<String>>,
+    pub counters: Field<Vec<String>>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -440,6 +440,10 @@ fn every_key_is_read_by_validation_and_shown_in_conf_agent_toml() {
             }
             if let Some((key, _)) = rest.split_once(" = ") {
                 if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    if section == "custom" {
+                        assert!(raw::CUSTOM_KEYS.contains(&key), "[[custom]] example: {key}");
+                        continue;
+                    }
                     match section.strip_prefix("servers") {
                         Some("") => assert!(["name", "project_id"].contains(&key), "servers.{key}"),
                         Some(inner) => {
@@ -618,4 +622,104 @@ fn a_syslog_server_needs_a_receiver_an_own_ident_and_tls_its_certificate() {
     ))
     .expect("valid");
     assert!(c.servers[0].collection.logs && !c.servers[0].collection.system);
+}
+
+const CUSTOM: &str = "[agent]\nproject_id = 'p'\n[database]\nstatement_timeout_ms = 4000\n";
+
+#[test]
+fn a_custom_query_gets_its_defaults_and_every_key_is_known() {
+    let c = parse_str(&format!(
+        "{CUSTOM}[[custom]]\nname = \"slot_lag\"\nquery = \"select slot_name, 1 as lag from pg_replication_slots;\"\n"
+    ))
+    .expect("valid");
+    let q = &c.custom[0];
+    assert_eq!(
+        q.query,
+        "select slot_name, 1 as lag from pg_replication_slots"
+    );
+    assert_eq!(q.databases, CustomDatabases::Connected);
+    assert_eq!((q.max_rows, q.timeout), (1000, Duration::from_millis(4000)));
+    assert_eq!(q.interval, c.collection.interval);
+    assert_eq!((q.min_server_version, q.max_server_version), (None, None));
+    // Every key given once: none unknown.
+    let all = format!(
+        "{CUSTOM}[[custom]]\nname = \"a\"\nquery = \"select 1 as n, 'x' as l\"\ndatabases = [\"db1\", \"db2\"]\n\
+         interval_s = 30\nmax_rows = 10\ntimeout_ms = 1000\nmin_server_version = 130000\nmax_server_version = 170000\n\
+         labels = [\"l\"]\ngauges = [\"n\"]\ncounters = []\n"
+    );
+    for key in raw::CUSTOM_KEYS {
+        assert!(all.contains(&format!("\n{key} = ")), "{key}");
+    }
+    let c = parse_str(&all).expect("valid");
+    let q = &c.custom[0];
+    assert_eq!(
+        q.databases,
+        CustomDatabases::List(vec!["db1".into(), "db2".into()])
+    );
+    assert_eq!(
+        (q.min_server_version, q.max_server_version),
+        (Some(130000), Some(170000))
+    );
+    assert_eq!(
+        (q.labels.clone(), q.gauges.clone()),
+        (vec!["l".to_string()], vec!["n".to_string()])
+    );
+    let star = parse_str(&format!(
+        "{CUSTOM}[[custom]]\nname = \"b\"\nquery = \"table t\"\ndatabases = \"*\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(star.custom[0].databases, CustomDatabases::All);
+}
+
+#[test]
+fn a_custom_query_that_could_write_is_refused_at_load_with_its_key_and_why() {
+    let entry = |name: &str, query: &str| {
+        format!("[[custom]]\nname = \"{name}\"\nquery = \"\"\"{query}\"\"\"\n")
+    };
+    let text = format!(
+        "{CUSTOM}{}{}{}{}{}{}",
+        entry("ins", "insert into t values (1)"),
+        entry("del", "delete from t where a = 1 returning *"),
+        entry("two", "select 1; select 2"),
+        entry("lock", "select * from t for update"),
+        entry("cp", "copy t to stdout"),
+        entry(
+            "cte",
+            "with d as (delete from t returning *) select * from d"
+        ),
+    );
+    let p = problems(&text);
+    for line in [
+        "custom.ins.query: refused: INSERT: only a query that reads may run",
+        "custom.del.query: refused: DELETE: only a query that reads may run",
+        "custom.two.query: refused: more than one statement",
+        "custom.lock.query: refused: a locking clause (FOR UPDATE/SHARE)",
+        "custom.cp.query: refused: COPY: only a query that reads may run",
+        "custom.cte.query: refused: a data-modifying part",
+    ] {
+        assert!(p.contains(line), "{line}\n{p}");
+    }
+}
+
+#[test]
+fn custom_entries_are_checked_key_by_key() {
+    let p = problems(&format!(
+        "{CUSTOM}[[custom]]\nname = \"Bad-Name\"\nquery = \"select 1\"\n\
+         [[custom]]\nname = \"ok\"\nquery = \"select 1\"\n\
+         [[custom]]\nname = \"ok\"\nquery = \"select 1\"\n\
+         [[custom]]\nname = \"slow\"\nquery = \"select 1\"\ntimeout_ms = 9000\nmax_rows = 0\n\
+         databases = 5\nlabels = [\"a\"]\ngauges = [\"a\"]\nmin_server_version = 170000\nmax_server_version = 150000\ncolour = 1\n"
+    ));
+    for line in [
+        "custom[0].name: \"Bad-Name\": lowercase letters, digits and '_' only",
+        "custom[2].name: \"ok\" names another [[custom]] query too",
+        "custom.slow.timeout_ms: 9000 is out of range 1000..=4000",
+        "custom.slow.max_rows: 0 is out of range 1..=100000",
+        "custom.slow.databases: expected \"connected\"",
+        "custom.slow.gauges: \"a\" is listed twice",
+        "custom.slow.max_server_version: 150000 is below min_server_version 170000",
+        "custom.slow.colour: unknown key",
+    ] {
+        assert!(p.contains(line), "{line}\n{p}");
+    }
 }

@@ -183,7 +183,7 @@ pub fn validate_settled(raw: RawConfig) -> (Result<Config, Vec<ConfigProblem>>, 
         logs: logs(&mut c, &raw.logs),
         local: true,
     });
-    let config = Config {
+    let mut config = Config {
         agent,
         database: first.database,
         collection: first.collection,
@@ -196,7 +196,11 @@ pub fn validate_settled(raw: RawConfig) -> (Result<Config, Vec<ConfigProblem>>, 
         metrics: metrics(&mut c, &raw.metrics),
         otlp: otlp(&mut c, &raw.otlp),
         syslog: syslog(&mut c, &raw.syslog),
+        custom: Vec::new(),
     };
+    if let Some(first) = config.servers.first().cloned() {
+        config.custom = custom(&mut c, &raw, &first);
+    }
     syslog_routes(&mut c, &config);
     if config.outputs().is_empty() {
         c.problem(
@@ -1171,4 +1175,197 @@ fn breaker(c: &mut Check, br: &RawBreaker) -> BreakerConfig {
 pub fn default_pattern() -> regex::Regex {
     // The constant is a valid pattern; a unit test below proves it.
     regex::Regex::new(DEFAULT_CORRELATION_PATTERN).unwrap_or_else(|_| unreachable!())
+}
+
+/// `[[custom]]`: each entry a user's query, proven at load to be one query that only
+/// reads; every problem is named under `custom.<name>`.
+fn custom(c: &mut Check, raw: &RawConfig, first: &ServerConfig) -> Vec<CustomQuery> {
+    let entries = match &raw.custom {
+        Field::Missing => return Vec::new(),
+        Field::Bad(e) => {
+            c.problem(
+                "custom",
+                format!("wrong type: {e} (write one [[custom]] table per query)"),
+            );
+            return Vec::new();
+        }
+        Field::Given(entries) => entries,
+    };
+    let statement_ms = first.database.statement_timeout.as_millis() as i64;
+    let mut out: Vec<CustomQuery> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("custom[{i}]");
+        let Some(r) = entry
+            .as_object()
+            .and_then(|_| super::raw::RawCustom::deserialize(entry).ok())
+        else {
+            c.problem(
+                &at,
+                "expected a table ([[custom]] with name = \"…\" and query = \"…\")",
+            );
+            continue;
+        };
+        let name = c.value(&format!("{at}.name"), &r.name, String::new());
+        if let Some(why) = bad_custom_name(&name) {
+            c.problem(&format!("{at}.name"), why);
+            continue;
+        }
+        if out.iter().any(|o| o.name == name) {
+            c.problem(
+                &format!("{at}.name"),
+                format!("{name:?} names another [[custom]] query too: each one's name is its own"),
+            );
+            continue;
+        }
+        c.scope = Some(format!("custom.{name}"));
+        c.unknown("", &r.unknown);
+        let text = c.value("query", &r.query, String::new());
+        let query = match crate::sql::readonly::read_only(&text) {
+            Ok(q) => q.to_string(),
+            Err(why) => {
+                c.problem("query", format!("refused: {why}"));
+                String::new()
+            }
+        };
+        let databases = match &r.databases {
+            Field::Missing => CustomDatabases::Connected,
+            Field::Given(serde_json::Value::String(s)) if s == "connected" => {
+                CustomDatabases::Connected
+            }
+            Field::Given(serde_json::Value::String(s)) if s == "*" => CustomDatabases::All,
+            Field::Given(serde_json::Value::Array(list))
+                if !list.is_empty()
+                    && list
+                        .iter()
+                        .all(|d| d.as_str().is_some_and(|s| !s.is_empty())) =>
+            {
+                let mut names: Vec<String> = list
+                    .iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect();
+                names.dedup();
+                CustomDatabases::List(names)
+            }
+            _ => {
+                c.problem(
+                    "databases",
+                    "expected \"connected\" (the agent's database), \"*\" (every database the role may connect to) or a list of database names",
+                );
+                CustomDatabases::Connected
+            }
+        };
+        c.settle(
+            "databases",
+            &databases.describe(),
+            !matches!(r.databases, Field::Missing),
+        );
+        let interval = Duration::from_secs(c.int(
+            "interval_s",
+            &r.interval_s,
+            first.collection.interval.as_secs() as i64,
+            1,
+            86_400,
+            "",
+        ) as u64);
+        let max_rows = c.int(
+            "max_rows",
+            &r.max_rows,
+            1000,
+            1,
+            100_000,
+            " (the rows kept of one run, fetched by a cursor: the rest are never sent)",
+        ) as u32;
+        let timeout = ms(c.int(
+            "timeout_ms",
+            &r.timeout_ms,
+            statement_ms,
+            1000,
+            statement_ms.max(1000),
+            " (at least 1 s, at most database.statement_timeout_ms)",
+        ));
+        let version = |c: &mut Check, key: &str, f: &Field<i64>| -> Option<i32> {
+            match f {
+                Field::Missing => None,
+                _ => Some(c.int(
+                    key,
+                    f,
+                    0,
+                    90_000,
+                    999_999,
+                    " (server_version_num, e.g. 160000)",
+                ) as i32),
+            }
+        };
+        let min_server_version = version(c, "min_server_version", &r.min_server_version);
+        let max_server_version = version(c, "max_server_version", &r.max_server_version);
+        if let (Some(a), Some(b)) = (min_server_version, max_server_version) {
+            if a > b {
+                c.problem(
+                    "max_server_version",
+                    format!("{b} is below min_server_version {a}: the query would run nowhere"),
+                );
+            }
+        }
+        let columns = |c: &mut Check, key: &str, f: &Field<Vec<String>>| -> Vec<String> {
+            let v = c.value(key, f, Vec::new());
+            for col in &v {
+                if col.is_empty() || col.len() > 63 {
+                    c.problem(key, format!("{col:?}: a column name of 1 to 63 characters"));
+                }
+            }
+            v
+        };
+        let labels = columns(c, "labels", &r.labels);
+        let gauges = columns(c, "gauges", &r.gauges);
+        let counters = columns(c, "counters", &r.counters);
+        for (key, list, others) in [
+            ("gauges", &gauges, [&labels, &counters]),
+            ("counters", &counters, [&labels, &gauges]),
+        ] {
+            for col in list {
+                if others.iter().any(|o| o.contains(col)) {
+                    c.problem(
+                        key,
+                        format!(
+                            "{col:?} is listed twice: a column is a label, a gauge or a counter"
+                        ),
+                    );
+                }
+            }
+        }
+        c.scope = None;
+        out.push(CustomQuery {
+            name,
+            query,
+            databases,
+            interval,
+            max_rows,
+            timeout,
+            min_server_version,
+            max_server_version,
+            labels,
+            gauges,
+            counters,
+        });
+    }
+    out
+}
+
+/// Why `name` cannot name a `[[custom]]` query: it is part of metric and child names.
+fn bad_custom_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some(
+            "required: the query's name, on its events and metrics (e.g. \"slot_lag\")".into(),
+        );
+    }
+    if name.len() > 40 {
+        return Some(format!("{} characters: at most 40", name.chars().count()));
+    }
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    if !name.chars().all(ok) || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Some(format!(
+            "{name:?}: lowercase letters, digits and '_' only, starting with a letter (it is part of metric names)"
+        ));
+    }
+    None
 }

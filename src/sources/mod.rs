@@ -11,6 +11,7 @@ macro_rules! health_interval {
 
 pub mod activity;
 pub mod counts;
+pub mod custom;
 pub mod health;
 pub mod identity;
 pub mod locks;
@@ -287,7 +288,7 @@ mod tests {
         // Every kind but the log's and the agent's own is a sampled source, once.
         let rows: Vec<EventKind> = specs().map(|s| s.kind).collect();
         let sampled: Vec<EventKind> = EventKind::all()
-            .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent))
+            .filter(|k| !matches!(k, EventKind::PgLog | EventKind::Agent | EventKind::PgCustom))
             .collect();
         assert_eq!(rows, sampled);
     }

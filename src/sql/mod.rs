@@ -10,6 +10,7 @@
 //! tests compare the two token by token over generated hostile texts.
 
 pub mod lex;
+pub mod readonly;
 pub mod redact;
 
 pub use lex::{Kind, Lexer, StringForm, Token};

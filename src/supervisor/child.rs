@@ -103,6 +103,12 @@ pub fn desired(config: &Config) -> Vec<ChildId> {
                 .into_iter()
                 .map(|(k, _)| ChildId::Collector(no, k)),
         );
+        v.extend(
+            config
+                .custom
+                .iter()
+                .map(|q| ChildId::Custom(no, crate::model::CustomNo::of(&q.name))),
+        );
         if view.collection.logs && view.logs.syslog_ident.is_empty() {
             v.push(ChildId::LogReader(no));
         }
@@ -165,6 +171,16 @@ pub fn settings_changed(id: ChildId, old: &Config, new: &Config) -> bool {
             old.syslog != new.syslog
                 || old.agent.state_dir != new.agent.state_dir
                 || syslog_routes(old) != syslog_routes(new)
+        }
+        ChildId::Custom(no, n) => {
+            let (Some(old_view), Some(new_view)) = views(no) else {
+                return true;
+            };
+            let entry = |c: &Config| c.custom.iter().find(|q| q.name == n.name()).cloned();
+            agent
+                || old_view.database != new_view.database
+                || old_view.collection.max_query_length != new_view.collection.max_query_length
+                || entry(old) != entry(new)
         }
         // The log reader reads none of `[collection]` (its switch is in `desired`).
         ChildId::LogReader(no) => {
@@ -285,6 +301,21 @@ pub fn spawn(
             let db = db.clone();
             ChildAddr::LogReader(LogReader::start_in_arbiter(&h, move |_| {
                 LogReader::new(&config, db, route, log, guard)
+            }))
+        }
+        ChildId::Custom(_, n) => {
+            let config = config.clone();
+            let route = spool.clone();
+            let db = db.clone();
+            let q = config
+                .custom
+                .iter()
+                .find(|q| q.name == n.name())
+                .cloned()
+                .unwrap_or_else(|| unreachable!("`desired` lists only configured queries"));
+            ChildAddr::Collector(CollectorActor::start_in_arbiter(&h, move |_| {
+                let source = Box::new(sources::custom::CustomSource::new(&config, &q));
+                CollectorActor::new(source, q.interval, &config, db, route, log, guard)
             }))
         }
         ChildId::Collector(_, kind) => {

@@ -11,14 +11,11 @@
 
 use std::borrow::Cow;
 
-use crate::sql::{Kind, Lexer, Token};
+use crate::sql::readonly::Writes;
+use crate::sql::{Kind, Token};
 
 /// Why a text is not planned; the reason is shipped and shown in status as it is.
 pub type Refusal = &'static str;
-
-/// Words that make a statement write (anywhere in a reading statement: a
-/// data-modifying CTE).
-const WRITES: &[&str] = &["insert", "update", "delete", "merge"];
 
 /// What the server is asked to plan for a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,22 +34,9 @@ pub const NOT_A_QUERY: Refusal = "not a query (a utility statement or DDL): only
 /// The query the agent may plan for `text` (a pg_stat_statements text, constants as
 /// `$n`), or why there is none.
 pub fn plannable(text: &str) -> Result<ToPlan<'_>, Refusal> {
-    if Lexer::new(text).any(|t| !t.closed) {
-        return Err("the text ends inside a string, quoted name or comment (cut short)");
-    }
-    let all: Vec<Token> = Lexer::new(text).filter(|t| !t.is_blank()).collect();
-    let is_semicolon = |t: &Token| t.kind == Kind::Symbol && &text[t.start..t.end] == ";";
-    let last = all
-        .iter()
-        .rposition(|t| !is_semicolon(t))
-        .ok_or("an empty statement")?;
-    if all[..last].iter().any(is_semicolon) {
-        return Err("more than one statement");
-    }
-    let s = Statement {
-        text,
-        tokens: &all[..=last],
-    };
+    let all = crate::sql::readonly::one_statement(text)?;
+    let last = all.len() - 1;
+    let s = Statement { text, tokens: &all };
     // A statement may start with parentheses: `(SELECT …) UNION (SELECT …)`.
     let first = s
         .tokens
@@ -147,24 +131,14 @@ impl<'t> Statement<'t, '_> {
     /// `Ok` when the tokens from `from` only read: no data-modifying part, no locking
     /// clause, no `INTO`.
     fn reads(&self, from: usize) -> Result<(), Refusal> {
-        for i in from..self.tokens.len() {
-            let Some(w) = self.word(i) else { continue };
-            if w == "for"
-                && matches!(
-                    self.word(i + 1).as_deref(),
-                    Some("update" | "share" | "no" | "key")
-                )
-            {
-                return Err("a locking clause (FOR UPDATE/SHARE): planning it takes RowShareLock");
+        match crate::sql::readonly::writes(self.text, self.tokens, from) {
+            None => Ok(()),
+            Some(Writes::Locks) => {
+                Err("a locking clause (FOR UPDATE/SHARE): planning it takes RowShareLock")
             }
-            if WRITES.contains(&w.as_str()) {
-                return Err("a data-modifying part (INSERT, UPDATE, DELETE or MERGE inside a query): planning it takes RowExclusiveLock");
-            }
-            if w == "into" {
-                return Err("SELECT … INTO creates a table");
-            }
+            Some(Writes::Modifies) => Err("a data-modifying part (INSERT, UPDATE, DELETE or MERGE inside a query): planning it takes RowExclusiveLock"),
+            Some(Writes::Into) => Err("SELECT … INTO creates a table"),
         }
-        Ok(())
     }
 
     /// `UPDATE target SET … [FROM …] [WHERE …] [RETURNING …]` as the query that finds

@@ -1,0 +1,246 @@
+//! User-defined SQL (`[[custom]]`): each query a source of its own, run read-only under
+//! its timeout in the databases it names, its rows shipped typed and capped on the
+//! server, counters as deltas; a query that could write refused at load.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::harness::agent::{bin, config, Agent, TOKEN};
+use crate::harness::listener::Listener;
+use crate::harness::pg::PgCluster;
+use crate::harness::{shared_tempdir, wait_for};
+
+/// The `data` of the `pg_custom` events of query `name` with `record`.
+fn records(l: &Listener, name: &str, record: &str) -> Vec<Value> {
+    l.events_of("pg_custom")
+        .into_iter()
+        .map(|e| {
+            let mut d = e["data"].clone();
+            d["at"] = e["collected_at"].clone();
+            d
+        })
+        .filter(|d| d["name"] == name && d["record"] == record)
+        .collect()
+}
+
+fn entry(name: &str, body: &str) -> String {
+    format!("[[custom]]\nname = \"{name}\"\n{body}\n")
+}
+
+#[test]
+fn a_query_that_could_write_is_refused_at_load_with_its_key_and_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    let mut text =
+        String::from("[agent]\nproject_id = \"p\"\n[listener]\nurl = \"http://127.0.0.1:9/x\"\n");
+    for (name, query) in [
+        ("ins", "insert into t values (1)"),
+        ("del", "delete from t returning *"),
+        ("two", "select 1; select 2"),
+        ("lock", "select * from t for update"),
+    ] {
+        text.push_str(&entry(name, &format!("query = \"{query}\"")));
+    }
+    std::fs::write(&path, text).expect("write");
+    for cmd in ["run", "check", "once"] {
+        let out = Command::new(bin())
+            .args([cmd, "-c"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{cmd}: {err}");
+        for line in [
+            "custom.ins.query: refused: INSERT: only a query that reads may run",
+            "custom.del.query: refused: DELETE: only a query that reads may run",
+            "custom.two.query: refused: more than one statement",
+            "custom.lock.query: refused: a locking clause (FOR UPDATE/SHARE)",
+        ] {
+            assert!(err.contains(line), "{cmd}: {line}\n{err}");
+        }
+    }
+}
+
+#[test]
+fn custom_queries_run_in_their_databases_capped_timed_out_and_counted() {
+    let pg = PgCluster::start("");
+    for (db, n) in [("db1", 3), ("db2", 5)] {
+        pg.sql(&format!("create database {db}"));
+        crate::harness::pg::run(
+            pg.psql().args([
+                "-d",
+                db,
+                "-c",
+                &format!("create table t (id int); insert into t select generate_series(1, {n})"),
+            ]),
+            "the table",
+        );
+    }
+    pg.sql("create table hits (k text, n bigint); insert into hits values ('a', 10), ('b', 20)");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("custom");
+    let customs = [
+        entry(
+            "per_db",
+            "query = \"select current_database()::text as db, count(*) as n from t\"\ndatabases = [\"db1\", \"db2\"]\ninterval_s = 1",
+        ),
+        entry(
+            "everywhere",
+            "query = \"select current_database()::text as db\"\ndatabases = \"*\"\ninterval_s = 1",
+        ),
+        entry("newer", "query = \"select 1 as one\"\nmin_server_version = 990000\ninterval_s = 1"),
+        entry(
+            "big",
+            "query = \"select g, 'row ' || g as label from generate_series(1, 1000000) g\"\nmax_rows = 100\ninterval_s = 1",
+        ),
+        entry("slow", "query = \"select pg_sleep(10) as slept\"\ntimeout_ms = 1000\ninterval_s = 1"),
+        entry(
+            "hits",
+            "query = \"select k, n, n * 1.5 as f, now() as at, null::int as nothing from hits order by k\"\nlabels = [\"k\"]\ncounters = [\"n\"]\ngauges = [\"f\"]\ninterval_s = 1",
+        ),
+    ]
+    .concat();
+    let toml = config(dir.path(), &pg, &listener.url(), 1) + &customs;
+    let agent = Agent::start(dir.path(), &toml, &[]);
+
+    // One row per database, under its name, with its own count.
+    let per_db = wait_for("a row from each database", Duration::from_secs(30), || {
+        let rows = records(&listener, "per_db", "row");
+        let by_db: BTreeMap<String, Value> = rows
+            .iter()
+            .map(|d| {
+                (
+                    d["database"].as_str().unwrap_or("").to_string(),
+                    d["columns"].clone(),
+                )
+            })
+            .collect();
+        (by_db.len() == 2).then_some(by_db)
+    });
+    assert_eq!(per_db["db1"], serde_json::json!({"db": "db1", "n": 3}));
+    assert_eq!(per_db["db2"], serde_json::json!({"db": "db2", "n": 5}));
+    // "*": every database the role may connect to (not the templates).
+    let everywhere = wait_for("a row from every database", Duration::from_secs(30), || {
+        let mut dbs: Vec<String> = records(&listener, "everywhere", "row")
+            .iter()
+            .filter_map(|d| d["columns"]["db"].as_str().map(str::to_string))
+            .collect();
+        dbs.sort();
+        dbs.dedup();
+        (dbs.len() >= 3).then_some(dbs)
+    });
+    assert_eq!(everywhere, ["db1", "db2", "postgres"]);
+
+    // A million rows on the server: exactly max_rows shipped, the run says more were left.
+    let big = wait_for("the big query's run", Duration::from_secs(30), || {
+        records(&listener, "big", "run").into_iter().next()
+    });
+    assert_eq!(
+        (&big["rows"], &big["truncated"]),
+        (&100.into(), &true.into()),
+        "{big}"
+    );
+    let at = big["at"].clone();
+    let rows: Vec<Value> = records(&listener, "big", "row")
+        .into_iter()
+        .filter(|d| d["at"] == at)
+        .collect();
+    assert_eq!(rows.len(), 100);
+    assert_eq!(
+        rows[99]["columns"],
+        serde_json::json!({"g": 100, "label": "row 100"})
+    );
+
+    // The slow one: cancelled at its timeout, counted, and then waiting longer each time.
+    let slow = wait_for("three timed-out runs", Duration::from_secs(60), || {
+        let v = records(&listener, "slow", "run");
+        (v.len() >= 3).then_some(v)
+    });
+    for (d, wait) in slow.iter().zip([1, 2, 4]) {
+        assert_eq!(d["timed_out"], true, "{d}");
+        assert!(
+            d["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("statement timeout")),
+            "{d}"
+        );
+        assert_eq!(d["backoff_cycles"], wait, "{d}");
+    }
+    // Meanwhile the others kept their 1 s cadence (their runs' timestamps).
+    let times: Vec<DateTime<Utc>> = records(&listener, "per_db", "run")
+        .iter()
+        .filter(|d| d["database"] == "db1")
+        .filter_map(|d| d["at"].as_str()?.parse().ok())
+        .collect();
+    let mut gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds() as f64 / 1000.0)
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    assert!(gaps[gaps.len() / 2] < 1.5, "median gap: {gaps:?}");
+
+    // Counters: the delta after a known number of increments, per label.
+    let first = wait_for("the counters seen twice", Duration::from_secs(30), || {
+        records(&listener, "hits", "row")
+            .into_iter()
+            .find(|d| d["columns"]["k"] == "a" && d.get("deltas").is_some())
+    });
+    assert_eq!(first["deltas"], serde_json::json!({"n": 0.0}), "{first}");
+    assert_eq!(first["columns"]["f"], 15.0);
+    assert_eq!(first["columns"]["nothing"], Value::Null);
+    assert!(
+        first["columns"]["at"]
+            .as_str()
+            .is_some_and(|t| t.parse::<DateTime<Utc>>().is_ok()),
+        "{first}"
+    );
+    let seen = records(&listener, "hits", "row").len();
+    for _ in 0..7 {
+        pg.sql("update hits set n = n + 1 where k = 'a'");
+    }
+    pg.sql("update hits set n = 5 where k = 'b'");
+    let (a, b) = wait_for("the increments counted", Duration::from_secs(30), || {
+        let later: Vec<Value> = records(&listener, "hits", "row")
+            .into_iter()
+            .skip(seen)
+            .collect();
+        let a = later
+            .iter()
+            .find(|d| d["columns"]["k"] == "a" && d["columns"]["n"] == 17)?;
+        let b = later
+            .iter()
+            .find(|d| d["columns"]["k"] == "b" && d["columns"]["n"] == 5)?;
+        Some((a.clone(), b.clone()))
+    });
+    assert_eq!(a["deltas"], serde_json::json!({"n": 7.0}), "{a}");
+    assert_eq!(
+        b["deltas"],
+        serde_json::json!({"n": 5.0}),
+        "a reset counts from zero: {b}"
+    );
+    assert_eq!(b["reset"], serde_json::json!(["n"]), "{b}");
+
+    // The gated one never ran; status says why in one line.
+    assert!(records(&listener, "newer", "run").is_empty());
+    let state = wait_for("the gate in status", Duration::from_secs(30), || {
+        agent.status()["children"]["pg_custom.newer"]["detail"]["source_state"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        state.contains("skipped: the server is 15") && state.contains("min_server_version 990000"),
+        "{state}"
+    );
+    let slow = agent.status()["children"]["pg_custom.slow"]["detail"]["source_state"].clone();
+    assert!(
+        slow.as_str()
+            .is_some_and(|s| s.starts_with("degraded") && s.contains("timed out")),
+        "{slow}"
+    );
+    drop(agent);
+}

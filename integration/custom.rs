@@ -244,3 +244,70 @@ fn custom_queries_run_in_their_databases_capped_timed_out_and_counted() {
     );
     drop(agent);
 }
+
+#[test]
+fn check_dry_runs_every_query_in_each_database_with_a_fix_for_each_problem() {
+    let pg = PgCluster::start("");
+    pg.sql("create database other");
+    pg.sql("create table t (id int); insert into t values (1), (2)");
+    let listener = Listener::start(TOKEN);
+    let dir = tempfile::tempdir().expect("tmp");
+    let customs = [
+        entry(
+            "fine",
+            "query = \"select count(*) as n from t\"\ngauges = [\"n\"]",
+        ),
+        entry(
+            "both",
+            "query = \"select count(*) as n from t\"\ndatabases = [\"postgres\", \"other\"]",
+        ),
+        entry("slow", "query = \"select pg_sleep(5)\"\ntimeout_ms = 1000"),
+        entry(
+            "many",
+            "query = \"select generate_series(1, 50) as g\"\nmax_rows = 10",
+        ),
+        entry(
+            "cols",
+            "query = \"select 'x'::text as word\"\nlabels = [\"missing\"]\ngauges = [\"word\"]",
+        ),
+        entry("later", "query = \"select 1\"\nmin_server_version = 990000"),
+    ]
+    .concat();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        config(dir.path(), &pg, &listener.url(), 60) + &customs,
+    )
+    .expect("write");
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "ok    custom    fine in postgres: ran read-only in ",
+        "ok    custom    both in postgres: ran read-only in ",
+        "FAIL  custom    both in other: ",
+        "fix: fix the query for other (run it in psql as postgres), or leave other out of databases",
+        "FAIL  custom    slow in postgres: ",
+        "fix: it takes longer than timeout_ms = 1000: make it cheaper",
+        "ok    custom    many in postgres: ran read-only in ",
+        "warn  custom    many in postgres: more rows than max_rows = 10",
+        "FAIL  custom    cols: labels names missing, which the query does not return (it returns word)",
+        "warn  custom    cols in postgres: word is not a number",
+        "fix: cast it in the query: word::float8",
+        "ok    custom    later: skipped: the server is 15",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    assert!(
+        text.contains("plan cost ") && text.contains(", 1 rows now"),
+        "{text}"
+    );
+    assert!(
+        text.contains("many in postgres: ran read-only") && text.contains(", 10 rows now"),
+        "{text}"
+    );
+}

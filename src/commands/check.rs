@@ -70,6 +70,7 @@ pub fn check(cli: &Cli, config: Config) -> i32 {
                 }
             }
             check_database(&mut r, &view).await;
+            check_custom(&mut r, &view).await;
             if view.collection.logs && !view.logs.syslog_ident.is_empty() {
                 check_syslog(&mut r, &view).await;
             } else if view.collection.logs {
@@ -794,6 +795,136 @@ async fn check_plans(
         );
     }
     true
+}
+
+/// Each `[[custom]]` query, dry-run in every database it targets as the agent runs it
+/// (read-only, under its timeout, through its cursor): how long it took, its plan's
+/// cost, its rows now, and every problem with its fix.
+async fn check_custom(r: &mut Report, config: &Config) {
+    use crate::config::CustomDatabases;
+    use crate::sources::custom::{connectable, gated, run, Cell};
+    if config.custom.is_empty() {
+        return;
+    }
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let Ok(server) = crate::db::Server::new() else {
+        return r.fail(
+            "custom",
+            "cannot start the connection thread",
+            "free system resources (threads, memory) and run check again",
+        );
+    };
+    // One connection to list the databases, one to each database in turn.
+    let db = crate::db::Db::new(&config.database, &server, 2, &log);
+    let conn = match db.connect_once().await {
+        Ok(c) => c,
+        Err(e) => {
+            return r.fail(
+                "custom",
+                &format!("the queries were not tried: {e}"),
+                "see the database check above",
+            )
+        }
+    };
+    let version: i32 = match conn
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) => return r.fail("custom", &describe(&e), "see the database check above"),
+    };
+    for q in &config.custom {
+        let name = &q.name;
+        if let Some(why) = gated(q, version) {
+            r.ok("custom", &format!("{name}: {why}"));
+            continue;
+        }
+        let databases = match &q.databases {
+            CustomDatabases::Connected => vec![config.database.dbname.clone()],
+            CustomDatabases::List(l) => l.clone(),
+            CustomDatabases::All => connectable(&conn).await.unwrap_or_default(),
+        };
+        for d in databases {
+            let other = match db.connect_to(Some(&d)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    r.fail(
+                        "custom",
+                        &format!("{name} in {d}: cannot connect: {e}"),
+                        &format!(
+                            "GRANT CONNECT ON DATABASE {} TO {};   (or leave {d} out of databases)",
+                            quote_ident(&d),
+                            quote_ident(&config.database.user)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let started = std::time::Instant::now();
+            let ran = match run(&other, q, true).await {
+                Ok(ran) => ran,
+                Err(e) => {
+                    let timed_out = matches!(&e, crate::db::DbError::Query { sqlstate: Some(s), .. } if s == "57014");
+                    let fix = if timed_out {
+                        format!("it takes longer than timeout_ms = {}: make it cheaper, or raise timeout_ms (at most database.statement_timeout_ms)", q.timeout.as_millis())
+                    } else {
+                        format!("fix the query for {d} (run it in psql as {}), or leave {d} out of databases", config.database.user)
+                    };
+                    r.fail("custom", &format!("{name} in {d}: {e}"), &fix);
+                    continue;
+                }
+            };
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let cost = ran
+                .cost
+                .map_or("unknown".to_string(), |c| format!("{c:.1}"));
+            r.ok(
+                "custom",
+                &format!(
+                    "{name} in {d}: ran read-only in {ms:.0} ms, plan cost {cost}, {} rows now",
+                    ran.rows.len()
+                ),
+            );
+            if ran.truncated {
+                r.warn(
+                    "custom",
+                    &format!("{name} in {d}: more rows than max_rows = {}: only the first {} are kept each run", q.max_rows, q.max_rows),
+                    "make the query return fewer rows (a WHERE, an aggregate, an ORDER BY … LIMIT), or raise max_rows",
+                );
+            }
+            for (key, list) in [
+                ("labels", &q.labels),
+                ("gauges", &q.gauges),
+                ("counters", &q.counters),
+            ] {
+                for col in list {
+                    if !ran.columns.contains(col) {
+                        r.fail(
+                            "custom",
+                            &format!("{name}: {key} names {col}, which the query does not return (it returns {})", ran.columns.join(", ")),
+                            &format!("name a column the query returns in {key}, or add {col} to the query"),
+                        );
+                    }
+                }
+            }
+            for col in q.gauges.iter().chain(&q.counters) {
+                let not_number = ran.rows.iter().any(|row| {
+                    row.iter().any(|(n, c)| {
+                        n == col && !matches!(c, Cell::Int(_) | Cell::Number(_) | Cell::Null)
+                    })
+                });
+                if not_number {
+                    r.warn(
+                        "custom",
+                        &format!(
+                            "{name} in {d}: {col} is not a number: it has no metric and no delta"
+                        ),
+                        &format!("cast it in the query: {col}::float8"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// pg_plans: the statements it plans come from pg_statements, and planning needs read

@@ -152,7 +152,7 @@ impl Inner {
         };
         let conn = db.get().await?;
         let version = crate::sources::server_version(&conn, &self.version).await?;
-        if let Some(why) = self.gated(version) {
+        if let Some(why) = gated(&self.q, version) {
             self.st.borrow_mut().state = Some(SourceState::Working(why));
             return Ok(Vec::new());
         }
@@ -188,7 +188,9 @@ impl Inner {
                 backoff_cycles: None,
             };
             match res {
-                Ok((rows, truncated)) => {
+                Ok(Ran {
+                    rows, truncated, ..
+                }) => {
                     self.st.borrow_mut().failing.remove(database);
                     run.rows = rows.len();
                     run.truncated = truncated;
@@ -258,39 +260,48 @@ impl Inner {
         Ok(events)
     }
 
-    /// Why the query does not run on a server of `version`, if it does not.
-    fn gated(&self, version: i32) -> Option<String> {
-        match (self.q.min_server_version, self.q.max_server_version) {
-            (Some(min), _) if version < min => Some(format!(
-                "skipped: the server is {version}, the query needs min_server_version {min}"
-            )),
-            (_, Some(max)) if version > max => Some(format!(
-                "skipped: the server is {version}, the query is for max_server_version {max}"
-            )),
-            _ => None,
-        }
-    }
-
-    /// The query's rows in `database` (at most `max_rows`), and whether more were left.
-    async fn run_in(
-        &self,
-        db: &Db,
-        database: &str,
-    ) -> Result<(Vec<Vec<(String, Cell)>>, bool), DbError> {
+    /// The query's run in `database`.
+    async fn run_in(&self, db: &Db, database: &str) -> Result<Ran, DbError> {
         let conn = if database == self.dbname {
             db.get().await?
         } else {
             db.connect_to(Some(database)).await?
         };
-        run(&conn, &self.q).await
+        run(&conn, &self.q, false).await
+    }
+}
+
+/// Why `q` does not run on a server of `version`, if it does not.
+pub fn gated(q: &CustomQuery, version: i32) -> Option<String> {
+    match (q.min_server_version, q.max_server_version) {
+        (Some(min), _) if version < min => Some(format!(
+            "skipped: the server is {version}, the query needs min_server_version {min}"
+        )),
+        (_, Some(max)) if version > max => Some(format!(
+            "skipped: the server is {version}, the query is for max_server_version {max}"
+        )),
+        _ => None,
     }
 }
 
 /// The name of the cursor the query runs in.
 const CURSOR: &str = "postgres_agent_custom";
 
-/// Runs `q` on `conn`: read-only, under its timeout, through a cursor.
-async fn run(conn: &Conn, q: &CustomQuery) -> Result<(Vec<Vec<(String, Cell)>>, bool), DbError> {
+/// One run's result.
+pub struct Ran {
+    /// The result's column names.
+    pub columns: Vec<String>,
+    /// The rows (at most `max_rows`), each column by name.
+    pub rows: Vec<Vec<(String, Cell)>>,
+    /// More rows were left on the server.
+    pub truncated: bool,
+    /// The plan's total cost, when asked for (`check`).
+    pub cost: Option<f64>,
+}
+
+/// Runs `q` on `conn`: read-only, under its timeout, through a cursor; with `explain`
+/// (`check`) its plan's total cost is asked for first, in the same transaction.
+pub async fn run(conn: &Conn, q: &CustomQuery, explain: bool) -> Result<Ran, DbError> {
     // A SQL_ASCII database's text is sent as stored (the default conversion to UTF-8
     // would fail the whole fetch on one byte that is not UTF-8); it is read lossily.
     let setup = format!(
@@ -301,6 +312,21 @@ async fn run(conn: &Conn, q: &CustomQuery) -> Result<(Vec<Vec<(String, Cell)>>, 
     );
     conn.batch_execute(&setup).await.map_err(DbError::query)?;
     let res = async {
+        let cost = if explain {
+            let rows = conn
+                .simple_query(&format!("EXPLAIN (FORMAT JSON)\n{}\n", q.query))
+                .await
+                .map_err(DbError::query)?;
+            rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    let v: Value = serde_json::from_str(r.get(0)?).ok()?;
+                    v[0]["Plan"]["Total Cost"].as_f64()
+                }
+                _ => None,
+            })
+        } else {
+            None
+        };
         // The text on lines of its own: a trailing line comment ends with it.
         conn.batch_execute(&format!(
             "DECLARE {CURSOR} NO SCROLL CURSOR FOR\n{}\n",
@@ -322,7 +348,7 @@ async fn run(conn: &Conn, q: &CustomQuery) -> Result<(Vec<Vec<(String, Cell)>>, 
             .collect();
         let rows = conn.query(&fetch, &[]).await.map_err(DbError::query)?;
         let truncated = rows.len() > q.max_rows as usize;
-        let rows = rows
+        let rows: Vec<Vec<(String, Cell)>> = rows
             .iter()
             .take(q.max_rows as usize)
             .map(|r| {
@@ -333,7 +359,12 @@ async fn run(conn: &Conn, q: &CustomQuery) -> Result<(Vec<Vec<(String, Cell)>>, 
                     .collect()
             })
             .collect();
-        Ok((rows, truncated))
+        Ok(Ran {
+            columns: names,
+            rows,
+            truncated,
+            cost,
+        })
     }
     .await;
     let end = conn.batch_execute("ROLLBACK").await;
@@ -344,7 +375,7 @@ async fn run(conn: &Conn, q: &CustomQuery) -> Result<(Vec<Vec<(String, Cell)>>, 
 
 /// The databases the role may connect to (not templates), by name, at most
 /// [`MAX_DATABASES`].
-async fn connectable(conn: &Conn) -> Result<Vec<String>, DbError> {
+pub async fn connectable(conn: &Conn) -> Result<Vec<String>, DbError> {
     let rows = conn
         .query(
             "SELECT datname::text FROM pg_catalog.pg_database \

@@ -104,7 +104,10 @@ fn custom_queries_run_in_their_databases_capped_timed_out_and_counted() {
         ),
     ]
     .concat();
-    let toml = config(dir.path(), &pg, &listener.url(), 1) + &customs;
+    let mport = crate::harness::prometheus::free_port();
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{mport}\"\n")
+        + &customs;
     let agent = Agent::start(dir.path(), &toml, &[]);
 
     // One row per database, under its name, with its own count.
@@ -224,6 +227,22 @@ fn custom_queries_run_in_their_databases_capped_timed_out_and_counted() {
         "a reset counts from zero: {b}"
     );
     assert_eq!(b["reset"], serde_json::json!(["n"]), "{b}");
+    // The gauge and the counter on the metrics page, one series per row.
+    let page = wait_for("the custom metrics", Duration::from_secs(30), || {
+        let (_, body) = crate::harness::prometheus::get(mport, "/metrics")?;
+        let n = crate::harness::prometheus::sample(
+            &body,
+            "pg_custom_hits_n{k=\"a\",datname=\"postgres\"}",
+        )?;
+        (n == 17.0).then_some(body)
+    });
+    assert!(page.contains("# TYPE pg_custom_hits_n counter"), "{page}");
+    assert!(page.contains("# TYPE pg_custom_hits_f gauge"), "{page}");
+    assert_eq!(
+        crate::harness::prometheus::sample(&page, "pg_custom_hits_f{k=\"b\",datname=\"postgres\"}"),
+        Some(7.5)
+    );
+    assert_eq!(page.matches("pg_custom_hits_n{").count(), 2, "{page}");
 
     // The gated one never ran; status says why in one line.
     assert!(records(&listener, "newer", "run").is_empty());

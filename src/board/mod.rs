@@ -415,6 +415,32 @@ pub struct Parts {
     pub lock_waits: Option<Posted<LockWaits>>,
     /// VACUUMs in progress.
     pub vacuums: Option<Posted<Vec<VacuumProgress>>>,
+    /// Each `[[custom]]` query's last rows, by its name.
+    pub custom: std::collections::BTreeMap<String, Posted<CustomRows>>,
+}
+
+/// A `[[custom]]` query's rows of its last cycle, for its metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomRows {
+    /// The label columns.
+    pub labels: Vec<String>,
+    /// The gauge columns.
+    pub gauges: Vec<String>,
+    /// The counter columns.
+    pub counters: Vec<String>,
+    /// The rows, of every database it ran in.
+    pub rows: Vec<CustomRow>,
+}
+
+/// One row of [`CustomRows`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomRow {
+    /// Its database.
+    pub datname: String,
+    /// The label columns' values.
+    pub labels: Vec<String>,
+    /// The gauges' then the counters' values (`None`: not a number).
+    pub values: Vec<Option<f64>>,
 }
 
 /// Seconds of sessions in one state, waiting for one kind of event (`none`: on CPU).
@@ -534,6 +560,20 @@ impl Board {
             at: SystemTime::now(),
             value,
         });
+    }
+
+    /// Posts custom query `name`'s rows.
+    pub fn post_custom(&self, name: &str, rows: Arc<CustomRows>) {
+        if !self.wanted() {
+            return;
+        }
+        self.lock().custom.insert(
+            name.to_string(),
+            Posted {
+                at: SystemTime::now(),
+                value: rows,
+            },
+        );
     }
 
     /// Takes the part `slot` chooses out of the board.

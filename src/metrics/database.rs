@@ -500,6 +500,9 @@ pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut Stri
             l.value.longest_s,
         );
     }
+    for (name, c) in &parts.custom {
+        custom(&mut w, name, &c.value);
+    }
     if let Some(r) = &parts.roles {
         w.family(
             "pg_roles_connection_limit",
@@ -508,6 +511,59 @@ pub fn render_small(parts: &Parts, server: &str, now: SystemTime, out: &mut Stri
         );
         for (role, limit) in r.value.iter() {
             w.sample("pg_roles_connection_limit", &[("rolname", role)], *limit);
+        }
+    }
+}
+
+/// A name made of what a metric or label name may hold (`[a-zA-Z0-9_]`).
+fn metric_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A `[[custom]]` query's families: `pg_custom_<name>_<column>` for each gauge and
+/// counter column, labelled by the label columns and `datname`; as many samples as it
+/// has rows (at most `max_rows` per database).
+fn custom(w: &mut Writer, name: &str, c: &board::CustomRows) {
+    let labels: Vec<String> = c
+        .labels
+        .iter()
+        .map(|l| match metric_name(l).as_str() {
+            // Added to every sample of the page, and ours.
+            "server" | "datname" => format!("{}_label", metric_name(l)),
+            m => m.to_string(),
+        })
+        .collect();
+    let columns = c
+        .gauges
+        .iter()
+        .map(|g| (g, Type::Gauge, "gauge"))
+        .chain(c.counters.iter().map(|g| (g, Type::Counter, "counter")));
+    for (i, (col, ty, what)) in columns.enumerate() {
+        let family = format!("pg_custom_{name}_{}", metric_name(col));
+        w.family(
+            &family,
+            &format!("Column {col} of the custom query {name} ({what})"),
+            ty,
+        );
+        for row in &c.rows {
+            let Some(Some(v)) = row.values.get(i) else {
+                continue;
+            };
+            let mut l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(String::as_str)
+                .zip(row.labels.iter().map(String::as_str))
+                .collect();
+            l.push(("datname", &row.datname));
+            w.sample(&family, &l, *v);
         }
     }
 }

@@ -164,6 +164,14 @@ impl Inner {
         drop(conn);
         let mut events = Vec::new();
         let (mut ran, mut failed, mut waiting, mut rows_total) = (0, 0, 0, 0);
+        let board = db.server().board();
+        let metrics = board.wanted() && !(self.q.gauges.is_empty() && self.q.counters.is_empty());
+        let mut posted = crate::board::CustomRows {
+            labels: self.q.labels.clone(),
+            gauges: self.q.gauges.clone(),
+            counters: self.q.counters.clone(),
+            rows: Vec::new(),
+        };
         for database in &databases {
             if let Some(next) = self.st.borrow().failing.get(database).map(|f| f.next) {
                 if cycle < next {
@@ -195,6 +203,21 @@ impl Inner {
                     run.rows = rows.len();
                     run.truncated = truncated;
                     rows_total += rows.len();
+                    if metrics {
+                        posted.rows.extend(rows.iter().map(|row| {
+                            crate::board::CustomRow {
+                                datname: database.clone(),
+                                labels: self.q.labels.iter().map(|l| label(row, l)).collect(),
+                                values: self
+                                    .q
+                                    .gauges
+                                    .iter()
+                                    .chain(&self.q.counters)
+                                    .map(|c| number(row, c))
+                                    .collect(),
+                            }
+                        }));
+                    }
                     let seen = self.deltas(database, &rows);
                     for (i, (row, deltas)) in rows.iter().zip(seen).enumerate() {
                         let data = row_data(&self.q.name, database, row, deltas, self.max_text);
@@ -223,6 +246,9 @@ impl Inner {
                 }
             }
             events.push(self.event(now, &format!("{database}:run"), &run)?);
+        }
+        if metrics {
+            board.post_custom(&self.q.name, std::sync::Arc::new(posted));
         }
         let mut st = self.st.borrow_mut();
         st.runs_total += ran as u64;

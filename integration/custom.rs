@@ -330,3 +330,80 @@ fn check_dry_runs_every_query_in_each_database_with_a_fix_for_each_problem() {
         "{text}"
     );
 }
+
+/// The `[[custom]]` entries shipped commented out in conf/agent.toml, uncommented.
+fn shipped_examples() -> String {
+    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/agent.toml"))
+        .expect("conf/agent.toml");
+    let keys = [
+        "name",
+        "query",
+        "databases",
+        "interval_s",
+        "max_rows",
+        "timeout_ms",
+        "min_server_version",
+        "max_server_version",
+        "labels",
+        "gauges",
+        "counters",
+    ];
+    conf.lines()
+        .skip_while(|l| *l != "# [[custom]]")
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            *l == "[[custom]]" || l.split_once(" = ").is_some_and(|(k, _)| keys.contains(&k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The examples conf/agent.toml ships run as they are: each passes `check` on a real
+/// server (the I/O one skipped before 16), and the agent ships their rows.
+#[test]
+fn the_shipped_examples_run() {
+    let pg = PgCluster::start("");
+    pg.sql("create table t (id int); insert into t select generate_series(1, 10); delete from t where id <= 4; analyze t");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("custom-examples");
+    let examples = shipped_examples();
+    assert_eq!(examples.matches("[[custom]]").count(), 4, "{examples}");
+    let toml = config(dir.path(), &pg, &listener.url(), 1) + &examples;
+    let path = dir.path().join("check.toml");
+    std::fs::write(&path, &toml).expect("write");
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    for name in [
+        "dead_tuples in postgres",
+        "open_transactions in postgres",
+        "slot_retained in postgres",
+    ] {
+        assert!(
+            text.contains(&format!("ok    custom    {name}: ran read-only")),
+            "{name}\n{text}"
+        );
+    }
+    assert!(
+        text.contains("ok    custom    io: skipped: the server is 15"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("custom    dead_tuples") || !text.contains("FAIL  custom"),
+        "{text}"
+    );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let row = wait_for("a dead_tuples row", Duration::from_secs(30), || {
+        records(&listener, "dead_tuples", "row")
+            .into_iter()
+            .find(|d| d["columns"]["tbl"] == "public.t")
+    });
+    assert_eq!(row["columns"]["dead"], 4, "{row}");
+    assert_eq!(row["columns"]["live"], 6, "{row}");
+    assert_eq!(row["columns"]["dead_pct"], 40.0, "{row}");
+    drop(agent);
+}

@@ -153,6 +153,20 @@ fn custom_queries_run_in_their_databases_capped_timed_out_and_counted() {
         .filter(|d| d["at"] == at)
         .collect();
     assert_eq!(rows.len(), 100);
+    // The million rows stayed on the server: the agent's peak memory after a few runs
+    // of it is its usual few tens of MB (the rows as events would be over 100 MB).
+    wait_for(
+        "three runs of the big query",
+        Duration::from_secs(30),
+        || (records(&listener, "big", "run").len() >= 3).then_some(()),
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kb < 64 * 1024, "peak RSS {peak_kb} kB");
     assert_eq!(
         rows[99]["columns"],
         serde_json::json!({"g": 100, "label": "row 100"})
@@ -406,4 +420,75 @@ fn the_shipped_examples_run() {
     assert_eq!(row["columns"]["live"], 6, "{row}");
     assert_eq!(row["columns"]["dead_pct"], 40.0, "{row}");
     drop(agent);
+}
+
+/// Three databases on every version 12–18: a query gated to 15+ runs only there, a
+/// per-database query returns each database's rows under its name.
+#[test]
+fn every_version_gates_and_runs_per_database() {
+    for major in 12..=18 {
+        let pg = PgCluster::start_with(&crate::harness::pg::bin_of(major), "");
+        for db in ["one", "two"] {
+            pg.sql(&format!("create database {db}"));
+        }
+        let listener = Listener::start(TOKEN);
+        let dir = shared_tempdir("custom-versions");
+        let customs = [
+            entry(
+                "whoami",
+                "query = \"select current_database()::text as db, current_setting('server_version_num')::int as v\"\ndatabases = \"*\"\ninterval_s = 1",
+            ),
+            entry(
+                "since15",
+                "query = \"select 1 as one\"\nmin_server_version = 150000\ninterval_s = 1",
+            ),
+        ]
+        .concat();
+        let toml = config(dir.path(), &pg, &listener.url(), 1) + &customs;
+        let agent = Agent::start(dir.path(), &toml, &[]);
+        let dbs = wait_for(
+            &format!("{major}: a row from each database"),
+            Duration::from_secs(30),
+            || {
+                let rows = records(&listener, "whoami", "row");
+                let mut dbs: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|d| {
+                        (
+                            d["database"].as_str().unwrap_or("").to_string(),
+                            d["columns"]["db"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect();
+                dbs.sort();
+                dbs.dedup();
+                (dbs.len() >= 3).then_some(dbs)
+            },
+        );
+        let names = |s: &str| (s.to_string(), s.to_string());
+        assert_eq!(
+            dbs,
+            [names("one"), names("postgres"), names("two")],
+            "{major}"
+        );
+        let v = records(&listener, "whoami", "row")[0]["columns"]["v"]
+            .as_i64()
+            .unwrap_or(0);
+        assert_eq!(v / 10_000, i64::from(major), "{major}");
+        // Two more cycles of the per-database query: the gated one has had its chances.
+        let n = records(&listener, "whoami", "run").len();
+        wait_for(
+            &format!("{major}: more cycles"),
+            Duration::from_secs(30),
+            || (records(&listener, "whoami", "run").len() >= n + 6).then_some(()),
+        );
+        let ran = records(&listener, "since15", "run");
+        if major >= 15 {
+            assert!(!ran.is_empty(), "{major}");
+            assert_eq!(records(&listener, "since15", "row")[0]["columns"]["one"], 1);
+        } else {
+            assert_eq!(ran, Vec::<Value>::new(), "{major}: gated");
+        }
+        drop(agent);
+    }
 }

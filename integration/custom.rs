@@ -492,3 +492,39 @@ fn every_version_gates_and_runs_per_database() {
         drop(agent);
     }
 }
+
+/// A `SQL_ASCII` database whose text is not UTF-8: the value arrives read lossily and
+/// flagged, and the rest of the row as it is.
+#[test]
+fn text_that_is_not_utf8_arrives_lossily_and_flagged() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let pg = PgCluster::start("");
+    pg.sql(
+        "create database latin encoding 'SQL_ASCII' template template0 lc_collate 'C' lc_ctype 'C'",
+    );
+    crate::harness::pg::run(
+        pg.psql()
+            .args(["-d", "latin", "-c"])
+            .arg(OsStr::from_bytes(b"create table \"caf\xe9\" (a int)")),
+        "the table",
+    );
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("custom-latin");
+    let toml = config(dir.path(), &pg, &listener.url(), 1)
+        + &entry(
+            "names",
+            "query = \"select relname::text as name, 42 as n from pg_class where relname like 'caf%'\"\ndatabases = [\"latin\"]\ninterval_s = 1",
+        );
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let row = wait_for("the row", Duration::from_secs(30), || {
+        records(&listener, "names", "row").into_iter().next()
+    });
+    assert_eq!(
+        row["columns"],
+        serde_json::json!({"name": "caf\u{fffd}", "n": 42}),
+        "{row}"
+    );
+    assert_eq!(row["not_utf8"], serde_json::json!(["name"]), "{row}");
+    drop(agent);
+}

@@ -164,6 +164,7 @@ impl Inner {
         drop(conn);
         let mut events = Vec::new();
         let (mut ran, mut failed, mut waiting, mut rows_total) = (0, 0, 0, 0);
+        let mut spent_ms = 0.0;
         let board = db.server().board();
         let metrics = board.wanted() && !(self.q.gauges.is_empty() && self.q.counters.is_empty());
         let mut posted = crate::board::CustomRows {
@@ -182,6 +183,7 @@ impl Inner {
             let started = Instant::now();
             let res = self.run_in(db, database).await;
             let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+            spent_ms += took_ms;
             ran += 1;
             let mut run = RunData {
                 record: "run",
@@ -253,7 +255,7 @@ impl Inner {
         let mut st = self.st.borrow_mut();
         st.runs_total += ran as u64;
         let counts = format!(
-            "{} runs, {} failed, {} timed out since start",
+            "{spent_ms:.0} ms this cycle; {} runs, {} failed, {} timed out since start",
             st.runs_total, st.failures_total, st.timeouts_total
         );
         // The databases failing now (those gone from the list forgotten).

@@ -528,3 +528,78 @@ fn text_that_is_not_utf8_arrives_lossily_and_flagged() {
     assert_eq!(row["not_utf8"], serde_json::json!(["name"]), "{row}");
     drop(agent);
 }
+
+/// A reload adds, changes and removes queries: only the changed one's child restarts,
+/// the new one starts, the removed one stops; a query that could write is refused and
+/// the running ones go on.
+#[test]
+fn a_reload_adds_changes_and_removes_queries_one_child_each() {
+    let pg = PgCluster::start("");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("custom-reload");
+    let base = config(dir.path(), &pg, &listener.url(), 1);
+    let kept = entry("kept", "query = \"select 1 as one\"\ninterval_s = 1");
+    let changed = entry("changed", "query = \"select 1 as v\"\ninterval_s = 1");
+    let agent = Agent::start(dir.path(), &(base.clone() + &kept + &changed), &[]);
+    wait_for("both running", Duration::from_secs(30), || {
+        (!records(&listener, "kept", "row").is_empty()
+            && !records(&listener, "changed", "row").is_empty())
+        .then_some(())
+    });
+    let added = entry("added", "query = \"select 3 as three\"\ninterval_s = 1");
+    let changed2 = entry("changed", "query = \"select 2 as v\"\ninterval_s = 1");
+    std::fs::write(
+        &agent.config_path,
+        base.clone() + &kept + &changed2 + &added,
+    )
+    .expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let applied = agent.wait_log("reload_applied", Duration::from_secs(10), |_| true);
+    let restarted = applied["restarted"].as_str().unwrap_or("").to_string();
+    assert!(restarted.contains("pg_custom.changed"), "{applied}");
+    assert!(!restarted.contains("pg_custom.kept"), "{applied}");
+    wait_for(
+        "the change and the new one",
+        Duration::from_secs(30),
+        || {
+            let v2 = records(&listener, "changed", "row")
+                .iter()
+                .any(|d| d["columns"]["v"] == 2);
+            (v2 && !records(&listener, "added", "row").is_empty()).then_some(())
+        },
+    );
+    // Removed: its child stops, no more rows.
+    std::fs::write(&agent.config_path, base.clone() + &kept).expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    wait_for("the second reload applied", Duration::from_secs(10), || {
+        (agent.logs_named("reload_applied").len() == 2).then_some(())
+    });
+    let status = agent.status();
+    assert_eq!(
+        status["children"]["pg_custom.added"]["state"], "stopped",
+        "{status}"
+    );
+    assert_ne!(
+        status["children"]["pg_custom.kept"]["state"], "stopped",
+        "{status}"
+    );
+    // Refused: the agent keeps what it runs.
+    std::fs::write(
+        &agent.config_path,
+        base + &kept + &entry("bad", "query = \"delete from t\""),
+    )
+    .expect("rewrite");
+    agent.signal(libc::SIGHUP);
+    let rejected = agent.wait_log("reload_rejected", Duration::from_secs(10), |_| true);
+    assert!(
+        rejected["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("custom.bad.query: refused: DELETE")),
+        "{rejected}"
+    );
+    let n = records(&listener, "kept", "row").len();
+    wait_for("kept goes on", Duration::from_secs(30), || {
+        (records(&listener, "kept", "row").len() >= n + 2).then_some(())
+    });
+    drop(agent);
+}

@@ -449,3 +449,43 @@ fn one_agent_watches_several_versions_and_a_failover_pair_each_under_its_name() 
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "an event id twice");
 }
+
+/// A `[[custom]]` query runs on every server, its rows under each server's name, its
+/// child `<server>/pg_custom.<name>` in status.
+#[test]
+fn a_custom_query_runs_on_every_server_under_its_name() {
+    let a = PgCluster::start("");
+    let b = PgCluster::start("");
+    a.sql("create table t (x int); insert into t values (1)");
+    b.sql("create table t (x int); insert into t values (1), (2)");
+    let listener = Listener::start(TOKEN);
+    let dir = shared_tempdir("fleet-custom");
+    let toml = fleet_config(
+        dir.path(),
+        &listener,
+        &[("alpha", &a, ""), ("beta", &b, "")],
+    )
+        + "[[custom]]\nname = \"rows\"\nquery = \"select count(*) as n from t\"\ninterval_s = 1\n";
+    let agent = Agent::start(dir.path(), &toml, &[]);
+    let by_server = wait_for("a row from each server", Duration::from_secs(30), || {
+        let m: std::collections::BTreeMap<String, Value> = listener
+            .events_of("pg_custom")
+            .into_iter()
+            .filter(|e| e["data"]["record"] == "row")
+            .map(|e| {
+                (
+                    e["server"].as_str().unwrap_or("").to_string(),
+                    e["data"]["columns"]["n"].clone(),
+                )
+            })
+            .collect();
+        (m.len() == 2).then_some(m)
+    });
+    assert_eq!(by_server["alpha"], 1);
+    assert_eq!(by_server["beta"], 2);
+    let status = agent.status();
+    for child in ["alpha/pg_custom.rows", "beta/pg_custom.rows"] {
+        assert!(status["children"].get(child).is_some(), "{child}: {status}");
+    }
+    drop(agent);
+}

@@ -410,6 +410,17 @@ fn the_shipped_examples_run() {
         !text.contains("FAIL  custom") && !text.contains("warn  custom"),
         "{text}"
     );
+    // `once` runs them too, among the other sources.
+    let events = crate::harness::agent::once(&path);
+    let once_row = events
+        .iter()
+        .find(|e| {
+            e["kind"] == "pg_custom"
+                && e["data"]["name"] == "dead_tuples"
+                && e["data"]["columns"]["tbl"] == "public.t"
+        })
+        .unwrap_or_else(|| panic!("no dead_tuples row from once: {events:?}"));
+    assert_eq!(once_row["data"]["columns"]["dead"], 4, "{once_row}");
     let agent = Agent::start(dir.path(), &toml, &[]);
     let row = wait_for("a dead_tuples row", Duration::from_secs(30), || {
         records(&listener, "dead_tuples", "row")

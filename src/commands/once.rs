@@ -57,12 +57,24 @@ async fn once_for(config: &Config, log: &slog::Logger) -> Result<usize, i32> {
     let origin = Origin::of(config, server.facts());
     let mut failed = 0;
     let stdout = std::io::stdout();
-    for (kind, _) in sources::enabled(config) {
-        let Some(source) = sources::make(kind, config, sources::Mode::Once) else {
-            continue;
-        };
+    // Every enabled source, then each `[[custom]]` query (named as its child is).
+    let mut all: Vec<(String, Box<dyn sources::Source>)> = sources::enabled(config)
+        .into_iter()
+        .filter_map(|(kind, _)| {
+            Some((
+                kind.as_str().to_string(),
+                sources::make(kind, config, sources::Mode::Once)?,
+            ))
+        })
+        .collect();
+    for q in &config.custom {
+        let source: Box<dyn sources::Source> =
+            Box::new(sources::custom::CustomSource::new(config, q));
+        all.push((format!("{}{}", crate::model::CUSTOM_CHILD, q.name), source));
+    }
+    for (name, source) in all {
         let db = Rc::new(Db::new(&config.database, &server, 1, log));
-        let limit = cycle_limit(&config.database);
+        let limit = source.cycle_limit(cycle_limit(&config.database));
         let res = match tokio::time::timeout(limit, source.collect(db)).await {
             Ok(r) => r,
             Err(_) => Err(sources::CycleError::Timeout(limit)),
@@ -77,8 +89,8 @@ async fn once_for(config: &Config, log: &slog::Logger) -> Result<usize, i32> {
             Err(e) => {
                 failed += 1;
                 match &config.servers[0].name {
-                    Some(name) => eprintln!("postgres-agent: {name}/{}: {e}", kind.as_str()),
-                    None => eprintln!("postgres-agent: {}: {e}", kind.as_str()),
+                    Some(server) => eprintln!("postgres-agent: {server}/{name}: {e}"),
+                    None => eprintln!("postgres-agent: {name}: {e}"),
                 }
             }
         }

@@ -257,6 +257,23 @@ fn custom_queries_run_in_their_databases_capped_timed_out_and_counted() {
         Some(7.5)
     );
     assert_eq!(page.matches("pg_custom_hits_n{").count(), 2, "{page}");
+    // The failing query is a problem on the page; the others are not.
+    let page = wait_for("the problem on the page", Duration::from_secs(30), || {
+        let (_, body) = crate::harness::prometheus::get(mport, "/metrics")?;
+        let slow = crate::harness::prometheus::sample(
+            &body,
+            "postgres_agent_source_problem{source=\"pg_custom.slow\"}",
+        )?;
+        (slow == 1.0).then_some(body)
+    });
+    assert_eq!(
+        crate::harness::prometheus::sample(
+            &page,
+            "postgres_agent_source_problem{source=\"pg_custom.per_db\"}"
+        ),
+        Some(0.0),
+        "{page}"
+    );
 
     // The gated one never ran; status says why in one line.
     assert!(records(&listener, "newer", "run").is_empty());

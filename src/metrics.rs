@@ -245,6 +245,11 @@ fn sources(p: &Page, s: &StatusSnapshot) -> prometheus::Result<IntCounterVec> {
         "Events dropped before the spool took them (backlog over its cap)",
         &fleet.names("source"),
     )?;
+    let problem = p.gauge_vec(
+        "postgres_agent_source_problem",
+        "1 while the source says it is degraded or unavailable (status says why and the fix), else 0",
+        &fleet.names("source"),
+    )?;
     let last_success = p.gauge_vec(
         "postgres_agent_source_last_success_timestamp_seconds",
         "When the source last completed a cycle (the log reader: a read), Unix time",
@@ -263,6 +268,13 @@ fn sources(p: &Page, s: &StatusSnapshot) -> prometheus::Result<IntCounterVec> {
         };
         cycles.with_label_values(&name).inc_by(d.cycles_total);
         errors.with_label_values(&name).inc_by(d.cycle_errors_total);
+        problem.with_label_values(&name).set(
+            if d.source_state.as_ref().is_some_and(|st| st.is_problem()) {
+                1.0
+            } else {
+                0.0
+            },
+        );
         skipped
             .with_label_values(&name)
             .inc_by(d.cycles_skipped_total);

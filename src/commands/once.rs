@@ -69,7 +69,7 @@ async fn once_for(config: &Config, log: &slog::Logger) -> Result<usize, i32> {
         .collect();
     for q in &config.custom {
         let source: Box<dyn sources::Source> =
-            Box::new(sources::custom::CustomSource::new(config, q));
+            Box::new(sources::custom::CustomSource::new(config, q, false));
         all.push((format!("{}{}", crate::model::CUSTOM_CHILD, q.name), source));
     }
     for (name, source) in all {

@@ -50,6 +50,9 @@ pub struct CustomSource {
 struct Inner {
     host: String,
     q: CustomQuery,
+    /// The counters' last values are kept in the spool (the daemon; not `once`).
+    persist: bool,
+    state_dir: std::path::PathBuf,
     /// The agent's own database (`databases = "connected"`).
     dbname: String,
     max_text: usize,
@@ -74,6 +77,12 @@ struct State {
     failing: HashMap<String, Failing>,
     /// Per database and label values: the counters' last values.
     counters: HashMap<(String, Vec<String>), Vec<Option<f64>>>,
+    /// Whether the counters were read back from the spool.
+    loaded: bool,
+    /// Counter rows changed since the last checkpoint (`None`: gone).
+    changed: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The stored counters were of other columns: the next checkpoint replaces them.
+    replace: bool,
     runs_total: u64,
     failures_total: u64,
     timeouts_total: u64,
@@ -81,12 +90,15 @@ struct State {
 }
 
 impl CustomSource {
-    /// The source of `q`.
-    pub fn new(config: &Config, q: &CustomQuery) -> CustomSource {
+    /// The source of `q`; `persist` keeps its counters' last values in the spool, so a
+    /// restart's first run has deltas.
+    pub fn new(config: &Config, q: &CustomQuery, persist: bool) -> CustomSource {
         CustomSource {
             inner: Rc::new(Inner {
                 host: config.id_host(),
                 q: q.clone(),
+                persist,
+                state_dir: config.agent.state_dir.clone(),
                 dbname: config.database.dbname.clone(),
                 max_text: config.collection.max_query_length as usize,
                 version: StdCell::new(None),
@@ -108,6 +120,23 @@ impl Source for CustomSource {
 
     fn state(&self) -> Option<SourceState> {
         self.inner.st.borrow().state.clone()
+    }
+
+    fn checkpoint(&self) -> Option<crate::model::Checkpoint> {
+        let inner = &self.inner;
+        let mut st = inner.st.borrow_mut();
+        if !inner.persist || (!st.replace && st.changed.is_empty()) {
+            return None;
+        }
+        let replace = std::mem::take(&mut st.replace);
+        Some(crate::model::Checkpoint {
+            name: inner.checkpoint_name(),
+            value: inner.magic(),
+            rows: crate::model::RowChanges {
+                replace,
+                set: std::mem::take(&mut st.changed),
+            },
+        })
     }
 
     fn cycle_limit(&self, base: Duration) -> Duration {
@@ -143,8 +172,49 @@ struct RunData<'a> {
 }
 
 impl Inner {
+    /// The spool checkpoint of its counters.
+    fn checkpoint_name(&self) -> String {
+        format!("pg_custom.{}.counters", self.q.name)
+    }
+
+    /// The checkpoint's value: its version and the counter columns its rows hold, in
+    /// order (rows of other columns are not read back).
+    fn magic(&self) -> Vec<u8> {
+        format!(
+            "postgres-agent pg_custom counters v1 {}\n",
+            serde_json::to_string(&self.q.counters).unwrap_or_default()
+        )
+        .into_bytes()
+    }
+
+    /// Reads the counters' last values back from the spool, once.
+    fn load(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.loaded || !self.persist || self.q.counters.is_empty() {
+            st.loaded = true;
+            return;
+        }
+        st.loaded = true;
+        let Some((value, rows)) =
+            crate::spool::read_checkpoint_with_rows(&self.state_dir, &self.checkpoint_name(), true)
+        else {
+            return;
+        };
+        if value != self.magic() {
+            st.replace = true;
+            return;
+        }
+        for (k, v) in rows {
+            if let (Ok(key), Ok(values)) = (serde_json::from_slice(&k), serde_json::from_slice(&v))
+            {
+                st.counters.insert(key, values);
+            }
+        }
+    }
+
     async fn cycle(&self, db: &Db) -> Result<Vec<Event>, CycleError> {
         let now = Utc::now();
+        self.load();
         let cycle = {
             let mut st = self.st.borrow_mut();
             st.cycle += 1;
@@ -597,6 +667,19 @@ impl Inner {
                 d
             })
             .collect();
+        let st = &mut *st;
+        let bytes = |k: &(String, Vec<String>)| serde_json::to_vec(k).unwrap_or_default();
+        for k in st.counters.keys().filter(|(db, _)| db == database) {
+            if !now.contains_key(k) {
+                st.changed.insert(bytes(k), None);
+            }
+        }
+        for (k, v) in &now {
+            if st.counters.get(k) != Some(v) {
+                st.changed
+                    .insert(bytes(k), Some(serde_json::to_vec(v).unwrap_or_default()));
+            }
+        }
         st.counters.retain(|(db, _), _| db != database);
         st.counters.extend(now);
         out

@@ -314,7 +314,7 @@ pub fn spawn(
                 .cloned()
                 .unwrap_or_else(|| unreachable!("`desired` lists only configured queries"));
             ChildAddr::Collector(CollectorActor::start_in_arbiter(&h, move |_| {
-                let source = Box::new(sources::custom::CustomSource::new(&config, &q));
+                let source = Box::new(sources::custom::CustomSource::new(&config, &q, true));
                 CollectorActor::new(source, q.interval, &config, db, route, log, guard)
             }))
         }

@@ -10,6 +10,12 @@ pub fn doubling(base: Duration, attempt: u32, cap: Duration) -> Duration {
     base.saturating_mul(factor).min(cap)
 }
 
+/// Cycles a source's item (a statement to plan, a database to query) waits after
+/// `failures` failures in a row: 1, 2, 4, … up to 64.
+pub fn cycles(failures: u32) -> u64 {
+    1 << failures.saturating_sub(1).min(6)
+}
+
 /// Exponential backoff with full jitter: the n-th consecutive failure waits a uniformly
 /// random time in `[0, min(cap, base·2^n)]`, so that many agents coming back from the
 /// same outage do not retry in step.

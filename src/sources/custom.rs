@@ -37,10 +37,8 @@ pub const MAX_DATABASES: usize = 20;
 /// The longest wait for a lock: a table someone holds is given up on.
 const LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Cycles a database waits after `failures` failed runs in a row.
-pub fn backoff_cycles(failures: u32) -> u64 {
-    1 << failures.saturating_sub(1).min(6)
-}
+/// Cycles (the agent's one rule, [`crate::backoff::cycles`]) a database waits after `failures` failed runs in a row.
+pub use crate::backoff::cycles as backoff_cycles;
 
 /// One `[[custom]]` entry's source.
 pub struct CustomSource {
@@ -279,7 +277,12 @@ impl Inner {
                         posted.rows.extend(rows.iter().map(|row| {
                             crate::board::CustomRow {
                                 datname: database.clone(),
-                                labels: self.q.labels.iter().map(|l| label(row, l)).collect(),
+                                labels: self
+                                    .q
+                                    .labels
+                                    .iter()
+                                    .map(|l| label(row, l, self.max_text))
+                                    .collect(),
                                 values: self
                                     .q
                                     .gauges
@@ -617,11 +620,20 @@ fn number(row: &[(String, Cell)], name: &str) -> Option<f64> {
         })
 }
 
-/// Column `name` of `row` as a label value (text as it is, a number written out, NULL
-/// as empty).
-fn label(row: &[(String, Cell)], name: &str) -> String {
+/// `text` cut to at most `max` bytes, at a character.
+fn capped(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Column `name` of `row` as a label value (text as the events have it, cut at
+/// `max_text` bytes; a number written out, NULL as empty).
+fn label(row: &[(String, Cell)], name: &str, max_text: usize) -> String {
     match row.iter().find(|(n, _)| n == name).map(|(_, c)| c) {
-        Some(Cell::Text { text, .. }) => text.clone(),
+        Some(Cell::Text { text, .. }) => capped(text, max_text).to_string(),
         Some(Cell::Int(v)) => v.to_string(),
         Some(Cell::Number(v)) => v.to_string(),
         Some(Cell::Bool(b)) => b.to_string(),
@@ -641,7 +653,12 @@ impl Inner {
         let out = rows
             .iter()
             .map(|row| {
-                let labels: Vec<String> = self.q.labels.iter().map(|l| label(row, l)).collect();
+                let labels: Vec<String> = self
+                    .q
+                    .labels
+                    .iter()
+                    .map(|l| label(row, l, self.max_text))
+                    .collect();
                 let values: Vec<Option<f64>> =
                     self.q.counters.iter().map(|c| number(row, c)).collect();
                 let key = (database.to_string(), labels);
@@ -724,14 +741,11 @@ fn row_data(
                 if *lossy {
                     not_utf8.push(col.clone());
                 }
-                let mut end = text.len().min(max_text);
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                if end < text.len() {
+                let kept = capped(text, max_text);
+                if kept.len() < text.len() {
                     cut.push(col.clone());
                 }
-                Value::String(text[..end].to_string())
+                Value::String(kept.to_string())
             }
             Cell::Unread(ty) => {
                 unread.insert(col.clone(), Value::String(ty.clone()));
@@ -837,6 +851,19 @@ mod tests {
                 "unread_types": {"p": "point"},
             })
         );
+    }
+
+    #[test]
+    fn a_label_is_cut_like_the_column_it_comes_from() {
+        let row = vec![(
+            "k".to_string(),
+            Cell::Text {
+                text: "é".repeat(100),
+                lossy: false,
+            },
+        )];
+        assert_eq!(label(&row, "k", 5), "éé");
+        assert_eq!(label(&row, "missing", 5), "");
     }
 
     #[test]

@@ -62,10 +62,8 @@ const LONG_RUNNING_PER_CYCLE: usize = 5;
 /// The longest wait for a lock while planning: a table someone holds is given up on.
 const LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Cycles a statement waits after `failures` failures in a row.
-pub fn backoff_cycles(failures: u32) -> u64 {
-    1 << failures.saturating_sub(1).min(6)
-}
+/// Cycles (the agent's one rule, [`crate::backoff::cycles`]) a statement waits after `failures` failures in a row.
+pub use crate::backoff::cycles as backoff_cycles;
 
 /// Reads generic plans.
 pub struct PlansSource {
